@@ -1,0 +1,35 @@
+"""arrowflow: batch-and-stream processing on Apache Arrow.
+
+Build a :class:`Flow` from sources, polars expressions and keyed aggregations, then
+``flow.run()`` it or ``stream.collect()`` a stream into a polars DataFrame.
+"""
+
+from arrowflow.dataflow import Flow as Flow
+from arrowflow.dataflow import KeyedStream as KeyedStream
+from arrowflow.dataflow import Stream as Stream
+from arrowflow.errors import ArrowflowError as ArrowflowError
+from arrowflow.errors import CheckpointError as CheckpointError
+from arrowflow.errors import PlanError as PlanError
+from arrowflow.errors import SchemaError as SchemaError
+from arrowflow.errors import SinkError as SinkError
+from arrowflow.errors import SourceError as SourceError
+from arrowflow.errors import StateError as StateError
+from arrowflow.errors import WorkerError as WorkerError
+from arrowflow.runtime.result import RunResult as RunResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrowflowError",
+    "CheckpointError",
+    "Flow",
+    "KeyedStream",
+    "PlanError",
+    "RunResult",
+    "SchemaError",
+    "SinkError",
+    "SourceError",
+    "StateError",
+    "Stream",
+    "WorkerError",
+]

@@ -1,0 +1,536 @@
+"""The flow graph: what a user builds. A pure description — building it does no I/O.
+
+A :class:`Flow` owns a list of :class:`Node` objects. :class:`Stream` and
+:class:`KeyedStream` are thin handles on a node that add operators. Nothing runs until
+``flow.run()`` or ``stream.collect()``; then :mod:`arrowflow.plan` turns the nodes into a
+physical plan and a runtime executes it.
+
+Operator ids are stable and readable — ``read_parquet``, ``filter``, ``agg``, then
+``filter-2`` for the second filter — since checkpoints key state by them; ``name=``
+overrides them.
+
+Schemas are computed on demand. When every source upstream of an operator has a known
+schema (given ``schema=``, or in-memory data), the operator is checked as it is added, so a
+wrong column fails on the line that wrote it; otherwise the check happens at plan time,
+before any data moves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from arrowflow.aggregates import IncrementalAgg, named_aggregations
+from arrowflow.errors import PlanError, SchemaError
+from arrowflow.sinks import Sink
+from arrowflow.sources import MALFORMED_SCHEMA, Source
+
+if TYPE_CHECKING:
+    from arrowflow.runtime.result import RunResult
+
+_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+STATELESS = ("filter", "select", "with_columns", "map_batches")
+
+
+@dataclass(eq=False)
+class Node:
+    """One logical operator. ``params`` hold its expressions, function, source or sink."""
+
+    id: str
+    kind: str
+    inputs: list[Node]
+    params: dict[str, Any] = field(default_factory=dict)
+    side: str | None = None  # for kind == "side_output": which side output of inputs[0]
+
+    def __repr__(self) -> str:
+        return f"Node({self.id!r}, {self.kind})"
+
+
+def _check_exprs(exprs: Sequence[Any], operator_id: str, what: str) -> list[pl.Expr]:
+    checked = []
+    for expr in exprs:
+        if isinstance(expr, str):
+            expr = pl.col(expr)
+        if not isinstance(expr, pl.Expr):
+            msg = (
+                f"operator {operator_id!r}: {what} expects polars expressions such as "
+                f"pl.col('amount') > 0, got {type(expr).__name__} {expr!r}"
+            )
+            raise PlanError(msg)
+        checked.append(expr)
+    return checked
+
+
+def _polars_schema_error(operator_id: str, exc: Exception) -> SchemaError:
+    first = str(exc).strip().splitlines()[0]
+    msg = f"operator {operator_id!r}: {first}"
+    return SchemaError(msg)
+
+
+def uses_all_columns(expr: pl.Expr) -> bool:
+    """True when an expression may read columns it does not name (wildcards, selectors)."""
+    if expr.meta.has_multiple_outputs():
+        return True
+    text = expr.meta.serialize(format="json")
+    return any(word in text for word in ('"Selector"', '"Nth"', '"Wildcard"', '"DtypeColumn"'))
+
+
+class Flow:
+    """A named dataflow graph.
+
+    >>> import arrowflow as af, polars as pl
+    >>> flow = af.Flow("example")
+    >>> nums = flow.from_polars(pl.DataFrame({"k": [1, 2, 1], "v": [1.0, 2.0, 3.0]}))
+    >>> totals = nums.key_by("k").agg(total=pl.col("v").sum())
+    >>> totals.collect().sort("k")["total"].to_list()
+    [4.0, 2.0]
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not _ID.match(name):
+            msg = f"Flow name must be letters, digits, '_', '-' or '.', got {name!r}"
+            raise PlanError(msg)
+        self.name = name
+        self.nodes: list[Node] = []
+        self._ids: set[str] = set()
+        self._schemas: dict[int, pl.Schema] = {}
+
+    # ------------------------------------------------------------------ graph building
+    def _new_id(self, kind: str, name: str | None) -> str:
+        if name is not None:
+            if not isinstance(name, str) or not _ID.match(name):
+                msg = f"operator name must be letters, digits, '_', '-' or '.', got {name!r}"
+                raise PlanError(msg)
+            if name in self._ids:
+                msg = f"two operators are named {name!r}; operator names must be unique in a flow"
+                raise PlanError(msg)
+            return name
+        candidate, n = kind, 1
+        while candidate in self._ids:
+            n += 1
+            candidate = f"{kind}-{n}"
+        return candidate
+
+    def _add(self, kind: str, inputs: list[Node], name: str | None = None, **params: Any) -> Node:
+        node_id = self._new_id(params.pop("id_kind", kind), name)
+        node = Node(node_id, kind, inputs, params)
+        self._ids.add(node_id)
+        self.nodes.append(node)
+        return node
+
+    def _remove(self, node: Node) -> None:
+        self.nodes.remove(node)
+        self._ids.discard(node.id)
+
+    def source(self, source: Source, *, name: str | None = None) -> Stream:
+        """A stream from any :class:`arrowflow.sources.Source` object."""
+        if not isinstance(source, Source):
+            msg = f"flow.source() expects an arrowflow Source, got {type(source).__name__}"
+            raise PlanError(msg)
+        return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
+
+    def read_parquet(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
+                     storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
+        """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL."""
+        from arrowflow.io.files import FileSource
+
+        return self.source(FileSource("parquet", path, schema=schema, storage_options=storage_options,
+                                      on_error=on_error), name=name)
+
+    def read_csv(self, path: str | Sequence[str], *, schema: Any = None, has_header: bool = True,
+                 separator: str = ",", name: str | None = None,
+                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
+        """CSV files. Rows that cannot be parsed go to the ``malformed`` side output."""
+        from arrowflow.io.files import FileSource
+
+        return self.source(FileSource("csv", path, schema=schema, storage_options=storage_options,
+                                      on_error=on_error, options={"has_header": has_header, "separator": separator}),
+                           name=name)
+
+    def read_ndjson(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
+                    storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
+        """Newline-delimited JSON files. Lines that cannot be parsed go to ``malformed``."""
+        from arrowflow.io.files import FileSource
+
+        return self.source(FileSource("ndjson", path, schema=schema, storage_options=storage_options,
+                                      on_error=on_error), name=name)
+
+    def read_ipc(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
+                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
+        """Arrow IPC (Feather v2) files."""
+        from arrowflow.io.files import FileSource
+
+        return self.source(FileSource("ipc", path, schema=schema, storage_options=storage_options,
+                                      on_error=on_error), name=name)
+
+    def from_polars(self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None,
+                    splits: int | None = None) -> Stream:
+        """An in-memory DataFrame as a bounded source (split into ``splits`` pieces)."""
+        from arrowflow.io.memory import MemorySource
+
+        return self.source(MemorySource.from_polars(df, splits=splits), name=name)
+
+    def from_arrow(self, data: Any, *, name: str | None = None, splits: int | None = None) -> Stream:
+        """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source."""
+        from arrowflow.io.memory import MemorySource
+
+        return self.source(MemorySource.from_arrow(data, splits=splits), name=name)
+
+    # ------------------------------------------------------------------ schemas
+    def schema_of(self, node: Node) -> pl.Schema:
+        """The output schema of ``node`` (may read source metadata)."""
+        cached = self._schemas.get(id(node))
+        if cached is None:
+            cached = self._compute_schema(node)
+            self._schemas[id(node)] = cached
+        return cached
+
+    def schema_is_static(self, node: Node) -> bool:
+        """True when the schema can be computed without any I/O."""
+        if node.kind == "source":
+            return bool(getattr(node.params["source"], "schema_is_static", False))
+        return all(self.schema_is_static(parent) for parent in node.inputs)
+
+    def _compute_schema(self, node: Node) -> pl.Schema:
+        kind, params = node.kind, node.params
+        if kind == "source":
+            return params["source"].schema()
+        if kind == "side_output":
+            return side_output_schema(self, node)
+        upstream = self.schema_of(node.inputs[0]) if node.inputs else pl.Schema()
+        try:
+            if kind == "filter":
+                lf = pl.LazyFrame(schema=upstream)
+                for predicate in params["predicates"]:
+                    dtype = lf.select(predicate).collect_schema().dtypes()
+                    if len(dtype) != 1 or dtype[0] != pl.Boolean:
+                        msg = (
+                            f"operator {node.id!r}: a filter predicate must be a Boolean expression, "
+                            f"{predicate} is {dtype[0] if len(dtype) == 1 else dtype}; "
+                            f"compare it with something, e.g. pl.col('x') > 0"
+                        )
+                        raise SchemaError(msg)
+                return upstream
+            if kind == "select":
+                return pl.LazyFrame(schema=upstream).select(params["exprs"]).collect_schema()
+            if kind == "with_columns":
+                return pl.LazyFrame(schema=upstream).with_columns(params["exprs"]).collect_schema()
+        except pl.exceptions.PolarsError as exc:
+            raise _polars_schema_error(node.id, exc) from None
+        if kind == "map_batches":
+            declared = params.get("schema")
+            if declared is not None:
+                return declared
+            try:
+                out = params["fn"](pl.DataFrame(schema=upstream))
+            except Exception as exc:
+                msg = (
+                    f"operator {node.id!r}: the function could not be run on an empty batch to learn "
+                    f"its output schema ({type(exc).__name__}: {exc}); pass schema={{...}} to map_batches"
+                )
+                raise SchemaError(msg) from None
+            if not isinstance(out, pl.DataFrame):
+                msg = (
+                    f"operator {node.id!r}: the map_batches function must return a polars DataFrame, "
+                    f"it returned {type(out).__name__}"
+                )
+                raise PlanError(msg)
+            return out.schema
+        if kind == "union":
+            schemas = [self.schema_of(parent) for parent in node.inputs]
+            first = schemas[0]
+            for parent, other in zip(node.inputs[1:], schemas[1:], strict=True):
+                if other != first:
+                    diffs = [
+                        f"{col}: {first.get(col)} vs {other.get(col)}"
+                        for col in dict.fromkeys([*first.names(), *other.names()])
+                        if first.get(col) != other.get(col)
+                    ]
+                    msg = (
+                        f"operator {node.id!r}: union needs the same columns and types in every input; "
+                        f"{node.inputs[0].id!r} and {parent.id!r} differ in {', '.join(diffs) or 'column order'}; "
+                        f"align them with .select(...) and .cast(...) first"
+                    )
+                    raise SchemaError(msg)
+            return first
+        if kind == "agg":
+            return params["agg"](upstream).output_schema
+        if kind == "sink":
+            params["sink"].validate(upstream, node.id)
+            return upstream
+        msg = f"internal: no schema rule for operator kind {kind!r}"
+        raise PlanError(msg)
+
+    def _validate(self, node: Node) -> Node:
+        if self.schema_is_static(node):
+            try:
+                self.schema_of(node)
+            except Exception:
+                self._remove(node)
+                raise
+        return node
+
+    # ------------------------------------------------------------------ running
+    def sinks(self) -> list[Node]:
+        return [n for n in self.nodes if n.kind == "sink"]
+
+    def plan(self, *, outputs: list[Node] | None = None) -> Any:
+        """The physical plan of the flow (or of the part that ``outputs`` need)."""
+        from arrowflow.plan import build_plan
+
+        return build_plan(self, outputs if outputs is not None else self.sinks())
+
+    def explain(self) -> str:
+        """A plain-text description of the physical plan."""
+        return self.plan().explain()
+
+    def run(self, *, workers: int | None = 0, state: Any = "memory", checkpoint_dir: str | None = None,
+            checkpoint_every: Any = None, restore: str | int | None = "latest", batch_size: int | None = None,
+            max_parallelism: int | None = None, progress: bool | None = None) -> RunResult:
+        """Run every sink of the flow to the end of its (bounded) input.
+
+        ``workers=0`` (the default for now) runs in this process; ``workers=N`` uses N worker
+        processes.
+        """
+        sinks = self.sinks()
+        if not sinks:
+            msg = (
+                f"flow {self.name!r} has no sinks, so running it would compute nothing; add one with "
+                f"stream.write_parquet(...) (or write_csv/ndjson/ipc/database), or use stream.collect()"
+            )
+            raise PlanError(msg)
+        from arrowflow.runtime import execute
+
+        return execute(self.plan(outputs=sinks), workers=workers, state=state, checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
+                       max_parallelism=max_parallelism, progress=progress)
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, {len(self.nodes)} operators)"
+
+
+def side_output_schema(flow: Flow, node: Node) -> pl.Schema:
+    parent = node.inputs[0]
+    if node.side == "malformed":
+        if parent.kind != "source":
+            msg = (
+                f"side output 'malformed' exists on sources only; {parent.id!r} is a {parent.kind}; "
+                f"call .side_output('malformed') on the stream a read_* method returned"
+            )
+            raise PlanError(msg)
+        return MALFORMED_SCHEMA
+    declared = parent.params.get("side_outputs", {})
+    if node.side in declared:
+        return declared[node.side](flow.schema_of(parent))
+    names = ["malformed"] if parent.kind == "source" else sorted(declared)
+    msg = f"operator {parent.id!r} ({parent.kind}) has no side output {node.side!r}; it has: {names or 'none'}"
+    raise PlanError(msg)
+
+
+class Stream:
+    """A stream of record batches: the output of one operator."""
+
+    def __init__(self, flow: Flow, node: Node) -> None:
+        self.flow = flow
+        self.node = node
+
+    @property
+    def id(self) -> str:
+        return self.node.id
+
+    @property
+    def schema(self) -> pl.Schema:
+        """Output schema (column names and polars types)."""
+        return self.flow.schema_of(self.node)
+
+    def _then(self, kind: str, name: str | None, **params: Any) -> Stream:
+        node = self.flow._add(kind, [self.node], name, **params)
+        return Stream(self.flow, self.flow._validate(node))
+
+    # ---------------------------------------------------------------- stateless operators
+    def filter(self, *predicates: pl.Expr, name: str | None = None) -> Stream:
+        """Keep rows where every predicate is true (nulls count as false)."""
+        if not predicates:
+            msg = "filter() needs at least one predicate, e.g. .filter(pl.col('amount') > 0)"
+            raise PlanError(msg)
+        checked = _check_exprs(predicates, name or "filter", "filter()")
+        return self._then("filter", name, predicates=checked)
+
+    def select(self, *exprs: pl.Expr | str, name: str | None = None, **named: pl.Expr) -> Stream:
+        """Compute exactly these columns (polars ``select`` semantics, per row)."""
+        checked = _check_exprs(exprs, name or "select", "select()")
+        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), name or "select", "select()"), strict=True)]
+        if not checked:
+            msg = "select() needs at least one column or expression"
+            raise PlanError(msg)
+        return self._then("select", name, exprs=checked)
+
+    def with_columns(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
+        """Add or replace columns (polars ``with_columns`` semantics, per row)."""
+        checked = _check_exprs(exprs, name or "with_columns", "with_columns()")
+        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), name or "with_columns", "with_columns()"), strict=True)]
+        if not checked:
+            msg = "with_columns() needs at least one expression"
+            raise PlanError(msg)
+        return self._then("with_columns", name, exprs=checked)
+
+    def map_batches(self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, schema: Any = None,
+                    name: str | None = None) -> Stream:
+        """Apply ``fn`` to every batch. It must return a DataFrame with the same columns every time.
+
+        ``fn`` runs once per batch in whichever worker holds the batch, so it must not rely on
+        seeing all rows (use key_by(...).agg(...) for that). It is serialized once per worker.
+        """
+        if not callable(fn):
+            msg = f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
+            raise PlanError(msg)
+        from arrowflow.io._schema import to_polars_schema
+
+        declared = to_polars_schema(schema) if schema is not None else None
+        return self._then("map_batches", name, fn=fn, schema=declared)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """All rows of this stream and ``others`` (same columns and types), in no set order."""
+        if not others:
+            msg = "union() needs at least one other stream"
+            raise PlanError(msg)
+        for other in others:
+            if not isinstance(other, Stream) or other.flow is not self.flow:
+                msg = "union() takes streams of the same Flow"
+                raise PlanError(msg)
+        node = self.flow._add("union", [self.node, *(o.node for o in others)], name)
+        return Stream(self.flow, self.flow._validate(node))
+
+    def key_by(self, *keys: str) -> KeyedStream:
+        """Partition by key columns; rows with equal keys meet in the same worker."""
+        flat: list[str] = []
+        for key in keys:
+            flat.extend([key] if isinstance(key, str) else list(key))
+        if not flat or not all(isinstance(k, str) for k in flat):
+            msg = (
+                f"key_by() expects column names, got {keys!r}; to key by an expression, add it "
+                f"first: .with_columns(bucket=pl.col('user_id') % 1000).key_by('bucket')"
+            )
+            raise PlanError(msg)
+        if self.flow.schema_is_static(self.node):
+            missing = [k for k in flat if k not in self.schema]
+            if missing:
+                msg = (
+                    f"key_by(): no column {missing[0]!r} in the output of {self.node.id!r}; "
+                    f"its columns are {self.schema.names()}"
+                )
+                raise SchemaError(msg)
+        return KeyedStream(self, flat)
+
+    def side_output(self, name: str) -> Stream:
+        """The rows an operator set aside instead of dropping them: ``"malformed"`` on sources,
+        ``"late"`` on windows."""
+        node = self.flow._add("side_output", [self.node], None, id_kind=f"{self.node.id}.{name}")
+        node.side = name
+        return Stream(self.flow, self.flow._validate(node))
+
+    # ---------------------------------------------------------------- sinks
+    def _sink(self, sink: Sink, name: str | None) -> None:
+        node = self.flow._add("sink", [self.node], name, sink=sink, id_kind=sink.kind)
+        self.flow._validate(node)
+
+    def write_parquet(self, path: str, *, mode: str = "overwrite", name: str | None = None,
+                      storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+        """Write Parquet part files into directory ``path`` (exactly once; see README)."""
+        from arrowflow.io.filesinks import FileSink
+
+        self._sink(FileSink("parquet", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+
+    def write_csv(self, path: str, *, mode: str = "overwrite", name: str | None = None,
+                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+        from arrowflow.io.filesinks import FileSink
+
+        self._sink(FileSink("csv", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+
+    def write_ndjson(self, path: str, *, mode: str = "overwrite", name: str | None = None,
+                     storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+        from arrowflow.io.filesinks import FileSink
+
+        self._sink(FileSink("ndjson", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+
+    def write_ipc(self, path: str, *, mode: str = "overwrite", name: str | None = None,
+                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+        from arrowflow.io.filesinks import FileSink
+
+        self._sink(FileSink("ipc", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+
+    def write_to(self, sink: Sink, *, name: str | None = None) -> None:
+        """Write to any :class:`arrowflow.sinks.Sink` object."""
+        if not isinstance(sink, Sink):
+            msg = f"write_to() expects an arrowflow Sink, got {type(sink).__name__}"
+            raise PlanError(msg)
+        self._sink(sink, name)
+
+    # ---------------------------------------------------------------- running
+    def collect(self, *, workers: int | None = 0, state: Any = "memory", batch_size: int | None = None,
+                max_parallelism: int | None = None) -> pl.DataFrame:
+        """Run the part of the flow this stream needs and return its rows as a DataFrame."""
+        from arrowflow.io.memory import CollectSink
+        from arrowflow.plan import build_plan
+        from arrowflow.runtime import execute
+
+        sink = CollectSink()
+        node = Node(f"{self.node.id}.collect", "sink", [self.node], {"sink": sink})
+        plan = build_plan(self.flow, [node])
+        result = execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None,
+                         restore=None, batch_size=batch_size, max_parallelism=max_parallelism, progress=False)
+        return result.collected(node.id, self.schema)
+
+    def explain(self) -> str:
+        from arrowflow.plan import build_plan
+
+        return build_plan(self.flow, [self.node]).explain()
+
+    def __repr__(self) -> str:
+        return f"Stream({self.node.id!r}, {self.node.kind})"
+
+
+class KeyedStream:
+    """A stream partitioned by key columns: the input of keyed, stateful operators."""
+
+    def __init__(self, stream: Stream, keys: list[str]) -> None:
+        self.stream = stream
+        self.keys = keys
+
+    def agg(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
+        """Keyed running aggregation: one row per key with its aggregates so far.
+
+        Emits, at every checkpoint and at the end of a bounded input, the current value of each
+        key updated since its last emission.
+        """
+        flow = self.stream.flow
+        op_id = name or "agg"
+        aggs = named_aggregations(exprs, named, op_id)
+        keys = list(self.keys)
+
+        def make(schema: pl.Schema, _aggs: dict[str, pl.Expr] = aggs, _keys: list[str] = keys,
+                 _id: str = op_id) -> IncrementalAgg:
+            return IncrementalAgg(_aggs, _keys, schema, operator_id=_id)
+
+        node = flow._add("agg", [self.stream.node], name, keys=keys, aggs=aggs, agg=make)
+        make.__defaults__ = (aggs, keys, node.id)  # name errors after the real operator id
+        return Stream(flow, flow._validate(node))
+
+    def __repr__(self) -> str:
+        return f"KeyedStream({self.stream.node.id!r}, keys={self.keys})"
+
+
+def describe_expr(expr: pl.Expr) -> str:
+    text = str(expr)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def fingerprint_of(payload: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

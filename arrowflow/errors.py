@@ -1,0 +1,48 @@
+"""The exceptions arrowflow raises.
+
+A small vocabulary under one root, so users can catch ``ArrowflowError`` and tests can
+check the exact kind. Messages say what was expected, what arrived and the likely fix.
+"""
+
+from __future__ import annotations
+
+
+class ArrowflowError(Exception):
+    """Root of every error arrowflow raises on purpose."""
+
+
+class PlanError(ArrowflowError):
+    """The flow, as built, cannot be run: wrong API use, an unsupported expression."""
+
+
+class SchemaError(PlanError):
+    """A column is missing or has a type other than the one an operator needs."""
+
+
+class SourceError(ArrowflowError):
+    """A source cannot be read: no such file, an empty glob, an unreadable file."""
+
+
+class SinkError(ArrowflowError):
+    """A sink cannot write or commit its output."""
+
+
+class StateError(ArrowflowError):
+    """A state backend cannot open, read, write, snapshot or restore a store."""
+
+
+class CheckpointError(ArrowflowError):
+    """A checkpoint cannot be written, found, verified or restored."""
+
+
+class WorkerError(ArrowflowError):
+    """A worker process raised or died; the message carries its traceback as text."""
+
+    def __init__(self, msg: str, *, worker: int | None = None, traceback_text: str = "") -> None:
+        super().__init__(msg)
+        self.worker = worker
+        self.traceback_text = traceback_text
+
+
+class JobCancelled(ArrowflowError):
+    """The run was stopped from outside (Ctrl-C, ``job.stop()``)."""

@@ -1,0 +1,54 @@
+"""Coordinator-side pieces shared by every executor: split enumeration and sink commits.
+
+The :class:`SplitEnumerator` holds, per source, the splits not yet handed out, those handed
+to each worker and not yet finished, and those finished. Workers ask for splits one at a
+time, so a slow worker simply asks less often. When a worker fails, its unfinished splits go
+back to the front of the queue (``reclaim``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from arrowflow.plan import Plan
+from arrowflow.sources import Split
+
+
+class SplitEnumerator:
+    def __init__(self, plan: Plan, positions: dict[str, dict[str, Any]] | None = None,
+                 finished: dict[str, set[str]] | None = None) -> None:
+        self.plan = plan
+        self.pending: dict[str, deque[Split]] = {}
+        self.assigned: dict[str, dict[str, int]] = {}
+        self.finished: dict[str, set[str]] = {op.id: set(finished.get(op.id, ())) if finished else set() for op in plan.sources}
+        self.positions = positions or {}
+        self.total: dict[str, int] = {}
+        for op in plan.sources:
+            splits = [s for s in op.params["source"].discover_splits() if s.split_id not in self.finished[op.id]]
+            self.pending[op.id] = deque(splits)
+            self.assigned[op.id] = {}
+            self.total[op.id] = len(splits) + len(self.finished[op.id])
+
+    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
+        queue = self.pending[source_id]
+        if not queue:
+            return None
+        split = queue.popleft()
+        self.assigned[source_id][split.split_id] = worker
+        return split, self.positions.get(source_id, {}).get(split.split_id)
+
+    def split_done(self, source_id: str, split_id: str) -> None:
+        self.assigned[source_id].pop(split_id, None)
+        self.finished[source_id].add(split_id)
+
+    def progress(self) -> tuple[int, int]:
+        """(splits finished, splits known) over all sources."""
+        return sum(len(f) for f in self.finished.values()), sum(self.total.values())
+
+
+def commit_sinks(plan: Plan, checkpoint_id: int, staged: dict[str, list[Any]]) -> None:
+    """Commit every sink's staged output (idempotent)."""
+    for op in plan.ops:
+        if op.kind == "sink":
+            op.params["sink"].commit(checkpoint_id, [s for s in staged.get(op.id, []) if s is not None])

@@ -1,0 +1,298 @@
+"""Runtime operators: the objects a worker builds from a physical plan and pushes batches through.
+
+Every worker builds one instance of every operator in the plan and wires them as the plan's
+edges say. Execution is push-based and synchronous inside a worker: a source reads a batch
+and calls ``receive`` on its consumers, which compute and call ``receive`` on theirs, down
+to an exchange (which hands rows to the worker that owns their key group) or a sink.
+
+State kept here:
+
+- ``ended`` input count per operator: an operator finishes (flushes, emits what it holds)
+  when every input edge has ended; the end then travels on along every output edge, side
+  outputs included. An exchange's downstream ends when every sending worker has ended.
+- row and batch counts per operator, reported as the run's metrics.
+
+Side outputs are ports other than ``main``: rows emitted to a port nobody consumes are
+counted in ``unconsumed`` (never dropped silently).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from arrowflow.aggregates import IncrementalAgg
+from arrowflow.errors import PlanError
+from arrowflow.keygroups import key_groups, owner_of
+from arrowflow.plan import MAIN, OpSpec
+from arrowflow.sinks import SinkWriter
+from arrowflow.state import FOUND, KeyedStore, StateBackend, StoreContext, StoreSpec
+
+
+class Operator:
+    """Base runtime operator: wiring, end-of-input counting and metrics."""
+
+    def __init__(self, spec: OpSpec) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.outputs: dict[str, list[tuple[Operator, int]]] = {}
+        self.inputs_total = len(spec.inputs)
+        self.inputs_ended = 0
+        self.finished = False
+        self.rows_in = 0
+        self.rows_out = 0
+        self.batches_in = 0
+        self.unconsumed: dict[str, int] = {}
+        self.busy_s = 0.0
+
+    def connect(self, port: str, consumer: Operator, index: int) -> None:
+        self.outputs.setdefault(port, []).append((consumer, index))
+
+    def open(self) -> None:
+        """Called once in the worker before the first batch."""
+
+    def receive(self, batch: pl.DataFrame, index: int) -> None:
+        self.rows_in += batch.height
+        self.batches_in += 1
+        self.process(batch, index)
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        raise NotImplementedError
+
+    def emit(self, batch: pl.DataFrame, port: str = MAIN) -> None:
+        if batch.height == 0:
+            return
+        consumers = self.outputs.get(port)
+        if port == MAIN:
+            self.rows_out += batch.height
+        if not consumers:
+            if port != MAIN:
+                self.unconsumed[port] = self.unconsumed.get(port, 0) + batch.height
+            return
+        for consumer, index in consumers:
+            consumer.receive(batch, index)
+
+    def end_input(self, index: int) -> None:
+        self.inputs_ended += 1
+        if self.inputs_ended >= self.inputs_total and not self.finished:
+            self.finished = True
+            self.finish()
+            self.end_outputs()
+
+    def end_outputs(self) -> None:
+        for consumers in self.outputs.values():
+            for consumer, index in consumers:
+                consumer.end_input(index)
+
+    def finish(self) -> None:
+        """All inputs ended: flush what the operator holds (it may still ``emit``)."""
+
+    def close(self) -> None:
+        """Release resources; called once, also after an error."""
+
+    def metrics(self) -> dict[str, Any]:
+        return {"operator": self.id, "kind": self.spec.kind, "rows_in": self.rows_in,
+                "rows_out": self.rows_out, "batches_in": self.batches_in,
+                "unconsumed": sum(self.unconsumed.values())}
+
+
+def _compile_steps(steps: list[dict[str, Any]]) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """Fuse consecutive expression steps into one lazy query per batch."""
+    stages: list[Callable[[pl.DataFrame], pl.DataFrame]] = []
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        group = list(pending)
+        pending.clear()
+
+        def run_lazy(frame: pl.DataFrame, _group: list[dict[str, Any]] = group) -> pl.DataFrame:
+            lazy = frame.lazy()
+            for step in _group:
+                if step["kind"] == "filter":
+                    lazy = lazy.filter(*step["predicates"])
+                elif step["kind"] == "select":
+                    lazy = lazy.select(step["exprs"])
+                else:
+                    lazy = lazy.with_columns(step["exprs"])
+            return lazy.collect()
+
+        stages.append(run_lazy)
+
+    for step in steps:
+        if step["kind"] == "map_batches":
+            flush()
+            stages.append(_checked_function(step))
+        else:
+            pending.append(step)
+    flush()
+
+    def run(frame: pl.DataFrame) -> pl.DataFrame:
+        for stage in stages:
+            frame = stage(frame)
+        return frame
+
+    return run
+
+
+def _checked_function(step: dict[str, Any]) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    fn, op_id, schema = step["fn"], step["id"], step["schema"]
+
+    def call(frame: pl.DataFrame) -> pl.DataFrame:
+        out = fn(frame)
+        if not isinstance(out, pl.DataFrame):
+            msg = f"operator {op_id!r}: the map_batches function returned {type(out).__name__}, expected a polars DataFrame"
+            raise PlanError(msg)
+        if out.schema != schema:
+            try:
+                out = out.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+            except Exception:
+                msg = (
+                    f"operator {op_id!r}: the map_batches function returned columns {dict(out.schema)}, "
+                    f"but its output schema is {dict(schema)}; return the same columns for every batch "
+                    f"or declare schema= on map_batches"
+                )
+                raise PlanError(msg) from None
+        return out
+
+    return call
+
+
+class ChainOp(Operator):
+    """Fused stateless operators."""
+
+    def __init__(self, spec: OpSpec) -> None:
+        super().__init__(spec)
+        self.run = _compile_steps(spec.params["steps"])
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        self.emit(self.run(batch))
+
+
+class UnionOp(Operator):
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        self.emit(batch)
+
+
+class ExchangeOp(Operator):
+    """Hash exchange: rows go to the worker owning their key group.
+
+    With one worker every row stays here. With several, ``transport`` (set by the pool) sends
+    each other worker its rows; the downstream operator ends when every sender has ended.
+    """
+
+    def __init__(self, spec: OpSpec, worker: int, parallelism: int) -> None:
+        super().__init__(spec)
+        self.keys = spec.params["keys"]
+        self.max_parallelism = spec.params["max_parallelism"]
+        self.worker = worker
+        self.parallelism = parallelism
+        self.transport: Any = None
+        self.senders_ended: set[int] = set()
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        if self.parallelism == 1:
+            self.emit(batch)
+            return
+        owners = owner_of(key_groups(batch.select(self.keys), self.max_parallelism), self.parallelism)
+        order = np.argsort(owners, kind="stable")
+        bounds = np.searchsorted(owners[order], np.arange(self.parallelism + 1))
+        shuffled = batch[pl.Series(order)] if len(order) else batch
+        for target in range(self.parallelism):
+            lo, hi = int(bounds[target]), int(bounds[target + 1])
+            if hi == lo:
+                continue
+            part = shuffled.slice(lo, hi - lo)
+            if target == self.worker:
+                self.emit(part)
+            else:
+                self.rows_out += part.height
+                self.transport.send(target, self.id, part)
+
+    def deliver(self, batch: pl.DataFrame) -> None:
+        """A batch another worker routed here."""
+        self.emit(batch)
+
+    def end_input(self, index: int) -> None:
+        # Our own upstream ended: tell every other worker, then count ourselves as a sender.
+        if self.transport is not None:
+            for target in range(self.parallelism):
+                if target != self.worker:
+                    self.transport.send_end(target, self.id)
+        self.sender_ended(self.worker)
+
+    def sender_ended(self, sender: int) -> None:
+        self.senders_ended.add(sender)
+        if len(self.senders_ended) == self.parallelism and not self.finished:
+            self.finished = True
+            self.end_outputs()
+
+
+class AggOp(Operator):
+    """Keyed running aggregation over a state store."""
+
+    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+        super().__init__(spec)
+        self.agg: IncrementalAgg = spec.params["agg"]
+        self.backend = backend
+        self.key_range = key_range
+        self.context = context
+        self.store: KeyedStore | None = None
+        self.dirty: list[pl.DataFrame] = []
+        self.dirty_rows = 0
+
+    def store_spec(self) -> StoreSpec:
+        return StoreSpec(self.id, self.agg.key_schema, self.agg.state_schema,
+                         max_parallelism=self.spec.params["max_parallelism"])
+
+    def open(self) -> None:
+        self.store = self.backend.open_store(self.store_spec(), self.key_range, self.context)
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        assert self.store is not None
+        partial = self.agg.partial(batch)
+        keys = partial.select(self.agg.keys)
+        merged = self.agg.merge(self.store.get(keys), partial)
+        self.store.put(keys, merged)
+        self.dirty.append(keys)
+        self.dirty_rows += keys.height
+        if self.dirty_rows > 4 * max(1_000_000, self.store.count()):
+            unique = pl.concat(self.dirty).unique()
+            self.dirty, self.dirty_rows = [unique], unique.height
+
+    def emit_updates(self) -> None:
+        """Emit the current value of every key updated since the last emission."""
+        assert self.store is not None
+        if not self.dirty:
+            return
+        keys = pl.concat(self.dirty).unique(maintain_order=True) if len(self.dirty) > 1 else self.dirty[0]
+        self.dirty, self.dirty_rows = [], 0
+        values = self.store.get(keys).drop(FOUND)
+        self.emit(self.agg.finalize(pl.concat([keys, values], how="horizontal")))
+
+    def finish(self) -> None:
+        self.emit_updates()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+class SinkOp(Operator):
+    def __init__(self, spec: OpSpec, worker: int, parallelism: int) -> None:
+        super().__init__(spec)
+        self.writer: SinkWriter = spec.params["sink"].open_writer(worker, parallelism, spec.id)
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        started = time.perf_counter()
+        self.writer.write(batch)
+        self.busy_s += time.perf_counter() - started
+
+    def close(self) -> None:
+        self.writer.close()

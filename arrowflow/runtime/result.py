@@ -1,0 +1,63 @@
+"""What a finished run returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+
+@dataclass
+class RunResult:
+    flow: str
+    workers: int
+    elapsed_s: float
+    operator_metrics: list[dict[str, Any]] = field(default_factory=list)
+    restarts: int = 0
+    checkpoints: list[int] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> pl.DataFrame:
+        """Per-operator counts summed over workers: rows in and out, batches, malformed."""
+        if not self.operator_metrics:
+            return pl.DataFrame()
+        frame = pl.DataFrame(self.operator_metrics)
+        order = {row["operator"]: i for i, row in enumerate(self.operator_metrics)}
+        numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != "worker"]
+        return (
+            frame.group_by("operator", "kind").agg([pl.col(c).sum() for c in numeric])
+            .with_columns(pl.col("operator").replace_strict(order, default=0).alias("_order"))
+            .sort("_order").drop("_order")
+        )
+
+    def _sum(self, kind: str, column: str) -> int:
+        return int(sum(m[column] for m in self.operator_metrics if m["kind"] == kind))
+
+    @property
+    def rows_in(self) -> int:
+        """Rows read by all sources."""
+        return self._sum("source", "rows_in")
+
+    @property
+    def rows_out(self) -> int:
+        """Rows written by all sinks."""
+        return self._sum("sink", "rows_in")
+
+    @property
+    def malformed(self) -> int:
+        return int(sum(m.get("malformed", 0) for m in self.operator_metrics))
+
+    def collected(self, sink_id: str, schema: pl.Schema) -> pl.DataFrame:
+        frames = self.outputs.get(sink_id) or []
+        if not frames:
+            return pl.DataFrame(schema=schema)
+        return pl.concat(frames, how="vertical_relaxed")
+
+    def __repr__(self) -> str:
+        rate = self.rows_in / self.elapsed_s if self.elapsed_s else 0.0
+        return (
+            f"RunResult(flow={self.flow!r}, workers={self.workers}, rows_in={self.rows_in:,}, "
+            f"rows_out={self.rows_out:,}, malformed={self.malformed:,}, elapsed={self.elapsed_s:.3f}s, "
+            f"rate={rate:,.0f} rows/s, restarts={self.restarts})"
+        )

@@ -1,0 +1,246 @@
+"""The keyed-state interface: what a state backend in ``arrowflow.backends`` implements.
+
+A :class:`StateBackend` is a picklable description chosen with ``flow.run(state=...)``.
+In each worker the runtime calls :meth:`StateBackend.open_store` once per (stateful
+operator, store name) with the key groups that worker owns; the returned
+:class:`KeyedStore` is used by that worker's thread only.
+
+Access is vectorized: every method takes or returns whole columns. Keys are a
+``pl.DataFrame`` of the key columns (Arrow memory underneath); values are a
+``pl.DataFrame`` with the store's value columns. No method is ever called per key.
+
+Key groups: a key belongs to group ``key_groups(keys, max_parallelism)``
+(:mod:`arrowflow.keygroups`). Snapshots record the group of every key, so
+:meth:`KeyedStore.restore` can load a snapshot taken with a different split of groups
+across workers (rescaling): it keeps exactly the keys whose group it owns.
+
+Snapshot files are written through fsspec under the checkpoint root; their paths in
+:class:`StateFile` are relative to that root, so an incremental backend may point at a file
+an earlier checkpoint wrote (under ``shared/``) instead of writing it again.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import fsspec
+import polars as pl
+
+from arrowflow.errors import StateError
+from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
+
+#: Name of the Boolean column :meth:`KeyedStore.get` adds: True where the key was found.
+FOUND = "__found"
+#: Name of the key-group column in snapshot files.
+KEY_GROUP = "__key_group"
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store holds. ``name`` is unique per worker: ``<operator id>`` or
+    ``<operator id>/<state name>`` for operators with several states."""
+
+    name: str
+    key_schema: pl.Schema
+    value_schema: pl.Schema
+    max_parallelism: int = DEFAULT_MAX_PARALLELISM
+    ttl_ms: int | None = None
+
+    @property
+    def key_columns(self) -> list[str]:
+        return list(self.key_schema.names())
+
+    @property
+    def value_columns(self) -> list[str]:
+        return list(self.value_schema.names())
+
+    def empty_values(self, height: int) -> pl.DataFrame:
+        """All-null values for ``height`` keys, with ``FOUND`` False."""
+        frame = pl.DataFrame(
+            [pl.Series(name, [None] * height, dtype=dtype) for name, dtype in self.value_schema.items()]
+        )
+        return frame.with_columns(pl.Series(FOUND, [False] * height, dtype=pl.Boolean))
+
+
+@dataclass(frozen=True)
+class StateFile:
+    """One file of a snapshot, as recorded in the checkpoint manifest."""
+
+    path: str  # relative to the checkpoint root
+    size: int
+    sha256: str
+    store: str  # StoreSpec.name
+    key_groups: tuple[int, int]  # [start, stop) of the groups whose keys the file may hold
+    format: str  # "arrow", "lmdb", "sql", ...
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["key_groups"] = list(self.key_groups)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StateFile:
+        data = dict(data)
+        data["key_groups"] = tuple(data["key_groups"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """Where a worker's store may keep local files, and who it belongs to."""
+
+    local_dir: str  # a private directory on local disk, created by the runtime
+    worker: int
+    parallelism: int
+
+
+class KeyedStore(abc.ABC):
+    """One operator's keyed state for one worker's key groups."""
+
+    def __init__(self, spec: StoreSpec, key_groups: range) -> None:
+        self.spec = spec
+        self.key_groups = key_groups
+
+    @abc.abstractmethod
+    def get(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """Values for each row of ``keys``, in the same order: the value columns (nulls where
+        a key is missing) plus the Boolean column :data:`FOUND`."""
+
+    @abc.abstractmethod
+    def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
+        """Insert or replace. ``keys`` rows are unique; ``values`` has the same height."""
+
+    @abc.abstractmethod
+    def delete(self, keys: pl.DataFrame) -> None:
+        """Remove keys; keys that are absent are ignored."""
+
+    @abc.abstractmethod
+    def scan(self) -> Iterator[pl.DataFrame]:
+        """Every entry as batches of key columns followed by value columns, in no set order."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of keys held."""
+
+    @abc.abstractmethod
+    def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
+        """Write a consistent copy of the store under ``root`` and describe the files.
+
+        Called between batches (never while a ``put`` runs). The store stays usable and
+        unchanged by the call.
+        """
+
+    @abc.abstractmethod
+    def restore(self, fs: fsspec.AbstractFileSystem, root: str, files: list[StateFile]) -> None:
+        """Replace the contents with the entries of ``files`` whose key group this store owns.
+
+        ``files`` may come from a snapshot taken with another key-group split (rescaling)
+        and by another backend of the same format family only.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Called once; nothing is called after it."""
+
+
+class StateBackend(abc.ABC):
+    """A picklable description of where keyed state lives."""
+
+    name: str = "backend"
+
+    @abc.abstractmethod
+    def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
+        """Called in a worker process, once per store, before any batch is processed."""
+
+
+# ---------------------------------------------------------------- helpers for backends
+
+
+def checked_write(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> tuple[int, str]:
+    """Write ``payload`` to ``path`` (creating parents) and return (size, sha256 hex)."""
+    parent = path.rsplit("/", 1)[0]
+    try:
+        fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as handle:
+            handle.write(payload)
+    except OSError as exc:
+        msg = f"cannot write state snapshot file {path!r}: {exc}"
+        raise StateError(msg) from exc
+    return len(payload), hashlib.sha256(payload).hexdigest()
+
+
+def ipc_bytes(frame: pl.DataFrame) -> bytes:
+    """Serialize a frame as one Arrow IPC file (uncompressed, readable by any Arrow tool)."""
+    import io as _stdio
+
+    sink = _stdio.BytesIO()
+    frame.write_ipc(sink, compression="uncompressed")
+    return sink.getvalue()
+
+
+def read_ipc_bytes(payload: bytes) -> pl.DataFrame:
+    import io as _stdio
+
+    return pl.read_ipc(_stdio.BytesIO(payload), memory_map=False)
+
+
+def read_verified(fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> bytes:
+    """Read a snapshot file and check its size and checksum against the manifest."""
+    path = f"{root}/{state_file.path}"
+    try:
+        with fs.open(path, "rb") as handle:
+            payload = handle.read()
+    except (OSError, FileNotFoundError) as exc:
+        msg = f"state file {path!r} of store {state_file.store!r} cannot be read: {exc}"
+        raise StateError(msg) from exc
+    digest = hashlib.sha256(payload).hexdigest()
+    if len(payload) != state_file.size or digest != state_file.sha256:
+        msg = (
+            f"state file {path!r} does not match its manifest: expected {state_file.size} bytes "
+            f"sha256 {state_file.sha256[:12]}…, found {len(payload)} bytes sha256 {digest[:12]}…"
+        )
+        raise StateError(msg)
+    return payload
+
+
+BACKENDS = {
+    "memory": "arrowflow.backends.memory:MemoryBackend",
+    "arrow": "arrowflow.backends.arrow_ipc:ArrowBackend",
+    "lmdb": "arrowflow.backends.lmdb:LmdbBackend",
+    "sql": "arrowflow.backends.sql:SqlBackend",
+}
+
+
+def resolve_backend(state: str | StateBackend | None) -> StateBackend:
+    """A backend object from a name (lazy import through :data:`BACKENDS`) or an object."""
+    import importlib
+
+    if state is None:
+        state = "memory"
+    if isinstance(state, StateBackend):
+        return state
+    if isinstance(state, str):
+        name = state
+        options: dict[str, Any] = {}
+        if state.startswith(("postgresql://", "postgres://", "sqlite://")):
+            name, options = "sql", {"url": state}
+        target = BACKENDS.get(name)
+        if target is None:
+            msg = (
+                f"unknown state backend {state!r}; expected one of {sorted(BACKENDS)}, a "
+                f"'postgresql://' or 'sqlite://' URL, or a StateBackend object"
+            )
+            raise StateError(msg)
+        module_name, class_name = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            msg = f"state backend {name!r} cannot be loaded: {exc}"
+            raise StateError(msg) from exc
+        return getattr(module, class_name)(**options)
+    msg = f"state= expects a backend name or a StateBackend object, got {type(state).__name__}"
+    raise StateError(msg)

@@ -1,0 +1,1 @@
+"""Public test helpers for arrowflow users and for arrowflow's own suite."""
