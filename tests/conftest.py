@@ -1,0 +1,18 @@
+"""Shared fixtures. ``workers`` runs a test on every executor: in-process, 1 and 2 processes.
+
+Set ARROWFLOW_TEST_WORKERS (e.g. "0" or "0,2") to narrow the executors while developing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+EXECUTORS = [int(w) for w in os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",") if w.strip()]
+
+
+@pytest.fixture(params=EXECUTORS, ids=lambda w: f"workers{w}")
+def workers(request: pytest.FixtureRequest) -> int:
+    """0: the in-process executor; N > 0: a pool of N worker processes."""
+    return request.param
