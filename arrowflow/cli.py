@@ -1,0 +1,318 @@
+"""The ``arrowflow`` command line: ``run`` a job file, or try the ``demo``.
+
+::
+
+    arrowflow run job.py[:flow] [--workers N] [--state NAME] [--checkpoint-dir URL]
+                  [--checkpoint-every 10s] [--restore latest|ID] [--batch-size N]
+    arrowflow demo [--dir PATH] [--rows N] [--workers N]
+
+``run`` imports ``job.py`` as a module (its ``if __name__ == "__main__":`` block does not run),
+takes the :class:`~arrowflow.Flow` named after the colon — or the only Flow the module
+defines — and calls ``flow.run(...)`` with the flags given; flags left out keep
+``flow.run``'s defaults. It prints the run's summary: rows in and out, time, throughput and
+the per-operator counts.
+
+Exit codes: 0 when the run finished, 1 when arrowflow raised an error (its message is
+printed, without a traceback) or the job file itself raised, 2 on wrong usage (unknown flag,
+no such file, no or several flows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import traceback
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from arrowflow.dataflow import Flow
+from arrowflow.errors import ArrowflowError
+from arrowflow.runtime.result import RunResult
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The command line names something that is not there (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------- loading jobs
+def load_module(path: Path) -> ModuleType:
+    """Import a job file as a fresh module, the way ``python job.py`` would find its imports.
+
+    Its functions are pickled by value, so pool workers (which cannot import the file by
+    name) receive them whole.
+    """
+    if not path.is_file():
+        msg = f"no such job file: {str(path)!r}"
+        raise UsageError(msg)
+    module_name = f"arrowflow_job_{path.stem.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        msg = f"cannot import {str(path)!r} as Python; a job file is a .py file that builds a Flow"
+        raise UsageError(msg)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    job_dir = str(path.resolve().parent)
+    if job_dir not in sys.path:
+        sys.path.insert(0, job_dir)
+    spec.loader.exec_module(module)
+    try:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    except (ImportError, ValueError):
+        pass
+    return module
+
+
+def pick_flow(module: ModuleType, name: str | None, path: str) -> Flow:
+    """The Flow called ``name`` in ``module``, or its only Flow when ``name`` is None."""
+    flows = {
+        attr: value
+        for attr, value in vars(module).items()
+        if isinstance(value, Flow) and not attr.startswith("_")
+    }
+    listed = ", ".join(f"{attr} (Flow {flow.name!r})" for attr, flow in flows.items()) or "none"
+    if name is not None:
+        if name in flows:
+            return flows[name]
+        if hasattr(module, name):
+            msg = f"{path}:{name} is a {type(getattr(module, name)).__name__}, not an arrowflow Flow; flows in {path}: {listed}"
+        else:
+            msg = f"{path} has no Flow named {name!r}; flows in it: {listed}"
+        raise UsageError(msg)
+    if len(flows) == 1:
+        return next(iter(flows.values()))
+    if not flows:
+        msg = f"{path} defines no arrowflow Flow at module level; build one there, e.g. flow = af.Flow('job')"
+    else:
+        msg = f"{path} defines several flows: {listed}; pick one with {path}:NAME, e.g. {path}:{next(iter(flows))}"
+    raise UsageError(msg)
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """``"job.py:flow"`` -> ``("job.py", "flow")``; without a flow name after the colon, no split.
+
+    >>> split_target("jobs/clicks.py:totals"), split_target("clicks.py")
+    (('jobs/clicks.py', 'totals'), ('clicks.py', None))
+    """
+    path, sep, name = target.rpartition(":")
+    if not sep or not name or "/" in name or "\\" in name or not path:
+        return target, None
+    return path, name
+
+
+# ---------------------------------------------------------------------------- reporting
+def _rate(rows: int, seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    per_s = rows / seconds
+    if per_s >= 1e6:
+        return f"{per_s / 1e6:.2f}M rows/s"
+    if per_s >= 1e3:
+        return f"{per_s / 1e3:.1f}k rows/s"
+    return f"{per_s:.0f} rows/s"
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            str(cell).ljust(w) if i < 2 else str(cell).rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append(indent + "  ".join(cells).rstrip())
+    return lines
+
+
+def format_summary(flow: Flow, result: RunResult) -> str:
+    """What a finished run did, as a few lines of text for a terminal."""
+    if result.workers == 0:
+        where = "in-process"
+    else:
+        where = f"{result.workers} worker process{'es' if result.workers > 1 else ''}"
+    lines = [
+        f"flow {flow.name!r} finished in {result.elapsed_s:.2f} s ({where})",
+        f"  rows in    {result.rows_in:>13,}   {_rate(result.rows_in, result.elapsed_s)}",
+        f"  rows out   {result.rows_out:>13,}",
+    ]
+    if result.malformed:
+        lines.append(
+            f"  malformed  {result.malformed:>13,}   (rows a source could not parse; see its 'malformed' side output)"
+        )
+    if result.restarts:
+        lines.append(f"  restarts   {result.restarts:>13,}")
+    metrics = result.metrics()
+    if metrics.height:
+        extra = [
+            c for c in ("malformed", "unconsumed") if c in metrics.columns and metrics[c].sum()
+        ]
+        header = ["operator", "kind", "rows in", "rows out", "batches", *extra]
+        body = [
+            [
+                row["operator"],
+                row["kind"],
+                f"{row['rows_in']:,}",
+                f"{row['rows_out']:,}",
+                f"{row['batches_in']:,}",
+                *(f"{row[c]:,}" for c in extra),
+            ]
+            for row in metrics.iter_rows(named=True)
+        ]
+        lines.append("operators:")
+        lines.extend(_table(header, body))
+    sink_rows = (
+        {
+            row["operator"]: row["rows_in"]
+            for row in metrics.iter_rows(named=True)
+            if row["kind"] == "sink"
+        }
+        if metrics.height
+        else {}
+    )
+    sinks = flow.sinks()
+    if sinks:
+        lines.append("outputs:")
+        for node in sinks:
+            sink = node.params["sink"]
+            described = sink.describe() if hasattr(sink, "describe") else type(sink).__name__
+            lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {described}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- commands
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        msg = f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"expected a number of at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"expected a number of worker processes (0 runs in this process), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 0:
+        msg = f"expected 0 (in this process) or more worker processes, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _restore(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="arrowflow",
+        description="Batch-and-stream processing on Apache Arrow and polars.",
+    )
+    from arrowflow import __version__
+
+    parser.add_argument("--version", action="version", version=f"arrowflow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="run a flow defined in a Python file",
+        description="Run a Flow defined in a Python file to the end of its input.",
+    )
+    run.add_argument(
+        "target",
+        metavar="job.py[:flow]",
+        help="the job file, and the name of the Flow in it when it defines several",
+    )
+    run.add_argument("--workers", type=_workers, help="worker processes; 0 runs in this process")
+    run.add_argument("--state", metavar="NAME", help="state backend: memory, arrow, lmdb, sql")
+    run.add_argument(
+        "--checkpoint-dir", metavar="URL", help="where checkpoints go (any fsspec URL)"
+    )
+    run.add_argument("--checkpoint-every", metavar="DURATION", help="checkpoint interval, e.g. 10s")
+    run.add_argument(
+        "--restore", type=_restore, metavar="latest|ID", help="checkpoint to resume from"
+    )
+    run.add_argument(
+        "--batch-size", type=_positive, metavar="N", help="rows per batch read from sources"
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="generate a clickstream and run a real job over it",
+        description="Generate a clickstream data set, run a flow over it, show the result.",
+    )
+    demo.add_argument(
+        "--dir",
+        default="arrowflow-demo",
+        metavar="PATH",
+        help="working folder for the data and output (default: ./arrowflow-demo)",
+    )
+    demo.add_argument(
+        "--rows",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="events to generate (default: 3,000,000)",
+    )
+    demo.add_argument("--workers", type=_workers, help="worker processes; 0 runs in this process")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path, flow_name = split_target(args.target)
+    module = load_module(Path(path))
+    flow = pick_flow(module, flow_name, path)
+    options: dict[str, Any] = {}
+    for flag in ("workers", "state", "checkpoint_dir", "checkpoint_every", "restore", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None:
+            options[flag] = value
+    result = flow.run(**options)
+    print(format_summary(flow, result))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from arrowflow.demo import DEFAULT_ROWS, run_demo
+
+    run_demo(args.dir, args.rows or DEFAULT_ROWS, workers=args.workers)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``arrowflow`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 on a usage error
+    command = {"run": cmd_run, "demo": cmd_demo}[args.command]
+    try:
+        return command(args)
+    except UsageError as exc:
+        print(f"arrowflow {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ArrowflowError as exc:
+        print(f"arrowflow {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"arrowflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        # The job file's own code raised: show its traceback, as python job.py would.
+        traceback.print_exc()
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
