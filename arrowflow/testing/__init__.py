@@ -1,1 +1,199 @@
-"""Public test helpers for arrowflow users and for arrowflow's own suite."""
+"""Public test helpers for arrowflow users and for arrowflow's own suite.
+
+- :func:`assert_frame_equal_unordered`: two DataFrames hold the same rows, in any order. A
+  parallel run returns rows in no set order, so this is the check to compare a flow's
+  output with polars computing the same thing.
+- :func:`collect_all`: run several streams of one flow in a single run and return each
+  one's rows (``stream.collect()`` runs one stream at a time).
+- :class:`CollectingSink`: a sink that gathers its rows in the calling process, for
+  ``stream.write_to(sink)`` next to other sinks in ``flow.run()``.
+
+>>> import polars as pl
+>>> from arrowflow.testing import assert_frame_equal_unordered
+>>> assert_frame_equal_unordered(pl.DataFrame({"a": [1, 2]}), pl.DataFrame({"a": [2, 1]}))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from polars.testing import assert_frame_equal
+
+from arrowflow.sinks import Sink, SinkWriter
+
+if TYPE_CHECKING:
+    from arrowflow.dataflow import Stream
+
+__all__ = ["CollectingSink", "assert_frame_equal_unordered", "collect_all"]
+
+_SHOWN_ROWS = 10
+
+
+def _sortable(frame: pl.DataFrame) -> list[str]:
+    """Columns a frame can be sorted by (nested types cannot)."""
+    return [name for name, dtype in frame.schema.items() if not dtype.is_nested() and dtype != pl.Object]
+
+
+def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    columns = _sortable(frame)
+    if not columns or frame.height < 2:
+        return frame
+    return frame.sort(columns, nulls_last=True, maintain_order=True)
+
+
+def _row_diff(left: pl.DataFrame, right: pl.DataFrame) -> str:
+    """Rows (with their multiplicity) found on one side only, as text."""
+    columns = _sortable(left)
+    if not columns:
+        return ""
+    counted_left = left.group_by(columns).len("#left")
+    counted_right = right.group_by(columns).len("#right")
+    joined = counted_left.join(counted_right, on=columns, how="full", nulls_equal=True, coalesce=True).with_columns(
+        pl.col("#left", "#right").fill_null(0)
+    )
+    lines = []
+    for label, mask in (
+        ("more often in left", pl.col("#left") > pl.col("#right")),
+        ("more often in right", pl.col("#right") > pl.col("#left")),
+    ):
+        rows = joined.filter(mask)
+        if rows.height:
+            with pl.Config(tbl_rows=_SHOWN_ROWS, tbl_cols=-1, tbl_width_chars=200):
+                lines.append(f"{rows.height} distinct row(s) {label} (#left, #right: times seen):\n{rows.head(_SHOWN_ROWS)}")
+    return "\n".join(lines)
+
+
+def assert_frame_equal_unordered(
+    left: pl.DataFrame,
+    right: pl.DataFrame,
+    *,
+    check_dtypes: bool = True,
+    check_column_order: bool = True,
+    check_exact: bool = False,
+    rel_tol: float = 1e-9,
+    abs_tol: float = 1e-9,
+) -> None:
+    """Assert that ``left`` and ``right`` hold the same rows, ignoring row order.
+
+    Both frames are sorted by all their (non-nested) columns, then compared with
+    :func:`polars.testing.assert_frame_equal`. Floats compare with tolerance unless
+    ``check_exact`` (an aggregation summed in another order differs in the last bits); NaN
+    equals NaN and nulls equal nulls. On failure the message lists the rows found on one
+    side only, so a missing or duplicated key is visible at once.
+
+    Float columns are part of the sort, so two rows that differ only by float rounding in a
+    column that comes before the distinguishing columns may sort differently; keep keys
+    (integers, strings) first, as every arrowflow aggregation output does.
+    """
+    if not isinstance(left, pl.DataFrame) or not isinstance(right, pl.DataFrame):
+        msg = f"expected two polars DataFrames, got {type(left).__name__} and {type(right).__name__}"
+        raise TypeError(msg)
+    if check_column_order:
+        if left.columns != right.columns:
+            msg = f"columns differ:\n  left:  {left.columns}\n  right: {right.columns}"
+            raise AssertionError(msg)
+    elif sorted(left.columns) != sorted(right.columns):
+        msg = f"column sets differ:\n  left:  {sorted(left.columns)}\n  right: {sorted(right.columns)}"
+        raise AssertionError(msg)
+    else:
+        right = right.select(left.columns)
+    if check_dtypes and left.schema != right.schema:
+        diffs = [f"  {c}: {left.schema[c]} vs {right.schema[c]}" for c in left.columns
+                 if left.schema[c] != right.schema[c]]
+        msg = "column types differ (left vs right):\n" + "\n".join(diffs)
+        raise AssertionError(msg)
+    if left.height != right.height:
+        comparable = right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
+        msg = f"row counts differ: left has {left.height} rows, right has {right.height}\n"
+        raise AssertionError(msg + _row_diff(left, comparable))
+    try:
+        assert_frame_equal(
+            _canonical(left), _canonical(right), check_dtypes=check_dtypes, check_exact=check_exact,
+            rel_tol=rel_tol, abs_tol=abs_tol,
+        )
+    except AssertionError as exc:
+        comparable = right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
+        has_floats = any(dtype.is_float() for dtype in left.schema.dtypes())
+        diff = _row_diff(left, comparable) if check_exact or not has_floats else ""
+        msg = f"frames differ (compared after sorting both by all columns): {exc}"
+        if diff:
+            msg += "\n" + diff
+        raise AssertionError(msg) from None
+
+
+class CollectingSink(Sink):
+    """A sink that gathers every row it receives in the calling process.
+
+    Attach it with ``stream.write_to(sink)``; after ``flow.run(...)`` returns,
+    :meth:`to_polars` holds the rows of the run (in no set order when several workers ran).
+    Each worker's rows travel back to the coordinator as the sink's staged output, so it
+    suits test-sized data, not production volumes. A fresh run starts empty.
+    """
+
+    kind = "collecting"
+
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
+        return _CollectingWriter()
+
+    def begin(self) -> None:
+        self.frames.clear()
+
+    def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
+        for frames in staged:
+            if frames:
+                self.frames.extend(frames)
+
+    def to_polars(self, schema: pl.Schema | None = None) -> pl.DataFrame:
+        """Every collected row as one DataFrame (empty with ``schema`` when none arrived)."""
+        if not self.frames:
+            return pl.DataFrame(schema=schema)
+        return pl.concat(self.frames, how="vertical_relaxed")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to workers with the plan: rows already collected stay here.
+        return {"frames": []}
+
+
+class _CollectingWriter(SinkWriter):
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def write(self, batch: pl.DataFrame) -> None:
+        self.frames.append(batch)
+
+    def prepare_commit(self, checkpoint_id: int) -> Any:
+        frames, self.frames = self.frames, []
+        return frames or None
+
+
+def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory",
+                batch_size: int | None = None, max_parallelism: int | None = None) -> list[pl.DataFrame]:
+    """Run ``streams`` (of one flow) together in one run; return each one's rows, in order.
+
+    Like ``stream.collect()`` for several streams at once, so that a branch (one stream
+    consumed by several operators) runs as one plan. The flow itself is not changed: no
+    sink is added to it.
+    """
+    from arrowflow.dataflow import Node, Stream
+    from arrowflow.plan import build_plan
+    from arrowflow.runtime import execute
+
+    if not streams:
+        msg = "collect_all() needs at least one stream"
+        raise TypeError(msg)
+    if not all(isinstance(s, Stream) for s in streams) or any(s.flow is not streams[0].flow for s in streams):
+        msg = "collect_all() takes streams of one Flow"
+        raise TypeError(msg)
+    flow = streams[0].flow
+    sinks = [CollectingSink() for _ in streams]
+    nodes = [Node(f"{stream.id}.collect-{i}", "sink", [stream.node], {"sink": sink})
+             for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))]
+    plan = build_plan(flow, nodes)
+    # The plan holds its own (pickled or not) copies of the sinks: read the rows from those.
+    execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None, restore=None,
+            batch_size=batch_size, max_parallelism=max_parallelism, progress=False)
+    return [plan.op(node.id).params["sink"].to_polars(stream.schema) for node, stream in zip(nodes, streams, strict=True)]
