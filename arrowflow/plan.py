@@ -229,6 +229,10 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             read_columns = None
             if columns is not ALL:
                 keep = [c for c in schema.names() if c in columns]
+                if not keep and len(schema):
+                    # Nothing downstream names a column (pl.lit(1), pl.len()), but every row
+                    # still counts: a batch of zero columns has zero rows, so read one column.
+                    keep = [schema.names()[0]]
                 if len(keep) < len(schema):
                     source = source.with_columns_pruned(keep)
                     read_columns = keep
