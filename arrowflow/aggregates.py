@@ -31,17 +31,51 @@ from arrowflow.errors import PlanError, SchemaError
 from arrowflow.state import FOUND
 
 ROW_COUNT = "__n"
-SUPPORTED = ("pl.len()", "count", "sum", "min", "max", "mean", "first", "last")
-_KINDS = {"Sum": "sum", "Min": "min", "Max": "max", "Mean": "mean", "First": "first", "Last": "last", "Count": "count"}
+SUPPORTED = ("pl.len()", "len", "count", "sum", "min", "max", "nan_min", "nan_max", "mean", "first", "last",
+             "first/last(ignore_nulls=True)")
+_KINDS = {"Sum": "sum", "Min": "min", "Max": "max", "Mean": "mean", "First": "first", "Last": "last",
+          "Count": "count", "FirstNonNull": "first_non_null", "LastNonNull": "last_non_null"}
 
 
 @dataclass(frozen=True)
 class AggTerm:
-    """One output column: ``kind`` of ``source`` (None for ``len``)."""
+    """One output column: ``kind`` of ``source`` (None for ``pl.len()``).
+
+    ``kind`` is one of ``len`` (values including nulls), ``count`` (non-null values),
+    ``sum``, ``min``, ``max``, ``nan_min``, ``nan_max``, ``mean``, ``first``, ``last``,
+    ``first_non_null``, ``last_non_null``.
+    """
 
     name: str
     kind: str
     source: pl.Expr | None
+
+
+# State column suffix of each order-statistic kind, and how a state column merges by suffix.
+_SUFFIX = {"sum": "sum", "min": "min", "max": "max", "nan_min": "nanmin", "nan_max": "nanmax", "first": "first",
+           "last": "last", "first_non_null": "firstnn", "last_non_null": "lastnn"}
+_AGGREGATE = {
+    "sum": pl.Expr.sum, "min": pl.Expr.min, "max": pl.Expr.max, "nan_min": pl.Expr.nan_min,
+    "nan_max": pl.Expr.nan_max, "first": pl.Expr.first, "last": pl.Expr.last,
+    "first_non_null": lambda e: e.first(ignore_nulls=True), "last_non_null": lambda e: e.last(ignore_nulls=True),
+}
+_MERGE_RULE = {"n": "add", "count": "add", "sum": "add", "rows": "add", "min": "min", "max": "max",
+               "nanmin": "nan_min", "nanmax": "nan_max", "first": "first", "last": "last",
+               "firstnn": "first_non_null", "lastnn": "last_non_null"}
+
+
+_US_PER_DAY = 86_400_000_000
+
+
+def _as_float(source: pl.Expr, input_schema: pl.Schema) -> pl.Expr:
+    """``source`` as Float64 for a running mean; temporal values by their physical number."""
+    if pl.LazyFrame(schema=input_schema).select(source).collect_schema().dtypes()[0].is_temporal():
+        source = source.to_physical()
+    return source.cast(pl.Float64)
+
+
+def _is_date(source: pl.Expr, input_schema: pl.Schema) -> bool:
+    return pl.LazyFrame(schema=input_schema).select(source).collect_schema().dtypes()[0] == pl.Date
 
 
 def _top_node(expr: pl.Expr) -> object:
@@ -64,7 +98,13 @@ def parse_term(name: str, expr: pl.Expr, operator_id: str) -> AggTerm:
         (agg_name,) = node["Agg"].keys()
         kind = _KINDS.get(agg_name)
         if kind is not None:
+            options = node["Agg"][agg_name]
+            if kind == "count" and isinstance(options, dict) and options.get("include_nulls"):
+                kind = "len"  # pl.col(x).len(): every value, nulls included
+            elif kind in ("min", "max") and isinstance(options, dict) and options.get("propagate_nans"):
+                kind = f"nan_{kind}"
             (source,) = bare.meta.pop()
+            _check_row_wise(name, expr, source, operator_id)
             return AggTerm(name, kind, source)
         shown = agg_name
     else:
@@ -76,6 +116,39 @@ def parse_term(name: str, expr: pl.Expr, operator_id: str) -> AggTerm:
         f"in a .with_columns() after the aggregation."
     )
     raise PlanError(msg)
+
+
+def _has_nested_aggregation(node: object) -> bool:
+    if isinstance(node, dict):
+        return any(key == "Agg" or (key != "Literal" and _has_nested_aggregation(value)) for key, value in node.items())
+    if isinstance(node, list):
+        return any(_has_nested_aggregation(item) for item in node)
+    return node == "Len"
+
+
+def _check_row_wise(name: str, expr: pl.Expr, source: pl.Expr, operator_id: str) -> None:
+    """Refuse an aggregated expression whose value for a row depends on other rows.
+
+    Batches split a key's rows arbitrarily, so ``pl.col("v").shift().sum()``, a sort, a
+    cumulative sum, ``unique()``, ``head()``, a window or a nested aggregation would give a
+    different answer per batch split. Row-wise maps, filters and ``drop_nulls`` are fine.
+    """
+    reason = None
+    if source.meta.is_scalar():
+        reason = "it aggregates a constant, which has no value per row"
+    elif _has_nested_aggregation(json.loads(source.meta.serialize(format="json"))):
+        reason = "it contains another aggregation, which would see one batch at a time"
+    elif not source.meta.is_row_separable():
+        reason = ("its input depends on other rows (a sort, shift, cumulative, unique, head/slice or "
+                  "window expression), which would see one batch at a time")
+    if reason is not None:
+        msg = (
+            f"operator {operator_id!r}: aggregation {name!r} = {expr} cannot be computed incrementally: "
+            f"{reason}. Aggregate a row-wise expression (column arithmetic, casts, .filter(), "
+            f".drop_nulls()) with one of {', '.join(SUPPORTED)}; compute the rest in a .with_columns() "
+            f"before key_by or after the aggregation."
+        )
+        raise PlanError(msg)
 
 
 def named_aggregations(exprs: tuple[pl.Expr, ...], named: dict[str, pl.Expr], operator_id: str) -> dict[str, pl.Expr]:
@@ -131,9 +204,13 @@ class IncrementalAgg:
             first = str(exc).splitlines()[0]
             msg = f"operator {operator_id!r}: the aggregations do not fit the input schema: {first}"
             raise SchemaError(msg) from None
+        # polars' mean of dates is a Datetime("us"): the mean in days, scaled (in that order,
+        # so that the rounding matches polars to the microsecond).
+        self._date_means = {t.name for t in self.terms
+                            if t.kind == "mean" and t.source is not None and _is_date(t.source, input_schema)}
         self.partial_exprs: list[pl.Expr] = [pl.len().cast(pl.Int64).alias(ROW_COUNT)]
         for term in self.terms:
-            self.partial_exprs.extend(self._partials(term))
+            self.partial_exprs.extend(self._partials(term, input_schema))
         partial_schema = (
             pl.LazyFrame(schema=input_schema).group_by(self.keys).agg(self.partial_exprs).collect_schema()
         )
@@ -141,23 +218,34 @@ class IncrementalAgg:
         self.state_schema = pl.Schema({k: v for k, v in partial_schema.items() if k not in self.keys})
 
     @staticmethod
-    def _partials(term: AggTerm) -> list[pl.Expr]:
+    def _partials(term: AggTerm, input_schema: pl.Schema) -> list[pl.Expr]:
         src, name = term.source, term.name
         if term.kind == "len":
-            return [pl.len().cast(pl.Int64).alias(f"{name}__count")]
+            counted = pl.len() if src is None else src.len()
+            return [counted.cast(pl.Int64).alias(f"{name}__count")]
         assert src is not None
         if term.kind == "count":
             return [src.count().cast(pl.Int64).alias(f"{name}__count")]
         if term.kind == "mean":
             return [
-                src.cast(pl.Float64).sum().alias(f"{name}__sum"),
+                _as_float(src, input_schema).sum().alias(f"{name}__sum"),
                 src.count().cast(pl.Int64).alias(f"{name}__count"),
             ]
-        return [getattr(src, term.kind)().alias(f"{name}__{term.kind}")]
+        suffix = _SUFFIX[term.kind]
+        partials = [_AGGREGATE[term.kind](src).alias(f"{name}__{suffix}")]
+        if term.kind in ("first", "last") and not src.meta.is_length_preserving():
+            # A filtered input may have no value in a batch: its first/last there is a
+            # placeholder null, which must not hide (or replace) a real value of another batch.
+            partials.append(src.len().cast(pl.Int64).alias(f"{name}__rows"))
+        return partials
 
     def partial(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Partial aggregates of one batch: key columns then state columns, one row per key."""
         return batch.group_by(self.keys).agg(self.partial_exprs)
+
+    def _rows_column(self, column: str) -> str | None:
+        rows = f"{column.rsplit('__', 1)[0]}__rows"
+        return rows if rows in self.state_schema else None
 
     def merge(self, old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
         """Merge stored values (``old``, with :data:`FOUND`) with partials of the same keys."""
@@ -168,29 +256,44 @@ class IncrementalAgg:
         ).with_columns(found)
         exprs = []
         for column in self.state_schema.names():
-            agg = column.rsplit("__", 1)[-1] if column != ROW_COUNT else "count"
+            rule = _MERGE_RULE[column.rsplit("__", 1)[-1]]
             prev, cur = pl.col(f"old.{column}"), pl.col(column)
-            if agg in ("count", "sum"):
+            rows = self._rows_column(column)
+            if rule == "add":
                 expr = pl.when(pl.col(FOUND)).then(prev + cur).otherwise(cur)
-            elif agg == "min":
+            elif rule == "min":
                 expr = pl.min_horizontal(prev, cur)
-            elif agg == "max":
+            elif rule == "max":
                 expr = pl.max_horizontal(prev, cur)
-            elif agg == "first":
-                expr = pl.when(pl.col(FOUND)).then(prev).otherwise(cur)
-            else:  # last
-                expr = cur
+            elif rule in ("nan_min", "nan_max"):
+                either = pl.min_horizontal(prev, cur) if rule == "nan_min" else pl.max_horizontal(prev, cur)
+                expr = pl.when(prev.is_nan() | cur.is_nan()).then(float("nan")).otherwise(either)
+            elif rule == "first":
+                seen = pl.col(FOUND) if rows is None else pl.col(FOUND) & (pl.col(f"old.{rows}") > 0)
+                expr = pl.when(seen).then(prev).otherwise(cur)
+            elif rule == "last":
+                expr = cur if rows is None else pl.when(pl.col(rows) > 0).then(cur).otherwise(prev)
+            elif rule == "first_non_null":
+                expr = pl.coalesce(prev, cur)
+            else:  # last_non_null
+                expr = pl.coalesce(cur, prev)
             exprs.append(expr.cast(self.state_schema[column]).alias(column))
         return both.select(exprs)
 
     def combine(self, partials: pl.DataFrame) -> pl.DataFrame:
-        """Merge partial rows that share a key (e.g. from several batches) into one row per key."""
+        """Merge partial rows that share a key (e.g. from several batches, in arrival order)
+        into one row per key."""
         exprs = []
         for column in self.state_schema.names():
-            agg = column.rsplit("__", 1)[-1] if column != ROW_COUNT else "count"
+            rule = _MERGE_RULE[column.rsplit("__", 1)[-1]]
             col = pl.col(column)
-            expr = {"count": col.sum(), "sum": col.sum(), "min": col.min(), "max": col.max(),
-                    "first": col.first(), "last": col.last()}[agg]
+            rows = self._rows_column(column)
+            if rows is not None and rule in ("first", "last"):
+                col = col.filter(pl.col(rows) > 0)
+            expr = {"add": col.sum(), "min": col.min(), "max": col.max(), "nan_min": col.nan_min(),
+                    "nan_max": col.nan_max(), "first": col.first(), "last": col.last(),
+                    "first_non_null": col.first(ignore_nulls=True),
+                    "last_non_null": col.last(ignore_nulls=True)}[rule]
             exprs.append(expr.cast(self.state_schema[column]).alias(column))
         return partials.group_by(self.keys, maintain_order=True).agg(exprs)
 
@@ -203,8 +306,10 @@ class IncrementalAgg:
             elif term.kind == "mean":
                 count = pl.col(f"{name}__count")
                 expr = pl.when(count > 0).then(pl.col(f"{name}__sum") / count)
+                if name in self._date_means:
+                    expr = expr * _US_PER_DAY
             else:
-                expr = pl.col(f"{name}__{term.kind}")
+                expr = pl.col(f"{name}__{_SUFFIX[term.kind]}")
             exprs.append(expr.cast(self.output_schema[name]).alias(name))
         return exprs
 
