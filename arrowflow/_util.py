@@ -29,6 +29,9 @@ def duration_ms(value: str | int | float | timedelta, *, what: str = "duration")
     (1500, 300000, 2000)
     """
     if isinstance(value, timedelta):
+        if value < timedelta(0):
+            msg = f"{what}: expected a duration of zero or more, got the negative {value!r}"
+            raise PlanError(msg)
         return round(value.total_seconds() * 1000)
     if isinstance(value, bool):
         msg = f"{what}: expected a string like '10s' or a timedelta, got {value!r}"

@@ -190,7 +190,10 @@ class IncrementalAgg:
         self.terms = [parse_term(name, expr, operator_id) for name, expr in named.items()]
         clash = set(named) & set(keys)
         if clash:
-            msg = f"operator {operator_id!r}: aggregation names {sorted(clash)} clash with key columns"
+            msg = (
+                f"operator {operator_id!r}: aggregation names {sorted(clash)} clash with key columns "
+                f"{self.keys}; name the aggregation differently, e.g. .agg({sorted(clash)[0]}_count=...)"
+            )
             raise PlanError(msg)
         try:
             self.output_schema = (

@@ -27,6 +27,7 @@ import polars as pl
 
 from arrowflow.aggregates import IncrementalAgg, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
+from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.sinks import Sink
 from arrowflow.sources import MALFORMED_SCHEMA, Source
 
@@ -46,6 +47,9 @@ class Node:
     inputs: list[Node]
     params: dict[str, Any] = field(default_factory=dict)
     side: str | None = None  # for kind == "side_output": which side output of inputs[0]
+    # The output schema once computed. Kept on the node, not in a dict keyed by id(node):
+    # nodes that are not part of the flow (collect()'s sink) die, and their id is reused.
+    schema: pl.Schema | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"Node({self.id!r}, {self.kind})"
@@ -64,6 +68,12 @@ def _check_exprs(exprs: Sequence[Any], operator_id: str, what: str) -> list[pl.E
             raise PlanError(msg)
         checked.append(expr)
     return checked
+
+
+def _check_splits(splits: Any, method: str) -> None:
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+        msg = f"{method}(splits=...) expects a positive number of pieces (or None), got {splits!r}"
+        raise PlanError(msg)
 
 
 def _polars_schema_error(operator_id: str, exc: Exception) -> SchemaError:
@@ -98,7 +108,6 @@ class Flow:
         self.name = name
         self.nodes: list[Node] = []
         self._ids: set[str] = set()
-        self._schemas: dict[int, pl.Schema] = {}
 
     # ------------------------------------------------------------------ graph building
     def _new_id(self, kind: str, name: str | None) -> str:
@@ -173,22 +182,22 @@ class Flow:
         """An in-memory DataFrame as a bounded source (split into ``splits`` pieces)."""
         from arrowflow.io.memory import MemorySource
 
+        _check_splits(splits, "from_polars")
         return self.source(MemorySource.from_polars(df, splits=splits), name=name)
 
     def from_arrow(self, data: Any, *, name: str | None = None, splits: int | None = None) -> Stream:
         """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source."""
         from arrowflow.io.memory import MemorySource
 
+        _check_splits(splits, "from_arrow")
         return self.source(MemorySource.from_arrow(data, splits=splits), name=name)
 
     # ------------------------------------------------------------------ schemas
     def schema_of(self, node: Node) -> pl.Schema:
         """The output schema of ``node`` (may read source metadata)."""
-        cached = self._schemas.get(id(node))
-        if cached is None:
-            cached = self._compute_schema(node)
-            self._schemas[id(node)] = cached
-        return cached
+        if node.schema is None:
+            node.schema = self._compute_schema(node)
+        return node.schema
 
     def schema_is_static(self, node: Node) -> bool:
         """True when the schema can be computed without any I/O."""
@@ -279,11 +288,12 @@ class Flow:
     def sinks(self) -> list[Node]:
         return [n for n in self.nodes if n.kind == "sink"]
 
-    def plan(self, *, outputs: list[Node] | None = None) -> Any:
+    def plan(self, *, outputs: list[Node] | None = None, max_parallelism: int | None = None) -> Any:
         """The physical plan of the flow (or of the part that ``outputs`` need)."""
         from arrowflow.plan import build_plan
 
-        return build_plan(self, outputs if outputs is not None else self.sinks())
+        return build_plan(self, outputs if outputs is not None else self.sinks(),
+                          max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism)
 
     def explain(self) -> str:
         """A plain-text description of the physical plan."""
@@ -306,7 +316,8 @@ class Flow:
             raise PlanError(msg)
         from arrowflow.runtime import execute
 
-        return execute(self.plan(outputs=sinks), workers=workers, state=state, checkpoint_dir=checkpoint_dir,
+        plan = self.plan(outputs=sinks, max_parallelism=max_parallelism)
+        return execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
                        checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
                        max_parallelism=max_parallelism, progress=progress)
 
@@ -314,22 +325,30 @@ class Flow:
         return f"Flow({self.name!r}, {len(self.nodes)} operators)"
 
 
-def side_output_schema(flow: Flow, node: Node) -> pl.Schema:
-    parent = node.inputs[0]
-    if node.side == "malformed":
+def check_side_output(parent: Node, side: str) -> None:
+    """Raise a PlanError unless ``parent`` has a side output called ``side`` (no schema needed)."""
+    if side == "malformed":
         if parent.kind != "source":
             msg = (
                 f"side output 'malformed' exists on sources only; {parent.id!r} is a {parent.kind}; "
                 f"call .side_output('malformed') on the stream a read_* method returned"
             )
             raise PlanError(msg)
-        return MALFORMED_SCHEMA
+        return
     declared = parent.params.get("side_outputs", {})
-    if node.side in declared:
-        return declared[node.side](flow.schema_of(parent))
-    names = ["malformed"] if parent.kind == "source" else sorted(declared)
-    msg = f"operator {parent.id!r} ({parent.kind}) has no side output {node.side!r}; it has: {names or 'none'}"
-    raise PlanError(msg)
+    if side not in declared:
+        names = ["malformed"] if parent.kind == "source" else sorted(declared)
+        msg = f"operator {parent.id!r} ({parent.kind}) has no side output {side!r}; it has: {names or 'none'}"
+        raise PlanError(msg)
+
+
+def side_output_schema(flow: Flow, node: Node) -> pl.Schema:
+    parent = node.inputs[0]
+    assert node.side is not None
+    check_side_output(parent, node.side)
+    if node.side == "malformed":
+        return MALFORMED_SCHEMA
+    return parent.params["side_outputs"][node.side](flow.schema_of(parent))
 
 
 class Stream:
@@ -358,13 +377,14 @@ class Stream:
         if not predicates:
             msg = "filter() needs at least one predicate, e.g. .filter(pl.col('amount') > 0)"
             raise PlanError(msg)
-        checked = _check_exprs(predicates, name or "filter", "filter()")
+        checked = _check_exprs(predicates, self.flow._new_id("filter", name), "filter()")
         return self._then("filter", name, predicates=checked)
 
     def select(self, *exprs: pl.Expr | str, name: str | None = None, **named: pl.Expr) -> Stream:
         """Compute exactly these columns (polars ``select`` semantics, per row)."""
-        checked = _check_exprs(exprs, name or "select", "select()")
-        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), name or "select", "select()"), strict=True)]
+        op_id = self.flow._new_id("select", name)
+        checked = _check_exprs(exprs, op_id, "select()")
+        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), op_id, "select()"), strict=True)]
         if not checked:
             msg = "select() needs at least one column or expression"
             raise PlanError(msg)
@@ -372,8 +392,9 @@ class Stream:
 
     def with_columns(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
         """Add or replace columns (polars ``with_columns`` semantics, per row)."""
-        checked = _check_exprs(exprs, name or "with_columns", "with_columns()")
-        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), name or "with_columns", "with_columns()"), strict=True)]
+        op_id = self.flow._new_id("with_columns", name)
+        checked = _check_exprs(exprs, op_id, "with_columns()")
+        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), op_id, "with_columns()"), strict=True)]
         if not checked:
             msg = "with_columns() needs at least one expression"
             raise PlanError(msg)
@@ -410,7 +431,7 @@ class Stream:
         """Partition by key columns; rows with equal keys meet in the same worker."""
         flat: list[str] = []
         for key in keys:
-            flat.extend([key] if isinstance(key, str) else list(key))
+            flat.extend(key if isinstance(key, list | tuple) else [key])
         if not flat or not all(isinstance(k, str) for k in flat):
             msg = (
                 f"key_by() expects column names, got {keys!r}; to key by an expression, add it "
@@ -430,6 +451,11 @@ class Stream:
     def side_output(self, name: str) -> Stream:
         """The rows an operator set aside instead of dropping them: ``"malformed"`` on sources,
         ``"late"`` on windows."""
+        if not isinstance(name, str) or not _ID.match(name):
+            msg = f"side_output() expects a side output name such as 'malformed' or 'late', got {name!r}"
+            raise PlanError(msg)
+        # Checked here, not only with the schema: a file source's schema is known at plan time only.
+        check_side_output(self.node, name)
         node = self.flow._add("side_output", [self.node], None, id_kind=f"{self.node.id}.{name}")
         node.side = name
         return Stream(self.flow, self.flow._validate(node))
@@ -481,7 +507,8 @@ class Stream:
 
         sink = CollectSink()
         node = Node(f"{self.node.id}.collect", "sink", [self.node], {"sink": sink})
-        plan = build_plan(self.flow, [node])
+        groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
+        plan = build_plan(self.flow, [node], max_parallelism=groups)
         result = execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None,
                          restore=None, batch_size=batch_size, max_parallelism=max_parallelism, progress=False)
         return result.collected(node.id, self.schema)
@@ -509,7 +536,7 @@ class KeyedStream:
         key updated since its last emission.
         """
         flow = self.stream.flow
-        op_id = name or "agg"
+        op_id = flow._new_id("agg", name)
         aggs = named_aggregations(exprs, named, op_id)
         keys = list(self.keys)
 

@@ -209,6 +209,9 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
     if not outputs:
         msg = f"flow {flow.name!r}: nothing to run; add a sink or collect a stream"
         raise PlanError(msg)
+    if isinstance(max_parallelism, bool) or not isinstance(max_parallelism, int) or max_parallelism < 1:
+        msg = f"max_parallelism must be a positive number of key groups (default 128), got {max_parallelism!r}"
+        raise PlanError(msg)
     order = _needed(outputs)
     consumers: dict[int, int] = {}
     for node in order:
@@ -288,12 +291,19 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             msg = f"internal: the planner does not know operator kind {kind!r} ({node.id!r})"
             raise PlanError(msg)
 
-    # Chains end with their last step's id, so rename them by their step list for display.
-    fingerprint = fingerprint_of(
-        [
-            [op.id, op.kind, op.steps, {k: str(v) for k, v in op.schema.items()}]
-            for op in ops
-            if op.stateful or op.kind in ("source", "sink")
-        ]
-    )
+    fingerprint = fingerprint_of([_fingerprint_entry(op) for op in ops if op.stateful or op.kind in ("source", "sink")])
     return Plan(flow.name, ops, [n.id for n in outputs], fingerprint)
+
+
+def _fingerprint_entry(op: OpSpec) -> list[Any]:
+    """What a checkpoint's state depends on. Stateless operators are left out on purpose:
+    changing a filter between runs is fine (as in Flink), changing an aggregation is not."""
+    entry: list[Any] = [op.id, op.kind, op.steps, {k: str(v) for k, v in op.schema.items()}]
+    if op.kind == "agg":
+        entry.append({
+            "keys": op.params["keys"],
+            "aggs": {name: str(expr) for name, expr in op.params["aggs"].items()},
+            "state": {k: str(v) for k, v in op.params["agg"].state_schema.items()},
+            "max_parallelism": op.params["max_parallelism"],
+        })
+    return entry

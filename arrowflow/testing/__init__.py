@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.sinks import Sink, SinkWriter
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory"
     sinks = [CollectingSink() for _ in streams]
     nodes = [Node(f"{stream.id}.collect-{i}", "sink", [stream.node], {"sink": sink})
              for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))]
-    plan = build_plan(flow, nodes)
+    plan = build_plan(flow, nodes, max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism)
     # The plan holds its own (pickled or not) copies of the sinks: read the rows from those.
     execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None, restore=None,
             batch_size=batch_size, max_parallelism=max_parallelism, progress=False)
