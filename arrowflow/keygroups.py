@@ -84,7 +84,14 @@ def _hash_series(series: pl.Series) -> np.ndarray:
         values = physical.to_numpy()
         hashed = _mix64(values.astype(np.int64, copy=False).view(np.uint64))
     elif isinstance(dtype, pl.Decimal):
-        hashed = _hash_bytes(pa.array(series.cast(pl.String).fill_null("").to_arrow()))
+        # The unscaled 128-bit integer, not a formatted string: text formatting of decimals
+        # may change between library versions, the stored integer does not.
+        array = pa.array(series.to_arrow()).cast(pa.decimal128(38, dtype.scale or 0))
+        words = np.frombuffer(array.buffers()[1], dtype="<u8").reshape(-1, 2)[array.offset : array.offset + len(array)]
+        with np.errstate(over="ignore"):
+            hashed = _mix64(_mix64(words[:, 0]) * _GOLDEN + words[:, 1])
+    elif dtype == pl.Null:
+        hashed = np.full(len(series), _NULL_HASH, dtype=np.uint64)
     else:
         msg = (
             f"cannot hash key column {series.name!r} of type {dtype}; key columns must be "
