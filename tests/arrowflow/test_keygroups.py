@@ -10,6 +10,7 @@ format and migrate).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import subprocess
@@ -21,7 +22,13 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM, hash_keys, key_group_range, key_groups, owner_of
+from arrowflow.keygroups import (
+    DEFAULT_MAX_PARALLELISM,
+    hash_keys,
+    key_group_range,
+    key_groups,
+    owner_of,
+)
 
 INTS = [0, 1, -1, 2, 42, 127, 128, 1000, 2**31 - 1, -(2**31), 2**62, -(2**63), 2**63 - 1]
 STRINGS = ["", "a", "b", "ab", "ba", "hello", "Hello", "ü", "日本語", "🙂", "a" * 100, " "]
@@ -163,7 +170,7 @@ def test_key_group_ranges_partition_and_owner_of_inverts_them(max_parallelism: i
     for parallelism in range(1, min(max_parallelism, 128) + 1):
         ranges = [key_group_range(w, parallelism, max_parallelism) for w in range(parallelism)]
         assert ranges[0].start == 0 and ranges[-1].stop == max_parallelism
-        for before, after in zip(ranges, ranges[1:], strict=False):
+        for before, after in itertools.pairwise(ranges):
             assert before.stop == after.start
         assert all(len(r) >= 1 for r in ranges)  # parallelism <= max_parallelism: nobody idles
         sizes = [len(r) for r in ranges]
