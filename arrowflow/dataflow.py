@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 STATELESS = ("filter", "select", "with_columns", "map_batches")
+# Physical operators the planner derives from a logical one, by id suffix.
+_DERIVED_IDS = {"agg": (".exchange",)}
 
 
 @dataclass(eq=False)
@@ -111,16 +113,22 @@ class Flow:
 
     # ------------------------------------------------------------------ graph building
     def _new_id(self, kind: str, name: str | None) -> str:
+        derived = _DERIVED_IDS.get(kind, ())
         if name is not None:
             if not isinstance(name, str) or not _ID.match(name):
                 msg = f"operator name must be letters, digits, '_', '-' or '.', got {name!r}"
                 raise PlanError(msg)
-            if name in self._ids:
+            taken = [n for n in (name, *(name + suffix for suffix in derived)) if n in self._ids]
+            if taken and taken[0] == name:
                 msg = f"two operators are named {name!r}; operator names must be unique in a flow"
+                raise PlanError(msg)
+            if taken:
+                msg = (f"operator name {name!r} is not free: the plan would call its {kind} part "
+                       f"{taken[0]!r}, a name another operator has; choose another name")
                 raise PlanError(msg)
             return name
         candidate, n = kind, 1
-        while candidate in self._ids:
+        while candidate in self._ids or any(candidate + suffix in self._ids for suffix in derived):
             n += 1
             candidate = f"{kind}-{n}"
         return candidate
@@ -128,13 +136,19 @@ class Flow:
     def _add(self, kind: str, inputs: list[Node], name: str | None = None, **params: Any) -> Node:
         node_id = self._new_id(params.pop("id_kind", kind), name)
         node = Node(node_id, kind, inputs, params)
-        self._ids.add(node_id)
+        # The plan adds operators named after this one (an aggregation's exchange): keep
+        # those names free too, or two physical operators would share an id.
+        self._ids.update([node_id, *(node_id + suffix for suffix in _DERIVED_IDS.get(kind, ()))])
         self.nodes.append(node)
         return node
 
     def _remove(self, node: Node) -> None:
         self.nodes.remove(node)
-        self._ids.discard(node.id)
+        self._ids.difference_update([node.id, *(node.id + suffix for suffix in _DERIVED_IDS.get(node.kind, ()))])
+
+    def unused_id(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``... whichever no operator of the flow uses."""
+        return self._new_id(base, None)
 
     def source(self, source: Source, *, name: str | None = None) -> Stream:
         """A stream from any :class:`arrowflow.sources.Source` object."""
@@ -506,7 +520,7 @@ class Stream:
         from arrowflow.runtime import execute
 
         sink = CollectSink()
-        node = Node(f"{self.node.id}.collect", "sink", [self.node], {"sink": sink})
+        node = Node(self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink})
         groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
         plan = build_plan(self.flow, [node], max_parallelism=groups)
         result = execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None,

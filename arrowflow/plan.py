@@ -291,6 +291,11 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             msg = f"internal: the planner does not know operator kind {kind!r} ({node.id!r})"
             raise PlanError(msg)
 
+    ids = [op.id for op in ops]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        msg = f"flow {flow.name!r}: several physical operators are called {twice}; rename the operator(s) with name="
+        raise PlanError(msg)
     fingerprint = fingerprint_of([_fingerprint_entry(op) for op in ops if op.stateful or op.kind in ("source", "sink")])
     return Plan(flow.name, ops, [n.id for n in outputs], fingerprint)
 

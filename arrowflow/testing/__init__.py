@@ -191,7 +191,7 @@ def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory"
         raise TypeError(msg)
     flow = streams[0].flow
     sinks = [CollectingSink() for _ in streams]
-    nodes = [Node(f"{stream.id}.collect-{i}", "sink", [stream.node], {"sink": sink})
+    nodes = [Node(flow.unused_id(f"{stream.id}.collect-{i}"), "sink", [stream.node], {"sink": sink})
              for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))]
     plan = build_plan(flow, nodes, max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism)
     # The plan holds its own (pickled or not) copies of the sinks: read the rows from those.

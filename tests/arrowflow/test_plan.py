@@ -439,3 +439,34 @@ def test_results_do_not_depend_on_max_parallelism(workers: int) -> None:
     expected = DATA.group_by("user").agg(total=pl.col("amount").sum())
     for max_parallelism in (1, 7):
         assert_frame_equal_unordered(out.collect(workers=workers, max_parallelism=max_parallelism), expected)
+
+
+def test_derived_operator_ids_never_collide_with_user_names() -> None:
+    """An aggregation's exchange is called '<agg>.exchange' in the plan: that name stays free."""
+    flow = af.Flow("ids")
+    src = flow.from_polars(DATA)
+    taken = src.filter(pl.col("amount") > 0, name="agg.exchange")
+    totals = taken.key_by("user").agg(n=pl.len())
+    assert totals.id == "agg-2"
+    plan = _plan_of(totals)
+    assert len({op.id for op in plan.ops}) == len(plan.ops)
+    assert_frame_equal_unordered(totals.collect(), DATA.group_by("user").agg(n=pl.len()))
+    with pytest.raises(af.PlanError, match=r"two operators are named 'agg-2\.exchange'"):
+        src.filter(pl.col("amount") > 0, name="agg-2.exchange")
+    with pytest.raises(af.PlanError, match=r"'agg' is not free.*'agg.exchange'"):
+        src.key_by("user").agg(n=pl.len(), name="agg")
+
+
+def test_a_failed_aggregation_frees_its_names() -> None:
+    src = af.Flow("ids").from_polars(DATA)
+    with pytest.raises(af.SchemaError):
+        src.key_by("user").agg(total=pl.col("nope").sum(), name="totals")
+    assert src.key_by("user").agg(total=pl.col("amount").sum(), name="totals").id == "totals"
+
+
+def test_collecting_sinks_pick_free_names() -> None:
+    src = af.Flow("ids").from_polars(DATA)
+    child = src.filter(pl.col("amount") > 0, name="from_polars.collect-0")
+    got_src, got_child = collect_all(src, child)
+    assert_frame_equal_unordered(got_src, DATA)
+    assert_frame_equal_unordered(got_child, DATA.filter(pl.col("amount") > 0))
