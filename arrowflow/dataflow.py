@@ -313,13 +313,13 @@ class Flow:
         """A plain-text description of the physical plan."""
         return self.plan().explain()
 
-    def run(self, *, workers: int | None = 0, state: Any = "memory", checkpoint_dir: str | None = None,
+    def run(self, *, workers: int | None = None, state: Any = "memory", checkpoint_dir: str | None = None,
             checkpoint_every: Any = None, restore: str | int | None = "latest", batch_size: int | None = None,
             max_parallelism: int | None = None, progress: bool | None = None) -> RunResult:
         """Run every sink of the flow to the end of its (bounded) input.
 
-        ``workers=0`` (the default for now) runs in this process; ``workers=N`` uses N worker
-        processes.
+        ``workers=N`` uses N worker processes (default: one per core); ``workers=0`` runs in
+        this process (the in-process executor: same results, easier debugging).
         """
         sinks = self.sinks()
         if not sinks:

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from arrowflow.aggregates import IncrementalAgg
@@ -179,6 +178,9 @@ class UnionOp(Operator):
         self.emit(batch)
 
 
+OWNER = "__owner"
+
+
 class ExchangeOp(Operator):
     """Hash exchange: rows go to the worker owning their key group.
 
@@ -200,14 +202,9 @@ class ExchangeOp(Operator):
             self.emit(batch)
             return
         owners = owner_of(key_groups(batch.select(self.keys), self.max_parallelism), self.parallelism)
-        order = np.argsort(owners, kind="stable")
-        bounds = np.searchsorted(owners[order], np.arange(self.parallelism + 1))
-        shuffled = batch[pl.Series(order)] if len(order) else batch
-        for target in range(self.parallelism):
-            lo, hi = int(bounds[target]), int(bounds[target + 1])
-            if hi == lo:
-                continue
-            part = shuffled.slice(lo, hi - lo)
+        parts = batch.with_columns(pl.Series(OWNER, owners, dtype=pl.Int32)).partition_by(
+            OWNER, as_dict=True, include_key=False, maintain_order=True)
+        for (target,), part in parts.items():
             if target == self.worker:
                 self.emit(part)
             else:

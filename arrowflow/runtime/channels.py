@@ -1,0 +1,197 @@
+"""Shared-memory channels: single-producer single-consumer rings carrying Arrow IPC messages.
+
+Layout of one ring (a ``multiprocessing.shared_memory`` segment)::
+
+    [0:8)     write position  (bytes ever written; only the producer stores it)
+    [64:72)   read position   (bytes ever consumed; only the consumer stores it)
+    [128:...) data region of ``capacity`` bytes
+
+Positions only grow; ``position % capacity`` is the offset in the data region. A message is
+a 16-byte header ``(total length, kind, tag)`` then its payload, padded to 8 bytes, and is
+always contiguous: when it does not fit before the end of the region, the producer writes a
+``WRAP`` header (or leaves fewer than 16 bytes, which the consumer skips) and starts again at
+offset 0. The producer writes the payload first and publishes it by storing the new write
+position; on x86-64 (total store order) the consumer that sees the position sees the payload.
+
+Payloads are Arrow IPC streams written straight into the ring (sized first with a mock
+stream, so there is no intermediate buffer). The consumer reads them in place: the batch it
+gets references the ring's memory, and the space is released only after the batch has been
+delivered and processed — the operators behind an exchange never keep their input batches.
+
+A full ring is backpressure: ``try_write`` returns False and the sender does other work
+(drains its own inputs) before trying again. A batch larger than half a ring is split into
+row slices that fit.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from multiprocessing import shared_memory
+from typing import Any
+
+import pyarrow as pa
+
+HEADER = 128
+MSG_HEADER = 16
+DATA, END, WRAP, CONTROL = 1, 2, 3, 4
+_HDR = struct.Struct("<QII")
+_POS = struct.Struct("<Q")
+#: Bytes per ring; ARROWFLOW_RING_BYTES overrides it (tests use small rings to force wrapping,
+#: backpressure and batch splitting).
+DEFAULT_CAPACITY = int(os.environ.get("ARROWFLOW_RING_BYTES", 32 << 20))
+
+
+def _align(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class Ring:
+    """One SPSC ring in shared memory; the creator owns (and unlinks) the segment."""
+
+    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *, create: bool = False) -> None:
+        if create:
+            self.shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER + capacity)
+            self.shm.buf[:HEADER] = bytes(HEADER)
+        else:
+            self.shm = shared_memory.SharedMemory(name=name)
+        self.name = name
+        self.capacity = len(self.shm.buf) - HEADER if not create else capacity
+        self.capacity -= self.capacity % 8
+        self.buf = self.shm.buf
+        self.pending_release = 0
+
+    # ------------------------------------------------------------------ positions
+    def _write_pos(self) -> int:
+        return _POS.unpack_from(self.buf, 0)[0]
+
+    def _read_pos(self) -> int:
+        return _POS.unpack_from(self.buf, 64)[0]
+
+    def used(self) -> int:
+        return self._write_pos() - self._read_pos()
+
+    # ------------------------------------------------------------------ producer
+    def try_write(self, kind: int, tag: int, size: int, fill: Callable[[memoryview], None] | None) -> bool:
+        """Write one message of ``size`` payload bytes (``fill`` writes them) if it fits now."""
+        total = _align(MSG_HEADER + size)
+        if total > self.capacity:
+            msg = f"message of {total} bytes does not fit a ring of {self.capacity} bytes"
+            raise ValueError(msg)
+        write, read = self._write_pos(), self._read_pos()
+        free = self.capacity - (write - read)
+        offset = write % self.capacity
+        tail = self.capacity - offset
+        if tail < total:
+            if free < tail + total:
+                return False
+            if tail >= MSG_HEADER:
+                _HDR.pack_into(self.buf, HEADER + offset, tail, WRAP, 0)
+            write += tail
+            offset = 0
+        elif free < total:
+            return False
+        start = HEADER + offset
+        if fill is not None and size:
+            fill(self.buf[start + MSG_HEADER : start + MSG_HEADER + size])
+        _HDR.pack_into(self.buf, start, total, kind, tag)
+        _POS.pack_into(self.buf, 0, write + total)  # publish
+        return True
+
+    # ------------------------------------------------------------------ consumer
+    def read(self) -> tuple[int, int, memoryview] | None:
+        """The next message (kind, tag, payload view) or None. Call ``release`` after use."""
+        if self.pending_release:
+            msg = "release() the previous message before reading the next"
+            raise RuntimeError(msg)
+        while True:
+            read, write = self._read_pos(), self._write_pos()
+            if read == write:
+                return None
+            offset = read % self.capacity
+            tail = self.capacity - offset
+            if tail < MSG_HEADER:
+                _POS.pack_into(self.buf, 64, read + tail)
+                continue
+            total, kind, tag = _HDR.unpack_from(self.buf, HEADER + offset)
+            if kind == WRAP:
+                _POS.pack_into(self.buf, 64, read + tail)
+                continue
+            self.pending_release = total
+            start = HEADER + offset + MSG_HEADER
+            return kind, tag, self.buf[start : HEADER + offset + total]
+
+    def release(self) -> None:
+        """Free the space of the message returned by the last ``read``."""
+        if self.pending_release:
+            _POS.pack_into(self.buf, 64, self._read_pos() + self.pending_release)
+            self.pending_release = 0
+
+    def close(self) -> None:
+        self.buf = None  # type: ignore[assignment]
+        try:
+            self.shm.close()
+        except BufferError:
+            # A batch still references the ring; the mapping goes away with the process.
+            pass
+
+    def unlink(self) -> None:
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def ipc_size(table: pa.Table) -> int:
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.size()
+
+
+def ipc_fill(table: pa.Table) -> Callable[[memoryview], None]:
+    def fill(view: memoryview) -> None:
+        out = pa.FixedSizeBufferWriter(pa.py_buffer(view))
+        with pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
+
+    return fill
+
+
+def ipc_read(view: memoryview) -> pa.Table:
+    """Zero-copy: the table's buffers point into ``view``."""
+    return pa.ipc.open_stream(pa.py_buffer(view)).read_all()
+
+
+def _without_views(table: pa.Table) -> pa.Table:
+    """Cast string/binary views to offset-based types, whose IPC slices carry only their rows."""
+    fields = []
+    changed = False
+    for field in table.schema:
+        if pa.types.is_string_view(field.type):
+            fields.append(field.with_type(pa.large_string()))
+            changed = True
+        elif pa.types.is_binary_view(field.type):
+            fields.append(field.with_type(pa.large_binary()))
+            changed = True
+        else:
+            fields.append(field)
+    return table.cast(pa.schema(fields)) if changed else table
+
+
+def write_table(ring: Ring, tag: int, table: pa.Table, wait: Callable[[], Any]) -> None:
+    """Send ``table`` on ``ring``, splitting it when it is larger than half the ring."""
+    size = ipc_size(table)
+    limit = ring.capacity // 2
+    if size > limit and table.num_rows > 1:
+        table = _without_views(table)  # slices of view arrays would still carry every data buffer
+        size = ipc_size(table)
+        pieces = -(-size // (limit // 2))
+        step = max(1, -(-table.num_rows // pieces))
+        for start in range(0, table.num_rows, step):
+            write_table(ring, tag, table.slice(start, step), wait)
+        return
+    fill = ipc_fill(table)
+    while not ring.try_write(DATA, tag, size, fill):
+        wait()

@@ -1,0 +1,373 @@
+"""The worker pool: N processes, one instance of every operator each, joined by shared memory.
+
+Design (DESIGN.md §3):
+
+- **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
+  pools that ``fork`` would break). The plan and the state backend are serialized once with
+  cloudpickle and sent as the process's arguments, never per batch. Each worker limits its
+  polars and Arrow thread pools to ``cores // workers`` so N workers don't oversubscribe.
+- **Channels**: one shared-memory ring (:mod:`arrowflow.runtime.channels`) per ordered pair
+  of workers, shared by every exchange of the plan (messages carry the exchange's tag).
+  The coordinator creates the segments and unlinks them at the end, whatever happened.
+- **Control** goes over one ``multiprocessing`` pipe per worker: split requests and answers,
+  finished splits, the final report, or the traceback text of a failure.
+- **Failures**: the coordinator waits on every pipe and every process sentinel at once, so a
+  worker that raises or dies (``kill -9``) is noticed at once and the run fails with the
+  worker's own traceback or its exit signal; the other workers are stopped, nothing is left
+  in ``/dev/shm``. Workers ignore SIGINT: Ctrl-C reaches the coordinator, which stops them.
+
+Worked example: ``flow.run(workers=2)`` over 10 Parquet row groups with a ``key_by().agg()``:
+both workers ask for row groups; each filters its batches, hashes the keys and keeps the
+rows of its own key groups, sending the rest through the ring to the other worker; when the
+splits run out each worker sends END on the exchange; each aggregation finishes when both
+ENDs arrived, emits its keys into its Parquet sink writer, and reports the staged files;
+the coordinator commits them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import cloudpickle
+import polars as pl
+
+from arrowflow.errors import JobCancelled, WorkerError
+from arrowflow.plan import Plan
+from arrowflow.runtime.channels import DEFAULT_CAPACITY, END, Ring, ipc_read, write_table
+from arrowflow.runtime.coordinator import SplitEnumerator, commit_sinks
+from arrowflow.runtime.result import RunResult
+from arrowflow.runtime.worker import Worker, WorkerReport
+from arrowflow.sources import Split
+from arrowflow.state import StateBackend
+
+_THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "ARROW_NUM_THREADS", "RAYON_NUM_THREADS")
+_STOP_GRACE_S = 2.0
+
+
+class ShmTransport:
+    """A worker's end of the rings: sends to every other worker, polls what they sent."""
+
+    def __init__(self, worker: int, parallelism: int, ring_names: dict[tuple[int, int], str],
+                 exchanges: list[str]) -> None:
+        self.worker = worker
+        self.out = {t: Ring(name) for (s, t), name in ring_names.items() if s == worker}
+        self.inbound = {s: Ring(name) for (s, t), name in ring_names.items() if t == worker}
+        self.tags = {exchange: index for index, exchange in enumerate(exchanges)}
+        self.exchanges = exchanges
+        self.owner: Worker | None = None
+        self.depth = 0
+        self.backoff = 0.0
+
+    # ------------------------------------------------------------------ sending
+    def send(self, target: int, exchange_id: str, batch: pl.DataFrame) -> None:
+        table = batch.to_arrow(compat_level=pl.CompatLevel.newest())
+        write_table(self.out[target], self.tags[exchange_id], table, self._blocked)
+
+    def send_end(self, target: int, exchange_id: str) -> None:
+        while not self.out[target].try_write(END, self.tags[exchange_id], 0, None):
+            self._blocked()
+
+    def _blocked(self) -> None:
+        """The target's ring is full: deliver our own inputs meanwhile (no deadlock), then back off."""
+        if self.owner is not None and self.depth < 8 and self.poll(self.owner):
+            return
+        time.sleep(0.0002)
+
+    # ------------------------------------------------------------------ receiving
+    def poll(self, worker: Worker, limit: int = 8) -> bool:
+        self.owner = worker
+        progressed = False
+        self.depth += 1
+        try:
+            for sender, ring in self.inbound.items():
+                for _ in range(limit):
+                    if ring.pending_release:
+                        break  # a nested poll is inside this ring's current message
+                    message = ring.read()
+                    if message is None:
+                        break
+                    kind, tag, view = message
+                    try:
+                        if kind == END:
+                            worker.deliver(self.exchanges[tag], None, sender)
+                        else:
+                            batch = pl.DataFrame(pl.from_arrow(ipc_read(view)))
+                            worker.deliver(self.exchanges[tag], batch, sender)
+                            del batch
+                    finally:
+                        del view
+                        ring.release()
+                    progressed = True
+        finally:
+            self.depth -= 1
+        if progressed:
+            self.backoff = 0.0
+        return progressed
+
+    def wait(self, timeout: float) -> None:
+        self.backoff = min(max(self.backoff * 2, 0.00005), 0.002, timeout)
+        time.sleep(self.backoff)
+
+    def close(self) -> None:
+        for ring in [*self.out.values(), *self.inbound.values()]:
+            ring.close()
+
+
+class _PipeLink:
+    """The worker's side of the control pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def next_split(self, source_id: str) -> tuple[Split, Any] | None:
+        self.conn.send(("next_split", source_id))
+        return self.conn.recv()
+
+    def split_done(self, source_id: str, split_id: str) -> None:
+        self.conn.send(("split_done", source_id, split_id))
+
+
+def _limit_threads(threads: int) -> None:
+    try:
+        import pyarrow as pa
+
+        pa.set_cpu_count(threads)
+        pa.set_io_thread_count(max(2, threads))
+    except Exception:  # noqa: BLE001 - a limit we cannot set is not fatal
+        pass
+
+
+def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: bytes, backend_bytes: bytes,
+                 ring_names: dict[tuple[int, int], str], exchanges: list[str], batch_size: int | None,
+                 local_dir: str, max_parallelism: int, threads: int) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_threads(threads)
+    worker = None
+    transport = None
+    try:
+        plan: Plan = cloudpickle.loads(plan_bytes)
+        backend: StateBackend = cloudpickle.loads(backend_bytes)
+        transport = ShmTransport(index, parallelism, ring_names, exchanges) if ring_names else None
+        os.makedirs(local_dir, exist_ok=True)
+        worker = Worker(plan, index, parallelism, _PipeLink(conn), backend, batch_size=batch_size,
+                        local_dir=local_dir, max_parallelism=max_parallelism, transport=transport)
+        if transport is not None:
+            transport.owner = worker
+        profile_dir = os.environ.get("ARROWFLOW_PROFILE_DIR")
+        if profile_dir:  # developer aid: one cProfile dump per worker
+            import cProfile
+
+            profiler = cProfile.Profile()
+            report = profiler.runcall(worker.run, final_checkpoint=1)
+            profiler.dump_stats(os.path.join(profile_dir, f"worker-{index}.prof"))
+        else:
+            report = worker.run(final_checkpoint=1)
+        conn.send(("report", report))
+    except BaseException:  # noqa: BLE001 - every failure crosses to the coordinator as text
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (OSError, ValueError):
+            pass
+    finally:
+        if worker is not None:
+            worker.close()
+        if transport is not None:
+            transport.close()
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+
+def _exit_reason(process: mp.process.BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep ``spawn`` from re-running the user's script in every worker.
+
+    Workers get everything they need from the pickled plan (cloudpickle ships functions
+    defined in ``__main__`` by value), so a script needs no ``if __name__ == "__main__"``
+    guard, and a job file is never executed twice.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        if main is not None:
+            if "__file__" in saved:
+                del main.__file__
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            for key, value in saved.items():
+                setattr(main, key, value)
+
+
+class _Pool:
+    def __init__(self, plan: Plan, backend: StateBackend, workers: int, batch_size: int | None,
+                 max_parallelism: int, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.plan = plan
+        self.workers = workers
+        self.exchanges = [op.id for op in plan.ops if op.kind == "exchange"]
+        self.token = secrets.token_hex(4)
+        self.rings: list[Ring] = []
+        self.processes: list[mp.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        self.local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{plan.flow_name}-")
+        self.batch_size = batch_size
+        self.max_parallelism = max_parallelism
+        self.backend = backend
+        self.capacity = capacity
+
+    def start(self) -> None:
+        ring_names: dict[tuple[int, int], str] = {}
+        if self.exchanges and self.workers > 1:
+            for s in range(self.workers):
+                for t in range(self.workers):
+                    if s != t:
+                        name = f"af-{os.getpid()}-{self.token}-{s}-{t}"
+                        self.rings.append(Ring(name, self.capacity, create=True))
+                        ring_names[(s, t)] = name
+        plan_bytes = cloudpickle.dumps(self.plan)
+        backend_bytes = cloudpickle.dumps(self.backend)
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // self.workers)
+        context = mp.get_context("spawn")
+        saved = {var: os.environ.get(var) for var in _THREAD_VARS}
+        try:
+            for var in _THREAD_VARS:
+                os.environ[var] = str(threads)
+            for index in range(self.workers):
+                parent, child = context.Pipe(duplex=True)
+                process = context.Process(
+                    target=_worker_main, name=f"arrowflow-{self.plan.flow_name}-w{index}", daemon=True,
+                    args=(index, self.workers, child, plan_bytes, backend_bytes, ring_names, self.exchanges,
+                          self.batch_size, os.path.join(self.local_dir, f"w{index}"), self.max_parallelism,
+                          threads),
+                )
+                with _main_module_hidden():
+                    process.start()
+                child.close()
+                self.processes.append(process)
+                self.conns.append(parent)
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+
+    def coordinate(self, enumerator: SplitEnumerator) -> list[WorkerReport]:
+        reports: dict[int, WorkerReport] = {}
+        by_conn = {id(conn): index for index, conn in enumerate(self.conns)}
+        by_sentinel = {process.sentinel: index for index, process in enumerate(self.processes)}
+        while len(reports) < self.workers:
+            waiting = [c for i, c in enumerate(self.conns) if i not in reports]
+            sentinels = [p.sentinel for i, p in enumerate(self.processes) if i not in reports]
+            for ready in wait(waiting + sentinels, timeout=0.5):
+                if isinstance(ready, int):
+                    index = by_sentinel[ready]
+                    self._drain(index, enumerator, reports)  # it may have said why before exiting
+                    if index not in reports:
+                        process = self.processes[index]
+                        process.join(1.0)  # reap it, so its exit code is known
+                        msg = (f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
+                               f"running; the job stops (restarts from checkpoints need checkpoint_dir)")
+                        raise WorkerError(msg, worker=index)
+                else:
+                    self._drain(by_conn[id(ready)], enumerator, reports)
+        return [reports[i] for i in range(self.workers)]
+
+    def _drain(self, index: int, enumerator: SplitEnumerator, reports: dict[int, WorkerReport]) -> None:
+        conn = self.conns[index]
+        while index not in reports:
+            try:
+                if not conn.poll():
+                    return
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "next_split":
+                conn.send(enumerator.next_split(message[1], index))
+            elif kind == "split_done":
+                enumerator.split_done(message[1], message[2])
+            elif kind == "report":
+                reports[index] = message[1]
+            elif kind == "error":
+                text = message[1]
+                last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+                msg = f"worker {index} failed: {last}\n\n--- worker {index} traceback ---\n{text}"
+                raise WorkerError(msg, worker=index, traceback_text=text)
+
+    def stop(self) -> None:
+        """Stop every process still running, then free every ring and temporary file."""
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+        for conn in self.conns:
+            conn.close()
+        for ring in self.rings:
+            ring.close()
+            ring.unlink()
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+def run_pool(plan: Plan, backend: StateBackend, *, workers: int | None, batch_size: int | None,
+             max_parallelism: int) -> RunResult:
+    workers = workers or os.cpu_count() or 1
+    started = time.perf_counter()
+    for op in plan.ops:
+        if op.kind == "sink":
+            op.params["sink"].begin()
+    enumerator = SplitEnumerator(plan)
+    pool = _Pool(plan, backend, workers, batch_size, max_parallelism)
+    try:
+        pool.start()
+        reports = pool.coordinate(enumerator)
+    except KeyboardInterrupt:
+        pool.stop()
+        msg = f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped, nothing was committed"
+        raise JobCancelled(msg) from None
+    finally:
+        pool.stop()
+    staged: dict[str, list[Any]] = {}
+    metrics: list[dict[str, Any]] = []
+    for report in reports:
+        for sink_id, item in report.staged.items():
+            staged.setdefault(sink_id, []).append(item)
+        metrics.extend(report.metrics)
+    commit_sinks(plan, 1, staged)
+    from arrowflow.runtime.local import collected_outputs
+
+    result = RunResult(plan.flow_name, workers, time.perf_counter() - started, metrics)
+    result.outputs = collected_outputs(plan)
+    return result
