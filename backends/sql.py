@@ -100,17 +100,21 @@ def _with_connect_timeout(url: str, seconds: int) -> str:
 
 
 class SqlStore(KeyedStore):
-    def __init__(self, spec: StoreSpec, key_groups_owned: range, connection: Any, dialect: Dialect,
-                 table: str, *, keep_table: bool, where: str) -> None:
+    def __init__(self, spec: StoreSpec, key_groups_owned: range, shared: _SharedConnection,
+                 dialect: Dialect, table: str, *, keep_table: bool, scratch: str) -> None:
         super().__init__(spec, key_groups_owned)
         self.dbapi = import_optional("adbc_driver_manager.dbapi", purpose="the 'sql' state backend")
-        self.connection = connection
-        self.cursor = connection.cursor()
+        self.shared: _SharedConnection | None = shared
+        self.cursor = shared.connection.cursor()
+        self.scratch = scratch
+        serial = shared.serial()
+        # temporary tables are per connection, and stores of one worker share it
+        self.temp = {use: f"af_{use}_{serial}" for use in ("get", "put", "del")}
         self.dialect = dialect
         self.table = table
         self.quoted = quote(table)
         self.keep_table = keep_table
-        self.where = where
+        self.where = shared.where
         what = f"sql store {spec.name!r}"
         clash = _RESERVED & set(spec.key_columns + spec.value_columns)
         if clash:
@@ -209,11 +213,11 @@ class SqlStore(KeyedStore):
         values = self.spec.value_columns
         select = ", ".join(filter(None, [
             f"g.{quote(ROW)}", f"t.{quote(KEY_GROUP)}", self._select_list(values, "t")]))
-        query = (f"SELECT {select} FROM {quote('af_get')} AS g "
+        query = (f"SELECT {select} FROM {quote(self.temp['get'])} AS g "
                  f"LEFT JOIN {self.quoted} AS t ON t.{quote(KEY)} = g.{quote(KEY)}")
 
         def work() -> pa.Table:
-            self._ingest_temp("af_get", request)
+            self._ingest_temp(self.temp["get"], request)
             self.cursor.execute(query)
             return self.cursor.fetch_arrow_table()
 
@@ -235,14 +239,14 @@ class SqlStore(KeyedStore):
         names = ", ".join(quote(name) for name in [KEY, KEY_GROUP, *self.columns])
         updates = ", ".join(f"{quote(v)} = excluded.{quote(v)}" for v in self.spec.value_columns)
         action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        upsert = (f"INSERT INTO {self.quoted} ({names}) SELECT {names} FROM {quote('af_put')} WHERE true "
+        upsert = (f"INSERT INTO {self.quoted} ({names}) SELECT {names} FROM {quote(self.temp['put'])} WHERE true "
                   f"ON CONFLICT ({quote(KEY)}) {action}")
         known = self._last_get
-        existing_query = (f"SELECT count(*) FROM {quote('af_put')} AS p "
+        existing_query = (f"SELECT count(*) FROM {quote(self.temp['put'])} AS p "
                           f"JOIN {self.quoted} AS t ON t.{quote(KEY)} = p.{quote(KEY)}")
 
         def work() -> int:
-            self._ingest_temp("af_put", rows)
+            self._ingest_temp(self.temp["put"], rows)
             if known is not None and known[0].equals(encoded):
                 existing = known[1]
             else:
@@ -258,10 +262,10 @@ class SqlStore(KeyedStore):
         if keys.height == 0:
             return
         request = pa.table({KEY: self._encoded_keys(keys)})
-        condition = f"{quote(KEY)} IN (SELECT {quote(KEY)} FROM {quote('af_del')})"
+        condition = f"{quote(KEY)} IN (SELECT {quote(KEY)} FROM {quote(self.temp['del'])})"
 
         def work() -> int:
-            self._ingest_temp("af_del", request)
+            self._ingest_temp(self.temp["del"], request)
             self.cursor.execute(f"SELECT count(*) FROM {self.quoted} WHERE {condition}")
             removed = int(self.cursor.fetchone()[0])
             self.cursor.execute(f"DELETE FROM {self.quoted} WHERE {condition}")
@@ -304,7 +308,7 @@ class SqlStore(KeyedStore):
         query = f"SELECT {self._select_list(self.columns)}, {quote(KEY_GROUP)} FROM {self.quoted}"
         schema = pl.DataFrame(schema={**self.spec.key_schema, **self.spec.value_schema,
                                       KEY_GROUP: pl.Int32}).to_arrow().schema
-        fd, local = tempfile.mkstemp(prefix="snapshot-", suffix=".arrow")
+        fd, local = tempfile.mkstemp(prefix="snapshot-", suffix=".arrow", dir=self.scratch)
         os.close(fd)
         entries = 0
         try:
@@ -339,7 +343,7 @@ class SqlStore(KeyedStore):
                 )
                 raise StateError(msg)
         schema = {**self.spec.key_schema, **self.spec.value_schema}
-        with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="restore-", dir=self.scratch) as scratch:
             local_files = []
             for number, state_file in enumerate(wanted):
                 local = os.path.join(scratch, f"{number}.arrow")
@@ -365,17 +369,45 @@ class SqlStore(KeyedStore):
             self._last_get = None
 
     def close(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is None:
+        shared, self.shared = self.shared, None
+        if shared is None:
             return
         try:
+            for name in self._temp_tables:
+                self.cursor.execute(f"DROP TABLE IF EXISTS {quote(name)}")
             if not self.keep_table:
                 self.cursor.execute(f"DROP TABLE IF EXISTS {self.quoted}")
             self.cursor.close()
         except self.dbapi.Error:
             pass  # the database went away: nothing left to release
         finally:
-            connection.close()
+            shared.release()
+
+
+class _SharedConnection:
+    """One connection per database per worker process, shared by that worker's stores.
+
+    Opening a PostgreSQL connection through ADBC costs ~0.1 s (the driver loads the type
+    catalogue), and a worker runs its stores one batch at a time, so they take turns on one
+    connection. It is closed when the last store using it closes.
+    """
+
+    def __init__(self, connection: Any, where: str, release: Any) -> None:
+        self.connection = connection
+        self.where = where
+        self.users = 0
+        self._serials = 0
+        self._release = release
+
+    def serial(self) -> int:
+        self._serials += 1
+        return self._serials
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self._release(self)
+            self.connection.close()
 
 
 class SqlBackend(StateBackend):
@@ -402,6 +434,12 @@ class SqlBackend(StateBackend):
         self.table_prefix = table_prefix
         self.keep_tables = keep_tables
         self.connect_timeout = connect_timeout
+        self._connections: dict[str, _SharedConnection] = {}  # this process's, never pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_connections"] = {}
+        return state
 
     @property
     def kind(self) -> str:
@@ -468,14 +506,25 @@ class SqlBackend(StateBackend):
             name = name.encode()[: _PG_NAME_LIMIT - 9].decode(errors="ignore") + "_" + digest
         return name
 
+    def _acquire(self, context: StoreContext) -> _SharedConnection:
+        address = self.url if self.kind == "postgresql" else os.path.abspath(self._sqlite_path(context))
+        assert address is not None
+        shared = self._connections.get(address)
+        if shared is None:
+            connection, where = self._connect(context)
+            shared = _SharedConnection(connection, where, lambda gone: self._connections.pop(address, None))
+            self._connections[address] = shared
+        shared.users += 1
+        return shared
+
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
-        connection, where = self._connect(context)
+        shared = self._acquire(context)
         try:
-            return SqlStore(spec, key_groups, connection, Dialect(self.kind),
+            return SqlStore(spec, key_groups, shared, Dialect(self.kind),
                             self.table_name(spec, key_groups, context),
-                            keep_table=self.keep_tables, where=where)
+                            keep_table=self.keep_tables, scratch=context.local_dir)
         except BaseException:
-            connection.close()
+            shared.release()
             raise
 
     def __repr__(self) -> str:

@@ -1,0 +1,33 @@
+"""Every built-in state backend passes the conformance suite, with ``memory`` as the oracle."""
+
+from __future__ import annotations
+
+import pytest
+from arrowflow.backends.arrow_ipc import ArrowBackend
+from arrowflow.backends.lmdb import LmdbBackend
+from arrowflow.backends.sql import SqlBackend
+
+from arrowflow.state import StateBackend
+from arrowflow.testing.state_conformance import Capabilities, StateConformance
+
+
+class TestArrow(StateConformance):
+    backend = ArrowBackend()
+
+
+class TestLmdb(StateConformance):
+    backend = LmdbBackend(map_size=1 << 16)  # tiny: every test also exercises map growth
+
+
+class TestSqlite(StateConformance):
+    backend = SqlBackend()
+    capabilities = Capabilities(nan=False, nested=False)
+
+
+@pytest.mark.postgres
+class TestPostgres(StateConformance):
+    capabilities = Capabilities(nested=False, nul_in_text=False)
+
+    @pytest.fixture
+    def state_backend(self, postgres_url: str) -> StateBackend:
+        return SqlBackend(postgres_url)
