@@ -62,14 +62,14 @@ def test_only_dataframes_are_accepted() -> None:
         assert_frame_equal_unordered(pl.DataFrame({"a": [1]}).lazy(), pl.DataFrame({"a": [1]}))  # type: ignore[arg-type]
 
 
-def test_collecting_sink_next_to_other_sinks(workers: int) -> None:
+def test_collecting_sink_next_to_other_sinks() -> None:
     df = pl.DataFrame({"k": [1, 2, 1], "v": [1, 2, 3]})
     flow = af.Flow("collecting")
     src = flow.from_polars(df, splits=2)
     rows, sums = CollectingSink(), CollectingSink()
     src.write_to(rows)
     src.key_by("k").agg(s=pl.col("v").sum()).write_to(sums)
-    flow.run(workers=workers, batch_size=1)
+    flow.run(workers=0, batch_size=1)
     assert_frame_equal_unordered(rows.to_polars(), df)
     assert_frame_equal_unordered(sums.to_polars(), df.group_by("k").agg(s=pl.col("v").sum()))
     flow.run(workers=0)  # a fresh run starts empty

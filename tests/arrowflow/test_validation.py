@@ -313,10 +313,10 @@ def test_unknown_side_output_lists_the_ones_that_exist() -> None:
         stream().side_output(3)
 
 
-def test_malformed_side_output_of_an_in_memory_source_is_empty(workers: int) -> None:
+def test_malformed_side_output_of_an_in_memory_source_is_empty() -> None:
     bad = stream().side_output("malformed")
     assert bad.schema.names() == ["source", "file", "offset", "line", "reason", "raw"]
-    assert bad.collect(workers=workers).height == 0
+    assert bad.collect().height == 0
 
 
 # ---------------------------------------------------------------- running
