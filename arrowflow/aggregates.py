@@ -119,11 +119,40 @@ def parse_term(name: str, expr: pl.Expr, operator_id: str) -> AggTerm:
 
 
 def _has_nested_aggregation(node: object) -> bool:
+    """True when a serialized expression aggregates somewhere (``Agg`` or ``Len`` nodes),
+    not counting literals and the per-element expression of ``list.eval``."""
     if isinstance(node, dict):
+        if "Eval" in node and isinstance(node["Eval"], dict):
+            return _has_nested_aggregation(node["Eval"].get("expr"))
         return any(key == "Agg" or (key != "Literal" and _has_nested_aggregation(value)) for key, value in node.items())
     if isinstance(node, list):
         return any(_has_nested_aggregation(item) for item in node)
     return node == "Len"
+
+
+def _polars_says(question: str, expr: pl.Expr, *, unknown: bool) -> bool:
+    # polars answers some meta questions only once the schema is known (Python functions,
+    # list.eval) and raises otherwise; those expressions are elementwise as far as we can tell.
+    try:
+        return bool(getattr(expr.meta, question)())
+    except pl.exceptions.PolarsError:
+        return unknown
+
+
+def batch_dependence(expr: pl.Expr) -> str | None:
+    """Why the value ``expr`` gives a row depends on the other rows of its batch, or None.
+
+    A stream cuts rows into batches arbitrarily (any batch size, split and worker count), so
+    an aggregate (``pl.col("v").sum()``, ``pl.len()``), a sort, shift, cumulative, ``unique``,
+    ``head`` or window (``.over()``) expression would give a different answer per cut.
+    Row-wise maps, casts, ``when/then``, ``filter`` and ``drop_nulls`` are fine.
+    """
+    if _has_nested_aggregation(json.loads(expr.meta.serialize(format="json"))):
+        return "it contains an aggregation, which would see one batch at a time"
+    if not _polars_says("is_row_separable", expr, unknown=True):
+        return ("it depends on other rows (a sort, shift, cumulative, rank, unique, head/slice, sample or "
+                "window expression), which would see one batch at a time")
+    return None
 
 
 def _check_row_wise(name: str, expr: pl.Expr, source: pl.Expr, operator_id: str) -> None:
@@ -133,14 +162,10 @@ def _check_row_wise(name: str, expr: pl.Expr, source: pl.Expr, operator_id: str)
     cumulative sum, ``unique()``, ``head()``, a window or a nested aggregation would give a
     different answer per batch split. Row-wise maps, filters and ``drop_nulls`` are fine.
     """
-    reason = None
-    if source.meta.is_scalar():
-        reason = "it aggregates a constant, which has no value per row"
-    elif _has_nested_aggregation(json.loads(source.meta.serialize(format="json"))):
-        reason = "it contains another aggregation, which would see one batch at a time"
-    elif not source.meta.is_row_separable():
-        reason = ("its input depends on other rows (a sort, shift, cumulative, unique, head/slice or "
-                  "window expression), which would see one batch at a time")
+    if _polars_says("is_scalar", source, unknown=False):
+        reason: str | None = "it aggregates a constant, which has no value per row"
+    else:
+        reason = batch_dependence(source)
     if reason is not None:
         msg = (
             f"operator {operator_id!r}: aggregation {name!r} = {expr} cannot be computed incrementally: "

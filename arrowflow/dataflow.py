@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from arrowflow.aggregates import IncrementalAgg, named_aggregations
+from arrowflow.aggregates import IncrementalAgg, batch_dependence, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.sinks import Sink
@@ -72,10 +72,30 @@ def _check_exprs(exprs: Sequence[Any], operator_id: str, what: str) -> list[pl.E
     return checked
 
 
+def _check_batch_independent(exprs: list[pl.Expr], operator_id: str, what: str) -> None:
+    """Refuse expressions whose result would depend on how rows are cut into batches."""
+    for expr in exprs:
+        reason = batch_dependence(expr)
+        if reason is not None:
+            msg = (
+                f"operator {operator_id!r}: {what} cannot use {describe_expr(expr)}: {reason}, so the "
+                f"result would depend on batch sizes and worker counts. Aggregate with "
+                f".key_by(...).agg(...) instead, or use .map_batches(fn) if a per-batch result is what you want."
+            )
+            raise PlanError(msg)
+
+
 def _check_splits(splits: Any, method: str) -> None:
     if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
         msg = f"{method}(splits=...) expects a positive number of pieces (or None), got {splits!r}"
         raise PlanError(msg)
+
+
+def _is_scalar(expr: pl.Expr) -> bool:
+    try:
+        return expr.meta.is_scalar()
+    except pl.exceptions.PolarsError:  # a Python function: polars cannot tell without a schema
+        return False
 
 
 def _polars_schema_error(operator_id: str, exc: Exception) -> SchemaError:
@@ -391,7 +411,9 @@ class Stream:
         if not predicates:
             msg = "filter() needs at least one predicate, e.g. .filter(pl.col('amount') > 0)"
             raise PlanError(msg)
-        checked = _check_exprs(predicates, self.flow._new_id("filter", name), "filter()")
+        op_id = self.flow._new_id("filter", name)
+        checked = _check_exprs(predicates, op_id, "filter()")
+        _check_batch_independent(checked, op_id, "filter()")
         return self._then("filter", name, predicates=checked)
 
     def select(self, *exprs: pl.Expr | str, name: str | None = None, **named: pl.Expr) -> Stream:
@@ -401,6 +423,13 @@ class Stream:
         checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), op_id, "select()"), strict=True)]
         if not checked:
             msg = "select() needs at least one column or expression"
+            raise PlanError(msg)
+        _check_batch_independent(checked, op_id, "select()")
+        if all(_is_scalar(expr) for expr in checked):
+            msg = (
+                f"operator {op_id!r}: select() of constants only ({', '.join(describe_expr(e) for e in checked)}) "
+                f"would give one row per batch; add them to every row with .with_columns(...) instead"
+            )
             raise PlanError(msg)
         return self._then("select", name, exprs=checked)
 
@@ -412,6 +441,7 @@ class Stream:
         if not checked:
             msg = "with_columns() needs at least one expression"
             raise PlanError(msg)
+        _check_batch_independent(checked, op_id, "with_columns()")
         return self._then("with_columns", name, exprs=checked)
 
     def map_batches(self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, schema: Any = None,

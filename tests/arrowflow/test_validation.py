@@ -377,3 +377,58 @@ def test_booleans_and_other_objects_are_not_durations() -> None:
 def test_negative_timedelta_is_refused() -> None:
     with pytest.raises(af.PlanError, match="negative"):
         duration_ms(dt.timedelta(seconds=-1))
+
+
+# ---------------------------------------------------------------- batch-dependent stateless expressions
+
+BATCH_DEPENDENT = {
+    "sum-broadcast": ("with_columns", pl.col("amount").sum().alias("total")),
+    "len": ("with_columns", pl.len().alias("n")),
+    "minus-mean": ("with_columns", (pl.col("amount") - pl.col("amount").mean()).alias("centred")),
+    "shift": ("with_columns", pl.col("amount").shift().alias("previous")),
+    "cum_sum": ("select", pl.col("amount").cum_sum()),
+    "rank": ("select", pl.col("amount").rank()),
+    "sort": ("select", pl.col("amount").sort()),
+    "unique": ("select", pl.col("kind").unique()),
+    "head": ("select", pl.col("kind").head(1)),
+    "row-index": ("with_columns", pl.int_range(pl.len()).alias("i")),
+    "over": ("with_columns", pl.col("amount").sum().over("kind").alias("per_kind")),
+    "forward-fill": ("with_columns", pl.col("amount").fill_null(strategy="forward")),
+    "above-mean": ("filter", pl.col("amount") > pl.col("amount").mean()),
+    "dedupe": ("filter", pl.col("user").is_first_distinct()),
+    "sample": ("select", pl.col("user").sample(1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_DEPENDENT))
+def test_stateless_expressions_that_depend_on_the_batch_are_refused(case: str) -> None:
+    """polars computes these over all rows; a stream only ever has one batch at hand."""
+    method, expr = BATCH_DEPENDENT[case]
+    s = stream()
+    with pytest.raises(af.PlanError) as info:
+        getattr(s, method)(expr)
+    text = str(info.value)
+    assert f"operator '{method}'" in text
+    assert "batch" in text and "key_by(...).agg(...)" in text and "map_batches" in text
+    assert [n.id for n in s.flow.nodes] == ["from_polars"]
+
+
+def test_select_of_constants_only_is_refused_but_broadcast_constants_are_fine() -> None:
+    with pytest.raises(af.PlanError, match=r"'select'.*constants only.*with_columns"):
+        stream().select(one=pl.lit(1))
+    got = stream().select("user", one=pl.lit(1)).with_columns(tag=pl.lit("x")).collect(batch_size=1)
+    assert got.to_dicts() == [{"user": 1, "one": 1, "tag": "x"}, {"user": 2, "one": 1, "tag": "x"}]
+
+
+@pytest.mark.filterwarnings("ignore::polars.exceptions.PolarsInefficientMapWarning")
+def test_row_wise_stateless_expressions_are_accepted() -> None:
+    s = stream()
+    s.with_columns(
+        pl.col("amount").round(1), pl.col("kind").str.to_uppercase().alias("upper"),
+        pl.when(pl.col("amount") > 1).then(pl.lit("big")).otherwise(pl.lit("small")).alias("size"),
+        pl.col("kind").is_in(["buy"]).alias("is_buy"), pl.col("amount").map_elements(lambda v: v * 2,
+                                                                                    return_dtype=pl.Float64).alias("x2"),
+        pl.lit(3).alias("three"), pl.concat_list("amount", "amount").list.eval(pl.element().sum()).alias("ev"),
+    )
+    s.filter(pl.col("kind").str.contains("u"), pl.col("amount").is_between(0, 10))
+    s.select(pl.col("amount").filter(pl.col("amount") > 1))  # a filter is row-wise too
