@@ -228,7 +228,12 @@ def test_aggregating_an_input_that_depends_on_other_rows_is_refused(name: str) -
     assert "with_columns" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore::polars.exceptions.PolarsInefficientMapWarning")
 def test_row_wise_inputs_are_accepted() -> None:
+    stream().key_by("user").agg(
+        g=pl.col("amount").map_elements(lambda v: v + 1, return_dtype=pl.Float64).sum(),  # polars can't analyse it
+        h=pl.concat_list("amount", "amount").list.eval(pl.element().max()).list.first().max(),
+    )
     stream().key_by("user").agg(
         a=(pl.col("amount") * 2).sum(),
         b=pl.col("amount").filter(pl.col("kind") == "buy").max(),
