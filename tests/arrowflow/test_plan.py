@@ -7,6 +7,7 @@ test says so, and compare results against polars where they do.
 from __future__ import annotations
 
 import polars as pl
+import polars.selectors as cs
 import pytest
 
 import arrowflow as af
@@ -204,6 +205,13 @@ def test_projection_with_wildcards_still_gives_polars_results() -> None:
         (src.select(pl.col("^(us|ki).*$")).select("user"), DATA.select("user")),
         (src.with_columns(pl.col(pl.Float64) * 2).select("amount"), DATA.select(pl.col("amount") * 2)),
         (src.select(pl.struct(pl.all()).alias("s")).select(pl.col("s").struct.field("kind")), DATA.select("kind")),
+        # Positional and dtype selections must see the columns of the full frame, not a pruned one.
+        (src.with_columns(pl.nth(0).alias("z")).select("z"), DATA.select(pl.col("ts").alias("z"))),
+        (src.with_columns(pl.last().alias("z")).select("z"), DATA.select(pl.col("note").alias("z"))),
+        (src.select(cs.by_index(2)), DATA.select("kind")),
+        (src.with_columns(z=pl.sum_horizontal(cs.numeric())).select("z"),
+         DATA.select(z=pl.sum_horizontal(cs.numeric()))),
+        (src.filter(pl.any_horizontal(cs.string() == "c")).select("ts"), DATA.filter(pl.col("note") == "c").select("ts")),
     ]
     for (_, expected), got in zip(cases, collect_all(*(s for s, _ in cases)), strict=True):
         assert_frame_equal_unordered(got, expected)

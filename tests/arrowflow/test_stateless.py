@@ -11,6 +11,8 @@ import datetime as dt
 import polars as pl
 import polars.selectors as cs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import arrowflow as af
 from arrowflow.testing import assert_frame_equal_unordered, collect_all
@@ -246,3 +248,35 @@ def test_collect_does_not_change_the_flow() -> None:
     stream.collect()
     assert [node.id for node in stream.flow.nodes] == before
     assert stream.flow.sinks() == []
+
+
+@st.composite
+def _event_frames(draw: st.DrawFn) -> pl.DataFrame:
+    n = draw(st.integers(0, 60))
+    ints = st.one_of(st.none(), st.integers(-50, 50))
+    return pl.DataFrame(
+        {
+            "a": draw(st.lists(ints, min_size=n, max_size=n)),
+            "b": draw(st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)), min_size=n, max_size=n)),
+            "s": draw(st.lists(st.one_of(st.none(), st.sampled_from(["x", "y", "zz", ""])), min_size=n, max_size=n)),
+        },
+        schema={"a": pl.Int64, "b": pl.Float64, "s": pl.String},
+    )
+
+
+def _property_chain(frame):  # a Stream or a DataFrame
+    return (
+        frame.filter(pl.col("a").is_null() | (pl.col("a") % 3 != 0))
+        .with_columns(c=pl.col("a") * pl.col("b"), s=pl.col("s").str.to_uppercase())
+        .filter(pl.col("s") != "X")
+        .select("a", "s", total=pl.col("c").fill_null(0) + 1)
+    )
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(df=_event_frames(), batch_size=st.integers(1, 20), splits=st.integers(1, 5))
+def test_property_stateless_chain_equals_polars_for_any_batches_and_splits(
+    df: pl.DataFrame, batch_size: int, splits: int
+) -> None:
+    got = _property_chain(af.Flow("p").from_polars(df, splits=splits)).collect(batch_size=batch_size)
+    assert_frame_equal_unordered(got, _property_chain(df))
