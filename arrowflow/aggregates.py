@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from arrowflow.errors import PlanError, SchemaError
+from arrowflow.keygroups import KEY_TYPES_HINT, is_hashable_key_type
 from arrowflow.state import FOUND
 
 ROW_COUNT = "__n"
@@ -220,6 +221,11 @@ class IncrementalAgg:
                 f"{self.keys}; name the aggregation differently, e.g. .agg({sorted(clash)[0]}_count=...)"
             )
             raise PlanError(msg)
+        for key in self.keys:
+            dtype = input_schema.get(key)
+            if dtype is not None and not is_hashable_key_type(dtype):
+                msg = f"operator {operator_id!r}: cannot key by column {key!r} of type {dtype}; {KEY_TYPES_HINT}"
+                raise SchemaError(msg)
         try:
             self.output_schema = (
                 pl.LazyFrame(schema=input_schema).group_by(self.keys).agg(**named).collect_schema()

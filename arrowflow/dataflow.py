@@ -482,6 +482,10 @@ class Stream:
                 f"first: .with_columns(bucket=pl.col('user_id') % 1000).key_by('bucket')"
             )
             raise PlanError(msg)
+        twice = sorted({k for k in flat if flat.count(k) > 1})
+        if twice:
+            msg = f"key_by() names the column {twice[0]!r} more than once: {flat}"
+            raise PlanError(msg)
         if self.flow.schema_is_static(self.node):
             missing = [k for k in flat if k not in self.schema]
             if missing:

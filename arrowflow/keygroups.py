@@ -29,6 +29,12 @@ _NULL_HASH = np.uint64(0x6A09E667F3BCC909)
 _BYTE_BASE = np.uint64(0x100000001B3)
 
 
+KEY_TYPES_HINT = (
+    "key columns must be integers, floats, booleans, strings, binary, categoricals, decimals, dates, "
+    "times, timestamps or durations; derive one first, e.g. .with_columns(key=pl.col('tags').list.join(','))"
+)
+
+
 def _mix64(z: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         z = z.astype(np.uint64, copy=True)
@@ -66,6 +72,17 @@ def _hash_bytes(array: pa.Array) -> np.ndarray:
         return _mix64(sums ^ (lengths.astype(np.uint64) * _GOLDEN))
 
 
+def is_hashable_key_type(dtype: pl.DataType) -> bool:
+    """True when :func:`key_groups` can hash a key column of this type."""
+    return (
+        dtype in (pl.String, pl.Binary, pl.Boolean, pl.Null)
+        or isinstance(dtype, pl.Categorical | pl.Enum | pl.Decimal)
+        or dtype.is_float()
+        or dtype.is_integer()
+        or dtype.is_temporal()
+    )
+
+
 def _hash_series(series: pl.Series) -> np.ndarray:
     dtype = series.dtype
     nulls = series.is_null().to_numpy() if series.null_count() else None
@@ -93,10 +110,7 @@ def _hash_series(series: pl.Series) -> np.ndarray:
     elif dtype == pl.Null:
         hashed = np.full(len(series), _NULL_HASH, dtype=np.uint64)
     else:
-        msg = (
-            f"cannot hash key column {series.name!r} of type {dtype}; key columns must be "
-            f"integers, floats, booleans, strings, binary, dates or timestamps"
-        )
+        msg = f"cannot hash key column {series.name!r} of type {dtype}; {KEY_TYPES_HINT}"
         from arrowflow.errors import SchemaError
 
         raise SchemaError(msg)

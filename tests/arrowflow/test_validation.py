@@ -437,3 +437,17 @@ def test_row_wise_stateless_expressions_are_accepted() -> None:
     )
     s.filter(pl.col("kind").str.contains("u"), pl.col("amount").is_between(0, 10))
     s.select(pl.col("amount").filter(pl.col("amount") > 1))  # a filter is row-wise too
+
+
+def test_key_columns_must_be_hashable_on_every_executor() -> None:
+    """The in-process executor never hashes keys; the check must not depend on that."""
+    nested = af.Flow("keys").from_polars(DATA.with_columns(tags=pl.concat_list("kind"), pair=pl.struct("user", "kind")))
+    with pytest.raises(af.SchemaError, match=r"'agg'.*cannot key by column 'tags' of type List\(String\).*list\.join"):
+        nested.key_by("tags").agg(n=pl.len())
+    with pytest.raises(af.SchemaError, match=r"cannot key by column 'pair' of type Struct"):
+        nested.key_by("user", "pair").agg(n=pl.len())
+
+
+def test_key_by_the_same_column_twice() -> None:
+    with pytest.raises(af.PlanError, match=r"key_by\(\) names the column 'user' more than once"):
+        stream().key_by("user", "kind", "user")
