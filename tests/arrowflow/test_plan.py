@@ -500,3 +500,19 @@ def test_collecting_sinks_pick_free_names() -> None:
     got_src, got_child = collect_all(src, child)
     assert_frame_equal_unordered(got_src, DATA)
     assert_frame_equal_unordered(got_child, DATA.filter(pl.col("amount") > 0))
+
+
+def test_collect_runs_only_what_the_stream_needs() -> None:
+    flow = af.Flow("part")
+    src = flow.from_polars(DATA)
+    other = CollectingSink()
+    src.filter(pl.col("amount") > 5).write_to(other)
+    calls: list[int] = []
+
+    def count(batch: pl.DataFrame) -> pl.DataFrame:
+        calls.append(batch.height)
+        return batch
+
+    src.map_batches(count, schema=dict(DATA.schema)).write_to(CollectingSink())
+    assert_frame_equal_unordered(src.select("user").collect(), DATA.select("user"))
+    assert other.frames == [] and calls == []
