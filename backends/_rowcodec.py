@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
@@ -75,6 +76,43 @@ def _column_layout(name: str, dtype: pl.DataType, what: str) -> _Column:
     raise StateError(msg)
 
 
+_SPAN_CHUNK = 1 << 22  # bytes of spans handled per step: bounds the index arrays to 32 MiB
+
+
+def _span_chunks(lengths: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Row ranges [lo, hi) whose spans total at most ~_SPAN_CHUNK bytes, with their byte range."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    if total <= _SPAN_CHUNK:
+        return [(0, len(lengths), 0, total)]
+    cuts = np.searchsorted(ends, np.arange(_SPAN_CHUNK, total, _SPAN_CHUNK), side="right")
+    bounds = [0, *np.unique(cuts).tolist(), len(lengths)]
+    chunks = []
+    for lo, hi in pairwise(bounds):
+        if hi > lo:
+            first = int(ends[lo - 1]) if lo else 0
+            chunks.append((lo, hi, first, int(ends[hi - 1])))
+    return chunks
+
+
+def _gather_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The bytes ``data[starts[i] : starts[i] + lengths[i]]`` of every row, concatenated."""
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    for lo, hi, first, last in _span_chunks(lengths):
+        row_lengths = lengths[lo:hi]
+        shift = starts[lo:hi] - (np.cumsum(row_lengths) - row_lengths)
+        out[first:last] = data[np.repeat(shift, row_lengths) + np.arange(last - first)]
+    return out
+
+
+def _scatter_spans(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, payload: np.ndarray) -> None:
+    """Write the concatenated ``payload`` to ``out[starts[i] : starts[i] + lengths[i]]``."""
+    for lo, hi, first, last in _span_chunks(lengths):
+        row_lengths = lengths[lo:hi]
+        shift = starts[lo:hi] - (np.cumsum(row_lengths) - row_lengths)
+        out[np.repeat(shift, row_lengths) + np.arange(last - first)] = payload[first:last]
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Encoded rows: ``data[offsets[i]:offsets[i+1]]`` is row ``i``."""
@@ -90,6 +128,32 @@ class Encoded:
         return pa.Array.from_buffers(
             pa.large_binary(), len(self), [None, pa.py_buffer(self.offsets), pa.py_buffer(self.data)]
         )
+
+    def locality_order(self) -> np.ndarray:
+        """A permutation that sorts the rows by their first 8 bytes, as LMDB (memcmp) orders them.
+
+        Rows that share those bytes stay in any order: the point is that a batch visits a
+        B-tree's pages in order, not an exact sort (which costs more than it saves).
+        """
+        n = len(self)
+        starts = self.offsets[:-1]
+        lengths = np.diff(self.offsets)
+        positions = starts[:, None] + np.arange(8)
+        inside = np.arange(8) < lengths[:, None]
+        head = np.where(inside, self.data[np.minimum(positions, max(len(self.data) - 1, 0))], 0).astype(np.uint8)
+        prefix = np.ascontiguousarray(head).view(">u8").reshape(n)
+        return np.argsort(prefix)
+
+    def take(self, order: np.ndarray) -> Encoded:
+        """The rows in ``order``."""
+        if self.width is not None:
+            rows = self.data.reshape(-1, self.width)[order].reshape(-1)
+            return Encoded(rows, self.offsets, self.width)
+        taken = self.to_arrow().take(pa.array(order))
+        _, offsets_buf, data_buf = taken.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[taken.offset : taken.offset + len(taken) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        return Encoded(data, offsets, None)
 
     def to_list(self) -> list[bytes]:
         """One ``bytes`` per row (what the lmdb binding needs)."""
@@ -208,8 +272,7 @@ class RowCodec:
             cursor += 4
             total = int(lengths.sum())
             if total:
-                starts = np.repeat(cursor - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-                out[starts + np.arange(total)] = data
+                _scatter_spans(out, cursor, lengths, data)
             cursor += lengths
         return Encoded(out, offsets, None)
 
@@ -275,8 +338,7 @@ class RowCodec:
                 np.cumsum(lengths, out=value_offsets[1:])
                 total = int(value_offsets[-1])
                 if total:
-                    gather = np.repeat(cursor - value_offsets[:-1], lengths) + np.arange(total)
-                    payload = data[gather]
+                    payload = _gather_spans(data, cursor, lengths)
                 else:
                     payload = np.zeros(0, np.uint8)
                 columns.append(self._variable_series(col, tags, value_offsets, payload))

@@ -40,6 +40,7 @@ Worked example::
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -76,10 +77,10 @@ from ._files import (
     snapshot_path,
     upload_file,
 )
-from ._rowcodec import RowCodec
+from ._rowcodec import Encoded, RowCodec
 
 FORMAT = b"arrowflow.lmdb/1"
-SCAN_BATCH = 65_536
+SCAN_BATCH = 16_384
 _MiB = 1 << 20
 
 
@@ -126,14 +127,45 @@ class LmdbStore(KeyedStore):
             if os.path.exists(directory):
                 shutil.rmtree(directory)  # a fresh store starts empty; leftovers are a dead run's
             os.makedirs(directory)
-            return self.lmdb.open(
+            env = self.lmdb.open(
                 directory, map_size=map_size, max_dbs=2, sync=False, metasync=False,
-                readahead=False, writemap=False, meminit=False, max_spare_txns=2,
+                readahead=False, writemap=True, meminit=False, max_spare_txns=2,
             )
         except (OSError, self.lmdb.Error) as exc:
             msg = (
                 f"lmdb store {self.spec.name!r}: cannot create its environment in {directory!r}: {exc}. "
                 f"Give LmdbBackend(path=...) a writable local directory."
+            )
+            raise StateError(msg) from exc
+        try:
+            self._reserve(map_size)
+        except StateError:
+            env.close()
+            raise
+        return env
+
+    def _reserve(self, size: int) -> None:
+        """Allocate the data file's disk blocks up to ``size`` before the map may use them.
+
+        With ``writemap`` LMDB writes dirty pages straight into the shared map (so a write
+        transaction costs no heap, whatever its size), and a page of a sparse file that the
+        disk has no room for would kill the process with SIGBUS. Reserving the blocks first
+        turns a full disk into an error here, before any page is written.
+        """
+        path = os.path.join(self.directory, "data.mdb")
+        try:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some network file systems
+                return
+            msg = (
+                f"lmdb store {self.spec.name!r}: cannot reserve {size} bytes of disk for its map in "
+                f"{self.directory!r}: {exc}. The last batch was not applied and the store is unchanged; "
+                f"free disk space or give LmdbBackend(path=...) a larger disk."
             )
             raise StateError(msg) from exc
 
@@ -153,6 +185,7 @@ class LmdbStore(KeyedStore):
             )
             raise StateError(msg)
         new_size = self.map_size * 2 if limit is None else min(self.map_size * 2, limit)
+        self._reserve(new_size)
         try:
             self.env.set_mapsize(new_size)
         except self.lmdb.Error as exc:
@@ -178,33 +211,41 @@ class LmdbStore(KeyedStore):
 
     # ------------------------------------------------------------------------ encoding
 
-    def _keys(self, keys: pl.DataFrame) -> list[bytes]:
+    def _keys(self, keys: pl.DataFrame) -> tuple[Encoded, np.ndarray]:
+        """The encoded keys and the order that visits them as LMDB stores them."""
         groups = key_groups(keys.select(self.spec.key_columns), self.spec.max_parallelism)
-        return self.key_codec.encode(keys, _prefix(groups)).to_list()
+        encoded = self.key_codec.encode(keys, _prefix(groups))
+        return encoded, encoded.locality_order()
 
     # ------------------------------------------------------------------------ KeyedStore
 
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if keys.height == 0:
             return self.spec.empty_values(0)
-        encoded = self._keys(keys)
+        encoded, order = self._keys(keys)
         with self.env.begin(db=self.entries) as txn:
-            found = pa.array(map(txn.cursor().get, encoded), type=pa.binary(), size=len(encoded))
+            in_order = encoded.take(order).to_list()
+            found = pa.array(map(txn.cursor().get, in_order), type=pa.binary(), size=len(in_order))
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        found = found.take(pa.array(back))
         values = self.value_codec.decode(found)
         return values.with_columns(pl.Series(FOUND, found.is_valid()))
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         if keys.height == 0:
             return
-        encoded_keys = self._keys(keys)
-        encoded_values = self.value_codec.encode(values.select(self.spec.value_columns)).to_list()
+        encoded, order = self._keys(keys)
+        encoded_keys = encoded.take(order).to_list()
+        encoded_values = self.value_codec.encode(values.select(self.spec.value_columns)[order]).to_list()
         self._write(lambda txn: txn.cursor().putmulti(zip(encoded_keys, encoded_values, strict=True)))
 
     def delete(self, keys: pl.DataFrame) -> None:
         if keys.height == 0:
             return
-        encoded = self._keys(keys)
-        self._write(lambda txn: list(map(txn.delete, encoded)))
+        encoded, order = self._keys(keys)
+        in_order = encoded.take(order).to_list()
+        self._write(lambda txn: list(map(txn.delete, in_order)))
 
     def scan(self) -> Iterator[pl.DataFrame]:
         with self.env.begin(db=self.entries) as txn:
