@@ -7,8 +7,9 @@ a whole — interpreter start-up, imports, planning, reading, computing, writing
 is what a user waits for and what the peers in ``BENCHMARKS.md`` were measured on. The child
 also reports the job's own time (``job s``) without start-up. Repeats are interleaved
 (polars, arrowflow w=0, w=1, ..., polars, ...) so that noise from other work on a shared
-machine hits every contender alike; the table shows medians, min-max and ratios to the
-baseline measured in the same invocation.
+machine hits every contender alike, after one untimed warm-up run per contender (page
+cache, bytecode cache); the table shows medians, min-max and ratios to the baseline
+measured in the same invocation.
 
 Peak memory is the child's own high-water resident set (``VmHWM``, which it reports as it
 exits — ``wait4``'s ``ru_maxrss`` would include the runner's own memory, inherited before
@@ -102,11 +103,25 @@ class Measurement:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def measure(command: list[str], sample_tree: bool) -> Measurement:
+def child_environment(cache: Path) -> dict[str, str]:
+    """The children's environment: compiled bytecode cached, as in a normal install.
+
+    With ``PYTHONDONTWRITEBYTECODE`` set (as on some shared machines) every run would
+    compile arrowflow's modules from source again while polars' come precompiled from its
+    wheel; a private ``PYTHONPYCACHEPREFIX`` keeps the cache out of the source tree.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(Path(cache).resolve() / "pycache")
+    return env
+
+
+def measure(
+    command: list[str], sample_tree: bool, env: dict[str, str] | None = None
+) -> Measurement:
     """Run ``command``; its wall time, peak memory and the JSON report it printed last."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         sampler = TreeMemory(process.pid) if sample_tree else None
         if sampler is not None:
             sampler.start()
@@ -250,10 +265,12 @@ def run_job(job: Job, args: argparse.Namespace, work: Path) -> tuple[bool, list[
         c.label: work / job.name / c.label.replace(" ", "_").replace("=", "") for c in contenders
     }
     print(
-        f"\n{job.description}\n{args.rows:,} rows, {args.repeat} runs per contender, interleaved",
+        f"\n{job.description}\n{args.rows:,} rows, {args.repeat} runs per contender "
+        f"after {args.warmup} warm-up run(s), interleaved",
         flush=True,
     )
-    for repeat in range(args.repeat):
+    env = child_environment(args.data_dir)
+    for repeat in range(-args.warmup, args.repeat):
         for contender in contenders:
             out = outputs[contender.label]
             shutil.rmtree(out, ignore_errors=True)
@@ -270,8 +287,11 @@ def run_job(job: Job, args: argparse.Namespace, work: Path) -> tuple[bool, list[
                 "--out",
                 str(out),
             ]
-            measured = measure(command, sample_tree=bool(contender.workers))
+            measured = measure(command, sample_tree=bool(contender.workers), env=env)
             measured.contender = contender.label
+            if repeat < 0:
+                print(f"  warm-up {contender.label:<16} {measured.wall_s:6.2f} s", flush=True)
+                continue
             runs[contender.label].append(measured)
             print(
                 f"  run {repeat + 1}/{args.repeat} {contender.label:<16} {measured.wall_s:6.2f} s  "
@@ -356,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         help="arrowflow worker counts to run (0: in-process)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per contender first")
     parser.add_argument(
         "--data-dir", type=Path, default=DEFAULT_DIR, help="cache folder of the generated data"
     )
