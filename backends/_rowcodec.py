@@ -144,6 +144,14 @@ class Encoded:
         prefix = np.ascontiguousarray(head).view(">u8").reshape(n)
         return np.argsort(prefix)
 
+    def slice(self, start: int, stop: int) -> Encoded:
+        """Rows [start, stop) (sharing memory)."""
+        stop = min(stop, len(self))
+        if self.width is not None:
+            rows = self.data[start * self.width : stop * self.width]
+            return Encoded(rows, self.offsets[: stop - start + 1], self.width)
+        return Encoded(self.data, self.offsets[start : stop + 1], None)
+
     def take(self, order: np.ndarray) -> Encoded:
         """The rows in ``order``."""
         if self.width is not None:

@@ -81,6 +81,7 @@ from ._rowcodec import Encoded, RowCodec
 
 FORMAT = b"arrowflow.lmdb/1"
 SCAN_BATCH = 16_384
+CHUNK = 262_144  # keys per binding call within one transaction
 _MiB = 1 << 20
 
 
@@ -223,12 +224,16 @@ class LmdbStore(KeyedStore):
         if keys.height == 0:
             return self.spec.empty_values(0)
         encoded, order = self._keys(keys)
+        in_order = encoded.take(order)
+        parts = []
         with self.env.begin(db=self.entries) as txn:
-            in_order = encoded.take(order).to_list()
-            found = pa.array(map(txn.cursor().get, in_order), type=pa.binary(), size=len(in_order))
+            lookup = txn.cursor().get
+            for start in range(0, len(in_order), CHUNK):  # bounds the Python objects alive at once
+                chunk = in_order.slice(start, start + CHUNK).to_list()
+                parts.append(pa.array(map(lookup, chunk), type=pa.binary(), size=len(chunk)))
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
-        found = found.take(pa.array(back))
+        found = pa.chunked_array(parts).combine_chunks().take(pa.array(back))
         values = self.value_codec.decode(found)
         return values.with_columns(pl.Series(FOUND, found.is_valid()))
 
@@ -236,16 +241,29 @@ class LmdbStore(KeyedStore):
         if keys.height == 0:
             return
         encoded, order = self._keys(keys)
-        encoded_keys = encoded.take(order).to_list()
-        encoded_values = self.value_codec.encode(values.select(self.spec.value_columns)[order]).to_list()
-        self._write(lambda txn: txn.cursor().putmulti(zip(encoded_keys, encoded_values, strict=True)))
+        in_order = encoded.take(order)
+        ordered_values = values.select(self.spec.value_columns)[order]
+
+        def apply(txn: Any) -> None:
+            cursor = txn.cursor()
+            for start in range(0, len(in_order), CHUNK):
+                chunk_keys = in_order.slice(start, start + CHUNK).to_list()
+                chunk_values = self.value_codec.encode(ordered_values.slice(start, CHUNK)).to_list()
+                cursor.putmulti(zip(chunk_keys, chunk_values, strict=True))
+
+        self._write(apply)
 
     def delete(self, keys: pl.DataFrame) -> None:
         if keys.height == 0:
             return
         encoded, order = self._keys(keys)
-        in_order = encoded.take(order).to_list()
-        self._write(lambda txn: list(map(txn.delete, in_order)))
+        in_order = encoded.take(order)
+
+        def apply(txn: Any) -> None:
+            for start in range(0, len(in_order), CHUNK):
+                list(map(txn.delete, in_order.slice(start, start + CHUNK).to_list()))
+
+        self._write(apply)
 
     def scan(self) -> Iterator[pl.DataFrame]:
         with self.env.begin(db=self.entries) as txn:
