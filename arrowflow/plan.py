@@ -30,7 +30,14 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow.dataflow import STATELESS, Flow, Node, describe_expr, fingerprint_of, uses_all_columns
+from arrowflow.dataflow import (
+    STATELESS,
+    Flow,
+    Node,
+    describe_expr,
+    fingerprint_of,
+    uses_all_columns,
+)
 from arrowflow.errors import PlanError
 
 MAIN = "main"
