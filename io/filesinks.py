@@ -1,118 +1,166 @@
 """File sinks: Parquet, CSV, NDJSON and Arrow IPC part files in a directory, written exactly once.
 
-Each worker writes its rows to part files under hidden staging names
-(``.staging/part-<checkpoint>-<worker>-<seq>.<ext>``) and, at ``prepare_commit``, reports
-them. The coordinator's ``commit`` moves each staged file to its visible name
-(``part-<checkpoint>-<worker>-<seq>.<ext>``) once the checkpoint is durable. Commit is
-idempotent: a file already moved is skipped, so re-running it after a crash is safe.
+State and protocol (see :mod:`arrowflow.sinks`):
+
+- Each writer (one per worker and run attempt) buffers rows and writes part files under the
+  hidden folder ``<dir>/.staging/`` as
+  ``part-<checkpoint>-<worker>-<seq>-<token>.<ext>``: ``checkpoint`` is the checkpoint that
+  will commit the file, ``token`` is random per writer, so two runs appending to one
+  directory, or a run restored after a crash, never reuse a name.
+- ``prepare_commit(n)`` writes what is buffered and returns the names staged since the last
+  call. ``commit(n, staged)`` moves each staged file to ``<dir>/<name>``: a rename on a local
+  disk, so a reader sees a whole file or none. It is idempotent: a file already moved is
+  skipped, so re-running it from a checkpoint's manifest after a crash is safe.
+- ``begin()`` (a fresh run) applies ``mode`` to the visible files already there —
+  ``overwrite`` deletes them, ``append`` keeps them, ``error`` refuses to run — and clears
+  staging left by an earlier run. ``recover(n)`` (a restored run) deletes staged files of
+  checkpoints after ``n``, which no manifest will ever commit.
+
 Readers (arrowflow, polars, Spark) skip names starting with ``_`` or ``.``, so they only
-ever see complete, committed files.
+ever see committed files.
 """
 
 from __future__ import annotations
 
-import io as _stdio
+import re
+import secrets
 from typing import Any
 
 import polars as pl
 
-from arrowflow.errors import SinkError
-from arrowflow.io._fs import filesystem, is_hidden
+from arrowflow.errors import SchemaError, SinkError
+from arrowflow.io._fs import filesystem, is_hidden, memory_hint
 from arrowflow.sinks import Sink, SinkWriter
 
 EXTENSIONS = {"parquet": "parquet", "csv": "csv", "ndjson": "ndjson", "ipc": "arrow"}
 STAGING = ".staging"
 DEFAULT_ROWS_PER_FILE = 2_000_000
 MODES = ("overwrite", "append", "error")
+PART = re.compile(r"^part-(\d{8})-(\d{4})-(\d{5})-([0-9a-f]+)\.\w+$")
+
+# Types a text format cannot hold, with what to do instead.
+_UNWRITABLE = {
+    "csv": (lambda t: t.is_nested() or t in (pl.Binary, pl.Object) or isinstance(t, pl.Duration),
+            "write Parquet, NDJSON or IPC, or turn it into text first"),
+    "ndjson": (lambda t: t in (pl.Binary, pl.Object), "write Parquet or IPC, or encode it as text first"),
+}
 
 
-def _encode(fmt: str, frame: pl.DataFrame) -> bytes:
-    buffer = _stdio.BytesIO()
+def part_checkpoint(name: str) -> int | None:
+    """The checkpoint a staged part file belongs to, or None for a name that is not ours."""
+    match = PART.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _write(fmt: str, frame: pl.DataFrame, handle: Any) -> None:
     if fmt == "parquet":
-        frame.write_parquet(buffer, compression="zstd", statistics=True)
+        frame.write_parquet(handle, compression="zstd", statistics=True)
     elif fmt == "csv":
-        frame.write_csv(buffer)
+        frame.write_csv(handle)
     elif fmt == "ndjson":
-        frame.write_ndjson(buffer)
+        frame.write_ndjson(handle)
     else:
-        frame.write_ipc(buffer, compression="uncompressed")
-    return buffer.getvalue()
+        frame.write_ipc(handle, compression="uncompressed")
 
 
 class FileSink(Sink):
+    """Part files of one format in directory ``path`` (any fsspec URL)."""
+
     def __init__(self, fmt: str, path: str, *, mode: str = "overwrite",
                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
         if fmt not in EXTENSIONS:
             msg = f"unknown output format {fmt!r}; expected one of {sorted(EXTENSIONS)}"
             raise SinkError(msg)
+        kind = f"write_{fmt}"
         if mode not in MODES:
-            msg = f"write_{fmt}(mode=...) must be one of {MODES}, got {mode!r}"
+            msg = f"{kind}(mode=...) must be one of {MODES}, got {mode!r}"
             raise SinkError(msg)
-        if not isinstance(path, str) or not path:
-            msg = f"write_{fmt}() expects a directory path or URL, got {path!r}"
+        if not isinstance(path, str) or not path.strip("/"):
+            msg = f"{kind}() expects a directory path or URL such as 'out/totals', got {path!r}"
             raise SinkError(msg)
-        if rows_per_file is not None and rows_per_file < 1:
-            msg = f"rows_per_file must be positive, got {rows_per_file}"
+        if rows_per_file is not None and (isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int)
+                                          or rows_per_file < 1):
+            msg = f"{kind}(rows_per_file=...) must be a positive number of rows, got {rows_per_file!r}"
             raise SinkError(msg)
         self.format = fmt
-        self.kind = f"write_{fmt}"
+        self.kind = kind
         self.path = path.rstrip("/")
         self.mode = mode
         self.storage_options = storage_options
         self.rows_per_file = rows_per_file or DEFAULT_ROWS_PER_FILE
+        self.restored_from = 0  # set by recover(): the checkpoint the run resumes after
 
     def describe(self) -> str:
         return f"{self.kind} {self.path!r} (mode={self.mode})"
 
     def validate(self, schema: pl.Schema, operator_id: str) -> None:
-        if self.format == "csv":
-            nested = [c for c, t in schema.items() if t.is_nested()]
-            if nested:
-                msg = (f"operator {operator_id!r}: CSV cannot hold the nested column {nested[0]!r} "
-                       f"({schema[nested[0]]}); write Parquet, NDJSON or IPC, or flatten it first")
-                raise SinkError(msg)
+        rule = _UNWRITABLE.get(self.format)
+        if rule is None:
+            return
+        refused, fix = rule
+        for name, dtype in schema.items():
+            if refused(dtype):
+                msg = (f"operator {operator_id!r}: {self.format.upper()} cannot hold the column {name!r} "
+                       f"of type {dtype}; {fix}")
+                raise SchemaError(msg)
 
     def _fs(self) -> tuple[Any, str]:
-        return filesystem(self.path, self.storage_options)
+        return filesystem(self.path, self.storage_options, error=SinkError)
+
+    def visible_files(self) -> list[str]:
+        """Committed files: every file below the directory whose names are not hidden."""
+        fs, root = self._fs()
+        try:
+            if not fs.exists(root):
+                return []
+            if not fs.isdir(root):
+                msg = f"{self.kind}: {self.path!r} is a file, not a directory; give a directory for the part files"
+                raise SinkError(msg)
+            return sorted(p for p in fs.find(root) if not is_hidden(p, root))
+        except OSError as exc:
+            msg = f"{self.kind}: cannot list {self.path!r}: {type(exc).__name__}: {exc}"
+            raise SinkError(msg) from exc
 
     def begin(self) -> None:
-        """Fresh run: apply ``mode`` to what the directory already holds."""
+        """Fresh run: apply ``mode`` to what the directory already holds; clear old staging."""
         fs, root = self._fs()
-        try:
-            existing = [p for p in fs.find(root) if not is_hidden(p, root)] if fs.exists(root) else []
-        except OSError as exc:
-            msg = f"{self.kind}: cannot list {self.path!r}: {exc}"
-            raise SinkError(msg) from exc
+        existing = self.visible_files()
         if existing and self.mode == "error":
-            msg = (f"{self.kind}: {self.path!r} already holds {len(existing)} files; "
-                   f"use mode='overwrite' to replace them or mode='append' to add to them")
+            shown = ", ".join(p.rsplit("/", 1)[-1] for p in existing[:3])
+            msg = (f"{self.kind}: {self.path!r} already holds {len(existing)} files ({shown}"
+                   f"{', ...' if len(existing) > 3 else ''}); use mode='overwrite' to replace them or "
+                   f"mode='append' to add to them")
             raise SinkError(msg)
-        if self.mode == "overwrite":
-            for path in existing:
-                fs.rm(path)
-        if fs.exists(f"{root}/{STAGING}"):
-            fs.rm(f"{root}/{STAGING}", recursive=True)
         try:
+            if self.mode == "overwrite" and existing:
+                fs.rm(existing)
+            if fs.exists(f"{root}/{STAGING}"):
+                fs.rm(f"{root}/{STAGING}", recursive=True)
             fs.makedirs(f"{root}/{STAGING}", exist_ok=True)
         except OSError as exc:
-            msg = f"{self.kind}: cannot create the output directory {self.path!r}: {exc}"
+            msg = f"{self.kind}: cannot prepare the output directory {self.path!r}: {type(exc).__name__}: {exc}"
             raise SinkError(msg) from exc
+        self.restored_from = 0
 
     def recover(self, checkpoint_id: int) -> None:
-        """Restored run: staged files of checkpoints after ``checkpoint_id`` were never committed."""
+        """Restored run: staged files of checkpoints after ``checkpoint_id`` are never committed."""
         fs, root = self._fs()
         staging = f"{root}/{STAGING}"
-        if not fs.exists(staging):
-            fs.makedirs(staging, exist_ok=True)
-            return
-        for path in fs.ls(staging, detail=False):
-            name = path.rsplit("/", 1)[-1]
-            try:
-                staged_for = int(name.split("-")[1])
-            except (IndexError, ValueError):
-                continue
-            if staged_for > checkpoint_id:
-                fs.rm(path)
+        self.restored_from = checkpoint_id
+        try:
+            if not fs.exists(staging):
+                fs.makedirs(staging, exist_ok=True)
+                return
+            doomed = []
+            for path in fs.ls(staging, detail=False):
+                staged_for = part_checkpoint(path.rstrip("/").rsplit("/", 1)[-1])
+                if staged_for is not None and staged_for > checkpoint_id:
+                    doomed.append(path)
+            if doomed:
+                fs.rm(doomed)
+        except OSError as exc:
+            msg = f"{self.kind}: cannot clean the staging folder of {self.path!r}: {type(exc).__name__}: {exc}"
+            raise SinkError(msg) from exc
 
     def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
         return _FileWriter(self, worker)
@@ -120,32 +168,37 @@ class FileSink(Sink):
     def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
         fs, root = self._fs()
         for names in staged:
-            for name in names:
+            for name in names or ():
                 source, target = f"{root}/{STAGING}/{name}", f"{root}/{name}"
-                if fs.exists(source):
-                    try:
+                try:
+                    if fs.exists(source):
                         fs.mv(source, target)
-                    except OSError as exc:
-                        msg = f"{self.kind}: cannot commit {source!r} to {target!r}: {exc}"
-                        raise SinkError(msg) from exc
-                elif not fs.exists(target):
-                    msg = (f"{self.kind}: staged file {source!r} of checkpoint {checkpoint_id} is missing "
-                           f"and was never committed; the output directory was changed during the run")
-                    raise SinkError(msg)
+                        continue
+                    if fs.exists(target):
+                        continue  # committed before a crash: commit is idempotent
+                except OSError as exc:
+                    msg = f"{self.kind}: cannot commit {source!r} to {target!r}: {type(exc).__name__}: {exc}"
+                    raise SinkError(msg) from exc
+                msg = (f"{self.kind}: the staged file {source!r} of checkpoint {checkpoint_id} is missing and "
+                       f"was never committed; something removed it during the run{memory_hint(self.path)}")
+                raise SinkError(msg)
 
 
 class _FileWriter(SinkWriter):
     def __init__(self, sink: FileSink, worker: int) -> None:
         self.sink = sink
         self.worker = worker
+        self.token = secrets.token_hex(4)
         self.buffer: list[pl.DataFrame] = []
         self.buffered = 0
         self.staged: list[str] = []
         self.seq = 0
-        self.checkpoint = 0
+        self.checkpoint = sink.restored_from  # the last checkpoint prepared (or restored)
         self.fs, self.root = sink._fs()
 
     def write(self, batch: pl.DataFrame) -> None:
+        if not batch.height:
+            return
         self.buffer.append(batch)
         self.buffered += batch.height
         if self.buffered >= self.sink.rows_per_file:
@@ -156,17 +209,20 @@ class _FileWriter(SinkWriter):
             return
         frame = pl.concat(self.buffer, how="vertical_relaxed") if len(self.buffer) > 1 else self.buffer[0]
         self.buffer, self.buffered = [], 0
-        name = f"part-{checkpoint_id:08d}-{self.worker:04d}-{self.seq:05d}.{EXTENSIONS[self.sink.format]}"
-        self.seq += 1
-        path = f"{self.root}/{STAGING}/{name}"
-        try:
-            self.fs.makedirs(f"{self.root}/{STAGING}", exist_ok=True)
-            with self.fs.open(path, "wb") as handle:
-                handle.write(_encode(self.sink.format, frame))
-        except OSError as exc:
-            msg = f"{self.sink.kind}: cannot write {path!r}: {exc}"
-            raise SinkError(msg) from exc
-        self.staged.append(name)
+        limit = self.sink.rows_per_file
+        for offset in range(0, frame.height, limit):
+            name = (f"part-{checkpoint_id:08d}-{self.worker:04d}-{self.seq:05d}-{self.token}."
+                    f"{EXTENSIONS[self.sink.format]}")
+            self.seq += 1
+            path = f"{self.root}/{STAGING}/{name}"
+            try:
+                self.fs.makedirs(f"{self.root}/{STAGING}", exist_ok=True)
+                with self.fs.open(path, "wb") as handle:
+                    _write(self.sink.format, frame.slice(offset, limit), handle)
+            except OSError as exc:
+                msg = f"{self.sink.kind}: cannot write {path!r}: {type(exc).__name__}: {exc}"
+                raise SinkError(msg) from exc
+            self.staged.append(name)
 
     def prepare_commit(self, checkpoint_id: int) -> Any:
         self._flush(checkpoint_id)

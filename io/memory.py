@@ -84,7 +84,7 @@ class MemorySource(Source):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state["frame"] = pl.read_ipc(_stdio.BytesIO(state["frame"]), memory_map=False)
+        state["frame"] = pl.read_ipc(_stdio.BytesIO(state["frame"]))
         self.__dict__.update(state)
 
 

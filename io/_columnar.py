@@ -1,0 +1,127 @@
+"""Parquet and Arrow IPC: file metadata at plan time, row ranges in workers.
+
+Local files are read by polars' native reader (``pl.scan_parquet(path).slice(...)``), which
+decodes straight into polars memory and skips the row groups outside the slice; measured on
+10M rows x 3 columns in 1M-row groups it is about 3x faster than pyarrow's
+``read_row_groups`` + ``pl.from_arrow`` (the string column's conversion to polars' string
+views is most of the difference). Other filesystems (s3://, memory://, ...) go through
+pyarrow on an fsspec file, which fetches only the column chunks of the row groups it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from arrowflow.errors import SourceError
+from arrowflow.io._fs import filesystem, is_local, memory_hint
+from arrowflow.io._schema import arrow_to_polars
+
+
+@dataclass
+class FileMeta:
+    """What plan time learns about one file: its schema and, for Parquet, its row groups."""
+
+    schema: pl.Schema
+    row_groups: list[int] = field(default_factory=list)  # rows per row group (Parquet)
+    stream: bool = False  # Arrow IPC streaming format rather than the file format
+
+
+def _failure(what: str, url: str, exc: BaseException) -> SourceError:
+    if isinstance(exc, FileNotFoundError):
+        return SourceError(f"{what}: file {url!r} disappeared{memory_hint(url)}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SourceError(f"{what}: cannot read {url!r}: {first}; is it a valid file of this format?")
+
+
+def parquet_meta(url: str, storage_options: dict[str, Any] | None, *, what: str) -> FileMeta:
+    fs, path = filesystem(url, storage_options)
+    try:
+        if is_local(fs):
+            meta = pq.read_metadata(path)
+            schema = pl.scan_parquet(path, glob=False).collect_schema()
+        else:
+            with fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                meta = parquet.metadata
+                schema = arrow_to_polars(parquet.schema_arrow)
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise _failure(what, url, exc) from exc
+    return FileMeta(pl.Schema(schema), [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+
+
+def read_parquet(url: str, storage_options: dict[str, Any] | None, row_groups: list[int], start: int,
+                 rows: int, skip: int, columns: list[str] | None, *, what: str) -> pl.DataFrame:
+    """Rows ``[start + skip, start + rows)`` of the file; ``row_groups`` are the groups they span
+    and ``start`` is the file row where the first of them begins."""
+    remaining = rows - skip
+    if remaining <= 0:
+        return pl.DataFrame()
+    fs, path = filesystem(url, storage_options)
+    try:
+        if is_local(fs):
+            lazy = pl.scan_parquet(path, glob=False).slice(start + skip, remaining)
+            frame = lazy.select(columns).collect() if columns is not None else lazy.collect()
+        else:
+            frame = _read_parquet_remote(fs, path, row_groups, skip, remaining, columns)
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise _failure(what, url, exc) from exc
+    if columns == []:
+        return pl.DataFrame(height=remaining)
+    return frame
+
+
+def _read_parquet_remote(fs: Any, path: str, row_groups: list[int], skip: int, remaining: int,
+                         columns: list[str] | None) -> pl.DataFrame:
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle, pre_buffer=True)
+        meta = parquet.metadata
+        wanted: list[int] = []
+        for group in row_groups:  # row groups already emitted in full are not fetched again
+            size = meta.row_group(group).num_rows
+            if not wanted and skip >= size:
+                skip -= size
+                continue
+            wanted.append(group)
+        table = parquet.read_row_groups(wanted, columns=columns if columns else None, use_threads=True)
+    return pl.DataFrame(pl.from_arrow(table)).slice(skip, remaining)
+
+
+def ipc_meta(url: str, storage_options: dict[str, Any] | None, *, what: str) -> FileMeta:
+    fs, path = filesystem(url, storage_options)
+    try:
+        with fs.open(path, "rb") as handle:
+            try:
+                schema = pa.ipc.open_file(handle).schema
+                stream = False
+            except pa.ArrowInvalid:
+                handle.seek(0)
+                schema = pa.ipc.open_stream(handle).schema
+                stream = True
+    except (OSError, pa.ArrowException) as exc:
+        raise _failure(what, url, exc) from exc
+    return FileMeta(arrow_to_polars(schema), stream=stream)
+
+
+def read_ipc(url: str, storage_options: dict[str, Any] | None, skip: int, columns: list[str] | None,
+             *, stream: bool, what: str) -> pl.DataFrame:
+    """Every row of the file from row ``skip`` on."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        if is_local(fs) and not stream:
+            lazy = pl.scan_ipc(path, glob=False).slice(skip)
+            frame = lazy.select(columns).collect() if columns else lazy.collect()
+        else:
+            with fs.open(path, "rb") as handle:
+                data = pa.py_buffer(handle.read())
+            reader = pa.ipc.open_stream(data) if stream else pa.ipc.open_file(data)
+            frame = pl.DataFrame(pl.from_arrow(reader.read_all())).slice(skip)
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise _failure(what, url, exc) from exc
+    if columns is None:
+        return frame
+    return frame.select(columns) if columns else pl.DataFrame(height=frame.height)

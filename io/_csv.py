@@ -1,0 +1,244 @@
+"""CSV: one file's bytes into good rows and malformed rows.
+
+Fast path (a clean file): one ``pl.read_csv`` call with the schema fixed (no inference), only
+the columns the flow reads plus the file's last column, then a check that no row was short:
+polars fills a short row's missing fields with nulls, so when the last column has no null no
+row was short; when it has some, the file's separators and newlines are counted (vectorized)
+and must add up to exactly ``width`` fields per line. Datetime and Date columns are read as
+text and parsed by Arrow (see :func:`arrowflow.io._text.parse_temporal`).
+
+Slow path (a file polars refuses, or whose counts do not add up): :func:`split_records` finds
+every record with its fields, byte offset and line; records of the wrong width or with bytes
+that are not UTF-8 are malformed; the rest are parsed by polars twice, typed (values that do
+not parse become null) and as text, and a value that is present in the text but null when
+typed is a value of the wrong type. A chunk of records polars still cannot read is bisected
+down to the records at fault, so one odd record costs ``log n`` parses, not a row loop.
+
+Blank lines are not records, except in a one-column file where a blank line is a null value
+(that is how polars writes a null there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from arrowflow.errors import SchemaError, SourceError
+from arrowflow.io._text import (
+    Parsed,
+    Records,
+    empty_frame,
+    finish,
+    first_bad_value,
+    parse_in_pieces,
+    parse_temporal,
+    read_as_text,
+    split_csv_records,
+)
+
+_FIELD_START = (ord("\n"), ord("\r"))
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    has_header: bool = True
+    separator: str = ","
+    quote_char: str | None = '"'
+
+    def validate(self) -> None:
+        if not isinstance(self.separator, str) or len(self.separator.encode()) != 1:
+            msg = f"read_csv(separator=...) must be a single one-byte character, got {self.separator!r}"
+            raise SourceError(msg)
+        if self.quote_char is not None and (not isinstance(self.quote_char, str) or len(self.quote_char.encode()) != 1):
+            msg = f"read_csv(quote_char=...) must be a single one-byte character or None, got {self.quote_char!r}"
+            raise SourceError(msg)
+        if self.separator in ("\n", "\r") or self.separator == self.quote_char:
+            msg = f"read_csv(separator={self.separator!r}) cannot be a newline or the quote character"
+            raise SourceError(msg)
+
+
+def header(payload: bytes, options: CsvOptions) -> list[str]:
+    """The column names in the file's first line (as polars names them)."""
+    return pl.read_csv(payload, n_rows=0, has_header=True, separator=options.separator,
+                       quote_char=options.quote_char, infer_schema=False, raise_if_empty=False).columns
+
+
+def infer_schema(head: bytes, options: CsvOptions) -> pl.Schema:
+    return pl.read_csv(head, has_header=options.has_header, separator=options.separator,
+                       quote_char=options.quote_char, infer_schema_length=10_000,
+                       truncate_ragged_lines=True, raise_if_empty=False).schema
+
+
+class CsvFile:
+    """Parses one CSV file for a source: ``schema`` holds the source's columns and types,
+    ``columns`` the ones to return (in that order)."""
+
+    def __init__(self, payload: bytes, *, url: str, kind: str, schema: pl.Schema, columns: list[str],
+                 options: CsvOptions, on_error: str) -> None:
+        self.payload = payload
+        self.url, self.kind = url, kind
+        self.schema, self.columns = schema, columns
+        self.options = options
+        self.on_error = on_error
+
+    # ------------------------------------------------------------------------ entry
+    def parse(self) -> Parsed:
+        wanted = pl.Schema({c: self.schema[c] for c in self.columns})
+        if not self.payload or self.payload.isspace():
+            return Parsed(empty_frame(wanted), 0)
+        self.names = self._names()
+        self.width = len(self.names)
+        self.need = [c for c in self.names if c in wanted]
+        self.read = list(self.need) or [self.names[-1]]
+        if self.width > 1 and self.names[-1] not in self.read:
+            self.read.append(self.names[-1])  # read it to see short rows
+        fast = self._fast(wanted)
+        return fast if fast is not None else self._slow(wanted)
+
+    def _names(self) -> list[str]:
+        if not self.options.has_header:
+            return self.schema.names()
+        names = header(self.payload, self.options)
+        missing = [c for c in self.schema.names() if c not in names]
+        if missing:
+            shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+            msg = (f"{self.kind}: {self.url!r} has no column {missing[0]!r}; its header is [{shown}]; "
+                   f"fix schema= or the file (a file without a header needs has_header=False)")
+            raise SchemaError(msg)
+        return names
+
+    def _read(self, payload: bytes, dtypes: dict[str, pl.DataType], columns: list[str], *,
+              ignore_errors: bool = False) -> pl.DataFrame:
+        options = self.options
+        schema = {name: dtypes.get(name, pl.String) for name in self.names}
+        return pl.read_csv(payload, has_header=options.has_header, separator=options.separator,
+                           quote_char=options.quote_char, schema=schema,
+                           columns=[self.names.index(c) for c in columns], raise_if_empty=False,
+                           ignore_errors=ignore_errors)
+
+    def _output(self, frame: pl.DataFrame, height: int) -> pl.DataFrame:
+        if not self.columns:
+            return pl.DataFrame(height=height)
+        return frame.select(self.columns)
+
+    # ------------------------------------------------------------------------ fast path
+    def _fast(self, wanted: pl.Schema) -> Parsed | None:
+        text_types = {c: (pl.String if read_as_text(wanted[c]) else wanted[c]) for c in self.need}
+        try:
+            frame = self._read(self.payload, text_types, self.read)
+        except pl.exceptions.PolarsError:
+            return None
+        if self.width > 1 and frame[self.names[-1]].null_count() and not self._counts_add_up(frame.height):
+            return None
+        temporal = [c for c in self.need if read_as_text(wanted[c])]
+        parsed = {c: parse_temporal(frame[c], wanted[c]) for c in temporal}
+        if any(series is None for series in parsed.values()):
+            try:  # values Arrow's ISO 8601 parser refuses: let polars parse them, with its rules
+                frame = self._read(self.payload, {c: wanted[c] for c in self.need}, self.read)
+            except pl.exceptions.PolarsError:
+                return None
+        elif parsed:
+            frame = frame.with_columns(list(parsed.values()))
+        return Parsed(self._output(frame, frame.height), frame.height)
+
+    def _counts_add_up(self, rows: int) -> bool:
+        """Every line holds ``width`` fields (quote-free files; a file with quotes says no)."""
+        payload, options = self.payload, self.options
+        if options.quote_char and options.quote_char.encode() in payload:
+            return False
+        data = pl.Series(np.frombuffer(payload, dtype=np.uint8))
+        separators = int((data == ord(options.separator)).sum())
+        lines = int((data == ord("\n")).sum()) + (0 if payload.endswith(b"\n") else 1)
+        return separators == (self.width - 1) * lines and lines == rows + int(options.has_header)
+
+    # ------------------------------------------------------------------------ slow path
+    def _slow(self, wanted: pl.Schema) -> Parsed:
+        records = split_records(self.payload, self.options)
+        first = 1 if self.options.has_header else 0
+        positions = np.arange(first, len(records))
+        if self.width > 1:
+            positions = positions[~records.blank()[first:]]
+        invalid = records.invalid_utf8()[positions]
+        fields = records.fields[positions] if records.fields is not None else np.ones(len(positions), dtype=np.int64)
+        wrong_width = (fields != self.width) & ~invalid
+        candidates = ~(invalid | wrong_width)
+        reasons: dict[int, str] = {}
+        for index in np.flatnonzero(invalid).tolist():
+            reasons[index] = "not valid UTF-8"
+        for index in np.flatnonzero(wrong_width).tolist():
+            reasons[index] = f"expected {self.width} fields, found {int(fields[index])}"
+
+        prefix = b""
+        if first and len(records):
+            end = int(records.starts[1]) if len(records) > 1 else len(self.payload)
+            prefix = self.payload[int(records.starts[0]):end]
+        typed_types = {c: wanted[c] for c in self.need}
+        text_types = {c: (pl.String if read_as_text(t) else t) for c, t in typed_types.items()}
+        read = self.need or [self.names[0]]
+
+        def parse(rows: np.ndarray) -> pl.DataFrame:
+            keep = np.zeros(len(records), dtype=bool)
+            keep[positions[rows]] = True
+            chunk = records.select(keep, prefix)
+            typed = self._read(chunk, text_types, read, ignore_errors=True)
+            text = self._read(chunk, {}, read)
+            if typed.height != len(rows) or text.height != len(rows):
+                msg = f"{len(rows)} records gave {typed.height} rows"
+                raise ValueError(msg)
+            if not self.need:
+                return pl.DataFrame(height=len(rows))
+            for name, dtype in typed_types.items():
+                if read_as_text(dtype):
+                    values = parse_temporal(typed[name], dtype)
+                    if values is None:  # a value Arrow refuses: polars decides, value by value
+                        values = self._read(chunk, {name: dtype}, [name], ignore_errors=True)[name]
+                    typed = typed.with_columns(values)
+            bad = first_bad_value(typed, text, typed_types)
+            return typed.select(self.need).with_columns(bad.alias("__bad"))
+
+        good_rows, frames = parse_in_pieces(np.flatnonzero(candidates), parse, reasons)
+        frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
+            schema={**{c: typed_types[c] for c in self.need}, "__bad": pl.String})
+        if self.need:
+            value_bad = frame["__bad"].is_not_null().to_numpy()
+            for row, why in zip(good_rows[value_bad].tolist(), frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(),
+                                strict=True):
+                reasons[row] = why
+            frame = frame.filter(pl.col("__bad").is_null()).drop("__bad")
+            good_rows = good_rows[~value_bad]
+        else:
+            frame = pl.DataFrame(height=len(good_rows))
+        return finish(self, frame, good_rows, records, positions, reasons)
+
+
+def split_records(payload: bytes, options: CsvOptions) -> Records:
+    """Record boundaries and field counts. Quoting follows RFC 4180 as polars reads it: a quote
+    opens a quoted field only at the start of a field; inside one, ``""`` is a literal quote."""
+    quote = options.quote_char
+    if not quote or quote.encode() not in payload:
+        return split_csv_records(payload, options.separator)
+    buffer = np.frombuffer(payload, dtype=np.uint8)
+    quotes = np.flatnonzero(buffer == ord(quote)).tolist()
+    separator = ord(options.separator)
+    opens: list[int] = []
+    closes: list[int] = []
+    index, count = 0, len(quotes)
+    # A loop over the quote characters only (never over rows), in the slow path only.
+    while index < count:
+        at = quotes[index]
+        if at == 0 or buffer[at - 1] == separator or buffer[at - 1] in _FIELD_START:
+            close = index + 1
+            while close < count:
+                if close + 1 < count and quotes[close + 1] == quotes[close] + 1:
+                    close += 2  # an escaped quote inside the field
+                    continue
+                break
+            opens.append(at)
+            closes.append(quotes[close] if close < count else len(payload))
+            index = close + 1
+        else:
+            index += 1  # a quote inside an unquoted field is a literal character
+    return split_csv_records(payload, options.separator,
+                             quoted=(np.array(opens, dtype=np.int64), np.array(closes, dtype=np.int64)))
