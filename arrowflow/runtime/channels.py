@@ -4,6 +4,7 @@ Layout of one ring (a ``multiprocessing.shared_memory`` segment)::
 
     [0:8)     write position  (bytes ever written; only the producer stores it)
     [64:72)   read position   (bytes ever consumed; only the consumer stores it)
+    [96:104)  capacity        (set by the creator: the mapping may be larger, page-rounded)
     [128:...) data region of ``capacity`` bytes
 
 Positions only grow; ``position % capacity`` is the offset in the data region. A message is
@@ -25,19 +26,25 @@ row slices that fit.
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 HEADER = 128
 MSG_HEADER = 16
 DATA, END, WRAP, CONTROL = 1, 2, 3, 4
-_HDR = struct.Struct("<QII")
-_POS = struct.Struct("<Q")
+# Message headers are written before they are published, so struct is fine for them. The two
+# positions are read while the other process stores them, so they go through a numpy view:
+# one aligned 8-byte load or store. (struct.pack_into first zeroes its target, which a
+# concurrent reader can observe: a torn position.)
+_HDR = struct.Struct("QII")
+_WRITE, _READ, _CAPACITY = 0, 8, 12  # uint64 indexes of the header fields
 #: Bytes per ring; ARROWFLOW_RING_BYTES overrides it (tests use small rings to force wrapping,
 #: backpressure and batch splitting).
 DEFAULT_CAPACITY = int(os.environ.get("ARROWFLOW_RING_BYTES", 32 << 20))
@@ -52,22 +59,25 @@ class Ring:
 
     def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *, create: bool = False) -> None:
         if create:
+            capacity -= capacity % 8
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER + capacity)
             self.shm.buf[:HEADER] = bytes(HEADER)
         else:
             self.shm = shared_memory.SharedMemory(name=name)
         self.name = name
-        self.capacity = len(self.shm.buf) - HEADER if not create else capacity
-        self.capacity -= self.capacity % 8
         self.buf = self.shm.buf
+        self.fields = np.ndarray((HEADER // 8,), dtype=np.uint64, buffer=self.buf)
+        if create:
+            self.fields[_CAPACITY] = capacity
+        self.capacity = int(self.fields[_CAPACITY])
         self.pending_release = 0
 
     # ------------------------------------------------------------------ positions
     def _write_pos(self) -> int:
-        return _POS.unpack_from(self.buf, 0)[0]
+        return int(self.fields[_WRITE])
 
     def _read_pos(self) -> int:
-        return _POS.unpack_from(self.buf, 64)[0]
+        return int(self.fields[_READ])
 
     def used(self) -> int:
         return self._write_pos() - self._read_pos()
@@ -96,7 +106,7 @@ class Ring:
         if fill is not None and size:
             fill(self.buf[start + MSG_HEADER : start + MSG_HEADER + size])
         _HDR.pack_into(self.buf, start, total, kind, tag)
-        _POS.pack_into(self.buf, 0, write + total)  # publish
+        self.fields[_WRITE] = write + total  # publish
         return True
 
     # ------------------------------------------------------------------ consumer
@@ -112,11 +122,11 @@ class Ring:
             offset = read % self.capacity
             tail = self.capacity - offset
             if tail < MSG_HEADER:
-                _POS.pack_into(self.buf, 64, read + tail)
+                self.fields[_READ] = read + tail
                 continue
             total, kind, tag = _HDR.unpack_from(self.buf, HEADER + offset)
             if kind == WRAP:
-                _POS.pack_into(self.buf, 64, read + tail)
+                self.fields[_READ] = read + tail
                 continue
             self.pending_release = total
             start = HEADER + offset + MSG_HEADER
@@ -125,16 +135,21 @@ class Ring:
     def release(self) -> None:
         """Free the space of the message returned by the last ``read``."""
         if self.pending_release:
-            _POS.pack_into(self.buf, 64, self._read_pos() + self.pending_release)
+            self.fields[_READ] = self._read_pos() + self.pending_release
             self.pending_release = 0
 
     def close(self) -> None:
+        self.fields = None  # type: ignore[assignment]
         self.buf = None  # type: ignore[assignment]
         try:
             self.shm.close()
         except BufferError:
-            # A batch still references the ring; the mapping goes away with the process.
-            pass
+            gc.collect()  # Arrow buffers over the ring may sit in unreachable cycles
+            try:
+                self.shm.close()
+            except BufferError:
+                # A batch still references the ring; the mapping goes away with the process.
+                self.shm.close = lambda: None  # type: ignore[method-assign]
 
     def unlink(self) -> None:
         try:

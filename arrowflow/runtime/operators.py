@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from arrowflow.aggregates import IncrementalAgg
-from arrowflow.errors import PlanError
+from arrowflow.errors import PlanError, SchemaError
 from arrowflow.keygroups import key_groups, owner_of
 from arrowflow.plan import MAIN, OpSpec
 from arrowflow.sinks import SinkWriter
@@ -148,15 +148,24 @@ def _checked_function(step: dict[str, Any]) -> Callable[[pl.DataFrame], pl.DataF
             msg = f"operator {op_id!r}: the map_batches function returned {type(out).__name__}, expected a polars DataFrame"
             raise PlanError(msg)
         if out.schema != schema:
-            try:
-                out = out.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
-            except Exception:
+            names_match = sorted(out.columns) == sorted(schema.names())
+            # Only all-null columns may differ in type (polars infers them as Null).
+            types_match = names_match and all(
+                out.schema[name] == dtype or out.schema[name] == pl.Null for name, dtype in schema.items()
+            )
+            if not types_match:
+                differences = [
+                    f"{name}: expected {schema.get(name, 'no such column')}, got {out.schema.get(name, 'missing')}"
+                    for name in dict.fromkeys([*schema.names(), *out.columns])
+                    if schema.get(name) != out.schema.get(name)
+                ]
                 msg = (
-                    f"operator {op_id!r}: the map_batches function returned columns {dict(out.schema)}, "
-                    f"but its output schema is {dict(schema)}; return the same columns for every batch "
-                    f"or declare schema= on map_batches"
+                    f"operator {op_id!r}: the map_batches function returned a batch that does not match its "
+                    f"output schema ({'; '.join(differences)}); return the same columns and types for every "
+                    f"batch, or declare schema= on map_batches"
                 )
-                raise PlanError(msg) from None
+                raise SchemaError(msg)
+            out = out.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
         return out
 
     return call
@@ -201,7 +210,8 @@ class ExchangeOp(Operator):
         if self.parallelism == 1:
             self.emit(batch)
             return
-        owners = owner_of(key_groups(batch.select(self.keys), self.max_parallelism), self.parallelism)
+        owners = owner_of(key_groups(batch.select(self.keys), self.max_parallelism), self.parallelism,
+                          self.max_parallelism)
         parts = batch.with_columns(pl.Series(OWNER, owners, dtype=pl.Int32)).partition_by(
             OWNER, as_dict=True, include_key=False, maintain_order=True)
         for (target,), part in parts.items():

@@ -203,6 +203,42 @@ def _exit_reason(process: mp.process.BaseProcess) -> str:
     return f"exited with code {code}"
 
 
+def _user_modules(plan: Plan) -> list[Any]:
+    """Modules of the plan's user functions that a fresh worker process may fail to import
+    (a script, a test module imported by path, a notebook): they are shipped by value."""
+    import importlib.util
+    import sysconfig
+
+    installed = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found = []
+    for op in plan.ops:
+        for step in op.params.get("steps", []):
+            for fn in (step.get("fn"),):
+                name = getattr(fn, "__module__", None)
+                module = sys.modules.get(name) if name else None
+                if module is None or name == "__main__" or name.split(".")[0] == "arrowflow":
+                    continue
+                path = getattr(module, "__file__", None) or ""
+                try:
+                    importable = importlib.util.find_spec(name) is not None
+                except (ImportError, ValueError):
+                    importable = False
+                if not importable or not any(path.startswith(root) for root in installed):
+                    found.append(module)
+    return found
+
+
+def _dumps_by_value(plan: Plan) -> bytes:
+    modules = _user_modules(plan)
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(plan)
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
 @contextmanager
 def _main_module_hidden() -> Iterator[None]:
     """Keep ``spawn`` from re-running the user's script in every worker.
@@ -250,7 +286,7 @@ class _Pool:
                         name = f"af-{os.getpid()}-{self.token}-{s}-{t}"
                         self.rings.append(Ring(name, self.capacity, create=True))
                         ring_names[(s, t)] = name
-        plan_bytes = cloudpickle.dumps(self.plan)
+        plan_bytes = _dumps_by_value(self.plan)
         backend_bytes = cloudpickle.dumps(self.backend)
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)

@@ -77,7 +77,8 @@ class SourceOp(Operator):
         self.positions[self.split.split_id] = item.position
         if item.malformed is not None and item.malformed.height:
             self.malformed_rows += item.malformed.height
-            self.emit(item.malformed, "malformed")
+            # The reader knows its format, not its operator id: name the source here.
+            self.emit(item.malformed.with_columns(source=pl.lit(self.id, dtype=pl.String)), "malformed")
         if item.data is not None:
             self.rows_in += item.data.height
             self.batches_in += 1

@@ -456,10 +456,6 @@ def test_rows_reach_the_worker_that_owns_their_key_group_for_any_max_parallelism
 ) -> None:
     if workers != 2:
         pytest.skip("a two-worker property")
-    request.applymarker(pytest.mark.xfail(
-        strict=True, reason="runtime/operators.py ExchangeOp.process calls owner_of(groups, parallelism) without "
-        "max_parallelism, so with max_parallelism != 128 rows go to the wrong worker (here: all to worker 0) "
-        "while each worker's store owns the ranges of the real max_parallelism"))
     df = pl.DataFrame({"k": list(range(200)), "v": [1] * 200})
     flow = af.Flow("mp")
     sink = CollectingSink()

@@ -120,14 +120,8 @@ def test_map_batches_with_learned_schema(workers: int, request: pytest.FixtureRe
 
 
 def _functions_by_reference_need_importable_modules(workers: int, request: pytest.FixtureRequest) -> None:
-    if workers:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=af.WorkerError,
-            reason="runtime/pool.py: cloudpickle ships a module-level function of a module the workers cannot "
-                   "import (this test module under --import-mode=importlib, a job file loaded by path) by "
-                   "reference, and the worker fails with ModuleNotFoundError; register such modules with "
-                   "cloudpickle.register_pickle_by_value",
-        ))
+    """Workers import nothing of this test module (pytest imports it by path): the pool must
+    ship its module-level functions by value."""
 
 
 def _summarise(batch: pl.DataFrame) -> pl.DataFrame:
@@ -177,8 +171,6 @@ def _user_as_text(batch: pl.DataFrame) -> pl.DataFrame:
     return batch.with_columns(pl.col("user").cast(pl.String))
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/operators.py _checked_function drops undeclared columns "
-                   "and casts mismatched types instead of failing (polars' map_batches validates the schema)")
 @pytest.mark.parametrize("fn", [_extra_column, _user_as_text], ids=["extra-column", "wrong-dtype"])
 def test_map_batches_output_that_contradicts_the_declared_schema_fails(fn) -> None:
     stream = source().map_batches(fn, schema=dict(EVENTS.schema))
