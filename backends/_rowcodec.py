@@ -130,19 +130,27 @@ class Encoded:
         )
 
     def locality_order(self) -> np.ndarray:
-        """A permutation that sorts the rows by their first 8 bytes, as LMDB (memcmp) orders them.
+        """A permutation that sorts the rows by their first 6 bytes, as a B-tree orders them.
 
         Rows that share those bytes stay in any order: the point is that a batch visits a
-        B-tree's pages in order, not an exact sort (which costs more than it saves).
+        B-tree's pages in order (memcmp order, as LMDB and SQLite compare blobs), not an exact
+        sort, which costs more than it saves. Three stable radix passes over 16-bit words.
         """
         n = len(self)
-        starts = self.offsets[:-1]
-        lengths = np.diff(self.offsets)
-        positions = starts[:, None] + np.arange(8)
-        inside = np.arange(8) < lengths[:, None]
-        head = np.where(inside, self.data[np.minimum(positions, max(len(self.data) - 1, 0))], 0).astype(np.uint8)
-        prefix = np.ascontiguousarray(head).view(">u8").reshape(n)
-        return np.argsort(prefix)
+        if self.width is not None and self.width >= 8:  # fixed width: the head is a strided view
+            head = np.ascontiguousarray(self.data.reshape(n, self.width)[:, :8])
+        else:
+            starts = self.offsets[:-1]
+            lengths = np.diff(self.offsets)
+            positions = starts[:, None] + np.arange(8)
+            inside = np.arange(8) < lengths[:, None]
+            limit = max(len(self.data) - 1, 0)
+            head = np.where(inside, self.data[np.minimum(positions, limit)], 0).astype(np.uint8)
+        words = head.view(">u2").reshape(n, 4)
+        order = np.argsort(words[:, 2], kind="stable")
+        for column in (1, 0):
+            order = order[np.argsort(words[order, column], kind="stable")]
+        return order
 
     def slice(self, start: int, stop: int) -> Encoded:
         """Rows [start, stop) (sharing memory)."""

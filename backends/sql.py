@@ -129,6 +129,7 @@ class SqlStore(KeyedStore):
         self._temp_tables: set[str] = set()
         self._count = 0
         self._last_get: tuple[pa.Array, int] | None = None  # (encoded keys, how many were found)
+        self._last_keys: tuple[pl.DataFrame, pa.Array, np.ndarray] | None = None
         self._create_table()
 
     # ------------------------------------------------------------------------ plumbing
@@ -189,6 +190,21 @@ class SqlStore(KeyedStore):
     def _encoded_keys(self, keys: pl.DataFrame) -> pa.Array:
         return self.key_codec.encode(keys.select(self.spec.key_columns)).to_arrow()
 
+    def _keys(self, keys: pl.DataFrame) -> tuple[pa.Array, np.ndarray]:
+        """The encoded keys, and the order in which the primary key's B-tree holds them.
+
+        Rows go to the database in that order, so that the join and the upsert walk the
+        index page after page. A ``put`` of exactly the keys of the last ``get`` reuses it.
+        """
+        keys = keys.select(self.spec.key_columns)
+        last = self._last_keys
+        if last is not None and (last[0] is keys or (last[0].height == keys.height and last[0].equals(keys))):
+            return last[1], last[2]
+        encoded = self.key_codec.encode(keys)
+        order = encoded.locality_order()
+        self._last_keys = (keys, encoded.to_arrow(), order)
+        return self._last_keys[1], order
+
     def _rows_for_db(self, frame: pl.DataFrame, encoded: pa.Array, groups: np.ndarray) -> pa.Table:
         converted = [self.dialect.to_db(frame.get_column(name)) for name in self.columns]
         table = pl.DataFrame([pl.Series(KEY, encoded), pl.Series(KEY_GROUP, groups, dtype=pl.Int32), *converted])
@@ -208,8 +224,8 @@ class SqlStore(KeyedStore):
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if keys.height == 0:
             return self.spec.empty_values(0)
-        encoded = self._encoded_keys(keys)
-        request = pa.table({ROW: pa.array(np.arange(keys.height, dtype=np.int64)), KEY: encoded})
+        encoded, order = self._keys(keys)
+        request = pa.table({ROW: pa.array(order.astype(np.int64)), KEY: encoded.take(pa.array(order))})
         values = self.spec.value_columns
         select = ", ".join(filter(None, [
             f"g.{quote(ROW)}", f"t.{quote(KEY_GROUP)}", self._select_list(values, "t")]))
@@ -231,11 +247,11 @@ class SqlStore(KeyedStore):
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         if keys.height == 0:
             return
-        encoded = self._encoded_keys(keys)
+        encoded, order = self._keys(keys)
         groups = key_groups(keys.select(self.spec.key_columns), self.spec.max_parallelism)
         rows = self._rows_for_db(pl.concat([keys.select(self.spec.key_columns),
                                             values.select(self.spec.value_columns)], how="horizontal"),
-                                 encoded, groups)
+                                 encoded, groups).take(pa.array(order))
         names = ", ".join(quote(name) for name in [KEY, KEY_GROUP, *self.columns])
         updates = ", ".join(f"{quote(v)} = excluded.{quote(v)}" for v in self.spec.value_columns)
         action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
@@ -247,7 +263,7 @@ class SqlStore(KeyedStore):
 
         def work() -> int:
             self._ingest_temp(self.temp["put"], rows)
-            if known is not None and known[0].equals(encoded):
+            if known is not None and (known[0] is encoded or known[0].equals(encoded)):
                 existing = known[1]
             else:
                 self.cursor.execute(existing_query)
@@ -261,7 +277,8 @@ class SqlStore(KeyedStore):
     def delete(self, keys: pl.DataFrame) -> None:
         if keys.height == 0:
             return
-        request = pa.table({KEY: self._encoded_keys(keys)})
+        encoded, order = self._keys(keys)
+        request = pa.table({KEY: encoded.take(pa.array(order))})
         condition = f"{quote(KEY)} IN (SELECT {quote(KEY)} FROM {quote(self.temp['del'])})"
 
         def work() -> int:

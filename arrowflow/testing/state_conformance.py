@@ -176,7 +176,7 @@ def _values_strategy(kind: str, capabilities: Capabilities, *, key: bool) -> st.
         if key:  # polars joins treat -0.0 and 0.0 as one key: generate one of them
             values = values.map(lambda x: 0.0 if x == 0 else x)
     if kind == "string" and not capabilities.nul_in_text:
-        values = st.text(st.characters(exclude_characters="\x00"), max_size=12)
+        values = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
     if kind == "datetime_ns_utc":
         values = values.map(lambda x: x.replace(tzinfo=dt.timezone.utc))
     return st.one_of(st.none(), values)

@@ -95,13 +95,13 @@ def test_names_are_quoted_unique_per_run_and_dropped_at_close(tmp_path: Path, po
             run_a.put(KEYS, VALUES)
             run_b.put(KEYS[:1], VALUES[:1])
             assert (run_a.count(), run_b.count()) == (3, 1)  # two runs, two tables
-            cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'af\\_%'")
+            cursor.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE '%DROP\\_TABLE\\_victim%'")
             names = sorted(row[0] for row in cursor.fetchall())
             assert len(names) == 2 and all("DROP_TABLE_victim" in name for name in names), names
             run_a.close()
             run_b.close()
-            cursor.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'af\\_%'")
-            assert cursor.fetchone() == (0,)  # the stores' tables and their temporary tables
+            cursor.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%DROP\\_TABLE\\_victim%'")
+            assert cursor.fetchone() == (0,)
             cursor.execute("SELECT count(*) FROM victim")  # still there
         finally:
             cursor.execute("DROP TABLE IF EXISTS victim")
