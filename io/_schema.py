@@ -116,8 +116,8 @@ def check_file_schema(found: pl.Schema, wanted: pl.Schema, *, url: str, what: st
             raise SchemaError(msg)
         if not lossless(found[name], dtype):
             msg = (f"{what}: column {name!r} is {found[name]} in {url!r}, but the schema says {dtype}; "
-                   f"reading it as {dtype} would change values. Give schema={{{name!r}: {found[name]}}} "
-                   f"and cast after reading, e.g. .with_columns(pl.col({name!r}).cast({dtype}))")
+                   f"reading it as {dtype} would change values. Give schema={{{name!r}: pl.{found[name]!r}}} "
+                   f"and cast after reading, e.g. .with_columns(pl.col({name!r}).cast(pl.{dtype!r}))")
             raise SchemaError(msg)
 
 

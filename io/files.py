@@ -28,6 +28,7 @@ field: malformed), ``zz,y`` (``zz`` is no Int64: malformed), ``3,z``; the reader
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -67,10 +68,12 @@ class FileSource(Source):
         if on_error not in ON_ERROR:
             msg = f"{kind}(on_error=...) must be 'side_output' or 'raise', got {on_error!r}"
             raise SourceError(msg)
-        if isinstance(path, str):
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if isinstance(path, str) and path:
             paths = [path]
-        elif isinstance(path, Sequence) and path and all(isinstance(p, str) and p for p in path):
-            paths = list(path)
+        elif isinstance(path, Sequence) and path and all(isinstance(p, str | os.PathLike) and p for p in path):
+            paths = [os.fspath(p) for p in path]
         else:
             msg = (f"{kind}() expects a path, glob or URL string, or a non-empty list of them; "
                    f"got {type(path).__name__} {path!r}")

@@ -16,12 +16,14 @@ State and protocol (see :mod:`arrowflow.sinks`):
   staging left by an earlier run. ``recover(n)`` (a restored run) deletes staged files of
   checkpoints after ``n``, which no manifest will ever commit.
 
-Readers (arrowflow, polars, Spark) skip names starting with ``_`` or ``.``, so they only
-ever see committed files.
+arrowflow and Spark skip names starting with ``_`` or ``.``, so they only ever see committed
+files. polars does not skip them, but staged files live in the ``.staging/`` folder, so a
+non-recursive glob such as ``pl.read_parquet("out/*.parquet")`` sees committed files only.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from typing import Any
@@ -72,6 +74,8 @@ class FileSink(Sink):
             msg = f"unknown output format {fmt!r}; expected one of {sorted(EXTENSIONS)}"
             raise SinkError(msg)
         kind = f"write_{fmt}"
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
         if mode not in MODES:
             msg = f"{kind}(mode=...) must be one of {MODES}, got {mode!r}"
             raise SinkError(msg)

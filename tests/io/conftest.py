@@ -94,8 +94,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.1)
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-                   "client_kwargs": {"region_name": "us-east-1"}}
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
         import s3fs
 
         s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir("arrowflow")

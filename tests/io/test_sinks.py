@@ -1,0 +1,187 @@
+"""File sinks: only committed files are visible, staging is hidden, modes, idempotent commit,
+recovery after a crash. The sink protocol is driven by hand here, as the coordinator and the
+workers drive it, so each step can be checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.errors import SinkError
+from arrowflow.io._fs import is_hidden
+from arrowflow.io.filesinks import FileSink, part_checkpoint
+
+FRAME = pl.DataFrame({"k": list(range(10)), "s": [f"row {i}" for i in range(10)]})
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and not is_hidden(str(p), str(folder)))
+
+
+def staged(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / ".staging").iterdir()) if (folder / ".staging").exists() else []
+
+
+def read_committed(folder: Path) -> pl.DataFrame:
+    files = sorted(folder.glob("*.parquet"))
+    return pl.concat([pl.read_parquet(p) for p in files]) if files else pl.DataFrame(schema=FRAME.schema)
+
+
+def test_nothing_is_visible_before_commit(tmp_path: Path, same_rows) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out))
+    sink.begin()
+    writer = sink.open_writer(0, 1, "write_parquet")
+    writer.write(FRAME.slice(0, 6))
+    writer.write(FRAME.slice(6, 4))
+    names = writer.prepare_commit(1)
+
+    assert visible(out) == []
+    assert staged(out) == sorted(names) and len(names) == 1
+    assert all(is_hidden(str(out / ".staging" / n), str(out)) for n in names)
+    with pytest.raises(af.errors.SourceError, match="holds no visible file"):
+        af.Flow("early").read_parquet(str(out)).collect()
+
+    sink.commit(1, [names])
+    assert visible(out) == sorted(names) and staged(out) == []
+    same_rows(af.Flow("late").read_parquet(str(out)).collect(), FRAME)
+    same_rows(read_committed(out), FRAME)
+
+
+def test_commit_is_idempotent(tmp_path: Path, same_rows) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out), rows_per_file=3)
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    writer.write(FRAME)
+    names = writer.prepare_commit(1)
+    assert len(names) == 4  # 10 rows, 3 per file
+    # A crash in the middle of a commit: one file moved, the others not yet.
+    (out / ".staging" / names[0]).rename(out / names[0])
+    sink.commit(1, [names])
+    sink.commit(1, [names])  # re-run from the manifest after another crash
+    assert visible(out) == sorted(names)
+    same_rows(read_committed(out), FRAME)
+
+
+def test_commit_of_a_vanished_file_fails_clearly(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out))
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    writer.write(FRAME)
+    names = writer.prepare_commit(1)
+    (out / ".staging" / names[0]).unlink()
+    with pytest.raises(SinkError, match=r"staged file .* of checkpoint 1 is missing and was never committed"):
+        sink.commit(1, [names])
+
+
+def test_recover_drops_staging_of_later_checkpoints(tmp_path: Path, same_rows) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out))
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    per_checkpoint = {}
+    for checkpoint, part in enumerate([FRAME.slice(0, 3), FRAME.slice(3, 3), FRAME.slice(6, 4)], start=1):
+        writer.write(part)
+        per_checkpoint[checkpoint] = writer.prepare_commit(checkpoint)
+    sink.commit(1, [per_checkpoint[1]])
+    # Crash: checkpoint 2's manifest was written, 3's was not. Restore from 2.
+    sink.recover(2)
+    assert staged(out) == sorted(per_checkpoint[2])
+    sink.commit(2, [per_checkpoint[2]])  # the coordinator re-runs commit from manifest 2
+    sink.commit(1, [per_checkpoint[1]])  # and an older commit is still harmless
+    assert visible(out) == sorted(per_checkpoint[1] + per_checkpoint[2])
+    same_rows(read_committed(out), FRAME.slice(0, 6))
+
+    # The restored run's writer stages for checkpoint 3 under a name never used before.
+    again = sink.open_writer(0, 1, "w")
+    again.write(FRAME.slice(6, 4))
+    redo = again.prepare_commit(3)
+    assert [part_checkpoint(n) for n in redo] == [3] and not set(redo) & set(per_checkpoint[3])
+    sink.commit(3, [redo])
+    same_rows(read_committed(out), FRAME)
+
+
+def test_writer_flushed_early_names_the_next_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("ndjson", str(out), rows_per_file=4)
+    sink.begin()
+    sink.recover(7)  # a restored run: the next checkpoint is 8
+    writer = sink.open_writer(3, 4, "w")
+    writer.write(FRAME.slice(0, 5))  # flushes 4 rows before any checkpoint
+    names = writer.prepare_commit(8)
+    assert [part_checkpoint(n) for n in names] == [8, 8]
+    assert all(n.startswith("part-00000008-0003-") and n.endswith(".ndjson") for n in names)
+
+
+def test_mode_overwrite_replaces_visible_files_only(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.parquet").write_bytes(b"old")
+    (out / "sub").mkdir()
+    (out / "sub" / "old2.parquet").write_bytes(b"old")
+    (out / "_SUCCESS").write_bytes(b"")
+    (out / ".staging").mkdir()
+    (out / ".staging" / "part-00000009-0000-00000-deadbeef.parquet").write_bytes(b"left by a dead run")
+    flow = af.Flow("over")
+    flow.from_polars(FRAME).write_parquet(str(out))
+    flow.run(workers=0)
+    names = visible(out)
+    assert len(names) == 1 and names[0].startswith("part-00000001-")
+    assert (out / "_SUCCESS").exists()
+    assert staged(out) == []
+
+
+def test_mode_append_keeps_and_adds(tmp_path: Path, same_rows) -> None:
+    out = tmp_path / "out"
+    for _ in range(2):  # the same flow twice: names never collide
+        flow = af.Flow("append")
+        flow.from_polars(FRAME, splits=2).write_parquet(str(out), mode="append", rows_per_file=4)
+        flow.run(workers=0)
+    same_rows(read_committed(out), pl.concat([FRAME, FRAME]))
+
+
+def test_mode_error_refuses_a_directory_with_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    flow = af.Flow("err")
+    flow.from_polars(FRAME).write_csv(str(out), mode="error")
+    flow.run(workers=0)  # a missing directory is fine
+    with pytest.raises(SinkError, match=r"already holds 1 files .*mode='overwrite'.*mode='append'"):
+        flow.run(workers=0)
+    assert len(visible(out)) == 1
+
+
+def test_a_file_where_the_directory_should_be(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("x")
+    flow = af.Flow("file")
+    flow.from_polars(FRAME).write_parquet(str(tmp_path / "out"))
+    with pytest.raises(SinkError, match="is a file, not a directory"):
+        flow.run(workers=0)
+
+
+def test_every_worker_writes_its_own_parts(tmp_path: Path, workers: int, same_rows) -> None:
+    out = tmp_path / "out"
+    flow = af.Flow("parts")
+    flow.from_polars(FRAME, splits=4).filter(pl.col("k") >= 0).write_parquet(str(out), rows_per_file=2)
+    flow.run(workers=workers, batch_size=3)
+    names = visible(out)
+    assert len(names) == len(set(names)) >= 5
+    assert staged(out) == []
+    assert {n.split("-")[2] for n in names} <= {f"{w:04d}" for w in range(max(workers, 1))}
+    same_rows(read_committed(out), FRAME)
+
+
+def test_memory_filesystem_round_trip(same_rows) -> None:
+    import fsspec
+
+    flow = af.Flow("mem")
+    flow.from_polars(FRAME, splits=2).write_ipc("memory://af-sinks/out", rows_per_file=4)
+    flow.run(workers=0)
+    fs = fsspec.filesystem("memory")
+    assert all(p.rsplit("/", 1)[-1].startswith("part-") for p in fs.find("/af-sinks/out"))
+    same_rows(af.Flow("back").read_ipc("memory://af-sinks/out").collect(), FRAME)
