@@ -9,7 +9,8 @@ also reports the job's own time (``job s``) without start-up. Repeats are interl
 (polars, arrowflow w=0, w=1, ..., polars, ...) so that noise from other work on a shared
 machine hits every contender alike, after one untimed warm-up run per contender (page
 cache, bytecode cache); the table shows medians, min-max and ratios to the baseline
-measured in the same invocation.
+measured in the same invocation: the ratio of the medians, and ``paired``, the median of
+the ratios within each round (steadier when other work on the machine comes and goes).
 
 Peak memory is the child's own high-water resident set (``VmHWM``, which it reports as it
 exits — ``wait4``'s ``ru_maxrss`` would include the runner's own memory, inherited before
@@ -159,6 +160,7 @@ def summarize(
     checks: dict[str, str | None],
 ) -> tuple[str, list[dict[str, Any]]]:
     base = statistics.median(m.wall_s for m in runs[job.baseline])
+    base_walls = [m.wall_s for m in runs[job.baseline]]
     header = [
         "contender",
         "rows",
@@ -166,6 +168,7 @@ def summarize(
         "events/s",
         "peak mem",
         "vs polars" if job.baseline == "polars" else f"vs {job.baseline}",
+        "paired",
         "job s",
         "output",
     ]
@@ -183,6 +186,9 @@ def summarize(
             else ("same" if check is None else "WRONG")
         )
         peak = max(m.peak_bytes for m in ms)
+        # Each round runs every contender back to back: the median of the per-round ratios
+        # is less sensitive to load that comes and goes than the ratio of the medians.
+        paired = statistics.median(w / b for w, b in zip(walls, base_walls, strict=True))
         table.append(
             [
                 contender.label,
@@ -191,6 +197,7 @@ def summarize(
                 _rate(rows_in, median),
                 _mib(peak),
                 f"{median / base:.2f}x",
+                f"{paired:.2f}x",
                 f"{statistics.median(job_s):.2f}",
                 verdict,
             ]
@@ -208,6 +215,7 @@ def summarize(
                 "events_per_s": rows_in / median,
                 "peak_bytes": peak,
                 "ratio": median / base,
+                "paired_ratio": paired,
                 "output": verdict,
                 "difference": check,
                 "reports": [m.report for m in ms],
