@@ -16,6 +16,10 @@ from arrowflow.errors import SourceError as SourceError
 from arrowflow.errors import StateError as StateError
 from arrowflow.errors import WorkerError as WorkerError
 from arrowflow.runtime.result import RunResult as RunResult
+from arrowflow.triggers import Trigger as Trigger
+from arrowflow.triggers import TriggerStats as TriggerStats
+from arrowflow.triggers import every as every
+from arrowflow.triggers import every_rows as every_rows
 
 __version__ = "0.1.0"
 
@@ -32,4 +36,8 @@ __all__ = [
     "StateError",
     "Stream",
     "WorkerError",
+    "Trigger",
+    "TriggerStats",
+    "every",
+    "every_rows",
 ]

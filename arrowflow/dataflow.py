@@ -335,11 +335,19 @@ class Flow:
 
     def run(self, *, workers: int | None = None, state: Any = "memory", checkpoint_dir: str | None = None,
             checkpoint_every: Any = None, restore: str | int | None = "latest", batch_size: int | None = None,
-            max_parallelism: int | None = None, progress: bool | None = None) -> RunResult:
+            max_parallelism: int | None = None, progress: bool | None = None,
+            storage_options: dict[str, Any] | None = None, keep_checkpoints: int = 3,
+            max_restarts: int = 3) -> RunResult:
         """Run every sink of the flow to the end of its (bounded) input.
 
         ``workers=N`` uses N worker processes (default: one per core); ``workers=0`` runs in
         this process (the in-process executor: same results, easier debugging).
+
+        With ``checkpoint_dir`` (any fsspec URL) the run checkpoints on ``checkpoint_every``
+        (``"10s"``, ``af.every_rows(n)`` or a trigger object) and at its end, resumes from the
+        newest complete checkpoint there (``restore="latest"``, an id, or None for a fresh
+        start), restarts failed workers from it up to ``max_restarts`` times, and keeps the
+        newest ``keep_checkpoints``. File and database outputs then hold every row exactly once.
         """
         sinks = self.sinks()
         if not sinks:
@@ -353,7 +361,8 @@ class Flow:
         plan = self.plan(outputs=sinks, max_parallelism=max_parallelism)
         return execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
                        checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
-                       max_parallelism=max_parallelism, progress=progress)
+                       max_parallelism=max_parallelism, progress=progress, storage_options=storage_options,
+                       keep_checkpoints=keep_checkpoints, max_restarts=max_restarts)
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, {len(self.nodes)} operators)"

@@ -74,6 +74,18 @@ class Plan:
     outputs: list[str]  # ids of the sink operators
     fingerprint: str
 
+    @property
+    def operator_fingerprints(self) -> dict[str, str]:
+        """Per operator that a checkpoint depends on: its fingerprint. Sources and sinks count by
+        id and kind only (new columns in the input files don't block a restore)."""
+        prints = {}
+        for op in self.ops:
+            if op.stateful:
+                prints[op.id] = fingerprint_of(_fingerprint_entry(op))
+            elif op.kind in ("source", "sink"):
+                prints[op.id] = fingerprint_of([op.id, op.kind])
+        return prints
+
     def op(self, op_id: str) -> OpSpec:
         for spec in self.ops:
             if spec.id == op_id:

@@ -1,34 +1,137 @@
-"""Executors: the in-process one and the worker pool, behind one ``execute`` entry point."""
+"""Executors: the in-process one and the worker pool, behind one ``execute`` entry point.
+
+``execute`` also owns what happens around a run: choosing the checkpoint to restore (and
+refusing one taken from a different flow), re-running the restored checkpoint's commit
+(idempotent), and the restart strategy — a pool run whose worker dies or raises is
+restarted from its newest complete checkpoint, a bounded number of times.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+import warnings
 from typing import Any
 
-from arrowflow.errors import PlanError
+from arrowflow.checkpoint import CheckpointStorage, Manifest, operator_differences
+from arrowflow.errors import CheckpointError, PlanError, WorkerError
 from arrowflow.plan import Plan
+from arrowflow.runtime.job import JobCoordinator
+from arrowflow.runtime.operators import RuntimeContext
 from arrowflow.runtime.result import RunResult
-from arrowflow.state import resolve_backend
+from arrowflow.state import StateFile, resolve_backend
+from arrowflow.triggers import resolve_trigger
+
+MAX_RESTARTS = 3
+RESTART_DELAY_S = 0.5
+
+
+def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, max_parallelism: int) -> Manifest | None:
+    if storage is None or restore is None:
+        return None
+    if restore == "latest":
+        manifest = storage.latest()
+        if manifest is None:
+            return None
+    elif isinstance(restore, int) and not isinstance(restore, bool):
+        manifest = storage.find(restore)
+    else:
+        msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
+        raise CheckpointError(msg)
+    differences = operator_differences(manifest.operators, plan.operator_fingerprints)
+    if differences:
+        msg = (f"cannot restore checkpoint {manifest.id} of flow {manifest.flow!r} from {storage.url!r} onto "
+               f"this flow: " + "; ".join(differences) + ". Restore onto the flow that wrote it, or start "
+               f"fresh with restore=None (or another checkpoint_dir).")
+        raise CheckpointError(msg)
+    if manifest.max_parallelism != max_parallelism:
+        msg = (f"checkpoint {manifest.id} was taken with max_parallelism={manifest.max_parallelism}, the run "
+               f"asks for {max_parallelism}; state is organised in key groups, so it must stay the same")
+        raise CheckpointError(msg)
+    return manifest
 
 
 def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str | None,
             checkpoint_every: Any, restore: Any, batch_size: int | None,
-            max_parallelism: int | None, progress: bool | None) -> RunResult:
+            max_parallelism: int | None, progress: bool | None, storage_options: dict[str, Any] | None = None,
+            keep_checkpoints: int = 3, max_restarts: int = MAX_RESTARTS) -> RunResult:
     """Run ``plan`` to the end of its input. ``workers=0``: in this process."""
     backend = resolve_backend(state)
     max_parallelism = max_parallelism or 128
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         msg = f"batch_size must be a positive number of rows, got {batch_size!r}"
         raise PlanError(msg)
-    if workers is not None and (not isinstance(workers, int) or workers < 0):
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         msg = f"workers must be a number of processes (0 runs in this process), got {workers!r}"
         raise PlanError(msg)
-    if checkpoint_dir is not None:
-        msg = "checkpoints are not available yet in this version; run with checkpoint_dir=None"
+    if checkpoint_every is not None and checkpoint_dir is None:
+        msg = "checkpoint_every needs a checkpoint_dir to write the checkpoints to (any fsspec URL)"
         raise PlanError(msg)
-    if workers == 0:
-        from arrowflow.runtime.local import run_local
+    trigger = resolve_trigger(checkpoint_every)
+    storage = CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints) if checkpoint_dir else None
+    if storage is not None:
+        storage.ensure()
+    parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
+    restarts = 0
+    while True:
+        restored = _restore_point(storage, restore, plan, max_parallelism)
+        if restored is not None and restored.final:
+            _recommit(plan, restored)
+            result = RunResult(plan.flow_name, workers or 0, 0.0)
+            result.checkpoints = [restored.id]
+            result.restored_from = restored.id
+            return result
+        _prepare_sinks(plan, restored)
+        existing = storage.checkpoint_ids() if storage is not None else []
+        coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
+                                     max_parallelism=max_parallelism, first_id=(max(existing) + 1 if existing else 1))
+        context = RuntimeContext(storage=storage)
+        if restored is not None:
+            assert storage is not None
+            context.restore_root = storage.root
+            context.restore_files = [StateFile.from_json(f) for f in restored.state]
+        try:
+            if workers == 0:
+                from arrowflow.runtime.local import run_local
 
-        return run_local(plan, backend, batch_size=batch_size, max_parallelism=max_parallelism)
-    from arrowflow.runtime.pool import run_pool
+                result = run_local(plan, backend, coordinator, context, batch_size=batch_size,
+                                   max_parallelism=max_parallelism)
+            else:
+                from arrowflow.runtime.pool import run_pool
 
-    return run_pool(plan, backend, workers=workers, batch_size=batch_size, max_parallelism=max_parallelism)
+                result = run_pool(plan, backend, coordinator, context, workers=parallelism,
+                                  batch_size=batch_size, max_parallelism=max_parallelism)
+        except WorkerError as exc:
+            if storage is None or restarts >= max_restarts:
+                if storage is not None:
+                    exc.args = (f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",)
+                raise
+            restarts += 1
+            warnings.warn(f"flow {plan.flow_name!r}: {str(exc).splitlines()[0]}; restarting from the newest "
+                          f"checkpoint (restart {restarts} of at most {max_restarts})", stacklevel=2)
+            restore = "latest"
+            time.sleep(RESTART_DELAY_S)
+            continue
+        result.restarts = restarts
+        result.restored_from = restored.id if restored is not None else None
+        return result
+
+
+def _prepare_sinks(plan: Plan, restored: Manifest | None) -> None:
+    for op in plan.ops:
+        if op.kind != "sink":
+            continue
+        sink = op.params["sink"]
+        if restored is None:
+            sink.begin()
+        else:
+            # The crash may have come between the manifest and the commit: commit again
+            # (idempotent), then drop what was staged after that checkpoint.
+            sink.commit(restored.id, restored.sinks.get(op.id, []))
+            sink.recover(restored.id)
+
+
+def _recommit(plan: Plan, restored: Manifest) -> None:
+    for op in plan.ops:
+        if op.kind == "sink":
+            op.params["sink"].commit(restored.id, restored.sinks.get(op.id, []))

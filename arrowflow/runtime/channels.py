@@ -38,7 +38,8 @@ import pyarrow as pa
 
 HEADER = 128
 MSG_HEADER = 16
-DATA, END, WRAP, CONTROL = 1, 2, 3, 4
+DATA, END, WRAP, CONTROL, BARRIER = 1, 2, 3, 4, 5
+_ID = struct.Struct("q")
 # Message headers are written before they are published, so struct is fine for them. The two
 # positions are read while the other process stores them, so they go through a numpy view:
 # one aligned 8-byte load or store. (struct.pack_into first zeroes its target, which a
@@ -193,6 +194,18 @@ def _without_views(table: pa.Table) -> pa.Table:
         else:
             fields.append(field)
     return table.cast(pa.schema(fields)) if changed else table
+
+
+def write_barrier(ring: Ring, tag: int, checkpoint_id: int, wait: Callable[[], Any]) -> None:
+    def fill(view: memoryview) -> None:
+        _ID.pack_into(view, 0, checkpoint_id)
+
+    while not ring.try_write(BARRIER, tag, _ID.size, fill):
+        wait()
+
+
+def read_id(view: memoryview) -> int:
+    return _ID.unpack_from(view, 0)[0]
 
 
 def write_table(ring: Ring, tag: int, table: pa.Table, wait: Callable[[], Any]) -> None:

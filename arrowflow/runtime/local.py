@@ -1,8 +1,8 @@
 """The in-process executor: one worker in the calling process, same semantics as the pool.
 
-It exists for tests, debugging and small notebook runs: no processes, no shared memory, and
-a Python debugger stops inside user functions. The coordinator's duties (split enumeration,
-sink begin/commit) run in the same process through a direct link.
+It exists for tests, debugging and notebook runs: no processes, no shared memory, and a
+Python debugger stops inside user functions. The coordinator's duties (splits, checkpoints,
+commits) run in the same process, driven from the worker's loop through a direct link.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from arrowflow.plan import Plan
-from arrowflow.runtime.coordinator import SplitEnumerator, commit_sinks
+from arrowflow.runtime.job import JobCoordinator
+from arrowflow.runtime.operators import RuntimeContext
 from arrowflow.runtime.result import RunResult
 from arrowflow.runtime.worker import Worker
 from arrowflow.sources import Split
@@ -21,32 +22,50 @@ from arrowflow.state import StateBackend
 
 
 class _DirectLink:
-    def __init__(self, enumerator: SplitEnumerator) -> None:
-        self.enumerator = enumerator
+    def __init__(self, coordinator: JobCoordinator) -> None:
+        self.coordinator = coordinator
+        self.exit = False
 
     def next_split(self, source_id: str) -> tuple[Split, Any] | None:
-        return self.enumerator.next_split(source_id, 0)
+        return self.coordinator.next_split(source_id, 0)
 
     def split_done(self, source_id: str, split_id: str) -> None:
-        self.enumerator.split_done(source_id, split_id)
+        self.coordinator.split_done(source_id, split_id, 0)
+
+    def rows(self, count: int) -> None:
+        self.coordinator.rows(count)
+
+    def finished(self) -> None:
+        self.coordinator.finished(0)
+
+    def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
+        if self.coordinator.ack(0, checkpoint_id, payload):
+            self.exit = True
+
+    def poll_command(self, timeout: float) -> tuple[Any, ...] | None:
+        if self.exit:
+            return ("exit",)
+        checkpoint_id = self.coordinator.poll()
+        if checkpoint_id is not None:
+            return ("checkpoint", checkpoint_id)
+        if timeout:
+            time.sleep(timeout)
+        return None
 
 
-def run_local(plan: Plan, backend: StateBackend, *, batch_size: int | None, max_parallelism: int) -> RunResult:
+def run_local(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, context: RuntimeContext, *,
+              batch_size: int | None, max_parallelism: int) -> RunResult:
     started = time.perf_counter()
-    for op in plan.ops:
-        if op.kind == "sink":
-            op.params["sink"].begin()
-    enumerator = SplitEnumerator(plan)
     local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{plan.flow_name}-")
-    worker = Worker(plan, 0, 1, _DirectLink(enumerator), backend, batch_size=batch_size,
-                    local_dir=local_dir, max_parallelism=max_parallelism)
+    worker = Worker(plan, 0, 1, _DirectLink(coordinator), backend, batch_size=batch_size,
+                    local_dir=local_dir, max_parallelism=max_parallelism, runtime_context=context)
     try:
-        report = worker.run(final_checkpoint=1)
+        report = worker.run()
     finally:
         worker.close()
         shutil.rmtree(local_dir, ignore_errors=True)
-    commit_sinks(plan, 1, {sink: [staged] for sink, staged in report.staged.items()})
     result = RunResult(plan.flow_name, 0, time.perf_counter() - started, report.metrics)
+    result.checkpoints = list(coordinator.completed)
     result.outputs = collected_outputs(plan)
     return result
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -29,32 +30,60 @@ from arrowflow.errors import PlanError, SchemaError
 from arrowflow.keygroups import key_groups, owner_of
 from arrowflow.plan import MAIN, OpSpec
 from arrowflow.sinks import SinkWriter
-from arrowflow.state import FOUND, KeyedStore, StateBackend, StoreContext, StoreSpec
+from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
+
+
+@dataclass
+class RuntimeContext:
+    """What a worker gives its operators: where snapshots go, and what a checkpoint collected."""
+
+    storage: Any = None  # CheckpointStorage, or None when the run keeps no checkpoints
+    restore_root: str | None = None
+    restore_files: list[StateFile] = field(default_factory=list)
+    state_files: dict[int, list[StateFile]] = field(default_factory=dict)
+    staged: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def files_for(self, store: str) -> list[StateFile]:
+        return [f for f in self.restore_files if f.store == store]
 
 
 class Operator:
-    """Base runtime operator: wiring, end-of-input counting and metrics."""
+    """Base runtime operator: wiring, end of input, barrier alignment and metrics.
+
+    Barriers (checkpoint *n*) arrive on each input in order with the data. Once an input has
+    delivered barrier *n*, its later batches are held back until every input that has not
+    ended delivered it too (alignment); then the operator takes its checkpoint
+    (:meth:`snapshot`), forwards the barrier on every output, and replays what it held.
+    """
 
     def __init__(self, spec: OpSpec) -> None:
         self.spec = spec
         self.id = spec.id
         self.outputs: dict[str, list[tuple[Operator, int]]] = {}
         self.inputs_total = len(spec.inputs)
-        self.inputs_ended = 0
+        self.ended: set[int] = set()
         self.finished = False
         self.rows_in = 0
         self.rows_out = 0
         self.batches_in = 0
         self.unconsumed: dict[str, int] = {}
         self.busy_s = 0.0
+        self.context = RuntimeContext()
+        self.aligning: int | None = None
+        self.aligned: set[int] = set()
+        self.held: list[tuple[pl.DataFrame, int]] = []
+        self.checkpointed = 0
 
     def connect(self, port: str, consumer: Operator, index: int) -> None:
         self.outputs.setdefault(port, []).append((consumer, index))
 
     def open(self) -> None:
-        """Called once in the worker before the first batch."""
+        """Called once in the worker before the first batch (after a restore: state loaded here)."""
 
     def receive(self, batch: pl.DataFrame, index: int) -> None:
+        if self.aligning is not None and index in self.aligned:
+            self.held.append((batch, index))
+            return
         self.rows_in += batch.height
         self.batches_in += 1
         self.process(batch, index)
@@ -75,9 +104,45 @@ class Operator:
         for consumer, index in consumers:
             consumer.receive(batch, index)
 
+    # ------------------------------------------------------------------ checkpoints
+    def receive_barrier(self, checkpoint_id: int, index: int) -> None:
+        if checkpoint_id <= self.checkpointed:
+            return
+        self.aligning = checkpoint_id
+        self.aligned.add(index)
+        self._maybe_aligned()
+
+    def _maybe_aligned(self) -> None:
+        if self.aligning is None or len(self.aligned | self.ended) < self.inputs_total:
+            return
+        checkpoint_id = self.aligning
+        self.aligning, self.aligned = None, set()
+        self.take_checkpoint(checkpoint_id)
+        self.forward_barrier(checkpoint_id)
+        held, self.held = self.held, []
+        for batch, index in held:
+            self.replay(batch, index)
+
+    def replay(self, batch: pl.DataFrame, index: int) -> None:
+        self.receive(batch, index)
+
+    def take_checkpoint(self, checkpoint_id: int) -> None:
+        self.checkpointed = checkpoint_id
+        self.snapshot(checkpoint_id)
+
+    def snapshot(self, checkpoint_id: int) -> None:
+        """Checkpoint hook: emit what must precede the barrier, write state, stage output."""
+
+    def forward_barrier(self, checkpoint_id: int) -> None:
+        for consumers in self.outputs.values():
+            for consumer, index in consumers:
+                consumer.receive_barrier(checkpoint_id, index)
+
+    # ------------------------------------------------------------------ end of input
     def end_input(self, index: int) -> None:
-        self.inputs_ended += 1
-        if self.inputs_ended >= self.inputs_total and not self.finished:
+        self.ended.add(index)
+        self._maybe_aligned()
+        if len(self.ended) >= self.inputs_total and not self.finished:
             self.finished = True
             self.finish()
             self.end_outputs()
@@ -193,8 +258,10 @@ OWNER = "__owner"
 class ExchangeOp(Operator):
     """Hash exchange: rows go to the worker owning their key group.
 
-    With one worker every row stays here. With several, ``transport`` (set by the pool) sends
-    each other worker its rows; the downstream operator ends when every sender has ended.
+    Its inputs, for alignment and end of input, are the *sending workers*: itself (its local
+    upstream) and, in a pool, every other worker through ``transport``. A sender that has
+    delivered barrier *n* is held back — the transport stops reading its ring, and our own
+    local share is held here — until every sender delivered it or ended.
     """
 
     def __init__(self, spec: OpSpec, worker: int, parallelism: int) -> None:
@@ -203,12 +270,14 @@ class ExchangeOp(Operator):
         self.max_parallelism = spec.params["max_parallelism"]
         self.worker = worker
         self.parallelism = parallelism
+        self.inputs_total = parallelism
         self.transport: Any = None
-        self.senders_ended: set[int] = set()
 
-    def process(self, batch: pl.DataFrame, index: int) -> None:
+    def receive(self, batch: pl.DataFrame, index: int) -> None:
+        self.rows_in += batch.height
+        self.batches_in += 1
         if self.parallelism == 1:
-            self.emit(batch)
+            self._local(batch)
             return
         owners = owner_of(key_groups(batch.select(self.keys), self.max_parallelism), self.parallelism,
                           self.max_parallelism)
@@ -216,14 +285,41 @@ class ExchangeOp(Operator):
             OWNER, as_dict=True, include_key=False, maintain_order=True)
         for (target,), part in parts.items():
             if target == self.worker:
-                self.emit(part)
+                self._local(part)
             else:
                 self.rows_out += part.height
                 self.transport.send(target, self.id, part)
 
-    def deliver(self, batch: pl.DataFrame) -> None:
-        """A batch another worker routed here."""
+    def _local(self, part: pl.DataFrame) -> None:
+        if self.aligning is not None and self.worker in self.aligned:
+            self.held.append((part, self.worker))
+        else:
+            self.emit(part)
+
+    def replay(self, batch: pl.DataFrame, index: int) -> None:
         self.emit(batch)
+
+    def deliver(self, batch: pl.DataFrame, sender: int) -> None:
+        """A batch another worker routed here (never after its barrier: its ring is paused)."""
+        self.emit(batch)
+
+    def receive_barrier(self, checkpoint_id: int, index: int) -> None:
+        # From our local upstream: pass it to every other worker, then count ourselves.
+        if self.transport is not None:
+            for target in range(self.parallelism):
+                if target != self.worker:
+                    self.transport.send_barrier(target, self.id, checkpoint_id)
+        super().receive_barrier(checkpoint_id, self.worker)
+
+    def sender_barrier(self, sender: int, checkpoint_id: int) -> None:
+        if self.transport is not None:
+            self.transport.pause(sender)
+        super().receive_barrier(checkpoint_id, sender)
+
+    def forward_barrier(self, checkpoint_id: int) -> None:
+        super().forward_barrier(checkpoint_id)
+        if self.transport is not None:
+            self.transport.resume_all()
 
     def end_input(self, index: int) -> None:
         # Our own upstream ended: tell every other worker, then count ourselves as a sender.
@@ -234,10 +330,7 @@ class ExchangeOp(Operator):
         self.sender_ended(self.worker)
 
     def sender_ended(self, sender: int) -> None:
-        self.senders_ended.add(sender)
-        if len(self.senders_ended) == self.parallelism and not self.finished:
-            self.finished = True
-            self.end_outputs()
+        super().end_input(sender)
 
 
 class AggOp(Operator):
@@ -248,7 +341,7 @@ class AggOp(Operator):
         self.agg: IncrementalAgg = spec.params["agg"]
         self.backend = backend
         self.key_range = key_range
-        self.context = context
+        self.store_context = context
         self.store: KeyedStore | None = None
         self.dirty: list[pl.DataFrame] = []
         self.dirty_rows = 0
@@ -258,7 +351,8 @@ class AggOp(Operator):
                          max_parallelism=self.spec.params["max_parallelism"])
 
     def open(self) -> None:
-        self.store = self.backend.open_store(self.store_spec(), self.key_range, self.context)
+        self.store = self.backend.open_store(self.store_spec(), self.key_range, self.store_context)
+        restore_stores(self.context, {"": self.store})
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         assert self.store is not None
@@ -285,6 +379,12 @@ class AggOp(Operator):
     def finish(self) -> None:
         self.emit_updates()
 
+    def snapshot(self, checkpoint_id: int) -> None:
+        # Emission semantics: every key updated since the last emission is emitted before the
+        # barrier, so the sink stages it in the same checkpoint as the state that produced it.
+        self.emit_updates()
+        snapshot_stores(self.context, {"": self.store}, checkpoint_id)
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
@@ -301,5 +401,28 @@ class SinkOp(Operator):
         self.writer.write(batch)
         self.busy_s += time.perf_counter() - started
 
+    def snapshot(self, checkpoint_id: int) -> None:
+        staged = self.writer.prepare_commit(checkpoint_id)
+        self.context.staged.setdefault(checkpoint_id, {})[self.id] = staged
+
     def close(self) -> None:
         self.writer.close()
+
+
+def snapshot_stores(context: RuntimeContext, stores: dict[str, KeyedStore | None], checkpoint_id: int) -> None:
+    """Write every store's snapshot to the checkpoint storage (no-op without storage)."""
+    if context.storage is None:
+        return
+    files = context.state_files.setdefault(checkpoint_id, [])
+    for store in stores.values():
+        if store is not None:
+            files.extend(store.snapshot(context.storage.fs, context.storage.root, checkpoint_id))
+
+
+def restore_stores(context: RuntimeContext, stores: dict[str, KeyedStore | None]) -> None:
+    """Load every store from the restored checkpoint's files (no-op on a fresh run)."""
+    if context.restore_root is None or context.storage is None:
+        return
+    for store in stores.values():
+        if store is not None:
+            store.restore(context.storage.fs, context.restore_root, context.files_for(store.spec.name))

@@ -45,8 +45,18 @@ import polars as pl
 
 from arrowflow.errors import JobCancelled, WorkerError
 from arrowflow.plan import Plan
-from arrowflow.runtime.channels import DEFAULT_CAPACITY, END, Ring, ipc_read, write_table
-from arrowflow.runtime.coordinator import SplitEnumerator, commit_sinks
+from arrowflow.runtime.channels import (
+    BARRIER,
+    DEFAULT_CAPACITY,
+    END,
+    Ring,
+    ipc_read,
+    read_id,
+    write_barrier,
+    write_table,
+)
+from arrowflow.runtime.job import JobCoordinator
+from arrowflow.runtime.operators import RuntimeContext
 from arrowflow.runtime.result import RunResult
 from arrowflow.runtime.worker import Worker, WorkerReport
 from arrowflow.sources import Split
@@ -69,11 +79,22 @@ class ShmTransport:
         self.owner: Worker | None = None
         self.depth = 0
         self.backoff = 0.0
+        self.paused: set[int] = set()
 
     # ------------------------------------------------------------------ sending
     def send(self, target: int, exchange_id: str, batch: pl.DataFrame) -> None:
         table = batch.to_arrow(compat_level=pl.CompatLevel.newest())
         write_table(self.out[target], self.tags[exchange_id], table, self._blocked)
+
+    def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
+        write_barrier(self.out[target], self.tags[exchange_id], checkpoint_id, self._blocked)
+
+    def pause(self, sender: int) -> None:
+        """Stop reading ``sender``'s ring: it delivered a barrier its exchange is aligning."""
+        self.paused.add(sender)
+
+    def resume_all(self) -> None:
+        self.paused.clear()
 
     def send_end(self, target: int, exchange_id: str) -> None:
         while not self.out[target].try_write(END, self.tags[exchange_id], 0, None):
@@ -93,6 +114,8 @@ class ShmTransport:
         try:
             for sender, ring in self.inbound.items():
                 for _ in range(limit):
+                    if sender in self.paused:
+                        break
                     if ring.pending_release:
                         break  # a nested poll is inside this ring's current message
                     message = ring.read()
@@ -102,6 +125,8 @@ class ShmTransport:
                     try:
                         if kind == END:
                             worker.deliver(self.exchanges[tag], None, sender)
+                        elif kind == BARRIER:
+                            worker.deliver_barrier(self.exchanges[tag], sender, read_id(view))
                         else:
                             batch = pl.DataFrame(pl.from_arrow(ipc_read(view)))
                             worker.deliver(self.exchanges[tag], batch, sender)
@@ -126,17 +151,39 @@ class ShmTransport:
 
 
 class _PipeLink:
-    """The worker's side of the control pipe."""
+    """The worker's side of the control pipe. Commands that arrive while the worker waits for
+    a split are kept, in order, for ``poll_command``."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.commands: list[tuple[Any, ...]] = []
 
     def next_split(self, source_id: str) -> tuple[Split, Any] | None:
         self.conn.send(("next_split", source_id))
-        return self.conn.recv()
+        while True:
+            message = self.conn.recv()
+            if message[0] == "split":
+                return message[1]
+            self.commands.append(message)
 
     def split_done(self, source_id: str, split_id: str) -> None:
         self.conn.send(("split_done", source_id, split_id))
+
+    def rows(self, count: int) -> None:
+        self.conn.send(("rows", count))
+
+    def finished(self) -> None:
+        self.conn.send(("finished",))
+
+    def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
+        self.conn.send(("ack", checkpoint_id, payload))
+
+    def poll_command(self, timeout: float) -> tuple[Any, ...] | None:
+        if self.commands:
+            return self.commands.pop(0)
+        if self.conn.poll(timeout):
+            return self.conn.recv()
+        return None
 
 
 def _limit_threads(threads: int) -> None:
@@ -151,7 +198,7 @@ def _limit_threads(threads: int) -> None:
 
 def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: bytes, backend_bytes: bytes,
                  ring_names: dict[tuple[int, int], str], exchanges: list[str], batch_size: int | None,
-                 local_dir: str, max_parallelism: int, threads: int) -> None:
+                 local_dir: str, max_parallelism: int, threads: int, context_bytes: bytes) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(threads)
@@ -162,8 +209,10 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
         backend: StateBackend = cloudpickle.loads(backend_bytes)
         transport = ShmTransport(index, parallelism, ring_names, exchanges) if ring_names else None
         os.makedirs(local_dir, exist_ok=True)
+        context: RuntimeContext = cloudpickle.loads(context_bytes)
         worker = Worker(plan, index, parallelism, _PipeLink(conn), backend, batch_size=batch_size,
-                        local_dir=local_dir, max_parallelism=max_parallelism, transport=transport)
+                        local_dir=local_dir, max_parallelism=max_parallelism, transport=transport,
+                        runtime_context=context)
         if transport is not None:
             transport.owner = worker
         profile_dir = os.environ.get("ARROWFLOW_PROFILE_DIR")
@@ -171,10 +220,10 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
             import cProfile
 
             profiler = cProfile.Profile()
-            report = profiler.runcall(worker.run, final_checkpoint=1)
+            report = profiler.runcall(worker.run)
             profiler.dump_stats(os.path.join(profile_dir, f"worker-{index}.prof"))
         else:
-            report = worker.run(final_checkpoint=1)
+            report = worker.run()
         conn.send(("report", report))
     except BaseException:  # noqa: BLE001 - every failure crosses to the coordinator as text
         try:
@@ -263,7 +312,8 @@ def _main_module_hidden() -> Iterator[None]:
 
 class _Pool:
     def __init__(self, plan: Plan, backend: StateBackend, workers: int, batch_size: int | None,
-                 max_parallelism: int, capacity: int = DEFAULT_CAPACITY) -> None:
+                 max_parallelism: int, context: RuntimeContext, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.context = context
         self.plan = plan
         self.workers = workers
         self.exchanges = [op.id for op in plan.ops if op.kind == "exchange"]
@@ -288,6 +338,7 @@ class _Pool:
                         ring_names[(s, t)] = name
         plan_bytes = _dumps_by_value(self.plan)
         backend_bytes = cloudpickle.dumps(self.backend)
+        context_bytes = cloudpickle.dumps(self.context)
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)
         context = mp.get_context("spawn")
@@ -301,7 +352,7 @@ class _Pool:
                     target=_worker_main, name=f"arrowflow-{self.plan.flow_name}-w{index}", daemon=True,
                     args=(index, self.workers, child, plan_bytes, backend_bytes, ring_names, self.exchanges,
                           self.batch_size, os.path.join(self.local_dir, f"w{index}"), self.max_parallelism,
-                          threads),
+                          threads, context_bytes),
                 )
                 with _main_module_hidden():
                     process.start()
@@ -315,41 +366,67 @@ class _Pool:
                 else:
                     os.environ[var] = value
 
-    def coordinate(self, enumerator: SplitEnumerator) -> list[WorkerReport]:
+    def coordinate(self, job: JobCoordinator) -> list[WorkerReport]:
         reports: dict[int, WorkerReport] = {}
         by_conn = {id(conn): index for index, conn in enumerate(self.conns)}
         by_sentinel = {process.sentinel: index for index, process in enumerate(self.processes)}
+        exiting = False
         while len(reports) < self.workers:
             waiting = [c for i, c in enumerate(self.conns) if i not in reports]
             sentinels = [p.sentinel for i, p in enumerate(self.processes) if i not in reports]
-            for ready in wait(waiting + sentinels, timeout=0.5):
+            for ready in wait(waiting + sentinels, timeout=0.02):
                 if isinstance(ready, int):
                     index = by_sentinel[ready]
-                    self._drain(index, enumerator, reports)  # it may have said why before exiting
+                    exiting |= self._drain(index, job, reports)  # it may have said why before exiting
                     if index not in reports:
                         process = self.processes[index]
                         process.join(1.0)  # reap it, so its exit code is known
                         msg = (f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
-                               f"running; the job stops (restarts from checkpoints need checkpoint_dir)")
+                               f"running")
                         raise WorkerError(msg, worker=index)
                 else:
-                    self._drain(by_conn[id(ready)], enumerator, reports)
+                    exiting |= self._drain(by_conn[id(ready)], job, reports)
+            if exiting:
+                for index, conn in enumerate(self.conns):
+                    if index not in reports:
+                        self._send(conn, ("exit",))
+                exiting = False
+                continue
+            checkpoint_id = job.poll()
+            if checkpoint_id is not None:
+                for conn in self.conns:
+                    self._send(conn, ("checkpoint", checkpoint_id))
         return [reports[i] for i in range(self.workers)]
 
-    def _drain(self, index: int, enumerator: SplitEnumerator, reports: dict[int, WorkerReport]) -> None:
+    @staticmethod
+    def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+        try:
+            conn.send(message)
+        except (BrokenPipeError, OSError):
+            pass  # that worker is gone; its sentinel reports it
+
+    def _drain(self, index: int, job: JobCoordinator, reports: dict[int, WorkerReport]) -> bool:
+        """Handle everything worker ``index`` sent; True when the final checkpoint completed."""
         conn = self.conns[index]
+        final = False
         while index not in reports:
             try:
                 if not conn.poll():
-                    return
+                    return final
                 message = conn.recv()
             except (EOFError, OSError):
-                return
+                return final
             kind = message[0]
             if kind == "next_split":
-                conn.send(enumerator.next_split(message[1], index))
+                self._send(conn, ("split", job.next_split(message[1], index)))
             elif kind == "split_done":
-                enumerator.split_done(message[1], message[2])
+                job.split_done(message[1], message[2], index)
+            elif kind == "rows":
+                job.rows(message[1])
+            elif kind == "finished":
+                job.finished(index)
+            elif kind == "ack":
+                final |= job.ack(index, message[1], message[2])
             elif kind == "report":
                 reports[index] = message[1]
             elif kind == "error":
@@ -357,6 +434,7 @@ class _Pool:
                 last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
                 msg = f"worker {index} failed: {last}\n\n--- worker {index} traceback ---\n{text}"
                 raise WorkerError(msg, worker=index, traceback_text=text)
+        return final
 
     def stop(self) -> None:
         """Stop every process still running, then free every ring and temporary file."""
@@ -377,33 +455,26 @@ class _Pool:
         shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
-def run_pool(plan: Plan, backend: StateBackend, *, workers: int | None, batch_size: int | None,
-             max_parallelism: int) -> RunResult:
-    workers = workers or os.cpu_count() or 1
+def run_pool(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, context: RuntimeContext, *,
+             workers: int, batch_size: int | None, max_parallelism: int) -> RunResult:
     started = time.perf_counter()
-    for op in plan.ops:
-        if op.kind == "sink":
-            op.params["sink"].begin()
-    enumerator = SplitEnumerator(plan)
-    pool = _Pool(plan, backend, workers, batch_size, max_parallelism)
+    pool = _Pool(plan, backend, workers, batch_size, max_parallelism, context)
     try:
         pool.start()
-        reports = pool.coordinate(enumerator)
+        reports = pool.coordinate(coordinator)
     except KeyboardInterrupt:
         pool.stop()
-        msg = f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped, nothing was committed"
+        msg = (f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
+               f"checkpoints already completed ({coordinator.completed or 'none'}) stays committed")
         raise JobCancelled(msg) from None
     finally:
         pool.stop()
-    staged: dict[str, list[Any]] = {}
     metrics: list[dict[str, Any]] = []
     for report in reports:
-        for sink_id, item in report.staged.items():
-            staged.setdefault(sink_id, []).append(item)
         metrics.extend(report.metrics)
-    commit_sinks(plan, 1, staged)
     from arrowflow.runtime.local import collected_outputs
 
     result = RunResult(plan.flow_name, workers, time.perf_counter() - started, metrics)
+    result.checkpoints = list(coordinator.completed)
     result.outputs = collected_outputs(plan)
     return result

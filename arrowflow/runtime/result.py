@@ -17,6 +17,7 @@ class RunResult:
     restarts: int = 0
     checkpoints: list[int] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    restored_from: int | None = None
 
     def metrics(self) -> pl.DataFrame:
         """Per-operator counts summed over workers: rows in and out, batches, malformed."""

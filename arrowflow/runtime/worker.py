@@ -6,13 +6,22 @@ through two small objects:
 
 - ``link`` (to the coordinator): ``next_split(source_id)`` hands out the next split (and
   the position to resume it from) or ``None`` when the source has no more;
-  ``split_done(source_id, split_id)`` reports one finished.
+  ``split_done(source_id, split_id)`` reports one finished; ``rows(n)`` reports progress;
+  ``poll_command(timeout)`` returns the coordinator's next command (``("checkpoint", n)``
+  or ``("exit",)``); ``ack(n, payload)`` and ``finished()`` answer it.
 - ``transport`` (to other workers, pool only): ``send``/``send_end`` for exchanges, and
   ``poll(worker)`` to deliver what arrived. ``None`` in-process.
 
 The loop alternates between delivering arrived batches and reading one batch per source,
 so a worker blocked on a full ring still drains its inputs (no deadlock between two workers
-sending to each other), and ends when every operator has finished.
+sending to each other).
+
+Checkpoint *n* (DESIGN.md §5): on the command, the worker records each source's position,
+sends barrier *n* down from every source, and pauses its sources until every one of its
+operators has taken checkpoint *n* (operators that already finished take it at once); then
+it acks with the positions, the state files written and the sinks' staged output, and
+resumes. When every operator has finished, the worker says so and keeps answering
+checkpoints (the final one commits the output) until the coordinator says ``exit``.
 """
 
 from __future__ import annotations
@@ -24,7 +33,15 @@ from typing import Any, Protocol
 import polars as pl
 
 from arrowflow.plan import Plan
-from arrowflow.runtime.operators import AggOp, ChainOp, ExchangeOp, Operator, SinkOp, UnionOp
+from arrowflow.runtime.operators import (
+    AggOp,
+    ChainOp,
+    ExchangeOp,
+    Operator,
+    RuntimeContext,
+    SinkOp,
+    UnionOp,
+)
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
 from arrowflow.keygroups import key_group_range
@@ -34,6 +51,14 @@ class CoordinatorLink(Protocol):
     def next_split(self, source_id: str) -> tuple[Split, Any] | None: ...
 
     def split_done(self, source_id: str, split_id: str) -> None: ...
+
+    def rows(self, count: int) -> None: ...
+
+    def poll_command(self, timeout: float) -> tuple[Any, ...] | None: ...
+
+    def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None: ...
+
+    def finished(self) -> None: ...
 
 
 class SourceOp(Operator):
@@ -71,6 +96,7 @@ class SourceOp(Operator):
             self._close_reader()
             assert self.split is not None
             self.link.split_done(self.id, self.split.split_id)
+            self.positions.pop(self.split.split_id, None)
             self.split = None
             return True
         assert self.split is not None
@@ -85,6 +111,12 @@ class SourceOp(Operator):
             self.emit(item.data)
             return True
         return item.malformed is not None
+
+    def current_positions(self) -> dict[str, Any]:
+        """The split in progress and the position after its last emitted batch."""
+        if self.split is None:
+            return {}
+        return {self.split.split_id: self.positions.get(self.split.split_id)}
 
     def _close_reader(self) -> None:
         if self.reader is not None:
@@ -104,15 +136,20 @@ class SourceOp(Operator):
 @dataclass
 class WorkerReport:
     worker: int
-    staged: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Worker:
     def __init__(self, plan: Plan, index: int, parallelism: int, link: CoordinatorLink,
                  backend: StateBackend, *, batch_size: int | None, local_dir: str,
-                 max_parallelism: int = 128, transport: Any = None) -> None:
+                 max_parallelism: int = 128, transport: Any = None,
+                 runtime_context: RuntimeContext | None = None) -> None:
         self.plan = plan
+        self.link = link
+        self.pending: int | None = None
+        self.positions: dict[str, dict[str, Any]] = {}
+        self.rows_unreported = 0
+        self.last_rows_report = time.monotonic()
         self.index = index
         self.parallelism = parallelism
         self.transport = transport
@@ -143,6 +180,9 @@ class Worker:
         for spec in plan.ops:
             for index_in, edge in enumerate(spec.inputs):
                 self.ops[edge.op].connect(edge.port, self.ops[spec.id], index_in)
+        self.context = runtime_context or RuntimeContext()
+        for op in self.ops.values():
+            op.context = self.context
 
     def open(self) -> None:
         for op in self.ops.values():
@@ -151,27 +191,81 @@ class Worker:
     def done(self) -> bool:
         return all(op.finished for op in self.ops.values())
 
-    def run(self, final_checkpoint: int = 1) -> WorkerReport:
-        """Drive the operators until every one has finished; stage the sinks' output."""
+    def run(self) -> WorkerReport:
+        """Drive the operators until the coordinator says ``exit``."""
         self.open()
-        idle_sleep = 0.0005
-        while not self.done():
+        said_finished = False
+        while True:
+            command = self.link.poll_command(0.0)
+            if command is not None:
+                if command[0] == "exit":
+                    break
+                self.begin_checkpoint(int(command[1]))
             progressed = False
             if self.transport is not None:
                 progressed |= self.transport.poll(self)
-            for source in self.sources:
-                progressed |= source.step()
+            if self.pending is None:
+                for source in self.sources:
+                    before = source.rows_in
+                    progressed |= source.step()
+                    self.rows_unreported += source.rows_in - before
+            else:
+                self.try_complete_checkpoint()
+            self._report_rows()
+            if self.pending is None and not said_finished and self.done():
+                self._report_rows(force=True)
+                self.link.finished()
+                said_finished = True
             if not progressed:
-                if self.transport is not None:
-                    self.transport.wait(0.05)
+                if said_finished or self.transport is None:
+                    command = self.link.poll_command(0.02 if said_finished else 0.0005)
+                    if command is not None:
+                        if command[0] == "exit":
+                            break
+                        self.begin_checkpoint(int(command[1]))
                 else:
-                    time.sleep(idle_sleep)
-        report = WorkerReport(self.index)
-        for op in self.ops.values():
-            if isinstance(op, SinkOp):
-                report.staged[op.id] = op.writer.prepare_commit(final_checkpoint)
-        report.metrics = self.metrics()
-        return report
+                    self.transport.wait(0.05)
+        return WorkerReport(self.index, self.metrics())
+
+    def _report_rows(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.rows_unreported and (force or now - self.last_rows_report > 0.05):
+            self.link.rows(self.rows_unreported)
+            self.rows_unreported = 0
+            self.last_rows_report = now
+
+    # ------------------------------------------------------------------ checkpoints
+    def begin_checkpoint(self, checkpoint_id: int) -> None:
+        """Record source positions and send barrier ``checkpoint_id`` down from every source."""
+        if self.pending is not None:
+            msg = f"internal: checkpoint {checkpoint_id} requested while {self.pending} is in progress"
+            raise RuntimeError(msg)
+        self._report_rows(force=True)
+        self.pending = checkpoint_id
+        self.positions[str(checkpoint_id)] = {s.id: s.current_positions() for s in self.sources}
+        for source in self.sources:
+            source.checkpointed = checkpoint_id
+            if not source.exhausted:
+                source.forward_barrier(checkpoint_id)
+        self.try_complete_checkpoint()
+
+    def try_complete_checkpoint(self) -> None:
+        checkpoint_id = self.pending
+        if checkpoint_id is None:
+            return
+        for op in self.ops.values():  # plan order is topological
+            if op.finished and op.checkpointed < checkpoint_id:
+                op.take_checkpoint(checkpoint_id)
+        if any(op.checkpointed < checkpoint_id for op in self.ops.values()):
+            return
+        files = self.context.state_files.pop(checkpoint_id, [])
+        staged = self.context.staged.pop(checkpoint_id, {})
+        self.pending = None
+        self.link.ack(checkpoint_id, {
+            "positions": self.positions.pop(str(checkpoint_id)),
+            "state": [f.to_json() for f in files],
+            "staged": staged,
+        })
 
     def deliver(self, exchange_id: str, batch: pl.DataFrame | None, sender: int) -> None:
         """Called by the transport for every arrived message (``None``: the sender ended)."""
@@ -180,7 +274,12 @@ class Worker:
         if batch is None:
             op.sender_ended(sender)
         else:
-            op.deliver(batch)
+            op.deliver(batch, sender)
+
+    def deliver_barrier(self, exchange_id: str, sender: int, checkpoint_id: int) -> None:
+        op = self.ops[exchange_id]
+        assert isinstance(op, ExchangeOp)
+        op.sender_barrier(sender, checkpoint_id)
 
     def metrics(self) -> list[dict[str, Any]]:
         rows = []

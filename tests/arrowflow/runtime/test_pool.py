@@ -38,6 +38,21 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited process not yet reaped, which
+    a sandbox's PID 1 may never reap once its parent is gone)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def our_segments(pid: int) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(f"af-{pid}-")]
 
@@ -207,6 +222,6 @@ def test_ctrl_c_stops_every_worker_and_frees_shared_memory(tmp_path: Path) -> No
     assert "FINISHED" not in out
     assert "JobCancelled" in err and "interrupted (Ctrl-C)" in err
     for pid in workers:  # gone: the coordinator stopped them before it exited
-        assert not Path(f"/proc/{pid}").exists()
+        assert not running(pid)
     assert not our_segments(proc.pid)
     assert not [p for p in (tmp_path / "out").glob("part-*")] if (tmp_path / "out").exists() else True

@@ -1,0 +1,187 @@
+"""The job coordinator: split enumeration, checkpoints and commits, shared by both executors.
+
+State it keeps:
+
+- the :class:`SplitEnumerator` (splits pending, assigned, finished — per worker);
+- the checkpoint in flight (id, start time, acks received), at most one at a time, and the
+  ids of completed checkpoints;
+- rows read so far (for row-count triggers) and which workers have finished.
+
+Protocol (DESIGN.md §5), seen from here:
+
+1. ``poll()`` asks the trigger; when it fires (and the minimum pause has passed, and no
+   checkpoint is in flight) it returns ``("checkpoint", n)`` for every worker.
+2. Each worker acks with its sources' positions, the state files it wrote and its sinks'
+   staged output. The splits a worker finished before it acked are recorded with the ack:
+   its sources were paused from the barrier to the ack, so that set is exact.
+3. With every ack in, ``sources.json`` and then ``_MANIFEST.json`` are written (atomically);
+   only then do the sinks commit. A checkpoint that takes longer than ``timeout`` is
+   counted as aborted: no manifest, and its staged output is carried into the next one.
+4. When every worker has finished, one last checkpoint marked ``final`` commits the rest of
+   the output; then the workers are told to exit.
+
+Without a checkpoint directory only the final checkpoint happens, and nothing is written
+but the sinks' output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any
+
+from arrowflow.checkpoint import SOURCES, CheckpointStorage, Manifest, chk_dir
+from arrowflow.plan import Plan
+from arrowflow.runtime.coordinator import SplitEnumerator
+from arrowflow.sources import Split
+from arrowflow.triggers import ManualTrigger, Trigger, TriggerStats
+
+
+class JobCoordinator:
+    def __init__(self, plan: Plan, parallelism: int, *, storage: CheckpointStorage | None,
+                 trigger: Trigger | None, restored: Manifest | None, max_parallelism: int,
+                 min_pause_s: float = 0.0, timeout_s: float = 600.0, first_id: int = 1) -> None:
+        self.plan = plan
+        self.parallelism = parallelism
+        self.storage = storage
+        self.trigger = trigger or ManualTrigger()
+        self.max_parallelism = max_parallelism
+        self.min_pause_s = min_pause_s
+        self.timeout_s = timeout_s
+        positions: dict[str, dict[str, Any]] = {}
+        finished: dict[str, set[str]] = {}
+        if restored is not None:
+            for source_id, offsets in restored.sources.items():
+                positions[source_id] = dict(offsets.get("positions", {}))
+                finished[source_id] = set(offsets.get("finished", []))
+        self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished)
+        self.base_finished = {op.id: set(finished.get(op.id, ())) for op in plan.sources}
+        self.finished_by: dict[int, dict[str, list[str]]] = {w: {} for w in range(parallelism)}
+        self.next_id = restored.id + 1 if restored is not None else first_id
+        self.in_flight: dict[str, Any] | None = None
+        self.completed: list[int] = []
+        self.aborted: list[int] = []
+        self.carried: dict[str, list[Any]] = {}
+        self.workers_finished: set[int] = set()
+        self.rows_total = 0
+        self.rows_at_last = 0
+        self.last_started = time.monotonic()
+        self.final_done = False
+        self.requested = False
+
+    # ------------------------------------------------------------------ from workers
+    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
+        return self.enumerator.next_split(source_id, worker)
+
+    def split_done(self, source_id: str, split_id: str, worker: int) -> None:
+        self.enumerator.split_done(source_id, split_id)
+        self.finished_by[worker].setdefault(source_id, []).append(split_id)
+
+    def rows(self, count: int) -> None:
+        self.rows_total += count
+
+    def finished(self, worker: int) -> None:
+        self.workers_finished.add(worker)
+
+    def ack(self, worker: int, checkpoint_id: int, payload: dict[str, Any]) -> bool:
+        """Record one ack; returns True when this completed the final checkpoint."""
+        flight = self.in_flight
+        if flight is None or flight["id"] != checkpoint_id:
+            msg = f"internal: ack for checkpoint {checkpoint_id} from worker {worker}, none in flight"
+            raise RuntimeError(msg)
+        payload["finished"] = {s: list(ids) for s, ids in self.finished_by[worker].items()}
+        flight["acks"][worker] = payload
+        if len(flight["acks"]) < self.parallelism:
+            return False
+        self.in_flight = None
+        return self._complete(flight)
+
+    # ------------------------------------------------------------------ decisions
+    def request_checkpoint(self) -> None:
+        """A user asked for a checkpoint now (``job.checkpoint()``)."""
+        self.requested = True
+
+    def poll(self) -> int | None:
+        """The id of a checkpoint to start now, or None."""
+        now = time.monotonic()
+        if self.in_flight is not None:
+            if not self.in_flight["aborted"] and now - self.in_flight["started"] > self.timeout_s:
+                self.in_flight["aborted"] = True
+                self.aborted.append(self.in_flight["id"])
+                warnings.warn(f"checkpoint {self.in_flight['id']} took longer than {self.timeout_s}s and "
+                              f"was aborted; the job goes on", stacklevel=2)
+            return None
+        if self.final_done:
+            return None
+        final = len(self.workers_finished) == self.parallelism
+        if not final:
+            if self.storage is None:
+                return None
+            if now - self.last_started < self.min_pause_s:
+                return None
+            stats = TriggerStats(now - self.last_started, self.rows_total - self.rows_at_last, self.rows_total)
+            if not (self.requested or self.trigger.should_trigger(stats)):
+                return None
+        self.requested = False
+        checkpoint_id = self.next_id
+        self.next_id += 1
+        self.in_flight = {"id": checkpoint_id, "started": now, "acks": {}, "final": final, "aborted": False}
+        self.last_started = now
+        self.rows_at_last = self.rows_total
+        return checkpoint_id
+
+    # ------------------------------------------------------------------ completion
+    def _complete(self, flight: dict[str, Any]) -> bool:
+        checkpoint_id = flight["id"]
+        acks = [flight["acks"][w] for w in range(self.parallelism)]
+        staged: dict[str, list[Any]] = {k: list(v) for k, v in self.carried.items()}
+        for ack in acks:
+            for sink_id, item in ack["staged"].items():
+                if item is not None:
+                    staged.setdefault(sink_id, []).append(item)
+        if flight["aborted"]:
+            self.carried = staged
+            return False
+        self.carried = {}
+        if self.storage is not None:
+            self._write_checkpoint(checkpoint_id, acks, staged, final=flight["final"])
+        self._commit(checkpoint_id, staged)
+        self.completed.append(checkpoint_id)
+        if self.storage is not None:
+            self.storage.prune()
+        if flight["final"]:
+            self.final_done = True
+        return flight["final"]
+
+    def sources_state(self, acks: list[dict[str, Any]]) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for op in self.plan.sources:
+            finished = set(self.base_finished.get(op.id, ()))
+            positions: dict[str, Any] = {}
+            for ack in acks:
+                finished.update(ack["finished"].get(op.id, []))
+                positions.update(ack["positions"].get(op.id, {}))
+            state[op.id] = {"finished": sorted(finished), "positions": positions}
+        return state
+
+    def _write_checkpoint(self, checkpoint_id: int, acks: list[dict[str, Any]],
+                          staged: dict[str, list[Any]], *, final: bool) -> None:
+        assert self.storage is not None
+        sources = self.sources_state(acks)
+        files = [self.storage.write_file(f"{chk_dir(checkpoint_id)}/{SOURCES}",
+                                         json.dumps(sources, sort_keys=True, default=str).encode())]
+        state = [entry for ack in acks for entry in ack["state"]]
+        files.extend({"path": e["path"], "size": e["size"], "sha256": e["sha256"]} for e in state)
+        manifest = Manifest(
+            id=checkpoint_id, time=time.time(), flow=self.plan.flow_name, fingerprint=self.plan.fingerprint,
+            operators=self.plan.operator_fingerprints, parallelism=self.parallelism,
+            max_parallelism=self.max_parallelism, sources=sources, state=state, sinks=staged, files=files,
+            final=final,
+        )
+        self.storage.write_manifest(manifest)
+
+    def _commit(self, checkpoint_id: int, staged: dict[str, list[Any]]) -> None:
+        for op in self.plan.ops:
+            if op.kind == "sink":
+                op.params["sink"].commit(checkpoint_id, staged.get(op.id, []))
