@@ -312,7 +312,7 @@ def temporary_postgres() -> Iterator[str]:
 # ---------------------------------------------------------------------------- the suite
 
 _PROPERTY = settings(
-    max_examples=int(os.environ.get("ARROWFLOW_CONFORMANCE_EXAMPLES", "25")),
+    max_examples=int(os.environ.get("ARROWFLOW_CONFORMANCE_EXAMPLES", "20")),
     deadline=None,
     # one test method, run by each backend subclass: "differing executors" is the design here
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -325,6 +325,8 @@ class StateConformance:
 
     backend: StateBackend | None = None
     capabilities: Capabilities = Capabilities()
+    #: hypothesis examples for the property test (None: ARROWFLOW_CONFORMANCE_EXAMPLES, or 20)
+    property_examples: int | None = None
 
     @pytest.fixture
     def state_backend(self) -> StateBackend:
@@ -436,13 +438,13 @@ class StateConformance:
     def test_large_batch(self, stores: _Stores, oracle: _Stores) -> None:
         spec = StoreSpec("big", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64, "sum": pl.Float64}))
         store, memory = stores.open(spec), oracle.open(spec)
-        ids = np.random.default_rng(1).permutation(400_000)[:150_000]
+        ids = np.random.default_rng(1).permutation(200_000)[:80_000]
         keys = pl.DataFrame({"id": ids})
         values = pl.DataFrame({"n": np.arange(len(ids)), "sum": ids * 0.5})
         for target in (store, memory):
             target.put(keys, values)
             target.put(keys[::3], values[::3].with_columns(pl.col("n") * 2))
-        probe = pl.DataFrame({"id": np.arange(0, 400_000, 2)})
+        probe = pl.DataFrame({"id": np.arange(0, 200_000, 2)})
         assert_frame_equal(store.get(probe), memory.get(probe), check_exact=True)
         assert_same_contents(store, memory)
 
@@ -619,10 +621,17 @@ class StateConformance:
 
     # ------------------------------------------------------------------ properties
 
-    @_PROPERTY
-    @given(data=st.data())
-    def test_random_operations_match_memory(self, state_backend: StateBackend, data: st.DataObject) -> None:
+    def test_random_operations_match_memory(self, state_backend: StateBackend) -> None:
         """Random schemas, keys (with nulls, several columns) and operation sequences."""
+
+        @settings(_PROPERTY, max_examples=self.property_examples or _PROPERTY.max_examples)
+        @given(data=st.data())
+        def check(data: st.DataObject) -> None:
+            self._random_operations(state_backend, data)
+
+        check()
+
+    def _random_operations(self, state_backend: StateBackend, data: st.DataObject) -> None:
         capabilities = self.capabilities
         key_kinds, value_kinds = data.draw(schemas(capabilities), label="schema")
         spec = _spec(key_kinds, value_kinds)

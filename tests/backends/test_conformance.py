@@ -27,6 +27,7 @@ class TestSqlite(StateConformance):
 @pytest.mark.postgres
 class TestPostgres(StateConformance):
     capabilities = Capabilities(nested=False, nul_in_text=False)
+    property_examples = 10  # each example creates tables over the network: keep the suite quick
 
     @pytest.fixture
     def state_backend(self, postgres_url: str) -> StateBackend:

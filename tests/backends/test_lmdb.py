@@ -57,6 +57,19 @@ def test_the_map_grows_by_itself(tmp_path: Path) -> None:
     assert_same_contents(store, memory)  # type: ignore[arg-type]
 
 
+def test_batches_larger_than_one_binding_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch goes to the binding in chunks (one transaction still): chunk edges lose nothing."""
+    monkeypatch.setattr("arrowflow.backends.lmdb.CHUNK", 7)
+    store = _open(LmdbBackend(), tmp_path)
+    memory = _open(MemoryBackend(), tmp_path, "m")
+    for target in (store, memory):
+        target.put(*_rows(np.arange(100)))
+        target.delete(pl.DataFrame({"id": np.arange(0, 100, 3)}))
+    probe = pl.DataFrame({"id": np.arange(-5, 105)})
+    assert store.get(probe).equals(memory.get(probe))  # type: ignore[attr-defined]
+    assert_same_contents(store, memory)  # type: ignore[arg-type]
+
+
 def test_a_full_map_is_a_state_error_and_the_store_is_unchanged(tmp_path: Path) -> None:
     store = _open(LmdbBackend(map_size=1 << 16, max_map_size=1 << 20), tmp_path)
     memory = _open(MemoryBackend(), tmp_path, "m")
