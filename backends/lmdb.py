@@ -14,11 +14,21 @@ State it keeps, per store (one LMDB environment, two named databases):
   a snapshot file describes itself.
 
 Protocol per batch: ``get`` is one read transaction that looks up every key of the batch;
-``put`` and ``delete`` are one write transaction each (``putmulti`` through a cursor). Keys are
-encoded and values decoded with numpy over whole columns; the only per-row work is the
-``bytes`` object per key and value that the binding needs and its C loop over them. The
-memory map starts small and doubles whenever LMDB reports it full: the failed transaction
-was aborted, so the batch is simply retried — it is applied entirely or not at all.
+``put`` and ``delete`` are one write transaction each (``putmulti`` through a cursor), so a
+batch is applied entirely or not at all. Keys are encoded and values decoded with numpy over
+whole columns; the only per-row work is the ``bytes`` object per key and value that the
+binding needs and its own C loop over them (``benchmarks/bench_state.py`` measures the
+split). A batch is visited in the order the B-tree keeps its keys (a radix sort on their
+first bytes), which halves the cost on a large store; nothing else depends on key order.
+
+Memory: the environment is opened with ``writemap``, so a write transaction's dirty pages
+live in the file-backed map, not on the heap (without it, a batch that touches 100k pages
+holds 400 MB of page copies in malloc'd memory until it commits), and the state may be far
+larger than the worker's memory. The data file's disk blocks are reserved
+(``posix_fallocate``) before the map may use them, so a full disk is a :class:`StateError`
+before a page is written, never a SIGBUS; the price is that the file takes the map's size
+on disk (at most twice the data). The map starts at ``map_size`` and doubles whenever LMDB
+reports it full: the failed transaction was aborted, so the batch is simply retried.
 
 A snapshot is LMDB's consistent copy (``mdb_env_copy2`` with compaction) of the environment,
 streamed to ``chk-<n>/state/<store>/<start>-<stop>.lmdb``. Restore downloads each file that

@@ -27,7 +27,9 @@ Protocol per batch, never a statement per row: ``put`` bulk-ingests the batch in
 temporary table (``adbc_ingest``: COPY on PostgreSQL) and runs one
 ``INSERT … SELECT … ON CONFLICT ("__key") DO UPDATE``; ``get`` ingests the keys with their
 row numbers and runs one ``LEFT JOIN``; ``delete`` one ``DELETE … WHERE "__key" IN (…)``.
-Each runs in its own transaction, so a failed batch leaves the table as it was. The number of
+Each runs in its own transaction, so a failed batch leaves the table as it was. Rows go in
+the primary key's order (a radix sort on the encoded key's first bytes), so that the join
+and the upsert walk the index page after page instead of at random. The number of
 keys is tracked as rows are inserted and deleted (``count(*)`` is a full scan in SQLite),
 helped by the read-modify-write pattern: a ``put`` of exactly the keys of the previous
 ``get`` already knows which of them exist.
