@@ -433,7 +433,8 @@ class SqlBackend(StateBackend):
     """State in tables of a relational database, through ADBC.
 
     ``url``: None for an SQLite file in each worker's local directory; ``"sqlite:///path"``
-    for a given SQLite file; ``"postgresql://user:password@host:port/database"`` for PostgreSQL.
+    (relative) or ``"sqlite:////path"`` (absolute) for a given SQLite file;
+    ``"postgresql://user:password@host:port/database"`` for PostgreSQL.
     ``table_prefix``: the start of every table name (default ``af_``, plus a per-run token in
     a shared database). ``keep_tables``: leave the tables in place when the job ends.
     ``connect_timeout``: seconds to wait for a PostgreSQL server to answer.
@@ -467,8 +468,9 @@ class SqlBackend(StateBackend):
     def _sqlite_path(self, context: StoreContext) -> str:
         if self.url is None:
             return os.path.join(context.local_dir, "sql", f"state-w{context.worker}.sqlite")
+        # SQLAlchemy's convention: sqlite:///relative/file.db, sqlite:////absolute/file.db
         path = self.url[len("sqlite://"):]
-        return path[1:] if path.startswith("//") else path  # sqlite:///abs -> /abs, sqlite://rel -> rel
+        return path[1:] if path.startswith("/") else path
 
     def _connect(self, context: StoreContext) -> tuple[Any, str]:
         if self.kind == "postgresql":
@@ -506,7 +508,7 @@ class SqlBackend(StateBackend):
             first = str(exc).strip().splitlines()[0]
             msg = (
                 f"sql state backend: cannot create or open the SQLite database {path!r}: {first}. "
-                f"Give a writable location, e.g. state='sqlite:///tmp/state.db'."
+                f"Give a writable location, e.g. state='sqlite:////tmp/state.db'."
             )
             raise StateError(msg) from exc
         return connection, f"SQLite {path!r}"

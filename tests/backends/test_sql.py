@@ -175,3 +175,17 @@ def test_stores_of_a_worker_share_one_sqlite_file_and_connection(tmp_path: Path)
     second.close()
     with sqlite3.connect(tmp_path / "w0" / "sql" / "state-w0.sqlite") as reader:
         assert reader.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone() == (0,)
+
+
+def test_sqlite_urls_follow_sqlalchemy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///relative.db`` and ``sqlite:////absolute.db``; tables named for the run."""
+    monkeypatch.chdir(tmp_path)
+    for url, path in [("sqlite:///rel/state.db", tmp_path / "rel" / "state.db"),
+                      (f"sqlite:///{tmp_path}/abs.db", tmp_path / "abs.db")]:
+        store = SqlBackend(url, keep_tables=True).open_store(SPEC, range(0, 128), _context(tmp_path))
+        store.put(KEYS, VALUES)
+        store.close()
+        with sqlite3.connect(path) as reader:
+            (name,) = reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchone()
+            assert name.startswith("af_") and name.endswith("_agg-1_000_128") and len(name) == len("af_12345678_agg-1_000_128")
+            assert reader.execute(f'SELECT count(*) FROM "{name}"').fetchone() == (3,)
