@@ -51,7 +51,7 @@ from arrowflow.errors import StateError
 from arrowflow.keygroups import key_group_range, key_groups
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
 
-__all__ = ["Capabilities", "StateConformance", "temporary_postgres"]
+__all__ = ["Capabilities", "StateConformance", "assert_same_contents", "temporary_postgres"]
 
 ALL_GROUPS = range(0, 128)
 
@@ -618,6 +618,29 @@ class StateConformance:
             restored = stores.open(spec)
             restored.restore(storage.fs, root, store.snapshot(storage.fs, root, 1))
             assert_same_contents(restored, memory)
+
+    def test_nested_values_round_trip_or_are_refused_at_open(self, stores: _Stores, oracle: _Stores,
+                                                              storage: _Storage) -> None:
+        """A backend either keeps list and struct values exactly, or refuses them up front."""
+        spec = StoreSpec("nested", pl.Schema({"id": pl.Int64}), pl.Schema({
+            "pages": pl.List(pl.String), "last": pl.Struct({"at": pl.Datetime("ms"), "amount": pl.Float64})}))
+        if not self.capabilities.nested:
+            with pytest.raises(StateError, match=r"column 'pages' has type List\(String\)"):
+                stores.open(spec)
+            return
+        keys = pl.DataFrame({"id": [1, 2, 3]})
+        values = pl.DataFrame({
+            "pages": [["/a", "/b"], [], None],
+            "last": [{"at": dt.datetime(2024, 1, 1), "amount": 2.5}, None, {"at": None, "amount": 1.0}],
+        }, schema=dict(spec.value_schema))
+        store, memory = stores.open(spec), oracle.open(spec)
+        for target in (store, memory):
+            target.put(keys, values)
+        assert_frame_equal(store.get(keys), memory.get(keys), check_exact=True)
+        root = storage.root()
+        restored = stores.open(spec)
+        restored.restore(storage.fs, root, store.snapshot(storage.fs, root, 1))
+        assert_frame_equal(restored.get(keys), memory.get(keys), check_exact=True)
 
     # ------------------------------------------------------------------ properties
 

@@ -17,6 +17,7 @@ class TestArrow(StateConformance):
 
 class TestLmdb(StateConformance):
     backend = LmdbBackend(map_size=1 << 16)  # tiny: every test also exercises map growth
+    capabilities = Capabilities(nested=False)
 
 
 class TestSqlite(StateConformance):
