@@ -4,6 +4,7 @@ Build a :class:`Flow` from sources, polars expressions and keyed aggregations, t
 ``flow.run()`` it or ``stream.collect()`` a stream into a polars DataFrame.
 """
 
+from arrowflow.checkpoint import read_state as read_state
 from arrowflow.dataflow import Flow as Flow
 from arrowflow.dataflow import KeyedStream as KeyedStream
 from arrowflow.dataflow import Stream as Stream
@@ -40,4 +41,5 @@ __all__ = [
     "TriggerStats",
     "every",
     "every_rows",
+    "read_state",
 ]

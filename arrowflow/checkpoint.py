@@ -59,13 +59,14 @@ class Manifest:
     sinks: dict[str, list[Any]]
     files: list[dict[str, Any]] = field(default_factory=list)
     final: bool = False
+    stores: dict[str, Any] = field(default_factory=dict)  # store name -> encoded StoreSpec
 
     def to_bytes(self) -> bytes:
         body = {
             "format": FORMAT_VERSION, "id": self.id, "time": self.time, "flow": self.flow,
             "fingerprint": self.fingerprint, "operators": self.operators, "parallelism": self.parallelism,
             "max_parallelism": self.max_parallelism, "sources": self.sources, "state": self.state,
-            "sinks": self.sinks, "files": self.files, "final": self.final,
+            "sinks": self.sinks, "files": self.files, "final": self.final, "stores": self.stores,
         }
         text = json.dumps(body, sort_keys=True, default=str)
         body["checksum"] = _digest(text.encode())
@@ -133,6 +134,7 @@ class CheckpointStorage:
             msg = f"checkpoint {manifest.id} already exists in {self.url!r}; two jobs share one checkpoint_dir?"
             raise CheckpointError(msg)
         try:
+            self.fs.makedirs(self.path(chk_dir(manifest.id)), exist_ok=True)
             if self.local:
                 temporary = self.path(f"{chk_dir(manifest.id)}/.{MANIFEST}.{time.time_ns()}")
                 with self.fs.open(temporary, "wb") as handle:
@@ -271,3 +273,99 @@ def operator_differences(saved: dict[str, str], current: dict[str, str]) -> list
         elif saved[op] != current[op]:
             lines.append(f"{op!r} changed (keys, aggregations, state or schema)")
     return lines
+
+
+# ---------------------------------------------------------------------- specs and reading
+
+
+def encode_spec(spec: Any) -> dict[str, Any]:
+    """A StoreSpec as JSON: schemas as base64 Arrow IPC schema messages."""
+    import base64
+
+    def schema_bytes(schema: pl.Schema) -> str:
+        return base64.b64encode(pl.DataFrame(schema=schema).to_arrow().schema.serialize().to_pybytes()).decode()
+
+    return {"name": spec.name, "key_schema": schema_bytes(spec.key_schema),
+            "value_schema": schema_bytes(spec.value_schema), "max_parallelism": spec.max_parallelism,
+            "ttl_ms": spec.ttl_ms}
+
+
+def decode_spec(data: dict[str, Any]) -> Any:
+    import base64
+
+    import pyarrow as pa
+
+    from arrowflow.state import StoreSpec
+
+    def schema_of(text: str) -> pl.Schema:
+        arrow = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+        return pl.DataFrame(arrow.empty_table()).schema
+
+    return StoreSpec(data["name"], schema_of(data["key_schema"]), schema_of(data["value_schema"]),
+                     max_parallelism=data["max_parallelism"], ttl_ms=data.get("ttl_ms"))
+
+
+_READERS = {"arrow": "memory", "lmdb": "lmdb"}
+
+
+def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int | None = None,
+               storage_options: dict[str, Any] | None = None, raw: bool = False) -> pl.DataFrame:
+    """The state of ``operator`` in a checkpoint, as one polars DataFrame (the job need not run).
+
+    ``checkpoint`` is a checkpoint directory URL (its newest complete checkpoint, or
+    ``checkpoint_id``). For a keyed aggregation the partial aggregates are turned into the
+    aggregation's values (``raw=True`` keeps the partials); other operators' stores come as
+    stored, with a ``__store`` column when the operator has several.
+    """
+    import tempfile
+
+    from arrowflow.state import StateFile, StoreContext, resolve_backend
+
+    storage = CheckpointStorage(checkpoint if isinstance(checkpoint, str) else ".", storage_options)
+    manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
+    if manifest is None:
+        msg = f"no complete checkpoint in {storage.url!r}"
+        raise CheckpointError(msg)
+    names = [n for n in manifest.stores if n == operator or n.startswith(f"{operator}/")]
+    if not names:
+        known = sorted({n.split("/")[0] for n in manifest.stores})
+        msg = f"checkpoint {manifest.id} holds no state of operator {operator!r}; operators with state: {known}"
+        raise CheckpointError(msg)
+    frames = []
+    for name in names:
+        spec = decode_spec(manifest.stores[name])
+        files = [StateFile.from_json(f) for f in manifest.state if f["store"] == name]
+        backend_name = _READERS.get(files[0].format if files else "arrow", "memory")
+        with tempfile.TemporaryDirectory(prefix="arrowflow-read-state-") as local:
+            backend = resolve_backend(backend_name)
+            store = backend.open_store(spec, range(spec.max_parallelism), StoreContext(local, 0, 1))
+            try:
+                store.restore(storage.fs, storage.root, files)
+                parts = [frame.clone() for frame in store.scan()]
+            finally:
+                store.close()
+        frame = pl.concat(parts) if parts else pl.DataFrame(schema={**spec.key_schema, **spec.value_schema})
+        if not raw:
+            frame = _decode_partials(frame, spec)
+        if len(names) > 1:
+            frame = frame.with_columns(pl.lit(name.split("/", 1)[-1]).alias("__store"))
+        frames.append(frame)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _decode_partials(frame: pl.DataFrame, spec: Any) -> pl.DataFrame:
+    """Turn a keyed aggregation's partial columns (``total__sum``…) into its values."""
+    values = [c for c in spec.value_columns if c != "__n"]
+    if not values or not all("__" in c for c in values):
+        return frame
+    groups: dict[str, dict[str, str]] = {}
+    for column in values:
+        name, kind = column.rsplit("__", 1)
+        groups.setdefault(name, {})[kind] = column
+    exprs: list[pl.Expr] = [pl.col(k) for k in spec.key_columns]
+    for name, kinds in groups.items():
+        if set(kinds) == {"sum", "count"}:
+            exprs.append((pl.col(kinds["sum"]) / pl.col(kinds["count"])).alias(name))
+        else:
+            exprs.append(pl.col(next(iter(kinds.values()))).alias(name))
+    return frame.select(exprs)

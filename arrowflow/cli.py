@@ -268,6 +268,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="events to generate (default: 3,000,000)",
     )
     demo.add_argument("--workers", type=_workers, help="worker processes; 0 runs in this process")
+
+    checkpoints = commands.add_parser(
+        "checkpoints", help="inspect a job's checkpoints",
+        description="Inspect the checkpoints in a checkpoint directory (any fsspec URL).",
+    )
+    checkpoint_commands = checkpoints.add_subparsers(dest="checkpoints_command", metavar="ACTION")
+    checkpoint_commands.required = True
+    listing = checkpoint_commands.add_parser("list", help="id, time, size, offsets and state files of each")
+    listing.add_argument("url", metavar="URL", help="the job's checkpoint_dir")
+
+    state = commands.add_parser(
+        "state", help="query the state in a checkpoint",
+        description="Query operator state in a checkpoint with SQL (polars SQL): every operator "
+                    "with state is a table named after its id.",
+    )
+    state_commands = state.add_subparsers(dest="state_command", metavar="ACTION")
+    state_commands.required = True
+    query = state_commands.add_parser("query", help='e.g. state query ckpt/ "SELECT * FROM agg LIMIT 5"')
+    query.add_argument("url", metavar="URL", help="the job's checkpoint_dir")
+    query.add_argument("sql", metavar="SQL", help="a polars SQL query over the operators' state")
+    query.add_argument("--checkpoint", type=int, metavar="ID", help="a checkpoint id (default: the newest)")
     return parser
 
 
@@ -292,11 +313,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from arrowflow.checkpoint import CheckpointStorage, chk_dir
+
+    storage = CheckpointStorage(args.url)
+    frame = storage.list()
+    if frame.is_empty():
+        print(f"no complete checkpoint in {args.url}")
+        return EXIT_OK
+    frame = frame.with_columns(pl.col("id").map_elements(chk_dir, return_dtype=pl.String).alias("directory"))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=120, tbl_width_chars=200):
+        print(frame.select("id", "directory", "time", "size_bytes", "state_files", "parallelism", "final", "offsets"))
+    return EXIT_OK
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from arrowflow.checkpoint import CheckpointStorage, read_state
+
+    storage = CheckpointStorage(args.url)
+    manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()
+    if manifest is None:
+        raise UsageError(f"no complete checkpoint in {args.url}")
+    context = pl.SQLContext()
+    for operator in sorted({name.split("/")[0] for name in manifest.stores}):
+        context.register(operator, read_state(args.url, operator, checkpoint_id=manifest.id))
+    result = context.execute(args.sql, eager=True)
+    with pl.Config(tbl_rows=50, tbl_cols=-1):
+        print(f"checkpoint {manifest.id}:")
+        print(result)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``arrowflow`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 on a usage error
-    command = {"run": cmd_run, "demo": cmd_demo}[args.command]
+    command = {"run": cmd_run, "demo": cmd_demo, "checkpoints": cmd_checkpoints, "state": cmd_state}[args.command]
     try:
         return command(args)
     except UsageError as exc:

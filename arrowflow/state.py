@@ -185,7 +185,7 @@ def ipc_bytes(frame: pl.DataFrame) -> bytes:
 def read_ipc_bytes(payload: bytes) -> pl.DataFrame:
     import io as _stdio
 
-    return pl.read_ipc(_stdio.BytesIO(payload), memory_map=False)
+    return pl.read_ipc(_stdio.BytesIO(payload))
 
 
 def read_verified(fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> bytes:

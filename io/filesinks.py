@@ -13,8 +13,10 @@ State and protocol (see :mod:`arrowflow.sinks`):
   skipped, so re-running it from a checkpoint's manifest after a crash is safe.
 - ``begin()`` (a fresh run) applies ``mode`` to the visible files already there —
   ``overwrite`` deletes them, ``append`` keeps them, ``error`` refuses to run — and clears
-  staging left by an earlier run. ``recover(n)`` (a restored run) deletes staged files of
-  checkpoints after ``n``, which no manifest will ever commit.
+  staging left by an earlier run. On restore from checkpoint ``n`` the runtime first re-runs
+  ``commit(n)`` from its manifest, then calls ``recover(n)``, which deletes whatever is still
+  staged: files of later checkpoints that never completed, or of a crashed attempt. None of
+  them is ever committed.
 
 arrowflow and Spark skip names starting with ``_`` or ``.``, so they only ever see committed
 files. polars does not skip them, but staged files live in the ``.staging/`` folder, so a
@@ -147,7 +149,9 @@ class FileSink(Sink):
         self.restored_from = 0
 
     def recover(self, checkpoint_id: int) -> None:
-        """Restored run: staged files of checkpoints after ``checkpoint_id`` are never committed."""
+        """Restored run. The runtime re-ran ``commit`` for ``checkpoint_id`` first, so whatever is
+        still staged belongs to no complete checkpoint (a later one that never completed, or
+        an attempt that crashed): it is deleted, never committed."""
         fs, root = self._fs()
         staging = f"{root}/{STAGING}"
         self.restored_from = checkpoint_id
@@ -155,11 +159,8 @@ class FileSink(Sink):
             if not fs.exists(staging):
                 fs.makedirs(staging, exist_ok=True)
                 return
-            doomed = []
-            for path in fs.ls(staging, detail=False):
-                staged_for = part_checkpoint(path.rstrip("/").rsplit("/", 1)[-1])
-                if staged_for is not None and staged_for > checkpoint_id:
-                    doomed.append(path)
+            doomed = [path for path in fs.ls(staging, detail=False)
+                      if part_checkpoint(path.rstrip("/").rsplit("/", 1)[-1]) is not None]
             if doomed:
                 fs.rm(doomed)
         except OSError as exc:

@@ -31,6 +31,7 @@ import time
 import warnings
 from typing import Any
 
+from arrowflow._faults import fault_point
 from arrowflow.checkpoint import SOURCES, CheckpointStorage, Manifest, chk_dir
 from arrowflow.plan import Plan
 from arrowflow.runtime.coordinator import SplitEnumerator
@@ -58,7 +59,8 @@ class JobCoordinator:
         self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished)
         self.base_finished = {op.id: set(finished.get(op.id, ())) for op in plan.sources}
         self.finished_by: dict[int, dict[str, list[str]]] = {w: {} for w in range(parallelism)}
-        self.next_id = restored.id + 1 if restored is not None else first_id
+        # Never reuse an id: a newer checkpoint may exist, damaged or incomplete.
+        self.next_id = max(restored.id + 1, first_id) if restored is not None else first_id
         self.in_flight: dict[str, Any] | None = None
         self.completed: list[int] = []
         self.aborted: list[int] = []
@@ -177,9 +179,11 @@ class JobCoordinator:
             id=checkpoint_id, time=time.time(), flow=self.plan.flow_name, fingerprint=self.plan.fingerprint,
             operators=self.plan.operator_fingerprints, parallelism=self.parallelism,
             max_parallelism=self.max_parallelism, sources=sources, state=state, sinks=staged, files=files,
-            final=final,
+            final=final, stores={name: spec for ack in acks for name, spec in ack.get("stores", {}).items()},
         )
+        fault_point("before_manifest")
         self.storage.write_manifest(manifest)
+        fault_point("after_manifest")
 
     def _commit(self, checkpoint_id: int, staged: dict[str, list[Any]]) -> None:
         for op in self.plan.ops:

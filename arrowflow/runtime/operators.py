@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._faults import fault_point
 from arrowflow.aggregates import IncrementalAgg
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.keygroups import key_groups, owner_of
@@ -42,6 +43,7 @@ class RuntimeContext:
     restore_files: list[StateFile] = field(default_factory=list)
     state_files: dict[int, list[StateFile]] = field(default_factory=dict)
     staged: dict[int, dict[str, Any]] = field(default_factory=dict)
+    store_specs: dict[str, Any] = field(default_factory=dict)  # name -> encoded StoreSpec
 
     def files_for(self, store: str) -> list[StateFile]:
         return [f for f in self.restore_files if f.store == store]
@@ -416,7 +418,12 @@ def snapshot_stores(context: RuntimeContext, stores: dict[str, KeyedStore | None
     files = context.state_files.setdefault(checkpoint_id, [])
     for store in stores.values():
         if store is not None:
+            if store.spec.name not in context.store_specs:
+                from arrowflow.checkpoint import encode_spec
+
+                context.store_specs[store.spec.name] = encode_spec(store.spec)
             files.extend(store.snapshot(context.storage.fs, context.storage.root, checkpoint_id))
+            fault_point("during_snapshot")
 
 
 def restore_stores(context: RuntimeContext, stores: dict[str, KeyedStore | None]) -> None:

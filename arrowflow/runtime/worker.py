@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from arrowflow._faults import fault_point
 from arrowflow.plan import Plan
 from arrowflow.runtime.operators import (
     AggOp,
@@ -265,7 +266,9 @@ class Worker:
             "positions": self.positions.pop(str(checkpoint_id)),
             "state": [f.to_json() for f in files],
             "staged": staged,
+            "stores": dict(self.context.store_specs),
         })
+        fault_point("after_ack")
 
     def deliver(self, exchange_id: str, batch: pl.DataFrame | None, sender: int) -> None:
         """Called by the transport for every arrived message (``None``: the sender ended)."""

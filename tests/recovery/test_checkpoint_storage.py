@@ -1,0 +1,111 @@
+"""Checkpoint storage: damaged checkpoints are skipped, changed flows refused, manifests atomic."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.checkpoint import CheckpointStorage, Manifest
+from arrowflow.errors import CheckpointError
+
+
+def crashed_run(tmp: Path, recovery_input: Path, recovery) -> None:
+    """A 1-worker run killed right after its 3rd manifest: checkpoints 1-3 complete."""
+    code, out, _ = recovery.run_job(tmp, recovery_input, workers=1, state="arrow", every="50ms",
+                                    faults="after_manifest@3")
+    assert code != 0 and "RESULT" not in out
+    assert [m for m in CheckpointStorage(str(tmp / "checkpoints")).checkpoint_ids()][:1] == [3]
+
+
+def newest_state_file(tmp: Path) -> Path:
+    manifest = json.loads((tmp / "checkpoints" / "chk-00000003" / "_MANIFEST.json").read_text())
+    return tmp / "checkpoints" / manifest["state"][0]["path"]
+
+
+@pytest.mark.parametrize("damage", ["truncated manifest", "state file removed", "flipped byte"])
+def test_a_damaged_checkpoint_is_skipped_and_the_previous_one_used(tmp_path: Path, recovery_input: Path,
+                                                                   recovery, damage: str) -> None:
+    crashed_run(tmp_path, recovery_input, recovery)
+    if damage == "truncated manifest":
+        path = tmp_path / "checkpoints" / "chk-00000003" / "_MANIFEST.json"
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "state file removed":
+        newest_state_file(tmp_path).unlink()
+    else:
+        path = newest_state_file(tmp_path)
+        payload = bytearray(path.read_bytes())
+        payload[len(payload) // 2] ^= 0x40
+        path.write_bytes(bytes(payload))
+    storage = CheckpointStorage(str(tmp_path / "checkpoints"))
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        latest = storage.latest()
+    assert latest is not None and latest.id == 2
+    code, out, err = recovery.run_job(tmp_path, recovery_input, workers=1, state="arrow")
+    assert code == 0, err[-2000:]
+    assert '"restored_from": 2' in out
+    assert "skipping checkpoint 3" in err
+    rows, agg = recovery.expected_outputs(recovery_input)
+    got = recovery.committed(tmp_path / "rows")
+    assert got.sort("event_id").equals(rows.sort("event_id"))
+    got_agg = recovery.latest_per_key(recovery.committed(tmp_path / "agg")).sort("user_id")
+    assert got_agg.select("user_id", "n").equals(agg.sort("user_id").select("user_id", "n"))
+
+
+def test_restoring_onto_a_changed_flow_names_the_operator(tmp_path: Path, recovery_input: Path, recovery) -> None:
+    crashed_run(tmp_path, recovery_input, recovery)
+    flow = af.Flow("recovery")
+    events = flow.read_parquet(str(recovery_input))
+    (events.key_by("user_id").agg(n=pl.len(), total=pl.col("amount").max(), biggest=pl.col("amount").max())
+     .write_parquet(str(tmp_path / "agg2")))
+    with pytest.raises(CheckpointError, match=r"'agg' changed"):
+        flow.run(workers=0, checkpoint_dir=str(tmp_path / "checkpoints"))
+
+
+def _manifest(checkpoint_id: int) -> Manifest:
+    return Manifest(id=checkpoint_id, time=0.0, flow="f", fingerprint="x", operators={}, parallelism=1,
+                    max_parallelism=128, sources={}, state=[], sinks={}, files=[])
+
+
+def test_manifest_commit_is_create_if_absent_on_memory_and_local(tmp_path: Path) -> None:
+    for url in (str(tmp_path / "ck"), "memory://arrowflow-test/ck"):
+        storage = CheckpointStorage(url)
+        storage.ensure()
+        storage.write_manifest(_manifest(1))
+        with pytest.raises(CheckpointError, match="already exists"):
+            storage.write_manifest(_manifest(1))
+        assert storage.latest().id == 1
+
+
+def test_retention_keeps_the_newest_complete_checkpoints(tmp_path: Path) -> None:
+    storage = CheckpointStorage(str(tmp_path / "ck"), keep=2)
+    storage.ensure()
+    for checkpoint_id in range(1, 6):
+        storage.write_manifest(_manifest(checkpoint_id))
+    (tmp_path / "ck" / "chk-00000006").mkdir()  # an incomplete, newer checkpoint stays
+    storage.prune()
+    assert storage.checkpoint_ids() == [6, 5, 4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert storage.latest().id == 5
+
+
+def test_checkpoints_list_and_state_query_cli(tmp_path: Path, recovery_input: Path, recovery) -> None:
+    import subprocess
+    import sys
+
+    crashed_run(tmp_path, recovery_input, recovery)
+    listing = subprocess.run([sys.executable, "-m", "arrowflow.cli", "checkpoints", "list", str(tmp_path / "checkpoints")],
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "chk" in listing.stdout or "3" in listing.stdout
+    state = af.read_state(str(tmp_path / "checkpoints"), "agg")
+    # The state at checkpoint 3 counts exactly the events the sources had read by then.
+    manifest = CheckpointStorage(str(tmp_path / "checkpoints")).latest()
+    assert state.columns[:1] == ["user_id"]
+    assert state["n"].sum() > 0
+    assert manifest is not None
