@@ -304,6 +304,7 @@ class ExchangeOp(Operator):
     def deliver(self, batch: pl.DataFrame, sender: int) -> None:
         """A batch another worker routed here (never after its barrier: its ring is paused)."""
         self.emit(batch)
+        self.rows_out -= batch.height  # counted once, by the worker that sent it
 
     def receive_barrier(self, checkpoint_id: int, index: int) -> None:
         # From our local upstream: pass it to every other worker, then count ourselves.
@@ -335,6 +336,10 @@ class ExchangeOp(Operator):
         super().end_input(sender)
 
 
+#: Partial-aggregate rows an AggOp gathers before merging them into its store.
+PARTIAL_ROWS = 1_000_000
+
+
 class AggOp(Operator):
     """Keyed running aggregation over a state store."""
 
@@ -347,6 +352,8 @@ class AggOp(Operator):
         self.store: KeyedStore | None = None
         self.dirty: list[pl.DataFrame] = []
         self.dirty_rows = 0
+        self.partials: list[pl.DataFrame] = []
+        self.partial_rows = 0
 
     def store_spec(self) -> StoreSpec:
         return StoreSpec(self.id, self.agg.key_schema, self.agg.state_schema,
@@ -357,8 +364,21 @@ class AggOp(Operator):
         restore_stores(self.context, {"": self.store})
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
-        assert self.store is not None
+        # Pre-aggregate each batch now (the batch itself may not be kept: behind an exchange it
+        # is a view of a shared-memory ring), and merge the partials into the store in large
+        # groups: one store read and write per ~PARTIAL_ROWS keys instead of one per batch.
         partial = self.agg.partial(batch)
+        self.partials.append(partial)
+        self.partial_rows += partial.height
+        if self.partial_rows >= PARTIAL_ROWS:
+            self.merge_partials()
+
+    def merge_partials(self) -> None:
+        assert self.store is not None
+        if not self.partials:
+            return
+        partials, self.partials, self.partial_rows = self.partials, [], 0
+        partial = self.agg.combine(pl.concat(partials)) if len(partials) > 1 else partials[0]
         keys = partial.select(self.agg.keys)
         merged = self.agg.merge(self.store.get(keys), partial)
         self.store.put(keys, merged)
@@ -371,6 +391,7 @@ class AggOp(Operator):
     def emit_updates(self) -> None:
         """Emit the current value of every key updated since the last emission."""
         assert self.store is not None
+        self.merge_partials()
         if not self.dirty:
             return
         keys = pl.concat(self.dirty).unique(maintain_order=True) if len(self.dirty) > 1 else self.dirty[0]
