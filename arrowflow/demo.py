@@ -32,11 +32,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 import arrowflow as af
+from arrowflow.checkpoint import CheckpointStorage
 
 EVENT_TYPES = (
     "view",
@@ -255,11 +257,32 @@ def run_demo(
         "totals per user -> Parquet;\n          unparseable NDJSON lines -> their own output"
     )
     say("")
-    options = {} if workers is None else {"workers": workers}
+    # The embedded defaults a user would deploy: state in LMDB on local disk, checkpoints in a
+    # local folder. Each run of the demo starts fresh.
+    checkpoints = root / "checkpoints"
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    options: dict[str, Any] = {"state": "lmdb", "checkpoint_dir": str(checkpoints),
+                               "checkpoint_every": "1s", "restore": None}
+    if workers is not None:
+        options["workers"] = workers
     result = flow.run(**options)
     say(format_summary(flow, result))
+    say("")
+    listing = CheckpointStorage(str(checkpoints)).list()
+    say(f"checkpoints: {len(result.checkpoints)} taken ({', '.join(map(str, result.checkpoints))}), state in LMDB; "
+        f"kept in {checkpoints}:")
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120):
+        say(str(listing.select("id", "time", "size_bytes", "state_files", "final")))
+    say("  a job killed mid-run resumes from its newest complete checkpoint, losing and repeating nothing:")
+    say(f"  flow.run(state='lmdb', checkpoint_dir={str(checkpoints)!r}, restore='latest')")
+    say(f"  arrowflow checkpoints list {checkpoints}")
+    say(f"  arrowflow state query {checkpoints} \"SELECT * FROM per_user_totals ORDER BY revenue_eur DESC LIMIT 3\"")
 
-    per_user = pl.read_parquet(data.out / "per_user" / "*.parquet")
+    # A running aggregation emits, at each checkpoint, the users updated since the previous
+    # one: the newest row per user (part files are named in checkpoint order) is the total.
+    files = sorted((data.out / "per_user").glob("*.parquet"))
+    per_user = (pl.concat([pl.read_parquet(f) for f in files]).with_row_index("_emitted")
+                .group_by("user_id").last().drop("_emitted"))
     say("")
     say(f"top users by revenue ({per_user.height:,} users in {data.out / 'per_user'}):")
     with pl.Config(
@@ -279,5 +302,6 @@ def run_demo(
                 say(str(malformed.select("line", "reason").sort("line")))
     say("")
     say("read the result with polars:")
-    say(f"  pl.read_parquet({str(data.out / 'per_user' / '*.parquet')!r})")
+    say(f"  pl.read_parquet({str(data.out / 'per_user' / '*.parquet')!r})  "
+        f"# one row per user and checkpoint that updated it; the newest is the total")
     return result
