@@ -49,10 +49,19 @@ class StoreSpec:
     value_schema: pl.Schema
     max_parallelism: int = DEFAULT_MAX_PARALLELISM
     ttl_ms: int | None = None
+    #: The key columns that decide a key's group, when not all of them: a window's store is
+    #: keyed by (user keys, window_start) but routed, like its input, by the user keys alone.
+    group_columns: tuple[str, ...] = ()
 
     @property
     def key_columns(self) -> list[str]:
         return list(self.key_schema.names())
+
+    def key_groups_of(self, keys: pl.DataFrame) -> Any:
+        """The key group of every row of ``keys`` (a numpy array), per :attr:`group_columns`."""
+        from arrowflow.keygroups import key_groups
+
+        return key_groups(keys.select(list(self.group_columns) or self.key_columns), self.max_parallelism)
 
     @property
     def value_columns(self) -> list[str]:

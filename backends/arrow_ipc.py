@@ -45,7 +45,6 @@ import numpy as np
 import polars as pl
 
 from arrowflow.errors import StateError
-from arrowflow.keygroups import key_groups
 from arrowflow.state import (
     FOUND,
     KEY_GROUP,
@@ -82,7 +81,7 @@ class ArrowStore(KeyedStore):
         return pl.DataFrame(schema={**self.spec.key_schema, **self.spec.value_schema, KEY_GROUP: pl.Int32})
 
     def _groups(self, keys: pl.DataFrame) -> np.ndarray:
-        return key_groups(keys.select(self.spec.key_columns), self.spec.max_parallelism)
+        return self.spec.key_groups_of(keys)
 
     def _mark(self, groups: np.ndarray) -> None:
         self.dirty |= np.bincount(groups, minlength=self.spec.max_parallelism).astype(bool)

@@ -66,7 +66,6 @@ import pyarrow as pa
 
 from arrowflow._util import import_optional
 from arrowflow.errors import StateError
-from arrowflow.keygroups import key_groups
 from arrowflow.state import (
     FOUND,
     KEY_GROUP,
@@ -233,7 +232,7 @@ class LmdbStore(KeyedStore):
         last = self._last_keys
         if last is not None and (last[0] is keys or (last[0].height == keys.height and last[0].equals(keys))):
             return last[1], last[2]
-        groups = key_groups(keys, self.spec.max_parallelism)
+        groups = self.spec.key_groups_of(keys)
         encoded = self.key_codec.encode(keys, _prefix(groups))
         order = encoded.locality_order()
         self._last_keys = (keys, encoded, order)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import fsspec
 import polars as pl
 
-from arrowflow.keygroups import key_groups
 from arrowflow.state import (
     FOUND,
     KEY_GROUP,
@@ -66,7 +65,7 @@ class MemoryStore(KeyedStore):
         return self.table.height
 
     def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
-        groups = key_groups(self.table.select(self.spec.key_columns), self.spec.max_parallelism)
+        groups = self.spec.key_groups_of(self.table)
         frame = self.table.with_columns(pl.Series(KEY_GROUP, groups, dtype=pl.Int32))
         relative = (f"chk-{checkpoint_id:08d}/state/{self.spec.name}/"
                     f"{self.key_groups.start:03d}-{self.key_groups.stop:03d}.arrow")

@@ -55,7 +55,6 @@ import pyarrow as pa
 
 from arrowflow._util import import_optional
 from arrowflow.errors import StateError
-from arrowflow.keygroups import key_groups
 from arrowflow.state import (
     FOUND,
     KEY_GROUP,
@@ -250,7 +249,7 @@ class SqlStore(KeyedStore):
         if keys.height == 0:
             return
         encoded, order = self._keys(keys)
-        groups = key_groups(keys.select(self.spec.key_columns), self.spec.max_parallelism)
+        groups = self.spec.key_groups_of(keys)
         rows = self._rows_for_db(pl.concat([keys.select(self.spec.key_columns),
                                             values.select(self.spec.value_columns)], how="horizontal"),
                                  encoded, groups).take(pa.array(order))
