@@ -21,6 +21,10 @@ from arrowflow.triggers import Trigger as Trigger
 from arrowflow.triggers import TriggerStats as TriggerStats
 from arrowflow.triggers import every as every
 from arrowflow.triggers import every_rows as every_rows
+from arrowflow.windows import WindowSpec as WindowSpec
+from arrowflow.windows import session as session
+from arrowflow.windows import sliding as sliding
+from arrowflow.windows import tumbling as tumbling
 
 __version__ = "0.1.0"
 
@@ -42,4 +46,8 @@ __all__ = [
     "every",
     "every_rows",
     "read_state",
+    "WindowSpec",
+    "session",
+    "sliding",
+    "tumbling",
 ]

@@ -39,6 +39,8 @@ STATELESS = ("filter", "select", "with_columns", "map_batches")
 # Physical operators the planner derives from a logical one, by id suffix.
 _DERIVED_IDS = {"agg": (".exchange",)}
 
+_DERIVED_IDS["window"] = (".exchange",)
+
 
 @dataclass(eq=False)
 class Node:
@@ -303,6 +305,13 @@ class Flow:
             return first
         if kind == "agg":
             return params["agg"](upstream).output_schema
+        if kind == "watermark":
+            from arrowflow.watermarks import check_time_column
+
+            check_time_column(upstream, params["column"], node.id)
+            return upstream
+        if kind == "window":
+            return params["window"](upstream).output_schema
         if kind == "sink":
             params["sink"].validate(upstream, node.id)
             return upstream
@@ -505,6 +514,24 @@ class Stream:
                 raise SchemaError(msg)
         return KeyedStream(self, flat)
 
+    def with_watermark(self, column: str, *, delay: Any = "0s", idle_timeout: Any = None,
+                       name: str | None = None) -> Stream:
+        """Event time on ``column`` (a pl.Datetime) with bounded out-of-orderness ``delay``.
+
+        After each batch a worker's watermark is ``max(column seen) - delay`` when that
+        advanced: events up to ``delay`` behind the newest one still count in their window.
+        With ``idle_timeout`` (``"30s"``), a worker that reads nothing for that long stops
+        holding event time back until it reads again. See :mod:`arrowflow.watermarks`.
+        """
+        from arrowflow.watermarks import duration_arg
+
+        if not isinstance(column, str):
+            msg = f"with_watermark() expects the name of the event-time column, got {type(column).__name__} {column!r}"
+            raise PlanError(msg)
+        delay_ms = duration_arg(delay, "with_watermark(delay=...)")
+        idle_ms = duration_arg(idle_timeout, "with_watermark(idle_timeout=...)", allow_zero=False)
+        return self._then("watermark", name, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms)
+
     def side_output(self, name: str) -> Stream:
         """The rows an operator set aside instead of dropping them: ``"malformed"`` on sources,
         ``"late"`` on windows."""
@@ -604,6 +631,14 @@ class KeyedStream:
         node = flow._add("agg", [self.stream.node], name, keys=keys, aggs=aggs, agg=make)
         make.__defaults__ = (aggs, keys, node.id)  # name errors after the real operator id
         return Stream(flow, flow._validate(node))
+
+    def window(self, window: Any, *, allowed_lateness: Any = None) -> Any:
+        """Event-time windows per key: ``af.tumbling("60s")``, ``af.sliding("60s", every="10s")``,
+        ``af.session(gap="30s")``; then ``.agg(...)``. Needs ``with_watermark`` upstream.
+        See :mod:`arrowflow.windows` for when windows fire and what is late."""
+        from arrowflow.windows import WindowedStream
+
+        return WindowedStream(self, window, allowed_lateness)
 
     def __repr__(self) -> str:
         return f"KeyedStream({self.stream.node.id!r}, keys={self.keys})"

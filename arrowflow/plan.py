@@ -141,6 +141,11 @@ def describe_op(spec: OpSpec) -> str:
     if spec.kind == "agg":
         aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
         return f"keyed running aggregation by {params['keys']}: {aggs}"
+    if spec.kind == "watermark":
+        return f"event time {params['column']!r}, watermark = max seen - {params['delay_ms']}ms"
+    if spec.kind == "window":
+        aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
+        return f"{params['window'].spec.describe()} windows by {params['keys']}: {aggs}"
     if spec.kind == "sink":
         return params["sink"].describe()
     if spec.kind == "union":
@@ -215,6 +220,12 @@ def _required_columns(flow: Flow, order: list[Node], outputs: list[Node]) -> dic
         elif kind == "agg":
             roots = _roots(list(params["aggs"].values()))
             need(parent, ALL if roots is ALL else roots | set(params["keys"]))
+        elif kind == "watermark":
+            need(parent, ALL if out is ALL else out | {params["column"]})
+        elif kind == "window":
+            roots = _roots(list(params["aggs"].values()))
+            late_read = any(n.kind == "side_output" and n.inputs[0] is node for n in order)
+            need(parent, ALL if roots is ALL or late_read else roots | set(params["keys"]) | {params["time_column"]})
         elif kind == "side_output":
             if node.side != "malformed":
                 need(parent, ALL)
@@ -302,6 +313,24 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
                            "max_parallelism": max_parallelism})
             ops.extend([exchange, spec])
             edge_of[id(node)] = Edge(spec.id)
+        elif kind == "watermark":
+            spec = OpSpec(node.id, "watermark", [edge_of[id(node.inputs[0])]], schema, [node.id],
+                          {"column": params["column"], "delay_ms": params["delay_ms"],
+                           "idle_timeout_ms": params["idle_timeout_ms"], "dtype": schema[params["column"]]})
+            ops.append(spec)
+            edge_of[id(node)] = Edge(spec.id)
+        elif kind == "window":
+            parent = node.inputs[0]
+            exchange = OpSpec(
+                f"{node.id}.exchange", "exchange", [edge_of[id(parent)]], flow.schema_of(parent), [],
+                {"keys": params["keys"], "max_parallelism": max_parallelism},
+            )
+            window = params["window"](flow.schema_of(parent))
+            spec = OpSpec(node.id, "window", [Edge(exchange.id)], schema, [node.id],
+                          {"keys": params["keys"], "aggs": params["aggs"], "window": window,
+                           "max_parallelism": max_parallelism})
+            ops.extend([exchange, spec])
+            edge_of[id(node)] = Edge(spec.id)
         elif kind == "sink":
             spec = OpSpec(node.id, "sink", [edge_of[id(node.inputs[0])]], schema, [node.id], {"sink": params["sink"]})
             ops.append(spec)
@@ -330,4 +359,6 @@ def _fingerprint_entry(op: OpSpec) -> list[Any]:
             "state": {k: str(v) for k, v in op.params["agg"].state_schema.items()},
             "max_parallelism": op.params["max_parallelism"],
         })
+    if op.kind == "window":
+        entry.append({**op.params["window"].fingerprint(), "max_parallelism": op.params["max_parallelism"]})
     return entry

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 HEADER = 128
 MSG_HEADER = 16
-DATA, END, WRAP, CONTROL, BARRIER = 1, 2, 3, 4, 5
+DATA, END, WRAP, CONTROL, BARRIER, WATERMARK = 1, 2, 3, 4, 5, 6
 _ID = struct.Struct("q")
 # Message headers are written before they are published, so struct is fine for them. The two
 # positions are read while the other process stores them, so they go through a numpy view:
@@ -201,6 +201,14 @@ def write_barrier(ring: Ring, tag: int, checkpoint_id: int, wait: Callable[[], A
         _ID.pack_into(view, 0, checkpoint_id)
 
     while not ring.try_write(BARRIER, tag, _ID.size, fill):
+        wait()
+
+
+def write_watermark(ring: Ring, tag: int, value: int, wait: Callable[[], Any]) -> None:
+    def fill(view: memoryview) -> None:
+        _ID.pack_into(view, 0, value)
+
+    while not ring.try_write(WATERMARK, tag, _ID.size, fill):
         wait()
 
 

@@ -32,6 +32,7 @@ from arrowflow.keygroups import key_groups, owner_of
 from arrowflow.plan import MAIN, OpSpec
 from arrowflow.sinks import SinkWriter
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
+from arrowflow.watermarks import IDLE, NO_WATERMARK, Watermark
 
 
 @dataclass
@@ -56,6 +57,11 @@ class Operator:
     delivered barrier *n*, its later batches are held back until every input that has not
     ended delivered it too (alignment); then the operator takes its checkpoint
     (:meth:`snapshot`), forwards the barrier on every output, and replays what it held.
+
+    Watermarks (:mod:`arrowflow.watermarks`) arrive the same way and are held back with the
+    batches while an input aligns. The operator's watermark is the minimum over its inputs
+    that have not ended and are not idle; when it advances, :meth:`on_watermark` runs (a
+    window fires there) and passes it on.
     """
 
     def __init__(self, spec: OpSpec) -> None:
@@ -73,8 +79,11 @@ class Operator:
         self.context = RuntimeContext()
         self.aligning: int | None = None
         self.aligned: set[int] = set()
-        self.held: list[tuple[pl.DataFrame, int]] = []
+        self.held: list[tuple[Any, int]] = []  # batches and Watermarks, in arrival order
         self.checkpointed = 0
+        self.input_watermarks: dict[int, int] = {}
+        self.watermark = NO_WATERMARK
+        self.idle = False
 
     def connect(self, port: str, consumer: Operator, index: int) -> None:
         self.outputs.setdefault(port, []).append((consumer, index))
@@ -122,8 +131,11 @@ class Operator:
         self.take_checkpoint(checkpoint_id)
         self.forward_barrier(checkpoint_id)
         held, self.held = self.held, []
-        for batch, index in held:
-            self.replay(batch, index)
+        for item, index in held:
+            if isinstance(item, Watermark):  # the base path: an exchange already sent it on
+                Operator.receive_watermark(self, item.value, index)
+            else:
+                self.replay(item, index)
 
     def replay(self, batch: pl.DataFrame, index: int) -> None:
         self.receive(batch, index)
@@ -140,10 +152,49 @@ class Operator:
             for consumer, index in consumers:
                 consumer.receive_barrier(checkpoint_id, index)
 
+    # ------------------------------------------------------------------ watermarks
+    def receive_watermark(self, value: int, index: int) -> None:
+        """Watermark ``value`` (or :data:`IDLE`) from input ``index``, in order with its batches."""
+        if self.aligning is not None and index in self.aligned:
+            self.held.append((Watermark(value), index))
+            return
+        self.input_watermarks[index] = value
+        self.combine_watermarks()
+
+    def combine_watermarks(self) -> None:
+        live = [self.input_watermarks.get(i, NO_WATERMARK) for i in range(self.inputs_total) if i not in self.ended]
+        if not live:
+            return  # every input ended: finish() acts as the watermark +infinity
+        active = [v for v in live if v != IDLE]
+        if not active:
+            if not self.idle:
+                self.idle = True
+                self.forward_watermark(IDLE)
+            return
+        value = min(active)
+        if self.idle:
+            self.idle = False
+            if value <= self.watermark and self.watermark != NO_WATERMARK:
+                self.forward_watermark(self.watermark)  # active again, at the watermark it had
+        if value > self.watermark:
+            self.watermark = value
+            self.on_watermark(value)
+
+    def on_watermark(self, value: int) -> None:
+        """The watermark advanced to ``value``: act on it (a window fires), then pass it on."""
+        self.forward_watermark(value)
+
+    def forward_watermark(self, value: int) -> None:
+        for consumers in self.outputs.values():
+            for consumer, index in consumers:
+                consumer.receive_watermark(value, index)
+
     # ------------------------------------------------------------------ end of input
     def end_input(self, index: int) -> None:
         self.ended.add(index)
         self._maybe_aligned()
+        if len(self.ended) < self.inputs_total:
+            self.combine_watermarks()  # an ended input no longer holds event time back
         if len(self.ended) >= self.inputs_total and not self.finished:
             self.finished = True
             self.finish()
@@ -313,6 +364,17 @@ class ExchangeOp(Operator):
                 if target != self.worker:
                     self.transport.send_barrier(target, self.id, checkpoint_id)
         super().receive_barrier(checkpoint_id, self.worker)
+
+    def receive_watermark(self, value: int, index: int) -> None:
+        # From our local upstream: pass it to every other worker, then count ourselves.
+        if self.transport is not None:
+            for target in range(self.parallelism):
+                if target != self.worker:
+                    self.transport.send_watermark(target, self.id, value)
+        super().receive_watermark(value, self.worker)
+
+    def sender_watermark(self, sender: int, value: int) -> None:
+        super().receive_watermark(value, sender)
 
     def sender_barrier(self, sender: int, checkpoint_id: int) -> None:
         if self.transport is not None:

@@ -49,11 +49,13 @@ from arrowflow.runtime.channels import (
     BARRIER,
     DEFAULT_CAPACITY,
     END,
+    WATERMARK,
     Ring,
     ipc_read,
     read_id,
     write_barrier,
     write_table,
+    write_watermark,
 )
 from arrowflow.runtime.job import JobCoordinator
 from arrowflow.runtime.operators import RuntimeContext
@@ -89,6 +91,9 @@ class ShmTransport:
 
     def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
         write_barrier(self.out[target], self.tags[exchange_id], checkpoint_id, self._blocked)
+
+    def send_watermark(self, target: int, exchange_id: str, value: int) -> None:
+        write_watermark(self.out[target], self.tags[exchange_id], value, self._blocked)
 
     def pause(self, sender: int) -> None:
         """Stop reading ``sender``'s ring: it delivered a barrier its exchange is aligning."""
@@ -131,6 +136,8 @@ class ShmTransport:
                             worker.deliver(self.exchanges[tag], None, sender)
                         elif kind == BARRIER:
                             worker.deliver_barrier(self.exchanges[tag], sender, read_id(view))
+                        elif kind == WATERMARK:
+                            worker.deliver_watermark(self.exchanges[tag], sender, read_id(view))
                         else:
                             batch = pl.DataFrame(pl.from_arrow(ipc_read(view)))
                             worker.deliver(self.exchanges[tag], batch, sender)

@@ -172,6 +172,10 @@ class Worker:
                 op.transport = transport
             elif spec.kind == "agg":
                 op = AggOp(spec, backend, key_range, context)
+            elif spec.kind in ("watermark", "window"):
+                from arrowflow.runtime.window_op import make_event_time_op
+
+                op = make_event_time_op(spec, backend, key_range, context)
             elif spec.kind == "sink":
                 op = SinkOp(spec, index, parallelism)
             else:
@@ -184,6 +188,8 @@ class Worker:
         self.context = runtime_context or RuntimeContext()
         for op in self.ops.values():
             op.context = self.context
+        # Operators that act on the passing of time without data (a watermark that goes idle).
+        self.timed = [op for op in self.ops.values() if hasattr(op, "tick")]
 
     def open(self) -> None:
         for op in self.ops.values():
@@ -210,6 +216,8 @@ class Worker:
                     before = source.rows_in
                     progressed |= source.step()
                     self.rows_unreported += source.rows_in - before
+                for op in self.timed:
+                    op.tick()
             else:
                 self.try_complete_checkpoint()
             self._report_rows()
@@ -278,6 +286,11 @@ class Worker:
             op.sender_ended(sender)
         else:
             op.deliver(batch, sender)
+
+    def deliver_watermark(self, exchange_id: str, sender: int, value: int) -> None:
+        op = self.ops[exchange_id]
+        assert isinstance(op, ExchangeOp)
+        op.sender_watermark(sender, value)
 
     def deliver_barrier(self, exchange_id: str, sender: int, checkpoint_id: int) -> None:
         op = self.ops[exchange_id]

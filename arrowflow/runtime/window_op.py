@@ -1,0 +1,385 @@
+"""Runtime operators for event time: the watermark generator and the window aggregations.
+
+**WatermarkOp** passes batches through and, after each one, sends ``max(ts seen) - delay``
+(microseconds) downstream when it advanced; with an idle timeout it sends ``IDLE`` once no
+data came for that long (see :mod:`arrowflow.watermarks`).
+
+**WindowOp** (tumbling and sliding) keeps, per (keys, window_start):
+
+- a *write buffer*: the partial aggregates of recent batches, combined (one row per window),
+  in the worker's heap. Most windows open and fire between two watermarks (W2: nearly every
+  event opens its own window, and a minute later it fires), so most never touch the store;
+- the *store* (any state backend, key = keys + window_start, value = the partials): the
+  buffer is merged into it when it grows past :data:`BUFFER_ROWS` and before every
+  checkpoint barrier, so a snapshot of the store holds every open window;
+- an *index* of the windows in the store with their end (heap, rebuilt from the store on
+  restore): firing filters it instead of scanning the store.
+
+On a watermark ``w``, the windows with ``end + allowed_lateness <= w`` fire: from the buffer
+by a filter, from the store by a get and a delete of exactly the due keys; their rows are
+emitted, then ``w`` is passed on. An arriving event whose window has already fired that way
+goes to the ``late`` port instead. At the end of the input everything fires.
+
+**SessionWindowOp** merges each batch's sessions (per key, sorted by time, split where the
+gap to the previous event is at least ``gap``) with the stored sessions of the same keys
+whose intervals overlap, all with vectorized sorts and cumulative maxima; it writes through
+to the store on every batch (sessions are rarer than tumbling windows in the hot path).
+
+Checkpoints store the window state through the backend and the operator's watermark in a
+small JSON file per worker (``<op>/watermark``); a restored operator never goes below it, so
+a window that fired before the checkpoint neither fires again nor reopens.
+
+Worked example (tumbling 60 s, delay 5 s, one key): events at 12:00:10, 12:00:50, 12:01:20
+arrive in one batch: partials for [12:00, 12:01) (n=2) and [12:01, 12:02) (n=1) go to the
+buffer; the watermark 12:01:15 follows: [12:00, 12:01) fires from the buffer and [12:01,
+12:02) stays. An event at 12:00:30 arriving after that is late: window [12:00, 12:01).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import polars as pl
+
+from arrowflow.plan import OpSpec
+from arrowflow.runtime.operators import Operator, restore_stores, snapshot_stores
+from arrowflow.state import (
+    FOUND,
+    KeyedStore,
+    StateBackend,
+    StateFile,
+    StoreContext,
+    StoreSpec,
+    checked_write,
+    read_verified,
+)
+from arrowflow.watermarks import IDLE, NO_WATERMARK, to_micros
+from arrowflow.windows import WINDOW_END, WINDOW_START, WindowAgg
+
+#: Buffered window rows (one per open window) merged into the store once exceeded.
+BUFFER_ROWS = 1_000_000
+END = "__end"
+START = "__start"
+
+
+def make_event_time_op(spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> Operator:
+    if spec.kind == "watermark":
+        return WatermarkOp(spec)
+    window: WindowAgg = spec.params["window"]
+    if window.is_session:
+        return SessionWindowOp(spec, backend, key_range, context)
+    return WindowOp(spec, backend, key_range, context)
+
+
+class WatermarkOp(Operator):
+    """Bounded out-of-orderness: after each batch, ``max(ts) - delay`` if that advanced."""
+
+    def __init__(self, spec: OpSpec) -> None:
+        super().__init__(spec)
+        self.column = spec.params["column"]
+        self.dtype = spec.params["dtype"]
+        self.delay_us = spec.params["delay_ms"] * 1000
+        idle = spec.params["idle_timeout_ms"]
+        self.idle_timeout_s = None if idle is None else idle / 1000
+        self.last_data = time.monotonic()
+        self.went_idle = 0
+
+    def open(self) -> None:
+        self.last_data = time.monotonic()
+
+    def receive_watermark(self, value: int, index: int) -> None:
+        """Watermarks from upstream are replaced by this operator's own."""
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        self.emit(batch)
+        if not batch.height:
+            return
+        self.last_data = time.monotonic()
+        top = to_micros(batch.get_column(self.column), self.dtype).max()
+        if self.idle:
+            self.idle = False
+            if self.watermark != NO_WATERMARK:
+                self.forward_watermark(self.watermark)  # active again
+        if top is not None and top - self.delay_us > self.watermark:
+            self.watermark = int(top) - self.delay_us
+            self.forward_watermark(self.watermark)
+
+    def tick(self) -> None:
+        """Called by the worker loop: go idle after ``idle_timeout`` without data."""
+        if self.idle_timeout_s is None or self.idle or self.finished:
+            return
+        if time.monotonic() - self.last_data >= self.idle_timeout_s:
+            self.idle = True
+            self.went_idle += 1
+            self.forward_watermark(IDLE)
+
+    def metrics(self) -> dict[str, Any]:
+        data = super().metrics()
+        data["watermark_us"] = self.watermark
+        data["went_idle"] = self.went_idle
+        return data
+
+
+class _WindowBase(Operator):
+    """Store, index of stored windows with their ends, watermark persistence, firing."""
+
+    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+        super().__init__(spec)
+        self.window: WindowAgg = spec.params["window"]
+        self.agg = self.window.agg
+        self.keys = self.agg.keys  # user keys + window_start
+        self.user_keys = self.window.keys
+        self.backend = backend
+        self.key_range = key_range
+        self.store_context = context
+        self.store: KeyedStore | None = None
+        self.index = pl.DataFrame(schema={**self.window.key_schema, END: pl.Int64})
+        self.late_rows = 0
+        self.fired = 0
+
+    def store_spec(self) -> StoreSpec:
+        return StoreSpec(self.id, self.window.key_schema, self.window.state_schema,
+                         max_parallelism=self.spec.params["max_parallelism"],
+                         group_columns=tuple(self.user_keys))
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        self.store = self.backend.open_store(self.store_spec(), self.key_range, self.store_context)
+        restore_stores(self.context, {"": self.store})
+        if self.context.restore_root is not None and self.context.storage is not None:
+            frames = [frame.select([*self.keys, *self._end_source()]) for frame in self.store.scan()]
+            if frames:
+                self.index = self._with_end(pl.concat(frames)).select(self.index.columns)
+            self.watermark = self._restored_watermark()
+
+    def _end_source(self) -> list[str]:
+        return [WINDOW_END] if self.window.is_session else []
+
+    def _with_end(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` (keys + window_start [+ window_end]) with the physical window end."""
+        if self.window.is_session:
+            return frame.with_columns(pl.col(WINDOW_END).to_physical().alias(END))
+        return frame.with_columns((pl.col(WINDOW_START).to_physical() + self.window.size).alias(END))
+
+    def _watermark_store(self) -> str:
+        return f"{self.id}/watermark"
+
+    def _restored_watermark(self) -> int:
+        storage = self.context.storage
+        values = []
+        for state_file in self.context.files_for(self._watermark_store()):
+            low, high = state_file.key_groups
+            if high <= self.key_range.start or low >= self.key_range.stop:
+                continue
+            values.append(json.loads(read_verified(storage.fs, self.context.restore_root, state_file))["watermark"])
+        return min(values) if values else NO_WATERMARK
+
+    def snapshot(self, checkpoint_id: int) -> None:
+        self.flush()
+        snapshot_stores(self.context, {"": self.store}, checkpoint_id)
+        storage = self.context.storage
+        if storage is None:
+            return
+        relative = (f"chk-{checkpoint_id:08d}/state/{self.id}/watermark-"
+                    f"{self.key_range.start:03d}-{self.key_range.stop:03d}.json")
+        payload = json.dumps({"watermark": self.watermark, "operator": self.id}).encode()
+        size, digest = checked_write(storage.fs, f"{storage.root}/{relative}", payload)
+        self.context.state_files.setdefault(checkpoint_id, []).append(
+            StateFile(relative, size, digest, self._watermark_store(),
+                      (self.key_range.start, self.key_range.stop), "json"))
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # ------------------------------------------------------------------ event time
+    def on_watermark(self, value: int) -> None:
+        self.fire(self.window.to_units(value))
+        self.forward_watermark(value)
+
+    def finish(self) -> None:
+        self.fire(None)
+
+    def flush(self) -> None:
+        """Move what the heap holds into the store (before a snapshot)."""
+
+    def take_due(self, limit: int | None) -> list[pl.DataFrame]:
+        """Remove and return the stored windows with ``end <= limit`` (None: all), as frames
+        of keys, window_start then the state columns."""
+        assert self.store is not None
+        due = self.index if limit is None else self.index.filter(pl.col(END) <= limit)
+        if not due.height:
+            return []
+        self.index = self.index.clear() if limit is None else self.index.filter(pl.col(END) > limit)
+        keys = due.select(self.keys)
+        values = self.store.get(keys).drop(FOUND)
+        self.store.delete(keys)
+        return [pl.concat([keys, values], how="horizontal")]
+
+    def emit_fired(self, frame: pl.DataFrame) -> None:
+        if not frame.height:
+            return
+        self.fired += frame.height
+        out = self.agg.finalize(frame)
+        if self.window.is_session:
+            end = frame.get_column(WINDOW_END)
+        else:
+            end = (frame.get_column(WINDOW_START).to_physical() + self.window.size).cast(self.window.dtype)
+        self.emit(out.insert_column(len(self.user_keys) + 1, end.alias(WINDOW_END)))
+
+    def emit_late(self, late: pl.DataFrame) -> None:
+        """``late``: input rows with the physical ``__start`` (and ``__end``) of the missed window."""
+        if not late.height:
+            return
+        self.late_rows += late.height
+        dtype = self.window.dtype
+        self.emit(late.with_columns(pl.col(START).cast(dtype).alias(WINDOW_START),
+                                    pl.col(END).cast(dtype).alias(WINDOW_END))
+                  .select(self.window.late_schema.names()), "late")
+
+    def fire(self, limit: int | None) -> None:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, Any]:
+        data = super().metrics()
+        data["late"] = self.late_rows
+        data["windows_fired"] = self.fired
+        data["windows_open"] = self.index.height
+        data["watermark_us"] = self.watermark
+        return data
+
+
+class WindowOp(_WindowBase):
+    """Tumbling and sliding windows (see the module docstring)."""
+
+    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+        super().__init__(spec, backend, key_range, context)
+        self.buffer: pl.DataFrame | None = None  # one row per window: keys, window_start, partials
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        assigned = self.window.assign(batch)
+        if self.watermark != NO_WATERMARK:
+            # Late: the window already fired (its end + lateness is at or behind the watermark).
+            limit = self.window.to_units(self.watermark) - self.window.size - self.window.lateness
+            is_late = pl.col(START) <= limit
+            late = assigned.filter(is_late)
+            if late.height:
+                self.emit_late(late.with_columns((pl.col(START) + self.window.size).alias(END)))
+                assigned = assigned.filter(~is_late)
+        if not assigned.height:
+            return
+        partial = self.agg.partial(assigned.with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START)))
+        self._buffer(partial)
+
+    def _buffer(self, partial: pl.DataFrame) -> None:
+        buffer = self.buffer
+        if buffer is None or not buffer.height:
+            self.buffer = partial
+        else:
+            # Only windows already in the buffer need combining; the rest are appended.
+            present = partial.get_column(WINDOW_START).is_in(buffer.get_column(WINDOW_START).unique())
+            overlap = partial.filter(present)
+            if overlap.height:
+                buffer = self.agg.combine(pl.concat([buffer, overlap], how="vertical"))
+                partial = partial.filter(~present)
+            self.buffer = pl.concat([buffer, partial], how="vertical") if partial.height else buffer
+        if self.buffer.height > BUFFER_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        buffer, self.buffer = self.buffer, None
+        if buffer is None or not buffer.height:
+            return
+        assert self.store is not None
+        if self.index.height:
+            known = buffer.join(self.index.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+            fresh = buffer.join(self.index.select(self.keys), on=self.keys, how="anti", nulls_equal=True)
+        else:
+            known, fresh = buffer.clear(), buffer
+        if known.height:
+            keys = known.select(self.keys)
+            self.store.put(keys, self.agg.merge(self.store.get(keys), known))
+        if fresh.height:
+            keys = fresh.select(self.keys)
+            self.store.put(keys, fresh.select(self.agg.state_schema.names()))
+            self.index = pl.concat([self.index, self._with_end(keys)], how="vertical")
+
+    def fire(self, limit: int | None) -> None:
+        frames = []
+        if self.buffer is not None and self.buffer.height:
+            if limit is None:
+                frames.append(self.buffer)
+                self.buffer = None
+            else:
+                start_limit = limit - self.window.size - self.window.lateness
+                due = pl.col(WINDOW_START).to_physical() <= start_limit
+                frames.append(self.buffer.filter(due))
+                self.buffer = self.buffer.filter(~due)
+        stored = self.take_due(None if limit is None else limit - self.window.lateness)
+        if stored and frames and frames[0].height:
+            # A window may be both in the store (flushed) and in the buffer (newer events).
+            self.emit_fired(self.agg.combine(pl.concat([*stored, *frames], how="vertical")))
+        else:
+            for frame in [*stored, *frames]:
+                self.emit_fired(frame)
+
+
+class SessionWindowOp(_WindowBase):
+    """Session windows, merged per key in the store (see the module docstring)."""
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        assert self.store is not None
+        window, keys = self.window, self.user_keys
+        ts = pl.col(window.time_column).to_physical()
+        frame = batch
+        if self.watermark != NO_WATERMARK:
+            limit = window.to_units(self.watermark) - window.gap - window.lateness
+            is_late = ts <= limit
+            late = frame.filter(is_late)
+            if late.height:
+                self.emit_late(late.with_columns(ts.alias(START), (ts + window.gap).alias(END)))
+                frame = frame.filter(~is_late)
+        if not frame.height:
+            return
+        ordered = frame.sort([*keys, window.time_column])
+        same_key = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys])
+        starts = ~same_key.fill_null(False) | ((ts - ts.shift(1)) >= window.gap).fill_null(True)
+        ordered = ordered.with_columns(
+            pl.when(starts).then(ts).otherwise(None).forward_fill().cast(window.dtype).alias(WINDOW_START))
+        partial = ordered.group_by(self.keys, maintain_order=True).agg(
+            [*self.agg.partial_exprs, (ts.max() + window.gap).alias(END)])
+        self._merge(partial)
+
+    def _merge(self, partial: pl.DataFrame) -> None:
+        assert self.store is not None
+        keys, dtype = self.user_keys, self.window.dtype
+        state = self.agg.state_schema.names()
+        parts = [partial.select([*self.keys, *state, END])]
+        touched = self.index.join(partial.select(keys).unique(), on=keys, how="semi", nulls_equal=True) \
+            if self.index.height else self.index
+        if touched.height:
+            stored_keys = touched.select(self.keys)
+            values = self.store.get(stored_keys)
+            parts.insert(0, pl.concat([stored_keys, values.select(state), touched.select(END)], how="horizontal"))
+            self.store.delete(stored_keys)
+            self.index = self.index.join(stored_keys, on=self.keys, how="anti", nulls_equal=True)
+        both = pl.concat(parts, how="vertical").sort([*keys, WINDOW_START], maintain_order=True)
+        start = pl.col(WINDOW_START).to_physical()
+        previous_end = pl.col(END).cum_max().shift(1).over(keys) if keys else pl.col(END).cum_max().shift(1)
+        opens = previous_end.is_null() | (start >= previous_end)
+        both = both.with_columns(pl.when(opens).then(start).otherwise(None).forward_fill().cast(dtype)
+                                 .alias(WINDOW_START))
+        merged = self.agg.combine(both.drop(END))
+        ends = both.group_by(self.keys, maintain_order=True).agg(pl.col(END).max())
+        merged = merged.join(ends, on=self.keys, how="left", nulls_equal=True, maintain_order="left")
+        new_keys = merged.select(self.keys)
+        values = merged.select(pl.col(END).cast(dtype).alias(WINDOW_END), *state)
+        self.store.put(new_keys, values)
+        self.index = pl.concat([self.index, merged.select([*self.keys, END])], how="vertical")
+
+    def fire(self, limit: int | None) -> None:
+        for frame in self.take_due(None if limit is None else limit - self.window.lateness):
+            self.emit_fired(frame.select([*self.keys, *self.window.state_schema.names()]))
