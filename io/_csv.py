@@ -20,6 +20,7 @@ Blank lines are not records, except in a one-column file where a blank line is a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,10 +114,13 @@ class CsvFile:
               ignore_errors: bool = False) -> pl.DataFrame:
         options = self.options
         schema = {name: dtypes.get(name, pl.String) for name in self.names}
-        return pl.read_csv(payload, has_header=options.has_header, separator=options.separator,
-                           quote_char=options.quote_char, schema=schema,
-                           columns=[self.names.index(c) for c in columns], raise_if_empty=False,
-                           ignore_errors=ignore_errors)
+        with warnings.catch_warnings():
+            # polars warns about chunks it had to re-split; the caller checks the row count.
+            warnings.simplefilter("ignore", UserWarning)
+            return pl.read_csv(payload, has_header=options.has_header, separator=options.separator,
+                               quote_char=options.quote_char, schema=schema,
+                               columns=[self.names.index(c) for c in columns], raise_if_empty=False,
+                               ignore_errors=ignore_errors)
 
     def _output(self, frame: pl.DataFrame, height: int) -> pl.DataFrame:
         if not self.columns:
@@ -130,7 +134,7 @@ class CsvFile:
             frame = self._read(self.payload, text_types, self.read)
         except pl.exceptions.PolarsError:
             return None
-        if self.width > 1 and frame[self.names[-1]].null_count() and not self._counts_add_up(frame.height):
+        if self.width > 1 and frame[self.names[-1]].null_count() and not self._every_row_whole(frame):
             return None
         temporal = [c for c in self.need if read_as_text(wanted[c])]
         parsed = {c: parse_temporal(frame[c], wanted[c]) for c in temporal}
@@ -143,15 +147,33 @@ class CsvFile:
             frame = frame.with_columns(list(parsed.values()))
         return Parsed(self._output(frame, frame.height), frame.height)
 
-    def _counts_add_up(self, rows: int) -> bool:
-        """Every line holds ``width`` fields (quote-free files; a file with quotes says no)."""
+    def _every_row_whole(self, frame: pl.DataFrame) -> bool:
+        """No row was short: the separators and newlines outside quoted fields add up to
+        exactly ``width`` fields on every one of ``rows`` lines (vectorized counts)."""
         payload, options = self.payload, self.options
-        if options.quote_char and options.quote_char.encode() in payload:
-            return False
         data = pl.Series(np.frombuffer(payload, dtype=np.uint8))
         separators = int((data == ord(options.separator)).sum())
-        lines = int((data == ord("\n")).sum()) + (0 if payload.endswith(b"\n") else 1)
-        return separators == (self.width - 1) * lines and lines == rows + int(options.has_header)
+        newlines = int((data == ord("\n")).sum())
+        if options.quote_char and options.quote_char.encode() in payload:
+            # Separators and newlines inside quoted fields are in the string values: count them
+            # there. Text columns not read yet are read as text; a quoted separator in a
+            # column typed as a number (not read) makes the counts differ: the slow path.
+            unread = [c for c in self.names if c not in frame.columns
+                      and (c not in self.schema or self.schema[c] in (pl.String, pl.Categorical)
+                           or read_as_text(self.schema[c]))]
+            try:
+                extra = self._read(payload, {}, unread) if unread else pl.DataFrame(height=frame.height)
+            except pl.exceptions.PolarsError:
+                return False
+            texts = pl.concat([frame.select(pl.col(pl.String)), extra], how="horizontal")
+            counted = texts.select(
+                pl.sum_horizontal(pl.all().str.count_matches(options.separator, literal=True).sum()).alias("sep"),
+                pl.sum_horizontal(pl.all().str.count_matches("\n", literal=True).sum()).alias("nl")).row(0)
+            names = self.names if options.has_header else []
+            separators -= int(counted[0] or 0) + sum(n.count(options.separator) for n in names)
+            newlines -= int(counted[1] or 0) + sum(n.count("\n") for n in names)
+        lines = newlines + (0 if payload.endswith(b"\n") else 1)
+        return separators == (self.width - 1) * lines and lines == frame.height + int(options.has_header)
 
     # ------------------------------------------------------------------------ slow path
     def _slow(self, wanted: pl.Schema) -> Parsed:
@@ -183,8 +205,7 @@ class CsvFile:
             keep[positions[rows]] = True
             chunk = records.select(keep, prefix)
             typed = self._read(chunk, text_types, read, ignore_errors=True)
-            text = self._read(chunk, {}, read)
-            if typed.height != len(rows) or text.height != len(rows):
+            if typed.height != len(rows):
                 msg = f"{len(rows)} records gave {typed.height} rows"
                 raise ValueError(msg)
             if not self.need:
@@ -195,7 +216,15 @@ class CsvFile:
                     if values is None:  # a value Arrow refuses: polars decides, value by value
                         values = self._read(chunk, {name: dtype}, [name], ignore_errors=True)[name]
                     typed = typed.with_columns(values)
-            bad = first_bad_value(typed, text, typed_types)
+            # A null may be a value that did not parse: read those columns again as text.
+            nullable = {c: typed_types[c] for c in self.need if typed[c].null_count()}
+            if not nullable:
+                return typed.select(self.need).with_columns(pl.lit(None, dtype=pl.String).alias("__bad"))
+            text = self._read(chunk, {}, list(nullable))
+            if text.height != len(rows):
+                msg = f"{len(rows)} records gave {text.height} rows"
+                raise ValueError(msg)
+            bad = first_bad_value(typed, text, nullable)
             return typed.select(self.need).with_columns(bad.alias("__bad"))
 
         good_rows, frames = parse_in_pieces(np.flatnonzero(candidates), parse, reasons)
@@ -220,25 +249,54 @@ def split_records(payload: bytes, options: CsvOptions) -> Records:
     if not quote or quote.encode() not in payload:
         return split_csv_records(payload, options.separator)
     buffer = np.frombuffer(payload, dtype=np.uint8)
-    quotes = np.flatnonzero(buffer == ord(quote)).tolist()
+    quotes = np.flatnonzero(buffer == ord(quote))
     separator = ord(options.separator)
+    quoted = _quoted_by_parity(buffer, quotes, separator)
+    if quoted is None:
+        quoted = _quoted_by_scanning(buffer, quotes, separator, len(payload))
+    return split_csv_records(payload, options.separator, quoted=quoted)
+
+
+def _starts_field(buffer: np.ndarray, at: np.ndarray, separator: int) -> np.ndarray:
+    before = buffer[np.maximum(at - 1, 0)]
+    return (at == 0) | (before == separator) | np.isin(before, _FIELD_START)
+
+
+def _quoted_by_parity(buffer: np.ndarray, quotes: np.ndarray,
+                      separator: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Quoted fields when quotes simply alternate open/close (vectorized), else None.
+
+    Alternating is exactly RFC 4180 when every quote that would open a field (the even ones)
+    stands at the start of a field or right after the quote before it (the second quote of
+    an escaped ``""``): then no quote is a literal character inside an unquoted field.
+    """
+    opens, closes = quotes[0::2], quotes[1::2]
+    fine = _starts_field(buffer, opens, separator)
+    fine[1:] |= opens[1:] - 1 == closes[: len(opens) - 1]
+    if not fine.all():
+        return None
+    if len(closes) < len(opens):  # an unterminated quote runs to the end of the payload
+        closes = np.append(closes, len(buffer))
+    return opens, closes
+
+
+def _quoted_by_scanning(buffer: np.ndarray, quotes: np.ndarray, separator: int,
+                        size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The general case (quotes inside unquoted fields): a loop over the quote characters only,
+    never over rows, in the slow path only."""
+    positions = quotes.tolist()
+    at_start = _starts_field(buffer, quotes, separator).tolist()
     opens: list[int] = []
     closes: list[int] = []
-    index, count = 0, len(quotes)
-    # A loop over the quote characters only (never over rows), in the slow path only.
+    index, count = 0, len(positions)
     while index < count:
-        at = quotes[index]
-        if at == 0 or buffer[at - 1] == separator or buffer[at - 1] in _FIELD_START:
+        if at_start[index]:
             close = index + 1
-            while close < count:
-                if close + 1 < count and quotes[close + 1] == quotes[close] + 1:
-                    close += 2  # an escaped quote inside the field
-                    continue
-                break
-            opens.append(at)
-            closes.append(quotes[close] if close < count else len(payload))
+            while close + 1 < count and positions[close + 1] == positions[close] + 1:
+                close += 2  # an escaped quote inside the field
+            opens.append(positions[index])
+            closes.append(positions[close] if close < count else size)
             index = close + 1
         else:
             index += 1  # a quote inside an unquoted field is a literal character
-    return split_csv_records(payload, options.separator,
-                             quoted=(np.array(opens, dtype=np.int64), np.array(closes, dtype=np.int64)))
+    return np.array(opens, dtype=np.int64), np.array(closes, dtype=np.int64)

@@ -71,8 +71,12 @@ class Records:
     payload: bytes
     starts: np.ndarray
     ends: np.ndarray
-    lines: np.ndarray  # 1-based line number of each record's first line
+    newlines: np.ndarray  # every newline of the payload, quoted ones too
     fields: np.ndarray | None = None  # CSV: fields per record (separators outside quotes + 1)
+
+    def line(self, indices: np.ndarray) -> np.ndarray:
+        """1-based line number of the first line of each record in ``indices``."""
+        return np.searchsorted(self.newlines, self.starts[indices]) + 1
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -109,18 +113,15 @@ class Records:
         return bad
 
     def select(self, keep: np.ndarray, prefix: bytes = b"") -> bytes:
-        """``prefix`` followed by the kept records (with their terminators), in order."""
-        offsets = np.append(self.starts, len(self.payload)).astype(np.int64)
-        array = pa.LargeBinaryArray.from_buffers(
-            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(self.payload)])
-        kept = pc.filter(array, pa.array(keep))
-        if not len(kept):
-            return prefix
-        value_offsets = np.frombuffer(kept.buffers()[1], dtype=np.int64, count=len(kept) + 1, offset=kept.offset * 8)
-        body = kept.buffers()[2][int(value_offsets[0]):int(value_offsets[-1])].to_pybytes()
+        """``prefix`` followed by the kept records (with their terminators), in order: one
+        slice per run of kept records, so a file with few bad records costs one copy."""
         if prefix and not prefix.endswith(b"\n"):
             prefix += b"\n"
-        return prefix + body
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
+        bounds = np.append(self.starts, len(self.payload))
+        view = memoryview(self.payload)
+        runs = zip(bounds[edges[0::2]].tolist(), bounds[edges[1::2]].tolist(), strict=True)
+        return b"".join([prefix, *(view[low:high] for low, high in runs)])
 
     def texts(self, keep: np.ndarray) -> pl.Series:
         """The kept records' text (terminator stripped), as a String Series. UTF-8 must be valid."""
@@ -141,21 +142,30 @@ def split_lines(payload: bytes) -> Records:
 def split_csv_records(payload: bytes, separator: str,
                       quoted: tuple[np.ndarray, np.ndarray] | None = None) -> Records:
     """CSV records and their field counts. ``quoted`` holds the (open, close) positions of the
-    quoted fields: newlines and separators inside them belong to the field."""
+    quoted fields: newlines and separators inside them belong to the field.
+
+    Everything is counted with sorted position arrays and ``searchsorted`` (no per-byte
+    prefix sums: they cost more than the parse itself on a large file).
+    """
     buffer = np.frombuffer(payload, dtype=np.uint8)
     newlines = np.flatnonzero(buffer == _NEWLINE)
     separators = np.flatnonzero(buffer == ord(separator))
-    terminators = newlines
-    if quoted is not None and len(quoted[0]):
-        terminators = newlines[~_inside(newlines, *quoted)]
-        separators = separators[~_inside(separators, *quoted)]
+    has_quotes = quoted is not None and len(quoted[0]) > 0
+    terminators = newlines[~_inside(newlines, *quoted)] if has_quotes else newlines  # type: ignore[misc]
     records = _records(payload, buffer, terminators, newlines)
-    owner = np.searchsorted(records.ends, separators)
-    records.fields = np.bincount(owner, minlength=len(records))[: len(records)] + 1
+    bounds = np.append(records.starts, len(payload))
+    fields = np.diff(np.searchsorted(separators, bounds)) + 1
+    if has_quotes and len(records):
+        opens, closes = quoted  # type: ignore[misc]
+        hidden = np.searchsorted(separators, closes) - np.searchsorted(separators, opens)
+        owner = np.searchsorted(bounds, opens, side="right") - 1
+        fields -= np.bincount(owner, weights=hidden, minlength=len(records)).astype(np.int64)[: len(records)]
+    records.fields = fields
     return records
 
 
 def _inside(points: np.ndarray, opens: np.ndarray, closes: np.ndarray) -> np.ndarray:
+    """Which of the sorted ``points`` lie inside a quoted field [open, close]."""
     index = np.searchsorted(opens, points, side="right") - 1
     return (index >= 0) & (points < closes[np.maximum(index, 0)])
 
@@ -169,8 +179,7 @@ def _records(payload: bytes, buffer: np.ndarray, terminators: np.ndarray, newlin
     if len(ends):
         has_cr = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == _CR)
         ends = ends - has_cr
-    lines = np.searchsorted(newlines, starts) + 1
-    return Records(payload, starts, ends, lines)
+    return Records(payload, starts, ends, newlines)
 
 
 def malformed_frame(kind: str, url: str, records: Records, indices: np.ndarray, reasons: list[str]) -> pl.DataFrame:
@@ -178,7 +187,7 @@ def malformed_frame(kind: str, url: str, records: Records, indices: np.ndarray, 
     count = len(indices)
     return pl.DataFrame(
         {"source": [kind] * count, "file": [url] * count,
-         "offset": records.starts[indices], "line": records.lines[indices],
+         "offset": records.starts[indices], "line": records.line(indices),
          "reason": reasons, "raw": [records.raw(int(i)) for i in indices]},
         schema=MALFORMED_SCHEMA,
     )
@@ -204,7 +213,7 @@ def finish(reader: Any, frame: pl.DataFrame, good_rows: np.ndarray, records: Rec
     kind, url = reader.kind, reader.url
     if len(bad_rows) and reader.on_error == "raise":
         first = int(positions[bad_rows[0]])
-        msg = (f"{kind}: {url!r} line {int(records.lines[first])} (byte {int(records.starts[first])}): "
+        msg = (f"{kind}: {url!r} line {int(records.line(np.array([first]))[0])} (byte {int(records.starts[first])}): "
                f"{reasons[int(bad_rows[0])]}; fix the file, or leave on_error at 'side_output' to send bad "
                f"rows to the 'malformed' side output")
         raise SourceError(msg)

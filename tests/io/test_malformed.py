@@ -108,6 +108,30 @@ def test_csv_short_rows_alone_are_caught(tmp_path: Path, read_all) -> None:
         {"line": 3, "offset": 14, "reason": "expected 3 fields, found 2"}]
 
 
+def test_csv_short_rows_in_a_quoted_file_are_caught(tmp_path: Path, read_all, same_rows) -> None:
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(b'a,s,f\n1,"x,y\nz",1.5\n2,"p"\n3,"q",\n4,"r,""",2\n')
+    data, bad = read_all(FileSource("csv", str(path), schema=SCHEMA))
+    same_rows(data, pl.DataFrame({"a": [1, 3, 4], "s": ["x,y\nz", "q", 'r,"'], "f": [1.5, None, 2.0]}, schema=SCHEMA))
+    assert bad is not None and bad.select("line", "offset", "reason", "raw").to_dicts() == [
+        {"line": 4, "offset": 20, "reason": "expected 3 fields, found 2", "raw": '2,"p"'}]
+
+
+def test_csv_stray_quote_is_a_literal_character(tmp_path: Path, read_all, same_rows) -> None:
+    """A quote inside an unquoted field (5" screen) is text, as Python's csv module reads it;
+    polars refuses such a file in strict mode, so the reader takes its slow path for it."""
+    import csv
+
+    path = tmp_path / "stray.csv"
+    path.write_bytes(b'a,s,f\n1,x,1.5\n2,5" screen,2.5\n3,"q",3.5\n')
+    with pytest.raises(pl.exceptions.ComputeError):
+        pl.read_csv(path, schema=SCHEMA)
+    data, bad = read_all(FileSource("csv", str(path), schema=SCHEMA))
+    rows = list(csv.reader(path.read_text().splitlines()))[1:]
+    same_rows(data, pl.DataFrame([(int(a), s, float(f)) for a, s, f in rows], schema=SCHEMA, orient="row"))
+    assert bad is None
+
+
 def test_csv_header_names_the_columns(tmp_path: Path, read_all, same_rows) -> None:
     """Columns are matched by header name, whatever their order in the file."""
     path = tmp_path / "reordered.csv"

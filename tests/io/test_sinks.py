@@ -80,7 +80,7 @@ def test_commit_of_a_vanished_file_fails_clearly(tmp_path: Path) -> None:
         sink.commit(1, [names])
 
 
-def test_recover_drops_staging_of_later_checkpoints(tmp_path: Path, same_rows) -> None:
+def test_restore_recommits_then_drops_staging_of_later_checkpoints(tmp_path: Path, same_rows) -> None:
     out = tmp_path / "out"
     sink = FileSink("parquet", str(out))
     sink.begin()
@@ -90,11 +90,12 @@ def test_recover_drops_staging_of_later_checkpoints(tmp_path: Path, same_rows) -
         writer.write(part)
         per_checkpoint[checkpoint] = writer.prepare_commit(checkpoint)
     sink.commit(1, [per_checkpoint[1]])
-    # Crash: checkpoint 2's manifest was written, 3's was not. Restore from 2.
+    # Crash after checkpoint 2's manifest but before its commit; checkpoint 3 never completed.
+    # The runtime restores from 2: it commits 2 again from the manifest, then recovers.
+    sink.commit(2, [per_checkpoint[2]])
     sink.recover(2)
-    assert staged(out) == sorted(per_checkpoint[2])
-    sink.commit(2, [per_checkpoint[2]])  # the coordinator re-runs commit from manifest 2
-    sink.commit(1, [per_checkpoint[1]])  # and an older commit is still harmless
+    assert staged(out) == []
+    sink.commit(2, [per_checkpoint[2]])  # commit stays idempotent after recovery
     assert visible(out) == sorted(per_checkpoint[1] + per_checkpoint[2])
     same_rows(read_committed(out), FRAME.slice(0, 6))
 
