@@ -280,7 +280,7 @@ class WindowOp(_WindowBase):
             self.buffer = partial
         else:
             # Only windows already in the buffer need combining; the rest are appended.
-            present = partial.get_column(WINDOW_START).is_in(buffer.get_column(WINDOW_START).unique())
+            present = partial.get_column(WINDOW_START).is_in(buffer.get_column(WINDOW_START).unique().implode())
             overlap = partial.filter(present)
             if overlap.height:
                 buffer = self.agg.combine(pl.concat([buffer, overlap], how="vertical"))

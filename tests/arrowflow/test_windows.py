@@ -1,0 +1,254 @@
+"""Event-time windows against polars: tumbling, sliding and session windows, late events,
+every executor, several batch sizes and state backends, and a kill -9 with restore.
+
+References are plain polars over the whole input: truncate-and-group for tumbling and
+sliding windows, sort-and-split for sessions. Late events are computed by simulating the
+watermark batch by batch (the input is one split, so batch boundaries are known).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.errors import PlanError, SchemaError
+from arrowflow.io.memory import CollectSink
+
+KEY = "user"
+
+
+def events(n: int, users: int = 40, *, seed: int = 7, span_ms: int = 3_600_000, jitter_ms: int = 4000) -> pl.DataFrame:
+    """Mostly increasing event times over ``span_ms``, out of order by less than ``jitter_ms``."""
+    rng = np.random.default_rng(seed)
+    ts = np.arange(n, dtype=np.int64) * span_ms // n + rng.integers(0, jitter_ms, n)
+    return pl.DataFrame({
+        "ts": pl.Series(ts).cast(pl.Datetime("ms")),
+        KEY: rng.integers(0, users, n),
+        "amount": np.round(rng.exponential(30, n), 2),
+    })
+
+
+AGGS = {"n": pl.len(), "total": pl.col("amount").sum(), "top": pl.col("amount").max(),
+        "avg": pl.col("amount").mean()}
+
+
+def reference_tumbling(df: pl.DataFrame, size: str) -> pl.DataFrame:
+    return (df.with_columns(window_start=pl.col("ts").dt.truncate(size))
+            .group_by(KEY, "window_start").agg(**AGGS)
+            .with_columns(window_end=pl.col("window_start").dt.offset_by(size)))
+
+
+def reference_sliding(df: pl.DataFrame, size_s: int, every_s: int) -> pl.DataFrame:
+    parts = []
+    for j in range(-(-size_s // every_s)):
+        start = pl.col("ts").dt.truncate(f"{every_s}s") - pl.duration(seconds=j * every_s)
+        parts.append(df.with_columns(window_start=start)
+                     .filter(pl.col("ts") < pl.col("window_start") + pl.duration(seconds=size_s)))
+    return (pl.concat(parts).group_by(KEY, "window_start").agg(**AGGS)
+            .with_columns(window_end=pl.col("window_start") + pl.duration(seconds=size_s)))
+
+
+def reference_session(df: pl.DataFrame, gap_s: int) -> pl.DataFrame:
+    gap = pl.duration(seconds=gap_s)
+    ordered = df.sort(KEY, "ts")
+    session = ((pl.col("ts").diff() >= gap) | pl.col(KEY).ne(pl.col(KEY).shift(1))).fill_null(True).cum_sum()
+    return (ordered.with_columns(session=session).group_by(KEY, "session")
+            .agg(window_start=pl.col("ts").min(), window_end=pl.col("ts").max() + gap, **AGGS).drop("session"))
+
+
+def assert_windows_equal(got: pl.DataFrame, expected: pl.DataFrame, what: str) -> None:
+    keys = [KEY, "window_start"]
+    assert got.columns[:3] == [KEY, "window_start", "window_end"], got.columns
+    assert got.select(keys).is_duplicated().sum() == 0, f"{what}: a window was emitted twice"
+    expected = expected.select(got.columns).sort(keys)
+    got = got.sort(keys)
+    assert got.height == expected.height, f"{what}: {got.height} windows, polars says {expected.height}"
+    assert got.select(*keys, "window_end", "n", "top").equals(
+        expected.select(*keys, "window_end", "n", "top").cast(got.select(*keys, "window_end", "n", "top").schema)), what
+    for column in ("total", "avg"):
+        assert (got[column] - expected[column]).abs().max() < 1e-6, f"{what}: {column} differs"
+
+
+def run_windows(df: pl.DataFrame, windows: dict[str, af.WindowSpec], *, workers: int, state: str = "memory",
+                batch_size: int | None = None, splits: int | None = 3, delay: str = "5s",
+                lateness: str | None = None) -> tuple[dict[str, pl.DataFrame], af.RunResult]:
+    flow = af.Flow("windows")
+    stream = flow.from_polars(df, splits=splits).with_watermark("ts", delay=delay)
+    sinks: dict[str, CollectSink] = {}
+    for name, spec in windows.items():
+        windowed = stream.key_by(KEY).window(spec, allowed_lateness=lateness).agg(**AGGS, name=name)
+        sinks[name] = CollectSink()
+        windowed.write_to(sinks[name], name=f"{name}-out")
+        sinks[f"{name}.late"] = CollectSink()
+        windowed.side_output("late").write_to(sinks[f"{name}.late"], name=f"{name}-late")
+    result = flow.run(workers=workers, state=state, batch_size=batch_size)
+    frames = {}
+    for name in sinks:
+        parts = result.outputs.get(f"{name}-out" if not name.endswith(".late") else f"{name[:-5]}-late") or []
+        frames[name] = pl.concat(parts) if parts else pl.DataFrame()
+    return frames, result
+
+
+def test_windows_equal_polars_for_every_executor(workers: int) -> None:
+    df = events(12_000)
+    batch = {0: 997, 1: 1500, 2: 613}.get(workers, 800)
+    windows = {"tumbling": af.tumbling("60s"), "sliding": af.sliding("60s", every="20s"),
+               "session": af.session(gap="20s")}
+    frames, result = run_windows(df, windows, workers=workers, batch_size=batch)
+    assert_windows_equal(frames["tumbling"], reference_tumbling(df, "60s"), "tumbling")
+    assert_windows_equal(frames["sliding"], reference_sliding(df, 60, 20), "sliding")
+    assert_windows_equal(frames["session"], reference_session(df, 20), "session")
+    for name in windows:
+        assert frames[f"{name}.late"].height == 0, f"{name}: no event is later than the delay"
+    fired = result.metrics().filter(pl.col("kind") == "window")
+    assert fired["late"].sum() == 0
+    assert fired["windows_open"].sum() == 0, "every window fires at the end of a bounded input"
+
+
+@pytest.mark.parametrize("state", ["arrow", "lmdb", "sql"])
+def test_windows_equal_polars_on_every_state_backend(state: str) -> None:
+    df = events(6000, users=25, seed=3)
+    windows = {"tumbling": af.tumbling("60s"), "session": af.session(gap="15s")}
+    frames, _ = run_windows(df, windows, workers=0, state=state, batch_size=701)
+    assert_windows_equal(frames["tumbling"], reference_tumbling(df, "60s"), f"tumbling on {state}")
+    assert_windows_equal(frames["session"], reference_session(df, 15), f"session on {state}")
+
+
+@pytest.mark.parametrize("batch_size", [1, 64, None])
+def test_any_batch_size_gives_the_same_windows(batch_size: int | None) -> None:
+    df = events(1500 if batch_size == 1 else 5000, users=10, seed=11)
+    frames, _ = run_windows(df, {"tumbling": af.tumbling("30s"), "sliding": af.sliding("30s", every="10s")},
+                            workers=0, batch_size=batch_size)
+    assert_windows_equal(frames["tumbling"], reference_tumbling(df, "30s"), "tumbling")
+    assert_windows_equal(frames["sliding"], reference_sliding(df, 30, 10), "sliding")
+
+
+def with_late_events(seed: int = 5) -> pl.DataFrame:
+    """In-order events plus some far behind (minutes late), at known row positions."""
+    df = events(4000, users=8, seed=seed, jitter_ms=1000)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(np.arange(1000, 4000), 60, replace=False))
+    back = pl.Series(rng.integers(90_000, 300_000, len(rows))).cast(pl.Duration("ms"))
+    ts = df["ts"].to_numpy().copy()
+    ts[rows] = ts[rows] - back.to_numpy()
+    return df.with_columns(pl.Series("ts", ts).cast(pl.Datetime("ms")))
+
+
+def reference_late(df: pl.DataFrame, *, batch_size: int, delay_ms: int, size_ms: int, lateness_ms: int) -> pl.DataFrame:
+    """Rows the engine must call late: the watermark before a batch is the max event time of
+    the batches before it minus the delay; a row is late when its window's end plus the
+    allowed lateness is at or behind that watermark."""
+    ms = df["ts"].dt.epoch("ms").to_numpy()
+    batch = np.arange(len(ms)) // batch_size
+    batch_max = pl.Series(ms).to_frame("t").with_columns(b=batch).group_by("b", maintain_order=True).agg(
+        pl.col("t").max())["t"].to_numpy()
+    watermark_before = np.concatenate([[np.iinfo(np.int64).min // 2], np.maximum.accumulate(batch_max)[:-1] - delay_ms])
+    end = (ms // size_ms) * size_ms + size_ms
+    late = end + lateness_ms <= watermark_before[batch]
+    return df.filter(pl.Series(late)).with_columns(
+        window_start=pl.col("ts").dt.truncate(f"{size_ms}ms"),
+        window_end=pl.col("ts").dt.truncate(f"{size_ms}ms").dt.offset_by(f"{size_ms}ms"))
+
+
+def test_late_events_go_to_the_late_side_output(workers: int) -> None:
+    df = with_late_events()
+    batch_size = 250
+    frames, result = run_windows(df, {"tumbling": af.tumbling("60s")}, workers=workers, splits=1,
+                                 batch_size=batch_size, delay="2s", lateness="30s")
+    late = frames["tumbling.late"]
+    expected_late = reference_late(df, batch_size=batch_size, delay_ms=2000, size_ms=60_000, lateness_ms=30_000)
+    assert expected_late.height > 20, "the data must have late events"
+    metrics = result.metrics().filter(pl.col("kind") == "window")
+    assert int(metrics["late"].sum()) == late.height, "every late row is counted"
+    if workers <= 1:
+        # One worker reads the one split: the watermark sequence is exactly the reference's.
+        assert late.columns == [*df.columns, "window_start", "window_end"]
+        assert late.sort("ts", KEY).equals(expected_late.sort("ts", KEY))
+    else:
+        # Two workers: the one that reads nothing holds event time back until it ends, so
+        # fewer rows may be late; none beyond the reference, and nothing lost.
+        assert late.join(expected_late, on=df.columns, how="anti").height == 0
+    on_time = df.join(late.select(df.columns), on=df.columns, how="anti")
+    assert_windows_equal(frames["tumbling"], reference_tumbling(on_time, "60s"), "windows without the late rows")
+    assert int(frames["tumbling"]["n"].sum()) + late.height == df.height, "every event is counted once"
+
+
+def test_window_api_errors_say_what_to_do() -> None:
+    flow = af.Flow("errors")
+    df = events(10)
+    stream = flow.from_polars(df)
+    with pytest.raises(PlanError, match="with_watermark"):
+        stream.key_by(KEY).window(af.tumbling("60s"))
+    with pytest.raises(SchemaError, match="must be a pl.Datetime"):
+        flow.from_polars(df.with_columns(pl.col("ts").dt.epoch("ms"))).with_watermark("ts")
+    with pytest.raises(PlanError, match="every is longer"):
+        af.sliding("10s", every="20s")
+    with pytest.raises(PlanError, match="longer than zero"):
+        af.tumbling("0s")
+    with pytest.raises(PlanError, match="tumbling"):
+        stream.with_watermark("ts").key_by(KEY).window("60s")
+    with pytest.raises(PlanError, match="window_start"):
+        stream.with_watermark("ts").key_by(KEY).window(af.tumbling("1m")).agg(window_start=pl.len())
+
+
+def test_explain_shows_the_watermark_and_the_window() -> None:
+    flow = af.Flow("explained")
+    out = flow.from_polars(events(10)).with_watermark("ts", delay="5s").key_by(KEY).window(
+        af.tumbling("60s")).agg(n=pl.len())
+    text = out.explain()
+    assert "watermark = max seen - 5000ms" in text
+    assert "tumbling(60000ms) windows by ['user']" in text
+
+
+_JOB = textwrap.dedent("""
+    import json, sys
+    import polars as pl
+    import arrowflow as af
+
+    input_dir, output_dir, ckpt, workers, state = sys.argv[1:6]
+    flow = af.Flow("windows-recovery")
+    (flow.read_parquet(input_dir + "/*.parquet")
+        .with_watermark("ts", delay="5s")
+        .key_by("user").window(af.tumbling("60s")).agg(n=pl.len(), total=pl.col("amount").sum())
+        .write_parquet(output_dir))
+    result = flow.run(workers=int(workers), state=state, checkpoint_dir=ckpt,
+                      checkpoint_every=af.every_rows(15_000), batch_size=2_000, max_restarts=0)
+    print("RESULT " + json.dumps({"restored_from": result.restored_from}))
+""")
+
+
+@pytest.mark.parametrize(("workers", "state", "fault"), [(2, "memory", "after_manifest@3"),
+                                                         (0, "lmdb", "during_snapshot@3")])
+def test_kill_9_then_restore_fires_every_window_exactly_once(tmp_path: Path, workers: int, state: str,
+                                                            fault: str) -> None:
+    df = events(120_000, users=300, seed=13, span_ms=4 * 3_600_000)
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    for part in range(4):
+        df.slice(part * 30_000, 30_000).write_parquet(input_dir / f"part-{part}.parquet")
+    script = tmp_path / "job.py"
+    script.write_text(_JOB)
+    args = [sys.executable, str(script), str(input_dir), str(tmp_path / "out"), str(tmp_path / "ckpt"),
+            str(workers), state]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "ARROWFLOW_FAULTS": fault})
+    assert first.returncode != 0 and "RESULT" not in first.stdout, "the fault point was never reached"
+    second = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert '"restored_from": null' not in second.stdout, "the second run did not restore"
+    got = pl.read_parquet(tmp_path / "out" / "*.parquet")
+    expected = reference_tumbling(df, "60s")
+    keys = [KEY, "window_start"]
+    assert got.select(keys).is_duplicated().sum() == 0, "a window was committed twice"
+    joined = got.join(expected, on=keys, how="full", coalesce=True)
+    assert got.height == expected.height == joined.height, f"{got.height} windows committed, polars: {expected.height}"
+    assert (joined["n"] == joined["n_right"]).all()
+    assert (joined["total"] - joined["total_right"]).abs().max() < 1e-6
