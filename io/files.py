@@ -271,10 +271,10 @@ class _FileReader(SplitReader):
         if source.format == "parquet":
             info = self.split.info
             frame = _columnar.read_parquet(self.url, source.storage_options, info["row_groups"], info["start"],
-                                           info["rows"], self.skip, columns, what=source.kind)
+                                           info["rows"], self.skip, names, what=source.kind)
             return Parsed(frame, frame.height), self.skip
         if source.format == "ipc":
-            frame = _columnar.read_ipc(self.url, source.storage_options, self.skip, columns,
+            frame = _columnar.read_ipc(self.url, source.storage_options, self.skip, names,
                                        stream=source.meta(self.url).stream, what=source.kind)
             return Parsed(frame, frame.height), self.skip
         payload = read_bytes(self.url, source.storage_options, what=source.kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io as _stdio
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import polars as pl
@@ -22,6 +23,9 @@ class MemorySource(Source):
     schema_is_static = True
 
     def __init__(self, frame: pl.DataFrame, *, splits: int | None = None, columns: list[str] | None = None) -> None:
+        if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+            msg = f"splits must be a positive number of pieces, got {splits!r}"
+            raise PlanError(msg)
         self.frame = frame
         self.splits = splits
         self.columns = columns
@@ -66,10 +70,15 @@ class MemorySource(Source):
         height = self.frame.height
         count = self.splits or max(1, min(16, height // 100_000))
         bounds = [height * i // count for i in range(count + 1)]
-        return [Split(f"rows-{lo}-{hi}", {"start": lo, "stop": hi}) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        return [Split(f"rows-{lo}-{hi}", {"start": lo, "stop": hi}) for lo, hi in pairwise(bounds)]
 
     def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
-        frame = self.frame if self.columns is None else self.frame.select(self.columns)
+        if self.columns is None:
+            frame = self.frame
+        elif self.columns:
+            frame = self.frame.select(self.columns)
+        else:  # no column read: keep the row count (a select of nothing has no rows)
+            frame = pl.DataFrame(height=self.frame.height)
         return _SliceReader(frame, split.info["start"], split.info["stop"], position or 0, batch_size)
 
     def describe(self) -> str:

@@ -39,13 +39,6 @@ def expected_malformed(path: Path, bad: list[tuple[int, str]], source: str) -> p
     )
 
 
-def run_with_malformed(stream: af.Stream, workers: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
-    from arrowflow.testing import collect_all
-
-    data, bad = collect_all(stream, stream.side_output("malformed"), workers=workers)
-    return data, bad
-
-
 CSV_TEXT = (
     b"a,s,f\n"            # line 1: header
     b"1,x,1.5\n"          # 2
@@ -65,12 +58,7 @@ CSV_BAD = [(2, "expected 3 fields, found 1"), (3, "column 'a': cannot parse 'zz'
 CSV_GOOD_LINES = [1, 6, 8, 9, 11]
 
 
-def test_csv_bad_rows_exactly(tmp_path: Path, workers: int, same_rows) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_bytes(CSV_TEXT)
-    stream = af.Flow("csv").read_csv(str(path), schema=SCHEMA)
-    data, bad = run_with_malformed(stream, workers)
-
+def check_csv_exactly(path: Path, data: pl.DataFrame, bad: pl.DataFrame, same_rows) -> None:
     good_text = b"\n".join(line for i, line in enumerate(CSV_TEXT.split(b"\n")) if i == 0 or i in CSV_GOOD_LINES)
     same_rows(data, pl.read_csv(good_text, schema=SCHEMA))
     assert data.height == 4  # lines 9 and 10 are one record
@@ -182,11 +170,7 @@ NDJSON_BAD = [(1, "invalid JSON"), (2, "expected a JSON object, found an array")
               (7, "not valid UTF-8"), (9, "column 'f': cannot parse 'abc' as Float64")]
 
 
-def test_ndjson_bad_lines_exactly(tmp_path: Path, workers: int, same_rows) -> None:
-    path = tmp_path / "bad.ndjson"
-    path.write_bytes(b"\n".join(NDJSON_LINES) + b"\n")
-    data, bad = run_with_malformed(af.Flow("json").read_ndjson(str(path), schema=SCHEMA), workers)
-
+def check_ndjson_exactly(path: Path, data: pl.DataFrame, bad: pl.DataFrame, same_rows) -> None:
     good = b"\n".join(NDJSON_LINES[i] for i in (0, 5, 8, 10))
     same_rows(data, pl.read_ndjson(good, schema=SCHEMA))
     assert data.height == 4
@@ -194,6 +178,22 @@ def test_ndjson_bad_lines_exactly(tmp_path: Path, workers: int, same_rows) -> No
     got_reasons = bad.sort("line")["reason"].to_list()
     assert got_reasons[0].startswith("invalid JSON: ")  # Python's json module words the detail
     same_rows(bad.with_columns(pl.col("reason").str.replace(r"^invalid JSON: .*", "invalid JSON")), expected)
+
+
+def test_bad_rows_exactly_on_every_executor(tmp_path: Path, workers: int, same_rows) -> None:
+    from arrowflow.testing import collect_all
+
+    csv_path, json_path = tmp_path / "bad.csv", tmp_path / "bad.ndjson"
+    csv_path.write_bytes(CSV_TEXT)
+    json_path.write_bytes(b"\n".join(NDJSON_LINES) + b"\n")
+    flow = af.Flow("bad")
+    from_csv = flow.read_csv(str(csv_path), schema=SCHEMA)
+    from_json = flow.read_ndjson(str(json_path), schema=SCHEMA)
+    csv_data, csv_bad, json_data, json_bad = collect_all(
+        from_csv, from_csv.side_output("malformed"), from_json, from_json.side_output("malformed"),
+        workers=workers, batch_size=2)
+    check_csv_exactly(csv_path, csv_data, csv_bad, same_rows)
+    check_ndjson_exactly(json_path, json_data, json_bad, same_rows)
 
 
 def test_ndjson_on_error_raise(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 import polars as pl
@@ -67,7 +68,7 @@ def test_reading_does_not_depend_on_files_groups_or_batches(fmt, rows, cuts, row
     bounds = sorted({0, frame.height, *(c for c in cuts if c <= frame.height)})
     folder = Path(tempfile.mkdtemp(prefix="af-prop-"))
     try:
-        for index, (low, high) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        for index, (low, high) in enumerate(pairwise(bounds)):
             write(frame.slice(low, high - low), fmt, folder / f"part-{index}.{EXT[fmt]}", row_group_size)
         if len(bounds) < 2:
             write(frame, fmt, folder / f"part-0.{EXT[fmt]}", row_group_size)

@@ -10,6 +10,7 @@ import polars.selectors as cs
 import pytest
 
 import arrowflow as af
+from arrowflow.testing import collect_all
 
 FORMATS = ["parquet", "csv", "ndjson", "ipc"]
 EXT = {"parquet": "parquet", "csv": "csv", "ndjson": "ndjson", "ipc": "arrow"}
@@ -62,32 +63,39 @@ def visible_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_reader_matches_polars(tmp_path: Path, fmt: str, workers: int, same_rows) -> None:
-    for index, (start, length) in enumerate([(0, 3), (3, 1), (4, 4)]):
-        write_with_polars(FRAME.slice(start, length), fmt, tmp_path / f"part-{index}.{EXT[fmt]}", row_group_size=2)
-    expected = pl.concat([read_with_polars(fmt, p, FRAME.schema) for p in sorted(tmp_path.iterdir())])
-    schema = FRAME.schema if fmt in ("csv", "ndjson") else None
-
+def test_readers_match_polars(tmp_path: Path, workers: int, same_rows) -> None:
+    """Every format in one flow (one run per executor): 3 files, several row groups each."""
     flow = af.Flow("read")
-    got = getattr(flow, f"read_{fmt}")(str(tmp_path / f"*.{EXT[fmt]}"), schema=schema).collect(workers=workers)
+    streams, expected = [], []
+    for fmt in FORMATS:
+        folder = tmp_path / fmt
+        folder.mkdir()
+        for index, (start, length) in enumerate([(0, 3), (3, 1), (4, 4)]):
+            write_with_polars(FRAME.slice(start, length), fmt, folder / f"part-{index}.{EXT[fmt]}", row_group_size=2)
+        expected.append(pl.concat([read_with_polars(fmt, p, FRAME.schema) for p in sorted(folder.iterdir())]))
+        schema = FRAME.schema if fmt in ("csv", "ndjson") else None
+        streams.append(getattr(flow, f"read_{fmt}")(str(folder / f"*.{EXT[fmt]}"), schema=schema))
 
-    same_rows(got, expected)
-    same_rows(got, round_tripped(fmt))
+    results = collect_all(*streams, workers=workers, batch_size=3)
+
+    for fmt, got, reference in zip(FORMATS, results, expected, strict=True):
+        same_rows(got, reference)
+        same_rows(got, round_tripped(fmt))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_writer_output_reads_back_in_polars(tmp_path: Path, fmt: str, workers: int, same_rows) -> None:
-    out = tmp_path / "out"
+def test_writers_output_reads_back_in_polars(tmp_path: Path, workers: int, same_rows) -> None:
     flow = af.Flow("write")
-    getattr(flow.from_polars(FRAME, splits=3), f"write_{fmt}")(str(out), rows_per_file=3)
+    rows = flow.from_polars(FRAME, splits=3)
+    for fmt in FORMATS:
+        getattr(rows, f"write_{fmt}")(str(tmp_path / fmt), rows_per_file=3)
     result = flow.run(workers=workers)
 
-    files = visible_files(out)
-    assert files and all(p.name.startswith("part-") and p.suffix == f".{EXT[fmt]}" for p in files)
-    assert result.rows_out == FRAME.height
-    back = pl.concat([read_with_polars(fmt, p, FRAME.schema) for p in files])
-    same_rows(back, round_tripped(fmt))
+    assert result.rows_out == len(FORMATS) * FRAME.height
+    for fmt in FORMATS:
+        files = visible_files(tmp_path / fmt)
+        assert files and all(p.name.startswith("part-") and p.suffix == f".{EXT[fmt]}" for p in files)
+        back = pl.concat([read_with_polars(fmt, p, FRAME.schema) for p in files])
+        same_rows(back, round_tripped(fmt))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

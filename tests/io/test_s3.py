@@ -7,6 +7,7 @@ import pytest
 
 import arrowflow as af
 from arrowflow.errors import SchemaError, SourceError
+from arrowflow.testing import collect_all
 
 FRAME = pl.DataFrame({"k": list(range(12)), "s": [f"é{i}" for i in range(12)], "f": [i / 4 for i in range(12)]})
 
@@ -16,14 +17,20 @@ def put(fs, url: str, frame: pl.DataFrame, fmt: str, **options) -> None:
         getattr(frame, f"write_{fmt}")(handle, **options)
 
 
-def test_parquet_row_groups_and_projection(s3, workers: int, same_rows) -> None:
+def test_parquet_row_groups_and_projection(s3, workers: int, same_rows, read_all) -> None:
     fs, base, options = s3
     put(fs, f"{base}/in/a.parquet", FRAME.slice(0, 7), "parquet", row_group_size=2)
     put(fs, f"{base}/in/b.parquet", FRAME.slice(7, 5), "parquet", row_group_size=2)
     flow = af.Flow("s3")
     stream = flow.read_parquet(f"{base}/in/", storage_options=options)
-    same_rows(stream.collect(workers=workers, batch_size=3), FRAME)
-    same_rows(stream.select("s").collect(workers=workers), FRAME.select("s"))
+    everything, projected = collect_all(stream, stream.select("s"), workers=workers, batch_size=3)
+    same_rows(everything, FRAME)
+    same_rows(projected, FRAME.select("s"))
+    pruned = stream.node.params["source"].with_columns_pruned(["s"])
+    assert [split.info["row_groups"] for split in pruned.discover_splits()] == [[0, 1, 2, 3], [0, 1, 2]]
+    data, _ = read_all(pruned, batch_size=4)
+    assert data.columns == ["s"]
+    same_rows(data, FRAME.select("s"))
 
 
 @pytest.mark.parametrize("fmt", ["csv", "ndjson", "ipc"])
@@ -59,8 +66,6 @@ def test_parquet_sink_commits_and_appends(s3, same_rows) -> None:
 def test_bad_csv_rows_on_s3(s3) -> None:
     fs, base, options = s3
     fs.pipe(f"{base}/bad/x.csv", b"k,s,f\n1,a,0.5\n2,b\n3,c,oops\n4,d,1.5\n")
-    from arrowflow.testing import collect_all
-
     stream = af.Flow("s3bad").read_csv(f"{base}/bad/*.csv", storage_options=options, schema=FRAME.schema)
     data, bad = collect_all(stream, stream.side_output("malformed"))
     assert data["k"].to_list() == [1, 4]
@@ -77,5 +82,5 @@ def test_missing_key_and_schema_mismatch(s3) -> None:
     with pytest.raises(SourceError, match="matches no file"):
         af.Flow("s3glob").read_parquet(f"{base}/nothing/*.parquet", storage_options=options).collect()
     put(fs, f"{base}/typed/x.parquet", FRAME, "parquet")
-    with pytest.raises(SchemaError, match="column 'k' is Int64 .* the schema says String"):
+    with pytest.raises(SchemaError, match=r"column 'k' is Int64 .* the schema says String"):
         af.Flow("s3schema").read_parquet(f"{base}/typed", storage_options=options, schema={"k": pl.String}).collect()
