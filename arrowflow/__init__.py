@@ -16,6 +16,10 @@ from arrowflow.errors import SinkError as SinkError
 from arrowflow.errors import SourceError as SourceError
 from arrowflow.errors import StateError as StateError
 from arrowflow.errors import WorkerError as WorkerError
+from arrowflow.process import ListState as ListState
+from arrowflow.process import MapState as MapState
+from arrowflow.process import ProcessContext as ProcessContext
+from arrowflow.process import ValueState as ValueState
 from arrowflow.runtime.result import RunResult as RunResult
 from arrowflow.triggers import Trigger as Trigger
 from arrowflow.triggers import TriggerStats as TriggerStats
@@ -33,13 +37,17 @@ __all__ = [
     "CheckpointError",
     "Flow",
     "KeyedStream",
+    "ListState",
+    "MapState",
     "PlanError",
+    "ProcessContext",
     "RunResult",
     "SchemaError",
     "SinkError",
     "SourceError",
     "StateError",
     "Stream",
+    "ValueState",
     "WorkerError",
     "Trigger",
     "TriggerStats",

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 STATELESS = ("filter", "select", "with_columns", "map_batches")
 # Physical operators the planner derives from a logical one, by id suffix.
-_DERIVED_IDS = {"agg": (".exchange",)}
+_DERIVED_IDS = {"agg": (".exchange",), "process": (".exchange",)}
 
 _DERIVED_IDS["window"] = (".exchange",)
 
@@ -312,6 +312,8 @@ class Flow:
             return upstream
         if kind == "window":
             return params["window"](upstream).output_schema
+        if kind == "process":
+            return params["process"].learn_schema(upstream)
         if kind == "sink":
             params["sink"].validate(upstream, node.id)
             return upstream
@@ -630,6 +632,36 @@ class KeyedStream:
 
         node = flow._add("agg", [self.stream.node], name, keys=keys, aggs=aggs, agg=make)
         make.__defaults__ = (aggs, keys, node.id)  # name errors after the real operator id
+        return Stream(flow, flow._validate(node))
+
+    def process(self, fn: Callable[[pl.DataFrame, Any], pl.DataFrame], *, states: Sequence[Any] = (),
+                schema: Any = None, side_outputs: dict[str, Any] | None = None, event_time: str | None = None,
+                name: str | None = None) -> Stream:
+        """Keyed process function: ``fn(batch, ctx)`` per batch, with vectorized keyed state.
+
+        ``batch`` holds the rows of the keys this worker owns; ``ctx.state(name)`` reads and
+        writes the declared ``states`` (:class:`arrowflow.ValueState`, ``ListState``,
+        ``MapState``) a column of keys at a time; ``ctx.emit(side, frame)`` sends rows to a
+        declared side output (``side_outputs={"invalid": schema}``, None: the input's schema),
+        read with ``.side_output("invalid")``. ``fn`` returns a DataFrame of the same columns
+        every time: ``schema=``, or learned by calling ``fn`` once on an empty batch.
+        ``event_time="ts"`` measures state TTLs in event time instead of processing time.
+        See :mod:`arrowflow.process` for the state methods and a worked example.
+        """
+        from arrowflow.process import ProcessFunction
+
+        flow = self.stream.flow
+        op_id = flow._new_id("process", name)
+        function = ProcessFunction.build(fn, keys=list(self.keys), states=states, schema=schema,
+                                         side_outputs=side_outputs, event_time=event_time, operator_id=op_id)
+        upstream = self.stream.node
+
+        def side_schema(_schema: pl.Schema, _side: str, _flow: Flow = flow, _up: Node = upstream) -> pl.Schema:
+            return function.side_output_schema(_side, _flow.schema_of(_up))
+
+        sides = {side: (lambda s, _side=side: side_schema(s, _side)) for side in function.side_outputs}
+        node = flow._add("process", [upstream], name, keys=list(self.keys), process=function, side_outputs=sides)
+        function.operator_id = node.id
         return Stream(flow, flow._validate(node))
 
     def window(self, window: Any, *, allowed_lateness: Any = None) -> Any:

@@ -56,7 +56,7 @@ class OpSpec:
     """One physical operator. ``steps`` are the logical operators fused into it."""
 
     id: str
-    kind: str  # source | chain | union | exchange | agg | sink
+    kind: str  # source | chain | union | exchange | agg | process | sink
     inputs: list[Edge]
     schema: pl.Schema
     steps: list[str] = field(default_factory=list)
@@ -146,6 +146,8 @@ def describe_op(spec: OpSpec) -> str:
     if spec.kind == "window":
         aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
         return f"{params['window'].spec.describe()} windows by {params['keys']}: {aggs}"
+    if spec.kind == "process":
+        return params["process"].describe()
     if spec.kind == "sink":
         return params["sink"].describe()
     if spec.kind == "union":
@@ -212,7 +214,7 @@ def _required_columns(flow: Flow, order: list[Node], outputs: list[Node]) -> dic
             need(parent, ALL if out is ALL or roots is ALL else (out - produced) | roots)
         elif kind == "select":
             need(parent, _roots(params["exprs"]))
-        elif kind == "map_batches":
+        elif kind in ("map_batches", "process"):  # a function may read any column
             need(parent, ALL)
         elif kind == "union":
             for each in node.inputs:
@@ -313,6 +315,18 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
                            "max_parallelism": max_parallelism})
             ops.extend([exchange, spec])
             edge_of[id(node)] = Edge(spec.id)
+        elif kind == "process":
+            parent = node.inputs[0]
+            exchange = OpSpec(
+                f"{node.id}.exchange", "exchange", [edge_of[id(parent)]], flow.schema_of(parent), [],
+                {"keys": params["keys"], "max_parallelism": max_parallelism},
+            )
+            function = params["process"].bind(flow.schema_of(parent), schema, max_parallelism)
+            spec = OpSpec(node.id, "process", [Edge(exchange.id)], schema, [node.id],
+                          {"keys": params["keys"], "process": function, "fn": function.fn,
+                           "max_parallelism": max_parallelism})
+            ops.extend([exchange, spec])
+            edge_of[id(node)] = Edge(spec.id)
         elif kind == "watermark":
             spec = OpSpec(node.id, "watermark", [edge_of[id(node.inputs[0])]], schema, [node.id],
                           {"column": params["column"], "delay_ms": params["delay_ms"],
@@ -361,4 +375,6 @@ def _fingerprint_entry(op: OpSpec) -> list[Any]:
         })
     if op.kind == "window":
         entry.append({**op.params["window"].fingerprint(), "max_parallelism": op.params["max_parallelism"]})
+    elif op.kind == "process":
+        entry.append({**op.params["process"].fingerprint(), "max_parallelism": op.params["max_parallelism"]})
     return entry

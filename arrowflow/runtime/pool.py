@@ -272,7 +272,7 @@ def _user_modules(plan: Plan) -> list[Any]:
     installed = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     found = []
     for op in plan.ops:
-        for step in op.params.get("steps", []):
+        for step in [*op.params.get("steps", []), op.params]:  # chained functions, a process function
             for fn in (step.get("fn"),):
                 name = getattr(fn, "__module__", None)
                 module = sys.modules.get(name) if name else None
@@ -283,8 +283,8 @@ def _user_modules(plan: Plan) -> list[Any]:
                     importable = importlib.util.find_spec(name) is not None
                 except (ImportError, ValueError):
                     importable = False
-                if not importable or not any(path.startswith(root) for root in installed):
-                    found.append(module)
+                if (not importable or not any(path.startswith(root) for root in installed)) and module not in found:
+                    found.append(module)  # once: registering a module twice cannot be undone twice
     return found
 
 

@@ -172,6 +172,10 @@ class Worker:
                 op.transport = transport
             elif spec.kind == "agg":
                 op = AggOp(spec, backend, key_range, context)
+            elif spec.kind == "process":
+                from arrowflow.runtime.process_op import ProcessOp
+
+                op = ProcessOp(spec, backend, key_range, context)
             elif spec.kind in ("watermark", "window"):
                 from arrowflow.runtime.window_op import make_event_time_op
 
