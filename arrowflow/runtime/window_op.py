@@ -59,7 +59,7 @@ from arrowflow.watermarks import IDLE, NO_WATERMARK, to_micros
 from arrowflow.windows import WINDOW_END, WINDOW_START, WindowAgg
 
 #: Buffered window rows (one per open window) merged into the store once exceeded.
-BUFFER_ROWS = 1_000_000
+BUFFER_ROWS = 4_000_000
 END = "__end"
 START = "__start"
 
@@ -252,12 +252,32 @@ class _WindowBase(Operator):
         return data
 
 
+class _Chunk:
+    """Buffered windows from one or more batches: one row per window, and the physical range
+    ``[low, high]`` of their starts. Keys are unique across all chunks."""
+
+    __slots__ = ("frame", "high", "low")
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+        starts = frame.get_column(WINDOW_START).to_physical()
+        self.low, self.high = int(starts.min()), int(starts.max())  # type: ignore[arg-type]
+
+
 class WindowOp(_WindowBase):
-    """Tumbling and sliding windows (see the module docstring)."""
+    """Tumbling and sliding windows (see the module docstring).
+
+    The write buffer is a list of chunks, one per batch, tagged with their range of window
+    starts. A batch's partials are combined only with the rows of chunks whose starts fall in
+    the overlap of the two ranges (a minute or two at a batch boundary), so inserting costs
+    about the batch's size however much is buffered; firing takes whole chunks whose range is
+    due, and filters only the one or two that straddle the watermark.
+    """
 
     def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
         super().__init__(spec, backend, key_range, context)
-        self.buffer: pl.DataFrame | None = None  # one row per window: keys, window_start, partials
+        self.chunks: list[_Chunk] = []
+        self.buffered = 0
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         assigned = self.window.assign(batch)
@@ -275,25 +295,45 @@ class WindowOp(_WindowBase):
         self._buffer(partial)
 
     def _buffer(self, partial: pl.DataFrame) -> None:
-        buffer = self.buffer
-        if buffer is None or not buffer.height:
-            self.buffer = partial
-        else:
-            # Only windows already in the buffer need combining; the rest are appended.
-            present = partial.get_column(WINDOW_START).is_in(buffer.get_column(WINDOW_START).unique().implode())
-            overlap = partial.filter(present)
-            if overlap.height:
-                buffer = self.agg.combine(pl.concat([buffer, overlap], how="vertical"))
-                partial = partial.filter(~present)
-            self.buffer = pl.concat([buffer, partial], how="vertical") if partial.height else buffer
-        if self.buffer.height > BUFFER_ROWS:
+        chunk = _Chunk(partial)
+        start = pl.col(WINDOW_START).to_physical()
+        taken: list[pl.DataFrame] = []
+        overlaps: list[tuple[int, int]] = []
+        kept: list[_Chunk] = []
+        for old in self.chunks:
+            low, high = max(old.low, chunk.low), min(old.high, chunk.high)
+            if low > high:
+                kept.append(old)
+                continue
+            inside = start.is_between(low, high)
+            rows = old.frame.filter(inside)
+            if rows.height:
+                taken.append(rows)
+                overlaps.append((low, high))
+                rest = old.frame.filter(~inside)
+                if rest.height:
+                    kept.append(_Chunk(rest))
+            else:
+                kept.append(old)
+        if taken:
+            shared = pl.any_horizontal([start.is_between(low, high) for low, high in overlaps])
+            combined = self.agg.combine(pl.concat([*taken, partial.filter(shared)], how="vertical"))
+            fresh = partial.filter(~shared)
+            chunk = _Chunk(pl.concat([fresh, combined], how="vertical") if fresh.height else combined)
+        kept.append(chunk)
+        if len(kept) > 256:  # key-disjoint: concatenating is enough
+            kept = [_Chunk(pl.concat([c.frame for c in kept], how="vertical"))]
+        self.chunks = kept
+        self.buffered = sum(c.frame.height for c in kept)
+        if self.buffered > BUFFER_ROWS:
             self.flush()
 
     def flush(self) -> None:
-        buffer, self.buffer = self.buffer, None
-        if buffer is None or not buffer.height:
+        chunks, self.chunks, self.buffered = self.chunks, [], 0
+        if not chunks:
             return
         assert self.store is not None
+        buffer = pl.concat([c.frame for c in chunks], how="vertical") if len(chunks) > 1 else chunks[0].frame
         if self.index.height:
             known = buffer.join(self.index.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
             fresh = buffer.join(self.index.select(self.keys), on=self.keys, how="anti", nulls_equal=True)
@@ -308,23 +348,36 @@ class WindowOp(_WindowBase):
             self.index = pl.concat([self.index, self._with_end(keys)], how="vertical")
 
     def fire(self, limit: int | None) -> None:
-        frames = []
-        if self.buffer is not None and self.buffer.height:
-            if limit is None:
-                frames.append(self.buffer)
-                self.buffer = None
-            else:
-                start_limit = limit - self.window.size - self.window.lateness
-                due = pl.col(WINDOW_START).to_physical() <= start_limit
-                frames.append(self.buffer.filter(due))
-                self.buffer = self.buffer.filter(~due)
-        stored = self.take_due(None if limit is None else limit - self.window.lateness)
-        if stored and frames and frames[0].height:
-            # A window may be both in the store (flushed) and in the buffer (newer events).
-            self.emit_fired(self.agg.combine(pl.concat([*stored, *frames], how="vertical")))
+        due: list[pl.DataFrame] = []
+        if limit is None:
+            due = [c.frame for c in self.chunks]
+            self.chunks = []
         else:
-            for frame in [*stored, *frames]:
-                self.emit_fired(frame)
+            start_limit = limit - self.window.size - self.window.lateness
+            kept = []
+            for chunk in self.chunks:
+                if chunk.high <= start_limit:
+                    due.append(chunk.frame)
+                elif chunk.low > start_limit:
+                    kept.append(chunk)
+                else:
+                    is_due = pl.col(WINDOW_START).to_physical() <= start_limit
+                    due.append(chunk.frame.filter(is_due))
+                    kept.append(_Chunk(chunk.frame.filter(~is_due)))
+            self.chunks = kept
+        self.buffered = sum(c.frame.height for c in self.chunks)
+        buffered = pl.concat(due, how="vertical") if len(due) > 1 else (due[0] if due else None)
+        stored = self.take_due(None if limit is None else limit - self.window.lateness)
+        if stored and buffered is not None and buffered.height:
+            # A window may be both in the store (flushed before) and in the buffer (newer events).
+            both = buffered.join(stored[0].select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+            if both.height:
+                only = buffered.join(stored[0].select(self.keys), on=self.keys, how="anti", nulls_equal=True)
+                self.emit_fired(self.agg.combine(pl.concat([stored[0], both], how="vertical")))
+                self.emit_fired(only)
+                return
+        for frame in [*stored, *([buffered] if buffered is not None else [])]:
+            self.emit_fired(frame)
 
 
 class SessionWindowOp(_WindowBase):
