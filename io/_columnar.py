@@ -61,6 +61,8 @@ def read_parquet(url: str, storage_options: dict[str, Any] | None, row_groups: l
     remaining = rows - skip
     if remaining <= 0:
         return pl.DataFrame()
+    if columns == []:  # no column read: the row count is in the footer
+        return pl.DataFrame(height=remaining)
     fs, path = filesystem(url, storage_options)
     try:
         if is_local(fs):
@@ -70,8 +72,6 @@ def read_parquet(url: str, storage_options: dict[str, Any] | None, row_groups: l
             frame = _read_parquet_remote(fs, path, row_groups, skip, remaining, columns)
     except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         raise _failure(what, url, exc) from exc
-    if columns == []:
-        return pl.DataFrame(height=remaining)
     return frame
 
 
@@ -87,7 +87,7 @@ def _read_parquet_remote(fs: Any, path: str, row_groups: list[int], skip: int, r
                 skip -= size
                 continue
             wanted.append(group)
-        table = parquet.read_row_groups(wanted, columns=columns if columns else None, use_threads=True)
+        table = parquet.read_row_groups(wanted, columns=columns, use_threads=True)
     return pl.DataFrame(pl.from_arrow(table)).slice(skip, remaining)
 
 

@@ -19,11 +19,19 @@ State and protocol:
   ``on_error="raise"`` the first one fails the job instead. Type checks apply to the columns
   the flow reads (projection is pushed into the parser); width and syntax always apply.
 
-Worked example: ``read_csv("in/*.csv", schema={"a": pl.Int64, "b": pl.String})`` over a file
-``a,b\\n1,x\\n2\\nzz,y\\n3,z\\n`` with ``batch_size=2``: records 0..3 are ``1,x``, ``2`` (one
-field: malformed), ``zz,y`` (``zz`` is no Int64: malformed), ``3,z``; the reader yields data
-``[1]`` with malformed line 3 (position 2), then malformed line 4 with data ``[3]``
-(position 4). Reopened at position 2, it yields only the second batch.
+Worked example: a CSV file whose records 1 and 2 are bad, read two records at a time; the
+reader reports the position after each batch, and reopened at position 2 it would yield
+only the second batch.
+
+>>> import pathlib, tempfile
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "x.csv"
+>>> _ = path.write_text("a,b\\n1,x\\n2\\nzz,y\\n3,z\\n")
+>>> source = FileSource("csv", str(path), schema={"a": pl.Int64, "b": pl.String})
+>>> split = source.discover_splits()[0]
+>>> for batch in source.open_reader(split, None, batch_size=2).batches():
+...     print(batch.position, batch.data["a"].to_list(), batch.malformed["reason"].to_list())
+2 [1] ['expected 2 fields, found 1']
+4 [3] ["column 'a': cannot parse 'zz' as Int64"]
 """
 
 from __future__ import annotations
