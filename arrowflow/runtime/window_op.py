@@ -291,8 +291,31 @@ class WindowOp(_WindowBase):
                 assigned = assigned.filter(~is_late)
         if not assigned.height:
             return
-        partial = self.agg.partial(assigned.with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START)))
-        self._buffer(partial)
+        self._buffer(self._partial(assigned))
+
+    def _partial(self, assigned: pl.DataFrame) -> pl.DataFrame:
+        """The batch's partial aggregates per (keys, window_start).
+
+        One integer key (the common case, and W2's) and a window start packed into one
+        int64 group twice as fast as the two columns; the key and start are then unpacked
+        arithmetically. Other keys, nulls, or ranges too wide to pack take the general path.
+        """
+        key_dtype = self.window.key_schema[self.user_keys[0]] if len(self.user_keys) == 1 else None
+        if key_dtype is not None and key_dtype.is_integer() and assigned.height > 1024:
+            key = pl.col(self.user_keys[0]).cast(pl.Int64)
+            slot = pl.col(START) // self.window.every
+            low_key, high_key, low_slot, high_slot, nulls = assigned.select(
+                key.min().alias("a"), key.max().alias("b"), slot.min().alias("c"), slot.max().alias("d"),
+                key.null_count().alias("e")).row(0)
+            if nulls == 0 and high_key - low_key < 2**31 and high_slot - low_slot < 2**31:
+                packed = ((slot - low_slot) * 2**32 + (key - low_key)).alias("__packed")
+                grouped = assigned.group_by(packed).agg(self.agg.partial_exprs)
+                code = pl.col("__packed")
+                return grouped.select(
+                    ((code % 2**32) + low_key).cast(key_dtype).alias(self.user_keys[0]),
+                    (((code // 2**32) + low_slot) * self.window.every).cast(self.window.dtype).alias(WINDOW_START),
+                    *self.agg.state_schema.names())
+        return self.agg.partial(assigned.with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START)))
 
     def _buffer(self, partial: pl.DataFrame) -> None:
         chunk = _Chunk(partial)
