@@ -198,7 +198,9 @@ def build_flow(data: DemoData) -> af.Flow:
     """The demo job: per-user shopping totals over web and mobile events.
 
     Outputs ``out/per_user`` (Parquet, one row per user who put something in a cart or
-    bought) and ``out/malformed`` (NDJSON: the lines of the mobile upload that could not be
+    bought), ``out/per_10_minutes`` (Parquet: event counts and amounts per event type and
+    10-minute event-time window), ``out/late`` (NDJSON: events that came behind the watermark,
+    with the window they missed) and ``out/malformed`` (NDJSON: the lines of the mobile upload that could not be
     parsed, with the file, byte offset, line number and reason).
     """
     flow = af.Flow("clickstream-demo")
@@ -206,8 +208,19 @@ def build_flow(data: DemoData) -> af.Flow:
     mobile = flow.read_ndjson(str(data.mobile / "*.ndjson"), schema=SCHEMA, name="mobile_events")
     mobile.side_output("malformed").write_ndjson(str(data.out / "malformed"), name="malformed_rows")
 
+    events = web.union(mobile, name="all_events")
+    # Event time: 10-minute windows per event type; the watermark trails the newest event by
+    # 5 s, and events behind it (the mobile upload lags the web events) go to ``late``.
+    per_10_minutes = (
+        events.with_watermark("ts", delay="5s", name="event_time")
+        .key_by("event_type")
+        .window(af.tumbling("10m"))
+        .agg(events=pl.len(), amount=pl.col("amount").sum(), name="per_10_minutes")
+    )
+    per_10_minutes.write_parquet(str(data.out / "per_10_minutes"), name="per_10_minutes_out")
+    per_10_minutes.side_output("late").write_ndjson(str(data.out / "late"), name="late_events")
     shopping = (
-        web.union(mobile, name="all_events")
+        events
         .filter(pl.col("event_type").is_in(["add_to_cart", "purchase"]), name="shopping_only")
         .with_columns(
             bought=pl.col("event_type") == "purchase",
@@ -254,7 +267,8 @@ def run_demo(
     say("")
     say(
         "the flow: web Parquet + mobile NDJSON -> keep add_to_cart/purchase -> revenue in EUR -> "
-        "totals per user -> Parquet;\n          unparseable NDJSON lines -> their own output"
+        "totals per user -> Parquet;\n          10-minute event-time windows per event type -> Parquet, events "
+        "behind the watermark -> 'late';\n          unparseable NDJSON lines -> their own output"
     )
     say("")
     # The embedded defaults a user would deploy: state in LMDB on local disk, checkpoints in a
