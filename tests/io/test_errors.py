@@ -149,3 +149,10 @@ def test_memory_paths_need_the_in_process_executor() -> None:
 def test_unknown_protocol() -> None:
     with pytest.raises(SourceError, match=r"cannot open 'nosuchproto://x'.*check the URL"):
         af.Flow("proto").read_parquet("nosuchproto://x").collect()
+
+
+def test_memory_sink_with_worker_processes_fails_clearly() -> None:
+    flow = af.Flow("memsink")
+    flow.from_polars(FRAME).write_parquet("memory://af-errors/out")
+    with pytest.raises((SinkError, WorkerError), match="memory:// files live in the memory of the process"):
+        flow.run(workers=1)

@@ -125,3 +125,34 @@ def test_one_column_csv_blank_lines_are_nulls(values, batch_size, same_rows) -> 
         same_rows(got, frame)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_BAD_LINES = {"csv": [b"just one field", b"1,2,3,4,5,6", b",,,not a time,", b"1,,,,maybe"],
+              "ndjson": [b"[1]", b'{"t": "not a time"}', b'{"i": "1"', b'{"b": "maybe"}']}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+@_SETTINGS
+@given(rows=st.lists(_ROW, max_size=30), data=st.data(), batch_size=st.none() | st.integers(1, 9))
+def test_bad_lines_do_not_change_the_good_rows(fmt, rows, data, batch_size, read_all, same_rows) -> None:
+    """Every type, every quoting: the good rows of a file with bad lines are what polars reads
+    from the same file without them, and each bad line is reported once."""
+    from arrowflow.io.files import FileSource
+
+    frame = frame_of(rows)
+    records = [frame.slice(i, 1).write_csv(include_header=False).encode() if fmt == "csv"
+               else frame.slice(i, 1).write_ndjson().encode() for i in range(frame.height)]
+    inserted = data.draw(st.lists(st.tuples(st.integers(0, len(records)), st.sampled_from(_BAD_LINES[fmt])), max_size=4))
+    pieces = list(records)
+    for at, line in sorted(inserted, reverse=True):
+        pieces.insert(at, line + b"\n")
+    header = b"i,f,s,t,b\n" if fmt == "csv" else b""
+    folder = Path(tempfile.mkdtemp(prefix="af-prop-"))
+    try:
+        (folder / f"bad.{fmt}").write_bytes(header + b"".join(pieces))
+        (folder / f"good.{fmt}").write_bytes(header + b"".join(records))
+        got, bad = read_all(FileSource(fmt, str(folder / f"bad.{fmt}"), schema=SCHEMA), batch_size=batch_size)
+        same_rows(got, polars_reads(fmt, folder / f"good.{fmt}"))
+        assert (0 if bad is None else bad.height) == len(inserted)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
