@@ -41,11 +41,12 @@ Worked example::
     >>> import polars as pl, tempfile
     >>> from arrowflow.state import StoreContext, StoreSpec
     >>> spec = StoreSpec("agg-1", pl.Schema({"user": pl.Int64}), pl.Schema({"n": pl.Int64}))
-    >>> store = LmdbBackend().open_store(spec, range(0, 128), StoreContext(tempfile.mkdtemp(), 0, 1))
+    >>> local = tempfile.TemporaryDirectory()
+    >>> store = LmdbBackend().open_store(spec, range(0, 128), StoreContext(local.name, 0, 1))
     >>> store.put(pl.DataFrame({"user": [1, 2]}), pl.DataFrame({"n": [10, 20]}))
     >>> store.get(pl.DataFrame({"user": [2, 3]})).rows()
     [(20, True), (None, False)]
-    >>> store.close()
+    >>> store.close(); local.cleanup()
 """
 
 from __future__ import annotations
