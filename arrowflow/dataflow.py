@@ -576,6 +576,17 @@ class Stream:
 
         self._sink(FileSink("ipc", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
 
+    def write_database(self, url: str, *, table: str, mode: str = "append", key: str | Sequence[str] | None = None,
+                       name: str | None = None) -> None:
+        """Write rows into ``table`` of SQLite (``"sqlite:///out/app.db"``) or PostgreSQL
+        (``"postgresql://user@host/db"``), exactly once: each checkpoint's rows commit in one
+        transaction with the checkpoint id. ``mode``: ``"append"``, ``"upsert"`` (with ``key``:
+        the newest row of a key wins) or ``"overwrite"`` (recreate the table on a fresh run)."""
+        from arrowflow.io.database import DatabaseSink
+
+        keys = [key] if isinstance(key, str) else list(key) if key is not None else None
+        self._sink(DatabaseSink(url, table=table, mode=mode, key=keys, name=name), name)
+
     def write_to(self, sink: Sink, *, name: str | None = None) -> None:
         """Write to any :class:`arrowflow.sinks.Sink` object."""
         if not isinstance(sink, Sink):
