@@ -108,6 +108,11 @@ class CheckpointStorage:
         protocol = self.fs.protocol
         return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
 
+    def refresh(self) -> None:
+        """Forget fsspec's cached listings: workers write files this process has listed before,
+        and an object store's cached "not there" would hide them."""
+        self.fs.invalidate_cache()
+
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
 
@@ -150,6 +155,7 @@ class CheckpointStorage:
     # ------------------------------------------------------------------ reading
     def checkpoint_ids(self) -> list[int]:
         """Ids of every chk-* directory, complete or not, newest first."""
+        self.refresh()
         if not self.fs.exists(self.root):
             return []
         ids = []
@@ -162,6 +168,8 @@ class CheckpointStorage:
     def read_manifest(self, checkpoint_id: int, *, verify_files: bool = True) -> Manifest:
         """The manifest of a checkpoint, verified (CheckpointError says what is wrong)."""
         path = self.path(f"{chk_dir(checkpoint_id)}/{MANIFEST}")
+        if verify_files:
+            self.refresh()
         try:
             with self.fs.open(path, "rb") as handle:
                 payload = handle.read()

@@ -242,7 +242,9 @@ class Worker:
 
     def _report_rows(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.rows_unreported and (force or now - self.last_rows_report > 0.05):
+        # In-process the report is a function call: make it at once (row triggers stay exact);
+        # across a pipe, at most every 50 ms.
+        if self.rows_unreported and (force or self.transport is None or now - self.last_rows_report > 0.05):
             self.link.rows(self.rows_unreported)
             self.rows_unreported = 0
             self.last_rows_report = now
