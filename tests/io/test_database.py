@@ -1,0 +1,268 @@
+"""write_database: rows land once, on SQLite and on a real PostgreSQL, whatever the executor.
+
+The protocol is driven directly for the unit tests (stage, commit twice, recover, a commit
+that fails half-way), and through ``flow.run`` for the round trips; every check compares
+what the database holds with polars computing the same thing. Crash tests are in
+``tests/recovery/test_database_recovery.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import arrowflow as af
+from arrowflow.errors import SchemaError, SinkError
+from arrowflow.io import DatabaseSink
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    from arrowflow.testing.state_conformance import temporary_postgres
+
+    with temporary_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL: a fresh SQLite file, or the module's PostgreSQL (tables named uniquely)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/app.db"
+    return request.getfixturevalue("postgres")
+
+
+def table_name(base: str = "t") -> str:
+    return f"{base}_{next(_names)}"
+
+
+def connect(url: str):  # noqa: ANN201 - an ADBC connection
+    if url.startswith("sqlite"):
+        import adbc_driver_sqlite.dbapi as sqlite
+
+        return sqlite.connect(url[len("sqlite:///"):])
+    import adbc_driver_postgresql.dbapi as pg
+
+    return pg.connect(url)
+
+
+def sql(url: str, statement: str) -> list[tuple]:
+    with connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute(statement)
+        rows = cursor.fetchall() if cursor.description else []
+        connection.commit()
+        return rows
+
+
+def read_table(url: str, table: str) -> pl.DataFrame:
+    quoted = '"' + table.replace('"', '""') + '"'
+    with connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {quoted}")
+        return pl.from_arrow(cursor.fetch_arrow_table())
+
+
+def sorted_by(frame: pl.DataFrame, *keys: str) -> pl.DataFrame:
+    return frame.sort(list(keys) or frame.columns)
+
+
+EVENTS = pl.DataFrame({
+    "event_id": list(range(3000)),
+    "user_id": [i % 37 for i in range(3000)],
+    "amount": [float(i % 101) / 4 for i in range(3000)],
+    "kind": [["click", "view", "buy"][i % 3] for i in range(3000)],
+})
+
+
+def staged_sink(url: str, table: str, frames: list[pl.DataFrame], **options: object) -> tuple[DatabaseSink, list]:
+    """A sink begun on ``table`` and one staged description per frame, checkpoints 1, 2, …"""
+    sink = DatabaseSink(url, table=table, **options)
+    sink.validate(frames[0].schema, "sink")
+    sink.begin()
+    writer = sink.open_writer(0, 1, "sink")
+    staged = []
+    for checkpoint_id, frame in enumerate(frames, start=1):
+        writer.write(frame)
+        staged.append(writer.prepare_commit(checkpoint_id))
+    writer.close()
+    return sink, staged
+
+
+# ---------------------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_append_and_upsert_equal_polars(db: str, workers: int) -> None:
+    rows, totals = table_name("rows"), table_name("totals")
+    flow = af.Flow("db")
+    events = flow.from_polars(EVENTS, splits=4)
+    events.write_database(db, table=rows)
+    (events.key_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum())
+           .write_database(db, table=totals, mode="upsert", key=["user_id"]))
+    flow.run(workers=workers)
+    assert_frame_equal(sorted_by(read_table(db, rows), "event_id"), EVENTS)
+    expected = EVENTS.group_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum())
+    got = sorted_by(read_table(db, totals), "user_id")
+    assert_frame_equal(got, sorted_by(expected, "user_id"), check_dtypes=False)
+
+
+def test_types_round_trip(db: str) -> None:
+    frame = pl.DataFrame({
+        "i": pl.Series([1, None, -3], dtype=pl.Int32), "f": [1.5, None, -2.25], "s": ["a", "é'\"", None],
+        "b": [True, False, None], "d": [dt.date(2024, 2, 29), None, dt.date(1970, 1, 1)],
+        "ts": [dt.datetime(2024, 1, 1, 12, 30, 1, 123456), None, dt.datetime(1999, 12, 31)],
+    })
+    table = table_name("types")
+    flow = af.Flow("types")
+    flow.from_polars(frame).write_database(db, table=table)
+    flow.run(workers=0)
+    from arrowflow.backends._sqltypes import Dialect
+
+    dialect = Dialect("postgresql" if db.startswith("postgres") else "sqlite")
+    got = read_table(db, table)
+    got = pl.DataFrame([dialect.from_db(got.get_column(c), t) for c, t in frame.schema.items()])
+    assert_frame_equal(sorted_by(got, "f"), sorted_by(frame, "f"))
+
+
+def test_modes_across_runs(db: str) -> None:
+    table = table_name("modes")
+    part = EVENTS.head(10)
+
+    def run(mode: str) -> None:
+        flow = af.Flow("modes")
+        flow.from_polars(part).write_database(db, table=table, mode=mode)
+        flow.run(workers=0)
+
+    run("append")
+    run("append")
+    assert read_table(db, table).height == 20  # a fresh run appends to what is there
+    run("overwrite")
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), part)
+
+
+def test_table_name_that_needs_quoting(db: str) -> None:
+    table = table_name('odd "name"; DROP TABLE x --')
+    flow = af.Flow("quoting")
+    flow.from_polars(EVENTS.head(5)).write_database(db, table=table, mode="upsert", key="event_id")
+    flow.run(workers=0)
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(5))
+
+
+# ---------------------------------------------------------------------------- the protocol
+
+def test_nothing_is_visible_before_commit_and_commit_is_idempotent(db: str) -> None:
+    table = table_name("idem")
+    sink, staged = staged_sink(db, table, [EVENTS.head(100), EVENTS.slice(100, 50)])
+    assert staged[0] == {"writer": staged[0]["writer"], "checkpoints": [1], "rows": 100}
+    assert read_table(db, table).height == 0  # staged rows are not in the table
+    sink.commit(1, [staged[0]])
+    sink.commit(1, [staged[0]])  # re-run from the manifest after a crash: no second insert
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(100))
+    sink.commit(2, [staged[1]])
+    sink.commit(2, [staged[1]])
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(150))
+    assert read_table(db, sink.staging).height == 0
+
+
+def test_recover_discards_what_no_complete_checkpoint_holds(db: str) -> None:
+    table = table_name("recover")
+    sink, staged = staged_sink(db, table, [EVENTS.head(10), EVENTS.slice(10, 10), EVENTS.slice(20, 10)])
+    sink.commit(1, [staged[0]])
+    # Crash after checkpoint 3 was staged but before its manifest: restore from 1.
+    sink.commit(1, [staged[0]])
+    sink.recover(1)
+    assert read_table(db, sink.staging).height == 0
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(10))
+    # The replay stages checkpoint 2 again with a new writer and commits it once.
+    writer = sink.open_writer(0, 1, "sink")
+    writer.write(EVENTS.slice(10, 20))
+    again = writer.prepare_commit(2)
+    writer.close()
+    sink.commit(2, [again])
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(30))
+
+
+def test_an_aborted_checkpoint_is_carried_into_the_next_commit(db: str) -> None:
+    table = table_name("carried")
+    first = pl.DataFrame({"k": [1, 2], "v": ["old", "old"]})
+    second = pl.DataFrame({"k": [2, 3, 3], "v": ["new", "x", "newest"]})
+    sink, staged = staged_sink(db, table, [first, second], mode="upsert", key=["k"])
+    sink.commit(2, staged)  # checkpoint 1 was aborted: its staged rows come with checkpoint 2
+    expected = pl.DataFrame({"k": [1, 2, 3], "v": ["old", "new", "newest"]})
+    assert_frame_equal(sorted_by(read_table(db, table), "k"), expected)
+
+
+def test_a_failing_commit_leaves_no_partial_rows(db: str) -> None:
+    table = table_name("fails")
+    sql(db, f'CREATE TABLE "{table}" (event_id BIGINT, user_id BIGINT, amount DOUBLE PRECISION, kind TEXT, '
+            f"extra TEXT NOT NULL)")
+    sink, staged = staged_sink(db, table, [EVENTS.head(10)])
+    with pytest.raises(SinkError, match=r"committing checkpoint 1 .* rolled back, nothing of it is visible"):
+        sink.commit(1, staged)
+    assert read_table(db, table).height == 0
+    assert read_table(db, sink.staging).height == 10  # still staged, for a retry
+    assert not sql(db, f"SELECT * FROM _arrowflow_commits WHERE sink = '{table}'")
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_wrong_use_fails_when_the_flow_is_built(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/a.db"
+    flow = af.Flow("bad")
+    events = flow.from_polars(EVENTS)
+    with pytest.raises(SinkError, match="needs key="):
+        events.write_database(url, table="t", mode="upsert")
+    with pytest.raises(SinkError, match="only used with mode='upsert'"):
+        events.write_database(url, table="t", key="user_id")
+    with pytest.raises(SinkError, match="mode=...\\) must be one of"):
+        events.write_database(url, table="t", mode="merge")
+    with pytest.raises(SinkError, match="expects a URL such as"):
+        events.write_database("mysql://x/y", table="t")
+    with pytest.raises(SinkError, match="table name"):
+        events.write_database(url, table="")
+    with pytest.raises(SchemaError, match="'nope', which the stream does not have"):
+        events.write_database(url, table="t", mode="upsert", key=["nope"])
+    nested = flow.from_polars(pl.DataFrame({"xs": [[1, 2]]}))
+    with pytest.raises(SchemaError, match="column 'xs' of type List"):
+        nested.write_database(url, table="t")
+
+
+def test_an_existing_table_of_other_types_is_refused(db: str) -> None:
+    table = table_name("typed")
+    sql(db, f'CREATE TABLE "{table}" (event_id BIGINT, user_id TEXT, amount DOUBLE PRECISION, kind TEXT)')
+    flow = af.Flow("typed")
+    flow.from_polars(EVENTS).write_database(db, table=table)
+    with pytest.raises(SchemaError, match=r"column 'user_id' .* has type (TEXT|text), but the stream's column is Int64"):
+        flow.run(workers=0)
+    sql(db, f'DROP TABLE "{table}"')
+    sql(db, f'CREATE TABLE "{table}" (event_id BIGINT, user_id BIGINT)')
+    with pytest.raises(SchemaError, match="has no column 'amount'"):
+        flow.run(workers=0)
+    assert read_table(db, table).height == 0
+
+
+def test_a_server_that_does_not_answer(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flow = af.Flow("down")
+    flow.from_polars(EVENTS).write_database(f"postgresql://u:secret@127.0.0.1:{port}/db", table="t")
+    with pytest.raises(SinkError, match="did not accept a connection") as info:
+        flow.run(workers=0)
+    assert "secret" not in str(info.value)
+
+
+def test_a_sqlite_file_that_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "a-directory.db").mkdir()
+    flow = af.Flow("unopenable")
+    flow.from_polars(EVENTS).write_database(f"sqlite:///{tmp_path}/a-directory.db", table="t")
+    with pytest.raises(SinkError, match="cannot create or open the SQLite database"):
+        flow.run(workers=0)
