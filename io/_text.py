@@ -247,8 +247,9 @@ def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame
 
 # ---------------------------------------------------------------------------- temporal values
 def read_as_text(dtype: pl.DataType) -> bool:
-    """Datetime and Date columns are read as text and parsed by Arrow's ISO 8601 parser, which
-    is several times faster than polars' text parser for them (see BENCHMARKS in the report)."""
+    """Datetime and Date columns are read as text and parsed by Arrow's ISO 8601 parser: on 10M
+    CSV rows polars' own parser spent 13-17 s on one timestamp column, Arrow 0.3-0.5 s (and in
+    NDJSON polars took 25-60 s)."""
     return isinstance(dtype, pl.Datetime) or dtype == pl.Date
 
 

@@ -204,3 +204,18 @@ def test_empty_files_give_no_rows(tmp_path: Path) -> None:
     for fmt, pattern in (("csv", "*.csv"), ("ndjson", "*.ndjson"), ("parquet", "*.parquet"), ("ipc", "*.arrow")):
         got = getattr(flow, f"read_{fmt}")(str(tmp_path / pattern), schema=schema).collect()
         assert got.shape == (0, 2) and got.schema == pl.Schema(schema), fmt
+
+
+def test_ipc_stream_format_and_memory_filesystem(tmp_path: Path, same_rows) -> None:
+    import fsspec
+
+    FRAME.write_ipc_stream(tmp_path / "x.arrow")
+    got = af.Flow("stream").read_ipc(str(tmp_path / "x.arrow")).select("s", "i").collect(batch_size=3)
+    same_rows(got, pl.read_ipc_stream(tmp_path / "x.arrow").select("s", "i"))
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/af-roundtrip/x.arrow", (tmp_path / "x.arrow").read_bytes())
+    with fs.open("/af-roundtrip/y.parquet", "wb") as handle:
+        FRAME.write_parquet(handle, row_group_size=3)
+    flow = af.Flow("memory")
+    same_rows(flow.read_ipc("memory://af-roundtrip/x.arrow").collect(), FRAME)
+    same_rows(flow.read_parquet("memory://af-roundtrip/y.parquet").select("t").collect(batch_size=2), FRAME.select("t"))
