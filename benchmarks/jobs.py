@@ -136,9 +136,11 @@ JOBS: dict[str, Job] = {job.name: job for job in (W1(),)}
 
 def _register_module_jobs() -> None:
     """Jobs defined beside their own benchmark script (bench_windows.py: W2, W2-lowcard)."""
+    from bench_checkpoints import CHECKPOINT_JOBS
     from bench_windows import WINDOW_JOBS
 
     JOBS.update(WINDOW_JOBS)
+    JOBS.update(CHECKPOINT_JOBS)
 
 
 _register_module_jobs()

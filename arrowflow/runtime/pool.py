@@ -447,8 +447,16 @@ class _Pool:
                 raise WorkerError(msg, worker=index, traceback_text=text)
         return final
 
-    def stop(self) -> None:
-        """Stop every process still running, then free every ring and temporary file."""
+    def stop(self, *, graceful: bool = False) -> None:
+        """Stop every process still running, then free every ring and temporary file.
+
+        ``graceful``: the workers reported and are closing their stores (a database
+        connection, an LMDB environment); give them the grace period before terminating.
+        """
+        if graceful:
+            deadline = time.monotonic() + _STOP_GRACE_S
+            for process in self.processes:
+                process.join(max(0.0, deadline - time.monotonic()))
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
@@ -473,6 +481,7 @@ def run_pool(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, con
     try:
         pool.start()
         reports = pool.coordinate(coordinator)
+        pool.stop(graceful=True)
     except KeyboardInterrupt:
         pool.stop()
         msg = (f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "

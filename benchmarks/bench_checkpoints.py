@@ -1,0 +1,86 @@
+"""W3 of BENCHMARKS.md: the cost of checkpoints on the 10M-event keyed aggregation.
+
+    python benchmarks/run.py w3 --rows 10000000 --workers 2 --repeat 3
+
+Contenders (each in a fresh process, interleaved, medians; run.py does the timing):
+
+- ``arrowflow w=N`` (the baseline): W1's keyed aggregation with no checkpoints;
+- ``arrowflow w=N ckpt 1s``: the same with a checkpoint every second to a local folder
+  (memory state, snapshots as Arrow IPC);
+- ``arrowflow w=N ckpt 1s lmdb``: state in LMDB, snapshots by LMDB's consistent copy.
+
+The ratio to the baseline is the checkpoint overhead (target: under 1.05). Each checkpointed
+contender also reports how many checkpoints it took, their mean size, and how long reading
+the newest one's state back takes (what a restore loads). A running aggregation emits every
+key it updated at each checkpoint, so outputs are compared on the newest row per key.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from jobs import Contender, Job  # noqa: E402
+
+
+class W3(Job):
+    name = "w3"
+    description = ("W3 checkpoint cost: W1's keyed aggregation (count, sum per user over purchase/add_to_cart) "
+                   "with checkpoints every 1 s against none")
+    sort_by = ("user_id",)
+    baseline = "arrowflow"
+    kept = ("purchase", "add_to_cart")
+
+    def contenders(self, workers: list[int]) -> list[Contender]:
+        found = []
+        for w in workers:
+            found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
+            found.append(Contender(f"arrowflow w={w} ckpt 1s", "arrowflow", w, {"every": "1s", "state": "memory"}))
+            found.append(Contender(f"arrowflow w={w} ckpt 1s lmdb", "arrowflow", w, {"every": "1s", "state": "lmdb"}))
+        self.baseline = f"arrowflow w={workers[0]}"
+        return found
+
+    def run_contender(self, contender: Contender, data: dict[str, Path], out: Path) -> dict[str, Any]:
+        import arrowflow as af
+        from arrowflow.checkpoint import CheckpointStorage
+
+        started = time.perf_counter()
+        flow = af.Flow("w3")
+        (flow.read_parquet(str(data["parquet"]))
+         .filter(pl.col("event_type").is_in(self.kept))
+         .key_by("user_id")
+         .agg(n=pl.len(), total=pl.col("amount").sum())
+         .write_parquet(str(out / "result")))
+        options: dict[str, Any] = {"workers": contender.workers, "state": contender.options.get("state", "memory")}
+        every = contender.options.get("every")
+        if every:
+            options.update(checkpoint_dir=str(out / "_checkpoints"), checkpoint_every=every, restore=None)
+        result = flow.run(**options)
+        report: dict[str, Any] = {"rows_in": result.rows_in, "rows_out": result.rows_out,
+                                  "job_s": time.perf_counter() - started, "engine_s": result.elapsed_s}
+        if every:
+            storage = CheckpointStorage(str(out / "_checkpoints"))
+            listing = storage.list()
+            loaded = time.perf_counter()
+            state = af.read_state(str(out / "_checkpoints"), "agg")
+            report.update(checkpoints=len(result.checkpoints), mean_checkpoint_bytes=int(listing["size_bytes"].mean()),
+                          state_keys=state.height, read_state_s=round(time.perf_counter() - loaded, 3))
+        return report
+
+    def read_output(self, out: Path) -> pl.DataFrame:
+        files = sorted((out / "result").glob("*.parquet"))
+        if not files:
+            return pl.DataFrame()
+        updates = pl.concat([pl.read_parquet(f) for f in files])
+        return (updates.with_row_index("_emitted").group_by("user_id").last().drop("_emitted")
+                .sort(list(self.sort_by)))
+
+
+CHECKPOINT_JOBS = {"w3": W3()}
