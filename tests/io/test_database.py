@@ -15,11 +15,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from arrowflow.io import DatabaseSink
 from polars.testing import assert_frame_equal
 
 import arrowflow as af
 from arrowflow.errors import SchemaError, SinkError
-from arrowflow.io import DatabaseSink
 
 _names = itertools.count()
 
@@ -44,7 +44,7 @@ def table_name(base: str = "t") -> str:
     return f"{base}_{next(_names)}"
 
 
-def connect(url: str):  # noqa: ANN201 - an ADBC connection
+def connect(url: str):
     if url.startswith("sqlite"):
         import adbc_driver_sqlite.dbapi as sqlite
 
@@ -220,7 +220,7 @@ def test_wrong_use_fails_when_the_flow_is_built(tmp_path: Path) -> None:
         events.write_database(url, table="t", mode="upsert")
     with pytest.raises(SinkError, match="only used with mode='upsert'"):
         events.write_database(url, table="t", key="user_id")
-    with pytest.raises(SinkError, match="mode=...\\) must be one of"):
+    with pytest.raises(SinkError, match=r"mode=\.\.\.\) must be one of"):
         events.write_database(url, table="t", mode="merge")
     with pytest.raises(SinkError, match="expects a URL such as"):
         events.write_database("mysql://x/y", table="t")
