@@ -348,7 +348,7 @@ class Flow:
             checkpoint_every: Any = None, restore: str | int | None = "latest", batch_size: int | None = None,
             max_parallelism: int | None = None, progress: bool | None = None,
             storage_options: dict[str, Any] | None = None, keep_checkpoints: int = 3,
-            max_restarts: int = 3) -> RunResult:
+            max_restarts: int = 3, control: Any = None) -> RunResult:
         """Run every sink of the flow to the end of its (bounded) input.
 
         ``workers=N`` uses N worker processes (default: one per core); ``workers=0`` runs in
@@ -373,7 +373,28 @@ class Flow:
         return execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
                        checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
                        max_parallelism=max_parallelism, progress=progress, storage_options=storage_options,
-                       keep_checkpoints=keep_checkpoints, max_restarts=max_restarts)
+                       keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control)
+
+    def start(self, **run_options: Any) -> Any:
+        """Run the flow in the background; returns a :class:`arrowflow.running.Job` at once.
+
+        Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.checkpoint()``,
+        ``job.stop(savepoint=True)`` and ``job.wait()`` work from any thread.
+        """
+        from arrowflow.running import Job
+
+        self.sinks_or_error()
+        return Job(self.name, self.run, run_options)
+
+    def sinks_or_error(self) -> list[Node]:
+        sinks = self.sinks()
+        if not sinks:
+            msg = (
+                f"flow {self.name!r} has no sinks, so running it would compute nothing; add one with "
+                f"stream.write_parquet(...) (or write_csv/ndjson/ipc/database), or use stream.collect()"
+            )
+            raise PlanError(msg)
+        return sinks
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, {len(self.nodes)} operators)"

@@ -42,7 +42,7 @@ def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, 
     if differences:
         msg = (f"cannot restore checkpoint {manifest.id} of flow {manifest.flow!r} from {storage.url!r} onto "
                f"this flow: " + "; ".join(differences) + ". Restore onto the flow that wrote it, or start "
-               f"fresh with restore=None (or another checkpoint_dir).")
+               "fresh with restore=None (or another checkpoint_dir).")
         raise CheckpointError(msg)
     if manifest.max_parallelism != max_parallelism:
         msg = (f"checkpoint {manifest.id} was taken with max_parallelism={manifest.max_parallelism}, the run "
@@ -54,7 +54,7 @@ def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, 
 def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str | None,
             checkpoint_every: Any, restore: Any, batch_size: int | None,
             max_parallelism: int | None, progress: bool | None, storage_options: dict[str, Any] | None = None,
-            keep_checkpoints: int = 3, max_restarts: int = MAX_RESTARTS) -> RunResult:
+            keep_checkpoints: int = 3, max_restarts: int = MAX_RESTARTS, control: Any = None) -> RunResult:
     """Run ``plan`` to the end of its input. ``workers=0``: in this process."""
     backend = resolve_backend(state)
     max_parallelism = max_parallelism or 128
@@ -85,6 +85,8 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
         existing = storage.checkpoint_ids() if storage is not None else []
         coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
                                      max_parallelism=max_parallelism, first_id=(max(existing) + 1 if existing else 1))
+        if control is not None:
+            control.attach(coordinator)
         context = RuntimeContext(storage=storage)
         if restored is not None:
             assert storage is not None
@@ -114,6 +116,8 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
             continue
         result.restarts = restarts
         result.restored_from = restored.id if restored is not None else None
+        if coordinator.exit_now:
+            result.status = "stopped"
         return result
 
 

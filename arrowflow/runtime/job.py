@@ -33,6 +33,7 @@ from typing import Any
 
 from arrowflow._faults import fault_point
 from arrowflow.checkpoint import SOURCES, CheckpointStorage, Manifest, chk_dir
+from arrowflow.errors import CheckpointError
 from arrowflow.plan import Plan
 from arrowflow.runtime.coordinator import SplitEnumerator
 from arrowflow.sources import Split
@@ -71,6 +72,11 @@ class JobCoordinator:
         self.last_started = time.monotonic()
         self.final_done = False
         self.requested = False
+        # Stopping from outside (job.stop()): "stop" ends at once, keeping what the last
+        # checkpoint committed; "savepoint" first takes one more checkpoint, then ends.
+        self.stop_mode: str | None = None
+        self.savepoint_id: int | None = None
+        self.exit_now = False
 
     # ------------------------------------------------------------------ from workers
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
@@ -104,9 +110,19 @@ class JobCoordinator:
         """A user asked for a checkpoint now (``job.checkpoint()``)."""
         self.requested = True
 
+    def request_stop(self, *, savepoint: bool) -> None:
+        """``job.stop()``: end the run; with ``savepoint`` after one more checkpoint."""
+        if savepoint and self.storage is None:
+            msg = "stop(savepoint=True) needs a checkpoint_dir to write the savepoint to"
+            raise CheckpointError(msg)
+        self.stop_mode = "savepoint" if savepoint else "stop"
+
     def poll(self) -> int | None:
         """The id of a checkpoint to start now, or None."""
         now = time.monotonic()
+        if self.stop_mode == "stop" and not self.final_done:
+            self.exit_now = True
+            return None
         if self.in_flight is not None:
             if not self.in_flight["aborted"] and now - self.in_flight["started"] > self.timeout_s:
                 self.in_flight["aborted"] = True
@@ -114,7 +130,7 @@ class JobCoordinator:
                 warnings.warn(f"checkpoint {self.in_flight['id']} took longer than {self.timeout_s}s and "
                               f"was aborted; the job goes on", stacklevel=2)
             return None
-        if self.final_done:
+        if self.final_done or self.exit_now:
             return None
         final = len(self.workers_finished) == self.parallelism
         if not final:
@@ -123,8 +139,11 @@ class JobCoordinator:
             if now - self.last_started < self.min_pause_s:
                 return None
             stats = TriggerStats(now - self.last_started, self.rows_total - self.rows_at_last, self.rows_total)
-            if not (self.requested or self.trigger.should_trigger(stats)):
+            savepoint = self.stop_mode == "savepoint"
+            if not (savepoint or self.requested or self.trigger.should_trigger(stats)):
                 return None
+            if savepoint:
+                self.savepoint_id = self.next_id
         self.requested = False
         checkpoint_id = self.next_id
         self.next_id += 1
@@ -154,6 +173,8 @@ class JobCoordinator:
             self.storage.prune()
         if flight["final"]:
             self.final_done = True
+        if checkpoint_id == self.savepoint_id:
+            self.exit_now = True
         return flight["final"]
 
     def sources_state(self, acks: list[dict[str, Any]]) -> dict[str, Any]:

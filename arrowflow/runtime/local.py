@@ -43,7 +43,7 @@ class _DirectLink:
             self.exit = True
 
     def poll_command(self, timeout: float) -> tuple[Any, ...] | None:
-        if self.exit:
+        if self.exit or self.coordinator.exit_now:
             return ("exit",)
         checkpoint_id = self.coordinator.poll()
         if checkpoint_id is not None:

@@ -203,7 +203,7 @@ def _limit_threads(threads: int) -> None:
 
         pa.set_cpu_count(threads)
         pa.set_io_thread_count(max(2, threads))
-    except Exception:  # noqa: BLE001 - a limit we cannot set is not fatal
+    except Exception:
         pass
 
 
@@ -236,7 +236,7 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
         else:
             report = worker.run()
         conn.send(("report", report))
-    except BaseException:  # noqa: BLE001 - every failure crosses to the coordinator as text
+    except BaseException:
         try:
             conn.send(("error", traceback.format_exc()))
         except (OSError, ValueError):
@@ -382,7 +382,12 @@ class _Pool:
         by_conn = {id(conn): index for index, conn in enumerate(self.conns)}
         by_sentinel = {process.sentinel: index for index, process in enumerate(self.processes)}
         exiting = False
+        stop_deadline: float | None = None
         while len(reports) < self.workers:
+            if job.exit_now and stop_deadline is None:
+                exiting, stop_deadline = True, time.monotonic() + _STOP_GRACE_S
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                break  # a stopped worker stuck on a full ring: pool.stop() ends it
             waiting = [c for i, c in enumerate(self.conns) if i not in reports]
             sentinels = [p.sentinel for i, p in enumerate(self.processes) if i not in reports]
             for ready in wait(waiting + sentinels, timeout=0.02):
@@ -407,7 +412,7 @@ class _Pool:
             if checkpoint_id is not None:
                 for conn in self.conns:
                     self._send(conn, ("checkpoint", checkpoint_id))
-        return [reports[i] for i in range(self.workers)]
+        return [reports[i] for i in sorted(reports)]
 
     @staticmethod
     def _send(conn: Connection, message: tuple[Any, ...]) -> None:

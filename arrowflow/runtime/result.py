@@ -18,6 +18,7 @@ class RunResult:
     checkpoints: list[int] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     restored_from: int | None = None
+    status: str = "finished"  # "finished" (input ended) or "stopped" (job.stop())
 
     def metrics(self) -> pl.DataFrame:
         """Per-operator counts summed over workers: rows in and out, batches, malformed."""

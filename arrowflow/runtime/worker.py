@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from arrowflow._faults import fault_point
+from arrowflow.keygroups import key_group_range
 from arrowflow.plan import Plan
 from arrowflow.runtime.operators import (
     AggOp,
@@ -45,7 +46,6 @@ from arrowflow.runtime.operators import (
 )
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
-from arrowflow.keygroups import key_group_range
 
 
 class CoordinatorLink(Protocol):
@@ -315,5 +315,5 @@ class Worker:
         for op in self.ops.values():
             try:
                 op.close()
-            except Exception:  # noqa: BLE001 - closing after another error must not hide it
+            except Exception:
                 pass
