@@ -400,6 +400,8 @@ class ExchangeOp(Operator):
 
 #: Partial-aggregate rows an AggOp gathers before merging them into its store.
 PARTIAL_ROWS = 1_000_000
+#: Keys an AggOp reads back from its store per emitted batch.
+EMIT_ROWS = 1_000_000
 
 
 class AggOp(Operator):
@@ -458,8 +460,11 @@ class AggOp(Operator):
             return
         keys = pl.concat(self.dirty).unique(maintain_order=True) if len(self.dirty) > 1 else self.dirty[0]
         self.dirty, self.dirty_rows = [], 0
-        values = self.store.get(keys).drop(FOUND)
-        self.emit(self.agg.finalize(pl.concat([keys, values], how="horizontal")))
+        # In slices, so a store larger than memory (lmdb, sql) is never read into the heap whole.
+        for offset in range(0, keys.height, EMIT_ROWS):
+            chunk = keys.slice(offset, EMIT_ROWS)
+            values = self.store.get(chunk).drop(FOUND)
+            self.emit(self.agg.finalize(pl.concat([chunk, values], how="horizontal")))
 
     def finish(self) -> None:
         self.emit_updates()
