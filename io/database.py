@@ -2,11 +2,11 @@
 
 Tables it keeps, next to the target table ``T`` in the same database:
 
-- ``_arrowflow_staging_T``: rows written but not yet committed, with three extra columns —
+- ``_arrowflow_staging_T__<operator id>``: rows written but not yet committed, with three extra columns —
   ``_af_checkpoint`` (the checkpoint that will commit them), ``_af_writer`` (a token unique
   to one writer of one run attempt) and ``_af_seq`` (the row's order within its writer).
 - ``_arrowflow_commits (sink, checkpoint_id)``: one row per committed checkpoint; ``sink``
-  is the sink's name (the table name unless ``name=`` was given).
+  is the sink's operator id (its ``name=`` when given).
 
 Protocol (see :mod:`arrowflow.sinks`):
 
@@ -33,8 +33,9 @@ Worked example: two workers write 10 and 5 rows before checkpoint 3. Both stage 
 ``commit(3)`` finds no marker, moves the 15 rows and writes the marker in one transaction;
 the replayed input after checkpoint 3 is staged under checkpoint 4 and committed once.
 
-One run at a time per target table: the staging table is shared by the sink's writers, and
-``begin()`` of another run clears it.
+Several sinks may write one table (each has its own staging table and markers, named after
+its operator id), but only one run at a time per sink: ``begin()`` of another run of the
+same flow clears its staging.
 """
 
 from __future__ import annotations
@@ -145,9 +146,16 @@ class DatabaseSink(Sink):
         self.table = table
         self.mode = mode
         self.key = keys
-        self.sink_name = name or table
         self.db_kind = "postgresql" if url.startswith("postgres") else "sqlite"
-        self.staging = _staging_name(table, self.db_kind)
+        if self.db_kind == "postgresql" and len(table.encode()) > _PG_NAME_LIMIT:
+            msg = (f"write_database(table={table!r}): PostgreSQL names are at most {_PG_NAME_LIMIT} bytes, "
+                   f"this one has {len(table.encode())}; give a shorter table name")
+            raise SinkError(msg)
+        # The sink's identity in the marker table and its staging table's name: the operator
+        # id (unique in a flow, stable across restores), set by validate() at plan time.
+        self.name = name
+        self.sink_name = name or ""
+        self.staging = ""
         self.schema: pl.Schema | None = None  # set by validate() at plan time
         self.restored_from = 0
 
@@ -174,6 +182,8 @@ class DatabaseSink(Sink):
                        f"binary, dates, times, timestamps, durations, decimals). Flatten or encode it first.")
                 raise SchemaError(msg) from exc
         self.schema = schema
+        self.sink_name = self.name or operator_id
+        self.staging = _staging_name(f"{self.table}__{self.sink_name}", self.db_kind)
 
     # ------------------------------------------------------------------ connections
     def sqlite_path(self) -> str:
@@ -236,8 +246,8 @@ class DatabaseSink(Sink):
                     db.execute(self._create_sql(schema))
                 else:
                     self._check_columns(existing, schema)
-                if self.key:
-                    # ON CONFLICT needs a unique index on the key; a table we created has one.
+                if self.key and existing is not None:
+                    # ON CONFLICT needs a unique index on the key; a table we create has its primary key.
                     index = _staging_name(f"{self.table}_key", self.db_kind).replace(STAGING_PREFIX, "_arrowflow_")
                     cols = ", ".join(_quote(k) for k in self.key)
                     db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_quote(index)} ON {_quote(self.table)} ({cols})")

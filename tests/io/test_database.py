@@ -146,6 +146,16 @@ def test_modes_across_runs(db: str) -> None:
     assert_frame_equal(sorted_by(read_table(db, table), "event_id"), part)
 
 
+def test_two_sinks_into_one_table(db: str) -> None:
+    table = table_name("shared")
+    flow = af.Flow("shared")
+    events = flow.from_polars(EVENTS, splits=2)
+    events.filter(pl.col("kind") == "buy").write_database(db, table=table)
+    events.filter(pl.col("kind") != "buy").write_database(db, table=table)
+    flow.run(workers=2)
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS)
+
+
 def test_table_name_that_needs_quoting(db: str) -> None:
     table = table_name('odd "name"; DROP TABLE x --')
     flow = af.Flow("quoting")
@@ -258,6 +268,11 @@ def test_a_server_that_does_not_answer(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="did not accept a connection") as info:
         flow.run(workers=0)
     assert "secret" not in str(info.value)
+
+
+def test_a_postgres_table_name_too_long() -> None:
+    with pytest.raises(SinkError, match="at most 63 bytes"):
+        DatabaseSink("postgresql://u@127.0.0.1/db", table="x" * 64)
 
 
 def test_a_sqlite_file_that_cannot_be_opened(tmp_path: Path) -> None:

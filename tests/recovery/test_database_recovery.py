@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from arrowflow.io import DatabaseSink
 
 JOB = textwrap.dedent('''
     import sys, time, json
@@ -34,10 +35,10 @@ JOB = textwrap.dedent('''
     events = flow.read_parquet(config["input"])
     kept = (events.filter(pl.col("event_type").is_in(["purchase", "add_to_cart", "click"]))
                   .map_batches(slow))
-    kept.write_database(config["url"], table=config["rows"])
+    kept.write_database(config["url"], table=config["rows"], name="rows_sink")
     (kept.key_by("user_id")
          .agg(n=pl.len(), total=pl.col("amount").sum())
-         .write_database(config["url"], table=config["agg"], mode="upsert", key=["user_id"]))
+         .write_database(config["url"], table=config["agg"], mode="upsert", key=["user_id"], name="agg_sink"))
     result = flow.run(workers=config["workers"], state="memory", checkpoint_dir=config["checkpoints"],
                       checkpoint_every="100ms", batch_size=1_500, restore="latest")
     print("RESULT", json.dumps({"restored_from": result.restored_from}), flush=True)
@@ -99,7 +100,10 @@ def check_exactly_once(tmp: Path, input_dir: Path, url: str) -> None:
     agg = read_table(url, f"agg_{tmp.name}").sort("user_id")
     assert agg.select("user_id", "n").equals(expected.select("user_id", "n")), "per-user counts differ"
     assert (agg["total"] - expected["total"]).abs().max() < 1e-6
-    assert read_table(url, f"_arrowflow_staging_rows_{tmp.name}").height == 0, "staged rows left behind"
+    for table, sink_id in ((f"rows_{tmp.name}", "rows_sink"), (f"agg_{tmp.name}", "agg_sink")):
+        sink = DatabaseSink(url, table=table)
+        sink.validate(pl.Schema({"x": pl.Int64}), sink_id)  # only to learn its staging table's name
+        assert read_table(url, sink.staging).height == 0, "staged rows left behind"
 
 
 def finish(tmp: Path, input_dir: Path, url: str, workers: int) -> dict:
