@@ -85,7 +85,7 @@ def test_restore_onto_a_different_number_of_workers(tmp_path: Path, recovery_inp
 def test_soak_random_kills(tmp_path: Path, recovery_input: Path, recovery) -> None:
     """Hundreds of runs: random backend, worker count, and kill moment or fault point."""
     runs = int(os.environ.get("ARROWFLOW_SOAK_RUNS", "200"))
-    rng = random.Random(7)
+    rng = random.Random(int(os.environ.get("ARROWFLOW_SOAK_SEED", "7")))
     passed = 0
     for run in range(runs):
         case = tmp_path / f"run-{run}"
