@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from arrowflow.io import DatabaseSink
 
 JOB = textwrap.dedent('''
@@ -122,10 +123,9 @@ def test_kill_at_a_named_point_then_restore(tmp_path: Path, recovery_input: Path
                                             fault: str, request: pytest.FixtureRequest) -> None:
     url = database(kind, tmp_path, request)
     code, out, err = run_job(tmp_path, recovery_input, url, workers=workers, faults=fault)
-    if "RESULT" not in out:  # else the job was faster than the fault point; still must be exact
-        assert code != 0, err[-3000:]
-        summary = finish(tmp_path, recovery_input, url, workers)
-        assert summary["restored_from"] is not None, "the second run did not restore a checkpoint"
+    assert code == -9 and "RESULT" not in out, f"the fault {fault} did not kill the job: {err[-3000:]}"
+    summary = finish(tmp_path, recovery_input, url, workers)
+    assert summary["restored_from"] is not None, "the second run did not restore a checkpoint"
     check_exactly_once(tmp_path, recovery_input, url)
 
 
