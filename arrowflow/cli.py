@@ -337,7 +337,8 @@ def cmd_state(args: argparse.Namespace) -> int:
     storage = CheckpointStorage(args.url)
     manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()
     if manifest is None:
-        raise UsageError(f"no complete checkpoint in {args.url}")
+        msg = f"no complete checkpoint in {args.url}"
+        raise UsageError(msg)
     context = pl.SQLContext()
     for operator in sorted({name.split("/")[0] for name in manifest.stores}):
         context.register(operator, read_state(args.url, operator, checkpoint_id=manifest.id))

@@ -114,6 +114,7 @@ def store_round(backend: StateBackend, state_keys: int, batch: int, rounds: int,
 def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: int) -> dict[str, float]:
     """Seconds per key of an lmdb update, split: numpy/polars work vs the binding's calls."""
     import pyarrow as pa
+
     from arrowflow.backends.lmdb import LmdbStore
 
     parts = {"encode keys (numpy) + sort": 0.0, "bytes objects for the binding": 0.0,

@@ -187,7 +187,7 @@ def test_window_api_errors_say_what_to_do() -> None:
     stream = flow.from_polars(df)
     with pytest.raises(PlanError, match="with_watermark"):
         stream.key_by(KEY).window(af.tumbling("60s"))
-    with pytest.raises(SchemaError, match="must be a pl.Datetime"):
+    with pytest.raises(SchemaError, match=r"must be a pl\.Datetime"):
         flow.from_polars(df.with_columns(pl.col("ts").dt.epoch("ms"))).with_watermark("ts")
     with pytest.raises(PlanError, match="every is longer"):
         af.sliding("10s", every="20s")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from arrowflow.backends.arrow_ipc import ArrowBackend
 from arrowflow.backends.lmdb import LmdbBackend
 from arrowflow.backends.sql import SqlBackend
-
 from arrowflow.state import StateBackend
 from arrowflow.testing.state_conformance import Capabilities, StateConformance
 

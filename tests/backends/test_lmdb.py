@@ -18,10 +18,10 @@ import lmdb
 import numpy as np
 import polars as pl
 import pytest
-from arrowflow.backends.lmdb import FORMAT, LmdbBackend
-from arrowflow.backends.memory import MemoryBackend
 
 import arrowflow as af
+from arrowflow.backends.lmdb import FORMAT, LmdbBackend
+from arrowflow.backends.memory import MemoryBackend
 from arrowflow.errors import StateError
 from arrowflow.state import StoreContext, StoreSpec
 from arrowflow.testing.state_conformance import assert_same_contents

@@ -15,9 +15,9 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 import pytest
-from arrowflow.backends.sql import SqlBackend
 
 import arrowflow as af
+from arrowflow.backends.sql import SqlBackend
 from arrowflow.errors import StateError
 from arrowflow.state import StoreContext, StoreSpec
 

@@ -12,9 +12,7 @@ import os
 import random
 from pathlib import Path
 
-import polars as pl
 import pytest
-
 
 
 def check_exactly_once(h, tmp: Path, input_dir: Path) -> None:
@@ -50,7 +48,7 @@ def finish(h, tmp: Path, input_dir: Path, workers: int, state: str) -> dict:
 ])
 def test_kill_at_a_named_point_then_restore(tmp_path: Path, recovery_input: Path, state: str, workers: int,
                                             fault: str, recovery) -> None:
-    code, out, err = recovery.run_job(tmp_path, recovery_input, workers=workers, state=state, faults=fault)
+    code, out, _ = recovery.run_job(tmp_path, recovery_input, workers=workers, state=state, faults=fault)
     if "RESULT" in out:  # the job was faster than the fault point; still must be exact
         check_exactly_once(recovery, tmp_path, recovery_input)
         return
