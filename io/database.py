@@ -111,6 +111,22 @@ class DatabaseSink(Sink):
     convention) or ``"postgresql://user:password@host:port/database"``.
     ``mode``: ``"append"`` (add rows), ``"upsert"`` (insert or replace by ``key``; the newest
     row of a key wins) or ``"overwrite"`` (drop and recreate the table at the start of a fresh run).
+
+    >>> import shutil, tempfile
+    >>> import adbc_driver_sqlite.dbapi as sqlite
+    >>> import polars as pl
+    >>> import arrowflow as af
+    >>> folder = tempfile.mkdtemp()
+    >>> flow = af.Flow("totals")
+    >>> events = flow.from_polars(pl.DataFrame({"user": [1, 2, 1], "amount": [5.0, 7.0, 1.0]}))
+    >>> events.key_by("user").agg(total=pl.col("amount").sum()).write_database(
+    ...     f"sqlite:///{folder}/app.db", table="totals", mode="upsert", key=["user"])
+    >>> _ = flow.run(workers=0)
+    >>> with sqlite.connect(f"{folder}/app.db") as db, db.cursor() as cursor:
+    ...     _ = cursor.execute("SELECT user, total FROM totals ORDER BY user")
+    ...     cursor.fetchall()
+    [(1, 6.0), (2, 7.0)]
+    >>> shutil.rmtree(folder)
     """
 
     kind = "write_database"
