@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,9 +31,12 @@ from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._text import (
     Parsed,
     Records,
+    contains,
     empty_frame,
+    ends_with_newline,
     finish,
     first_bad_value,
+    is_blank,
     parse_in_pieces,
     parse_temporal,
     read_as_text,
@@ -76,9 +80,10 @@ class CsvFile:
     """Parses one CSV file for a source: ``schema`` holds the source's columns and types,
     ``columns`` the ones to return (in that order)."""
 
-    def __init__(self, payload: bytes, *, url: str, kind: str, schema: pl.Schema, columns: list[str],
-                 options: CsvOptions, on_error: str) -> None:
-        self.payload = payload
+    def __init__(self, payload: Any, *, url: str, kind: str, schema: pl.Schema, columns: list[str],
+                 options: CsvOptions, on_error: str, path: str | None = None) -> None:
+        self.payload = payload  # bytes, or a memory map of a local file (see open_payload)
+        self.path = path
         self.url, self.kind = url, kind
         self.schema, self.columns = schema, columns
         self.options = options
@@ -87,7 +92,7 @@ class CsvFile:
     # ------------------------------------------------------------------------ entry
     def parse(self) -> Parsed:
         wanted = pl.Schema({c: self.schema[c] for c in self.columns})
-        if not self.payload or self.payload.isspace():
+        if is_blank(self.payload):
             return Parsed(empty_frame(wanted), 0)
         self.names = self._names()
         self.width = len(self.names)
@@ -101,7 +106,7 @@ class CsvFile:
     def _names(self) -> list[str]:
         if not self.options.has_header:
             return self.schema.names()
-        names = header(self.payload, self.options)
+        names = header(self.path or self.payload, self.options)
         missing = [c for c in self.schema.names() if c not in names]
         if missing:
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
@@ -110,9 +115,11 @@ class CsvFile:
             raise SchemaError(msg)
         return names
 
-    def _read(self, payload: bytes, dtypes: dict[str, pl.DataType], columns: list[str], *,
+    def _read(self, payload: Any, dtypes: dict[str, pl.DataType], columns: list[str], *,
               ignore_errors: bool = False) -> pl.DataFrame:
         options = self.options
+        if payload is self.payload and self.path is not None:
+            payload = self.path  # polars reads a local file faster than a copy in memory
         schema = {name: dtypes.get(name, pl.String) for name in self.names}
         with warnings.catch_warnings():
             # polars warns about chunks it had to re-split; the caller checks the row count.
@@ -154,7 +161,7 @@ class CsvFile:
         data = pl.Series(np.frombuffer(payload, dtype=np.uint8))
         separators = int((data == ord(options.separator)).sum())
         newlines = int((data == ord("\n")).sum())
-        if options.quote_char and options.quote_char.encode() in payload:
+        if options.quote_char and contains(payload, options.quote_char.encode()):
             # Separators and newlines inside quoted fields are in the string values: count them
             # there. Text columns not read yet are read as text; a quoted separator in a
             # column typed as a number (not read) makes the counts differ: the slow path.
@@ -172,7 +179,7 @@ class CsvFile:
             names = self.names if options.has_header else []
             separators -= int(counted[0] or 0) + sum(n.count(options.separator) for n in names)
             newlines -= int(counted[1] or 0) + sum(n.count("\n") for n in names)
-        lines = newlines + (0 if payload.endswith(b"\n") else 1)
+        lines = newlines + (0 if ends_with_newline(payload) else 1)
         return separators == (self.width - 1) * lines and lines == frame.height + int(options.has_header)
 
     # ------------------------------------------------------------------------ slow path
@@ -242,11 +249,11 @@ class CsvFile:
         return finish(self, frame, good_rows, records, positions, reasons)
 
 
-def split_records(payload: bytes, options: CsvOptions) -> Records:
+def split_records(payload: Any, options: CsvOptions) -> Records:
     """Record boundaries and field counts. Quoting follows RFC 4180 as polars reads it: a quote
     opens a quoted field only at the start of a field; inside one, ``""`` is a literal quote."""
     quote = options.quote_char
-    if not quote or quote.encode() not in payload:
+    if not quote or not contains(payload, quote.encode()):
         return split_csv_records(payload, options.separator)
     buffer = np.frombuffer(payload, dtype=np.uint8)
     quotes = np.flatnonzero(buffer == ord(quote))

@@ -57,6 +57,22 @@ class Parsed:
         return data, bad
 
 
+def is_blank(payload: Any) -> bool:
+    """True for an empty or whitespace-only payload (bytes or a memory map)."""
+    head = payload[:4096]
+    if head.strip():
+        return False
+    return not len(payload) or not bytes(payload).strip()
+
+
+def contains(payload: Any, needle: bytes) -> bool:
+    return payload.find(needle) >= 0
+
+
+def ends_with_newline(payload: Any) -> bool:
+    return payload[-1:] == b"\n"
+
+
 def empty_frame(schema: pl.Schema, height: int = 0) -> pl.DataFrame:
     if not len(schema):
         return pl.DataFrame(height=height)

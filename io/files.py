@@ -45,7 +45,7 @@ import polars as pl
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io import _columnar
 from arrowflow.io._csv import CsvFile, CsvOptions, infer_schema
-from arrowflow.io._fs import filesystem, read_bytes, resolve_files
+from arrowflow.io._fs import filesystem, open_payload, resolve_files
 from arrowflow.io._ndjson import NdjsonFile
 from arrowflow.io._schema import check_file_schema, conform, to_polars_schema
 from arrowflow.io._text import Parsed
@@ -285,14 +285,14 @@ class _FileReader(SplitReader):
             frame = _columnar.read_ipc(self.url, source.storage_options, self.skip, names,
                                        stream=source.meta(self.url).stream, what=source.kind)
             return Parsed(frame, frame.height), self.skip
-        payload = read_bytes(self.url, source.storage_options, what=source.kind)
+        payload, path = open_payload(self.url, source.storage_options, what=source.kind)
         schema = source.full_schema()
         if source.csv is not None:
-            text: CsvFile | NdjsonFile = CsvFile(payload, url=self.url, kind=source.kind, schema=schema,
-                                                 columns=names, options=source.csv, on_error=source.on_error)
+            text: CsvFile | NdjsonFile = CsvFile(payload, url=self.url, kind=source.kind, schema=schema, columns=names,
+                                                 options=source.csv, on_error=source.on_error, path=path)
         else:
             text = NdjsonFile(payload, url=self.url, kind=source.kind, schema=schema, columns=names,
-                              on_error=source.on_error)
+                              on_error=source.on_error, path=path)
         try:
             return text.parse(), 0
         except pl.exceptions.PolarsError as exc:
