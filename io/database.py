@@ -52,7 +52,7 @@ from arrowflow.errors import ArrowflowError, SchemaError, SinkError
 from arrowflow.sinks import Sink, SinkWriter
 
 MODES = ("append", "upsert", "overwrite")
-CHECKPOINT, WRITER, SEQ = "_af_checkpoint", "_af_writer", "_af_seq"
+CHECKPOINT, WRITER, SEQ, RANK = "_af_checkpoint", "_af_writer", "_af_seq", "_af_rank"
 COMMITS = "_arrowflow_commits"
 STAGING_PREFIX = "_arrowflow_staging_"
 FLUSH_ROWS = 1_000_000
@@ -187,7 +187,7 @@ class DatabaseSink(Sink):
                 raise SchemaError(msg)
         dialect = _dialect(self.db_kind)
         for column, dtype in schema.items():
-            if column in (CHECKPOINT, WRITER, SEQ):
+            if column in (CHECKPOINT, WRITER, SEQ, RANK):
                 msg = f"operator {operator_id!r}: the column name {column!r} is reserved by write_database; rename it"
                 raise SchemaError(msg)
             try:
@@ -355,12 +355,12 @@ class DatabaseSink(Sink):
             return target + f"SELECT {names} FROM {_quote(self.staging)} WHERE {condition}"
         keys = ", ".join(_quote(k) for k in self.key)
         newest = (f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {CHECKPOINT} DESC, "
-                  f"{WRITER} DESC, {SEQ} DESC) AS _af_rank FROM {_quote(self.staging)} WHERE {condition}")
+                  f"{WRITER} DESC, {SEQ} DESC) AS {RANK} FROM {_quote(self.staging)} WHERE {condition}")
         values = [c for c in schema if c not in self.key]
         action = ("DO UPDATE SET " + ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in values)
                   if values else "DO NOTHING")
         # "WHERE" before ON CONFLICT also keeps SQLite's parser from reading ON as a join.
-        return target + f"SELECT {names} FROM ({newest}) AS newest WHERE _af_rank = 1 ON CONFLICT ({keys}) {action}"
+        return target + f"SELECT {names} FROM ({newest}) AS newest WHERE {RANK} = 1 ON CONFLICT ({keys}) {action}"
 
 
 class _Connection:
