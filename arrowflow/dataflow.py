@@ -213,6 +213,30 @@ class Flow:
         return self.source(FileSource("ipc", path, schema=schema, storage_options=storage_options,
                                       on_error=on_error), name=name)
 
+    def tail(self, path: str, *, format: str = "ndjson", schema: Any = None, has_header: bool = True,  # noqa: A002
+             separator: str = ",", poll_interval: str = "100ms", name: str | None = None,
+             on_error: str = "side_output") -> Stream:
+        """Follow a growing local file (unbounded): every complete line appended to it, once.
+
+        Its offset is kept in checkpoints; truncation and rotation are detected and reading
+        goes on with the new file. ``schema`` is required (the file may start empty).
+        """
+        from arrowflow.io.stream import TailSource
+
+        return self.source(TailSource(path, format=format, schema=schema, has_header=has_header,
+                                      separator=separator, poll_interval=poll_interval, on_error=on_error),
+                           name=name)
+
+    def watch(self, pattern: str, *, format: str = "parquet", schema: Any = None,  # noqa: A002
+              poll_interval: str = "1s", storage_options: dict[str, Any] | None = None,
+              name: str | None = None, on_error: str = "side_output") -> Stream:
+        """Files that land under a glob or folder (unbounded), each processed exactly once, also
+        across restarts. Files must appear complete (write elsewhere, then rename into place)."""
+        from arrowflow.io.stream import WatchSource
+
+        return self.source(WatchSource(pattern, format=format, schema=schema, storage_options=storage_options,
+                                       poll_interval=poll_interval, on_error=on_error), name=name)
+
     def from_polars(self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None,
                     splits: int | None = None) -> Stream:
         """An in-memory DataFrame as a bounded source (split into ``splits`` pieces)."""

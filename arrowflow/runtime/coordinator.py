@@ -14,6 +14,9 @@ from typing import Any
 from arrowflow.plan import Plan
 from arrowflow.sources import Split
 
+#: ``next_split`` answer for an unbounded source with nothing to hand out *yet*.
+WAIT = "wait"
+
 
 class SplitEnumerator:
     def __init__(self, plan: Plan, positions: dict[str, dict[str, Any]] | None = None,
@@ -24,16 +27,30 @@ class SplitEnumerator:
         self.finished: dict[str, set[str]] = {op.id: set(finished.get(op.id, ())) if finished else set() for op in plan.sources}
         self.positions = positions or {}
         self.total: dict[str, int] = {}
+        self.seen: dict[str, set[str]] = {}
+        self.unbounded = {op.id for op in plan.sources if not op.params["source"].bounded}
         for op in plan.sources:
-            splits = [s for s in op.params["source"].discover_splits() if s.split_id not in self.finished[op.id]]
-            self.pending[op.id] = deque(splits)
+            self.pending[op.id] = deque()
             self.assigned[op.id] = {}
-            self.total[op.id] = len(splits) + len(self.finished[op.id])
+            self.seen[op.id] = set(self.finished[op.id])
+            self.total[op.id] = len(self.finished[op.id])
+        self.discover()
 
-    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
+    def discover(self) -> None:
+        """Ask every source for splits it has not handed out before (bounded: once)."""
+        for op in self.plan.sources:
+            if self.total[op.id] > len(self.finished[op.id]) and op.id not in self.unbounded:
+                continue  # a bounded source's splits are all known
+            for split in op.params["source"].discover_splits():
+                if split.split_id not in self.seen[op.id]:
+                    self.seen[op.id].add(split.split_id)
+                    self.pending[op.id].append(split)
+                    self.total[op.id] += 1
+
+    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | str | None:
         queue = self.pending[source_id]
         if not queue:
-            return None
+            return WAIT if source_id in self.unbounded else None
         split = queue.popleft()
         self.assigned[source_id][split.split_id] = worker
         return split, self.positions.get(source_id, {}).get(split.split_id)

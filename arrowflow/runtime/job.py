@@ -75,6 +75,10 @@ class JobCoordinator:
         # Stopping from outside (job.stop()): "stop" ends at once, keeping what the last
         # checkpoint committed; "savepoint" first takes one more checkpoint, then ends.
         self.stop_mode: str | None = None
+        self.last_discovery = time.monotonic()
+        self.discovery_interval = min(
+            (getattr(op.params["source"], "poll_interval_s", 1.0) for op in plan.sources
+             if not op.params["source"].bounded), default=1.0)
         self.savepoint_id: int | None = None
         self.exit_now = False
 
@@ -120,6 +124,9 @@ class JobCoordinator:
     def poll(self) -> int | None:
         """The id of a checkpoint to start now, or None."""
         now = time.monotonic()
+        if self.enumerator.unbounded and now - self.last_discovery >= self.discovery_interval:
+            self.enumerator.discover()  # files that landed, a tailed file that appeared
+            self.last_discovery = now
         if self.stop_mode == "stop" and not self.final_done:
             self.exit_now = True
             return None

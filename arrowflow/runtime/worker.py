@@ -35,6 +35,7 @@ import polars as pl
 from arrowflow._faults import fault_point
 from arrowflow.keygroups import key_group_range
 from arrowflow.plan import Plan
+from arrowflow.runtime.coordinator import WAIT
 from arrowflow.runtime.operators import (
     AggOp,
     ChainOp,
@@ -76,13 +77,19 @@ class SourceOp(Operator):
         self.positions: dict[str, Any] = {}
         self.exhausted = False
         self.malformed_rows = 0
+        self.retry_at = 0.0
 
     def step(self) -> bool:
         """Read and push one batch. Returns False when there was nothing to do."""
         if self.exhausted:
             return False
         if self.iterator is None:
+            if time.monotonic() < self.retry_at:
+                return False
             handed = self.link.next_split(self.id)
+            if handed == WAIT:  # an unbounded source with nothing new: ask again later
+                self.retry_at = time.monotonic() + 0.05
+                return False
             if handed is None:
                 self.exhausted = True
                 self.finished = True
@@ -106,6 +113,8 @@ class SourceOp(Operator):
             self.malformed_rows += item.malformed.height
             # The reader knows its format, not its operator id: name the source here.
             self.emit(item.malformed.with_columns(source=pl.lit(self.id, dtype=pl.String)), "malformed")
+        if item.data is None and item.malformed is None:
+            return False  # a tailed split with no complete line yet
         if item.data is not None:
             self.rows_in += item.data.height
             self.batches_in += 1

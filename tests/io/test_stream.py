@@ -1,0 +1,184 @@
+"""Unbounded sources: tailing a file another process writes, and watching a folder.
+
+A writer process appends lines (in bursts, with lines split across writes, a few malformed
+lines and a rotation); a job follows the file. The committed rows must be exactly the good
+lines written, each once; the malformed side output exactly the bad ones, with their line.
+A kill -9 of the job in the middle and a restore lose and repeat nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import arrowflow as af
+
+SCHEMA = {"id": pl.Int64, "user": pl.Int64, "amount": pl.Float64}
+BAD = {250: b'{"id": 250, "user": "guest", "amount": 1}', 600: b'{"id": 600, "user": 1, "amount"',
+       900: b"[1, 2, 3]"}
+
+WRITER = textwrap.dedent("""
+    import json, os, sys, time
+    path, total, rotate_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    bad = {250: b'{"id": 250, "user": "guest", "amount": 1}', 600: b'{"id": 600, "user": 1, "amount"',
+           900: b"[1, 2, 3]"}
+    out = open(path, "ab")
+    for i in range(total):
+        if i == rotate_at:
+            out.close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists(path + ".rotate") and time.monotonic() < deadline:
+                time.sleep(0.02)          # the test says when the job has read the old file
+            os.rename(path, path + ".1")  # logrotate: the finished file moves away
+            out = open(path, "ab")
+        line = bad.get(i) or json.dumps({"id": i, "user": i % 11, "amount": i / 4}).encode()
+        line += b"\\n"
+        if i % 97 == 0:                   # a line split across two writes
+            out.write(line[:7]); out.flush(); time.sleep(0.02); out.write(line[7:])
+        else:
+            out.write(line)
+        if i % 50 == 0:
+            out.flush(); time.sleep(0.01)
+    out.close()
+""")
+
+
+def start_writer(tmp: Path, total: int, rotate_at: int) -> subprocess.Popen:
+    script = tmp / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen([sys.executable, str(script), str(tmp / "app.jsonl"), str(total), str(rotate_at)])
+
+
+def tail_flow(tmp: Path) -> af.Flow:
+    flow = af.Flow("tailing")
+    lines = flow.tail(str(tmp / "app.jsonl"), format="ndjson", schema=SCHEMA, poll_interval="50ms")
+    lines.write_parquet(str(tmp / "rows"))
+    lines.side_output("malformed").write_ndjson(str(tmp / "bad"))
+    return flow
+
+
+def committed(folder: Path, fmt: str = "parquet") -> pl.DataFrame:
+    files = sorted(p for p in folder.glob(f"part-*.{fmt}"))
+    if not files:
+        return pl.DataFrame()
+    return pl.concat([pl.read_parquet(f) if fmt == "parquet" else pl.read_ndjson(f) for f in files])
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def check(tmp: Path, total: int, rotate_at: int) -> None:
+    good = [i for i in range(total) if i not in BAD]
+    rows = committed(tmp / "rows").sort("id")
+    assert rows["id"].to_list() == good  # every good line exactly once
+    assert rows["amount"].to_list() == [i / 4 for i in good]
+    bad = committed(tmp / "bad", "ndjson").sort("line")
+    # Line numbers count in the file each line was written to (the rotation starts a new one).
+    expected_lines = sorted(i + 1 if i < rotate_at else i - rotate_at + 1 for i in BAD)
+    assert bad["line"].to_list() == expected_lines
+    assert all("app.jsonl" in f for f in bad["file"].to_list())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tail_follows_appends_partial_lines_and_a_rotation(tmp_path: Path, workers: int) -> None:
+    total, rotate_at = 1_200, 700
+    flow = tail_flow(tmp_path)
+    job = flow.start(workers=workers, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="300ms", restore=None)
+    writer = start_writer(tmp_path, total, rotate_at)
+    try:
+        wait_for(lambda: caught_up(tmp_path, rotate_at))
+        (tmp_path / "app.jsonl.rotate").touch()
+        assert writer.wait(60) == 0
+        wait_for(lambda: job.progress["rows_in"] >= total - len(BAD))
+    finally:
+        result = job.stop(savepoint=True)
+    assert result.status == "stopped"
+    check(tmp_path, total, rotate_at)
+
+
+def test_kill_9_while_tailing_then_restore(tmp_path: Path) -> None:
+    total, rotate_at = 1_500, 1_000
+    job_script = tmp_path / "job.py"
+    job_script.write_text(textwrap.dedent(f"""
+        import time, polars as pl, arrowflow as af
+        flow = af.Flow("tailing")
+        lines = flow.tail({str(tmp_path / "app.jsonl")!r}, format="ndjson",
+                          schema={{"id": pl.Int64, "user": pl.Int64, "amount": pl.Float64}}, poll_interval="50ms")
+        lines.write_parquet({str(tmp_path / "rows")!r})
+        lines.side_output("malformed").write_ndjson({str(tmp_path / "bad")!r})
+        job = flow.start(workers=0, checkpoint_dir={str(tmp_path / "ck")!r}, checkpoint_every="100ms", restore=None)
+        print("STARTED", flush=True)
+        job.wait()
+    """))
+    writer = start_writer(tmp_path, total, rotate_at)
+    victim = subprocess.Popen([sys.executable, str(job_script)], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout is not None and victim.stdout.readline().strip() == "STARTED"
+    wait_for(lambda: len(list((tmp_path / "rows").glob("part-*"))) >= 1)
+    victim.kill()  # SIGKILL mid-stream
+    victim.wait(30)
+    flow = tail_flow(tmp_path)
+    job = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="300ms")
+    try:
+        wait_for(lambda: caught_up(tmp_path, rotate_at))
+        (tmp_path / "app.jsonl.rotate").touch()
+        assert writer.wait(60) == 0
+        wait_for(lambda: caught_up(tmp_path, total - rotate_at))
+    finally:
+        job.stop(savepoint=True)
+    check(tmp_path, total, rotate_at)
+
+
+def caught_up(tmp: Path, lines: int) -> bool:
+    """The newest checkpoint's tail position has reached the end of the rotated-in file."""
+    from arrowflow.checkpoint import CheckpointStorage
+
+    manifest = CheckpointStorage(str(tmp / "ck")).latest(report=False)
+    if manifest is None:
+        return False
+    positions = manifest.sources["tail"]["positions"]
+    return max((p["line"] for p in positions.values()), default=-1) >= lines
+
+
+def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+
+    def land(number: int) -> pl.DataFrame:
+        frame = pl.DataFrame({"id": list(range(number * 100, number * 100 + 100)), "user": [number] * 100,
+                              "amount": [1.5] * 100})
+        staging = inbox / f".part-{number}.parquet.tmp"
+        frame.write_parquet(staging)
+        os.rename(staging, inbox / f"part-{number}.parquet")  # lands complete
+        return frame
+
+    def flow() -> af.Flow:
+        f = af.Flow("watching")
+        f.watch(str(inbox / "*.parquet"), format="parquet", schema=SCHEMA, poll_interval="100ms").write_parquet(
+            str(tmp_path / "rows"))
+        return f
+
+    land(0)
+    job = flow().start(workers=0, checkpoint_dir=str(tmp_path / "ck"), restore=None)
+    land(1)
+    wait_for(lambda: job.progress["rows_in"] >= 200)
+    job.stop(savepoint=True)
+    land(2)  # lands while no job runs
+    job = flow().start(workers=2, checkpoint_dir=str(tmp_path / "ck"))
+    land(3)
+    wait_for(lambda: job.progress["rows_in"] >= 200)  # only the two new files
+    result = job.stop(savepoint=True)
+    assert result.rows_in == 200
+    rows = committed(tmp_path / "rows").sort("id")
+    assert rows["id"].to_list() == list(range(400))
