@@ -301,9 +301,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             options[flag] = value
-    result = flow.run(**options)
+    if flow.plan().bounded:
+        result = flow.run(**options)
+    else:
+        result = run_until_signalled(flow, options)
     print(format_summary(flow, result))
     return EXIT_OK
+
+
+def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
+    """An unbounded flow runs until SIGINT or SIGTERM, then stops cleanly: with a checkpoint
+    directory, after a final checkpoint (a savepoint) that a later ``--restore latest`` resumes."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        job = flow.start(**options)
+        print(f"arrowflow run: {flow.name!r} follows unbounded sources; SIGINT or SIGTERM stops it "
+              f"{'after a final checkpoint' if options.get('checkpoint_dir') else '(no checkpoint_dir: nothing saved)'}",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.2):
+            if job.status != "running":
+                return job.wait()
+        return job.stop(savepoint=bool(options.get("checkpoint_dir")))
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
