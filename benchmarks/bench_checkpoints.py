@@ -70,7 +70,9 @@ class W3(Job):
             listing = storage.list()
             loaded = time.perf_counter()
             state = af.read_state(str(out / "_checkpoints"), "agg")
+            seconds = list(result.checkpoint_seconds.values())
             report.update(checkpoints=len(result.checkpoints), mean_checkpoint_bytes=int(listing["size_bytes"].mean()),
+                          mean_checkpoint_s=round(sum(seconds) / max(1, len(seconds)), 3),
                           state_keys=state.height, read_state_s=round(time.perf_counter() - loaded, 3))
         return report
 

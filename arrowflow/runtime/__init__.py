@@ -116,6 +116,8 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
             continue
         result.restarts = restarts
         result.restored_from = restored.id if restored is not None else None
+        result.checkpoint_seconds = dict(coordinator.durations)
+        result.aborted_checkpoints = list(coordinator.aborted)
         if coordinator.exit_now:
             result.status = "stopped"
         return result

@@ -64,6 +64,7 @@ class JobCoordinator:
         self.next_id = max(restored.id + 1, first_id) if restored is not None else first_id
         self.in_flight: dict[str, Any] | None = None
         self.completed: list[int] = []
+        self.durations: dict[int, float] = {}  # checkpoint id -> seconds from trigger to commit
         self.aborted: list[int] = []
         self.carried: dict[str, list[Any]] = {}
         self.workers_finished: set[int] = set()
@@ -176,6 +177,7 @@ class JobCoordinator:
             self._write_checkpoint(checkpoint_id, acks, staged, final=flight["final"])
         self._commit(checkpoint_id, staged)
         self.completed.append(checkpoint_id)
+        self.durations[checkpoint_id] = time.monotonic() - flight["started"]
         if self.storage is not None:
             self.storage.prune()
         if flight["final"]:

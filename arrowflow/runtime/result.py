@@ -19,6 +19,8 @@ class RunResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     restored_from: int | None = None
     status: str = "finished"  # "finished" (input ended) or "stopped" (job.stop())
+    checkpoint_seconds: dict[int, float] = field(default_factory=dict)  # id -> trigger to commit
+    aborted_checkpoints: list[int] = field(default_factory=list)  # took longer than the timeout
 
     def metrics(self) -> pl.DataFrame:
         """Per-operator counts summed over workers: rows in and out, batches, malformed."""
