@@ -190,9 +190,13 @@ class JobCoordinator:
         state: dict[str, Any] = {}
         for op in self.plan.sources:
             finished = set(self.base_finished.get(op.id, ()))
-            positions: dict[str, Any] = {}
             for ack in acks:
                 finished.update(ack["finished"].get(op.id, []))
+            # Splits restored at an offset keep it until a worker reports a newer one: a split
+            # still waiting in the queue at this checkpoint must not restart from zero later.
+            positions: dict[str, Any] = {split: offset for split, offset in
+                                         self.enumerator.positions.get(op.id, {}).items() if split not in finished}
+            for ack in acks:
                 positions.update(ack["positions"].get(op.id, {}))
             state[op.id] = {"finished": sorted(finished), "positions": positions}
         return state

@@ -96,6 +96,9 @@ class SourceOp(Operator):
                 self.end_outputs()
                 return True
             self.split, position = handed
+            # Until its first batch, the split is at the position it was handed out with (a
+            # restored offset): a checkpoint taken now must keep that offset, not lose it.
+            self.positions[self.split.split_id] = position
             self.reader = self.source.open_reader(self.split, position, batch_size=self.batch_size)
             self.iterator = iter(self.reader.batches())
         try:
