@@ -305,10 +305,7 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "agg":
             parent = node.inputs[0]
-            exchange = OpSpec(
-                f"{node.id}.exchange", "exchange", [edge_of[id(parent)]], flow.schema_of(parent), [],
-                {"keys": params["keys"], "max_parallelism": max_parallelism},
-            )
+            exchange = _exchange(node, edge_of[id(parent)], flow.schema_of(parent), max_parallelism)
             agg = params["agg"](flow.schema_of(parent))
             spec = OpSpec(node.id, "agg", [Edge(exchange.id)], schema, [node.id],
                           {"keys": params["keys"], "aggs": params["aggs"], "agg": agg,
@@ -317,10 +314,7 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "process":
             parent = node.inputs[0]
-            exchange = OpSpec(
-                f"{node.id}.exchange", "exchange", [edge_of[id(parent)]], flow.schema_of(parent), [],
-                {"keys": params["keys"], "max_parallelism": max_parallelism},
-            )
+            exchange = _exchange(node, edge_of[id(parent)], flow.schema_of(parent), max_parallelism)
             function = params["process"].bind(flow.schema_of(parent), schema, max_parallelism)
             spec = OpSpec(node.id, "process", [Edge(exchange.id)], schema, [node.id],
                           {"keys": params["keys"], "process": function, "fn": function.fn,
@@ -335,10 +329,7 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "window":
             parent = node.inputs[0]
-            exchange = OpSpec(
-                f"{node.id}.exchange", "exchange", [edge_of[id(parent)]], flow.schema_of(parent), [],
-                {"keys": params["keys"], "max_parallelism": max_parallelism},
-            )
+            exchange = _exchange(node, edge_of[id(parent)], flow.schema_of(parent), max_parallelism)
             window = params["window"](flow.schema_of(parent))
             spec = OpSpec(node.id, "window", [Edge(exchange.id)], schema, [node.id],
                           {"keys": params["keys"], "aggs": params["aggs"], "window": window,
@@ -360,6 +351,12 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
         raise PlanError(msg)
     fingerprint = fingerprint_of([_fingerprint_entry(op) for op in ops if op.stateful or op.kind in ("source", "sink")])
     return Plan(flow.name, ops, [n.id for n in outputs], fingerprint)
+
+
+def _exchange(node: Node, upstream: Edge, schema: pl.Schema, max_parallelism: int) -> OpSpec:
+    """The hash exchange in front of a keyed operator: rows move to the owner of their key group."""
+    return OpSpec(f"{node.id}.exchange", "exchange", [upstream], schema, [],
+                  {"keys": node.params["keys"], "max_parallelism": max_parallelism})
 
 
 def _fingerprint_entry(op: OpSpec) -> list[Any]:
