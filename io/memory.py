@@ -11,8 +11,8 @@ import polars as pl
 import pyarrow as pa
 
 from arrowflow.errors import PlanError
-from arrowflow.sinks import Sink, SinkWriter
 from arrowflow.sources import Source, SourceBatch, Split, SplitReader
+from arrowflow.testing import CollectingSink
 
 
 class MemorySource(Source):
@@ -110,36 +110,7 @@ class _SliceReader(SplitReader):
             offset += length
 
 
-class CollectSink(Sink):
+class CollectSink(CollectingSink):
     """Gathers a stream's rows in the coordinator (``stream.collect()``)."""
 
     kind = "collect"
-
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
-        return _CollectWriter()
-
-    def begin(self) -> None:
-        self.frames.clear()
-
-    def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
-        for payload in staged:
-            self.frames.extend(payload)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"frames": []}
-
-
-class _CollectWriter(SinkWriter):
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def write(self, batch: pl.DataFrame) -> None:
-        self.frames.append(batch)
-
-    def prepare_commit(self, checkpoint_id: int) -> Any:
-        frames, self.frames = self.frames, []
-        # DataFrames pickle as Arrow IPC when a pool ships them to the coordinator.
-        return frames or None

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from arrowflow.io.memory import CollectSink
 from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow.sinks import Sink, SinkWriter
 
 if TYPE_CHECKING:
     from arrowflow.dataflow import Stream
@@ -123,23 +123,52 @@ def assert_frame_equal_unordered(
         raise AssertionError(msg) from None
 
 
-class CollectingSink(CollectSink):
+class CollectingSink(Sink):
     """A sink that gathers every row it receives in the calling process.
 
     Attach it with ``stream.write_to(sink)``; after ``flow.run(...)`` returns,
     :meth:`to_polars` holds the rows of the run (in no set order when several workers ran).
     Each worker's rows travel back to the coordinator as the sink's staged output, so it
-    suits test-sized data, not production volumes. A fresh run starts empty. (It is the
-    sink behind ``stream.collect()``, with a name of its own.)
+    suits test-sized data, not production volumes. A fresh run starts empty.
     """
 
     kind = "collecting"
+
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
+        return _CollectingWriter()
+
+    def begin(self) -> None:
+        self.frames.clear()
+
+    def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
+        for frames in staged:
+            if frames:
+                self.frames.extend(frames)
 
     def to_polars(self, schema: pl.Schema | None = None) -> pl.DataFrame:
         """Every collected row as one DataFrame (empty with ``schema`` when none arrived)."""
         if not self.frames:
             return pl.DataFrame(schema=schema)
         return pl.concat(self.frames, how="vertical_relaxed")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to workers with the plan: rows already collected stay here.
+        return {"frames": []}
+
+
+class _CollectingWriter(SinkWriter):
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def write(self, batch: pl.DataFrame) -> None:
+        self.frames.append(batch)
+
+    def prepare_commit(self, checkpoint_id: int) -> Any:
+        frames, self.frames = self.frames, []
+        return frames or None
 
 
 def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory",
