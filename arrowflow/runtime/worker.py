@@ -63,6 +63,12 @@ class CoordinatorLink(Protocol):
     def finished(self) -> None: ...
 
 
+#: Rows per source batch in a pool when the run does not say: small enough that the other
+#: workers, aligning a checkpoint barrier, wait little for the batch in flight here. (In one
+#: process a whole split per batch is faster: polars parallelises inside the batch.)
+DEFAULT_BATCH_ROWS = 262_144
+
+
 class SourceOp(Operator):
     """Reads the splits the coordinator hands this worker, one batch per step."""
 
@@ -173,7 +179,7 @@ class Worker:
         for spec in plan.ops:
             op: Operator
             if spec.kind == "source":
-                op = SourceOp(spec, link, batch_size)
+                op = SourceOp(spec, link, batch_size or (DEFAULT_BATCH_ROWS if parallelism > 1 else None))
                 self.sources.append(op)
             elif spec.kind == "chain":
                 op = ChainOp(spec)
