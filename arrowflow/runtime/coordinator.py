@@ -1,9 +1,11 @@
-"""Coordinator-side pieces shared by every executor: split enumeration and sink commits.
+"""The split enumerator: which source splits are waiting, handed out and finished.
 
 The :class:`SplitEnumerator` holds, per source, the splits not yet handed out, those handed
 to each worker and not yet finished, and those finished. Workers ask for splits one at a
-time, so a slow worker simply asks less often. When a worker fails, its unfinished splits go
-back to the front of the queue (``reclaim``).
+time, so a slow worker simply asks less often. Unbounded sources are asked again for new
+splits (``discover``); with nothing new, a worker is told to ``WAIT``. When a worker fails,
+the job restarts from its newest checkpoint, and a new enumerator is built from that
+checkpoint's finished splits and offsets (DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -62,10 +64,3 @@ class SplitEnumerator:
     def progress(self) -> tuple[int, int]:
         """(splits finished, splits known) over all sources."""
         return sum(len(f) for f in self.finished.values()), sum(self.total.values())
-
-
-def commit_sinks(plan: Plan, checkpoint_id: int, staged: dict[str, list[Any]]) -> None:
-    """Commit every sink's staged output (idempotent)."""
-    for op in plan.ops:
-        if op.kind == "sink":
-            op.params["sink"].commit(checkpoint_id, [s for s in staged.get(op.id, []) if s is not None])
