@@ -303,22 +303,20 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             spec = OpSpec(node.id, "union", [edge_of[id(p)] for p in node.inputs], schema, [node.id])
             ops.append(spec)
             edge_of[id(node)] = Edge(spec.id)
-        elif kind == "agg":
+        elif kind in ("agg", "process", "window"):
+            # Keyed operators: a hash exchange, then the operator on the exchange's output.
             parent = node.inputs[0]
-            exchange = _exchange(node, edge_of[id(parent)], flow.schema_of(parent), max_parallelism)
-            agg = params["agg"](flow.schema_of(parent))
-            spec = OpSpec(node.id, "agg", [Edge(exchange.id)], schema, [node.id],
-                          {"keys": params["keys"], "aggs": params["aggs"], "agg": agg,
-                           "max_parallelism": max_parallelism})
-            ops.extend([exchange, spec])
-            edge_of[id(node)] = Edge(spec.id)
-        elif kind == "process":
-            parent = node.inputs[0]
-            exchange = _exchange(node, edge_of[id(parent)], flow.schema_of(parent), max_parallelism)
-            function = params["process"].bind(flow.schema_of(parent), schema, max_parallelism)
-            spec = OpSpec(node.id, "process", [Edge(exchange.id)], schema, [node.id],
-                          {"keys": params["keys"], "process": function, "fn": function.fn,
-                           "max_parallelism": max_parallelism})
+            upstream = flow.schema_of(parent)
+            exchange = _exchange(node, edge_of[id(parent)], upstream, max_parallelism)
+            keyed: dict[str, Any] = {"keys": params["keys"], "max_parallelism": max_parallelism}
+            if kind == "agg":
+                keyed.update(aggs=params["aggs"], agg=params["agg"](upstream))
+            elif kind == "process":
+                function = params["process"].bind(upstream, schema, max_parallelism)
+                keyed.update(process=function, fn=function.fn)
+            else:
+                keyed.update(aggs=params["aggs"], window=params["window"](upstream))
+            spec = OpSpec(node.id, kind, [Edge(exchange.id)], schema, [node.id], keyed)
             ops.extend([exchange, spec])
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "watermark":
@@ -326,15 +324,6 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
                           {"column": params["column"], "delay_ms": params["delay_ms"],
                            "idle_timeout_ms": params["idle_timeout_ms"], "dtype": schema[params["column"]]})
             ops.append(spec)
-            edge_of[id(node)] = Edge(spec.id)
-        elif kind == "window":
-            parent = node.inputs[0]
-            exchange = _exchange(node, edge_of[id(parent)], flow.schema_of(parent), max_parallelism)
-            window = params["window"](flow.schema_of(parent))
-            spec = OpSpec(node.id, "window", [Edge(exchange.id)], schema, [node.id],
-                          {"keys": params["keys"], "aggs": params["aggs"], "window": window,
-                           "max_parallelism": max_parallelism})
-            ops.extend([exchange, spec])
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "sink":
             spec = OpSpec(node.id, "sink", [edge_of[id(node.inputs[0])]], schema, [node.id], {"sink": params["sink"]})

@@ -102,7 +102,7 @@ def test_checkpoints_list_and_state_query_cli(tmp_path: Path, recovery_input: Pa
     listing = subprocess.run([sys.executable, "-m", "arrowflow.cli", "checkpoints", "list", str(tmp_path / "checkpoints")],
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
-    assert "chk" in listing.stdout or "3" in listing.stdout
+    assert "chk-00000003" in listing.stdout
     state = af.read_state(str(tmp_path / "checkpoints"), "agg")
     # The state at checkpoint 3 counts exactly the events the sources had read by then.
     manifest = CheckpointStorage(str(tmp_path / "checkpoints")).latest()
