@@ -420,6 +420,11 @@ class Flow:
             raise PlanError(msg)
         return sinks
 
+    def _repr_html_(self) -> str:
+        from arrowflow.display import flow_html
+
+        return flow_html(self)
+
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, {len(self.nodes)} operators)"
 
@@ -660,6 +665,11 @@ class Stream:
 
         return build_plan(self.flow, [self.node]).explain()
 
+    def _repr_html_(self) -> str:
+        from arrowflow.display import stream_html
+
+        return stream_html(self)
+
     def __repr__(self) -> str:
         return f"Stream({self.node.id!r}, {self.node.kind})"
 
@@ -727,6 +737,11 @@ class KeyedStream:
         from arrowflow.windows import WindowedStream
 
         return WindowedStream(self, window, allowed_lateness)
+
+    def _repr_html_(self) -> str:
+        from arrowflow.display import stream_html
+
+        return stream_html(self.stream, keyed_by=self.keys)
 
     def __repr__(self) -> str:
         return f"KeyedStream({self.stream.node.id!r}, keys={self.keys})"

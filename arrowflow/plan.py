@@ -109,6 +109,11 @@ class Plan:
     def bounded(self) -> bool:
         return all(op.params["source"].bounded for op in self.sources)
 
+    def _repr_html_(self) -> str:
+        from arrowflow.display import plan_html
+
+        return plan_html(self)
+
     def explain(self) -> str:
         lines = [f"plan of flow {self.flow_name!r} (fingerprint {self.fingerprint}), {len(self.ops)} operators:"]
         for spec in self.ops:
