@@ -12,6 +12,9 @@ memory, outputs checked against polars) runs these contenders:
 - ``arrowflow w=N ckpt 10s``: the same with checkpoints every 10 s to a local folder (the
   target of issue 6: at least 3M events/s with 2 workers).
 
+``w2-ckpt`` (W3 for windows) runs W2 without checkpoints (its baseline), with checkpoints
+every 10 s and every 1 s: the ratios are what checkpoints of the open windows cost.
+
 W2-lowcard keys by ``user_id % 1000`` (1,000 keys, 1.44M windows): the state-update path
 rather than window creation. Both engines compute exactly the same windows (the data is out
 of order by under 5 s, less than the watermark delay, so no event is late); a contender
@@ -92,7 +95,30 @@ class W2Lowcard(W2):
     modulo = 1000
 
 
-WINDOW_JOBS: dict[str, Job] = {job.name: job for job in (W2(), W2Lowcard())}
+class W2Checkpoints(W2):
+    """W3 for windows: W2 with checkpoints every 10 s and every 1 s against none.
+
+    A 10M-event W2 run lasts a few seconds, so a 10 s interval may never fire; the 1 s
+    contender makes every checkpoint snapshot about a million open windows per worker
+    (the write buffer) while the job runs. The baseline is arrowflow without checkpoints.
+    """
+
+    name = "w2-ckpt"
+    description = ("W2 checkpoint cost: W2 with checkpoints every 10 s and every 1 s "
+                   "against the same job without checkpoints")
+
+    def contenders(self, workers: list[int]) -> list[Contender]:
+        found = []
+        for w in workers:
+            found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
+            for every in ("10s", "1s"):
+                found.append(Contender(f"arrowflow w={w} ckpt {every}", "arrowflow", w,
+                                       {"checkpoint_every": every}))
+        self.baseline = f"arrowflow w={workers[0]}"
+        return found
+
+
+WINDOW_JOBS: dict[str, Job] = {job.name: job for job in (W2(), W2Lowcard(), W2Checkpoints())}
 
 
 def main(argv: list[str] | None = None) -> int:

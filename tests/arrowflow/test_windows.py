@@ -252,3 +252,83 @@ def test_kill_9_then_restore_fires_every_window_exactly_once(tmp_path: Path, wor
     assert got.height == expected.height == joined.height, f"{got.height} windows committed, polars: {expected.height}"
     assert (joined["n"] == joined["n_right"]).all()
     assert (joined["total"] - joined["total_right"]).abs().max() < 1e-6
+
+
+_RESTORE_JOB = textwrap.dedent("""
+    import json, sys
+    import polars as pl
+    import arrowflow as af
+    import arrowflow.runtime.window_op as window_op
+
+    config = json.loads(sys.argv[1])
+    if config["buffer_rows"]:
+        window_op.BUFFER_ROWS = config["buffer_rows"]  # in-process only: spill windows to the store
+    flow = af.Flow("windows-rescale")
+    windowed = (flow.read_parquet(config["input"] + "/*.parquet")
+                .with_watermark("ts", delay="2s")
+                .key_by("user").window(af.tumbling("60s"), allowed_lateness="30s")
+                .agg(n=pl.len(), total=pl.col("amount").sum(), name="per_minute"))
+    windowed.write_parquet(config["out"])
+    windowed.side_output("late").write_parquet(config["late"])
+    result = flow.run(workers=config["workers"], state=config["state"], checkpoint_dir=config["ckpt"],
+                      checkpoint_every=af.every_rows(9_000), batch_size=1_500, max_restarts=0)
+    print("RESULT " + json.dumps({"restored_from": result.restored_from}))
+""")
+
+
+@pytest.mark.parametrize(("first", "second", "state", "fault", "buffer_rows"), [
+    (2, 1, "memory", "after_manifest@3", 0),   # rescale down: each worker's buffer file split by key group
+    (1, 2, "arrow", "after_manifest@2", 0),    # rescale up
+    (0, 0, "memory", "after_manifest@3", 700),  # windows spilled to the store and buffered at once
+])
+def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
+        tmp_path: Path, first: int, second: int, state: str, fault: str, buffer_rows: int) -> None:
+    """Checkpoints hold the open windows (the write buffer, snapshotted as it is, plus any
+    spilled to the store); a restore, onto the same or another number of workers, fires each
+    window exactly once and counts every event once, in a window or in the late output."""
+    import json
+
+    df = with_late_events(seed=21)
+    df = pl.concat([df, events(60_000, users=150, seed=22, span_ms=3_600_000, jitter_ms=1000)
+                    .with_columns(pl.col("ts") + pl.duration(hours=2))])
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    for part in range(4):
+        df.slice(part * 16_000, 16_000).write_parquet(input_dir / f"part-{part}.parquet")
+    script = tmp_path / "job.py"
+    script.write_text(_RESTORE_JOB)
+    config = {"input": str(input_dir), "out": str(tmp_path / "out"), "late": str(tmp_path / "late"),
+              "ckpt": str(tmp_path / "ckpt"), "state": state, "buffer_rows": buffer_rows}
+
+    def run(workers: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), json.dumps({**config, "workers": workers})],
+                              capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+
+    crashed = run(first, {"ARROWFLOW_FAULTS": fault})
+    assert crashed.returncode != 0 and "RESULT" not in crashed.stdout, "the fault point was never reached"
+    manifests = sorted((tmp_path / "ckpt").glob("chk-*/_MANIFEST.json"))
+    assert manifests, "no checkpoint completed before the crash"
+    manifest = json.loads(manifests[-1].read_text())
+    buffered = [f for f in manifest["state"] if f["store"] == "per_minute/buffer"]
+    assert len(buffered) == max(first, 1), "one buffer file per worker"
+    open_windows = af.read_state(str(tmp_path / "ckpt"), "per_minute", raw=True)
+    assert open_windows.height > 0, "the checkpoint holds the open windows"
+    resumed = run(second, {})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"restored_from": null' not in resumed.stdout, "the second run did not restore"
+
+    got = pl.read_parquet(tmp_path / "out" / "*.parquet")
+    late_files = list((tmp_path / "late").glob("*.parquet"))
+    late = pl.concat([pl.read_parquet(f) for f in late_files]) if late_files else pl.DataFrame(schema=df.schema)
+    assert got.select(KEY, "window_start").is_duplicated().sum() == 0, "a window was committed twice"
+    assert late.select(df.columns).is_duplicated().sum() == 0, "a late event was committed twice"
+    if first == second == 0:  # one reader: the watermarks are those of a run without a crash
+        assert late.height > 0, "the data has late events"
+    assert int(got["n"].sum()) + late.height == df.height, "every event is counted exactly once"
+    on_time = df.join(late.select(df.columns), on=df.columns, how="anti")
+    expected = on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s")).group_by(KEY, "window_start").agg(
+        n=pl.len(), total=pl.col("amount").sum())
+    joined = got.join(expected, on=[KEY, "window_start"], how="full", coalesce=True)
+    assert got.height == expected.height == joined.height
+    assert (joined["n"] == joined["n_right"]).all()
+    assert (joined["total"] - joined["total_right"]).abs().max() < 1e-6
