@@ -4,6 +4,8 @@ Build a :class:`Flow` from sources, polars expressions and keyed aggregations, t
 ``flow.run()`` it or ``stream.collect()`` a stream into a polars DataFrame.
 """
 
+from arrowflow.checkpoint import list_checkpoints as list_checkpoints
+from arrowflow.checkpoint import query_state as query_state
 from arrowflow.checkpoint import read_state as read_state
 from arrowflow.dataflow import Flow as Flow
 from arrowflow.dataflow import KeyedStream as KeyedStream
@@ -20,6 +22,7 @@ from arrowflow.process import ListState as ListState
 from arrowflow.process import MapState as MapState
 from arrowflow.process import ProcessContext as ProcessContext
 from arrowflow.process import ValueState as ValueState
+from arrowflow.running import Job as Job
 from arrowflow.runtime.result import RunResult as RunResult
 from arrowflow.triggers import Trigger as Trigger
 from arrowflow.triggers import TriggerStats as TriggerStats
@@ -36,6 +39,7 @@ __all__ = [
     "ArrowflowError",
     "CheckpointError",
     "Flow",
+    "Job",
     "KeyedStream",
     "ListState",
     "MapState",
@@ -54,6 +58,8 @@ __all__ = [
     "WorkerError",
     "every",
     "every_rows",
+    "list_checkpoints",
+    "query_state",
     "read_state",
     "session",
     "sliding",

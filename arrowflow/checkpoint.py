@@ -316,6 +316,29 @@ def decode_spec(data: dict[str, Any]) -> Any:
 _READERS = {"arrow": "memory", "lmdb": "lmdb"}
 
 
+def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
+    """The complete checkpoints in a checkpoint directory (any fsspec URL), one row each:
+    id, time, size, state files, parallelism, final, and the source offsets as JSON."""
+    return CheckpointStorage(url, storage_options).list()
+
+
+def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
+                storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Run a polars SQL query over the state in a checkpoint (the newest complete one, or
+    ``checkpoint_id``): every operator with state is a table named after its id; quote ids
+    with a dash (``SELECT * FROM "agg-2"``)."""
+    storage = CheckpointStorage(url, storage_options)
+    manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
+    if manifest is None:
+        msg = f"no complete checkpoint in {storage.url!r}"
+        raise CheckpointError(msg)
+    context = pl.SQLContext()
+    for operator in sorted({name.split("/")[0] for name in manifest.stores}):
+        context.register(operator, read_state(url, operator, checkpoint_id=manifest.id,
+                                              storage_options=storage_options))
+    return context.execute(sql, eager=True)
+
+
 def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int | None = None,
                storage_options: dict[str, Any] | None = None, raw: bool = False) -> pl.DataFrame:
     """The state of ``operator`` in a checkpoint, as one polars DataFrame (the job need not run).

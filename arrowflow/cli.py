@@ -361,17 +361,14 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from arrowflow.checkpoint import CheckpointStorage, read_state
+    from arrowflow.checkpoint import CheckpointStorage, query_state
 
     storage = CheckpointStorage(args.url)
     manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()
     if manifest is None:
         msg = f"no complete checkpoint in {args.url}"
         raise UsageError(msg)
-    context = pl.SQLContext()
-    for operator in sorted({name.split("/")[0] for name in manifest.stores}):
-        context.register(operator, read_state(args.url, operator, checkpoint_id=manifest.id))
-    result = context.execute(args.sql, eager=True)
+    result = query_state(args.url, args.sql, checkpoint_id=manifest.id)
     with pl.Config(tbl_rows=50, tbl_cols=-1):
         print(f"checkpoint {manifest.id}:")
         print(result)

@@ -399,16 +399,58 @@ class Flow:
                        max_parallelism=max_parallelism, progress=progress, storage_options=storage_options,
                        keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control)
 
-    def start(self, **run_options: Any) -> Any:
+    def start(self, *, results: Sequence[Stream] | None = None, results_limit: int | None = None,
+              **run_options: Any) -> Any:
         """Run the flow in the background; returns a :class:`arrowflow.running.Job` at once.
 
-        Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.checkpoint()``,
-        ``job.stop(savepoint=True)`` and ``job.wait()`` work from any thread.
+        Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.metrics()``,
+        ``job.checkpoint()``, ``job.stop(savepoint=True)`` and ``job.wait()`` work from any
+        thread; in Jupyter, ``job`` shows a live view. ``job.results(stream)`` returns what a
+        stream produced so far: the streams the sinks write, and those in ``results`` (a side
+        output, a stream before an aggregation), each its newest ``results_limit`` rows
+        (default 100,000).
         """
+        from arrowflow.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
+        from arrowflow.plan import build_plan
         from arrowflow.running import Job
+        from arrowflow.runtime import execute
 
-        self.sinks_or_error()
-        return Job(self.name, self.run, run_options)
+        sinks = self.sinks_or_error()
+        limit = DEFAULT_RESULTS_LIMIT if results_limit is None else results_limit
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            msg = f"results_limit must be a positive number of rows, got {results_limit!r}"
+            raise PlanError(msg)
+        watched: list[Node] = []
+        for sink in sinks:
+            if sink.inputs[0] not in watched:
+                watched.append(sink.inputs[0])
+        for stream in results or ():
+            if not isinstance(stream, Stream) or stream.flow is not self:
+                msg = f"results= expects streams of flow {self.name!r}, got {stream!r}"
+                raise PlanError(msg)
+            if stream.node not in watched:
+                watched.append(stream.node)
+        taps: dict[str, tuple[str, pl.Schema]] = {}
+        tap_nodes = []
+        for node in watched:
+            tap = Node(self.unused_id(f"{node.id}.results"), "sink", [node], {"sink": TapSink(node.id, limit)})
+            tap_nodes.append(tap)
+            taps[node.id] = (tap.id, self.schema_of(node))
+        groups = run_options.get("max_parallelism") or DEFAULT_MAX_PARALLELISM
+        plan = build_plan(self, [*sinks, *tap_nodes], max_parallelism=groups)
+        options = {"workers": None, "state": "memory", "checkpoint_dir": None, "checkpoint_every": None,
+                   "restore": "latest", "batch_size": None, "max_parallelism": None, "progress": False,
+                   "storage_options": None, "keep_checkpoints": 3, "max_restarts": 3}
+        unknown = sorted(set(run_options) - set(options))
+        if unknown:
+            msg = f"flow.start() got unknown options {unknown}; it takes those of flow.run(): {sorted(options)}"
+            raise PlanError(msg)
+        options.update(run_options)
+
+        def run(control: Any, **kwargs: Any) -> Any:
+            return execute(plan, control=control, **kwargs)
+
+        return Job(self.name, run, options, results=LiveResults(limit), taps=taps)
 
     def sinks_or_error(self) -> list[Node]:
         sinks = self.sinks()
@@ -646,19 +688,47 @@ class Stream:
 
     # ---------------------------------------------------------------- running
     def collect(self, *, workers: int | None = 0, state: Any = "memory", batch_size: int | None = None,
-                max_parallelism: int | None = None) -> pl.DataFrame:
-        """Run the part of the flow this stream needs and return its rows as a DataFrame."""
+                max_parallelism: int | None = None, limit: int | None = None,
+                progress: bool | None = False) -> pl.DataFrame:
+        """Run the part of the flow this stream needs and return its rows as a DataFrame.
+
+        ``limit=n`` stops as soon as n rows arrived (in this process, reading small batches),
+        so a look at a large folder costs the few files it takes; see :meth:`head`.
+        """
         from arrowflow.io.memory import CollectSink
+        from arrowflow.live import LimitSink
         from arrowflow.plan import build_plan
         from arrowflow.runtime import execute
 
-        sink = CollectSink()
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                msg = f"limit must be a number of rows, got {limit!r}"
+                raise PlanError(msg)
+            if workers not in (0, None):
+                msg = f"collect(limit=...) runs in this process, to stop early; drop workers={workers}"
+                raise PlanError(msg)
+            if limit == 0:
+                return pl.DataFrame(schema=self.schema)
+            workers = 0
+            batch_size = batch_size or min(max(limit, 4096), 65_536)
+        sink: Sink = CollectSink() if limit is None else LimitSink(limit)
         node = Node(self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink})
         groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
         plan = build_plan(self.flow, [node], max_parallelism=groups)
         result = execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None,
-                         restore=None, batch_size=batch_size, max_parallelism=max_parallelism, progress=False)
+                         restore=None, batch_size=batch_size, max_parallelism=max_parallelism, progress=progress)
+        if isinstance(sink, LimitSink):
+            return sink.to_polars(self.schema)
         return result.collected(node.id, self.schema)
+
+    def head(self, n: int = 10, **options: Any) -> pl.DataFrame:
+        """The first ``n`` rows of this stream, reading only as much input as they take.
+
+        Runs in this process and stops when ``n`` rows arrived. Stateless chains and windows
+        stop early; a keyed ``agg`` emits its rows when its input ends, so above one the
+        whole input is read. Order: that of the input, split by split.
+        """
+        return self.collect(limit=n, **options)
 
     def explain(self) -> str:
         from arrowflow.plan import build_plan

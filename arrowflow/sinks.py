@@ -45,6 +45,9 @@ class Sink(abc.ABC):
     """A description of where a stream's rows go. Picklable; holds no open resources."""
 
     kind: str = "sink"
+    #: False for sinks that keep rows in this process (collect, results): their staged
+    #: output is not written into checkpoint manifests (a restore cannot bring it back).
+    durable: bool = True
 
     def validate(self, schema: pl.Schema, operator_id: str) -> None:  # noqa: B027 - optional hook
         """Called at plan time with the incoming schema; raise a SchemaError to refuse it."""

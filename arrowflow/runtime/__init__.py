@@ -56,6 +56,29 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
             max_parallelism: int | None, progress: bool | None, storage_options: dict[str, Any] | None = None,
             keep_checkpoints: int = 3, max_restarts: int = MAX_RESTARTS, control: Any = None) -> RunResult:
     """Run ``plan`` to the end of its input. ``workers=0``: in this process."""
+    from arrowflow.progress import ProgressBar, wanted
+
+    bar = None
+    if wanted(progress):
+        if control is None:
+            from arrowflow.running import JobControl
+
+            control = JobControl()
+        bar = ProgressBar(control, plan.flow_name)
+    try:
+        return _execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
+                        checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
+                        max_parallelism=max_parallelism, storage_options=storage_options,
+                        keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str | None,
+             checkpoint_every: Any, restore: Any, batch_size: int | None, max_parallelism: int | None,
+             storage_options: dict[str, Any] | None, keep_checkpoints: int, max_restarts: int,
+             control: Any) -> RunResult:
     backend = resolve_backend(state)
     max_parallelism = max_parallelism or 128
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -115,6 +138,10 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
             time.sleep(RESTART_DELAY_S)
             continue
         result.restarts = restarts
+        # Live-results taps (flow.start) are not the user's operators: their rows are no output.
+        taps = {op.id for op in plan.ops if op.kind == "sink" and getattr(op.params["sink"], "transient", False)}
+        if taps:
+            result.operator_metrics = [m for m in result.operator_metrics if m["operator"] not in taps]
         result.restored_from = restored.id if restored is not None else None
         result.checkpoint_seconds = dict(coordinator.durations)
         result.aborted_checkpoints = list(coordinator.aborted)

@@ -65,6 +65,7 @@ class JobCoordinator:
         self.in_flight: dict[str, Any] | None = None
         self.completed: list[int] = []
         self.durations: dict[int, float] = {}  # checkpoint id -> seconds from trigger to commit
+        self.completed_at: dict[int, float] = {}  # checkpoint id -> time.monotonic() of its commit
         self.aborted: list[int] = []
         self.carried: dict[str, list[Any]] = {}
         self.workers_finished: set[int] = set()
@@ -82,6 +83,11 @@ class JobCoordinator:
              if not op.params["source"].bounded), default=1.0)
         self.savepoint_id: int | None = None
         self.exit_now = False
+        # For watching a live job (arrowflow.running): the newest counters of each worker's
+        # operators, and where live-results taps send their rows.
+        self.restored_id = restored.id if restored is not None else 0
+        self.live_metrics: dict[int, list[dict[str, Any]]] = {}
+        self.on_publish: Any = None
 
     # ------------------------------------------------------------------ from workers
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
@@ -96,6 +102,15 @@ class JobCoordinator:
 
     def finished(self, worker: int) -> None:
         self.workers_finished.add(worker)
+
+    def worker_metrics(self, worker: int, rows: list[dict[str, Any]]) -> None:
+        self.live_metrics[worker] = rows
+
+    def publish(self, sink_id: str, worker: int, epoch: int | None, payload: bytes, produced: int) -> None:
+        """Rows a live-results tap saw (Arrow IPC bytes); ``epoch``: the last checkpoint its writer took part in
+        (None: none yet in this attempt, so the rows come after the restored checkpoint)."""
+        if self.on_publish is not None:
+            self.on_publish(sink_id, worker, self.restored_id if epoch is None else epoch, payload, produced)
 
     def ack(self, worker: int, checkpoint_id: int, payload: dict[str, Any]) -> bool:
         """Record one ack; returns True when this completed the final checkpoint."""
@@ -178,6 +193,7 @@ class JobCoordinator:
         self._commit(checkpoint_id, staged)
         self.completed.append(checkpoint_id)
         self.durations[checkpoint_id] = time.monotonic() - flight["started"]
+        self.completed_at[checkpoint_id] = time.monotonic()
         if self.storage is not None:
             self.storage.prune()
         if flight["final"]:
@@ -212,7 +228,8 @@ class JobCoordinator:
         manifest = Manifest(
             id=checkpoint_id, time=time.time(), flow=self.plan.flow_name, fingerprint=self.plan.fingerprint,
             operators=self.plan.operator_fingerprints, parallelism=self.parallelism,
-            max_parallelism=self.max_parallelism, sources=sources, state=state, sinks=staged, files=files,
+            max_parallelism=self.max_parallelism, sources=sources, state=state, files=files,
+            sinks={sink: items for sink, items in staged.items() if self.plan.op(sink).params["sink"].durable},
             final=final, stores={name: spec for ack in acks for name, spec in ack.get("stores", {}).items()},
         )
         fault_point("before_manifest")

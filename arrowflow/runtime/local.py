@@ -38,6 +38,12 @@ class _DirectLink:
     def finished(self) -> None:
         self.coordinator.finished(0)
 
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        self.coordinator.worker_metrics(0, rows)
+
+    def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None:
+        self.coordinator.publish(sink_id, 0, epoch, payload, produced)
+
     def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
         if self.coordinator.ack(0, checkpoint_id, payload):
             self.exit = True

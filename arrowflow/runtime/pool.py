@@ -186,6 +186,12 @@ class _PipeLink:
     def finished(self) -> None:
         self.conn.send(("finished",))
 
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        self.conn.send(("metrics", rows))
+
+    def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None:
+        self.conn.send(("publish", sink_id, epoch, payload, produced))
+
     def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
         self.conn.send(("ack", checkpoint_id, payload))
 
@@ -207,10 +213,29 @@ def _limit_threads(threads: int) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the process that started this worker dies, however it dies
+    (kill -9, a kernel restart in Jupyter), so that a worker stuck anywhere is no orphan."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the control pipe's EOF still ends a worker that is not stuck
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent died before prctl: nobody would tell us
+
+
 def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: bytes, backend_bytes: bytes,
                  ring_names: dict[tuple[int, int], str], exchanges: list[str], batch_size: int | None,
                  local_dir: str, max_parallelism: int, threads: int, context_bytes: bytes) -> None:
     """Entry point of a worker process."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(threads)
     worker = None
@@ -441,6 +466,10 @@ class _Pool:
                 job.rows(message[1])
             elif kind == "finished":
                 job.finished(index)
+            elif kind == "metrics":
+                job.worker_metrics(index, message[1])
+            elif kind == "publish":
+                job.publish(message[1], index, message[2], message[3], message[4])
             elif kind == "ack":
                 final |= job.ack(index, message[1], message[2])
             elif kind == "report":

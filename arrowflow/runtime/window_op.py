@@ -103,7 +103,13 @@ class WatermarkOp(Operator):
         self.last_data = time.monotonic()
 
     def receive_watermark(self, value: int, index: int) -> None:
-        """Watermarks from upstream are replaced by this operator's own."""
+        """Watermarks from upstream are replaced by this operator's own; but an idle upstream
+        (a source reader with no split to read, like a second worker when one file is
+        tailed) makes this operator idle until data comes, so it holds no window back."""
+        if value == IDLE and not self.idle:
+            self.idle = True
+            self.went_idle += 1
+            self.forward_watermark(IDLE)
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         self.emit(batch)

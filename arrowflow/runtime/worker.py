@@ -8,7 +8,9 @@ through two small objects:
   the position to resume it from) or ``None`` when the source has no more;
   ``split_done(source_id, split_id)`` reports one finished; ``rows(n)`` reports progress;
   ``poll_command(timeout)`` returns the coordinator's next command (``("checkpoint", n)``
-  or ``("exit",)``); ``ack(n, payload)`` and ``finished()`` answer it.
+  or ``("exit",)``); ``ack(n, payload)`` and ``finished()`` answer it; ``metrics(rows)``
+  sends the operators' counters (about twice a second, for live jobs) and
+  ``publish(sink_id, epoch, payload, produced)`` the rows a live-results tap saw (:mod:`arrowflow.live`).
 - ``transport`` (to other workers, pool only): ``send``/``send_end`` for exchanges, and
   ``poll(worker)`` to deliver what arrived. ``None`` in-process.
 
@@ -47,6 +49,7 @@ from arrowflow.runtime.operators import (
 )
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
+from arrowflow.watermarks import IDLE, NO_WATERMARK
 
 
 class CoordinatorLink(Protocol):
@@ -62,6 +65,13 @@ class CoordinatorLink(Protocol):
 
     def finished(self) -> None: ...
 
+    def metrics(self, rows: list[dict[str, Any]]) -> None: ...
+
+    def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None: ...
+
+
+#: Seconds between two reports of the operators' counters to the coordinator.
+METRICS_INTERVAL_S = 0.5
 
 #: Rows per source batch in a pool when the run does not say: small enough that the other
 #: workers, aligning a checkpoint barrier, wait little for the batch in flight here. (In one
@@ -95,6 +105,11 @@ class SourceOp(Operator):
             handed = self.link.next_split(self.id)
             if handed == WAIT:  # an unbounded source with nothing new: ask again later
                 self.retry_at = time.monotonic() + 0.05
+                if not self.idle:
+                    # No split to read (as in Flink, a reader without splits is idle): event
+                    # time downstream must not wait for this worker's watermark.
+                    self.idle = True
+                    self.forward_watermark(IDLE)
                 return False
             if handed is None:
                 self.exhausted = True
@@ -102,6 +117,9 @@ class SourceOp(Operator):
                 self.end_outputs()
                 return True
             self.split, position = handed
+            if self.idle:  # a split to read again: no longer idle (resets the operators between)
+                self.idle = False
+                self.forward_watermark(NO_WATERMARK)
             # Until its first batch, the split is at the position it was handed out with (a
             # restored offset): a checkpoint taken now must keep that offset, not lose it.
             self.positions[self.split.split_id] = position
@@ -169,6 +187,7 @@ class Worker:
         self.positions: dict[str, dict[str, Any]] = {}
         self.rows_unreported = 0
         self.last_rows_report = time.monotonic()
+        self.last_metrics_report = 0.0
         self.index = index
         self.parallelism = parallelism
         self.transport = transport
@@ -212,6 +231,17 @@ class Worker:
             op.context = self.context
         # Operators that act on the passing of time without data (a watermark that goes idle).
         self.timed = [op for op in self.ops.values() if hasattr(op, "tick")]
+        # Sink writers that talk to the coordinator on their own (live-results taps) or end
+        # the run early (``collect(limit=n)``): they get a publisher and are ticked.
+        self.live_writers = []
+        for op in self.ops.values():
+            if isinstance(op, SinkOp) and hasattr(op.writer, "bind"):
+                op.writer.bind(_Publisher(link, op.id))
+                self.live_writers.append(op.writer)
+
+    def stop_requested(self) -> bool:
+        """A writer has all it needs (``collect(limit=n)`` has its n rows): end the run now."""
+        return any(getattr(writer, "satisfied", False) for writer in self.live_writers)
 
     def open(self) -> None:
         for op in self.ops.values():
@@ -230,6 +260,8 @@ class Worker:
                 if command[0] == "exit":
                     break
                 self.begin_checkpoint(int(command[1]))
+            if self.live_writers and self.stop_requested():
+                break
             progressed = False
             if self.transport is not None:
                 progressed |= self.transport.poll(self)
@@ -245,6 +277,7 @@ class Worker:
             self._report_rows()
             if self.pending is None and not said_finished and self.done():
                 self._report_rows(force=True)
+                self._report_metrics(force=True)
                 self.link.finished()
                 said_finished = True
             if not progressed:
@@ -258,7 +291,18 @@ class Worker:
                     self.transport.wait(0.05)
         return WorkerReport(self.index, self.metrics())
 
+    def _report_metrics(self, force: bool = False) -> None:
+        """Counters of every operator, and what live taps buffered, to the coordinator."""
+        now = time.monotonic()
+        if not force and now - self.last_metrics_report < METRICS_INTERVAL_S:
+            return
+        self.last_metrics_report = now
+        for writer in self.live_writers:
+            writer.flush()
+        self.link.metrics(self.metrics())
+
     def _report_rows(self, force: bool = False) -> None:
+        self._report_metrics()
         now = time.monotonic()
         # In-process the report is a function call: make it at once (row triggers stay exact);
         # across a pipe, at most every 50 ms.
@@ -335,3 +379,14 @@ class Worker:
                 op.close()
             except Exception:
                 pass
+
+
+class _Publisher:
+    """What a live sink writer calls to send rows to the coordinator, tagged by its sink."""
+
+    def __init__(self, link: CoordinatorLink, sink_id: str) -> None:
+        self.link = link
+        self.sink_id = sink_id
+
+    def __call__(self, epoch: int | None, payload: bytes, produced: int) -> None:
+        self.link.publish(self.sink_id, epoch, payload, produced)

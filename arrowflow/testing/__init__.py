@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from arrowflow._util import frame_from_ipc, frame_to_ipc
 from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.sinks import Sink, SinkWriter
 
@@ -133,6 +134,7 @@ class CollectingSink(Sink):
     """
 
     kind = "collecting"
+    durable = False
 
     def __init__(self) -> None:
         self.frames: list[pl.DataFrame] = []
@@ -144,9 +146,9 @@ class CollectingSink(Sink):
         self.frames.clear()
 
     def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
-        for frames in staged:
-            if frames:
-                self.frames.extend(frames)
+        for payload in staged:
+            if payload:
+                self.frames.append(frame_from_ipc(payload))
 
     def to_polars(self, schema: pl.Schema | None = None) -> pl.DataFrame:
         """Every collected row as one DataFrame (empty with ``schema`` when none arrived)."""
@@ -168,7 +170,9 @@ class _CollectingWriter(SinkWriter):
 
     def prepare_commit(self, checkpoint_id: int) -> Any:
         frames, self.frames = self.frames, []
-        return frames or None
+        # Arrow IPC bytes, not frames: the ack that carries them is pickled into a pipe, and
+        # pickling a polars frame that maps a shared-memory ring can deadlock (frame_to_ipc).
+        return frame_to_ipc(frames) if frames else None
 
 
 def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory",

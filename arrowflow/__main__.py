@@ -1,0 +1,7 @@
+"""``python -m arrowflow``: the ``arrowflow`` command line, for environments without the script."""
+
+import sys
+
+from arrowflow.cli import main
+
+sys.exit(main())

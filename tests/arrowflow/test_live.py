@@ -1,0 +1,356 @@
+"""Watching jobs: job.metrics(), job.results(stream), history, head/collect(limit), progress
+bars, the job's HTML view, and checkpoints/state as DataFrames.
+
+Results are checked against polars on the same data; the live results of a job that loses a
+worker to kill -9 and restarts must hold every row exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.errors import ArrowflowError, PlanError
+from arrowflow.io.files import FileSource
+from arrowflow.testing import CollectingSink, assert_frame_equal_unordered
+
+
+def slow(batch: pl.DataFrame) -> pl.DataFrame:
+    time.sleep(0.02)
+    return batch
+
+
+def events(n: int, seed: int = 3) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame({"event_id": np.arange(n), "user": rng.integers(0, 50, n), "amount": rng.random(n)})
+
+
+def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------- metrics and results
+@pytest.mark.parametrize("workers", [0, 2])
+def test_metrics_and_results_of_a_finished_job_match_polars(workers: int) -> None:
+    df = events(40_000)
+    flow = af.Flow("live")
+    big = flow.from_polars(df, splits=8).filter(pl.col("amount") > 0.25)
+    per_user = big.key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    per_user.write_to(CollectingSink())
+    job = flow.start(workers=workers, results=[big])
+    result = job.wait(120)
+    assert result.status == "finished"
+
+    expected_big = df.filter(pl.col("amount") > 0.25)
+    expected = expected_big.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    assert_frame_equal_unordered(job.results(per_user), expected, check_dtypes=False)
+    assert_frame_equal_unordered(job.results(big), expected_big)
+
+    metrics = job.metrics()
+    rows = {r["operator"]: r for r in metrics.iter_rows(named=True)}
+    assert rows[big.flow.nodes[0].id]["rows_in"] == df.height
+    assert rows["filter"]["rows_out"] == expected_big.height
+    assert rows["agg"]["rows_in"] == expected_big.height
+    assert rows["agg"]["rows_out"] == expected.height
+    assert not any(op.endswith(".results") for op in rows), "the taps are not the user's operators"
+    assert result.rows_out == expected.height  # the sink's rows; taps don't count
+    by_worker = job.metrics(by_worker=True)
+    assert by_worker.get_column("worker").n_unique() == max(1, workers)
+
+
+def test_results_of_an_unwatched_stream_say_how_to_ask_for_them() -> None:
+    flow = af.Flow("unwatched")
+    source = flow.from_polars(events(100))
+    middle = source.filter(pl.col("amount") > 0.5)
+    middle.select("user").write_to(CollectingSink())
+    job = flow.start(workers=0)
+    job.wait(60)
+    with pytest.raises(ArrowflowError, match=r"results=\[stream"):
+        job.results(middle)
+    with pytest.raises(PlanError, match="results_limit"):
+        flow.start(results_limit=0)
+    with pytest.raises(PlanError, match="unknown options"):
+        flow.start(worker=2)
+
+
+def test_results_keep_the_newest_rows_up_to_the_limit() -> None:
+    df = events(10_000)
+    flow = af.Flow("limited")
+    stream = flow.from_polars(df, splits=10)
+    stream.write_to(CollectingSink())
+    job = flow.start(workers=0, results_limit=1_500, batch_size=700)
+    job.wait(60)
+    got = job.results(stream)
+    assert got.height == 1_500
+    # one process reads the splits in order: the newest rows are the last ones
+    assert got.get_column("event_id").to_list() == list(range(8_500, 10_000))
+    assert job.control.results.count(job.taps[stream.id][0]) == 10_000
+
+
+def worker_pids() -> list[int]:
+    """Our spawned worker processes (children of this process running the pool's worker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
+def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(tmp_path: Path) -> None:
+    df = events(30_000)
+    flow = af.Flow("restarting")
+    stream = flow.from_polars(df, splits=30).map_batches(slow)
+    stream.write_parquet(str(tmp_path / "out"))
+    job = flow.start(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="150ms", batch_size=500)
+    wait_for(lambda: len(job.progress["checkpoints"]) >= 2, what="two checkpoints")
+    wait_for(lambda: job.results(stream).height > 0, what="first live results")
+    pids = worker_pids()
+    assert len(pids) == 2, pids
+    os.kill(pids[1], signal.SIGKILL)
+    result = job.wait(180)
+    assert result.restarts == 1
+    got = job.results(stream)
+    assert got.get_column("event_id").n_unique() == got.height, "a row shows twice"
+    assert_frame_equal_unordered(got, df)
+    written = pl.read_parquet(str(tmp_path / "out" / "*.parquet"))
+    assert_frame_equal_unordered(written, df)
+    assert job.progress["restarts"] == 1
+
+
+# ---------------------------------------------------------------------- a live streaming job
+SCHEMA = {"ts": pl.Datetime("us"), "user": pl.Int64, "amount": pl.Float64}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_live_job_tails_a_file_windows_it_and_shows_late_and_malformed_rows(tmp_path: Path, workers: int) -> None:
+    """With 2 workers one reads the only split and the other has none: that one is idle (as
+    in Flink), so the windows still fire on the reading worker's watermark."""
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"")
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc).replace(tzinfo=None)
+    lines: list[dict[str, Any]] = []
+    bad = {130: b'{"ts": "not a time", "user": 1, "amount": 2}', 410: b'{"ts": '}
+    late_at = {300: 5, 520: 100}  # event i carries the time of event j: far behind the watermark
+
+    def writer() -> None:
+        with log.open("ab") as out:
+            for i in range(600):
+                if i in bad:
+                    out.write(bad[i] + b"\n")
+                else:
+                    j = late_at.get(i, i)
+                    if i in late_at:
+                        # late for sure: once the window it belongs in has fired (otherwise,
+                        # read in one batch with the events before it, it would be on time)
+                        out.flush()
+                        fired = (start + timedelta(seconds=j // 60 * 60), i % 3)
+                        wait_for(lambda fired=fired: fired in set(zip(
+                            job.results(windows).get_column("window_start").to_list(),
+                            job.results(windows).get_column("user").to_list(), strict=True)),
+                            what=f"the window of late event {i} to fire")
+                    row = {"ts": (start + timedelta(seconds=j)).isoformat(), "user": i % 3, "amount": float(i)}
+                    lines.append(row)
+                    out.write(json.dumps(row).encode() + b"\n")
+                if i % 20 == 0:
+                    out.flush()
+                    time.sleep(0.02)
+
+    flow = af.Flow("tailing-windows")
+    raw = flow.tail(str(log), format="ndjson", schema=SCHEMA, poll_interval="50ms")
+    windows = (raw.with_watermark("ts", delay="10s").key_by("user").window(af.tumbling("60s"))
+               .agg(n=pl.len(), total=pl.col("amount").sum()))
+    windows.write_parquet(str(tmp_path / "windows"))
+    late = windows.side_output("late")
+    malformed = raw.side_output("malformed")
+    job = flow.start(workers=workers, results=[late, malformed], checkpoint_dir=str(tmp_path / "ckpt"),
+                     checkpoint_every="200ms")
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+    # the last good event is at start + 599 s; with a 10 s delay every window ending by 589 s fires
+    wait_for(lambda: job.results(windows).height >= 27, what="fired windows")  # 9 windows x 3 users
+    wait_for(lambda: job.results(malformed).height == 2, what="malformed rows")
+    wait_for(lambda: job.results(late).height == 2, what="late rows")
+
+    def window_metrics() -> dict[str, Any]:
+        return job.metrics().filter(pl.col("kind") == "window").row(0, named=True)
+
+    # counters arrive twice a second; the rows may come sooner (with a checkpoint)
+    wait_for(lambda: window_metrics()["late"] == 2, what="the late counter")
+    window = window_metrics()
+    assert window["watermark"] is not None and window["lag_s"] > 0
+    html = job._repr_html_()
+    assert "running" in html and "window" in html
+    job.stop()
+    assert job.status == "stopped"
+
+    frame = pl.DataFrame(lines, schema={"ts": pl.String, "user": pl.Int64, "amount": pl.Float64}).with_columns(
+        pl.col("ts").str.to_datetime(time_unit="us"))
+    on_time = frame.filter(pl.col("amount").cast(pl.Int64).is_in(list(late_at)).not_())
+    expected = (on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+                .group_by("user", "window_start").agg(n=pl.len(), total=pl.col("amount").sum())
+                .filter(pl.col("window_start") + pl.duration(seconds=60) <= start + timedelta(seconds=589)))
+    got = job.results(windows)
+    fired = got.filter(pl.col("window_end") <= start + timedelta(seconds=589))
+    assert_frame_equal_unordered(fired.select("user", "window_start", "n", "total"), expected, check_dtypes=False)
+    assert sorted(job.results(late).get_column("amount").to_list()) == [300.0, 520.0]
+    assert sorted(job.results(malformed).get_column("line").to_list()) == [131, 411]
+    history = job.history()
+    assert history.height >= 2 and history.get_column("rows_in").max() == 598
+
+
+# ---------------------------------------------------------------------- head / collect(limit)
+class CountingFiles(FileSource):
+    """A file source that records which splits were opened (this process only)."""
+
+    opened: list[str] = []
+
+    def open_reader(self, split: Any, position: Any, *, batch_size: int | None) -> Any:
+        CountingFiles.opened.append(split.split_id)
+        return super().open_reader(split, position, batch_size=batch_size)
+
+
+def test_head_reads_only_as_much_input_as_it_needs(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        events(5_000, seed=i).with_columns(file=pl.lit(i)).write_parquet(folder / f"part-{i:03d}.parquet")
+    flow = af.Flow("peek")
+    CountingFiles.opened.clear()
+    stream = flow.source(CountingFiles("parquet", str(folder / "*.parquet")))
+    picked = stream.filter(pl.col("amount") > 0.5).with_columns(double=pl.col("amount") * 2)
+    head = picked.head(7)
+    assert head.height == 7
+    assert head.columns == ["event_id", "user", "amount", "file", "double"]
+    first = pl.read_parquet(folder / "part-000.parquet").filter(pl.col("amount") > 0.5).head(7)
+    assert head.get_column("event_id").to_list() == first.get_column("event_id").to_list()
+    assert len(CountingFiles.opened) == 1, CountingFiles.opened
+
+    CountingFiles.opened.clear()
+    assert picked.collect(limit=12_000).height == 12_000  # ~2,500 rows per file pass the filter
+    assert 4 <= len(CountingFiles.opened) <= 6
+    assert picked.collect(limit=0).columns == head.columns
+    with pytest.raises(PlanError, match="this process"):
+        picked.collect(limit=5, workers=2)
+
+
+def test_head_of_an_aggregation_reads_everything_and_is_right() -> None:
+    df = events(20_000)
+    flow = af.Flow("head-agg")
+    agg = flow.from_polars(df, splits=4).key_by("user").agg(n=pl.len())
+    head = agg.head(5)
+    assert head.height == 5
+    expected = df.group_by("user").agg(n=pl.len())
+    assert head.join(expected, on="user").filter(pl.col("n") != pl.col("n_right")).height == 0
+
+
+# ---------------------------------------------------------------------- progress bars
+def test_run_shows_a_progress_bar_when_asked(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    df = events(20_000)
+    flow = af.Flow("progress")
+    flow.from_polars(df, splits=12).map_batches(slow).write_parquet(str(tmp_path / "out"))
+    result = flow.run(workers=0, progress=True)
+    assert result.rows_in == 20_000
+    err = capfd.readouterr().err
+    assert "progress" in err and "12/12" in err and "splits" in err and "20,000 rows" in err
+
+    flow.run(workers=0, progress=False)
+    assert capfd.readouterr().err == ""
+
+
+def test_progress_is_off_by_default_when_nobody_watches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from arrowflow.progress import wanted
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("ARROWFLOW_PROGRESS", "0")
+    assert wanted(None) is False
+    assert wanted(True) is True
+    monkeypatch.delenv("ARROWFLOW_PROGRESS")
+    monkeypatch.setenv("CI", "true")
+    assert wanted(None) is False
+
+
+# ---------------------------------------------------------------------- the job's view
+def test_job_html_shows_status_operators_checkpoints_and_a_chart(tmp_path: Path) -> None:
+    df = events(20_000)
+    flow = af.Flow("viewed")
+    agg = flow.from_polars(df, splits=20).map_batches(slow).key_by("user").agg(n=pl.len())
+    agg.write_to(CollectingSink())
+    job = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms")
+    job.wait(120)
+    html = job._repr_html_()
+    assert "viewed" in html and "finished" in html
+    for op in ("from_polars", "map_batches", "agg"):
+        assert f">{op}<" in html
+    assert "last checkpoint" in html and "<svg" in html and "throughput" in html
+    assert ">20,000<" in html  # rows into the agg, formatted
+
+    from arrowflow.jobview import status_line
+
+    line = status_line(job)
+    assert line.startswith("viewed: finished") and "20,000 rows" in line
+
+
+def test_watch_in_a_terminal_prints_status_lines_until_the_end() -> None:
+    import io
+
+    flow = af.Flow("watched")
+    flow.from_polars(events(5_000), splits=10).map_batches(slow).write_to(CollectingSink())
+    job = flow.start(workers=0)
+    out = io.StringIO()
+    result = job.watch(interval=0.05, file=out)
+    assert result is not None and result.status == "finished"
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and lines[-1].startswith("watched: finished")
+
+
+# ---------------------------------------------------------------------- checkpoints and state
+def test_checkpoints_and_state_as_dataframes_and_sql(tmp_path: Path) -> None:
+    df = events(10_000)
+    flow = af.Flow("stateful")
+    counts = flow.from_polars(df, splits=5).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum(),
+                                                              name="per-user")
+    counts.write_parquet(str(tmp_path / "out"))
+    ckpt = str(tmp_path / "ckpt")
+    job = flow.start(workers=2, state="lmdb", checkpoint_dir=ckpt)
+    job.wait(120)
+    listing = job.checkpoints()
+    assert listing.height >= 1 and listing.get_column("final").to_list()[-1] is True
+    assert_frame_equal_unordered(listing, af.list_checkpoints(ckpt))
+    expected = df.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    assert_frame_equal_unordered(job.state("per-user"), expected, check_dtypes=False)
+    top = job.query_state('SELECT "user", n FROM "per-user" ORDER BY n DESC, "user" LIMIT 3')
+    assert top.to_dicts() == expected.sort(["n", "user"], descending=[True, False]).head(3).select(
+        "user", "n").to_dicts()
+    assert af.query_state(ckpt, 'SELECT count(*) AS keys FROM "per-user"').item() == expected.height
+
+    plain = af.Flow("no-ckpt")
+    plain.from_polars(df).write_to(CollectingSink())
+    bare = plain.start(workers=0)
+    bare.wait(60)
+    with pytest.raises(ArrowflowError, match="without a checkpoint_dir"):
+        bare.checkpoints()
