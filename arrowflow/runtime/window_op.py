@@ -271,15 +271,19 @@ class _WindowBase(Operator):
 
 
 class _Chunk:
-    """Buffered windows from one or more batches: one row per window, and the physical range
-    ``[low, high]`` of their starts. Keys are unique across all chunks."""
+    """Buffered windows from one or more batches: one row per window, and a physical range
+    ``[low, high]`` that holds all their starts (it may be wider, never narrower: a range
+    known from where the rows came saves two passes over them). Keys are unique across all
+    chunks."""
 
     __slots__ = ("frame", "high", "low")
 
-    def __init__(self, frame: pl.DataFrame) -> None:
+    def __init__(self, frame: pl.DataFrame, bounds: tuple[int, int] | None = None) -> None:
         self.frame = frame
-        starts = frame.get_column(WINDOW_START).to_physical()
-        self.low, self.high = int(starts.min()), int(starts.max())  # type: ignore[arg-type]
+        if bounds is None:
+            starts = frame.get_column(WINDOW_START).to_physical()
+            bounds = int(starts.min()), int(starts.max())  # type: ignore[arg-type]
+        self.low, self.high = bounds
 
 
 class WindowOp(_WindowBase):
@@ -371,8 +375,8 @@ class WindowOp(_WindowBase):
             return
         self._buffer(self._partial(assigned))
 
-    def _partial(self, assigned: pl.DataFrame) -> pl.DataFrame:
-        """The batch's partial aggregates per (keys, window_start).
+    def _partial(self, assigned: pl.DataFrame) -> _Chunk:
+        """The batch's partial aggregates per (keys, window_start), as a chunk.
 
         One integer key (the common case, and W2's) and a window start packed into one
         int64 group twice as fast as the two columns; the key and start are then unpacked
@@ -388,15 +392,16 @@ class WindowOp(_WindowBase):
             if nulls == 0 and high_key - low_key < 2**31 and high_slot - low_slot < 2**31:
                 packed = ((slot - low_slot) * 2**32 + (key - low_key)).alias("__packed")
                 code = pl.col("__packed")
-                return (assigned.lazy().group_by(packed).agg(self.agg.partial_exprs).select(
+                grouped = (assigned.lazy().group_by(packed).agg(self.agg.partial_exprs).select(
                     ((code % 2**32) + low_key).cast(key_dtype).alias(self.user_keys[0]),
                     (((code // 2**32) + low_slot) * self.window.every).cast(self.window.dtype).alias(WINDOW_START),
                     *self.agg.state_schema.names()).collect(engine=self.engine))  # type: ignore[arg-type]
-        return (assigned.lazy().with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START))
-                .group_by(self.keys).agg(self.agg.partial_exprs).collect(engine=self.engine))  # type: ignore[arg-type]
+                return _Chunk(grouped, (low_slot * self.window.every, high_slot * self.window.every))
+        return _Chunk(assigned.lazy().with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START))
+                      .group_by(self.keys).agg(self.agg.partial_exprs).collect(engine=self.engine))  # type: ignore[arg-type]
 
-    def _buffer(self, partial: pl.DataFrame) -> None:
-        chunk = _Chunk(partial)
+    def _buffer(self, chunk: _Chunk) -> None:
+        partial = chunk.frame
         start = pl.col(WINDOW_START).to_physical()
         taken: list[pl.DataFrame] = []
         overlaps: list[tuple[int, int]] = []
@@ -413,14 +418,18 @@ class WindowOp(_WindowBase):
                 overlaps.append((low, high))
                 rest = old.frame.filter(~inside)
                 if rest.height:
-                    kept.append(_Chunk(rest))
+                    # Outside [low, high]: below it when the overlap reaches old's top, above
+                    # it when it reaches old's bottom, else on both sides.
+                    kept.append(_Chunk(rest, (old.low, low - 1) if high >= old.high else
+                                       (high + 1, old.high) if low <= old.low else (old.low, old.high)))
             else:
                 kept.append(old)
         if taken:
             shared = pl.any_horizontal([start.is_between(low, high) for low, high in overlaps])
             combined = self.agg.combine(pl.concat([*taken, partial.filter(shared)], how="vertical"))
             fresh = partial.filter(~shared)
-            chunk = _Chunk(pl.concat([fresh, combined], how="vertical") if fresh.height else combined)
+            chunk = _Chunk(pl.concat([fresh, combined], how="vertical") if fresh.height else combined,
+                           (chunk.low, chunk.high))  # the overlaps lie inside the batch's range
         kept.append(chunk)
         if len(kept) > 256:  # key-disjoint: concatenating is enough
             kept = [_Chunk(pl.concat([c.frame for c in kept], how="vertical"))]
@@ -464,7 +473,7 @@ class WindowOp(_WindowBase):
                 else:
                     is_due = pl.col(WINDOW_START).to_physical() <= start_limit
                     due.append(chunk.frame.filter(is_due))
-                    kept.append(_Chunk(chunk.frame.filter(~is_due)))
+                    kept.append(_Chunk(chunk.frame.filter(~is_due), (start_limit + 1, chunk.high)))
             self.chunks = kept
         self.buffered = sum(c.frame.height for c in self.chunks)
         buffered = pl.concat(due, how="vertical") if len(due) > 1 else (due[0] if due else None)
