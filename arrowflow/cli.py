@@ -3,7 +3,7 @@
 ::
 
     arrowflow run job.py[:flow] [--workers N] [--state NAME] [--checkpoint-dir URL]
-                  [--checkpoint-every 10s] [--restore latest|ID] [--batch-size N]
+                  [--checkpoint-every 10s] [--restore latest|ID] [--batch-size N] [--[no-]progress]
     arrowflow demo [--dir PATH] [--rows N] [--workers N]
 
 ``run`` imports ``job.py`` as a module (its ``if __name__ == "__main__":`` block does not run),
@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--batch-size", type=_positive, metavar="N", help="rows per batch read from sources"
     )
+    run.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bar on standard error (default: when it is a terminal)",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -297,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     module = load_module(Path(path))
     flow = pick_flow(module, flow_name, path)
     options: dict[str, Any] = {}
-    for flag in ("workers", "state", "checkpoint_dir", "checkpoint_every", "restore", "batch_size"):
+    for flag in ("workers", "state", "checkpoint_dir", "checkpoint_every", "restore", "batch_size", "progress"):
         value = getattr(args, flag)
         if value is not None:
             options[flag] = value
@@ -322,7 +326,7 @@ def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        job = flow.start(**options)
+        job = flow.start(results=False, **options)
         print(f"arrowflow run: {flow.name!r} follows unbounded sources; SIGINT or SIGTERM stops it "
               f"{'after a final checkpoint' if options.get('checkpoint_dir') else '(no checkpoint_dir: nothing saved)'}",
               file=sys.stderr, flush=True)

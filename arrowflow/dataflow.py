@@ -399,7 +399,7 @@ class Flow:
                        max_parallelism=max_parallelism, progress=progress, storage_options=storage_options,
                        keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control)
 
-    def start(self, *, results: Sequence[Stream] | None = None, results_limit: int | None = None,
+    def start(self, *, results: Sequence[Stream] | bool | None = None, results_limit: int | None = None,
               **run_options: Any) -> Any:
         """Run the flow in the background; returns a :class:`arrowflow.running.Job` at once.
 
@@ -408,7 +408,7 @@ class Flow:
         thread; in Jupyter, ``job`` shows a live view. ``job.results(stream)`` returns what a
         stream produced so far: the streams the sinks write, and those in ``results`` (a side
         output, a stream before an aggregation), each its newest ``results_limit`` rows
-        (default 100,000).
+        (default 100,000); ``results=False`` keeps none (a service that nobody watches).
         """
         from arrowflow.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
         from arrowflow.plan import build_plan
@@ -421,10 +421,10 @@ class Flow:
             msg = f"results_limit must be a positive number of rows, got {results_limit!r}"
             raise PlanError(msg)
         watched: list[Node] = []
-        for sink in sinks:
+        for sink in sinks if results is not False else ():
             if sink.inputs[0] not in watched:
                 watched.append(sink.inputs[0])
-        for stream in results or ():
+        for stream in () if isinstance(results, bool) or results is None else results:
             if not isinstance(stream, Stream) or stream.flow is not self:
                 msg = f"results= expects streams of flow {self.name!r}, got {stream!r}"
                 raise PlanError(msg)

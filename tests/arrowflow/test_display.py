@@ -325,23 +325,29 @@ def run_chromium(binary: str, page: Path, profile: Path, *extra: str) -> subproc
     return done
 
 
+def screenshots_with_and_without_svg(binary: str, fragment: str, tmp_path: Path,
+                                     name: str) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """Screenshots of the fragment's page and of the same page with its SVGs taken out (what
+    paints without them is the frame and the text): painted and all pixels of each."""
+    page = tmp_path / f"{name}.html"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>")
+    without = re.sub(r"<svg\b.*?</svg>", "<div></div>", fragment, flags=re.S)
+    control = tmp_path / "control.html"
+    control.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{without}</body></html>")
+    shots = {}
+    for label, source in ((name, page), ("control", control)):
+        png = tmp_path / f"{label}.png"
+        run_chromium(binary, source, tmp_path / f"profile-{label}", f"--screenshot={png}")
+        assert png.exists(), f"chromium wrote no screenshot of {source.name}"
+        shots[label] = painted_pixels(png)
+    return page, shots
+
+
 def test_the_flow_renders_in_headless_chromium(tmp_path: Path) -> None:
     binary = chromium()
     flow = sample_flow(tmp_path)
     fragment = flow_html(flow)
-    page = tmp_path / "flow.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>")
-    # The same page with the graphs taken out: what paints without them is the frame and the text.
-    without = re.sub(r"<svg\b.*?</svg>", "<div></div>", fragment, flags=re.S)
-    control = tmp_path / "control.html"
-    control.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{without}</body></html>")
-
-    shots = {}
-    for name, source in (("graph", page), ("control", control)):
-        png = tmp_path / f"{name}.png"
-        run_chromium(binary, source, tmp_path / f"profile-{name}", f"--screenshot={png}")
-        assert png.exists(), f"chromium wrote no screenshot of {source.name}"
-        shots[name] = painted_pixels(png)
+    page, shots = screenshots_with_and_without_svg(binary, fragment, tmp_path, "graph")
 
     painted, total = shots["graph"]
     assert total == 1400 * 900
@@ -353,3 +359,30 @@ def test_the_flow_renders_in_headless_chromium(tmp_path: Path) -> None:
     for op_id in ("read_parquet", "filter", "agg", "agg.exchange", "write_parquet"):
         assert f'data-op="{op_id}"' in dom, f"{op_id!r} is not in the rendered DOM"
     assert "<svg" in dom and "k: Int64" in dom
+
+
+def test_the_job_view_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """A finished job's HTML (what a notebook shows): its operator table and its two charts
+    paint, and the page holds the operator ids and the numbers."""
+    import time
+
+    from arrowflow.testing import CollectingSink
+
+    binary = chromium()
+
+    def slow(batch: pl.DataFrame) -> pl.DataFrame:
+        time.sleep(0.02)
+        return batch
+
+    flow = af.Flow("viewed")
+    frame = pl.DataFrame({"k": [i % 13 for i in range(40_000)], "v": list(range(40_000))})
+    flow.from_polars(frame, splits=60).map_batches(slow).key_by("k").agg(n=pl.len()).write_to(CollectingSink())
+    job = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="200ms")
+    job.wait(120)
+    assert job.history().height >= 3
+    page, shots = screenshots_with_and_without_svg(binary, job._repr_html_(), tmp_path, "job")
+    assert shots["control"][0] > 5_000, "the table and the header do not paint"
+    assert shots["job"][0] > shots["control"][0] + 1_500, f"the charts add too little: {shots}"
+    dom = run_chromium(binary, page, tmp_path / "profile-dom", "--dump-dom").stdout
+    for text in ("from_polars", "map_batches", "agg", "40,000", "finished", "throughput, rows/s", "last checkpoint"):
+        assert text in dom, f"{text!r} is not in the rendered page"

@@ -82,6 +82,9 @@ def test_results_of_an_unwatched_stream_say_how_to_ask_for_them() -> None:
     job.wait(60)
     with pytest.raises(ArrowflowError, match=r"results=\[stream"):
         job.results(middle)
+    quiet = flow.start(workers=0, results=False)
+    quiet.wait(60)
+    assert quiet.taps == {} and quiet.metrics().get_column("kind").to_list() == ["source", "chain", "sink"]
     with pytest.raises(PlanError, match="results_limit"):
         flow.start(results_limit=0)
     with pytest.raises(PlanError, match="unknown options"):
