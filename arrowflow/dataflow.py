@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from arrowflow._util import duration_ms
 from arrowflow.aggregates import IncrementalAgg, batch_dependence, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
@@ -689,11 +690,13 @@ class Stream:
     # ---------------------------------------------------------------- running
     def collect(self, *, workers: int | None = 0, state: Any = "memory", batch_size: int | None = None,
                 max_parallelism: int | None = None, limit: int | None = None,
-                progress: bool | None = False) -> pl.DataFrame:
+                progress: bool | None = False, timeout: Any = None) -> pl.DataFrame:
         """Run the part of the flow this stream needs and return its rows as a DataFrame.
 
         ``limit=n`` stops as soon as n rows arrived (in this process, reading small batches),
-        so a look at a large folder costs the few files it takes; see :meth:`head`.
+        so a look at a large folder costs the few files it takes; see :meth:`head`. Over an
+        unbounded source (``tail``, ``watch``) it also stops after ``timeout`` (default 5 s)
+        with the rows it has; without ``limit`` such a stream never ends: use ``flow.start``.
         """
         from arrowflow.io.memory import CollectSink
         from arrowflow.live import LimitSink
@@ -715,6 +718,12 @@ class Stream:
         node = Node(self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink})
         groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
         plan = build_plan(self.flow, [node], max_parallelism=groups)
+        if not plan.bounded:
+            if not isinstance(sink, LimitSink):
+                msg = (f"stream {self.id!r} reads an unbounded source, so collect() would never end; "
+                       f"take a sample with .head(n) (or collect(limit=n)), or run it with flow.start()")
+                raise PlanError(msg)
+            sink.deadline_s = duration_ms("5s" if timeout is None else timeout, what="timeout") / 1000
         result = execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None,
                          restore=None, batch_size=batch_size, max_parallelism=max_parallelism, progress=progress)
         if isinstance(sink, LimitSink):
@@ -724,7 +733,8 @@ class Stream:
     def head(self, n: int = 10, **options: Any) -> pl.DataFrame:
         """The first ``n`` rows of this stream, reading only as much input as they take.
 
-        Runs in this process and stops when ``n`` rows arrived. Stateless chains and windows
+        Runs in this process and stops when ``n`` rows arrived (over a ``tail``/``watch``
+        source, also after ``timeout=``, default 5 s). Stateless chains and windows
         stop early; a keyed ``agg`` emits its rows when its input ends, so above one the
         whole input is read. Order: that of the input, split by split.
         """

@@ -16,6 +16,7 @@ keeps the rows itself and tells the worker to stop as soon as it has ``n`` of th
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -143,9 +144,11 @@ class LimitSink(Sink):
     def __init__(self, n: int) -> None:
         self.n = n
         self.writers: list[_LimitWriter] = []
+        self.deadline_s: float | None = None  # unbounded input: stop after this long anyway
 
     def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
-        writer = _LimitWriter(self.n)
+        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
+        writer = _LimitWriter(self.n, deadline)
         self.writers.append(writer)
         return writer
 
@@ -163,14 +166,15 @@ class LimitSink(Sink):
 
 
 class _LimitWriter(SinkWriter):
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, deadline: float | None) -> None:
         self.n = n
+        self.deadline = deadline
         self.rows = 0
         self.frames: list[pl.DataFrame] = []
 
     @property
     def satisfied(self) -> bool:
-        return self.rows >= self.n
+        return self.rows >= self.n or (self.deadline is not None and time.monotonic() > self.deadline)
 
     def bind(self, publish: Any) -> None:
         """In-process: the rows stay here, nothing to publish."""

@@ -357,3 +357,18 @@ def test_checkpoints_and_state_as_dataframes_and_sql(tmp_path: Path) -> None:
     bare.wait(60)
     with pytest.raises(ArrowflowError, match="without a checkpoint_dir"):
         bare.checkpoints()
+
+
+def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path: Path) -> None:
+    log = tmp_path / "few.jsonl"
+    log.write_text("".join(json.dumps({"id": i, "user": i % 2, "amount": i / 2}) + "\n" for i in range(3)))
+    flow = af.Flow("peek-tail")
+    lines = flow.tail(str(log), format="ndjson", schema={"id": pl.Int64, "user": pl.Int64, "amount": pl.Float64},
+                      poll_interval="50ms")
+    assert lines.head(2).get_column("id").to_list() == [0, 1]  # enough rows: at once
+    started = time.monotonic()
+    few = lines.head(10, timeout="1s")
+    assert few.get_column("id").to_list() == [0, 1, 2]
+    assert time.monotonic() - started >= 1.0
+    with pytest.raises(PlanError, match="never end"):
+        lines.collect()
