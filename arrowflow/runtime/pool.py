@@ -261,7 +261,9 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
         else:
             report = worker.run()
         conn.send(("report", report))
+        status = 0
     except BaseException:
+        status = 1
         try:
             conn.send(("error", traceback.format_exc()))
         except (OSError, ValueError):
@@ -275,6 +277,11 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
             conn.close()
         except OSError:
             pass
+    # Everything is closed and reported: skip the interpreter's teardown (thread pools,
+    # module cleanup), which took the coordinator 0.6 s of waiting at the end of every run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _exit_reason(process: mp.process.BaseProcess) -> str:
