@@ -91,7 +91,8 @@ def run_job(tmp: Path, input_dir: Path, *, workers: int, state: str, every: str 
     config = {"input": str(input_dir), "out_rows": str(tmp / "rows"), "out_agg": str(tmp / "agg"),
               "checkpoints": str(tmp / "checkpoints"), "workers": workers, "state": state, "every": every,
               "sleep": sleep, "batch_size": batch_size}
-    env = {**os.environ, "ARROWFLOW_FAULTS": faults}
+    # The marker finds this run's processes (the workers too) in /proc after a kill -9.
+    env = {**os.environ, "ARROWFLOW_FAULTS": faults, "ARROWFLOW_TEST_RUN": str(tmp)}
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if kill_after is not None:
@@ -103,10 +104,26 @@ def run_job(tmp: Path, input_dir: Path, *, workers: int, state: str, every: str 
     return proc.returncode, out, err
 
 
+def processes_of_run(tmp: Path) -> list[int]:
+    """Live processes (a job, its workers) started by run_job for ``tmp``."""
+    marker = f"ARROWFLOW_TEST_RUN={tmp}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker in environ.split(b"\0") and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 @pytest.fixture
 def recovery() -> object:
     """The helpers above, for the tests (conftest modules are not importable by name)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(committed=committed, expected_outputs=expected_outputs, latest_per_key=latest_per_key,
-                           run_job=run_job)
+                           run_job=run_job, processes_of_run=processes_of_run)
