@@ -327,15 +327,7 @@ class RowCodec:
             if n and (lengths != width).any():
                 detail = f"expected rows of {width} bytes"
                 raise self._corrupt(detail)
-            matrix = data[offsets[0] : offsets[0] + n * width].reshape(n, width)
-            columns = []
-            position = self.prefix_width
-            for col in self.columns:
-                tags = matrix[:, position]
-                values = matrix[:, position + 1 : position + 1 + col.width]
-                columns.append(self._fixed_series(col, tags, values))
-                position += 1 + col.width
-            return pl.DataFrame(columns) if columns else pl.DataFrame()
+            return self.decode_fixed(data[offsets[0] : offsets[0] + n * width].reshape(n, width))
         cursor = offsets[:-1] + self.prefix_width
         ends = offsets[1:]
         columns = []
@@ -365,6 +357,27 @@ class RowCodec:
         if n and (cursor != ends).any():
             detail = "a row is longer than its columns"
             raise self._corrupt(detail)
+        return pl.DataFrame(columns) if columns else pl.DataFrame()
+
+    def decode_fixed(self, matrix: np.ndarray, present: np.ndarray | None = None) -> pl.DataFrame:
+        """Rows back from a (n, row_width) uint8 matrix of fixed-width rows (one row each).
+
+        ``present`` (bool, n): rows where it is False decode as a row of nulls whatever their
+        bytes (a lookup's placeholder for a missing key).
+        """
+        width = self.row_width
+        if width is None or matrix.ndim != 2 or matrix.shape[1] != width:
+            detail = f"expected rows of {width} bytes"
+            raise self._corrupt(detail)
+        columns = []
+        position = self.prefix_width
+        for col in self.columns:
+            tags = matrix[:, position]
+            if present is not None:
+                tags = tags & present  # uint8 & bool: 0 where the row is missing
+            values = matrix[:, position + 1 : position + 1 + col.width]
+            columns.append(self._fixed_series(col, tags, values))
+            position += 1 + col.width
         return pl.DataFrame(columns) if columns else pl.DataFrame()
 
     @staticmethod

@@ -20,6 +20,11 @@ whole columns; the only per-row work is the ``bytes`` object per key and value t
 binding needs and its own C loop over them (``benchmarks/bench_state.py`` measures the
 split). A batch is visited in the order the B-tree keeps its keys (a radix sort on their
 first bytes), which halves the cost on a large store; nothing else depends on key order.
+The ``put`` that follows a ``get`` of the same keys (a keyed operator's read-modify-write)
+reuses the get's encoded keys, order and ``bytes`` objects. When every value column has a
+fixed width, a lookup of a missing key returns a placeholder row of the same width (tag
+bytes 0xff, which no stored row has), so a batch's values are one ``b"".join`` and decode
+as one numpy matrix, with no Arrow array built row by row.
 
 Memory: the environment is opened with ``writemap``, so a write transaction's dirty pages
 live in the file-backed map, not on the heap (without it, a batch that touches 100k pages
@@ -56,7 +61,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -113,6 +118,39 @@ def _prefix(groups: np.ndarray) -> np.ndarray:
     return groups.astype(">u2").view(np.uint8).reshape(-1, 2)
 
 
+class _KeyBatch:
+    """A batch's encoded keys and the permutation that visits them in LMDB's key order."""
+
+    __slots__ = ("_lists", "encoded", "keys", "order")
+
+    def __init__(self, keys: pl.DataFrame, encoded: Encoded, order: np.ndarray) -> None:
+        self.keys = keys
+        self.encoded = encoded
+        self.order = order
+        self._lists: list[list[bytes]] | None = None
+
+    def key_lists(self) -> Iterator[list[bytes]]:
+        """The keys in LMDB order as ``bytes``, one list per binding call (``CHUNK`` keys).
+
+        The lists of a batch of at most one chunk are kept for the ``put`` after the ``get``;
+        a larger batch makes them again, so that at most a chunk's objects live at once.
+        """
+        if self._lists is not None:
+            yield from self._lists
+            return
+        n = len(self.order)
+        if n <= CHUNK:
+            self._lists = [self.encoded.take(self.order).to_list()]
+            yield from self._lists
+            return
+        in_order = self.encoded.take(self.order)
+        for start in range(0, n, CHUNK):
+            yield in_order.slice(start, start + CHUNK).to_list()
+
+    def release(self) -> None:
+        self._lists = None
+
+
 class LmdbStore(KeyedStore):
     def __init__(self, spec: StoreSpec, key_groups_owned: range, directory: str, backend: LmdbBackend) -> None:
         super().__init__(spec, key_groups_owned)
@@ -126,7 +164,11 @@ class LmdbStore(KeyedStore):
             msg = f"{what}: max_parallelism {spec.max_parallelism} exceeds the 65536 key groups the lmdb key prefix holds"
             raise StateError(msg)
         self.map_size = backend.map_size
-        self._last_keys: tuple[pl.DataFrame, Encoded, np.ndarray] | None = None
+        self._last_keys: _KeyBatch | None = None
+        width = self.value_codec.row_width
+        # Fixed-width values are looked up with a placeholder for a missing key, so that a
+        # batch's values are one buffer: tag bytes 0xff (a stored row's tags are 0 or 1).
+        self._missing = b"\xff" * width if width else None
         self.env = self._open(directory, self.map_size)
         self.entries = self.env.open_db(b"entries")
         self.meta = self.env.open_db(b"meta")
@@ -223,68 +265,108 @@ class LmdbStore(KeyedStore):
 
     # ------------------------------------------------------------------------ encoding
 
-    def _keys(self, keys: pl.DataFrame) -> tuple[Encoded, np.ndarray]:
-        """The encoded keys and the order that visits them as LMDB stores them.
+    def _batch(self, keys: pl.DataFrame) -> _KeyBatch:
+        """The batch's encoded keys, in the order LMDB stores them.
 
-        A keyed operator puts exactly the keys it just got; their encoding is kept from the
-        ``get`` (an encoding depends on the keys only, never on the store's contents).
+        A keyed operator puts exactly the keys it just got; the batch is kept from the ``get``
+        (an encoding depends on the keys only, never on the store's contents), with the
+        ``bytes`` objects the binding was given when the batch is at most one chunk.
         """
         keys = keys.select(self.spec.key_columns)
         last = self._last_keys
-        if last is not None and (last[0] is keys or (last[0].height == keys.height and last[0].equals(keys))):
-            return last[1], last[2]
+        if last is not None and (last.keys is keys or (last.keys.height == keys.height and last.keys.equals(keys))):
+            return last
         groups = self.spec.key_groups_of(keys)
         encoded = self.key_codec.encode(keys, _prefix(groups))
-        order = encoded.locality_order()
-        self._last_keys = (keys, encoded, order)
-        return encoded, order
+        batch = _KeyBatch(keys, encoded, encoded.locality_order())
+        self._last_keys = batch
+        return batch
+
+    def _lookup(self, batch: _KeyBatch) -> list[Any]:
+        """The binding's lookups, in LMDB order, one part per chunk of keys.
+
+        Fixed-width values: each part is the concatenated values (``bytes``), a missing key
+        giving ``missing`` (tag bytes 0xff, which no stored row has). Otherwise each part is
+        an Arrow binary array with nulls for missing keys.
+        """
+        parts: list[Any] = []
+        fixed = self._missing is not None
+        with self.env.begin(db=self.entries) as txn:
+            lookup = txn.cursor().get
+            for chunk in batch.key_lists():
+                if fixed:
+                    parts.append(b"".join(map(lookup, chunk, repeat(self._missing))))
+                else:
+                    parts.append(pa.array(map(lookup, chunk), type=pa.binary(), size=len(chunk)))
+        return parts
+
+    def _decode_found(self, batch: _KeyBatch, parts: list[Any]) -> pl.DataFrame:
+        """The values (and FOUND) in the batch's original order, from :meth:`_lookup`'s parts."""
+        order = batch.order
+        n = len(order)
+        if self._missing is not None:
+            width = len(self._missing)
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
+            if len(raw) != n * width:
+                detail = f"expected values of {width} bytes"
+                raise self.value_codec._corrupt(detail)
+            matrix = np.empty((n, width), dtype=np.uint8)
+            matrix[order] = np.frombuffer(raw, dtype=np.uint8).reshape(n, width)
+            found = matrix[:, 0] != 0xFF
+            values = self.value_codec.decode_fixed(matrix, found)
+            return values.with_columns(pl.Series(FOUND, found))
+        back = np.empty_like(order)
+        back[order] = np.arange(n)
+        found_values = pa.chunked_array(parts).combine_chunks().take(pa.array(back))
+        values = self.value_codec.decode(found_values)
+        return values.with_columns(pl.Series(FOUND, found_values.is_valid()))
+
+    def _value_lists(self, batch: _KeyBatch, values: pl.DataFrame) -> Iterator[list[bytes]]:
+        """The encoded values, one ``bytes`` each, in LMDB order, chunk by chunk."""
+        values = values.select(self.spec.value_columns)
+        if self._missing is not None:
+            width = len(self._missing)
+            ordered = self.value_codec.encode(values).data.reshape(-1, width)[batch.order]
+            rows = ordered.reshape(-1).view(f"V{width}")
+            for start in range(0, len(rows), CHUNK):
+                yield rows[start : start + CHUNK].tolist()
+            return
+        ordered_values = values[batch.order]
+        for start in range(0, len(batch.order), CHUNK):
+            yield self.value_codec.encode(ordered_values.slice(start, CHUNK)).to_list()
 
     # ------------------------------------------------------------------------ KeyedStore
 
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if keys.height == 0:
             return self.spec.empty_values(0)
-        encoded, order = self._keys(keys)
-        in_order = encoded.take(order)
-        parts = []
-        with self.env.begin(db=self.entries) as txn:
-            lookup = txn.cursor().get
-            for start in range(0, len(in_order), CHUNK):  # bounds the Python objects alive at once
-                chunk = in_order.slice(start, start + CHUNK).to_list()
-                parts.append(pa.array(map(lookup, chunk), type=pa.binary(), size=len(chunk)))
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        found = pa.chunked_array(parts).combine_chunks().take(pa.array(back))
-        values = self.value_codec.decode(found)
-        return values.with_columns(pl.Series(FOUND, found.is_valid()))
+        batch = self._batch(keys)
+        return self._decode_found(batch, self._lookup(batch))
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         if keys.height == 0:
             return
-        encoded, order = self._keys(keys)
-        in_order = encoded.take(order)
-        ordered_values = values.select(self.spec.value_columns)[order]
+        batch = self._batch(keys)
 
         def apply(txn: Any) -> None:
-            cursor = txn.cursor()
-            for start in range(0, len(in_order), CHUNK):
-                chunk_keys = in_order.slice(start, start + CHUNK).to_list()
-                chunk_values = self.value_codec.encode(ordered_values.slice(start, CHUNK)).to_list()
-                cursor.putmulti(zip(chunk_keys, chunk_values, strict=True))
+            putmulti = txn.cursor().putmulti
+            for chunk_keys, chunk_values in zip(batch.key_lists(), self._value_lists(batch, values), strict=True):
+                putmulti(zip(chunk_keys, chunk_values, strict=True))
 
         self._write(apply)
+        batch.release()  # the get-then-put of this batch is done: its objects go now
 
     def delete(self, keys: pl.DataFrame) -> None:
         if keys.height == 0:
             return
-        encoded, order = self._keys(keys)
-        in_order = encoded.take(order)
+        batch = self._batch(keys)
 
         def apply(txn: Any) -> None:
-            for start in range(0, len(in_order), CHUNK):
-                list(map(txn.delete, in_order.slice(start, start + CHUNK).to_list()))
+            for chunk in batch.key_lists():
+                list(map(txn.delete, chunk))
 
         self._write(apply)
+        batch.release()
 
     def scan(self) -> Iterator[pl.DataFrame]:
         with self.env.begin(db=self.entries) as txn:

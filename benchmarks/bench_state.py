@@ -112,14 +112,12 @@ def store_round(backend: StateBackend, state_keys: int, batch: int, rounds: int,
 
 
 def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: int) -> dict[str, float]:
-    """Seconds per key of an lmdb update, split: numpy/polars work vs the binding's calls."""
-    import pyarrow as pa
-
+    """Seconds per key of an lmdb update, split by the store's own stages (same code as get/put)."""
     from arrowflow.backends.lmdb import LmdbStore
 
     parts = {"encode keys (numpy) + sort": 0.0, "bytes objects for the binding": 0.0,
              "lmdb get calls (binding)": 0.0, "decode values (numpy)": 0.0,
-             "encode values (numpy)": 0.0, "lmdb putmulti (binding)": 0.0}
+             "encode values + bytes objects": 0.0, "lmdb putmulti (binding)": 0.0}
     rng = np.random.default_rng(3)
     ids = rng.permutation(state_keys * 4)[:state_keys].astype(np.int64)
     total = 0
@@ -131,21 +129,22 @@ def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: i
         for _ in range(rounds):
             keys = pl.DataFrame({"user_id": rng.choice(ids, size=min(batch, state_keys), replace=False)})
             t0 = time.perf_counter()
-            encoded, order = store._keys(keys)
-            ordered = encoded.take(order)
+            key_batch = store._batch(keys)
             t1 = time.perf_counter()
-            key_list = ordered.to_list()
+            key_lists = list(key_batch.key_lists())
             t2 = time.perf_counter()
-            with store.env.begin(db=store.entries) as txn:
-                found = pa.array(map(txn.cursor().get, key_list), type=pa.binary(), size=len(key_list))
+            found = store._lookup(key_batch)
             t3 = time.perf_counter()
-            values = store.value_codec.decode(found).with_columns(pl.col("n") + 1)
+            values = store._decode_found(key_batch, found).drop(FOUND).with_columns(pl.col("n") + 1)
             t4 = time.perf_counter()
-            value_list = store.value_codec.encode(values).to_list()
+            value_lists = list(store._value_lists(key_batch, values))
             t5 = time.perf_counter()
             with store.env.begin(write=True, db=store.entries) as txn:
-                txn.cursor().putmulti(zip(key_list, value_list, strict=True))
+                putmulti = txn.cursor().putmulti
+                for chunk_keys, chunk_values in zip(key_lists, value_lists, strict=True):
+                    putmulti(zip(chunk_keys, chunk_values, strict=True))
             t6 = time.perf_counter()
+            key_batch.release()
             for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
                 parts[name] += seconds
             total += keys.height

@@ -178,3 +178,110 @@ def test_state_larger_than_the_heap_budget(tmp_path: Path) -> None:
     assert int(result["vm_data_end"]) - int(result["vm_data_baseline"]) <= budget << 20
     assert int(result["lmdb_used_bytes"]) > budget << 20  # the state itself is larger than the cap
     print(f"\nlmdb, {keys} keys under a {budget} MiB heap cap: {json.dumps(result)}")
+
+
+# ------------------------------------------------------------------------ fixed-width values
+
+FIXED_KEYS = pl.Schema({
+    "i8": pl.Int8, "u64": pl.UInt64, "f32": pl.Float32, "b": pl.Boolean, "d": pl.Date,
+    "ts": pl.Datetime("us", "UTC"), "s": pl.String,
+})
+FIXED_VALUES = pl.Schema({
+    "n": pl.Int64, "u16": pl.UInt16, "x": pl.Float64, "flag": pl.Boolean, "day": pl.Date,
+    "t": pl.Time, "dur": pl.Duration("ms"), "dec": pl.Decimal(12, 3),
+})
+
+
+def _fixed_frames(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Keys of every kind of column (with nulls, NaN, -0.0) and fixed-width values with nulls."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n)
+
+    def nulls(series: pl.Series, every: int) -> pl.Series:
+        return pl.select(pl.when(pl.Series(ids % every == 1)).then(None).otherwise(series)).to_series().alias(series.name)
+
+    floats = (ids % 7).astype(np.float32) - 3
+    floats[ids % 11 == 5] = np.nan
+    floats[ids % 13 == 6] = -0.0
+    keys = pl.DataFrame({
+        "i8": nulls(pl.Series("i8", (ids % 200 - 100).astype(np.int8)), 17),
+        "u64": pl.Series("u64", np.uint64(2**63) + ids.astype(np.uint64) * np.uint64(7919)),
+        "f32": nulls(pl.Series("f32", floats), 19),
+        "b": nulls(pl.Series("b", ids % 2 == 0), 23),
+        "d": pl.Series("d", ids % 1000, dtype=pl.Int32).cast(pl.Date),
+        "ts": pl.Series("ts", ids * 1_000_003, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+        "s": nulls(pl.Series("s", [f"k{i % 50}" * (i % 4) for i in ids]), 29),
+    }).unique(maintain_order=True)
+    m = keys.height
+    vals = rng.integers(-(10**9), 10**9, m)
+    values = pl.DataFrame({
+        "n": nulls(pl.Series("n", vals), 5)[:m],
+        "u16": pl.Series("u16", (vals % 60000).astype(np.uint16)),
+        "x": nulls(pl.Series("x", vals * 0.5), 7)[:m],
+        "flag": nulls(pl.Series("flag", vals % 3 == 0), 3)[:m],
+        "day": pl.Series("day", vals % 20000, dtype=pl.Int32).cast(pl.Date),
+        "t": pl.Series("t", (np.abs(vals) % 86_400) * 10**9, dtype=pl.Int64).cast(pl.Time),
+        "dur": pl.Series("dur", vals, dtype=pl.Int64).cast(pl.Duration("ms")),
+        "dec": pl.Series("dec", vals % 10**6, dtype=pl.Int64).cast(pl.Decimal(12, 3)),
+    })
+    values = values.with_columns(
+        # a row whose every value is null is still a found row
+        *[pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col(c)).alias(c) for c in FIXED_VALUES.names()]
+    )
+    return keys, values
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     chunk: int | None) -> None:
+    """Values of fixed width are looked up as one buffer (a placeholder for a missing key):
+    every type, nulls, an all-null row, missing keys, chunk edges, get-then-put of the same keys."""
+    if chunk is not None:
+        monkeypatch.setattr("arrowflow.backends.lmdb.CHUNK", chunk)
+    spec = StoreSpec("agg-1", FIXED_KEYS, FIXED_VALUES)
+    stores = []
+    for name, backend in (("l", LmdbBackend()), ("m", MemoryBackend())):
+        local = tmp_path / name
+        local.mkdir()
+        stores.append(backend.open_store(spec, range(0, 128), StoreContext(str(local), 0, 1)))
+    store, memory = stores
+    keys, values = _fixed_frames(600, 1)
+    assert keys.height > 400 and store._missing is not None  # type: ignore[attr-defined]
+    for target in stores:
+        target.put(keys[:400], values[:400])
+    probe = pl.concat([keys[350:], keys[:50]])  # 250 absent keys, 100 present, out of order
+    got = store.get(probe)
+    assert got.equals(memory.get(probe))
+    assert got.get_column("__found").sum() == 100
+    assert got.schema == pl.Schema({**FIXED_VALUES, "__found": pl.Boolean})
+    bumped = got.drop("__found").with_columns(pl.col("n").fill_null(0) + 1)
+    for target in stores:  # a keyed operator's put of the keys it just got
+        target.put(probe, bumped)
+    assert store.get(probe).equals(memory.get(probe))
+    other = keys[50 : 50 + probe.height]  # same height, other keys: not the keys of the last get
+    assert other.height == probe.height and other.join(probe, on=list(FIXED_KEYS.names()), nulls_equal=True).is_empty()
+    for target in stores:
+        target.put(other, values[: other.height])
+    assert_same_contents(store, memory)  # type: ignore[arg-type]
+    for target in stores:
+        target.delete(keys[::3])
+    assert store.get(keys).equals(memory.get(keys))
+    assert_same_contents(store, memory)  # type: ignore[arg-type]
+    fs = fsspec.filesystem("file")
+    root = str(tmp_path / "ckpt")
+    files = store.snapshot(fs, root, 1)
+    restored = LmdbBackend().open_store(spec, range(0, 64), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2))
+    restored.restore(fs, root, files)
+    assert_same_contents(restored, memory, groups=range(0, 64))  # type: ignore[arg-type]
+    assert restored.get(keys).filter(pl.col("__found")).height == restored.count()
+
+
+def test_a_stored_value_of_the_wrong_width_is_a_state_error(tmp_path: Path) -> None:
+    spec = StoreSpec("agg-1", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64}))
+    store = LmdbBackend().open_store(spec, range(0, 128), StoreContext(str(tmp_path), 0, 1))
+    store.put(pl.DataFrame({"id": [1, 2]}), pl.DataFrame({"n": [10, 20]}))
+    with store.env.begin(write=True, db=store.entries) as txn:  # type: ignore[attr-defined]
+        key, _ = next(iter(txn.cursor()))
+        txn.put(key, b"\x01short")
+    with pytest.raises(StateError, match="do not decode"):
+        store.get(pl.DataFrame({"id": [1, 2, 3]}))
