@@ -230,13 +230,16 @@ class Flow:
 
     def watch(self, pattern: str, *, format: str = "parquet", schema: Any = None,  # noqa: A002
               poll_interval: str = "1s", storage_options: dict[str, Any] | None = None,
-              name: str | None = None, on_error: str = "side_output") -> Stream:
+              name: str | None = None, on_error: str = "side_output", max_file_age: Any = "7d") -> Stream:
         """Files that land under a glob or folder (unbounded), each processed exactly once, also
-        across restarts. Files must appear complete (write elsewhere, then rename into place)."""
+        across restarts. Files must appear complete (write elsewhere, then rename into place).
+        Files modified more than ``max_file_age`` before the newest one are skipped and
+        forgotten, which keeps the remembered set (and checkpoints) bounded; None: never."""
         from arrowflow.io.stream import WatchSource
 
         return self.source(WatchSource(pattern, format=format, schema=schema, storage_options=storage_options,
-                                       poll_interval=poll_interval, on_error=on_error), name=name)
+                                       poll_interval=poll_interval, on_error=on_error, max_file_age=max_file_age),
+                           name=name)
 
     def from_polars(self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None,
                     splits: int | None = None) -> Stream:

@@ -16,6 +16,14 @@ read any more; rotate by renaming a *finished* file away, as logrotate does.
 The coordinator keeps the ids of finished splits in checkpoints, so each file is processed
 exactly once, also across restarts. Files must appear complete: write them elsewhere (or
 under a name starting with ``.`` or ``_``) and rename them into place.
+
+That set of finished splits stays bounded, as in Spark's file stream source: with
+``max_file_age`` (default 7 days) a file whose modification time is older than the newest
+file seen minus that age is neither read nor remembered, and finished splits of such files
+leave the set (and the checkpoints). A file that lands with an old modification time (a copy
+that keeps it) is therefore skipped: give landed files a fresh time, or a longer age
+(``max_file_age=None`` remembers every file forever). Each file's footer and splits are
+worked out once per run, not at every poll.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import polars as pl
 from arrowflow._util import duration_ms
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions
-from arrowflow.io._fs import resolve_files
+from arrowflow.io._fs import GLOB_CHARS, _glob_root, filesystem, is_hidden, is_local
 from arrowflow.io._ndjson import NdjsonFile
 from arrowflow.io._schema import to_polars_schema
 from arrowflow.io.files import FileSource
@@ -191,7 +199,7 @@ class WatchSource(Source):
     def __init__(self, pattern: str, *, format: str = "parquet", schema: Any = None,  # noqa: A002
                  storage_options: dict[str, Any] | None = None, poll_interval: str = "1s",
                  on_error: str = "side_output", options: dict[str, Any] | None = None,
-                 columns: list[str] | None = None) -> None:
+                 columns: list[str] | None = None, max_file_age: Any = "7d") -> None:
         if schema is None:
             msg = (f"watch({pattern!r}) needs schema={{...}}: the folder may be empty when the job "
                    f"starts, so the columns cannot be inferred")
@@ -201,6 +209,12 @@ class WatchSource(Source):
         self.kind = "watch"
         self.storage_options = storage_options
         self.poll_interval_s = duration_ms(poll_interval, what="poll_interval") / 1000
+        #: Seconds: splits of files older than the newest seen minus this are forgotten
+        #: (the split enumerator applies it; None keeps every finished split).
+        self.max_split_age_s = None if max_file_age is None else duration_ms(max_file_age, what="max_file_age") / 1000
+        #: Set by the split enumerator: files modified before this (epoch seconds) are skipped.
+        self.not_before: float | None = None
+        self._known: dict[str, tuple[float | None, list[Split]]] = {}  # url -> (mtime, its splits)
         # The files themselves are read exactly as read_<format> reads them.
         self.files = FileSource(format, pattern, schema=schema, storage_options=storage_options,
                                 on_error=on_error, options=options, columns=columns)
@@ -216,22 +230,74 @@ class WatchSource(Source):
     def with_columns_pruned(self, columns: list[str]) -> WatchSource:
         clone = WatchSource.__new__(WatchSource)
         clone.__dict__.update(self.__dict__)
+        clone._known = {}
         clone.files = self.files.with_columns_pruned(columns)
         clone.files.kind = "watch"
         return clone
 
-    def discover_splits(self) -> list[Split]:
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_known": {}}  # workers don't discover
+
+    def listing(self) -> dict[str, float | None]:
+        """Every visible file the pattern names now, with its modification time (epoch s)."""
+        fs, path = filesystem(self.pattern, self.storage_options)
         try:
-            found = resolve_files(self.pattern, self.storage_options)
-        except SourceError:
-            return []  # nothing has landed yet
-        current = FileSource(self.files.format, found, schema=self.files.user_schema,
-                             storage_options=self.storage_options, on_error=self.files.on_error,
-                             options=self.files.options, columns=self.files.columns)
-        return current.discover_splits()
+            if any(ch in path for ch in GLOB_CHARS):
+                root = _glob_root(path)
+                entries = fs.glob(path, detail=True)
+            else:
+                root = path
+                entries = fs.find(path, detail=True) if fs.isdir(path) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            msg = f"watch: cannot list {self.pattern!r}: {type(exc).__name__}: {exc}"
+            raise SourceError(msg) from exc
+        found = {}
+        for name, info in sorted(entries.items()):
+            if info.get("type") == "file" and not is_hidden(name, root):
+                found[name if is_local(fs) else fs.unstrip_protocol(name)] = _mtime(info)
+        return found
+
+    def discover_splits(self) -> list[Split]:
+        listed = self.listing()
+        for gone in set(self._known) - set(listed):
+            del self._known[gone]
+        splits = []
+        for url, mtime in listed.items():
+            if self.not_before is not None and mtime is not None and mtime < self.not_before:
+                self._known.pop(url, None)
+                continue  # older than the files it remembers: neither read nor remembered
+            known = self._known.get(url)
+            if known is None or known[0] != mtime:
+                one = FileSource(self.files.format, [url], schema=self.files.user_schema,
+                                 storage_options=self.storage_options, on_error=self.files.on_error,
+                                 options=self.files.options, columns=self.files.columns)
+                found = one.discover_splits()
+                for split in found:
+                    split.info["mtime"] = mtime
+                known = (mtime, found)
+                self._known[url] = known
+            splits.extend(known[1])
+        return splits
 
     def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
         return self.files.open_reader(split, position, batch_size=batch_size)
 
     def describe(self) -> str:
         return f"watch {self.pattern!r} ({self.format}, polled every {self.poll_interval_s:g} s)"
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """A file's modification time from an fsspec ``info`` (local, memory, S3 spell it apart)."""
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None

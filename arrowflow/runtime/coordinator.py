@@ -6,6 +6,11 @@ time, so a slow worker simply asks less often. Unbounded sources are asked again
 splits (``discover``); with nothing new, a worker is told to ``WAIT``. When a worker fails,
 the job restarts from its newest checkpoint, and a new enumerator is built from that
 checkpoint's finished splits and offsets (DESIGN.md §5).
+
+A source with ``max_split_age_s`` (``flow.watch``) has its finished set bounded: every split
+carries its file's modification time (``info["mtime"]``); splits older than the newest seen
+minus that age are no longer discovered (the source is told ``not_before``) and leave the
+finished set, so the checkpoints that record it stay small however long the job runs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ WAIT = "wait"
 
 class SplitEnumerator:
     def __init__(self, plan: Plan, positions: dict[str, dict[str, Any]] | None = None,
-                 finished: dict[str, set[str]] | None = None) -> None:
+                 finished: dict[str, set[str]] | None = None,
+                 ages: dict[str, dict[str, Any]] | None = None) -> None:
         self.plan = plan
         self.pending: dict[str, deque[Split]] = {}
         self.assigned: dict[str, dict[str, int]] = {}
@@ -31,6 +37,12 @@ class SplitEnumerator:
         self.total: dict[str, int] = {}
         self.seen: dict[str, set[str]] = {}
         self.unbounded = {op.id for op in plan.sources if not op.params["source"].bounded}
+        # Age-bounded sources: the age, each known split's mtime, the newest mtime seen.
+        self.max_age = {op.id: op.params["source"].max_split_age_s for op in plan.sources
+                        if getattr(op.params["source"], "max_split_age_s", None) is not None}
+        self.mtimes: dict[str, dict[str, float]] = {s: dict((ages or {}).get(s, {}).get("mtimes", {}))
+                                                    for s in self.max_age}
+        self.newest: dict[str, float | None] = {s: (ages or {}).get(s, {}).get("newest") for s in self.max_age}
         for op in plan.sources:
             self.pending[op.id] = deque()
             self.assigned[op.id] = {}
@@ -43,11 +55,54 @@ class SplitEnumerator:
         for op in self.plan.sources:
             if self.total[op.id] > len(self.finished[op.id]) and op.id not in self.unbounded:
                 continue  # a bounded source's splits are all known
-            for split in op.params["source"].discover_splits():
+            source = op.params["source"]
+            aged = op.id in self.max_age
+            if aged:
+                source.not_before = self.cutoff(op.id)
+            found = source.discover_splits()
+            if aged:
+                times = [s.info.get("mtime") for s in found if s.info.get("mtime") is not None]
+                if times and (self.newest[op.id] is None or max(times) > self.newest[op.id]):
+                    self.newest[op.id] = max(times)
+            cutoff = self.cutoff(op.id) if aged else None
+            for split in found:
                 if split.split_id not in self.seen[op.id]:
+                    mtime = split.info.get("mtime")
+                    if cutoff is not None and mtime is not None:
+                        if mtime < cutoff:
+                            continue  # too old to be remembered: never read
+                        self.mtimes[op.id][split.split_id] = mtime
                     self.seen[op.id].add(split.split_id)
                     self.pending[op.id].append(split)
                     self.total[op.id] += 1
+            if cutoff is not None:
+                self.forget_older(op.id, cutoff)
+
+    def cutoff(self, source_id: str) -> float | None:
+        """Modification time below which a split of an age-bounded source is forgotten."""
+        newest = self.newest.get(source_id)
+        return None if newest is None else newest - self.max_age[source_id]
+
+    def forget_older(self, source_id: str, cutoff: float) -> None:
+        mtimes = self.mtimes[source_id]
+        old = [split for split in self.finished[source_id] if mtimes.get(split, cutoff) < cutoff]
+        for split in old:
+            self.finished[source_id].discard(split)
+            self.seen[source_id].discard(split)
+            mtimes.pop(split, None)
+        self.total[source_id] -= len(old)
+
+    def remembered(self, source_id: str, split_id: str) -> bool:
+        """False for a finished split that its source's age bound has forgotten."""
+        return source_id not in self.max_age or split_id in self.seen[source_id]
+
+    def ages_state(self, source_id: str, finished: set[str]) -> dict[str, Any]:
+        """What a checkpoint keeps for an age-bounded source: mtimes of its finished splits."""
+        if source_id not in self.max_age:
+            return {}
+        mtimes = self.mtimes[source_id]
+        return {"newest": self.newest[source_id],
+                "mtimes": {split: mtimes[split] for split in sorted(finished) if split in mtimes}}
 
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | str | None:
         queue = self.pending[source_id]

@@ -53,11 +53,13 @@ class JobCoordinator:
         self.timeout_s = timeout_s
         positions: dict[str, dict[str, Any]] = {}
         finished: dict[str, set[str]] = {}
+        ages: dict[str, dict[str, Any]] = {}
         if restored is not None:
             for source_id, offsets in restored.sources.items():
                 positions[source_id] = dict(offsets.get("positions", {}))
                 finished[source_id] = set(offsets.get("finished", []))
-        self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished)
+                ages[source_id] = {"newest": offsets.get("newest"), "mtimes": offsets.get("mtimes", {})}
+        self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished, ages=ages)
         self.base_finished = {op.id: set(finished.get(op.id, ())) for op in plan.sources}
         self.finished_by: dict[int, dict[str, list[str]]] = {w: {} for w in range(parallelism)}
         # Never reuse an id: a newer checkpoint may exist, damaged or incomplete.
@@ -214,8 +216,21 @@ class JobCoordinator:
                                          self.enumerator.positions.get(op.id, {}).items() if split not in finished}
             for ack in acks:
                 positions.update(ack["positions"].get(op.id, {}))
-            state[op.id] = {"finished": sorted(finished), "positions": positions}
+            # An age-bounded source (watch) forgets old finished splits: so do checkpoints.
+            finished = {split for split in finished if self.enumerator.remembered(op.id, split)}
+            state[op.id] = {"finished": sorted(finished), "positions": positions,
+                            **self.enumerator.ages_state(op.id, finished)}
+        self._forget(state)
         return state
+
+    def _forget(self, state: dict[str, Any]) -> None:
+        """Keep the coordinator's own record of finished splits as small as the checkpoint's."""
+        for source_id in self.enumerator.max_age:
+            kept = set(state[source_id]["finished"])
+            self.base_finished[source_id] = {s for s in self.base_finished.get(source_id, ()) if s in kept}
+            for by_source in self.finished_by.values():
+                if source_id in by_source:
+                    by_source[source_id] = [s for s in by_source[source_id] if s in kept]
 
     def _write_checkpoint(self, checkpoint_id: int, acks: list[dict[str, Any]],
                           staged: dict[str, list[Any]], *, final: bool) -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from arrowflow.io import DatabaseSink
 from polars.testing import assert_frame_equal
 
 import arrowflow as af
 from arrowflow.errors import SchemaError, SinkError
+from arrowflow.io import DatabaseSink
 
 _names = itertools.count()
 

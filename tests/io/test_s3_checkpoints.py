@@ -28,7 +28,7 @@ def test_manifest_create_if_absent_on_s3(s3: tuple[Any, str, dict[str, Any]]) ->
     storage = CheckpointStorage(f"{url}/ck", options)
     assert not storage.local
     storage.write_manifest(_manifest(1))
-    with pytest.raises(CheckpointError, match="already exists|at the same time"):
+    with pytest.raises(CheckpointError, match=r"already exists|at the same time"):
         storage.write_manifest(_manifest(1))
     # The put itself refuses a second create, even when the existence check is skipped.
     with pytest.raises(FileExistsError):

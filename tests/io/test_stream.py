@@ -141,14 +141,19 @@ def test_kill_9_while_tailing_then_restore(tmp_path: Path) -> None:
 
 
 def caught_up(tmp: Path, lines: int) -> bool:
-    """The newest checkpoint's tail position has reached the end of the rotated-in file."""
+    """The newest checkpoint's tail position has reached line ``lines`` of the file now at
+    app.jsonl (not of the one rotated away: its line numbers are higher)."""
     from arrowflow.checkpoint import CheckpointStorage
 
     manifest = CheckpointStorage(str(tmp / "ck")).latest(report=False)
     if manifest is None:
         return False
+    try:
+        inode = os.stat(tmp / "app.jsonl").st_ino
+    except FileNotFoundError:
+        return False  # between the rename and the new file
     positions = manifest.sources["tail"]["positions"]
-    return max((p["line"] for p in positions.values()), default=-1) >= lines
+    return max((p["line"] for p in positions.values() if p.get("inode") == inode), default=-1) >= lines
 
 
 def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -> None:
@@ -182,3 +187,56 @@ def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -
     assert result.rows_in == 200
     rows = committed(tmp_path / "rows").sort("id")
     assert rows["id"].to_list() == list(range(400))
+
+
+def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) -> None:
+    """max_file_age: files older than the newest seen minus the age are neither read nor kept
+    in the checkpoints' finished set; a restart does not read the forgotten files again."""
+    from arrowflow.checkpoint import CheckpointStorage
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    base = 1_700_000_000.0
+
+    def land(number: int, hour: float) -> None:
+        frame = pl.DataFrame({"id": list(range(number * 10, number * 10 + 10)), "user": [number] * 10,
+                              "amount": [0.5] * 10})
+        staging = inbox / f".part-{number}.tmp"
+        frame.write_parquet(staging)
+        os.utime(staging, (base + hour * 3600, base + hour * 3600))
+        os.rename(staging, inbox / f"part-{number:02d}.parquet")
+
+    def flow() -> af.Flow:
+        f = af.Flow("watching-aged")
+        f.watch(str(inbox / "*.parquet"), format="parquet", schema=SCHEMA, poll_interval="50ms",
+                max_file_age="3h").write_parquet(str(tmp_path / "rows"))
+        return f
+
+    def finished() -> list[str]:
+        manifest = CheckpointStorage(str(tmp_path / "ck")).latest(report=False)
+        assert manifest is not None
+        return sorted(Path(s.split("#")[0]).name for s in manifest.sources["watch"]["finished"])
+
+    for number in range(10):
+        land(number, hour=number)  # hours 0..9: only 6..9 are within 3 h of the newest
+    job = flow().start(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="100ms", restore=None)
+    wait_for(lambda: job.progress["rows_in"] >= 40)
+    time.sleep(0.5)  # more polls: nothing else may be read
+    job.checkpoint()
+    assert finished() == [f"part-{n:02d}.parquet" for n in (6, 7, 8, 9)]
+    land(10, hour=2)  # lands late with an old time: skipped
+    land(11, hour=20)  # the newest: everything before hour 17 is forgotten
+    wait_for(lambda: job.progress["rows_in"] >= 50)
+    job.checkpoint()
+    assert finished() == ["part-11.parquet"]
+    job.stop(savepoint=True)
+
+    job = flow().start(workers=2, checkpoint_dir=str(tmp_path / "ck"))  # restored: the same bound
+    land(12, hour=21)
+    wait_for(lambda: job.progress["rows_in"] >= 10)
+    time.sleep(0.5)
+    result = job.stop(savepoint=True)
+    assert result.rows_in == 10
+    assert finished() == ["part-11.parquet", "part-12.parquet"]
+    rows = committed(tmp_path / "rows").sort("id")
+    assert rows["id"].to_list() == [i for n in (6, 7, 8, 9, 11, 12) for i in range(n * 10, n * 10 + 10)]
