@@ -332,3 +332,22 @@ def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
     assert got.height == expected.height == joined.height
     assert (joined["n"] == joined["n_right"]).all()
     assert (joined["total"] - joined["total_right"]).abs().max() < 1e-6
+
+
+def test_order_dependent_aggregates_keep_arrival_order(workers: int) -> None:
+    """first/last depend on row order: the window groups them with polars' in-memory engine
+    (order-free aggregates use the streaming one); with one reader the order is the input's."""
+    df = events(8000, users=30, seed=17)
+    flow = af.Flow("first-last")
+    sink = CollectSink()
+    (flow.from_polars(df, splits=1).with_watermark("ts", delay="5s").key_by(KEY).window(af.tumbling("60s"))
+     .agg(first=pl.col("amount").first(), last=pl.col("amount").last(), n=pl.len(), name="fl")
+     .write_to(sink, name="fl-out"))
+    result = flow.run(workers=workers, batch_size=700)
+    got = pl.concat(result.outputs["fl-out"]).sort(KEY, "window_start")
+    expected = (df.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+                .group_by(KEY, "window_start", maintain_order=True)
+                .agg(first=pl.col("amount").first(), last=pl.col("amount").last(), n=pl.len())
+                .sort(KEY, "window_start"))
+    assert got.select(KEY, "window_start", "first", "last", "n").equals(
+        expected.cast(got.select(KEY, "window_start", "first", "last", "n").schema))
