@@ -317,19 +317,7 @@ class IncrementalAgg:
     def combine(self, partials: pl.DataFrame) -> pl.DataFrame:
         """Merge partial rows that share a key (e.g. from several batches, in arrival order)
         into one row per key."""
-        exprs = []
-        for column in self.state_schema.names():
-            rule = _MERGE_RULE[column.rsplit("__", 1)[-1]]
-            col = pl.col(column)
-            rows = self._rows_column(column)
-            if rows is not None and rule in ("first", "last"):
-                col = col.filter(pl.col(rows) > 0)
-            expr = {"add": col.sum(), "min": col.min(), "max": col.max(), "nan_min": col.nan_min(),
-                    "nan_max": col.nan_max(), "first": col.first(), "last": col.last(),
-                    "first_non_null": col.first(ignore_nulls=True),
-                    "last_non_null": col.last(ignore_nulls=True)}[rule]
-            exprs.append(expr.cast(self.state_schema[column]).alias(column))
-        return partials.group_by(self.keys, maintain_order=True).agg(exprs)
+        return combine_partials(partials, self.keys, self.state_schema)
 
     def final_exprs(self) -> list[pl.Expr]:
         exprs: list[pl.Expr] = [pl.col(k) for k in self.keys]
@@ -350,3 +338,22 @@ class IncrementalAgg:
     def finalize(self, keys_and_state: pl.DataFrame) -> pl.DataFrame:
         """Output rows (keys, then aggregates in the user's order) from merged state rows."""
         return keys_and_state.select(self.final_exprs())
+
+
+def combine_partials(partials: pl.DataFrame, keys: list[str], state_schema: pl.Schema) -> pl.DataFrame:
+    """Merge partial-aggregate rows (columns ``<name>__<kind>``) that share ``keys``, in row
+    order, into one row per key: what :meth:`IncrementalAgg.combine` does, from the state's
+    schema alone (``read_state`` uses it on a checkpoint, without the flow)."""
+    exprs = []
+    for column in state_schema.names():
+        rule = _MERGE_RULE[column.rsplit("__", 1)[-1]]
+        col = pl.col(column)
+        rows = f"{column.rsplit('__', 1)[0]}__rows"
+        if rows in state_schema and rule in ("first", "last"):
+            col = col.filter(pl.col(rows) > 0)
+        expr = {"add": col.sum(), "min": col.min(), "max": col.max(), "nan_min": col.nan_min(),
+                "nan_max": col.nan_max(), "first": col.first(), "last": col.last(),
+                "first_non_null": col.first(ignore_nulls=True),
+                "last_non_null": col.last(ignore_nulls=True)}[rule]
+        exprs.append(expr.cast(state_schema[column]).alias(column))
+    return partials.group_by(keys, maintain_order=True).agg(exprs)

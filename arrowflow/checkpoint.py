@@ -363,6 +363,20 @@ def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int 
         msg = f"checkpoint {manifest.id} holds no state of operator {operator!r}; operators with state: {known}"
         raise CheckpointError(msg)
     frames = []
+    window_buffer = f"{operator}/buffer"
+    if sorted(names) == [operator, window_buffer] and not raw:
+        # A window operator: windows in its store and in its write buffer (the newer rows)
+        # are one set of partial aggregates; a window may be in both.
+        from arrowflow.aggregates import combine_partials
+
+        spec = decode_spec(manifest.stores[operator])
+        stored = read_state(checkpoint, operator, checkpoint_id=manifest.id, storage_options=storage_options, raw=True)
+        newer_last = pl.col("__store") == "buffer"
+        both = stored.sort(newer_last, maintain_order=True)
+        state_schema = pl.Schema({c: spec.value_schema[c] for c in spec.value_columns if c != "__n"})
+        combined = combine_partials(both.select(*spec.key_columns, *state_schema.names()), spec.key_columns,
+                                    state_schema)
+        return _decode_partials(combined, spec)
     for name in names:
         spec = decode_spec(manifest.stores[name])
         files = [StateFile.from_json(f) for f in manifest.state if f["store"] == name]

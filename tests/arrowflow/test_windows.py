@@ -19,8 +19,10 @@ import polars as pl
 import pytest
 
 import arrowflow as af
+from arrowflow.checkpoint import CheckpointStorage
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.io.memory import CollectSink
+from arrowflow.testing import assert_frame_equal_unordered
 
 KEY = "user"
 
@@ -313,6 +315,13 @@ def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
     assert len(buffered) == max(first, 1), "one buffer file per worker"
     open_windows = af.read_state(str(tmp_path / "ckpt"), "per_minute", raw=True)
     assert open_windows.height > 0, "the checkpoint holds the open windows"
+    # Read as values, a window in both the store and the buffer is one row, its partials merged.
+    windows = af.read_state(str(tmp_path / "ckpt"), "per_minute")
+    assert windows.columns == [KEY, "window_start", "n", "total"]
+    assert windows.select(KEY, "window_start").is_duplicated().sum() == 0, "a window read twice"
+    assert int(windows["n"].sum()) == int(open_windows["n__count"].sum())
+    raw_sums = open_windows.group_by(KEY, "window_start").agg(pl.col("n__count").sum())
+    assert windows.join(raw_sums, on=[KEY, "window_start"]).filter(pl.col("n") != pl.col("n__count")).is_empty()
     resumed = run(second, {})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert '"restored_from": null' not in resumed.stdout, "the second run did not restore"
@@ -351,3 +360,28 @@ def test_order_dependent_aggregates_keep_arrival_order(workers: int) -> None:
                 .sort(KEY, "window_start"))
     assert got.select(KEY, "window_start", "first", "last", "n").equals(
         expected.cast(got.select(KEY, "window_start", "first", "last", "n").schema))
+
+
+def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(tmp_path: Path, monkeypatch) -> None:
+    """A window spilled to the store and updated since in the write buffer is one row of
+    read_state, its partial aggregates merged (counts added, max of maxes, last of lasts)."""
+    import arrowflow.runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 40)  # in-process: spill to the store early
+    df = events(6000, users=8, seed=5, span_ms=1_800_000, jitter_ms=1).sort("ts")
+    flow = af.Flow("merged-state")
+    (flow.from_polars(df, splits=1).with_watermark("ts", delay="1h")  # nothing fires: all windows stay open
+     .key_by(KEY).window(af.tumbling("60s"))
+     .agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last(), name="w")
+     .write_to(CollectSink()))
+    flow.run(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=af.every_rows(2_000), batch_size=250)
+    first = int(af.list_checkpoints(str(tmp_path / "ck"))["id"].min())
+    raw = af.read_state(str(tmp_path / "ck"), "w", raw=True, checkpoint_id=first)
+    assert set(raw["__store"]) == {"w", "buffer"}
+    assert raw.select(KEY, "window_start").is_duplicated().any(), "no window is in both the store and the buffer"
+    got = af.read_state(str(tmp_path / "ck"), "w", checkpoint_id=first)
+    (offset,) = CheckpointStorage(str(tmp_path / "ck")).find(first).sources["from_polars"]["positions"].values()
+    assert 0 < offset < df.height
+    expected = df.head(offset).with_columns(window_start=pl.col("ts").dt.truncate("60s")).group_by(
+        KEY, "window_start").agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last())
+    assert_frame_equal_unordered(got, expected, check_dtypes=False)
