@@ -6,8 +6,14 @@ worker with bounded out-of-orderness: after each batch, ``max(ts seen) - delay``
 advanced. Watermarks then travel in order with the batches:
 
 - through operators: an operator's watermark is the minimum over its inputs; an input that
-  ended no longer holds it back, and an *idle* input (no data for ``idle_timeout``) does not
-  either, until it sends data again;
+  ended no longer holds it back, and an *idle* input does not either, until it sends data
+  again. An input is idle after ``idle_timeout`` without data, and at once when its worker's
+  source reader has no split to read (a second worker while one file is tailed, a watched
+  folder with nothing new: as in Flink). An input back from idle behind the operator's
+  watermark counts again once it catches up; its rows meanwhile may be late, so files that
+  land in a watched folder should come in event-time order, or ``delay`` should cover how far
+  they overlap. When every input is idle, the watermark advances to the highest any input
+  reached, so the windows the last rows closed fire;
 - through exchanges: every worker sends its watermark to every other worker (a ``WATERMARK``
   ring message) and an exchange's output watermark is the minimum over the sending workers;
 - it never goes backwards: an operator ignores a lower value than the one it passed on.

@@ -19,8 +19,9 @@ under a name starting with ``.`` or ``_``) and rename them into place.
 
 That set of finished splits stays bounded, as in Spark's file stream source: with
 ``max_file_age`` (default 7 days) a file whose modification time is older than the newest
-file seen minus that age is neither read nor remembered, and finished splits of such files
-leave the set (and the checkpoints). A file that lands with an old modification time (a copy
+file seen *before* the poll that lists it, minus that age, is neither read nor remembered,
+and finished splits of such files leave the set (and the checkpoints). A fresh start reads
+every file present. A file that lands with an old modification time (a copy
 that keeps it) is therefore skipped: give landed files a fresh time, or a longer age
 (``max_file_age=None`` remembers every file forever). Each file's footer and splits are
 worked out once per run, not at every poll.

@@ -57,26 +57,32 @@ class SplitEnumerator:
                 continue  # a bounded source's splits are all known
             source = op.params["source"]
             aged = op.id in self.max_age
+            # As Spark's file source: the cutoff comes from the files seen *before* this poll
+            # (none on a fresh start: every file counts), so files that land together while
+            # the job was down are all read, however far apart their times.
+            cutoff = self.cutoff(op.id) if aged else None
             if aged:
-                source.not_before = self.cutoff(op.id)
+                source.not_before = cutoff
             found = source.discover_splits()
             if aged:
-                times = [s.info.get("mtime") for s in found if s.info.get("mtime") is not None]
+                times = [s.info["mtime"] for s in found if s.info.get("mtime") is not None
+                         and (cutoff is None or s.info["mtime"] >= cutoff)]
                 if times and (self.newest[op.id] is None or max(times) > self.newest[op.id]):
                     self.newest[op.id] = max(times)
-            cutoff = self.cutoff(op.id) if aged else None
             for split in found:
                 if split.split_id not in self.seen[op.id]:
                     mtime = split.info.get("mtime")
-                    if cutoff is not None and mtime is not None:
-                        if mtime < cutoff:
+                    if aged and mtime is not None:
+                        if cutoff is not None and mtime < cutoff:
                             continue  # too old to be remembered: never read
                         self.mtimes[op.id][split.split_id] = mtime
                     self.seen[op.id].add(split.split_id)
                     self.pending[op.id].append(split)
                     self.total[op.id] += 1
-            if cutoff is not None:
-                self.forget_older(op.id, cutoff)
+            if aged:
+                after = self.cutoff(op.id)
+                if after is not None:
+                    self.forget_older(op.id, after)
 
     def cutoff(self, source_id: str) -> float | None:
         """Modification time below which a split of an age-bounded source is forgotten."""

@@ -81,7 +81,9 @@ class Operator:
         self.aligned: set[int] = set()
         self.held: list[tuple[Any, int]] = []  # batches and Watermarks, in arrival order
         self.checkpointed = 0
-        self.input_watermarks: dict[int, int] = {}
+        self.input_watermarks: dict[int, int] = {}  # input -> the highest watermark it sent
+        self.idle_inputs: set[int] = set()
+        self.unaligned: set[int] = set()  # back from idle, still behind self.watermark
         self.watermark = NO_WATERMARK
         self.idle = False
 
@@ -158,24 +160,47 @@ class Operator:
         if self.aligning is not None and index in self.aligned:
             self.held.append((Watermark(value), index))
             return
-        self.input_watermarks[index] = value
+        if value == IDLE:
+            self.idle_inputs.add(index)
+            self.unaligned.add(index)
+        else:
+            self.idle_inputs.discard(index)
+            self.input_watermarks[index] = max(value, self.input_watermarks.get(index, NO_WATERMARK))
+            if index in self.unaligned and self.input_watermarks[index] >= self.watermark:
+                self.unaligned.discard(index)
         self.combine_watermarks()
 
     def combine_watermarks(self) -> None:
-        live = [self.input_watermarks.get(i, NO_WATERMARK) for i in range(self.inputs_total) if i not in self.ended]
+        """The operator's watermark from its inputs', as Flink's watermark valve does it.
+
+        Each input keeps its last watermark apart from whether it is idle. The watermark is
+        the lowest over inputs that are active and *aligned*; an input that comes back from
+        idle behind the operator's watermark is aligned again once it catches up (its rows
+        meanwhile may be late; they cannot pull the watermark back). When every input is
+        idle, the watermark first advances to the highest any of them reached: the windows
+        that input's rows closed fire even though the input went idle right after.
+        """
+        live = [i for i in range(self.inputs_total) if i not in self.ended]
         if not live:
             return  # every input ended: finish() acts as the watermark +infinity
-        active = [v for v in live if v != IDLE]
+        active = [i for i in live if i not in self.idle_inputs]
         if not active:
+            reached = max(self.input_watermarks.get(i, NO_WATERMARK) for i in live)
+            if reached > self.watermark:
+                self.watermark = reached
+                self.on_watermark(reached)
             if not self.idle:
                 self.idle = True
                 self.forward_watermark(IDLE)
             return
-        value = min(active)
         if self.idle:
             self.idle = False
-            if value <= self.watermark and self.watermark != NO_WATERMARK:
+            if self.watermark != NO_WATERMARK:
                 self.forward_watermark(self.watermark)  # active again, at the watermark it had
+        aligned = [self.input_watermarks.get(i, NO_WATERMARK) for i in active if i not in self.unaligned]
+        if not aligned:
+            return
+        value = min(aligned)
         if value > self.watermark:
             self.watermark = value
             self.on_watermark(value)

@@ -219,28 +219,30 @@ def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) 
         return sorted(Path(s.split("#")[0]).name for s in manifest.sources["watch"]["finished"])
 
     for number in range(10):
-        land(number, hour=number)  # hours 0..9: only 6..9 are within 3 h of the newest
+        land(number, hour=number)  # hours 0..9: a fresh start reads them all (as Spark)
     job = flow().start(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="100ms", restore=None)
-    wait_for(lambda: job.progress["rows_in"] >= 40)
-    time.sleep(0.5)  # more polls: nothing else may be read
+    wait_for(lambda: job.progress["rows_in"] >= 100)
+    time.sleep(0.5)  # more polls: the finished files older than 9 h - 3 h are forgotten
     job.checkpoint()
     assert finished() == [f"part-{n:02d}.parquet" for n in (6, 7, 8, 9)]
-    land(10, hour=2)  # lands late with an old time: skipped
-    land(11, hour=20)  # the newest: everything before hour 17 is forgotten
-    wait_for(lambda: job.progress["rows_in"] >= 50)
+    land(10, hour=2)  # lands late with a time older than the cutoff: skipped
+    land(11, hour=20)  # newer than the cutoff: read; then everything before hour 17 is forgotten
+    land(13, hour=30)  # lands in the same poll, 10 h later still: read too (cutoff of before the poll)
+    wait_for(lambda: job.progress["rows_in"] >= 120)
+    time.sleep(0.5)
     job.checkpoint()
-    assert finished() == ["part-11.parquet"]
+    assert finished() == ["part-13.parquet"]
     job.stop(savepoint=True)
 
     job = flow().start(workers=2, checkpoint_dir=str(tmp_path / "ck"))  # restored: the same bound
-    land(12, hour=21)
+    land(12, hour=31)
     wait_for(lambda: job.progress["rows_in"] >= 10)
     time.sleep(0.5)
     result = job.stop(savepoint=True)
-    assert result.rows_in == 10
-    assert finished() == ["part-11.parquet", "part-12.parquet"]
+    assert result.rows_in == 10  # neither the old files still in the folder nor part-10
+    assert finished() == ["part-12.parquet", "part-13.parquet"]
     rows = committed(tmp_path / "rows").sort("id")
-    assert rows["id"].to_list() == [i for n in (6, 7, 8, 9, 11, 12) for i in range(n * 10, n * 10 + 10)]
+    assert rows["id"].to_list() == [i for n in (*range(10), 11, 12, 13) for i in range(n * 10, n * 10 + 10)]
 
 
 # ---------------------------------------------------------------------- windows over a tailed file
@@ -381,3 +383,31 @@ def test_tailed_windows_late_and_malformed_rows_survive_a_kill_9(tmp_path: Path)
     assert late_rows["window_start"].to_list() == [start, start + timedelta(seconds=300)]
     bad = committed(tmp_path / "bad", "ndjson").sort("line")
     assert bad["line"].to_list() == sorted(i + 1 if i < rotate_at else i - rotate_at + 1 for i in WINDOW_BAD)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_watched_file_closes_its_windows_when_every_reader_goes_idle(tmp_path: Path, workers: int) -> None:
+    """One file lands; the reader that reads it goes idle right after (its split ended), as
+    do the others (no split at all). The windows its rows closed must still fire: with every
+    input idle, an operator advances to the highest watermark its inputs reached (as Flink)."""
+    from datetime import datetime, timedelta
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    flow = af.Flow("idle-readers")
+    lines = flow.watch(str(inbox), schema={"ts": pl.Datetime("us"), "host": pl.String}, poll_interval="100ms")
+    windows = lines.with_watermark("ts", delay="30s").key_by("host").window(af.tumbling("1m")).agg(n=pl.len())
+    windows.write_parquet(str(tmp_path / "out"))
+    job = flow.start(workers=workers)
+    try:
+        time.sleep(0.5)
+        ts = [datetime(2026, 1, 1, 10) + timedelta(seconds=i) for i in range(600)]
+        pl.DataFrame({"ts": ts, "host": ["h1"] * 600}).write_parquet(inbox / ".h1.parquet")
+        os.rename(inbox / ".h1.parquet", inbox / "h1.parquet")
+        # the watermark reaches 10:09:29: the nine windows up to 10:09 fire, the last stays open
+        wait_for(lambda: job.results(windows).height == 9, timeout=30)
+    finally:
+        job.stop()
+    got = job.results(windows).sort("window_start")
+    assert got["n"].to_list() == [60] * 9
+    assert got["window_start"].to_list() == [datetime(2026, 1, 1, 10, minute) for minute in range(9)]
