@@ -202,9 +202,12 @@ class CheckpointStorage:
                    f"({len(payload)} bytes, expected {entry['size']}; checksum mismatch)")
             raise CheckpointError(msg)
 
-    def latest(self, *, report: bool = True) -> Manifest | None:
-        """The newest checkpoint whose manifest and files verify; damaged ones are reported."""
+    def latest(self, *, report: bool = True, min_id: int = 0) -> Manifest | None:
+        """The newest checkpoint whose manifest and files verify; damaged ones are reported.
+        ``min_id``: none older than that (a restart considers only its own run's)."""
         for checkpoint_id in self.checkpoint_ids():
+            if checkpoint_id < min_id:
+                break
             try:
                 return self.read_manifest(checkpoint_id)
             except CheckpointError as exc:

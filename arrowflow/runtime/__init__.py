@@ -26,11 +26,12 @@ MAX_RESTARTS = 3
 RESTART_DELAY_S = 0.5
 
 
-def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, max_parallelism: int) -> Manifest | None:
+def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, max_parallelism: int,
+                   min_id: int = 0) -> Manifest | None:
     if storage is None or restore is None:
         return None
     if restore == "latest":
-        manifest = storage.latest()
+        manifest = storage.latest(min_id=min_id)
         if manifest is None:
             return None
     elif isinstance(restore, int) and not isinstance(restore, bool):
@@ -96,8 +97,11 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         storage.ensure()
     parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
     restarts = 0
+    # A restart goes back to this run's own newest checkpoint (or the one it started from),
+    # never to an older run's that happens to share the directory (restore=None, a restore by id).
+    min_restore_id = 0
     while True:
-        restored = _restore_point(storage, restore, plan, max_parallelism)
+        restored = _restore_point(storage, restore, plan, max_parallelism, min_restore_id)
         if restored is not None and restored.final:
             _recommit(plan, restored)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
@@ -106,6 +110,8 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             return result
         _prepare_sinks(plan, restored)
         existing = storage.checkpoint_ids() if storage is not None else []
+        if restarts == 0:
+            min_restore_id = restored.id if restored is not None else (max(existing) + 1 if existing else 1)
         coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
                                      max_parallelism=max_parallelism, first_id=(max(existing) + 1 if existing else 1))
         if control is not None:

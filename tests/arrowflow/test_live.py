@@ -372,3 +372,32 @@ def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path:
     assert time.monotonic() - started >= 1.0
     with pytest.raises(PlanError, match="never end"):
         lines.collect()
+
+
+@pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
+def test_a_restart_never_restores_an_older_runs_checkpoint(tmp_path: Path) -> None:
+    """A run started with restore=None in a directory holding another run's checkpoints, that
+    loses a worker before its own first checkpoint, restarts from scratch, not from those."""
+    df = events(30_000)
+
+    def build(out: str) -> tuple[af.Flow, Any]:
+        flow = af.Flow("restarting")
+        stream = flow.from_polars(df, splits=30).map_batches(slow)
+        stream.write_parquet(out)
+        return flow, stream
+
+    flow, _ = build(str(tmp_path / "out1"))
+    first = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms", batch_size=500)
+    wait_for(lambda: len(first.progress["checkpoints"]) >= 2, what="the first run's checkpoints")
+    first.stop()
+    flow, stream = build(str(tmp_path / "out2"))
+    job = flow.start(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="60s", batch_size=500,
+                     restore=None)
+    wait_for(lambda: job.results(stream).height > 3_000, what="rows of the second run")
+    pids = worker_pids()
+    assert len(pids) == 2, pids
+    os.kill(pids[1], signal.SIGKILL)
+    result = job.wait(180)
+    assert result.restarts == 1 and result.restored_from is None
+    assert_frame_equal_unordered(job.results(stream), df)
+    assert_frame_equal_unordered(pl.read_parquet(str(tmp_path / "out2" / "*.parquet")), df)
