@@ -77,7 +77,7 @@ class ProgressBar:
             else:
                 self.bar = _tqdm_class()(total=total, unit=" splits", **kwargs)
         checkpoints = len(coordinator.completed)
-        postfix = f"{checkpoints} checkpoints" if coordinator.storage is not None else ""
+        postfix = f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}" if coordinator.storage is not None else ""
         if self.unbounded:
             self.bar.update(max(0, rows - self.bar.n))
         else:
