@@ -427,6 +427,9 @@ class ExchangeOp(Operator):
 PARTIAL_ROWS = 1_000_000
 #: Keys an AggOp reads back from its store per emitted batch.
 EMIT_ROWS = 1_000_000
+#: Updated keys whose merged values an AggOp keeps for its next emission (beyond that it
+#: reads them back from the store, so a store larger than memory stays out of the heap).
+EMIT_CACHE_ROWS = 2_000_000
 
 
 class AggOp(Operator):
@@ -439,8 +442,11 @@ class AggOp(Operator):
         self.key_range = key_range
         self.store_context = context
         self.store: KeyedStore | None = None
+        # Keys updated since the last emission; while ``dirty_values`` is True each frame also
+        # holds the keys' merged state (what was put), so emitting needs no store read.
         self.dirty: list[pl.DataFrame] = []
         self.dirty_rows = 0
+        self.dirty_values = True
         self.partials: list[pl.DataFrame] = []
         self.partial_rows = 0
 
@@ -469,27 +475,35 @@ class AggOp(Operator):
         partials, self.partials, self.partial_rows = self.partials, [], 0
         partial = self.agg.combine(pl.concat(partials)) if len(partials) > 1 else partials[0]
         keys = partial.select(self.agg.keys)
-        merged = self.agg.merge(self.store.get(keys), partial)
+        merged = self.agg.merge(self.store.get(keys), partial).select(self.agg.state_schema.names())
         self.store.put(keys, merged)
-        self.dirty.append(keys)
         self.dirty_rows += keys.height
+        if self.dirty_values and self.dirty_rows > EMIT_CACHE_ROWS:
+            self.dirty = [frame.select(self.agg.keys) for frame in self.dirty]
+            self.dirty_values = False
+        self.dirty.append(pl.concat([keys, merged], how="horizontal") if self.dirty_values else keys)
         if self.dirty_rows > 4 * max(1_000_000, self.store.count()):
-            unique = pl.concat(self.dirty).unique()
+            unique = pl.concat(self.dirty).unique(self.agg.keys, keep="last")
             self.dirty, self.dirty_rows = [unique], unique.height
 
     def emit_updates(self) -> None:
-        """Emit the current value of every key updated since the last emission."""
+        """Emit the current value of every key updated since the last emission: the values
+        the merges put, kept while they are few, else read back from the store."""
         assert self.store is not None
         self.merge_partials()
         if not self.dirty:
             return
-        keys = pl.concat(self.dirty).unique(maintain_order=True) if len(self.dirty) > 1 else self.dirty[0]
-        self.dirty, self.dirty_rows = [], 0
+        dirty = self.dirty[0]
+        if len(self.dirty) > 1:  # a key merged twice: its last merge holds its current value
+            dirty = pl.concat(self.dirty).unique(self.agg.keys, keep="last", maintain_order=True)
+        cached = self.dirty_values
+        self.dirty, self.dirty_rows, self.dirty_values = [], 0, True
         # In slices, so a store larger than memory (lmdb, sql) is never read into the heap whole.
-        for offset in range(0, keys.height, EMIT_ROWS):
-            chunk = keys.slice(offset, EMIT_ROWS)
-            values = self.store.get(chunk).drop(FOUND)
-            self.emit(self.agg.finalize(pl.concat([chunk, values], how="horizontal")))
+        for offset in range(0, dirty.height, EMIT_ROWS):
+            chunk = dirty.slice(offset, EMIT_ROWS)
+            if not cached:
+                chunk = pl.concat([chunk, self.store.get(chunk).drop(FOUND)], how="horizontal")
+            self.emit(self.agg.finalize(chunk))
 
     def finish(self) -> None:
         self.emit_updates()
