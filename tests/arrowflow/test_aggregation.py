@@ -339,3 +339,23 @@ def test_property_partial_merge_finalize_equals_polars(df: pl.DataFrame, cuts: l
     partials = [agg.partial(df.slice(lo, hi - lo)) for lo, hi in itertools.pairwise(bounds)]
     combined = agg.combine(pl.concat(partials)) if partials else agg.partial(df)
     assert_frame_equal_unordered(agg.finalize(combined), df.group_by("k").agg(**aggs))
+
+
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
+def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
+        monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    """An AggOp emits the values its merges put while few keys changed, and reads them back
+    from its store beyond EMIT_CACHE_ROWS; both give polars' answer, every key once."""
+    import arrowflow.runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 5)  # a merge every few batches
+    for cache_rows in (10**9, 7):
+        monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", cache_rows)
+        flow = af.Flow("emit")
+        totals = flow.from_polars(EVENTS, splits=3).key_by("user").agg(
+            n=pl.len(), s=pl.col("amount").sum(), hi=pl.col("amount").max())
+        got = totals.collect(workers=0, batch_size=4, state=state)
+        assert got.select("user").is_duplicated().sum() == 0
+        assert_frame_equal_unordered(
+            got, EVENTS.group_by("user").agg(n=pl.len(), s=pl.col("amount").sum(), hi=pl.col("amount").max()),
+            rel_tol=1e-9, abs_tol=1e-6)
