@@ -648,11 +648,18 @@ class Stream:
         self.flow._validate(node)
 
     def write_parquet(self, path: str, *, mode: str = "overwrite", name: str | None = None,
-                      storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
-        """Write Parquet part files into directory ``path`` (exactly once; see README)."""
+                      storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None,
+                      compression: str = "zstd", compression_level: int | None = None) -> None:
+        """Write Parquet part files into directory ``path`` (exactly once; see README).
+
+        ``compression``: ``"zstd"`` (polars' default), ``"lz4"``, ``"snappy"`` (Spark's and
+        Flink's default), ``"gzip"``, ``"brotli"`` or ``"uncompressed"``; ``compression_level``
+        as polars' ``write_parquet``.
+        """
         from arrowflow.io.filesinks import FileSink
 
-        self._sink(FileSink("parquet", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+        self._sink(FileSink("parquet", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file,
+                            compression=compression, compression_level=compression_level), name)
 
     def write_csv(self, path: str, *, mode: str = "overwrite", name: str | None = None,
                   storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
@@ -667,10 +674,14 @@ class Stream:
         self._sink(FileSink("ndjson", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
 
     def write_ipc(self, path: str, *, mode: str = "overwrite", name: str | None = None,
-                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None,
+                  compression: str = "uncompressed") -> None:
+        """Write Arrow IPC part files; ``compression``: ``"uncompressed"`` (mapped without
+        decoding by any Arrow reader), ``"lz4"`` or ``"zstd"``."""
         from arrowflow.io.filesinks import FileSink
 
-        self._sink(FileSink("ipc", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+        self._sink(FileSink("ipc", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file,
+                            compression=compression), name)
 
     def write_database(self, url: str, *, table: str, mode: str = "append", key: str | Sequence[str] | None = None,
                        name: str | None = None) -> None:

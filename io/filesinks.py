@@ -56,22 +56,33 @@ def part_checkpoint(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _write(fmt: str, frame: pl.DataFrame, handle: Any) -> None:
+#: Codecs each format takes (``compression=``), the first being the default: polars'
+#: Parquet default (zstd) and uncompressed IPC, which any Arrow tool maps without decoding.
+COMPRESSIONS = {
+    "parquet": ("zstd", "lz4", "snappy", "gzip", "brotli", "uncompressed"),
+    "ipc": ("uncompressed", "lz4", "zstd"),
+}
+
+
+def _write(fmt: str, frame: pl.DataFrame, handle: Any, compression: str | None = None,
+           compression_level: int | None = None) -> None:
     if fmt == "parquet":
-        frame.write_parquet(handle, compression="zstd", statistics=True)
+        frame.write_parquet(handle, compression=compression or "zstd", compression_level=compression_level,  # type: ignore[arg-type]
+                            statistics=True)
     elif fmt == "csv":
         frame.write_csv(handle)
     elif fmt == "ndjson":
         frame.write_ndjson(handle)
     else:
-        frame.write_ipc(handle, compression="uncompressed")
+        frame.write_ipc(handle, compression=compression or "uncompressed")  # type: ignore[arg-type]
 
 
 class FileSink(Sink):
     """Part files of one format in directory ``path`` (any fsspec URL)."""
 
     def __init__(self, fmt: str, path: str, *, mode: str = "overwrite",
-                 storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None,
+                 compression: str | None = None, compression_level: int | None = None) -> None:
         if fmt not in EXTENSIONS:
             msg = f"unknown output format {fmt!r}; expected one of {sorted(EXTENSIONS)}"
             raise SinkError(msg)
@@ -88,6 +99,18 @@ class FileSink(Sink):
                                           or rows_per_file < 1):
             msg = f"{kind}(rows_per_file=...) must be a positive number of rows, got {rows_per_file!r}"
             raise SinkError(msg)
+        codecs = COMPRESSIONS.get(fmt, ())
+        if compression is not None and compression not in codecs:
+            allowed = f"one of {codecs}" if codecs else "not set: the format has no compression"
+            msg = f"{kind}(compression=...) must be {allowed}, got {compression!r}"
+            raise SinkError(msg)
+        if compression_level is not None and (fmt != "parquet" or isinstance(compression_level, bool)
+                                              or not isinstance(compression_level, int)):
+            msg = (f"{kind}(compression_level=...) is an integer for Parquet's zstd, gzip or brotli "
+                   f"(as polars' write_parquet), got {compression_level!r}")
+            raise SinkError(msg)
+        self.compression = compression
+        self.compression_level = compression_level
         self.format = fmt
         self.kind = kind
         self.path = path.rstrip("/")
@@ -223,7 +246,8 @@ class _FileWriter(SinkWriter):
             try:
                 self.fs.makedirs(f"{self.root}/{STAGING}", exist_ok=True)
                 with self.fs.open(path, "wb") as handle:
-                    _write(self.sink.format, frame.slice(offset, limit), handle)
+                    _write(self.sink.format, frame.slice(offset, limit), handle,
+                           self.sink.compression, self.sink.compression_level)
             except OSError as exc:
                 msg = f"{self.sink.kind}: cannot write {path!r}: {type(exc).__name__}: {exc}"
                 raise SinkError(msg) from exc

@@ -186,3 +186,47 @@ def test_memory_filesystem_round_trip(same_rows) -> None:
     fs = fsspec.filesystem("memory")
     assert all(p.rsplit("/", 1)[-1].startswith("part-") for p in fs.find("/af-sinks/out"))
     same_rows(af.Flow("back").read_ipc("memory://af-sinks/out").collect(), FRAME)
+
+
+@pytest.mark.parametrize(("compression", "codec"), [
+    (None, "ZSTD"), ("lz4", "LZ4"), ("snappy", "SNAPPY"), ("uncompressed", "UNCOMPRESSED"),
+])
+def test_parquet_parts_are_written_with_the_compression_asked_for(
+        tmp_path: Path, workers: int, same_rows, compression: str | None, codec: str) -> None:
+    import pyarrow.parquet
+
+    out = tmp_path / "out"
+    flow = af.Flow("codecs")
+    options = {} if compression is None else {"compression": compression}
+    flow.from_polars(FRAME, splits=2).write_parquet(str(out), **options)
+    flow.run(workers=workers, batch_size=4)
+    files = sorted(out.glob("*.parquet"))
+    assert files
+    for path in files:
+        meta = pyarrow.parquet.ParquetFile(path).metadata
+        assert {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
+                for c in range(meta.num_columns)} == {codec}
+    same_rows(read_committed(out), FRAME)
+
+
+def test_ipc_parts_compressed_with_zstd_are_smaller_and_read_back(tmp_path: Path, same_rows) -> None:
+    repetitive = pl.DataFrame({"k": [1] * 50_000, "s": ["the same text"] * 50_000})
+    sizes = {}
+    for compression in ("uncompressed", "zstd"):
+        flow = af.Flow("ipc-codecs")
+        flow.from_polars(repetitive).write_ipc(str(tmp_path / compression), compression=compression)
+        flow.run(workers=0)
+        files = [p for p in (tmp_path / compression).iterdir() if p.is_file()]
+        sizes[compression] = sum(p.stat().st_size for p in files)
+        same_rows(pl.concat([pl.read_ipc(p) for p in files]), repetitive)
+    assert sizes["zstd"] * 20 < sizes["uncompressed"], sizes
+
+
+def test_unknown_compression_is_refused_when_the_flow_is_built(tmp_path: Path) -> None:
+    flow = af.Flow("bad-codec")
+    with pytest.raises(SinkError, match=r"compression=\.\.\.\) must be one of .*'zstd'.*got 'zip'"):
+        flow.from_polars(FRAME).write_parquet(str(tmp_path / "a"), compression="zip")
+    with pytest.raises(SinkError, match="compression_level"):
+        flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression_level="high")  # type: ignore[arg-type]
+    with pytest.raises(SinkError, match="must be one of"):
+        flow.from_polars(FRAME).write_ipc(str(tmp_path / "c"), compression="snappy")
