@@ -97,11 +97,17 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         storage.ensure()
     parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
     restarts = 0
-    # A restart goes back to this run's own newest checkpoint (or the one it started from),
-    # never to an older run's that happens to share the directory (restore=None, a restore by id).
-    min_restore_id = 0
+    # A restart goes back to this run's own newest checkpoint, else to the one it started from
+    # (or to nothing), never to another run's that happens to share the directory.
+    own_first_id = 0
+    started_from: int | None = None
     while True:
-        restored = _restore_point(storage, restore, plan, max_parallelism, min_restore_id)
+        if restarts == 0:
+            restored = _restore_point(storage, restore, plan, max_parallelism)
+        else:
+            restored = _restore_point(storage, "latest", plan, max_parallelism, own_first_id)
+            if restored is None and started_from is not None:
+                restored = _restore_point(storage, started_from, plan, max_parallelism)
         if restored is not None and restored.final:
             _recommit(plan, restored)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
@@ -110,10 +116,11 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             return result
         _prepare_sinks(plan, restored)
         existing = storage.checkpoint_ids() if storage is not None else []
+        first_id = max(existing) + 1 if existing else 1
         if restarts == 0:
-            min_restore_id = restored.id if restored is not None else (max(existing) + 1 if existing else 1)
+            own_first_id, started_from = first_id, (restored.id if restored is not None else None)
         coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
-                                     max_parallelism=max_parallelism, first_id=(max(existing) + 1 if existing else 1))
+                                     max_parallelism=max_parallelism, first_id=first_id)
         if control is not None:
             control.attach(coordinator)
         context = RuntimeContext(storage=storage)
@@ -140,7 +147,6 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             restarts += 1
             warnings.warn(f"flow {plan.flow_name!r}: {str(exc).splitlines()[0]}; restarting from the newest "
                           f"checkpoint (restart {restarts} of at most {max_restarts})", stacklevel=2)
-            restore = "latest"
             time.sleep(RESTART_DELAY_S)
             continue
         result.restarts = restarts

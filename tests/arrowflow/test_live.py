@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
+from arrowflow.checkpoint import CheckpointStorage
 from arrowflow.errors import ArrowflowError, PlanError
 from arrowflow.io.files import FileSource
 from arrowflow.testing import CollectingSink, assert_frame_equal_unordered
@@ -372,6 +373,28 @@ def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path:
     assert time.monotonic() - started >= 1.0
     with pytest.raises(PlanError, match="never end"):
         lines.collect()
+
+
+@pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
+def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Path) -> None:
+    """A run restored from an older checkpoint (by id) that loses a worker before its own
+    first checkpoint restarts from that same checkpoint, not from a newer one of another run."""
+    df = events(30_000)
+    flow = af.Flow("restarting")
+    flow.from_polars(df, splits=30).map_batches(slow).write_parquet(str(tmp_path / "out"))
+    first = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms", batch_size=500)
+    wait_for(lambda: len(first.progress["checkpoints"]) >= 3, what="the first run's checkpoints")
+    first.stop()
+    oldest = CheckpointStorage(str(tmp_path / "ckpt")).checkpoint_ids()[-1]
+    assert oldest < CheckpointStorage(str(tmp_path / "ckpt")).checkpoint_ids()[0]
+    job = flow.start(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="60s", batch_size=500,
+                     restore=oldest)
+    wait_for(lambda: job.progress["rows_in"] > 3_000, what="rows of the second run")
+    pids = worker_pids()
+    assert len(pids) == 2, pids
+    os.kill(pids[1], signal.SIGKILL)
+    result = job.wait(180)
+    assert result.restarts == 1 and result.restored_from == oldest
 
 
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
