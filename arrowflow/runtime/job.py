@@ -220,17 +220,23 @@ class JobCoordinator:
             finished = {split for split in finished if self.enumerator.remembered(op.id, split)}
             state[op.id] = {"finished": sorted(finished), "positions": positions,
                             **self.enumerator.ages_state(op.id, finished)}
-        self._forget(state)
+        self._forget()
         return state
 
-    def _forget(self, state: dict[str, Any]) -> None:
-        """Keep the coordinator's own record of finished splits as small as the checkpoint's."""
+    def _forget(self) -> None:
+        """Drop from the coordinator's own record the finished splits the age bound forgot.
+
+        (Not "the splits this checkpoint lists": a split a worker finished after its ack, while
+        other acks were still coming, belongs to the next checkpoint and must stay recorded.)
+        """
         for source_id in self.enumerator.max_age:
-            kept = set(state[source_id]["finished"])
-            self.base_finished[source_id] = {s for s in self.base_finished.get(source_id, ()) if s in kept}
+            def kept(split: str, source_id: str = source_id) -> bool:
+                return self.enumerator.remembered(source_id, split)
+
+            self.base_finished[source_id] = {s for s in self.base_finished.get(source_id, ()) if kept(s)}
             for by_source in self.finished_by.values():
                 if source_id in by_source:
-                    by_source[source_id] = [s for s in by_source[source_id] if s in kept]
+                    by_source[source_id] = [s for s in by_source[source_id] if kept(s)]
 
     def _write_checkpoint(self, checkpoint_id: int, acks: list[dict[str, Any]],
                           staged: dict[str, list[Any]], *, final: bool) -> None:

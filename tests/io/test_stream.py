@@ -411,3 +411,37 @@ def test_watched_file_closes_its_windows_when_every_reader_goes_idle(tmp_path: P
     got = job.results(windows).sort("window_start")
     assert got["n"].to_list() == [60] * 9
     assert got["window_start"].to_list() == [datetime(2026, 1, 1, 10, minute) for minute in range(9)]
+
+
+def test_a_watched_file_finished_between_two_acks_stays_finished(tmp_path: Path) -> None:
+    """Worker 0 acks checkpoint 1, then finishes a file, then worker 1 acks: the file belongs
+    to checkpoint 2 (its rows came after worker 0's barrier) and must be listed finished there,
+    or a restore from checkpoint 2 reads it again."""
+    from arrowflow.checkpoint import CheckpointStorage
+    from arrowflow.runtime.job import JobCoordinator
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for name in ("a", "b"):
+        pl.DataFrame({"id": [1, 2]}).write_parquet(inbox / f"{name}.parquet")
+    flow = af.Flow("acks")
+    flow.watch(str(inbox), schema={"id": pl.Int64}).write_parquet(str(tmp_path / "out"))
+    plan = flow.plan()
+    source = plan.sources[0].id
+    storage = CheckpointStorage(str(tmp_path / "ck"))
+    storage.ensure()
+    coordinator = JobCoordinator(plan, 2, storage=storage, trigger=None, restored=None, max_parallelism=128)
+    coordinator.enumerator.discover()
+    split, _ = coordinator.next_split(source, 0)
+    empty = {"positions": {}, "state": [], "staged": {}}
+    coordinator.request_checkpoint()
+    assert coordinator.poll() == 1
+    coordinator.ack(0, 1, dict(empty))
+    coordinator.split_done(source, split.split_id, 0)  # after worker 0's barrier
+    coordinator.ack(1, 1, dict(empty))
+    assert split.split_id not in storage.read_manifest(1).sources[source]["finished"]
+    coordinator.request_checkpoint()
+    assert coordinator.poll() == 2
+    coordinator.ack(0, 2, dict(empty))
+    coordinator.ack(1, 2, dict(empty))
+    assert split.split_id in storage.read_manifest(2).sources[source]["finished"]
