@@ -169,6 +169,33 @@ class StateBackend(abc.ABC):
 # ---------------------------------------------------------------- helpers for backends
 
 
+def join_on_keys(left: pl.DataFrame, right: pl.DataFrame, keys: list[str], how: str,
+                 **options: Any) -> pl.DataFrame:
+    """``left.join(right, on=keys, how=how, nulls_equal=True)`` where a NaN key matches NaN.
+
+    polars' hash join does not reliably match NaN with NaN (a one-row probe misses it, and so
+    does a two-row one built by ``concat``). When a float key column of the smaller side holds
+    a NaN (the only case where NaN keys can meet), float keys are joined as (value with NaN as
+    0.0, is NaN) instead; otherwise this is the plain join.
+    """
+    small = left if left.height <= right.height else right
+    floats = [k for k in keys if small.schema[k].is_float() and small.get_column(k).is_nan().any()]
+    if not floats:
+        return left.join(right, on=keys, how=how, nulls_equal=True, **options)  # type: ignore[arg-type]
+
+    def joinable(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            *(pl.col(k).fill_nan(0.0).alias(f"__nan_free.{k}") for k in floats),
+            *(pl.col(k).is_nan().alias(f"__is_nan.{k}") for k in floats),
+        )
+
+    on = [*(k for k in keys if k not in floats), *(f"__nan_free.{k}" for k in floats),
+          *(f"__is_nan.{k}" for k in floats)]
+    joined = joinable(left).join(joinable(right).drop(floats), on=on, how=how,  # type: ignore[arg-type]
+                                 nulls_equal=True, **options)
+    return joined.drop([c for c in joined.columns if c.startswith(("__nan_free.", "__is_nan."))])
+
+
 def checked_write(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> tuple[int, str]:
     """Write ``payload`` to ``path`` (creating parents) and return (size, sha256 hex)."""
     parent = path.rsplit("/", 1)[0]

@@ -55,6 +55,7 @@ from arrowflow.state import (
     StoreSpec,
     checked_write,
     ipc_bytes,
+    join_on_keys,
     read_ipc_bytes,
     read_verified,
 )
@@ -89,9 +90,9 @@ class ArrowStore(KeyedStore):
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if self.table.height == 0:
             return self.spec.empty_values(keys.height)
-        joined = keys.select(self.spec.key_columns).join(
-            self.table.drop(KEY_GROUP).with_columns(pl.lit(True).alias(FOUND)),
-            on=self.spec.key_columns, how="left", nulls_equal=True, maintain_order="left",
+        joined = join_on_keys(
+            keys.select(self.spec.key_columns), self.table.drop(KEY_GROUP).with_columns(pl.lit(True).alias(FOUND)),
+            self.spec.key_columns, "left", maintain_order="left",
         )
         return joined.select([*self.spec.value_columns, pl.col(FOUND).fill_null(False)])
 
@@ -106,7 +107,7 @@ class ArrowStore(KeyedStore):
             how="horizontal",
         )
         if self.table.height:
-            kept = self.table.join(keys, on=self.spec.key_columns, how="anti", nulls_equal=True)
+            kept = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
             rows = pl.concat([kept, rows], how="vertical")
         self.table = rows
         self._chunks += 1
@@ -118,7 +119,7 @@ class ArrowStore(KeyedStore):
         if keys.height == 0 or self.table.height == 0:
             return
         self._mark(self._groups(keys))
-        self.table = self.table.join(keys, on=self.spec.key_columns, how="anti", nulls_equal=True)
+        self.table = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
 
     def scan(self) -> Iterator[pl.DataFrame]:
         if self.table.height:

@@ -22,6 +22,7 @@ from arrowflow.state import (
     StoreSpec,
     checked_write,
     ipc_bytes,
+    join_on_keys,
     read_ipc_bytes,
     read_verified,
 )
@@ -32,37 +33,18 @@ class MemoryStore(KeyedStore):
         super().__init__(spec, key_groups_owned)
         self.table = pl.DataFrame(schema={**spec.key_schema, **spec.value_schema})
         self._chunks = 0
-        # polars' hash joins do not reliably match a NaN key with NaN (a small probe side may
-        # miss it), so float keys are joined as (value with NaN as 0.0, is NaN) instead.
-        self._floats = [name for name, dtype in spec.key_schema.items() if dtype.is_float()]
-
-    def _joinable(self, frame: pl.DataFrame) -> pl.DataFrame:
-        if not self._floats:
-            return frame
-        return frame.with_columns(
-            *(pl.col(name).fill_nan(0.0).alias(f"__nan_free.{name}") for name in self._floats),
-            *(pl.col(name).is_nan().alias(f"__is_nan.{name}") for name in self._floats),
-        )
-
-    def _join(self, left: pl.DataFrame, right: pl.DataFrame, how: str, **options: object) -> pl.DataFrame:
-        if not self._floats:
-            return left.join(right, on=self.spec.key_columns, how=how, nulls_equal=True, **options)  # type: ignore[arg-type]
-        on = [*(k for k in self.spec.key_columns if k not in self._floats),
-              *(f"__nan_free.{k}" for k in self._floats), *(f"__is_nan.{k}" for k in self._floats)]
-        right = self._joinable(right).drop(self._floats)
-        joined = self._joinable(left).join(right, on=on, how=how, nulls_equal=True, **options)  # type: ignore[arg-type]
-        return joined.drop([c for c in joined.columns if c.startswith(("__nan_free.", "__is_nan."))])
 
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if self.table.height == 0:
             return self.spec.empty_values(keys.height)
-        joined = self._join(keys, self.table.with_columns(pl.lit(True).alias(FOUND)), "left", maintain_order="left")
+        joined = join_on_keys(keys, self.table.with_columns(pl.lit(True).alias(FOUND)), self.spec.key_columns,
+                              "left", maintain_order="left")
         return joined.select([*self.spec.value_columns, pl.col(FOUND).fill_null(False)])
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         rows = pl.concat([keys, values.select(self.spec.value_columns)], how="horizontal")
         if self.table.height:
-            kept = self._join(self.table, keys.select(self.spec.key_columns), "anti")
+            kept = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
             rows = pl.concat([kept, rows], how="vertical")
         self.table = rows
         self._chunks += 1
@@ -72,7 +54,7 @@ class MemoryStore(KeyedStore):
 
     def delete(self, keys: pl.DataFrame) -> None:
         if self.table.height:
-            self.table = self._join(self.table, keys.select(self.spec.key_columns), "anti")
+            self.table = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
 
     def scan(self) -> Iterator[pl.DataFrame]:
         if self.table.height:

@@ -173,8 +173,8 @@ def _values_strategy(kind: str, capabilities: Capabilities, *, key: bool) -> st.
     values = _SCALARS[kind][1]
     if kind == "float64":
         # NaN keys are left out of the generated sequences; NaN keys are covered by
-        # test_every_type_round_trips and, in one-row batches (where polars' 1-row x 1-row
-        # join needs the memory store's workaround), by tests/arrowflow/test_aggregation.py.
+        # test_every_type_round_trips and, one key per store call (where polars' join needs
+        # arrowflow.state.join_on_keys), on every backend by tests/arrowflow/test_aggregation.py.
         values = st.floats(allow_nan=capabilities.nan and not key, width=64)
         if key:  # polars joins treat -0.0 and 0.0 as one key: generate one of them
             values = values.map(lambda x: 0.0 if x == 0 else x)
