@@ -227,15 +227,21 @@ _JOB = textwrap.dedent("""
 """)
 
 
+def write_parts(df: pl.DataFrame, folder: Path, parts: int) -> Path:
+    """``df`` in ``parts`` Parquet files of equal height, in row order, in a new ``folder``."""
+    folder.mkdir()
+    size = -(-df.height // parts)
+    for part in range(parts):
+        df.slice(part * size, size).write_parquet(folder / f"part-{part}.parquet")
+    return folder
+
+
 @pytest.mark.parametrize(("workers", "state", "fault"), [(2, "memory", "after_manifest@3"),
                                                          (0, "lmdb", "during_snapshot@3")])
 def test_kill_9_then_restore_fires_every_window_exactly_once(tmp_path: Path, workers: int, state: str,
                                                             fault: str) -> None:
     df = events(120_000, users=300, seed=13, span_ms=4 * 3_600_000)
-    input_dir = tmp_path / "in"
-    input_dir.mkdir()
-    for part in range(4):
-        df.slice(part * 30_000, 30_000).write_parquet(input_dir / f"part-{part}.parquet")
+    input_dir = write_parts(df, tmp_path / "in", 4)
     script = tmp_path / "job.py"
     script.write_text(_JOB)
     args = [sys.executable, str(script), str(input_dir), str(tmp_path / "out"), str(tmp_path / "ckpt"),
@@ -293,10 +299,7 @@ def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
     df = with_late_events(seed=21)
     df = pl.concat([df, events(60_000, users=150, seed=22, span_ms=3_600_000, jitter_ms=1000)
                     .with_columns(pl.col("ts") + pl.duration(hours=2))])
-    input_dir = tmp_path / "in"
-    input_dir.mkdir()
-    for part in range(4):
-        df.slice(part * 16_000, 16_000).write_parquet(input_dir / f"part-{part}.parquet")
+    input_dir = write_parts(df, tmp_path / "in", 4)
     script = tmp_path / "job.py"
     script.write_text(_RESTORE_JOB)
     config = {"input": str(input_dir), "out": str(tmp_path / "out"), "late": str(tmp_path / "late"),
