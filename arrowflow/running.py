@@ -113,7 +113,6 @@ class Job:
         self.result: RunResult | None = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
-        self.started_at = time.time()
         self.ended: float | None = None
         self.samples: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._main, args=(run, kwargs), name=f"arrowflow-job-{name}",

@@ -221,9 +221,6 @@ class _WindowBase(Operator):
     def finish(self) -> None:
         self.fire(None)
 
-    def flush(self) -> None:
-        """Move what the heap holds into the store."""
-
     def take_due(self, limit: int | None) -> list[pl.DataFrame]:
         """Remove and return the stored windows with ``end <= limit`` (None: all), as frames
         of keys, window_start then the state columns."""

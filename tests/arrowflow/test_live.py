@@ -269,7 +269,7 @@ def test_head_of_an_aggregation_reads_everything_and_is_right() -> None:
     head = agg.head(5)
     assert head.height == 5
     expected = df.group_by("user").agg(n=pl.len())
-    assert head.join(expected, on="user").filter(pl.col("n") != pl.col("n_right")).height == 0
+    assert head.join(expected, on=["user", "n"], how="semi").height == 5, "every row is a user's total"
 
 
 # ---------------------------------------------------------------------- progress bars
@@ -344,7 +344,9 @@ def test_checkpoints_and_state_as_dataframes_and_sql(tmp_path: Path) -> None:
     job.wait(120)
     listing = job.checkpoints()
     assert listing.height >= 1 and listing.get_column("final").to_list()[-1] is True
-    assert_frame_equal_unordered(listing, af.list_checkpoints(ckpt))
+    on_disk = sorted(int(p.parent.name.removeprefix("chk-")) for p in (tmp_path / "ckpt").glob("chk-*/_MANIFEST.json"))
+    assert on_disk  # the manifests written; the listing shows exactly those
+    assert sorted(listing.get_column("id").to_list()) == on_disk
     expected = df.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
     assert_frame_equal_unordered(job.state("per-user"), expected, check_dtypes=False)
     top = job.query_state('SELECT "user", n FROM "per-user" ORDER BY n DESC, "user" LIMIT 3')

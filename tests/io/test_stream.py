@@ -285,7 +285,6 @@ WINDOW_WRITER = textwrap.dedent("""
     out.close()
 """)
 WINDOW_BAD = {250, 700, 1300}
-WINDOW_SCHEMA = {"ts": pl.Datetime("us"), "user": pl.Int64, "amount": pl.Float64}
 WINDOW_FLOW = """
 import polars as pl
 import arrowflow as af
