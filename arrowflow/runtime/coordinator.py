@@ -43,6 +43,10 @@ class SplitEnumerator:
         self.mtimes: dict[str, dict[str, float]] = {s: dict((ages or {}).get(s, {}).get("mtimes", {}))
                                                     for s in self.max_age}
         self.newest: dict[str, float | None] = {s: (ages or {}).get(s, {}).get("newest") for s in self.max_age}
+        # The oldest mtime among splits a restored checkpoint had found but not finished: they
+        # are read after a restore however old, until the first poll has found them again.
+        self.floor: dict[str, float | None] = {s: (ages or {}).get(s, {}).get("unfinished_floor")
+                                               for s in self.max_age}
         for op in plan.sources:
             self.pending[op.id] = deque()
             self.assigned[op.id] = {}
@@ -80,14 +84,28 @@ class SplitEnumerator:
                     self.pending[op.id].append(split)
                     self.total[op.id] += 1
             if aged:
+                self.floor[op.id] = None  # the restored unfinished splits are found again (or gone)
                 after = self.cutoff(op.id)
                 if after is not None:
                     self.forget_older(op.id, after)
 
     def cutoff(self, source_id: str) -> float | None:
-        """Modification time below which a split of an age-bounded source is forgotten."""
+        """Modification time below which a split of an age-bounded source is forgotten: the
+        newest seen minus the age, but never above a split found and not finished yet (a
+        backlog that a fresh start began to read is read to the end, also across restores)."""
         newest = self.newest.get(source_id)
-        return None if newest is None else newest - self.max_age[source_id]
+        if newest is None:
+            return None
+        floor = self.unfinished_floor(source_id)
+        return newest - self.max_age[source_id] if floor is None else min(newest - self.max_age[source_id], floor)
+
+    def unfinished_floor(self, source_id: str, finished: set[str] | None = None) -> float | None:
+        """The oldest mtime of a split found but not in ``finished`` (default: not finished)."""
+        done = self.finished[source_id] if finished is None else finished
+        times = [m for split, m in self.mtimes[source_id].items() if split not in done]
+        if self.floor.get(source_id) is not None:
+            times.append(self.floor[source_id])  # type: ignore[arg-type]
+        return min(times) if times else None
 
     def forget_older(self, source_id: str, cutoff: float) -> None:
         mtimes = self.mtimes[source_id]
@@ -108,7 +126,8 @@ class SplitEnumerator:
             return {}
         mtimes = self.mtimes[source_id]
         return {"newest": self.newest[source_id],
-                "mtimes": {split: mtimes[split] for split in sorted(finished) if split in mtimes}}
+                "mtimes": {split: mtimes[split] for split in sorted(finished) if split in mtimes},
+                "unfinished_floor": self.unfinished_floor(source_id, finished)}
 
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | str | None:
         queue = self.pending[source_id]

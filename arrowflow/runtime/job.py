@@ -58,7 +58,8 @@ class JobCoordinator:
             for source_id, offsets in restored.sources.items():
                 positions[source_id] = dict(offsets.get("positions", {}))
                 finished[source_id] = set(offsets.get("finished", []))
-                ages[source_id] = {"newest": offsets.get("newest"), "mtimes": offsets.get("mtimes", {})}
+                ages[source_id] = {"newest": offsets.get("newest"), "mtimes": offsets.get("mtimes", {}),
+                                   "unfinished_floor": offsets.get("unfinished_floor")}
         self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished, ages=ages)
         self.base_finished = {op.id: set(finished.get(op.id, ())) for op in plan.sources}
         self.finished_by: dict[int, dict[str, list[str]]] = {w: {} for w in range(parallelism)}
