@@ -75,9 +75,6 @@ def operator_frame(rows: list[dict[str, Any]], now: float | None = None) -> pl.D
     if not rows:
         return pl.DataFrame(schema={**columns, "watermark": pl.Datetime("us", "UTC"), "lag_s": pl.Float64})
     frame = pl.from_dicts(rows, infer_schema_length=None)
-    order = {}
-    for row in rows:
-        order.setdefault(row["operator"], len(order))
     extra = [c for c, t in frame.schema.items()
              if c not in columns and c not in ("worker", "watermark_us") and t.is_numeric()]
     if "watermark_us" not in frame.columns:
@@ -91,8 +88,6 @@ def operator_frame(rows: list[dict[str, Any]], now: float | None = None) -> pl.D
         frame.group_by("operator", "kind", maintain_order=True)
         .agg([pl.col(c).sum() for c in ("rows_in", "rows_out", "batches_in", *extra)]
              + [pl.col("watermark_us").min()])
-        .with_columns(pl.col("operator").replace_strict(order, default=0).alias("_order"))
-        .sort("_order").drop("_order")
         .with_columns(
             pl.col("watermark_us").cast(pl.Datetime("us", "UTC")).alias("watermark"),
             ((now_us - pl.col("watermark_us")) / 1e6).alias("lag_s"))

@@ -26,14 +26,12 @@ class RunResult:
         """Per-operator counts summed over workers: rows in and out, batches, malformed."""
         if not self.operator_metrics:
             return pl.DataFrame()
-        frame = pl.DataFrame(self.operator_metrics)
-        order = {row["operator"]: i for i, row in enumerate(self.operator_metrics)}
-        numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c != "worker"]
-        return (
-            frame.group_by("operator", "kind").agg([pl.col(c).sum() for c in numeric])
-            .with_columns(pl.col("operator").replace_strict(order, default=0).alias("_order"))
-            .sort("_order").drop("_order")
-        )
+        frame = pl.from_dicts(self.operator_metrics, infer_schema_length=None)
+        numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c not in ("worker", "watermark_us")]
+        # An operator's watermark is the lowest of its workers' (summing them meant nothing).
+        watermark = [pl.col("watermark_us").min()] if "watermark_us" in frame.columns else []
+        return frame.group_by("operator", "kind", maintain_order=True).agg(
+            [pl.col(c).sum() for c in numeric] + watermark)
 
     def _sum(self, kind: str, column: str) -> int:
         return int(sum(m[column] for m in self.operator_metrics if m["kind"] == kind))
