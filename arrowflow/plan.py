@@ -82,7 +82,7 @@ class Plan:
         for op in self.ops:
             if op.stateful:
                 prints[op.id] = fingerprint_of(_fingerprint_entry(op))
-            elif op.kind == "sink" and getattr(op.params["sink"], "transient", False):
+            elif op.kind == "sink" and op.params["sink"].transient:
                 continue  # a live-results tap: not part of what a checkpoint restores
             elif op.kind in ("source", "sink"):
                 prints[op.id] = fingerprint_of([op.id, op.kind])

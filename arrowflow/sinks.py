@@ -48,6 +48,9 @@ class Sink(abc.ABC):
     #: False for sinks that keep rows in this process (collect, results): their staged
     #: output is not written into checkpoint manifests (a restore cannot bring it back).
     durable: bool = True
+    #: True for sinks the runtime adds that are not part of the flow (live-results taps): left
+    #: out of operator fingerprints and of the run's metrics.
+    transient: bool = False
 
     def validate(self, schema: pl.Schema, operator_id: str) -> None:  # noqa: B027 - optional hook
         """Called at plan time with the incoming schema; raise a SchemaError to refuse it."""

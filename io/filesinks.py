@@ -62,19 +62,21 @@ COMPRESSIONS = {
     "parquet": ("zstd", "lz4", "snappy", "gzip", "brotli", "uncompressed"),
     "ipc": ("uncompressed", "lz4", "zstd"),
 }
+#: The Parquet codecs that take a ``compression_level``, with its range (as polars).
+LEVELS = {"zstd": range(1, 23), "gzip": range(0, 10), "brotli": range(0, 12)}
 
 
-def _write(fmt: str, frame: pl.DataFrame, handle: Any, compression: str | None = None,
-           compression_level: int | None = None) -> None:
+def _write(fmt: str, frame: pl.DataFrame, handle: Any, compression: str | None,
+           compression_level: int | None) -> None:
     if fmt == "parquet":
-        frame.write_parquet(handle, compression=compression or "zstd", compression_level=compression_level,  # type: ignore[arg-type]
+        frame.write_parquet(handle, compression=compression, compression_level=compression_level,  # type: ignore[arg-type]
                             statistics=True)
     elif fmt == "csv":
         frame.write_csv(handle)
     elif fmt == "ndjson":
         frame.write_ndjson(handle)
     else:
-        frame.write_ipc(handle, compression=compression or "uncompressed")  # type: ignore[arg-type]
+        frame.write_ipc(handle, compression=compression)  # type: ignore[arg-type]
 
 
 class FileSink(Sink):
@@ -104,11 +106,15 @@ class FileSink(Sink):
             allowed = f"one of {codecs}" if codecs else "not set: the format has no compression"
             msg = f"{kind}(compression=...) must be {allowed}, got {compression!r}"
             raise SinkError(msg)
-        if compression_level is not None and (fmt != "parquet" or isinstance(compression_level, bool)
-                                              or not isinstance(compression_level, int)):
-            msg = (f"{kind}(compression_level=...) is an integer for Parquet's zstd, gzip or brotli "
-                   f"(as polars' write_parquet), got {compression_level!r}")
-            raise SinkError(msg)
+        if codecs and compression is None:
+            compression = codecs[0]
+        if compression_level is not None:
+            levels = LEVELS.get(compression) if fmt == "parquet" else None  # type: ignore[arg-type]
+            if levels is None or isinstance(compression_level, bool) or compression_level not in levels:
+                ranges = ", ".join(f"{c} {r.start}-{r.stop - 1}" for c, r in LEVELS.items())
+                msg = (f"{kind}(compression_level=...) takes an integer level for Parquet's {ranges} "
+                       f"(as polars' write_parquet); got {compression_level!r} with compression={compression!r}")
+                raise SinkError(msg)
         self.compression = compression
         self.compression_level = compression_level
         self.format = fmt

@@ -151,7 +151,7 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             continue
         result.restarts = restarts
         # Live-results taps (flow.start) are not the user's operators: their rows are no output.
-        taps = {op.id for op in plan.ops if op.kind == "sink" and getattr(op.params["sink"], "transient", False)}
+        taps = {op.id for op in plan.ops if op.kind == "sink" and op.params["sink"].transient}
         if taps:
             result.operator_metrics = [m for m in result.operator_metrics if m["operator"] not in taps]
         result.restored_from = restored.id if restored is not None else None

@@ -228,5 +228,10 @@ def test_unknown_compression_is_refused_when_the_flow_is_built(tmp_path: Path) -
         flow.from_polars(FRAME).write_parquet(str(tmp_path / "a"), compression="zip")
     with pytest.raises(SinkError, match="compression_level"):
         flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression_level="high")  # type: ignore[arg-type]
+    with pytest.raises(SinkError, match=r"zstd 1-22.*got 30"):  # polars would refuse it only when writing
+        flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression_level=30)
+    with pytest.raises(SinkError, match="compression='snappy'"):  # a level snappy would silently ignore
+        flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression="snappy", compression_level=3)
+    flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression="gzip", compression_level=9)
     with pytest.raises(SinkError, match="must be one of"):
         flow.from_polars(FRAME).write_ipc(str(tmp_path / "c"), compression="snappy")
