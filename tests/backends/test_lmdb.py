@@ -253,6 +253,9 @@ def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path, monkeypatch
     got = store.get(probe)
     assert got.equals(memory.get(probe))
     assert got.get_column("__found").sum() == 100
+    # straight from the input frames, not through another store: the values put, in probe order
+    present = got.filter(pl.col("__found")).drop("__found")
+    assert present.equals(pl.concat([values[350:400], values[:50]]))
     assert got.schema == pl.Schema({**FIXED_VALUES, "__found": pl.Boolean})
     bumped = got.drop("__found").with_columns(pl.col("n").fill_null(0) + 1)
     for target in stores:  # a keyed operator's put of the keys it just got
