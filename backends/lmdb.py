@@ -14,17 +14,23 @@ State it keeps, per store (one LMDB environment, two named databases):
   a snapshot file describes itself.
 
 Protocol per batch: ``get`` is one read transaction that looks up every key of the batch;
-``put`` and ``delete`` are one write transaction each (``putmulti`` through a cursor), so a
-batch is applied entirely or not at all. Keys are encoded and values decoded with numpy over
-whole columns; the only per-row work is the ``bytes`` object per key and value that the
-binding needs and its own C loop over them (``benchmarks/bench_state.py`` measures the
-split). A batch is visited in the order the B-tree keeps its keys (a radix sort on their
-first bytes), which halves the cost on a large store; nothing else depends on key order.
-The ``put`` that follows a ``get`` of the same keys (a keyed operator's read-modify-write)
-reuses the get's encoded keys, order and ``bytes`` objects. When every value column has a
-fixed width, a lookup of a missing key returns a placeholder row of the same width (tag
-bytes 0xff, which no stored row has), so a batch's values are one ``b"".join`` and decode
-as one numpy matrix, with no Arrow array built row by row.
+``put`` and ``delete`` are one write transaction each, so a batch is applied entirely or not
+at all. Keys are encoded and values decoded with numpy over whole columns, and the batch
+reaches LMDB as two buffers (the encoded rows and their offsets): the C extension
+``arrowflow.backends._lmdbc`` (``_lmdbc.c``, built with a vendored LMDB) loops over them with
+one cursor, the GIL released, with no Python object per key. A batch is visited in the order
+the B-tree keeps its keys (a radix sort on their first bytes), which halves the cost on a
+large store; nothing else depends on key order. The ``put`` that follows a ``get`` of the
+same keys (a keyed operator's read-modify-write) reuses the get's encoded keys and order.
+When every value column has a fixed width, a lookup of a missing key returns a placeholder
+row of the same width (tag bytes 0xff, which no stored row has), so a batch's values are one
+buffer that decodes as one numpy matrix; a stored value of another width is reported as
+damage, never decoded misaligned.
+
+Drivers: ``LmdbBackend(driver=...)`` is ``"c"`` (the extension) or ``"py"`` (the same calls
+on the ``lmdb`` Python binding, about half as fast, for an install that had no C compiler);
+the default is the extension when it is built, or ``$ARROWFLOW_LMDB_DRIVER``. Both keep the
+same files, so either reads the other's snapshots.
 
 Memory: the environment is opened with ``writemap``, so a write transaction's dirty pages
 live in the file-backed map, not on the heap (without it, a batch that touches 100k pages
@@ -62,7 +68,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from itertools import islice, repeat
-from operator import itemgetter
 from typing import Any
 
 import fsspec
@@ -96,12 +101,9 @@ from ._rowcodec import Encoded, RowCodec
 
 FORMAT = b"arrowflow.lmdb/1"
 SCAN_BATCH = 16_384
-CHUNK = 262_144  # keys per binding call within one transaction
+CHUNK = 262_144  # keys per binding call within one transaction (the Python binding only)
+DRIVERS = ("c", "py")
 _MiB = 1 << 20
-
-
-def _lmdb() -> Any:
-    return import_optional("lmdb", purpose="the 'lmdb' state backend")
 
 
 def _schema_bytes(schema: pl.Schema) -> bytes:
@@ -118,43 +120,177 @@ def _prefix(groups: np.ndarray) -> np.ndarray:
     return groups.astype(">u2").view(np.uint8).reshape(-1, 2)
 
 
+def _pack(items: list[bytes]) -> tuple[bytes, bytes]:
+    """``bytes`` values as the (data, offsets) rows the drivers take and give."""
+    offsets = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum([len(item) for item in items], out=offsets[1:])
+    return b"".join(items), offsets.tobytes()
+
+
+def _rows(offsets: Any) -> int:
+    """How many rows int64 ``offsets`` (any buffer) delimit."""
+    return memoryview(offsets).nbytes // 8 - 1
+
+
+def _split(data: Any, offsets: Any) -> list[bytes]:
+    """(data, offsets) rows as one ``bytes`` each."""
+    offsets = np.frombuffer(offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    array = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return array.to_numpy(zero_copy_only=False).tolist()
+
+
+def _rows_array(data: Any, offsets: Any, valid: Any = None) -> pa.Array:
+    """(data, offsets) rows as an Arrow large_binary array; ``valid`` (uint8 per row) marks nulls."""
+    n = _rows(offsets)
+    mask = None
+    if valid is not None:
+        mask = pa.py_buffer(np.packbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little"))
+    return pa.Array.from_buffers(pa.large_binary(), n, [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+class _PyEnv:
+    """The batch operations of ``_lmdbc.Env``, on the ``lmdb`` Python binding.
+
+    Used where the C extension was not built (no compiler at install time). Same contract:
+    every call is one transaction. Per key it pays a ``bytes`` object for the key and the
+    value and the binding's call; ``benchmarks/bench_state.py`` measures both drivers.
+    """
+
+    def __init__(self, path: str, map_size: int = 0, readonly: bool = False, subdir: bool = True,
+                 lock: bool = True, max_dbs: int = 2) -> None:
+        import lmdb
+
+        self.lmdb = lmdb
+        if readonly:
+            self.env = lmdb.open(path, subdir=subdir, readonly=True, lock=lock, max_dbs=max_dbs, readahead=False)
+        else:
+            self.env = lmdb.open(
+                path, map_size=map_size, subdir=subdir, lock=lock, max_dbs=max_dbs, sync=False,
+                metasync=False, readahead=False, writemap=True, meminit=False, max_spare_txns=2,
+            )
+        self.readonly = readonly
+
+    def open_db(self, name: bytes, create: bool = True) -> Any:
+        return self.env.open_db(name, create=create and not self.readonly)
+
+    def info(self) -> dict[str, int]:
+        info, stat = self.env.info(), self.env.stat()
+        return {"map_size": info["map_size"], "last_pgno": info["last_pgno"], "psize": stat["psize"]}
+
+    def set_mapsize(self, size: int) -> None:
+        self.env.set_mapsize(size)
+
+    def copyfd(self, fd: int) -> None:
+        self.env.copyfd(fd, compact=True)
+
+    def count(self, db: Any) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(db)["entries"])
+
+    def clear(self, db: Any) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.drop(db, delete=False)
+
+    def get_fixed(self, db: Any, data: Any, offsets: Any, width: int, missing: int) -> bytes:
+        placeholder = bytes([missing]) * width
+        keys = _split(data, offsets)
+        with self.env.begin(db=db) as txn:
+            lookup = txn.cursor().get
+            found = list(map(lookup, keys, repeat(placeholder)))
+        if any(len(value) != width for value in found):
+            msg = f"a stored value is not {width} bytes wide"
+            raise ValueError(msg)
+        return b"".join(found)
+
+    def get_var(self, db: Any, data: Any, offsets: Any) -> tuple[bytes, bytes, np.ndarray]:
+        keys = _split(data, offsets)
+        with self.env.begin(db=db) as txn:
+            found = list(map(txn.cursor().get, keys))
+        valid = np.array([value is not None for value in found], dtype=np.uint8)
+        values = [value or b"" for value in found]
+        joined, value_offsets = _pack(values)
+        return value_offsets, joined, valid
+
+    def put(self, db: Any, keys: Any, key_offsets: Any, values: Any, value_offsets: Any) -> None:
+        key_list, value_list = _split(keys, key_offsets), _split(values, value_offsets)
+        with self.env.begin(write=True, db=db) as txn:
+            putmulti = txn.cursor().putmulti
+            for start in range(0, len(key_list), CHUNK):
+                putmulti(zip(key_list[start : start + CHUNK], value_list[start : start + CHUNK], strict=True))
+
+    def delete(self, db: Any, data: Any, offsets: Any) -> None:
+        with self.env.begin(write=True, db=db) as txn:
+            list(map(txn.delete, _split(data, offsets)))
+
+    def scan(self, db: Any, start: bytes, stop: bytes | None, limit: int) -> tuple[Any, Any, bytes | None]:
+        with self.env.begin(db=db) as txn:
+            cursor = txn.cursor()
+            positioned = cursor.set_range(start) if start else cursor.first()
+            entries = list(islice(cursor, limit + 1)) if positioned else []
+        if stop is not None:
+            entries = [entry for entry in entries if entry[0] < stop]
+        following = entries[limit][0] if len(entries) > limit else None
+        entries = entries[:limit]
+        keys = _pack([key for key, _ in entries])
+        values = _pack([value for _, value in entries])
+        return keys, values, following
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class _PyDriver:
+    Env = _PyEnv
+
+    def __init__(self) -> None:
+        lmdb = import_optional("lmdb", purpose="the 'lmdb' state backend without its C extension")
+        self.Error = lmdb.Error
+        self.MapFullError = lmdb.MapFullError
+
+
+def c_driver_available() -> bool:
+    try:
+        from arrowflow.backends import _lmdbc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _driver(name: str | None) -> Any:
+    """The module-like driver: ``Env``, ``Error`` and ``MapFullError``."""
+    name = name or os.environ.get("ARROWFLOW_LMDB_DRIVER") or ("c" if c_driver_available() else "py")
+    if name == "py":
+        return _PyDriver()
+    if name != "c":
+        msg = f"lmdb driver must be one of {DRIVERS}, got {name!r}"
+        raise StateError(msg)
+    try:
+        from arrowflow.backends import _lmdbc
+    except ImportError as exc:
+        msg = (
+            "the lmdb backend's C extension (arrowflow.backends._lmdbc) is not built: this install had "
+            "no C compiler. Reinstall with one (gcc, and the Python headers), or use LmdbBackend(driver='py')."
+        )
+        raise StateError(msg) from exc
+    return _lmdbc
+
+
 class _KeyBatch:
-    """A batch's encoded keys and the permutation that visits them in LMDB's key order."""
+    """A batch's encoded keys in the order LMDB keeps them, and that permutation."""
 
-    __slots__ = ("_lists", "encoded", "keys", "order")
+    __slots__ = ("in_order", "keys", "order")
 
-    def __init__(self, keys: pl.DataFrame, encoded: Encoded, order: np.ndarray) -> None:
+    def __init__(self, keys: pl.DataFrame, encoded: Encoded) -> None:
         self.keys = keys
-        self.encoded = encoded
-        self.order = order
-        self._lists: list[list[bytes]] | None = None
-
-    def key_lists(self) -> Iterator[list[bytes]]:
-        """The keys in LMDB order as ``bytes``, one list per binding call (``CHUNK`` keys).
-
-        The lists of a batch of at most one chunk are kept for the ``put`` after the ``get``;
-        a larger batch makes them again, so that at most a chunk's objects live at once.
-        """
-        if self._lists is not None:
-            yield from self._lists
-            return
-        n = len(self.order)
-        if n <= CHUNK:
-            self._lists = [self.encoded.take(self.order).to_list()]
-            yield from self._lists
-            return
-        in_order = self.encoded.take(self.order)
-        for start in range(0, n, CHUNK):
-            yield in_order.slice(start, start + CHUNK).to_list()
-
-    def release(self) -> None:
-        self._lists = None
+        self.order = encoded.locality_order()
+        self.in_order = encoded.take(self.order)
 
 
 class LmdbStore(KeyedStore):
     def __init__(self, spec: StoreSpec, key_groups_owned: range, directory: str, backend: LmdbBackend) -> None:
         super().__init__(spec, key_groups_owned)
-        self.lmdb = _lmdb()
+        self.driver = _driver(backend.driver)
         self.directory = directory
         self.backend = backend
         what = f"lmdb store {spec.name!r}"
@@ -165,10 +301,6 @@ class LmdbStore(KeyedStore):
             raise StateError(msg)
         self.map_size = backend.map_size
         self._last_keys: _KeyBatch | None = None
-        width = self.value_codec.row_width
-        # Fixed-width values are looked up with a placeholder for a missing key, so that a
-        # batch's values are one buffer: tag bytes 0xff (a stored row's tags are 0 or 1).
-        self._missing = b"\xff" * width if width else None
         self.env = self._open(directory, self.map_size)
         self.entries = self.env.open_db(b"entries")
         self.meta = self.env.open_db(b"meta")
@@ -181,11 +313,8 @@ class LmdbStore(KeyedStore):
             if os.path.exists(directory):
                 shutil.rmtree(directory)  # a fresh store starts empty; leftovers are a dead run's
             os.makedirs(directory)
-            env = self.lmdb.open(
-                directory, map_size=map_size, max_dbs=2, sync=False, metasync=False,
-                readahead=False, writemap=True, meminit=False, max_spare_txns=2,
-            )
-        except (OSError, self.lmdb.Error) as exc:
+            env = self.driver.Env(directory, map_size)
+        except (OSError, self.driver.Error) as exc:
             msg = (
                 f"lmdb store {self.spec.name!r}: cannot create its environment in {directory!r}: {exc}. "
                 f"Give LmdbBackend(path=...) a writable local directory."
@@ -223,12 +352,15 @@ class LmdbStore(KeyedStore):
             )
             raise StateError(msg) from exc
 
-    def _write_meta(self, txn: Any) -> None:
-        txn.put(b"format", FORMAT, db=self.meta)
-        txn.put(b"key_schema", _schema_bytes(self.spec.key_schema), db=self.meta)
-        txn.put(b"value_schema", _schema_bytes(self.spec.value_schema), db=self.meta)
-        txn.put(b"key_groups", f"{self.key_groups.start},{self.key_groups.stop}".encode(), db=self.meta)
-        txn.put(b"max_parallelism", str(self.spec.max_parallelism).encode(), db=self.meta)
+    def _write_meta(self) -> None:
+        entries = {
+            b"format": FORMAT,
+            b"key_schema": _schema_bytes(self.spec.key_schema),
+            b"value_schema": _schema_bytes(self.spec.value_schema),
+            b"key_groups": f"{self.key_groups.start},{self.key_groups.stop}".encode(),
+            b"max_parallelism": str(self.spec.max_parallelism).encode(),
+        }
+        self.env.put(self.meta, *_pack(list(entries)), *_pack(list(entries.values())))
 
     def _grow(self) -> None:
         limit = self.backend.max_map_size
@@ -242,21 +374,20 @@ class LmdbStore(KeyedStore):
         self._reserve(new_size)
         try:
             self.env.set_mapsize(new_size)
-        except self.lmdb.Error as exc:
+        except self.driver.Error as exc:
             msg = f"lmdb store {self.spec.name!r}: cannot grow its map to {new_size} bytes: {exc}"
             raise StateError(msg) from exc
         self.map_size = new_size
 
-    def _write(self, apply: Callable[[Any], None]) -> None:
-        """Run ``apply`` in one write transaction; grow the map and retry while it is full."""
+    def _write(self, apply: Callable[[], None]) -> None:
+        """Run ``apply`` (one write transaction of the driver); grow the map and retry while it is full."""
         while True:
             try:
-                with self.env.begin(write=True, db=self.entries) as txn:
-                    apply(txn)
+                apply()
                 return
-            except self.lmdb.MapFullError:
+            except self.driver.MapFullError:
                 self._grow()
-            except self.lmdb.Error as exc:
+            except self.driver.Error as exc:
                 msg = (
                     f"lmdb store {self.spec.name!r} in {self.directory!r}: the write failed and was "
                     f"rolled back, the store is unchanged: {exc}"
@@ -269,127 +400,106 @@ class LmdbStore(KeyedStore):
         """The batch's encoded keys, in the order LMDB stores them.
 
         A keyed operator puts exactly the keys it just got; the batch is kept from the ``get``
-        (an encoding depends on the keys only, never on the store's contents), with the
-        ``bytes`` objects the binding was given when the batch is at most one chunk.
+        (an encoding depends on the keys only, never on the store's contents).
         """
         keys = keys.select(self.spec.key_columns)
         last = self._last_keys
         if last is not None and (last.keys is keys or (last.keys.height == keys.height and last.keys.equals(keys))):
             return last
         groups = self.spec.key_groups_of(keys)
-        encoded = self.key_codec.encode(keys, _prefix(groups))
-        batch = _KeyBatch(keys, encoded, encoded.locality_order())
+        batch = _KeyBatch(keys, self.key_codec.encode(keys, _prefix(groups)))
         self._last_keys = batch
         return batch
 
-    def _lookup(self, batch: _KeyBatch) -> list[Any]:
-        """The binding's lookups, in LMDB order, one part per chunk of keys.
+    def _lookup(self, batch: _KeyBatch) -> pl.DataFrame:
+        """The values (and FOUND) of the batch's keys, in the batch's original order.
 
-        Fixed-width values: each part is the concatenated values (``bytes``), a missing key
-        giving ``missing`` (tag bytes 0xff, which no stored row has). Otherwise each part is
-        an Arrow binary array with nulls for missing keys.
+        Fixed-width values come back as one buffer, a missing key as a placeholder row of tag
+        bytes 0xff (a stored row's tags are 0 or 1), and decode as one numpy matrix.
         """
-        parts: list[Any] = []
-        fixed = self._missing is not None
-        with self.env.begin(db=self.entries) as txn:
-            lookup = txn.cursor().get
-            for chunk in batch.key_lists():
-                if fixed:
-                    parts.append(b"".join(map(lookup, chunk, repeat(self._missing))))
-                else:
-                    parts.append(pa.array(map(lookup, chunk), type=pa.binary(), size=len(chunk)))
-        return parts
-
-    def _decode_found(self, batch: _KeyBatch, parts: list[Any]) -> pl.DataFrame:
-        """The values (and FOUND) in the batch's original order, from :meth:`_lookup`'s parts."""
-        order = batch.order
+        order, keys = batch.order, batch.in_order
         n = len(order)
-        if self._missing is not None:
-            width = len(self._missing)
-            raw = parts[0] if len(parts) == 1 else b"".join(parts)
-            if len(raw) != n * width:
-                detail = f"expected values of {width} bytes"
-                raise self.value_codec._corrupt(detail)
-            matrix = np.empty((n, width), dtype=np.uint8)
-            matrix[order] = np.frombuffer(raw, dtype=np.uint8).reshape(n, width)
-            found = matrix[:, 0] != 0xFF
-            values = self.value_codec.decode_fixed(matrix, found)
-            return values.with_columns(pl.Series(FOUND, found))
+        width = self.value_codec.row_width
+        try:
+            if width:
+                raw = self.env.get_fixed(self.entries, keys.data, keys.offsets, width, 0xFF)
+                matrix = np.empty((n, width), dtype=np.uint8)
+                matrix[order] = np.frombuffer(raw, dtype=np.uint8).reshape(n, width)
+                found = matrix[:, 0] != 0xFF
+                return self.value_codec.decode_fixed(matrix, found).with_columns(pl.Series(FOUND, found))
+            offsets, data, valid = self.env.get_var(self.entries, keys.data, keys.offsets)
+        except ValueError as exc:  # a stored value of the wrong width
+            raise self.value_codec._corrupt(str(exc)) from exc
+        except self.driver.Error as exc:
+            msg = f"lmdb store {self.spec.name!r} in {self.directory!r}: a lookup failed: {exc}"
+            raise StateError(msg) from exc
         back = np.empty_like(order)
         back[order] = np.arange(n)
-        found_values = pa.chunked_array(parts).combine_chunks().take(pa.array(back))
+        found_values = _rows_array(data, offsets, valid).take(pa.array(back))
         values = self.value_codec.decode(found_values)
         return values.with_columns(pl.Series(FOUND, found_values.is_valid()))
 
-    def _value_lists(self, batch: _KeyBatch, values: pl.DataFrame) -> Iterator[list[bytes]]:
-        """The encoded values, one ``bytes`` each, in LMDB order, chunk by chunk."""
+    def _encode_values(self, batch: _KeyBatch, values: pl.DataFrame) -> Encoded:
+        """The encoded values in the batch's LMDB order."""
         values = values.select(self.spec.value_columns)
-        if self._missing is not None:
-            width = len(self._missing)
-            ordered = self.value_codec.encode(values).data.reshape(-1, width)[batch.order]
-            rows = ordered.reshape(-1).view(f"V{width}")
-            for start in range(0, len(rows), CHUNK):
-                yield rows[start : start + CHUNK].tolist()
-            return
-        ordered_values = values[batch.order]
-        for start in range(0, len(batch.order), CHUNK):
-            yield self.value_codec.encode(ordered_values.slice(start, CHUNK)).to_list()
+        width = self.value_codec.row_width
+        if width:
+            encoded = self.value_codec.encode(values)
+            rows = encoded.data.reshape(-1, width)[batch.order].reshape(-1)
+            return Encoded(rows, encoded.offsets, width)
+        return self.value_codec.encode(values[batch.order])
 
     # ------------------------------------------------------------------------ KeyedStore
 
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if keys.height == 0:
             return self.spec.empty_values(0)
-        batch = self._batch(keys)
-        return self._decode_found(batch, self._lookup(batch))
+        return self._lookup(self._batch(keys))
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         if keys.height == 0:
             return
         batch = self._batch(keys)
-
-        def apply(txn: Any) -> None:
-            putmulti = txn.cursor().putmulti
-            for chunk_keys, chunk_values in zip(batch.key_lists(), self._value_lists(batch, values), strict=True):
-                putmulti(zip(chunk_keys, chunk_values, strict=True))
-
-        self._write(apply)
-        batch.release()  # the get-then-put of this batch is done: its objects go now
+        encoded = self._encode_values(batch, values)
+        self._write(lambda: self.env.put(self.entries, batch.in_order.data, batch.in_order.offsets,
+                                         encoded.data, encoded.offsets))
+        self._last_keys = None  # the get-then-put of this batch is done: its buffers go now
 
     def delete(self, keys: pl.DataFrame) -> None:
         if keys.height == 0:
             return
         batch = self._batch(keys)
-
-        def apply(txn: Any) -> None:
-            for chunk in batch.key_lists():
-                list(map(txn.delete, chunk))
-
-        self._write(apply)
-        batch.release()
+        self._write(lambda: self.env.delete(self.entries, batch.in_order.data, batch.in_order.offsets))
+        self._last_keys = None
 
     def scan(self) -> Iterator[pl.DataFrame]:
-        with self.env.begin(db=self.entries) as txn:
-            entries = iter(txn.cursor())
-            while chunk := list(islice(entries, SCAN_BATCH)):
-                yield self._decode_entries(chunk)
+        """Every entry, in key order, ``SCAN_BATCH`` at a time (one read transaction each)."""
+        for keys, values in self._scan(self.env, self.entries, b"", None):
+            yield self._decode_entries(keys, values)
 
-    def _decode_entries(self, chunk: list[tuple[bytes, bytes]]) -> pl.DataFrame:
-        keys = self.key_codec.decode(pa.array(list(map(itemgetter(0), chunk)), type=pa.binary()))
-        values = self.value_codec.decode(pa.array(list(map(itemgetter(1), chunk)), type=pa.binary()))
-        return pl.concat([keys, values], how="horizontal")
+    @staticmethod
+    def _scan(env: Any, db: Any, start: bytes, stop: bytes | None,
+              limit: int = SCAN_BATCH) -> Iterator[tuple[tuple[Any, Any], tuple[Any, Any]]]:
+        following: bytes | None = start
+        while following is not None:
+            keys, values, following = env.scan(db, following, stop, limit)
+            if _rows(keys[1]):
+                yield keys, values
+
+    def _decode_entries(self, keys: tuple[Any, Any], values: tuple[Any, Any]) -> pl.DataFrame:
+        return pl.concat([self.key_codec.decode(_rows_array(*keys)), self.value_codec.decode(_rows_array(*values))],
+                         how="horizontal")
 
     def count(self) -> int:
-        with self.env.begin() as txn:
-            return int(txn.stat(self.entries)["entries"])
+        return int(self.env.count(self.entries))
 
     def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
         relative = snapshot_path(checkpoint_id, self.spec.name, self.key_groups, "lmdb")
         fd, local = tempfile.mkstemp(prefix="snapshot-", suffix=".mdb", dir=os.path.dirname(self.directory))
         try:
             try:
-                self.env.copyfd(fd, compact=True)
-            except self.lmdb.Error as exc:
+                self.env.copyfd(fd)
+            except self.driver.Error as exc:
                 msg = f"lmdb store {self.spec.name!r}: cannot copy the environment for a snapshot: {exc}"
                 raise StateError(msg) from exc
             finally:
@@ -402,7 +512,7 @@ class LmdbStore(KeyedStore):
                           {"entries": self.count()})]
 
     def restore(self, fs: fsspec.AbstractFileSystem, root: str, files: list[StateFile]) -> None:
-        self._write(lambda txn: txn.drop(self.entries, delete=False))
+        self._write(lambda: self.env.clear(self.entries))
         for state_file in overlapping(files, self.key_groups):
             if state_file.format == "lmdb":
                 self._restore_lmdb(fs, root, state_file)
@@ -421,8 +531,8 @@ class LmdbStore(KeyedStore):
         try:
             download_verified(fs, root, state_file, local)
             try:
-                source = self.lmdb.open(local, subdir=False, readonly=True, lock=False, max_dbs=2, readahead=False)
-            except self.lmdb.Error as exc:
+                source = self.driver.Env(local, readonly=True, subdir=False, lock=False)
+            except self.driver.Error as exc:
                 msg = f"state file {state_file.path!r} is not an LMDB environment: {exc}"
                 raise StateError(msg) from exc
             try:
@@ -434,37 +544,30 @@ class LmdbStore(KeyedStore):
                 os.unlink(local)
 
     def _copy_owned(self, source: Any, state_file: StateFile) -> None:
-        with source.begin() as txn:
-            try:
-                meta = source.open_db(b"meta", txn=txn, create=False)
-                entries = source.open_db(b"entries", txn=txn, create=False)
-            except self.lmdb.Error as exc:
-                msg = f"state file {state_file.path!r} is not an arrowflow LMDB snapshot: {exc}"
-                raise StateError(msg) from exc
-            found_format = txn.get(b"format", db=meta)
-            key_schema = _schema_from_bytes(txn.get(b"key_schema", db=meta) or b"")
-            value_schema = _schema_from_bytes(txn.get(b"value_schema", db=meta) or b"")
-            if found_format != FORMAT or key_schema != self.spec.key_schema or value_schema != self.spec.value_schema:
-                msg = (
-                    f"state file {state_file.path!r} holds {found_format!r} keys {dict(key_schema)} values "
-                    f"{dict(value_schema)}, but store {self.spec.name!r} is {FORMAT!r} keys "
-                    f"{dict(self.spec.key_schema)} values {dict(self.spec.value_schema)}"
-                )
-                raise StateError(msg)
-            start = int(self.key_groups.start).to_bytes(2, "big")
-            stop = int(self.key_groups.stop).to_bytes(2, "big")
-            cursor = txn.cursor(db=entries)
-            if not cursor.set_range(start):
-                return
-            # The key-group prefix makes the owned groups one contiguous range of keys.
-            entries_iter = iter(cursor)
-            while chunk := list(islice(entries_iter, SCAN_BATCH)):
-                last = chunk[-1][0][:2] >= stop
-                if last:
-                    chunk = [entry for entry in chunk if entry[0][:2] < stop]
-                self._write(lambda wtxn, c=chunk: wtxn.cursor().putmulti(c))
-                if last:
-                    return
+        try:
+            meta = source.open_db(b"meta", create=False)
+            entries = source.open_db(b"entries", create=False)
+            names = [b"format", b"key_schema", b"value_schema"]
+            offsets, data, valid = source.get_var(meta, *_pack(names))
+        except self.driver.Error as exc:
+            msg = f"state file {state_file.path!r} is not an arrowflow LMDB snapshot: {exc}"
+            raise StateError(msg) from exc
+        found_format, key_bytes, value_bytes = (
+            value if ok else b"" for value, ok in zip(_split(data, offsets), bytes(valid), strict=True))
+        key_schema = _schema_from_bytes(key_bytes)
+        value_schema = _schema_from_bytes(value_bytes)
+        if found_format != FORMAT or key_schema != self.spec.key_schema or value_schema != self.spec.value_schema:
+            msg = (
+                f"state file {state_file.path!r} holds {found_format!r} keys {dict(key_schema)} values "
+                f"{dict(value_schema)}, but store {self.spec.name!r} is {FORMAT!r} keys "
+                f"{dict(self.spec.key_schema)} values {dict(self.spec.value_schema)}"
+            )
+            raise StateError(msg)
+        # The key-group prefix makes the owned groups one contiguous range of keys.
+        start = int(self.key_groups.start).to_bytes(2, "big")
+        stop = int(self.key_groups.stop).to_bytes(2, "big") if self.key_groups.stop < 1 << 16 else None
+        for keys, values in self._scan(source, entries, start, stop, SCAN_BATCH * 4):
+            self._write(lambda k=keys, v=values: self.env.put(self.entries, *k, *v))
 
     def _restore_arrow(self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> None:
         frame = read_ipc_bytes(read_verified(fs, root, state_file))
@@ -486,18 +589,24 @@ class LmdbBackend(StateBackend):
 
     ``path``: the local directory for the environments (default: the worker's private local
     directory). ``map_size``: the initial memory-map size in bytes; it doubles whenever full,
-    up to ``max_map_size`` (None: no limit but the disk).
+    up to ``max_map_size`` (None: no limit but the disk). ``driver``: ``"c"`` or ``"py"``
+    (see the module's docstring); None picks the C extension when it is built.
     """
 
     name = "lmdb"
 
-    def __init__(self, path: str | None = None, *, map_size: int = 64 * _MiB, max_map_size: int | None = None) -> None:
+    def __init__(self, path: str | None = None, *, map_size: int = 64 * _MiB, max_map_size: int | None = None,
+                 driver: str | None = None) -> None:
+        if driver is not None and driver not in DRIVERS:
+            msg = f"LmdbBackend(driver=...) must be one of {DRIVERS} or None (the C extension when built), got {driver!r}"
+            raise StateError(msg)
         if map_size < 1 << 16:
             msg = f"LmdbBackend(map_size=...) must be at least 65536 bytes, got {map_size}"
             raise StateError(msg)
         self.path = path
         self.map_size = map_size
         self.max_map_size = max_map_size
+        self.driver = driver
 
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
         base = self.path if self.path is not None else context.local_dir
@@ -506,4 +615,5 @@ class LmdbBackend(StateBackend):
         return LmdbStore(spec, key_groups, directory, self)
 
     def __repr__(self) -> str:
-        return f"LmdbBackend(path={self.path!r}, map_size={self.map_size}, max_map_size={self.max_map_size})"
+        driver = f", driver={self.driver!r}" if self.driver else ""
+        return f"LmdbBackend(path={self.path!r}, map_size={self.map_size}, max_map_size={self.max_map_size}{driver})"

@@ -1,6 +1,6 @@
 """State backend throughput: batch get/put (keys/s) and keyed aggregation (events/s).
 
-    python benchmarks/bench_state.py [--backends memory arrow lmdb sql] [--postgres]
+    python benchmarks/bench_state.py [--backends memory arrow lmdb lmdb-py sql] [--postgres]
                                      [--events 10M] [--keys 100K 10M] [--batch 1M]
                                      [--state-keys 100K 1M] [--store-batch 100K] [--repeat 3]
 
@@ -13,7 +13,8 @@ are shared: compare ratios, not absolute numbers across runs):
    read-modify-write a keyed aggregation does per batch; ``insert`` is the initial load.
    keys/s = keys in the batch / seconds, median over the batches of all repeats. The issue's
    targets are on ``update``: lmdb >= 2M keys/s per worker, sql on SQLite >= 300k keys/s.
-   For lmdb a breakdown shows where an update's time goes (encoding, the binding's calls,
+   ``lmdb`` runs on its C extension, ``lmdb-py`` on the Python binding (the fallback when the
+   extension was not built). For both a breakdown shows where an update's time goes (encoding, the driver's calls,
    decoding).
 2. **Keyed aggregation.** ``key_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum())``
    over ``--events`` generated events with each ``--keys`` count of distinct users, in
@@ -115,9 +116,8 @@ def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: i
     """Seconds per key of an lmdb update, split by the store's own stages (same code as get/put)."""
     from arrowflow.backends.lmdb import LmdbStore
 
-    parts = {"encode keys (numpy) + sort": 0.0, "bytes objects for the binding": 0.0,
-             "lmdb get calls (binding)": 0.0, "decode values (numpy)": 0.0,
-             "encode values + bytes objects": 0.0, "lmdb putmulti (binding)": 0.0}
+    parts = {"encode keys (numpy) + sort": 0.0, "lmdb lookups (driver)": 0.0, "decode values (numpy)": 0.0,
+             "encode values (numpy)": 0.0, "lmdb puts (driver)": 0.0}
     rng = np.random.default_rng(3)
     ids = rng.permutation(state_keys * 4)[:state_keys].astype(np.int64)
     total = 0
@@ -126,26 +126,25 @@ def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: i
         for start in range(0, state_keys, batch):
             chunk = ids[start : start + batch]
             store.put(pl.DataFrame({"user_id": chunk}), values_for(chunk, 0))
+        width = store.value_codec.row_width
+        assert width is not None
         for _ in range(rounds):
             keys = pl.DataFrame({"user_id": rng.choice(ids, size=min(batch, state_keys), replace=False)})
             t0 = time.perf_counter()
             key_batch = store._batch(keys)
+            in_order = key_batch.in_order
             t1 = time.perf_counter()
-            key_lists = list(key_batch.key_lists())
+            raw = store.env.get_fixed(store.entries, in_order.data, in_order.offsets, width, 0xFF)
             t2 = time.perf_counter()
-            found = store._lookup(key_batch)
+            matrix = np.empty((keys.height, width), dtype=np.uint8)
+            matrix[key_batch.order] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
+            values = store.value_codec.decode_fixed(matrix, matrix[:, 0] != 0xFF).with_columns(pl.col("n") + 1)
             t3 = time.perf_counter()
-            values = store._decode_found(key_batch, found).drop(FOUND).with_columns(pl.col("n") + 1)
+            encoded = store._encode_values(key_batch, values)
             t4 = time.perf_counter()
-            value_lists = list(store._value_lists(key_batch, values))
+            store.env.put(store.entries, in_order.data, in_order.offsets, encoded.data, encoded.offsets)
             t5 = time.perf_counter()
-            with store.env.begin(write=True, db=store.entries) as txn:
-                putmulti = txn.cursor().putmulti
-                for chunk_keys, chunk_values in zip(key_lists, value_lists, strict=True):
-                    putmulti(zip(chunk_keys, chunk_values, strict=True))
-            t6 = time.perf_counter()
-            key_batch.release()
-            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 parts[name] += seconds
             total += keys.height
     return {name: seconds / total for name, seconds in parts.items()}
@@ -184,7 +183,8 @@ def same_totals(got: pl.DataFrame, expected: pl.DataFrame) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["memory", "arrow", "lmdb", "sql"])
+    parser.add_argument("--backends", nargs="+", default=["memory", "arrow", "lmdb", "lmdb-py", "sql"],
+                        help="'lmdb-py' is lmdb on the Python binding, the fallback without the C extension")
     parser.add_argument("--postgres", action="store_true", help="also run sql on a throwaway PostgreSQL")
     parser.add_argument("--events", type=count, default=count("10M"))
     parser.add_argument("--keys", type=count, nargs="+", default=[count("100K"), count("10M")])
@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["store", "aggregation"])
     args = parser.parse_args(argv)
 
-    states: dict[str, Any] = {name: name for name in args.backends}
+    from arrowflow.backends.lmdb import LmdbBackend
+
+    states: dict[str, Any] = {name: LmdbBackend(driver="py") if name == "lmdb-py" else name
+                              for name in args.backends}
     with contextlib.ExitStack() as stack:
         if args.postgres:
             from arrowflow.testing.state_conformance import temporary_postgres
@@ -233,10 +236,12 @@ def store_part(states: dict[str, Any], args: argparse.Namespace) -> bool:
             wrong |= bool(timings["wrong"])
             cells = " | ".join(human(statistics.median(timings[k])) for k in ("insert", "get", "put", "update"))
             print(f"| {name} | {cells} | {ratio}{flag} |")
-        if "lmdb" in states:
-            parts = lmdb_breakdown(resolve_backend("lmdb"), state_keys, batch, args.rounds)
+        for name in ("lmdb", "lmdb-py"):
+            if name not in states:
+                continue
+            parts = lmdb_breakdown(resolve_backend(states[name]), state_keys, batch, args.rounds)
             whole = sum(parts.values())
-            print(f"\nlmdb update, where {whole * 1e9:.0f} ns per key go "
+            print(f"\n{name} update, where {whole * 1e9:.0f} ns per key go "
                   f"(= {human(1 / whole)} updates/s without the store's bookkeeping):")
             for part, seconds in parts.items():
                 print(f"  {part:34s} {seconds * 1e9:6.0f} ns  {seconds / whole:5.1%}")

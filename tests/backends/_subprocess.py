@@ -122,7 +122,8 @@ def larger_than_heap(backend_name: str, local_dir: str, keys: str, budget_mib: s
         outcome, mismatches, seen = f"MemoryError: {exc}", -1, -1
     usage = resource.getrusage(resource.RUSAGE_SELF)
     environment = getattr(store, "env", None)
-    used = (environment.info()["last_pgno"] + 1) * environment.stat()["psize"] if environment else None
+    info = environment.info() if environment else None
+    used = (info["last_pgno"] + 1) * info["psize"] if info else None
     return {
         "outcome": outcome, "keys": n, "seen": seen, "count": store.count() if seen >= 0 else -1,
         "mismatches": mismatches, "heap_budget": budget, "vm_data_baseline": baseline,

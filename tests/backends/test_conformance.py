@@ -20,6 +20,13 @@ class TestLmdb(StateConformance):
     capabilities = Capabilities(nested=False)
 
 
+class TestLmdbPython(StateConformance):
+    """The fallback without the C extension: the same contract on the ``lmdb`` Python binding."""
+
+    backend = LmdbBackend(map_size=1 << 16, driver="py")
+    capabilities = Capabilities(nested=False)
+
+
 class TestSqlite(StateConformance):
     backend = SqlBackend()
     capabilities = Capabilities(nan=False, nested=False)

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.backends.lmdb import FORMAT, LmdbBackend
+from arrowflow.backends.lmdb import FORMAT, LmdbBackend, _PyEnv, c_driver_available
 from arrowflow.backends.memory import MemoryBackend
 from arrowflow.errors import StateError
 from arrowflow.state import StoreContext, StoreSpec
@@ -47,6 +47,29 @@ def _scenario(*arguments: str, timeout: float = 120) -> tuple[dict[str, object] 
     return (json.loads(lines[-1]) if lines else None), done
 
 
+@pytest.fixture(autouse=True, params=["c", "py"])
+def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the C extension and on the Python binding (the fallback without a
+    compiler); the scenarios in subprocesses inherit the choice."""
+    monkeypatch.setenv("ARROWFLOW_LMDB_DRIVER", request.param)
+    return str(request.param)
+
+
+def test_the_c_extension_is_built() -> None:
+    """An install with a compiler (this machine's) builds it: the fast path is what is tested."""
+    assert c_driver_available()
+    from arrowflow.backends import _lmdbc
+
+    assert _lmdbc.lmdb_version.startswith("LMDB 0.9")
+
+
+def test_a_driver_is_chosen_by_name_and_checked(tmp_path: Path, driver: str) -> None:
+    store = _open(LmdbBackend(), tmp_path)
+    assert isinstance(store.env, _PyEnv) == (driver == "py")  # type: ignore[attr-defined]
+    with pytest.raises(StateError, match=r"driver=\.\.\.\) must be one of \('c', 'py'\)"):
+        LmdbBackend(driver="rust")
+
+
 def test_the_map_grows_by_itself(tmp_path: Path) -> None:
     store = _open(LmdbBackend(map_size=1 << 16), tmp_path)
     memory = _open(MemoryBackend(), tmp_path, "m")
@@ -58,7 +81,7 @@ def test_the_map_grows_by_itself(tmp_path: Path) -> None:
 
 
 def test_batches_larger_than_one_binding_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch goes to the binding in chunks (one transaction still): chunk edges lose nothing."""
+    """The Python binding gets a batch in chunks (one transaction still): chunk edges lose nothing."""
     monkeypatch.setattr("arrowflow.backends.lmdb.CHUNK", 7)
     store = _open(LmdbBackend(), tmp_path)
     memory = _open(MemoryBackend(), tmp_path, "m")
@@ -246,7 +269,7 @@ def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path, monkeypatch
         stores.append(backend.open_store(spec, range(0, 128), StoreContext(str(local), 0, 1)))
     store, memory = stores
     keys, values = _fixed_frames(600, 1)
-    assert keys.height > 400 and store._missing is not None  # type: ignore[attr-defined]
+    assert keys.height > 400 and store.value_codec.row_width  # type: ignore[attr-defined]
     for target in stores:
         target.put(keys[:400], values[:400])
     probe = pl.concat([keys[350:], keys[:50]])  # 250 absent keys, 100 present, out of order
@@ -283,8 +306,8 @@ def test_a_stored_value_of_the_wrong_width_is_a_state_error(tmp_path: Path) -> N
     spec = StoreSpec("agg-1", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64}))
     store = LmdbBackend().open_store(spec, range(0, 128), StoreContext(str(tmp_path), 0, 1))
     store.put(pl.DataFrame({"id": [1, 2]}), pl.DataFrame({"n": [10, 20]}))
-    with store.env.begin(write=True, db=store.entries) as txn:  # type: ignore[attr-defined]
-        key, _ = next(iter(txn.cursor()))
-        txn.put(key, b"\x01short")
+    env, entries = store.env, store.entries  # type: ignore[attr-defined]
+    (keys, _), _, _ = env.scan(entries, b"", None, 1)
+    env.put(entries, keys, np.array([0, len(keys)]), b"\x01short", np.array([0, 6]))
     with pytest.raises(StateError, match="do not decode"):
         store.get(pl.DataFrame({"id": [1, 2, 3]}))
