@@ -156,6 +156,24 @@ def test_restore_reads_arrow_snapshots_of_the_memory_backend(tmp_path: Path) -> 
     assert_same_contents(store, memory, groups=range(0, 64))  # type: ignore[arg-type]
 
 
+def test_restore_of_the_top_key_groups_at_the_largest_max_parallelism(tmp_path: Path) -> None:
+    """65536 key groups, the most the 2-byte prefix holds: the last group's keys restore too
+    (the range's end, 65536, has no 2-byte form; the copy runs to the end of the file)."""
+    spec = StoreSpec("agg-1", SPEC.key_schema, SPEC.value_schema, max_parallelism=1 << 16)
+    everything = range(0, 1 << 16)
+    source = LmdbBackend().open_store(spec, everything, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1))
+    memory = MemoryBackend().open_store(spec, everything, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1))
+    for target in (source, memory):
+        target.put(*_rows(np.arange(20_000)))
+    fs = fsspec.filesystem("file")
+    files = source.snapshot(fs, str(tmp_path / "ckpt"), 1)
+    for part in (range(0, 1 << 15), range(1 << 15, 1 << 16)):
+        restored = LmdbBackend().open_store(spec, part, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2))
+        restored.restore(fs, str(tmp_path / "ckpt"), files)
+        assert 0 < restored.count() < 20_000
+        assert_same_contents(restored, memory, groups=part)
+
+
 def test_restoring_a_snapshot_of_another_schema_is_a_state_error(tmp_path: Path) -> None:
     store = _open(LmdbBackend(), tmp_path)
     store.put(*_rows(np.arange(10)))  # type: ignore[attr-defined]
