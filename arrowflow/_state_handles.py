@@ -20,7 +20,7 @@ import polars as pl
 from arrowflow import _packed
 from arrowflow._state_decl import WRITTEN, _StateDecl
 from arrowflow.errors import PlanError, SchemaError
-from arrowflow.state import FOUND, KeyedStore
+from arrowflow.state import FOUND, KeyedStore, join_on_keys
 
 if TYPE_CHECKING:
     from arrowflow.process import ProcessContext
@@ -281,7 +281,7 @@ class _PackedHandle(_Handle):
         key_columns = self.ctx.key_columns
         keys = rows.select(key_columns).unique(maintain_order=True)
         numbered = keys.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_INDEX))
-        return keys, rows.join(numbered, on=key_columns, how="left", nulls_equal=True, maintain_order="left")
+        return keys, join_on_keys(rows, numbered, key_columns, "left", maintain_order="left")
 
 
 class ListStateHandle(_PackedHandle):
@@ -354,7 +354,7 @@ class MapStateHandle(_PackedHandle):
         _, indexed, entries = self._entries(wanted)
         on = [_INDEX, *self.decl.map_keys.names()]
         marked = entries.select(*on, *self.decl.values.names(), pl.lit(True).alias(FOUND))
-        return indexed.join(marked, on=on, how="left", nulls_equal=True, maintain_order="left").with_columns(
+        return join_on_keys(indexed, marked, on, "left", maintain_order="left").with_columns(
             pl.col(FOUND).fill_null(False))
 
     def get(self, rows: pl.DataFrame) -> pl.Series | pl.DataFrame:
@@ -382,10 +382,9 @@ class MapStateHandle(_PackedHandle):
         updates = indexed.select(entries.columns)
         # An updated entry keeps its place (its rank among the key's entries); new ones go last.
         ranked = entries.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__rank"))
-        placed = updates.join(ranked.select(*on, "__rank"), on=on, how="left", nulls_equal=True,
-                              maintain_order="left").with_columns(
+        placed = join_on_keys(updates, ranked.select(*on, "__rank"), on, "left", maintain_order="left").with_columns(
             pl.col("__rank").fill_null(pl.int_range(pl.len(), dtype=pl.Int64) + entries.height))
-        untouched = ranked.join(updates.select(on), on=on, how="anti", nulls_equal=True, maintain_order="left")
+        untouched = join_on_keys(ranked, updates.select(on), on, "anti", maintain_order="left")
         self._save(unique, pl.concat([untouched, placed], how="vertical").sort(_INDEX, "__rank").drop("__rank"))
 
     def remove(self, rows: pl.DataFrame) -> None:
@@ -393,7 +392,7 @@ class MapStateHandle(_PackedHandle):
         wanted = self._rows(rows, self.decl.map_keys, "remove")
         unique, indexed, entries = self._entries(wanted)
         on = [_INDEX, *self.decl.map_keys.names()]
-        self._save(unique, entries.join(indexed.select(on), on=on, how="anti", nulls_equal=True, maintain_order="left"))
+        self._save(unique, join_on_keys(entries, indexed.select(on), on, "anti", maintain_order="left"))
 
     def items(self, keys: pl.DataFrame) -> pl.DataFrame:
         """Every entry of these keys: the key columns, the map-key columns and the value

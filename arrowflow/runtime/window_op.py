@@ -61,6 +61,7 @@ from arrowflow.state import (
     StoreSpec,
     checked_write,
     ipc_bytes,
+    join_on_keys,
     read_ipc_bytes,
     read_verified,
 )
@@ -442,8 +443,8 @@ class WindowOp(_WindowBase):
         assert self.store is not None
         buffer = pl.concat([c.frame for c in chunks], how="vertical") if len(chunks) > 1 else chunks[0].frame
         if self.index.height:
-            known = buffer.join(self.index.select(self.keys), on=self.keys, how="semi", nulls_equal=True)
-            fresh = buffer.join(self.index.select(self.keys), on=self.keys, how="anti", nulls_equal=True)
+            known = join_on_keys(buffer, self.index.select(self.keys), self.keys, "semi")
+            fresh = join_on_keys(buffer, self.index.select(self.keys), self.keys, "anti")
         else:
             known, fresh = buffer.clear(), buffer
         if known.height:
@@ -477,9 +478,9 @@ class WindowOp(_WindowBase):
         stored = self.take_due(None if limit is None else limit - self.window.lateness)
         if stored and buffered is not None and buffered.height:
             # A window may be both in the store (flushed before) and in the buffer (newer events).
-            both = buffered.join(stored[0].select(self.keys), on=self.keys, how="semi", nulls_equal=True)
+            both = join_on_keys(buffered, stored[0].select(self.keys), self.keys, "semi")
             if both.height:
-                only = buffered.join(stored[0].select(self.keys), on=self.keys, how="anti", nulls_equal=True)
+                only = join_on_keys(buffered, stored[0].select(self.keys), self.keys, "anti")
                 self.emit_fired(self.agg.combine(pl.concat([stored[0], both], how="vertical")))
                 self.emit_fired(only)
                 return
@@ -518,14 +519,14 @@ class SessionWindowOp(_WindowBase):
         keys, dtype = self.user_keys, self.window.dtype
         state = self.agg.state_schema.names()
         parts = [partial.select([*self.keys, *state, END])]
-        touched = self.index.join(partial.select(keys).unique(), on=keys, how="semi", nulls_equal=True) \
+        touched = join_on_keys(self.index, partial.select(keys).unique(), keys, "semi") \
             if self.index.height else self.index
         if touched.height:
             stored_keys = touched.select(self.keys)
             values = self.store.get(stored_keys)
             parts.insert(0, pl.concat([stored_keys, values.select(state), touched.select(END)], how="horizontal"))
             self.store.delete(stored_keys)
-            self.index = self.index.join(stored_keys, on=self.keys, how="anti", nulls_equal=True)
+            self.index = join_on_keys(self.index, stored_keys, self.keys, "anti")
         both = pl.concat(parts, how="vertical").sort([*keys, WINDOW_START], maintain_order=True)
         start = pl.col(WINDOW_START).to_physical()
         previous_end = pl.col(END).cum_max().shift(1).over(keys) if keys else pl.col(END).cum_max().shift(1)
@@ -534,7 +535,7 @@ class SessionWindowOp(_WindowBase):
                                  .alias(WINDOW_START))
         merged = self.agg.combine(both.drop(END))
         ends = both.group_by(self.keys, maintain_order=True).agg(pl.col(END).max())
-        merged = merged.join(ends, on=self.keys, how="left", nulls_equal=True, maintain_order="left")
+        merged = join_on_keys(merged, ends, self.keys, "left", maintain_order="left")
         new_keys = merged.select(self.keys)
         values = merged.select(pl.col(END).cast(dtype).alias(WINDOW_END), *state)
         self.store.put(new_keys, values)

@@ -227,17 +227,17 @@ def backend(request: pytest.FixtureRequest) -> Any:
 
 @contextmanager
 def open_states(backend: Any, tmp_path: Path, *states: Any, key_range: range = range(128),
-                input_schema: pl.Schema = KEYS) -> Iterator[ProcessContext]:
-    function = ProcessFunction.build(lambda batch, ctx: batch, keys=list(KEYS.names()), states=list(states),
+                input_schema: pl.Schema = KEYS, keys: pl.Schema = KEYS) -> Iterator[ProcessContext]:
+    function = ProcessFunction.build(lambda batch, ctx: batch, keys=list(keys.names()), states=list(states),
                                      schema=None, side_outputs=None, event_time=None, operator_id="op")
     function = function.bind(input_schema, input_schema, 128)
     context = StoreContext(str(tmp_path), 0, 1)
     stores = {}
     for decl in states:
-        spec = decl.store_spec("op", KEYS, 128)
+        spec = decl.store_spec("op", keys, 128)
         stores[spec.name] = backend.open_store(spec, key_range, context)
     try:
-        yield ProcessContext(function, KEYS, stores, key_range=key_range)
+        yield ProcessContext(function, keys, stores, key_range=key_range)
     finally:
         for store in stores.values():
             store.close()
@@ -357,6 +357,26 @@ def test_map_state(backend: Any, tmp_path: Path) -> None:
         money.put(pl.DataFrame({"user": ["a"], "currency": ["EUR"]}), pl.DataFrame({"n": [2], "amount": [1.5]}))
         assert money.get(pl.DataFrame({"user": ["a", "a"], "currency": ["EUR", "USD"]})).rows() == [(1.5, 2),
                                                                                                      (None, None)]
+
+
+def test_nan_keys_and_map_keys_are_one_key(backend: Any, tmp_path: Path) -> None:
+    """A float key (and map key) NaN is one key, as in polars' group_by: list and map states
+    line up a batch's rows with its keys by joins, which must match NaN with NaN."""
+    nan = float("nan")
+    floats = pl.Schema({"k": pl.Float64})
+    with open_states(backend, tmp_path, af.ListState("l", pl.Int64),
+                     af.MapState("m", key={"mk": pl.Float64}, value=pl.Int64),
+                     input_schema=floats, keys=floats) as ctx:
+        lists, maps = ctx.state("l"), ctx.state("m")
+        lists.append(pl.DataFrame({"k": [nan, 1.0, nan]}), pl.Series([1, 2, 3]))
+        lists.append(pl.DataFrame({"k": [nan]}), pl.Series([4]))
+        assert lists.get(pl.DataFrame({"k": [1.0, nan, 2.0]})).to_list() == [[2], [1, 3, 4], []]
+        rows = pl.DataFrame({"k": [nan, nan, 1.0, nan], "mk": [nan, 0.5, nan, nan]})
+        maps.put(rows, pl.Series([10, 20, 30, 40]))  # (NaN, NaN) twice: the last wins, in the first's place
+        assert maps.get(rows).to_list() == [40, 20, 30, 40]
+        assert maps.items(pl.DataFrame({"k": [nan]})).get_column("m").to_list() == [40, 20]
+        maps.remove(pl.DataFrame({"k": [nan], "mk": [nan]}))
+        assert maps.contains(rows).to_list() == [False, True, True, False]
 
 
 def test_map_state_ttl_per_entry(backend: Any, tmp_path: Path) -> None:

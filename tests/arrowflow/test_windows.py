@@ -124,6 +124,29 @@ def test_windows_equal_polars_on_every_state_backend(state: str) -> None:
     assert_windows_equal(frames["session"], reference_session(df, 15), f"session on {state}")
 
 
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
+def test_a_nan_key_is_one_key_of_its_windows(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float key NaN is one key, as in polars' group_by, also for windows spilled to the
+    store and met again in later batches (the window index is matched by joins)."""
+    import arrowflow.runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)  # in-process: every window goes through the store
+    n = 2000
+    rng = np.random.default_rng(1)
+    key = rng.integers(0, 5, n).astype(float)
+    key[key == 0] = np.nan
+    ts = pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1) + pl.duration(seconds=n - 1),
+                           "1s", eager=True, time_unit="ms")
+    df = pl.DataFrame({"ts": ts, "k": key, "x": rng.integers(0, 9, n)}).sample(fraction=1.0, shuffle=True, seed=2)
+    got = (af.Flow("nan-windows").from_polars(df).with_watermark("ts", delay="1h").key_by("k")
+           .window(af.tumbling("60s")).agg(n=pl.len(), total=pl.col("x").sum())
+           .collect(state=state, workers=0, batch_size=7))
+    expected = df.group_by("k", pl.col("ts").dt.truncate("60s").alias("window_start")).agg(
+        n=pl.len(), total=pl.col("x").sum())
+    assert got.filter(pl.col("k").is_nan()).height == expected.filter(pl.col("k").is_nan()).height > 30
+    assert_frame_equal_unordered(got.select(expected.columns), expected)
+
+
 @pytest.mark.parametrize("batch_size", [1, 64, None])
 def test_any_batch_size_gives_the_same_windows(batch_size: int | None) -> None:
     df = events(1500 if batch_size == 1 else 5000, users=10, seed=11)
