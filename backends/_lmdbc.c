@@ -22,6 +22,7 @@
 
 static PyObject *LmdbError;    /* any LMDB failure */
 static PyObject *MapFullError; /* MDB_MAP_FULL: the transaction was aborted, grow and retry */
+static PyObject *ValueWidthError; /* get_fixed found a value of another width: a damaged store */
 
 typedef struct {
     PyObject_HEAD
@@ -189,6 +190,10 @@ Env_set_mapsize(EnvObject *self, PyObject *arg)
     int rc;
     if ((size == -1 && PyErr_Occurred()) || check_open(self))
         return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "the map size must not be negative");
+        return NULL;
+    }
     if ((rc = mdb_env_set_mapsize(self->env, (size_t)size)) != 0)
         return raise_rc(rc, "mdb_env_set_mapsize");
     Py_RETURN_NONE;
@@ -267,14 +272,15 @@ Env_get_fixed(EnvObject *self, PyObject *args)
 {
     unsigned long dbi;
     Py_ssize_t width, i, bad = -1;
-    int missing, rc = 0;
+    unsigned char missing;
+    int rc = 0;
     size_t bad_size = 0;
     Rows keys = {0};
     PyObject *out = NULL;
     MDB_txn *txn = NULL;
     MDB_cursor *cursor = NULL;
 
-    if (!PyArg_ParseTuple(args, "ky*y*ni", &dbi, &keys.data, &keys.offsets, &width, &missing))
+    if (!PyArg_ParseTuple(args, "ky*y*nb", &dbi, &keys.data, &keys.offsets, &width, &missing))
         return NULL;
     if (check_open(self) || rows_check(&keys, "keys"))
         goto done;
@@ -316,7 +322,7 @@ Env_get_fixed(EnvObject *self, PyObject *args)
         raise_rc(rc, "get");
     } else if (bad >= 0) {
         Py_CLEAR(out);
-        PyErr_Format(PyExc_ValueError, "a stored value has %zu bytes where every value has %zd", bad_size, width);
+        PyErr_Format(ValueWidthError, "a stored value has %zu bytes where every value has %zd", bad_size, width);
     }
 done:
     rows_release(&keys);
@@ -359,11 +365,15 @@ Env_get_var(EnvObject *self, PyObject *args)
         off[0] = 0;
         for (i = 0; rc == 0 && i < keys.n; i++) {
             MDB_val key = row(&keys, i);
-            int got = mdb_cursor_get(cursor, &key, &values[i], MDB_SET_KEY);
+            int got;
+            values[i].mv_size = 0;
+            values[i].mv_data = NULL;
+            got = mdb_cursor_get(cursor, &key, &values[i], MDB_SET_KEY);
             if (got == MDB_NOTFOUND) {
                 values[i].mv_size = 0;
                 flags[i] = 0;
             } else if (got != 0) {
+                values[i].mv_size = 0;
                 rc = got;
             } else {
                 flags[i] = 1;
@@ -377,8 +387,10 @@ Env_get_var(EnvObject *self, PyObject *args)
         /* the values still point into the map: copy them out before the transaction ends */
         char *dest = PyBytes_AS_STRING(data);
         for (i = 0; i < keys.n; i++) {
-            memcpy(dest, values[i].mv_data, values[i].mv_size);
-            dest += values[i].mv_size;
+            if (values[i].mv_size) {
+                memcpy(dest, values[i].mv_data, values[i].mv_size);
+                dest += values[i].mv_size;
+            }
         }
         result = PyTuple_Pack(3, offsets, data, found);
     }
@@ -508,7 +520,8 @@ pack_rows(const MDB_val *vals, Py_ssize_t n)
     dest = PyBytes_AS_STRING(data);
     off[0] = 0;
     for (i = 0; i < n; i++) {
-        memcpy(dest, vals[i].mv_data, vals[i].mv_size);
+        if (vals[i].mv_size)
+            memcpy(dest, vals[i].mv_data, vals[i].mv_size);
         dest += vals[i].mv_size;
         off[i + 1] = off[i] + (int64_t)vals[i].mv_size;
     }
@@ -533,10 +546,19 @@ Env_scan(EnvObject *self, PyObject *args)
     MDB_cursor *cursor = NULL;
     PyObject *key_rows = NULL, *value_rows = NULL, *next = NULL, *result = NULL;
 
-    if (!PyArg_ParseTuple(args, "ky#z#n", &dbi, &start, &start_len, &stop, &stop_len, &limit) || check_open(self))
+    PyObject *stop_arg;
+    if (!PyArg_ParseTuple(args, "ky#On", &dbi, &start, &start_len, &stop_arg, &limit) || check_open(self))
         return NULL;
-    if (limit < 1) {
-        PyErr_SetString(PyExc_ValueError, "limit must be positive");
+    if (stop_arg != Py_None) {
+        if (!PyBytes_Check(stop_arg)) {
+            PyErr_SetString(PyExc_TypeError, "stop must be bytes or None");
+            return NULL;
+        }
+        stop = PyBytes_AS_STRING(stop_arg);
+        stop_len = PyBytes_GET_SIZE(stop_arg);
+    }
+    if (limit < 1 || limit > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "limit must be between 1 and 2**24 entries");
         return NULL;
     }
     keys = PyMem_RawMalloc(sizeof(MDB_val) * (size_t)limit);
@@ -549,6 +571,7 @@ Env_scan(EnvObject *self, PyObject *args)
     if (rc == 0)
         rc = mdb_cursor_open(txn, (MDB_dbi)dbi, &cursor);
     if (rc == 0) {
+        Py_BEGIN_ALLOW_THREADS
         key.mv_size = (size_t)start_len;
         key.mv_data = (void *)start;
         rc = start_len ? mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE)
@@ -565,6 +588,7 @@ Env_scan(EnvObject *self, PyObject *args)
         }
         if (rc == MDB_NOTFOUND)
             rc = 0;
+        Py_END_ALLOW_THREADS
     }
     if (rc != 0) {
         raise_rc(rc, "scan");
@@ -633,9 +657,11 @@ PyInit__lmdbc(void)
         return NULL;
     LmdbError = PyErr_NewException("arrowflow.backends._lmdbc.Error", NULL, NULL);
     MapFullError = PyErr_NewException("arrowflow.backends._lmdbc.MapFullError", LmdbError, NULL);
-    if (LmdbError == NULL || MapFullError == NULL
+    ValueWidthError = PyErr_NewException("arrowflow.backends._lmdbc.ValueWidthError", PyExc_ValueError, NULL);
+    if (LmdbError == NULL || MapFullError == NULL || ValueWidthError == NULL
         || PyModule_AddObjectRef(m, "Error", LmdbError) < 0
         || PyModule_AddObjectRef(m, "MapFullError", MapFullError) < 0
+        || PyModule_AddObjectRef(m, "ValueWidthError", ValueWidthError) < 0
         || PyModule_AddObjectRef(m, "Env", (PyObject *)&EnvType) < 0
         || PyModule_AddStringConstant(m, "lmdb_version", MDB_VERSION_STRING) < 0) {
         Py_DECREF(m);

@@ -149,6 +149,11 @@ def _rows_array(data: Any, offsets: Any, valid: Any = None) -> pa.Array:
     return pa.Array.from_buffers(pa.large_binary(), n, [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+class ValueWidthError(ValueError):
+    """A stored value of another width than every value of the store has (the ``py`` driver's
+    ``_lmdbc.ValueWidthError``)."""
+
+
 class _PyEnv:
     """The batch operations of ``_lmdbc.Env``, on the ``lmdb`` Python binding.
 
@@ -193,14 +198,14 @@ class _PyEnv:
             txn.drop(db, delete=False)
 
     def get_fixed(self, db: Any, data: Any, offsets: Any, width: int, missing: int) -> bytes:
-        placeholder = bytes([missing]) * width
+        placeholder = bytes([missing]) * width  # ValueError outside 0..255, as the C driver
         keys = _split(data, offsets)
         with self.env.begin(db=db) as txn:
             lookup = txn.cursor().get
             found = list(map(lookup, keys, repeat(placeholder)))
         if any(len(value) != width for value in found):
             msg = f"a stored value is not {width} bytes wide"
-            raise ValueError(msg)
+            raise ValueWidthError(msg)
         return b"".join(found)
 
     def get_var(self, db: Any, data: Any, offsets: Any) -> tuple[bytes, bytes, np.ndarray]:
@@ -242,6 +247,7 @@ class _PyEnv:
 
 class _PyDriver:
     Env = _PyEnv
+    ValueWidthError = ValueWidthError
 
     def __init__(self) -> None:
         lmdb = import_optional("lmdb", purpose="the 'lmdb' state backend without its C extension")
@@ -428,7 +434,7 @@ class LmdbStore(KeyedStore):
                 found = matrix[:, 0] != 0xFF
                 return self.value_codec.decode_fixed(matrix, found).with_columns(pl.Series(FOUND, found))
             offsets, data, valid = self.env.get_var(self.entries, keys.data, keys.offsets)
-        except ValueError as exc:  # a stored value of the wrong width
+        except self.driver.ValueWidthError as exc:
             raise self.value_codec._corrupt(str(exc)) from exc
         except self.driver.Error as exc:
             msg = f"lmdb store {self.spec.name!r} in {self.directory!r}: a lookup failed: {exc}"
@@ -473,7 +479,12 @@ class LmdbStore(KeyedStore):
         self._last_keys = None
 
     def scan(self) -> Iterator[pl.DataFrame]:
-        """Every entry, in key order, ``SCAN_BATCH`` at a time (one read transaction each)."""
+        """Every entry, in key order, ``SCAN_BATCH`` at a time.
+
+        Each batch is read in a transaction of its own, resuming after the last key given, so a
+        scan never holds a reader open between batches: each key comes at most once, and a
+        write made while the scan is suspended shows in the batches still to come.
+        """
         for keys, values in self._scan(self.env, self.entries, b"", None):
             yield self._decode_entries(keys, values)
 

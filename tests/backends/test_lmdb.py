@@ -70,6 +70,41 @@ def test_a_driver_is_chosen_by_name_and_checked(tmp_path: Path, driver: str) -> 
         LmdbBackend(driver="rust")
 
 
+@pytest.mark.parametrize("limit", [1, 3, 64])
+def test_the_two_drivers_give_the_same_answers(tmp_path: Path, limit: int) -> None:
+    """The C extension and the Python binding, call for call: scans resumed at every chunk
+    edge (with and without a stop key), lookups of held, empty and missing values, deletes."""
+    from arrowflow.backends import _lmdbc
+    from arrowflow.backends.lmdb import _pack, _split
+
+    keys = [b"\x00\x01a", b"\x00\x01b", b"\x00\x02", b"\x00\x02\x00", b"\x00\x03zz", b"\x01", b"\xff\xff"]
+    values = [b"1", b"", b"22", b"333", b"4", b"55", b"6"]
+    answers = []
+    for name, env_type in (("c", _lmdbc.Env), ("py", _PyEnv)):
+        directory = tmp_path / name
+        directory.mkdir()
+        env = env_type(str(directory), 1 << 20)
+        db = env.open_db(b"entries")
+        env.put(db, *_pack(keys[::-1]), *_pack(values[::-1]))
+        env.delete(db, *_pack([b"\x01", b"absent"]))
+        scans = []
+        for start, stop in ((b"", None), (b"\x00\x02", b"\x00\x03"), (b"\x00\x01b", b"\xff\xff")):
+            following, seen = start, []
+            while following is not None:
+                (kdata, koffsets), (vdata, voffsets), following = env.scan(db, following, stop, limit)
+                seen += list(zip(_split(kdata, koffsets), _split(vdata, voffsets), strict=True))
+            scans.append(seen)
+        offsets, data, found = env.get_var(db, *_pack([b"\x00\x01b", b"nope", b"\x00\x02\x00"]))
+        answers.append((scans, _split(data, offsets), bytes(found), env.count(db)))
+        env.close()
+    assert answers[0] == answers[1]
+    scans, looked_up, found, count = answers[0]
+    held = [pair for pair in zip(keys, values, strict=True) if pair[0] != b"\x01"]
+    assert scans[0] == held and count == len(held)
+    assert scans[1] == held[2:4] and scans[2] == held[1:5]
+    assert looked_up == [b"", b"", b"333"] and found == b"\x01\x00\x01"
+
+
 def test_the_map_grows_by_itself(tmp_path: Path) -> None:
     store = _open(LmdbBackend(map_size=1 << 16), tmp_path)
     memory = _open(MemoryBackend(), tmp_path, "m")
