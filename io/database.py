@@ -40,6 +40,7 @@ same flow clears its staging.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -232,12 +233,17 @@ class DatabaseSink(Sink):
                 raise OSError(msg)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             connection = driver.connect(path, autocommit=True)
-            cursor = connection.cursor()
-            # WAL: the writers stage while the coordinator commits; wait for the lock, never fail.
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=60000"):
-                cursor.execute(f"PRAGMA {pragma}")
-                cursor.fetchall()
-            cursor.close()
+            try:
+                with contextlib.closing(connection.cursor()) as cursor:
+                    # WAL: the writers stage while the coordinator commits; wait for the lock, never
+                    # fail. The busy timeout goes first: the other pragmas take locks that another
+                    # worker opening the same file may hold at that moment.
+                    for pragma in ("busy_timeout=60000", "journal_mode=WAL", "synchronous=NORMAL"):
+                        cursor.execute(f"PRAGMA {pragma}")
+                        cursor.fetchall()
+            except Exception:
+                connection.close()
+                raise
         except Exception as exc:
             msg = (f"write_database: cannot create or open the SQLite database {path!r}: {_first_line(exc)}. "
                    f"Give a writable file path, e.g. 'sqlite:///out/app.db' or 'sqlite:////tmp/app.db'.")
