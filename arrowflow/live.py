@@ -93,8 +93,11 @@ class LiveResults:
         self.lock = threading.Lock()
         self.frames: dict[str, deque[tuple[int, pl.DataFrame]]] = {}
         self.kept: dict[str, int] = {}
-        # Rows produced per epoch (also those no longer kept), so that a rewind can count.
+        # Rows produced per epoch (also those no longer kept), so that a rewind can count; the
+        # epochs no restart can go back before are folded into ``settled``.
         self.produced: dict[str, dict[int, int]] = {}
+        self.settled: dict[str, int] = {}
+        self.settled_before = 0  # epochs below this are in ``settled``
 
     def add(self, sink_id: str, worker: int, epoch: int, payload: bytes, produced: int) -> None:
         frame = frame_from_ipc(payload)
@@ -102,8 +105,11 @@ class LiveResults:
             frames = self.frames.setdefault(sink_id, deque())
             frames.append((epoch, frame))
             self.kept[sink_id] = self.kept.get(sink_id, 0) + frame.height
-            by_epoch = self.produced.setdefault(sink_id, {})
-            by_epoch[epoch] = by_epoch.get(epoch, 0) + produced
+            if epoch < self.settled_before:  # a tap's flush that arrived after the checkpoint
+                self.settled[sink_id] = self.settled.get(sink_id, 0) + produced
+            else:
+                by_epoch = self.produced.setdefault(sink_id, {})
+                by_epoch[epoch] = by_epoch.get(epoch, 0) + produced
             while self.kept[sink_id] - frames[0][1].height >= self.limit:
                 self.kept[sink_id] -= frames.popleft()[1].height
 
@@ -121,6 +127,17 @@ class LiveResults:
                 for epoch in [e for e in by_epoch if e >= restored_id]:
                     del by_epoch[epoch]
 
+    def settle(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete and restorable: a restart never goes back
+        before it, so the counts of the epochs before it are folded into one number (the
+        per-epoch record stays as short as the checkpoints a restart may still pick)."""
+        with self.lock:
+            self.settled_before = max(self.settled_before, checkpoint_id)
+            for sink_id, by_epoch in self.produced.items():
+                old = [epoch for epoch in by_epoch if epoch < checkpoint_id]
+                if old:
+                    self.settled[sink_id] = self.settled.get(sink_id, 0) + sum(by_epoch.pop(e) for e in old)
+
     def get(self, sink_id: str, schema: pl.Schema | None = None) -> pl.DataFrame:
         with self.lock:
             frames = [f for _, f in self.frames.get(sink_id, ())]
@@ -132,7 +149,7 @@ class LiveResults:
     def count(self, sink_id: str) -> int:
         """Rows the stream produced so far (also those no longer kept)."""
         with self.lock:
-            return sum(self.produced.get(sink_id, {}).values())
+            return self.settled.get(sink_id, 0) + sum(self.produced.get(sink_id, {}).values())
 
 
 class LimitSink(Sink):

@@ -59,6 +59,7 @@ class JobControl:
             if self.results is not None:
                 self.results.rewind(coordinator.restored_id)
                 coordinator.on_publish = self.results.add
+                coordinator.on_restorable = self.results.settle
             self.coordinator = coordinator
             if self.stop_mode is not None:
                 coordinator.request_stop(savepoint=self.stop_mode == "savepoint")
