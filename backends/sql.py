@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arrowflow._util import import_optional
+from arrowflow._util import import_optional, open_sqlite
 from arrowflow.errors import StateError
 from arrowflow.state import (
     FOUND,
@@ -493,16 +493,10 @@ class SqlBackend(StateBackend):
         driver = import_optional("adbc_driver_sqlite.dbapi", purpose="the 'sql' state backend")
         path = self._sqlite_path(context)
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            connection = driver.connect(path, autocommit=True)
-            cursor = connection.cursor()
             # A working copy (checkpoints make state durable): no fsync; WAL so that a failed
             # transaction (e.g. a full disk) rolls back cleanly.
-            for pragma in ("journal_mode=WAL", "synchronous=OFF", "temp_store=MEMORY",
-                           "cache_size=-65536", "busy_timeout=30000"):
-                cursor.execute(f"PRAGMA {pragma}")
-                cursor.fetchall()
-            cursor.close()
+            connection = open_sqlite(driver, path, ("busy_timeout=30000", "journal_mode=WAL", "synchronous=OFF",
+                                                    "temp_store=MEMORY", "cache_size=-65536"))
         except Exception as exc:
             first = str(exc).strip().splitlines()[0]
             msg = (

@@ -40,15 +40,13 @@ same flow clears its staging.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import secrets
 from typing import Any
 
 import polars as pl
 
-from arrowflow._util import import_optional
+from arrowflow._util import import_optional, open_sqlite
 from arrowflow.errors import ArrowflowError, SchemaError, SinkError
 from arrowflow.sinks import Sink, SinkWriter
 
@@ -228,22 +226,8 @@ class DatabaseSink(Sink):
         driver = import_optional("adbc_driver_sqlite.dbapi", purpose="write_database on SQLite")
         path = self.sqlite_path()
         try:
-            if os.path.isdir(path):
-                msg = f"{path!r} is a directory"
-                raise OSError(msg)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            connection = driver.connect(path, autocommit=True)
-            try:
-                with contextlib.closing(connection.cursor()) as cursor:
-                    # WAL: the writers stage while the coordinator commits; wait for the lock, never
-                    # fail. The busy timeout goes first: the other pragmas take locks that another
-                    # worker opening the same file may hold at that moment.
-                    for pragma in ("busy_timeout=60000", "journal_mode=WAL", "synchronous=NORMAL"):
-                        cursor.execute(f"PRAGMA {pragma}")
-                        cursor.fetchall()
-            except Exception:
-                connection.close()
-                raise
+            # WAL: the writers stage while the coordinator commits; wait for the lock, never fail.
+            connection = open_sqlite(driver, path, ("busy_timeout=60000", "journal_mode=WAL", "synchronous=NORMAL"))
         except Exception as exc:
             msg = (f"write_database: cannot create or open the SQLite database {path!r}: {_first_line(exc)}. "
                    f"Give a writable file path, e.g. 'sqlite:///out/app.db' or 'sqlite:////tmp/app.db'.")
