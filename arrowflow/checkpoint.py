@@ -101,6 +101,9 @@ class CheckpointStorage:
             raise CheckpointError(msg) from exc
         self.root = self.root.rstrip("/")
         self.keep = keep
+        #: The oldest complete checkpoint the last prune() kept: no restart of this run restores
+        #: an older one of its own (a damaged newer one is skipped for at most this one).
+        self.oldest_kept: int | None = None
         self.storage_options = storage_options
 
     @property
@@ -235,6 +238,7 @@ class CheckpointStorage:
                     removed.append(checkpoint_id)
         if not complete:
             return []
+        self.oldest_kept = min(m.id for m in complete)
         referenced = {entry["path"] for m in complete for entry in m.files}
         for checkpoint_id in removed:
             self.fs.rm(self.path(chk_dir(checkpoint_id)), recursive=True)

@@ -117,6 +117,11 @@ class LiveResults:
         """A new attempt starts from checkpoint ``restored_id`` (0: from the beginning): drop
         the rows produced after it, which the new attempt produces again."""
         with self.lock:
+            if restored_id < self.settled_before:
+                # Only a start from scratch or from the checkpoint the job started from goes
+                # back before the oldest kept checkpoint: every row counted is produced again.
+                self.settled.clear()
+                self.settled_before = 0
             for sink_id, frames in self.frames.items():
                 dropped = [f.height for epoch, f in frames if epoch >= restored_id]
                 if dropped:
@@ -128,9 +133,9 @@ class LiveResults:
                     del by_epoch[epoch]
 
     def settle(self, checkpoint_id: int) -> None:
-        """Checkpoint ``checkpoint_id`` is complete and restorable: a restart never goes back
-        before it, so the counts of the epochs before it are folded into one number (the
-        per-epoch record stays as short as the checkpoints a restart may still pick)."""
+        """No restart of this job restores a checkpoint of its own older than ``checkpoint_id``
+        (the oldest the retention keeps), so the counts of the epochs before it are folded into
+        one number: the per-epoch record stays as short as the checkpoints kept."""
         with self.lock:
             self.settled_before = max(self.settled_before, checkpoint_id)
             for sink_id, by_epoch in self.produced.items():

@@ -91,7 +91,8 @@ class JobCoordinator:
         self.restored_id = restored.id if restored is not None else 0
         self.live_metrics: dict[int, list[dict[str, Any]]] = {}
         self.on_publish: Any = None
-        self.on_restorable: Any = None  # called with a checkpoint id once a restart may restore it
+        # Called with a checkpoint id no restart of this run will go back before (the oldest kept).
+        self.on_restorable: Any = None
 
     # ------------------------------------------------------------------ from workers
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
@@ -200,8 +201,8 @@ class JobCoordinator:
         self.completed_at[checkpoint_id] = time.monotonic()
         if self.storage is not None:
             self.storage.prune()
-            if self.on_restorable is not None:
-                self.on_restorable(checkpoint_id)
+            if self.on_restorable is not None and self.storage.oldest_kept is not None:
+                self.on_restorable(self.storage.oldest_kept)
         if flight["final"]:
             self.final_done = True
         if checkpoint_id == self.savepoint_id:
