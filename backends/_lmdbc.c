@@ -329,8 +329,9 @@ done:
     return out;
 }
 
-/* get_var(dbi, keys, offsets) -> (offsets, data, found): the values as int64 offsets
- * (bytes) into data (bytes), and found (bytes, 1 per key held, 0 with an empty value). */
+/* get_var(dbi, keys, offsets) -> (data, offsets, found): the values as data (bytes) and int64
+ * offsets into it (bytes), like every batch here, and found (bytes, 1 per key held, 0 with an
+ * empty value). */
 static PyObject *
 Env_get_var(EnvObject *self, PyObject *args)
 {
@@ -392,7 +393,7 @@ Env_get_var(EnvObject *self, PyObject *args)
                 dest += values[i].mv_size;
             }
         }
-        result = PyTuple_Pack(3, offsets, data, found);
+        result = PyTuple_Pack(3, data, offsets, found);
     }
     if (cursor != NULL)
         mdb_cursor_close(cursor);
@@ -622,7 +623,7 @@ static PyMethodDef Env_methods[] = {
     {"get_fixed", (PyCFunction)Env_get_fixed, METH_VARARGS,
      "get_fixed(dbi, keys, offsets, width, missing) -> bytes of len(keys) * width."},
     {"get_var", (PyCFunction)Env_get_var, METH_VARARGS,
-     "get_var(dbi, keys, offsets) -> (value_offsets, value_data, found)."},
+     "get_var(dbi, keys, offsets) -> (value_data, value_offsets, found)."},
     {"put", (PyCFunction)Env_put, METH_VARARGS, "put(dbi, keys, key_offsets, values, value_offsets)."},
     {"delete", (PyCFunction)Env_delete, METH_VARARGS, "delete(dbi, keys, offsets)."},
     {"scan", (PyCFunction)Env_scan, METH_VARARGS,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -121,12 +122,21 @@ class Encoded:
     offsets: np.ndarray  # int64, len(rows) + 1
     width: int | None  # every row's length when they are all equal (fixed-width rows)
 
+    @classmethod
+    def from_buffers(cls, data: Any, offsets: Any) -> Encoded:
+        """Rows given as two buffers (``bytes`` or arrays): the data and int64 offsets."""
+        return cls(np.frombuffer(data, dtype=np.uint8), np.frombuffer(offsets, dtype=np.int64), None)
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def to_arrow(self) -> pa.Array:
+    def to_arrow(self, valid: Any = None) -> pa.Array:
+        """A large_binary array of the rows; ``valid`` (a uint8 buffer, 0 or 1 per row) marks nulls."""
+        mask = None
+        if valid is not None:
+            mask = pa.py_buffer(np.packbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little"))
         return pa.Array.from_buffers(
-            pa.large_binary(), len(self), [None, pa.py_buffer(self.offsets), pa.py_buffer(self.data)]
+            pa.large_binary(), len(self), [mask, pa.py_buffer(self.offsets), pa.py_buffer(self.data)]
         )
 
     def locality_order(self) -> np.ndarray:
@@ -152,14 +162,6 @@ class Encoded:
             order = order[np.argsort(words[order, column], kind="stable")]
         return order
 
-    def slice(self, start: int, stop: int) -> Encoded:
-        """Rows [start, stop) (sharing memory)."""
-        stop = min(stop, len(self))
-        if self.width is not None:
-            rows = self.data[start * self.width : stop * self.width]
-            return Encoded(rows, self.offsets[: stop - start + 1], self.width)
-        return Encoded(self.data, self.offsets[start : stop + 1], None)
-
     def take(self, order: np.ndarray) -> Encoded:
         """The rows in ``order``."""
         if self.width is not None:
@@ -172,7 +174,7 @@ class Encoded:
         return Encoded(data, offsets, None)
 
     def to_list(self) -> list[bytes]:
-        """One ``bytes`` per row (what the lmdb binding needs)."""
+        """One ``bytes`` per row (what the lmdb Python binding needs)."""
         if self.width is not None and len(self):
             return self.data.view(f"V{self.width}").tolist()
         return self.to_arrow().to_numpy(zero_copy_only=False).tolist()

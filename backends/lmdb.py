@@ -101,7 +101,6 @@ from ._rowcodec import Encoded, RowCodec
 
 FORMAT = b"arrowflow.lmdb/1"
 SCAN_BATCH = 16_384
-CHUNK = 262_144  # keys per binding call within one transaction (the Python binding only)
 DRIVERS = ("c", "py")
 _MiB = 1 << 20
 
@@ -134,19 +133,7 @@ def _rows(offsets: Any) -> int:
 
 def _split(data: Any, offsets: Any) -> list[bytes]:
     """(data, offsets) rows as one ``bytes`` each."""
-    offsets = np.frombuffer(offsets, dtype=np.int64)
-    n = len(offsets) - 1
-    array = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    return array.to_numpy(zero_copy_only=False).tolist()
-
-
-def _rows_array(data: Any, offsets: Any, valid: Any = None) -> pa.Array:
-    """(data, offsets) rows as an Arrow large_binary array; ``valid`` (uint8 per row) marks nulls."""
-    n = _rows(offsets)
-    mask = None
-    if valid is not None:
-        mask = pa.py_buffer(np.packbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little"))
-    return pa.Array.from_buffers(pa.large_binary(), n, [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return Encoded.from_buffers(data, offsets).to_list()
 
 
 class ValueWidthError(ValueError):
@@ -213,16 +200,12 @@ class _PyEnv:
         with self.env.begin(db=db) as txn:
             found = list(map(txn.cursor().get, keys))
         valid = np.array([value is not None for value in found], dtype=np.uint8)
-        values = [value or b"" for value in found]
-        joined, value_offsets = _pack(values)
-        return value_offsets, joined, valid
+        return (*_pack([value or b"" for value in found]), valid)
 
     def put(self, db: Any, keys: Any, key_offsets: Any, values: Any, value_offsets: Any) -> None:
-        key_list, value_list = _split(keys, key_offsets), _split(values, value_offsets)
+        pairs = zip(_split(keys, key_offsets), _split(values, value_offsets), strict=True)
         with self.env.begin(write=True, db=db) as txn:
-            putmulti = txn.cursor().putmulti
-            for start in range(0, len(key_list), CHUNK):
-                putmulti(zip(key_list[start : start + CHUNK], value_list[start : start + CHUNK], strict=True))
+            txn.cursor().putmulti(pairs)
 
     def delete(self, db: Any, data: Any, offsets: Any) -> None:
         with self.env.begin(write=True, db=db) as txn:
@@ -285,9 +268,10 @@ def _driver(name: str | None) -> Any:
 class _KeyBatch:
     """A batch's encoded keys in the order LMDB keeps them, and that permutation."""
 
-    __slots__ = ("in_order", "keys", "order")
+    __slots__ = ("in_order", "keys", "order", "source")
 
-    def __init__(self, keys: pl.DataFrame, encoded: Encoded) -> None:
+    def __init__(self, source: pl.DataFrame, keys: pl.DataFrame, encoded: Encoded) -> None:
+        self.source = source  # the caller's frame: a put of the same object is a hit at once
         self.keys = keys
         self.order = encoded.locality_order()
         self.in_order = encoded.take(self.order)
@@ -402,18 +386,20 @@ class LmdbStore(KeyedStore):
 
     # ------------------------------------------------------------------------ encoding
 
-    def _batch(self, keys: pl.DataFrame) -> _KeyBatch:
+    def _batch(self, source: pl.DataFrame) -> _KeyBatch:
         """The batch's encoded keys, in the order LMDB stores them.
 
         A keyed operator puts exactly the keys it just got; the batch is kept from the ``get``
         (an encoding depends on the keys only, never on the store's contents).
         """
-        keys = keys.select(self.spec.key_columns)
         last = self._last_keys
-        if last is not None and (last.keys is keys or (last.keys.height == keys.height and last.keys.equals(keys))):
+        if last is not None and last.source is source:
+            return last
+        keys = source.select(self.spec.key_columns)
+        if last is not None and last.keys.height == keys.height and last.keys.equals(keys):
             return last
         groups = self.spec.key_groups_of(keys)
-        batch = _KeyBatch(keys, self.key_codec.encode(keys, _prefix(groups)))
+        batch = _KeyBatch(source, keys, self.key_codec.encode(keys, _prefix(groups)))
         self._last_keys = batch
         return batch
 
@@ -433,7 +419,7 @@ class LmdbStore(KeyedStore):
                 matrix[order] = np.frombuffer(raw, dtype=np.uint8).reshape(n, width)
                 found = matrix[:, 0] != 0xFF
                 return self.value_codec.decode_fixed(matrix, found).with_columns(pl.Series(FOUND, found))
-            offsets, data, valid = self.env.get_var(self.entries, keys.data, keys.offsets)
+            data, offsets, valid = self.env.get_var(self.entries, keys.data, keys.offsets)
         except self.driver.ValueWidthError as exc:
             raise self.value_codec._corrupt(str(exc)) from exc
         except self.driver.Error as exc:
@@ -441,19 +427,13 @@ class LmdbStore(KeyedStore):
             raise StateError(msg) from exc
         back = np.empty_like(order)
         back[order] = np.arange(n)
-        found_values = _rows_array(data, offsets, valid).take(pa.array(back))
+        found_values = Encoded.from_buffers(data, offsets).to_arrow(valid).take(pa.array(back))
         values = self.value_codec.decode(found_values)
         return values.with_columns(pl.Series(FOUND, found_values.is_valid()))
 
     def _encode_values(self, batch: _KeyBatch, values: pl.DataFrame) -> Encoded:
         """The encoded values in the batch's LMDB order."""
-        values = values.select(self.spec.value_columns)
-        width = self.value_codec.row_width
-        if width:
-            encoded = self.value_codec.encode(values)
-            rows = encoded.data.reshape(-1, width)[batch.order].reshape(-1)
-            return Encoded(rows, encoded.offsets, width)
-        return self.value_codec.encode(values[batch.order])
+        return self.value_codec.encode(values.select(self.spec.value_columns)).take(batch.order)
 
     # ------------------------------------------------------------------------ KeyedStore
 
@@ -498,8 +478,8 @@ class LmdbStore(KeyedStore):
                 yield keys, values
 
     def _decode_entries(self, keys: tuple[Any, Any], values: tuple[Any, Any]) -> pl.DataFrame:
-        return pl.concat([self.key_codec.decode(_rows_array(*keys)), self.value_codec.decode(_rows_array(*values))],
-                         how="horizontal")
+        return pl.concat([self.key_codec.decode(Encoded.from_buffers(*keys).to_arrow()),
+                          self.value_codec.decode(Encoded.from_buffers(*values).to_arrow())], how="horizontal")
 
     def count(self) -> int:
         return int(self.env.count(self.entries))
@@ -559,7 +539,7 @@ class LmdbStore(KeyedStore):
             meta = source.open_db(b"meta", create=False)
             entries = source.open_db(b"entries", create=False)
             names = [b"format", b"key_schema", b"value_schema"]
-            offsets, data, valid = source.get_var(meta, *_pack(names))
+            data, offsets, valid = source.get_var(meta, *_pack(names))
         except self.driver.Error as exc:
             msg = f"state file {state_file.path!r} is not an arrowflow LMDB snapshot: {exc}"
             raise StateError(msg) from exc

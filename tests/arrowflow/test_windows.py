@@ -127,7 +127,8 @@ def test_windows_equal_polars_on_every_state_backend(state: str) -> None:
 @pytest.mark.parametrize("state", ["memory", "lmdb"])
 def test_a_nan_key_is_one_key_of_its_windows(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A float key NaN is one key, as in polars' group_by, also for windows spilled to the
-    store and met again in later batches (the window index is matched by joins)."""
+    store and met again in later batches (the window index is matched by joins). Coverage:
+    it passed before the index joins became NaN-safe too (polars' plain join matched here)."""
     import arrowflow.runtime.window_op as window_op
 
     monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)  # in-process: every window goes through the store

@@ -55,6 +55,7 @@ def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
+@pytest.mark.parametrize("driver", ["c"], indirect=True)  # one run: the test picks its drivers itself
 def test_the_c_extension_is_built() -> None:
     """An install with a compiler (this machine's) builds it: the fast path is what is tested."""
     assert c_driver_available()
@@ -70,6 +71,7 @@ def test_a_driver_is_chosen_by_name_and_checked(tmp_path: Path, driver: str) -> 
         LmdbBackend(driver="rust")
 
 
+@pytest.mark.parametrize("driver", ["c"], indirect=True)  # one run: the test picks its drivers itself
 @pytest.mark.parametrize("limit", [1, 3, 64])
 def test_the_two_drivers_give_the_same_answers(tmp_path: Path, limit: int) -> None:
     """The C extension and the Python binding, call for call: scans resumed at every chunk
@@ -94,7 +96,7 @@ def test_the_two_drivers_give_the_same_answers(tmp_path: Path, limit: int) -> No
                 (kdata, koffsets), (vdata, voffsets), following = env.scan(db, following, stop, limit)
                 seen += list(zip(_split(kdata, koffsets), _split(vdata, voffsets), strict=True))
             scans.append(seen)
-        offsets, data, found = env.get_var(db, *_pack([b"\x00\x01b", b"nope", b"\x00\x02\x00"]))
+        data, offsets, found = env.get_var(db, *_pack([b"\x00\x01b", b"nope", b"\x00\x02\x00"]))
         answers.append((scans, _split(data, offsets), bytes(found), env.count(db)))
         env.close()
     assert answers[0] == answers[1]
@@ -115,9 +117,9 @@ def test_the_map_grows_by_itself(tmp_path: Path) -> None:
     assert_same_contents(store, memory)  # type: ignore[arg-type]
 
 
-def test_batches_larger_than_one_binding_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Python binding gets a batch in chunks (one transaction still): chunk edges lose nothing."""
-    monkeypatch.setattr("arrowflow.backends.lmdb.CHUNK", 7)
+def test_a_batch_put_delete_and_lookup_with_missing_keys_equal_memory(tmp_path: Path) -> None:
+    """Variable-width values: a batch's puts, deletes (some of keys not held) and a lookup of
+    held, deleted and never-held keys, against the memory backend."""
     store = _open(LmdbBackend(), tmp_path)
     memory = _open(MemoryBackend(), tmp_path, "m")
     for target in (store, memory):
@@ -227,6 +229,7 @@ def test_nested_columns_are_refused_with_the_way_out(tmp_path: Path) -> None:
         LmdbBackend().open_store(spec, range(0, 128), StoreContext(str(tmp_path), 0, 1))
 
 
+@pytest.mark.parametrize("driver", ["c"], indirect=True)  # slow; the drivers share the storage path
 def test_state_larger_than_the_heap_budget(tmp_path: Path) -> None:
     """1M keys under a 40 MiB heap cap (RLIMIT_DATA, set after imports and warm-up).
 
@@ -307,13 +310,9 @@ def _fixed_frames(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return keys, values
 
 
-@pytest.mark.parametrize("chunk", [None, 7])
-def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     chunk: int | None) -> None:
+def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path) -> None:
     """Values of fixed width are looked up as one buffer (a placeholder for a missing key):
-    every type, nulls, an all-null row, missing keys, chunk edges, get-then-put of the same keys."""
-    if chunk is not None:
-        monkeypatch.setattr("arrowflow.backends.lmdb.CHUNK", chunk)
+    every type, nulls, an all-null row, missing keys, get-then-put of the same keys."""
     spec = StoreSpec("agg-1", FIXED_KEYS, FIXED_VALUES)
     stores = []
     for name, backend in (("l", LmdbBackend()), ("m", MemoryBackend())):
