@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from arrowflow.checkpoint import CheckpointStorage
+
 
 def check_exactly_once(h, tmp: Path, input_dir: Path) -> None:
     rows, agg = h.expected_outputs(input_dir)
@@ -75,22 +77,24 @@ def test_kill_9_of_the_coordinator_at_a_random_moment(tmp_path: Path, recovery_i
     while recovery.processes_of_run(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert recovery.processes_of_run(tmp_path) == [], "processes of the killed job are still alive"
+    # The checkpoint the second run will restore, read now: its retention prunes it later.
+    newest = CheckpointStorage(str(tmp_path / "checkpoints")).latest(report=False)
     summary = finish(recovery, tmp_path, recovery_input, workers, state)
     if "RESULT" not in out:
         assert code != 0
     check_exactly_once(recovery, tmp_path, recovery_input)
-    # The second run reads exactly what the checkpoint it restored did not cover: all 48,000
-    # events when there was none, else what its manifest's source offsets say is left.
+    # The second run reads exactly what that checkpoint did not cover: all 48,000 events when
+    # there was none, else what its manifest's source offsets say is left.
     total = 48_000
-    restored = summary["restored_from"]
-    covered = 0 if restored is None else rows_covered(tmp_path / "checkpoints" / f"chk-{restored:08d}")
+    assert summary["restored_from"] == (newest.id if newest is not None else None)
+    covered = 0 if newest is None else rows_covered(newest.sources)
     assert summary["rows_in"] == total - covered
 
 
-def rows_covered(checkpoint: Path) -> int:
+def rows_covered(sources: dict) -> int:
     """Input rows a checkpoint's source offsets account for, counted from the Parquet files:
     the rows of its finished splits (``<file>#rg<first>-<last>``) plus its split positions."""
-    sources = json.loads((checkpoint / "_MANIFEST.json").read_text())["sources"]["read_parquet"]
+    offsets = sources["read_parquet"]
 
     def split_rows(split: str) -> int:
         path, groups = split.rsplit("#rg", 1)
@@ -98,7 +102,7 @@ def rows_covered(checkpoint: Path) -> int:
         metadata = pq.ParquetFile(path).metadata
         return sum(metadata.row_group(g).num_rows for g in range(first, last + 1))
 
-    return sum(split_rows(split) for split in sources["finished"]) + sum(sources["positions"].values())
+    return sum(split_rows(split) for split in offsets["finished"]) + sum(offsets["positions"].values())
 
 
 def test_restore_onto_a_different_number_of_workers(tmp_path: Path, recovery_input: Path, recovery) -> None:
