@@ -85,6 +85,10 @@ class _TapWriter(SinkWriter):
         return None
 
 
+#: The per-epoch entry that holds the rows of every epoch no restart can go back before.
+SETTLED = -1
+
+
 class LiveResults:
     """The coordinator's side of the taps: per stream, the newest rows with their epochs."""
 
@@ -94,10 +98,9 @@ class LiveResults:
         self.frames: dict[str, deque[tuple[int, pl.DataFrame]]] = {}
         self.kept: dict[str, int] = {}
         # Rows produced per epoch (also those no longer kept), so that a rewind can count; the
-        # epochs no restart can go back before are folded into ``settled``.
+        # epochs no restart can go back before are folded into the entry SETTLED.
         self.produced: dict[str, dict[int, int]] = {}
-        self.settled: dict[str, int] = {}
-        self.settled_before = 0  # epochs below this are in ``settled``
+        self.settled_before = 0  # epochs below this are counted under SETTLED
 
     def add(self, sink_id: str, worker: int, epoch: int, payload: bytes, produced: int) -> None:
         frame = frame_from_ipc(payload)
@@ -106,10 +109,9 @@ class LiveResults:
             frames.append((epoch, frame))
             self.kept[sink_id] = self.kept.get(sink_id, 0) + frame.height
             if epoch < self.settled_before:  # a tap's flush that arrived after the checkpoint
-                self.settled[sink_id] = self.settled.get(sink_id, 0) + produced
-            else:
-                by_epoch = self.produced.setdefault(sink_id, {})
-                by_epoch[epoch] = by_epoch.get(epoch, 0) + produced
+                epoch = SETTLED
+            by_epoch = self.produced.setdefault(sink_id, {})
+            by_epoch[epoch] = by_epoch.get(epoch, 0) + produced
             while self.kept[sink_id] - frames[0][1].height >= self.limit:
                 self.kept[sink_id] -= frames.popleft()[1].height
 
@@ -120,7 +122,8 @@ class LiveResults:
             if restored_id < self.settled_before:
                 # Only a start from scratch or from the checkpoint the job started from goes
                 # back before the oldest kept checkpoint: every row counted is produced again.
-                self.settled.clear()
+                for by_epoch in self.produced.values():
+                    by_epoch.pop(SETTLED, None)
                 self.settled_before = 0
             for sink_id, frames in self.frames.items():
                 dropped = [f.height for epoch, f in frames if epoch >= restored_id]
@@ -138,10 +141,10 @@ class LiveResults:
         one number: the per-epoch record stays as short as the checkpoints kept."""
         with self.lock:
             self.settled_before = max(self.settled_before, checkpoint_id)
-            for sink_id, by_epoch in self.produced.items():
-                old = [epoch for epoch in by_epoch if epoch < checkpoint_id]
+            for by_epoch in self.produced.values():
+                old = [epoch for epoch in by_epoch if SETTLED < epoch < checkpoint_id]
                 if old:
-                    self.settled[sink_id] = self.settled.get(sink_id, 0) + sum(by_epoch.pop(e) for e in old)
+                    by_epoch[SETTLED] = by_epoch.get(SETTLED, 0) + sum(by_epoch.pop(e) for e in old)
 
     def get(self, sink_id: str, schema: pl.Schema | None = None) -> pl.DataFrame:
         with self.lock:
@@ -154,7 +157,7 @@ class LiveResults:
     def count(self, sink_id: str) -> int:
         """Rows the stream produced so far (also those no longer kept)."""
         with self.lock:
-            return self.settled.get(sink_id, 0) + sum(self.produced.get(sink_id, {}).values())
+            return sum(self.produced.get(sink_id, {}).values())
 
 
 class LimitSink(Sink):

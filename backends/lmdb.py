@@ -153,7 +153,6 @@ class _PyEnv:
                  lock: bool = True, max_dbs: int = 2) -> None:
         import lmdb
 
-        self.lmdb = lmdb
         if readonly:
             self.env = lmdb.open(path, subdir=subdir, readonly=True, lock=lock, max_dbs=max_dbs, readahead=False)
         else:
