@@ -82,6 +82,7 @@ class ShmTransport:
         self.depth = 0
         self.backoff = 0.0
         self.paused: set[int] = set()
+        self.delivering: set[int] = set()  # senders whose message is being delivered
         self.parent = os.getppid()
 
     # ------------------------------------------------------------------ sending
@@ -125,26 +126,38 @@ class ShmTransport:
                 for _ in range(limit):
                     if sender in self.paused:
                         break
-                    if ring.pending_release:
-                        break  # a nested poll is inside this ring's current message
+                    if sender in self.delivering:
+                        break  # a nested poll is inside this ring's current message: keep its order
                     message = ring.read()
                     if message is None:
                         break
                     kind, tag, view = message
+                    # Nothing that is delivered points into the ring: operators keep what they
+                    # receive (late rows, a window's buffer, a sink writer's rows until its flush),
+                    # and polars frames derived from a batch share its buffers. So a batch is
+                    # copied out of the ring, once, and its space released before delivery.
+                    try:
+                        payload = bytes(view) if kind not in (END, BARRIER, WATERMARK) else None
+                        value = read_id(view) if kind in (BARRIER, WATERMARK) else 0
+                    finally:
+                        del view
+                        ring.release()
+                    self.delivering.add(sender)
                     try:
                         if kind == END:
                             worker.deliver(self.exchanges[tag], None, sender)
                         elif kind == BARRIER:
-                            worker.deliver_barrier(self.exchanges[tag], sender, read_id(view))
+                            worker.deliver_barrier(self.exchanges[tag], sender, value)
                         elif kind == WATERMARK:
-                            worker.deliver_watermark(self.exchanges[tag], sender, read_id(view))
+                            worker.deliver_watermark(self.exchanges[tag], sender, value)
                         else:
-                            batch = pl.DataFrame(pl.from_arrow(ipc_read(view)))
+                            assert payload is not None
+                            batch = pl.DataFrame(pl.from_arrow(ipc_read(payload)))
+                            del payload
                             worker.deliver(self.exchanges[tag], batch, sender)
                             del batch
                     finally:
-                        del view
-                        ring.release()
+                        self.delivering.discard(sender)
                     progressed = True
         finally:
             self.depth -= 1
