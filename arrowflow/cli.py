@@ -146,8 +146,6 @@ def format_summary(flow: Flow, result: RunResult) -> str:
         lines.append(
             f"  malformed  {result.malformed:>13,}   (rows a source could not parse; see its 'malformed' side output)"
         )
-    if result.restarts:
-        lines.append(f"  restarts   {result.restarts:>13,}")
     metrics = result.metrics()
     if metrics.height:
         extra = [
@@ -183,7 +181,19 @@ def format_summary(flow: Flow, result: RunResult) -> str:
             sink = node.params["sink"]
             described = sink.describe() if hasattr(sink, "describe") else type(sink).__name__
             lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {described}")
+    lines.append(restarts_line(result))
     return "\n".join(lines)
+
+
+def restarts_line(result: RunResult) -> str:
+    """How many times the run restarted from a checkpoint, and why: a restart hides a crash
+    unless it is said, so summaries end with this line."""
+    if not result.restarts:
+        return "restarts: none (no worker failed)"
+    reasons = result.restart_reasons or ["reason not recorded"]
+    listed = "; ".join(f"{number}. {reason}" for number, reason in enumerate(reasons, 1))
+    return (f"restarts: {result.restarts} — a worker failed and the run went on from its newest checkpoint: "
+            f"{listed}")
 
 
 # ---------------------------------------------------------------------------- commands

@@ -250,7 +250,7 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> af.RunResult:
     """Generate (or reuse) the data, run the demo flow, and ``say`` what happened."""
-    from arrowflow.cli import format_summary
+    from arrowflow.cli import format_summary, restarts_line
 
     root = Path(root)
     say(f"arrowflow demo: {rows:,} clickstream events in {root}/data")
@@ -318,4 +318,6 @@ def run_demo(
     say("read the result with polars:")
     say(f"  pl.read_parquet({str(data.out / 'per_user' / '*.parquet')!r})  "
         f"# one row per user and checkpoint that updated it; the newest is the total")
+    say("")
+    say(restarts_line(result))
     return result

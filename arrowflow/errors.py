@@ -38,10 +38,13 @@ class CheckpointError(ArrowflowError):
 class WorkerError(ArrowflowError):
     """A worker process raised or died; the message carries its traceback as text."""
 
-    def __init__(self, msg: str, *, worker: int | None = None, traceback_text: str = "") -> None:
+    def __init__(self, msg: str, *, worker: int | None = None, traceback_text: str = "",
+                 signal: int | None = None) -> None:
         super().__init__(msg)
         self.worker = worker
         self.traceback_text = traceback_text
+        #: The signal that killed the worker process (None: it raised, or exited by itself).
+        self.signal = signal
 
 
 class JobCancelled(ArrowflowError):

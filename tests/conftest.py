@@ -16,3 +16,13 @@ EXECUTORS = [int(w) for w in os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").s
 def workers(request: pytest.FixtureRequest) -> int:
     """0: the in-process executor; N > 0: a pool of N worker processes."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _restarts_are_failures(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart hides a crash: in the suite no run may restart (ARROWFLOW_RESTARTS=fail), and
+    a test marked ``injects_faults`` (it kills workers with SIGKILL on purpose) may restart
+    only a worker killed by SIGKILL: a segfault, a panic or an exception still fails it.
+    Subprocesses that the tests start inherit the setting."""
+    injected = request.node.get_closest_marker("injects_faults") is not None
+    monkeypatch.setenv("ARROWFLOW_RESTARTS", "injected" if injected else "fail")

@@ -4,11 +4,23 @@
 refusing one taken from a different flow), re-running the restored checkpoint's commit
 (idempotent), and the restart strategy — a pool run whose worker dies or raises is
 restarted from its newest complete checkpoint, a bounded number of times.
+
+A restart must never hide a crash: every restart is recorded with its reason in the
+:class:`RunResult` (``restart_reasons``), warned about, and printed on the last lines of the
+CLI's and the demo's summary. ``ARROWFLOW_RESTARTS`` sets the policy (the test suite runs
+with ``fail``, and ``injected`` in the tests that kill workers on purpose):
+
+- ``allow`` (default): restart any worker failure, up to ``max_restarts`` times;
+- ``injected``: restart only a worker killed by SIGKILL (``kill -9``, what the fault points
+  of :mod:`arrowflow._faults` and the recovery tests do); any other failure — a segfault, a
+  panic, an exception — fails the run at once;
+- ``fail``: never restart; the first failure fails the run.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 import warnings
 from typing import Any
@@ -24,6 +36,26 @@ from arrowflow.triggers import resolve_trigger
 
 MAX_RESTARTS = 3
 RESTART_DELAY_S = 0.5
+RESTART_POLICIES = ("allow", "injected", "fail")
+
+
+def restart_policy() -> str:
+    """The restart policy from ``ARROWFLOW_RESTARTS`` (``allow`` when unset)."""
+    policy = os.environ.get("ARROWFLOW_RESTARTS", "").strip().lower() or "allow"
+    if policy not in RESTART_POLICIES:
+        msg = f"ARROWFLOW_RESTARTS must be one of {RESTART_POLICIES}, got {policy!r}"
+        raise PlanError(msg)
+    return policy
+
+
+def _restart_refused(exc: WorkerError, policy: str) -> str | None:
+    """Why the policy refuses to restart after ``exc`` (None: it may restart)."""
+    if policy == "fail":
+        return "restarts are disabled (ARROWFLOW_RESTARTS=fail)"
+    if policy == "injected" and exc.signal != signal.SIGKILL:
+        return ("only a worker killed by SIGKILL is restarted (ARROWFLOW_RESTARTS=injected); this failure "
+                "was not an injected fault")
+    return None
 
 
 def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, max_parallelism: int,
@@ -96,7 +128,9 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
     if storage is not None:
         storage.ensure()
     parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
+    policy = restart_policy()
     restarts = 0
+    reasons: list[str] = []
     # A restart goes back to this run's own newest checkpoint, else to the one it started from
     # (or to nothing), never to another run's that happens to share the directory.
     own_first_id = 0
@@ -140,16 +174,22 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
                 result = run_pool(plan, backend, coordinator, context, workers=parallelism,
                                   batch_size=batch_size, max_parallelism=max_parallelism)
         except WorkerError as exc:
-            if storage is None or restarts >= max_restarts:
-                if storage is not None:
+            refused = _restart_refused(exc, policy) if storage is not None else None
+            if storage is None or restarts >= max_restarts or refused:
+                if refused:
+                    exc.args = (f"{exc.args[0]}\n(not restarted: {refused})",)
+                elif storage is not None:
                     exc.args = (f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",)
                 raise
             restarts += 1
-            warnings.warn(f"flow {plan.flow_name!r}: {str(exc).splitlines()[0]}; restarting from the newest "
+            reason = str(exc).splitlines()[0]
+            reasons.append(reason)
+            warnings.warn(f"flow {plan.flow_name!r}: {reason}; restarting from the newest "
                           f"checkpoint (restart {restarts} of at most {max_restarts})", stacklevel=2)
             time.sleep(RESTART_DELAY_S)
             continue
         result.restarts = restarts
+        result.restart_reasons = reasons
         # Live-results taps (flow.start) are not the user's operators: their rows are no output.
         taps = {op.id for op in plan.ops if op.kind == "sink" and op.params["sink"].transient}
         if taps:

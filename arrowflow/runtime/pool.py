@@ -456,7 +456,8 @@ class _Pool:
                         process.join(1.0)  # reap it, so its exit code is known
                         msg = (f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
                                f"running")
-                        raise WorkerError(msg, worker=index)
+                        code = process.exitcode
+                        raise WorkerError(msg, worker=index, signal=-code if code is not None and code < 0 else None)
                 else:
                     exiting |= self._drain(by_conn[id(ready)], job, reports)
             if exiting:

@@ -15,6 +15,7 @@ class RunResult:
     elapsed_s: float
     operator_metrics: list[dict[str, Any]] = field(default_factory=list)
     restarts: int = 0
+    restart_reasons: list[str] = field(default_factory=list)  # why each restart happened, in order
     checkpoints: list[int] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     restored_from: int | None = None

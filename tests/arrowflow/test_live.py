@@ -124,6 +124,7 @@ def worker_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
 def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(tmp_path: Path) -> None:
     df = events(30_000)
@@ -407,6 +408,7 @@ def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path:
         lines.collect()
 
 
+@pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
 def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Path) -> None:
     """A run restored from an older checkpoint (by id) that loses a worker before its own
@@ -429,6 +431,7 @@ def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Pa
     assert result.restarts == 1 and result.restored_from == oldest
 
 
+@pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
 def test_a_restart_never_restores_an_older_runs_checkpoint(tmp_path: Path) -> None:
     """A run started with restore=None in a directory holding another run's checkpoints, that

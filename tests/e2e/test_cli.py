@@ -81,6 +81,8 @@ def test_demo_exits_0_and_says_what_it_did(
     assert str(Path("tmp") / "out" / "per_user") in out
     assert "top users by revenue" in out and "revenue_eur" in out
     assert "Traceback" not in done.stderr
+    # a restart would hide a crash: the last line says there was none
+    assert out.strip().splitlines()[-1] == "restarts: none (no worker failed)"
 
 
 def test_demo_output_equals_polars(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

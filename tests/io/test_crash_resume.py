@@ -74,6 +74,7 @@ def write_inputs(folder: Path) -> tuple[pl.DataFrame, int]:
     return pl.DataFrame(good, schema=SCHEMA, orient="row"), bad_count
 
 
+@pytest.mark.injects_faults
 @pytest.mark.parametrize(("workers", "fault"), [(0, "before_manifest@3"), (2, "after_manifest@2")])
 def test_kill_then_restore_commits_each_row_once(tmp_path: Path, workers: int, fault: str, same_rows) -> None:
     allowed = os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",")

@@ -42,6 +42,7 @@ def finish(h, tmp: Path, input_dir: Path, workers: int, state: str) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.injects_faults
 @pytest.mark.parametrize(("state", "workers", "fault"), [
     ("memory", 2, "after_manifest@2"),
     ("lmdb", 2, "before_manifest@3"),
@@ -113,6 +114,7 @@ def test_restore_onto_a_different_number_of_workers(tmp_path: Path, recovery_inp
     check_exactly_once(recovery, tmp_path, recovery_input)
 
 
+@pytest.mark.injects_faults
 @pytest.mark.soak
 def test_soak_random_kills(tmp_path: Path, recovery_input: Path, recovery) -> None:
     """Hundreds of runs: random backend, worker count, and kill moment or fault point."""

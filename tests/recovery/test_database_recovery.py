@@ -113,6 +113,7 @@ def finish(tmp: Path, input_dir: Path, url: str, workers: int) -> dict:
     return json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
 
 
+@pytest.mark.injects_faults
 @pytest.mark.parametrize(("kind", "workers", "fault"), [
     ("sqlite", 2, "before_manifest@2"),
     ("sqlite", 0, "after_manifest@2"),
@@ -139,6 +140,7 @@ def test_kill_9_at_a_random_moment(tmp_path: Path, recovery_input: Path, kind: s
     check_exactly_once(tmp_path, recovery_input, url)
 
 
+@pytest.mark.injects_faults
 @pytest.mark.soak
 def test_soak_random_kills(tmp_path: Path, recovery_input: Path, request: pytest.FixtureRequest) -> None:
     runs = int(os.environ.get("ARROWFLOW_SOAK_RUNS", "60"))

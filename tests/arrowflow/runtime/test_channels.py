@@ -87,7 +87,7 @@ class Keeper:
 def check(frame: pl.DataFrame, reference: dict[int, int], what: str) -> None:
     ids = frame["i"].to_list()
     strings = frame["s"].to_list()
-    bad = [(i, s) for i, s in zip(ids, strings) if zlib.crc32(s.encode()) != reference.get(i)
+    bad = [(i, s) for i, s in zip(ids, strings, strict=True) if zlib.crc32(s.encode()) != reference.get(i)
            or not s.endswith(f"#{i}")]
     assert not bad, f"{what}: {len(bad)} of {len(ids)} rows changed after they were received, e.g. {bad[:3]}"
 
@@ -120,7 +120,7 @@ def test_received_frames_stay_valid_after_the_ring_wraps(tmp_path: Path) -> None
         ring.unlink()
 
     expected = pl.read_parquet(reference_path)
-    reference = dict(zip(expected["i"].to_list(), expected["crc"].to_list()))
+    reference = dict(zip(expected["i"].to_list(), expected["crc"].to_list(), strict=True))
     received = pl.concat(keeper.frames)
     # every row arrived exactly once
     assert received.height == expected.height
@@ -136,7 +136,7 @@ def test_received_frames_stay_valid_after_the_ring_wraps(tmp_path: Path) -> None
     # the sink writers buffered frames until now: what they write must be what was sent
     even = expected.filter(pl.col("i") % 2 == 0)
     readers = {"parquet": pl.read_parquet, "csv": pl.read_csv, "ndjson": pl.read_ndjson, "ipc": pl.read_ipc}
-    for sink, writer in zip(sinks, writers):
+    for sink, writer in zip(sinks, writers, strict=True):
         staged = writer.prepare_commit(1)
         sink.commit(1, [staged])
         files = sorted(p for p in (tmp_path / sink.format).iterdir() if not p.name.startswith((".", "_")))
