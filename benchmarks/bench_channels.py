@@ -3,7 +3,10 @@
 A producer process sends the same polars batch M times; the consumer (this process) turns
 every message back into a polars DataFrame and reads one value of it, so both sides do the
 work a real exchange does. The queue pickles each DataFrame (polars pickles as Arrow IPC);
-the ring writes Arrow IPC straight into shared memory and the consumer maps it in place.
+the ring writes Arrow IPC straight into shared memory and the consumer copies each payload
+out of the ring before reading it (as ``ShmTransport.poll`` does: frames must never point
+into released ring space). ``in place`` reads the payload where it lies instead — unsafe
+for a real exchange, measured to show what the copy costs.
 
     python benchmarks/bench_channels.py [--sizes 64K 1M 8M 64M] [--megabytes 1024] [--repeat 3]
 
@@ -56,7 +59,7 @@ def _queue_producer(queue: mp.Queue, nbytes: int, count: int) -> None:
     queue.put(None)
 
 
-def run_ring(nbytes: int, count: int) -> float:
+def run_ring(nbytes: int, count: int, copy: bool = True) -> float:
     context = mp.get_context("spawn")
     ring = Ring(f"af-bench-{os.getpid()}", create=True)
     try:
@@ -75,11 +78,20 @@ def run_ring(nbytes: int, count: int) -> float:
             if kind == END:
                 ring.release()
                 break
-            frame = pl.DataFrame(pl.from_arrow(ipc_read(view)))
-            received += frame.height
-            _ = frame["amount"][0]
-            del frame, view
-            ring.release()
+            if copy:
+                payload = bytes(view)
+                del view
+                ring.release()
+                frame = pl.DataFrame(pl.from_arrow(ipc_read(payload)))
+                received += frame.height
+                _ = frame["amount"][0]
+                del frame, payload
+            else:
+                frame = pl.DataFrame(pl.from_arrow(ipc_read(view)))
+                received += frame.height
+                _ = frame["amount"][0]
+                del frame, view
+                ring.release()
         elapsed = time.perf_counter() - (first or time.perf_counter())
         producer.join()
     finally:
@@ -116,14 +128,18 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=1024, help="data sent per measurement")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'batch':>8} {'ring GB/s':>22} {'mp.Queue GB/s':>22} {'ratio':>7}")
+    print(f"{'batch':>8} {'ring GB/s':>22} {'in place GB/s':>22} {'mp.Queue GB/s':>22} {'ratio':>7}")
     for text in args.sizes:
         nbytes = parse_size(text)
         count = max(8, (args.megabytes << 20) // nbytes)
-        rings = [run_ring(nbytes, count) for _ in range(args.repeat)]
-        queues = [run_queue(nbytes, count) for _ in range(args.repeat)]
-        ring, queue = statistics.median(rings), statistics.median(queues)
+        rings, in_place, queues = [], [], []
+        for _ in range(args.repeat):  # interleaved, so noise hits every channel alike
+            rings.append(run_ring(nbytes, count))
+            in_place.append(run_ring(nbytes, count, copy=False))
+            queues.append(run_queue(nbytes, count))
+        ring, place, queue = statistics.median(rings), statistics.median(in_place), statistics.median(queues)
         print(f"{text:>8} {ring:>8.2f} ({min(rings):.2f}-{max(rings):.2f}) "
+              f"{place:>10.2f} ({min(in_place):.2f}-{max(in_place):.2f}) "
               f"{queue:>10.2f} ({min(queues):.2f}-{max(queues):.2f}) {ring / queue:>6.1f}x", flush=True)
 
 
