@@ -2,7 +2,7 @@
 
 What it does, in order:
 
-1. generates a day of clickstream events (the data set of ``BENCHMARKS.md``: ``ts``,
+1. generates a day of clickstream events (the data set of ``docs/benchmarks.md``: ``ts``,
    ``user_id`` over 100,000 users, ``event_type``, ``amount``) into a working folder —
    web events as Parquet files, a slice of mobile events as NDJSON with a few broken lines
    in it, as real uploads have. A folder generated before with the same row count is reused;
@@ -75,7 +75,7 @@ MARKER = "_arrowflow_demo.json"
 
 
 def clickstream(rows: int, *, seed: int = 42) -> pl.DataFrame:
-    """``rows`` events over one day, generated deterministically (see ``BENCHMARKS.md``).
+    """``rows`` events over one day, generated deterministically (see ``docs/benchmarks.md``).
 
     - ``ts``: 2024-01-01 + ``floor(i * day / rows)`` ms + uniform [0, 5000) ms jitter:
       mostly increasing, out of order by under 5 s;

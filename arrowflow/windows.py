@@ -3,7 +3,7 @@
 ``stream.with_watermark("ts", delay="5s").key_by("user").window(af.tumbling("60s")).agg(...)``
 describes, per key, one row per window with the aggregates over the window's events:
 output columns are the keys, ``window_start``, ``window_end``, then the aggregates
-(DESIGN.md §1). Windows are half-open intervals ``[window_start, window_end)`` of the event
+(docs/design.md §1). Windows are half-open intervals ``[window_start, window_end)`` of the event
 time column:
 
 - ``tumbling(size)``: ``[k*size, (k+1)*size)``, aligned on the epoch (as polars'

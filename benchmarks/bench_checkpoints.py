@@ -1,4 +1,4 @@
-"""W3 of BENCHMARKS.md: the cost of checkpoints on the 10M-event keyed aggregation.
+"""W3 of docs/benchmarks.md: the cost of checkpoints on the 10M-event keyed aggregation.
 
     python benchmarks/run.py w3 --rows 10000000 --workers 2 --repeat 3
 

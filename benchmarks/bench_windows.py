@@ -1,4 +1,4 @@
-"""W2 and W2-lowcard of BENCHMARKS.md: keyed 60 s tumbling windows, against polars in the same run.
+"""W2 and W2-lowcard of docs/benchmarks.md: keyed 60 s tumbling windows, against polars in the same run.
 
     python benchmarks/bench_windows.py [w2 w2-lowcard] [--rows 10M] [--repeat 3] [--workers 2]
 

@@ -1,4 +1,4 @@
-"""The benchmark data set of ``BENCHMARKS.md``, generated once and cached.
+"""The benchmark data set of ``docs/benchmarks.md``, generated once and cached.
 
 ``events-<rows>/events.parquet`` (row groups of 1M rows, snappy), and ``events.csv`` /
 ``events.ndjson`` when a job asks for them, under a cache folder (default
@@ -73,7 +73,7 @@ def ensure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate the BENCHMARKS.md events data set.")
+    parser = argparse.ArgumentParser(description="Generate the docs/benchmarks.md events data set.")
     parser.add_argument("--rows", type=lambda s: int(s.replace("_", "")), default=10_000_000)
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["parquet"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cache folder")

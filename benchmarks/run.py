@@ -1,10 +1,10 @@
-"""Run the benchmark jobs of ``BENCHMARKS.md`` against their baseline, in one invocation.
+"""Run the benchmark jobs of ``docs/benchmarks.md`` against their baseline, in one invocation.
 
     python benchmarks/run.py w1 --rows 10000000 --workers 0 1 2 --repeat 3
 
 Every run of every contender is a fresh child process (``run.py --child ...``), measured as
 a whole — interpreter start-up, imports, planning, reading, computing, writing — because that
-is what a user waits for and what the peers in ``BENCHMARKS.md`` were measured on. The child
+is what a user waits for and what the peers in ``docs/benchmarks.md`` were measured on. The child
 also reports the job's own time (``job s``) without start-up. Repeats are interleaved
 (polars, arrowflow w=0, w=1, ..., polars, ...) so that noise from other work on a shared
 machine hits every contender alike, after one untimed warm-up run per contender (page

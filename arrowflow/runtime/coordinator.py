@@ -5,7 +5,7 @@ to each worker and not yet finished, and those finished. Workers ask for splits 
 time, so a slow worker simply asks less often. Unbounded sources are asked again for new
 splits (``discover``); with nothing new, a worker is told to ``WAIT``. When a worker fails,
 the job restarts from its newest checkpoint, and a new enumerator is built from that
-checkpoint's finished splits and offsets (DESIGN.md §5).
+checkpoint's finished splits and offsets (docs/design.md §5).
 
 A source with ``max_split_age_s`` (``flow.watch``) has its finished set bounded: every split
 carries its file's modification time (``info["mtime"]``); splits older than the newest seen
