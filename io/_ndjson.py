@@ -65,9 +65,11 @@ class NdjsonFile:
         self.on_error = on_error
 
     def parse(self) -> Parsed:
-        self.wanted = pl.Schema({c: self.schema[c] for c in self.columns})
+        # Every key of the declared schema is parsed and checked, whichever columns the flow
+        # reads: whether a line is malformed must not depend on the projection.
+        self.wanted = self.schema
         if is_blank(self.payload):
-            return Parsed(empty_frame(self.wanted), 0)
+            return Parsed(empty_frame(pl.Schema({c: self.schema[c] for c in self.columns})), 0)
         self.read_types = {c: read_type(t) for c, t in self.wanted.items()} or {_COUNT: pl.String}
         fast = self._fast()
         return fast if fast is not None else self._slow()
@@ -151,23 +153,18 @@ class NdjsonFile:
             if raw.height != len(rows) or text.height != len(rows):
                 msg = f"{len(rows)} lines gave {raw.height} rows"
                 raise ValueError(msg)
-            if not self.columns:
-                return pl.DataFrame(height=len(rows))
             typed = self._typed(raw, chunk, strict=False)
             assert typed is not None
             bad = first_bad_value(typed, text, dict(self.wanted))
-            return typed.select(self.columns).with_columns(bad.alias("__bad"))
+            return typed.select(self.wanted.names()).with_columns(bad.alias("__bad"))
 
         good_rows, frames = parse_in_pieces(candidates, parse, reasons)
-        if not self.columns:
-            frame = pl.DataFrame(height=len(good_rows))
-        else:
-            frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
-                schema={**dict(self.wanted), "__bad": pl.String})
-            value_bad = frame["__bad"].is_not_null().to_numpy()
-            for row, why in zip(good_rows[value_bad].tolist(),
-                                frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(), strict=True):
-                reasons[row] = why
-            frame = frame.filter(pl.col("__bad").is_null()).drop("__bad")
-            good_rows = good_rows[~value_bad]
+        frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
+            schema={**dict(self.wanted), "__bad": pl.String})
+        value_bad = frame["__bad"].is_not_null().to_numpy()
+        for row, why in zip(good_rows[value_bad].tolist(),
+                            frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(), strict=True):
+            reasons[row] = why
+        frame = frame.filter(pl.col("__bad").is_null()).drop("__bad")
+        good_rows = good_rows[~value_bad]
         return finish(self, frame, good_rows, records, positions, reasons)

@@ -16,8 +16,9 @@ State and protocol:
 - **Bad rows** (CSV, NDJSON): a row of the wrong width, a value that does not parse as its
   column's type, a line that is not a JSON object or not UTF-8 goes to the ``malformed``
   side output with the file, byte offset, line and reason, in order with the data; with
-  ``on_error="raise"`` the first one fails the job instead. Type checks apply to the columns
-  the flow reads (projection is pushed into the parser); width and syntax always apply.
+  ``on_error="raise"`` the first one fails the job instead. Type checks apply to every column
+  of the schema, whichever columns the flow reads: the same rows are malformed under any
+  projection (the columns nobody reads are parsed, checked and dropped).
 
 Worked example: a CSV file whose records 1 and 2 are bad, read two records at a time; the
 reader reports the position after each batch, and reopened at position 2 it would yield
