@@ -238,10 +238,11 @@ def finish(reader: Any, frame: pl.DataFrame, good_rows: np.ndarray, records: Rec
     return Parsed(output, len(positions), good_rows.astype(np.int64), malformed, bad_rows)
 
 
-def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame],
-                    reasons: dict[int, str]) -> tuple[np.ndarray, list[pl.DataFrame]]:
+def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame], reasons: dict[int, str],
+                    describe: Callable[[int, Exception], str] | None = None) -> tuple[np.ndarray, list[pl.DataFrame]]:
     """Parse ``rows`` (record numbers) in one piece if polars can, else bisect: a single record
-    that still fails gets a reason. Returns the parsed record numbers and their frames."""
+    that still fails gets a reason (``describe(record, error)`` words it, when given). Returns
+    the parsed record numbers and their frames."""
     frames: list[pl.DataFrame] = []
     parsed: list[np.ndarray] = []
     pending = [rows] if len(rows) else []
@@ -252,6 +253,9 @@ def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame
             parsed.append(piece)
         except (pl.exceptions.PolarsError, ValueError) as exc:
             if len(piece) == 1:
+                if describe is not None:
+                    reasons[int(piece[0])] = describe(int(piece[0]), exc)
+                    continue
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 reasons[int(piece[0])] = f"cannot parse the record: {first[:300]}"
                 continue

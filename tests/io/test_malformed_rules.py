@@ -136,3 +136,95 @@ def test_side_output_alone_finds_every_malformed_row(tmp_path: Path, workers: in
 
     alone = af.Flow("alone").read_csv(str(path), schema=SCHEMA).side_output("malformed").collect(workers=workers)
     assert sorted(alone["line"].to_list()) == bad_lines
+
+
+# ---------------------------------------------------------------------------- NDJSON: deep and huge
+def deep(levels: int) -> str:
+    """A JSON object whose value ``a`` nests arrays so that the line has ``levels`` levels."""
+    return '{"a": ' + "[" * (levels - 1) + "]" * (levels - 1) + "}"
+
+
+def polars_reads(line: str, schema: dict) -> bool:
+    try:
+        pl.read_ndjson((line + "\n").encode(), schema=schema)
+    except pl.exceptions.PolarsError:
+        return False
+    return True
+
+
+def test_a_deeply_nested_line_is_malformed_and_the_job_goes_on(tmp_path: Path, workers: int) -> None:
+    path = tmp_path / "deep.ndjson"
+    brackets_in_a_string = '{"a": "\\\\\\"' + "[" * 5000 + '", "n": 3}'  # escaped quotes, then brackets: text
+    path.write_text("\n".join(['{"n": 1}', deep(20_000), '{"n": 2}', brackets_in_a_string, deep(3_000)]) + "\n")
+    schema = {"n": pl.Int64, "a": pl.String}
+    flow = af.Flow("deep")
+    stream = flow.read_ndjson(str(path), schema=schema)
+    data, bad = collect_all(stream.select("n"), stream.side_output("malformed"), workers=workers)
+    assert sorted(data["n"].to_list()) == [1, 2, 3]
+    assert bad.sort("line").select("line", "reason").to_dicts() == [
+        {"line": 2, "reason": "nesting deeper than 1024 levels (20000 found)"},
+        {"line": 5, "reason": "nesting deeper than 1024 levels (3000 found)"}]
+
+    with pytest.raises((af.SourceError, af.WorkerError), match=r"line 2 .*nesting deeper than 1024 levels"):
+        af.Flow("raise").read_ndjson(str(path), schema=schema, on_error="raise").collect(workers=workers)
+
+
+@pytest.mark.parametrize("other_bad_line", [False, True], ids=["fast-path", "slow-path"])
+def test_nesting_limit_is_the_readers_whichever_path(tmp_path: Path, read_all, other_bad_line: bool) -> None:
+    """1024 levels polars reads, 1025 it refuses: the same lines are good whether the file is
+    read in one call (clean file) or line by line (a bad line elsewhere)."""
+    from arrowflow.io.files import FileSource
+
+    schema = {"a": pl.String}
+    lines = [deep(200), deep(1024), '{"a": "x"}']
+    assert all(polars_reads(line, schema) for line in lines) and not polars_reads(deep(1025), schema)
+    path = tmp_path / "limit.ndjson"
+    path.write_text("\n".join([*lines, *(["[1]"] if other_bad_line else [])]) + "\n")
+    data, bad = read_all(FileSource("ndjson", str(path), schema=schema))
+    assert data.equals(pl.read_ndjson("\n".join(lines).encode(), schema=schema))
+    assert (bad is not None) == other_bad_line
+
+    path.write_text("\n".join([*lines, deep(1025)]) + "\n")
+    data, bad = read_all(FileSource("ndjson", str(path), schema=schema))
+    assert data.equals(pl.read_ndjson("\n".join(lines).encode(), schema=schema))
+    assert bad is not None and bad["reason"].to_list() == ["nesting deeper than 1024 levels (1025 found)"]
+
+
+BIG = "9" * 400
+
+
+@pytest.mark.parametrize(("line", "schema", "reason"), [
+    ('{"a": ' + BIG + ', "b": "x"}', {"a": pl.Int64, "b": pl.String},
+     "column 'a': the number 999999...9999 (400 digits) does not fit in Int64"),
+    ('{"b": "x", "a": -' + "1" * 50 + "}", {"a": pl.Int32, "b": pl.String},  # serde_json takes it as a float
+     "column 'a': the number -11111...1111 (50 digits) does not fit in Int32"),
+    ('{"a": ' + BIG + ', "b": "x"}', {"a": pl.Float64, "b": pl.String},
+     "column 'a': the number 999999...9999 (400 digits) is beyond what the JSON reader holds (integers of up to "
+     "128 bits, floats up to 1.8e308), so polars cannot read the line, not even as Float64; write it as a JSON "
+     "string to keep it"),
+    ('{"a": 1e400, "b": "x"}', {"a": pl.String, "b": pl.String},
+     "column 'a': the number 1e400 is beyond what the JSON reader holds (integers of up to 128 bits, floats up to "
+     "1.8e308), so polars cannot read the line, not even as String; write it as a JSON string to keep it"),
+    ('{"b": "x", "extra": ' + BIG + "}", {"a": pl.Int64, "b": pl.String},
+     "key 'extra' (not in the schema): the number 999999...9999 (400 digits) is beyond what the JSON reader "
+     "holds (integers of up to 128 bits, floats up to 1.8e308), so polars cannot read the line"),
+])
+def test_a_number_too_big_is_malformed_with_its_column_named(tmp_path: Path, read_all, line, schema, reason) -> None:
+    from arrowflow.io.files import FileSource
+
+    assert not polars_reads(line, schema)  # polars refuses the whole line, whatever the column's type
+    path = tmp_path / "big.ndjson"
+    path.write_text('{"a": 1, "b": "p"}\n' + line + '\n{"a": 2, "b": "q"}\n')
+    data, bad = read_all(FileSource("ndjson", str(path), schema=schema))
+    assert data.equals(pl.read_ndjson(b'{"a": 1, "b": "p"}\n{"a": 2, "b": "q"}\n', schema=schema))
+    assert bad is not None and bad.select("line", "reason").to_dicts() == [{"line": 2, "reason": reason}]
+
+
+def test_nesting_depth_ignores_brackets_in_strings() -> None:
+    from arrowflow.io._ndjson import nesting_depth
+
+    assert nesting_depth(b'{"a": "[[[[[[", "b": [[1]]}', 2) == 3
+    assert nesting_depth(b'{"a": "\\\\", "b": [[1]]}', 2) == 3  # an escaped backslash ends the string
+    assert nesting_depth(b'{"a": "\\"[[[[[[", "b": 1}', 2) is None  # an escaped quote does not
+    assert nesting_depth(b"[" * 10 + b"]" * 10, 9) == 10
+    assert nesting_depth(b"[" * 10 + b"]" * 10, 10) is None
