@@ -228,3 +228,123 @@ def test_nesting_depth_ignores_brackets_in_strings() -> None:
     assert nesting_depth(b'{"a": "\\"[[[[[[", "b": 1}', 2) is None  # an escaped quote does not
     assert nesting_depth(b"[" * 10 + b"]" * 10, 9) == 10
     assert nesting_depth(b"[" * 10 + b"]" * 10, 10) is None
+
+
+# ---------------------------------------------------------------------------- corrupt files
+def write_inputs(folder: Path) -> dict[str, list[pl.DataFrame]]:
+    """Four files per format (unordered keys), Parquet in row groups of 3 rows; returns each
+    file's frame by format, in file order."""
+    import gzip
+
+    rng = random.Random(5)
+    frames = []
+    for index in range(4):
+        keys = rng.sample(range(10_000), 10)
+        frames.append(pl.DataFrame({"k": keys, "s": [f"v{index}-{k}" for k in keys]}))
+    for index, frame in enumerate(frames):
+        frame.write_parquet(folder / f"p{index}.parquet", row_group_size=3)
+        frame.write_ipc(folder / f"f{index}.arrow")
+        frame.write_ipc_stream(folder / f"s{index}.arrows")
+        (folder / f"c{index}.csv.gz").write_bytes(gzip.compress(frame.write_csv().encode()))
+        (folder / f"j{index}.ndjson.gz").write_bytes(gzip.compress(frame.write_ndjson().encode()))
+    return {"parquet": frames, "ipc": frames, "stream": frames, "csv": frames, "ndjson": frames}
+
+
+def truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+CASES = {  # reader, glob, the files spoiled and how
+    "parquet": ("read_parquet", "p*.parquet"),
+    "ipc": ("read_ipc", "f*.arrow"),
+    "stream": ("read_ipc", "s*.arrows"),
+    "csv": ("read_csv", "c*.csv.gz"),
+    "ndjson": ("read_ndjson", "j*.ndjson.gz"),
+}
+SCHEMA_KS = {"k": pl.Int64, "s": pl.String}
+
+
+def spoil(folder: Path, case: str) -> dict[int, str]:
+    """Spoil files 1 and 2 of a case; returns file index -> a piece of the expected reason."""
+    name = {"parquet": "p{}.parquet", "ipc": "f{}.arrow", "stream": "s{}.arrows",
+            "csv": "c{}.csv.gz", "ndjson": "j{}.ndjson.gz"}[case]
+    truncate(folder / name.format(1))
+    if case == "parquet":  # file 2: its footer reads, its first page header is garbage (found while reading)
+        raw = bytearray((folder / name.format(2)).read_bytes())
+        raw[10:60] = b"\xff" * 50
+        (folder / name.format(2)).write_bytes(bytes(raw))
+        return {1: "corrupt file skipped: ", 2: "corrupt file skipped (row groups 0-3, rows 0-9): "}
+    (folder / name.format(2)).write_bytes(b"not a file of this format at all\n" * 20)
+    return {1: "corrupt file skipped: ", 2: "corrupt file skipped: "}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_corrupt_files_fail_the_job_by_default_naming_the_file(tmp_path: Path, case: str) -> None:
+    write_inputs(tmp_path)
+    spoil(tmp_path, case)
+    method, pattern = CASES[case]
+    stream = getattr(af.Flow("fail"), method)(str(tmp_path / pattern), schema=SCHEMA_KS)
+    with pytest.raises((af.SourceError, af.WorkerError), match=r"cannot read '.*[/\\][a-z][12]\.") as caught:
+        stream.collect()
+    assert "on_corrupt_file='skip'" in str(caught.value)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_corrupt_files_are_skipped_and_reported(tmp_path: Path, batch_size, workers: int, same_rows) -> None:
+    """Every format in one flow (one run per executor): the good files' rows are polars' reading
+    of those files, and each spoiled file is one ``malformed`` row with its file and reason."""
+    from arrowflow.sources import MALFORMED_SCHEMA
+
+    frames = write_inputs(tmp_path)
+    flow = af.Flow("skip")
+    streams, expected = [], {}
+    for case in sorted(CASES):
+        expected[case] = spoil(tmp_path, case)
+        method, pattern = CASES[case]
+        schema = SCHEMA_KS if case in ("csv", "ndjson", "stream") else None  # Parquet/IPC: from the file
+        stream = getattr(flow, method)(str(tmp_path / pattern), schema=schema, on_corrupt_file="skip", name=case)
+        streams += [stream, stream.side_output("malformed")]
+    results = collect_all(*streams, workers=workers, batch_size=batch_size)
+    for index, case in enumerate(sorted(CASES)):
+        data, bad = results[2 * index], results[2 * index + 1]
+        same_rows(data, pl.concat([frames[case][0], frames[case][3]]))
+        files = sorted(tmp_path.glob(CASES[case][1]))
+        assert bad.schema == MALFORMED_SCHEMA
+        assert sorted(bad["file"].to_list()) == [str(files[1]), str(files[2])], case
+        for row in bad.to_dicts():
+            start = expected[case][files.index(Path(row["file"]))]
+            assert row["reason"].startswith(start) and len(row["reason"]) > len(start), (case, row)
+            assert (row["source"], row["offset"], row["line"], row["raw"]) == (case, -1, -1, None)
+
+
+def test_a_reported_corrupt_file_is_not_reported_again_on_resume(tmp_path: Path) -> None:
+    from arrowflow.io.files import FileSource
+
+    write_inputs(tmp_path)
+    spoil(tmp_path, "parquet")
+    source = FileSource("parquet", str(tmp_path / "p*.parquet"), on_corrupt_file="skip")
+    for split in source.discover_splits():
+        emitted = list(source.open_reader(split, None, batch_size=None).batches())
+        if emitted and emitted[-1].malformed is not None:
+            assert len(emitted) == 1 and emitted[0].data.height == 0
+            resumed = list(source.open_reader(split, emitted[-1].position, batch_size=None).batches())
+            assert resumed == []
+
+
+def test_every_file_corrupt(tmp_path: Path) -> None:
+    (tmp_path / "a.parquet").write_bytes(b"nope")
+    (tmp_path / "b.parquet").write_bytes(b"nope either")
+    flow = af.Flow("none")
+    with pytest.raises(af.SourceError, match=r"no file of .* can be read, so there is no schema to take"):
+        flow.read_parquet(str(tmp_path / "*.parquet"), on_corrupt_file="skip").collect()
+    stream = af.Flow("schema").read_parquet(str(tmp_path / "*.parquet"), schema=SCHEMA_KS, on_corrupt_file="skip")
+    data, bad = collect_all(stream, stream.side_output("malformed"))
+    assert data.height == 0 and data.schema == pl.Schema(SCHEMA_KS)
+    assert sorted(bad["file"].to_list()) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+
+
+@pytest.mark.parametrize("method", ["read_parquet", "read_ipc", "read_csv", "read_ndjson"])
+def test_on_corrupt_file_is_checked_when_the_flow_is_built(tmp_path: Path, method: str) -> None:
+    with pytest.raises(af.SourceError, match=r"on_corrupt_file=\.\.\.\) must be 'fail' .* or 'skip' .* got 'skipp'"):
+        getattr(af.Flow("typo"), method)(str(tmp_path / "nothing-read-yet"), on_corrupt_file="skipp")
