@@ -33,6 +33,7 @@ from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._text import (
     Parsed,
     Records,
+    checked_columns,
     contains,
     empty_frame,
     ends_with_newline,
@@ -98,10 +99,11 @@ class CsvFile:
             return Parsed(empty_frame(wanted), 0)
         self.names = self._names()
         self.width = len(self.names)
-        # Every column of the declared schema is parsed and checked, whichever the flow reads:
-        # whether a row is malformed must not depend on the projection (the columns not read
-        # are dropped after the check).
-        self.need = [c for c in self.names if c in self.schema]
+        # Every column of the declared schema that might not parse is parsed and checked,
+        # whichever the flow reads: whether a row is malformed must not depend on the projection
+        # (the columns not read are dropped after the check).
+        checked = checked_columns(self.schema, self.columns)
+        self.need = [c for c in self.names if c in checked]
         self.read = list(self.need) or [self.names[-1]]
         if self.width > 1 and self.names[-1] not in self.read:
             self.read.append(self.names[-1])  # read it to see short rows

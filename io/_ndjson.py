@@ -32,6 +32,7 @@ import polars as pl
 from arrowflow.errors import SourceError
 from arrowflow.io._text import (
     Parsed,
+    checked_columns,
     empty_frame,
     finish,
     first_bad_value,
@@ -118,9 +119,9 @@ class NdjsonFile:
         self.on_error = on_error
 
     def parse(self) -> Parsed:
-        # Every key of the declared schema is parsed and checked, whichever columns the flow
-        # reads: whether a line is malformed must not depend on the projection.
-        self.wanted = self.schema
+        # Every key of the declared schema that might not parse is parsed and checked, whichever
+        # columns the flow reads: whether a line is malformed must not depend on the projection.
+        self.wanted = pl.Schema({c: self.schema[c] for c in checked_columns(self.schema, self.columns)})
         if is_blank(self.payload):
             return Parsed(empty_frame(pl.Schema({c: self.schema[c] for c in self.columns})), 0)
         self.read_types = {c: read_type(t) for c, t in self.wanted.items()} or {_COUNT: pl.String}
@@ -285,6 +286,8 @@ class NdjsonFile:
             if raw.height != len(rows) or text.height != len(rows):
                 msg = f"{len(rows)} lines gave {raw.height} rows"
                 raise ValueError(msg)
+            if not self.wanted:  # only the line count is read (nothing to check)
+                return pl.DataFrame({"__bad": pl.Series([None] * len(rows), dtype=pl.String)})
             typed = self._typed(raw, chunk, strict=False)
             assert typed is not None
             bad = first_bad_value(typed, text, dict(self.wanted))

@@ -273,6 +273,14 @@ def read_as_text(dtype: pl.DataType) -> bool:
     return isinstance(dtype, pl.Datetime) or dtype == pl.Date
 
 
+def checked_columns(schema: pl.Schema, columns: list[str]) -> list[str]:
+    """The columns a text reader parses: those the flow reads, and every other column of the
+    declared schema whose text might not parse (a row is malformed when any declared column
+    fails, whatever the projection). Any text is a valid String or Categorical, so those are
+    left unread unless the flow reads them."""
+    return [c for c, dtype in schema.items() if c in columns or dtype not in (pl.String, pl.Categorical)]
+
+
 def text_schema(schema: pl.Schema) -> pl.Schema:
     return pl.Schema({name: pl.String if read_as_text(dtype) else dtype for name, dtype in schema.items()})
 

@@ -102,6 +102,25 @@ def test_ndjson_malformed_rows_do_not_depend_on_projection(tmp_path: Path, read_
             {"line": 3, "reason": "column 'a': cannot parse 'no' as Int64"}]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_string_columns_and_no_column_at_all(tmp_path: Path, fmt: str, read_all) -> None:
+    """String columns always parse, so a projection that reads none of the columns still sees
+    exactly the malformed records (here: a short CSV row, a JSON line that is no object)."""
+    from arrowflow.io.files import FileSource
+
+    path = tmp_path / f"x.{fmt}"
+    if fmt == "csv":
+        path.write_text("s,t\nx,y\nz\nw,3\n")
+    else:
+        path.write_text('{"s": "x", "t": "y"}\n[1]\n{"s": "w", "t": 3}\n')
+    source = FileSource(fmt, str(path), schema={"s": pl.String, "t": pl.String})
+    for columns, rows in (([], [{}, {}]), (["s"], [{"s": "x"}, {"s": "w"}]),
+                          (["t", "s"], [{"t": "y", "s": "x"}, {"t": "3", "s": "w"}])):
+        data, bad = read_all(source.with_columns_pruned(columns))
+        assert data.to_dicts() == rows and data.height == 2
+        assert bad is not None and bad["line"].to_list() == [3 if fmt == "csv" else 2]
+
+
 # ---------------------------------------------------------------------------- side output alone
 def test_readme_orders_side_output_alone_matches_a_sink(tmp_path: Path, workers: int) -> None:
     """The README's orders.csv: collecting ``malformed`` alone gives what the sink wrote."""
