@@ -66,7 +66,9 @@ def test_csv_malformed_rows_do_not_depend_on_projection(tmp_path: Path, workers:
     good, bad_lines = generate_csv(path, 3000, seed=workers + 11)
     expected = polars_good(good)
     assert 900 < len(bad_lines) < 1300 and expected.height == 3000 - len(bad_lines)
-    for columns in PROJECTIONS:
+    # In process every projection; in worker pools (a start costs ~1 s) one that leaves the
+    # spoiled column out, and the whole frame.
+    for columns in PROJECTIONS if workers == 0 else [PROJECTIONS[0], None]:
         flow = af.Flow("projection")
         stream = flow.read_csv(str(path), schema=SCHEMA)
         data, bad = collect_all(projected(stream, columns), stream.side_output("malformed"),
