@@ -210,7 +210,9 @@ _BAD_CSV = {b"1": "expected 3 fields, found 1", b"1,x,2.5,9": "expected 3 fields
             b'1,"x,y"': "expected 3 fields, found 2", b"\xff,x,1": "not valid UTF-8", b"": None}
 _BAD_JSON = {b'{"a":': "invalid JSON", b"7": "expected a JSON object, found a number",
              b'"s"': "expected a JSON object, found a string", b'{"a": 1.5}': "column 'a': cannot parse '1.5' as Int64",
-             b'{"f": [1]}': "column 'f': cannot parse '[1]' as Float64", b"\t ": None}
+             b'{"f": [1]}': "column 'f': cannot parse '[1]' as Float64", b"\t ": None,
+             b'{"s": ' + b"[" * 1099 + b"]" * 1099 + b"}": "nesting deeper than 1024 levels (1100 found)",
+             b'{"a": ' + b"9" * 400 + b"}": "column 'a': the number 999999...9999 (400 digits) does not fit in Int64"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "ndjson"])
