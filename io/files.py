@@ -19,6 +19,11 @@ State and protocol:
   ``on_error="raise"`` the first one fails the job instead. Type checks apply to every column
   of the schema, whichever columns the flow reads: the same rows are malformed under any
   projection (the columns nobody reads are parsed, checked and dropped).
+- **Corrupt files** (one that cannot be read as its format: truncated, garbage, a broken
+  compressed stream) fail the job, naming the file. With ``on_corrupt_file="skip"`` such a
+  file, found at plan time (its footer, or the head read to infer a schema) or while its
+  split is read, becomes one ``malformed`` row (file, reason; offset and line -1) and the
+  split ends at position :data:`SKIPPED`, so a resumed run does not report it twice.
 
 Worked example: a CSV file whose records 1 and 2 are bad, read two records at a time; the
 reader reports the position after each batch, and reopened at position 2 it would yield
