@@ -77,12 +77,15 @@ def nesting_depth(raw: bytes, limit: int) -> int | None:
         return None
     brackets = np.flatnonzero(opening | (buffer == ord("]")) | (buffer == ord("}")))
     quotes = np.flatnonzero(buffer == ord('"'))
+    backslashes = np.flatnonzero(buffer == ord("\\"))
+    if len(quotes) and len(backslashes):  # drop the escaped quotes: an odd run of backslashes before them
+        breaks = np.flatnonzero(np.diff(backslashes) != 1)
+        run_starts = backslashes[np.concatenate([[0], breaks + 1])]
+        run_ends = backslashes[np.concatenate([breaks, [len(backslashes) - 1]])]
+        run = np.minimum(np.searchsorted(run_ends, quotes - 1), len(run_ends) - 1)
+        length = np.where(run_ends[run] == quotes - 1, run_ends[run] - run_starts[run] + 1, 0)
+        quotes = quotes[length % 2 == 0]
     if len(quotes):
-        backslash = buffer == ord("\\")
-        last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(len(buffer))))
-        before = np.maximum(quotes - 1, 0)
-        run = np.where(quotes > 0, before - last_other[before], 0)  # backslashes right before each quote
-        quotes = quotes[run % 2 == 0]
         brackets = brackets[np.searchsorted(quotes, brackets, side="right") % 2 == 0]
     steps = np.where(opening[brackets], 1, -1)
     depth = int(np.cumsum(steps).max(initial=0))

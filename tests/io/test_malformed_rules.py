@@ -9,11 +9,14 @@ good rows are polars reading only the good lines.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import arrowflow as af
 from arrowflow.testing import collect_all
@@ -369,3 +372,28 @@ def test_every_file_corrupt(tmp_path: Path) -> None:
 def test_on_corrupt_file_is_checked_when_the_flow_is_built(tmp_path: Path, method: str) -> None:
     with pytest.raises(af.SourceError, match=r"on_corrupt_file=\.\.\.\) must be 'fail' .* or 'skip' .* got 'skipp'"):
         getattr(af.Flow("typo"), method)(str(tmp_path / "nothing-read-yet"), on_corrupt_file="skipp")
+
+
+_TEXT = st.text(alphabet=st.sampled_from(list('[]{}"\\ab\n')), max_size=8)
+_JSON = st.recursive(st.none() | st.integers() | _TEXT,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=30)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON, limit=st.integers(0, 6))
+def test_nesting_depth_equals_the_structures_depth(value: object, limit: int) -> None:
+    """On any JSON text (strings full of brackets, quotes and backslashes), the numpy measure
+    is the depth of the structure it encodes."""
+    from arrowflow.io._ndjson import nesting_depth
+
+    depth = _depth(value)
+    assert nesting_depth(json.dumps(value).encode(), limit) == (depth if depth > limit else None)
