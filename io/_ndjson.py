@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from arrowflow.errors import SourceError
+from arrowflow.io._fs import first_line
 from arrowflow.io._text import (
     Parsed,
     checked_columns,
@@ -98,18 +99,22 @@ def _kind(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", dict: "an object"}.get(type(value), "a number")
 
 
-def _describe(raw: bytes) -> str:
-    """Why a line that is valid UTF-8 is no JSON object (the line is known to be bad)."""
+def _syntax(raw: bytes) -> tuple[str | None, dict | None]:
+    """Why a line (valid UTF-8) cannot be a row: nested too deep, not JSON, not an object; or
+    (None, the object) when it may be one (the object is None when too deep for Python's
+    parser: polars' reader decides then). Never recurses past Python's limit."""
     depth = nesting_depth(raw, MAX_DEPTH)
     if depth is not None:
-        return f"nesting deeper than {MAX_DEPTH} levels ({depth} found)"
+        return f"nesting deeper than {MAX_DEPTH} levels ({depth} found)", None
     try:
         value = json.loads(raw)
     except RecursionError:
-        return f"nesting too deep to describe (at most {MAX_DEPTH} levels are read)"
+        return None, None
     except ValueError as exc:
-        return f"invalid JSON: {exc}"
-    return f"expected a JSON object, found {_kind(value)}"
+        return f"invalid JSON: {exc}", None
+    if not isinstance(value, dict):  # polars reads a lone ``null`` line as a row of nulls: say it here
+        return f"expected a JSON object, found {_kind(value)}", None
+    return None, value
 
 
 class NdjsonFile:
@@ -179,38 +184,22 @@ class NdjsonFile:
 
     def _refused(self, raw: bytes) -> str | None:
         """Why polars' reader refuses this one line (valid UTF-8), or None when it reads it."""
-        depth = nesting_depth(raw, MAX_DEPTH)
-        if depth is not None:  # the reader would refuse it too: say why, without recursing
-            return f"nesting deeper than {MAX_DEPTH} levels ({depth} found)"
-        try:
-            value = json.loads(raw)
-        except RecursionError:
-            value = {}
-        except ValueError as error:
-            return f"invalid JSON: {error}"
-        if not isinstance(value, dict):  # polars reads a lone ``null`` line as a row of nulls
-            return f"expected a JSON object, found {_kind(value)}"
+        why, value = _syntax(raw)
+        if why is not None:
+            return why
         try:
             self._read(raw + b"\n", self.read_types, ignore_errors=True)
         except pl.exceptions.PolarsError as exc:
-            return self._why_refused(raw, exc)
+            return self._reader_reason(raw, exc, value)
         return None
 
     def _why_refused(self, raw: bytes, exc: Exception) -> str:
         """A reason for a line polars could not read, in the user's terms (the column, the number)."""
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        depth = nesting_depth(raw, MAX_DEPTH)
-        if depth is not None:
-            return f"nesting deeper than {MAX_DEPTH} levels ({depth} found)"
-        try:
-            value = json.loads(raw)
-        except RecursionError:
-            value = None
-        except ValueError as error:
-            return f"invalid JSON: {error}"
-        else:
-            if not isinstance(value, dict):
-                return f"expected a JSON object, found {_kind(value)}"
+        why, value = _syntax(raw)
+        return why if why is not None else self._reader_reason(raw, exc, value)
+
+    def _reader_reason(self, raw: bytes, exc: Exception, value: dict | None) -> str:
+        message = first_line(exc)
         if "InvalidNumber" in message:
             return self._number_reason(raw, message, value)
         return f"cannot parse the record: {message[:300]}"
@@ -269,7 +258,7 @@ class NdjsonFile:
         for row in np.flatnonzero(rows_not_object | rows_not_json).tolist():
             at = int(positions[row])
             raw = bytes(self.payload[int(records.starts[at]):int(records.ends[at])])
-            why = self._refused(raw) if rows_not_json[row] else _describe(raw)
+            why = self._refused(raw)
             if why is not None:
                 reasons[row] = why
         candidates = np.setdiff1d(np.arange(len(positions)), np.fromiter(reasons, dtype=np.int64, count=len(reasons)))

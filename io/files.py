@@ -23,7 +23,10 @@ State and protocol:
   compressed stream) fail the job, naming the file. With ``on_corrupt_file="skip"`` such a
   file, found at plan time (its footer, or the head read to infer a schema) or while its
   split is read, becomes one ``malformed`` row (file, reason; offset and line -1) and the
-  split ends at position :data:`SKIPPED`, so a resumed run does not report it twice.
+  split ends at position :data:`SKIPPED`, so a resumed run does not report it twice. A
+  readable file whose columns do not match the schema is not corrupt: it fails the plan.
+  (Parquet pages carry no checksum by default: bytes flipped inside a page are found only
+  when they break its structure; most such damage reads as other values, undetected.)
 
 Worked example: a CSV file whose records 1 and 2 are bad, read two records at a time; the
 reader reports the position after each batch, and reopened at position 2 it would yield
