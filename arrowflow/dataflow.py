@@ -181,38 +181,51 @@ class Flow:
         return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
 
     def read_parquet(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
-                     storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
-        """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL."""
+                     storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
+                     on_corrupt_file: str = "fail") -> Stream:
+        """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL.
+
+        A file that cannot be read (truncated, not Parquet) fails the job, naming it; with
+        ``on_corrupt_file="skip"`` it is reported as one row of the ``malformed`` side output
+        (its file and the reader's reason) and the other files are read."""
         from arrowflow.io.files import FileSource
 
         return self.source(FileSource("parquet", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error), name=name)
+                                      on_error=on_error, on_corrupt_file=on_corrupt_file), name=name)
 
     def read_csv(self, path: str | Sequence[str], *, schema: Any = None, has_header: bool = True,
                  separator: str = ",", name: str | None = None,
-                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
-        """CSV files. Rows that cannot be parsed go to the ``malformed`` side output."""
+                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
+                 on_corrupt_file: str = "fail") -> Stream:
+        """CSV files. Rows that cannot be parsed go to the ``malformed`` side output: a row is
+        malformed when any column of ``schema`` fails to parse, whichever columns the flow uses.
+        ``on_corrupt_file="skip"``: a file that cannot be read at all (a broken ``.gz``) is
+        reported in ``malformed`` instead of failing the job."""
         from arrowflow.io.files import FileSource
 
         return self.source(FileSource("csv", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error, options={"has_header": has_header, "separator": separator}),
+                                      on_error=on_error, options={"has_header": has_header, "separator": separator},
+                                      on_corrupt_file=on_corrupt_file),
                            name=name)
 
     def read_ndjson(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
-                    storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
-        """Newline-delimited JSON files. Lines that cannot be parsed go to ``malformed``."""
+                    storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
+                    on_corrupt_file: str = "fail") -> Stream:
+        """Newline-delimited JSON files. Lines that cannot be parsed go to ``malformed``;
+        ``on_corrupt_file`` as for :meth:`read_csv`."""
         from arrowflow.io.files import FileSource
 
         return self.source(FileSource("ndjson", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error), name=name)
+                                      on_error=on_error, on_corrupt_file=on_corrupt_file), name=name)
 
     def read_ipc(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
-                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output") -> Stream:
-        """Arrow IPC (Feather v2) files."""
+                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
+                 on_corrupt_file: str = "fail") -> Stream:
+        """Arrow IPC (Feather v2) files; ``on_corrupt_file`` as for :meth:`read_parquet`."""
         from arrowflow.io.files import FileSource
 
         return self.source(FileSource("ipc", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error), name=name)
+                                      on_error=on_error, on_corrupt_file=on_corrupt_file), name=name)
 
     def tail(self, path: str, *, format: str = "ndjson", schema: Any = None, has_header: bool = True,  # noqa: A002
              separator: str = ",", poll_interval: str = "100ms", name: str | None = None,

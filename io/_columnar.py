@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arrowflow.errors import SourceError
-from arrowflow.io._fs import filesystem, is_local, memory_hint
+from arrowflow.io._fs import CorruptFileError, filesystem, first_line, is_local, memory_hint
 from arrowflow.io._schema import arrow_to_polars
 
 
@@ -35,8 +35,10 @@ class FileMeta:
 def _failure(what: str, url: str, exc: BaseException) -> SourceError:
     if isinstance(exc, FileNotFoundError):
         return SourceError(f"{what}: file {url!r} disappeared{memory_hint(url)}")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return SourceError(f"{what}: cannot read {url!r}: {first}; is it a valid file of this format?")
+    first = first_line(exc)
+    msg = (f"{what}: cannot read {url!r}: {first}; is it a valid file of this format? "
+           f"on_corrupt_file='skip' reports such files in 'malformed' and reads on")
+    return CorruptFileError(msg, url=url, detail=first)
 
 
 def parquet_meta(url: str, storage_options: dict[str, Any] | None, *, what: str) -> FileMeta:

@@ -1,7 +1,9 @@
 """CSV: one file's bytes into good rows and malformed rows.
 
-Fast path (a clean file): one ``pl.read_csv`` call with the schema fixed (no inference), only
-the columns the flow reads plus the file's last column, then a check that no row was short:
+Fast path (a clean file): one ``pl.read_csv`` call with the schema fixed (no inference), every
+column of the declared schema (not only those the flow reads: a row is malformed when any
+declared column fails to parse, whatever the projection) plus the file's last column, then a
+check that no row was short:
 polars fills a short row's missing fields with nulls, so when the last column has no null no
 row was short; when it has some, the file's separators and newlines are counted (vectorized)
 and must add up to exactly ``width`` fields per line. Datetime and Date columns are read as
@@ -31,6 +33,7 @@ from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._text import (
     Parsed,
     Records,
+    checked_columns,
     contains,
     empty_frame,
     ends_with_newline,
@@ -96,12 +99,16 @@ class CsvFile:
             return Parsed(empty_frame(wanted), 0)
         self.names = self._names()
         self.width = len(self.names)
-        self.need = [c for c in self.names if c in wanted]
+        # Every column of the declared schema that might not parse is parsed and checked,
+        # whichever the flow reads: whether a row is malformed must not depend on the projection
+        # (the columns not read are dropped after the check).
+        checked = checked_columns(self.schema, self.columns)
+        self.need = [c for c in self.names if c in checked]
         self.read = list(self.need) or [self.names[-1]]
         if self.width > 1 and self.names[-1] not in self.read:
             self.read.append(self.names[-1])  # read it to see short rows
-        fast = self._fast(wanted)
-        return fast if fast is not None else self._slow(wanted)
+        fast = self._fast(self.schema)
+        return fast if fast is not None else self._slow(self.schema)
 
     def _names(self) -> list[str]:
         if not self.options.has_header:
@@ -135,19 +142,19 @@ class CsvFile:
         return frame.select(self.columns)
 
     # ------------------------------------------------------------------------ fast path
-    def _fast(self, wanted: pl.Schema) -> Parsed | None:
-        text_types = {c: (pl.String if read_as_text(wanted[c]) else wanted[c]) for c in self.need}
+    def _fast(self, declared: pl.Schema) -> Parsed | None:
+        text_types = {c: (pl.String if read_as_text(declared[c]) else declared[c]) for c in self.need}
         try:
             frame = self._read(self.payload, text_types, self.read)
         except pl.exceptions.PolarsError:
             return None
         if self.width > 1 and frame[self.names[-1]].null_count() and not self._every_row_whole(frame):
             return None
-        temporal = [c for c in self.need if read_as_text(wanted[c])]
-        parsed = {c: parse_temporal(frame[c], wanted[c]) for c in temporal}
+        temporal = [c for c in self.need if read_as_text(declared[c])]
+        parsed = {c: parse_temporal(frame[c], declared[c]) for c in temporal}
         if any(series is None for series in parsed.values()):
             try:  # values Arrow's ISO 8601 parser refuses: let polars parse them, with its rules
-                frame = self._read(self.payload, {c: wanted[c] for c in self.need}, self.read)
+                frame = self._read(self.payload, {c: declared[c] for c in self.need}, self.read)
             except pl.exceptions.PolarsError:
                 return None
         elif parsed:
@@ -183,7 +190,7 @@ class CsvFile:
         return separators == (self.width - 1) * lines and lines == frame.height + int(options.has_header)
 
     # ------------------------------------------------------------------------ slow path
-    def _slow(self, wanted: pl.Schema) -> Parsed:
+    def _slow(self, declared: pl.Schema) -> Parsed:
         records = split_records(self.payload, self.options)
         first = 1 if self.options.has_header else 0
         positions = np.arange(first, len(records))
@@ -203,7 +210,7 @@ class CsvFile:
         if first and len(records):
             end = int(records.starts[1]) if len(records) > 1 else len(self.payload)
             prefix = self.payload[int(records.starts[0]):end]
-        typed_types = {c: wanted[c] for c in self.need}
+        typed_types = {c: declared[c] for c in self.need}
         text_types = {c: (pl.String if read_as_text(t) else t) for c, t in typed_types.items()}
         read = self.need or [self.names[0]]
 

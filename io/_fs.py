@@ -26,6 +26,22 @@ GLOB_CHARS = "*?["
 _LISTED = 5  # names shown when a glob matches nothing
 
 
+class CorruptFileError(SourceError):
+    """A file exists but cannot be read as its format (truncated, garbage, a broken
+    compressed stream). ``detail`` is the reader's own first line, for the ``malformed``
+    row a source with ``on_corrupt_file="skip"`` reports instead of failing."""
+
+    def __init__(self, msg: str, *, url: str = "", detail: str = "") -> None:
+        super().__init__(msg)
+        self.url = url
+        self.detail = detail
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def filesystem(url: str, storage_options: dict[str, Any] | None = None, *,
                error: type[ArrowflowError] = SourceError) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the path inside it for a URL or a local path."""
@@ -175,5 +191,7 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None, *, what: str) -
         msg = f"{what}: file {url!r} disappeared after the run started{memory_hint(url)}"
         raise SourceError(msg) from exc
     except (OSError, EOFError, ValueError) as exc:
-        msg = f"{what}: cannot read {url!r}: {type(exc).__name__}: {exc}"
-        raise SourceError(msg) from exc
+        detail = f"{type(exc).__name__}: {first_line(exc)}"
+        msg = (f"{what}: cannot read {url!r}: {detail}; is it a complete file of this format? "
+               f"on_corrupt_file='skip' reports such files in 'malformed' and reads on")
+        raise CorruptFileError(msg, url=url, detail=detail) from exc

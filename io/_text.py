@@ -238,10 +238,11 @@ def finish(reader: Any, frame: pl.DataFrame, good_rows: np.ndarray, records: Rec
     return Parsed(output, len(positions), good_rows.astype(np.int64), malformed, bad_rows)
 
 
-def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame],
-                    reasons: dict[int, str]) -> tuple[np.ndarray, list[pl.DataFrame]]:
+def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame], reasons: dict[int, str],
+                    describe: Callable[[int, Exception], str] | None = None) -> tuple[np.ndarray, list[pl.DataFrame]]:
     """Parse ``rows`` (record numbers) in one piece if polars can, else bisect: a single record
-    that still fails gets a reason. Returns the parsed record numbers and their frames."""
+    that still fails gets a reason (``describe(record, error)`` words it, when given). Returns
+    the parsed record numbers and their frames."""
     frames: list[pl.DataFrame] = []
     parsed: list[np.ndarray] = []
     pending = [rows] if len(rows) else []
@@ -252,6 +253,9 @@ def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame
             parsed.append(piece)
         except (pl.exceptions.PolarsError, ValueError) as exc:
             if len(piece) == 1:
+                if describe is not None:
+                    reasons[int(piece[0])] = describe(int(piece[0]), exc)
+                    continue
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 reasons[int(piece[0])] = f"cannot parse the record: {first[:300]}"
                 continue
@@ -267,6 +271,14 @@ def read_as_text(dtype: pl.DataType) -> bool:
     CSV rows polars' own parser spent 13-17 s on one timestamp column, Arrow 0.3-0.5 s (and in
     NDJSON polars took 25-60 s)."""
     return isinstance(dtype, pl.Datetime) or dtype == pl.Date
+
+
+def checked_columns(schema: pl.Schema, columns: list[str]) -> list[str]:
+    """The columns a text reader parses: those the flow reads, and every other column of the
+    declared schema whose text might not parse (a row is malformed when any declared column
+    fails, whatever the projection). Any text is a valid String or Categorical, so those are
+    left unread unless the flow reads them."""
+    return [c for c, dtype in schema.items() if c in columns or dtype not in (pl.String, pl.Categorical)]
 
 
 def text_schema(schema: pl.Schema) -> pl.Schema:

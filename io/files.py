@@ -16,8 +16,17 @@ State and protocol:
 - **Bad rows** (CSV, NDJSON): a row of the wrong width, a value that does not parse as its
   column's type, a line that is not a JSON object or not UTF-8 goes to the ``malformed``
   side output with the file, byte offset, line and reason, in order with the data; with
-  ``on_error="raise"`` the first one fails the job instead. Type checks apply to the columns
-  the flow reads (projection is pushed into the parser); width and syntax always apply.
+  ``on_error="raise"`` the first one fails the job instead. Type checks apply to every column
+  of the schema, whichever columns the flow reads: the same rows are malformed under any
+  projection (the columns nobody reads are parsed, checked and dropped).
+- **Corrupt files** (one that cannot be read as its format: truncated, garbage, a broken
+  compressed stream) fail the job, naming the file. With ``on_corrupt_file="skip"`` such a
+  file, found at plan time (its footer, or the head read to infer a schema) or while its
+  split is read, becomes one ``malformed`` row (file, reason; offset and line -1) and the
+  split ends at position :data:`SKIPPED`, so a resumed run does not report it twice. A
+  readable file whose columns do not match the schema is not corrupt: it fails the plan.
+  (Parquet pages carry no checksum by default: bytes flipped inside a page are found only
+  when they break its structure; most such damage reads as other values, undetected.)
 
 Worked example: a CSV file whose records 1 and 2 are bad, read two records at a time; the
 reader reports the position after each batch, and reopened at position 2 it would yield
@@ -45,11 +54,11 @@ import polars as pl
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io import _columnar
 from arrowflow.io._csv import CsvFile, CsvOptions, infer_schema
-from arrowflow.io._fs import filesystem, open_payload, resolve_files
+from arrowflow.io._fs import CorruptFileError, filesystem, first_line, open_payload, resolve_files
 from arrowflow.io._ndjson import NdjsonFile
 from arrowflow.io._schema import check_file_schema, conform, to_polars_schema
 from arrowflow.io._text import Parsed
-from arrowflow.sources import Source, SourceBatch, Split, SplitReader
+from arrowflow.sources import MALFORMED_SCHEMA, Source, SourceBatch, Split, SplitReader
 
 FORMATS = ("parquet", "csv", "ndjson", "ipc")
 SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"),
@@ -60,6 +69,8 @@ ROWS_PER_SPLIT = 1_000_000
 INFER_BYTES = 1 << 20
 INFER_FILES = 8  # empty files skipped while looking for one to infer a text schema from
 ON_ERROR = ("side_output", "raise")
+ON_CORRUPT_FILE = ("fail", "skip")
+SKIPPED = "skipped: corrupt file"  # the position of a split reported as a corrupt file
 _CSV_OPTIONS = ("has_header", "separator", "quote_char")
 
 
@@ -68,13 +79,19 @@ class FileSource(Source):
 
     def __init__(self, fmt: str, path: str | Sequence[str], *, schema: Any = None,
                  storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
-                 options: dict[str, Any] | None = None, columns: list[str] | None = None) -> None:
+                 options: dict[str, Any] | None = None, columns: list[str] | None = None,
+                 on_corrupt_file: str = "fail") -> None:
         if fmt not in FORMATS:
             msg = f"unknown file format {fmt!r}; expected one of {FORMATS}"
             raise SourceError(msg)
         kind = f"read_{fmt}"
         if on_error not in ON_ERROR:
             msg = f"{kind}(on_error=...) must be 'side_output' or 'raise', got {on_error!r}"
+            raise SourceError(msg)
+        if not isinstance(on_corrupt_file, str) or on_corrupt_file not in ON_CORRUPT_FILE:
+            msg = (f"{kind}(on_corrupt_file=...) must be 'fail' (a file that cannot be read fails the job) or "
+                   f"'skip' (it is reported in the 'malformed' side output and the rest is read), "
+                   f"got {on_corrupt_file!r}")
             raise SourceError(msg)
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
@@ -100,6 +117,7 @@ class FileSource(Source):
         self.user_schema = to_polars_schema(schema) if schema is not None else None
         self.storage_options = storage_options
         self.on_error = on_error
+        self.on_corrupt_file = on_corrupt_file
         self.options = options
         self.csv = CsvOptions(**options) if fmt == "csv" else None
         if self.csv is not None:
@@ -110,6 +128,7 @@ class FileSource(Source):
         self._files: list[str] | None = None
         self._full_schema: pl.Schema | None = None
         self._meta: dict[str, _columnar.FileMeta] = {}
+        self._corrupt: dict[str, CorruptFileError] = {}  # files skipped at plan time (on_corrupt_file="skip")
 
     def _check_user_schema(self, schema: pl.Schema) -> None:
         if not len(schema):
@@ -140,11 +159,34 @@ class FileSource(Source):
             self._meta[url] = read(url, self.storage_options, what=self.kind)
         return self._meta[url]
 
+    def _skip_corrupt(self, exc: CorruptFileError) -> None:
+        """Note a file that cannot be read, or raise when the source fails on one (the default)."""
+        if self.on_corrupt_file != "skip":
+            raise exc
+        self._corrupt[exc.url] = exc
+
+    def _readable_files(self) -> list[str]:
+        """Parquet and IPC files whose footer reads; the others are skipped or fail the source."""
+        readable = []
+        for url in self.files():
+            try:
+                self.meta(url)
+            except CorruptFileError as exc:
+                self._skip_corrupt(exc)
+                continue
+            readable.append(url)
+        return readable
+
     def full_schema(self) -> pl.Schema:
         """Every column the source can return, with its type (the user's schema when given)."""
         if self._full_schema is None:
             if self.format in ("parquet", "ipc"):
-                files = self.files()
+                files = self._readable_files()
+                if not files and self.user_schema is None:
+                    first = next(iter(self._corrupt.values()))
+                    msg = (f"{self.kind}: no file of {self.paths} can be read, so there is no schema to take: "
+                           f"{first}; pass schema={{...}} to run anyway (every file is then reported as skipped)")
+                    raise SourceError(msg)
                 wanted = self.user_schema or self.meta(files[0]).schema
                 for url in files:
                     check_file_schema(self.meta(url).schema, wanted, url=url, what=self.kind)
@@ -161,7 +203,11 @@ class FileSource(Source):
 
     def _infer_text_schema(self) -> pl.Schema:
         for url in self.files()[:INFER_FILES]:
-            head = self._head(url)
+            try:
+                head = self._head(url)
+            except CorruptFileError as exc:
+                self._skip_corrupt(exc)
+                continue
             if not head.strip():
                 continue
             try:
@@ -184,9 +230,14 @@ class FileSource(Source):
         try:
             with fs.open(path, "rb", compression="infer") as handle:
                 head = handle.read(INFER_BYTES)
-        except OSError as exc:
+        except FileNotFoundError as exc:
             msg = f"{self.kind}: cannot read {url!r}: {type(exc).__name__}: {exc}"
             raise SourceError(msg) from exc
+        except (OSError, EOFError) as exc:  # e.g. a broken compressed stream
+            detail = f"{type(exc).__name__}: {first_line(exc)}"
+            msg = (f"{self.kind}: cannot read {url!r}: {detail}; is it a complete file of this format? "
+                   f"on_corrupt_file='skip' reports such files in 'malformed' and reads on")
+            raise CorruptFileError(msg, url=url, detail=detail) from exc
         if len(head) == INFER_BYTES and b"\n" in head:
             head = head[: head.rindex(b"\n") + 1]  # whole lines only
         return head
@@ -198,8 +249,10 @@ class FileSource(Source):
             msg = f"{self.kind}: no column {unknown[0]!r}; the columns are {full.names()}"
             raise SchemaError(msg)
         clone = FileSource(self.format, self.paths, schema=self.user_schema, storage_options=self.storage_options,
-                           on_error=self.on_error, options=self.options, columns=list(columns))
+                           on_error=self.on_error, options=self.options, columns=list(columns),
+                           on_corrupt_file=self.on_corrupt_file)
         clone._files, clone._full_schema, clone._meta = self._files, self._full_schema, self._meta
+        clone._corrupt = self._corrupt
         return clone
 
     # ------------------------------------------------------------------ coordinator
@@ -207,6 +260,9 @@ class FileSource(Source):
         self.full_schema()  # every file checked before any data moves
         splits = []
         for url in self.files():
+            if url in self._corrupt:  # skipped at plan time: its split only reports it
+                splits.append(Split(url, {"url": url, "corrupt": self._corrupt[url].detail}))
+                continue
             if self.format != "parquet":
                 splits.append(Split(url, {"url": url}))
                 continue
@@ -222,6 +278,8 @@ class FileSource(Source):
 
     # ------------------------------------------------------------------ worker
     def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
+        if position == SKIPPED:  # reported as a corrupt file already: nothing left to emit
+            return _FileReader(self, split, 0, batch_size, reported=True)
         skip = int(position or 0)
         if skip < 0:
             msg = f"{self.kind}: position {position!r} of split {split.split_id!r} is negative"
@@ -244,22 +302,46 @@ def _json_objects(payload: bytes) -> bytes:
 class _FileReader(SplitReader):
     """Reads one split; emits records ``[skip, end)`` in windows of ``batch_size`` records."""
 
-    def __init__(self, source: FileSource, split: Split, skip: int, batch_size: int | None) -> None:
+    def __init__(self, source: FileSource, split: Split, skip: int, batch_size: int | None, *,
+                 reported: bool = False) -> None:
         self.source = source
         self.split = split
         self.skip = skip
         self.batch_size = batch_size
         self.url: str = split.info["url"]
+        self.reported = reported
 
     def batches(self) -> Iterator[SourceBatch]:
-        parsed, origin = self._load()
+        if self.reported:
+            return
         wanted = self.source.schema()
+        corrupt = self.split.info.get("corrupt")
+        if corrupt is None:
+            try:
+                parsed, origin = self._load()
+            except CorruptFileError as exc:
+                if self.source.on_corrupt_file != "skip":
+                    raise
+                corrupt = exc.detail
+        if corrupt is not None:
+            yield SourceBatch(pl.DataFrame(schema=wanted), SKIPPED, self._skipped(corrupt))
+            return
         start = self.skip - origin
         step = self.batch_size or max(1, parsed.records - start)
         for low in range(start, parsed.records, step):
             high = min(low + step, parsed.records)
             data, malformed = parsed.window(low, high)
             yield SourceBatch(self._conform(data, wanted), origin + high, malformed)
+
+    def _skipped(self, detail: str) -> pl.DataFrame:
+        """The one ``malformed`` row that reports this split's file as skipped."""
+        info = self.split.info
+        what = "corrupt file skipped"
+        if "row_groups" in info and "corrupt" not in info:  # a row-group range of a file whose footer read
+            groups, start = info["row_groups"], info["start"]
+            what += f" (row groups {groups[0]}-{groups[-1]}, rows {start}-{start + info['rows'] - 1})"
+        return pl.DataFrame({"source": [self.source.kind], "file": [self.url], "offset": [-1], "line": [-1],
+                             "reason": [f"{what}: {detail}"], "raw": [None]}, schema=MALFORMED_SCHEMA)
 
     def _conform(self, data: pl.DataFrame, wanted: pl.Schema) -> pl.DataFrame:
         if not len(wanted) or data.schema == wanted:

@@ -95,3 +95,66 @@ def test_kill_then_restore_commits_each_row_once(tmp_path: Path, workers: int, f
     assert bad.height == bad_count
     assert bad.select("file", "offset").is_duplicated().sum() == 0
     assert set(bad["reason"]) == {"expected 3 fields, found 2", "column 'id': cannot parse 'not a number' as Int64"}
+
+
+CORRUPT_JOB = textwrap.dedent('''
+    import json, sys, time
+    import arrowflow as af
+
+    config = json.loads(sys.argv[1])
+
+    def slow(batch):
+        time.sleep(0.02)
+        return batch
+
+    flow = af.Flow("corrupt_crash")
+    events = flow.read_parquet(config["input"] + "/*.parquet", on_corrupt_file="skip")
+    events.map_batches(slow).write_parquet(config["rows"])
+    events.side_output("malformed").write_ndjson(config["bad"])
+    result = flow.run(workers=config["workers"], checkpoint_dir=config["checkpoints"],
+                      checkpoint_every=af.every_rows(7), batch_size=5, restore="latest")
+    print("RESULT", json.dumps({"restored_from": result.restored_from}), flush=True)
+''')
+
+
+@pytest.mark.parametrize(("workers", "fault"), [pytest.param(0, "before_manifest@3", marks=pytest.mark.soak),
+                                               (2, "after_manifest@2")])
+def test_corrupt_files_are_reported_once_across_a_kill(tmp_path: Path, workers: int, fault: str, same_rows) -> None:
+    """Parquet files skipped as corrupt (one found at plan time, one while reading) are each
+    reported once and the good files' rows committed once, through a kill -9 and a restore."""
+    allowed = os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",")
+    if str(workers) not in allowed:
+        pytest.skip(f"ARROWFLOW_TEST_WORKERS={','.join(allowed)} leaves out {workers} workers")
+    folder = tmp_path / "input"
+    folder.mkdir()
+    frames = []
+    for part in range(6):
+        ids = [(part * 7919 + i * 104729) % 100_003 for i in range(20)]  # not in order
+        frame = pl.DataFrame({"id": ids, "s": [f"p{part}-{i}" for i in ids]})
+        frame.write_parquet(folder / f"in-{part}.parquet", row_group_size=6)
+        frames.append(frame)
+    raw = (folder / "in-1.parquet").read_bytes()
+    (folder / "in-1.parquet").write_bytes(raw[: len(raw) // 2])  # no footer: found at plan time
+    spoiled = bytearray((folder / "in-4.parquet").read_bytes())
+    spoiled[10:60] = b"\xff" * 50  # the footer reads, the first page header does not: found reading
+    (folder / "in-4.parquet").write_bytes(bytes(spoiled))
+
+    script = tmp_path / "job.py"
+    script.write_text(CORRUPT_JOB)
+    config = {"input": str(folder), "rows": str(tmp_path / "rows"), "bad": str(tmp_path / "bad"),
+              "checkpoints": str(tmp_path / "checkpoints"), "workers": workers}
+
+    def run(faults: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), json.dumps(config)], capture_output=True, text=True,
+                              env={**os.environ, "ARROWFLOW_FAULTS": faults}, timeout=240, check=False)
+
+    proc = run(fault)
+    assert "RESULT" not in proc.stdout and proc.returncode != 0, "the fault did not fire"
+    proc = run("")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.split("RESULT ", 1)[1])["restored_from"] is not None
+    rows = committed(tmp_path / "rows", "parquet")
+    same_rows(rows, pl.concat([frames[i] for i in (0, 2, 3, 5)]))
+    bad = committed(tmp_path / "bad", "ndjson").sort("file")
+    assert bad["file"].to_list() == [str(folder / "in-1.parquet"), str(folder / "in-4.parquet")]
+    assert bad["reason"].str.starts_with("corrupt file skipped").all()

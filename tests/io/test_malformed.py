@@ -129,17 +129,6 @@ def test_csv_header_names_the_columns(tmp_path: Path, read_all, same_rows) -> No
     assert bad is not None and bad["reason"].to_list() == ["column 'a': cannot parse 'zz' as Int64"]
 
 
-def test_values_of_unread_columns_are_not_checked(tmp_path: Path, read_all) -> None:
-    """Projection reaches the parser: a column the flow does not read is not parsed."""
-    path = tmp_path / "x.csv"
-    path.write_bytes(b"a,s,f\n1,x,oops\n2,y,3.5\n")
-    source = FileSource("csv", str(path), schema=SCHEMA)
-    data, bad = read_all(source.with_columns_pruned(["a"]))
-    assert data["a"].to_list() == [1, 2] and bad is None
-    data, bad = read_all(source)
-    assert data["a"].to_list() == [2] and bad is not None and bad["line"].to_list() == [2]
-
-
 def test_narrow_and_temporal_types_in_text(tmp_path: Path, read_all) -> None:
     schema = {"n": pl.Int8, "t": pl.Datetime("ms"), "d": pl.Date, "b": pl.Boolean}
     (tmp_path / "x.csv").write_bytes(b"n,t,d,b\n1,2024-01-01T00:00:00.5,2024-01-02,true\n300,2024-01-01,2024-01-02,false\n"
@@ -221,7 +210,9 @@ _BAD_CSV = {b"1": "expected 3 fields, found 1", b"1,x,2.5,9": "expected 3 fields
             b'1,"x,y"': "expected 3 fields, found 2", b"\xff,x,1": "not valid UTF-8", b"": None}
 _BAD_JSON = {b'{"a":': "invalid JSON", b"7": "expected a JSON object, found a number",
              b'"s"': "expected a JSON object, found a string", b'{"a": 1.5}': "column 'a': cannot parse '1.5' as Int64",
-             b'{"f": [1]}': "column 'f': cannot parse '[1]' as Float64", b"\t ": None}
+             b'{"f": [1]}': "column 'f': cannot parse '[1]' as Float64", b"\t ": None,
+             b'{"s": ' + b"[" * 1099 + b"]" * 1099 + b"}": "nesting deeper than 1024 levels (1100 found)",
+             b'{"a": ' + b"9" * 400 + b"}": "column 'a': the number 999999...9999 (400 digits) does not fit in Int64"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "ndjson"])
