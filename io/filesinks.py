@@ -203,6 +203,10 @@ class FileSink(Sink):
         fs, root = self._fs()
         for names in staged:
             for name in names or ():
+                if not isinstance(name, str) or part_checkpoint(name) is None:
+                    msg = (f"{self.kind}: checkpoint {checkpoint_id} lists {name!r} as staged output of "
+                           f"{self.path!r}, which is not one of its part file names; refusing to move it")
+                    raise SinkError(msg)
                 source, target = f"{root}/{STAGING}/{name}", f"{root}/{name}"
                 try:
                     if fs.exists(source):
