@@ -91,6 +91,12 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
     if checkpoint_every is not None and checkpoint_dir is None:
         msg = "checkpoint_every needs a checkpoint_dir to write the checkpoints to (any fsspec URL)"
         raise PlanError(msg)
+    if restore not in (None, "latest") and not (isinstance(restore, int) and not isinstance(restore, bool)):
+        msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
+        raise PlanError(msg)
+    if isinstance(restore, int) and checkpoint_dir is None:
+        msg = f"restore={restore} needs the checkpoint_dir that holds checkpoint {restore} (any fsspec URL)"
+        raise PlanError(msg)
     trigger = resolve_trigger(checkpoint_every)
     storage = CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints) if checkpoint_dir else None
     if storage is not None:
@@ -110,9 +116,13 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
                 restored = _restore_point(storage, started_from, plan, max_parallelism)
         if restored is not None and restored.final:
             _recommit(plan, restored)
+            note = (f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
+                    f"to start over")
+            warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
             result.checkpoints = [restored.id]
             result.restored_from = restored.id
+            result.notes.append(note)
             return result
         _prepare_sinks(plan, restored)
         existing = storage.checkpoint_ids() if storage is not None else []

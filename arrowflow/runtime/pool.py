@@ -43,7 +43,7 @@ from typing import Any
 import cloudpickle
 import polars as pl
 
-from arrowflow.errors import JobCancelled, WorkerError
+from arrowflow.errors import JobCancelled, WorkerError, summarize
 from arrowflow.plan import Plan
 from arrowflow.runtime.channels import (
     BARRIER,
@@ -262,10 +262,10 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
             report = worker.run()
         conn.send(("report", report))
         status = 0
-    except BaseException:
+    except BaseException as exc:
         status = 1
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", traceback.format_exc(), summarize(exc)))
         except (OSError, ValueError):
             pass
     finally:
@@ -494,9 +494,8 @@ class _Pool:
             elif kind == "report":
                 reports[index] = message[1]
             elif kind == "error":
-                text = message[1]
-                last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
-                msg = f"worker {index} failed: {last}\n\n--- worker {index} traceback ---\n{text}"
+                text, summary = message[1], message[2]
+                msg = f"worker {index} failed: {summary}\n\n--- worker {index} traceback ---\n{text}"
                 raise WorkerError(msg, worker=index, traceback_text=text)
         return final
 
