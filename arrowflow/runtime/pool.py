@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
@@ -60,6 +61,7 @@ from arrowflow.runtime.channels import (
 from arrowflow.runtime.job import JobCoordinator
 from arrowflow.runtime.operators import RuntimeContext
 from arrowflow.runtime.result import RunResult
+from arrowflow.runtime.segments import reclaim_segments, segment_name
 from arrowflow.runtime.worker import Worker, WorkerReport
 from arrowflow.sources import Split
 from arrowflow.state import StateBackend
@@ -385,10 +387,16 @@ class _Pool:
     def start(self) -> None:
         ring_names: dict[tuple[int, int], str] = {}
         if self.exchanges and self.workers > 1:
+            reclaimed = reclaim_segments()
+            if reclaimed:
+                creators = sorted({int(name.split("-")[1]) for name in reclaimed})
+                warnings.warn(f"removed {len(reclaimed)} shared-memory segments from /dev/shm that arrowflow "
+                              f"coordinators killed before they could clean up left behind (pids "
+                              f"{', '.join(map(str, creators))})", stacklevel=2)
             for s in range(self.workers):
                 for t in range(self.workers):
                     if s != t:
-                        name = f"af-{os.getpid()}-{self.token}-{s}-{t}"
+                        name = segment_name(self.token, s, t)
                         self.rings.append(Ring(name, self.capacity, create=True))
                         ring_names[(s, t)] = name
         plan_bytes = _dumps_by_value(self.plan)
