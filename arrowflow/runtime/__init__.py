@@ -153,12 +153,16 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             if storage is None or restarts >= max_restarts:
                 if storage is not None:
                     exc.args = (f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",)
+                _discard_staged(plan, storage, own_first_id, started_from)
                 raise
             restarts += 1
             warnings.warn(f"flow {plan.flow_name!r}: {str(exc).splitlines()[0]}; restarting from the newest "
                           f"checkpoint (restart {restarts} of at most {max_restarts})", stacklevel=2)
             time.sleep(RESTART_DELAY_S)
             continue
+        except BaseException:  # raised in this process (workers=0), Ctrl-C, a failed commit
+            _discard_staged(plan, storage, own_first_id, started_from)
+            raise
         result.restarts = restarts
         # Live-results taps (flow.start) are not the user's operators: their rows are no output.
         taps = {op.id for op in plan.ops if op.kind == "sink" and op.params["sink"].transient}
@@ -184,6 +188,26 @@ def _prepare_sinks(plan: Plan, restored: Manifest | None) -> None:
             # (idempotent), then drop what was staged after that checkpoint.
             sink.commit(restored.id, restored.sinks.get(op.id, []))
             sink.recover(restored.id)
+
+
+def _discard_staged(plan: Plan, storage: CheckpointStorage | None, since_id: int, started_from: int | None) -> None:
+    """The run failed for good: commit its newest complete checkpoint again (idempotent: the
+    failure may have come between a manifest and its commit), then let every sink drop what is
+    still staged, which belongs to no complete checkpoint. If that fails, the staged output
+    stays for the next run, whose restore (or fresh start) clears it."""
+    try:
+        newest = storage.latest(report=False, min_id=since_id) if storage is not None else None
+        if newest is None and storage is not None and started_from is not None:
+            newest = storage.find(started_from)
+        sinks = [op for op in plan.ops if op.kind == "sink"]
+        if newest is not None:
+            for op in sinks:
+                op.params["sink"].commit(newest.id, newest.sinks.get(op.id, []))
+        for op in sinks:
+            op.params["sink"].discard_staged()
+    except Exception as exc:
+        warnings.warn(f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
+                      f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", stacklevel=3)
 
 
 def _recommit(plan: Plan, restored: Manifest) -> None:
