@@ -32,6 +32,9 @@ _PUNCT = frozenset("()*,.+-/%<>=!|&^~:;[]{}")
 _QUOTES = "'\"`"
 _FILE_READERS = ("read_", "scan_")
 _TABLE_POSITION = frozenset({"from", "join"})
+#: Keywords that end a FROM clause's list of tables.
+_CLAUSES = frozenset({"where", "group", "having", "order", "limit", "offset", "union", "except", "intersect",
+                      "on", "using", "window", "qualify", "fetch"})
 
 
 def _refuse(reason: str) -> NoReturn:
@@ -104,25 +107,40 @@ def check_state_query(sql: str, tables: list[str]) -> None:
                if tokens[i][0] in ("word", "name") and tokens[i + 1] == ("word", "as")
                and tokens[i + 2] == ("punct", "(")}
     known = {table.lower() for table in tables} | defined
-    # Is the innermost parenthesis a query (its first token SELECT or WITH)? FROM is also
-    # a keyword of EXTRACT(… FROM …), SUBSTRING, TRIM and IS DISTINCT FROM.
-    scopes = [True]
+    # Per parenthesis: is it a query (its first token SELECT or WITH), and is it inside its
+    # FROM clause, where each comma starts another table? FROM is also a keyword of
+    # EXTRACT(… FROM …), SUBSTRING, TRIM and IS DISTINCT FROM, which are no queries.
+    scopes = [[True, False]]
     for i, (kind, text) in enumerate(tokens):
         following_kind, following = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
         called = (following_kind, following) == ("punct", "(")
         if kind in ("word", "name") and called and text.lower().startswith(_FILE_READERS):
             _refuse(f"{text}() reads files")
+        scope = scopes[-1]
         if (kind, text) == ("punct", "("):
-            scopes.append((following_kind, following) in (("word", "select"), ("word", "with")))
-        elif (kind, text) == ("punct", ")") and len(scopes) > 1:
-            scopes.pop()
-        elif (kind == "word" and text in _TABLE_POSITION and scopes[-1] and following_kind
-              and tokens[i - 1] != ("word", "distinct")):
-            if called:
-                continue  # a subquery
-            if i + 2 < len(tokens) and tokens[i + 2] == ("punct", "("):
-                reads = " that reads files" if following.lower().startswith(_FILE_READERS) else ""
-                _refuse(f"{following}() after {text.upper()} is a table function{reads}")
-            if following_kind not in ("word", "name") or following.lower() not in known:
-                _refuse(f"{following!r} after {text.upper()} is not a table of this checkpoint "
-                              f"(tables: {', '.join(repr(t) for t in sorted(tables)) or 'none'})")
+            scopes.append([(following_kind, following) in (("word", "select"), ("word", "with")), False])
+        elif (kind, text) == ("punct", ")"):
+            if len(scopes) > 1:
+                scopes.pop()
+        elif kind == "word" and text in _CLAUSES:
+            scope[1] = False
+        elif scope[0] and ((kind == "word" and text in _TABLE_POSITION and tokens[i - 1] != ("word", "distinct"))
+                           or (scope[1] and (kind, text) == ("punct", ","))):
+            scope[1] = True
+            _check_table(tokens, i, known, tables)
+
+
+def _check_table(tokens: list[tuple[str, str]], i: int, known: set[str], tables: list[str]) -> None:
+    """The table reference after token ``i`` (FROM, JOIN or a comma of a FROM clause)."""
+    where = tokens[i][1].upper() if tokens[i][0] == "word" else "a comma of FROM"
+    if i + 1 >= len(tokens):
+        _refuse(f"no table after {where}")
+    kind, name = tokens[i + 1]
+    if (kind, name) == ("punct", "("):
+        return  # a subquery, checked as its own scope
+    if i + 2 < len(tokens) and tokens[i + 2] == ("punct", "("):
+        reads = " that reads files" if name.lower().startswith(_FILE_READERS) else ""
+        _refuse(f"{name}() after {where} is a table function{reads}")
+    if kind not in ("word", "name") or name.lower() not in known:
+        _refuse(f"{name!r} after {where} is not a table of this checkpoint "
+                f"(tables: {', '.join(repr(t) for t in sorted(tables)) or 'none'})")

@@ -189,6 +189,8 @@ FILE_READERS = [
     "SELECT * FROM agg; SELECT * FROM read_csv('{csv}')",
     "SELECT * FROM unnest([1, 2]) AS u(x)",
     "SELECT * FROM nosuchtable",
+    "SELECT * FROM agg a, agg b, nosuchtable",
+    "SELECT * FROM agg, any_future_table_function('{csv}')",
 ]
 
 
@@ -238,6 +240,8 @@ def test_state_query_cli_refuses_a_file_reader_in_one_line(job: Path, files_to_s
     "SELECT count(*) AS n FROM (SELECT user_id FROM agg) AS s",
     "SELECT count(*) AS n FROM agg a JOIN agg b ON a.user_id = b.user_id;",
     "SELECT count(*) AS n FROM agg WHERE CAST(user_id AS VARCHAR) NOT LIKE '%--/*;read_csv(%'",
+    "SELECT count(*) AS n FROM agg a JOIN agg b USING (user_id) WHERE a.user_id IN (SELECT user_id FROM agg)",
+    "SELECT count(*) AS n FROM (SELECT user_id, sum(n) OVER (PARTITION BY user_id, n) AS s FROM agg) AS w",
 ])
 def test_ordinary_state_queries_still_answer(job: Path, query: str) -> None:
     url = str(job / "checkpoints")
@@ -256,3 +260,11 @@ def test_a_failing_state_query_is_one_line_in_the_cli(job: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("arrowflow state: error: state query failed on checkpoint 3: ")
     assert "nosuchcolumn" in lines[0]
+
+
+def test_state_query_of_a_missing_checkpoint_names_the_ones_there(job: Path) -> None:
+    url = str(job / "checkpoints")
+    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", url, "SELECT * FROM agg",
+                           "--checkpoint", "999"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"arrowflow state: error: no checkpoint 999 in {url!r}; it has 1, 2, 3"]
