@@ -111,3 +111,10 @@ def test_a_run_that_fits_is_unchanged(small_disk: Path, events: Path) -> None:
     assert sorted(p.name for p in (out / ".staging").iterdir()) == []
     got = pl.read_parquet(out / "*.parquet")
     assert got.sort("id").equals(frame.sort("id"))
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("round_", range(10))
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "ndjson", "ipc"])
+def test_soak_full_disk(small_disk: Path, events: Path, fmt: str, round_: int) -> None:
+    test_a_full_disk_leaves_no_staged_files(small_disk, events, workers=round_ % 3, fmt=fmt)

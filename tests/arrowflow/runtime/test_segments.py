@@ -71,7 +71,8 @@ def test_segment_names_carry_pid_and_start_time() -> None:
     assert int(started, 36) == ticks
 
 
-def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path: Path, data: Path) -> None:
+def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path: Path, data: Path,
+                                                                        kill_delay: float = 0.0) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB)
     job = subprocess.Popen([sys.executable, str(script), str(data), str(tmp_path / "killed-out")],
@@ -84,6 +85,7 @@ def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path
             time.sleep(0.1)
         left = segments_of(job.pid)
         assert len(left) == 2, f"the job should be running with its two rings: {job.communicate()}"
+        time.sleep(kill_delay)
         os.killpg(job.pid, signal.SIGKILL)  # the coordinator, its workers and its resource tracker
         job.wait(10)
         time.sleep(1.0)
@@ -120,3 +122,9 @@ def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path
             path.unlink(missing_ok=True)
         for name in segments_of(job.pid):
             (Path(SHM_DIR) / name).unlink(missing_ok=True)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("round_", range(12))
+def test_soak_kill_and_reclaim(tmp_path: Path, data: Path, round_: int) -> None:
+    test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path, data, kill_delay=0.25 * round_)
