@@ -390,8 +390,8 @@ class _Pool:
             reclaimed = reclaim_segments()
             if reclaimed:
                 creators = sorted({int(name.split("-")[1]) for name in reclaimed})
-                warnings.warn(f"removed {len(reclaimed)} shared-memory segments from /dev/shm that arrowflow "
-                              f"coordinators killed before they could clean up left behind (pids "
+                warnings.warn(f"removed {len(reclaimed)} shared-memory segments left in /dev/shm by arrowflow "
+                              f"coordinators killed before they could clean up (pids "
                               f"{', '.join(map(str, creators))})", stacklevel=2)
             for s in range(self.workers):
                 for t in range(self.workers):

@@ -104,7 +104,7 @@ def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path
 
         flow = af.Flow("next")
         sums = flow.read_parquet(str(data)).key_by("k").agg(s=pl.col("v").sum())
-        with pytest.warns(UserWarning, match=r"removed \d+ shared-memory segments from /dev/shm .*"
+        with pytest.warns(UserWarning, match=r"removed \d+ shared-memory segments left in /dev/shm .*"
                                              rf"\b{job.pid}\b"):
             result = af.testing.collect_all(sums, workers=2)
         assert segments_of(job.pid) == []
