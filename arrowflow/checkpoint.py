@@ -247,6 +247,10 @@ class CheckpointStorage:
         except CheckpointError as exc:
             msg = f"checkpoint {checkpoint_id}: {exc}"
             raise CheckpointError(msg) from None
+        if manifest.id != checkpoint_id:
+            msg = (f"checkpoint {checkpoint_id}: its folder holds the manifest of checkpoint {manifest.id!r} "
+                   f"(copied there?)")
+            raise CheckpointError(msg)
         if verify_files:
             for entry in manifest.files:
                 self._verify(checkpoint_id, entry)

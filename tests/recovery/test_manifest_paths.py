@@ -268,3 +268,12 @@ def test_state_query_of_a_missing_checkpoint_names_the_ones_there(job: Path) -> 
                            "--checkpoint", "999"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"arrowflow state: error: no checkpoint 999 in {url!r}; it has 1, 2, 3"]
+
+
+def test_a_manifest_copied_into_another_checkpoints_folder_is_refused(job: Path) -> None:
+    shutil.copy(manifest_path(job, 2), manifest_path(job, 3))
+    storage = CheckpointStorage(str(job / "checkpoints"))
+    with pytest.raises(CheckpointError, match="checkpoint 3: its folder holds the manifest of checkpoint 2"):
+        storage.find(3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
