@@ -66,8 +66,7 @@ def flow_to(events: Path, out: Path, fmt: str, *, slow: bool = False) -> af.Flow
     return flow
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "csv"])
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("fmt", "workers"), [("parquet", 0), ("parquet", 2), ("csv", 0)])
 def test_a_full_disk_leaves_no_staged_files(small_disk: Path, events: Path, workers: int, fmt: str) -> None:
     out = small_disk / "out"
     with pytest.raises((SinkError, WorkerError), match="No space left on device"):

@@ -65,23 +65,26 @@ def add_staged(name: str) -> Any:
     return edit
 
 
-@pytest.mark.parametrize("name", ["../../victimfile", "../victimfile", "/VICTIM", "..\\..\\victimfile"])
-def test_a_crafted_sink_entry_makes_the_checkpoint_invalid_and_moves_nothing(
-        job: Path, recovery_input: Path, recovery: Any, name: str) -> None:
-    victim = job / "victimfile"
-    victim.write_text("not arrowflow's")
-    absolute = Path(name.replace("VICTIM", str(victim)))
-    craft(job, add_staged(str(absolute) if name.startswith("/") else name))
+@pytest.mark.parametrize("name", ["../../victimfile", "../victimfile", "/VICTIM", "..\\..\\victimfile", "..",
+                                  "sub/part-00000003-0000-00000-0a0b0c0d.parquet", "part\x00.parquet"])
+def test_a_crafted_sink_entry_makes_the_checkpoint_invalid(job: Path, name: str) -> None:
+    craft(job, add_staged(name.replace("VICTIM", str(job / "victimfile"))))
     storage = CheckpointStorage(str(job / "checkpoints"))
     with pytest.raises(CheckpointError, match="checkpoint 3: sink 'write_parquet' lists staged output"):
         storage.find(3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
+
+
+def test_a_restore_past_a_crafted_sink_entry_moves_nothing(job: Path, recovery_input: Path, recovery: Any) -> None:
+    victim = job / "victimfile"
+    victim.write_text("not arrowflow's")
+    craft(job, add_staged("../../victimfile"))
     code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
     assert code == 0, err[-2000:]
-    assert '"restored_from": 2' in out and "skipping checkpoint 3" in err
-    assert victim.read_text() == "not arrowflow's"
+    assert victim.exists() and victim.read_text() == "not arrowflow's", "the restore moved the victim"
     assert not (job.parent / "victimfile").exists() and not (job / "rows" / "victimfile").exists()
+    assert '"restored_from": 2' in out and "skipping checkpoint 3" in err
     rows, _ = recovery.expected_outputs(recovery_input)
     got = recovery.committed(job / "rows")
     assert got.sort("event_id").equals(rows.sort("event_id"))
