@@ -196,9 +196,17 @@ def _discard_staged(plan: Plan, storage: CheckpointStorage | None, since_id: int
     still staged, which belongs to no complete checkpoint. If that fails, the staged output
     stays for the next run, whose restore (or fresh start) clears it."""
     try:
-        newest = storage.latest(report=False, min_id=since_id) if storage is not None else None
-        if newest is None and storage is not None and started_from is not None:
-            newest = storage.find(started_from)
+        newest = None
+        # Only the manifest's sink lists are needed (its checksum covers them): no state file is
+        # read and hashed on this failure path.
+        for checkpoint_id in storage.checkpoint_ids() if storage is not None else []:
+            if checkpoint_id < since_id and checkpoint_id != started_from:
+                continue
+            try:
+                newest = storage.read_manifest(checkpoint_id, verify_files=False)
+                break
+            except CheckpointError:
+                continue
         sinks = [op for op in plan.ops if op.kind == "sink"]
         if newest is not None:
             for op in sinks:
