@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -80,10 +81,69 @@ class Manifest:
             msg = "manifest checksum does not match its content"
             raise CheckpointError(msg)
         body.pop("format", None)
-        return cls(**body)
+        manifest = cls(**body)
+        manifest.check_paths()
+        return manifest
+
+    def check_paths(self) -> None:
+        """Refuse a manifest that names a file outside the layout it belongs to.
+
+        Every file a checkpoint lists (state files, ``sources.json``) lies under its own
+        ``chk-<id>/`` folder or under ``shared/``; staged sink output is named by plain file
+        names that the sink resolves inside its own folder. A checksum only proves that the
+        manifest is whole, not who wrote it: a crafted ``../`` must never reach the filesystem.
+        """
+        tops = (chk_dir(self.id), "shared")
+        try:
+            listed = set()
+            for entry in self.files:
+                _check_layout(entry["path"], tops, "file")
+                listed.add(entry["path"])
+            for entry in self.state:
+                _check_layout(entry["path"], tops, f"state file of store {entry.get('store')!r}")
+                if entry["path"] not in listed:
+                    msg = f"state file {entry['path']!r} is not among the files the manifest verifies"
+                    raise CheckpointError(msg)
+            for sink, items in self.sinks.items():
+                for name in _strings(items):
+                    if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+                        msg = (f"sink {sink!r} lists staged output {name!r}, which is a path, not a name inside "
+                               f"the sink's own folder")
+                        raise CheckpointError(msg)
+        except (KeyError, TypeError, AttributeError) as exc:
+            msg = f"the manifest's file lists are malformed ({type(exc).__name__}: {exc})"
+            raise CheckpointError(msg) from None
 
     def size(self) -> int:
         return sum(int(f["size"]) for f in self.files)
+
+
+#: One component of a path a manifest may name: what operator ids, store names and the
+#: snapshot files' names are made of (no separators, no drive letters, no escapes).
+_COMPONENT = re.compile(r"[A-Za-z0-9_.=+-]+")
+
+
+def _check_layout(path: Any, tops: tuple[str, ...], what: str) -> None:
+    """``path`` must be relative, made of plain components, none ``.`` or ``..``, below one of ``tops``."""
+    parts = path.split("/") if isinstance(path, str) else []
+    if (len(parts) < 2 or parts[0] not in tops
+            or any(part in (".", "..") or not _COMPONENT.fullmatch(part) for part in parts)):
+        msg = (f"{what} {path!r} is outside the checkpoint's layout: expected a relative path of plain names "
+               f"under {' or '.join(t + '/' for t in tops)}")
+        raise CheckpointError(msg)
+
+
+def _strings(value: Any) -> Any:
+    """Every string in a JSON value (dict keys and values, list items), depth first."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 class CheckpointStorage:
@@ -187,6 +247,10 @@ class CheckpointStorage:
         except CheckpointError as exc:
             msg = f"checkpoint {checkpoint_id}: {exc}"
             raise CheckpointError(msg) from None
+        if manifest.id != checkpoint_id:
+            msg = (f"checkpoint {checkpoint_id}: its folder holds the manifest of checkpoint {manifest.id!r} "
+                   f"(copied there?)")
+            raise CheckpointError(msg)
         if verify_files:
             for entry in manifest.files:
                 self._verify(checkpoint_id, entry)
@@ -219,6 +283,13 @@ class CheckpointStorage:
         return None
 
     def find(self, checkpoint_id: int) -> Manifest:
+        """Checkpoint ``checkpoint_id``, verified; a CheckpointError names the ids there are."""
+        ids = self.checkpoint_ids()
+        if checkpoint_id not in ids:
+            complete = [str(i) for i in reversed(ids) if self._has_manifest(i)]
+            msg = (f"no checkpoint {checkpoint_id} in {self.url!r}; it has "
+                   f"{', '.join(complete) if complete else 'no complete checkpoint'}")
+            raise CheckpointError(msg)
         return self.read_manifest(checkpoint_id)
 
     # ------------------------------------------------------------------ retention
@@ -333,17 +404,27 @@ def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
                 storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
     """Run a polars SQL query over the state in a checkpoint (the newest complete one, or
     ``checkpoint_id``): every operator with state is a table named after its id; quote ids
-    with a dash (``SELECT * FROM "agg-2"``)."""
+    with a dash (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements
+    and table functions that read files (``read_csv``…) are refused."""
+    from arrowflow._statesql import check_state_query
+
     storage = CheckpointStorage(url, storage_options)
     manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
     if manifest is None:
         msg = f"no complete checkpoint in {storage.url!r}"
         raise CheckpointError(msg)
+    operators = sorted({name.split("/")[0] for name in manifest.stores})
+    check_state_query(sql, operators)
     context = pl.SQLContext()
-    for operator in sorted({name.split("/")[0] for name in manifest.stores}):
+    for operator in operators:
         context.register(operator, read_state(url, operator, checkpoint_id=manifest.id,
                                               storage_options=storage_options))
-    return context.execute(sql, eager=True)
+    try:
+        return context.execute(sql, eager=True)
+    except pl.exceptions.PolarsError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = f"state query failed on checkpoint {manifest.id}: {type(exc).__name__}: {reason}"
+        raise CheckpointError(msg) from exc
 
 
 def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int | None = None,

@@ -3,7 +3,7 @@
 ::
 
     arrowflow run job.py[:flow] [--workers N] [--state NAME] [--checkpoint-dir URL]
-                  [--checkpoint-every 10s] [--restore latest|ID] [--batch-size N] [--[no-]progress]
+                  [--checkpoint-every 10s] [--restore latest|none|ID] [--batch-size N] [--[no-]progress]
     arrowflow demo [--dir PATH] [--rows N] [--workers N]
 
 ``run`` imports ``job.py`` as a module (its ``if __name__ == "__main__":`` block does not run),
@@ -181,6 +181,8 @@ def format_summary(flow: Flow, result: RunResult) -> str:
             sink = node.params["sink"]
             described = sink.describe() if hasattr(sink, "describe") else type(sink).__name__
             lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {described}")
+    # The notes name flow.run's options; on the command line they are flags.
+    lines.extend(f"note: {note.replace('restore=None', '--restore none')}" for note in result.notes)
     lines.append(restarts_line(result))
     return "\n".join(lines)
 
@@ -222,7 +224,12 @@ def _workers(text: str) -> int:
 
 
 def _restore(text: str) -> str | int:
-    return int(text) if text.isdigit() else text
+    if text.isdigit():
+        return int(text)
+    if text not in ("latest", "none"):
+        msg = f"expected latest, none (start over) or a checkpoint id, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--checkpoint-every", metavar="DURATION", help="checkpoint interval, e.g. 10s")
     run.add_argument(
-        "--restore", type=_restore, metavar="latest|ID", help="checkpoint to resume from"
+        "--restore", type=_restore, metavar="latest|none|ID",
+        help="checkpoint to resume from (needs --checkpoint-dir); none starts over"
     )
     run.add_argument(
         "--batch-size", type=_positive, metavar="N", help="rows per batch read from sources"
@@ -307,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.restore is not None and args.checkpoint_dir is None:
+        msg = f"--restore {args.restore} needs --checkpoint-dir, the folder that holds the checkpoints"
+        raise UsageError(msg)
     path, flow_name = split_target(args.target)
     module = load_module(Path(path))
     flow = pick_flow(module, flow_name, path)
@@ -314,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for flag in ("workers", "state", "checkpoint_dir", "checkpoint_every", "restore", "batch_size", "progress"):
         value = getattr(args, flag)
         if value is not None:
-            options[flag] = value
+            options[flag] = None if (flag, value) == ("restore", "none") else value
     if flow.plan().bounded:
         result = flow.run(**options)
     else:

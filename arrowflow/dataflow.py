@@ -138,8 +138,9 @@ class Flow:
     def _new_id(self, kind: str, name: str | None) -> str:
         derived = _DERIVED_IDS.get(kind, ())
         if name is not None:
-            if not isinstance(name, str) or not _ID.match(name):
-                msg = f"operator name must be letters, digits, '_', '-' or '.', got {name!r}"
+            if not isinstance(name, str) or not _ID.match(name) or name in (".", ".."):
+                # Names become path components of state snapshot files: "." and ".." are not names.
+                msg = f"operator name must be letters, digits, '_', '-' or '.' (not '.' or '..'), got {name!r}"
                 raise PlanError(msg)
             taken = [n for n in (name, *(name + suffix for suffix in derived)) if n in self._ids]
             if taken and taken[0] == name:

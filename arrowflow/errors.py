@@ -47,5 +47,17 @@ class WorkerError(ArrowflowError):
         self.signal = signal
 
 
+def summarize(exc: BaseException) -> str:
+    """``Type: message`` in one line, naming the type as a traceback does.
+
+    The first line of the message, not the traceback's last line: polars' errors run over
+    many lines (the plan that failed, hints), and their last line is rarely the reason.
+    """
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{name}: {lines[0]}" if lines else name
+
+
 class JobCancelled(ArrowflowError):
     """The run was stopped from outside (Ctrl-C, ``job.stop()``)."""

@@ -61,6 +61,12 @@ class Sink(abc.ABC):
     def recover(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
         """Called once in the coordinator before a run restored from ``checkpoint_id``."""
 
+    def discard_staged(self) -> None:  # noqa: B027 - optional hook
+        """Called once in the coordinator when a run failed for good (no restart follows), after
+        the newest complete checkpoint's ``commit`` was re-run: what is still staged belongs to
+        no complete checkpoint, so a sink that stages outside its visible output removes it here.
+        Not called after a crash of the coordinator (``recover`` cleans up then)."""
+
     @abc.abstractmethod
     def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
         """Called in each worker when the run starts."""

@@ -181,12 +181,20 @@ class FileSink(Sink):
         """Restored run. The runtime re-ran ``commit`` for ``checkpoint_id`` first, so whatever is
         still staged belongs to no complete checkpoint (a later one that never completed, or
         an attempt that crashed): it is deleted, never committed."""
+        self.restored_from = checkpoint_id
+        self._drop_staged(create=True)
+
+    def discard_staged(self) -> None:
+        """The run failed for good: its staged part files belong to no complete checkpoint."""
+        self._drop_staged(create=False)
+
+    def _drop_staged(self, *, create: bool) -> None:
         fs, root = self._fs()
         staging = f"{root}/{STAGING}"
-        self.restored_from = checkpoint_id
         try:
             if not fs.exists(staging):
-                fs.makedirs(staging, exist_ok=True)
+                if create:
+                    fs.makedirs(staging, exist_ok=True)
                 return
             doomed = [path for path in fs.ls(staging, detail=False)
                       if part_checkpoint(path.rstrip("/").rsplit("/", 1)[-1]) is not None]
@@ -203,6 +211,10 @@ class FileSink(Sink):
         fs, root = self._fs()
         for names in staged:
             for name in names or ():
+                if not isinstance(name, str) or part_checkpoint(name) is None:
+                    msg = (f"{self.kind}: checkpoint {checkpoint_id} lists {name!r} as staged output of "
+                           f"{self.path!r}, which is not one of its part file names; refusing to move it")
+                    raise SinkError(msg)
                 source, target = f"{root}/{STAGING}/{name}", f"{root}/{name}"
                 try:
                     if fs.exists(source):
@@ -254,10 +266,20 @@ class _FileWriter(SinkWriter):
                 with self.fs.open(path, "wb") as handle:
                     _write(self.sink.format, frame.slice(offset, limit), handle,
                            self.sink.compression, self.sink.compression_level)
-            except OSError as exc:
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                # A full disk: polars' Parquet writer reports the OSError as a ComputeError.
+                # Whatever was written of the file is no part file: remove it.
+                self._remove_partial(path)
                 msg = f"{self.sink.kind}: cannot write {path!r}: {type(exc).__name__}: {exc}"
                 raise SinkError(msg) from exc
             self.staged.append(name)
+
+    def _remove_partial(self, path: str) -> None:
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        except OSError:
+            pass  # the write's own error says more; the next run's begin/recover clears staging
 
     def prepare_commit(self, checkpoint_id: int) -> Any:
         self._flush(checkpoint_id)

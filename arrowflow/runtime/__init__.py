@@ -123,6 +123,12 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
     if checkpoint_every is not None and checkpoint_dir is None:
         msg = "checkpoint_every needs a checkpoint_dir to write the checkpoints to (any fsspec URL)"
         raise PlanError(msg)
+    if restore not in (None, "latest") and not (isinstance(restore, int) and not isinstance(restore, bool)):
+        msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
+        raise PlanError(msg)
+    if isinstance(restore, int) and checkpoint_dir is None:
+        msg = f"restore={restore} needs the checkpoint_dir that holds checkpoint {restore} (any fsspec URL)"
+        raise PlanError(msg)
     trigger = resolve_trigger(checkpoint_every)
     storage = CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints) if checkpoint_dir else None
     if storage is not None:
@@ -144,9 +150,13 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
                 restored = _restore_point(storage, started_from, plan, max_parallelism)
         if restored is not None and restored.final:
             _recommit(plan, restored)
+            note = (f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
+                    f"to start over")
+            warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
             result.checkpoints = [restored.id]
             result.restored_from = restored.id
+            result.notes.append(note)
             return result
         _prepare_sinks(plan, restored)
         existing = storage.checkpoint_ids() if storage is not None else []
@@ -180,6 +190,7 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
                     exc.args = (f"{exc.args[0]}\n(not restarted: {refused})",)
                 elif storage is not None:
                     exc.args = (f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",)
+                _discard_staged(plan, storage, own_first_id, started_from)
                 raise
             restarts += 1
             reason = str(exc).splitlines()[0]
@@ -188,6 +199,9 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
                           f"checkpoint (restart {restarts} of at most {max_restarts})", stacklevel=2)
             time.sleep(RESTART_DELAY_S)
             continue
+        except BaseException:  # raised in this process (workers=0), Ctrl-C, a failed commit
+            _discard_staged(plan, storage, own_first_id, started_from)
+            raise
         result.restarts = restarts
         result.restart_reasons = reasons
         # Live-results taps (flow.start) are not the user's operators: their rows are no output.
@@ -214,6 +228,34 @@ def _prepare_sinks(plan: Plan, restored: Manifest | None) -> None:
             # (idempotent), then drop what was staged after that checkpoint.
             sink.commit(restored.id, restored.sinks.get(op.id, []))
             sink.recover(restored.id)
+
+
+def _discard_staged(plan: Plan, storage: CheckpointStorage | None, since_id: int, started_from: int | None) -> None:
+    """The run failed for good: commit its newest complete checkpoint again (idempotent: the
+    failure may have come between a manifest and its commit), then let every sink drop what is
+    still staged, which belongs to no complete checkpoint. If that fails, the staged output
+    stays for the next run, whose restore (or fresh start) clears it."""
+    try:
+        newest = None
+        # Only the manifest's sink lists are needed (its checksum covers them): no state file is
+        # read and hashed on this failure path.
+        for checkpoint_id in storage.checkpoint_ids() if storage is not None else []:
+            if checkpoint_id < since_id and checkpoint_id != started_from:
+                continue
+            try:
+                newest = storage.read_manifest(checkpoint_id, verify_files=False)
+                break
+            except CheckpointError:
+                continue
+        sinks = [op for op in plan.ops if op.kind == "sink"]
+        if newest is not None:
+            for op in sinks:
+                op.params["sink"].commit(newest.id, newest.sinks.get(op.id, []))
+        for op in sinks:
+            op.params["sink"].discard_staged()
+    except Exception as exc:
+        warnings.warn(f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
+                      f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", stacklevel=3)
 
 
 def _recommit(plan: Plan, restored: Manifest) -> None:

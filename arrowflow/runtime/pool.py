@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
@@ -43,7 +44,7 @@ from typing import Any
 import cloudpickle
 import polars as pl
 
-from arrowflow.errors import JobCancelled, WorkerError
+from arrowflow.errors import JobCancelled, WorkerError, summarize
 from arrowflow.plan import Plan
 from arrowflow.runtime.channels import (
     BARRIER,
@@ -60,6 +61,7 @@ from arrowflow.runtime.channels import (
 from arrowflow.runtime.job import JobCoordinator
 from arrowflow.runtime.operators import RuntimeContext
 from arrowflow.runtime.result import RunResult
+from arrowflow.runtime.segments import reclaim_segments, segment_name
 from arrowflow.runtime.worker import Worker, WorkerReport
 from arrowflow.sources import Split
 from arrowflow.state import StateBackend
@@ -275,10 +277,10 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
             report = worker.run()
         conn.send(("report", report))
         status = 0
-    except BaseException:
+    except BaseException as exc:
         status = 1
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", traceback.format_exc(), summarize(exc)))
         except (OSError, ValueError):
             pass
     finally:
@@ -398,10 +400,16 @@ class _Pool:
     def start(self) -> None:
         ring_names: dict[tuple[int, int], str] = {}
         if self.exchanges and self.workers > 1:
+            reclaimed = reclaim_segments()
+            if reclaimed:
+                creators = sorted({int(name.split("-")[1]) for name in reclaimed})
+                warnings.warn(f"removed {len(reclaimed)} shared-memory segments left in /dev/shm by arrowflow "
+                              f"coordinators killed before they could clean up (pids "
+                              f"{', '.join(map(str, creators))})", stacklevel=2)
             for s in range(self.workers):
                 for t in range(self.workers):
                     if s != t:
-                        name = f"af-{os.getpid()}-{self.token}-{s}-{t}"
+                        name = segment_name(self.token, s, t)
                         self.rings.append(Ring(name, self.capacity, create=True))
                         ring_names[(s, t)] = name
         plan_bytes = _dumps_by_value(self.plan)
@@ -508,9 +516,8 @@ class _Pool:
             elif kind == "report":
                 reports[index] = message[1]
             elif kind == "error":
-                text = message[1]
-                last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
-                msg = f"worker {index} failed: {last}\n\n--- worker {index} traceback ---\n{text}"
+                text, summary = message[1], message[2]
+                msg = f"worker {index} failed: {summary}\n\n--- worker {index} traceback ---\n{text}"
                 raise WorkerError(msg, worker=index, traceback_text=text)
         return final
 

@@ -22,6 +22,9 @@ class RunResult:
     status: str = "finished"  # "finished" (input ended) or "stopped" (job.stop())
     checkpoint_seconds: dict[int, float] = field(default_factory=dict)  # id -> trigger to commit
     aborted_checkpoints: list[int] = field(default_factory=list)  # took longer than the timeout
+    #: What the run did that its counts do not show (it resumed from a final checkpoint…), one
+    #: sentence each; the CLI prints them under the summary.
+    notes: list[str] = field(default_factory=list)
 
     def metrics(self) -> pl.DataFrame:
         """Per-operator counts summed over workers: rows in and out, batches, malformed."""

@@ -84,6 +84,14 @@ def test_errors_name_the_real_operator_id() -> None:
         s.with_columns(x=pl.col("nope"), name="mine")
 
 
+@pytest.mark.parametrize("name", [".", "..", "a/b", "..\\x"])
+def test_an_operator_name_is_never_a_path(name: str) -> None:
+    # Operator ids become components of state file paths in checkpoints.
+    with pytest.raises(af.PlanError, match="operator name must be"):
+        stream().filter(pl.col("amount") > 0, name=name)
+    assert stream().filter(pl.col("amount") > 0, name="..a").id == "..a"
+
+
 def test_a_failed_operator_is_not_left_in_the_flow() -> None:
     s = stream()
     with pytest.raises(af.SchemaError):

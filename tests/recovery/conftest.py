@@ -120,7 +120,7 @@ def processes_of_run(tmp: Path) -> list[int]:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def recovery() -> object:
     """The helpers above, for the tests (conftest modules are not importable by name)."""
     from types import SimpleNamespace

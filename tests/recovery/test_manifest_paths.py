@@ -1,0 +1,282 @@
+"""A crafted manifest cannot reach outside its layout, and a state query reads only state.
+
+The manifests here are edited the way an attacker would: the content changed and its
+checksum recomputed (sha256 of the sorted JSON body without the checksum), so the manifest
+verifies as whole; only the paths in it are wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.checkpoint import CheckpointStorage
+from arrowflow.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory, recovery_input: Path, recovery: Any) -> Path:
+    """A 1-worker run killed right after its 3rd manifest, before that checkpoint's commit."""
+    tmp = tmp_path_factory.mktemp("crashed")
+    code, out, _ = recovery.run_job(tmp, recovery_input, workers=1, state="arrow", every="50ms",
+                                    faults="after_manifest@3")
+    assert code != 0 and "RESULT" not in out
+    assert CheckpointStorage(str(tmp / "checkpoints")).checkpoint_ids()[0] == 3
+    return tmp
+
+
+@pytest.fixture
+def job(crashed: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the crashed run's folders (job, output, checkpoints) for one test."""
+    target = tmp_path / "job"
+    shutil.copytree(crashed, target)
+    return target
+
+
+def manifest_path(job: Path, checkpoint_id: int = 3) -> Path:
+    return job / "checkpoints" / f"chk-{checkpoint_id:08d}" / "_MANIFEST.json"
+
+
+def craft(job: Path, edit: Any, checkpoint_id: int = 3) -> None:
+    """Edit a manifest's body and recompute its checksum, as an attacker could."""
+    path = manifest_path(job, checkpoint_id)
+    body = json.loads(path.read_text())
+    body.pop("checksum")
+    edit(body)
+    body["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    path.write_text(json.dumps(body, sort_keys=True, indent=1))
+
+
+def add_staged(name: str) -> Any:
+    def edit(body: dict[str, Any]) -> None:
+        writers = body["sinks"]["write_parquet"]
+        assert writers and writers[0], "checkpoint 3 should have staged rows of the row sink"
+        writers[0].append(name)
+    return edit
+
+
+@pytest.mark.parametrize("name", ["../../victimfile", "../victimfile", "/VICTIM", "..\\..\\victimfile", "..",
+                                  "sub/part-00000003-0000-00000-0a0b0c0d.parquet", "part\x00.parquet"])
+def test_a_crafted_sink_entry_makes_the_checkpoint_invalid(job: Path, name: str) -> None:
+    craft(job, add_staged(name.replace("VICTIM", str(job / "victimfile"))))
+    storage = CheckpointStorage(str(job / "checkpoints"))
+    with pytest.raises(CheckpointError, match="checkpoint 3: sink 'write_parquet' lists staged output"):
+        storage.find(3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
+
+
+def test_a_restore_past_a_crafted_sink_entry_moves_nothing(job: Path, recovery_input: Path, recovery: Any) -> None:
+    victim = job / "victimfile"
+    victim.write_text("not arrowflow's")
+    craft(job, add_staged("../../victimfile"))
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code == 0, err[-2000:]
+    assert victim.exists() and victim.read_text() == "not arrowflow's", "the restore moved the victim"
+    assert not (job.parent / "victimfile").exists() and not (job / "rows" / "victimfile").exists()
+    assert '"restored_from": 2' in out and "skipping checkpoint 3" in err
+    rows, _ = recovery.expected_outputs(recovery_input)
+    got = recovery.committed(job / "rows")
+    assert got.sort("event_id").equals(rows.sort("event_id"))
+
+
+def test_restoring_a_crafted_checkpoint_by_id_is_refused(job: Path, recovery_input: Path) -> None:
+    victim = job / "victimfile"
+    victim.write_text("not arrowflow's")
+    craft(job, add_staged("../../victimfile"))
+    flow = af.Flow("recovery")
+    flow.read_parquet(str(recovery_input)).write_parquet(str(job / "rows"))
+    with pytest.raises(CheckpointError, match=r"checkpoint 3: sink .* is a path, not a name"):
+        flow.run(workers=0, checkpoint_dir=str(job / "checkpoints"), restore=3)
+    assert victim.read_text() == "not arrowflow's"
+
+
+def outside_state(job: Path) -> tuple[Path, dict[str, Any]]:
+    """A valid Arrow IPC state file outside the checkpoint folder, with its size and sha256."""
+    outside = job / "checkpoints" / "outside.arrow"
+    manifest = json.loads(manifest_path(job).read_text())
+    entry = next(e for e in manifest["state"] if e["store"] == "agg")
+    genuine = pl.read_ipc(job / "checkpoints" / entry["path"])
+    forged = genuine.with_columns(pl.col("n__count") * 0 + 999_999)
+    forged.write_ipc(outside, compression="uncompressed")
+    payload = outside.read_bytes()
+    return outside, {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+@pytest.mark.parametrize("path", ["chk-00000003/../outside.arrow", "../checkpoints/outside.arrow", "OUTSIDE",
+                                  "chk-00000002/../outside.arrow", "shared/../outside.arrow",
+                                  "chk-00000003\\..\\..\\outside.arrow", "chk-00000003/state/./x.arrow"])
+def test_a_crafted_state_file_path_is_never_read(job: Path, path: str) -> None:
+    outside, facts = outside_state(job)
+    path = path.replace("OUTSIDE", str(outside))
+
+    def edit(body: dict[str, Any]) -> None:
+        entry = next(e for e in body["state"] if e["store"] == "agg")
+        listed = next(f for f in body["files"] if f["path"] == entry["path"])
+        for record in (entry, listed):
+            record.update(path=path, **facts)
+
+    craft(job, edit)
+    url = str(job / "checkpoints")
+    with pytest.raises(CheckpointError, match=r"checkpoint 3: .* is outside the checkpoint's layout"):
+        af.read_state(url, "agg", checkpoint_id=3)
+    with pytest.raises(CheckpointError, match="outside the checkpoint's layout"):
+        af.query_state(url, "SELECT max(n) AS n FROM agg", checkpoint_id=3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        state = af.read_state(url, "agg")
+    assert 0 < state["n"].max() < 999_999  # checkpoint 2's real counts, not the forged file's
+
+
+def test_a_state_file_not_listed_among_the_verified_files_is_refused(job: Path) -> None:
+    def edit(body: dict[str, Any]) -> None:
+        entry = next(e for e in body["state"] if e["store"] == "agg")
+        entry["path"] = entry["path"].replace(".arrow", "-other.arrow")
+
+    craft(job, edit)
+    with pytest.raises(CheckpointError, match="not among the files the manifest verifies"):
+        af.read_state(str(job / "checkpoints"), "agg", checkpoint_id=3)
+
+
+def test_a_crafted_file_entry_is_never_opened(job: Path) -> None:
+    def edit(body: dict[str, Any]) -> None:
+        body["files"].append({"path": "/dev/zero", "size": 1, "sha256": "0" * 64})
+
+    craft(job, edit)
+    with pytest.raises(CheckpointError, match=r"file '/dev/zero' is outside the checkpoint's layout"):
+        CheckpointStorage(str(job / "checkpoints")).find(3)
+
+
+def test_the_checkpoints_a_run_writes_pass_the_layout_check(job: Path) -> None:
+    storage = CheckpointStorage(str(job / "checkpoints"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = [e["path"] for checkpoint_id in (1, 2, 3) for e in storage.find(checkpoint_id).state]
+    assert paths and any(p.startswith("shared/") for p in paths)  # the arrow backend's incremental files
+
+
+# ---------------------------------------------------------------------- state queries
+
+SECRET = "a,b\n1,the-secret-line\n"
+
+FILE_READERS = [
+    "SELECT * FROM read_csv('{csv}')",
+    "SELECT * FROM READ_CSV('{csv}')",
+    'SELECT * FROM "read_csv"(\'{csv}\')',
+    "SELECT * FROM read_csv ('{csv}')",
+    "SELECT * FROM agg, read_csv('{csv}')",
+    "SELECT * FROM agg JOIN read_csv('{csv}') ON true",
+    "SELECT * FROM agg WHERE n IN (SELECT a FROM read_csv('{csv}'))",
+    "WITH x AS (SELECT * FROM read_csv('{csv}')) SELECT * FROM x",
+    "SELECT * FROM read_parquet('{parquet}')",
+    "SELECT * FROM read_ipc('{ipc}')",
+    "SELECT * FROM read_json('{ndjson}')",
+    "SELECT * FROM read_ndjson('{ndjson}')",
+    "SELECT * FROM agg /* */ UNION SELECT * FROM read_csv('{csv}')",
+    "SELECT * FROM agg -- \n, read_csv('{csv}')",
+    "SELECT $$x$$ AS s FROM read_csv('{csv}')",
+    "SELECT E'\\'' AS s, * FROM agg, read_csv('{csv}') -- '",
+    "CREATE TABLE t AS SELECT * FROM read_csv('{csv}')",
+    "SHOW TABLES",
+    "EXPLAIN SELECT * FROM agg",
+    "DROP TABLE agg",
+    "SELECT * FROM agg; SELECT * FROM read_csv('{csv}')",
+    "SELECT * FROM unnest([1, 2]) AS u(x)",
+    "SELECT * FROM nosuchtable",
+    "SELECT * FROM agg a, agg b, nosuchtable",
+    "SELECT * FROM agg, any_future_table_function('{csv}')",
+]
+
+
+@pytest.fixture
+def files_to_steal(tmp_path: Path) -> dict[str, str]:
+    frame = pl.DataFrame({"a": [1], "b": ["the-secret-line"]})
+    paths = {"csv": tmp_path / "secret.csv", "parquet": tmp_path / "secret.parquet",
+             "ipc": tmp_path / "secret.arrow", "ndjson": tmp_path / "secret.ndjson"}
+    paths["csv"].write_text(SECRET)
+    frame.write_parquet(paths["parquet"])
+    frame.write_ipc(paths["ipc"])
+    frame.write_ndjson(paths["ndjson"])
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+def test_polars_sql_itself_reads_files(files_to_steal: dict[str, str]) -> None:
+    """Why the check exists: the engine under query_state reads any file it is pointed at."""
+    context = pl.SQLContext()
+    assert context.execute(f"SELECT * FROM read_csv('{files_to_steal['csv']}')", eager=True)["b"].item() \
+        == "the-secret-line"
+
+
+@pytest.mark.parametrize("query", FILE_READERS)
+def test_a_state_query_reads_no_file_and_runs_no_statement(job: Path, files_to_steal: dict[str, str],
+                                                           query: str) -> None:
+    sql = query.format(**files_to_steal)
+    with pytest.raises(CheckpointError, match="state query refused: ") as caught:
+        af.query_state(str(job / "checkpoints"), sql, checkpoint_id=2)
+    assert "the-secret-line" not in str(caught.value)
+
+
+def test_state_query_cli_refuses_a_file_reader_in_one_line(job: Path, files_to_steal: dict[str, str]) -> None:
+    sql = f"SELECT * FROM read_csv('{files_to_steal['csv']}')"
+    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"), sql,
+                           "--checkpoint", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "the-secret-line" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "arrowflow state: error: state query refused: read_csv() after FROM is a table function that reads files; "
+        "a state query is one SELECT over the checkpoint's tables"]
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT sum(n) AS n FROM agg",
+    'SELECT count(*) AS n FROM "agg" WHERE n > 0',
+    "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big",
+    "SELECT count(*) AS n FROM (SELECT user_id FROM agg) AS s",
+    "SELECT count(*) AS n FROM agg a JOIN agg b ON a.user_id = b.user_id;",
+    "SELECT count(*) AS n FROM agg WHERE CAST(user_id AS VARCHAR) NOT LIKE '%--/*;read_csv(%'",
+    "SELECT count(*) AS n FROM agg a JOIN agg b USING (user_id) WHERE a.user_id IN (SELECT user_id FROM agg)",
+    "SELECT count(*) AS n FROM (SELECT user_id, sum(n) OVER (PARTITION BY user_id, n) AS s FROM agg) AS w",
+])
+def test_ordinary_state_queries_still_answer(job: Path, query: str) -> None:
+    url = str(job / "checkpoints")
+    state = af.read_state(url, "agg", checkpoint_id=2)
+    expected = {
+        "SELECT sum(n) AS n FROM agg": int(state["n"].sum()),
+        "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big": int((state["n"] > 1).sum()),
+    }.get(query, state.height)
+    assert af.query_state(url, query, checkpoint_id=2)["n"].item() == expected
+
+
+def test_a_failing_state_query_is_one_line_in_the_cli(job: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"),
+                           "SELECT nosuchcolumn FROM agg"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("arrowflow state: error: state query failed on checkpoint 3: ")
+    assert "nosuchcolumn" in lines[0]
+
+
+def test_state_query_of_a_missing_checkpoint_names_the_ones_there(job: Path) -> None:
+    url = str(job / "checkpoints")
+    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", url, "SELECT * FROM agg",
+                           "--checkpoint", "999"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"arrowflow state: error: no checkpoint 999 in {url!r}; it has 1, 2, 3"]
+
+
+def test_a_manifest_copied_into_another_checkpoints_folder_is_refused(job: Path) -> None:
+    shutil.copy(manifest_path(job, 2), manifest_path(job, 3))
+    storage = CheckpointStorage(str(job / "checkpoints"))
+    with pytest.raises(CheckpointError, match="checkpoint 3: its folder holds the manifest of checkpoint 2"):
+        storage.find(3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
