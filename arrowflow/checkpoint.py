@@ -20,13 +20,15 @@ checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import fsspec
 import polars as pl
@@ -82,8 +84,87 @@ class Manifest:
             raise CheckpointError(msg)
         body.pop("format", None)
         manifest = cls(**body)
+        manifest.check_types()
         manifest.check_paths()
         return manifest
+
+    def check_types(self) -> None:
+        """Refuse a manifest whose fields have the wrong JSON types or impossible values.
+
+        A checksum recomputed over an edited body verifies; what restores, ``read_state`` and
+        ``list_checkpoints`` then do with a string where a count belongs, a key-group range
+        outside ``[0, max_parallelism)`` or a state file of a store the manifest does not
+        declare would be a raw TypeError, or worse, a restore that goes on with the wrong
+        state. So every field is checked here, before anything acts on it.
+        """
+        def wrong(what: str, value: Any, expected: str) -> NoReturn:
+            msg = f"the manifest's {what} is {value!r:.80}, expected {expected}"
+            raise CheckpointError(msg)
+
+        def count(what: str, value: Any, low: int) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 2**63:
+                wrong(what, value, f"an integer from {low} to 2**63-1")
+            return value
+
+        count("id", self.id, 0)
+        if (not isinstance(self.time, (int, float)) or isinstance(self.time, bool)
+                or not math.isfinite(self.time)):
+            wrong("time", self.time, "a number of seconds")
+        for what in ("flow", "fingerprint"):
+            if not isinstance(getattr(self, what), str):
+                wrong(what, getattr(self, what), "a string")
+        if not isinstance(self.final, bool):
+            wrong("final", self.final, "true or false")
+        count("parallelism", self.parallelism, 1)
+        groups = count("max_parallelism", self.max_parallelism, 1)
+        if not _str_map(self.operators, str):
+            wrong("operators", self.operators, "an object of operator ids to fingerprints")
+        if not _str_map(self.sources, dict):
+            wrong("sources", self.sources, "an object of source ids to offsets")
+        for source, offsets in self.sources.items():
+            finished = offsets.get("finished", [])
+            if not isinstance(finished, list) or not all(isinstance(split, str) for split in finished):
+                wrong(f"finished splits of source {source!r}", finished, "a list of split ids")
+            for key in ("positions", "mtimes"):
+                if not _str_map(offsets.get(key, {}), object):
+                    wrong(f"{key} of source {source!r}", offsets.get(key), "an object keyed by split id")
+        if not _str_map(self.sinks, list):
+            wrong("sinks", self.sinks, "an object of sink ids to lists of staged output")
+        if not isinstance(self.files, list) or not all(isinstance(entry, dict) for entry in self.files):
+            wrong("files", self.files, "a list of objects")
+        for entry in self.files:
+            if set(entry) != {"path", "size", "sha256"}:
+                wrong("file entry", entry, "an object of path, size and sha256")
+            count(f"size of file {entry['path']!r}", entry["size"], 0)
+            if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
+                wrong(f"sha256 of file {entry['path']!r}", entry["sha256"], "64 hexadecimal digits")
+        if not _str_map(self.stores, dict):
+            wrong("stores", self.stores, "an object of store names to store specs")
+        for name, spec in self.stores.items():
+            try:
+                decode_spec(spec)
+            except Exception as exc:  # any failure to decode means a damaged spec
+                wrong(f"spec of store {name!r}", spec, f"a store spec that decodes ({type(exc).__name__}: {exc})")
+        from arrowflow.state import StateFile
+
+        keys = {f.name for f in dataclasses.fields(StateFile)}
+        if not isinstance(self.state, list) or not all(isinstance(entry, dict) for entry in self.state):
+            wrong("state", self.state, "a list of objects")
+        for entry in self.state:
+            if set(entry) != keys:
+                wrong("state file entry", entry, f"an object of {', '.join(sorted(keys))}")
+            if entry["store"] not in self.stores:
+                wrong(f"store of state file {entry['path']!r}", entry["store"],
+                      f"one of the stores the manifest declares ({', '.join(sorted(self.stores)) or 'none'})")
+            key_groups = entry["key_groups"]
+            if (not isinstance(key_groups, list) or len(key_groups) != 2
+                    or not all(isinstance(g, int) and not isinstance(g, bool) for g in key_groups)
+                    or not 0 <= key_groups[0] < key_groups[1] <= groups):
+                wrong(f"key groups of state file {entry['path']!r}", key_groups,
+                      f"[first, stop) with 0 <= first < stop <= max_parallelism ({groups})")
+            if not isinstance(entry["format"], str) or not isinstance(entry["extra"], dict):
+                wrong(f"format or extra of state file {entry['path']!r}", entry, "a string format and an object")
+            count(f"size of state file {entry['path']!r}", entry["size"], 0)
 
     def check_paths(self) -> None:
         """Refuse a manifest that names a file outside the layout it belongs to.
@@ -131,6 +212,14 @@ def _check_layout(path: Any, tops: tuple[str, ...], what: str) -> None:
         msg = (f"{what} {path!r} is outside the checkpoint's layout: expected a relative path of plain names "
                f"under {' or '.join(t + '/' for t in tops)}")
         raise CheckpointError(msg)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _str_map(value: Any, kind: type) -> bool:
+    """Whether ``value`` is a JSON object of string keys to values of type ``kind``."""
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items())
 
 
 def _strings(value: Any) -> Any:

@@ -280,3 +280,74 @@ def test_a_manifest_copied_into_another_checkpoints_folder_is_refused(job: Path)
         storage.find(3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
+
+
+def _set_each(key: str, value: Any, where: str) -> Any:
+    def edit(body: dict[str, Any]) -> None:
+        items = body[where].values() if isinstance(body[where], dict) else body[where]
+        for item in items:
+            item[key] = value
+    return edit
+
+
+def _set(key: str, value: Any) -> Any:
+    return lambda body: body.__setitem__(key, value)
+
+
+#: Edits of a manifest's types and values (paths untouched), each once a raw TypeError,
+#: ValueError, IndexError or KeyError of a restore, read_state or list_checkpoints, or a
+#: restore that went on with it (a negative parallelism, a 'yes' for final, state files of an
+#: undeclared store: restored with no state at all).
+WRONG_TYPES = {
+    "file size 'abc'": lambda body: body["files"][0].__setitem__("size", "abc"),
+    "file size 10**30": lambda body: body["files"][0].__setitem__("size", 10**30),
+    "sources a list": _set("sources", []),
+    "offsets a string": lambda body: body["sources"].__setitem__("read_parquet", "x"),
+    "finished splits a number": _set_each("finished", 5, "sources"),
+    "positions a list": _set_each("positions", [1], "sources"),
+    "parallelism '2'": _set("parallelism", "2"),
+    "parallelism -1": _set("parallelism", -1),
+    "max_parallelism '128'": _set("max_parallelism", "128"),
+    "final 'yes'": _set("final", "yes"),
+    "time 'x'": _set("time", "x"),
+    "operators a list": _set("operators", []),
+    "store spec a string": lambda body: body["stores"].__setitem__("agg", "x"),
+    "store spec without name": lambda body: body["stores"]["agg"].pop("name"),
+    "store schema not base64 IPC": lambda body: body["stores"]["agg"].__setitem__("key_schema", "!!!"),
+    "key groups a string": _set_each("key_groups", "ab", "state"),
+    "key groups one number": _set_each("key_groups", [5], "state"),
+    "key groups out of range": _set_each("key_groups", [-5, 10**20], "state"),
+    "state entry with an unknown key": _set_each("bogus", 1, "state"),
+    "state of an undeclared store": _set_each("store", "nope", "state"),
+    "sink entries a string": lambda body: body["sinks"].__setitem__("write_parquet", "abc"),
+}
+
+
+@pytest.mark.parametrize("edit", list(WRONG_TYPES))
+def test_a_manifest_with_wrong_types_is_invalid_not_a_crash(job: Path, edit: str) -> None:
+    craft(job, WRONG_TYPES[edit])
+    url = str(job / "checkpoints")
+    storage = CheckpointStorage(url)
+    with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest's .* expected "):
+        storage.find(3)
+    with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest.s"):
+        af.read_state(url, "agg", checkpoint_id=3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        genuine = af.read_state(url, "agg")
+    assert genuine.height > 0
+    assert af.list_checkpoints(url)["id"].to_list() == [2, 1]
+
+
+@pytest.mark.parametrize("edit", ["finished splits a number", "state of an undeclared store"])
+def test_a_restore_past_a_manifest_with_wrong_types_is_exact(job: Path, recovery_input: Path, recovery: Any,
+                                                             edit: str) -> None:
+    craft(job, WRONG_TYPES[edit])
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code == 0, err[-2000:]
+    assert '"restored_from": 2' in out and "skipping checkpoint 3" in err
+    rows, aggregates = recovery.expected_outputs(recovery_input)
+    assert recovery.committed(job / "rows").sort("event_id").equals(rows.sort("event_id"))
+    got = recovery.latest_per_key(recovery.committed(job / "agg")).sort("user_id")
+    assert got.select("user_id", "n").equals(aggregates.sort("user_id").select("user_id", "n"))
