@@ -38,6 +38,8 @@ from arrowflow.errors import CheckpointError
 MANIFEST = "_MANIFEST.json"
 SOURCES = "sources.json"
 FORMAT_VERSION = 1
+#: A manifest larger than this is damaged (real ones are kilobytes to a few megabytes).
+MAX_MANIFEST_BYTES = 256 * 2**20
 
 
 def chk_dir(checkpoint_id: int) -> str:
@@ -323,11 +325,13 @@ class CheckpointStorage:
         if verify_files:
             self.refresh()
         try:
-            with self.fs.open(path, "rb") as handle:
-                payload = handle.read()
+            payload = self._read_regular(checkpoint_id, path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             msg = f"checkpoint {checkpoint_id} has no manifest (it never completed)"
             raise CheckpointError(msg) from None
+        if len(payload) > MAX_MANIFEST_BYTES:
+            msg = f"checkpoint {checkpoint_id}: the manifest is damaged (larger than {MAX_MANIFEST_BYTES} bytes)"
+            raise CheckpointError(msg)
         try:
             manifest = Manifest.from_bytes(payload)
         except (ValueError, TypeError) as exc:
@@ -348,8 +352,7 @@ class CheckpointStorage:
     def _verify(self, checkpoint_id: int, entry: dict[str, Any]) -> None:
         path = self.path(entry["path"])
         try:
-            with self.fs.open(path, "rb") as handle:
-                payload = handle.read()
+            payload = self._read_regular(checkpoint_id, path, int(entry["size"]))
         except FileNotFoundError:
             msg = f"checkpoint {checkpoint_id}: file {entry['path']!r} is missing"
             raise CheckpointError(msg) from None
@@ -357,6 +360,19 @@ class CheckpointStorage:
             msg = (f"checkpoint {checkpoint_id}: file {entry['path']!r} is damaged "
                    f"({len(payload)} bytes, expected {entry['size']}; checksum mismatch)")
             raise CheckpointError(msg)
+
+    def _read_regular(self, checkpoint_id: int, path: str, limit: int) -> bytes:
+        """At most ``limit + 1`` bytes of ``path``, which must be a regular file, not a symlink:
+        arrowflow writes no symlinks, and one to ``/dev/zero``, a FIFO or a file elsewhere
+        would be read without end, block, or be read as this checkpoint's."""
+        info = self.fs.info(path)
+        if info.get("islink") or info.get("type", "file") != "file":
+            kind = f"a symlink to {info.get('destination')!r}" if info.get("islink") else f"a {info.get('type')!r}"
+            msg = (f"checkpoint {checkpoint_id}: {path!r} is {kind}, not a regular file; a checkpoint folder holds "
+                   f"only the files arrowflow wrote")
+            raise CheckpointError(msg)
+        with self.fs.open(path, "rb") as handle:
+            return handle.read(limit + 1)
 
     def latest(self, *, report: bool = True, min_id: int = 0) -> Manifest | None:
         """The newest checkpoint whose manifest and files verify; damaged ones are reported.

@@ -351,3 +351,57 @@ def test_a_restore_past_a_manifest_with_wrong_types_is_exact(job: Path, recovery
     assert recovery.committed(job / "rows").sort("event_id").equals(rows.sort("event_id"))
     got = recovery.latest_per_key(recovery.committed(job / "agg")).sort("user_id")
     assert got.select("user_id", "n").equals(aggregates.sort("user_id").select("user_id", "n"))
+
+
+_LATEST = """
+import sys, warnings
+from arrowflow.checkpoint import CheckpointStorage
+from arrowflow.errors import CheckpointError
+storage = CheckpointStorage(sys.argv[1])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print("LATEST", storage.latest().id)
+print("WARNED", " | ".join(str(w.message) for w in caught))
+try:
+    storage.find(3)
+except CheckpointError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+
+@pytest.mark.parametrize("planted", ["sources.json -> /dev/zero", "state file a FIFO", "manifest -> /dev/zero",
+                                     "state file -> a copy outside"])
+def test_a_checkpoint_file_that_is_no_regular_file_is_never_read(job: Path, planted: str) -> None:
+    """arrowflow writes no symlinks or FIFOs; one planted in a checkpoint folder made the
+    verification read /dev/zero until memory ran out, block on the FIFO, or read a file
+    outside the checkpoint as its own."""
+    import os
+
+    folder = job / "checkpoints" / "chk-00000003"
+    manifest = json.loads((folder / "_MANIFEST.json").read_text())
+    state_file = job / "checkpoints" / manifest["state"][0]["path"]
+    if planted == "sources.json -> /dev/zero":
+        (folder / "sources.json").unlink()
+        (folder / "sources.json").symlink_to("/dev/zero")
+    elif planted == "manifest -> /dev/zero":
+        (folder / "_MANIFEST.json").unlink()
+        (folder / "_MANIFEST.json").symlink_to("/dev/zero")
+    elif planted == "state file a FIFO":
+        state_file.unlink()
+        os.mkfifo(state_file)
+    else:
+        outside = job / "outside.arrow"
+        shutil.copyfile(state_file, outside)
+        state_file.unlink()
+        state_file.symlink_to(outside)
+    proc = subprocess.run([sys.executable, "-c", _LATEST, str(job / "checkpoints")], capture_output=True, text=True,
+                          timeout=60, preexec_fn=_limit_memory, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LATEST 2" in proc.stdout
+    assert "not a regular file" in proc.stdout and "REFUSED checkpoint 3:" in proc.stdout
