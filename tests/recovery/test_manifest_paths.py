@@ -194,6 +194,9 @@ FILE_READERS = [
     "SELECT * FROM nosuchtable",
     "SELECT * FROM agg a, agg b, nosuchtable",
     "SELECT * FROM agg, any_future_table_function('{csv}')",
+    "SELECT 1from nosuchtable",  # polars: SELECT 1 FROM nosuchtable (the table check saw no FROM)
+    "SELECT 0e1from agg, nosuchtable",
+    "SELECT 1e'\\' AS s",  # polars: 1 then an escaped string E'...'
 ]
 
 
