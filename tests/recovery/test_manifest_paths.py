@@ -408,3 +408,22 @@ def test_a_checkpoint_file_that_is_no_regular_file_is_never_read(job: Path, plan
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LATEST 2" in proc.stdout
     assert "not a regular file" in proc.stdout and "REFUSED checkpoint 3:" in proc.stdout
+
+
+@pytest.mark.parametrize("position", ["abc", 1.5, [1]])
+def test_a_file_split_position_that_is_no_row_count_fails_the_restore_clearly(job: Path, recovery_input: Path,
+                                                                              recovery: Any, position: Any) -> None:
+    """Positions are the source's own (only it knows their type), so the manifest check passes
+    them on; a file source's position is a row count. 'abc' failed the job with a raw
+    ValueError of int(), and 1.5 was read as row 1, silently."""
+    def edit(body: dict[str, Any]) -> None:
+        positions = body["sources"]["read_parquet"]["positions"]
+        assert positions, "checkpoint 3 should hold a split in progress"
+        for split in positions:
+            positions[split] = position
+
+    craft(job, edit)
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code != 0 and "RESULT" not in out
+    assert f"SourceError: read_parquet: position {position!r} of split " in err
+    assert "is not a row count" in err and "restore an older one" in err
