@@ -315,7 +315,7 @@ class CheckpointStorage:
         ids = []
         for entry in self.fs.ls(self.root, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("chk-") and name[4:].isdigit():
+            if name.startswith("chk-") and name[4:].isascii() and name[4:].isdigit():  # not '²' or '٣'
                 ids.append(int(name[4:]))
         return sorted(ids, reverse=True)
 

@@ -427,3 +427,14 @@ def test_a_file_split_position_that_is_no_row_count_fails_the_restore_clearly(jo
     assert code != 0 and "RESULT" not in out
     assert f"SourceError: read_parquet: position {position!r} of split " in err
     assert "is not a row count" in err and "restore an older one" in err
+
+
+def test_folders_named_with_non_ascii_digits_are_not_checkpoints(job: Path) -> None:
+    """'²'.isdigit() is true and int('²') raises: one such folder in a checkpoint directory
+    made every restore, list and query there fail with a raw ValueError."""
+    for name in ("chk-²", "chk-٣", "chk-3x", "chk-"):
+        (job / "checkpoints" / name).mkdir()
+    url = str(job / "checkpoints")
+    assert CheckpointStorage(url).checkpoint_ids() == [3, 2, 1]
+    assert CheckpointStorage(url).latest().id == 3
+    assert af.list_checkpoints(url)["id"].to_list() == [3, 2, 1]
