@@ -438,3 +438,25 @@ def test_folders_named_with_non_ascii_digits_are_not_checkpoints(job: Path) -> N
     assert CheckpointStorage(url).checkpoint_ids() == [3, 2, 1]
     assert CheckpointStorage(url).latest().id == 3
     assert af.list_checkpoints(url)["id"].to_list() == [3, 2, 1]
+
+
+def test_retention_never_deletes_through_a_symlink(job: Path) -> None:
+    """Symlinks in a checkpoint directory (planted, or made by a user moving folders around)
+    are removed by retention, never followed (a guard: main already passes it)."""
+    victims = {}
+    for name in ("in-shared", "in-chk", "file"):
+        folder = job / f"victim-{name}"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("not arrowflow's")
+        victims[name] = folder / "notes.txt"
+    checkpoints = job / "checkpoints"
+    (checkpoints / "shared" / "evil").symlink_to(job / "victim-in-shared")
+    (checkpoints / "chk-00000001" / "evil").symlink_to(job / "victim-in-chk")
+    (checkpoints / "shared" / "agg" / "000" / "00000001-evil.arrow").symlink_to(victims["file"])
+    storage = CheckpointStorage(str(checkpoints), keep=1)
+    assert storage.prune() == [2, 1]
+    for victim in victims.values():
+        assert victim.read_text() == "not arrowflow's", f"retention deleted {victim}"
+    assert not (checkpoints / "chk-00000001").exists() and not (checkpoints / "shared" / "evil").is_symlink()
+    assert not (checkpoints / "shared" / "agg" / "000" / "00000001-evil.arrow").is_symlink()
+    assert storage.latest().id == 3
