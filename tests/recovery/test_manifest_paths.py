@@ -299,8 +299,7 @@ def _set(key: str, value: Any) -> Any:
 
 #: Edits of a manifest's types and values (paths untouched), each once a raw TypeError,
 #: ValueError, IndexError or KeyError of a restore, read_state or list_checkpoints, or a
-#: restore that went on with it (a negative parallelism, a 'yes' for final, state files of an
-#: undeclared store: restored with no state at all).
+#: restore that went on with it (a negative parallelism, a 'yes' for final).
 WRONG_TYPES = {
     "file size 'abc'": lambda body: body["files"][0].__setitem__("size", "abc"),
     "file size 10**30": lambda body: body["files"][0].__setitem__("size", 10**30),
@@ -321,7 +320,7 @@ WRONG_TYPES = {
     "key groups one number": _set_each("key_groups", [5], "state"),
     "key groups out of range": _set_each("key_groups", [-5, 10**20], "state"),
     "state entry with an unknown key": _set_each("bogus", 1, "state"),
-    "state of an undeclared store": _set_each("store", "nope", "state"),
+    "state of a store that is no name": _set_each("store", 5, "state"),
     "sink entries a string": lambda body: body["sinks"].__setitem__("write_parquet", "abc"),
 }
 
@@ -343,7 +342,7 @@ def test_a_manifest_with_wrong_types_is_invalid_not_a_crash(job: Path, edit: str
     assert af.list_checkpoints(url)["id"].to_list() == [2, 1]
 
 
-@pytest.mark.parametrize("edit", ["finished splits a number", "state of an undeclared store"])
+@pytest.mark.parametrize("edit", ["finished splits a number", "key groups one number"])
 def test_a_restore_past_a_manifest_with_wrong_types_is_exact(job: Path, recovery_input: Path, recovery: Any,
                                                              edit: str) -> None:
     craft(job, WRONG_TYPES[edit])
