@@ -524,7 +524,8 @@ def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
                                               storage_options=storage_options))
     try:
         return context.execute(sql, eager=True)
-    except pl.exceptions.PolarsError as exc:
+    # A panic of polars (CAST(n AS DECIMAL(99, 99)) asserts) is a BaseException, no PolarsError.
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"state query failed on checkpoint {manifest.id}: {type(exc).__name__}: {reason}"
         raise CheckpointError(msg) from exc

@@ -459,3 +459,17 @@ def test_retention_never_deletes_through_a_symlink(job: Path) -> None:
     assert not (checkpoints / "chk-00000001").exists() and not (checkpoints / "shared" / "evil").is_symlink()
     assert not (checkpoints / "shared" / "agg" / "000" / "00000001-evil.arrow").is_symlink()
     assert storage.latest().id == 3
+
+
+def test_a_state_query_that_makes_polars_panic_is_a_checkpoint_error(job: Path) -> None:
+    """polars' PanicException is a BaseException: it went past query_state's handler raw, and
+    the CLI printed a Python traceback."""
+    sql = "SELECT CAST(n AS DECIMAL(99, 99)) AS d FROM agg"
+    with pytest.raises(CheckpointError, match=r"^state query failed on checkpoint 3: PanicException: "):
+        af.query_state(str(job / "checkpoints"), sql)
+    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"), sql],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" not in done.stderr  # polars' own panic report precedes the line
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "arrowflow state: error: state query failed on checkpoint 3: PanicException: ")
