@@ -134,8 +134,8 @@ class Manifest:
         if not isinstance(self.files, list) or not all(isinstance(entry, dict) for entry in self.files):
             wrong("files", self.files, "a list of objects")
         for entry in self.files:
-            if set(entry) != {"path", "size", "sha256"}:
-                wrong("file entry", entry, "an object of path, size and sha256")
+            if not {"path", "size", "sha256"} <= set(entry):
+                wrong("file entry", entry, "an object with path, size and sha256")
             count(f"size of file {entry['path']!r}", entry["size"], 0)
             if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
                 wrong(f"sha256 of file {entry['path']!r}", entry["sha256"], "64 hexadecimal digits")
