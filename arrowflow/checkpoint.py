@@ -332,7 +332,7 @@ class CheckpointStorage:
             raise CheckpointError(msg)
         try:
             manifest = Manifest.from_bytes(payload)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             msg = f"checkpoint {checkpoint_id}: the manifest is damaged ({exc})"
             raise CheckpointError(msg) from None
         except CheckpointError as exc:

@@ -473,3 +473,12 @@ def test_a_state_query_that_makes_polars_panic_is_a_checkpoint_error(job: Path) 
     assert "Traceback (most recent call last)" not in done.stderr  # polars' own panic report precedes the line
     assert done.stderr.strip().splitlines()[-1].startswith(
         "arrowflow state: error: state query failed on checkpoint 3: PanicException: ")
+
+
+def test_a_manifest_nested_too_deep_is_damaged_not_a_recursion_error(job: Path) -> None:
+    manifest_path(job).write_text("[" * 100_000 + "]" * 100_000)
+    storage = CheckpointStorage(str(job / "checkpoints"))
+    with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest is damaged"):
+        storage.find(3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
