@@ -482,3 +482,26 @@ def test_a_manifest_nested_too_deep_is_damaged_not_a_recursion_error(job: Path) 
         storage.find(3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"", b"ARROW1\x00\x00" + b"\xff" * 64])
+def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(job: Path, recovery_input: Path, recovery: Any,
+                                                            content: bytes) -> None:
+    """A state file replaced and its size and sha256 recomputed in the manifest: the restore
+    and read_state failed with a raw OSError or polars ComputeError."""
+    from arrowflow.errors import StateError
+
+    entry = next(e for e in json.loads(manifest_path(job).read_text())["state"] if e["store"] == "agg")
+    (job / "checkpoints" / entry["path"]).write_bytes(content)
+
+    def edit(body: dict[str, Any]) -> None:
+        for item in body["state"] + body["files"]:
+            if item["path"] == entry["path"]:
+                item["size"], item["sha256"] = len(content), hashlib.sha256(content).hexdigest()
+
+    craft(job, edit)
+    with pytest.raises(StateError, match=rf"^state file '{entry['path']}' is not a readable Arrow IPC file"):
+        af.read_state(str(job / "checkpoints"), "agg", checkpoint_id=3)
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code != 0 and "RESULT" not in out
+    assert f"StateError: state file '{entry['path']}' is not a readable Arrow IPC file" in err
