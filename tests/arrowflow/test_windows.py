@@ -2,8 +2,9 @@
 every executor, several batch sizes and state backends, and a kill -9 with restore.
 
 References are plain polars over the whole input: truncate-and-group for tumbling and
-sliding windows, sort-and-split for sessions. Late events are computed by simulating the
-when its window is behind the running maximum of the rows before it minus the delay.
+sliding windows, sort-and-split for sessions. Late events are computed per split, row by
+row: a row is late when its window is behind the running maximum of the event times of the
+rows before it in its split, minus the delay.
 """
 
 from __future__ import annotations
