@@ -75,15 +75,15 @@ streams with different units can meet in a union. Two values are reserved: :data
 (nothing seen yet: the lowest int64) and :data:`IDLE` (the input is idle: the highest).
 
 Worked example (delay 5 s, tumbling 10 min, two Parquet files ``a`` and ``b`` that both cover
-12:00-13:00, two workers): the enumerator knows both lower bounds (12:00:00) and hands ``a``
-to worker 0 with the floor 12:00:00 (``b`` is pending) and ``b`` to worker 1 with the floor
-+infinity. Worker 0 reads ``a`` to 12:40:00 and sends min(12:39:55, floor 12:00:00) =
-12:00:00; nothing fires while ``b``... is read by worker 1 from its start: worker 1 sends
-min(12:20:00 - 5 s, its floor +inf) = 12:19:55. Worker 0 finishes ``a`` and asks again: floor
-+inf, no split: its source ends. Only worker 1 counts now, and the windows up to 12:10 fire.
-A row of ``b`` at 12:05:00 that comes after ``b``'s own 12:15:06 is late (12:10 <= 12:15:01);
-one at 12:05:00 after a row of ``a`` at 12:39 is not: ``a``'s rows do not make ``b``'s late.
-With one worker reading ``a`` and then ``b``, or ``b`` first, the late rows are the same.
+12:00-13:00, two workers). The enumerator knows both lower bounds (12:00:00) from the
+statistics; it hands ``a`` to worker 0 with the floor 12:00:00 (``b`` is still pending) and
+``b`` to worker 1 with the floor +infinity. Worker 0 reads ``a`` to 12:40:00 but sends at
+most its floor, 12:00:00, until it asks again; worker 1 sends 12:19:55 after reading ``b`` to
+12:20:00. Nothing fires. Worker 0 finishes ``a``, asks again, learns that nothing is pending,
+and its source ends: now only worker 1 counts, and the windows up to 12:10 fire. A row of
+``b`` at 12:05:00 that comes after ``b``'s own 12:15:06 is late (12:10 <= 12:15:01); one at
+12:05:00 that comes after a row of ``a`` at 12:39 is not: ``a``'s rows never make ``b``'s
+late. With one worker reading ``a`` then ``b``, or ``b`` first, the late rows are the same.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Runtime operators for event time: the watermark generator and the window aggregations.
 
-**WatermarkOp** passes batches through and, after each one, sends ``max(ts seen) - delay``
-(microseconds) downstream when it advanced; with an idle timeout it sends ``IDLE`` once no
-data came for that long (see :mod:`arrowflow.watermarks`).
+**WatermarkOp** passes batches through and sends its watermark (microseconds) downstream when
+it advanced. Per split (when it sees its sources directly): it keeps each split's running
+maximum, adds each row's split watermark (:data:`SPLIT_WATERMARK`) for the windows, and
+sends the minimum over its sources' floors and splits in progress; otherwise, per worker,
+``max(ts seen) - delay``. With an idle timeout it sends ``IDLE`` once no data came for that
+long (see :mod:`arrowflow.watermarks`, which has the design and why it is deterministic).
 
 **WindowOp** (tumbling and sliding) keeps, per (keys, window_start):
 
@@ -16,13 +19,16 @@ data came for that long (see :mod:`arrowflow.watermarks`).
 
 On a watermark ``w``, the windows with ``end + allowed_lateness <= w`` fire: from the buffer
 by a filter, from the store by a get and a delete of exactly the due keys; their rows are
-emitted, then ``w`` is passed on. An arriving event whose window has already fired that way
-goes to the ``late`` port instead. At the end of the input everything fires.
+emitted, then ``w`` is passed on. An arriving event whose window is at or behind its row's
+split watermark, or has already fired that way, goes to the ``late`` port instead. At the
+end of the input everything fires.
 
 **SessionWindowOp** merges each batch's sessions (per key, sorted by time, split where the
 gap to the previous event is at least ``gap``) with the stored sessions of the same keys
 whose intervals overlap, all with vectorized sorts and cumulative maxima; it writes through
-to the store on every batch (sessions are rarer than tumbling windows in the hot path).
+to the store on every batch (sessions are rarer than tumbling windows in the hot path). A
+session fires once the watermark passes its end + lateness + ``gap``: a row that is not late
+then can never touch a fired session, so which sessions form does not depend on timing.
 
 Checkpoints write, per worker, the store through the backend, the write buffer as it is
 (one Arrow IPC file, store ``<op>/buffer``, with the key group of every row: a checkpoint
@@ -503,7 +509,8 @@ class WindowOp(_WindowBase):
     def process(self, batch: pl.DataFrame, index: int) -> None:
         assigned = self.window.assign(batch)
         # Late: the window is behind the row's split watermark (its end + lateness at or
-        # behind it), or it already fired here (possible only on unbounded input).
+        # behind it), or it already fired here (on bounded input with per-split watermarks
+        # the first implies the second; see arrowflow.watermarks).
         is_late = self.late_in_split(assigned, pl.col(START) + self.window.size)
         if self.watermark != NO_WATERMARK:
             limit = self.window.to_units(self.watermark) - self.window.size - self.window.lateness
