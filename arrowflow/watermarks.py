@@ -49,10 +49,11 @@ progress (per watermark operator), the coordinator keeps it in ``sources.json`` 
 split's offset, and hands it back with the split after a restore, to whichever worker (on any
 number of workers) reads it on, so that the rest of the split is judged as without a crash.
 
-Unbounded sources (``tail``, ``watch``): new splits can appear at any time, so there is no
-floor; each split in progress contributes ``top_s - delay`` (nothing before its first row),
-and with ``idle_timeout`` a split that produced nothing for that long does not hold the
-watermark back. Rows of a file that lands in a watched folder behind the watermark are late
+Unbounded sources (``tail``, ``watch``): splits have no known bounds, so a split waiting to
+be handed out holds the watermark (the floor, as above) until someone takes it; a worker told
+to wait (nothing pending) is held by nothing pending. Each split in progress contributes
+``top_s - delay``, and holds the watermark back before its first row; with ``idle_timeout`` a
+split that produced nothing for that long does not hold it back until it produces again. Rows of a file that lands in a watched folder behind the watermark are late
 when their window already fired, so files should land in event-time order, or ``delay``
 should cover how far they overlap. ``idle_timeout`` applies to unbounded splits only: on
 bounded input an idle split would let windows fire that its later rows still belong to.

@@ -12,8 +12,9 @@ the enumerator asks the source for lower bounds of the watermark column per spli
 (``event_time_bounds``) and keeps the pending splits in event-time order: splits without a
 known bound first (they hold the watermark back until they start), then by ascending bound.
 With every split it hands out it gives :meth:`event_time`: the split's bound, the source's
-*floor* (the lowest bound still pending: :data:`NO_WATERMARK` while an unbounded-by-knowledge
-split waits, :data:`IDLE` when none does; unbounded sources have no floor) and the split's
+*floor* (the lowest bound still pending: :data:`NO_WATERMARK` while a split without a known
+bound waits, :data:`IDLE` when none does; an unbounded source's splits have no bounds, so its
+floor holds while any split waits to be handed out) and the split's
 running maximum per watermark operator as a restored checkpoint recorded it.
 
 A source with ``max_split_age_s`` (``flow.watch``) has its finished set bounded: every split
@@ -126,9 +127,9 @@ class SplitEnumerator:
         self.pending[source_id] = deque(ordered)
 
     def time_floor(self, source_id: str) -> int:
-        """The lowest event time a pending split of a bounded source may hold (see the module
-        docstring); :data:`IDLE` when nothing is pending or the source is unbounded."""
-        if source_id in self.unbounded or not self.pending[source_id]:
+        """The lowest event time a pending split may hold (see the module docstring):
+        :data:`IDLE` when nothing is pending (for an unbounded source: *yet*)."""
+        if not self.pending[source_id]:
             return IDLE
         bounds = self.bounds[source_id]
         first = self.pending[source_id][0]  # the order puts unknown bounds, then the lowest, first

@@ -112,8 +112,9 @@ class _SourceTrack:
 
     def __init__(self, bounded: bool) -> None:
         self.bounded = bounded
-        # Until the first split is handed out, anything may still come.
-        self.floor = NO_WATERMARK if bounded else IDLE
+        # Until the source's first answer (a split, or "wait" for an unbounded one), anything
+        # may still come.
+        self.floor = NO_WATERMARK
         self.splits: dict[str, _SplitClock] = {}
 
 
@@ -145,8 +146,7 @@ class WatermarkOp(Operator):
         """The source was handed ``split_id`` (with the coordinator's ``event_time`` for it)."""
         assert self.tracks is not None
         track = self.tracks[source_id]
-        if track.bounded:
-            track.floor = int(event_time["floor"])
+        track.floor = int(event_time["floor"])
         lower = event_time.get("lower") if track.bounded else None
         track.splits[split_id] = _SplitClock(lower, event_time.get("tops", {}).get(self.id))
         self.advance()
@@ -154,6 +154,13 @@ class WatermarkOp(Operator):
     def split_closed(self, source_id: str, split_id: str) -> None:
         assert self.tracks is not None
         self.tracks[source_id].splits.pop(split_id, None)
+        self.advance()
+
+    def source_waiting(self, source_id: str) -> None:
+        """An unbounded source has nothing to hand this worker now: no pending split holds
+        event time back here (a split found later counts once it is handed out)."""
+        assert self.tracks is not None
+        self.tracks[source_id].floor = IDLE
         self.advance()
 
     def source_drained(self, source_id: str) -> None:
@@ -178,14 +185,20 @@ class WatermarkOp(Operator):
         (``max(lower, top - delay)``), if it rose."""
         assert self.tracks is not None
         value, now = IDLE, time.monotonic()
+        idle_reached = NO_WATERMARK
         for track in self.tracks.values():
             value = min(value, track.floor)
             for clock in track.splits.values():
-                if self._idle_split(track, clock, now):
-                    continue
                 lower = NO_WATERMARK if clock.lower is None else clock.lower
-                reached = NO_WATERMARK if clock.top is None else clock.top - self.delay_us
-                value = min(value, max(lower, reached))
+                reached = max(lower, NO_WATERMARK if clock.top is None else clock.top - self.delay_us)
+                if self._idle_split(track, clock, now):
+                    idle_reached = max(idle_reached, reached)
+                else:
+                    value = min(value, reached)
+        if value == IDLE:
+            # Only idle splits (if any) are left: as an operator whose inputs are all idle,
+            # advance to the highest they reached, so the windows their last rows closed fire.
+            value = idle_reached if idle_reached != NO_WATERMARK else IDLE
         if value != IDLE and value > self.watermark:
             self.watermark = value
             self.forward_watermark(value)

@@ -108,6 +108,8 @@ class SourceOp(Operator):
             handed = self.link.next_split(self.id)
             if handed == WAIT:  # an unbounded source with nothing new: ask again later
                 self.retry_at = time.monotonic() + 0.05
+                for clock in self.clocks:
+                    clock.source_waiting(self.id)
                 if not self.idle:
                     # No split to read (as in Flink, a reader without splits is idle): event
                     # time downstream must not wait for this worker's watermark.

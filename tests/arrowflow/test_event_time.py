@@ -355,3 +355,44 @@ def test_kill_9_and_restore_give_the_late_rows_of_an_uninterrupted_run(tmp_path:
     assert late["id"].is_duplicated().sum() == 0, "a late row was committed twice"
     assert sorted(late["id"].to_list()) == sorted(rows.filter("late")["id"].to_list())
     assert_windows_equal(got, reference_windows(rows.filter(~pl.col("late")), "60s"))
+
+
+@pytest.mark.parametrize("idle_timeout", [None, "300ms"])
+def test_a_tailed_split_without_rows_holds_event_time_until_it_idles(tmp_path: Path,
+                                                                     idle_timeout: str | None) -> None:
+    """Unbounded sources keep per-split watermarks: of two tailed files, the one that has no
+    rows yet holds the windows of the other back, unless ``idle_timeout`` lets it go idle."""
+    import time
+
+    busy, quiet = tmp_path / "busy.jsonl", tmp_path / "quiet.jsonl"
+    frame = part(3000, 80, pushed_back=0)
+    frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3f")).write_ndjson(busy)
+    quiet.write_text("")
+    schema = {"ts": pl.Datetime("ms"), "user": pl.Int64, "amount": pl.Float64, "id": pl.Int64}
+    flow = af.Flow("tailed")
+    tailed = flow.tail(str(busy), schema=schema, poll_interval="50ms").union(
+        flow.tail(str(quiet), schema=schema, poll_interval="50ms", name="quiet_tail"))
+    (tailed.with_watermark("ts", delay="5s", idle_timeout=idle_timeout).key_by("user")
+     .window(af.tumbling("60s")).agg(n=pl.len()).write_parquet(str(tmp_path / "windows")))
+    job = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="200ms", restore=None)
+    try:
+        deadline = time.monotonic() + 20
+        committed = 0
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            committed = len(list((tmp_path / "windows").glob("*.parquet")))
+            if committed and idle_timeout is not None:
+                break
+            if idle_timeout is None and time.monotonic() > deadline - 17:
+                break  # 3 s with every row read: long enough for windows to have fired
+    finally:
+        job.stop()
+    fired = pl.read_parquet(tmp_path / "windows" / "*.parquet") if committed else pl.DataFrame()
+    if idle_timeout is None:
+        assert fired.height == 0, "an empty tailed split must hold event time back"
+    else:
+        assert fired.height > 0, "the quiet split went idle: the busy split's windows fire"
+        newest = frame.select(pl.col("ts").max() - pl.duration(seconds=5)).item()
+        assert fired["window_end"].max() <= newest, "only windows the busy split's watermark passed fired"
+        on_time = frame.filter(pl.col("ts").dt.truncate("60s") + pl.duration(seconds=60) <= newest)
+        assert int(fired["n"].sum()) == on_time.height, "every row of a fired window is in it"
