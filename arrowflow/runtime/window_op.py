@@ -403,6 +403,10 @@ class _WindowBase(Operator):
         if not late.height:
             return
         self.late_rows += late.height
+        if not self.outputs.get("late"):
+            # Nobody reads ``late``: the plan pruned the columns only it needs; just count.
+            self.emit(late, "late")
+            return
         dtype = self.window.dtype
         self.emit(late.with_columns(pl.col(START).cast(dtype).alias(WINDOW_START),
                                     pl.col(END).cast(dtype).alias(WINDOW_END))

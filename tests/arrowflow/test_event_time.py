@@ -396,3 +396,88 @@ def test_a_tailed_split_without_rows_holds_event_time_until_it_idles(tmp_path: P
         assert fired["window_end"].max() <= newest, "only windows the busy split's watermark passed fired"
         on_time = frame.filter(pl.col("ts").dt.truncate("60s") + pl.duration(seconds=60) <= newest)
         assert int(fired["n"].sum()) == on_time.height, "every row of a fired window is in it"
+
+
+def test_the_split_watermark_stays_internal(tmp_path: Path) -> None:
+    """The per-row split watermark reaches the windows only: a sink of the watermarked stream,
+    a keyed aggregation and a map_batches function never see it. After map_batches (which may
+    reorder rows) each row is judged by its batch's first row: the split watermark before the
+    batch, so late rows are those of the batch-by-batch rule, still the same on any executor."""
+    parts = {f"part-{i}": part(6000, 90 + i) for i in range(2)}
+    paths = write_parts(tmp_path / "in", parts)
+    seen: list[list[str]] = []
+
+    def identity(frame: pl.DataFrame) -> pl.DataFrame:
+        seen.append(frame.columns)
+        return frame
+
+    results = []
+    for workers in (0, 2):
+        flow = af.Flow("internal")
+        stream = flow.read_parquet(paths).with_watermark("ts", delay=f"{DELAY_MS}ms")
+        raw, totals, windows, late = CollectSink(), CollectSink(), CollectSink(), CollectSink()
+        stream.write_to(raw, name="raw")
+        stream.key_by("user").agg(n=pl.len(), name="totals").write_to(totals, name="totals_out")
+        windowed = stream.map_batches(identity).key_by("user").window(af.tumbling("60s")).agg(n=pl.len(), name="w")
+        windowed.write_to(windows, name="windows")
+        windowed.side_output("late").write_to(late, name="late")
+        result = flow.run(workers=workers, batch_size=1000)
+        raw_rows = pl.concat(result.outputs["raw"])
+        assert raw_rows.columns == COLUMNS, "the internal column reached a sink"
+        assert int(pl.concat(result.outputs["totals_out"])["n"].sum()) == 12_000
+        results.append((pl.concat(result.outputs["late"]), pl.concat(result.outputs["windows"])))
+    assert all(columns == COLUMNS for columns in seen), "a map_batches function saw the internal column"
+    rows = with_splits(parts, None).with_columns(batch=pl.int_range(pl.len()).over("split") // 1000)
+    batch_top = rows.group_by("split", "batch", maintain_order=True).agg(top=pl.col("ts").dt.epoch("ms").max())
+    batch_top = batch_top.with_columns(before=pl.col("top").cum_max().shift(1).over("split") - DELAY_MS)
+    rows = rows.join(batch_top, on=["split", "batch"], how="left")
+    expected = rows.filter((tumbling_end(SIZE_MS) <= pl.col("before")).fill_null(False))
+    assert expected.height >= 10
+    for late, windows in results:
+        assert sorted(late["id"].to_list()) == sorted(expected["id"].to_list())
+        assert int(windows["n"].sum()) + late.height == 12_000
+
+
+def test_a_restore_refuses_running_maxima_that_are_not_numbers(tmp_path: Path) -> None:
+    """split_tops read back from a checkpoint are checked before use."""
+    from arrowflow.checkpoint import Manifest
+    from arrowflow.errors import CheckpointError
+
+    paths = write_parts(tmp_path / "in", {"a": part(3000, 95)})
+
+    def build() -> af.Flow:
+        flow = af.Flow("tops")
+        flow.read_parquet(paths).with_watermark("ts").key_by("user").window(af.tumbling("60s")).agg(
+            n=pl.len()).write_parquet(str(tmp_path / "out"))
+        return flow
+
+    build().run(workers=0, checkpoint_dir=str(tmp_path / "ck"), restore=None)
+    manifest_path = sorted((tmp_path / "ck").glob("chk-*/_MANIFEST.json"))[-1]
+    body = json.loads(manifest_path.read_text())
+    body.pop("checksum")
+    body.pop("format", None)
+    body["final"] = False
+    body["sources"]["read_parquet"]["split_tops"] = {"a.parquet#rg0-0": {"watermark": "12:00"}}
+    manifest_path.write_bytes(Manifest(**body).to_bytes())
+    with pytest.raises(CheckpointError, match=r"split_tops of source 'read_parquet'.*'12:00'.*restore=None"):
+        build().run(workers=0, checkpoint_dir=str(tmp_path / "ck"), restore="latest")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_late_rows_nobody_reads_are_counted_not_a_crash(workers: int) -> None:
+    """A window whose ``late`` output has no consumer reads only the columns its aggregates
+    need (projection push-down); a late row is then counted as unconsumed. On the code before
+    this fix the first late row failed the job (``unable to find column 'amount'``)."""
+    frame = part(6000, 97)
+    rows = with_splits({"only": frame}, None)
+    expected = int(reference_late(rows, delay_ms=DELAY_MS, end=tumbling_end(SIZE_MS)).sum())
+    assert expected >= 10
+    flow = af.Flow("unread-late")
+    out = CollectSink()
+    flow.from_polars(frame, splits=1).with_watermark("ts", delay=f"{DELAY_MS}ms").key_by("user").window(
+        af.tumbling("60s")).agg(n=pl.len(), name="w").write_to(out, name="out")
+    result = flow.run(workers=workers, batch_size=500)
+    window = result.metrics().filter(pl.col("kind") == "window")
+    assert int(window["late"].sum()) == expected
+    assert int(window["unconsumed"].sum()) == expected, "late rows nobody reads are counted, never silently dropped"
+    assert int(pl.concat(result.outputs["out"])["n"].sum()) == frame.height - expected
