@@ -82,7 +82,6 @@ BUFFER_STORE = "buffer"
 ORDERED_KINDS = frozenset({"first", "last", "first_non_null", "last_non_null"})
 END = "__end"
 START = "__start"
-LATE = "__late"
 
 
 def make_event_time_op(spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> Operator:
@@ -412,13 +411,22 @@ class _WindowBase(Operator):
                                     pl.col(END).cast(dtype).alias(WINDOW_END))
                   .select(self.window.late_schema.names()), "late")
 
-    def late_in_split(self, frame: pl.DataFrame, end: pl.Expr) -> pl.Expr | None:
-        """Rows whose window ``end`` + allowed lateness is at or behind their split watermark
-        (:data:`SPLIT_WATERMARK`, microseconds); None when the batch carries none."""
-        if SPLIT_WATERMARK not in frame.columns:
+    def split_late_rows(self, frame: pl.DataFrame, end: pl.Expr,
+                        fired: pl.Expr | None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        """(late rows, the others) of ``frame``, or None when none is late. A row is late when
+        its window ``end`` + allowed lateness is at or behind its split watermark
+        (:data:`SPLIT_WATERMARK`, microseconds), or when ``fired`` (its window already fired
+        here). One pass for the mask; the frame is split only when some row is late."""
+        conditions = [] if fired is None else [fired]
+        if SPLIT_WATERMARK in frame.columns:
+            split_limit = pl.col(SPLIT_WATERMARK) * self.window.per_ms // 1000  # in the column's unit
+            conditions.append(end + self.window.lateness <= split_limit)
+        if not conditions:
             return None
-        split_limit = pl.col(SPLIT_WATERMARK) * self.window.per_ms // 1000  # in the column's unit
-        return (end + self.window.lateness <= split_limit).fill_null(False)
+        mask = frame.select(pl.any_horizontal(conditions).fill_null(False)).to_series()
+        if not mask.any():
+            return None
+        return frame.filter(mask), frame.filter(~mask)
 
     def fire(self, limit: int | None) -> None:
         raise NotImplementedError
@@ -528,17 +536,14 @@ class WindowOp(_WindowBase):
         # Late: the window is behind the row's split watermark (its end + lateness at or
         # behind it), or it already fired here (on bounded input with per-split watermarks
         # the first implies the second; see arrowflow.watermarks).
-        is_late = self.late_in_split(assigned, pl.col(START) + self.window.size)
+        fired = None
         if self.watermark != NO_WATERMARK:
             limit = self.window.to_units(self.watermark) - self.window.size - self.window.lateness
             fired = pl.col(START) <= limit
-            is_late = fired if is_late is None else (is_late | fired)
-        if is_late is not None:
-            assigned = assigned.with_columns(is_late.alias(LATE))
-            late = assigned.filter(pl.col(LATE))
-            if late.height:
-                self.emit_late(late.with_columns((pl.col(START) + self.window.size).alias(END)))
-            assigned = assigned.filter(~pl.col(LATE)).drop(LATE)
+        late = self.split_late_rows(assigned, pl.col(START) + self.window.size, fired)
+        if late is not None:
+            rows, assigned = late
+            self.emit_late(rows.with_columns((pl.col(START) + self.window.size).alias(END)))
         if SPLIT_WATERMARK in assigned.columns:
             assigned = assigned.drop(SPLIT_WATERMARK)
         if not assigned.height:
@@ -668,17 +673,14 @@ class SessionWindowOp(_WindowBase):
         window, keys = self.window, self.user_keys
         ts = pl.col(window.time_column).to_physical()
         frame = batch
-        is_late = self.late_in_split(frame, ts + window.gap)
+        fired = None
         if self.watermark != NO_WATERMARK:
             limit = window.to_units(self.watermark) - window.gap - window.lateness
             fired = ts <= limit
-            is_late = fired if is_late is None else (is_late | fired)
-        if is_late is not None:
-            frame = frame.with_columns(is_late.alias(LATE))
-            late = frame.filter(pl.col(LATE))
-            if late.height:
-                self.emit_late(late.with_columns(ts.alias(START), (ts + window.gap).alias(END)))
-            frame = frame.filter(~pl.col(LATE)).drop(LATE)
+        late = self.split_late_rows(frame, ts + window.gap, fired)
+        if late is not None:
+            rows, frame = late
+            self.emit_late(rows.with_columns(ts.alias(START), (ts + window.gap).alias(END)))
         if SPLIT_WATERMARK in frame.columns:
             frame = frame.drop(SPLIT_WATERMARK)
         if not frame.height:
