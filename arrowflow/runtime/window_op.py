@@ -208,7 +208,10 @@ class WatermarkOp(Operator):
         ts = to_micros(batch.get_column(self.column), self.dtype)
         top = ts.max()
         if self.attach:
-            before = ts.cum_max().forward_fill().shift(1)
+            before = ts.cum_max()
+            if before.null_count():
+                before = before.forward_fill()  # a null event time does not reset the maximum
+            before = before.shift(1)
             if clock.top is not None:
                 before = before.fill_null(clock.top).clip(lower_bound=clock.top)
             batch = batch.with_columns((before - self.delay_us).alias(SPLIT_WATERMARK))
