@@ -41,7 +41,9 @@ split has its window end plus lateness beyond its split's ``top - delay`` (and b
 ``lower_s``, which every row of the split is at or above), so its window has not fired: the
 late rows are exactly those late within their own split, whatever ran when. The window
 operator still sends a row whose window already fired to ``late`` (possible only on
-unbounded input), so nothing is ever double counted. Session windows fire ``gap`` later than
+unbounded input, or with the per-worker fallback), so nothing is ever counted twice. The
+price: a window fires only once every split that may hold its rows has passed it, so files
+that each cover the whole time span keep their windows open until the last split starts. Session windows fire ``gap`` later than
 their end plus lateness, so a row that is not late can never touch a fired session.
 
 Per-split state survives checkpoints: each worker's ack carries ``top_s`` of its splits in
@@ -53,9 +55,10 @@ Unbounded sources (``tail``, ``watch``): splits have no known bounds, so a split
 be handed out holds the watermark (the floor, as above) until someone takes it; a worker told
 to wait (nothing pending) is held by nothing pending. Each split in progress contributes
 ``top_s - delay``, and holds the watermark back before its first row; with ``idle_timeout`` a
-split that produced nothing for that long does not hold it back until it produces again. Rows of a file that lands in a watched folder behind the watermark are late
-when their window already fired, so files should land in event-time order, or ``delay``
-should cover how far they overlap. ``idle_timeout`` applies to unbounded splits only: on
+split that produced nothing for that long does not hold it back until it produces again.
+Rows of a file that lands in a watched folder behind the watermark are late when their
+window already fired, so files should land in event-time order, or ``delay`` should cover
+how far they overlap. ``idle_timeout`` applies to unbounded splits only: on
 bounded input an idle split would let windows fire that its later rows still belong to.
 
 Watermarks then travel in order with the batches:
