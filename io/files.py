@@ -283,6 +283,8 @@ class FileSource(Source):
             return {}
         bounds: dict[str, int] = {}
         for split in splits:
+            if "corrupt" in split.info:  # skipped as corrupt at plan time: no footer to read
+                continue
             mins = self.meta(split.info["url"]).time_mins.get(column)
             if mins is None:
                 continue
