@@ -148,6 +148,8 @@ def format_summary(flow: Flow, result: RunResult) -> str:
         )
     if result.restarts:
         lines.append(f"  restarts   {result.restarts:>13,}")
+    for item in result.rolled_back:
+        lines.append(f"  rolled back {item}")
     metrics = result.metrics()
     if metrics.height:
         extra = [

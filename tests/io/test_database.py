@@ -66,7 +66,9 @@ def read_table(url: str, table: str) -> pl.DataFrame:
     quoted = '"' + table.replace('"', '""') + '"'
     with connect(url) as connection, connection.cursor() as cursor:
         cursor.execute(f"SELECT * FROM {quoted}")
-        return pl.from_arrow(cursor.fetch_arrow_table())
+        frame = pl.from_arrow(cursor.fetch_arrow_table())
+    # write_database's bookkeeping columns (which sink and checkpoint committed a row) are not data.
+    return frame.drop([c for c in frame.columns if c in ("_af_sink", "_af_epoch")])
 
 
 def sorted_by(frame: pl.DataFrame, *keys: str) -> pl.DataFrame:
