@@ -385,9 +385,13 @@ class DatabaseSink(Sink):
                     keys = ", ".join(_quote(k) for k in self.key)
                     first = (f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {UNDO}) AS {RANK} "
                              f"FROM {_quote(self.undo)} WHERE {UNDO} > {after}")
-                    # A newer row of another sink on the key stays: DO NOTHING.
+                    # The first overwrite after the checkpoint holds the key's value then, unless it
+                    # overwrote a row of ours newer than that: the key was inserted later, it stays
+                    # deleted. A newer row of another sink on the key stays: DO NOTHING.
+                    inserted_later = f"({mine})"
                     db.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM ({first}) AS first "
-                               f"WHERE {RANK} = 1 ON CONFLICT ({keys}) DO NOTHING")
+                               f"WHERE {RANK} = 1 AND NOT COALESCE({inserted_later}, FALSE) "
+                               f"ON CONFLICT ({keys}) DO NOTHING")
                     db.execute(f"DELETE FROM {_quote(self.undo)} WHERE {UNDO} > {after}")
                 db.execute(f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
                            f"AND checkpoint_id > {after}")
