@@ -59,11 +59,11 @@ def database(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
 
 
 def run_job(tmp: Path, input_dir: Path, url: str, *, workers: int, faults: str = "",
-            kill_after: float | None = None) -> tuple[int, str, str]:
+            kill_after: float | None = None, sleep: float = 0.01) -> tuple[int, str, str]:
     script = tmp / "job.py"
     script.write_text(JOB)
     config = {"input": str(input_dir), "url": url, "rows": f"rows_{tmp.name}", "agg": f"agg_{tmp.name}",
-              "checkpoints": str(tmp / "checkpoints"), "workers": workers, "sleep": 0.01}
+              "checkpoints": str(tmp / "checkpoints"), "workers": workers, "sleep": sleep}
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(config)],
                             env={**os.environ, "ARROWFLOW_FAULTS": faults},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -172,7 +172,9 @@ def test_a_damaged_newest_checkpoint_rolls_the_tables_back(tmp_path: Path, recov
     from arrowflow.checkpoint import MANIFEST, CheckpointStorage, chk_dir
 
     url = database(kind, tmp_path, request)
-    code, out, err = run_job(tmp_path, recovery_input, url, workers=workers, faults="before_manifest@4")
+    # Batches slow enough that each of the first checkpoints commits rows.
+    code, out, err = run_job(tmp_path, recovery_input, url, workers=workers, faults="before_manifest@4",
+                             sleep=0.04)
     assert code == -9 and "RESULT" not in out, err[-3000:]
     assert CheckpointStorage(str(tmp_path / "checkpoints")).latest(report=False).id == 3
     rows = read_table_raw(url, f"rows_{tmp_path.name}")
