@@ -147,6 +147,7 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         _attach_sinks(plan, JobIdentity(tag, first_id, storage is not None, keep_checkpoints))
         # A restart that starts over removes what this run's own checkpoints committed.
         back_to = restored.id if restored is not None else (own_first_id - 1 if restarts else None)
+        _refuse_without_rollback(plan, storage, back_to)
         if restored is not None and restored.final:
             _recommit(plan, restored)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
@@ -222,17 +223,18 @@ def _attach_sinks(plan: Plan, job: JobIdentity) -> None:
             op.params["sink"].attach(job)
 
 
-def _roll_back(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> list[RolledBack]:
-    """Remove the sinks' output of checkpoints after ``checkpoint_id`` (it is replayed); refuse
-    the restore, before any sink changed anything, when a sink that cannot do that has some."""
+def _durable_sinks(plan: Plan) -> list[tuple[str, Sink]]:
+    return [(op.id, op.params["sink"]) for op in plan.ops if op.kind == "sink" and op.params["sink"].durable]
+
+
+def _refuse_without_rollback(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> None:
+    """Before any sink changes anything: refuse a restore to ``checkpoint_id`` when later
+    checkpoints may have committed output that a sink cannot remove."""
     if storage is None or checkpoint_id is None:
-        return []
-    sinks = [(op.id, op.params["sink"]) for op in plan.ops if op.kind == "sink" and op.params["sink"].durable]
-    if not sinks:
-        return []
-    later = storage.committed_after(checkpoint_id)
-    unable = [(op_id, sink) for op_id, sink in sinks if type(sink).rollback is Sink.rollback]
-    if unable and later:
+        return
+    unable = [(op_id, sink) for op_id, sink in _durable_sinks(plan) if type(sink).rollback is Sink.rollback]
+    later = storage.committed_after(checkpoint_id) if unable else []
+    if later:
         shown = ", ".join(f"{op_id!r} ({sink.describe()})" for op_id, sink in unable)
         dirs = ", ".join(chk_dir(i) for i in later)
         msg = (f"cannot restore checkpoint {checkpoint_id} from {storage.url!r}: the later checkpoint(s) "
@@ -241,8 +243,14 @@ def _roll_back(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int
                f"delete {dirs} from the checkpoint directory, then run again; or restore=None (with a fresh "
                f"output) to start over.")
         raise CheckpointError(msg)
+
+
+def _roll_back(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> list[RolledBack]:
+    """Remove the sinks' output of checkpoints after ``checkpoint_id``: it is replayed."""
+    if storage is None or checkpoint_id is None:
+        return []
     done = []
-    for op_id, sink in sinks:
+    for op_id, sink in _durable_sinks(plan):
         item = sink.rollback(checkpoint_id)
         if item is not None and item.count:
             warnings.warn(f"flow {plan.flow_name!r}: restoring checkpoint {checkpoint_id}, rolled back output "
