@@ -135,6 +135,7 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
     # (or to nothing), never to another run's that happens to share the directory.
     own_first_id = 0
     started_from: int | None = None
+    rolled_back: list[RolledBack] = []  # over every attempt
     while True:
         if restarts == 0:
             restored = _restore_point(storage, restore, plan, max_parallelism)
@@ -151,12 +152,12 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         if restored is not None and restored.final:
             _recommit(plan, restored)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
-            result.rolled_back = _roll_back(plan, storage, back_to)
+            result.rolled_back = rolled_back + _roll_back(plan, storage, back_to)
             result.checkpoints = [restored.id]
             result.restored_from = restored.id
             return result
         _prepare_sinks(plan, restored)
-        rolled_back = _roll_back(plan, storage, back_to)
+        rolled_back.extend(_roll_back(plan, storage, back_to))
         if restarts == 0:
             own_first_id, started_from = first_id, (restored.id if restored is not None else None)
         coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
