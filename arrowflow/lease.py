@@ -253,7 +253,11 @@ class JobLeases:
 
     def take(self, url: str, storage_options: dict[str, Any] | None, *, what: str, flow: str,
              error: type[ArrowflowError] = LeaseError) -> None:
-        lease = Lease(url, storage_options, what=what, flow=flow)
+        try:
+            lease = Lease(url, storage_options, what=what, flow=flow)
+        except (ImportError, ValueError, TypeError) as exc:
+            msg = f"cannot open the {what} {url!r}: {exc}; check the URL and storage_options"
+            raise error(msg) from exc
         if lease.key in self.held:
             return  # two sinks of this job write one folder: one lease covers both
         lease.acquire(error)

@@ -123,3 +123,61 @@ def test_a_sink_that_cannot_roll_back_makes_the_restore_refuse(tmp_path: Path) -
                                               r"output yourself and delete chk-00000003"):
         flow().run(workers=0, checkpoint_dir=ck, restore=2)
     assert (tmp_path / "rows.json").read_text() == before, "the refused restore wrote output"
+
+
+def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(tmp_path: Path) -> None:
+    """mode="append", restore=None: the run commits two checkpoints, both get damaged, then a
+    worker is killed. The restart finds none of the run's checkpoints and starts over; the
+    rows those checkpoints committed go first, or the replay would append them again."""
+    import os
+    import signal
+    import time
+
+    from arrowflow.checkpoint import MANIFEST, chk_dir
+
+    def slow(batch: pl.DataFrame) -> pl.DataFrame:
+        time.sleep(0.03)
+        return batch
+
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    earlier = EVENTS.head(500)  # a user's earlier output in the folder, appended to
+    flow = af.Flow("earlier")
+    flow.from_polars(earlier).write_parquet(str(out), mode="append")
+    flow.run(workers=0)
+    flow = af.Flow("starting-over")
+    flow.from_polars(EVENTS, splits=24).map_batches(slow).write_parquet(str(out), mode="append")
+    job = flow.start(workers=2, checkpoint_dir=str(ck), batch_size=250, restore=None)
+    ids = [job.checkpoint(), job.checkpoint()]
+    assert len(list(out.glob("part-*"))) > 1, "the run's checkpoints committed nothing"
+    for checkpoint_id in ids:
+        (ck / chk_dir(checkpoint_id) / MANIFEST).write_bytes(b"{ garbage")
+    pids = [p for p in _children() if p != os.getpid()]
+    assert len(pids) == 2, pids
+    os.kill(pids[0], signal.SIGKILL)
+    with pytest.warns(UserWarning, match="rolled back output of later checkpoints"):
+        result = job.wait(180)
+    assert result.restarts == 1 and result.restored_from is None
+    assert {e for item in result.rolled_back for e in item.epochs} == set(ids)
+    got = committed(out)
+    expected = pl.concat([earlier, EVENTS])
+    assert got.height == expected.height, f"{got.height} rows, expected {expected.height}"
+    assert got.sort("event_id").equals(expected.sort("event_id"))
+
+
+def _children() -> list[int]:
+    """Worker processes spawned by this process."""
+    import os
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return found
