@@ -121,8 +121,9 @@ class Sink(abc.ABC):
         Called in the coordinator after ``recover``, when the run restores ``checkpoint_id``
         (and after ``begin`` with the checkpoint before the run's first when a restart starts
         over). Must be idempotent and must never touch output of other jobs. Returns what
-        was removed; the default ``None`` says the sink cannot roll back, and a restore that
-        needs it is refused. May raise a SinkError saying why a rollback is impossible.
+        was removed. A sink that cannot roll back does not override this method: a restore
+        that needs a rollback (later checkpoints have manifests) is then refused before any
+        sink changes anything. May raise a SinkError saying why a rollback is impossible.
         """
         return None
 

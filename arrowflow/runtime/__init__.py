@@ -146,8 +146,11 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         existing = storage.checkpoint_ids() if storage is not None else []
         first_id = max(existing) + 1 if existing else 1
         _attach_sinks(plan, JobIdentity(tag, first_id, storage is not None, keep_checkpoints))
-        # A restart that starts over removes what this run's own checkpoints committed.
+        # A restart that starts over removes what this run's own checkpoints committed; so does
+        # a run told to resume that finds every checkpoint damaged (their output is the job's).
         back_to = restored.id if restored is not None else (own_first_id - 1 if restarts else None)
+        if back_to is None and restore == "latest" and storage is not None and storage.committed_after(0):
+            back_to = 0
         _refuse_without_rollback(plan, storage, back_to)
         if restored is not None and restored.final:
             _recommit(plan, restored)

@@ -181,3 +181,24 @@ def _children() -> list[int]:
         if ppid == os.getpid() and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def test_resuming_when_every_checkpoint_is_damaged_starts_over_without_duplicates(tmp_path: Path) -> None:
+    from arrowflow.checkpoint import MANIFEST
+
+    out, ck = tmp_path / "out", tmp_path / "ck"
+
+    def run(**options: Any) -> Any:
+        flow = af.Flow("all-damaged")
+        flow.from_polars(EVENTS, splits=12).write_parquet(str(out), mode="append", rows_per_file=700)
+        return flow.run(workers=0, checkpoint_dir=str(ck), checkpoint_every=af.every_rows(2_000), batch_size=1_000,
+                        **options)
+
+    run()
+    for manifest in ck.glob(f"chk-*/{MANIFEST}"):
+        manifest.write_bytes(manifest.read_bytes()[:40])
+    with pytest.warns(UserWarning, match="rolled back output of later checkpoints"):
+        again = run(restore="latest")
+    assert again.restored_from is None and again.rolled_back[0].checkpoint == 0
+    got = committed(out)
+    assert got.height == EVENTS.height and got.sort("event_id").equals(EVENTS.sort("event_id"))
