@@ -24,7 +24,9 @@ How a lease is held, by kind of storage:
   taking over the same expired lease at the same moment can both pass that check (the
   window between one's delete and the other's create); a live holder is never taken over.
   The expiry is ``ARROWFLOW_LEASE_EXPIRY`` seconds (default 60): a crashed job's lease on an
-  object store blocks a restart that long.
+  object store blocks a restart that long. A holder whose renewals stop for longer than the
+  expiry (a process paused, the store unreachable) can be taken over; it finds that at its
+  next renewal and warns (the run is not stopped).
 
 Example: ``flow.run(checkpoint_dir="ckpt")`` while another process runs the same flow on
 ``ckpt`` fails with ``LeaseError: the checkpoint_dir 'ckpt' is in use by another job: flow
