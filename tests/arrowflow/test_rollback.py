@@ -125,6 +125,8 @@ def test_a_sink_that_cannot_roll_back_makes_the_restore_refuse(tmp_path: Path) -
     assert (tmp_path / "rows.json").read_text() == before, "the refused restore wrote output"
 
 
+@pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
+@pytest.mark.filterwarnings("ignore:skipping checkpoint")
 def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(tmp_path: Path) -> None:
     """mode="append", restore=None: the run commits two checkpoints, both get damaged, then a
     worker is killed. The restart finds none of the run's checkpoints and starts over; the
@@ -183,6 +185,7 @@ def _children() -> list[int]:
     return found
 
 
+@pytest.mark.filterwarnings("ignore:skipping checkpoint")
 def test_resuming_when_every_checkpoint_is_damaged_starts_over_without_duplicates(tmp_path: Path) -> None:
     from arrowflow.checkpoint import MANIFEST
 
