@@ -127,6 +127,7 @@ def test_a_sink_that_cannot_roll_back_makes_the_restore_refuse(tmp_path: Path) -
 
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
 @pytest.mark.filterwarnings("ignore:skipping checkpoint")
+@pytest.mark.injects_faults
 def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(tmp_path: Path) -> None:
     """mode="append", restore=None: the run commits two checkpoints, both get damaged, then a
     worker is killed. The restart finds none of the run's checkpoints and starts over; the
