@@ -424,6 +424,11 @@ class CheckpointStorage:
                     self.fs.rm(path)
         return removed
 
+    def committed_after(self, checkpoint_id: int) -> list[int]:
+        """Ids newer than ``checkpoint_id`` that have a manifest, valid or not: their sinks may
+        have committed output (a commit comes only after its manifest), oldest first."""
+        return sorted(i for i in self.checkpoint_ids() if i > checkpoint_id and self._has_manifest(i))
+
     def _has_manifest(self, checkpoint_id: int) -> bool:
         return self.fs.exists(self.path(f"{chk_dir(checkpoint_id)}/{MANIFEST}"))
 

@@ -146,6 +146,8 @@ def format_summary(flow: Flow, result: RunResult) -> str:
         lines.append(
             f"  malformed  {result.malformed:>13,}   (rows a source could not parse; see its 'malformed' side output)"
         )
+    for item in result.rolled_back:
+        lines.append(f"  rolled back {item}")
     metrics = result.metrics()
     if metrics.height:
         extra = [

@@ -630,10 +630,13 @@ class Stream:
                        name: str | None = None) -> Stream:
         """Event time on ``column`` (a pl.Datetime) with bounded out-of-orderness ``delay``.
 
-        After each batch a worker's watermark is ``max(column seen) - delay`` when that
-        advanced: events up to ``delay`` behind the newest one still count in their window.
-        With ``idle_timeout`` (``"30s"``), a worker that reads nothing for that long stops
-        holding event time back until it reads again. See :mod:`arrowflow.watermarks`.
+        Watermarks are kept per split (a file, a Parquet row-group range): an event is late
+        only when its window is ``delay`` or more behind the newest event *of its own split*
+        before it, so results do not depend on the number of workers, the batch size or the
+        order the files are read in. Windows fire when every unfinished split, also those not
+        started yet, has passed them. With ``idle_timeout`` (``"30s"``), a split of a tailed or
+        watched source that produces nothing for that long stops holding event time back until
+        it does again. See :mod:`arrowflow.watermarks`.
         """
         from arrowflow.watermarks import duration_arg
 

@@ -7,7 +7,8 @@ and must not hold open files or connections. It is used in three places:
   data moves);
 - in the coordinator: :meth:`Source.discover_splits`, called once per run (bounded
   sources) or repeatedly (unbounded sources, see :attr:`Source.bounded`), hands out
-  :class:`Split` objects through the split enumerator;
+  :class:`Split` objects through the split enumerator; :meth:`Source.event_time_bounds`
+  tells it what it knows of their event times, so it can hand them out in that order;
 - in a worker: :meth:`Source.open_reader` turns one split into a :class:`SplitReader`
   that yields batches together with the position *after* each batch.
 
@@ -104,6 +105,17 @@ class Source(abc.ABC):
         Unbounded sources are called again every poll interval and return only splits they
         have not returned before (the enumerator also de-duplicates by ``split_id``).
         """
+
+    def event_time_bounds(self, splits: list[Split], column: str) -> dict[str, int]:
+        """Lower bounds of ``column`` (int64 microseconds since the epoch) per split id.
+
+        Called in the coordinator, once for the splits each discovery found, when a per-split
+        watermark reads ``column`` from this source (see :mod:`arrowflow.watermarks`). Answer
+        only from what is known without reading data (file statistics); a bound must never be
+        above a value the split holds. Splits left out hold the watermark back until they
+        start. The default knows no bounds.
+        """
+        return {}
 
     @abc.abstractmethod
     def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:

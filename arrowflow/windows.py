@@ -14,12 +14,15 @@ time column:
   ``[first event, last event + gap)``; sessions that come to overlap merge.
 
 A window *fires* (emits its row, and leaves the state) once the watermark reaches
-``window_end + allowed_lateness``. An event whose window has already fired that way is
-*late*: it goes to the ``late`` side output with the columns of the event and the
-``window_start``/``window_end`` it missed (one row per missed window), and is counted in the
-operator's metrics. For a session, an event is late when ``ts + gap + allowed_lateness`` is
-at or behind the watermark. Each window fires once: allowed lateness delays the firing, it
-does not re-fire an updated row.
+``window_end + allowed_lateness`` (a session: ``gap`` later still). An event is *late* when
+its window's ``window_end + allowed_lateness`` is at or behind the watermark of its own
+split before it (the newest event time of the split's earlier rows minus the delay; see
+:mod:`arrowflow.watermarks`), or when its window already fired (on unbounded input): it goes
+to the ``late`` side output with the columns of the event and the ``window_start``/
+``window_end`` it missed (one row per missed window), and is counted in the operator's
+metrics. For a session, an event is late when ``ts + gap + allowed_lateness`` is at or behind
+that watermark. Each window fires once: allowed lateness delays the firing, it does not
+re-fire an updated row.
 
 The aggregates are the incremental ones of :mod:`arrowflow.aggregates`, with the window start
 as an extra key; the runtime side is :mod:`arrowflow.runtime.window_op`.

@@ -30,6 +30,35 @@ class FileMeta:
     schema: pl.Schema
     row_groups: list[int] = field(default_factory=list)  # rows per row group (Parquet)
     stream: bool = False  # Arrow IPC streaming format rather than the file format
+    # Parquet: per timestamp column, the minimum of each row group in microseconds since the
+    # epoch (floored), from the column statistics; None where a row group has none.
+    time_mins: dict[str, list[int | None]] = field(default_factory=dict)
+
+
+_US_PER_UNIT = {"s": (1_000_000, 1), "ms": (1000, 1), "us": (1, 1), "ns": (1, 1000)}
+
+
+def _time_mins(meta: pq.FileMetaData, arrow_schema: pa.Schema) -> dict[str, list[int | None]]:
+    """Row-group minima of the file's top-level timestamp columns, as int64 microseconds."""
+    columns: dict[str, tuple[int, tuple[int, int]]] = {}
+    for index in range(meta.num_columns):
+        path = meta.schema.column(index).path
+        if "." in path or path not in arrow_schema.names:
+            continue
+        dtype = arrow_schema.field(path).type
+        if pa.types.is_timestamp(dtype) and meta.schema.column(index).physical_type == "INT64":
+            columns[path] = (index, _US_PER_UNIT[dtype.unit])
+    mins: dict[str, list[int | None]] = {}
+    for name, (index, (times, divide)) in columns.items():
+        values: list[int | None] = []
+        for group in range(meta.num_row_groups):
+            stats = meta.row_group(group).column(index).statistics
+            if stats is None or not stats.has_min_max or not isinstance(stats.min_raw, int):
+                values.append(None)
+            else:
+                values.append(stats.min_raw * times // divide)
+        mins[name] = values
+    return mins
 
 
 def _failure(what: str, url: str, exc: BaseException) -> SourceError:
@@ -52,9 +81,11 @@ def parquet_meta(url: str, storage_options: dict[str, Any] | None, *, what: str)
                 parquet = pq.ParquetFile(handle)
                 meta = parquet.metadata
                 schema = arrow_to_polars(parquet.schema_arrow)
+        time_mins = _time_mins(meta, meta.schema.to_arrow_schema())
     except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         raise _failure(what, url, exc) from exc
-    return FileMeta(pl.Schema(schema), [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    return FileMeta(pl.Schema(schema), [meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
+                    time_mins=time_mins)
 
 
 def read_parquet(url: str, storage_options: dict[str, Any] | None, row_groups: list[int], start: int,

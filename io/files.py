@@ -277,6 +277,23 @@ class FileSource(Source):
                     first, start, rows = index + 1, start + rows, 0
         return splits
 
+    def event_time_bounds(self, splits: list[Split], column: str) -> dict[str, int]:
+        """Parquet: the lowest row-group minimum of ``column`` over each split's row groups,
+        from the footer's statistics (read at plan time). Other formats know no bounds."""
+        if self.format != "parquet":
+            return {}
+        bounds: dict[str, int] = {}
+        for split in splits:
+            if "corrupt" in split.info:  # skipped as corrupt at plan time: no footer to read
+                continue
+            mins = self.meta(split.info["url"]).time_mins.get(column)
+            if mins is None:
+                continue
+            values = [mins[group] for group in split.info["row_groups"] if group < len(mins)]
+            if values and all(value is not None for value in values):
+                bounds[split.split_id] = min(values)  # type: ignore[type-var]
+        return bounds
+
     # ------------------------------------------------------------------ worker
     def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
         if position == SKIPPED:  # reported as a corrupt file already: nothing left to emit

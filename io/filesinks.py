@@ -4,19 +4,28 @@ State and protocol (see :mod:`arrowflow.sinks`):
 
 - Each writer (one per worker and run attempt) buffers rows and writes part files under the
   hidden folder ``<dir>/.staging/`` as
-  ``part-<checkpoint>-<worker>-<seq>-<token>.<ext>``: ``checkpoint`` is the checkpoint that
-  will commit the file, ``token`` is random per writer, so two runs appending to one
-  directory, or a run restored after a crash, never reuse a name.
+  ``part-<checkpoint>-<worker>-<seq>-<job>-<token>.<ext>``: ``checkpoint`` is the checkpoint
+  that will commit the file (or, for a file flushed early, an id between the last one and
+  that one, never one that existed when the attempt started), ``job`` is the job's tag (see
+  :class:`arrowflow.sinks.JobIdentity`), ``token`` is random per writer, so two runs
+  appending to one directory, or a run restored after a crash, never reuse a name.
 - ``prepare_commit(n)`` writes what is buffered and returns the names staged since the last
   call. ``commit(n, staged)`` moves each staged file to ``<dir>/<name>``: a rename on a local
   disk, so a reader sees a whole file or none. It is idempotent: a file already moved is
   skipped, so re-running it from a checkpoint's manifest after a crash is safe.
 - ``begin()`` (a fresh run) applies ``mode`` to the visible files already there —
-  ``overwrite`` deletes them, ``append`` keeps them, ``error`` refuses to run — and clears
-  staging left by an earlier run. On restore from checkpoint ``n`` the runtime first re-runs
+  ``overwrite`` deletes the part files of arrowflow's file sinks (names ``part-…``) and
+  refuses to run when the folder holds any other visible file (a user's ``notes.txt`` is
+  never deleted), ``append`` keeps them, ``error`` refuses to run — and clears staging left
+  by an earlier run. On restore from checkpoint ``n`` the runtime first re-runs
   ``commit(n)`` from its manifest, then calls ``recover(n)``, which deletes whatever is still
   staged: files of later checkpoints that never completed, or of a crashed attempt. None of
   them is ever committed.
+- ``rollback(n)`` (a restore from ``n`` while later checkpoints committed output: a damaged
+  newest checkpoint, or ``restore=<older id>``) deletes the committed part files of this job
+  (its tag) whose checkpoint is after ``n``; the replay writes them again, once.
+- The runtime holds a lease on the folder for the whole run (``_arrowflow.lock``, see
+  :mod:`arrowflow.lease`): a second job writing into it is refused.
 
 arrowflow and Spark skip names starting with ``_`` or ``.``, so they only ever see committed
 files. polars does not skip them, but staged files live in the ``.staging/`` folder, so a
@@ -34,13 +43,14 @@ import polars as pl
 
 from arrowflow.errors import SchemaError, SinkError
 from arrowflow.io._fs import filesystem, is_hidden, memory_hint
-from arrowflow.sinks import Sink, SinkWriter
+from arrowflow.sinks import RolledBack, Sink, SinkWriter
 
 EXTENSIONS = {"parquet": "parquet", "csv": "csv", "ndjson": "ndjson", "ipc": "arrow"}
 STAGING = ".staging"
 DEFAULT_ROWS_PER_FILE = 2_000_000
 MODES = ("overwrite", "append", "error")
-PART = re.compile(r"^part-(\d{8})-(\d{4})-(\d{5})-([0-9a-f]+)\.\w+$")
+# part-<checkpoint>-<worker>-<seq>[-<job tag>]-<token>.<ext>; names without a tag are older.
+PART = re.compile(r"^part-(\d{8})-(\d{4})-(\d{5})-(?:([0-9a-f]{8})-)?([0-9a-f]+)\.\w+$")
 
 # Types a text format cannot hold, with what to do instead.
 _UNWRITABLE = {
@@ -54,6 +64,12 @@ def part_checkpoint(name: str) -> int | None:
     """The checkpoint a staged part file belongs to, or None for a name that is not ours."""
     match = PART.match(name)
     return int(match.group(1)) if match else None
+
+
+def part_job(name: str) -> str | None:
+    """The job tag in a part file's name (None: not ours, or written before names had one)."""
+    match = PART.match(name)
+    return match.group(4) if match else None
 
 
 #: Codecs each format takes (``compression=``), the first being the default: polars'
@@ -160,6 +176,17 @@ class FileSink(Sink):
         """Fresh run: apply ``mode`` to what the directory already holds; clear old staging."""
         fs, root = self._fs()
         existing = self.visible_files()
+        if existing and self.mode == "overwrite":
+            foreign = [p for p in existing if p.rsplit("/", 1)[0].rstrip("/") != root.rstrip("/")
+                       or part_checkpoint(p.rsplit("/", 1)[-1]) is None]
+            if foreign:
+                shown = ", ".join(repr(p[len(root.rstrip("/")) + 1:] if p.startswith(root) else p)
+                                  for p in foreign[:5])
+                msg = (f"{self.kind}(mode='overwrite'): {self.path!r} holds {len(foreign)} files that no "
+                       f"arrowflow file sink wrote ({shown}{', ...' if len(foreign) > 5 else ''}); overwrite "
+                       f"deletes only part files (part-…), never other files. Move them out of the folder, "
+                       f"write into another folder, or use mode='append' to keep everything there")
+                raise SinkError(msg)
         if existing and self.mode == "error":
             shown = ", ".join(p.rsplit("/", 1)[-1] for p in existing[:3])
             msg = (f"{self.kind}: {self.path!r} already holds {len(existing)} files ({shown}"
@@ -204,6 +231,27 @@ class FileSink(Sink):
             msg = f"{self.kind}: cannot clean the staging folder of {self.path!r}: {type(exc).__name__}: {exc}"
             raise SinkError(msg) from exc
 
+    def rollback(self, checkpoint_id: int) -> RolledBack:
+        """Delete the committed part files of this job whose checkpoint is after ``checkpoint_id``."""
+        tag = self.job.tag if self.job is not None else None
+        fs, root = self._fs()
+        try:
+            names = [] if not fs.exists(root) else [p.rstrip("/") for p in fs.ls(root, detail=False)]
+            doomed = [(p, part_checkpoint(p.rsplit("/", 1)[-1])) for p in names
+                      if tag is not None and part_job(p.rsplit("/", 1)[-1]) == tag]
+            doomed = [(p, epoch) for p, epoch in doomed if epoch is not None and epoch > checkpoint_id]
+            if doomed:
+                fs.rm([p for p, _ in doomed])
+        except OSError as exc:
+            msg = (f"{self.kind}: cannot remove the part files in {self.path!r} committed after checkpoint "
+                   f"{checkpoint_id}: {type(exc).__name__}: {exc}")
+            raise SinkError(msg) from exc
+        return RolledBack(self.describe(), checkpoint_id, "part files", len(doomed),
+                          sorted({epoch for _, epoch in doomed if epoch is not None}))
+
+    def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
+        return [(self.path, self.storage_options)]
+
     def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
         return _FileWriter(self, worker)
 
@@ -239,7 +287,11 @@ class _FileWriter(SinkWriter):
         self.buffered = 0
         self.staged: list[str] = []
         self.seq = 0
-        self.checkpoint = sink.restored_from  # the last checkpoint prepared (or restored)
+        # The last checkpoint prepared (or restored, or the newest id when the attempt began):
+        # a file flushed early is named after the next one, newer than any existing checkpoint.
+        floor = sink.job.first_checkpoint - 1 if sink.job is not None else 0
+        self.checkpoint = max(sink.restored_from, floor)
+        self.tag = f"{sink.job.tag}-" if sink.job is not None else ""
         self.fs, self.root = sink._fs()
 
     def write(self, batch: pl.DataFrame) -> None:
@@ -257,7 +309,7 @@ class _FileWriter(SinkWriter):
         self.buffer, self.buffered = [], 0
         limit = self.sink.rows_per_file
         for offset in range(0, frame.height, limit):
-            name = (f"part-{checkpoint_id:08d}-{self.worker:04d}-{self.seq:05d}-{self.token}."
+            name = (f"part-{checkpoint_id:08d}-{self.worker:04d}-{self.seq:05d}-{self.tag}{self.token}."
                     f"{EXTENSIONS[self.sink.format]}")
             self.seq += 1
             path = f"{self.root}/{STAGING}/{name}"

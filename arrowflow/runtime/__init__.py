@@ -1,9 +1,12 @@
 """Executors: the in-process one and the worker pool, behind one ``execute`` entry point.
 
-``execute`` also owns what happens around a run: choosing the checkpoint to restore (and
-refusing one taken from a different flow), re-running the restored checkpoint's commit
-(idempotent), and the restart strategy — a pool run whose worker dies or raises is
-restarted from its newest complete checkpoint, a bounded number of times.
+``execute`` also owns what happens around a run: the leases on its checkpoint directory and
+output folders (one job at a time, :mod:`arrowflow.lease`), choosing the checkpoint to
+restore (and refusing one taken from a different flow), re-running the restored
+checkpoint's commit (idempotent), rolling the sinks back to it (output that later
+checkpoints committed: a damaged newest checkpoint, an explicit older ``restore=``), and the
+restart strategy — a pool run whose worker dies or raises is restarted from its newest
+complete checkpoint, a bounded number of times.
 
 A restart must never hide a crash: every restart is recorded with its reason in the
 :class:`RunResult` (``restart_reasons``), warned about, and printed on the last lines of the
@@ -19,18 +22,22 @@ with ``fail``, and ``injected`` in the tests that kill workers on purpose):
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import signal
 import time
 import warnings
 from typing import Any
 
-from arrowflow.checkpoint import CheckpointStorage, Manifest, operator_differences
-from arrowflow.errors import CheckpointError, PlanError, WorkerError
+from arrowflow.checkpoint import CheckpointStorage, Manifest, chk_dir, operator_differences
+from arrowflow.errors import CheckpointError, PlanError, SinkError, WorkerError
+from arrowflow.lease import JobLeases
 from arrowflow.plan import Plan
 from arrowflow.runtime.job import JobCoordinator
 from arrowflow.runtime.operators import RuntimeContext
 from arrowflow.runtime.result import RunResult
+from arrowflow.sinks import JobIdentity, RolledBack, Sink
 from arrowflow.state import StateFile, resolve_backend
 from arrowflow.triggers import resolve_trigger
 
@@ -98,20 +105,45 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
 
             control = JobControl()
         bar = ProgressBar(control, plan.flow_name)
+    leases = JobLeases()
     try:
         return _execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
                         checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
                         max_parallelism=max_parallelism, storage_options=storage_options,
-                        keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control)
+                        keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control,
+                        leases=leases)
     finally:
+        leases.release()
         if bar is not None:
             bar.close()
+
+
+def _take_leases(leases: JobLeases, plan: Plan, storage: CheckpointStorage | None) -> None:
+    """One job at a time on the checkpoint directory and on every sink's output folder."""
+    if storage is not None:
+        leases.take(storage.url, storage.storage_options, what="checkpoint_dir", flow=plan.flow_name,
+                    error=CheckpointError)
+    for op in plan.ops:
+        if op.kind == "sink":
+            sink = op.params["sink"]
+            for url, options in sink.leases():
+                leases.take(url, options, what=f"output folder of {sink.kind}", flow=plan.flow_name,
+                            error=SinkError)
+
+
+def _job_tag(storage: CheckpointStorage | None) -> str:
+    """Names this job's output: the same for every run on one checkpoint directory."""
+    if storage is None:
+        return secrets.token_hex(4)
+    protocol = storage.fs.protocol
+    name = f"{protocol if isinstance(protocol, str) else protocol[0]}://{storage.root}"
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str | None,
              checkpoint_every: Any, restore: Any, batch_size: int | None, max_parallelism: int | None,
              storage_options: dict[str, Any] | None, keep_checkpoints: int, max_restarts: int,
-             control: Any) -> RunResult:
+             control: Any, leases: JobLeases) -> RunResult:
     backend = resolve_backend(state)
     max_parallelism = max_parallelism or 128
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -133,6 +165,8 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
     storage = CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints) if checkpoint_dir else None
     if storage is not None:
         storage.ensure()
+    _take_leases(leases, plan, storage)
+    tag = _job_tag(storage)
     parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
     policy = restart_policy()
     restarts = 0
@@ -141,6 +175,7 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
     # (or to nothing), never to another run's that happens to share the directory.
     own_first_id = 0
     started_from: int | None = None
+    rolled_back: list[RolledBack] = []  # over every attempt
     while True:
         if restarts == 0:
             restored = _restore_point(storage, restore, plan, max_parallelism)
@@ -148,19 +183,28 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             restored = _restore_point(storage, "latest", plan, max_parallelism, own_first_id)
             if restored is None and started_from is not None:
                 restored = _restore_point(storage, started_from, plan, max_parallelism)
+        existing = storage.checkpoint_ids() if storage is not None else []
+        first_id = max(existing) + 1 if existing else 1
+        _attach_sinks(plan, JobIdentity(tag, first_id, storage is not None, keep_checkpoints))
+        # A restart that starts over removes what this run's own checkpoints committed; so does
+        # a run told to resume that finds every checkpoint damaged (their output is the job's).
+        back_to = restored.id if restored is not None else (own_first_id - 1 if restarts else None)
+        if back_to is None and restore == "latest" and storage is not None and storage.committed_after(0):
+            back_to = 0
+        _refuse_without_rollback(plan, storage, back_to)
         if restored is not None and restored.final:
             _recommit(plan, restored)
             note = (f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
                     f"to start over")
             warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
+            result.rolled_back = rolled_back + _roll_back(plan, storage, back_to)
             result.checkpoints = [restored.id]
             result.restored_from = restored.id
             result.notes.append(note)
             return result
         _prepare_sinks(plan, restored)
-        existing = storage.checkpoint_ids() if storage is not None else []
-        first_id = max(existing) + 1 if existing else 1
+        rolled_back.extend(_roll_back(plan, storage, back_to))
         if restarts == 0:
             own_first_id, started_from = first_id, (restored.id if restored is not None else None)
         coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
@@ -204,6 +248,7 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             raise
         result.restarts = restarts
         result.restart_reasons = reasons
+        result.rolled_back = rolled_back
         # Live-results taps (flow.start) are not the user's operators: their rows are no output.
         taps = {op.id for op in plan.ops if op.kind == "sink" and op.params["sink"].transient}
         if taps:
@@ -256,6 +301,46 @@ def _discard_staged(plan: Plan, storage: CheckpointStorage | None, since_id: int
     except Exception as exc:
         warnings.warn(f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
                       f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", stacklevel=3)
+def _attach_sinks(plan: Plan, job: JobIdentity) -> None:
+    for op in plan.ops:
+        if op.kind == "sink":
+            op.params["sink"].attach(job)
+
+
+def _durable_sinks(plan: Plan) -> list[tuple[str, Sink]]:
+    return [(op.id, op.params["sink"]) for op in plan.ops if op.kind == "sink" and op.params["sink"].durable]
+
+
+def _refuse_without_rollback(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> None:
+    """Before any sink changes anything: refuse a restore to ``checkpoint_id`` when later
+    checkpoints may have committed output that a sink cannot remove."""
+    if storage is None or checkpoint_id is None:
+        return
+    unable = [(op_id, sink) for op_id, sink in _durable_sinks(plan) if type(sink).rollback is Sink.rollback]
+    later = storage.committed_after(checkpoint_id) if unable else []
+    if later:
+        shown = ", ".join(f"{op_id!r} ({sink.describe()})" for op_id, sink in unable)
+        dirs = ", ".join(chk_dir(i) for i in later)
+        msg = (f"cannot restore checkpoint {checkpoint_id} from {storage.url!r}: the later checkpoint(s) "
+               f"{later} may have committed output, and the sink(s) {shown} cannot remove output of later "
+               f"checkpoints, so the replay would write it twice. To go on: remove that output yourself and "
+               f"delete {dirs} from the checkpoint directory, then run again; or restore=None (with a fresh "
+               f"output) to start over.")
+        raise CheckpointError(msg)
+
+
+def _roll_back(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> list[RolledBack]:
+    """Remove the sinks' output of checkpoints after ``checkpoint_id``: it is replayed."""
+    if storage is None or checkpoint_id is None:
+        return []
+    done = []
+    for op_id, sink in _durable_sinks(plan):
+        item = sink.rollback(checkpoint_id)
+        if item is not None and item.count:
+            warnings.warn(f"flow {plan.flow_name!r}: restoring checkpoint {checkpoint_id}, rolled back output "
+                          f"of later checkpoints ({op_id!r}) {item}", stacklevel=3)
+            done.append(item)
+    return done
 
 
 def _recommit(plan: Plan, restored: Manifest) -> None:

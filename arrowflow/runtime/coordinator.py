@@ -7,6 +7,16 @@ splits (``discover``); with nothing new, a worker is told to ``WAIT``. When a wo
 the job restarts from its newest checkpoint, and a new enumerator is built from that
 checkpoint's finished splits and offsets (docs/design.md §5).
 
+Event time (:mod:`arrowflow.watermarks`): for a bounded source read by a per-split watermark,
+the enumerator asks the source for lower bounds of the watermark column per split
+(``event_time_bounds``) and keeps the pending splits in event-time order: splits without a
+known bound first (they hold the watermark back until they start), then by ascending bound.
+With every split it hands out it gives :meth:`event_time`: the split's bound, the source's
+*floor* (the lowest bound still pending: :data:`NO_WATERMARK` while a split without a known
+bound waits, :data:`IDLE` when none does; an unbounded source's splits have no bounds, so its
+floor holds while any split waits to be handed out) and the split's
+running maximum per watermark operator as a restored checkpoint recorded it.
+
 A source with ``max_split_age_s`` (``flow.watch``) has its finished set bounded: every split
 carries its file's modification time (``info["mtime"]``); splits older than the newest seen
 minus that age are no longer discovered (the source is told ``not_before``) and leave the
@@ -20,6 +30,7 @@ from typing import Any
 
 from arrowflow.plan import Plan
 from arrowflow.sources import Split
+from arrowflow.watermarks import IDLE, NO_WATERMARK, bound_columns
 
 #: ``next_split`` answer for an unbounded source with nothing to hand out *yet*.
 WAIT = "wait"
@@ -28,8 +39,14 @@ WAIT = "wait"
 class SplitEnumerator:
     def __init__(self, plan: Plan, positions: dict[str, dict[str, Any]] | None = None,
                  finished: dict[str, set[str]] | None = None,
-                 ages: dict[str, dict[str, Any]] | None = None) -> None:
+                 ages: dict[str, dict[str, Any]] | None = None,
+                 tops: dict[str, dict[str, dict[str, int]]] | None = None) -> None:
         self.plan = plan
+        # Event time: the column whose bounds each source reports, the bounds known, and the
+        # running maxima a restored checkpoint recorded for splits in progress.
+        self.time_columns = bound_columns(plan)
+        self.bounds: dict[str, dict[str, int]] = {op.id: {} for op in plan.sources}
+        self.tops = {source: dict(by_split) for source, by_split in (tops or {}).items()}
         self.pending: dict[str, deque[Split]] = {}
         self.assigned: dict[str, dict[str, int]] = {}
         self.finished: dict[str, set[str]] = {op.id: set(finished.get(op.id, ())) if finished else set() for op in plan.sources}
@@ -73,6 +90,7 @@ class SplitEnumerator:
                          and (cutoff is None or s.info["mtime"] >= cutoff)]
                 if times and (self.newest[op.id] is None or max(times) > self.newest[op.id]):
                     self.newest[op.id] = max(times)
+            fresh = []
             for split in found:
                 if split.split_id not in self.seen[op.id]:
                     mtime = split.info.get("mtime")
@@ -83,11 +101,44 @@ class SplitEnumerator:
                     self.seen[op.id].add(split.split_id)
                     self.pending[op.id].append(split)
                     self.total[op.id] += 1
+                    fresh.append(split)
+            if fresh and op.id not in self.unbounded:
+                self._order_by_event_time(op.id, source, fresh)
             if aged:
                 self.floor[op.id] = None  # the restored unfinished splits are found again (or gone)
                 after = self.cutoff(op.id)
                 if after is not None:
                     self.forget_older(op.id, after)
+
+    def _order_by_event_time(self, source_id: str, source: Any, fresh: list[Split]) -> None:
+        column = self.time_columns.get(source_id)
+        if column is not None:
+            found = source.event_time_bounds(fresh, column)
+            for split_id, bound in found.items():
+                if isinstance(bound, bool) or not isinstance(bound, int):
+                    msg = (f"source {source_id!r}: event_time_bounds() gave {bound!r} for split {split_id!r}; "
+                           f"expected int64 microseconds since the epoch")
+                    raise TypeError(msg)
+            self.bounds[source_id].update(found)
+        bounds = self.bounds[source_id]
+        # Stable: splits without a bound first, in discovery order, then by bound.
+        ordered = sorted(self.pending[source_id],
+                         key=lambda split: (split.split_id in bounds, bounds.get(split.split_id, 0)))
+        self.pending[source_id] = deque(ordered)
+
+    def time_floor(self, source_id: str) -> int:
+        """The lowest event time a pending split may hold (see the module docstring):
+        :data:`IDLE` when nothing is pending (for an unbounded source: *yet*)."""
+        if not self.pending[source_id]:
+            return IDLE
+        bounds = self.bounds[source_id]
+        first = self.pending[source_id][0]  # the order puts unknown bounds, then the lowest, first
+        return bounds.get(first.split_id, NO_WATERMARK)
+
+    def event_time(self, source_id: str, split_id: str) -> dict[str, Any]:
+        """What a worker's watermark needs with a split it was handed (after ``next_split``)."""
+        return {"lower": self.bounds[source_id].get(split_id), "floor": self.time_floor(source_id),
+                "tops": dict(self.tops.get(source_id, {}).get(split_id, {}))}
 
     def cutoff(self, source_id: str) -> float | None:
         """Modification time below which a split of an age-bounded source is forgotten: the

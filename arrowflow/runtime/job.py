@@ -54,13 +54,15 @@ class JobCoordinator:
         positions: dict[str, dict[str, Any]] = {}
         finished: dict[str, set[str]] = {}
         ages: dict[str, dict[str, Any]] = {}
+        tops: dict[str, dict[str, dict[str, int]]] = {}
         if restored is not None:
             for source_id, offsets in restored.sources.items():
                 positions[source_id] = dict(offsets.get("positions", {}))
                 finished[source_id] = set(offsets.get("finished", []))
                 ages[source_id] = {"newest": offsets.get("newest"), "mtimes": offsets.get("mtimes", {}),
                                    "unfinished_floor": offsets.get("unfinished_floor")}
-        self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished, ages=ages)
+                tops[source_id] = checked_tops(offsets.get("split_tops", {}), source_id, restored.id)
+        self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished, ages=ages, tops=tops)
         self.base_finished = {op.id: set(finished.get(op.id, ())) for op in plan.sources}
         self.finished_by: dict[int, dict[str, list[str]]] = {w: {} for w in range(parallelism)}
         # Never reuse an id: a newer checkpoint may exist, damaged or incomplete.
@@ -97,6 +99,15 @@ class JobCoordinator:
     # ------------------------------------------------------------------ from workers
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
         return self.enumerator.next_split(source_id, worker)
+
+    def hand_out(self, source_id: str, worker: int) -> tuple[Split, Any, dict[str, Any]] | str | None:
+        """``next_split`` for a worker's link: the split and its position, with what its
+        watermark needs (:meth:`SplitEnumerator.event_time`), or ``WAIT`` or ``None``."""
+        handed = self.enumerator.next_split(source_id, worker)
+        if not isinstance(handed, tuple):
+            return handed
+        split, position = handed
+        return split, position, self.enumerator.event_time(source_id, split.split_id)
 
     def split_done(self, source_id: str, split_id: str, worker: int) -> None:
         self.enumerator.split_done(source_id, split_id)
@@ -221,9 +232,18 @@ class JobCoordinator:
                                          self.enumerator.positions.get(op.id, {}).items() if split not in finished}
             for ack in acks:
                 positions.update(ack["positions"].get(op.id, {}))
+            # The running maxima of event time of splits in progress (per watermark operator),
+            # kept like their offsets: a restored split is judged on as it would have been.
+            tops: dict[str, dict[str, int]] = {split: dict(by_op) for split, by_op in
+                                               self.enumerator.tops.get(op.id, {}).items() if split not in finished}
+            for ack in acks:
+                for split, by_op in ack.get("split_tops", {}).get(op.id, {}).items():
+                    if split not in finished:
+                        tops.setdefault(split, {}).update(by_op)
             # An age-bounded source (watch) forgets old finished splits: so do checkpoints.
             finished = {split for split in finished if self.enumerator.remembered(op.id, split)}
             state[op.id] = {"finished": sorted(finished), "positions": positions,
+                            **({"split_tops": tops} if tops else {}),
                             **self.enumerator.ages_state(op.id, finished)}
         self._forget()
         return state
@@ -266,3 +286,27 @@ class JobCoordinator:
         for op in self.plan.ops:
             if op.kind == "sink":
                 op.params["sink"].commit(checkpoint_id, staged.get(op.id, []))
+
+
+def checked_tops(value: Any, source_id: str, checkpoint_id: int) -> dict[str, dict[str, int]]:
+    """``split_tops`` of a source as read from a checkpoint: split id -> watermark operator id
+    -> int64 microseconds. Anything else makes the checkpoint unusable (it was written by
+    :meth:`JobCoordinator.sources_state`, so a different shape means damage or tampering)."""
+    problem = None
+    if not isinstance(value, dict):
+        problem = f"a {type(value).__name__}"
+    else:
+        for split, by_op in value.items():
+            if not isinstance(by_op, dict):
+                problem = f"split {split!r} maps to a {type(by_op).__name__}"
+                break
+            for op_id, top in by_op.items():
+                if isinstance(top, bool) or not isinstance(top, int) or not -(2**63) <= top < 2**63:
+                    problem = f"split {split!r}, operator {op_id!r}: {top!r}"
+                    break
+    if problem is not None:
+        msg = (f"checkpoint {checkpoint_id}: the split_tops of source {source_id!r} in its sources are not "
+               f"valid ({problem}); expected {{split id: {{watermark operator: int microseconds}}}}. Restore "
+               f"an older checkpoint, or start over with restore=None")
+        raise CheckpointError(msg)
+    return {split: dict(by_op) for split, by_op in value.items()}

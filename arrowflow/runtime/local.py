@@ -26,8 +26,8 @@ class _DirectLink:
         self.coordinator = coordinator
         self.exit = False
 
-    def next_split(self, source_id: str) -> tuple[Split, Any] | None:
-        return self.coordinator.next_split(source_id, 0)
+    def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None:
+        return self.coordinator.hand_out(source_id, 0)
 
     def split_done(self, source_id: str, split_id: str) -> None:
         self.coordinator.split_done(source_id, split_id, 0)

@@ -32,7 +32,7 @@ from arrowflow.keygroups import key_groups, owner_of
 from arrowflow.plan import MAIN, OpSpec
 from arrowflow.sinks import SinkWriter
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
-from arrowflow.watermarks import IDLE, NO_WATERMARK, Watermark
+from arrowflow.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, Watermark
 
 
 @dataclass
@@ -45,6 +45,8 @@ class RuntimeContext:
     state_files: dict[int, list[StateFile]] = field(default_factory=dict)
     staged: dict[int, dict[str, Any]] = field(default_factory=dict)
     store_specs: dict[str, Any] = field(default_factory=dict)  # name -> encoded StoreSpec
+    # (source id, split id) of the batch a source is emitting, while it is being emitted
+    current_split: tuple[str, str] | None = None
 
     def files_for(self, store: str) -> list[StateFile]:
         return [f for f in self.restore_files if f.store == store]
@@ -62,7 +64,14 @@ class Operator:
     batches while an input aligns. The operator's watermark is the minimum over its inputs
     that have not ended and are not idle; when it advances, :meth:`on_watermark` runs (a
     window fires there) and passes it on.
+
+    Batches from a per-split watermark may carry the internal column :data:`SPLIT_WATERMARK`
+    (each row's split watermark, for the windows downstream); operators that do not pass it
+    on (``keeps_split_watermark`` False: sinks, keyed operators, user functions) never see it.
     """
+
+    #: Passes :data:`SPLIT_WATERMARK` on to a window downstream (else it is dropped on receipt).
+    keeps_split_watermark = False
 
     def __init__(self, spec: OpSpec) -> None:
         self.spec = spec
@@ -94,6 +103,8 @@ class Operator:
         """Called once in the worker before the first batch (after a restore: state loaded here)."""
 
     def receive(self, batch: pl.DataFrame, index: int) -> None:
+        if not self.keeps_split_watermark and SPLIT_WATERMARK in batch.columns:
+            batch = batch.drop(SPLIT_WATERMARK)
         if self.aligning is not None and index in self.aligned:
             self.held.append((batch, index))
             return
@@ -315,17 +326,46 @@ def _checked_function(step: dict[str, Any]) -> Callable[[pl.DataFrame], pl.DataF
 
 
 class ChainOp(Operator):
-    """Fused stateless operators."""
+    """Fused stateless operators.
+
+    Filters and ``with_columns`` keep each row's :data:`SPLIT_WATERMARK` with it. A ``select``
+    that keeps the row count gets it back row by row; after a ``map_batches`` (which may
+    reorder rows) or a ``select`` that changes the count, every row gets the batch's lowest
+    (the split watermark of its first row: conservative, never later than a row's own).
+    """
+
+    keeps_split_watermark = True
 
     def __init__(self, spec: OpSpec) -> None:
         super().__init__(spec)
-        self.run = _compile_steps(spec.params["steps"])
+        steps = spec.params["steps"]
+        self.run = _compile_steps(steps)
+        self.keeps_rows = all(step["kind"] in ("filter", "with_columns") for step in steps)
+        self.stepwise = [(step["kind"], _compile_steps([step])) for step in steps]
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
-        self.emit(self.run(batch))
+        if self.keeps_rows or SPLIT_WATERMARK not in batch.columns:
+            self.emit(self.run(batch))
+        else:
+            self.emit(self._run_with_split_watermark(batch))
+
+    def _run_with_split_watermark(self, frame: pl.DataFrame) -> pl.DataFrame:
+        for kind, run in self.stepwise:
+            if kind in ("filter", "with_columns"):
+                frame = run(frame)
+                continue
+            marks = frame.get_column(SPLIT_WATERMARK)
+            out = run(frame.drop(SPLIT_WATERMARK))
+            if kind == "select" and out.height == frame.height:
+                frame = out.with_columns(marks)
+            else:
+                frame = out.with_columns(pl.lit(marks.min(), dtype=pl.Int64).alias(SPLIT_WATERMARK))
+        return frame
 
 
 class UnionOp(Operator):
+    keeps_split_watermark = True
+
     def process(self, batch: pl.DataFrame, index: int) -> None:
         self.emit(batch)
 
@@ -352,6 +392,8 @@ class ExchangeOp(Operator):
         self.transport: Any = None
 
     def receive(self, batch: pl.DataFrame, index: int) -> None:
+        if not self.keeps_split_watermark and SPLIT_WATERMARK in batch.columns:
+            batch = batch.drop(SPLIT_WATERMARK)
         self.rows_in += batch.height
         self.batches_in += 1
         if self.parallelism == 1:

@@ -184,7 +184,7 @@ class _PipeLink:
         self.conn = conn
         self.commands: list[tuple[Any, ...]] = []
 
-    def next_split(self, source_id: str) -> tuple[Split, Any] | None:
+    def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None:
         self.conn.send(("next_split", source_id))
         while True:
             message = self.conn.recv()
@@ -500,7 +500,7 @@ class _Pool:
                 return final
             kind = message[0]
             if kind == "next_split":
-                self._send(conn, ("split", job.next_split(message[1], index)))
+                self._send(conn, ("split", job.hand_out(message[1], index)))
             elif kind == "split_done":
                 job.split_done(message[1], message[2], index)
             elif kind == "rows":

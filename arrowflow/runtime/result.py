@@ -25,6 +25,9 @@ class RunResult:
     #: What the run did that its counts do not show (it resumed from a final checkpoint…), one
     #: sentence each; the CLI prints them under the summary.
     notes: list[str] = field(default_factory=list)
+    #: Output the restore removed because checkpoints after the restored one had committed it
+    #: (arrowflow.sinks.RolledBack: sink, checkpoint, what, count, epochs), one per sink and attempt.
+    rolled_back: list[Any] = field(default_factory=list)
 
     def metrics(self) -> pl.DataFrame:
         """Per-operator counts summed over workers: rows in and out, batches, malformed."""
@@ -65,5 +68,10 @@ class RunResult:
         return (
             f"RunResult(flow={self.flow!r}, workers={self.workers}, rows_in={self.rows_in:,}, "
             f"rows_out={self.rows_out:,}, malformed={self.malformed:,}, elapsed={self.elapsed_s:.3f}s, "
-            f"rate={rate:,.0f} rows/s, restarts={self.restarts})"
+            f"rate={rate:,.0f} rows/s, restarts={self.restarts}"
+            + (f", rolled_back={self.rolled_back_summary()!r}" if self.rolled_back else "") + ")"
         )
+
+    def rolled_back_summary(self) -> str:
+        """One line per sink and restore that removed output of later checkpoints."""
+        return "; ".join(str(item) for item in self.rolled_back)

@@ -1,8 +1,11 @@
 """Runtime operators for event time: the watermark generator and the window aggregations.
 
-**WatermarkOp** passes batches through and, after each one, sends ``max(ts seen) - delay``
-(microseconds) downstream when it advanced; with an idle timeout it sends ``IDLE`` once no
-data came for that long (see :mod:`arrowflow.watermarks`).
+**WatermarkOp** passes batches through and sends its watermark (microseconds) downstream when
+it advanced. Per split (when it sees its sources directly): it keeps each split's running
+maximum, adds each row's split watermark (:data:`SPLIT_WATERMARK`) for the windows, and
+sends the minimum over its sources' floors and splits in progress; otherwise, per worker,
+``max(ts seen) - delay``. With an idle timeout it sends ``IDLE`` once no data came for that
+long (see :mod:`arrowflow.watermarks`, which has the design and why it is deterministic).
 
 **WindowOp** (tumbling and sliding) keeps, per (keys, window_start):
 
@@ -16,13 +19,16 @@ data came for that long (see :mod:`arrowflow.watermarks`).
 
 On a watermark ``w``, the windows with ``end + allowed_lateness <= w`` fire: from the buffer
 by a filter, from the store by a get and a delete of exactly the due keys; their rows are
-emitted, then ``w`` is passed on. An arriving event whose window has already fired that way
-goes to the ``late`` port instead. At the end of the input everything fires.
+emitted, then ``w`` is passed on. An arriving event whose window is at or behind its row's
+split watermark, or has already fired that way, goes to the ``late`` port instead. At the
+end of the input everything fires.
 
 **SessionWindowOp** merges each batch's sessions (per key, sorted by time, split where the
 gap to the previous event is at least ``gap``) with the stored sessions of the same keys
 whose intervals overlap, all with vectorized sorts and cumulative maxima; it writes through
-to the store on every batch (sessions are rarer than tumbling windows in the hot path).
+to the store on every batch (sessions are rarer than tumbling windows in the hot path). A
+session fires once the watermark passes its end + lateness + ``gap``: a row that is not late
+then can never touch a fired session, so which sessions form does not depend on timing.
 
 Checkpoints write, per worker, the store through the backend, the write buffer as it is
 (one Arrow IPC file, store ``<op>/buffer``, with the key group of every row: a checkpoint
@@ -65,7 +71,7 @@ from arrowflow.state import (
     read_ipc_bytes,
     read_verified,
 )
-from arrowflow.watermarks import IDLE, NO_WATERMARK, to_micros
+from arrowflow.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, to_micros
 from arrowflow.windows import WINDOW_END, WINDOW_START, WindowAgg
 
 #: Buffered window rows (one per open window) merged into the store once exceeded.
@@ -87,8 +93,34 @@ def make_event_time_op(spec: OpSpec, backend: StateBackend, key_range: range, co
     return WindowOp(spec, backend, key_range, context)
 
 
+class _SplitClock:
+    """Event time of one split in progress on this worker (see :mod:`arrowflow.watermarks`)."""
+
+    __slots__ = ("last_data", "lower", "top")
+
+    def __init__(self, lower: int | None, top: int | None) -> None:
+        self.lower = lower  # a bound below every event time of the split, when known
+        self.top = top  # the running maximum of its event times so far (microseconds)
+        self.last_data = time.monotonic()
+
+
+class _SourceTrack:
+    """One upstream source of a per-split watermark: its floor and its splits in progress here."""
+
+    __slots__ = ("bounded", "floor", "splits")
+
+    def __init__(self, bounded: bool) -> None:
+        self.bounded = bounded
+        # Until the source's first answer (a split, or "wait" for an unbounded one), anything
+        # may still come.
+        self.floor = NO_WATERMARK
+        self.splits: dict[str, _SplitClock] = {}
+
+
 class WatermarkOp(Operator):
-    """Bounded out-of-orderness: after each batch, ``max(ts) - delay`` if that advanced."""
+    """Bounded out-of-orderness, per split when it sees its sources directly (the worker
+    calls :meth:`track_splits`), else per worker: after each batch, ``max(ts) - delay`` if
+    that advanced."""
 
     def __init__(self, spec: OpSpec) -> None:
         super().__init__(spec)
@@ -99,7 +131,95 @@ class WatermarkOp(Operator):
         self.idle_timeout_s = None if idle is None else idle / 1000
         self.last_data = time.monotonic()
         self.went_idle = 0
+        self.tracks: dict[str, _SourceTrack] | None = None  # per-split mode: upstream sources
+        self.attach = False  # per-split mode: a window downstream reads SPLIT_WATERMARK
 
+    # ------------------------------------------------------------------ per-split mode
+    def track_splits(self, sources: dict[str, bool], *, attach: bool) -> None:
+        """Keep per-split watermarks over ``sources`` (id -> bounded); ``attach``: add the
+        per-row split watermark to each batch for the windows downstream."""
+        self.tracks = {source_id: _SourceTrack(bounded) for source_id, bounded in sources.items()}
+        self.attach = attach
+
+    def split_opened(self, source_id: str, split_id: str, event_time: dict[str, Any]) -> None:
+        """The source was handed ``split_id`` (with the coordinator's ``event_time`` for it)."""
+        assert self.tracks is not None
+        track = self.tracks[source_id]
+        track.floor = int(event_time["floor"])
+        lower = event_time.get("lower") if track.bounded else None
+        track.splits[split_id] = _SplitClock(lower, event_time.get("tops", {}).get(self.id))
+        self.advance()
+
+    def split_closed(self, source_id: str, split_id: str) -> None:
+        assert self.tracks is not None
+        self.tracks[source_id].splits.pop(split_id, None)
+        self.advance()
+
+    def source_waiting(self, source_id: str) -> None:
+        """An unbounded source has nothing to hand this worker now: no pending split holds
+        event time back here (a split found later counts once it is handed out)."""
+        assert self.tracks is not None
+        self.tracks[source_id].floor = IDLE
+        self.advance()
+
+    def source_drained(self, source_id: str) -> None:
+        """The source has no split left for anyone: it no longer holds event time back."""
+        assert self.tracks is not None
+        track = self.tracks[source_id]
+        track.floor = IDLE
+        track.splits.clear()
+        self.advance()
+
+    def split_tops(self) -> dict[str, dict[str, int]]:
+        """For a checkpoint: source -> split in progress -> its running maximum."""
+        return {source_id: {split_id: clock.top for split_id, clock in track.splits.items() if clock.top is not None}
+                for source_id, track in (self.tracks or {}).items() if track.splits}
+
+    def _idle_split(self, track: _SourceTrack, clock: _SplitClock, now: float) -> bool:
+        return (not track.bounded and self.idle_timeout_s is not None
+                and now - clock.last_data >= self.idle_timeout_s)
+
+    def advance(self) -> None:
+        """Forward the minimum over the sources' floors and their splits' contributions here
+        (``max(lower, top - delay)``), if it rose."""
+        assert self.tracks is not None
+        value, now = IDLE, time.monotonic()
+        idle_reached = NO_WATERMARK
+        for track in self.tracks.values():
+            value = min(value, track.floor)
+            for clock in track.splits.values():
+                lower = NO_WATERMARK if clock.lower is None else clock.lower
+                reached = max(lower, NO_WATERMARK if clock.top is None else clock.top - self.delay_us)
+                if self._idle_split(track, clock, now):
+                    idle_reached = max(idle_reached, reached)
+                else:
+                    value = min(value, reached)
+        if value == IDLE:
+            # Only idle splits (if any) are left: as an operator whose inputs are all idle,
+            # advance to the highest they reached, so the windows their last rows closed fire.
+            value = idle_reached if idle_reached != NO_WATERMARK else IDLE
+        if value != IDLE and value > self.watermark:
+            self.watermark = value
+            self.forward_watermark(value)
+
+    def _split_batch(self, batch: pl.DataFrame, clock: _SplitClock) -> pl.DataFrame:
+        """Update the split's running maximum; with ``attach``, add each row's split watermark:
+        the running maximum *before* the row, minus the delay (null before the split's first)."""
+        ts = to_micros(batch.get_column(self.column), self.dtype)
+        top = ts.max()
+        if self.attach:
+            before = ts.cum_max()
+            if before.null_count():
+                before = before.forward_fill()  # a null event time does not reset the maximum
+            before = before.shift(1)
+            if clock.top is not None:
+                before = before.fill_null(clock.top).clip(lower_bound=clock.top)
+            batch = batch.with_columns((before - self.delay_us).alias(SPLIT_WATERMARK))
+        if top is not None and (clock.top is None or top > clock.top):
+            clock.top = int(top)  # type: ignore[arg-type]
+        return batch
+
+    # ------------------------------------------------------------------ both modes
     def open(self) -> None:
         self.last_data = time.monotonic()
 
@@ -113,6 +233,9 @@ class WatermarkOp(Operator):
             self.forward_watermark(IDLE)
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
+        if self.tracks is not None:
+            self._process_split(batch)
+            return
         self.emit(batch)
         if not batch.height:
             return
@@ -126,14 +249,43 @@ class WatermarkOp(Operator):
             self.watermark = int(top) - self.delay_us
             self.forward_watermark(self.watermark)
 
+    def _process_split(self, batch: pl.DataFrame) -> None:
+        assert self.tracks is not None
+        current = self.context.current_split
+        track = self.tracks.get(current[0]) if current is not None else None
+        clock = track.splits.get(current[1]) if track is not None and current is not None else None
+        if clock is None:
+            # Not a batch of a tracked split (cannot happen on the direct path this mode is
+            # chosen for): pass it on without letting it move event time.
+            self.emit(batch)
+            return
+        if batch.height:
+            batch = self._split_batch(batch, clock)
+            clock.last_data = self.last_data = time.monotonic()
+            if self.idle:
+                self.idle = False
+                if self.watermark != NO_WATERMARK:
+                    self.forward_watermark(self.watermark)  # active again
+        self.emit(batch)
+        self.advance()
+
     def tick(self) -> None:
-        """Called by the worker loop: go idle after ``idle_timeout`` without data."""
+        """Called by the worker loop: go idle after ``idle_timeout`` without data (per split
+        of an unbounded source in per-split mode)."""
         if self.idle_timeout_s is None or self.idle or self.finished:
             return
-        if time.monotonic() - self.last_data >= self.idle_timeout_s:
-            self.idle = True
-            self.went_idle += 1
-            self.forward_watermark(IDLE)
+        now = time.monotonic()
+        if self.tracks is not None:
+            self.advance()  # an idle split no longer holds the others back
+            clocks = [(t, c) for t in self.tracks.values() for c in t.splits.values()]
+            bounded = any(t.bounded and (t.floor != IDLE or t.splits) for t in self.tracks.values())
+            if bounded or not clocks or not all(self._idle_split(t, c, now) for t, c in clocks):
+                return
+        elif now - self.last_data < self.idle_timeout_s:
+            return
+        self.idle = True
+        self.went_idle += 1
+        self.forward_watermark(IDLE)
 
     def metrics(self) -> dict[str, Any]:
         data = super().metrics()
@@ -144,6 +296,8 @@ class WatermarkOp(Operator):
 
 class _WindowBase(Operator):
     """Store, index of stored windows with their ends, watermark persistence, firing."""
+
+    keeps_split_watermark = True  # it decides lateness with it
 
     def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
         super().__init__(spec)
@@ -251,10 +405,31 @@ class _WindowBase(Operator):
         if not late.height:
             return
         self.late_rows += late.height
+        if not self.outputs.get("late"):
+            # Nobody reads ``late``: the plan pruned the columns only it needs; just count.
+            self.emit(late, "late")
+            return
         dtype = self.window.dtype
         self.emit(late.with_columns(pl.col(START).cast(dtype).alias(WINDOW_START),
                                     pl.col(END).cast(dtype).alias(WINDOW_END))
                   .select(self.window.late_schema.names()), "late")
+
+    def split_late_rows(self, frame: pl.DataFrame, end: pl.Expr,
+                        fired: pl.Expr | None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+        """(late rows, the others) of ``frame``, or None when none is late. A row is late when
+        its window ``end`` + allowed lateness is at or behind its split watermark
+        (:data:`SPLIT_WATERMARK`, microseconds), or when ``fired`` (its window already fired
+        here). One pass for the mask; the frame is split only when some row is late."""
+        conditions = [] if fired is None else [fired]
+        if SPLIT_WATERMARK in frame.columns:
+            split_limit = pl.col(SPLIT_WATERMARK) * self.window.per_ms // 1000  # in the column's unit
+            conditions.append(end + self.window.lateness <= split_limit)
+        if not conditions:
+            return None
+        mask = frame.select(pl.any_horizontal(conditions).fill_null(False)).to_series()
+        if not mask.any():
+            return None
+        return frame.filter(mask), frame.filter(~mask)
 
     def fire(self, limit: int | None) -> None:
         raise NotImplementedError
@@ -361,14 +536,19 @@ class WindowOp(_WindowBase):
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         assigned = self.window.assign(batch)
+        # Late: the window is behind the row's split watermark (its end + lateness at or
+        # behind it), or it already fired here (on bounded input with per-split watermarks
+        # the first implies the second; see arrowflow.watermarks).
+        fired = None
         if self.watermark != NO_WATERMARK:
-            # Late: the window already fired (its end + lateness is at or behind the watermark).
             limit = self.window.to_units(self.watermark) - self.window.size - self.window.lateness
-            is_late = pl.col(START) <= limit
-            late = assigned.filter(is_late)
-            if late.height:
-                self.emit_late(late.with_columns((pl.col(START) + self.window.size).alias(END)))
-                assigned = assigned.filter(~is_late)
+            fired = pl.col(START) <= limit
+        late = self.split_late_rows(assigned, pl.col(START) + self.window.size, fired)
+        if late is not None:
+            rows, assigned = late
+            self.emit_late(rows.with_columns((pl.col(START) + self.window.size).alias(END)))
+        if SPLIT_WATERMARK in assigned.columns:
+            assigned = assigned.drop(SPLIT_WATERMARK)
         if not assigned.height:
             return
         self._buffer(self._partial(assigned))
@@ -496,13 +676,16 @@ class SessionWindowOp(_WindowBase):
         window, keys = self.window, self.user_keys
         ts = pl.col(window.time_column).to_physical()
         frame = batch
+        fired = None
         if self.watermark != NO_WATERMARK:
             limit = window.to_units(self.watermark) - window.gap - window.lateness
-            is_late = ts <= limit
-            late = frame.filter(is_late)
-            if late.height:
-                self.emit_late(late.with_columns(ts.alias(START), (ts + window.gap).alias(END)))
-                frame = frame.filter(~is_late)
+            fired = ts <= limit
+        late = self.split_late_rows(frame, ts + window.gap, fired)
+        if late is not None:
+            rows, frame = late
+            self.emit_late(rows.with_columns(ts.alias(START), (ts + window.gap).alias(END)))
+        if SPLIT_WATERMARK in frame.columns:
+            frame = frame.drop(SPLIT_WATERMARK)
         if not frame.height:
             return
         ordered = frame.sort([*keys, window.time_column])
@@ -542,5 +725,10 @@ class SessionWindowOp(_WindowBase):
         self.index = pl.concat([self.index, merged.select([*self.keys, END])], how="vertical")
 
     def fire(self, limit: int | None) -> None:
-        for frame in self.take_due(None if limit is None else limit - self.window.lateness):
+        # A gap later than the session's end + lateness: a row that is not late (its ts + gap
+        # + lateness beyond its split watermark, which is at or above this watermark) then
+        # lies at or after the end of every fired session, so it can never touch one, and
+        # which sessions form does not depend on when the watermark came.
+        due = None if limit is None else limit - self.window.lateness - self.window.gap
+        for frame in self.take_due(due):
             self.emit_fired(frame.select([*self.keys, *self.window.state_schema.names()]))

@@ -4,8 +4,9 @@ The same class runs inside the calling process (the in-process executor) and ins
 pool process. It keeps no state of its own beyond its operators; it talks to the outside
 through two small objects:
 
-- ``link`` (to the coordinator): ``next_split(source_id)`` hands out the next split (and
-  the position to resume it from) or ``None`` when the source has no more;
+- ``link`` (to the coordinator): ``next_split(source_id)`` hands out the next split (with
+  the position to resume it from and what a per-split watermark needs: its event-time bound,
+  the source's floor, its restored running maxima) or ``None`` when the source has no more;
   ``split_done(source_id, split_id)`` reports one finished; ``rows(n)`` reports progress;
   ``poll_command(timeout)`` returns the coordinator's next command (``("checkpoint", n)``
   or ``("exit",)``); ``ack(n, payload)`` and ``finished()`` answer it; ``metrics(rows)``
@@ -49,11 +50,11 @@ from arrowflow.runtime.operators import (
 )
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
-from arrowflow.watermarks import IDLE, NO_WATERMARK
+from arrowflow.watermarks import IDLE, NO_WATERMARK, split_watermark_inputs
 
 
 class CoordinatorLink(Protocol):
-    def next_split(self, source_id: str) -> tuple[Split, Any] | None: ...
+    def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None: ...
 
     def split_done(self, source_id: str, split_id: str) -> None: ...
 
@@ -94,6 +95,8 @@ class SourceOp(Operator):
         self.exhausted = False
         self.malformed_rows = 0
         self.retry_at = 0.0
+        # Watermark operators that keep per-split watermarks over this source's batches.
+        self.clocks: list[Any] = []
 
     def step(self) -> bool:
         """Read and push one batch. Returns False when there was nothing to do."""
@@ -105,6 +108,8 @@ class SourceOp(Operator):
             handed = self.link.next_split(self.id)
             if handed == WAIT:  # an unbounded source with nothing new: ask again later
                 self.retry_at = time.monotonic() + 0.05
+                for clock in self.clocks:
+                    clock.source_waiting(self.id)
                 if not self.idle:
                     # No split to read (as in Flink, a reader without splits is idle): event
                     # time downstream must not wait for this worker's watermark.
@@ -112,11 +117,15 @@ class SourceOp(Operator):
                     self.forward_watermark(IDLE)
                 return False
             if handed is None:
+                for clock in self.clocks:
+                    clock.source_drained(self.id)
                 self.exhausted = True
                 self.finished = True
                 self.end_outputs()
                 return True
-            self.split, position = handed
+            self.split, position, event_time = handed
+            for clock in self.clocks:
+                clock.split_opened(self.id, self.split.split_id, event_time)
             if self.idle:  # a split to read again: no longer idle (resets the operators between)
                 self.idle = False
                 self.forward_watermark(NO_WATERMARK)
@@ -130,6 +139,8 @@ class SourceOp(Operator):
         except StopIteration:
             self._close_reader()
             assert self.split is not None
+            for clock in self.clocks:
+                clock.split_closed(self.id, self.split.split_id)
             self.link.split_done(self.id, self.split.split_id)
             self.positions.pop(self.split.split_id, None)
             self.split = None
@@ -145,7 +156,13 @@ class SourceOp(Operator):
         if item.data is not None:
             self.rows_in += item.data.height
             self.batches_in += 1
-            self.emit(item.data)
+            # Operators downstream run synchronously up to the next exchange: a per-split
+            # watermark learns here which split the batch belongs to.
+            self.context.current_split = (self.id, self.split.split_id)
+            try:
+                self.emit(item.data)
+            finally:
+                self.context.current_split = None
             return True
         return item.malformed is not None
 
@@ -185,6 +202,7 @@ class Worker:
         self.link = link
         self.pending: int | None = None
         self.positions: dict[str, dict[str, Any]] = {}
+        self.split_tops: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
         self.rows_unreported = 0
         self.last_rows_report = time.monotonic()
         self.last_metrics_report = 0.0
@@ -229,6 +247,7 @@ class Worker:
         self.context = runtime_context or RuntimeContext()
         for op in self.ops.values():
             op.context = self.context
+        self.clocks = self._wire_split_watermarks(plan)
         # Operators that act on the passing of time without data (a watermark that goes idle).
         self.timed = [op for op in self.ops.values() if hasattr(op, "tick")]
         # Sink writers that talk to the coordinator on their own (live-results taps) or end
@@ -238,6 +257,33 @@ class Worker:
             if isinstance(op, SinkOp) and hasattr(op.writer, "bind"):
                 op.writer.bind(_Publisher(link, op.id))
                 self.live_writers.append(op.writer)
+
+    def _wire_split_watermarks(self, plan: Plan) -> list[Any]:
+        """Tell each watermark operator that sees its sources directly which they are (it then
+        keeps per-split watermarks, :mod:`arrowflow.watermarks`), and each source its clocks."""
+        consumers: dict[str, list[str]] = {}
+        for spec in plan.ops:
+            for edge in spec.inputs:
+                consumers.setdefault(edge.op, []).append(spec.id)
+        kinds = {spec.id: spec.kind for spec in plan.ops}
+        for spec in plan.ops:  # an exchange in front of a window ships the split watermark along
+            if spec.kind == "exchange" and any(kinds[c] == "window" for c in consumers.get(spec.id, [])):
+                self.ops[spec.id].keeps_split_watermark = True
+        clocks = []
+        for op_id, sources in split_watermark_inputs(plan).items():
+            reach, pending = set(), list(consumers.get(op_id, []))
+            while pending:  # is a window downstream? only then is the split watermark attached
+                node = pending.pop()
+                if node not in reach:
+                    reach.add(node)
+                    pending.extend(consumers.get(node, []))
+            clock = self.ops[op_id]
+            clock.track_splits({s: self.ops[s].source.bounded for s in sources},  # type: ignore[attr-defined]
+                               attach=any(kinds[n] == "window" for n in reach))
+            for source_id in sources:
+                self.ops[source_id].clocks.append(clock)  # type: ignore[attr-defined]
+            clocks.append(clock)
+        return clocks
 
     def stop_requested(self) -> bool:
         """A writer has all it needs (``collect(limit=n)`` has its n rows): end the run now."""
@@ -320,6 +366,12 @@ class Worker:
         self._report_rows(force=True)
         self.pending = checkpoint_id
         self.positions[str(checkpoint_id)] = {s.id: s.current_positions() for s in self.sources}
+        tops: dict[str, dict[str, dict[str, int]]] = {}
+        for clock in self.clocks:
+            for source_id, by_split in clock.split_tops().items():
+                for split_id, top in by_split.items():
+                    tops.setdefault(source_id, {}).setdefault(split_id, {})[clock.id] = top
+        self.split_tops[str(checkpoint_id)] = tops
         for source in self.sources:
             source.checkpointed = checkpoint_id
             if not source.exhausted:
@@ -340,6 +392,7 @@ class Worker:
         self.pending = None
         self.link.ack(checkpoint_id, {
             "positions": self.positions.pop(str(checkpoint_id)),
+            "split_tops": self.split_tops.pop(str(checkpoint_id), {}),
             "state": [f.to_json() for f in files],
             "staged": staged,
             "stores": dict(self.context.store_specs),

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -66,7 +67,9 @@ def read_table(url: str, table: str) -> pl.DataFrame:
     quoted = '"' + table.replace('"', '""') + '"'
     with connect(url) as connection, connection.cursor() as cursor:
         cursor.execute(f"SELECT * FROM {quoted}")
-        return pl.from_arrow(cursor.fetch_arrow_table())
+        frame = pl.from_arrow(cursor.fetch_arrow_table())
+    # write_database's bookkeeping columns (which sink and checkpoint committed a row) are not data.
+    return frame.drop([c for c in frame.columns if c in ("_af_sink", "_af_epoch")])
 
 
 def sorted_by(frame: pl.DataFrame, *keys: str) -> pl.DataFrame:
@@ -315,3 +318,74 @@ def test_workers_opening_one_sqlite_database_at_once_wait_for_each_other(tmp_pat
         for thread in threads:
             thread.join()
     assert not failures, failures[0]
+
+
+# ---------------------------------------------------------------------------- rollback to a checkpoint
+
+def test_rollback_removes_this_jobs_rows_of_later_checkpoints(db: str) -> None:
+    from arrowflow.sinks import JobIdentity
+
+    table = table_name("rollback")
+    # Another job appended to the table earlier, with the same sink name: its rows stay.
+    other = DatabaseSink(db, table=table)
+    other.validate(EVENTS.schema, "sink")
+    other.attach(JobIdentity("0000aaaa", 1, True))
+    other.begin()
+    writer = other.open_writer(0, 1, "sink")
+    writer.write(EVENTS.slice(2000, 500))
+    other.commit(5, [writer.prepare_commit(5)])
+    writer.close()
+
+    sink = DatabaseSink(db, table=table)
+    sink.validate(EVENTS.schema, "sink")
+    sink.attach(JobIdentity("0000bbbb", 1, True))
+    sink.begin()
+    writer = sink.open_writer(0, 1, "sink")
+    chunks = [EVENTS.slice(0, 300), EVENTS.slice(300, 200), EVENTS.slice(500, 400), EVENTS.slice(900, 100)]
+    for checkpoint_id, chunk in enumerate(chunks, start=1):
+        writer.write(chunk)
+        sink.commit(checkpoint_id, [writer.prepare_commit(checkpoint_id)])
+    writer.close()
+    # Restore from 2 with 3 and 4 committed (their manifests damaged): their 500 rows go.
+    sink.commit(2, [])
+    sink.recover(2)
+    done = sink.rollback(2)
+    assert (done.count, done.epochs, done.what) == (500, [3, 4], "rows")
+    expected = pl.concat([EVENTS.slice(2000, 500), EVENTS.slice(0, 500)])
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), sorted_by(expected, "event_id"))
+    assert sink.rollback(2).count == 0  # idempotent
+    assert sorted(r[0] for r in sql(db, "SELECT checkpoint_id FROM _arrowflow_commits WHERE sink = 'sink'")) == [1, 2]
+
+
+def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db: str) -> None:
+    from arrowflow.sinks import JobIdentity
+
+    table = table_name("rollback_upsert")
+    sink = DatabaseSink(db, table=table, mode="upsert", key=["user_id"])
+    schema = pl.Schema({"user_id": pl.Int64, "total": pl.Float64})
+    sink.validate(schema, "sink")
+    sink.attach(JobIdentity("0000cccc", 1, True, keep=3))
+    sink.begin()
+    rng = np.random.default_rng(7)
+    states = []  # the table polars says each checkpoint leaves
+    current = pl.DataFrame(schema=schema)
+    writer = sink.open_writer(0, 1, "sink")
+    for checkpoint_id in range(1, 6):
+        users = rng.choice(60, size=25, replace=False)
+        update = pl.DataFrame({"user_id": users, "total": rng.normal(size=25).round(3)}, schema=schema)
+        writer.write(update)
+        sink.commit(checkpoint_id, [writer.prepare_commit(checkpoint_id)])
+        current = pl.concat([current.filter(~pl.col("user_id").is_in(update["user_id"].implode())), update])
+        states.append(current)
+    writer.close()
+    assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[4], "user_id"))
+    # keep=3: checkpoints 3, 4, 5 can be restored. Back to 3: the values of 3 come back exactly,
+    # keys that 4 and 5 inserted go.
+    done = sink.rollback(3)
+    assert done.epochs == [4, 5]
+    assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[2], "user_id"))
+    # Before-images before checkpoint 3 are no longer kept: going further back is refused.
+    with pytest.raises(SinkError, match=r"cannot roll the table .* back to checkpoint 1.*kept only back to "
+                                        r"checkpoint 3.*restore=None and mode='overwrite'"):
+        sink.rollback(1)
+    assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[2], "user_id"))

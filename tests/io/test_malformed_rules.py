@@ -13,13 +13,14 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import arrowflow as af
-from arrowflow.testing import collect_all
+from arrowflow.testing import assert_frame_equal_unordered, collect_all
 
 SCHEMA = pl.Schema({"id": pl.Int64, "qty": pl.Int64, "price": pl.Float64, "name": pl.String, "day": pl.Date})
 HEADER = "id,qty,price,name,day"
@@ -397,3 +398,30 @@ def test_nesting_depth_equals_the_structures_depth(value: object, limit: int) ->
 
     depth = _depth(value)
     assert nesting_depth(json.dumps(value).encode(), limit) == (depth if depth > limit else None)
+
+
+def test_corrupt_parquet_files_are_skipped_under_an_event_time_window(tmp_path: Path, workers: int) -> None:
+    """A Parquet file skipped as corrupt at plan time has no footer to bound its split's event
+    time: the watermark's split bounds pass it over (reading its footer failed the plan), and
+    the windows over the good files equal polars'."""
+    from datetime import datetime
+
+    rng = np.random.default_rng(11)
+    frames = []
+    for number in range(3):
+        n = 3_000
+        ts = pl.datetime_range(datetime(2024, 1, 1), datetime(2024, 1, 1, 1), "1s", eager=True)
+        frame = pl.DataFrame({"ts": ts.sample(n, seed=number).sort(), "k": rng.integers(0, 5, n)})
+        frame.write_parquet(tmp_path / f"p{number}.parquet", row_group_size=1_000)
+        frames.append(frame)
+    (tmp_path / "p9.parquet").write_bytes(b"PAR1 not a parquet file")
+    flow = af.Flow("corrupt-windows")
+    events = flow.read_parquet(str(tmp_path / "*.parquet"), on_corrupt_file="skip")
+    windows = events.with_watermark("ts", delay="5s").key_by("k").window(af.tumbling("10m")).agg(n=pl.len())
+    got, bad, late = collect_all(windows, events.side_output("malformed"), windows.side_output("late"),
+                                 workers=workers)
+    assert late.height == 0  # each file is sorted by time: nothing is late within its own split
+    expected = (pl.concat(frames).group_by("k", pl.col("ts").dt.truncate("10m").alias("window_start"))
+                .agg(n=pl.len()))
+    assert_frame_equal_unordered(got.select("k", "window_start", "n"), expected, check_dtypes=False)
+    assert bad["file"].to_list() == [str(tmp_path / "p9.parquet")]

@@ -120,22 +120,49 @@ def test_writer_flushed_early_names_the_next_checkpoint(tmp_path: Path) -> None:
     assert all(n.startswith("part-00000008-0003-") and n.endswith(".ndjson") for n in names)
 
 
-def test_mode_overwrite_replaces_visible_files_only(tmp_path: Path) -> None:
+def test_mode_overwrite_replaces_only_part_files(tmp_path: Path, same_rows) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.parquet").write_bytes(b"old")
-    (out / "sub").mkdir()
-    (out / "sub" / "old2.parquet").write_bytes(b"old")
+    first = af.Flow("over")
+    first.from_polars(FRAME.slice(0, 4), splits=2).write_parquet(str(out), rows_per_file=1)
+    first.run(workers=0)
+    old_parts = visible(out)
+    assert len(old_parts) == 4
     (out / "_SUCCESS").write_bytes(b"")
-    (out / ".staging").mkdir()
+    (out / ".staging").mkdir(exist_ok=True)
     (out / ".staging" / "part-00000009-0000-00000-deadbeef.parquet").write_bytes(b"left by a dead run")
+    # Part files of another file sink format are of the family too.
+    (out / "part-00000003-0001-00000-0123abcd.csv").write_text("k\n1\n")
     flow = af.Flow("over")
     flow.from_polars(FRAME).write_parquet(str(out))
     flow.run(workers=0)
     names = visible(out)
-    assert len(names) == 1 and names[0].startswith("part-00000001-")
+    assert len(names) == 1 and names[0].startswith("part-00000001-") and names[0] not in old_parts
+    same_rows(read_committed(out), FRAME)
     assert (out / "_SUCCESS").exists()
     assert staged(out) == []
+
+
+def test_mode_overwrite_refuses_a_folder_holding_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = af.Flow("mine")
+    first.from_polars(FRAME).write_parquet(str(out))
+    first.run(workers=0)
+    mine = visible(out)
+    (out / "notes.txt").write_text("my notes")
+    old = FRAME.slice(0, 3)
+    old.write_parquet(out / "old.parquet")
+    (out / "sub").mkdir()
+    (out / "sub" / "part-00000001-0000-00000-deadbeef.parquet").write_bytes(b"not at the top")
+    flow = af.Flow("over")
+    flow.from_polars(FRAME.slice(3)).write_parquet(str(out))  # mode="overwrite" by default
+    with pytest.raises(SinkError, match=r"holds 3 files that no arrowflow file sink wrote .*'notes\.txt'.*"
+                                        r"'old\.parquet'.*mode='append'") as caught:
+        flow.run(workers=0)
+    assert "sub/part-00000001" in str(caught.value)
+    # Nothing was deleted or written: the user's files, and the earlier part files, are all there.
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert pl.read_parquet(out / "old.parquet").equals(old)
+    assert visible(out) == sorted([*mine, "notes.txt", "old.parquet", "sub/part-00000001-0000-00000-deadbeef.parquet"])
 
 
 def test_mode_append_keeps_and_adds(tmp_path: Path, same_rows) -> None:
@@ -161,7 +188,7 @@ def test_a_file_where_the_directory_should_be(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("x")
     flow = af.Flow("file")
     flow.from_polars(FRAME).write_parquet(str(tmp_path / "out"))
-    with pytest.raises(SinkError, match="is a file, not a directory"):
+    with pytest.raises(SinkError, match="is a file, not a directory; give a directory"):
         flow.run(workers=0)
 
 

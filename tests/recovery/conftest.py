@@ -36,7 +36,8 @@ JOB = textwrap.dedent('''
                       checkpoint_dir=config["checkpoints"], checkpoint_every=config["every"],
                       batch_size=config["batch_size"], restore="latest")
     print("RESULT", json.dumps({"restored_from": result.restored_from, "checkpoints": result.checkpoints,
-                                "restarts": result.restarts, "rows_in": result.rows_in}), flush=True)
+                                "restarts": result.restarts, "rows_in": result.rows_in,
+                                "rolled_back": [vars(item) for item in result.rolled_back]}), flush=True)
 ''')
 
 
