@@ -9,7 +9,8 @@ sees it:
 1. It is split into tokens by rules stricter than polars' own tokenizer wherever the two
    could disagree about where a literal or a name ends: comments, dollar quotes, prefixed
    literals (``E'…'``, ``X'…'``, ``U&"…"``), backslashes, ``#``, ``@`` and non-ASCII
-   characters outside literals are refused outright. Inside ``'…'`` and ``"…"`` a doubled
+   characters outside literals are refused outright, and so is a number run into a name or
+   a quote (polars reads ``1from t`` as ``1 FROM t`` and ``1e'…'`` as ``1 E'…'``). Inside ``'…'`` and ``"…"`` a doubled
    quote is the only escape, as in polars.
 2. The statement starts with ``SELECT`` or ``WITH`` (or a parenthesis), and there is one.
 3. No name, quoted or not, is called as a function when it reads files (``read_*``,
@@ -20,13 +21,15 @@ sees it:
 
 from __future__ import annotations
 
+import re
 from typing import NoReturn
 
 from arrowflow.errors import CheckpointError
 
 _WORD_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _WORD = _WORD_START | frozenset("0123456789")
-_NUMBER = frozenset("0123456789.eE_xXabcdefABCDEF")
+#: A number as polars' tokenizer reads one: hexadecimal, or digits, a fraction, an exponent.
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
 _SPACE = frozenset(" \t\r\n")
 _PUNCT = frozenset("()*,.+-/%<>=!|&^~:;[]{}")
 _QUOTES = "'\"`"
@@ -73,9 +76,12 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
             tokens.append(("word", sql[i:end].lower()))
             i = end
         elif ch.isascii() and ch.isdigit():
-            end = i
-            while end < n and sql[end] in _NUMBER:
-                end += 1
+            match = _NUMBER.match(sql, i)
+            end = match.end() if match else i + 1
+            if end < n and (sql[end] in _WORD or sql[end] in _QUOTES):
+                # polars ends the number here and reads a name (1from t: FROM t) or a
+                # literal (1e'…': an escaped string) right after it
+                _refuse(f"a number run into a name or a literal at character {i} ({sql[i:end + 1]}…)")
             tokens.append(("number", sql[i:end]))
             i = end
         elif sql.startswith(("--", "/*"), i):

@@ -20,13 +20,15 @@ checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import fsspec
 import polars as pl
@@ -36,6 +38,8 @@ from arrowflow.errors import CheckpointError
 MANIFEST = "_MANIFEST.json"
 SOURCES = "sources.json"
 FORMAT_VERSION = 1
+#: A manifest larger than this is damaged (real ones are kilobytes to a few megabytes).
+MAX_MANIFEST_BYTES = 256 * 2**20
 
 
 def chk_dir(checkpoint_id: int) -> str:
@@ -82,8 +86,85 @@ class Manifest:
             raise CheckpointError(msg)
         body.pop("format", None)
         manifest = cls(**body)
+        manifest.check_types()
         manifest.check_paths()
         return manifest
+
+    def check_types(self) -> None:
+        """Refuse a manifest whose fields have the wrong JSON types or impossible values.
+
+        A checksum recomputed over an edited body verifies; what restores, ``read_state`` and
+        ``list_checkpoints`` then do with a string where a count belongs, a key-group range
+        outside ``[0, max_parallelism)`` or an undecodable store spec would be a raw
+        TypeError, or worse, a restore that goes on with the wrong state. So every field is checked here, before anything acts on it.
+        """
+        def wrong(what: str, value: Any, expected: str) -> NoReturn:
+            msg = f"the manifest's {what} is {value!r:.80}, expected {expected}"
+            raise CheckpointError(msg)
+
+        def count(what: str, value: Any, low: int) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 2**63:
+                wrong(what, value, f"an integer from {low} to 2**63-1")
+            return value
+
+        count("id", self.id, 0)
+        if (not isinstance(self.time, (int, float)) or isinstance(self.time, bool)
+                or not math.isfinite(self.time)):
+            wrong("time", self.time, "a number of seconds")
+        for what in ("flow", "fingerprint"):
+            if not isinstance(getattr(self, what), str):
+                wrong(what, getattr(self, what), "a string")
+        if not isinstance(self.final, bool):
+            wrong("final", self.final, "true or false")
+        count("parallelism", self.parallelism, 1)
+        groups = count("max_parallelism", self.max_parallelism, 1)
+        if not _str_map(self.operators, str):
+            wrong("operators", self.operators, "an object of operator ids to fingerprints")
+        if not _str_map(self.sources, dict):
+            wrong("sources", self.sources, "an object of source ids to offsets")
+        for source, offsets in self.sources.items():
+            finished = offsets.get("finished", [])
+            if not isinstance(finished, list) or not all(isinstance(split, str) for split in finished):
+                wrong(f"finished splits of source {source!r}", finished, "a list of split ids")
+            for key in ("positions", "mtimes"):
+                if not _str_map(offsets.get(key, {}), object):
+                    wrong(f"{key} of source {source!r}", offsets.get(key), "an object keyed by split id")
+        if not _str_map(self.sinks, list):
+            wrong("sinks", self.sinks, "an object of sink ids to lists of staged output")
+        if not isinstance(self.files, list) or not all(isinstance(entry, dict) for entry in self.files):
+            wrong("files", self.files, "a list of objects")
+        for entry in self.files:
+            if not {"path", "size", "sha256"} <= set(entry):
+                wrong("file entry", entry, "an object with path, size and sha256")
+            count(f"size of file {entry['path']!r}", entry["size"], 0)
+            if not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
+                wrong(f"sha256 of file {entry['path']!r}", entry["sha256"], "64 hexadecimal digits")
+        if not _str_map(self.stores, dict):
+            wrong("stores", self.stores, "an object of store names to store specs")
+        for name, spec in self.stores.items():
+            try:
+                decode_spec(spec)
+            except Exception as exc:  # any failure to decode means a damaged spec
+                wrong(f"spec of store {name!r}", spec, f"a store spec that decodes ({type(exc).__name__}: {exc})")
+        from arrowflow.state import StateFile
+
+        keys = {f.name for f in dataclasses.fields(StateFile)}
+        if not isinstance(self.state, list) or not all(isinstance(entry, dict) for entry in self.state):
+            wrong("state", self.state, "a list of objects")
+        for entry in self.state:
+            if set(entry) != keys:
+                wrong("state file entry", entry, f"an object of {', '.join(sorted(keys))}")
+            if not isinstance(entry["store"], str):  # not always in stores: a window's watermark has no spec
+                wrong(f"store of state file {entry['path']!r}", entry["store"], "a store name")
+            key_groups = entry["key_groups"]
+            if (not isinstance(key_groups, list) or len(key_groups) != 2
+                    or not all(isinstance(g, int) and not isinstance(g, bool) for g in key_groups)
+                    or not 0 <= key_groups[0] <= key_groups[1] <= groups):
+                wrong(f"key groups of state file {entry['path']!r}", key_groups,
+                      f"[first, stop) with 0 <= first <= stop <= max_parallelism ({groups})")
+            if not isinstance(entry["format"], str) or not isinstance(entry["extra"], dict):
+                wrong(f"format or extra of state file {entry['path']!r}", entry, "a string format and an object")
+            count(f"size of state file {entry['path']!r}", entry["size"], 0)
 
     def check_paths(self) -> None:
         """Refuse a manifest that names a file outside the layout it belongs to.
@@ -131,6 +212,14 @@ def _check_layout(path: Any, tops: tuple[str, ...], what: str) -> None:
         msg = (f"{what} {path!r} is outside the checkpoint's layout: expected a relative path of plain names "
                f"under {' or '.join(t + '/' for t in tops)}")
         raise CheckpointError(msg)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _str_map(value: Any, kind: type) -> bool:
+    """Whether ``value`` is a JSON object of string keys to values of type ``kind``."""
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items())
 
 
 def _strings(value: Any) -> Any:
@@ -224,7 +313,7 @@ class CheckpointStorage:
         ids = []
         for entry in self.fs.ls(self.root, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("chk-") and name[4:].isdigit():
+            if name.startswith("chk-") and name[4:].isascii() and name[4:].isdigit():  # not '²' or '٣'
                 ids.append(int(name[4:]))
         return sorted(ids, reverse=True)
 
@@ -234,14 +323,16 @@ class CheckpointStorage:
         if verify_files:
             self.refresh()
         try:
-            with self.fs.open(path, "rb") as handle:
-                payload = handle.read()
+            payload = self._read_regular(checkpoint_id, path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             msg = f"checkpoint {checkpoint_id} has no manifest (it never completed)"
             raise CheckpointError(msg) from None
+        if len(payload) > MAX_MANIFEST_BYTES:
+            msg = f"checkpoint {checkpoint_id}: the manifest is damaged (larger than {MAX_MANIFEST_BYTES} bytes)"
+            raise CheckpointError(msg)
         try:
             manifest = Manifest.from_bytes(payload)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             msg = f"checkpoint {checkpoint_id}: the manifest is damaged ({exc})"
             raise CheckpointError(msg) from None
         except CheckpointError as exc:
@@ -259,8 +350,7 @@ class CheckpointStorage:
     def _verify(self, checkpoint_id: int, entry: dict[str, Any]) -> None:
         path = self.path(entry["path"])
         try:
-            with self.fs.open(path, "rb") as handle:
-                payload = handle.read()
+            payload = self._read_regular(checkpoint_id, path, int(entry["size"]))
         except FileNotFoundError:
             msg = f"checkpoint {checkpoint_id}: file {entry['path']!r} is missing"
             raise CheckpointError(msg) from None
@@ -268,6 +358,19 @@ class CheckpointStorage:
             msg = (f"checkpoint {checkpoint_id}: file {entry['path']!r} is damaged "
                    f"({len(payload)} bytes, expected {entry['size']}; checksum mismatch)")
             raise CheckpointError(msg)
+
+    def _read_regular(self, checkpoint_id: int, path: str, limit: int) -> bytes:
+        """At most ``limit + 1`` bytes of ``path``, which must be a regular file, not a symlink:
+        arrowflow writes no symlinks, and one to ``/dev/zero``, a FIFO or a file elsewhere
+        would be read without end, block, or be read as this checkpoint's."""
+        info = self.fs.info(path)
+        if info.get("islink") or info.get("type", "file") != "file":
+            kind = f"a symlink to {info.get('destination')!r}" if info.get("islink") else f"a {info.get('type')!r}"
+            msg = (f"checkpoint {checkpoint_id}: {path!r} is {kind}, not a regular file; a checkpoint folder holds "
+                   f"only the files arrowflow wrote")
+            raise CheckpointError(msg)
+        with self.fs.open(path, "rb") as handle:
+            return handle.read(limit + 1)
 
     def latest(self, *, report: bool = True, min_id: int = 0) -> Manifest | None:
         """The newest checkpoint whose manifest and files verify; damaged ones are reported.
@@ -426,7 +529,8 @@ def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
                                               storage_options=storage_options))
     try:
         return context.execute(sql, eager=True)
-    except pl.exceptions.PolarsError as exc:
+    # A panic of polars (CAST(n AS DECIMAL(99, 99)) asserts) is a BaseException, no PolarsError.
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"state query failed on checkpoint {manifest.id}: {type(exc).__name__}: {reason}"
         raise CheckpointError(msg) from exc

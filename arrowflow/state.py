@@ -218,10 +218,17 @@ def ipc_bytes(frame: pl.DataFrame) -> bytes:
     return sink.getvalue()
 
 
-def read_ipc_bytes(payload: bytes) -> pl.DataFrame:
+def read_ipc_bytes(payload: bytes, what: str = "a state snapshot file") -> pl.DataFrame:
+    """A frame from one Arrow IPC file; a StateError when ``payload`` is none (its checksum
+    matched a manifest that a crafted or buggy writer may have made)."""
     import io as _stdio
 
-    return pl.read_ipc(_stdio.BytesIO(payload))
+    try:
+        return pl.read_ipc(_stdio.BytesIO(payload))
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        msg = (f"{what} is not a readable Arrow IPC file ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+               f"the checkpoint is damaged: restore an older one, or restore=None to start over")
+        raise StateError(msg) from None
 
 
 def read_verified(fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> bytes:

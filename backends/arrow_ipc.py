@@ -164,7 +164,7 @@ class ArrowStore(KeyedStore):
                     f"{state_file.format!r}; it reads Arrow IPC snapshots (the 'memory' and 'arrow' backends)"
                 )
                 raise StateError(msg)
-            frame = read_ipc_bytes(read_verified(fs, root, state_file))
+            frame = read_ipc_bytes(read_verified(fs, root, state_file), f"state file {state_file.path!r}")
             frames.append(frame.filter(pl.col(KEY_GROUP).is_between(start, stop - 1)))
             if last - first == 1:  # a file of exactly one owned group can be referenced again
                 reusable[first] = state_file

@@ -560,7 +560,7 @@ class LmdbStore(KeyedStore):
             self._write(lambda k=keys, v=values: self.env.put(self.entries, *k, *v))
 
     def _restore_arrow(self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> None:
-        frame = read_ipc_bytes(read_verified(fs, root, state_file))
+        frame = read_ipc_bytes(read_verified(fs, root, state_file), f"state file {state_file.path!r}")
         frame = frame.filter(pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1))
         frame = frame.select([*self.spec.key_columns, *self.spec.value_columns]).cast(
             dict(self.spec.key_schema) | dict(self.spec.value_schema))

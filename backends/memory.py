@@ -77,7 +77,7 @@ class MemoryStore(KeyedStore):
         for state_file in files:
             if state_file.key_groups[1] <= self.key_groups.start or state_file.key_groups[0] >= self.key_groups.stop:
                 continue
-            frame = read_ipc_bytes(read_verified(fs, root, state_file))
+            frame = read_ipc_bytes(read_verified(fs, root, state_file), f"state file {state_file.path!r}")
             frames.append(frame.filter(pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1)))
         columns = [*self.spec.key_columns, *self.spec.value_columns]
         if frames:

@@ -45,6 +45,7 @@ only the second batch.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -297,9 +298,14 @@ class FileSource(Source):
     def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
         if position == SKIPPED:  # reported as a corrupt file already: nothing left to emit
             return _FileReader(self, split, 0, batch_size, reported=True)
-        skip = int(position or 0)
+        try:  # a row count; a restored one comes from a manifest, which may be damaged or crafted
+            skip = operator.index(position or 0)
+        except TypeError:
+            skip = -1
         if skip < 0:
-            msg = f"{self.kind}: position {position!r} of split {split.split_id!r} is negative"
+            msg = (f"{self.kind}: position {position!r} of split {split.split_id!r} is not a row count (a whole "
+                   f"number >= 0); the checkpoint it was restored from is damaged: restore an older one, or "
+                   f"restore=None to start over")
             raise SourceError(msg)
         return _FileReader(self, split, skip, batch_size)
 

@@ -194,6 +194,9 @@ FILE_READERS = [
     "SELECT * FROM nosuchtable",
     "SELECT * FROM agg a, agg b, nosuchtable",
     "SELECT * FROM agg, any_future_table_function('{csv}')",
+    "SELECT 1from nosuchtable",  # polars: SELECT 1 FROM nosuchtable (the table check saw no FROM)
+    "SELECT 0e1from agg, nosuchtable",
+    "SELECT 1e'\\' AS s",  # polars: 1 then an escaped string E'...'
 ]
 
 
@@ -280,3 +283,225 @@ def test_a_manifest_copied_into_another_checkpoints_folder_is_refused(job: Path)
         storage.find(3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
+
+
+def _set_each(key: str, value: Any, where: str) -> Any:
+    def edit(body: dict[str, Any]) -> None:
+        items = body[where].values() if isinstance(body[where], dict) else body[where]
+        for item in items:
+            item[key] = value
+    return edit
+
+
+def _set(key: str, value: Any) -> Any:
+    return lambda body: body.__setitem__(key, value)
+
+
+#: Edits of a manifest's types and values (paths untouched), each once a raw TypeError,
+#: ValueError, IndexError or KeyError of a restore, read_state or list_checkpoints, or a
+#: restore that went on with it (a negative parallelism, a 'yes' for final).
+WRONG_TYPES = {
+    "file size 'abc'": lambda body: body["files"][0].__setitem__("size", "abc"),
+    "file size 10**30": lambda body: body["files"][0].__setitem__("size", 10**30),
+    "sources a list": _set("sources", []),
+    "offsets a string": lambda body: body["sources"].__setitem__("read_parquet", "x"),
+    "finished splits a number": _set_each("finished", 5, "sources"),
+    "positions a list": _set_each("positions", [1], "sources"),
+    "parallelism '2'": _set("parallelism", "2"),
+    "parallelism -1": _set("parallelism", -1),
+    "max_parallelism '128'": _set("max_parallelism", "128"),
+    "final 'yes'": _set("final", "yes"),
+    "time 'x'": _set("time", "x"),
+    "operators a list": _set("operators", []),
+    "store spec a string": lambda body: body["stores"].__setitem__("agg", "x"),
+    "store spec without name": lambda body: body["stores"]["agg"].pop("name"),
+    "store schema not base64 IPC": lambda body: body["stores"]["agg"].__setitem__("key_schema", "!!!"),
+    "key groups a string": _set_each("key_groups", "ab", "state"),
+    "key groups one number": _set_each("key_groups", [5], "state"),
+    "key groups out of range": _set_each("key_groups", [-5, 10**20], "state"),
+    "state entry with an unknown key": _set_each("bogus", 1, "state"),
+    "state of a store that is no name": _set_each("store", 5, "state"),
+    "sink entries a string": lambda body: body["sinks"].__setitem__("write_parquet", "abc"),
+}
+
+
+@pytest.mark.parametrize("edit", list(WRONG_TYPES))
+def test_a_manifest_with_wrong_types_is_invalid_not_a_crash(job: Path, edit: str) -> None:
+    craft(job, WRONG_TYPES[edit])
+    url = str(job / "checkpoints")
+    storage = CheckpointStorage(url)
+    with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest's .* expected "):
+        storage.find(3)
+    with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest.s"):
+        af.read_state(url, "agg", checkpoint_id=3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        genuine = af.read_state(url, "agg")
+    assert genuine.height > 0
+    assert af.list_checkpoints(url)["id"].to_list() == [2, 1]
+
+
+@pytest.mark.parametrize("edit", ["finished splits a number", "key groups one number"])
+def test_a_restore_past_a_manifest_with_wrong_types_is_exact(job: Path, recovery_input: Path, recovery: Any,
+                                                             edit: str) -> None:
+    craft(job, WRONG_TYPES[edit])
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code == 0, err[-2000:]
+    assert '"restored_from": 2' in out and "skipping checkpoint 3" in err
+    rows, aggregates = recovery.expected_outputs(recovery_input)
+    assert recovery.committed(job / "rows").sort("event_id").equals(rows.sort("event_id"))
+    got = recovery.latest_per_key(recovery.committed(job / "agg")).sort("user_id")
+    assert got.select("user_id", "n").equals(aggregates.sort("user_id").select("user_id", "n"))
+
+
+_LATEST = """
+import sys, warnings
+from arrowflow.checkpoint import CheckpointStorage
+from arrowflow.errors import CheckpointError
+storage = CheckpointStorage(sys.argv[1])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print("LATEST", storage.latest().id)
+print("WARNED", " | ".join(str(w.message) for w in caught))
+try:
+    storage.find(3)
+except CheckpointError as exc:
+    print("REFUSED", exc)
+"""
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+
+@pytest.mark.parametrize("planted", ["sources.json -> /dev/zero", "state file a FIFO", "manifest -> /dev/zero",
+                                     "state file -> a copy outside"])
+def test_a_checkpoint_file_that_is_no_regular_file_is_never_read(job: Path, planted: str) -> None:
+    """arrowflow writes no symlinks or FIFOs; one planted in a checkpoint folder made the
+    verification read /dev/zero until memory ran out, block on the FIFO, or read a file
+    outside the checkpoint as its own."""
+    import os
+
+    folder = job / "checkpoints" / "chk-00000003"
+    manifest = json.loads((folder / "_MANIFEST.json").read_text())
+    state_file = job / "checkpoints" / manifest["state"][0]["path"]
+    if planted == "sources.json -> /dev/zero":
+        (folder / "sources.json").unlink()
+        (folder / "sources.json").symlink_to("/dev/zero")
+    elif planted == "manifest -> /dev/zero":
+        (folder / "_MANIFEST.json").unlink()
+        (folder / "_MANIFEST.json").symlink_to("/dev/zero")
+    elif planted == "state file a FIFO":
+        state_file.unlink()
+        os.mkfifo(state_file)
+    else:
+        outside = job / "outside.arrow"
+        shutil.copyfile(state_file, outside)
+        state_file.unlink()
+        state_file.symlink_to(outside)
+    proc = subprocess.run([sys.executable, "-c", _LATEST, str(job / "checkpoints")], capture_output=True, text=True,
+                          timeout=60, preexec_fn=_limit_memory, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LATEST 2" in proc.stdout
+    assert "not a regular file" in proc.stdout and "REFUSED checkpoint 3:" in proc.stdout
+
+
+@pytest.mark.parametrize("position", ["abc", 1.5, [1]])
+def test_a_file_split_position_that_is_no_row_count_fails_the_restore_clearly(job: Path, recovery_input: Path,
+                                                                              recovery: Any, position: Any) -> None:
+    """Positions are the source's own (only it knows their type), so the manifest check passes
+    them on; a file source's position is a row count. 'abc' failed the job with a raw
+    ValueError of int(), and 1.5 was read as row 1, silently."""
+    def edit(body: dict[str, Any]) -> None:
+        positions = body["sources"]["read_parquet"]["positions"]
+        assert positions, "checkpoint 3 should hold a split in progress"
+        for split in positions:
+            positions[split] = position
+
+    craft(job, edit)
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code != 0 and "RESULT" not in out
+    assert f"SourceError: read_parquet: position {position!r} of split " in err
+    assert "is not a row count" in err and "restore an older one" in err
+
+
+def test_folders_named_with_non_ascii_digits_are_not_checkpoints(job: Path) -> None:
+    """'²'.isdigit() is true and int('²') raises: one such folder in a checkpoint directory
+    made every restore, list and query there fail with a raw ValueError."""
+    for name in ("chk-²", "chk-٣", "chk-3x", "chk-"):
+        (job / "checkpoints" / name).mkdir()
+    url = str(job / "checkpoints")
+    assert CheckpointStorage(url).checkpoint_ids() == [3, 2, 1]
+    assert CheckpointStorage(url).latest().id == 3
+    assert af.list_checkpoints(url)["id"].to_list() == [3, 2, 1]
+
+
+def test_retention_never_deletes_through_a_symlink(job: Path) -> None:
+    """Symlinks in a checkpoint directory (planted, or made by a user moving folders around)
+    are removed by retention, never followed (a guard: main already passes it)."""
+    victims = {}
+    for name in ("in-shared", "in-chk", "file"):
+        folder = job / f"victim-{name}"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("not arrowflow's")
+        victims[name] = folder / "notes.txt"
+    checkpoints = job / "checkpoints"
+    (checkpoints / "shared" / "evil").symlink_to(job / "victim-in-shared")
+    (checkpoints / "chk-00000001" / "evil").symlink_to(job / "victim-in-chk")
+    (checkpoints / "shared" / "agg" / "000" / "00000001-evil.arrow").symlink_to(victims["file"])
+    storage = CheckpointStorage(str(checkpoints), keep=1)
+    assert storage.prune() == [2, 1]
+    for victim in victims.values():
+        assert victim.read_text() == "not arrowflow's", f"retention deleted {victim}"
+    assert not (checkpoints / "chk-00000001").exists() and not (checkpoints / "shared" / "evil").is_symlink()
+    assert not (checkpoints / "shared" / "agg" / "000" / "00000001-evil.arrow").is_symlink()
+    assert storage.latest().id == 3
+
+
+def test_a_state_query_that_makes_polars_panic_is_a_checkpoint_error(job: Path) -> None:
+    """polars' PanicException is a BaseException: it went past query_state's handler raw, and
+    the CLI printed a Python traceback."""
+    sql = "SELECT CAST(n AS DECIMAL(99, 99)) AS d FROM agg"
+    with pytest.raises(CheckpointError, match=r"^state query failed on checkpoint 3: PanicException: "):
+        af.query_state(str(job / "checkpoints"), sql)
+    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"), sql],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" not in done.stderr  # polars' own panic report precedes the line
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "arrowflow state: error: state query failed on checkpoint 3: PanicException: ")
+
+
+def test_a_manifest_nested_too_deep_is_damaged_not_a_recursion_error(job: Path) -> None:
+    manifest_path(job).write_text("[" * 100_000 + "]" * 100_000)
+    storage = CheckpointStorage(str(job / "checkpoints"))
+    with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest is damaged"):
+        storage.find(3)
+    with pytest.warns(UserWarning, match="skipping checkpoint 3"):
+        assert storage.latest().id == 2
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"", b"ARROW1\x00\x00" + b"\xff" * 64])
+def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(job: Path, recovery_input: Path, recovery: Any,
+                                                            content: bytes) -> None:
+    """A state file replaced and its size and sha256 recomputed in the manifest: the restore
+    and read_state failed with a raw OSError or polars ComputeError."""
+    from arrowflow.errors import StateError
+
+    entry = next(e for e in json.loads(manifest_path(job).read_text())["state"] if e["store"] == "agg")
+    (job / "checkpoints" / entry["path"]).write_bytes(content)
+
+    def edit(body: dict[str, Any]) -> None:
+        for item in body["state"] + body["files"]:
+            if item["path"] == entry["path"]:
+                item["size"], item["sha256"] = len(content), hashlib.sha256(content).hexdigest()
+
+    craft(job, edit)
+    with pytest.raises(StateError, match=rf"^state file '{entry['path']}' is not a readable Arrow IPC file"):
+        af.read_state(str(job / "checkpoints"), "agg", checkpoint_id=3)
+    code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
+    assert code != 0 and "RESULT" not in out
+    assert f"StateError: state file '{entry['path']}' is not a readable Arrow IPC file" in err
