@@ -55,6 +55,7 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow.errors import StateError
 from arrowflow.plan import OpSpec
 from arrowflow.runtime.operators import Operator, restore_stores, snapshot_stores
 from arrowflow.state import (
@@ -347,7 +348,8 @@ class _WindowBase(Operator):
             low, high = state_file.key_groups
             if high <= self.key_range.start or low >= self.key_range.stop:
                 continue
-            values.append(json.loads(read_verified(storage.fs, self.context.restore_root, state_file))["watermark"])
+            values.append(_watermark_of(read_verified(storage.fs, self.context.restore_root, state_file),
+                                        state_file.path, self.id))
         return min(values) if values else NO_WATERMARK
 
     def snapshot(self, checkpoint_id: int) -> None:
@@ -732,3 +734,18 @@ class SessionWindowOp(_WindowBase):
         due = None if limit is None else limit - self.window.lateness - self.window.gap
         for frame in self.take_due(due):
             self.emit_fired(frame.select([*self.keys, *self.window.state_schema.names()]))
+
+
+def _watermark_of(payload: bytes, path: str, operator_id: str) -> int:
+    """The watermark a window operator's checkpoint file holds, checked before use: a file
+    read back from a checkpoint may be damaged or crafted."""
+    try:
+        value = json.loads(payload)["watermark"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        value = None
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        msg = (f"window {operator_id!r}: the watermark file {path!r} of the restored checkpoint holds no "
+               f"watermark (expected {{\"watermark\": <int64>}}); the checkpoint is damaged: restore an "
+               f"older one, or start over with restore=None")
+        raise StateError(msg)
+    return value

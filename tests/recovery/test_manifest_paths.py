@@ -505,3 +505,41 @@ def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(job: Path, recovery_
     code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
     assert code != 0 and "RESULT" not in out
     assert f"StateError: state file '{entry['path']}' is not a readable Arrow IPC file" in err
+
+
+@pytest.mark.parametrize("content", [b"{}", b'{"watermark": "soon"}', b"[1]", b'{"watermark": true}', b"garbage"])
+@pytest.mark.filterwarnings("ignore:.*rolled back output")
+def test_a_window_watermark_file_without_a_watermark_fails_the_restore_clearly(tmp_path: Path,
+                                                                              content: bytes) -> None:
+    """A window operator's watermark file replaced, its size and sha256 recomputed in the
+    manifest: the restore raised a raw KeyError/TypeError in the window operator (or went on
+    with a string as its watermark)."""
+    from datetime import datetime
+
+    from arrowflow.errors import StateError
+
+    ts = pl.datetime_range(datetime(2024, 1, 1), datetime(2024, 1, 1, 2), "1s", eager=True)
+    frame = pl.DataFrame({"ts": ts, "k": [i % 7 for i in range(ts.len())]})
+
+    def build() -> af.Flow:
+        flow = af.Flow("windowed")
+        (flow.from_polars(frame, splits=4).with_watermark("ts", delay="1s").key_by("k")
+             .window(af.tumbling("10m")).agg(n=pl.len()).write_parquet(str(tmp_path / "out")))
+        return flow
+
+    job = tmp_path / "job"
+    build().run(workers=0, checkpoint_dir=str(job / "checkpoints"), checkpoint_every=af.every_rows(2_000),
+                batch_size=500, keep_checkpoints=100)
+    checkpoint_id = 2
+    body = json.loads(manifest_path(job, checkpoint_id).read_text())
+    entry = next(e for e in body["state"] if e["path"].endswith(".json") and "/watermark-" in e["path"])
+    (job / "checkpoints" / entry["path"]).write_bytes(content)
+
+    def edit(body: dict[str, Any]) -> None:
+        for item in body["state"] + body["files"]:
+            if item["path"] == entry["path"]:
+                item["size"], item["sha256"] = len(content), hashlib.sha256(content).hexdigest()
+
+    craft(job, edit, checkpoint_id)
+    with pytest.raises(StateError, match=r"holds no watermark .*the checkpoint is damaged"):
+        build().run(workers=0, checkpoint_dir=str(job / "checkpoints"), restore=checkpoint_id)
