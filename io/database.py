@@ -406,7 +406,7 @@ class DatabaseSink(Sink):
         return _DatabaseWriter(self, worker)
 
     def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
-        items = [item for item in staged if item and item.get("rows")]
+        items = [item for item in _checked_staged(staged, checkpoint_id) if item and item["rows"]]
         if not items:
             return
         schema = self._require_schema()
@@ -626,3 +626,36 @@ class _DatabaseWriter(SinkWriter):
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def _checked_staged(staged: Any, checkpoint_id: int) -> list[dict[str, Any] | None]:
+    """The writers' staged entries of a checkpoint manifest, checked before use (a manifest may
+    be damaged or crafted): each is None or ``{"writer": str, "checkpoints": [int], "rows": int}``."""
+    problem = _staged_problem(staged)
+    if problem:
+        msg = (f"write_database: the manifest of checkpoint {checkpoint_id} lists a staged entry that is not "
+               f"this sink's ({problem}); the checkpoint is damaged: restore an older one, or start over with "
+               f"restore=None")
+        raise SinkError(msg)
+    return staged
+
+
+def _staged_problem(staged: Any) -> str | None:
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+    if not isinstance(staged, list):
+        return f"expected a list of entries, found {type(staged).__name__}"
+    for item in staged:
+        if item is None:
+            continue
+        if not isinstance(item, dict):
+            return f"expected an object, found {type(item).__name__}"
+        if not isinstance(item.get("writer"), str):
+            return "its 'writer' is no string"
+        if not whole(item.get("rows")):
+            return f"its 'rows' is {item.get('rows')!r}, not a row count"
+        checkpoints = item.get("checkpoints")
+        if not isinstance(checkpoints, list) or not all(whole(c) for c in checkpoints):
+            return f"its 'checkpoints' is {checkpoints!r}, not a list of checkpoint ids"
+    return None

@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -181,6 +182,25 @@ def test_nothing_is_visible_before_commit_and_commit_is_idempotent(db: str) -> N
     sink.commit(2, [staged[1]])
     assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(150))
     assert read_table(db, sink.staging).height == 0
+
+
+@pytest.mark.parametrize("entry", [
+    "part-00000001.parquet", {"writer": 5, "checkpoints": [1], "rows": 100},
+    {"writer": "w", "checkpoints": ["1); DROP TABLE t; --"], "rows": 100},
+    {"writer": "w", "checkpoints": 1, "rows": 100}, {"writer": "w", "checkpoints": [1], "rows": "100"},
+    {"writer": "w", "checkpoints": [-1], "rows": 100}, {"writer": "w", "checkpoints": [1]},
+])
+def test_a_crafted_staged_entry_is_a_clear_error_and_commits_nothing(tmp_path: Path, entry: Any) -> None:
+    """Staged entries come back from a checkpoint manifest, which may be crafted with a valid
+    checksum: each is checked before use (raw ValueError/AttributeError/KeyError before)."""
+    db = f"sqlite:///{tmp_path}/app.db"
+    table = table_name("crafted")
+    sink, staged = staged_sink(db, table, [EVENTS.head(100)])
+    with pytest.raises(SinkError, match=r"lists a staged entry that is not this sink's .*the checkpoint is damaged"):
+        sink.commit(1, [entry])
+    assert read_table(db, table).height == 0
+    sink.commit(1, [staged[0]])  # the real entry still commits
+    assert read_table(db, table).height == 100
 
 
 def test_recover_discards_what_no_complete_checkpoint_holds(db: str) -> None:
