@@ -12,6 +12,7 @@ mutant (listed with its reason in tools/mutation_equivalent.toml, and not counte
     python tools/mutation.py --since origin/main          # only lines changed since a revision
     python tools/mutation.py --jobs 2 --report out.json   # two copies, mutants in parallel
     python tools/mutation.py --list --module arrowflow/watermarks.py   # mutants, no test run
+    python tools/mutation.py --survivors-of out.json      # re-run what survived, after new tests
 
 How the copy imports itself: the editable install maps ``arrowflow.backends`` to
 ``backends/`` and ``arrowflow.io`` to ``io/``; in a copy the same layout is made with two
@@ -65,6 +66,7 @@ class Mutant:
     replacement: str
     description: str
     function: str  # enclosing qualified name, "" at module level
+    col: int = 0  # 1-based column of the mutated code on ``line``
 
     def apply(self, source: str) -> str:
         return source[: self.start] + self.replacement + source[self.end :]
@@ -112,7 +114,7 @@ class _Collector(ast.NodeVisitor):
         end = self._offset(node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
         text = f"({replacement})" if wrap else replacement
         self.mutants.append(Mutant(self.path, node.lineno, node.end_lineno, start, end, text,  # type: ignore[attr-defined]
-                                   description, ".".join(self.scope)))
+                                   description, ".".join(self.scope), start - self.offsets[node.lineno - 1] + 1))
 
     def _replace_expr(self, old: ast.expr, new: ast.expr, description: str) -> None:
         self._add(old, ast.unparse(new), description)
@@ -409,6 +411,10 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
     mutants = mutants_of(module, source)
     lines = changed_lines(args.since, module) if args.since else None
     mutants = select(mutants, functions=config.get("functions"), lines=lines)
+    if args.survivors_of:
+        previous = {(e["path"], e["function"], e["mutation"], e["source"])
+                    for summary in json.loads(Path(args.survivors_of).read_text()) for e in summary.get("survived", [])}
+        mutants = [m for m in mutants if (m.path, m.function, m.description, m.source_line(source)) in previous]
     if args.max is not None:
         mutants = mutants[: args.max]
     tests, extra = config["tests"], config.get("pytest_args", [])
@@ -455,7 +461,7 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
             results.append(result)
             if result.outcome == "survived" or args.verbose:
                 m = result.mutant
-                print(f"   [{index}/{len(mutants)}] {result.outcome:9} {m.path}:{m.line} {m.description}"
+                print(f"   [{index}/{len(mutants)}] {result.outcome:9} {m.path}:{m.line}:{m.col} {m.description}"
                       f"  | {m.source_line(source)[:90]}", flush=True)
             elif index % 25 == 0:
                 print(f"   [{index}/{len(mutants)}] ...", flush=True)
@@ -473,7 +479,7 @@ def summarize(module: str, results: list[Result], source: str, elapsed: float) -
 
     def entry(result: Result) -> dict:
         m = result.mutant
-        return {"path": m.path, "line": m.line, "function": m.function, "mutation": m.description,
+        return {"path": m.path, "line": m.line, "col": m.col, "function": m.function, "mutation": m.description,
                 "source": m.source_line(source), "reason": result.reason}
 
     return {
@@ -498,7 +504,7 @@ def print_report(summaries: list[dict]) -> None:
         if s.get("survived"):
             print(f"\nsurvivors in {s['module']}:")
             for m in s["survived"]:
-                print(f"  {m['path']}:{m['line']} [{m['function']}] {m['mutation']}  | {m['source'][:100]}")
+                print(f"  {m['path']}:{m['line']}:{m.get('col', 0)} [{m['function']}] {m['mutation']}  | {m['source'][:100]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = baseline x this")
     parser.add_argument("--min-timeout", type=float, default=60.0, help="seconds, at least")
     parser.add_argument("--baseline-timeout", type=float, default=900.0)
+    parser.add_argument("--survivors-of", metavar="REPORT",
+                        help="only the mutants that survived in this earlier --report (after adding tests)")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--report", help="write the results as JSON to this file")
     parser.add_argument("--verbose", action="store_true", help="print every mutant's outcome")
@@ -527,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = select(mutants_of(module, source), functions=table[module].get("functions"), lines=lines)
             print(f"== {module}: {len(chosen)} mutants")
             for m in chosen:
-                print(f"  {m.path}:{m.line} [{m.function}] {m.description}  | {m.source_line(source)[:90]}")
+                print(f"  {m.path}:{m.line}:{m.col} [{m.function}] {m.description}  | {m.source_line(source)[:90]}")
         return 0
 
     known = load_equivalent()

@@ -84,6 +84,9 @@ def test_golden_bool_temporal_decimal_and_null_groups() -> None:
     assert groups(TIMES, dtype=pl.Datetime("us")) == [0, 37, 57]
     assert groups(TIMES, dtype=pl.Datetime("us", "UTC")) == [0, 37, 57]
     assert groups([Decimal("1.50"), Decimal("-2.25"), None], dtype=pl.Decimal(10, 2)) == [34, 95, 57]
+    # scale 0, and the 38 digits a decimal key may have (the hash is of the unscaled integer)
+    assert groups([Decimal("7"), Decimal("-12"), None], dtype=pl.Decimal(10, 0)) == [45, 43, 57]
+    assert groups([Decimal("9" * 38), Decimal("-" + "9" * 38), Decimal(7)], dtype=pl.Decimal(38, 0)) == [53, 114, 45]
     assert groups([None, None], dtype=pl.Null) == [57, 57]
 
 
@@ -132,6 +135,24 @@ def test_string_view_and_large_string_arrays_agree() -> None:
     for arrow_type in (pa.string(), pa.large_string(), pa.string_view()):
         frame = pl.from_arrow(pa.table({"k": pa.array(STRINGS, type=arrow_type)}))
         assert key_groups(frame).tolist() == groups(STRINGS)
+
+
+@pytest.mark.parametrize(("dtype", "values"), [
+    (pl.String, ["a", "", None]), (pl.Binary, [b"a", b"", None]), (pl.Categorical, ["a", "", None]),
+    (pl.Int64, [3, None, -1]), (pl.Float64, [0.5, None, -0.0]), (pl.Boolean, [True, None, False]),
+    (pl.Date, [dt.date(2024, 1, 2), None, dt.date(1969, 1, 1)]),
+    (pl.Decimal(10, 2), [Decimal("1.25"), None, Decimal("-3.00")]),
+])
+def test_an_empty_batch_has_no_key_groups(dtype: pl.DataType, values: list) -> None:
+    """Zero rows (an empty batch, a filter that kept nothing) give zero key groups, alone and
+    next to another key column, and the rows of a batch that follows are unaffected."""
+    empty = pl.DataFrame({"k": pl.Series([], dtype=dtype)})
+    for frame in (empty, empty.with_columns(other=pl.Series([], dtype=pl.Int64))):
+        got = key_groups(frame, 128)
+        assert got.dtype == np.int32 and got.shape == (0,), (dtype, got)
+        assert hash_keys(frame).shape == (0,)
+    full = pl.DataFrame({"k": pl.Series(values, dtype=dtype)})
+    assert key_groups(pl.concat([empty, full]), 128).tolist() == groups(values, dtype=dtype)
 
 
 def test_unhashable_key_type_is_a_schema_error() -> None:

@@ -26,7 +26,7 @@ SIZE_MS = 1_000
 PER_MS = {"ms": 1, "us": 1_000, "ns": 1_000_000}
 
 
-def boundary_events(unit: str, *, windows: int = 10, seed: int = 3) -> pl.DataFrame:
+def boundary_events(unit: str, *, windows: int = 10, seed: int = 3, epoch_ms: int = 1_700_000_000_000) -> pl.DataFrame:
     """For each window end E (in the column's unit u), in shuffled order: E-1u twice, E-2u,
     E-1ms, E-1ms+1u and the window's middle; then, shuffled, E, E+1u, E+1ms-1u, E+1ms and again E-1u,
     E-2u, E-1ms (on time or late, depending on where the shuffle put them); keys and amounts
@@ -34,7 +34,7 @@ def boundary_events(unit: str, *, windows: int = 10, seed: int = 3) -> pl.DataFr
     rng = np.random.default_rng(seed)
     one_ms = PER_MS[unit]
     size = SIZE_MS * one_ms
-    base = 1_700_000_000_000 * one_ms // size * size + 7 * size  # a window boundary
+    base = epoch_ms * one_ms // size * size + 7 * size  # a window boundary
     ts: list[int] = []
     for k in range(windows):
         end = base + (k + 1) * size
@@ -104,6 +104,19 @@ def check(got: pl.DataFrame, late: pl.DataFrame, windows: pl.DataFrame, expected
 def test_events_at_end_minus_one_unit_count_and_at_end_fire(unit: str, kind: str, every_ms: int,
                                                            lateness_ms: int) -> None:
     df = boundary_events(unit)
+    check_boundaries(df, unit, kind, every_ms, lateness_ms)
+
+
+@pytest.mark.parametrize("unit", ["ms", "ns"])
+def test_boundaries_before_1970(unit: str) -> None:
+    """Negative event times (December 1969): windows still floor towards the past, and the
+    watermark of a job that has seen nothing yet is below every one of them."""
+    df = boundary_events(unit, windows=12, seed=3, epoch_ms=-30 * 86_400_000)
+    assert (df["ts"].to_physical() < 0).all()
+    check_boundaries(df, unit, "sliding", 250, 0)
+
+
+def check_boundaries(df: pl.DataFrame, unit: str, kind: str, every_ms: int, lateness_ms: int) -> None:
     spec = af.tumbling(f"{SIZE_MS}ms") if kind == "tumbling" else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
     windows, expected_late = reference(df, unit, every_ms=every_ms, lateness_ms=lateness_ms)
     # The data must have both sides of the boundary: rows one unit before a window's end that
