@@ -155,6 +155,27 @@ def test_an_empty_batch_has_no_key_groups(dtype: pl.DataType, values: list) -> N
     assert key_groups(pl.concat([empty, full]), 128).tolist() == groups(values, dtype=dtype)
 
 
+@pytest.mark.parametrize("series", [
+    pl.Series(["a", None]), pl.Series([b"a", None]), pl.Series([True, None]), pl.Series([None, None]),
+    pl.Series(["a", None], dtype=pl.Categorical), pl.Series(["a", None], dtype=pl.Enum(["a"])),
+    pl.Series([Decimal("1.5"), None], dtype=pl.Decimal(5, 1)), pl.Series([1.5, None], dtype=pl.Float32),
+    pl.Series([1, None], dtype=pl.UInt16), pl.Series([dt.time(1), None]), pl.Series([dt.timedelta(1), None]),
+    pl.Series([dt.date(2024, 1, 1), None]), pl.Series([[1], None]), pl.Series([{"a": 1}, None]),
+    pl.Series([[1, 2], None], dtype=pl.Array(pl.Int64, 2)),
+], ids=lambda s: str(s.dtype))
+def test_plan_time_key_check_agrees_with_hashing(series: pl.Series) -> None:
+    """The plan refuses a key column exactly when hashing it would fail at run time."""
+    from arrowflow.keygroups import is_hashable_key_type
+
+    try:
+        key_groups(pl.DataFrame({"k": series}))
+        hashable = True
+    except af.SchemaError:
+        hashable = False
+    assert is_hashable_key_type(series.dtype) == hashable
+    assert hashable == (series.dtype.base_type() not in (pl.List, pl.Struct, pl.Array))
+
+
 def test_unhashable_key_type_is_a_schema_error() -> None:
     with pytest.raises(af.SchemaError, match=r"cannot hash key column 'k' of type List"):
         key_groups(pl.DataFrame({"k": [[1], [2]]}))
