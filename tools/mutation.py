@@ -453,11 +453,22 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
             target.write_text(source)
             with free_lock:
                 free.append(copy_dir)
+        if _STOP.is_set():  # its test run was killed by the stop, not failed by the mutant
+            return Result(mutant, "skipped")
         return Result(mutant, {"passed": "survived", "failed": "killed"}.get(outcome, outcome), seconds)
 
     results: list[Result] = []
+    stopped = False
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(copies)) as pool:
-        for index, result in enumerate(pool.map(one, mutants), start=1):
+        futures = [pool.submit(one, mutant) for mutant in mutants]
+        for index, future in enumerate(futures, start=1):
+            while True:
+                try:
+                    result = future.result()
+                    break
+                except KeyboardInterrupt:  # stopped: what finished is reported, the rest skipped
+                    stopped = True
+                    _stop_all()
             results.append(result)
             if result.outcome == "survived" or args.verbose:
                 m = result.mutant
@@ -466,7 +477,16 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
             elif index % 25 == 0:
                 print(f"   [{index}/{len(mutants)}] ...", flush=True)
     elapsed = time.monotonic() - started
-    return summarize(module, results, source, elapsed)
+    summary = summarize(module, results, source, elapsed)
+    summary["stopped"] = stopped
+    return summary
+
+
+def _stop_all() -> None:
+    _STOP.set()
+    with _LOCK:
+        for process in list(_RUNNING):
+            _kill_group(process)
 
 
 def summarize(module: str, results: list[Result], source: str, elapsed: float) -> dict:
@@ -493,12 +513,13 @@ def print_report(summaries: list[dict]) -> None:
     print("\n== mutation score per module (killed + timeout) / (killed + timeout + survived); "
           "equivalent and invalid mutants not counted")
     print(f"{'module':40} {'mutants':>7} {'killed':>6} {'tmout':>5} {'surv':>5} {'equiv':>5} {'inval':>5} "
-          f"{'score':>6} {'time':>7}")
+          f"{'skip':>5} {'score':>6} {'time':>7}")
     for s in summaries:
         c = s.get("counts", {})
         score = "-" if s.get("score") is None else f"{100 * s['score']:.1f}%"
         print(f"{s['module']:40} {s['mutants']:>7} {c.get('killed', 0):>6} {c.get('timeout', 0):>5} "
-              f"{c.get('survived', 0):>5} {c.get('equivalent', 0):>5} {c.get('invalid', 0):>5} {score:>6} "
+              f"{c.get('survived', 0):>5} {c.get('equivalent', 0):>5} {c.get('invalid', 0):>5} "
+              f"{c.get('skipped', 0):>5} {score:>6} "
               f"{s.get('seconds', 0):>6.0f}s" + (f"  ERROR {s['error'][:60]}" if "error" in s else ""))
     for s in summaries:
         if s.get("survived"):
@@ -542,10 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="arrowflow-mutation-"))
 
     def stop(signum: int, frame: object) -> None:
-        _STOP.set()
-        with _LOCK:
-            for process in list(_RUNNING):
-                _kill_group(process)
+        _stop_all()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
@@ -556,12 +574,12 @@ def main(argv: list[str] | None = None) -> int:
             summaries.append(run_module(module, table[module], args, copies, known))
             if args.report:  # after each module: a long run that is stopped keeps what it did
                 Path(args.report).write_text(json.dumps(summaries, indent=1))
+            if _STOP.is_set():
+                print("\nstopped: the mutants not run are counted as skipped", flush=True)
+                break
     except KeyboardInterrupt:
-        print("\nstopped; modules finished so far are reported", flush=True)
-        _STOP.set()
-        with _LOCK:
-            for process in list(_RUNNING):
-                _kill_group(process)
+        print("\nstopped", flush=True)
+        _stop_all()
     finally:
         shutil.rmtree(base, ignore_errors=True)  # the work tree was never written to
     print_report(summaries)
