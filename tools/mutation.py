@@ -326,11 +326,13 @@ def load_equivalent() -> list[dict[str, str]]:
 
 def equivalence_reason(mutant: Mutant, source: str, known: list[dict[str, str]]) -> str | None:
     """Equivalent mutants are named by file, enclosing function, mutation and source line
-    text (not line numbers: those move as the module changes)."""
+    text (not line numbers: those move as the module changes), and by column where one line
+    has two mutants of the same description."""
     line = mutant.source_line(source)
     for entry in known:
         if (entry["path"] == mutant.path and entry["function"] == mutant.function
-                and entry["mutation"] == mutant.description and entry["line"] == line):
+                and entry["mutation"] == mutant.description and entry["line"] == line
+                and entry.get("col", mutant.col) == mutant.col):
             return entry["reason"]
     return None
 
@@ -410,7 +412,7 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
     source = (ROOT / module).read_text()
     mutants = mutants_of(module, source)
     lines = changed_lines(args.since, module) if args.since else None
-    mutants = select(mutants, functions=config.get("functions"), lines=lines)
+    mutants = select(mutants, functions=args.functions or config.get("functions"), lines=lines)
     if args.survivors_of:
         previous = {(e["path"], e["function"], e["mutation"], e["source"])
                     for summary in json.loads(Path(args.survivors_of).read_text()) for e in summary.get("survived", [])}
@@ -532,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", action="append", help="a module of the table (repeatable); default: all")
     parser.add_argument("--since", help="only mutants on lines changed since this git revision")
+    parser.add_argument("--functions", action="append",
+                        help="only mutate these functions (fnmatch on the qualified name; repeatable), "
+                             "instead of the table's choice")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel, each in its own copy")
     parser.add_argument("--max", type=int, help="at most this many mutants per module (a quick look)")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = baseline x this")
@@ -553,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             source = (ROOT / module).read_text()
             lines = changed_lines(args.since, module) if args.since else None
-            chosen = select(mutants_of(module, source), functions=table[module].get("functions"), lines=lines)
+            chosen = select(mutants_of(module, source), functions=args.functions or table[module].get("functions"),
+                            lines=lines)
             print(f"== {module}: {len(chosen)} mutants")
             for m in chosen:
                 print(f"  {m.path}:{m.line}:{m.col} [{m.function}] {m.description}  | {m.source_line(source)[:90]}")
