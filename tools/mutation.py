@@ -419,7 +419,7 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
         mutants = [m for m in mutants if (m.path, m.function, m.description, m.source_line(source)) in previous]
     if args.max is not None:
         mutants = mutants[: args.max]
-    tests, extra = config["tests"], config.get("pytest_args", [])
+    tests, extra = args.tests or config["tests"], config.get("pytest_args", [])
     print(f"\n== {module}: {len(mutants)} mutants, tests: {' '.join(tests)} {' '.join(extra)}", flush=True)
     if not mutants:
         return {"module": module, "mutants": 0, "results": []}
@@ -537,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--functions", action="append",
                         help="only mutate these functions (fnmatch on the qualified name; repeatable), "
                              "instead of the table's choice")
+    parser.add_argument("--tests", action="append",
+                        help="run these test files or node ids (repeatable) instead of the table's")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel, each in its own copy")
     parser.add_argument("--max", type=int, help="at most this many mutants per module (a quick look)")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = baseline x this")

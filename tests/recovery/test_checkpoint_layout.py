@@ -46,6 +46,14 @@ def test_keep_must_be_at_least_one(tmp_path: Path) -> None:
     assert storage.checkpoint_ids() == [3] and storage.oldest_kept == 3
 
 
+def test_by_default_the_newest_three_are_kept(tmp_path: Path) -> None:
+    storage = storage_at(tmp_path)
+    for checkpoint_id in range(1, 7):
+        storage.write_manifest(manifest(checkpoint_id))
+    assert storage.prune() == [3, 2, 1]
+    assert storage.checkpoint_ids() == [6, 5, 4]
+
+
 def test_an_unknown_protocol_is_a_checkpoint_error() -> None:
     with pytest.raises(CheckpointError, match=r"cannot open checkpoint storage 'nosuchfs://bucket/ck'"):
         CheckpointStorage("nosuchfs://bucket/ck")
