@@ -67,6 +67,15 @@ def test_a_trailing_slash_names_the_same_storage(tmp_path: Path) -> None:
     assert other.latest() == manifest(4)
 
 
+def test_ensure_is_idempotent(tmp_path: Path) -> None:
+    """A restarted job ensures its existing checkpoint directory again."""
+    storage = storage_at(tmp_path)
+    storage.write_manifest(manifest(1))
+    storage.ensure()
+    CheckpointStorage(str(tmp_path / "ck")).ensure()
+    assert storage.checkpoint_ids() == [1]
+
+
 def test_a_checkpoint_directory_that_cannot_be_created_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(CheckpointError, match="cannot create the checkpoint directory"):
@@ -81,6 +90,16 @@ def test_checkpoint_ids_are_chk_directories_newest_first(tmp_path: Path) -> None
     (root / "chk-00000005.json").write_text("{}")
     assert CheckpointStorage(str(root)).checkpoint_ids() == [10, 2, 1]
     assert CheckpointStorage(str(root)).latest(report=False) is None  # none has a manifest
+
+
+def test_checkpoint_ids_past_eight_digits(tmp_path: Path) -> None:
+    """Ids are zero-padded to 8 digits and may grow past them (every 100 ms, 10**8 is ~4 months)."""
+    storage = storage_at(tmp_path)
+    for checkpoint_id in (7, 12_345_678, 123_456_789):
+        storage.write_manifest(manifest(checkpoint_id))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["chk-00000007", "chk-12345678", "chk-123456789"]
+    assert storage.checkpoint_ids() == [123_456_789, 12_345_678, 7]
+    assert storage.latest().id == 123_456_789
 
 
 def test_latest_skips_damaged_and_incomplete_ones_and_stops_at_min_id(tmp_path: Path) -> None:
