@@ -179,6 +179,15 @@ def test_retention_deletes_old_damaged_and_incomplete_ones_and_unreferenced_shar
         assert storage.latest().id == 7
 
 
+def test_retention_deletes_a_damaged_one_between_kept_ones(tmp_path: Path) -> None:
+    storage = storage_at(tmp_path, keep=3)
+    for checkpoint_id in (3, 4, 5):
+        storage.write_manifest(manifest(checkpoint_id))
+    damage_manifest(tmp_path, 4)
+    assert storage.prune() == [4]
+    assert storage.checkpoint_ids() == [5, 3]
+
+
 def test_retention_without_a_complete_checkpoint_deletes_nothing(tmp_path: Path) -> None:
     storage = storage_at(tmp_path, keep=1)
     storage.write_manifest(manifest(3))
