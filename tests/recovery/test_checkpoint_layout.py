@@ -85,7 +85,7 @@ def test_a_checkpoint_directory_that_cannot_be_created_is_an_error(tmp_path: Pat
 def test_checkpoint_ids_are_chk_directories_newest_first(tmp_path: Path) -> None:
     assert CheckpointStorage(str(tmp_path / "nothing-here")).checkpoint_ids() == []
     root = tmp_path / "ck"
-    for name in ("chk-00000002", "chk-00000010", "chk-00000001", "chk-x", "chk-", "other", "shared"):
+    for name in ("chk-00000002", "chk-00000010", "chk-00000001", "chk-x", "chk-x0000003", "chk-", "other", "shared"):
         (root / name).mkdir(parents=True)
     (root / "chk-00000005.json").write_text("{}")
     assert CheckpointStorage(str(root)).checkpoint_ids() == [10, 2, 1]
