@@ -51,14 +51,15 @@ def boundary_events(unit: str, *, windows: int = 10, seed: int = 3, epoch_ms: in
     })
 
 
-def reference(df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(windows, late pairs) that one-row batches with delay=0 must give, from polars alone."""
+def reference(df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int,
+              delay_ms: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(windows, late pairs) that one-row batches with ``delay`` must give, from polars alone."""
     one_ms = PER_MS[unit]
     size, every, lateness = SIZE_MS * one_ms, every_ms * one_ms, lateness_ms * one_ms
     # The watermark is kept in microseconds (floored): for nanosecond columns it moves in µs.
     step = max(one_ms // 1000, 1)
     rows = df.with_row_index("arrival").with_columns(t=pl.col("ts").to_physical()).with_columns(
-        watermark=(pl.col("t").cum_max().shift(1) // step * step))
+        watermark=(pl.col("t").cum_max().shift(1) // step * step - delay_ms * one_ms))
     pairs = pl.concat([
         rows.with_columns(start=(pl.col("t") // every) * every - j * every)
         for j in range(-(-size // every))
@@ -72,9 +73,10 @@ def reference(df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int) -
     return windows, late
 
 
-def run(df: pl.DataFrame, spec: af.WindowSpec, *, workers: int, lateness: str | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def run(df: pl.DataFrame, spec: af.WindowSpec, *, workers: int, lateness: str | None,
+        delay: str = "0s") -> tuple[pl.DataFrame, pl.DataFrame]:
     flow = af.Flow("window-boundaries")
-    windowed = (flow.from_polars(df, splits=1).with_watermark("ts", delay="0s").key_by(KEY)
+    windowed = (flow.from_polars(df, splits=1).with_watermark("ts", delay=delay).key_by(KEY)
                 .window(spec, allowed_lateness=lateness).agg(n=pl.len(), total=pl.col("amount").sum(), name="w"))
     windowed.write_to(CollectSink(), name="out")
     windowed.side_output("late").write_to(CollectSink(), name="late")
@@ -129,6 +131,19 @@ def check_boundaries(df: pl.DataFrame, unit: str, kind: str, every_ms: int, late
     assert int(at_edge.sum()) >= 5, "no event at end - 1 unit meets a watermark at end - 1"
     assert expected_late.height >= 5, "the data must have late rows"
     got, late = run(df, spec, workers=0, lateness=None if lateness_ms == 0 else f"{lateness_ms}ms")
+    check(got, late, windows, expected_late)
+
+
+@pytest.mark.parametrize("unit", ["ms", "us"])
+def test_a_delay_holds_the_watermark_back_by_exactly_that_much(unit: str) -> None:
+    """delay=1ms: a row of a window still counts until an event at end + 1ms has been seen
+    (the data has events at end + 1ms - 1u and at end + 1ms), and is late after that."""
+    delay_ms = 1
+    df = boundary_events(unit, seed=4)
+    windows, expected_late = reference(df, unit, every_ms=SIZE_MS, lateness_ms=0, delay_ms=delay_ms)
+    _, no_delay_late = reference(df, unit, every_ms=SIZE_MS, lateness_ms=0)
+    assert 0 < expected_late.height < no_delay_late.height, "the delay must change which rows are late"
+    got, late = run(df, af.tumbling(f"{SIZE_MS}ms"), workers=0, lateness=None, delay=f"{delay_ms}ms")
     check(got, late, windows, expected_late)
 
 
