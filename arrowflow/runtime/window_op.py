@@ -251,6 +251,11 @@ class _WindowBase(Operator):
         if not late.height:
             return
         self.late_rows += late.height
+        if not self.outputs.get("late"):
+            # Nobody reads the late port: the plan then prunes the input columns the
+            # aggregation does not use, so the late schema cannot be built; only count them.
+            self.emit(late, "late")
+            return
         dtype = self.window.dtype
         self.emit(late.with_columns(pl.col(START).cast(dtype).alias(WINDOW_START),
                                     pl.col(END).cast(dtype).alias(WINDOW_END))

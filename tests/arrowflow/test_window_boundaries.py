@@ -147,6 +147,38 @@ def test_a_delay_holds_the_watermark_back_by_exactly_that_much(unit: str) -> Non
     check(got, late, windows, expected_late)
 
 
+def test_windows_are_emitted_as_the_watermark_passes_their_end() -> None:
+    """Streaming, not only at the end of the input: each window end is reached by its own
+    one-row batch here, so the windows reach the next operator in as many batches as there
+    are ends, in the order of their ends (the output of a bounded input alone cannot tell a
+    window that fired on time from one that waited for the end of the input). The late port
+    is not connected and the aggregation reads one column: late rows are only counted."""
+    df = boundary_events("ms", windows=8, seed=6)
+    seen: list[list] = []
+
+    def record(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
+        if batch.height:
+            seen.append(sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("window-emissions")
+    (flow.from_polars(df, splits=1).with_watermark("ts", delay="0s").key_by(KEY)
+     .window(af.tumbling(f"{SIZE_MS}ms")).agg(n=pl.len(), name="w").map_batches(record)
+     .write_to(CollectSink(), name="out"))
+    result = flow.run(workers=0, batch_size=1)
+    windows, expected_late = reference(df, "ms", every_ms=SIZE_MS, lateness_ms=0)
+    got = pl.concat(result.outputs["out"])
+    assert got.sort(KEY, "window_start").select(KEY, "window_start", "n").equals(
+        windows.sort(KEY, "window_start").select(KEY, "window_start", "n").cast(
+            got.select(KEY, "window_start", "n").schema))
+    assert int(result.metrics().filter(pl.col("kind") == "window")["late"].sum()) == expected_late.height > 0
+    ends = df["ts"].dt.truncate(f"{SIZE_MS}ms").n_unique()
+    assert len(seen) >= ends - 1, f"{len(seen)} batches of fired windows for {ends} window ends"
+    assert all(len(batch_ends) == 1 for batch_ends in seen[:-1]), f"one window end per firing: {seen}"
+    flat = [end for batch_ends in seen for end in batch_ends]
+    assert flat == sorted(flat), "windows fire in the order of their ends"
+
+
 def test_boundaries_hold_with_a_worker_process() -> None:
     """The same on a pool of one worker (watermarks cross a ring between reader and window)."""
     df = boundary_events("us", windows=6, seed=8)
