@@ -74,13 +74,13 @@ def reference(df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int,
 
 
 def run(df: pl.DataFrame, spec: af.WindowSpec, *, workers: int, lateness: str | None,
-        delay: str = "0s") -> tuple[pl.DataFrame, pl.DataFrame]:
+        delay: str = "0s", state: str = "memory") -> tuple[pl.DataFrame, pl.DataFrame]:
     flow = af.Flow("window-boundaries")
     windowed = (flow.from_polars(df, splits=1).with_watermark("ts", delay=delay).key_by(KEY)
                 .window(spec, allowed_lateness=lateness).agg(n=pl.len(), total=pl.col("amount").sum(), name="w"))
     windowed.write_to(CollectSink(), name="out")
     windowed.side_output("late").write_to(CollectSink(), name="late")
-    result = flow.run(workers=workers, batch_size=1)
+    result = flow.run(workers=workers, batch_size=1, state=state)
     out = pl.concat(result.outputs["out"]) if result.outputs.get("out") else pl.DataFrame()
     late = pl.concat(result.outputs["late"]) if result.outputs.get("late") else pl.DataFrame()
     return out, late
@@ -177,6 +177,22 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end() -> None:
     assert all(len(batch_ends) == 1 for batch_ends in seen[:-1]), f"one window end per firing: {seen}"
     flat = [end for batch_ends in seen for end in batch_ends]
     assert flat == sorted(flat), "windows fire in the order of their ends"
+
+
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
+@pytest.mark.parametrize(("kind", "every_ms", "lateness_ms"), [("tumbling", SIZE_MS, 0), ("sliding", 250, 1)])
+def test_boundaries_hold_for_windows_kept_in_the_state_store(state: str, kind: str, every_ms: int, lateness_ms: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same boundaries when every open window has gone through the state store (a write
+    buffer of one row: in process, so the patch reaches the operator), on two backends."""
+    import arrowflow.runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
+    df = boundary_events("us", windows=6, seed=9)
+    spec = af.tumbling(f"{SIZE_MS}ms") if kind == "tumbling" else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+    windows, expected_late = reference(df, "us", every_ms=every_ms, lateness_ms=lateness_ms)
+    got, late = run(df, spec, workers=0, lateness=f"{lateness_ms}ms" if lateness_ms else None, state=state)
+    check(got, late, windows, expected_late)
 
 
 def test_boundaries_hold_with_a_worker_process() -> None:
