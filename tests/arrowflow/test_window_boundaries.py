@@ -147,23 +147,34 @@ def test_a_delay_holds_the_watermark_back_by_exactly_that_much(unit: str) -> Non
     check(got, late, windows, expected_late)
 
 
-def test_windows_are_emitted_as_the_watermark_passes_their_end() -> None:
+@pytest.mark.parametrize("through_store", [False, True], ids=["buffered", "through-store"])
+def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Streaming, not only at the end of the input: each window end is reached by its own
     one-row batch here, so the windows reach the next operator in as many batches as there
     are ends, in the order of their ends (the output of a bounded input alone cannot tell a
     window that fired on time from one that waited for the end of the input). The late port
     is not connected and the aggregation reads one column: late rows are only counted."""
-    df = boundary_events("ms", windows=8, seed=6)
-    seen: list[list] = []
+    if through_store:
+        import arrowflow.runtime.window_op as window_op
 
-    def record(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
+        monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
+    df = boundary_events("ms", windows=8, seed=6)
+    events: list[tuple[str, object]] = []  # ("in", newest ts so far) / ("out", window end), in order
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
         if batch.height:
-            seen.append(sorted(set(batch["window_end"].to_list())))
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
         return batch
 
     flow = af.Flow("window-emissions")
-    (flow.from_polars(df, splits=1).with_watermark("ts", delay="0s").key_by(KEY)
-     .window(af.tumbling(f"{SIZE_MS}ms")).agg(n=pl.len(), name="w").map_batches(record)
+    (flow.from_polars(df, splits=1).map_batches(tap_in).with_watermark("ts", delay="0s").key_by(KEY)
+     .window(af.tumbling(f"{SIZE_MS}ms")).agg(n=pl.len(), name="w").map_batches(tap_out)
      .write_to(CollectSink(), name="out"))
     result = flow.run(workers=0, batch_size=1)
     windows, expected_late = reference(df, "ms", every_ms=SIZE_MS, lateness_ms=0)
@@ -172,11 +183,24 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end() -> None:
         windows.sort(KEY, "window_start").select(KEY, "window_start", "n").cast(
             got.select(KEY, "window_start", "n").schema))
     assert int(result.metrics().filter(pl.col("kind") == "window")["late"].sum()) == expected_late.height > 0
-    ends = df["ts"].dt.truncate(f"{SIZE_MS}ms").n_unique()
-    assert len(seen) >= ends - 1, f"{len(seen)} batches of fired windows for {ends} window ends"
-    assert all(len(batch_ends) == 1 for batch_ends in seen[:-1]), f"one window end per firing: {seen}"
-    flat = [end for batch_ends in seen for end in batch_ends]
-    assert flat == sorted(flat), "windows fire in the order of their ends"
+    # Each window end E comes out right after the first row with an event time >= E, before
+    # the next row is read; only the last windows wait for the end of the input.
+    newest = None
+    fired: list[object] = []
+    last_end = df["ts"].max()
+    for kind, value in events:
+        if kind == "in":
+            low = newest
+            first_past = [end for end in windows["window_end"].unique().sort()
+                          if (low is None or low < end) and end <= value]
+            newest = value if newest is None else max(newest, value)
+            assert fired == [], f"windows {fired} fired late"
+            fired = list(first_past)
+        else:
+            if value <= last_end:
+                assert value in fired, f"window end {value} fired at the wrong row ({events[-3:]})"
+                fired.remove(value)
+    assert fired == [], f"windows {fired} fired late"
 
 
 @pytest.mark.parametrize("state", ["memory", "lmdb"])
