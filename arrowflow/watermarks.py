@@ -135,7 +135,7 @@ def check_time_column(schema: pl.Schema, column: str, operator_id: str) -> pl.Da
         hint = ("pl.from_epoch(pl.col(c), time_unit='ms')" if dtype.is_integer()
                 else "pl.col(c).str.to_datetime()" if dtype == pl.String else "pl.col(c).cast(pl.Datetime('ms'))")
         msg = (f"operator {operator_id!r}: the event-time column {column!r} must be a pl.Datetime, it is "
-               f"{dtype}; convert it first, e.g. .with_columns({column}={hint.replace('c', repr(column), 1)})")
+               f"{dtype}; convert it first, e.g. .with_columns({column}={hint.replace('(c)', f'({column!r})')})")
         raise SchemaError(msg)
     return dtype
 

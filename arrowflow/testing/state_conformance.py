@@ -1,4 +1,4 @@
-"""The conformance suite every state backend runs, with the ``memory`` backend as the oracle.
+"""The conformance suite every state backend runs, ``memory`` included, against a reference.
 
 A backend's test module subclasses :class:`StateConformance` and says which backend to test;
 pytest then runs every test below against it::
@@ -13,11 +13,15 @@ A backend that needs a live service overrides the ``state_backend`` fixture inst
 :func:`temporary_postgres`). What a backend cannot store is declared, not branched on: set
 ``capabilities = Capabilities(nan=False)`` and the generated data leaves NaN out.
 
-Every test drives the backend under test and a ``memory`` store with the same operations —
-puts, gets, deletes, scans, counts, snapshots, restores, including restores onto another
-split of the key groups (rescaling) — and requires the same answers. The property tests
-draw the key and value schemas (strings, several key columns, temporal types, nulls) and
-the operation sequences with hypothesis. Nothing compares a backend with itself.
+Every test drives the backend under test and a :class:`ReferenceStore` with the same
+operations — puts, gets, deletes, scans, counts, snapshots, restores, including restores onto
+another split of the key groups (rescaling) — and requires the same answers. The reference
+is no backend: it keeps the log of the puts and deletes applied to it and answers every
+question with polars over that log (a key's entry is its last logged put, unless a delete
+came after it). So the ``memory`` backend runs this suite like any other, and nothing
+compares a backend with itself or with another backend. The property tests draw the key and
+value schemas (strings, several key columns, temporal types, nulls) and the operation
+sequences with hypothesis.
 
 The suite needs ``pytest`` and ``hypothesis`` (``pip install 'arrowflow[dev]'``).
 """
@@ -46,12 +50,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from polars.testing import assert_frame_equal
 
-from arrowflow.backends.memory import MemoryBackend
 from arrowflow.errors import StateError
 from arrowflow.keygroups import key_group_range, key_groups
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
 
-__all__ = ["Capabilities", "StateConformance", "assert_same_contents", "temporary_postgres"]
+__all__ = ["Capabilities", "ReferenceStore", "StateConformance", "assert_same_contents", "temporary_postgres"]
 
 ALL_GROUPS = range(0, 128)
 
@@ -81,7 +84,93 @@ def _scan(store: KeyedStore) -> pl.DataFrame:
     return pl.concat(frames).select(list(schema))
 
 
-def assert_same_contents(actual: KeyedStore, expected: KeyedStore, *, groups: range | None = None) -> None:
+_SEQ, _PUT, _PROBE = "__reference.seq", "__reference.put", "__reference.probe"
+
+
+class ReferenceStore:
+    """What a store must hold after a sequence of puts and deletes, computed by polars from
+    the log of those operations: no join of keys, no backend code.
+
+    A key is identified by ``group_by``/``over`` partitioning (null equals null and NaN equals
+    NaN, as in polars' ``group_by``); its entry is the values of its last logged operation
+    when that was a put. ``get`` finds, for each probed key, the sequence number of the key's
+    last logged operation (``max().over(keys)`` over the log and the probe together) and
+    takes that log row by its number.
+    """
+
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec = spec
+        self._log: list[pl.DataFrame] = []
+        self._next = 0
+
+    def _append(self, keys: pl.DataFrame, values: pl.DataFrame | None, *, put: bool) -> None:
+        height = keys.height
+        if values is None:  # a delete: logged with null values
+            values = pl.DataFrame([pl.Series(name, [None] * height, dtype=dtype)
+                                   for name, dtype in self.spec.value_schema.items()])
+        frame = pl.concat([keys.select(self.spec.key_columns), values.select(self.spec.value_columns)],
+                          how="horizontal")
+        self._log.append(frame.with_columns(
+            pl.int_range(self._next, self._next + height, dtype=pl.Int64).alias(_SEQ),
+            pl.lit(put, dtype=pl.Boolean).alias(_PUT)))
+        self._next += height
+
+    def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
+        self._append(keys, values, put=True)
+
+    def delete(self, keys: pl.DataFrame) -> None:
+        self._append(keys, None, put=False)
+
+    def log(self) -> pl.DataFrame:
+        schema = {**self.spec.key_schema, **self.spec.value_schema, _SEQ: pl.Int64, _PUT: pl.Boolean}
+        frames = [f for f in self._log if f.height]
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+
+    def entries(self) -> pl.DataFrame:
+        keys = self.spec.key_columns
+        log = self.log()
+        if log.height == 0:
+            return log.drop(_SEQ, _PUT)
+        last = log.filter(pl.col(_SEQ) == pl.col(_SEQ).max().over(keys))
+        return last.filter(pl.col(_PUT)).sort(_SEQ).drop(_SEQ, _PUT)
+
+    def scan(self) -> Iterator[pl.DataFrame]:
+        entries = self.entries()
+        if entries.height:
+            yield entries
+
+    def count(self) -> int:
+        return self.entries().height
+
+    def get(self, probe: pl.DataFrame) -> pl.DataFrame:
+        keys = self.spec.key_columns
+        log = self.log()
+        both = pl.concat([
+            log.select(*keys, _SEQ, pl.lit(None, dtype=pl.Int64).alias(_PROBE)),
+            probe.select(keys).with_columns(pl.lit(None, dtype=pl.Int64).alias(_SEQ),
+                                            pl.int_range(probe.height, dtype=pl.Int64).alias(_PROBE)),
+        ], how="vertical")
+        latest = (both.with_columns(pl.col(_SEQ).max().over(keys).alias(_SEQ))
+                  .filter(pl.col(_PROBE).is_not_null()).sort(_PROBE).select(_SEQ))
+        found = latest.join(log.drop(keys), on=_SEQ, how="left", maintain_order="left")
+        is_entry = pl.col(_PUT).fill_null(False)
+        return found.select(*(pl.when(is_entry).then(pl.col(c)).alias(c) for c in self.spec.value_columns),
+                            is_entry.alias(FOUND))
+
+
+class _References:
+    """Reference stores, opened like the stores of a backend (the owned key groups do not
+    matter: a reference holds what it was given)."""
+
+    def open(self, spec: StoreSpec, groups: range = ALL_GROUPS, **_: Any) -> ReferenceStore:
+        return ReferenceStore(spec)
+
+    def close(self) -> None:
+        pass
+
+
+def assert_same_contents(actual: KeyedStore, expected: KeyedStore | ReferenceStore, *,
+                         groups: range | None = None) -> None:
     """``actual`` holds exactly the entries of ``expected`` (restricted to ``groups``)."""
     keys = actual.spec.key_columns
     want = _scan(expected)
@@ -344,10 +433,8 @@ class StateConformance:
         opened.close()
 
     @pytest.fixture
-    def oracle(self) -> Iterator[_Stores]:
-        opened = _Stores(MemoryBackend())
-        yield opened
-        opened.close()
+    def oracle(self) -> _References:
+        return _References()
 
     @pytest.fixture
     def storage(self) -> Iterator[_Storage]:
@@ -371,18 +458,18 @@ class StateConformance:
         got = store.get(pl.DataFrame({"user": ["a", None], "session": [1, None]}))
         assert_frame_equal(got, DETERMINISTIC_SPEC.empty_values(2))
 
-    def test_empty_batches(self, stores: _Stores, oracle: _Stores) -> None:
-        store, memory = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
+    def test_empty_batches(self, stores: _Stores, oracle: _References) -> None:
+        store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         keys, values = _deterministic_data(10)
-        for target in (store, memory):
+        for target in (store, reference):
             target.put(keys.head(0), values.head(0))
             target.put(keys, values)
             target.delete(keys.head(0))
-        assert_frame_equal(store.get(keys.head(0)), memory.get(keys.head(0)))
-        assert_same_contents(store, memory)
+        assert_frame_equal(store.get(keys.head(0)), reference.get(keys.head(0)))
+        assert_same_contents(store, reference)
 
-    def test_put_get_delete_scan_count(self, stores: _Stores, oracle: _Stores) -> None:
-        store, memory = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
+    def test_put_get_delete_scan_count(self, stores: _Stores, oracle: _References) -> None:
+        store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         keys, values = _deterministic_data(5000)
         rng = np.random.default_rng(3)
         steps = [
@@ -391,28 +478,28 @@ class StateConformance:
         ]
         for number, (operation, rows) in enumerate(steps):
             batch = keys[rows]
-            for target in (store, memory):
+            for target in (store, reference):
                 if operation == "put":
                     target.put(batch, values[rows].with_columns(pl.col("n") + number))
                 else:
                     target.delete(batch)
             probe = keys.sample(2000, with_replacement=True, seed=int(rng.integers(1 << 30)))
-            assert_frame_equal(store.get(probe), memory.get(probe), check_exact=True)
-            assert store.count() == memory.count()
-        assert_same_contents(store, memory)
+            assert_frame_equal(store.get(probe), reference.get(probe), check_exact=True)
+            assert store.count() == reference.count()
+        assert_same_contents(store, reference)
 
-    def test_get_keeps_order_and_repeats(self, stores: _Stores, oracle: _Stores) -> None:
-        store, memory = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
+    def test_get_keeps_order_and_repeats(self, stores: _Stores, oracle: _References) -> None:
+        store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         keys, values = _deterministic_data(300)
-        for target in (store, memory):
+        for target in (store, reference):
             target.put(keys[::2], values[::2])
         probe = pl.concat([keys[::-1], keys[:50], pl.DataFrame({"user": ["absent"], "session": [None]},
                                                                   schema=keys.schema)])
-        got, want = store.get(probe), memory.get(probe)
+        got, want = store.get(probe), reference.get(probe)
         assert got.columns == [*DETERMINISTIC_SPEC.value_columns, FOUND]
         assert_frame_equal(got, want, check_exact=True)
 
-    def test_stores_are_isolated(self, stores: _Stores, oracle: _Stores) -> None:
+    def test_stores_are_isolated(self, stores: _Stores, oracle: _References) -> None:
         """Two stores of one worker (same local directory) and of two key ranges never mix."""
         local_dir = tempfile.mkdtemp(dir=stores.base)
         other_spec = StoreSpec("agg-2/seen", DETERMINISTIC_SPEC.key_schema, DETERMINISTIC_SPEC.value_schema)
@@ -422,11 +509,11 @@ class StateConformance:
         keys, values = _deterministic_data(200)
         first.put(keys, values)
         second.put(keys[:10], values[:10])
-        memory_first, memory_second = oracle.open(DETERMINISTIC_SPEC), oracle.open(other_spec)
-        memory_first.put(keys, values)
-        memory_second.put(keys[:10], values[:10])
-        assert_same_contents(first, memory_first)
-        assert_same_contents(second, memory_second)
+        expected_first, expected_second = oracle.open(DETERMINISTIC_SPEC), oracle.open(other_spec)
+        expected_first.put(keys, values)
+        expected_second.put(keys[:10], values[:10])
+        assert_same_contents(first, expected_first)
+        assert_same_contents(second, expected_second)
         assert third.count() == 0
 
     def test_reopened_store_starts_empty(self, stores: _Stores) -> None:
@@ -438,26 +525,26 @@ class StateConformance:
         again = stores.open(DETERMINISTIC_SPEC, local_dir=local_dir)
         assert again.count() == 0 and _scan(again).height == 0
 
-    def test_large_batch(self, stores: _Stores, oracle: _Stores) -> None:
+    def test_large_batch(self, stores: _Stores, oracle: _References) -> None:
         spec = StoreSpec("big", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64, "sum": pl.Float64}))
-        store, memory = stores.open(spec), oracle.open(spec)
+        store, reference = stores.open(spec), oracle.open(spec)
         ids = np.random.default_rng(1).permutation(200_000)[:80_000]
         keys = pl.DataFrame({"id": ids})
         values = pl.DataFrame({"n": np.arange(len(ids)), "sum": ids * 0.5})
-        for target in (store, memory):
+        for target in (store, reference):
             target.put(keys, values)
             target.put(keys[::3], values[::3].with_columns(pl.col("n") * 2))
         probe = pl.DataFrame({"id": np.arange(0, 200_000, 2)})
-        assert_frame_equal(store.get(probe), memory.get(probe), check_exact=True)
-        assert_same_contents(store, memory)
+        assert_frame_equal(store.get(probe), reference.get(probe), check_exact=True)
+        assert_same_contents(store, reference)
 
     # ------------------------------------------------------------------ snapshots
 
-    def test_snapshot_restore_same_split(self, stores: _Stores, oracle: _Stores, any_storage: _Storage) -> None:
+    def test_snapshot_restore_same_split(self, stores: _Stores, oracle: _References, any_storage: _Storage) -> None:
         storage = any_storage
-        store, memory = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
+        store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         keys, values = _deterministic_data(3000)
-        for target in (store, memory):
+        for target in (store, reference):
             target.put(keys, values)
             target.delete(keys[:500])
         root = storage.root()
@@ -466,8 +553,8 @@ class StateConformance:
         assert all(not f.path.startswith("/") for f in files), "StateFile paths are relative to the root"
         restored = stores.open(DETERMINISTIC_SPEC)
         restored.restore(storage.fs, root, files)
-        assert_same_contents(restored, memory)
-        assert_same_contents(store, memory)  # the snapshot left the store as it was
+        assert_same_contents(restored, reference)
+        assert_same_contents(store, reference)  # the snapshot left the store as it was
 
     def test_snapshot_of_empty_store(self, stores: _Stores, storage: _Storage) -> None:
         store = stores.open(DETERMINISTIC_SPEC)
@@ -480,12 +567,12 @@ class StateConformance:
         assert restored.count() == 0
 
     @pytest.mark.parametrize("parts", [1, 3])
-    def test_restore_onto_another_split(self, stores: _Stores, oracle: _Stores, storage: _Storage, parts: int) -> None:
+    def test_restore_onto_another_split(self, stores: _Stores, oracle: _References, storage: _Storage, parts: int) -> None:
         """Snapshot two stores ([0,64), [64,128)); restore into ``parts`` stores (rescaling)."""
         keys, values = _deterministic_data(4000)
         groups = key_groups(keys, 128)
-        memory = oracle.open(DETERMINISTIC_SPEC)
-        memory.put(keys, values)
+        reference = oracle.open(DETERMINISTIC_SPEC)
+        reference.put(keys, values)
         root = storage.root()
         files: list[StateFile] = []
         for worker, owned in enumerate(_split(2)):
@@ -497,38 +584,38 @@ class StateConformance:
         for worker, owned in enumerate(_split(parts)):
             restored = stores.open(DETERMINISTIC_SPEC, owned, worker=worker, parallelism=parts)
             restored.restore(storage.fs, root, files)
-            assert_same_contents(restored, memory, groups=owned)
+            assert_same_contents(restored, reference, groups=owned)
             total += restored.count()
-        assert total == memory.count()
+        assert total == reference.count()
 
-    def test_restore_replaces_contents(self, stores: _Stores, oracle: _Stores, storage: _Storage) -> None:
+    def test_restore_replaces_contents(self, stores: _Stores, oracle: _References, storage: _Storage) -> None:
         keys, values = _deterministic_data(1000)
-        store, memory = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
-        for target in (store, memory):
+        store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
+        for target in (store, reference):
             target.put(keys[:600], values[:600])
         root = storage.root()
         files = store.snapshot(storage.fs, root, 1)
         store.put(keys[400:], values[400:].with_columns(pl.col("n") + 1))
         store.delete(keys[:100])
         store.restore(storage.fs, root, files)
-        assert_same_contents(store, memory)
+        assert_same_contents(store, reference)
 
-    def test_later_snapshots_do_not_change_earlier_ones(self, stores: _Stores, oracle: _Stores,
+    def test_later_snapshots_do_not_change_earlier_ones(self, stores: _Stores, oracle: _References,
                                                          storage: _Storage) -> None:
         """Checkpoints 1..4 interleaved with updates; each restores to its own moment."""
         keys, values = _deterministic_data(2000)
         store = stores.open(DETERMINISTIC_SPEC)
-        memory = oracle.open(DETERMINISTIC_SPEC)
+        reference = oracle.open(DETERMINISTIC_SPEC)
         root = storage.root()
         taken: list[tuple[list[StateFile], pl.DataFrame]] = []
         batches = [slice(0, 1000), slice(900, 1000), slice(10, 11), slice(1000, 2000)]
         for checkpoint, rows in enumerate(batches, start=1):
-            for target in (store, memory):
+            for target in (store, reference):
                 target.put(keys[rows], values[rows].with_columns(pl.col("n") + checkpoint))
             if checkpoint == 3:
-                for target in (store, memory):
+                for target in (store, reference):
                     target.delete(keys[0:300])
-            taken.append((store.snapshot(storage.fs, root, checkpoint), _scan(memory)))
+            taken.append((store.snapshot(storage.fs, root, checkpoint), _scan(reference)))
         for files, expected in taken:
             restored = stores.open(DETERMINISTIC_SPEC)
             restored.restore(storage.fs, root, files)
@@ -538,21 +625,21 @@ class StateConformance:
                                     expected.select(DETERMINISTIC_SPEC.value_columns))
             assert_same_contents(restored, snapshot_oracle)
 
-    def test_restored_store_keeps_working(self, stores: _Stores, oracle: _Stores, storage: _Storage) -> None:
+    def test_restored_store_keeps_working(self, stores: _Stores, oracle: _References, storage: _Storage) -> None:
         keys, values = _deterministic_data(1500)
-        store, memory = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
-        for target in (store, memory):
+        store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
+        for target in (store, reference):
             target.put(keys[:1000], values[:1000])
         root = storage.root()
         restored = stores.open(DETERMINISTIC_SPEC)
         restored.restore(storage.fs, root, store.snapshot(storage.fs, root, 1))
-        for target in (restored, memory):
+        for target in (restored, reference):
             target.put(keys[800:], values[800:].with_columns(pl.col("n") - 1))
             target.delete(keys[:50])
-        assert_frame_equal(restored.get(keys), memory.get(keys), check_exact=True)
+        assert_frame_equal(restored.get(keys), reference.get(keys), check_exact=True)
         again = stores.open(DETERMINISTIC_SPEC)
         again.restore(storage.fs, root, restored.snapshot(storage.fs, root, 2))
-        assert_same_contents(again, memory)
+        assert_same_contents(again, reference)
 
     def test_flipped_byte_is_a_state_error(self, stores: _Stores, storage: _Storage) -> None:
         keys, values = _deterministic_data(500)
@@ -577,7 +664,7 @@ class StateConformance:
 
     # ------------------------------------------------------------------ types
 
-    def test_every_type_round_trips(self, stores: _Stores, oracle: _Stores, storage: _Storage) -> None:
+    def test_every_type_round_trips(self, stores: _Stores, oracle: _References, storage: _Storage) -> None:
         """Edge values of every supported flat type, as keys and as values."""
         nan = float("nan") if self.capabilities.nan else 2.5
         text = "x\x00y" if self.capabilities.nul_in_text else "xy"
@@ -612,17 +699,17 @@ class StateConformance:
             rows = frame.unique(subset=[key_column, "i8"], keep="first", maintain_order=True)
             keys, values = rows.select(key_column, "i8"), rows.drop(key_column, "i8")
             spec = StoreSpec(f"types-{key_column}", keys.schema, values.schema)
-            store, memory = stores.open(spec), oracle.open(spec)
-            for target in (store, memory):
+            store, reference = stores.open(spec), oracle.open(spec)
+            for target in (store, reference):
                 target.put(keys, values)
-            assert_frame_equal(store.get(keys), memory.get(keys), check_exact=True)
-            assert_same_contents(store, memory)
+            assert_frame_equal(store.get(keys), reference.get(keys), check_exact=True)
+            assert_same_contents(store, reference)
             root = storage.root()
             restored = stores.open(spec)
             restored.restore(storage.fs, root, store.snapshot(storage.fs, root, 1))
-            assert_same_contents(restored, memory)
+            assert_same_contents(restored, reference)
 
-    def test_nested_values_round_trip_or_are_refused_at_open(self, stores: _Stores, oracle: _Stores,
+    def test_nested_values_round_trip_or_are_refused_at_open(self, stores: _Stores, oracle: _References,
                                                               storage: _Storage) -> None:
         """A backend either keeps list and struct values exactly, or refuses them up front."""
         spec = StoreSpec("nested", pl.Schema({"id": pl.Int64}), pl.Schema({
@@ -636,18 +723,18 @@ class StateConformance:
             "pages": [["/a", "/b"], [], None],
             "last": [{"at": dt.datetime(2024, 1, 1), "amount": 2.5}, None, {"at": None, "amount": 1.0}],
         }, schema=dict(spec.value_schema))
-        store, memory = stores.open(spec), oracle.open(spec)
-        for target in (store, memory):
+        store, reference = stores.open(spec), oracle.open(spec)
+        for target in (store, reference):
             target.put(keys, values)
-        assert_frame_equal(store.get(keys), memory.get(keys), check_exact=True)
+        assert_frame_equal(store.get(keys), reference.get(keys), check_exact=True)
         root = storage.root()
         restored = stores.open(spec)
         restored.restore(storage.fs, root, store.snapshot(storage.fs, root, 1))
-        assert_frame_equal(restored.get(keys), memory.get(keys), check_exact=True)
+        assert_frame_equal(restored.get(keys), reference.get(keys), check_exact=True)
 
     # ------------------------------------------------------------------ properties
 
-    def test_random_operations_match_memory(self, state_backend: StateBackend) -> None:
+    def test_random_operations_match_the_reference(self, state_backend: StateBackend) -> None:
         """Random schemas, keys (with nulls, several columns) and operation sequences."""
 
         @settings(_PROPERTY, max_examples=self.property_examples or _PROPERTY.max_examples)
@@ -662,10 +749,10 @@ class StateConformance:
         key_kinds, value_kinds = data.draw(schemas(capabilities), label="schema")
         spec = _spec(key_kinds, value_kinds)
         pool = data.draw(key_pool(key_kinds, capabilities), label="keys")
-        stores, oracle = _Stores(state_backend), _Stores(MemoryBackend())
+        stores, oracle = _Stores(state_backend), _References()
         storage = _Storage("file")
         try:
-            store, memory = stores.open(spec), oracle.open(spec)
+            store, reference = stores.open(spec), oracle.open(spec)
             operations = data.draw(st.lists(st.sampled_from(
                 ["put", "put", "get", "delete", "check", "snapshot", "rescale"]), min_size=1, max_size=10))
             indices = st.lists(st.integers(0, pool.height - 1), unique=True, max_size=pool.height)
@@ -674,17 +761,17 @@ class StateConformance:
                     rows = pool[data.draw(indices)]
                     values = data.draw(value_rows(value_kinds, rows.height, capabilities))
                     store.put(rows, values)
-                    memory.put(rows, values)
+                    reference.put(rows, values)
                 elif operation == "delete":
                     rows = pool[data.draw(indices)]
                     store.delete(rows)
-                    memory.delete(rows)
+                    reference.delete(rows)
                 elif operation == "get":
                     probe = pool[data.draw(st.lists(st.integers(0, pool.height - 1), max_size=2 * pool.height))]
-                    assert_frame_equal(store.get(probe), memory.get(probe), check_exact=True)
+                    assert_frame_equal(store.get(probe), reference.get(probe), check_exact=True)
                 elif operation == "check":
-                    assert store.count() == memory.count()
-                    assert_same_contents(store, memory)
+                    assert store.count() == reference.count()
+                    assert_same_contents(store, reference)
                 elif operation == "snapshot":  # continue on the restored store
                     root = storage.root()
                     files = store.snapshot(storage.fs, root, checkpoint)
@@ -697,10 +784,10 @@ class StateConformance:
                     for worker, owned in enumerate(_split(parts)):
                         restored = stores.open(spec, owned, worker=worker, parallelism=parts)
                         restored.restore(storage.fs, root, files)
-                        assert_same_contents(restored, memory, groups=owned)
-            assert store.count() == memory.count()
-            assert_same_contents(store, memory)
-            assert_frame_equal(store.get(pool), memory.get(pool), check_exact=True)
+                        assert_same_contents(restored, reference, groups=owned)
+            assert store.count() == reference.count()
+            assert_same_contents(store, reference)
+            assert_frame_equal(store.get(pool), reference.get(pool), check_exact=True)
         finally:
             stores.close()
             oracle.close()

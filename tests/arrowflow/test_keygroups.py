@@ -84,6 +84,9 @@ def test_golden_bool_temporal_decimal_and_null_groups() -> None:
     assert groups(TIMES, dtype=pl.Datetime("us")) == [0, 37, 57]
     assert groups(TIMES, dtype=pl.Datetime("us", "UTC")) == [0, 37, 57]
     assert groups([Decimal("1.50"), Decimal("-2.25"), None], dtype=pl.Decimal(10, 2)) == [34, 95, 57]
+    # scale 0, and the 38 digits a decimal key may have (the hash is of the unscaled integer)
+    assert groups([Decimal("7"), Decimal("-12"), None], dtype=pl.Decimal(10, 0)) == [45, 43, 57]
+    assert groups([Decimal("9" * 38), Decimal("-" + "9" * 38), Decimal(7)], dtype=pl.Decimal(38, 0)) == [53, 114, 45]
     assert groups([None, None], dtype=pl.Null) == [57, 57]
 
 
@@ -126,12 +129,69 @@ def test_hash_does_not_depend_on_slicing_chunking_or_batch_neighbours() -> None:
     assert key_groups(pl.DataFrame([ints.slice(500, 10)])).tolist() == groups(list(range(500, 510)))
 
 
+def test_byte_hash_of_a_sliced_arrow_array_equals_a_fresh_one() -> None:
+    """The byte hash reads the offsets buffer itself: an Arrow slice (offset > 0, first
+    offset > 0) hashes as the same values copied into a fresh array. polars hands over fresh
+    arrays today; this keeps the offset arithmetic right for when it does not."""
+    import pyarrow as pa
+
+    from arrowflow.keygroups import _hash_bytes
+
+    values = STRINGS * 3
+    for arrow_type in (pa.string(), pa.large_string(), pa.binary()):
+        whole = pa.array([v.encode() if arrow_type == pa.binary() else v for v in values], type=arrow_type)
+        for start, length in ((5, 20), (1, 1), (0, 3), (len(values) - 4, 4), (7, 0)):
+            sliced = whole.slice(start, length)
+            fresh = pa.array(sliced.to_pylist(), type=arrow_type)
+            assert sliced.offset == start and fresh.offset == 0
+            assert _hash_bytes(sliced).tolist() == _hash_bytes(fresh).tolist(), (arrow_type, start, length)
+
+
 def test_string_view_and_large_string_arrays_agree() -> None:
     import pyarrow as pa
 
     for arrow_type in (pa.string(), pa.large_string(), pa.string_view()):
         frame = pl.from_arrow(pa.table({"k": pa.array(STRINGS, type=arrow_type)}))
         assert key_groups(frame).tolist() == groups(STRINGS)
+
+
+@pytest.mark.parametrize(("dtype", "values"), [
+    (pl.String, ["a", "", None]), (pl.Binary, [b"a", b"", None]), (pl.Categorical, ["a", "", None]),
+    (pl.Int64, [3, None, -1]), (pl.Float64, [0.5, None, -0.0]), (pl.Boolean, [True, None, False]),
+    (pl.Date, [dt.date(2024, 1, 2), None, dt.date(1969, 1, 1)]),
+    (pl.Decimal(10, 2), [Decimal("1.25"), None, Decimal("-3.00")]),
+])
+def test_an_empty_batch_has_no_key_groups(dtype: pl.DataType, values: list) -> None:
+    """Zero rows (an empty batch, a filter that kept nothing) give zero key groups, alone and
+    next to another key column, and the rows of a batch that follows are unaffected."""
+    empty = pl.DataFrame({"k": pl.Series([], dtype=dtype)})
+    for frame in (empty, empty.with_columns(other=pl.Series([], dtype=pl.Int64))):
+        got = key_groups(frame, 128)
+        assert got.dtype == np.int32 and got.shape == (0,), (dtype, got)
+        assert hash_keys(frame).shape == (0,)
+    full = pl.DataFrame({"k": pl.Series(values, dtype=dtype)})
+    assert key_groups(pl.concat([empty, full]), 128).tolist() == groups(values, dtype=dtype)
+
+
+@pytest.mark.parametrize("series", [
+    pl.Series(["a", None]), pl.Series([b"a", None]), pl.Series([True, None]), pl.Series([None, None]),
+    pl.Series(["a", None], dtype=pl.Categorical), pl.Series(["a", None], dtype=pl.Enum(["a"])),
+    pl.Series([Decimal("1.5"), None], dtype=pl.Decimal(5, 1)), pl.Series([1.5, None], dtype=pl.Float32),
+    pl.Series([1, None], dtype=pl.UInt16), pl.Series([dt.time(1), None]), pl.Series([dt.timedelta(1), None]),
+    pl.Series([dt.date(2024, 1, 1), None]), pl.Series([[1], None]), pl.Series([{"a": 1}, None]),
+    pl.Series([[1, 2], None], dtype=pl.Array(pl.Int64, 2)),
+], ids=lambda s: str(s.dtype))
+def test_plan_time_key_check_agrees_with_hashing(series: pl.Series) -> None:
+    """The plan refuses a key column exactly when hashing it would fail at run time."""
+    from arrowflow.keygroups import is_hashable_key_type
+
+    try:
+        key_groups(pl.DataFrame({"k": series}))
+        hashable = True
+    except af.SchemaError:
+        hashable = False
+    assert is_hashable_key_type(series.dtype) == hashable
+    assert hashable == (series.dtype.base_type() not in (pl.List, pl.Struct, pl.Array))
 
 
 def test_unhashable_key_type_is_a_schema_error() -> None:

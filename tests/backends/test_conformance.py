@@ -1,4 +1,5 @@
-"""Every built-in state backend passes the conformance suite, with ``memory`` as the oracle."""
+"""Every built-in state backend passes the conformance suite, ``memory`` included, against the
+suite's reference (polars over the log of the operations applied)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from arrowflow.backends.arrow_ipc import ArrowBackend
 from arrowflow.backends.lmdb import LmdbBackend
+from arrowflow.backends.memory import MemoryBackend
 from arrowflow.backends.sql import SqlBackend
 from arrowflow.state import StateBackend
 from arrowflow.testing.state_conformance import Capabilities, StateConformance
@@ -40,3 +42,9 @@ class TestPostgres(StateConformance):
     @pytest.fixture
     def state_backend(self, postgres_url: str) -> StateBackend:
         return SqlBackend(postgres_url)
+
+
+class TestMemory(StateConformance):
+    """The in-heap backend too: the suite's reference is polars over the operation log."""
+
+    backend = MemoryBackend()

@@ -27,13 +27,34 @@ def newest_state_file(tmp: Path) -> Path:
     return tmp / "checkpoints" / manifest["state"][0]["path"]
 
 
-@pytest.mark.parametrize("damage", ["truncated manifest", "state file removed", "flipped byte"])
+def edit_manifest_sources(path: Path) -> None:
+    """Rewrite a manifest as other valid JSON: a split position moved back by one row (or a
+    finished split forgotten), the checksum field left as it was."""
+    body = json.loads(path.read_text())
+    offsets = body["sources"]["read_parquet"]
+    if offsets["positions"]:
+        split = sorted(offsets["positions"])[0]
+        offsets["positions"][split] = int(offsets["positions"][split]) + 1
+    else:
+        assert offsets["finished"], "checkpoint 3 has no source offsets to edit"
+        offsets["finished"] = offsets["finished"][:-1]
+    path.write_text(json.dumps(body, sort_keys=True, indent=1))
+
+
+@pytest.mark.parametrize("damage", ["truncated manifest", "manifest edited into other valid JSON",
+                                    "state file removed", "flipped byte"])
 def test_a_damaged_checkpoint_is_skipped_and_the_previous_one_used(tmp_path: Path, recovery_input: Path,
                                                                    recovery, damage: str) -> None:
     crashed_run(tmp_path, recovery_input, recovery)
     if damage == "truncated manifest":
         path = tmp_path / "checkpoints" / "chk-00000003" / "_MANIFEST.json"
         path.write_bytes(path.read_bytes()[:100])
+    elif damage == "manifest edited into other valid JSON":
+        edit_manifest_sources(tmp_path / "checkpoints" / "chk-00000003" / "_MANIFEST.json")
+        flow = af.Flow("recovery")
+        flow.read_parquet(str(recovery_input)).write_parquet(str(tmp_path / "unused"))
+        with pytest.raises(CheckpointError, match="checkpoint 3: manifest checksum does not match"):
+            flow.run(workers=0, checkpoint_dir=str(tmp_path / "checkpoints"), restore=3)
     elif damage == "state file removed":
         newest_state_file(tmp_path).unlink()
     else:
@@ -79,6 +100,63 @@ def test_manifest_commit_is_create_if_absent_on_memory_and_local(tmp_path: Path)
         with pytest.raises(CheckpointError, match="already exists"):
             storage.write_manifest(_manifest(1))
         assert storage.latest().id == 1
+
+
+def _busy_manifest(checkpoint_id: int) -> Manifest:
+    return Manifest(id=checkpoint_id, time=1.5, flow="f", fingerprint="x", operators={"agg": "a1"},
+                    parallelism=2, max_parallelism=128,
+                    sources={"read_parquet": {"finished": ["a.parquet#rg0-0"], "positions": {"b.parquet#rg1-1": 700}}},
+                    state=[], sinks={"write_parquet": [{"part": f"part-{checkpoint_id}.parquet", "rows": 90}]},
+                    files=[])
+
+
+def _rewrite(path: Path, edit) -> None:
+    body = json.loads(path.read_text())
+    edit(body)
+    path.write_text(json.dumps(body, sort_keys=True, indent=1))
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda b: b["sources"]["read_parquet"]["positions"].update({"b.parquet#rg1-1": 699}),
+                 id="source offset"),
+    pytest.param(lambda b: b["sinks"]["write_parquet"][0].update(rows=91), id="sink entry"),
+    pytest.param(lambda b: b["sinks"].update(write_parquet=[]), id="sink entry removed"),
+    pytest.param(lambda b: b.update(parallelism=3), id="parallelism"),
+    pytest.param(lambda b: b.pop("checksum"), id="checksum removed"),
+    pytest.param(lambda b: b.update(checksum=b["checksum"].upper()), id="checksum changed"),
+])
+def test_a_manifest_edited_into_other_valid_json_is_skipped_and_refused(tmp_path: Path, edit) -> None:
+    """Valid JSON, wrong checksum: 'latest' warns and falls back to the previous checkpoint,
+    and asking for that checkpoint by id is an error naming it (a truncated manifest is
+    rejected by the JSON parser before its checksum is read; this one is not)."""
+    storage = CheckpointStorage(str(tmp_path / "ck"))
+    storage.ensure()
+    for checkpoint_id in (1, 2):
+        storage.write_manifest(_busy_manifest(checkpoint_id))
+    path = tmp_path / "ck" / "chk-00000002" / "_MANIFEST.json"
+    original = json.loads(path.read_text())
+    _rewrite(path, edit)
+    assert json.loads(path.read_text()) != original
+    with pytest.warns(UserWarning, match="skipping checkpoint 2 .*checksum does not match"):
+        latest = storage.latest()
+    assert latest is not None and latest.id == 1
+    assert latest.sources == _busy_manifest(1).sources and latest.sinks == _busy_manifest(1).sinks
+    with pytest.raises(CheckpointError, match="checkpoint 2: manifest checksum does not match its content"):
+        storage.find(2)
+
+
+def test_an_untouched_manifest_reads_back_equal(tmp_path: Path) -> None:
+    """The other side of the check above: a manifest as written verifies, field for field,
+    also after re-indenting the JSON (the checksum covers content, not layout)."""
+    storage = CheckpointStorage(str(tmp_path / "ck"))
+    storage.ensure()
+    storage.write_manifest(_busy_manifest(4))
+    path = tmp_path / "ck" / "chk-00000004" / "_MANIFEST.json"
+    _rewrite(path, lambda body: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert storage.latest() == _busy_manifest(4)
+    assert storage.find(4) == _busy_manifest(4)
 
 
 def test_retention_keeps_the_newest_complete_checkpoints(tmp_path: Path) -> None:

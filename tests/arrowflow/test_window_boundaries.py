@@ -1,0 +1,229 @@
+"""Windows at their boundaries: events in the last unit before a window's end, arriving once
+the watermark has reached that unit, and events exactly at the end.
+
+With ``delay=0`` and one-row batches the watermark before each row is the largest event time
+before it, so which rows count in their window and which are late is known row by row. The
+reference is polars over the input in arrival order: ``cum_max`` of the event times gives the
+watermark each row meets; a (row, window) pair is late when the window's end plus the allowed
+lateness is at or behind it, and every other pair is counted in its window, exactly once.
+
+A window that fires one time unit early (at watermark + 1 µs, or + 1 ms) counts the event at
+``end - 1`` that arrives when the watermark is ``end - 1`` in a second emission of the same
+window: these tests see that as a window emitted twice and as counts that differ from polars.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.io.memory import CollectSink
+
+KEY = "user"
+SIZE_MS = 1_000
+PER_MS = {"ms": 1, "us": 1_000, "ns": 1_000_000}
+
+
+def boundary_events(unit: str, *, windows: int = 10, seed: int = 3, epoch_ms: int = 1_700_000_000_000) -> pl.DataFrame:
+    """For each window end E (in the column's unit u), in shuffled order: E-1u twice, E-2u,
+    E-1ms, E-1ms+1u and the window's middle; then, shuffled, E, E+1u, E+1ms-1u, E+1ms and again E-1u,
+    E-2u, E-1ms (on time or late, depending on where the shuffle put them); keys and amounts
+    random."""
+    rng = np.random.default_rng(seed)
+    one_ms = PER_MS[unit]
+    size = SIZE_MS * one_ms
+    base = epoch_ms * one_ms // size * size + 7 * size  # a window boundary
+    ts: list[int] = []
+    for k in range(windows):
+        end = base + (k + 1) * size
+        before = [end - 1, end - 1, end - 2, end - one_ms, end - one_ms + 1, end - size // 2]
+        rng.shuffle(before)
+        after = [end, end - 1, end - one_ms, end + 1, end - 2, end + one_ms - 1, end + one_ms, end - 1]
+        rng.shuffle(after)
+        ts += [end - size + int(rng.integers(0, size // 2)), *before, *after]
+    n = len(ts)
+    return pl.DataFrame({
+        "ts": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime(unit)),
+        KEY: rng.integers(0, 3, n),
+        "amount": rng.integers(1, 1000, n),
+    })
+
+
+def reference(df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int,
+              delay_ms: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(windows, late pairs) that one-row batches with ``delay`` must give, from polars alone."""
+    one_ms = PER_MS[unit]
+    size, every, lateness = SIZE_MS * one_ms, every_ms * one_ms, lateness_ms * one_ms
+    # The watermark is kept in microseconds (floored): for nanosecond columns it moves in µs.
+    step = max(one_ms // 1000, 1)
+    rows = df.with_row_index("arrival").with_columns(t=pl.col("ts").to_physical()).with_columns(
+        watermark=(pl.col("t").cum_max().shift(1) // step * step - delay_ms * one_ms))
+    pairs = pl.concat([
+        rows.with_columns(start=(pl.col("t") // every) * every - j * every)
+        for j in range(-(-size // every))
+    ]).filter(pl.col("t") < pl.col("start") + size)
+    is_late = (pl.col("start") + size + lateness <= pl.col("watermark")).fill_null(False)
+    pairs = pairs.with_columns(window_start=pl.col("start").cast(pl.Datetime(unit)),
+                               window_end=(pl.col("start") + size).cast(pl.Datetime(unit)))
+    windows = (pairs.filter(~is_late).group_by(KEY, "window_start", "window_end")
+               .agg(n=pl.len(), total=pl.col("amount").sum()))
+    late = pairs.filter(is_late).select(*df.columns, "window_start", "window_end")
+    return windows, late
+
+
+def run(df: pl.DataFrame, spec: af.WindowSpec, *, workers: int, lateness: str | None,
+        delay: str = "0s", state: str = "memory") -> tuple[pl.DataFrame, pl.DataFrame]:
+    flow = af.Flow("window-boundaries")
+    windowed = (flow.from_polars(df, splits=1).with_watermark("ts", delay=delay).key_by(KEY)
+                .window(spec, allowed_lateness=lateness).agg(n=pl.len(), total=pl.col("amount").sum(), name="w"))
+    windowed.write_to(CollectSink(), name="out")
+    windowed.side_output("late").write_to(CollectSink(), name="late")
+    result = flow.run(workers=workers, batch_size=1, state=state)
+    out = pl.concat(result.outputs["out"]) if result.outputs.get("out") else pl.DataFrame()
+    late = pl.concat(result.outputs["late"]) if result.outputs.get("late") else pl.DataFrame()
+    return out, late
+
+
+def check(got: pl.DataFrame, late: pl.DataFrame, windows: pl.DataFrame, expected_late: pl.DataFrame) -> None:
+    keys = [KEY, "window_start"]
+    assert got.select(keys).is_duplicated().sum() == 0, "a window was emitted twice (it fired early)"
+    columns = [KEY, "window_start", "window_end", "n", "total"]
+    want = windows.select(columns).sort(keys)
+    assert got.height == want.height, f"{got.height} windows, polars says {want.height}"
+    assert got.select(columns).sort(keys).equals(want.cast(got.select(columns).schema)), "windows differ from polars"
+    order = ["ts", KEY, "amount", "window_start"]
+    assert late.height == expected_late.height, f"{late.height} late rows, polars says {expected_late.height}"
+    if late.height:
+        assert late.select(expected_late.columns).sort(order).equals(
+            expected_late.sort(order).cast(late.select(expected_late.columns).schema)), "late rows differ"
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+@pytest.mark.parametrize(("kind", "every_ms"), [("tumbling", SIZE_MS), ("sliding", 250)])
+@pytest.mark.parametrize("lateness_ms", [0, 1])
+def test_events_at_end_minus_one_unit_count_and_at_end_fire(unit: str, kind: str, every_ms: int,
+                                                           lateness_ms: int) -> None:
+    df = boundary_events(unit)
+    check_boundaries(df, unit, kind, every_ms, lateness_ms)
+
+
+@pytest.mark.parametrize("unit", ["ms", "ns"])
+def test_boundaries_before_1970(unit: str) -> None:
+    """Negative event times (December 1969): windows still floor towards the past, and the
+    watermark of a job that has seen nothing yet is below every one of them."""
+    df = boundary_events(unit, windows=12, seed=3, epoch_ms=-30 * 86_400_000)
+    assert (df["ts"].to_physical() < 0).all()
+    check_boundaries(df, unit, "sliding", 250, 0)
+
+
+def check_boundaries(df: pl.DataFrame, unit: str, kind: str, every_ms: int, lateness_ms: int) -> None:
+    spec = af.tumbling(f"{SIZE_MS}ms") if kind == "tumbling" else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+    windows, expected_late = reference(df, unit, every_ms=every_ms, lateness_ms=lateness_ms)
+    # The data must have both sides of the boundary: rows one unit before a window's end that
+    # arrive when the watermark is exactly there (still counted) and after it reached the end.
+    one_ms = PER_MS[unit]
+    size = SIZE_MS * one_ms
+    t = df["ts"].to_physical()
+    watermark = t.cum_max().shift(1)
+    at_edge = (t % size == size - 1) & (watermark == t)
+    assert int(at_edge.sum()) >= 5, "no event at end - 1 unit meets a watermark at end - 1"
+    assert expected_late.height >= 5, "the data must have late rows"
+    got, late = run(df, spec, workers=0, lateness=None if lateness_ms == 0 else f"{lateness_ms}ms")
+    check(got, late, windows, expected_late)
+
+
+@pytest.mark.parametrize("unit", ["ms", "us"])
+def test_a_delay_holds_the_watermark_back_by_exactly_that_much(unit: str) -> None:
+    """delay=1ms: a row of a window still counts until an event at end + 1ms has been seen
+    (the data has events at end + 1ms - 1u and at end + 1ms), and is late after that."""
+    delay_ms = 1
+    df = boundary_events(unit, seed=4)
+    windows, expected_late = reference(df, unit, every_ms=SIZE_MS, lateness_ms=0, delay_ms=delay_ms)
+    _, no_delay_late = reference(df, unit, every_ms=SIZE_MS, lateness_ms=0)
+    assert 0 < expected_late.height < no_delay_late.height, "the delay must change which rows are late"
+    got, late = run(df, af.tumbling(f"{SIZE_MS}ms"), workers=0, lateness=None, delay=f"{delay_ms}ms")
+    check(got, late, windows, expected_late)
+
+
+@pytest.mark.parametrize("through_store", [False, True], ids=["buffered", "through-store"])
+def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streaming, not only at the end of the input: each window end is reached by its own
+    one-row batch here, so the windows reach the next operator in as many batches as there
+    are ends, in the order of their ends (the output of a bounded input alone cannot tell a
+    window that fired on time from one that waited for the end of the input). The late port
+    is not connected and the aggregation reads one column: late rows are only counted."""
+    if through_store:
+        import arrowflow.runtime.window_op as window_op
+
+        monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
+    df = boundary_events("ms", windows=8, seed=6)
+    events: list[tuple[str, object]] = []  # ("in", newest ts so far) / ("out", window end), in order
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("window-emissions")
+    (flow.from_polars(df, splits=1).map_batches(tap_in).with_watermark("ts", delay="0s").key_by(KEY)
+     .window(af.tumbling(f"{SIZE_MS}ms")).agg(n=pl.len(), name="w").map_batches(tap_out)
+     .write_to(CollectSink(), name="out"))
+    result = flow.run(workers=0, batch_size=1)
+    windows, expected_late = reference(df, "ms", every_ms=SIZE_MS, lateness_ms=0)
+    got = pl.concat(result.outputs["out"])
+    assert got.sort(KEY, "window_start").select(KEY, "window_start", "n").equals(
+        windows.sort(KEY, "window_start").select(KEY, "window_start", "n").cast(
+            got.select(KEY, "window_start", "n").schema))
+    metrics = result.metrics().filter(pl.col("kind") == "window")
+    assert int(metrics["late"].sum()) == expected_late.height > 0
+    assert int(metrics["windows_fired"].sum()) == got.height
+    # Each window end E comes out right after the first row with an event time >= E, before
+    # the next row is read; only the last windows wait for the end of the input.
+    newest = None
+    fired: list[object] = []
+    last_end = df["ts"].max()
+    for kind, value in events:
+        if kind == "in":
+            low = newest
+            first_past = [end for end in windows["window_end"].unique().sort()
+                          if (low is None or low < end) and end <= value]
+            newest = value if newest is None else max(newest, value)
+            assert fired == [], f"windows {fired} fired late"
+            fired = list(first_past)
+        else:
+            if value <= last_end:
+                assert value in fired, f"window end {value} fired at the wrong row ({events[-3:]})"
+                fired.remove(value)
+    assert fired == [], f"windows {fired} fired late"
+
+
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
+@pytest.mark.parametrize(("kind", "every_ms", "lateness_ms"), [("tumbling", SIZE_MS, 0), ("sliding", 250, 1)])
+def test_boundaries_hold_for_windows_kept_in_the_state_store(state: str, kind: str, every_ms: int, lateness_ms: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same boundaries when every open window has gone through the state store (a write
+    buffer of one row: in process, so the patch reaches the operator), on two backends."""
+    import arrowflow.runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
+    df = boundary_events("us", windows=6, seed=9)
+    spec = af.tumbling(f"{SIZE_MS}ms") if kind == "tumbling" else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+    windows, expected_late = reference(df, "us", every_ms=every_ms, lateness_ms=lateness_ms)
+    got, late = run(df, spec, workers=0, lateness=f"{lateness_ms}ms" if lateness_ms else None, state=state)
+    check(got, late, windows, expected_late)
+
+
+def test_boundaries_hold_with_a_worker_process() -> None:
+    """The same on a pool of one worker (watermarks cross a ring between reader and window)."""
+    df = boundary_events("us", windows=6, seed=8)
+    windows, expected_late = reference(df, "us", every_ms=SIZE_MS, lateness_ms=0)
+    got, late = run(df, af.tumbling(f"{SIZE_MS}ms"), workers=1, lateness=None)
+    check(got, late, windows, expected_late)
