@@ -131,8 +131,9 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     return lines
 
 
-def format_summary(flow: Flow, result: RunResult) -> str:
-    """What a finished run did, as a few lines of text for a terminal."""
+def format_summary(flow: Flow, result: RunResult, *, restarts: bool = True) -> str:
+    """What a finished run did, as a few lines of text for a terminal, ending with the restarts
+    line (``restarts=False``: the caller prints it last itself, after more output)."""
     if result.workers == 0:
         where = "in-process"
     else:
@@ -185,7 +186,8 @@ def format_summary(flow: Flow, result: RunResult) -> str:
             lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {described}")
     # The notes name flow.run's options; on the command line they are flags.
     lines.extend(f"note: {note.replace('restore=None', '--restore none')}" for note in result.notes)
-    lines.append(restarts_line(result))
+    if restarts:
+        lines.append(restarts_line(result))
     return "\n".join(lines)
 
 

@@ -282,7 +282,7 @@ def run_demo(
     if workers is not None:
         options["workers"] = workers
     result = flow.run(**options)
-    say(format_summary(flow, result))
+    say(format_summary(flow, result, restarts=False))  # said on the last line instead
     say("")
     listing = CheckpointStorage(str(checkpoints)).list()
     say(f"checkpoints: {len(result.checkpoints)} taken ({', '.join(map(str, result.checkpoints))}), state in LMDB; "

@@ -83,6 +83,7 @@ def test_demo_exits_0_and_says_what_it_did(
     assert "Traceback" not in done.stderr
     # a restart would hide a crash: the last line says there was none
     assert out.strip().splitlines()[-1] == "restarts: none (no worker failed)"
+    assert out.count("restarts: ") == 1
 
 
 def test_demo_output_equals_polars(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
