@@ -6,6 +6,7 @@ Set ARROWFLOW_TEST_WORKERS (e.g. "0" or "0,2") to narrow the executors while dev
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -26,3 +27,29 @@ def _restarts_are_failures(request: pytest.FixtureRequest, monkeypatch: pytest.M
     Subprocesses that the tests start inherit the setting."""
     injected = request.node.get_closest_marker("injects_faults") is not None
     monkeypatch.setenv("ARROWFLOW_RESTARTS", "injected" if injected else "fail")
+
+
+def _worker_pids() -> list[int]:
+    """Live worker processes spawned by this process (not the resource tracker, no zombies)."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if (int(fields[1]) == os.getpid() and fields[0] != "Z" and b"multiprocessing" in cmdline
+                and b"resource_tracker" not in cmdline):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def worker_pids() -> Callable[[], list[int]]:
+    """The pids of the pool workers this test process spawned, as a function to call."""
+    return _worker_pids

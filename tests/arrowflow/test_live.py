@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -107,26 +108,9 @@ def test_results_keep_the_newest_rows_up_to_the_limit() -> None:
     assert job.control.results.count(job.taps[stream.id][0]) == 10_000
 
 
-def worker_pids() -> list[int]:
-    """Our spawned worker processes (children of this process running the pool's worker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == os.getpid() and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 @pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(tmp_path: Path) -> None:
+def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(tmp_path: Path, worker_pids: Callable[[], list[int]]) -> None:
     df = events(30_000)
     flow = af.Flow("restarting")
     stream = flow.from_polars(df, splits=30).map_batches(slow)
@@ -414,7 +398,7 @@ def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path:
 
 @pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Path) -> None:
+def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Path, worker_pids: Callable[[], list[int]]) -> None:
     """A run restored from an older checkpoint (by id) that loses a worker before its own
     first checkpoint restarts from that same checkpoint, not from a newer one of another run."""
     df = events(30_000)
@@ -437,7 +421,7 @@ def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Pa
 
 @pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_a_restart_never_restores_an_older_runs_checkpoint(tmp_path: Path) -> None:
+def test_a_restart_never_restores_an_older_runs_checkpoint(tmp_path: Path, worker_pids: Callable[[], list[int]]) -> None:
     """A run started with restore=None in a directory holding another run's checkpoints, that
     loses a worker before its own first checkpoint, restarts from scratch, not from those."""
     df = events(30_000)

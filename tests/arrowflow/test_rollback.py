@@ -128,7 +128,7 @@ def test_a_sink_that_cannot_roll_back_makes_the_restore_refuse(tmp_path: Path) -
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
 @pytest.mark.filterwarnings("ignore:skipping checkpoint")
 @pytest.mark.injects_faults
-def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(tmp_path: Path) -> None:
+def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(tmp_path: Path, worker_pids) -> None:
     """mode="append", restore=None: the run commits two checkpoints, both get damaged, then a
     worker is killed. The restart finds none of the run's checkpoints and starts over; the
     rows those checkpoints committed go first, or the replay would append them again."""
@@ -154,7 +154,7 @@ def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_commit
     assert len(list(out.glob("part-*"))) > 1, "the run's checkpoints committed nothing"
     for checkpoint_id in ids:
         (ck / chk_dir(checkpoint_id) / MANIFEST).write_bytes(b"{ garbage")
-    pids = [p for p in _children() if p != os.getpid()]
+    pids = [p for p in worker_pids() if p != os.getpid()]
     assert len(pids) == 2, pids
     os.kill(pids[0], signal.SIGKILL)
     with pytest.warns(UserWarning, match="rolled back output of later checkpoints"):
@@ -165,25 +165,6 @@ def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_commit
     expected = pl.concat([earlier, EVENTS])
     assert got.height == expected.height, f"{got.height} rows, expected {expected.height}"
     assert got.sort("event_id").equals(expected.sort("event_id"))
-
-
-def _children() -> list[int]:
-    """Worker processes spawned by this process."""
-    import os
-
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == os.getpid() and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.filterwarnings("ignore:skipping checkpoint")
