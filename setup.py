@@ -17,8 +17,13 @@ setup(
             include_dirs=[LMDB],
             define_macros=[("NDEBUG", "1")],
             # LMDB's own warnings are not ours to fix; keep its symbols out of the module's exports
-            extra_compile_args=["-O2", "-fvisibility=hidden", "-Wno-unused-parameter", "-Wno-sign-compare",
-                                "-Wno-implicit-fallthrough"],
+            extra_compile_args=[
+                "-O2",
+                "-fvisibility=hidden",
+                "-Wno-unused-parameter",
+                "-Wno-sign-compare",
+                "-Wno-implicit-fallthrough",
+            ],
             optional=True,
         )
     ]

@@ -90,8 +90,13 @@ def packed_schema(schema: pl.Schema) -> pl.Schema:
 def _binary(data: np.ndarray, offsets: np.ndarray) -> pl.Series:
     """A Binary series whose row ``i`` is ``data[offsets[i]:offsets[i+1]]``."""
     array = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(offsets) - 1,
-        [None, pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int64)), pa.py_buffer(np.ascontiguousarray(data))],
+        pa.large_binary(),
+        len(offsets) - 1,
+        [
+            None,
+            pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int64)),
+            pa.py_buffer(np.ascontiguousarray(data)),
+        ],
     )
     return pl.Series(pl.from_arrow(array))
 
@@ -133,18 +138,32 @@ def pack(elements: pl.DataFrame, lengths: np.ndarray, schema: pl.Schema) -> pl.D
         valid = _valid_bytes(array)
         offset, n = array.offset, len(array)
         if kind.kind == "fixed":
-            data = _buffer_bytes(array.buffers()[1])[offset * kind.width:(offset + n) * kind.width]
+            data = _buffer_bytes(array.buffers()[1])[
+                offset * kind.width : (offset + n) * kind.width
+            ]
             values = _binary(data, _group_offsets(lengths, kind.width))
         elif kind.kind == "bool":
             bits = _buffer_bytes(array.buffers()[1])
-            data = np.unpackbits(bits, bitorder="little")[offset:offset + n] if n else np.empty(0, np.uint8)
+            data = (
+                np.unpackbits(bits, bitorder="little")[offset : offset + n]
+                if n
+                else np.empty(0, np.uint8)
+            )
             values = _binary(data, _group_offsets(lengths, 1))
         elif kind.kind == "var":
-            value_offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[offset:offset + n + 1] if n else np.zeros(1, np.int64)
-            data = _buffer_bytes(array.buffers()[2])[value_offsets[0]:value_offsets[-1]]
+            value_offsets = (
+                np.frombuffer(array.buffers()[1], dtype=np.int64)[offset : offset + n + 1]
+                if n
+                else np.zeros(1, np.int64)
+            )
+            data = _buffer_bytes(array.buffers()[2])[value_offsets[0] : value_offsets[-1]]
             values = _binary(data, value_offsets[group_ends] - value_offsets[0])
             element_lengths = np.diff(value_offsets).astype(np.int64)
-            columns.append(_binary(element_lengths.view(np.uint8), _group_offsets(lengths, 8)).alias(f"__len_{name}"))
+            columns.append(
+                _binary(element_lengths.view(np.uint8), _group_offsets(lengths, 8)).alias(
+                    f"__len_{name}"
+                )
+            )
         else:  # null: the count and the validity say everything
             values = _binary(np.empty(0, np.uint8), np.zeros(len(lengths) + 1, np.int64))
         columns.append(values.alias(name))
@@ -161,8 +180,10 @@ def _concatenated(series: pl.Series) -> np.ndarray:
         array = array.combine_chunks()
     if len(array) == 0:
         return np.empty(0, dtype=np.uint8)
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
-    return _buffer_bytes(array.buffers()[2])[offsets[0]:offsets[-1]]
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[
+        array.offset : array.offset + len(array) + 1
+    ]
+    return _buffer_bytes(array.buffers()[2])[offsets[0] : offsets[-1]]
 
 
 def unpack(packed: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, np.ndarray]:
@@ -177,14 +198,20 @@ def unpack(packed: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, np.nd
         kind = layout(name, dtype, "packed state")
         valid = _concatenated(packed.get_column(f"__valid_{name}"))
         if len(valid) != total:
-            msg = f"packed state column {name!r} holds {len(valid)} elements, its counts say {total}"
+            msg = (
+                f"packed state column {name!r} holds {len(valid)} elements, its counts say {total}"
+            )
             raise ValueError(msg)
         null_count = int(total - np.count_nonzero(valid))
         bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
         data = _concatenated(packed.get_column(name))
         if kind.kind == "fixed":
-            array = pa.Array.from_buffers(kind.arrow_type, total, [bitmap, pa.py_buffer(np.ascontiguousarray(data))],
-                                          null_count=null_count)
+            array = pa.Array.from_buffers(
+                kind.arrow_type,
+                total,
+                [bitmap, pa.py_buffer(np.ascontiguousarray(data))],
+                null_count=null_count,
+            )
         elif kind.kind == "bool":
             bits = pa.py_buffer(np.packbits(data, bitorder="little"))
             array = pa.Array.from_buffers(pa.bool_(), total, [bitmap, bits], null_count=null_count)
@@ -192,9 +219,12 @@ def unpack(packed: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, np.nd
             element_lengths = _concatenated(packed.get_column(f"__len_{name}")).view(np.int64)
             offsets = np.zeros(total + 1, dtype=np.int64)
             np.cumsum(element_lengths, out=offsets[1:])
-            array = pa.Array.from_buffers(kind.arrow_type, total,
-                                          [bitmap, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))],
-                                          null_count=null_count)
+            array = pa.Array.from_buffers(
+                kind.arrow_type,
+                total,
+                [bitmap, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))],
+                null_count=null_count,
+            )
         else:
             array = pa.nulls(total)
         columns.append(pl.Series(name, pl.from_arrow(array)).cast(dtype))

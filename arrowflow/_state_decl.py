@@ -25,7 +25,9 @@ _STATE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _dtype(value: Any) -> pl.DataType | None:
-    if isinstance(value, pl.DataType) or (isinstance(value, type) and issubclass(value, pl.DataType)):
+    if isinstance(value, pl.DataType) or (
+        isinstance(value, type) and issubclass(value, pl.DataType)
+    ):
         return pl.DataFrame(schema={"x": value}).schema["x"]
     return None
 
@@ -47,8 +49,10 @@ def _columns(value: Any, default_name: str, what: str) -> tuple[pl.Schema, bool]
             msg = f"{what}: column names starting with '__' are reserved for arrowflow, got {reserved[0]!r}"
             raise PlanError(msg)
         return schema, False
-    msg = (f"{what}: expected a polars type such as pl.Int64 or a schema such as "
-           f"{{'n': pl.Int64, 'total': pl.Float64}}, got {type(value).__name__} {value!r}")
+    msg = (
+        f"{what}: expected a polars type such as pl.Int64 or a schema such as "
+        f"{{'n': pl.Int64, 'total': pl.Float64}}, got {type(value).__name__} {value!r}"
+    )
     raise PlanError(msg)
 
 
@@ -76,8 +80,10 @@ class _StateDecl:
     @classmethod
     def _checked_name(cls, name: Any, kind: str) -> str:
         if not isinstance(name, str) or not _STATE_NAME.match(name) or name.startswith("__"):
-            msg = (f"{kind}(name, ...): the name must be letters, digits and '_', not starting with a "
-                   f"digit or '__', e.g. 'seen' or 'click_count'; got {name!r}")
+            msg = (
+                f"{kind}(name, ...): the name must be letters, digits and '_', not starting with a "
+                f"digit or '__', e.g. 'seen' or 'click_count'; got {name!r}"
+            )
             raise PlanError(msg)
         return name
 
@@ -92,14 +98,30 @@ class _StateDecl:
     @property
     def store_values(self) -> pl.Schema:
         """The value columns of the state's store."""
-        return self.element_schema if self.kind == "value" else _packed.packed_schema(self.element_schema)
+        return (
+            self.element_schema
+            if self.kind == "value"
+            else _packed.packed_schema(self.element_schema)
+        )
 
-    def store_spec(self, operator_id: str, key_schema: pl.Schema, max_parallelism: int) -> StoreSpec:
-        return StoreSpec(f"{operator_id}/{self.name}", key_schema, self.store_values, max_parallelism=max_parallelism)
+    def store_spec(
+        self, operator_id: str, key_schema: pl.Schema, max_parallelism: int
+    ) -> StoreSpec:
+        return StoreSpec(
+            f"{operator_id}/{self.name}",
+            key_schema,
+            self.store_values,
+            max_parallelism=max_parallelism,
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "map_keys": {k: str(v) for k, v in self.map_keys.items()},
-                "values": {k: str(v) for k, v in self.values.items()}, "ttl_ms": self.ttl_ms}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "map_keys": {k: str(v) for k, v in self.map_keys.items()},
+            "values": {k: str(v) for k, v in self.values.items()},
+            "ttl_ms": self.ttl_ms,
+        }
 
     def __repr__(self) -> str:
         ttl = f", ttl={self.ttl_ms}ms" if self.ttl_ms is not None else ""
@@ -145,12 +167,16 @@ class MapState(_StateDecl):
     :class:`MapStateHandle`.
     """
 
-    def __init__(self, name: str, *, key: Mapping[str, Any], value: Any, ttl: str | Any = None) -> None:
+    def __init__(
+        self, name: str, *, key: Mapping[str, Any], value: Any, ttl: str | Any = None
+    ) -> None:
         name = self._checked_name(name, "MapState")
         what = f"MapState {name!r}"
         if _dtype(key) is not None or not isinstance(key, Mapping | pl.Schema):
-            msg = (f"{what}: key= names the map-key columns and their types, e.g. key={{'page': pl.String}}; "
-                   f"got {key!r}")
+            msg = (
+                f"{what}: key= names the map-key columns and their types, e.g. key={{'page': pl.String}}; "
+                f"got {key!r}"
+            )
             raise PlanError(msg)
         map_keys, _ = _columns(key, name, f"{what} key")
         values, single = _columns(value, name, f"{what} value")

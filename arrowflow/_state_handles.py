@@ -46,8 +46,10 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema, what: str) -> pl.DataFrame:
     for name, dtype in schema.items():
         found = frame.schema[name]
         if not (_lossless(found, dtype) or (found.is_integer() and dtype.is_integer())):
-            msg = (f"{what}: column {name!r} must be {dtype}, got {found}; cast it first, "
-                   f"e.g. pl.col({name!r}).cast(pl.{dtype})")
+            msg = (
+                f"{what}: column {name!r} must be {dtype}, got {found}; cast it first, "
+                f"e.g. pl.col({name!r}).cast(pl.{dtype})"
+            )
             raise SchemaError(msg)
     try:
         return frame.select(pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items())
@@ -59,7 +61,8 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema, what: str) -> pl.DataFrame:
 def _schema_differences(expected: pl.Schema, got: pl.Schema) -> str:
     return "; ".join(
         f"{name}: expected {expected.get(name, 'no such column')}, got {got.get(name, 'missing')}"
-        for name in dict.fromkeys([*expected.names(), *got.names()]) if expected.get(name) != got.get(name)
+        for name in dict.fromkeys([*expected.names(), *got.names()])
+        if expected.get(name) != got.get(name)
     )
 
 
@@ -72,15 +75,19 @@ def conform_output(frame: Any, schema: pl.Schema, what: str, hint: str) -> pl.Da
     if frame.schema == schema:
         return frame
     if sorted(frame.columns) == sorted(schema.names()) and all(
-            frame.schema[name] in (dtype, pl.Null) for name, dtype in schema.items()):
+        frame.schema[name] in (dtype, pl.Null) for name, dtype in schema.items()
+    ):
         return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
     msg = f"{what}: the batch does not match its schema ({_schema_differences(schema, frame.schema)}); {hint}"
     raise SchemaError(msg)
 
 
 def _broadcast_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str | bytes) or type(value).__module__ in (
-        "datetime", "decimal")
+    return (
+        value is None
+        or isinstance(value, bool | int | float | str | bytes)
+        or type(value).__module__ in ("datetime", "decimal")
+    )
 
 
 class _Handle:
@@ -100,29 +107,40 @@ class _Handle:
         """The key columns (and ``extra`` columns) of ``frame``, in the state's types."""
         schema = pl.Schema({**self.ctx.key_schema, **(extra or {})})
         if not isinstance(frame, pl.DataFrame):
-            msg = (f"{self.what}: {method}() takes a DataFrame holding the columns {schema.names()} "
-                   f"(e.g. the batch itself), got {type(frame).__name__}")
+            msg = (
+                f"{self.what}: {method}() takes a DataFrame holding the columns {schema.names()} "
+                f"(e.g. the batch itself), got {type(frame).__name__}"
+            )
             raise PlanError(msg)
         missing = [name for name in schema.names() if name not in frame.columns]
         if missing:
-            msg = (f"{self.what}: {method}() needs the column {missing[0]!r} in the frame it gets; "
-                   f"it has {frame.columns}, and {schema.names()} are needed")
+            msg = (
+                f"{self.what}: {method}() needs the column {missing[0]!r} in the frame it gets; "
+                f"it has {frame.columns}, and {schema.names()} are needed"
+            )
             raise SchemaError(msg)
         return _conform(frame.select(schema.names()), schema, f"{self.what}: {method}()")
 
-    def _values(self, rows: pl.DataFrame, frame: pl.DataFrame, values: Any, method: str) -> pl.DataFrame:
+    def _values(
+        self, rows: pl.DataFrame, frame: pl.DataFrame, values: Any, method: str
+    ) -> pl.DataFrame:
         """``values`` as a frame of the state's value columns, one row per row of ``frame``."""
         schema, single = self.decl.values, self.decl.single
         what = f"{self.what}: {method}()"
-        if isinstance(values, pl.Expr) or (isinstance(values, list | tuple) and values
-                                           and all(isinstance(v, pl.Expr) for v in values)):
+        if isinstance(values, pl.Expr) or (
+            isinstance(values, list | tuple)
+            and values
+            and all(isinstance(v, pl.Expr) for v in values)
+        ):
             exprs = [values] if isinstance(values, pl.Expr) else list(values)
             if single and len(exprs) == 1:
                 exprs = [exprs[0].alias(self.decl.name)]
             try:
                 out = frame.with_columns(exprs)
             except pl.exceptions.PolarsError as exc:
-                msg = f"{what}: the value expression failed on the frame: {str(exc).splitlines()[0]}"
+                msg = (
+                    f"{what}: the value expression failed on the frame: {str(exc).splitlines()[0]}"
+                )
                 raise SchemaError(msg) from None
             values = out.select(name for name in schema.names() if name in out.columns)
         elif isinstance(values, pl.Series):
@@ -133,25 +151,35 @@ class _Handle:
         elif isinstance(values, pl.DataFrame):
             if single and self.decl.name not in values.columns:
                 if values.width != 1:
-                    msg = (f"{what}: expected one column of values (or a column named {self.decl.name!r}), "
-                           f"got {values.columns}")
+                    msg = (
+                        f"{what}: expected one column of values (or a column named {self.decl.name!r}), "
+                        f"got {values.columns}"
+                    )
                     raise PlanError(msg)
                 values = values.rename({values.columns[0]: self.decl.name})
         elif _broadcast_scalar(values):
-            values = pl.select(pl.repeat(values, frame.height).alias(self.decl.name)) if single else None
+            values = (
+                pl.select(pl.repeat(values, frame.height).alias(self.decl.name)) if single else None
+            )
             if values is None:
-                msg = f"{what}: a scalar fits a state of one column; this state has {schema.names()}"
+                msg = (
+                    f"{what}: a scalar fits a state of one column; this state has {schema.names()}"
+                )
                 raise PlanError(msg)
         else:
-            msg = (f"{what}: values must be a Series, a DataFrame, a polars expression or a scalar, "
-                   f"got {type(values).__name__}")
+            msg = (
+                f"{what}: values must be a Series, a DataFrame, a polars expression or a scalar, "
+                f"got {type(values).__name__}"
+            )
             raise PlanError(msg)
         missing = [name for name in schema.names() if name not in values.columns]
         if missing:
             msg = f"{what}: the values have no column {missing[0]!r}; they need {schema.names()}"
             raise SchemaError(msg)
         if values.height != rows.height:
-            msg = f"{what}: got {values.height} values for {rows.height} keys; pass one value per row"
+            msg = (
+                f"{what}: got {values.height} values for {rows.height} keys; pass one value per row"
+            )
             raise PlanError(msg)
         return _conform(values.select(schema.names()), schema, what)
 
@@ -197,7 +225,9 @@ class ValueStateHandle(_Handle):
             if expired.any():
                 self.store.delete(self._unique(keys.filter(expired)))
                 present = present & ~expired
-                found = found.with_columns(pl.when(present).then(pl.col(c)) for c in self.decl.values.names())
+                found = found.with_columns(
+                    pl.when(present).then(pl.col(c)) for c in self.decl.values.names()
+                )
         return found.select(self.decl.values.names()), present
 
     def get(self, keys: pl.DataFrame) -> pl.Series | pl.DataFrame:
@@ -222,8 +252,10 @@ class ValueStateHandle(_Handle):
     def _sweep(self) -> None:
         if self.decl.ttl_ms is None:
             return
-        expired = [part.select(self.ctx.key_columns).filter(self._expired(part.get_column(WRITTEN)))
-                   for part in self.store.scan()]
+        expired = [
+            part.select(self.ctx.key_columns).filter(self._expired(part.get_column(WRITTEN)))
+            for part in self.store.scan()
+        ]
         expired = [part for part in expired if part.height]
         if expired:
             self.store.delete(pl.concat(expired))
@@ -235,7 +267,9 @@ class _PackedHandle(_Handle):
     def _decode(self, keys: pl.DataFrame, packed: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
         """(elements with the row number of their key in ``_INDEX``, whether some expired)."""
         elements, lengths = _packed.unpack(packed, self.decl.element_schema)
-        elements = elements.with_columns(pl.Series(_INDEX, np.repeat(np.arange(keys.height), lengths)))
+        elements = elements.with_columns(
+            pl.Series(_INDEX, np.repeat(np.arange(keys.height), lengths))
+        )
         if self.decl.ttl_ms is None or not elements.height:
             return elements, False
         expired = self._expired(elements.get_column(WRITTEN))
@@ -255,7 +289,11 @@ class _PackedHandle(_Handle):
     def _save(self, keys: pl.DataFrame, elements: pl.DataFrame) -> None:
         """Store ``elements`` (ordered by ``_INDEX``) as the whole content of ``keys``."""
         index = elements.get_column(_INDEX).to_numpy()
-        lengths = np.bincount(index, minlength=keys.height) if len(index) else np.zeros(keys.height, np.int64)
+        lengths = (
+            np.bincount(index, minlength=keys.height)
+            if len(index)
+            else np.zeros(keys.height, np.int64)
+        )
         empty = lengths == 0
         if empty.any():
             self.store.delete(keys.filter(empty))
@@ -302,7 +340,12 @@ class ListStateHandle(_PackedHandle):
         lists = elements.group_by(_INDEX, maintain_order=True).agg(element.alias(self.decl.name))
         dtype = self._list_dtype()
         out = indexed.select(_INDEX).join(lists, on=_INDEX, how="left", maintain_order="left")
-        return out.get_column(self.decl.name).cast(dtype).fill_null(pl.lit([], dtype=dtype)).alias(self.decl.name)
+        return (
+            out.get_column(self.decl.name)
+            .cast(dtype)
+            .fill_null(pl.lit([], dtype=dtype))
+            .alias(self.decl.name)
+        )
 
     def append(self, keys: pl.DataFrame, values: Any) -> None:
         """Append one element per row to its key's list, in row order."""
@@ -318,9 +361,15 @@ class ListStateHandle(_PackedHandle):
         rows = self._rows(keys, method="put")
         if isinstance(lists, pl.Expr):
             lists = keys.with_columns(lists.alias("__lists")).get_column("__lists")
-        if not isinstance(lists, pl.Series) or not isinstance(lists.dtype, pl.List) or lists.len() != rows.height:
-            msg = (f"{self.what}: put() takes one list per row (a Series or expression of type "
-                   f"{self._list_dtype()}), got {getattr(lists, 'dtype', type(lists).__name__)}")
+        if (
+            not isinstance(lists, pl.Series)
+            or not isinstance(lists.dtype, pl.List)
+            or lists.len() != rows.height
+        ):
+            msg = (
+                f"{self.what}: put() takes one list per row (a Series or expression of type "
+                f"{self._list_dtype()}), got {getattr(lists, 'dtype', type(lists).__name__)}"
+            )
             raise PlanError(msg)
         frame = rows.with_columns(lists.alias("__lists"))
         if frame.height > 1:
@@ -330,7 +379,11 @@ class ListStateHandle(_PackedHandle):
         lengths = column.list.len().fill_null(0).to_numpy()
         elements = column.filter(pl.Series(lengths > 0)).explode()
         index = pl.Series(_INDEX, np.repeat(np.arange(frame.height, dtype=np.int64), lengths))
-        values = elements.struct.unnest() if not self.decl.single else elements.alias(self.decl.name).to_frame()
+        values = (
+            elements.struct.unnest()
+            if not self.decl.single
+            else elements.alias(self.decl.name).to_frame()
+        )
         added = self._values(values, values, values, "put")
         self._replace(unique, self._stamp(added.with_columns(index)), keep_old=False)
 
@@ -355,7 +408,8 @@ class MapStateHandle(_PackedHandle):
         on = [_INDEX, *self.decl.map_keys.names()]
         marked = entries.select(*on, *self.decl.values.names(), pl.lit(True).alias(FOUND))
         return join_on_keys(indexed, marked, on, "left", maintain_order="left").with_columns(
-            pl.col(FOUND).fill_null(False))
+            pl.col(FOUND).fill_null(False)
+        )
 
     def get(self, rows: pl.DataFrame) -> pl.Series | pl.DataFrame:
         """The value under each row's (key, map key), null where there is none."""
@@ -374,25 +428,38 @@ class MapStateHandle(_PackedHandle):
         on_all = [*self.ctx.key_columns, *self.decl.map_keys.names()]
         if new.height > 1:  # the last value wins, in the place of the first (as in a dict)
             first = pl.col("__first").min().over(on_all)
-            new = (new.with_row_index("__first").with_columns(first)
-                   .unique(on_all, keep="last", maintain_order=True).sort("__first").drop("__first"))
+            new = (
+                new.with_row_index("__first")
+                .with_columns(first)
+                .unique(on_all, keep="last", maintain_order=True)
+                .sort("__first")
+                .drop("__first")
+            )
         new = self._stamp(new)
         unique, indexed, entries = self._entries(new)
         on = [_INDEX, *self.decl.map_keys.names()]
         updates = indexed.select(entries.columns)
         # An updated entry keeps its place (its rank among the key's entries); new ones go last.
         ranked = entries.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__rank"))
-        placed = join_on_keys(updates, ranked.select(*on, "__rank"), on, "left", maintain_order="left").with_columns(
-            pl.col("__rank").fill_null(pl.int_range(pl.len(), dtype=pl.Int64) + entries.height))
+        placed = join_on_keys(
+            updates, ranked.select(*on, "__rank"), on, "left", maintain_order="left"
+        ).with_columns(
+            pl.col("__rank").fill_null(pl.int_range(pl.len(), dtype=pl.Int64) + entries.height)
+        )
         untouched = join_on_keys(ranked, updates.select(on), on, "anti", maintain_order="left")
-        self._save(unique, pl.concat([untouched, placed], how="vertical").sort(_INDEX, "__rank").drop("__rank"))
+        self._save(
+            unique,
+            pl.concat([untouched, placed], how="vertical").sort(_INDEX, "__rank").drop("__rank"),
+        )
 
     def remove(self, rows: pl.DataFrame) -> None:
         """Remove the entry under each row's (key, map key), where there is one."""
         wanted = self._rows(rows, self.decl.map_keys, "remove")
         unique, indexed, entries = self._entries(wanted)
         on = [_INDEX, *self.decl.map_keys.names()]
-        self._save(unique, join_on_keys(entries, indexed.select(on), on, "anti", maintain_order="left"))
+        self._save(
+            unique, join_on_keys(entries, indexed.select(on), on, "anti", maintain_order="left")
+        )
 
     def items(self, keys: pl.DataFrame) -> pl.DataFrame:
         """Every entry of these keys: the key columns, the map-key columns and the value
@@ -402,7 +469,12 @@ class MapStateHandle(_PackedHandle):
         unique, _, entries = self._entries(rows)
         key_rows = unique.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_INDEX))
         return entries.join(key_rows, on=_INDEX, how="left", maintain_order="left").select(
-            *self.ctx.key_columns, *self.decl.map_keys.names(), *self.decl.values.names())
+            *self.ctx.key_columns, *self.decl.map_keys.names(), *self.decl.values.names()
+        )
 
 
-HANDLES: dict[str, type[_Handle]] = {"value": ValueStateHandle, "list": ListStateHandle, "map": MapStateHandle}
+HANDLES: dict[str, type[_Handle]] = {
+    "value": ValueStateHandle,
+    "list": ListStateHandle,
+    "map": MapStateHandle,
+}

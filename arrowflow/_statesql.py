@@ -36,8 +36,24 @@ _QUOTES = "'\"`"
 _FILE_READERS = ("read_", "scan_")
 _TABLE_POSITION = frozenset({"from", "join"})
 #: Keywords that end a FROM clause's list of tables.
-_CLAUSES = frozenset({"where", "group", "having", "order", "limit", "offset", "union", "except", "intersect",
-                      "on", "using", "window", "qualify", "fetch"})
+_CLAUSES = frozenset(
+    {
+        "where",
+        "group",
+        "having",
+        "order",
+        "limit",
+        "offset",
+        "union",
+        "except",
+        "intersect",
+        "on",
+        "using",
+        "window",
+        "qualify",
+        "fetch",
+    }
+)
 
 
 def _refuse(reason: str) -> NoReturn:
@@ -64,7 +80,7 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
                     end += 2
                     continue
                 break
-            text = sql[i + 1:end].replace(ch * 2, ch)
+            text = sql[i + 1 : end].replace(ch * 2, ch)
             tokens.append(("string" if ch == "'" else "name", text))
             i = end + 1
         elif ch in _WORD_START:
@@ -72,7 +88,7 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
             while end < n and sql[end] in _WORD:
                 end += 1
             if end < n and sql[end] in _QUOTES:
-                _refuse(f"a prefixed literal {sql[i:end + 1]}… at character {i}")
+                _refuse(f"a prefixed literal {sql[i : end + 1]}… at character {i}")
             tokens.append(("word", sql[i:end].lower()))
             i = end
         elif ch.isascii() and ch.isdigit():
@@ -81,7 +97,9 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
             if end < n and (sql[end] in _WORD or sql[end] in _QUOTES):
                 # polars ends the number here and reads a name (1from t: FROM t) or a
                 # literal (1e'…': an escaped string) right after it
-                _refuse(f"a number run into a name or a literal at character {i} ({sql[i:end + 1]}…)")
+                _refuse(
+                    f"a number run into a name or a literal at character {i} ({sql[i : end + 1]}…)"
+                )
             tokens.append(("number", sql[i:end]))
             i = end
         elif sql.startswith(("--", "/*"), i):
@@ -109,9 +127,13 @@ def check_state_query(sql: str, tables: list[str]) -> None:
         _refuse(f"it starts with {first}")
     if ("punct", ";") in tokens:
         _refuse("it holds several statements")
-    defined = {tokens[i][1].lower() for i in range(len(tokens) - 2)
-               if tokens[i][0] in ("word", "name") and tokens[i + 1] == ("word", "as")
-               and tokens[i + 2] == ("punct", "(")}
+    defined = {
+        tokens[i][1].lower()
+        for i in range(len(tokens) - 2)
+        if tokens[i][0] in ("word", "name")
+        and tokens[i + 1] == ("word", "as")
+        and tokens[i + 2] == ("punct", "(")
+    }
     known = {table.lower() for table in tables} | defined
     # Per parenthesis: is it a query (its first token SELECT or WITH), and is it inside its
     # FROM clause, where each comma starts another table? FROM is also a keyword of
@@ -124,14 +146,18 @@ def check_state_query(sql: str, tables: list[str]) -> None:
             _refuse(f"{text}() reads files")
         scope = scopes[-1]
         if (kind, text) == ("punct", "("):
-            scopes.append([(following_kind, following) in (("word", "select"), ("word", "with")), False])
+            scopes.append(
+                [(following_kind, following) in (("word", "select"), ("word", "with")), False]
+            )
         elif (kind, text) == ("punct", ")"):
             if len(scopes) > 1:
                 scopes.pop()
         elif kind == "word" and text in _CLAUSES:
             scope[1] = False
-        elif scope[0] and ((kind == "word" and text in _TABLE_POSITION and tokens[i - 1] != ("word", "distinct"))
-                           or (scope[1] and (kind, text) == ("punct", ","))):
+        elif scope[0] and (
+            (kind == "word" and text in _TABLE_POSITION and tokens[i - 1] != ("word", "distinct"))
+            or (scope[1] and (kind, text) == ("punct", ","))
+        ):
             scope[1] = True
             _check_table(tokens, i, known, tables)
 
@@ -148,5 +174,7 @@ def _check_table(tokens: list[tuple[str, str]], i: int, known: set[str], tables:
         reads = " that reads files" if name.lower().startswith(_FILE_READERS) else ""
         _refuse(f"{name}() after {where} is a table function{reads}")
     if kind not in ("word", "name") or name.lower() not in known:
-        _refuse(f"{name!r} after {where} is not a table of this checkpoint "
-                f"(tables: {', '.join(repr(t) for t in sorted(tables)) or 'none'})")
+        _refuse(
+            f"{name!r} after {where} is not a table of this checkpoint "
+            f"(tables: {', '.join(repr(t) for t in sorted(tables)) or 'none'})"
+        )

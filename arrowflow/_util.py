@@ -119,4 +119,3 @@ def open_sqlite(driver: ModuleType, path: str, pragmas: tuple[str, ...]) -> obje
         connection.close()
         raise
     return connection
-

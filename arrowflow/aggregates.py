@@ -32,10 +32,31 @@ from arrowflow.keygroups import KEY_TYPES_HINT, is_hashable_key_type
 from arrowflow.state import FOUND
 
 ROW_COUNT = "__n"
-SUPPORTED = ("pl.len()", "len", "count", "sum", "min", "max", "nan_min", "nan_max", "mean", "first", "last",
-             "first/last(ignore_nulls=True)")
-_KINDS = {"Sum": "sum", "Min": "min", "Max": "max", "Mean": "mean", "First": "first", "Last": "last",
-          "Count": "count", "FirstNonNull": "first_non_null", "LastNonNull": "last_non_null"}
+SUPPORTED = (
+    "pl.len()",
+    "len",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "nan_min",
+    "nan_max",
+    "mean",
+    "first",
+    "last",
+    "first/last(ignore_nulls=True)",
+)
+_KINDS = {
+    "Sum": "sum",
+    "Min": "min",
+    "Max": "max",
+    "Mean": "mean",
+    "First": "first",
+    "Last": "last",
+    "Count": "count",
+    "FirstNonNull": "first_non_null",
+    "LastNonNull": "last_non_null",
+}
 
 
 @dataclass(frozen=True)
@@ -53,16 +74,42 @@ class AggTerm:
 
 
 # State column suffix of each order-statistic kind, and how a state column merges by suffix.
-_SUFFIX = {"sum": "sum", "min": "min", "max": "max", "nan_min": "nanmin", "nan_max": "nanmax", "first": "first",
-           "last": "last", "first_non_null": "firstnn", "last_non_null": "lastnn"}
-_AGGREGATE = {
-    "sum": pl.Expr.sum, "min": pl.Expr.min, "max": pl.Expr.max, "nan_min": pl.Expr.nan_min,
-    "nan_max": pl.Expr.nan_max, "first": pl.Expr.first, "last": pl.Expr.last,
-    "first_non_null": lambda e: e.first(ignore_nulls=True), "last_non_null": lambda e: e.last(ignore_nulls=True),
+_SUFFIX = {
+    "sum": "sum",
+    "min": "min",
+    "max": "max",
+    "nan_min": "nanmin",
+    "nan_max": "nanmax",
+    "first": "first",
+    "last": "last",
+    "first_non_null": "firstnn",
+    "last_non_null": "lastnn",
 }
-_MERGE_RULE = {"n": "add", "count": "add", "sum": "add", "rows": "add", "min": "min", "max": "max",
-               "nanmin": "nan_min", "nanmax": "nan_max", "first": "first", "last": "last",
-               "firstnn": "first_non_null", "lastnn": "last_non_null"}
+_AGGREGATE = {
+    "sum": pl.Expr.sum,
+    "min": pl.Expr.min,
+    "max": pl.Expr.max,
+    "nan_min": pl.Expr.nan_min,
+    "nan_max": pl.Expr.nan_max,
+    "first": pl.Expr.first,
+    "last": pl.Expr.last,
+    "first_non_null": lambda e: e.first(ignore_nulls=True),
+    "last_non_null": lambda e: e.last(ignore_nulls=True),
+}
+_MERGE_RULE = {
+    "n": "add",
+    "count": "add",
+    "sum": "add",
+    "rows": "add",
+    "min": "min",
+    "max": "max",
+    "nanmin": "nan_min",
+    "nanmax": "nan_max",
+    "first": "first",
+    "last": "last",
+    "firstnn": "first_non_null",
+    "lastnn": "last_non_null",
+}
 
 
 _US_PER_DAY = 86_400_000_000
@@ -102,7 +149,11 @@ def parse_term(name: str, expr: pl.Expr, operator_id: str) -> AggTerm:
             options = node["Agg"][agg_name]
             if kind == "count" and isinstance(options, dict) and options.get("include_nulls"):
                 kind = "len"  # pl.col(x).len(): every value, nulls included
-            elif kind in ("min", "max") and isinstance(options, dict) and options.get("propagate_nans"):
+            elif (
+                kind in ("min", "max")
+                and isinstance(options, dict)
+                and options.get("propagate_nans")
+            ):
                 kind = f"nan_{kind}"
             (source,) = bare.meta.pop()
             _check_row_wise(name, expr, source, operator_id)
@@ -125,7 +176,10 @@ def _has_nested_aggregation(node: object) -> bool:
     if isinstance(node, dict):
         if "Eval" in node and isinstance(node["Eval"], dict):
             return _has_nested_aggregation(node["Eval"].get("expr"))
-        return any(key == "Agg" or (key != "Literal" and _has_nested_aggregation(value)) for key, value in node.items())
+        return any(
+            key == "Agg" or (key != "Literal" and _has_nested_aggregation(value))
+            for key, value in node.items()
+        )
     if isinstance(node, list):
         return any(_has_nested_aggregation(item) for item in node)
     return node == "Len"
@@ -151,8 +205,10 @@ def batch_dependence(expr: pl.Expr) -> str | None:
     if _has_nested_aggregation(json.loads(expr.meta.serialize(format="json"))):
         return "it contains an aggregation, which would see one batch at a time"
     if not _polars_says("is_row_separable", expr, unknown=True):
-        return ("it depends on other rows (a sort, shift, cumulative, rank, unique, head/slice, sample or "
-                "window expression), which would see one batch at a time")
+        return (
+            "it depends on other rows (a sort, shift, cumulative, rank, unique, head/slice, sample or "
+            "window expression), which would see one batch at a time"
+        )
     return None
 
 
@@ -177,7 +233,9 @@ def _check_row_wise(name: str, expr: pl.Expr, source: pl.Expr, operator_id: str)
         raise PlanError(msg)
 
 
-def named_aggregations(exprs: tuple[pl.Expr, ...], named: dict[str, pl.Expr], operator_id: str) -> dict[str, pl.Expr]:
+def named_aggregations(
+    exprs: tuple[pl.Expr, ...], named: dict[str, pl.Expr], operator_id: str
+) -> dict[str, pl.Expr]:
     """Positional expressions named by their output name, plus the keyword ones."""
     result: dict[str, pl.Expr] = {}
     for expr in exprs:
@@ -240,16 +298,24 @@ class IncrementalAgg:
             raise SchemaError(msg) from None
         # polars' mean of dates is a Datetime("us"): the mean in days, scaled (in that order,
         # so that the rounding matches polars to the microsecond).
-        self._date_means = {t.name for t in self.terms
-                            if t.kind == "mean" and t.source is not None and _is_date(t.source, input_schema)}
+        self._date_means = {
+            t.name
+            for t in self.terms
+            if t.kind == "mean" and t.source is not None and _is_date(t.source, input_schema)
+        }
         self.partial_exprs: list[pl.Expr] = [pl.len().cast(pl.Int64).alias(ROW_COUNT)]
         for term in self.terms:
             self.partial_exprs.extend(self._partials(term, input_schema))
         partial_schema = (
-            pl.LazyFrame(schema=input_schema).group_by(self.keys).agg(self.partial_exprs).collect_schema()
+            pl.LazyFrame(schema=input_schema)
+            .group_by(self.keys)
+            .agg(self.partial_exprs)
+            .collect_schema()
         )
         self.key_schema = pl.Schema({k: partial_schema[k] for k in self.keys})
-        self.state_schema = pl.Schema({k: v for k, v in partial_schema.items() if k not in self.keys})
+        self.state_schema = pl.Schema(
+            {k: v for k, v in partial_schema.items() if k not in self.keys}
+        )
 
     @staticmethod
     def _partials(term: AggTerm, input_schema: pl.Schema) -> list[pl.Expr]:
@@ -300,10 +366,16 @@ class IncrementalAgg:
             elif rule == "max":
                 expr = pl.max_horizontal(prev, cur)
             elif rule in ("nan_min", "nan_max"):
-                either = pl.min_horizontal(prev, cur) if rule == "nan_min" else pl.max_horizontal(prev, cur)
+                either = (
+                    pl.min_horizontal(prev, cur)
+                    if rule == "nan_min"
+                    else pl.max_horizontal(prev, cur)
+                )
                 expr = pl.when(prev.is_nan() | cur.is_nan()).then(float("nan")).otherwise(either)
             elif rule == "first":
-                seen = pl.col(FOUND) if rows is None else pl.col(FOUND) & (pl.col(f"old.{rows}") > 0)
+                seen = (
+                    pl.col(FOUND) if rows is None else pl.col(FOUND) & (pl.col(f"old.{rows}") > 0)
+                )
                 expr = pl.when(seen).then(prev).otherwise(cur)
             elif rule == "last":
                 expr = cur if rows is None else pl.when(pl.col(rows) > 0).then(cur).otherwise(prev)
@@ -340,7 +412,9 @@ class IncrementalAgg:
         return keys_and_state.select(self.final_exprs())
 
 
-def combine_partials(partials: pl.DataFrame, keys: list[str], state_schema: pl.Schema) -> pl.DataFrame:
+def combine_partials(
+    partials: pl.DataFrame, keys: list[str], state_schema: pl.Schema
+) -> pl.DataFrame:
     """Merge partial-aggregate rows (columns ``<name>__<kind>``) that share ``keys``, in row
     order, into one row per key: what :meth:`IncrementalAgg.combine` does, from the state's
     schema alone (``read_state`` uses it on a checkpoint, without the flow)."""
@@ -351,9 +425,16 @@ def combine_partials(partials: pl.DataFrame, keys: list[str], state_schema: pl.S
         rows = f"{column.rsplit('__', 1)[0]}__rows"
         if rows in state_schema and rule in ("first", "last"):
             col = col.filter(pl.col(rows) > 0)
-        expr = {"add": col.sum(), "min": col.min(), "max": col.max(), "nan_min": col.nan_min(),
-                "nan_max": col.nan_max(), "first": col.first(), "last": col.last(),
-                "first_non_null": col.first(ignore_nulls=True),
-                "last_non_null": col.last(ignore_nulls=True)}[rule]
+        expr = {
+            "add": col.sum(),
+            "min": col.min(),
+            "max": col.max(),
+            "nan_min": col.nan_min(),
+            "nan_max": col.nan_max(),
+            "first": col.first(),
+            "last": col.last(),
+            "first_non_null": col.first(ignore_nulls=True),
+            "last_non_null": col.last(ignore_nulls=True),
+        }[rule]
         exprs.append(expr.cast(state_schema[column]).alias(column))
     return partials.group_by(keys, maintain_order=True).agg(exprs)

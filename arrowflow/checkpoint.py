@@ -68,10 +68,20 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         body = {
-            "format": FORMAT_VERSION, "id": self.id, "time": self.time, "flow": self.flow,
-            "fingerprint": self.fingerprint, "operators": self.operators, "parallelism": self.parallelism,
-            "max_parallelism": self.max_parallelism, "sources": self.sources, "state": self.state,
-            "sinks": self.sinks, "files": self.files, "final": self.final, "stores": self.stores,
+            "format": FORMAT_VERSION,
+            "id": self.id,
+            "time": self.time,
+            "flow": self.flow,
+            "fingerprint": self.fingerprint,
+            "operators": self.operators,
+            "parallelism": self.parallelism,
+            "max_parallelism": self.max_parallelism,
+            "sources": self.sources,
+            "state": self.state,
+            "sinks": self.sinks,
+            "files": self.files,
+            "final": self.final,
+            "stores": self.stores,
         }
         text = json.dumps(body, sort_keys=True, default=str)
         body["checksum"] = _digest(text.encode())
@@ -98,6 +108,7 @@ class Manifest:
         outside ``[0, max_parallelism)`` or an undecodable store spec would be a raw
         TypeError, or worse, a restore that goes on with the wrong state. So every field is checked here, before anything acts on it.
         """
+
         def wrong(what: str, value: Any, expected: str) -> NoReturn:
             msg = f"the manifest's {what} is {value!r:.80}, expected {expected}"
             raise CheckpointError(msg)
@@ -108,8 +119,11 @@ class Manifest:
             return value
 
         count("id", self.id, 0)
-        if (not isinstance(self.time, (int, float)) or isinstance(self.time, bool)
-                or not math.isfinite(self.time)):
+        if (
+            not isinstance(self.time, (int, float))
+            or isinstance(self.time, bool)
+            or not math.isfinite(self.time)
+        ):
             wrong("time", self.time, "a number of seconds")
         for what in ("flow", "fingerprint"):
             if not isinstance(getattr(self, what), str):
@@ -124,14 +138,22 @@ class Manifest:
             wrong("sources", self.sources, "an object of source ids to offsets")
         for source, offsets in self.sources.items():
             finished = offsets.get("finished", [])
-            if not isinstance(finished, list) or not all(isinstance(split, str) for split in finished):
+            if not isinstance(finished, list) or not all(
+                isinstance(split, str) for split in finished
+            ):
                 wrong(f"finished splits of source {source!r}", finished, "a list of split ids")
             for key in ("positions", "mtimes"):
                 if not _str_map(offsets.get(key, {}), object):
-                    wrong(f"{key} of source {source!r}", offsets.get(key), "an object keyed by split id")
+                    wrong(
+                        f"{key} of source {source!r}",
+                        offsets.get(key),
+                        "an object keyed by split id",
+                    )
         if not _str_map(self.sinks, list):
             wrong("sinks", self.sinks, "an object of sink ids to lists of staged output")
-        if not isinstance(self.files, list) or not all(isinstance(entry, dict) for entry in self.files):
+        if not isinstance(self.files, list) or not all(
+            isinstance(entry, dict) for entry in self.files
+        ):
             wrong("files", self.files, "a list of objects")
         for entry in self.files:
             if not {"path", "size", "sha256"} <= set(entry):
@@ -145,25 +167,43 @@ class Manifest:
             try:
                 decode_spec(spec)
             except Exception as exc:  # any failure to decode means a damaged spec
-                wrong(f"spec of store {name!r}", spec, f"a store spec that decodes ({type(exc).__name__}: {exc})")
+                wrong(
+                    f"spec of store {name!r}",
+                    spec,
+                    f"a store spec that decodes ({type(exc).__name__}: {exc})",
+                )
         from arrowflow.state import StateFile
 
         keys = {f.name for f in dataclasses.fields(StateFile)}
-        if not isinstance(self.state, list) or not all(isinstance(entry, dict) for entry in self.state):
+        if not isinstance(self.state, list) or not all(
+            isinstance(entry, dict) for entry in self.state
+        ):
             wrong("state", self.state, "a list of objects")
         for entry in self.state:
             if set(entry) != keys:
                 wrong("state file entry", entry, f"an object of {', '.join(sorted(keys))}")
-            if not isinstance(entry["store"], str):  # not always in stores: a window's watermark has no spec
+            if not isinstance(
+                entry["store"], str
+            ):  # not always in stores: a window's watermark has no spec
                 wrong(f"store of state file {entry['path']!r}", entry["store"], "a store name")
             key_groups = entry["key_groups"]
-            if (not isinstance(key_groups, list) or len(key_groups) != 2
-                    or not all(isinstance(g, int) and not isinstance(g, bool) for g in key_groups)
-                    or not 0 <= key_groups[0] <= key_groups[1] <= groups):
-                wrong(f"key groups of state file {entry['path']!r}", key_groups,
-                      f"[first, stop) with 0 <= first <= stop <= max_parallelism ({groups})")
+            if (
+                not isinstance(key_groups, list)
+                or len(key_groups) != 2
+                or not all(isinstance(g, int) and not isinstance(g, bool) for g in key_groups)
+                or not 0 <= key_groups[0] <= key_groups[1] <= groups
+            ):
+                wrong(
+                    f"key groups of state file {entry['path']!r}",
+                    key_groups,
+                    f"[first, stop) with 0 <= first <= stop <= max_parallelism ({groups})",
+                )
             if not isinstance(entry["format"], str) or not isinstance(entry["extra"], dict):
-                wrong(f"format or extra of state file {entry['path']!r}", entry, "a string format and an object")
+                wrong(
+                    f"format or extra of state file {entry['path']!r}",
+                    entry,
+                    "a string format and an object",
+                )
             count(f"size of state file {entry['path']!r}", entry["size"], 0)
 
     def check_paths(self) -> None:
@@ -183,13 +223,17 @@ class Manifest:
             for entry in self.state:
                 _check_layout(entry["path"], tops, f"state file of store {entry.get('store')!r}")
                 if entry["path"] not in listed:
-                    msg = f"state file {entry['path']!r} is not among the files the manifest verifies"
+                    msg = (
+                        f"state file {entry['path']!r} is not among the files the manifest verifies"
+                    )
                     raise CheckpointError(msg)
             for sink, items in self.sinks.items():
                 for name in _strings(items):
                     if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
-                        msg = (f"sink {sink!r} lists staged output {name!r}, which is a path, not a name inside "
-                               f"the sink's own folder")
+                        msg = (
+                            f"sink {sink!r} lists staged output {name!r}, which is a path, not a name inside "
+                            f"the sink's own folder"
+                        )
                         raise CheckpointError(msg)
         except (KeyError, TypeError, AttributeError) as exc:
             msg = f"the manifest's file lists are malformed ({type(exc).__name__}: {exc})"
@@ -207,10 +251,15 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_.=+-]+")
 def _check_layout(path: Any, tops: tuple[str, ...], what: str) -> None:
     """``path`` must be relative, made of plain components, none ``.`` or ``..``, below one of ``tops``."""
     parts = path.split("/") if isinstance(path, str) else []
-    if (len(parts) < 2 or parts[0] not in tops
-            or any(part in (".", "..") or not _COMPONENT.fullmatch(part) for part in parts)):
-        msg = (f"{what} {path!r} is outside the checkpoint's layout: expected a relative path of plain names "
-               f"under {' or '.join(t + '/' for t in tops)}")
+    if (
+        len(parts) < 2
+        or parts[0] not in tops
+        or any(part in (".", "..") or not _COMPONENT.fullmatch(part) for part in parts)
+    ):
+        msg = (
+            f"{what} {path!r} is outside the checkpoint's layout: expected a relative path of plain names "
+            f"under {' or '.join(t + '/' for t in tops)}"
+        )
         raise CheckpointError(msg)
 
 
@@ -219,7 +268,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def _str_map(value: Any, kind: type) -> bool:
     """Whether ``value`` is a JSON object of string keys to values of type ``kind``."""
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, kind) for k, v in value.items())
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, kind) for k, v in value.items()
+    )
 
 
 def _strings(value: Any) -> Any:
@@ -238,7 +289,9 @@ def _strings(value: Any) -> Any:
 class CheckpointStorage:
     """Checkpoints of one job under one fsspec URL."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, keep: int = 3) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, *, keep: int = 3
+    ) -> None:
         if keep < 1:
             msg = f"keep must be at least 1 checkpoint, got {keep}"
             raise CheckpointError(msg)
@@ -313,7 +366,9 @@ class CheckpointStorage:
         ids = []
         for entry in self.fs.ls(self.root, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("chk-") and name[4:].isascii() and name[4:].isdigit():  # not '²' or '٣'
+            if (
+                name.startswith("chk-") and name[4:].isascii() and name[4:].isdigit()
+            ):  # not '²' or '٣'
                 ids.append(int(name[4:]))
         return sorted(ids, reverse=True)
 
@@ -332,15 +387,21 @@ class CheckpointStorage:
             raise CheckpointError(msg)
         try:
             manifest = Manifest.from_bytes(payload)
-        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        except (
+            ValueError,
+            TypeError,
+            RecursionError,
+        ) as exc:  # RecursionError: JSON nested too deep
             msg = f"checkpoint {checkpoint_id}: the manifest is damaged ({exc})"
             raise CheckpointError(msg) from None
         except CheckpointError as exc:
             msg = f"checkpoint {checkpoint_id}: {exc}"
             raise CheckpointError(msg) from None
         if manifest.id != checkpoint_id:
-            msg = (f"checkpoint {checkpoint_id}: its folder holds the manifest of checkpoint {manifest.id!r} "
-                   f"(copied there?)")
+            msg = (
+                f"checkpoint {checkpoint_id}: its folder holds the manifest of checkpoint {manifest.id!r} "
+                f"(copied there?)"
+            )
             raise CheckpointError(msg)
         if verify_files:
             for entry in manifest.files:
@@ -355,8 +416,10 @@ class CheckpointStorage:
             msg = f"checkpoint {checkpoint_id}: file {entry['path']!r} is missing"
             raise CheckpointError(msg) from None
         if len(payload) != int(entry["size"]) or _digest(payload) != entry["sha256"]:
-            msg = (f"checkpoint {checkpoint_id}: file {entry['path']!r} is damaged "
-                   f"({len(payload)} bytes, expected {entry['size']}; checksum mismatch)")
+            msg = (
+                f"checkpoint {checkpoint_id}: file {entry['path']!r} is damaged "
+                f"({len(payload)} bytes, expected {entry['size']}; checksum mismatch)"
+            )
             raise CheckpointError(msg)
 
     def _read_regular(self, checkpoint_id: int, path: str, limit: int) -> bytes:
@@ -365,9 +428,15 @@ class CheckpointStorage:
         would be read without end, block, or be read as this checkpoint's."""
         info = self.fs.info(path)
         if info.get("islink") or info.get("type", "file") != "file":
-            kind = f"a symlink to {info.get('destination')!r}" if info.get("islink") else f"a {info.get('type')!r}"
-            msg = (f"checkpoint {checkpoint_id}: {path!r} is {kind}, not a regular file; a checkpoint folder holds "
-                   f"only the files arrowflow wrote")
+            kind = (
+                f"a symlink to {info.get('destination')!r}"
+                if info.get("islink")
+                else f"a {info.get('type')!r}"
+            )
+            msg = (
+                f"checkpoint {checkpoint_id}: {path!r} is {kind}, not a regular file; a checkpoint folder holds "
+                f"only the files arrowflow wrote"
+            )
             raise CheckpointError(msg)
         with self.fs.open(path, "rb") as handle:
             return handle.read(limit + 1)
@@ -382,7 +451,9 @@ class CheckpointStorage:
                 return self.read_manifest(checkpoint_id)
             except CheckpointError as exc:
                 if report and "never completed" not in str(exc):
-                    warnings.warn(f"skipping checkpoint {checkpoint_id} in {self.url}: {exc}", stacklevel=3)
+                    warnings.warn(
+                        f"skipping checkpoint {checkpoint_id} in {self.url}: {exc}", stacklevel=3
+                    )
         return None
 
     def find(self, checkpoint_id: int) -> Manifest:
@@ -390,8 +461,10 @@ class CheckpointStorage:
         ids = self.checkpoint_ids()
         if checkpoint_id not in ids:
             complete = [str(i) for i in reversed(ids) if self._has_manifest(i)]
-            msg = (f"no checkpoint {checkpoint_id} in {self.url!r}; it has "
-                   f"{', '.join(complete) if complete else 'no complete checkpoint'}")
+            msg = (
+                f"no checkpoint {checkpoint_id} in {self.url!r}; it has "
+                f"{', '.join(complete) if complete else 'no complete checkpoint'}"
+            )
             raise CheckpointError(msg)
         return self.read_manifest(checkpoint_id)
 
@@ -427,7 +500,9 @@ class CheckpointStorage:
     def committed_after(self, checkpoint_id: int) -> list[int]:
         """Ids newer than ``checkpoint_id`` that have a manifest, valid or not: their sinks may
         have committed output (a commit comes only after its manifest), oldest first."""
-        return sorted(i for i in self.checkpoint_ids() if i > checkpoint_id and self._has_manifest(i))
+        return sorted(
+            i for i in self.checkpoint_ids() if i > checkpoint_id and self._has_manifest(i)
+        )
 
     def _has_manifest(self, checkpoint_id: int) -> bool:
         return self.fs.exists(self.path(f"{chk_dir(checkpoint_id)}/{MANIFEST}"))
@@ -441,17 +516,26 @@ class CheckpointStorage:
                 manifest = self.read_manifest(checkpoint_id, verify_files=False)
             except CheckpointError:
                 continue
-            rows.append({
-                "id": manifest.id,
-                "time": manifest.time,
-                "size_bytes": manifest.size(),
-                "state_files": len(manifest.state),
-                "parallelism": manifest.parallelism,
-                "final": manifest.final,
-                "offsets": json.dumps(manifest.sources, sort_keys=True),
-            })
-        schema = {"id": pl.Int64, "time": pl.Float64, "size_bytes": pl.Int64, "state_files": pl.Int64,
-                  "parallelism": pl.Int64, "final": pl.Boolean, "offsets": pl.String}
+            rows.append(
+                {
+                    "id": manifest.id,
+                    "time": manifest.time,
+                    "size_bytes": manifest.size(),
+                    "state_files": len(manifest.state),
+                    "parallelism": manifest.parallelism,
+                    "final": manifest.final,
+                    "offsets": json.dumps(manifest.sources, sort_keys=True),
+                }
+            )
+        schema = {
+            "id": pl.Int64,
+            "time": pl.Float64,
+            "size_bytes": pl.Int64,
+            "state_files": pl.Int64,
+            "parallelism": pl.Int64,
+            "final": pl.Boolean,
+            "offsets": pl.String,
+        }
         frame = pl.DataFrame(rows, schema=schema)
         return frame.with_columns(pl.from_epoch(pl.col("time"), time_unit="s").alias("time"))
 
@@ -477,11 +561,17 @@ def encode_spec(spec: Any) -> dict[str, Any]:
     import base64
 
     def schema_bytes(schema: pl.Schema) -> str:
-        return base64.b64encode(pl.DataFrame(schema=schema).to_arrow().schema.serialize().to_pybytes()).decode()
+        return base64.b64encode(
+            pl.DataFrame(schema=schema).to_arrow().schema.serialize().to_pybytes()
+        ).decode()
 
-    return {"name": spec.name, "key_schema": schema_bytes(spec.key_schema),
-            "value_schema": schema_bytes(spec.value_schema), "max_parallelism": spec.max_parallelism,
-            "ttl_ms": spec.ttl_ms}
+    return {
+        "name": spec.name,
+        "key_schema": schema_bytes(spec.key_schema),
+        "value_schema": schema_bytes(spec.value_schema),
+        "max_parallelism": spec.max_parallelism,
+        "ttl_ms": spec.ttl_ms,
+    }
 
 
 def decode_spec(data: dict[str, Any]) -> Any:
@@ -495,8 +585,13 @@ def decode_spec(data: dict[str, Any]) -> Any:
         arrow = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
         return pl.DataFrame(arrow.empty_table()).schema
 
-    return StoreSpec(data["name"], schema_of(data["key_schema"]), schema_of(data["value_schema"]),
-                     max_parallelism=data["max_parallelism"], ttl_ms=data.get("ttl_ms"))
+    return StoreSpec(
+        data["name"],
+        schema_of(data["key_schema"]),
+        schema_of(data["value_schema"]),
+        max_parallelism=data["max_parallelism"],
+        ttl_ms=data.get("ttl_ms"),
+    )
 
 
 _READERS = {"arrow": "memory", "lmdb": "lmdb"}
@@ -508,8 +603,13 @@ def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None)
     return CheckpointStorage(url, storage_options).list()
 
 
-def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
-                storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
+def query_state(
+    url: str,
+    sql: str,
+    *,
+    checkpoint_id: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> pl.DataFrame:
     """Run a polars SQL query over the state in a checkpoint (the newest complete one, or
     ``checkpoint_id``): every operator with state is a table named after its id; quote ids
     with a dash (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements
@@ -525,8 +625,10 @@ def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
     check_state_query(sql, operators)
     context = pl.SQLContext()
     for operator in operators:
-        context.register(operator, read_state(url, operator, checkpoint_id=manifest.id,
-                                              storage_options=storage_options))
+        context.register(
+            operator,
+            read_state(url, operator, checkpoint_id=manifest.id, storage_options=storage_options),
+        )
     try:
         return context.execute(sql, eager=True)
     # A panic of polars (CAST(n AS DECIMAL(99, 99)) asserts) is a BaseException, no PolarsError.
@@ -536,8 +638,14 @@ def query_state(url: str, sql: str, *, checkpoint_id: int | None = None,
         raise CheckpointError(msg) from exc
 
 
-def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int | None = None,
-               storage_options: dict[str, Any] | None = None, raw: bool = False) -> pl.DataFrame:
+def read_state(
+    checkpoint: str | Manifest,
+    operator: str,
+    *,
+    checkpoint_id: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    raw: bool = False,
+) -> pl.DataFrame:
     """The state of ``operator`` in a checkpoint, as one polars DataFrame (the job need not run).
 
     ``checkpoint`` is a checkpoint directory URL (its newest complete checkpoint, or
@@ -567,12 +675,21 @@ def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int 
         from arrowflow.aggregates import combine_partials
 
         spec = decode_spec(manifest.stores[operator])
-        stored = read_state(checkpoint, operator, checkpoint_id=manifest.id, storage_options=storage_options, raw=True)
+        stored = read_state(
+            checkpoint,
+            operator,
+            checkpoint_id=manifest.id,
+            storage_options=storage_options,
+            raw=True,
+        )
         newer_last = pl.col("__store") == "buffer"
         both = stored.sort(newer_last, maintain_order=True)
-        state_schema = pl.Schema({c: spec.value_schema[c] for c in spec.value_columns if c != "__n"})
-        combined = combine_partials(both.select(*spec.key_columns, *state_schema.names()), spec.key_columns,
-                                    state_schema)
+        state_schema = pl.Schema(
+            {c: spec.value_schema[c] for c in spec.value_columns if c != "__n"}
+        )
+        combined = combine_partials(
+            both.select(*spec.key_columns, *state_schema.names()), spec.key_columns, state_schema
+        )
         return _decode_partials(combined, spec)
     for name in names:
         spec = decode_spec(manifest.stores[name])
@@ -586,7 +703,11 @@ def read_state(checkpoint: str | Manifest, operator: str, *, checkpoint_id: int 
                 parts = [frame.clone() for frame in store.scan()]
             finally:
                 store.close()
-        frame = pl.concat(parts) if parts else pl.DataFrame(schema={**spec.key_schema, **spec.value_schema})
+        frame = (
+            pl.concat(parts)
+            if parts
+            else pl.DataFrame(schema={**spec.key_schema, **spec.value_schema})
+        )
         if not raw:
             frame = _decode_partials(frame, spec)
         if len(names) > 1:

@@ -198,8 +198,10 @@ def restarts_line(result: RunResult) -> str:
         return "restarts: none (no worker failed)"
     reasons = result.restart_reasons or ["reason not recorded"]
     listed = "; ".join(f"{number}. {reason}" for number, reason in enumerate(reasons, 1))
-    return (f"restarts: {result.restarts} — a worker failed and the run went on from its newest checkpoint: "
-            f"{listed}")
+    return (
+        f"restarts: {result.restarts} — a worker failed and the run went on from its newest checkpoint: "
+        f"{listed}"
+    )
 
 
 # ---------------------------------------------------------------------------- commands
@@ -264,14 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--checkpoint-every", metavar="DURATION", help="checkpoint interval, e.g. 10s")
     run.add_argument(
-        "--restore", type=_restore, metavar="latest|none|ID",
-        help="checkpoint to resume from (needs --checkpoint-dir); none starts over"
+        "--restore",
+        type=_restore,
+        metavar="latest|none|ID",
+        help="checkpoint to resume from (needs --checkpoint-dir); none starts over",
     )
     run.add_argument(
         "--batch-size", type=_positive, metavar="N", help="rows per batch read from sources"
     )
     run.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="progress bar on standard error (default: when it is a terminal)",
     )
 
@@ -296,25 +302,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=_workers, help="worker processes; 0 runs in this process")
 
     checkpoints = commands.add_parser(
-        "checkpoints", help="inspect a job's checkpoints",
+        "checkpoints",
+        help="inspect a job's checkpoints",
         description="Inspect the checkpoints in a checkpoint directory (any fsspec URL).",
     )
     checkpoint_commands = checkpoints.add_subparsers(dest="checkpoints_command", metavar="ACTION")
     checkpoint_commands.required = True
-    listing = checkpoint_commands.add_parser("list", help="id, time, size, offsets and state files of each")
+    listing = checkpoint_commands.add_parser(
+        "list", help="id, time, size, offsets and state files of each"
+    )
     listing.add_argument("url", metavar="URL", help="the job's checkpoint_dir")
 
     state = commands.add_parser(
-        "state", help="query the state in a checkpoint",
+        "state",
+        help="query the state in a checkpoint",
         description="Query operator state in a checkpoint with SQL (polars SQL): every operator "
-                    "with state is a table named after its id.",
+        "with state is a table named after its id.",
     )
     state_commands = state.add_subparsers(dest="state_command", metavar="ACTION")
     state_commands.required = True
-    query = state_commands.add_parser("query", help='e.g. state query ckpt/ "SELECT * FROM agg LIMIT 5"')
+    query = state_commands.add_parser(
+        "query", help='e.g. state query ckpt/ "SELECT * FROM agg LIMIT 5"'
+    )
     query.add_argument("url", metavar="URL", help="the job's checkpoint_dir")
     query.add_argument("sql", metavar="SQL", help="a polars SQL query over the operators' state")
-    query.add_argument("--checkpoint", type=int, metavar="ID", help="a checkpoint id (default: the newest)")
+    query.add_argument(
+        "--checkpoint", type=int, metavar="ID", help="a checkpoint id (default: the newest)"
+    )
     return parser
 
 
@@ -326,7 +340,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     module = load_module(Path(path))
     flow = pick_flow(module, flow_name, path)
     options: dict[str, Any] = {}
-    for flag in ("workers", "state", "checkpoint_dir", "checkpoint_every", "restore", "batch_size", "progress"):
+    for flag in (
+        "workers",
+        "state",
+        "checkpoint_dir",
+        "checkpoint_every",
+        "restore",
+        "batch_size",
+        "progress",
+    ):
         value = getattr(args, flag)
         if value is not None:
             options[flag] = None if (flag, value) == ("restore", "none") else value
@@ -352,9 +374,12 @@ def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         job = flow.start(results=False, **options)
-        print(f"arrowflow run: {flow.name!r} follows unbounded sources; SIGINT or SIGTERM stops it "
-              f"{'after a final checkpoint' if options.get('checkpoint_dir') else '(no checkpoint_dir: nothing saved)'}",
-              file=sys.stderr, flush=True)
+        print(
+            f"arrowflow run: {flow.name!r} follows unbounded sources; SIGINT or SIGTERM stops it "
+            f"{'after a final checkpoint' if options.get('checkpoint_dir') else '(no checkpoint_dir: nothing saved)'}",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop.wait(0.2):
             if job.status != "running":
                 return job.wait()
@@ -381,9 +406,22 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     if frame.is_empty():
         print(f"no complete checkpoint in {args.url}")
         return EXIT_OK
-    frame = frame.with_columns(pl.col("id").map_elements(chk_dir, return_dtype=pl.String).alias("directory"))
+    frame = frame.with_columns(
+        pl.col("id").map_elements(chk_dir, return_dtype=pl.String).alias("directory")
+    )
     with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=120, tbl_width_chars=200):
-        print(frame.select("id", "directory", "time", "size_bytes", "state_files", "parallelism", "final", "offsets"))
+        print(
+            frame.select(
+                "id",
+                "directory",
+                "time",
+                "size_bytes",
+                "state_files",
+                "parallelism",
+                "final",
+                "offsets",
+            )
+        )
     return EXIT_OK
 
 
@@ -408,7 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``arrowflow`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 on a usage error
-    command = {"run": cmd_run, "demo": cmd_demo, "checkpoints": cmd_checkpoints, "state": cmd_state}[args.command]
+    command = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "checkpoints": cmd_checkpoints,
+        "state": cmd_state,
+    }[args.command]
     try:
         return command(args)
     except UsageError as exc:

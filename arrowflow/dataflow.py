@@ -89,7 +89,9 @@ def _check_batch_independent(exprs: list[pl.Expr], operator_id: str, what: str) 
 
 
 def _check_splits(splits: Any, method: str) -> None:
-    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+    if splits is not None and (
+        isinstance(splits, bool) or not isinstance(splits, int) or splits < 1
+    ):
         msg = f"{method}(splits=...) expects a positive number of pieces (or None), got {splits!r}"
         raise PlanError(msg)
 
@@ -147,8 +149,10 @@ class Flow:
                 msg = f"two operators are named {name!r}; operator names must be unique in a flow"
                 raise PlanError(msg)
             if taken:
-                msg = (f"operator name {name!r} is not free: the plan would call its {kind} part "
-                       f"{taken[0]!r}, a name another operator has; choose another name")
+                msg = (
+                    f"operator name {name!r} is not free: the plan would call its {kind} part "
+                    f"{taken[0]!r}, a name another operator has; choose another name"
+                )
                 raise PlanError(msg)
             return name
         candidate, n = kind, 1
@@ -168,7 +172,9 @@ class Flow:
 
     def _remove(self, node: Node) -> None:
         self.nodes.remove(node)
-        self._ids.difference_update([node.id, *(node.id + suffix for suffix in _DERIVED_IDS.get(node.kind, ()))])
+        self._ids.difference_update(
+            [node.id, *(node.id + suffix for suffix in _DERIVED_IDS.get(node.kind, ()))]
+        )
 
     def unused_id(self, base: str) -> str:
         """``base``, or ``base-2``, ``base-3``... whichever no operator of the flow uses."""
@@ -181,9 +187,16 @@ class Flow:
             raise PlanError(msg)
         return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
 
-    def read_parquet(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
-                     storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
-                     on_corrupt_file: str = "fail") -> Stream:
+    def read_parquet(
+        self,
+        path: str | Sequence[str],
+        *,
+        schema: Any = None,
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        on_error: str = "side_output",
+        on_corrupt_file: str = "fail",
+    ) -> Stream:
         """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL.
 
         A file that cannot be read (truncated, not Parquet) fails the job, naming it; with
@@ -191,46 +204,112 @@ class Flow:
         (its file and the reader's reason) and the other files are read."""
         from arrowflow.io.files import FileSource
 
-        return self.source(FileSource("parquet", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error, on_corrupt_file=on_corrupt_file), name=name)
+        return self.source(
+            FileSource(
+                "parquet",
+                path,
+                schema=schema,
+                storage_options=storage_options,
+                on_error=on_error,
+                on_corrupt_file=on_corrupt_file,
+            ),
+            name=name,
+        )
 
-    def read_csv(self, path: str | Sequence[str], *, schema: Any = None, has_header: bool = True,
-                 separator: str = ",", name: str | None = None,
-                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
-                 on_corrupt_file: str = "fail") -> Stream:
+    def read_csv(
+        self,
+        path: str | Sequence[str],
+        *,
+        schema: Any = None,
+        has_header: bool = True,
+        separator: str = ",",
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        on_error: str = "side_output",
+        on_corrupt_file: str = "fail",
+    ) -> Stream:
         """CSV files. Rows that cannot be parsed go to the ``malformed`` side output: a row is
         malformed when any column of ``schema`` fails to parse, whichever columns the flow uses.
         ``on_corrupt_file="skip"``: a file that cannot be read at all (a broken ``.gz``) is
         reported in ``malformed`` instead of failing the job."""
         from arrowflow.io.files import FileSource
 
-        return self.source(FileSource("csv", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error, options={"has_header": has_header, "separator": separator},
-                                      on_corrupt_file=on_corrupt_file),
-                           name=name)
+        return self.source(
+            FileSource(
+                "csv",
+                path,
+                schema=schema,
+                storage_options=storage_options,
+                on_error=on_error,
+                options={"has_header": has_header, "separator": separator},
+                on_corrupt_file=on_corrupt_file,
+            ),
+            name=name,
+        )
 
-    def read_ndjson(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
-                    storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
-                    on_corrupt_file: str = "fail") -> Stream:
+    def read_ndjson(
+        self,
+        path: str | Sequence[str],
+        *,
+        schema: Any = None,
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        on_error: str = "side_output",
+        on_corrupt_file: str = "fail",
+    ) -> Stream:
         """Newline-delimited JSON files. Lines that cannot be parsed go to ``malformed``;
         ``on_corrupt_file`` as for :meth:`read_csv`."""
         from arrowflow.io.files import FileSource
 
-        return self.source(FileSource("ndjson", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error, on_corrupt_file=on_corrupt_file), name=name)
+        return self.source(
+            FileSource(
+                "ndjson",
+                path,
+                schema=schema,
+                storage_options=storage_options,
+                on_error=on_error,
+                on_corrupt_file=on_corrupt_file,
+            ),
+            name=name,
+        )
 
-    def read_ipc(self, path: str | Sequence[str], *, schema: Any = None, name: str | None = None,
-                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
-                 on_corrupt_file: str = "fail") -> Stream:
+    def read_ipc(
+        self,
+        path: str | Sequence[str],
+        *,
+        schema: Any = None,
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        on_error: str = "side_output",
+        on_corrupt_file: str = "fail",
+    ) -> Stream:
         """Arrow IPC (Feather v2) files; ``on_corrupt_file`` as for :meth:`read_parquet`."""
         from arrowflow.io.files import FileSource
 
-        return self.source(FileSource("ipc", path, schema=schema, storage_options=storage_options,
-                                      on_error=on_error, on_corrupt_file=on_corrupt_file), name=name)
+        return self.source(
+            FileSource(
+                "ipc",
+                path,
+                schema=schema,
+                storage_options=storage_options,
+                on_error=on_error,
+                on_corrupt_file=on_corrupt_file,
+            ),
+            name=name,
+        )
 
-    def tail(self, path: str, *, format: str = "ndjson", schema: Any = None, has_header: bool = True,  # noqa: A002
-             separator: str = ",", poll_interval: str = "100ms", name: str | None = None,
-             on_error: str = "side_output") -> Stream:
+    def tail(
+        self,
+        path: str,
+        *,
+        format: str = "ndjson",  # noqa: A002
+        schema: Any = None,
+        has_header: bool = True,
+        separator: str = ",",
+        poll_interval: str = "100ms",
+        name: str | None = None,
+        on_error: str = "side_output",
+    ) -> Stream:
         """Follow a growing local file (unbounded): every complete line appended to it, once.
 
         Its offset is kept in checkpoints; truncation and rotation are detected and reading
@@ -238,32 +317,62 @@ class Flow:
         """
         from arrowflow.io.stream import TailSource
 
-        return self.source(TailSource(path, format=format, schema=schema, has_header=has_header,
-                                      separator=separator, poll_interval=poll_interval, on_error=on_error),
-                           name=name)
+        return self.source(
+            TailSource(
+                path,
+                format=format,
+                schema=schema,
+                has_header=has_header,
+                separator=separator,
+                poll_interval=poll_interval,
+                on_error=on_error,
+            ),
+            name=name,
+        )
 
-    def watch(self, pattern: str, *, format: str = "parquet", schema: Any = None,  # noqa: A002
-              poll_interval: str = "1s", storage_options: dict[str, Any] | None = None,
-              name: str | None = None, on_error: str = "side_output", max_file_age: Any = "7d") -> Stream:
+    def watch(
+        self,
+        pattern: str,
+        *,
+        format: str = "parquet",  # noqa: A002
+        schema: Any = None,
+        poll_interval: str = "1s",
+        storage_options: dict[str, Any] | None = None,
+        name: str | None = None,
+        on_error: str = "side_output",
+        max_file_age: Any = "7d",
+    ) -> Stream:
         """Files that land under a glob or folder (unbounded), each processed exactly once, also
         across restarts. Files must appear complete (write elsewhere, then rename into place).
         Files modified more than ``max_file_age`` before the newest one are skipped and
         forgotten, which keeps the remembered set (and checkpoints) bounded; None: never."""
         from arrowflow.io.stream import WatchSource
 
-        return self.source(WatchSource(pattern, format=format, schema=schema, storage_options=storage_options,
-                                       poll_interval=poll_interval, on_error=on_error, max_file_age=max_file_age),
-                           name=name)
+        return self.source(
+            WatchSource(
+                pattern,
+                format=format,
+                schema=schema,
+                storage_options=storage_options,
+                poll_interval=poll_interval,
+                on_error=on_error,
+                max_file_age=max_file_age,
+            ),
+            name=name,
+        )
 
-    def from_polars(self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None,
-                    splits: int | None = None) -> Stream:
+    def from_polars(
+        self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None, splits: int | None = None
+    ) -> Stream:
         """An in-memory DataFrame as a bounded source (split into ``splits`` pieces)."""
         from arrowflow.io.memory import MemorySource
 
         _check_splits(splits, "from_polars")
         return self.source(MemorySource.from_polars(df, splits=splits), name=name)
 
-    def from_arrow(self, data: Any, *, name: str | None = None, splits: int | None = None) -> Stream:
+    def from_arrow(
+        self, data: Any, *, name: str | None = None, splits: int | None = None
+    ) -> Stream:
         """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source."""
         from arrowflow.io.memory import MemorySource
 
@@ -379,18 +488,32 @@ class Flow:
         """The physical plan of the flow (or of the part that ``outputs`` need)."""
         from arrowflow.plan import build_plan
 
-        return build_plan(self, outputs if outputs is not None else self.sinks(),
-                          max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism)
+        return build_plan(
+            self,
+            outputs if outputs is not None else self.sinks(),
+            max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism,
+        )
 
     def explain(self) -> str:
         """A plain-text description of the physical plan."""
         return self.plan().explain()
 
-    def run(self, *, workers: int | None = None, state: Any = "memory", checkpoint_dir: str | None = None,
-            checkpoint_every: Any = None, restore: str | int | None = "latest", batch_size: int | None = None,
-            max_parallelism: int | None = None, progress: bool | None = None,
-            storage_options: dict[str, Any] | None = None, keep_checkpoints: int = 3,
-            max_restarts: int = 3, control: Any = None) -> RunResult:
+    def run(
+        self,
+        *,
+        workers: int | None = None,
+        state: Any = "memory",
+        checkpoint_dir: str | None = None,
+        checkpoint_every: Any = None,
+        restore: str | int | None = "latest",
+        batch_size: int | None = None,
+        max_parallelism: int | None = None,
+        progress: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
+        keep_checkpoints: int = 3,
+        max_restarts: int = 3,
+        control: Any = None,
+    ) -> RunResult:
         """Run every sink of the flow to the end of its (bounded) input.
 
         ``workers=N`` uses N worker processes (default: one per core); ``workers=0`` runs in
@@ -412,13 +535,29 @@ class Flow:
         from arrowflow.runtime import execute
 
         plan = self.plan(outputs=sinks, max_parallelism=max_parallelism)
-        return execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
-                       max_parallelism=max_parallelism, progress=progress, storage_options=storage_options,
-                       keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control)
+        return execute(
+            plan,
+            workers=workers,
+            state=state,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            restore=restore,
+            batch_size=batch_size,
+            max_parallelism=max_parallelism,
+            progress=progress,
+            storage_options=storage_options,
+            keep_checkpoints=keep_checkpoints,
+            max_restarts=max_restarts,
+            control=control,
+        )
 
-    def start(self, *, results: Sequence[Stream] | bool | None = None, results_limit: int | None = None,
-              **run_options: Any) -> Any:
+    def start(
+        self,
+        *,
+        results: Sequence[Stream] | bool | None = None,
+        results_limit: int | None = None,
+        **run_options: Any,
+    ) -> Any:
         """Run the flow in the background; returns a :class:`arrowflow.running.Job` at once.
 
         Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.metrics()``,
@@ -451,14 +590,29 @@ class Flow:
         taps: dict[str, tuple[str, pl.Schema]] = {}
         tap_nodes = []
         for node in watched:
-            tap = Node(self.unused_id(f"{node.id}.results"), "sink", [node], {"sink": TapSink(node.id, limit)})
+            tap = Node(
+                self.unused_id(f"{node.id}.results"),
+                "sink",
+                [node],
+                {"sink": TapSink(node.id, limit)},
+            )
             tap_nodes.append(tap)
             taps[node.id] = (tap.id, self.schema_of(node))
         groups = run_options.get("max_parallelism") or DEFAULT_MAX_PARALLELISM
         plan = build_plan(self, [*sinks, *tap_nodes], max_parallelism=groups)
-        options = {"workers": None, "state": "memory", "checkpoint_dir": None, "checkpoint_every": None,
-                   "restore": "latest", "batch_size": None, "max_parallelism": None, "progress": False,
-                   "storage_options": None, "keep_checkpoints": 3, "max_restarts": 3}
+        options = {
+            "workers": None,
+            "state": "memory",
+            "checkpoint_dir": None,
+            "checkpoint_every": None,
+            "restore": "latest",
+            "batch_size": None,
+            "max_parallelism": None,
+            "progress": False,
+            "storage_options": None,
+            "keep_checkpoints": 3,
+            "max_restarts": 3,
+        }
         unknown = sorted(set(run_options) - set(options))
         if unknown:
             msg = f"flow.start() got unknown options {unknown}; it takes those of flow.run(): {sorted(options)}"
@@ -550,7 +704,12 @@ class Stream:
         """Compute exactly these columns (polars ``select`` semantics, per row)."""
         op_id = self.flow._new_id("select", name)
         checked = _check_exprs(exprs, op_id, "select()")
-        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), op_id, "select()"), strict=True)]
+        checked += [
+            e.alias(k)
+            for k, e in zip(
+                named, _check_exprs(list(named.values()), op_id, "select()"), strict=True
+            )
+        ]
         if not checked:
             msg = "select() needs at least one column or expression"
             raise PlanError(msg)
@@ -567,22 +726,34 @@ class Stream:
         """Add or replace columns (polars ``with_columns`` semantics, per row)."""
         op_id = self.flow._new_id("with_columns", name)
         checked = _check_exprs(exprs, op_id, "with_columns()")
-        checked += [e.alias(k) for k, e in zip(named, _check_exprs(list(named.values()), op_id, "with_columns()"), strict=True)]
+        checked += [
+            e.alias(k)
+            for k, e in zip(
+                named, _check_exprs(list(named.values()), op_id, "with_columns()"), strict=True
+            )
+        ]
         if not checked:
             msg = "with_columns() needs at least one expression"
             raise PlanError(msg)
         _check_batch_independent(checked, op_id, "with_columns()")
         return self._then("with_columns", name, exprs=checked)
 
-    def map_batches(self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, schema: Any = None,
-                    name: str | None = None) -> Stream:
+    def map_batches(
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        schema: Any = None,
+        name: str | None = None,
+    ) -> Stream:
         """Apply ``fn`` to every batch. It must return a DataFrame with the same columns every time.
 
         ``fn`` runs once per batch in whichever worker holds the batch, so it must not rely on
         seeing all rows (use key_by(...).agg(...) for that). It is serialized once per worker.
         """
         if not callable(fn):
-            msg = f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
+            msg = (
+                f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
+            )
             raise PlanError(msg)
         from arrowflow.io._schema import to_polars_schema
 
@@ -626,8 +797,9 @@ class Stream:
                 raise SchemaError(msg)
         return KeyedStream(self, flat)
 
-    def with_watermark(self, column: str, *, delay: Any = "0s", idle_timeout: Any = None,
-                       name: str | None = None) -> Stream:
+    def with_watermark(
+        self, column: str, *, delay: Any = "0s", idle_timeout: Any = None, name: str | None = None
+    ) -> Stream:
         """Event time on ``column`` (a pl.Datetime) with bounded out-of-orderness ``delay``.
 
         Watermarks are kept per split (a file, a Parquet row-group range): an event is late
@@ -645,7 +817,9 @@ class Stream:
             raise PlanError(msg)
         delay_ms = duration_arg(delay, "with_watermark(delay=...)")
         idle_ms = duration_arg(idle_timeout, "with_watermark(idle_timeout=...)", allow_zero=False)
-        return self._then("watermark", name, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms)
+        return self._then(
+            "watermark", name, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms
+        )
 
     def side_output(self, name: str) -> Stream:
         """The rows an operator set aside instead of dropping them: ``"malformed"`` on sources,
@@ -664,9 +838,17 @@ class Stream:
         node = self.flow._add("sink", [self.node], name, sink=sink, id_kind=sink.kind)
         self.flow._validate(node)
 
-    def write_parquet(self, path: str, *, mode: str = "overwrite", name: str | None = None,
-                      storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None,
-                      compression: str = "zstd", compression_level: int | None = None) -> None:
+    def write_parquet(
+        self,
+        path: str,
+        *,
+        mode: str = "overwrite",
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        rows_per_file: int | None = None,
+        compression: str = "zstd",
+        compression_level: int | None = None,
+    ) -> None:
         """Write Parquet part files into directory ``path`` (exactly once; see README).
 
         ``compression``: ``"zstd"`` (polars' default), ``"lz4"``, ``"snappy"`` (Spark's and
@@ -675,33 +857,94 @@ class Stream:
         """
         from arrowflow.io.filesinks import FileSink
 
-        self._sink(FileSink("parquet", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file,
-                            compression=compression, compression_level=compression_level), name)
+        self._sink(
+            FileSink(
+                "parquet",
+                path,
+                mode=mode,
+                storage_options=storage_options,
+                rows_per_file=rows_per_file,
+                compression=compression,
+                compression_level=compression_level,
+            ),
+            name,
+        )
 
-    def write_csv(self, path: str, *, mode: str = "overwrite", name: str | None = None,
-                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+    def write_csv(
+        self,
+        path: str,
+        *,
+        mode: str = "overwrite",
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        rows_per_file: int | None = None,
+    ) -> None:
         from arrowflow.io.filesinks import FileSink
 
-        self._sink(FileSink("csv", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+        self._sink(
+            FileSink(
+                "csv", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file
+            ),
+            name,
+        )
 
-    def write_ndjson(self, path: str, *, mode: str = "overwrite", name: str | None = None,
-                     storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None) -> None:
+    def write_ndjson(
+        self,
+        path: str,
+        *,
+        mode: str = "overwrite",
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        rows_per_file: int | None = None,
+    ) -> None:
         from arrowflow.io.filesinks import FileSink
 
-        self._sink(FileSink("ndjson", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file), name)
+        self._sink(
+            FileSink(
+                "ndjson",
+                path,
+                mode=mode,
+                storage_options=storage_options,
+                rows_per_file=rows_per_file,
+            ),
+            name,
+        )
 
-    def write_ipc(self, path: str, *, mode: str = "overwrite", name: str | None = None,
-                  storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None,
-                  compression: str = "uncompressed") -> None:
+    def write_ipc(
+        self,
+        path: str,
+        *,
+        mode: str = "overwrite",
+        name: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        rows_per_file: int | None = None,
+        compression: str = "uncompressed",
+    ) -> None:
         """Write Arrow IPC part files; ``compression``: ``"uncompressed"`` (mapped without
         decoding by any Arrow reader), ``"lz4"`` or ``"zstd"``."""
         from arrowflow.io.filesinks import FileSink
 
-        self._sink(FileSink("ipc", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file,
-                            compression=compression), name)
+        self._sink(
+            FileSink(
+                "ipc",
+                path,
+                mode=mode,
+                storage_options=storage_options,
+                rows_per_file=rows_per_file,
+                compression=compression,
+            ),
+            name,
+        )
 
-    def write_database(self, url: str, *, table: str, mode: str = "append", key: str | Sequence[str] | None = None,
-                       name: str | None = None) -> None:
+    def write_database(
+        self,
+        url: str,
+        *,
+        table: str,
+        mode: str = "append",
+        key: str | Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
         """Write rows into ``table`` of SQLite (``"sqlite:///out/app.db"``) or PostgreSQL
         (``"postgresql://user@host/db"``), exactly once: each checkpoint's rows commit in one
         transaction with the checkpoint id. ``mode``: ``"append"``, ``"upsert"`` (with ``key``:
@@ -719,9 +962,17 @@ class Stream:
         self._sink(sink, name)
 
     # ---------------------------------------------------------------- running
-    def collect(self, *, workers: int | None = 0, state: Any = "memory", batch_size: int | None = None,
-                max_parallelism: int | None = None, limit: int | None = None,
-                progress: bool | None = False, timeout: Any = None) -> pl.DataFrame:
+    def collect(
+        self,
+        *,
+        workers: int | None = 0,
+        state: Any = "memory",
+        batch_size: int | None = None,
+        max_parallelism: int | None = None,
+        limit: int | None = None,
+        progress: bool | None = False,
+        timeout: Any = None,
+    ) -> pl.DataFrame:
         """Run the part of the flow this stream needs and return its rows as a DataFrame.
 
         ``limit=n`` stops as soon as n rows arrived (in this process, reading small batches),
@@ -746,17 +997,32 @@ class Stream:
             workers = 0
             batch_size = batch_size or min(max(limit, 4096), 65_536)
         sink: Sink = CollectSink() if limit is None else LimitSink(limit)
-        node = Node(self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink})
+        node = Node(
+            self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink}
+        )
         groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
         plan = build_plan(self.flow, [node], max_parallelism=groups)
         if not plan.bounded:
             if not isinstance(sink, LimitSink):
-                msg = (f"stream {self.id!r} reads an unbounded source, so collect() would never end; "
-                       f"take a sample with .head(n) (or collect(limit=n)), or run it with flow.start()")
+                msg = (
+                    f"stream {self.id!r} reads an unbounded source, so collect() would never end; "
+                    f"take a sample with .head(n) (or collect(limit=n)), or run it with flow.start()"
+                )
                 raise PlanError(msg)
-            sink.deadline_s = duration_ms("5s" if timeout is None else timeout, what="timeout") / 1000
-        result = execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None,
-                         restore=None, batch_size=batch_size, max_parallelism=max_parallelism, progress=progress)
+            sink.deadline_s = (
+                duration_ms("5s" if timeout is None else timeout, what="timeout") / 1000
+            )
+        result = execute(
+            plan,
+            workers=workers,
+            state=state,
+            checkpoint_dir=None,
+            checkpoint_every=None,
+            restore=None,
+            batch_size=batch_size,
+            max_parallelism=max_parallelism,
+            progress=progress,
+        )
         if isinstance(sink, LimitSink):
             return sink.to_polars(self.schema)
         return result.collected(node.id, self.schema)
@@ -803,17 +1069,28 @@ class KeyedStream:
         aggs = named_aggregations(exprs, named, op_id)
         keys = list(self.keys)
 
-        def make(schema: pl.Schema, _aggs: dict[str, pl.Expr] = aggs, _keys: list[str] = keys,
-                 _id: str = op_id) -> IncrementalAgg:
+        def make(
+            schema: pl.Schema,
+            _aggs: dict[str, pl.Expr] = aggs,
+            _keys: list[str] = keys,
+            _id: str = op_id,
+        ) -> IncrementalAgg:
             return IncrementalAgg(_aggs, _keys, schema, operator_id=_id)
 
         node = flow._add("agg", [self.stream.node], name, keys=keys, aggs=aggs, agg=make)
         make.__defaults__ = (aggs, keys, node.id)  # name errors after the real operator id
         return Stream(flow, flow._validate(node))
 
-    def process(self, fn: Callable[[pl.DataFrame, Any], pl.DataFrame], *, states: Sequence[Any] = (),
-                schema: Any = None, side_outputs: dict[str, Any] | None = None, event_time: str | None = None,
-                name: str | None = None) -> Stream:
+    def process(
+        self,
+        fn: Callable[[pl.DataFrame, Any], pl.DataFrame],
+        *,
+        states: Sequence[Any] = (),
+        schema: Any = None,
+        side_outputs: dict[str, Any] | None = None,
+        event_time: str | None = None,
+        name: str | None = None,
+    ) -> Stream:
         """Keyed process function: ``fn(batch, ctx)`` per batch, with vectorized keyed state.
 
         ``batch`` holds the rows of the keys this worker owns; ``ctx.state(name)`` reads and
@@ -829,15 +1106,28 @@ class KeyedStream:
 
         flow = self.stream.flow
         op_id = flow._new_id("process", name)
-        function = ProcessFunction.build(fn, keys=list(self.keys), states=states, schema=schema,
-                                         side_outputs=side_outputs, event_time=event_time, operator_id=op_id)
+        function = ProcessFunction.build(
+            fn,
+            keys=list(self.keys),
+            states=states,
+            schema=schema,
+            side_outputs=side_outputs,
+            event_time=event_time,
+            operator_id=op_id,
+        )
         upstream = self.stream.node
 
-        def side_schema(_schema: pl.Schema, _side: str, _flow: Flow = flow, _up: Node = upstream) -> pl.Schema:
+        def side_schema(
+            _schema: pl.Schema, _side: str, _flow: Flow = flow, _up: Node = upstream
+        ) -> pl.Schema:
             return function.side_output_schema(_side, _flow.schema_of(_up))
 
-        sides = {side: (lambda s, _side=side: side_schema(s, _side)) for side in function.side_outputs}
-        node = flow._add("process", [upstream], name, keys=list(self.keys), process=function, side_outputs=sides)
+        sides = {
+            side: (lambda s, _side=side: side_schema(s, _side)) for side in function.side_outputs
+        }
+        node = flow._add(
+            "process", [upstream], name, keys=list(self.keys), process=function, side_outputs=sides
+        )
         function.operator_id = node.id
         return Stream(flow, flow._validate(node))
 
@@ -866,4 +1156,6 @@ def describe_expr(expr: pl.Expr) -> str:
 def fingerprint_of(payload: Any) -> str:
     import hashlib
 
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]

@@ -221,16 +221,14 @@ def build_flow(data: DemoData) -> af.Flow:
     )
     per_10_minutes.write_parquet(str(data.out / "per_10_minutes"), name="per_10_minutes_out")
     per_10_minutes.side_output("late").write_ndjson(str(data.out / "late"), name="late_events")
-    shopping = (
-        events
-        .filter(pl.col("event_type").is_in(["add_to_cart", "purchase"]), name="shopping_only")
-        .with_columns(
-            bought=pl.col("event_type") == "purchase",
-            revenue_eur=pl.when(pl.col("event_type") == "purchase")
-            .then(pl.col("amount") * 0.92)
-            .otherwise(0.0),
-            name="enrich",
-        )
+    shopping = events.filter(
+        pl.col("event_type").is_in(["add_to_cart", "purchase"]), name="shopping_only"
+    ).with_columns(
+        bought=pl.col("event_type") == "purchase",
+        revenue_eur=pl.when(pl.col("event_type") == "purchase")
+        .then(pl.col("amount") * 0.92)
+        .otherwise(0.0),
+        name="enrich",
     )
     per_user = shopping.key_by("user_id").agg(
         cart_adds=(~pl.col("bought")).sum(),
@@ -277,28 +275,45 @@ def run_demo(
     # local folder. Each run of the demo starts fresh.
     checkpoints = root / "checkpoints"
     shutil.rmtree(checkpoints, ignore_errors=True)
-    options: dict[str, Any] = {"state": "lmdb", "checkpoint_dir": str(checkpoints),
-                               "checkpoint_every": "1s", "restore": None}
+    options: dict[str, Any] = {
+        "state": "lmdb",
+        "checkpoint_dir": str(checkpoints),
+        "checkpoint_every": "1s",
+        "restore": None,
+    }
     if workers is not None:
         options["workers"] = workers
     result = flow.run(**options)
     say(format_summary(flow, result, restarts=False))  # said on the last line instead
     say("")
     listing = CheckpointStorage(str(checkpoints)).list()
-    say(f"checkpoints: {len(result.checkpoints)} taken ({', '.join(map(str, result.checkpoints))}), state in LMDB; "
-        f"kept in {checkpoints}:")
-    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120):
+    say(
+        f"checkpoints: {len(result.checkpoints)} taken ({', '.join(map(str, result.checkpoints))}), state in LMDB; "
+        f"kept in {checkpoints}:"
+    )
+    with pl.Config(
+        tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=120
+    ):
         say(str(listing.select("id", "time", "size_bytes", "state_files", "final")))
-    say("  a job killed mid-run resumes from its newest complete checkpoint, losing and repeating nothing:")
+    say(
+        "  a job killed mid-run resumes from its newest complete checkpoint, losing and repeating nothing:"
+    )
     say(f"  flow.run(state='lmdb', checkpoint_dir={str(checkpoints)!r}, restore='latest')")
     say(f"  arrowflow checkpoints list {checkpoints}")
-    say(f"  arrowflow state query {checkpoints} \"SELECT * FROM per_user_totals ORDER BY revenue_eur DESC LIMIT 3\"")
+    say(
+        f'  arrowflow state query {checkpoints} "SELECT * FROM per_user_totals ORDER BY revenue_eur DESC LIMIT 3"'
+    )
 
     # A running aggregation emits, at each checkpoint, the users updated since the previous
     # one: the newest row per user (part files are named in checkpoint order) is the total.
     files = sorted((data.out / "per_user").glob("*.parquet"))
-    per_user = (pl.concat([pl.read_parquet(f) for f in files]).with_row_index("_emitted")
-                .group_by("user_id").last().drop("_emitted"))
+    per_user = (
+        pl.concat([pl.read_parquet(f) for f in files])
+        .with_row_index("_emitted")
+        .group_by("user_id")
+        .last()
+        .drop("_emitted")
+    )
     say("")
     say(f"top users by revenue ({per_user.height:,} users in {data.out / 'per_user'}):")
     with pl.Config(
@@ -318,8 +333,10 @@ def run_demo(
                 say(str(malformed.select("line", "reason").sort("line")))
     say("")
     say("read the result with polars:")
-    say(f"  pl.read_parquet({str(data.out / 'per_user' / '*.parquet')!r})  "
-        f"# one row per user and checkpoint that updated it; the newest is the total")
+    say(
+        f"  pl.read_parquet({str(data.out / 'per_user' / '*.parquet')!r})  "
+        f"# one row per user and checkpoint that updated it; the newest is the total"
+    )
     say("")
     say(restarts_line(result))
     return result

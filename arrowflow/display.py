@@ -160,8 +160,10 @@ def _isotonic(values: list[float]) -> list[float]:
         blocks.append([value, 1])
         while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
             mean, count = blocks.pop()
-            blocks[-1] = [(blocks[-1][0] * blocks[-1][1] + mean * count) / (blocks[-1][1] + count),
-                          blocks[-1][1] + count]
+            blocks[-1] = [
+                (blocks[-1][0] * blocks[-1][1] + mean * count) / (blocks[-1][1] + count),
+                blocks[-1][1] + count,
+            ]
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
@@ -171,12 +173,17 @@ def _place(row: list[_Box], desired: dict[str, float]) -> None:
     for box in row:
         offsets.append(total)
         total += box.w + BOX_GAP
-    wanted = [desired.get(box.key, box.x + box.w / 2) - box.w / 2 - off for box, off in zip(row, offsets, strict=True)]
+    wanted = [
+        desired.get(box.key, box.x + box.w / 2) - box.w / 2 - off
+        for box, off in zip(row, offsets, strict=True)
+    ]
     for box, base, off in zip(row, _isotonic(wanted), offsets, strict=True):
         box.x = base + off
 
 
-def _layout(boxes: list[_Box], links: list[_Link]) -> tuple[list[list[_Box]], dict[str, _Box], float, float]:
+def _layout(
+    boxes: list[_Box], links: list[_Link]
+) -> tuple[list[list[_Box]], dict[str, _Box], float, float]:
     by_key = {box.key: box for box in boxes}
     parents: dict[str, list[str]] = {box.key: [] for box in boxes}
     for link in links:
@@ -213,7 +220,9 @@ def _layout(boxes: list[_Box], links: list[_Link]) -> tuple[list[list[_Box]], di
         down[previous].append(link.dst)
         up[link.dst].append(previous)
 
-    def order_by(row: list[_Box], neighbours: dict[str, list[str]], position: dict[str, int]) -> list[_Box]:
+    def order_by(
+        row: list[_Box], neighbours: dict[str, list[str]], position: dict[str, int]
+    ) -> list[_Box]:
         def barycenter(item: tuple[int, _Box]) -> tuple[float, int]:
             index, box = item
             near = [position[n] for n in neighbours[box.key] if n in position]
@@ -239,12 +248,28 @@ def _layout(boxes: list[_Box], links: list[_Link]) -> tuple[list[list[_Box]], di
 
     for _ in range(3):
         for level in range(1, len(rows)):
-            _place(rows[level], {b.key: sum(map(center, up[b.key])) / len(up[b.key]) for b in rows[level] if up[b.key]})
+            _place(
+                rows[level],
+                {
+                    b.key: sum(map(center, up[b.key])) / len(up[b.key])
+                    for b in rows[level]
+                    if up[b.key]
+                },
+            )
         for level in range(len(rows) - 2, -1, -1):
-            _place(rows[level], {b.key: sum(map(center, down[b.key])) / len(down[b.key])
-                                 for b in rows[level] if down[b.key]})
+            _place(
+                rows[level],
+                {
+                    b.key: sum(map(center, down[b.key])) / len(down[b.key])
+                    for b in rows[level]
+                    if down[b.key]
+                },
+            )
     for level in range(1, len(rows)):
-        _place(rows[level], {b.key: sum(map(center, up[b.key])) / len(up[b.key]) for b in rows[level] if up[b.key]})
+        _place(
+            rows[level],
+            {b.key: sum(map(center, up[b.key])) / len(up[b.key]) for b in rows[level] if up[b.key]},
+        )
 
     left = min((b.x for row in rows for b in row), default=0.0)
     width = 0.0
@@ -286,28 +311,44 @@ def _svg_box(box: _Box) -> list[str]:
         tooltip += "\n" + "\n".join(f"{k}: {v}" for k, v in box.schema.items())
     out = [f'<g class="op" data-op="{_attr(box.label)}"><title>{_attr(tooltip)}</title>']
     if box.highlight:
-        out.append(f'<rect x="{_fmt(x - 5)}" y="{_fmt(y - 5)}" width="{_fmt(w + 10)}" height="{_fmt(h + 10)}" '
-                   f'rx="9" fill="none" stroke="{HIGHLIGHT}" stroke-width="3"/>')
-    out.append(f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(w)}" height="{_fmt(h)}" rx="5" '
-               f'fill="{fill}" stroke="{stroke}" stroke-width="{2 if box.highlight else 1.2}"/>')
-    out.append(f'<path d="M{_fmt(x)},{_fmt(y + HEAD_H)} h{_fmt(w)}" stroke="{stroke}" stroke-width="0.8"/>')
+        out.append(
+            f'<rect x="{_fmt(x - 5)}" y="{_fmt(y - 5)}" width="{_fmt(w + 10)}" height="{_fmt(h + 10)}" '
+            f'rx="9" fill="none" stroke="{HIGHLIGHT}" stroke-width="3"/>'
+        )
+    out.append(
+        f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(w)}" height="{_fmt(h)}" rx="5" '
+        f'fill="{fill}" stroke="{stroke}" stroke-width="{2 if box.highlight else 1.2}"/>'
+    )
+    out.append(
+        f'<path d="M{_fmt(x)},{_fmt(y + HEAD_H)} h{_fmt(w)}" stroke="{stroke}" stroke-width="0.8"/>'
+    )
     kind = _clip(box.kind, 14)
     label_chars = int((w - 16) / (CHAR_W * 1.1)) - len(kind) - 1
-    out.append(f'<text x="{_fmt(x + 8)}" y="{_fmt(y + 15)}" font-size="12" font-weight="bold" '
-               f'fill="#0f172a">{_attr(_clip(box.label, label_chars))}</text>')
-    out.append(f'<text x="{_fmt(x + w - 8)}" y="{_fmt(y + 15)}" font-size="11" text-anchor="end" '
-               f'fill="{stroke}">{_attr(kind)}</text>')
+    out.append(
+        f'<text x="{_fmt(x + 8)}" y="{_fmt(y + 15)}" font-size="12" font-weight="bold" '
+        f'fill="#0f172a">{_attr(_clip(box.label, label_chars))}</text>'
+    )
+    out.append(
+        f'<text x="{_fmt(x + w - 8)}" y="{_fmt(y + 15)}" font-size="11" text-anchor="end" '
+        f'fill="{stroke}">{_attr(kind)}</text>'
+    )
     line_y = y + HEAD_H + 6
     for line in _wrap(box.description, TEXT_CHARS, 2) if box.description else []:
         line_y += LINE_H
-        out.append(f'<text x="{_fmt(x + 8)}" y="{_fmt(line_y - 3)}" font-size="11" fill="#334155">{_attr(line)}</text>')
+        out.append(
+            f'<text x="{_fmt(x + 8)}" y="{_fmt(line_y - 3)}" font-size="11" fill="#334155">{_attr(line)}</text>'
+        )
     line_y += 6
-    out.append(f'<path d="M{_fmt(x + 6)},{_fmt(line_y - 3)} h{_fmt(w - 12)}" stroke="{stroke}" '
-               f'stroke-width="0.5" stroke-dasharray="2 2"/>')
+    out.append(
+        f'<path d="M{_fmt(x + 6)},{_fmt(line_y - 3)} h{_fmt(w - 12)}" stroke="{stroke}" '
+        f'stroke-width="0.5" stroke-dasharray="2 2"/>'
+    )
     for line in _schema_lines(box.schema):
         line_y += LINE_H - 1
         style = ' font-style="italic" fill="#92400e"' if box.schema is None else ' fill="#0f172a"'
-        out.append(f'<text x="{_fmt(x + 8)}" y="{_fmt(line_y - 1)}" font-size="11"{style}>{_attr(line)}</text>')
+        out.append(
+            f'<text x="{_fmt(x + 8)}" y="{_fmt(line_y - 1)}" font-size="11"{style}>{_attr(line)}</text>'
+        )
     out.append("</g>")
     return out
 
@@ -315,19 +356,23 @@ def _svg_box(box: _Box) -> list[str]:
 def _svg_label(text: str, x: float, y: float, color: str) -> str:
     text = _clip(text, 36)
     width = len(text) * CHAR_W * 0.92 + 8
-    return (f'<rect x="{_fmt(x - width / 2)}" y="{_fmt(y - 8)}" width="{_fmt(width)}" height="15" rx="3" '
-            f'fill="#ffffff" stroke="{color}" stroke-width="0.6"/>'
-            f'<text x="{_fmt(x)}" y="{_fmt(y + 3)}" font-size="10" text-anchor="middle" fill="{color}">'
-            f'{_attr(text)}</text>')
+    return (
+        f'<rect x="{_fmt(x - width / 2)}" y="{_fmt(y - 8)}" width="{_fmt(width)}" height="15" rx="3" '
+        f'fill="#ffffff" stroke="{color}" stroke-width="0.6"/>'
+        f'<text x="{_fmt(x)}" y="{_fmt(y + 3)}" font-size="10" text-anchor="middle" fill="{color}">'
+        f"{_attr(text)}</text>"
+    )
 
 
 def _render_svg(boxes: list[_Box], links: list[_Link], title: str) -> str:
     for box in boxes:
         box.h = _box_height(box)
     if not boxes:
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="240" height="40" role="img">'
-                f'<title>{_attr(title)}</title><text x="10" y="24" font-family="{_attr(FONT)}" '
-                f'font-size="12" fill="#475569">(no operators)</text></svg>')
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="240" height="40" role="img">'
+            f'<title>{_attr(title)}</title><text x="10" y="24" font-family="{_attr(FONT)}" '
+            f'font-size="12" fill="#475569">(no operators)</text></svg>'
+        )
     _, by_key, width, height = _layout(boxes, links)
     marker = f"arrowflow-arrow-{next(_svg_ids)}"
 
@@ -348,13 +393,18 @@ def _render_svg(boxes: list[_Box], links: list[_Link], title: str) -> str:
             for rank, (_, index) in enumerate(sorted(ends)):
                 ports[index] = box.x + box.w * (rank + 1) / (len(ends) + 1)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_fmt(width)}" height="{_fmt(height)}" '
-             f'viewBox="0 0 {_fmt(width)} {_fmt(height)}" font-family="{_attr(FONT)}" role="img">',
-             f"<title>{_attr(title)}</title>", "<defs>"]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_fmt(width)}" height="{_fmt(height)}" '
+        f'viewBox="0 0 {_fmt(width)} {_fmt(height)}" font-family="{_attr(FONT)}" role="img">',
+        f"<title>{_attr(title)}</title>",
+        "<defs>",
+    ]
     for style, color in EDGE_COLORS.items():
-        parts.append(f'<marker id="{marker}-{style}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
-                     f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/>'
-                     f"</marker>")
+        parts.append(
+            f'<marker id="{marker}-{style}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+            f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/>'
+            f"</marker>"
+        )
     parts.append("</defs>")
     labels: list[str] = []
     for index, link in enumerate(links):
@@ -374,11 +424,15 @@ def _render_svg(boxes: list[_Box], links: list[_Link], title: str) -> str:
                 mid = (y1 + y2) / 2
                 d.append(f"C{_fmt(x1)},{_fmt(mid)} {_fmt(x2)},{_fmt(mid)} {_fmt(x2)},{_fmt(y2)}")
         color = EDGE_COLORS[link.style]
-        dash = {"exchange": ' stroke-dasharray="7 4"', "side": ' stroke-dasharray="2 3"'}.get(link.style, "")
+        dash = {"exchange": ' stroke-dasharray="7 4"', "side": ' stroke-dasharray="2 3"'}.get(
+            link.style, ""
+        )
         width_px = 1.8 if link.style == "exchange" else 1.4
-        parts.append(f'<path class="edge {link.style}" d="{" ".join(d)}" fill="none" stroke="{color}" '
-                     f'stroke-width="{width_px}"{dash} marker-end="url(#{marker}-{link.style})">'
-                     f"<title>{_attr(f'{link.src} -> {link.dst}')}</title></path>")
+        parts.append(
+            f'<path class="edge {link.style}" d="{" ".join(d)}" fill="none" stroke="{color}" '
+            f'stroke-width="{width_px}"{dash} marker-end="url(#{marker}-{link.style})">'
+            f"<title>{_attr(f'{link.src} -> {link.dst}')}</title></path>"
+        )
         if link.start_label:
             labels.append(_svg_label(link.start_label, points[0][0], points[0][1] + 15, color))
         if link.end_label:
@@ -410,16 +464,28 @@ vertical-align:-1px;border:1px solid}
 
 
 def _legend() -> str:
-    chips = "".join(f'<span class="af-chip" style="background:{fill};border-color:{stroke}"></span>{_attr(text)}'
-                    for fill, stroke, text in COLORS.values())
-    return (f'<div class="af-legend">{chips}<span style="margin-left:14px;color:{EDGE_COLORS["exchange"]}">'
-            f"- - hash exchange</span><span style=\"margin-left:10px;color:{EDGE_COLORS['side']}\">"
-            f"··· side output</span></div>")
+    chips = "".join(
+        f'<span class="af-chip" style="background:{fill};border-color:{stroke}"></span>{_attr(text)}'
+        for fill, stroke, text in COLORS.values()
+    )
+    return (
+        f'<div class="af-legend">{chips}<span style="margin-left:14px;color:{EDGE_COLORS["exchange"]}">'
+        f'- - hash exchange</span><span style="margin-left:10px;color:{EDGE_COLORS["side"]}">'
+        f"··· side output</span></div>"
+    )
 
 
 def _wrap_html(css_class: str, head: str, body: list[str]) -> str:
-    return "\n".join([f'<div class="arrowflow-view {css_class}">', f"<style>{_STYLE}</style>",
-                      f'<div class="af-head">{head}</div>', _legend(), *body, "</div>"])
+    return "\n".join(
+        [
+            f'<div class="arrowflow-view {css_class}">',
+            f"<style>{_STYLE}</style>",
+            f'<div class="af-head">{head}</div>',
+            _legend(),
+            *body,
+            "</div>",
+        ]
+    )
 
 
 def _count(n: int, word: str) -> str:
@@ -427,7 +493,9 @@ def _count(n: int, word: str) -> str:
 
 
 def _schema_table(schema: pl.Schema) -> str:
-    rows = "".join(f"<tr><td>{_attr(name)}</td><td>{_attr(dtype)}</td></tr>" for name, dtype in schema.items())
+    rows = "".join(
+        f"<tr><td>{_attr(name)}</td><td>{_attr(dtype)}</td></tr>" for name, dtype in schema.items()
+    )
     return f'<table class="af-schema"><tr><th>column</th><th>type</th></tr>{rows}</table>'
 
 
@@ -444,23 +512,33 @@ def plan_svg(plan: Plan) -> str:
             upstream = kinds.get(edge.op)
             exchange = upstream is not None and upstream.kind == "exchange"
             style = "exchange" if exchange else "side" if edge.port != MAIN else "main"
-            links.append(_Link(edge.op, op.id, style,
-                               start_label=edge.port if edge.port != MAIN else None,
-                               end_label=f"hash by {', '.join(upstream.params['keys'])}" if exchange else None))
+            links.append(
+                _Link(
+                    edge.op,
+                    op.id,
+                    style,
+                    start_label=edge.port if edge.port != MAIN else None,
+                    end_label=f"hash by {', '.join(upstream.params['keys'])}" if exchange else None,
+                )
+            )
     return _render_svg(boxes, links, f"plan of flow {plan.flow_name!r}")
 
 
 def _plan_head(plan: Plan) -> str:
     sinks = sum(op.kind == "sink" for op in plan.ops)
     exchanges = sum(op.kind == "exchange" for op in plan.ops)
-    return (f"Plan of flow {_attr(repr(plan.flow_name))}: {_count(len(plan.ops), 'operator')}, "
-            f"{_count(sinks, 'sink')}, {_count(exchanges, 'exchange')} "
-            f'<span style="font-weight:normal;color:#64748b">(fingerprint {_attr(plan.fingerprint)})</span>')
+    return (
+        f"Plan of flow {_attr(repr(plan.flow_name))}: {_count(len(plan.ops), 'operator')}, "
+        f"{_count(sinks, 'sink')}, {_count(exchanges, 'exchange')} "
+        f'<span style="font-weight:normal;color:#64748b">(fingerprint {_attr(plan.fingerprint)})</span>'
+    )
 
 
 def plan_html(plan: Plan) -> str:
     """The physical plan as a self-contained HTML fragment (header, legend, SVG graph)."""
-    return _wrap_html("arrowflow-plan", _plan_head(plan), [f'<div class="af-graph">{plan_svg(plan)}</div>'])
+    return _wrap_html(
+        "arrowflow-plan", _plan_head(plan), [f'<div class="af-graph">{plan_svg(plan)}</div>']
+    )
 
 
 # ---------------------------------------------------------------- logical graph
@@ -508,8 +586,12 @@ def _schema_or_none(flow: Flow, node: Node) -> pl.Schema | None:
 
 def _logical_svg(flow: Flow, nodes: list[Node], highlight: Node | None, title: str) -> str:
     members = {id(n) for n in nodes}
-    boxes = [_Box(n.id, n.id, n.kind, describe_node(n), _schema_or_none(flow, n), highlight=n is highlight)
-             for n in nodes]
+    boxes = [
+        _Box(
+            n.id, n.id, n.kind, describe_node(n), _schema_or_none(flow, n), highlight=n is highlight
+        )
+        for n in nodes
+    ]
     links = []
     for node in nodes:
         for parent in node.inputs:
@@ -529,17 +611,23 @@ def _plan_details(build: Any) -> str:
     try:
         plan = build()
     except Exception as exc:  # show why there is no plan yet instead of failing the display
-        return (f"<details><summary>physical plan</summary><div class=\"af-error\">"
-                f"{_attr(type(exc).__name__)}: {_attr(exc)}</div></details>")
-    return (f"<details><summary>physical plan ({_count(len(plan.ops), 'operator')})</summary>"
-            f"{plan_html(plan)}</details>")
+        return (
+            f'<details><summary>physical plan</summary><div class="af-error">'
+            f"{_attr(type(exc).__name__)}: {_attr(exc)}</div></details>"
+        )
+    return (
+        f"<details><summary>physical plan ({_count(len(plan.ops), 'operator')})</summary>"
+        f"{plan_html(plan)}</details>"
+    )
 
 
 def flow_html(flow: Flow, highlight: Node | None = None) -> str:
     """The logical graph of every operator of ``flow``; with sinks, the physical plan below it."""
     sinks = flow.sinks()
     head = f"Flow {_attr(repr(flow.name))}: {_count(len(flow.nodes), 'operator')}, {_count(len(sinks), 'sink')}"
-    body = [f'<div class="af-graph">{_logical_svg(flow, flow.nodes, highlight, f"flow {flow.name!r}")}</div>']
+    body = [
+        f'<div class="af-graph">{_logical_svg(flow, flow.nodes, highlight, f"flow {flow.name!r}")}</div>'
+    ]
     if sinks:
         body.append(_plan_details(flow.plan))
     return _wrap_html("arrowflow-flow", head, body)
@@ -562,8 +650,10 @@ def stream_html(stream: Stream, keyed_by: list[str] | None = None) -> str:
     flow, node = stream.flow, stream.node
     nodes = _ancestors(node, flow)
     keyed = f" keyed by {_attr(keyed_by)}" if keyed_by is not None else ""
-    head = (f"Stream {_attr(repr(node.id))} ({_attr(node.kind)}){keyed} of flow {_attr(repr(flow.name))}: "
-            f"{_count(len(nodes), 'operator')} up to it")
+    head = (
+        f"Stream {_attr(repr(node.id))} ({_attr(node.kind)}){keyed} of flow {_attr(repr(flow.name))}: "
+        f"{_count(len(nodes), 'operator')} up to it"
+    )
     body = [f'<div class="af-graph">{_logical_svg(flow, nodes, node, f"stream {node.id!r}")}</div>']
     schema = _schema_or_none(flow, node)
     if schema is None:

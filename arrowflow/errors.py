@@ -38,8 +38,14 @@ class CheckpointError(ArrowflowError):
 class WorkerError(ArrowflowError):
     """A worker process raised or died; the message carries its traceback as text."""
 
-    def __init__(self, msg: str, *, worker: int | None = None, traceback_text: str = "",
-                 signal: int | None = None) -> None:
+    def __init__(
+        self,
+        msg: str,
+        *,
+        worker: int | None = None,
+        traceback_text: str = "",
+        signal: int | None = None,
+    ) -> None:
         super().__init__(msg)
         self.worker = worker
         self.traceback_text = traceback_text
@@ -54,7 +60,11 @@ def summarize(exc: BaseException) -> str:
     many lines (the plan that failed, hints), and their last line is rarely the reason.
     """
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{name}: {lines[0]}" if lines else name
 

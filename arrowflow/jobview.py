@@ -20,7 +20,12 @@ NONE = "\u2013"  # an en dash: no value yet
 #: Seconds between two refreshes of the live view in a notebook.
 REFRESH_S = 1.0
 
-_STATUS_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "stopped": "#7f7f7f", "failed": "#d62728"}
+_STATUS_COLORS = {
+    "running": "#1f77b4",
+    "finished": "#2ca02c",
+    "stopped": "#7f7f7f",
+    "failed": "#d62728",
+}
 
 _STYLE = """<style>
 .arrowflow-job{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;font-size:13px;color:#222;max-width:980px}
@@ -73,7 +78,12 @@ def summary(job: Any) -> dict[str, Any]:
     rate = history[-1].get("rows_per_s", 0.0) if history else 0.0
     if job.status != "running" and job.elapsed_s > 0:
         rate = progress["rows_in"] / job.elapsed_s
-    return {"status": job.status, "progress": progress, "rate": rate, "checkpoint": job.last_checkpoint()}
+    return {
+        "status": job.status,
+        "progress": progress,
+        "rate": rate,
+        "checkpoint": job.last_checkpoint(),
+    }
 
 
 _LEFT, _RIGHT, _UPPER, _LOWER = 52, 8, 18, 20  # the charts' margins, px
@@ -84,8 +94,10 @@ def _chart(history: pl.DataFrame, width: int = 440, height: int = 120) -> str:
     if history.height < 2:
         return ""
     parts = []
-    for column, title, color in (("rows_per_s", "throughput, rows/s", "#1f77b4"),
-                                 ("lag_s", "event-time lag, s", "#ff7f0e")):
+    for column, title, color in (
+        ("rows_per_s", "throughput, rows/s", "#1f77b4"),
+        ("lag_s", "event-time lag, s", "#ff7f0e"),
+    ):
         series = history.select("elapsed_s", column).drop_nulls()
         if series.height < 2:
             continue
@@ -97,7 +109,8 @@ def _chart(history: pl.DataFrame, width: int = 440, height: int = 120) -> str:
         left, upper = _LEFT, _UPPER
         points = " ".join(
             f"{left + (x - x0) / (x1 - x0) * plot_w:.1f},{upper + plot_h - max(0.0, y) / top * plot_h:.1f}"
-            for x, y in zip(xs, ys, strict=True))
+            for x, y in zip(xs, ys, strict=True)
+        )
         parts.append(
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'role="img" aria-label="{_esc(title)}" style="margin-right:12px">'
@@ -105,12 +118,13 @@ def _chart(history: pl.DataFrame, width: int = 440, height: int = 120) -> str:
             f'<line x1="{left}" y1="{upper + plot_h}" x2="{left + plot_w}" y2="{upper + plot_h}" stroke="#999"/>'
             f'<line x1="{left}" y1="{upper}" x2="{left}" y2="{upper + plot_h}" stroke="#999"/>'
             f'<text x="{left - 4}" y="{upper + 4}" font-size="10" text-anchor="end" fill="#555">'
-            f'{_esc(_short(top))}</text>'
+            f"{_esc(_short(top))}</text>"
             f'<text x="{left - 4}" y="{upper + plot_h}" font-size="10" text-anchor="end" fill="#555">0</text>'
             f'<text x="{left}" y="{height - 4}" font-size="10" fill="#555">{_esc(_duration(x0))}</text>'
             f'<text x="{left + plot_w}" y="{height - 4}" font-size="10" text-anchor="end" fill="#555">'
-            f'{_esc(_duration(x1))}</text>'
-            f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{points}"/></svg>')
+            f"{_esc(_duration(x1))}</text>"
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{points}"/></svg>'
+        )
     return "".join(parts)
 
 
@@ -128,37 +142,50 @@ def job_html(job: Any) -> str:
     progress = info["progress"]
     color = _STATUS_COLORS.get(status, "#555")
     workers = job.options.get("workers")
-    lines = [_STYLE, '<div class="arrowflow-job">',
-             f'<div class="af-head"><b>Job {_esc(job.name)!s}</b> '
-             f'<span class="af-badge" style="background:{color}">{_esc(status)}</span> '
-             f'<span class="af-muted">{_esc(_duration(job.elapsed_s))} · workers '
-             f'{_esc("cores" if workers is None else workers)} · restarts {progress["restarts"]}</span></div>']
+    lines = [
+        _STYLE,
+        '<div class="arrowflow-job">',
+        f'<div class="af-head"><b>Job {_esc(job.name)!s}</b> '
+        f'<span class="af-badge" style="background:{color}">{_esc(status)}</span> '
+        f'<span class="af-muted">{_esc(_duration(job.elapsed_s))} · workers '
+        f"{_esc('cores' if workers is None else workers)} · restarts {progress['restarts']}</span></div>",
+    ]
     done, total = progress["splits_done"], progress["splits_total"]
     bar = ""
     if progress["unbounded"]:
         bar = f"following {total:,} splits ({done:,} done) · "
     elif total:
         share = min(1.0, done / total)
-        bar = (f'<span class="af-bar"><div style="width:{share * 100:.1f}%"></div></span> '
-               f'{done:,} of {total:,} splits · ')
-    lines.append(f"<div>{bar}{progress['rows_in']:,} rows read · {_esc(_short(info['rate']))} rows/s</div>")
+        bar = (
+            f'<span class="af-bar"><div style="width:{share * 100:.1f}%"></div></span> '
+            f"{done:,} of {total:,} splits · "
+        )
+    lines.append(
+        f"<div>{bar}{progress['rows_in']:,} rows read · {_esc(_short(info['rate']))} rows/s</div>"
+    )
     checkpoint = info["checkpoint"]
     if checkpoint is not None:
-        lines.append(f'<div>last checkpoint <b>{checkpoint["id"]}</b> '
-                     f'{_esc(_duration(checkpoint["ago_s"]))} ago, took {_esc(_duration(checkpoint["took_s"]))}'
-                     f' · {len(progress["checkpoints"])} this attempt</div>')
+        lines.append(
+            f"<div>last checkpoint <b>{checkpoint['id']}</b> "
+            f"{_esc(_duration(checkpoint['ago_s']))} ago, took {_esc(_duration(checkpoint['took_s']))}"
+            f" · {len(progress['checkpoints'])} this attempt</div>"
+        )
     elif job.options.get("checkpoint_dir"):
         lines.append('<div class="af-muted">no checkpoint yet</div>')
     if job.error is not None:
         text = str(job.error).strip().splitlines()
-        lines.append(f'<div class="af-error">{_esc(type(job.error).__name__)}: {_esc(text[0] if text else "")}</div>')
+        lines.append(
+            f'<div class="af-error">{_esc(type(job.error).__name__)}: {_esc(text[0] if text else "")}</div>'
+        )
     metrics = job.metrics()
     if metrics.height:
         lines.append(_metrics_table(metrics))
     lines.append(_chart(job.history()))
     if job.taps:
-        results = ", ".join(f"<code>{_esc(stream)}</code> {job.control.results.count(sink):,} rows"
-                            for stream, (sink, _schema) in job.taps.items())
+        results = ", ".join(
+            f"<code>{_esc(stream)}</code> {job.control.results.count(sink):,} rows"
+            for stream, (sink, _schema) in job.taps.items()
+        )
         lines.append(f'<div class="af-muted">results so far (job.results(stream)): {results}</div>')
     lines.append("</div>")
     return "".join(lines)
@@ -166,15 +193,19 @@ def job_html(job: Any) -> str:
 
 def _metrics_table(metrics: pl.DataFrame) -> str:
     shown = [c for c in metrics.columns if c not in ("batches_in", "unconsumed")]
-    head = "".join(f'<th class="{"af-l" if c in ("operator", "kind", "watermark") else ""}">{_esc(c)}</th>'
-                   for c in shown)
+    head = "".join(
+        f'<th class="{"af-l" if c in ("operator", "kind", "watermark") else ""}">{_esc(c)}</th>'
+        for c in shown
+    )
     body = []
     for row in metrics.select(shown).iter_rows(named=True):
         cells = []
         for column in shown:
             value = row[column]
             if column == "watermark":
-                cells.append(f'<td class="af-l">{_esc(value.strftime("%Y-%m-%d %H:%M:%S")) if value else NONE}</td>')
+                cells.append(
+                    f'<td class="af-l">{_esc(value.strftime("%Y-%m-%d %H:%M:%S")) if value else NONE}</td>'
+                )
             elif column == "lag_s":
                 cells.append(f"<td>{_esc(_duration(value)) if value is not None else NONE}</td>")
             elif column in ("operator", "kind"):
@@ -189,8 +220,12 @@ def status_line(job: Any) -> str:
     """The job in one line, for terminals and logs."""
     info = summary(job)
     progress = info["progress"]
-    parts = [f"{job.name}: {info['status']}", _duration(job.elapsed_s), f"{progress['rows_in']:,} rows",
-             f"{_short(info['rate'])} rows/s"]
+    parts = [
+        f"{job.name}: {info['status']}",
+        _duration(job.elapsed_s),
+        f"{progress['rows_in']:,} rows",
+        f"{_short(info['rate'])} rows/s",
+    ]
     if progress["splits_total"] and not progress["unbounded"]:
         parts.append(f"splits {progress['splits_done']}/{progress['splits_total']}")
     metrics = job.metrics()

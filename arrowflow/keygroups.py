@@ -63,7 +63,9 @@ def _hash_bytes(array: pa.Array) -> np.ndarray:
         max_len = int(lengths.max())
         with np.errstate(over="ignore"):
             powers = np.cumprod(np.full(max_len, _BYTE_BASE, dtype=np.uint64))
-            position = np.arange(stop - start, dtype=np.int64) - np.repeat(offsets[:-1] - start, lengths)
+            position = np.arange(stop - start, dtype=np.int64) - np.repeat(
+                offsets[:-1] - start, lengths
+            )
             products = data * powers[position]
         padded = np.append(products, np.uint64(0))
         sums = np.add.reduceat(padded, np.minimum(offsets[:-1] - start, stop - start))
@@ -88,7 +90,9 @@ def _hash_series(series: pl.Series) -> np.ndarray:
     nulls = series.is_null().to_numpy() if series.null_count() else None
     if dtype in (pl.String, pl.Binary) or isinstance(dtype, pl.Categorical | pl.Enum):
         values = series.cast(pl.String) if dtype != pl.Binary else series
-        hashed = _hash_bytes(pa.array(values.fill_null(b"" if dtype == pl.Binary else "").to_arrow()))
+        hashed = _hash_bytes(
+            pa.array(values.fill_null(b"" if dtype == pl.Binary else "").to_arrow())
+        )
     elif dtype.is_float():
         floats = series.cast(pl.Float64).fill_null(0.0).to_numpy().copy()
         floats[floats == 0.0] = 0.0  # -0.0 and 0.0 are one key
@@ -104,7 +108,9 @@ def _hash_series(series: pl.Series) -> np.ndarray:
         # The unscaled 128-bit integer, not a formatted string: text formatting of decimals
         # may change between library versions, the stored integer does not.
         array = pa.array(series.to_arrow()).cast(pa.decimal128(38, dtype.scale or 0))
-        words = np.frombuffer(array.buffers()[1], dtype="<u8").reshape(-1, 2)[array.offset : array.offset + len(array)]
+        words = np.frombuffer(array.buffers()[1], dtype="<u8").reshape(-1, 2)[
+            array.offset : array.offset + len(array)
+        ]
         with np.errstate(over="ignore"):
             hashed = _mix64(_mix64(words[:, 0]) * _GOLDEN + words[:, 1])
     elif dtype == pl.Null:
@@ -133,12 +139,20 @@ def key_groups(keys: pl.DataFrame, max_parallelism: int = DEFAULT_MAX_PARALLELIS
     return ((hash_keys(keys) >> np.uint64(32)) % np.uint64(max_parallelism)).astype(np.int32)
 
 
-def key_group_range(worker: int, parallelism: int, max_parallelism: int = DEFAULT_MAX_PARALLELISM) -> range:
+def key_group_range(
+    worker: int, parallelism: int, max_parallelism: int = DEFAULT_MAX_PARALLELISM
+) -> range:
     """The contiguous key groups that ``worker`` of ``parallelism`` owns."""
-    return range(worker * max_parallelism // parallelism, (worker + 1) * max_parallelism // parallelism)
+    return range(
+        worker * max_parallelism // parallelism, (worker + 1) * max_parallelism // parallelism
+    )
 
 
-def owner_of(groups: np.ndarray, parallelism: int, max_parallelism: int = DEFAULT_MAX_PARALLELISM) -> np.ndarray:
+def owner_of(
+    groups: np.ndarray, parallelism: int, max_parallelism: int = DEFAULT_MAX_PARALLELISM
+) -> np.ndarray:
     """The worker that owns each key group (inverse of :func:`key_group_range`)."""
     # worker w owns [w*M//P, (w+1)*M//P); the owner of g is the largest w with w*M//P <= g.
-    return ((groups.astype(np.int64) * parallelism + parallelism - 1) // max_parallelism).astype(np.int32)
+    return ((groups.astype(np.int64) * parallelism + parallelism - 1) // max_parallelism).astype(
+        np.int32
+    )

@@ -76,14 +76,18 @@ def _when(epoch_s: float) -> str:
 def _describe(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "holder unknown (the lease names none)"
-    return (f"flow {holder.get('flow')!r}, host {holder.get('host')!r}, pid {holder.get('pid')}, "
-            f"since {_when(float(holder.get('since', 0)))}")
+    return (
+        f"flow {holder.get('flow')!r}, host {holder.get('host')!r}, pid {holder.get('pid')}, "
+        f"since {_when(float(holder.get('since', 0)))}"
+    )
 
 
 class Lease:
     """An exclusive lease on one folder (local or fsspec URL), for one run."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None, *, what: str, flow: str) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None, *, what: str, flow: str
+    ) -> None:
         import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
@@ -93,8 +97,13 @@ class Lease:
         self.root = root.rstrip("/")
         self.path = f"{self.root}/{LEASE_NAME}"
         self.local = isinstance(self.fs, LocalFileSystem)
-        self.holder = {"flow": flow, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-                       "token": secrets.token_hex(8)}
+        self.holder = {
+            "flow": flow,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+            "token": secrets.token_hex(8),
+        }
         self.fd: int | None = None
         self.expiry_s = lease_expiry_s()
         self.stopping = threading.Event()
@@ -107,9 +116,11 @@ class Lease:
         return (protocol if isinstance(protocol, str) else protocol[0], self.root)
 
     def _refuse(self, holder: dict[str, Any] | None, extra: str = "") -> LeaseError:
-        msg = (f"the {self.what} {self.url!r} is in use by another job: {_describe(holder)}{extra} (lease "
-               f"{self.path!r}). Two jobs there would commit the same output twice: wait for that job to "
-               f"end or stop it, or give this one another {self.what}.")
+        msg = (
+            f"the {self.what} {self.url!r} is in use by another job: {_describe(holder)}{extra} (lease "
+            f"{self.path!r}). Two jobs there would commit the same output twice: wait for that job to "
+            f"end or stop it, or give this one another {self.what}."
+        )
         return LeaseError(msg)
 
     # ------------------------------------------------------------------ local
@@ -118,8 +129,10 @@ class Lease:
         folder that cannot be created (a file in its place, no permission)."""
         try:
             if self.fs.isfile(self.root):
-                msg = (f"the {self.what} {self.url!r} is a file, not a directory; give a directory "
-                       f"(it is created when missing)")
+                msg = (
+                    f"the {self.what} {self.url!r} is a file, not a directory; give a directory "
+                    f"(it is created when missing)"
+                )
                 raise error(msg)
             self.fs.makedirs(self.root, exist_ok=True)
         except OSError as exc:
@@ -188,8 +201,10 @@ class Lease:
         if not self._create():
             holder = self._read_object()
             if holder == {}:
-                msg = (f"the {self.what} {self.url!r} holds a lease object {self.path!r} that is not a lease "
-                       f"arrowflow wrote (not JSON); if no job runs there, delete it and run again")
+                msg = (
+                    f"the {self.what} {self.url!r} holds a lease object {self.path!r} that is not a lease "
+                    f"arrowflow wrote (not JSON); if no job runs there, delete it and run again"
+                )
                 raise LeaseError(msg)
             expires = float(holder.get("expires", 0)) if holder is not None else 0.0
             if holder is not None and expires > time.time():
@@ -205,7 +220,9 @@ class Lease:
         current = self._read_object()
         if not current or current.get("token") != self.holder["token"]:
             raise self._refuse(current, " (it took the expired lease over at the same moment)")
-        self.renewer = threading.Thread(target=self._renew, name=f"arrowflow-lease {self.url}", daemon=True)
+        self.renewer = threading.Thread(
+            target=self._renew, name=f"arrowflow-lease {self.url}", daemon=True
+        )
         self.renewer.start()
 
     def _renew(self) -> None:
@@ -214,13 +231,19 @@ class Lease:
                 current = self._read_object()
                 if not current or current.get("token") != self.holder["token"]:
                     self.lost = True
-                    warnings.warn(f"the lease on the {self.what} {self.url!r} was taken over by another job "
-                                  f"({_describe(current)}): this job's renewals came too late", stacklevel=1)
+                    warnings.warn(
+                        f"the lease on the {self.what} {self.url!r} was taken over by another job "
+                        f"({_describe(current)}): this job's renewals came too late",
+                        stacklevel=1,
+                    )
                     return
                 with self.fs.open(self.path, "wb") as handle:
                     handle.write(self._payload())
             except OSError as exc:  # a failed renewal is retried; the expiry leaves room for two
-                warnings.warn(f"could not renew the lease on the {self.what} {self.url!r}: {exc}", stacklevel=1)
+                warnings.warn(
+                    f"could not renew the lease on the {self.what} {self.url!r}: {exc}",
+                    stacklevel=1,
+                )
 
     # ------------------------------------------------------------------ end
     def release(self) -> None:
@@ -253,8 +276,15 @@ class JobLeases:
     def __init__(self) -> None:
         self.held: dict[tuple[str, str], Lease] = {}
 
-    def take(self, url: str, storage_options: dict[str, Any] | None, *, what: str, flow: str,
-             error: type[ArrowflowError] = LeaseError) -> None:
+    def take(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None,
+        *,
+        what: str,
+        flow: str,
+        error: type[ArrowflowError] = LeaseError,
+    ) -> None:
         try:
             lease = Lease(url, storage_options, what=what, flow=flow)
         except (ImportError, ValueError, TypeError) as exc:

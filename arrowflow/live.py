@@ -199,7 +199,9 @@ class _LimitWriter(SinkWriter):
 
     @property
     def satisfied(self) -> bool:
-        return self.rows >= self.n or (self.deadline is not None and time.monotonic() > self.deadline)
+        return self.rows >= self.n or (
+            self.deadline is not None and time.monotonic() > self.deadline
+        )
 
     def bind(self, publish: Any) -> None:
         """In-process: the rows stay here, nothing to publish."""

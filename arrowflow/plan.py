@@ -117,7 +117,9 @@ class Plan:
         return plan_html(self)
 
     def explain(self) -> str:
-        lines = [f"plan of flow {self.flow_name!r} (fingerprint {self.fingerprint}), {len(self.ops)} operators:"]
+        lines = [
+            f"plan of flow {self.flow_name!r} (fingerprint {self.fingerprint}), {len(self.ops)} operators:"
+        ]
         for spec in self.ops:
             inputs = ", ".join(e.op if e.port == MAIN else f"{e.op}[{e.port}]" for e in spec.inputs)
             lines.append(f"  {spec.kind:<8} {spec.id}{'  <- ' + inputs if inputs else ''}")
@@ -141,7 +143,9 @@ def describe_op(spec: OpSpec) -> str:
                 parts.append(f"{step['id']}: map_batches({getattr(step['fn'], '__name__', 'fn')})")
             else:
                 exprs = step.get("predicates") or step.get("exprs")
-                parts.append(f"{step['id']}: {step['kind']}({', '.join(describe_expr(e) for e in exprs)})")
+                parts.append(
+                    f"{step['id']}: {step['kind']}({', '.join(describe_expr(e) for e in exprs)})"
+                )
         return " | ".join(parts)
     if spec.kind == "exchange":
         return f"hash partition by {params['keys']} into {params.get('max_parallelism', 128)} key groups"
@@ -192,7 +196,9 @@ def _roots(exprs: list[pl.Expr]) -> set[str] | None:
     return names
 
 
-def _required_columns(flow: Flow, order: list[Node], outputs: list[Node]) -> dict[int, set[str] | None]:
+def _required_columns(
+    flow: Flow, order: list[Node], outputs: list[Node]
+) -> dict[int, set[str] | None]:
     """For each node, the columns of its output that something downstream reads."""
     required: dict[int, set[str] | None] = {id(n): set() for n in order}
 
@@ -234,7 +240,12 @@ def _required_columns(flow: Flow, order: list[Node], outputs: list[Node]) -> dic
         elif kind == "window":
             roots = _roots(list(params["aggs"].values()))
             late_read = any(n.kind == "side_output" and n.inputs[0] is node for n in order)
-            need(parent, ALL if roots is ALL or late_read else roots | set(params["keys"]) | {params["time_column"]})
+            need(
+                parent,
+                ALL
+                if roots is ALL or late_read
+                else roots | set(params["keys"]) | {params["time_column"]},
+            )
         elif kind == "side_output":
             if node.side != "malformed":
                 need(parent, ALL)
@@ -248,7 +259,11 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
     if not outputs:
         msg = f"flow {flow.name!r}: nothing to run; add a sink or collect a stream"
         raise PlanError(msg)
-    if isinstance(max_parallelism, bool) or not isinstance(max_parallelism, int) or max_parallelism < 1:
+    if (
+        isinstance(max_parallelism, bool)
+        or not isinstance(max_parallelism, int)
+        or max_parallelism < 1
+    ):
         msg = f"max_parallelism must be a positive number of key groups (default 128), got {max_parallelism!r}"
         raise PlanError(msg)
     order = _needed(outputs)
@@ -278,7 +293,14 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
                 if len(keep) < len(schema):
                     source = source.with_columns_pruned(keep)
                     read_columns = keep
-            spec = OpSpec(node.id, "source", [], schema, [node.id], {"source": source, "columns": read_columns})
+            spec = OpSpec(
+                node.id,
+                "source",
+                [],
+                schema,
+                [node.id],
+                {"source": source, "columns": read_columns},
+            )
             ops.append(spec)
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "side_output":
@@ -286,7 +308,11 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             edge_of[id(node)] = Edge(parent_edge.op, node.side or MAIN)
         elif kind in STATELESS:
             parent = node.inputs[0]
-            step = {"id": node.id, "kind": kind, **{k: v for k, v in params.items() if k != "schema"}}
+            step = {
+                "id": node.id,
+                "kind": kind,
+                **{k: v for k, v in params.items() if k != "schema"},
+            }
             if kind == "map_batches":
                 step["schema"] = schema
             previous = chain_of.get(id(parent))
@@ -302,12 +328,16 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
                 previous.schema = schema
                 chain_of[id(node)] = previous
             else:
-                spec = OpSpec(node.id, "chain", [edge_of[id(parent)]], schema, [node.id], {"steps": [step]})
+                spec = OpSpec(
+                    node.id, "chain", [edge_of[id(parent)]], schema, [node.id], {"steps": [step]}
+                )
                 ops.append(spec)
                 chain_of[id(node)] = spec
             edge_of[id(node)] = Edge(chain_of[id(node)].id)
         elif kind == "union":
-            spec = OpSpec(node.id, "union", [edge_of[id(p)] for p in node.inputs], schema, [node.id])
+            spec = OpSpec(
+                node.id, "union", [edge_of[id(p)] for p in node.inputs], schema, [node.id]
+            )
             ops.append(spec)
             edge_of[id(node)] = Edge(spec.id)
         elif kind in ("agg", "process", "window"):
@@ -327,13 +357,30 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
             ops.extend([exchange, spec])
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "watermark":
-            spec = OpSpec(node.id, "watermark", [edge_of[id(node.inputs[0])]], schema, [node.id],
-                          {"column": params["column"], "delay_ms": params["delay_ms"],
-                           "idle_timeout_ms": params["idle_timeout_ms"], "dtype": schema[params["column"]]})
+            spec = OpSpec(
+                node.id,
+                "watermark",
+                [edge_of[id(node.inputs[0])]],
+                schema,
+                [node.id],
+                {
+                    "column": params["column"],
+                    "delay_ms": params["delay_ms"],
+                    "idle_timeout_ms": params["idle_timeout_ms"],
+                    "dtype": schema[params["column"]],
+                },
+            )
             ops.append(spec)
             edge_of[id(node)] = Edge(spec.id)
         elif kind == "sink":
-            spec = OpSpec(node.id, "sink", [edge_of[id(node.inputs[0])]], schema, [node.id], {"sink": params["sink"]})
+            spec = OpSpec(
+                node.id,
+                "sink",
+                [edge_of[id(node.inputs[0])]],
+                schema,
+                [node.id],
+                {"sink": params["sink"]},
+            )
             ops.append(spec)
             edge_of[id(node)] = Edge(spec.id)
         else:
@@ -345,14 +392,22 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
         twice = sorted({i for i in ids if ids.count(i) > 1})
         msg = f"flow {flow.name!r}: several physical operators are called {twice}; rename the operator(s) with name="
         raise PlanError(msg)
-    fingerprint = fingerprint_of([_fingerprint_entry(op) for op in ops if op.stateful or op.kind in ("source", "sink")])
+    fingerprint = fingerprint_of(
+        [_fingerprint_entry(op) for op in ops if op.stateful or op.kind in ("source", "sink")]
+    )
     return Plan(flow.name, ops, [n.id for n in outputs], fingerprint)
 
 
 def _exchange(node: Node, upstream: Edge, schema: pl.Schema, max_parallelism: int) -> OpSpec:
     """The hash exchange in front of a keyed operator: rows move to the owner of their key group."""
-    return OpSpec(f"{node.id}.exchange", "exchange", [upstream], schema, [],
-                  {"keys": node.params["keys"], "max_parallelism": max_parallelism})
+    return OpSpec(
+        f"{node.id}.exchange",
+        "exchange",
+        [upstream],
+        schema,
+        [],
+        {"keys": node.params["keys"], "max_parallelism": max_parallelism},
+    )
 
 
 def _fingerprint_entry(op: OpSpec) -> list[Any]:
@@ -360,14 +415,20 @@ def _fingerprint_entry(op: OpSpec) -> list[Any]:
     changing a filter between runs is fine (as in Flink), changing an aggregation is not."""
     entry: list[Any] = [op.id, op.kind, op.steps, {k: str(v) for k, v in op.schema.items()}]
     if op.kind == "agg":
-        entry.append({
-            "keys": op.params["keys"],
-            "aggs": {name: str(expr) for name, expr in op.params["aggs"].items()},
-            "state": {k: str(v) for k, v in op.params["agg"].state_schema.items()},
-            "max_parallelism": op.params["max_parallelism"],
-        })
+        entry.append(
+            {
+                "keys": op.params["keys"],
+                "aggs": {name: str(expr) for name, expr in op.params["aggs"].items()},
+                "state": {k: str(v) for k, v in op.params["agg"].state_schema.items()},
+                "max_parallelism": op.params["max_parallelism"],
+            }
+        )
     if op.kind == "window":
-        entry.append({**op.params["window"].fingerprint(), "max_parallelism": op.params["max_parallelism"]})
+        entry.append(
+            {**op.params["window"].fingerprint(), "max_parallelism": op.params["max_parallelism"]}
+        )
     elif op.kind == "process":
-        entry.append({**op.params["process"].fingerprint(), "max_parallelism": op.params["max_parallelism"]})
+        entry.append(
+            {**op.params["process"].fingerprint(), "max_parallelism": op.params["max_parallelism"]}
+        )
     return entry

@@ -66,6 +66,7 @@ Example — de-duplicate events by id, and count each user's events so far::
     >>> counted.collect().sort("event_id").rows()
     [(1, 'a', 1), (2, 'b', 1), (3, 'a', 2)]
 """
+
 from __future__ import annotations
 
 import re
@@ -93,8 +94,16 @@ from arrowflow.keygroups import (
 )
 from arrowflow.state import KeyedStore, StateFile
 
-__all__ = ["ListState", "ListStateHandle", "MapState", "MapStateHandle", "ProcessContext", "ValueState",
-           "ValueStateHandle", "conform_output"]
+__all__ = [
+    "ListState",
+    "ListStateHandle",
+    "MapState",
+    "MapStateHandle",
+    "ProcessContext",
+    "ValueState",
+    "ValueStateHandle",
+    "conform_output",
+]
 
 #: How often at most a whole state is swept for expired entries, whatever its TTL.
 MIN_SWEEP_MS = 5 * 60 * 1000
@@ -109,9 +118,17 @@ class ProcessContext:
     beyond the call either.
     """
 
-    def __init__(self, function: ProcessFunction, key_schema: pl.Schema, stores: Mapping[str, KeyedStore], *,
-                 emit: Callable[[pl.DataFrame, str], None] | None = None, worker: int = 0, parallelism: int = 1,
-                 key_range: range | None = None) -> None:
+    def __init__(
+        self,
+        function: ProcessFunction,
+        key_schema: pl.Schema,
+        stores: Mapping[str, KeyedStore],
+        *,
+        emit: Callable[[pl.DataFrame, str], None] | None = None,
+        worker: int = 0,
+        parallelism: int = 1,
+        key_range: range | None = None,
+    ) -> None:
         self.operator_id = function.operator_id
         self.key_columns: list[str] = list(key_schema.names())
         self.key_schema = key_schema
@@ -137,9 +154,11 @@ class ProcessContext:
         handle = self._states.get(name)
         if handle is None:
             declared = sorted(self._states)
-            msg = (f"operator {self.operator_id!r}: the process function asked for state {name!r}, which it did "
-                   f"not declare; declared: {declared or 'none'}. Add it to states=[...], e.g. "
-                   f"states=[af.ValueState({name!r}, pl.Int64)]")
+            msg = (
+                f"operator {self.operator_id!r}: the process function asked for state {name!r}, which it did "
+                f"not declare; declared: {declared or 'none'}. Add it to states=[...], e.g. "
+                f"states=[af.ValueState({name!r}, pl.Int64)]"
+            )
             raise PlanError(msg)
         return handle
 
@@ -147,13 +166,19 @@ class ProcessContext:
         """Send ``frame`` to the side output ``side_output`` (read with ``stream.side_output(name)``)."""
         schema = self._side_outputs.get(side_output) if isinstance(side_output, str) else None
         if schema is None:
-            msg = (f"operator {self.operator_id!r}: emit() to side output {side_output!r}, which is not declared; "
-                   f"declared: {sorted(self._side_outputs) or 'none'}. Declare it with "
-                   f"side_outputs={{{side_output!r}: schema}} on process()")
+            msg = (
+                f"operator {self.operator_id!r}: emit() to side output {side_output!r}, which is not declared; "
+                f"declared: {sorted(self._side_outputs) or 'none'}. Declare it with "
+                f"side_outputs={{{side_output!r}: schema}} on process()"
+            )
             raise PlanError(msg)
         what = f"operator {self.operator_id!r}: emit({side_output!r}, ...)"
-        frame = conform_output(frame, self._input_schema if schema == "input" else schema, what,
-                               "emit the columns and types declared in side_outputs=")
+        frame = conform_output(
+            frame,
+            self._input_schema if schema == "input" else schema,
+            what,
+            "emit the columns and types declared in side_outputs=",
+        )
         if self._emit is not None:
             self._emit(frame, side_output)
 
@@ -174,8 +199,10 @@ class ProcessContext:
                 return
         groups = key_groups(keys, self.max_parallelism)
         if ((groups < self.key_range.start) | (groups >= self.key_range.stop)).any():
-            msg = (f"{what}: the process function wrote state for a key this worker does not own; a process "
-                   f"function may write state only for keys of the batch it was given")
+            msg = (
+                f"{what}: the process function wrote state for a key this worker does not own; a process "
+                f"function may write state only for keys of the batch it was given"
+            )
             raise StateError(msg)
 
     def _sweep(self) -> None:
@@ -227,20 +254,36 @@ class ProcessFunction:
     output_schema: pl.Schema = field(default_factory=pl.Schema)
 
     @classmethod
-    def build(cls, fn: Any, *, keys: list[str], states: Any, schema: Any, side_outputs: Any,
-              event_time: Any, operator_id: str) -> ProcessFunction:
+    def build(
+        cls,
+        fn: Any,
+        *,
+        keys: list[str],
+        states: Any,
+        schema: Any,
+        side_outputs: Any,
+        event_time: Any,
+        operator_id: str,
+    ) -> ProcessFunction:
         """Check the arguments of ``KeyedStream.process``; no schema needed yet."""
         where = f"operator {operator_id!r}"
         if not callable(fn):
-            msg = (f"{where}: process() expects a function (batch: pl.DataFrame, ctx: af.ProcessContext) -> "
-                   f"pl.DataFrame, got {type(fn).__name__}")
+            msg = (
+                f"{where}: process() expects a function (batch: pl.DataFrame, ctx: af.ProcessContext) -> "
+                f"pl.DataFrame, got {type(fn).__name__}"
+            )
             raise PlanError(msg)
         if isinstance(states, _StateDecl):
             states = [states]
-        if not isinstance(states, Sequence) or isinstance(states, str) or not all(
-                isinstance(s, _StateDecl) for s in states):
-            msg = (f"{where}: states= expects a list of af.ValueState, af.ListState or af.MapState, "
-                   f"got {states!r}")
+        if (
+            not isinstance(states, Sequence)
+            or isinstance(states, str)
+            or not all(isinstance(s, _StateDecl) for s in states)
+        ):
+            msg = (
+                f"{where}: states= expects a list of af.ValueState, af.ListState or af.MapState, "
+                f"got {states!r}"
+            )
             raise PlanError(msg)
         names = [s.name for s in states]
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -254,8 +297,10 @@ class ProcessFunction:
         for state in states:
             clash = sorted(set(keys) & set(state.element_schema.names()))
             if clash:
-                msg = (f"{where}: {state!r} has a column {clash[0]!r}, which is also a key column; rename "
-                       f"the state or its columns")
+                msg = (
+                    f"{where}: {state!r} has a column {clash[0]!r}, which is also a key column; rename "
+                    f"the state or its columns"
+                )
                 raise PlanError(msg)
         declared = None
         if schema is not None:
@@ -265,16 +310,23 @@ class ProcessFunction:
         sides: dict[str, pl.Schema | None] = {}
         if side_outputs is not None:
             if not isinstance(side_outputs, Mapping):
-                msg = (f"{where}: side_outputs= expects a dict of name -> schema (None: the input's schema), "
-                       f"got {type(side_outputs).__name__}")
+                msg = (
+                    f"{where}: side_outputs= expects a dict of name -> schema (None: the input's schema), "
+                    f"got {type(side_outputs).__name__}"
+                )
                 raise PlanError(msg)
             from arrowflow.io._schema import to_polars_schema
 
             for side, side_schema in side_outputs.items():
-                if not isinstance(side, str) or not re.match(r"^[A-Za-z0-9_.\-]+$", side) or side in (
-                        "main", "malformed", "late"):
-                    msg = (f"{where}: side output names are letters, digits, '_', '-', '.', and not 'main', "
-                           f"'malformed' or 'late'; got {side!r}")
+                if (
+                    not isinstance(side, str)
+                    or not re.match(r"^[A-Za-z0-9_.\-]+$", side)
+                    or side in ("main", "malformed", "late")
+                ):
+                    msg = (
+                        f"{where}: side output names are letters, digits, '_', '-', '.', and not 'main', "
+                        f"'malformed' or 'late'; got {side!r}"
+                    )
                     raise PlanError(msg)
                 sides[side] = None if side_schema is None else to_polars_schema(side_schema)
         if event_time is not None and not isinstance(event_time, str):
@@ -284,7 +336,10 @@ class ProcessFunction:
 
     @property
     def side_output_schemas(self) -> dict[str, Any]:
-        return {name: "input" if schema is None else schema for name, schema in self.side_outputs.items()}
+        return {
+            name: "input" if schema is None else schema
+            for name, schema in self.side_outputs.items()
+        }
 
     def key_schema(self, input_schema: pl.Schema) -> pl.Schema:
         return pl.Schema({k: input_schema[k] for k in self.keys})
@@ -294,7 +349,11 @@ class ProcessFunction:
         return input_schema if schema is None else schema
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"keys": self.keys, "states": [s.describe() for s in self.states], "event_time": self.event_time}
+        return {
+            "keys": self.keys,
+            "states": [s.describe() for s in self.states],
+            "event_time": self.event_time,
+        }
 
     def describe(self) -> str:
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
@@ -304,11 +363,18 @@ class ProcessFunction:
             text += f"; side outputs {sorted(self.side_outputs)}"
         return text
 
-    def bind(self, input_schema: pl.Schema, output_schema: pl.Schema, max_parallelism: int) -> ProcessFunction:
+    def bind(
+        self, input_schema: pl.Schema, output_schema: pl.Schema, max_parallelism: int
+    ) -> ProcessFunction:
         """A copy for the plan, knowing its schemas and key groups."""
         from dataclasses import replace
 
-        return replace(self, input_schema=input_schema, output_schema=output_schema, max_parallelism=max_parallelism)
+        return replace(
+            self,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            max_parallelism=max_parallelism,
+        )
 
     def learn_schema(self, input_schema: pl.Schema) -> pl.Schema:
         """Check the function against ``input_schema`` and return its output schema.
@@ -328,8 +394,10 @@ class ProcessFunction:
         if self.event_time is not None:
             dtype = input_schema.get(self.event_time)
             if dtype is None or not (isinstance(dtype, pl.Datetime) or dtype == pl.Date):
-                msg = (f"{where}: event_time={self.event_time!r} must name a Datetime or Date column of the input; "
-                       f"it is {dtype or 'missing'} (columns: {input_schema.names()})")
+                msg = (
+                    f"{where}: event_time={self.event_time!r} must name a Datetime or Date column of the input; "
+                    f"it is {dtype or 'missing'} (columns: {input_schema.names()})"
+                )
                 raise SchemaError(msg)
         key_schema = self.key_schema(input_schema)
         probe = ProcessFunction(**{**self.__dict__, "input_schema": input_schema})
@@ -346,14 +414,20 @@ class ProcessFunction:
         except Exception as exc:
             if self.declared_schema is not None:
                 return self.declared_schema
-            msg = (f"{where}: the process function could not be run on an empty batch to learn its output "
-                   f"schema ({type(exc).__name__}: {exc}); pass schema={{...}} to process()")
+            msg = (
+                f"{where}: the process function could not be run on an empty batch to learn its output "
+                f"schema ({type(exc).__name__}: {exc}); pass schema={{...}} to process()"
+            )
             raise SchemaError(msg) from None
         if not isinstance(out, pl.DataFrame):
             msg = f"{where}: the process function must return a polars DataFrame, it returned {type(out).__name__}"
             raise PlanError(msg)
         if self.declared_schema is None:
             return out.schema
-        conform_output(out, self.declared_schema, f"{where}: on an empty batch the process function",
-                       "return the declared schema= (or drop schema= to learn it)")
+        conform_output(
+            out,
+            self.declared_schema,
+            f"{where}: on an empty batch the process function",
+            "return the declared schema= (or drop schema= to learn it)",
+        )
         return self.declared_schema

@@ -59,7 +59,9 @@ class ProgressBar:
         self.done = threading.Event()
         self.bar: Any = None
         self.unbounded = False
-        self.thread = threading.Thread(target=self._loop, name=f"arrowflow-progress-{name}", daemon=True)
+        self.thread = threading.Thread(
+            target=self._loop, name=f"arrowflow-progress-{name}", daemon=True
+        )
         self.thread.start()
 
     def _update(self) -> None:
@@ -70,14 +72,23 @@ class ProgressBar:
         rows = coordinator.rows_total
         if self.bar is None:
             self.unbounded = coordinator.enumerator.unbounded or not total
-            kwargs: dict[str, Any] = {"desc": self.name, "file": self.file, "dynamic_ncols": True,
-                                      "leave": True, "mininterval": INTERVAL_S}
+            kwargs: dict[str, Any] = {
+                "desc": self.name,
+                "file": self.file,
+                "dynamic_ncols": True,
+                "leave": True,
+                "mininterval": INTERVAL_S,
+            }
             if self.unbounded:
                 self.bar = _tqdm_class()(total=None, unit=" rows", unit_scale=True, **kwargs)
             else:
                 self.bar = _tqdm_class()(total=total, unit=" splits", **kwargs)
         checkpoints = len(coordinator.completed)
-        postfix = f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}" if coordinator.storage is not None else ""
+        postfix = (
+            f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}"
+            if coordinator.storage is not None
+            else ""
+        )
         if self.unbounded:
             self.bar.update(max(0, rows - self.bar.n))
         else:

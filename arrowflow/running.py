@@ -71,27 +71,43 @@ class JobControl:
 
 def operator_frame(rows: list[dict[str, Any]], now: float | None = None) -> pl.DataFrame:
     """Per-operator counters summed over workers; watermark: the lowest of the workers'."""
-    columns = {"operator": pl.String, "kind": pl.String, "rows_in": pl.Int64, "rows_out": pl.Int64,
-               "batches_in": pl.Int64}
+    columns = {
+        "operator": pl.String,
+        "kind": pl.String,
+        "rows_in": pl.Int64,
+        "rows_out": pl.Int64,
+        "batches_in": pl.Int64,
+    }
     if not rows:
-        return pl.DataFrame(schema={**columns, "watermark": pl.Datetime("us", "UTC"), "lag_s": pl.Float64})
+        return pl.DataFrame(
+            schema={**columns, "watermark": pl.Datetime("us", "UTC"), "lag_s": pl.Float64}
+        )
     frame = pl.from_dicts(rows, infer_schema_length=None)
-    extra = [c for c, t in frame.schema.items()
-             if c not in columns and c not in ("worker", "watermark_us") and t.is_numeric()]
+    extra = [
+        c
+        for c, t in frame.schema.items()
+        if c not in columns and c not in ("worker", "watermark_us") and t.is_numeric()
+    ]
     if "watermark_us" not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("watermark_us"))
     watermark = pl.col("watermark_us")
     frame = frame.with_columns(
-        pl.when((watermark == NO_WATERMARK) | (watermark == IDLE)).then(None).otherwise(watermark)
-        .alias("watermark_us"))
+        pl.when((watermark == NO_WATERMARK) | (watermark == IDLE))
+        .then(None)
+        .otherwise(watermark)
+        .alias("watermark_us")
+    )
     now_us = int((time.time() if now is None else now) * 1_000_000)
     grouped = (
         frame.group_by("operator", "kind", maintain_order=True)
-        .agg([pl.col(c).sum() for c in ("rows_in", "rows_out", "batches_in", *extra)]
-             + [pl.col("watermark_us").min()])
+        .agg(
+            [pl.col(c).sum() for c in ("rows_in", "rows_out", "batches_in", *extra)]
+            + [pl.col("watermark_us").min()]
+        )
         .with_columns(
             pl.col("watermark_us").cast(pl.Datetime("us", "UTC")).alias("watermark"),
-            ((now_us - pl.col("watermark_us")) / 1e6).alias("lag_s"))
+            ((now_us - pl.col("watermark_us")) / 1e6).alias("lag_s"),
+        )
         .drop("watermark_us")
     )
     return grouped
@@ -100,8 +116,15 @@ def operator_frame(rows: list[dict[str, Any]], now: float | None = None) -> pl.D
 class Job:
     """A flow running in the background."""
 
-    def __init__(self, name: str, run: Any, kwargs: dict[str, Any], *, results: Any = None,
-                 taps: dict[str, tuple[str, pl.Schema]] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: Any,
+        kwargs: dict[str, Any],
+        *,
+        results: Any = None,
+        taps: dict[str, tuple[str, pl.Schema]] | None = None,
+    ) -> None:
         self.name = name
         self.control = JobControl(results)
         self.taps = taps or {}  # stream id -> (tap sink id, schema)
@@ -111,11 +134,13 @@ class Job:
         self.started = time.monotonic()
         self.ended: float | None = None
         self.samples: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._main, args=(run, kwargs), name=f"arrowflow-job-{name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, args=(run, kwargs), name=f"arrowflow-job-{name}", daemon=True
+        )
         self._thread.start()
-        self._sampler = threading.Thread(target=self._sample_loop, name=f"arrowflow-job-{name}-sampler",
-                                         daemon=True)
+        self._sampler = threading.Thread(
+            target=self._sample_loop, name=f"arrowflow-job-{name}-sampler", daemon=True
+        )
         self._sampler.start()
 
     def _main(self, run: Any, kwargs: dict[str, Any]) -> None:
@@ -146,12 +171,25 @@ class Job:
         checkpoints completed in this attempt, restarts."""
         coordinator = self.control.coordinator
         if coordinator is None:
-            return {"rows_in": 0, "splits_done": 0, "splits_total": 0, "unbounded": False, "checkpoints": [],
-                    "restarts": 0, "elapsed_s": self.elapsed_s}
+            return {
+                "rows_in": 0,
+                "splits_done": 0,
+                "splits_total": 0,
+                "unbounded": False,
+                "checkpoints": [],
+                "restarts": 0,
+                "elapsed_s": self.elapsed_s,
+            }
         done, total = coordinator.enumerator.progress()
-        return {"rows_in": coordinator.rows_total, "splits_done": done, "splits_total": total,
-                "unbounded": coordinator.enumerator.unbounded, "checkpoints": list(coordinator.completed),
-                "restarts": self.control.restarts, "elapsed_s": self.elapsed_s}
+        return {
+            "rows_in": coordinator.rows_total,
+            "splits_done": done,
+            "splits_total": total,
+            "unbounded": coordinator.enumerator.unbounded,
+            "checkpoints": list(coordinator.completed),
+            "restarts": self.control.restarts,
+            "elapsed_s": self.elapsed_s,
+        }
 
     def _operator_rows(self) -> list[dict[str, Any]]:
         """Every worker's operator counters, without the live-results taps (not the user's)."""
@@ -186,8 +224,10 @@ class Job:
         stream_id = stream if isinstance(stream, str) else stream.id
         if stream_id not in self.taps:
             known = sorted(self.taps)
-            msg = (f"job {self.name!r} keeps no results of stream {stream_id!r}; it keeps those of the "
-                   f"streams its sinks write ({known}); ask for others with flow.start(results=[stream, ...])")
+            msg = (
+                f"job {self.name!r} keeps no results of stream {stream_id!r}; it keeps those of the "
+                f"streams its sinks write ({known}); ask for others with flow.start(results=[stream, ...])"
+            )
             raise ArrowflowError(msg)
         sink_id, schema = self.taps[stream_id]
         return self.control.results.get(sink_id, schema)
@@ -205,7 +245,9 @@ class Job:
             "rows_in": int(sources.get_column("rows_in").sum()) if sources.height else 0,
             "rows_out": int(sinks.get_column("rows_in").sum()) if sinks.height else 0,
             "watermark": watermarks.min() if len(watermarks) else None,
-            "lag_s": float(frame.get_column("lag_s").drop_nulls().max()) if len(watermarks) else None,
+            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())
+            if len(watermarks)
+            else None,
             "checkpoints": len(coordinator.completed) if coordinator is not None else 0,
             "restarts": self.control.restarts,
         }
@@ -227,9 +269,17 @@ class Job:
 
     def history(self) -> pl.DataFrame:
         """One row per half second: rows in and out so far, rows/s, watermark, lag, checkpoints."""
-        schema = {"time": pl.Datetime("us", "UTC"), "elapsed_s": pl.Float64, "rows_in": pl.Int64,
-                  "rows_out": pl.Int64, "rows_per_s": pl.Float64, "watermark": pl.Datetime("us", "UTC"),
-                  "lag_s": pl.Float64, "checkpoints": pl.Int64, "restarts": pl.Int64}
+        schema = {
+            "time": pl.Datetime("us", "UTC"),
+            "elapsed_s": pl.Float64,
+            "rows_in": pl.Int64,
+            "rows_out": pl.Int64,
+            "rows_per_s": pl.Float64,
+            "watermark": pl.Datetime("us", "UTC"),
+            "lag_s": pl.Float64,
+            "checkpoints": pl.Int64,
+            "restarts": pl.Int64,
+        }
         return pl.DataFrame(list(self.samples), schema=schema)
 
     def last_checkpoint(self) -> dict[str, Any] | None:
@@ -238,8 +288,12 @@ class Job:
         if coordinator is None or not coordinator.completed:
             return None
         checkpoint_id = coordinator.completed[-1]
-        return {"id": checkpoint_id, "took_s": coordinator.durations.get(checkpoint_id),
-                "ago_s": time.monotonic() - coordinator.completed_at.get(checkpoint_id, time.monotonic())}
+        return {
+            "id": checkpoint_id,
+            "took_s": coordinator.durations.get(checkpoint_id),
+            "ago_s": time.monotonic()
+            - coordinator.completed_at.get(checkpoint_id, time.monotonic()),
+        }
 
     # ------------------------------------------------------------------ checkpoints and state
     def _checkpoint_dir(self) -> str:
@@ -253,22 +307,32 @@ class Job:
         """The job's complete checkpoints: id, time, size, state files, final, source offsets."""
         from arrowflow.checkpoint import list_checkpoints
 
-        return list_checkpoints(self._checkpoint_dir(), storage_options=self.options.get("storage_options"))
+        return list_checkpoints(
+            self._checkpoint_dir(), storage_options=self.options.get("storage_options")
+        )
 
     def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """An operator's state in the newest (or the given) checkpoint, as a DataFrame."""
         from arrowflow.checkpoint import read_state
 
-        return read_state(self._checkpoint_dir(), operator, checkpoint_id=checkpoint_id,
-                          storage_options=self.options.get("storage_options"))
+        return read_state(
+            self._checkpoint_dir(),
+            operator,
+            checkpoint_id=checkpoint_id,
+            storage_options=self.options.get("storage_options"),
+        )
 
     def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """SQL over the state in a checkpoint: every operator with state is a table named after
         its id (quote ids with a dash: ``SELECT * FROM "agg-2"``)."""
         from arrowflow.checkpoint import query_state
 
-        return query_state(self._checkpoint_dir(), sql, checkpoint_id=checkpoint_id,
-                           storage_options=self.options.get("storage_options"))
+        return query_state(
+            self._checkpoint_dir(),
+            sql,
+            checkpoint_id=checkpoint_id,
+            storage_options=self.options.get("storage_options"),
+        )
 
     def wait(self, timeout: float | None = None) -> RunResult:
         """Block until the run ends; its result, or the error that ended it."""
@@ -286,7 +350,11 @@ class Job:
     def checkpoint(self, *, timeout: float = 60.0) -> int:
         """Take a checkpoint now; returns its id once it is complete (and its output committed)."""
         deadline = time.monotonic() + timeout
-        while self.control.coordinator is None and self._thread.is_alive() and time.monotonic() < deadline:
+        while (
+            self.control.coordinator is None
+            and self._thread.is_alive()
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         coordinator = self.control.coordinator
         if coordinator is None or coordinator.storage is None:
@@ -300,7 +368,9 @@ class Job:
             if not self._thread.is_alive():
                 break
             time.sleep(0.01)
-        msg = f"job {self.name!r}: no checkpoint completed within {timeout} s (status: {self.status})"
+        msg = (
+            f"job {self.name!r}: no checkpoint completed within {timeout} s (status: {self.status})"
+        )
         raise ArrowflowError(msg)
 
     def stop(self, *, savepoint: bool = False, timeout: float = 120.0) -> RunResult:
@@ -335,6 +405,8 @@ class Job:
 
     def __repr__(self) -> str:
         progress = self.progress
-        return (f"Job({self.name!r}, {self.status}, rows_in={progress['rows_in']:,}, "
-                f"splits {progress['splits_done']}/{progress['splits_total']}, "
-                f"checkpoints={progress['checkpoints'][-3:]}, restarts={progress['restarts']})")
+        return (
+            f"Job({self.name!r}, {self.status}, rows_in={progress['rows_in']:,}, "
+            f"splits {progress['splits_done']}/{progress['splits_total']}, "
+            f"checkpoints={progress['checkpoints'][-3:]}, restarts={progress['restarts']})"
+        )

@@ -68,8 +68,10 @@ class RolledBack:
 
     def __str__(self) -> str:
         epochs = ", ".join(str(e) for e in self.epochs)
-        return (f"{self.sink}: removed {self.count:,} {self.what} committed by checkpoint(s) {epochs}, "
-                f"after checkpoint {self.checkpoint}")
+        return (
+            f"{self.sink}: removed {self.count:,} {self.what} committed by checkpoint(s) {epochs}, "
+            f"after checkpoint {self.checkpoint}"
+        )
 
 
 class SinkWriter(abc.ABC):
@@ -115,6 +117,7 @@ class Sink(abc.ABC):
         the newest complete checkpoint's ``commit`` was re-run: what is still staged belongs to
         no complete checkpoint, so a sink that stages outside its visible output removes it here.
         Not called after a crash of the coordinator (``recover`` cleans up then)."""
+
     def attach(self, job: JobIdentity) -> None:
         """Called in the coordinator before ``begin``/``recover``/``rollback`` of every run
         attempt (and so before the sink is shipped to the workers)."""

@@ -118,7 +118,9 @@ class Source(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
+    def open_reader(
+        self, split: Split, position: Any | None, *, batch_size: int | None
+    ) -> SplitReader:
         """Called in a worker. ``position`` is None to start the split from its beginning."""
 
     def describe(self) -> str:

@@ -61,7 +61,9 @@ class StoreSpec:
         """The key group of every row of ``keys`` (a numpy array), per :attr:`group_columns`."""
         from arrowflow.keygroups import key_groups
 
-        return key_groups(keys.select(list(self.group_columns) or self.key_columns), self.max_parallelism)
+        return key_groups(
+            keys.select(list(self.group_columns) or self.key_columns), self.max_parallelism
+        )
 
     @property
     def value_columns(self) -> list[str]:
@@ -70,7 +72,10 @@ class StoreSpec:
     def empty_values(self, height: int) -> pl.DataFrame:
         """All-null values for ``height`` keys, with ``FOUND`` False."""
         frame = pl.DataFrame(
-            [pl.Series(name, [None] * height, dtype=dtype) for name, dtype in self.value_schema.items()]
+            [
+                pl.Series(name, [None] * height, dtype=dtype)
+                for name, dtype in self.value_schema.items()
+            ]
         )
         return frame.with_columns(pl.Series(FOUND, [False] * height, dtype=pl.Boolean))
 
@@ -137,7 +142,9 @@ class KeyedStore(abc.ABC):
         """Number of keys held."""
 
     @abc.abstractmethod
-    def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
+    def snapshot(
+        self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int
+    ) -> list[StateFile]:
         """Write a consistent copy of the store under ``root`` and describe the files.
 
         Called between batches (never while a ``put`` runs). The store stays usable and
@@ -169,8 +176,9 @@ class StateBackend(abc.ABC):
 # ---------------------------------------------------------------- helpers for backends
 
 
-def join_on_keys(left: pl.DataFrame, right: pl.DataFrame, keys: list[str], how: str,
-                 **options: Any) -> pl.DataFrame:
+def join_on_keys(
+    left: pl.DataFrame, right: pl.DataFrame, keys: list[str], how: str, **options: Any
+) -> pl.DataFrame:
     """``left.join(right, on=keys, how=how, nulls_equal=True)`` where a NaN key matches NaN.
 
     polars' hash join does not reliably match NaN with NaN (a one-row probe misses it, and so
@@ -189,10 +197,18 @@ def join_on_keys(left: pl.DataFrame, right: pl.DataFrame, keys: list[str], how: 
             *(pl.col(k).is_nan().alias(f"__is_nan.{k}") for k in floats),
         )
 
-    on = [*(k for k in keys if k not in floats), *(f"__nan_free.{k}" for k in floats),
-          *(f"__is_nan.{k}" for k in floats)]
-    joined = joinable(left).join(joinable(right).drop(floats), on=on, how=how,  # type: ignore[arg-type]
-                                 nulls_equal=True, **options)
+    on = [
+        *(k for k in keys if k not in floats),
+        *(f"__nan_free.{k}" for k in floats),
+        *(f"__is_nan.{k}" for k in floats),
+    ]
+    joined = joinable(left).join(
+        joinable(right).drop(floats),
+        on=on,
+        how=how,  # type: ignore[arg-type]
+        nulls_equal=True,
+        **options,
+    )
     return joined.drop([c for c in joined.columns if c.startswith(("__nan_free.", "__is_nan."))])
 
 
@@ -226,8 +242,10 @@ def read_ipc_bytes(payload: bytes, what: str = "a state snapshot file") -> pl.Da
     try:
         return pl.read_ipc(_stdio.BytesIO(payload))
     except (OSError, pl.exceptions.PolarsError) as exc:
-        msg = (f"{what} is not a readable Arrow IPC file ({type(exc).__name__}: {str(exc).strip()[:200]}); "
-               f"the checkpoint is damaged: restore an older one, or restore=None to start over")
+        msg = (
+            f"{what} is not a readable Arrow IPC file ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+            f"the checkpoint is damaged: restore an older one, or restore=None to start over"
+        )
         raise StateError(msg) from None
 
 

@@ -127,15 +127,24 @@ def per_ms(dtype: pl.DataType) -> int:
 def check_time_column(schema: pl.Schema, column: str, operator_id: str) -> pl.Datetime:
     """The Datetime type of the event-time column, or a SchemaError that says what to do."""
     if column not in schema:
-        msg = (f"operator {operator_id!r}: no event-time column {column!r}; the columns are "
-               f"{schema.names()}")
+        msg = (
+            f"operator {operator_id!r}: no event-time column {column!r}; the columns are "
+            f"{schema.names()}"
+        )
         raise SchemaError(msg)
     dtype = schema[column]
     if not isinstance(dtype, pl.Datetime):
-        hint = ("pl.from_epoch(pl.col(c), time_unit='ms')" if dtype.is_integer()
-                else "pl.col(c).str.to_datetime()" if dtype == pl.String else "pl.col(c).cast(pl.Datetime('ms'))")
-        msg = (f"operator {operator_id!r}: the event-time column {column!r} must be a pl.Datetime, it is "
-               f"{dtype}; convert it first, e.g. .with_columns({column}={hint.replace('(c)', f'({column!r})')})")
+        hint = (
+            "pl.from_epoch(pl.col(c), time_unit='ms')"
+            if dtype.is_integer()
+            else "pl.col(c).str.to_datetime()"
+            if dtype == pl.String
+            else "pl.col(c).cast(pl.Datetime('ms'))"
+        )
+        msg = (
+            f"operator {operator_id!r}: the event-time column {column!r} must be a pl.Datetime, it is "
+            f"{dtype}; convert it first, e.g. .with_columns({column}={hint.replace('(c)', f'({column!r})')})"
+        )
         raise SchemaError(msg)
     return dtype
 
@@ -154,7 +163,9 @@ def to_micros(values: pl.Series | pl.Expr, dtype: pl.Datetime) -> Any:
     return physical
 
 
-def duration_arg(value: str | timedelta | None, what: str, *, allow_zero: bool = True) -> int | None:
+def duration_arg(
+    value: str | timedelta | None, what: str, *, allow_zero: bool = True
+) -> int | None:
     """A duration argument in milliseconds (None stays None), refusing zero when asked."""
     if value is None:
         return None
@@ -196,7 +207,10 @@ def split_watermark_inputs(plan: Any) -> dict[str, dict[str, bool]]:
             if step["kind"] != "with_columns":
                 return False
             for expr in step["exprs"]:
-                if uses_all_columns(expr) or expr.meta.output_name(raise_if_undetermined=False) in (None, column):
+                if uses_all_columns(expr) or expr.meta.output_name(raise_if_undetermined=False) in (
+                    None,
+                    column,
+                ):
                     return False
         return True
 
@@ -237,5 +251,8 @@ def bound_columns(plan: Any) -> dict[str, str]:
         column = by_id[op_id].params["column"]
         for source_id, unchanged in sources.items():
             columns.setdefault(source_id, set()).add(column if unchanged else None)
-    return {source_id: next(iter(names)) for source_id, names in columns.items()  # type: ignore[misc]
-            if len(names) == 1 and None not in names}
+    return {
+        source_id: next(iter(names))
+        for source_id, names in columns.items()  # type: ignore[misc]
+        if len(names) == 1 and None not in names
+    }

@@ -78,8 +78,10 @@ def sliding(size: str | timedelta, *, every: str | timedelta) -> WindowSpec:
     step = duration_arg(every, "sliding(every=...)", allow_zero=False)
     assert ms is not None and step is not None
     if step > ms:
-        msg = (f"sliding(size={size!r}, every={every!r}): every is longer than the window, so some events "
-               f"would be in no window; use every <= size (or tumbling(size) when they are equal)")
+        msg = (
+            f"sliding(size={size!r}, every={every!r}): every is longer than the window, so some events "
+            f"would be in no window; use every <= size (or tumbling(size) when they are equal)"
+        )
         raise PlanError(msg)
     return WindowSpec("sliding", size_ms=ms, every_ms=step)
 
@@ -98,8 +100,16 @@ class WindowAgg:
     watermarks arrive in microseconds and are converted once per watermark.
     """
 
-    def __init__(self, spec: WindowSpec, keys: list[str], aggs: dict[str, pl.Expr], input_schema: pl.Schema,
-                 time_column: str, allowed_lateness_ms: int, operator_id: str) -> None:
+    def __init__(
+        self,
+        spec: WindowSpec,
+        keys: list[str],
+        aggs: dict[str, pl.Expr],
+        input_schema: pl.Schema,
+        time_column: str,
+        allowed_lateness_ms: int,
+        operator_id: str,
+    ) -> None:
         self.spec = spec
         self.keys = list(keys)
         self.time_column = time_column
@@ -108,17 +118,23 @@ class WindowAgg:
         self.per_ms = per_ms(self.dtype)
         taken = [c for c in (WINDOW_START, WINDOW_END) if c in keys or c in aggs]
         if taken:
-            msg = (f"operator {operator_id!r}: {taken[0]!r} is a column the window adds to its output; "
-                   f"rename that key or aggregation")
+            msg = (
+                f"operator {operator_id!r}: {taken[0]!r} is a column the window adds to its output; "
+                f"rename that key or aggregation"
+            )
             raise PlanError(msg)
         clash = [c for c in (WINDOW_START, WINDOW_END) if c in input_schema]
         if clash:
-            msg = (f"operator {operator_id!r}: the input already has a column {clash[0]!r}, which the window "
-                   f"adds; rename it first, e.g. .rename({{{clash[0]!r}: 'previous_{clash[0]}'}})")
+            msg = (
+                f"operator {operator_id!r}: the input already has a column {clash[0]!r}, which the window "
+                f"adds; rename it first, e.g. .rename({{{clash[0]!r}: 'previous_{clash[0]}'}})"
+            )
             raise SchemaError(msg)
         self.input_schema = input_schema
         extended = pl.Schema({**input_schema, WINDOW_START: self.dtype})
-        self.agg = IncrementalAgg(aggs, [*self.keys, WINDOW_START], extended, operator_id=operator_id)
+        self.agg = IncrementalAgg(
+            aggs, [*self.keys, WINDOW_START], extended, operator_id=operator_id
+        )
         self.size = spec.size_ms * self.per_ms
         self.every = spec.every_ms * self.per_ms
         self.gap = spec.gap_ms * self.per_ms
@@ -126,14 +142,18 @@ class WindowAgg:
         names = list(self.agg.output_schema.names())
         position = len(self.keys) + 1
         self.output_schema = pl.Schema(
-            [(n, self.agg.output_schema[n]) for n in names[:position]] + [(WINDOW_END, self.dtype)]
-            + [(n, self.agg.output_schema[n]) for n in names[position:]])
+            [(n, self.agg.output_schema[n]) for n in names[:position]]
+            + [(WINDOW_END, self.dtype)]
+            + [(n, self.agg.output_schema[n]) for n in names[position:]]
+        )
         self.key_schema = self.agg.key_schema
         if spec.kind == "session":
             self.state_schema = pl.Schema({WINDOW_END: self.dtype, **self.agg.state_schema})
         else:
             self.state_schema = self.agg.state_schema
-        self.late_schema = pl.Schema({**input_schema, WINDOW_START: self.dtype, WINDOW_END: self.dtype})
+        self.late_schema = pl.Schema(
+            {**input_schema, WINDOW_START: self.dtype, WINDOW_END: self.dtype}
+        )
 
     @property
     def is_session(self) -> bool:
@@ -154,22 +174,35 @@ class WindowAgg:
         frames = []
         for j in range(copies):
             start = first - j * self.every
-            frames.append(batch.with_columns(start.alias("__start")).filter(ts < pl.col("__start") + self.size))
+            frames.append(
+                batch.with_columns(start.alias("__start")).filter(
+                    ts < pl.col("__start") + self.size
+                )
+            )
         return pl.concat(frames, how="vertical")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"window": self.spec.describe(), "keys": self.keys, "time": self.time_column,
-                "lateness": self.lateness, "aggs": {t.name: f"{t.kind}({t.source})" for t in self.agg.terms},
-                "state": {k: str(v) for k, v in self.state_schema.items()}}
+        return {
+            "window": self.spec.describe(),
+            "keys": self.keys,
+            "time": self.time_column,
+            "lateness": self.lateness,
+            "aggs": {t.name: f"{t.kind}({t.source})" for t in self.agg.terms},
+            "state": {k: str(v) for k, v in self.state_schema.items()},
+        }
 
 
 class WindowedStream:
     """A keyed stream with a window: ``.agg(...)`` computes the window aggregation."""
 
-    def __init__(self, keyed: KeyedStream, spec: WindowSpec, allowed_lateness: str | timedelta | None) -> None:
+    def __init__(
+        self, keyed: KeyedStream, spec: WindowSpec, allowed_lateness: str | timedelta | None
+    ) -> None:
         if not isinstance(spec, WindowSpec):
-            msg = (f"window() expects af.tumbling(size), af.sliding(size, every=...) or af.session(gap=...), "
-                   f"got {type(spec).__name__} {spec!r}")
+            msg = (
+                f"window() expects af.tumbling(size), af.sliding(size, every=...) or af.session(gap=...), "
+                f"got {type(spec).__name__} {spec!r}"
+            )
             raise PlanError(msg)
         self.keyed = keyed
         self.spec = spec
@@ -191,8 +224,17 @@ class WindowedStream:
             return WindowAgg(spec, keys, aggs, schema, time_column, lateness, _id[0])
 
         late = {"late": lambda _output, _node=stream.node: make(flow.schema_of(_node)).late_schema}
-        node = flow._add("window", [stream.node], name, keys=keys, aggs=aggs, window=make, spec=spec,
-                         time_column=time_column, side_outputs=late)
+        node = flow._add(
+            "window",
+            [stream.node],
+            name,
+            keys=keys,
+            aggs=aggs,
+            window=make,
+            spec=spec,
+            time_column=time_column,
+            side_outputs=late,
+        )
         make.__defaults__ = ([node.id],)  # name errors after the real operator id
         return Stream(flow, flow._validate(node))
 
@@ -215,11 +257,15 @@ def _upstream_time_column(stream: Stream) -> str:
             continue
         pending.extend(node.inputs)
     if not found:
-        msg = (f"window() needs event time: add .with_watermark('ts', delay='5s') upstream of "
-               f"{stream.node.id!r} (before key_by), naming the event-time column")
+        msg = (
+            f"window() needs event time: add .with_watermark('ts', delay='5s') upstream of "
+            f"{stream.node.id!r} (before key_by), naming the event-time column"
+        )
         raise PlanError(msg)
     if len(set(found)) > 1:
-        msg = (f"window(): the inputs of {stream.node.id!r} carry watermarks on different columns "
-               f"{sorted(set(found))}; give them one event-time column name")
+        msg = (
+            f"window(): the inputs of {stream.node.id!r} carry watermarks on different columns "
+            f"{sorted(set(found))}; give them one event-time column name"
+        )
         raise PlanError(msg)
     return found[0]

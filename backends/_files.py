@@ -36,7 +36,9 @@ def safe_component(name: str) -> str:
 
 def overlapping(files: list[StateFile], key_groups: range) -> list[StateFile]:
     """The files that may hold keys of ``key_groups``."""
-    return [f for f in files if f.key_groups[0] < key_groups.stop and f.key_groups[1] > key_groups.start]
+    return [
+        f for f in files if f.key_groups[0] < key_groups.stop and f.key_groups[1] > key_groups.start
+    ]
 
 
 def upload_file(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> tuple[int, str]:
@@ -56,7 +58,9 @@ def upload_file(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> tu
     return size, digest.hexdigest()
 
 
-def download_verified(fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile, local_path: str) -> None:
+def download_verified(
+    fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile, local_path: str
+) -> None:
     """Copy a snapshot file to ``local_path``, checking its size and checksum on the way."""
     path = f"{root}/{state_file.path}"
     digest = hashlib.sha256()

@@ -106,7 +106,9 @@ def _gather_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     return out
 
 
-def _scatter_spans(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, payload: np.ndarray) -> None:
+def _scatter_spans(
+    out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, payload: np.ndarray
+) -> None:
     """Write the concatenated ``payload`` to ``out[starts[i] : starts[i] + lengths[i]]``."""
     for lo, hi, first, last in _span_chunks(lengths):
         row_lengths = lengths[lo:hi]
@@ -125,7 +127,9 @@ class Encoded:
     @classmethod
     def from_buffers(cls, data: Any, offsets: Any) -> Encoded:
         """Rows given as two buffers (``bytes`` or arrays): the data and int64 offsets."""
-        return cls(np.frombuffer(data, dtype=np.uint8), np.frombuffer(offsets, dtype=np.int64), None)
+        return cls(
+            np.frombuffer(data, dtype=np.uint8), np.frombuffer(offsets, dtype=np.int64), None
+        )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -134,9 +138,13 @@ class Encoded:
         """A large_binary array of the rows; ``valid`` (a uint8 buffer, 0 or 1 per row) marks nulls."""
         mask = None
         if valid is not None:
-            mask = pa.py_buffer(np.packbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little"))
+            mask = pa.py_buffer(
+                np.packbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little")
+            )
         return pa.Array.from_buffers(
-            pa.large_binary(), len(self), [mask, pa.py_buffer(self.offsets), pa.py_buffer(self.data)]
+            pa.large_binary(),
+            len(self),
+            [mask, pa.py_buffer(self.offsets), pa.py_buffer(self.data)],
         )
 
     def locality_order(self) -> np.ndarray:
@@ -169,8 +177,14 @@ class Encoded:
             return Encoded(rows, self.offsets, self.width)
         taken = self.to_arrow().take(pa.array(order))
         _, offsets_buf, data_buf = taken.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[taken.offset : taken.offset + len(taken) + 1]
-        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[
+            taken.offset : taken.offset + len(taken) + 1
+        ]
+        data = (
+            np.frombuffer(data_buf, dtype=np.uint8)
+            if data_buf is not None
+            else np.zeros(0, np.uint8)
+        )
         return Encoded(data, offsets, None)
 
     def to_list(self) -> list[bytes]:
@@ -183,14 +197,18 @@ class Encoded:
 class RowCodec:
     """Encodes the rows of frames with ``schema`` into bytes and back."""
 
-    def __init__(self, schema: pl.Schema, *, what: str, canonical: bool = True, prefix_width: int = 0) -> None:
+    def __init__(
+        self, schema: pl.Schema, *, what: str, canonical: bool = True, prefix_width: int = 0
+    ) -> None:
         self.schema = schema
         self.what = what
         self.canonical = canonical
         self.prefix_width = prefix_width
         self.columns = [_column_layout(name, dtype, what) for name, dtype in schema.items()]
         self.fixed = all(col.width >= 0 for col in self.columns)
-        self.row_width = prefix_width + sum(1 + col.width for col in self.columns) if self.fixed else None
+        self.row_width = (
+            prefix_width + sum(1 + col.width for col in self.columns) if self.fixed else None
+        )
 
     # ------------------------------------------------------------------------------ encode
 
@@ -206,7 +224,9 @@ class RowCodec:
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
         buffer = array.buffers()[1]
-        raw = np.frombuffer(buffer, dtype=np.uint8)[array.offset * col.width : (array.offset + n) * col.width]
+        raw = np.frombuffer(buffer, dtype=np.uint8)[
+            array.offset * col.width : (array.offset + n) * col.width
+        ]
         matrix = raw.reshape(n, col.width)
         if col.is_float and self.canonical:
             floats = matrix.view(f"<f{col.width}").ravel().copy()
@@ -231,7 +251,11 @@ class RowCodec:
         n = len(array)
         _, offsets_buf, data_buf = array.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[array.offset : array.offset + n + 1]
-        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        data = (
+            np.frombuffer(data_buf, dtype=np.uint8)
+            if data_buf is not None
+            else np.zeros(0, np.uint8)
+        )
         return np.diff(offsets), data[offsets[0] : offsets[-1]]
 
     def encode(self, frame: pl.DataFrame, prefix: np.ndarray | None = None) -> Encoded:
@@ -249,7 +273,9 @@ class RowCodec:
             for col, series in zip(self.columns, frame.get_columns(), strict=True):
                 valid = series.is_not_null().to_numpy() if series.null_count() else None
                 out[:, position] = 1 if valid is None else valid
-                out[:, position + 1 : position + 1 + col.width] = self._fixed_bytes(col, series, valid)
+                out[:, position + 1 : position + 1 + col.width] = self._fixed_bytes(
+                    col, series, valid
+                )
                 position += 1 + col.width
             offsets = np.arange(0, (n + 1) * self.row_width, self.row_width, dtype=np.int64)
             return Encoded(out.reshape(-1), offsets, self.row_width)
@@ -320,8 +346,14 @@ class RowCodec:
     def _decode_present(self, encoded: pa.Array) -> pl.DataFrame:
         n = len(encoded)
         _, offsets_buf, data_buf = encoded.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[encoded.offset : encoded.offset + n + 1]
-        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[
+            encoded.offset : encoded.offset + n + 1
+        ]
+        data = (
+            np.frombuffer(data_buf, dtype=np.uint8)
+            if data_buf is not None
+            else np.zeros(0, np.uint8)
+        )
         lengths = np.diff(offsets)
         if self.fixed:
             width = self.row_width
@@ -338,11 +370,20 @@ class RowCodec:
                 tags = data[cursor]
                 cursor = cursor + 1
                 if col.width >= 0:
-                    values = data[cursor[:, None] + np.arange(col.width)] if col.width else np.zeros((n, 0), np.uint8)
+                    values = (
+                        data[cursor[:, None] + np.arange(col.width)]
+                        if col.width
+                        else np.zeros((n, 0), np.uint8)
+                    )
                     columns.append(self._fixed_series(col, tags, values))
                     cursor = cursor + col.width
                     continue
-                lengths = np.ascontiguousarray(data[cursor[:, None] + np.arange(4)]).view("<u4").ravel().astype(np.int64)
+                lengths = (
+                    np.ascontiguousarray(data[cursor[:, None] + np.arange(4)])
+                    .view("<u4")
+                    .ravel()
+                    .astype(np.int64)
+                )
                 cursor = cursor + 4
                 value_offsets = np.zeros(n + 1, dtype=np.int64)
                 np.cumsum(lengths, out=value_offsets[1:])
@@ -400,15 +441,23 @@ class RowCodec:
             array = pa.Array.from_buffers(pa.bool_(), n, [validity, bits], null_count=nulls)
         else:
             array = pa.Array.from_buffers(
-                col.arrow_type, n, [validity, pa.py_buffer(np.ascontiguousarray(values))], null_count=nulls
+                col.arrow_type,
+                n,
+                [validity, pa.py_buffer(np.ascontiguousarray(values))],
+                null_count=nulls,
             )
         series = pl.Series(col.name, array)
         return series if series.dtype == col.dtype else series.cast(col.dtype)
 
-    def _variable_series(self, col: _Column, tags: np.ndarray, offsets: np.ndarray, payload: np.ndarray) -> pl.Series:
+    def _variable_series(
+        self, col: _Column, tags: np.ndarray, offsets: np.ndarray, payload: np.ndarray
+    ) -> pl.Series:
         validity, nulls = self._validity(tags)
         array = pa.Array.from_buffers(
-            col.arrow_type, len(tags), [validity, pa.py_buffer(offsets), pa.py_buffer(payload)], null_count=nulls
+            col.arrow_type,
+            len(tags),
+            [validity, pa.py_buffer(offsets), pa.py_buffer(payload)],
+            null_count=nulls,
         )
         series = pl.Series(col.name, array)
         return series if series.dtype == col.dtype else series.cast(col.dtype)

@@ -32,8 +32,16 @@ import polars as pl
 
 from arrowflow.errors import StateError
 
-_PG_INTS = [(pl.Int8, "SMALLINT"), (pl.Int16, "SMALLINT"), (pl.Int32, "INTEGER"), (pl.Int64, "BIGINT"),
-            (pl.UInt8, "SMALLINT"), (pl.UInt16, "INTEGER"), (pl.UInt32, "BIGINT"), (pl.UInt64, "BIGINT")]
+_PG_INTS = [
+    (pl.Int8, "SMALLINT"),
+    (pl.Int16, "SMALLINT"),
+    (pl.Int32, "INTEGER"),
+    (pl.Int64, "BIGINT"),
+    (pl.UInt8, "SMALLINT"),
+    (pl.UInt16, "INTEGER"),
+    (pl.UInt32, "BIGINT"),
+    (pl.UInt64, "BIGINT"),
+]
 _ISO_NS = "%Y-%m-%dT%H:%M:%S%.9f"
 
 
@@ -137,13 +145,19 @@ class Dialect:
             return series.cast(pl.Int64).cast(dtype)
         if dtype == pl.Time and series.dtype.is_integer():
             return series.cast(pl.Int64).cast(pl.Time)
-        if series.dtype == pl.String and dtype != pl.String and not isinstance(dtype, pl.Categorical | pl.Enum):
+        if (
+            series.dtype == pl.String
+            and dtype != pl.String
+            and not isinstance(dtype, pl.Categorical | pl.Enum)
+        ):
             if dtype == pl.Date:
                 return series.str.to_date("%Y-%m-%d")
             if isinstance(dtype, pl.Datetime):
                 parsed = series.str.to_datetime(_ISO_NS, time_unit="ns")
                 if dtype.time_zone is not None:
-                    parsed = parsed.dt.replace_time_zone("UTC").dt.convert_time_zone(dtype.time_zone)
+                    parsed = parsed.dt.replace_time_zone("UTC").dt.convert_time_zone(
+                        dtype.time_zone
+                    )
                 return parsed.dt.cast_time_unit(dtype.time_unit or "us")
             if dtype == pl.Time:
                 return series.str.to_time("%H:%M:%S%.9f")

@@ -79,7 +79,9 @@ class ArrowStore(KeyedStore):
         self._chunks = 0
 
     def _empty(self) -> pl.DataFrame:
-        return pl.DataFrame(schema={**self.spec.key_schema, **self.spec.value_schema, KEY_GROUP: pl.Int32})
+        return pl.DataFrame(
+            schema={**self.spec.key_schema, **self.spec.value_schema, KEY_GROUP: pl.Int32}
+        )
 
     def _groups(self, keys: pl.DataFrame) -> np.ndarray:
         return self.spec.key_groups_of(keys)
@@ -91,8 +93,11 @@ class ArrowStore(KeyedStore):
         if self.table.height == 0:
             return self.spec.empty_values(keys.height)
         joined = join_on_keys(
-            keys.select(self.spec.key_columns), self.table.drop(KEY_GROUP).with_columns(pl.lit(True).alias(FOUND)),
-            self.spec.key_columns, "left", maintain_order="left",
+            keys.select(self.spec.key_columns),
+            self.table.drop(KEY_GROUP).with_columns(pl.lit(True).alias(FOUND)),
+            self.spec.key_columns,
+            "left",
+            maintain_order="left",
         )
         return joined.select([*self.spec.value_columns, pl.col(FOUND).fill_null(False)])
 
@@ -102,12 +107,17 @@ class ArrowStore(KeyedStore):
         groups = self._groups(keys)
         self._mark(groups)
         rows = pl.concat(
-            [keys.select(self.spec.key_columns), values.select(self.spec.value_columns),
-             pl.DataFrame({KEY_GROUP: groups})],
+            [
+                keys.select(self.spec.key_columns),
+                values.select(self.spec.value_columns),
+                pl.DataFrame({KEY_GROUP: groups}),
+            ],
             how="horizontal",
         )
         if self.table.height:
-            kept = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
+            kept = join_on_keys(
+                self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti"
+            )
             rows = pl.concat([kept, rows], how="vertical")
         self.table = rows
         self._chunks += 1
@@ -119,7 +129,9 @@ class ArrowStore(KeyedStore):
         if keys.height == 0 or self.table.height == 0:
             return
         self._mark(self._groups(keys))
-        self.table = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
+        self.table = join_on_keys(
+            self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti"
+        )
 
     def scan(self) -> Iterator[pl.DataFrame]:
         if self.table.height:
@@ -128,7 +140,9 @@ class ArrowStore(KeyedStore):
     def count(self) -> int:
         return self.table.height
 
-    def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
+    def snapshot(
+        self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int
+    ) -> list[StateFile]:
         if root != self.files_root:  # earlier files are under another root: write everything
             self.files.clear()
             self.dirty[:] = True
@@ -137,15 +151,25 @@ class ArrowStore(KeyedStore):
         changed = np.flatnonzero(self.dirty & owned)
         if len(changed):
             rows = self.table.filter(pl.col(KEY_GROUP).is_in(changed.tolist()))
-            parts = rows.partition_by(KEY_GROUP, as_dict=True, maintain_order=False) if rows.height else {}
+            parts = (
+                rows.partition_by(KEY_GROUP, as_dict=True, maintain_order=False)
+                if rows.height
+                else {}
+            )
             for group in changed.tolist():
                 self.files.pop(group, None)
             for (group,), part in parts.items():
                 relative = shared_path(self.spec.name, int(group), checkpoint_id)
                 size, digest = checked_write(fs, f"{root}/{relative}", ipc_bytes(part))
                 self.files[int(group)] = StateFile(
-                    relative, size, digest, self.spec.name, (int(group), int(group) + 1), FORMAT,
-                    {"written_by": checkpoint_id, "entries": part.height})
+                    relative,
+                    size,
+                    digest,
+                    self.spec.name,
+                    (int(group), int(group) + 1),
+                    FORMAT,
+                    {"written_by": checkpoint_id, "entries": part.height},
+                )
         self.dirty[:] = False
         self.files_root = root
         return [self.files[group] for group in sorted(self.files)]
@@ -164,12 +188,16 @@ class ArrowStore(KeyedStore):
                     f"{state_file.format!r}; it reads Arrow IPC snapshots (the 'memory' and 'arrow' backends)"
                 )
                 raise StateError(msg)
-            frame = read_ipc_bytes(read_verified(fs, root, state_file), f"state file {state_file.path!r}")
+            frame = read_ipc_bytes(
+                read_verified(fs, root, state_file), f"state file {state_file.path!r}"
+            )
             frames.append(frame.filter(pl.col(KEY_GROUP).is_between(start, stop - 1)))
             if last - first == 1:  # a file of exactly one owned group can be referenced again
                 reusable[first] = state_file
         if frames:
-            schema = dict(self.spec.key_schema) | dict(self.spec.value_schema) | {KEY_GROUP: pl.Int32}
+            schema = (
+                dict(self.spec.key_schema) | dict(self.spec.value_schema) | {KEY_GROUP: pl.Int32}
+            )
             self.table = pl.concat(frames).select([*self.columns, KEY_GROUP]).cast(schema).rechunk()
         else:
             self.table = self._empty()

@@ -149,16 +149,34 @@ class _PyEnv:
     value and the binding's call; ``benchmarks/bench_state.py`` measures both drivers.
     """
 
-    def __init__(self, path: str, map_size: int = 0, readonly: bool = False, subdir: bool = True,
-                 lock: bool = True, max_dbs: int = 2) -> None:
+    def __init__(
+        self,
+        path: str,
+        map_size: int = 0,
+        readonly: bool = False,
+        subdir: bool = True,
+        lock: bool = True,
+        max_dbs: int = 2,
+    ) -> None:
         import lmdb
 
         if readonly:
-            self.env = lmdb.open(path, subdir=subdir, readonly=True, lock=lock, max_dbs=max_dbs, readahead=False)
+            self.env = lmdb.open(
+                path, subdir=subdir, readonly=True, lock=lock, max_dbs=max_dbs, readahead=False
+            )
         else:
             self.env = lmdb.open(
-                path, map_size=map_size, subdir=subdir, lock=lock, max_dbs=max_dbs, sync=False,
-                metasync=False, readahead=False, writemap=True, meminit=False, max_spare_txns=2,
+                path,
+                map_size=map_size,
+                subdir=subdir,
+                lock=lock,
+                max_dbs=max_dbs,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                writemap=True,
+                meminit=False,
+                max_spare_txns=2,
             )
         self.readonly = readonly
 
@@ -167,7 +185,11 @@ class _PyEnv:
 
     def info(self) -> dict[str, int]:
         info, stat = self.env.info(), self.env.stat()
-        return {"map_size": info["map_size"], "last_pgno": info["last_pgno"], "psize": stat["psize"]}
+        return {
+            "map_size": info["map_size"],
+            "last_pgno": info["last_pgno"],
+            "psize": stat["psize"],
+        }
 
     def set_mapsize(self, size: int) -> None:
         self.env.set_mapsize(size)
@@ -210,7 +232,9 @@ class _PyEnv:
         with self.env.begin(write=True, db=db) as txn:
             list(map(txn.delete, _split(data, offsets)))
 
-    def scan(self, db: Any, start: bytes, stop: bytes | None, limit: int) -> tuple[Any, Any, bytes | None]:
+    def scan(
+        self, db: Any, start: bytes, stop: bytes | None, limit: int
+    ) -> tuple[Any, Any, bytes | None]:
         with self.env.begin(db=db) as txn:
             cursor = txn.cursor()
             positioned = cursor.set_range(start) if start else cursor.first()
@@ -247,7 +271,9 @@ def c_driver_available() -> bool:
 
 def _driver(name: str | None) -> Any:
     """The module-like driver: ``Env``, ``Error`` and ``MapFullError``."""
-    name = name or os.environ.get("ARROWFLOW_LMDB_DRIVER") or ("c" if c_driver_available() else "py")
+    name = (
+        name or os.environ.get("ARROWFLOW_LMDB_DRIVER") or ("c" if c_driver_available() else "py")
+    )
     if name == "py":
         return _PyDriver()
     if name != "c":
@@ -277,13 +303,17 @@ class _KeyBatch:
 
 
 class LmdbStore(KeyedStore):
-    def __init__(self, spec: StoreSpec, key_groups_owned: range, directory: str, backend: LmdbBackend) -> None:
+    def __init__(
+        self, spec: StoreSpec, key_groups_owned: range, directory: str, backend: LmdbBackend
+    ) -> None:
         super().__init__(spec, key_groups_owned)
         self.driver = _driver(backend.driver)
         self.directory = directory
         self.backend = backend
         what = f"lmdb store {spec.name!r}"
-        self.key_codec = RowCodec(spec.key_schema, what=f"{what} keys", canonical=True, prefix_width=2)
+        self.key_codec = RowCodec(
+            spec.key_schema, what=f"{what} keys", canonical=True, prefix_width=2
+        )
         self.value_codec = RowCodec(spec.value_schema, what=f"{what} values", canonical=False)
         if spec.max_parallelism > 1 << 16:
             msg = f"{what}: max_parallelism {spec.max_parallelism} exceeds the 65536 key groups the lmdb key prefix holds"
@@ -417,7 +447,9 @@ class LmdbStore(KeyedStore):
                 matrix = np.empty((n, width), dtype=np.uint8)
                 matrix[order] = np.frombuffer(raw, dtype=np.uint8).reshape(n, width)
                 found = matrix[:, 0] != 0xFF
-                return self.value_codec.decode_fixed(matrix, found).with_columns(pl.Series(FOUND, found))
+                return self.value_codec.decode_fixed(matrix, found).with_columns(
+                    pl.Series(FOUND, found)
+                )
             data, offsets, valid = self.env.get_var(self.entries, keys.data, keys.offsets)
         except self.driver.ValueWidthError as exc:
             raise self.value_codec._corrupt(str(exc)) from exc
@@ -446,15 +478,24 @@ class LmdbStore(KeyedStore):
             return
         batch = self._batch(keys)
         encoded = self._encode_values(batch, values)
-        self._write(lambda: self.env.put(self.entries, batch.in_order.data, batch.in_order.offsets,
-                                         encoded.data, encoded.offsets))
+        self._write(
+            lambda: self.env.put(
+                self.entries,
+                batch.in_order.data,
+                batch.in_order.offsets,
+                encoded.data,
+                encoded.offsets,
+            )
+        )
         self._last_keys = None  # the get-then-put of this batch is done: its buffers go now
 
     def delete(self, keys: pl.DataFrame) -> None:
         if keys.height == 0:
             return
         batch = self._batch(keys)
-        self._write(lambda: self.env.delete(self.entries, batch.in_order.data, batch.in_order.offsets))
+        self._write(
+            lambda: self.env.delete(self.entries, batch.in_order.data, batch.in_order.offsets)
+        )
         self._last_keys = None
 
     def scan(self) -> Iterator[pl.DataFrame]:
@@ -468,8 +509,9 @@ class LmdbStore(KeyedStore):
             yield self._decode_entries(keys, values)
 
     @staticmethod
-    def _scan(env: Any, db: Any, start: bytes, stop: bytes | None,
-              limit: int = SCAN_BATCH) -> Iterator[tuple[tuple[Any, Any], tuple[Any, Any]]]:
+    def _scan(
+        env: Any, db: Any, start: bytes, stop: bytes | None, limit: int = SCAN_BATCH
+    ) -> Iterator[tuple[tuple[Any, Any], tuple[Any, Any]]]:
         following: bytes | None = start
         while following is not None:
             keys, values, following = env.scan(db, following, stop, limit)
@@ -477,15 +519,24 @@ class LmdbStore(KeyedStore):
                 yield keys, values
 
     def _decode_entries(self, keys: tuple[Any, Any], values: tuple[Any, Any]) -> pl.DataFrame:
-        return pl.concat([self.key_codec.decode(Encoded.from_buffers(*keys).to_arrow()),
-                          self.value_codec.decode(Encoded.from_buffers(*values).to_arrow())], how="horizontal")
+        return pl.concat(
+            [
+                self.key_codec.decode(Encoded.from_buffers(*keys).to_arrow()),
+                self.value_codec.decode(Encoded.from_buffers(*values).to_arrow()),
+            ],
+            how="horizontal",
+        )
 
     def count(self) -> int:
         return int(self.env.count(self.entries))
 
-    def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
+    def snapshot(
+        self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int
+    ) -> list[StateFile]:
         relative = snapshot_path(checkpoint_id, self.spec.name, self.key_groups, "lmdb")
-        fd, local = tempfile.mkstemp(prefix="snapshot-", suffix=".mdb", dir=os.path.dirname(self.directory))
+        fd, local = tempfile.mkstemp(
+            prefix="snapshot-", suffix=".mdb", dir=os.path.dirname(self.directory)
+        )
         try:
             try:
                 self.env.copyfd(fd)
@@ -497,9 +548,17 @@ class LmdbStore(KeyedStore):
             size, digest = upload_file(fs, local, f"{root}/{relative}")
         finally:
             os.unlink(local)
-        return [StateFile(relative, size, digest, self.spec.name,
-                          (self.key_groups.start, self.key_groups.stop), "lmdb",
-                          {"entries": self.count()})]
+        return [
+            StateFile(
+                relative,
+                size,
+                digest,
+                self.spec.name,
+                (self.key_groups.start, self.key_groups.stop),
+                "lmdb",
+                {"entries": self.count()},
+            )
+        ]
 
     def restore(self, fs: fsspec.AbstractFileSystem, root: str, files: list[StateFile]) -> None:
         self._write(lambda: self.env.clear(self.entries))
@@ -515,8 +574,12 @@ class LmdbStore(KeyedStore):
                 )
                 raise StateError(msg)
 
-    def _restore_lmdb(self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> None:
-        fd, local = tempfile.mkstemp(prefix="restore-", suffix=".mdb", dir=os.path.dirname(self.directory))
+    def _restore_lmdb(
+        self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile
+    ) -> None:
+        fd, local = tempfile.mkstemp(
+            prefix="restore-", suffix=".mdb", dir=os.path.dirname(self.directory)
+        )
         os.close(fd)
         try:
             download_verified(fs, root, state_file, local)
@@ -543,10 +606,16 @@ class LmdbStore(KeyedStore):
             msg = f"state file {state_file.path!r} is not an arrowflow LMDB snapshot: {exc}"
             raise StateError(msg) from exc
         found_format, key_bytes, value_bytes = (
-            value if ok else b"" for value, ok in zip(_split(data, offsets), bytes(valid), strict=True))
+            value if ok else b""
+            for value, ok in zip(_split(data, offsets), bytes(valid), strict=True)
+        )
         key_schema = _schema_from_bytes(key_bytes)
         value_schema = _schema_from_bytes(value_bytes)
-        if found_format != FORMAT or key_schema != self.spec.key_schema or value_schema != self.spec.value_schema:
+        if (
+            found_format != FORMAT
+            or key_schema != self.spec.key_schema
+            or value_schema != self.spec.value_schema
+        ):
             msg = (
                 f"state file {state_file.path!r} holds {found_format!r} keys {dict(key_schema)} values "
                 f"{dict(value_schema)}, but store {self.spec.name!r} is {FORMAT!r} keys "
@@ -555,15 +624,24 @@ class LmdbStore(KeyedStore):
             raise StateError(msg)
         # The key-group prefix makes the owned groups one contiguous range of keys.
         start = int(self.key_groups.start).to_bytes(2, "big")
-        stop = int(self.key_groups.stop).to_bytes(2, "big") if self.key_groups.stop < 1 << 16 else None
+        stop = (
+            int(self.key_groups.stop).to_bytes(2, "big") if self.key_groups.stop < 1 << 16 else None
+        )
         for keys, values in self._scan(source, entries, start, stop, SCAN_BATCH * 4):
             self._write(lambda k=keys, v=values: self.env.put(self.entries, *k, *v))
 
-    def _restore_arrow(self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile) -> None:
-        frame = read_ipc_bytes(read_verified(fs, root, state_file), f"state file {state_file.path!r}")
-        frame = frame.filter(pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1))
+    def _restore_arrow(
+        self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile
+    ) -> None:
+        frame = read_ipc_bytes(
+            read_verified(fs, root, state_file), f"state file {state_file.path!r}"
+        )
+        frame = frame.filter(
+            pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1)
+        )
         frame = frame.select([*self.spec.key_columns, *self.spec.value_columns]).cast(
-            dict(self.spec.key_schema) | dict(self.spec.value_schema))
+            dict(self.spec.key_schema) | dict(self.spec.value_schema)
+        )
         for part in frame.iter_slices(SCAN_BATCH * 4):
             self.put(part.select(self.spec.key_columns), part.select(self.spec.value_columns))
 
@@ -585,8 +663,14 @@ class LmdbBackend(StateBackend):
 
     name = "lmdb"
 
-    def __init__(self, path: str | None = None, *, map_size: int = 64 * _MiB, max_map_size: int | None = None,
-                 driver: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        map_size: int = 64 * _MiB,
+        max_map_size: int | None = None,
+        driver: str | None = None,
+    ) -> None:
         if driver is not None and driver not in DRIVERS:
             msg = f"LmdbBackend(driver=...) must be one of {DRIVERS} or None (the C extension when built), got {driver!r}"
             raise StateError(msg)
@@ -601,7 +685,8 @@ class LmdbBackend(StateBackend):
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
         base = self.path if self.path is not None else context.local_dir
         directory = os.path.join(
-            base, "lmdb", f"w{context.worker}-{safe_component(spec.name)}-{range_name(key_groups)}")
+            base, "lmdb", f"w{context.worker}-{safe_component(spec.name)}-{range_name(key_groups)}"
+        )
         return LmdbStore(spec, key_groups, directory, self)
 
     def __repr__(self) -> str:

@@ -37,14 +37,21 @@ class MemoryStore(KeyedStore):
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
         if self.table.height == 0:
             return self.spec.empty_values(keys.height)
-        joined = join_on_keys(keys, self.table.with_columns(pl.lit(True).alias(FOUND)), self.spec.key_columns,
-                              "left", maintain_order="left")
+        joined = join_on_keys(
+            keys,
+            self.table.with_columns(pl.lit(True).alias(FOUND)),
+            self.spec.key_columns,
+            "left",
+            maintain_order="left",
+        )
         return joined.select([*self.spec.value_columns, pl.col(FOUND).fill_null(False)])
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         rows = pl.concat([keys, values.select(self.spec.value_columns)], how="horizontal")
         if self.table.height:
-            kept = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
+            kept = join_on_keys(
+                self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti"
+            )
             rows = pl.concat([kept, rows], how="vertical")
         self.table = rows
         self._chunks += 1
@@ -54,7 +61,9 @@ class MemoryStore(KeyedStore):
 
     def delete(self, keys: pl.DataFrame) -> None:
         if self.table.height:
-            self.table = join_on_keys(self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti")
+            self.table = join_on_keys(
+                self.table, keys.select(self.spec.key_columns), self.spec.key_columns, "anti"
+            )
 
     def scan(self) -> Iterator[pl.DataFrame]:
         if self.table.height:
@@ -63,25 +72,50 @@ class MemoryStore(KeyedStore):
     def count(self) -> int:
         return self.table.height
 
-    def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
+    def snapshot(
+        self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int
+    ) -> list[StateFile]:
         groups = self.spec.key_groups_of(self.table)
         frame = self.table.with_columns(pl.Series(KEY_GROUP, groups, dtype=pl.Int32))
-        relative = (f"chk-{checkpoint_id:08d}/state/{self.spec.name}/"
-                    f"{self.key_groups.start:03d}-{self.key_groups.stop:03d}.arrow")
+        relative = (
+            f"chk-{checkpoint_id:08d}/state/{self.spec.name}/"
+            f"{self.key_groups.start:03d}-{self.key_groups.stop:03d}.arrow"
+        )
         size, digest = checked_write(fs, f"{root}/{relative}", ipc_bytes(frame))
-        return [StateFile(relative, size, digest, self.spec.name,
-                          (self.key_groups.start, self.key_groups.stop), "arrow")]
+        return [
+            StateFile(
+                relative,
+                size,
+                digest,
+                self.spec.name,
+                (self.key_groups.start, self.key_groups.stop),
+                "arrow",
+            )
+        ]
 
     def restore(self, fs: fsspec.AbstractFileSystem, root: str, files: list[StateFile]) -> None:
         frames = []
         for state_file in files:
-            if state_file.key_groups[1] <= self.key_groups.start or state_file.key_groups[0] >= self.key_groups.stop:
+            if (
+                state_file.key_groups[1] <= self.key_groups.start
+                or state_file.key_groups[0] >= self.key_groups.stop
+            ):
                 continue
-            frame = read_ipc_bytes(read_verified(fs, root, state_file), f"state file {state_file.path!r}")
-            frames.append(frame.filter(pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1)))
+            frame = read_ipc_bytes(
+                read_verified(fs, root, state_file), f"state file {state_file.path!r}"
+            )
+            frames.append(
+                frame.filter(
+                    pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1)
+                )
+            )
         columns = [*self.spec.key_columns, *self.spec.value_columns]
         if frames:
-            self.table = pl.concat(frames).select(columns).cast(dict(self.spec.key_schema) | dict(self.spec.value_schema))
+            self.table = (
+                pl.concat(frames)
+                .select(columns)
+                .cast(dict(self.spec.key_schema) | dict(self.spec.value_schema))
+            )
         else:
             self.table = pl.DataFrame(schema={**self.spec.key_schema, **self.spec.value_schema})
 

@@ -101,8 +101,17 @@ def _with_connect_timeout(url: str, seconds: int) -> str:
 
 
 class SqlStore(KeyedStore):
-    def __init__(self, spec: StoreSpec, key_groups_owned: range, shared: _SharedConnection,
-                 dialect: Dialect, table: str, *, keep_table: bool, scratch: str) -> None:
+    def __init__(
+        self,
+        spec: StoreSpec,
+        key_groups_owned: range,
+        shared: _SharedConnection,
+        dialect: Dialect,
+        table: str,
+        *,
+        keep_table: bool,
+        scratch: str,
+    ) -> None:
         super().__init__(spec, key_groups_owned)
         self.dbapi = import_optional("adbc_driver_manager.dbapi", purpose="the 'sql' state backend")
         self.shared: _SharedConnection | None = shared
@@ -119,7 +128,9 @@ class SqlStore(KeyedStore):
         what = f"sql store {spec.name!r}"
         clash = _RESERVED & set(spec.key_columns + spec.value_columns)
         if clash:
-            msg = f"{what}: column names {sorted(clash)} are reserved by the sql backend; rename them"
+            msg = (
+                f"{what}: column names {sorted(clash)} are reserved by the sql backend; rename them"
+            )
             raise StateError(msg)
         self.key_codec = RowCodec(spec.key_schema, what=f"{what} keys", canonical=True)
         self.column_types = {
@@ -169,17 +180,24 @@ class SqlStore(KeyedStore):
 
     def _create_table(self) -> None:
         blob = "BYTEA" if self.dialect.pg else "BLOB"
-        columns = [f"{quote(KEY)} {blob} NOT NULL PRIMARY KEY", f"{quote(KEY_GROUP)} INTEGER NOT NULL"]
+        columns = [
+            f"{quote(KEY)} {blob} NOT NULL PRIMARY KEY",
+            f"{quote(KEY_GROUP)} INTEGER NOT NULL",
+        ]
         columns += [f"{quote(name)} {self.column_types[name]}" for name in self.columns]
-        unlogged = "UNLOGGED " if self.dialect.pg else ""  # a working copy: checkpoints make it durable
+        unlogged = (
+            "UNLOGGED " if self.dialect.pg else ""
+        )  # a working copy: checkpoints make it durable
         rowid = " WITHOUT ROWID" if not self.dialect.pg else ""
         statements = [
             f"DROP TABLE IF EXISTS {self.quoted}",
             f"CREATE {unlogged}TABLE {self.quoted} ({', '.join(columns)}){rowid}",
         ]
         if self.dialect.pg:
-            comment = (f"arrowflow state of store {self.spec.name}, key groups "
-                       f"[{self.key_groups.start}, {self.key_groups.stop})").replace("'", "''")
+            comment = (
+                f"arrowflow state of store {self.spec.name}, key groups "
+                f"[{self.key_groups.start}, {self.key_groups.stop})"
+            ).replace("'", "''")
             statements.append(f"COMMENT ON TABLE {self.quoted} IS '{comment}'")
 
         def work() -> None:
@@ -199,7 +217,9 @@ class SqlStore(KeyedStore):
         """
         keys = keys.select(self.spec.key_columns)
         last = self._last_keys
-        if last is not None and (last[0] is keys or (last[0].height == keys.height and last[0].equals(keys))):
+        if last is not None and (
+            last[0] is keys or (last[0].height == keys.height and last[0].equals(keys))
+        ):
             return last[1], last[2]
         encoded = self.key_codec.encode(keys)
         order = encoded.locality_order()
@@ -208,12 +228,16 @@ class SqlStore(KeyedStore):
 
     def _rows_for_db(self, frame: pl.DataFrame, encoded: pa.Array, groups: np.ndarray) -> pa.Table:
         converted = [self.dialect.to_db(frame.get_column(name)) for name in self.columns]
-        table = pl.DataFrame([pl.Series(KEY, encoded), pl.Series(KEY_GROUP, groups, dtype=pl.Int32), *converted])
+        table = pl.DataFrame(
+            [pl.Series(KEY, encoded), pl.Series(KEY_GROUP, groups, dtype=pl.Int32), *converted]
+        )
         return table.to_arrow()
 
     def _from_db(self, frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
         schema = {**self.spec.key_schema, **self.spec.value_schema}
-        return pl.DataFrame([self.dialect.from_db(frame.get_column(name), schema[name]) for name in names])
+        return pl.DataFrame(
+            [self.dialect.from_db(frame.get_column(name), schema[name]) for name in names]
+        )
 
     def _select_list(self, names: list[str], alias: str = "") -> str:
         schema = {**self.spec.key_schema, **self.spec.value_schema}
@@ -226,12 +250,19 @@ class SqlStore(KeyedStore):
         if keys.height == 0:
             return self.spec.empty_values(0)
         encoded, order = self._keys(keys)
-        request = pa.table({ROW: pa.array(order.astype(np.int64)), KEY: encoded.take(pa.array(order))})
+        request = pa.table(
+            {ROW: pa.array(order.astype(np.int64)), KEY: encoded.take(pa.array(order))}
+        )
         values = self.spec.value_columns
-        select = ", ".join(filter(None, [
-            f"g.{quote(ROW)}", f"t.{quote(KEY_GROUP)}", self._select_list(values, "t")]))
-        query = (f"SELECT {select} FROM {quote(self.temp['get'])} AS g "
-                 f"LEFT JOIN {self.quoted} AS t ON t.{quote(KEY)} = g.{quote(KEY)}")
+        select = ", ".join(
+            filter(
+                None, [f"g.{quote(ROW)}", f"t.{quote(KEY_GROUP)}", self._select_list(values, "t")]
+            )
+        )
+        query = (
+            f"SELECT {select} FROM {quote(self.temp['get'])} AS g "
+            f"LEFT JOIN {self.quoted} AS t ON t.{quote(KEY)} = g.{quote(KEY)}"
+        )
 
         def work() -> pa.Table:
             self._ingest_temp(self.temp["get"], request)
@@ -243,24 +274,35 @@ class SqlStore(KeyedStore):
         fetched = fetched.sort(ROW)
         found = fetched.get_column(KEY_GROUP).is_not_null().alias(FOUND)
         self._last_get = (encoded, int(found.sum()))
-        return self._from_db(fetched, values).with_columns(found) if values else pl.DataFrame([found])
+        return (
+            self._from_db(fetched, values).with_columns(found) if values else pl.DataFrame([found])
+        )
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
         if keys.height == 0:
             return
         encoded, order = self._keys(keys)
         groups = self.spec.key_groups_of(keys)
-        rows = self._rows_for_db(pl.concat([keys.select(self.spec.key_columns),
-                                            values.select(self.spec.value_columns)], how="horizontal"),
-                                 encoded, groups).take(pa.array(order))
+        rows = self._rows_for_db(
+            pl.concat(
+                [keys.select(self.spec.key_columns), values.select(self.spec.value_columns)],
+                how="horizontal",
+            ),
+            encoded,
+            groups,
+        ).take(pa.array(order))
         names = ", ".join(quote(name) for name in [KEY, KEY_GROUP, *self.columns])
         updates = ", ".join(f"{quote(v)} = excluded.{quote(v)}" for v in self.spec.value_columns)
         action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        upsert = (f"INSERT INTO {self.quoted} ({names}) SELECT {names} FROM {quote(self.temp['put'])} WHERE true "
-                  f"ON CONFLICT ({quote(KEY)}) {action}")
+        upsert = (
+            f"INSERT INTO {self.quoted} ({names}) SELECT {names} FROM {quote(self.temp['put'])} WHERE true "
+            f"ON CONFLICT ({quote(KEY)}) {action}"
+        )
         known = self._last_get
-        existing_query = (f"SELECT count(*) FROM {quote(self.temp['put'])} AS p "
-                          f"JOIN {self.quoted} AS t ON t.{quote(KEY)} = p.{quote(KEY)}")
+        existing_query = (
+            f"SELECT count(*) FROM {quote(self.temp['put'])} AS p "
+            f"JOIN {self.quoted} AS t ON t.{quote(KEY)} = p.{quote(KEY)}"
+        )
 
         def work() -> int:
             self._ingest_temp(self.temp["put"], rows)
@@ -321,15 +363,23 @@ class SqlStore(KeyedStore):
     def count(self) -> int:
         return self._count
 
-    def snapshot(self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int) -> list[StateFile]:
+    def snapshot(
+        self, fs: fsspec.AbstractFileSystem, root: str, checkpoint_id: int
+    ) -> list[StateFile]:
         relative = snapshot_path(checkpoint_id, self.spec.name, self.key_groups, "arrow")
         query = f"SELECT {self._select_list(self.columns)}, {quote(KEY_GROUP)} FROM {self.quoted}"
-        schema = pl.DataFrame(schema={**self.spec.key_schema, **self.spec.value_schema,
-                                      KEY_GROUP: pl.Int32}).to_arrow().schema
+        schema = (
+            pl.DataFrame(
+                schema={**self.spec.key_schema, **self.spec.value_schema, KEY_GROUP: pl.Int32}
+            )
+            .to_arrow()
+            .schema
+        )
         fd, local = tempfile.mkstemp(prefix="snapshot-", suffix=".arrow", dir=self.scratch)
         os.close(fd)
         entries = 0
         try:
+
             def work() -> int:
                 written = 0
                 self.cursor.execute(query)
@@ -339,7 +389,8 @@ class SqlStore(KeyedStore):
                         frame = pl.from_arrow(batch)
                         assert isinstance(frame, pl.DataFrame)
                         frame = self._from_db(frame, self.columns).with_columns(
-                            frame.get_column(KEY_GROUP).cast(pl.Int32))
+                            frame.get_column(KEY_GROUP).cast(pl.Int32)
+                        )
                         writer.write_table(frame.to_arrow().cast(schema))
                         written += frame.height
                 return written
@@ -348,8 +399,17 @@ class SqlStore(KeyedStore):
             size, digest = upload_file(fs, local, f"{root}/{relative}")
         finally:
             os.unlink(local)
-        return [StateFile(relative, size, digest, self.spec.name,
-                          (self.key_groups.start, self.key_groups.stop), "arrow", {"entries": entries})]
+        return [
+            StateFile(
+                relative,
+                size,
+                digest,
+                self.spec.name,
+                (self.key_groups.start, self.key_groups.stop),
+                "arrow",
+                {"entries": entries},
+            )
+        ]
 
     def restore(self, fs: fsspec.AbstractFileSystem, root: str, files: list[StateFile]) -> None:
         wanted = overlapping(files, self.key_groups)
@@ -373,12 +433,16 @@ class SqlStore(KeyedStore):
                 self.cursor.execute(f"DELETE FROM {self.quoted}")
                 for local in local_files:
                     frame = pl.read_ipc(local).filter(
-                        pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1))
+                        pl.col(KEY_GROUP).is_between(
+                            self.key_groups.start, self.key_groups.stop - 1
+                        )
+                    )
                     frame = frame.select([*self.columns, KEY_GROUP]).cast(schema)
                     for part in frame.iter_slices(RESTORE_BATCH):
                         keys = part.select(self.spec.key_columns)
-                        rows = self._rows_for_db(part, self._encoded_keys(keys),
-                                                 part.get_column(KEY_GROUP).to_numpy())
+                        rows = self._rows_for_db(
+                            part, self._encoded_keys(keys), part.get_column(KEY_GROUP).to_numpy()
+                        )
                         self.cursor.adbc_ingest(self.table, rows, mode="append")
                         loaded += part.height
                 return loaded
@@ -441,8 +505,14 @@ class SqlBackend(StateBackend):
 
     name = "sql"
 
-    def __init__(self, url: str | None = None, *, table_prefix: str | None = None,
-                 keep_tables: bool = False, connect_timeout: int = 10) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        table_prefix: str | None = None,
+        keep_tables: bool = False,
+        connect_timeout: int = 10,
+    ) -> None:
         if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgres://")):
             msg = (
                 f"SqlBackend(url=...) expects 'sqlite:///path/to/file.db' or "
@@ -468,16 +538,20 @@ class SqlBackend(StateBackend):
         if self.url is None:
             return os.path.join(context.local_dir, "sql", f"state-w{context.worker}.sqlite")
         # SQLAlchemy's convention: sqlite:///relative/file.db, sqlite:////absolute/file.db
-        path = self.url[len("sqlite://"):]
+        path = self.url[len("sqlite://") :]
         return path[1:] if path.startswith("/") else path
 
     def _connect(self, context: StoreContext) -> tuple[Any, str]:
         if self.kind == "postgresql":
             assert self.url is not None
-            driver = import_optional("adbc_driver_postgresql.dbapi", purpose="the 'sql' state backend on PostgreSQL")
+            driver = import_optional(
+                "adbc_driver_postgresql.dbapi", purpose="the 'sql' state backend on PostgreSQL"
+            )
             url = "postgresql://" + self.url.split("://", 1)[1]
             try:
-                connection = driver.connect(_with_connect_timeout(url, self.connect_timeout), autocommit=True)
+                connection = driver.connect(
+                    _with_connect_timeout(url, self.connect_timeout), autocommit=True
+                )
                 cursor = connection.cursor()
                 cursor.execute("SET synchronous_commit TO off")
                 cursor.close()
@@ -495,8 +569,17 @@ class SqlBackend(StateBackend):
         try:
             # A working copy (checkpoints make state durable): no fsync; WAL so that a failed
             # transaction (e.g. a full disk) rolls back cleanly.
-            connection = open_sqlite(driver, path, ("busy_timeout=30000", "journal_mode=WAL", "synchronous=OFF",
-                                                    "temp_store=MEMORY", "cache_size=-65536"))
+            connection = open_sqlite(
+                driver,
+                path,
+                (
+                    "busy_timeout=30000",
+                    "journal_mode=WAL",
+                    "synchronous=OFF",
+                    "temp_store=MEMORY",
+                    "cache_size=-65536",
+                ),
+            )
         except Exception as exc:
             first = str(exc).strip().splitlines()[0]
             msg = (
@@ -521,12 +604,16 @@ class SqlBackend(StateBackend):
         return name
 
     def _acquire(self, context: StoreContext) -> _SharedConnection:
-        address = self.url if self.kind == "postgresql" else os.path.abspath(self._sqlite_path(context))
+        address = (
+            self.url if self.kind == "postgresql" else os.path.abspath(self._sqlite_path(context))
+        )
         assert address is not None
         shared = self._connections.get(address)
         if shared is None:
             connection, where = self._connect(context)
-            shared = _SharedConnection(connection, where, lambda gone: self._connections.pop(address, None))
+            shared = _SharedConnection(
+                connection, where, lambda gone: self._connections.pop(address, None)
+            )
             self._connections[address] = shared
         shared.users += 1
         return shared
@@ -534,9 +621,15 @@ class SqlBackend(StateBackend):
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
         shared = self._acquire(context)
         try:
-            return SqlStore(spec, key_groups, shared, Dialect(self.kind),
-                            self.table_name(spec, key_groups, context),
-                            keep_table=self.keep_tables, scratch=context.local_dir)
+            return SqlStore(
+                spec,
+                key_groups,
+                shared,
+                Dialect(self.kind),
+                self.table_name(spec, key_groups, context),
+                keep_table=self.keep_tables,
+                scratch=context.local_dir,
+            )
         except BaseException:
             shared.release()
             raise

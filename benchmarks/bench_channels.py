@@ -31,14 +31,21 @@ UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def parse_size(text: str) -> int:
-    return int(float(text[:-1]) * UNITS[text[-1].upper()]) if text[-1].upper() in UNITS else int(text)
+    return (
+        int(float(text[:-1]) * UNITS[text[-1].upper()]) if text[-1].upper() in UNITS else int(text)
+    )
 
 
 def make_batch(nbytes: int) -> pl.DataFrame:
     rows = max(1, nbytes // 24)  # three 8-byte columns
     rng = np.random.default_rng(7)
-    return pl.DataFrame({"user_id": rng.integers(0, 100_000, rows), "ts": np.arange(rows, dtype=np.int64),
-                         "amount": rng.random(rows)})
+    return pl.DataFrame(
+        {
+            "user_id": rng.integers(0, 100_000, rows),
+            "ts": np.arange(rows, dtype=np.int64),
+            "amount": rng.random(rows),
+        }
+    )
 
 
 def _ring_producer(name: str, nbytes: int, count: int) -> None:
@@ -123,12 +130,16 @@ def run_queue(nbytes: int, count: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", nargs="+", default=["64K", "1M", "8M", "64M"])
     parser.add_argument("--megabytes", type=int, default=1024, help="data sent per measurement")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'batch':>8} {'ring GB/s':>22} {'in place GB/s':>22} {'mp.Queue GB/s':>22} {'ratio':>7}")
+    print(
+        f"{'batch':>8} {'ring GB/s':>22} {'in place GB/s':>22} {'mp.Queue GB/s':>22} {'ratio':>7}"
+    )
     for text in args.sizes:
         nbytes = parse_size(text)
         count = max(8, (args.megabytes << 20) // nbytes)
@@ -137,10 +148,17 @@ def main() -> None:
             rings.append(run_ring(nbytes, count))
             in_place.append(run_ring(nbytes, count, copy=False))
             queues.append(run_queue(nbytes, count))
-        ring, place, queue = statistics.median(rings), statistics.median(in_place), statistics.median(queues)
-        print(f"{text:>8} {ring:>8.2f} ({min(rings):.2f}-{max(rings):.2f}) "
-              f"{place:>10.2f} ({min(in_place):.2f}-{max(in_place):.2f}) "
-              f"{queue:>10.2f} ({min(queues):.2f}-{max(queues):.2f}) {ring / queue:>6.1f}x", flush=True)
+        ring, place, queue = (
+            statistics.median(rings),
+            statistics.median(in_place),
+            statistics.median(queues),
+        )
+        print(
+            f"{text:>8} {ring:>8.2f} ({min(rings):.2f}-{max(rings):.2f}) "
+            f"{place:>10.2f} ({min(in_place):.2f}-{max(in_place):.2f}) "
+            f"{queue:>10.2f} ({min(queues):.2f}-{max(queues):.2f}) {ring / queue:>6.1f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,10 @@ from jobs import Contender, Job  # noqa: E402
 
 class W3(Job):
     name = "w3"
-    description = ("W3 checkpoint cost: W1's keyed aggregation (count, sum per user over purchase/add_to_cart) "
-                   "with checkpoints every 1 s against none")
+    description = (
+        "W3 checkpoint cost: W1's keyed aggregation (count, sum per user over purchase/add_to_cart) "
+        "with checkpoints every 1 s against none"
+    )
     sort_by = ("user_id",)
     baseline = "arrowflow"
     kept = ("purchase", "add_to_cart")
@@ -44,39 +46,67 @@ class W3(Job):
         found = []
         for w in workers:
             found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
-            found.append(Contender(f"arrowflow w={w} ckpt 1s", "arrowflow", w, {"every": "1s", "state": "memory"}))
+            found.append(
+                Contender(
+                    f"arrowflow w={w} ckpt 1s", "arrowflow", w, {"every": "1s", "state": "memory"}
+                )
+            )
             found.append(Contender(f"arrowflow w={w} lmdb", "arrowflow", w, {"state": "lmdb"}))
-            found.append(Contender(f"arrowflow w={w} ckpt 1s lmdb", "arrowflow", w, {"every": "1s", "state": "lmdb"}))
+            found.append(
+                Contender(
+                    f"arrowflow w={w} ckpt 1s lmdb",
+                    "arrowflow",
+                    w,
+                    {"every": "1s", "state": "lmdb"},
+                )
+            )
         self.baseline = f"arrowflow w={workers[0]}"
         return found
 
-    def run_contender(self, contender: Contender, data: dict[str, Path], out: Path) -> dict[str, Any]:
+    def run_contender(
+        self, contender: Contender, data: dict[str, Path], out: Path
+    ) -> dict[str, Any]:
         import arrowflow as af
         from arrowflow.checkpoint import CheckpointStorage
 
         started = time.perf_counter()
         flow = af.Flow("w3")
-        (flow.read_parquet(str(data["parquet"]))
-         .filter(pl.col("event_type").is_in(self.kept))
-         .key_by("user_id")
-         .agg(n=pl.len(), total=pl.col("amount").sum())
-         .write_parquet(str(out / "result")))
-        options: dict[str, Any] = {"workers": contender.workers, "state": contender.options.get("state", "memory")}
+        (
+            flow.read_parquet(str(data["parquet"]))
+            .filter(pl.col("event_type").is_in(self.kept))
+            .key_by("user_id")
+            .agg(n=pl.len(), total=pl.col("amount").sum())
+            .write_parquet(str(out / "result"))
+        )
+        options: dict[str, Any] = {
+            "workers": contender.workers,
+            "state": contender.options.get("state", "memory"),
+        }
         every = contender.options.get("every")
         if every:
-            options.update(checkpoint_dir=str(out / "_checkpoints"), checkpoint_every=every, restore=None)
+            options.update(
+                checkpoint_dir=str(out / "_checkpoints"), checkpoint_every=every, restore=None
+            )
         result = flow.run(**options)
-        report: dict[str, Any] = {"rows_in": result.rows_in, "rows_out": result.rows_out,
-                                  "job_s": time.perf_counter() - started, "engine_s": result.elapsed_s}
+        report: dict[str, Any] = {
+            "rows_in": result.rows_in,
+            "rows_out": result.rows_out,
+            "job_s": time.perf_counter() - started,
+            "engine_s": result.elapsed_s,
+        }
         if every:
             storage = CheckpointStorage(str(out / "_checkpoints"))
             listing = storage.list()
             loaded = time.perf_counter()
             state = af.read_state(str(out / "_checkpoints"), "agg")
             seconds = list(result.checkpoint_seconds.values())
-            report.update(checkpoints=len(result.checkpoints), mean_checkpoint_bytes=int(listing["size_bytes"].mean()),
-                          mean_checkpoint_s=round(sum(seconds) / max(1, len(seconds)), 3),
-                          state_keys=state.height, read_state_s=round(time.perf_counter() - loaded, 3))
+            report.update(
+                checkpoints=len(result.checkpoints),
+                mean_checkpoint_bytes=int(listing["size_bytes"].mean()),
+                mean_checkpoint_s=round(sum(seconds) / max(1, len(seconds)), 3),
+                state_keys=state.height,
+                read_state_s=round(time.perf_counter() - loaded, 3),
+            )
         return report
 
     def read_output(self, out: Path) -> pl.DataFrame:
@@ -84,8 +114,13 @@ class W3(Job):
         if not files:
             return pl.DataFrame()
         updates = pl.concat([pl.read_parquet(f) for f in files])
-        return (updates.with_row_index("_emitted").group_by("user_id").last().drop("_emitted")
-                .sort(list(self.sort_by)))
+        return (
+            updates.with_row_index("_emitted")
+            .group_by("user_id")
+            .last()
+            .drop("_emitted")
+            .sort(list(self.sort_by))
+        )
 
 
 CHECKPOINT_JOBS = {"w3": W3()}

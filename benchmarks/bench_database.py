@@ -37,19 +37,21 @@ def count(text: str) -> int:
 
 def events(n: int, seed: int = 42) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    return pl.DataFrame({
-        "event_id": np.arange(n, dtype=np.int64),
-        "user_id": rng.integers(0, 100_000, n),
-        "event_type": rng.choice(["view", "click", "purchase", "add_to_cart"], n),
-        "amount": np.round(rng.exponential(30, n), 2),
-    })
+    return pl.DataFrame(
+        {
+            "event_id": np.arange(n, dtype=np.int64),
+            "user_id": rng.integers(0, 100_000, n),
+            "event_type": rng.choice(["view", "click", "purchase", "add_to_cart"], n),
+            "amount": np.round(rng.exponential(30, n), 2),
+        }
+    )
 
 
 def connect(url: str):
     if url.startswith("sqlite"):
         import adbc_driver_sqlite.dbapi as driver
 
-        return driver.connect(url[len("sqlite:///"):], autocommit=True)
+        return driver.connect(url[len("sqlite:///") :], autocommit=True)
     import adbc_driver_postgresql.dbapi as driver
 
     return driver.connect(url, autocommit=True)
@@ -63,7 +65,9 @@ def query(url: str, statement: str) -> tuple:
 
 def through_sink(frame: pl.DataFrame, url: str, table: str, workers: int) -> float:
     flow = af.Flow("bench-db")
-    flow.from_polars(frame, splits=max(workers, 1) * 4).write_database(url, table=table, mode="overwrite")
+    flow.from_polars(frame, splits=max(workers, 1) * 4).write_database(
+        url, table=table, mode="overwrite"
+    )
     started = time.perf_counter()
     flow.run(workers=workers, progress=False)
     return time.perf_counter() - started
@@ -99,15 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = count(args.rows)
     frame = events(rows)
     expected_sum = int(frame["event_id"].sum())
-    print(f"load average before: {os.getloadavg()[0]:.2f}   {rows:,} rows, python {sys.version.split()[0]}, "
-          f"polars {pl.__version__}")
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f}   {rows:,} rows, python {sys.version.split()[0]}, "
+        f"polars {pl.__version__}"
+    )
     print("| database | how | wall s (min-max) | rows/s | vs plain ingest |")
     print("|---|---|---|---|---|")
     wrong = False
     with databases(not args.no_postgres) as urls:
         for name, url in urls.items():
-            plain = statistics.median(plain_ingest(frame, url, "bench_plain") for _ in range(args.repeat))
-            print(f"| {name} | plain adbc_ingest (not exactly-once) | {plain:.2f} | {rows / plain:,.0f} | 1.00x |")
+            plain = statistics.median(
+                plain_ingest(frame, url, "bench_plain") for _ in range(args.repeat)
+            )
+            print(
+                f"| {name} | plain adbc_ingest (not exactly-once) | {plain:.2f} | {rows / plain:,.0f} | 1.00x |"
+            )
             for workers in args.workers:
                 runs = []
                 for _ in range(args.repeat):
@@ -117,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"WRONG: {name} workers={workers}: {n} rows, sum {total}")
                         wrong = True
                 median = statistics.median(runs)
-                print(f"| {name} | write_database workers={workers} | {median:.2f} ({min(runs):.2f}-{max(runs):.2f}) "
-                      f"| {rows / median:,.0f} | {median / plain:.2f}x |")
+                print(
+                    f"| {name} | write_database workers={workers} | {median:.2f} ({min(runs):.2f}-{max(runs):.2f}) "
+                    f"| {rows / median:,.0f} | {median / plain:.2f}x |"
+                )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 1 if wrong else 0
 

@@ -54,11 +54,14 @@ def main() -> int:
     args = parser.parse_args()
     n, batch = _count(args.events), _count(args.batch)
     events = clickstream(n).with_columns(
-        event_id=pl.Series(np.random.default_rng(7).integers(0, _count(args.ids), n)))
+        event_id=pl.Series(np.random.default_rng(7).integers(0, _count(args.ids), n))
+    )
     started = time.perf_counter()
     expected = events.unique("event_id", keep="first", maintain_order=True).height
     polars_s = time.perf_counter() - started
-    print(f"{n:,} events, {expected:,} distinct ids; polars unique: {polars_s:.3f} s ({n / polars_s:,.0f} events/s)")
+    print(
+        f"{n:,} events, {expected:,} distinct ids; polars unique: {polars_s:.3f} s ({n / polars_s:,.0f} events/s)"
+    )
     print(f"{'backend':<8} {'workers':>7} {'median s':>9} {'events/s':>12}  check")
     wrong = False
     for backend in args.backends:
@@ -66,15 +69,23 @@ def main() -> int:
             times = []
             for _ in range(args.repeat):
                 flow = af.Flow("bench-dedupe")
-                stream = flow.from_polars(events, splits=max(1, n // batch)).key_by("event_id").process(
-                    dedupe, states=[af.ValueState("seen", pl.Boolean)], schema=events.schema)
+                stream = (
+                    flow.from_polars(events, splits=max(1, n // batch))
+                    .key_by("event_id")
+                    .process(
+                        dedupe, states=[af.ValueState("seen", pl.Boolean)], schema=events.schema
+                    )
+                )
                 started = time.perf_counter()
                 got = stream.collect(workers=workers, state=backend, batch_size=batch)
                 times.append(time.perf_counter() - started)
                 wrong |= got.height != expected
             median = statistics.median(times)
             check = "ok" if got.height == expected else f"WRONG ({got.height:,} rows)"
-            print(f"{backend:<8} {workers:>7} {median:>9.3f} {n / median:>12,.0f}  {check}", flush=True)
+            print(
+                f"{backend:<8} {workers:>7} {median:>9.3f} {n / median:>12,.0f}  {check}",
+                flush=True,
+            )
     return 1 if wrong else 0
 
 

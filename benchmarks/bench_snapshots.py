@@ -55,13 +55,19 @@ def one_run(backend: StateBackend, keys: int, seed: int) -> dict[str, float]:
         try:
             for start in range(0, keys, LOAD_BATCH):
                 chunk = ids[start : start + LOAD_BATCH]
-                store.put(pl.DataFrame({"user_id": chunk}), pl.DataFrame({"n": chunk, "total": chunk * 0.5}))
+                store.put(
+                    pl.DataFrame({"user_id": chunk}),
+                    pl.DataFrame({"n": chunk, "total": chunk * 0.5}),
+                )
             began = time.perf_counter()
             files = store.snapshot(fs, str(root), 1)
             snapshot_s = time.perf_counter() - began
             size = sum(f.size for f in files)
             changed = rng.choice(ids, size=max(1, keys // 100), replace=False)
-            store.put(pl.DataFrame({"user_id": changed}), pl.DataFrame({"n": changed + 1, "total": changed * 0.5}))
+            store.put(
+                pl.DataFrame({"user_id": changed}),
+                pl.DataFrame({"n": changed + 1, "total": changed * 0.5}),
+            )
             began = time.perf_counter()
             second = store.snapshot(fs, str(root), 2)
             incremental_s = time.perf_counter() - began
@@ -69,7 +75,12 @@ def one_run(backend: StateBackend, keys: int, seed: int) -> dict[str, float]:
             written = sum(f.size for f in second if f.path not in earlier)
         finally:
             store.close()
-        timings = {"snapshot_s": snapshot_s, "size": size, "incremental_s": incremental_s, "written": written}
+        timings = {
+            "snapshot_s": snapshot_s,
+            "size": size,
+            "incremental_s": incremental_s,
+            "written": written,
+        }
         sample = pl.DataFrame({"user_id": rng.choice(ids, size=min(keys, 10_000), replace=False)})
         groups = key_groups(pl.DataFrame({"user_id": ids}), SPEC.max_parallelism)
         for label, owned in (("restore_s", range(0, 128)), ("restore_half_s", range(0, 64))):
@@ -82,7 +93,8 @@ def one_run(backend: StateBackend, keys: int, seed: int) -> dict[str, float]:
                 got = restored.get(sample)
                 mine = pl.concat([sample, got], how="horizontal").filter(pl.col(FOUND))
                 right = (mine.get_column("n") == mine.get_column("user_id")) & (
-                    mine.get_column("total") == mine.get_column("user_id") * 0.5)
+                    mine.get_column("total") == mine.get_column("user_id") * 0.5
+                )
                 if restored.count() != expected or not right.all() or mine.height == 0:
                     timings["wrong"] = 1.0
             finally:
@@ -93,11 +105,17 @@ def one_run(backend: StateBackend, keys: int, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["memory", "arrow", "lmdb", "sql"])
-    parser.add_argument("--keys", type=count, nargs="+", default=[count("100K"), count("1M"), count("10M")])
+    parser.add_argument(
+        "--keys", type=count, nargs="+", default=[count("100K"), count("1M"), count("10M")]
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    print(f"load average before: {load()}   python {sys.version.split()[0]}, polars {pl.__version__}\n")
-    print("| backend | keys | snapshot s | size | bytes/key | after 1% changed: s, written | restore s | restore 1/2 s |")
+    print(
+        f"load average before: {load()}   python {sys.version.split()[0]}, polars {pl.__version__}\n"
+    )
+    print(
+        "| backend | keys | snapshot s | size | bytes/key | after 1% changed: s, written | restore s | restore 1/2 s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     wrong = False
     for keys in args.keys:
@@ -106,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "wrong"}
             flag = " WRONG" if any("wrong" in r for r in runs) else ""
             wrong |= bool(flag)
-            print(f"| {name} | {human(keys)} | {med['snapshot_s']:.3f} | {med['size'] / 2**20:.1f} MiB "
-                  f"| {med['size'] / keys:.0f} | {med['incremental_s']:.3f}, {med['written'] / 2**20:.1f} MiB "
-                  f"| {med['restore_s']:.3f} "
-                  f"| {med['restore_half_s']:.3f}{flag} |", flush=True)
+            print(
+                f"| {name} | {human(keys)} | {med['snapshot_s']:.3f} | {med['size'] / 2**20:.1f} MiB "
+                f"| {med['size'] / keys:.0f} | {med['incremental_s']:.3f}, {med['written'] / 2**20:.1f} MiB "
+                f"| {med['restore_s']:.3f} "
+                f"| {med['restore_half_s']:.3f}{flag} |",
+                flush=True,
+            )
     print(f"\nload average after: {load()}")
     return 1 if wrong else 0
 

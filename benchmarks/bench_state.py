@@ -52,11 +52,15 @@ from arrowflow.state import (
 )
 
 UNITS = {"K": 1_000, "M": 1_000_000}
-SPEC = StoreSpec("bench", pl.Schema({"user_id": pl.Int64}), pl.Schema({"n": pl.Int64, "total": pl.Float64}))
+SPEC = StoreSpec(
+    "bench", pl.Schema({"user_id": pl.Int64}), pl.Schema({"n": pl.Int64, "total": pl.Float64})
+)
 
 
 def count(text: str) -> int:
-    return int(float(text[:-1]) * UNITS[text[-1].upper()]) if text[-1].upper() in UNITS else int(text)
+    return (
+        int(float(text[:-1]) * UNITS[text[-1].upper()]) if text[-1].upper() in UNITS else int(text)
+    )
 
 
 def human(value: float) -> str:
@@ -87,8 +91,9 @@ def values_for(ids: np.ndarray, bump: int) -> pl.DataFrame:
 # ------------------------------------------------------------------------ store throughput
 
 
-def store_round(backend: StateBackend, state_keys: int, batch: int, rounds: int,
-                timings: dict[str, list[float]]) -> None:
+def store_round(
+    backend: StateBackend, state_keys: int, batch: int, rounds: int, timings: dict[str, list[float]]
+) -> None:
     rng = np.random.default_rng(len(timings.get("get", [])))
     ids = rng.permutation(state_keys * 4)[:state_keys].astype(np.int64)
     with opened(backend) as store:
@@ -112,13 +117,20 @@ def store_round(backend: StateBackend, state_keys: int, batch: int, rounds: int,
                 timings["wrong"].append(1.0)
 
 
-def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: int) -> dict[str, float]:
+def lmdb_breakdown(
+    backend: StateBackend, state_keys: int, batch: int, rounds: int
+) -> dict[str, float]:
     """Seconds per key of an lmdb update of fixed-width values, split by the stages of
     ``LmdbStore.get``/``put`` (its own methods, and the driver calls ``_lookup`` makes)."""
     from arrowflow.backends.lmdb import LmdbStore
 
-    parts = {"encode keys (numpy) + sort": 0.0, "lmdb lookups (driver)": 0.0, "decode values (numpy)": 0.0,
-             "encode values (numpy)": 0.0, "lmdb puts (driver)": 0.0}
+    parts = {
+        "encode keys (numpy) + sort": 0.0,
+        "lmdb lookups (driver)": 0.0,
+        "decode values (numpy)": 0.0,
+        "encode values (numpy)": 0.0,
+        "lmdb puts (driver)": 0.0,
+    }
     rng = np.random.default_rng(3)
     ids = rng.permutation(state_keys * 4)[:state_keys].astype(np.int64)
     total = 0
@@ -130,7 +142,9 @@ def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: i
         width = store.value_codec.row_width
         assert width is not None
         for _ in range(rounds):
-            keys = pl.DataFrame({"user_id": rng.choice(ids, size=min(batch, state_keys), replace=False)})
+            keys = pl.DataFrame(
+                {"user_id": rng.choice(ids, size=min(batch, state_keys), replace=False)}
+            )
             t0 = time.perf_counter()
             key_batch = store._batch(keys)
             in_order = key_batch.in_order
@@ -139,13 +153,19 @@ def lmdb_breakdown(backend: StateBackend, state_keys: int, batch: int, rounds: i
             t2 = time.perf_counter()
             matrix = np.empty((keys.height, width), dtype=np.uint8)
             matrix[key_batch.order] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
-            values = store.value_codec.decode_fixed(matrix, matrix[:, 0] != 0xFF).with_columns(pl.col("n") + 1)
+            values = store.value_codec.decode_fixed(matrix, matrix[:, 0] != 0xFF).with_columns(
+                pl.col("n") + 1
+            )
             t3 = time.perf_counter()
             encoded = store._encode_values(key_batch, values)
             t4 = time.perf_counter()
-            store.env.put(store.entries, in_order.data, in_order.offsets, encoded.data, encoded.offsets)
+            store.env.put(
+                store.entries, in_order.data, in_order.offsets, encoded.data, encoded.offsets
+            )
             t5 = time.perf_counter()
-            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            for name, seconds in zip(
+                parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+            ):
                 parts[name] += seconds
             total += keys.height
     return {name: seconds / total for name, seconds in parts.items()}
@@ -165,8 +185,13 @@ AGGS = {"n": pl.len(), "total": pl.col("amount").sum()}
 
 def run_aggregation(frame: pl.DataFrame, state: Any, batch: int) -> tuple[float, pl.DataFrame]:
     began = time.perf_counter()
-    out = af.Flow("bench-state").from_polars(frame).key_by("user_id").agg(**AGGS).collect(
-        state=state, workers=0, batch_size=batch)
+    out = (
+        af.Flow("bench-state")
+        .from_polars(frame)
+        .key_by("user_id")
+        .agg(**AGGS)
+        .collect(state=state, workers=0, batch_size=batch)
+    )
     return time.perf_counter() - began, out
 
 
@@ -184,9 +209,15 @@ def same_totals(got: pl.DataFrame, expected: pl.DataFrame) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["memory", "arrow", "lmdb", "lmdb-py", "sql"],
-                        help="'lmdb-py' is lmdb on the Python binding, the fallback without the C extension")
-    parser.add_argument("--postgres", action="store_true", help="also run sql on a throwaway PostgreSQL")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["memory", "arrow", "lmdb", "lmdb-py", "sql"],
+        help="'lmdb-py' is lmdb on the Python binding, the fallback without the C extension",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="also run sql on a throwaway PostgreSQL"
+    )
     parser.add_argument("--events", type=count, default=count("10M"))
     parser.add_argument("--keys", type=count, nargs="+", default=[count("100K"), count("10M")])
     parser.add_argument("--batch", type=count, default=count("1M"), help="rows per source batch")
@@ -199,15 +230,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from arrowflow.backends.lmdb import LmdbBackend
 
-    drivers = {"lmdb": "c", "lmdb-py": "py"}  # named, so a missing extension is an error, not a mislabel
-    states: dict[str, Any] = {name: LmdbBackend(driver=drivers[name]) if name in drivers else name
-                              for name in args.backends}
+    drivers = {
+        "lmdb": "c",
+        "lmdb-py": "py",
+    }  # named, so a missing extension is an error, not a mislabel
+    states: dict[str, Any] = {
+        name: LmdbBackend(driver=drivers[name]) if name in drivers else name
+        for name in args.backends
+    }
     with contextlib.ExitStack() as stack:
         if args.postgres:
             from arrowflow.testing.state_conformance import temporary_postgres
 
             states["postgresql"] = stack.enter_context(temporary_postgres())
-        print(f"load average before: {load()}   python {sys.version.split()[0]}, polars {pl.__version__}")
+        print(
+            f"load average before: {load()}   python {sys.version.split()[0]}, polars {pl.__version__}"
+        )
         wrong = False
         if "store" not in args.skip:
             wrong |= store_part(states, args)
@@ -221,12 +259,15 @@ def store_part(states: dict[str, Any], args: argparse.Namespace) -> bool:
     wrong = False
     for state_keys in args.state_keys:
         batch = min(args.store_batch, state_keys)
-        print(f"\n## store throughput: {human(state_keys)} keys held, batches of {human(batch)} distinct keys, "
-              f"keys/s, median over {args.repeat} x {args.rounds} batches\n")
+        print(
+            f"\n## store throughput: {human(state_keys)} keys held, batches of {human(batch)} distinct keys, "
+            f"keys/s, median over {args.repeat} x {args.rounds} batches\n"
+        )
         print("| backend | insert | get | put | update (get+put) | update vs memory |")
         print("|---|---|---|---|---|---|")
-        results: dict[str, dict[str, list[float]]] = {name: {k: [] for k in ("insert", "get", "put", "update", "wrong")}
-                                                      for name in states}
+        results: dict[str, dict[str, list[float]]] = {
+            name: {k: [] for k in ("insert", "get", "put", "update", "wrong")} for name in states
+        }
         for _ in range(args.repeat):  # interleaved, so that load changes hit every backend alike
             for name, state in states.items():
                 store_round(resolve_backend(state), state_keys, batch, args.rounds, results[name])
@@ -236,15 +277,19 @@ def store_part(states: dict[str, Any], args: argparse.Namespace) -> bool:
             ratio = f"{update / base:.2f}x" if base else "-"
             flag = " WRONG" if timings["wrong"] else ""
             wrong |= bool(timings["wrong"])
-            cells = " | ".join(human(statistics.median(timings[k])) for k in ("insert", "get", "put", "update"))
+            cells = " | ".join(
+                human(statistics.median(timings[k])) for k in ("insert", "get", "put", "update")
+            )
             print(f"| {name} | {cells} | {ratio}{flag} |")
         for name in ("lmdb", "lmdb-py"):
             if name not in states:
                 continue
             parts = lmdb_breakdown(resolve_backend(states[name]), state_keys, batch, args.rounds)
             whole = sum(parts.values())
-            print(f"\n{name} update, where {whole * 1e9:.0f} ns per key go "
-                  f"(= {human(1 / whole)} updates/s without the store's bookkeeping):")
+            print(
+                f"\n{name} update, where {whole * 1e9:.0f} ns per key go "
+                f"(= {human(1 / whole)} updates/s without the store's bookkeeping):"
+            )
             for part, seconds in parts.items():
                 print(f"  {part:34s} {seconds * 1e9:6.0f} ns  {seconds / whole:5.1%}")
     return wrong
@@ -255,9 +300,11 @@ def aggregation_part(states: dict[str, Any], args: argparse.Namespace) -> bool:
     for keys in args.keys:
         frame = events(args.events, keys)
         expected = frame.group_by("user_id").agg(**AGGS)
-        print(f"\n## keyed aggregation: {human(args.events)} events, {human(keys)} distinct keys "
-              f"({human(expected.height)} seen), batches of {human(args.batch)} rows, workers=0, "
-              f"median of {args.repeat}\n")
+        print(
+            f"\n## keyed aggregation: {human(args.events)} events, {human(keys)} distinct keys "
+            f"({human(expected.height)} seen), batches of {human(args.batch)} rows, workers=0, "
+            f"median of {args.repeat}\n"
+        )
         print("| backend | wall s (min-max) | events/s | time vs memory | output |")
         print("|---|---|---|---|---|")
         seconds: dict[str, list[float]] = {name: [] for name in ["polars", *states]}
@@ -276,8 +323,10 @@ def aggregation_part(states: dict[str, Any], args: argparse.Namespace) -> bool:
         for name, runs in seconds.items():
             median = statistics.median(runs)
             ratio = f"{median / base:.2f}x" if base else "-"
-            print(f"| {name} | {median:.2f} ({min(runs):.2f}-{max(runs):.2f}) | {human(args.events / median)} "
-                  f"| {ratio} | {checked.get(name, 'reference')} |")
+            print(
+                f"| {name} | {median:.2f} ({min(runs):.2f}-{max(runs):.2f}) | {human(args.events / median)} "
+                f"| {ratio} | {checked.get(name, 'reference')} |"
+            )
     return wrong
 
 

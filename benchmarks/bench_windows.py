@@ -38,8 +38,10 @@ from jobs import Contender, Job  # noqa: E402
 
 class W2(Job):
     name = "w2"
-    description = ("W2 keyed event-time windows: 60 s tumbling on ts (watermark delay 10 s), key user_id: "
-                   "count, sum(amount) -> Parquet")
+    description = (
+        "W2 keyed event-time windows: 60 s tumbling on ts (watermark delay 10 s), key user_id: "
+        "count, sum(amount) -> Parquet"
+    )
     sort_by = ("user_id", "window_start")
     modulo: int | None = None
 
@@ -47,11 +49,21 @@ class W2(Job):
         found = [Contender("polars", "polars")]
         for w in workers:
             found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
-            found.append(Contender(f"arrowflow w={w} ckpt 10s", "arrowflow", w, {"checkpoint_every": "10s"}))
-        if self.name == "w2" and max(workers) > 0:  # the same, writing lz4 part files instead of zstd
+            found.append(
+                Contender(f"arrowflow w={w} ckpt 10s", "arrowflow", w, {"checkpoint_every": "10s"})
+            )
+        if (
+            self.name == "w2" and max(workers) > 0
+        ):  # the same, writing lz4 part files instead of zstd
             w = max(workers)
-            found.append(Contender(f"arrowflow w={w} ckpt 10s lz4", "arrowflow", w,
-                                   {"checkpoint_every": "10s", "compression": "lz4"}))
+            found.append(
+                Contender(
+                    f"arrowflow w={w} ckpt 10s lz4",
+                    "arrowflow",
+                    w,
+                    {"checkpoint_every": "10s", "compression": "lz4"},
+                )
+            )
         return found
 
     def _keyed(self, frame: Any) -> Any:
@@ -59,16 +71,20 @@ class W2(Job):
             return frame
         return frame.with_columns(pl.col("user_id") % self.modulo)
 
-    def run_contender(self, contender: Contender, data: dict[str, Path], out: Path) -> dict[str, Any]:
+    def run_contender(
+        self, contender: Contender, data: dict[str, Path], out: Path
+    ) -> dict[str, Any]:
         source = data["parquet"]
         started = time.perf_counter()
         rows_in = pl.scan_parquet(source).select(pl.len()).collect().item()  # metadata only
         if contender.engine == "polars":
-            (self._keyed(pl.scan_parquet(source).select("ts", "user_id", "amount"))
-             .group_by("user_id", pl.col("ts").dt.truncate("60s").alias("window_start"))
-             .agg(n=pl.len(), total=pl.col("amount").sum())
-             .with_columns(window_end=pl.col("window_start").dt.offset_by("60s"))
-             .sink_parquet(out / "part-0.parquet"))
+            (
+                self._keyed(pl.scan_parquet(source).select("ts", "user_id", "amount"))
+                .group_by("user_id", pl.col("ts").dt.truncate("60s").alias("window_start"))
+                .agg(n=pl.len(), total=pl.col("amount").sum())
+                .with_columns(window_end=pl.col("window_start").dt.offset_by("60s"))
+                .sink_parquet(out / "part-0.parquet")
+            )
             job_s = time.perf_counter() - started
             rows_out = pl.scan_parquet(out / "part-0.parquet").select(pl.len()).collect().item()
             return {"rows_in": rows_in, "rows_out": rows_out, "job_s": job_s}
@@ -77,21 +93,34 @@ class W2(Job):
         flow = af.Flow(self.name)
         events = flow.read_parquet(str(source)).with_watermark("ts", delay="10s")
         options = dict(contender.options)
-        (self._keyed(events).key_by("user_id").window(af.tumbling("60s"))
-         .agg(n=pl.len(), total=pl.col("amount").sum())
-         .write_parquet(str(out), compression=options.pop("compression", "zstd")))
+        (
+            self._keyed(events)
+            .key_by("user_id")
+            .window(af.tumbling("60s"))
+            .agg(n=pl.len(), total=pl.col("amount").sum())
+            .write_parquet(str(out), compression=options.pop("compression", "zstd"))
+        )
         if "checkpoint_every" in options:
             options["checkpoint_dir"] = str(out / "_checkpoints")
             options["restore"] = None
         result = flow.run(workers=contender.workers, **options)
         windows = result.metrics().filter(pl.col("kind") == "window")
-        return {"rows_in": result.rows_in, "rows_out": result.rows_out, "job_s": time.perf_counter() - started,
-                "engine_s": result.elapsed_s, "checkpoints": len(result.checkpoints),
-                "late": int(windows["late"].sum())}
+        return {
+            "rows_in": result.rows_in,
+            "rows_out": result.rows_out,
+            "job_s": time.perf_counter() - started,
+            "engine_s": result.elapsed_s,
+            "checkpoints": len(result.checkpoints),
+            "late": int(windows["late"].sum()),
+        }
 
     def read_output(self, out: Path) -> pl.DataFrame:
         frame = super().read_output(out)
-        return frame.select("user_id", "window_start", "window_end", "n", "total") if frame.height else frame
+        return (
+            frame.select("user_id", "window_start", "window_end", "n", "total")
+            if frame.height
+            else frame
+        )
 
 
 class W2Lowcard(W2):
@@ -109,16 +138,21 @@ class W2Checkpoints(W2):
     """
 
     name = "w2-ckpt"
-    description = ("W2 checkpoint cost: W2 with checkpoints every 10 s and every 1 s "
-                   "against the same job without checkpoints")
+    description = (
+        "W2 checkpoint cost: W2 with checkpoints every 10 s and every 1 s "
+        "against the same job without checkpoints"
+    )
 
     def contenders(self, workers: list[int]) -> list[Contender]:
         found = []
         for w in workers:
             found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
             for every in ("10s", "1s"):
-                found.append(Contender(f"arrowflow w={w} ckpt {every}", "arrowflow", w,
-                                       {"checkpoint_every": every}))
+                found.append(
+                    Contender(
+                        f"arrowflow w={w} ckpt {every}", "arrowflow", w, {"checkpoint_every": every}
+                    )
+                )
         self.baseline = f"arrowflow w={workers[0]}"
         return found
 

@@ -65,8 +65,10 @@ def _failure(what: str, url: str, exc: BaseException) -> SourceError:
     if isinstance(exc, FileNotFoundError):
         return SourceError(f"{what}: file {url!r} disappeared{memory_hint(url)}")
     first = first_line(exc)
-    msg = (f"{what}: cannot read {url!r}: {first}; is it a valid file of this format? "
-           f"on_corrupt_file='skip' reports such files in 'malformed' and reads on")
+    msg = (
+        f"{what}: cannot read {url!r}: {first}; is it a valid file of this format? "
+        f"on_corrupt_file='skip' reports such files in 'malformed' and reads on"
+    )
     return CorruptFileError(msg, url=url, detail=first)
 
 
@@ -84,12 +86,24 @@ def parquet_meta(url: str, storage_options: dict[str, Any] | None, *, what: str)
         time_mins = _time_mins(meta, meta.schema.to_arrow_schema())
     except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         raise _failure(what, url, exc) from exc
-    return FileMeta(pl.Schema(schema), [meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
-                    time_mins=time_mins)
+    return FileMeta(
+        pl.Schema(schema),
+        [meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
+        time_mins=time_mins,
+    )
 
 
-def read_parquet(url: str, storage_options: dict[str, Any] | None, row_groups: list[int], start: int,
-                 rows: int, skip: int, columns: list[str] | None, *, what: str) -> pl.DataFrame:
+def read_parquet(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    row_groups: list[int],
+    start: int,
+    rows: int,
+    skip: int,
+    columns: list[str] | None,
+    *,
+    what: str,
+) -> pl.DataFrame:
     """Rows ``[start + skip, start + rows)`` of the file; ``row_groups`` are the groups they span
     and ``start`` is the file row where the first of them begins."""
     remaining = rows - skip
@@ -109,8 +123,9 @@ def read_parquet(url: str, storage_options: dict[str, Any] | None, row_groups: l
     return frame
 
 
-def _read_parquet_remote(fs: Any, path: str, row_groups: list[int], skip: int, remaining: int,
-                         columns: list[str] | None) -> pl.DataFrame:
+def _read_parquet_remote(
+    fs: Any, path: str, row_groups: list[int], skip: int, remaining: int, columns: list[str] | None
+) -> pl.DataFrame:
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle, pre_buffer=True)
         meta = parquet.metadata
@@ -141,8 +156,15 @@ def ipc_meta(url: str, storage_options: dict[str, Any] | None, *, what: str) -> 
     return FileMeta(arrow_to_polars(schema), stream=stream)
 
 
-def read_ipc(url: str, storage_options: dict[str, Any] | None, skip: int, columns: list[str] | None,
-             *, stream: bool, what: str) -> pl.DataFrame:
+def read_ipc(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    skip: int,
+    columns: list[str] | None,
+    *,
+    stream: bool,
+    what: str,
+) -> pl.DataFrame:
     """Every row of the file from row ``skip`` on."""
     fs, path = filesystem(url, storage_options)
     try:

@@ -59,32 +59,59 @@ class CsvOptions:
         if not isinstance(self.separator, str) or len(self.separator.encode()) != 1:
             msg = f"read_csv(separator=...) must be a single one-byte character, got {self.separator!r}"
             raise SourceError(msg)
-        if self.quote_char is not None and (not isinstance(self.quote_char, str) or len(self.quote_char.encode()) != 1):
+        if self.quote_char is not None and (
+            not isinstance(self.quote_char, str) or len(self.quote_char.encode()) != 1
+        ):
             msg = f"read_csv(quote_char=...) must be a single one-byte character or None, got {self.quote_char!r}"
             raise SourceError(msg)
         if self.separator in ("\n", "\r") or self.separator == self.quote_char:
-            msg = f"read_csv(separator={self.separator!r}) cannot be a newline or the quote character"
+            msg = (
+                f"read_csv(separator={self.separator!r}) cannot be a newline or the quote character"
+            )
             raise SourceError(msg)
 
 
 def header(payload: bytes, options: CsvOptions) -> list[str]:
     """The column names in the file's first line (as polars names them)."""
-    return pl.read_csv(payload, n_rows=0, has_header=True, separator=options.separator,
-                       quote_char=options.quote_char, infer_schema=False, raise_if_empty=False).columns
+    return pl.read_csv(
+        payload,
+        n_rows=0,
+        has_header=True,
+        separator=options.separator,
+        quote_char=options.quote_char,
+        infer_schema=False,
+        raise_if_empty=False,
+    ).columns
 
 
 def infer_schema(head: bytes, options: CsvOptions) -> pl.Schema:
-    return pl.read_csv(head, has_header=options.has_header, separator=options.separator,
-                       quote_char=options.quote_char, infer_schema_length=10_000,
-                       truncate_ragged_lines=True, raise_if_empty=False).schema
+    return pl.read_csv(
+        head,
+        has_header=options.has_header,
+        separator=options.separator,
+        quote_char=options.quote_char,
+        infer_schema_length=10_000,
+        truncate_ragged_lines=True,
+        raise_if_empty=False,
+    ).schema
 
 
 class CsvFile:
     """Parses one CSV file for a source: ``schema`` holds the source's columns and types,
     ``columns`` the ones to return (in that order)."""
 
-    def __init__(self, payload: Any, *, url: str, kind: str, schema: pl.Schema, columns: list[str],
-                 options: CsvOptions, on_error: str, path: str | None = None) -> None:
+    def __init__(
+        self,
+        payload: Any,
+        *,
+        url: str,
+        kind: str,
+        schema: pl.Schema,
+        columns: list[str],
+        options: CsvOptions,
+        on_error: str,
+        path: str | None = None,
+    ) -> None:
         self.payload = payload  # bytes, or a memory map of a local file (see open_payload)
         self.path = path
         self.url, self.kind = url, kind
@@ -117,13 +144,21 @@ class CsvFile:
         missing = [c for c in self.schema.names() if c not in names]
         if missing:
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-            msg = (f"{self.kind}: {self.url!r} has no column {missing[0]!r}; its header is [{shown}]; "
-                   f"fix schema= or the file (a file without a header needs has_header=False)")
+            msg = (
+                f"{self.kind}: {self.url!r} has no column {missing[0]!r}; its header is [{shown}]; "
+                f"fix schema= or the file (a file without a header needs has_header=False)"
+            )
             raise SchemaError(msg)
         return names
 
-    def _read(self, payload: Any, dtypes: dict[str, pl.DataType], columns: list[str], *,
-              ignore_errors: bool = False) -> pl.DataFrame:
+    def _read(
+        self,
+        payload: Any,
+        dtypes: dict[str, pl.DataType],
+        columns: list[str],
+        *,
+        ignore_errors: bool = False,
+    ) -> pl.DataFrame:
         options = self.options
         if payload is self.payload and self.path is not None:
             payload = self.path  # polars reads a local file faster than a copy in memory
@@ -131,10 +166,16 @@ class CsvFile:
         with warnings.catch_warnings():
             # polars warns about chunks it had to re-split; the caller checks the row count.
             warnings.simplefilter("ignore", UserWarning)
-            return pl.read_csv(payload, has_header=options.has_header, separator=options.separator,
-                               quote_char=options.quote_char, schema=schema,
-                               columns=[self.names.index(c) for c in columns], raise_if_empty=False,
-                               ignore_errors=ignore_errors)
+            return pl.read_csv(
+                payload,
+                has_header=options.has_header,
+                separator=options.separator,
+                quote_char=options.quote_char,
+                schema=schema,
+                columns=[self.names.index(c) for c in columns],
+                raise_if_empty=False,
+                ignore_errors=ignore_errors,
+            )
 
     def _output(self, frame: pl.DataFrame, height: int) -> pl.DataFrame:
         if not self.columns:
@@ -143,12 +184,18 @@ class CsvFile:
 
     # ------------------------------------------------------------------------ fast path
     def _fast(self, declared: pl.Schema) -> Parsed | None:
-        text_types = {c: (pl.String if read_as_text(declared[c]) else declared[c]) for c in self.need}
+        text_types = {
+            c: (pl.String if read_as_text(declared[c]) else declared[c]) for c in self.need
+        }
         try:
             frame = self._read(self.payload, text_types, self.read)
         except pl.exceptions.PolarsError:
             return None
-        if self.width > 1 and frame[self.names[-1]].null_count() and not self._every_row_whole(frame):
+        if (
+            self.width > 1
+            and frame[self.names[-1]].null_count()
+            and not self._every_row_whole(frame)
+        ):
             return None
         temporal = [c for c in self.need if read_as_text(declared[c])]
         parsed = {c: parse_temporal(frame[c], declared[c]) for c in temporal}
@@ -172,22 +219,36 @@ class CsvFile:
             # Separators and newlines inside quoted fields are in the string values: count them
             # there. Text columns not read yet are read as text; a quoted separator in a
             # column typed as a number (not read) makes the counts differ: the slow path.
-            unread = [c for c in self.names if c not in frame.columns
-                      and (c not in self.schema or self.schema[c] in (pl.String, pl.Categorical)
-                           or read_as_text(self.schema[c]))]
+            unread = [
+                c
+                for c in self.names
+                if c not in frame.columns
+                and (
+                    c not in self.schema
+                    or self.schema[c] in (pl.String, pl.Categorical)
+                    or read_as_text(self.schema[c])
+                )
+            ]
             try:
-                extra = self._read(payload, {}, unread) if unread else pl.DataFrame(height=frame.height)
+                extra = (
+                    self._read(payload, {}, unread) if unread else pl.DataFrame(height=frame.height)
+                )
             except pl.exceptions.PolarsError:
                 return False
             texts = pl.concat([frame.select(pl.col(pl.String)), extra], how="horizontal")
             counted = texts.select(
-                pl.sum_horizontal(pl.all().str.count_matches(options.separator, literal=True).sum()).alias("sep"),
-                pl.sum_horizontal(pl.all().str.count_matches("\n", literal=True).sum()).alias("nl")).row(0)
+                pl.sum_horizontal(
+                    pl.all().str.count_matches(options.separator, literal=True).sum()
+                ).alias("sep"),
+                pl.sum_horizontal(pl.all().str.count_matches("\n", literal=True).sum()).alias("nl"),
+            ).row(0)
             names = self.names if options.has_header else []
             separators -= int(counted[0] or 0) + sum(n.count(options.separator) for n in names)
             newlines -= int(counted[1] or 0) + sum(n.count("\n") for n in names)
         lines = newlines + (0 if ends_with_newline(payload) else 1)
-        return separators == (self.width - 1) * lines and lines == frame.height + int(options.has_header)
+        return separators == (self.width - 1) * lines and lines == frame.height + int(
+            options.has_header
+        )
 
     # ------------------------------------------------------------------------ slow path
     def _slow(self, declared: pl.Schema) -> Parsed:
@@ -197,7 +258,11 @@ class CsvFile:
         if self.width > 1:
             positions = positions[~records.blank()[first:]]
         invalid = records.invalid_utf8()[positions]
-        fields = records.fields[positions] if records.fields is not None else np.ones(len(positions), dtype=np.int64)
+        fields = (
+            records.fields[positions]
+            if records.fields is not None
+            else np.ones(len(positions), dtype=np.int64)
+        )
         wrong_width = (fields != self.width) & ~invalid
         candidates = ~(invalid | wrong_width)
         reasons: dict[int, str] = {}
@@ -209,7 +274,7 @@ class CsvFile:
         prefix = b""
         if first and len(records):
             end = int(records.starts[1]) if len(records) > 1 else len(self.payload)
-            prefix = self.payload[int(records.starts[0]):end]
+            prefix = self.payload[int(records.starts[0]) : end]
         typed_types = {c: declared[c] for c in self.need}
         text_types = {c: (pl.String if read_as_text(t) else t) for c, t in typed_types.items()}
         read = self.need or [self.names[0]]
@@ -233,7 +298,9 @@ class CsvFile:
             # A null may be a value that did not parse: read those columns again as text.
             nullable = {c: typed_types[c] for c in self.need if typed[c].null_count()}
             if not nullable:
-                return typed.select(self.need).with_columns(pl.lit(None, dtype=pl.String).alias("__bad"))
+                return typed.select(self.need).with_columns(
+                    pl.lit(None, dtype=pl.String).alias("__bad")
+                )
             text = self._read(chunk, {}, list(nullable))
             if text.height != len(rows):
                 msg = f"{len(rows)} records gave {text.height} rows"
@@ -242,12 +309,18 @@ class CsvFile:
             return typed.select(self.need).with_columns(bad.alias("__bad"))
 
         good_rows, frames = parse_in_pieces(np.flatnonzero(candidates), parse, reasons)
-        frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
-            schema={**{c: typed_types[c] for c in self.need}, "__bad": pl.String})
+        frame = (
+            pl.concat(frames, how="vertical")
+            if frames
+            else pl.DataFrame(schema={**{c: typed_types[c] for c in self.need}, "__bad": pl.String})
+        )
         if self.need:
             value_bad = frame["__bad"].is_not_null().to_numpy()
-            for row, why in zip(good_rows[value_bad].tolist(), frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(),
-                                strict=True):
+            for row, why in zip(
+                good_rows[value_bad].tolist(),
+                frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(),
+                strict=True,
+            ):
                 reasons[row] = why
             frame = frame.filter(pl.col("__bad").is_null()).drop("__bad")
             good_rows = good_rows[~value_bad]
@@ -276,8 +349,9 @@ def _starts_field(buffer: np.ndarray, at: np.ndarray, separator: int) -> np.ndar
     return (at == 0) | (before == separator) | np.isin(before, _FIELD_START)
 
 
-def _quoted_by_parity(buffer: np.ndarray, quotes: np.ndarray,
-                      separator: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _quoted_by_parity(
+    buffer: np.ndarray, quotes: np.ndarray, separator: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Quoted fields when quotes simply alternate open/close (vectorized), else None.
 
     Alternating is exactly RFC 4180 when every quote that would open a field (the even ones)
@@ -294,8 +368,9 @@ def _quoted_by_parity(buffer: np.ndarray, quotes: np.ndarray,
     return opens, closes
 
 
-def _quoted_by_scanning(buffer: np.ndarray, quotes: np.ndarray, separator: int,
-                        size: int) -> tuple[np.ndarray, np.ndarray]:
+def _quoted_by_scanning(
+    buffer: np.ndarray, quotes: np.ndarray, separator: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The general case (quotes inside unquoted fields): a loop over the quote characters only,
     never over rows, in the slow path only."""
     positions = quotes.tolist()

@@ -42,16 +42,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None, *,
-               error: type[ArrowflowError] = SourceError) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    error: type[ArrowflowError] = SourceError,
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the path inside it for a URL or a local path."""
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:
         protocol = url.split("://", 1)[0]
-        hint = {"s3": "pip install 'arrowflow[s3]'", "gs": "pip install gcsfs",
-                "az": "pip install adlfs", "abfs": "pip install adlfs"}.get(
-            protocol, f"install the fsspec implementation for {protocol}://")
+        hint = {
+            "s3": "pip install 'arrowflow[s3]'",
+            "gs": "pip install gcsfs",
+            "az": "pip install adlfs",
+            "abfs": "pip install adlfs",
+        }.get(protocol, f"install the fsspec implementation for {protocol}://")
         msg = f"cannot open {url!r}: {exc}; {hint}"
         raise error(msg) from exc
     except (ValueError, TypeError) as exc:
@@ -70,7 +77,7 @@ def is_hidden(path: str, root: str = "") -> bool:
     """
     root = root.rstrip("/")
     if root and path.startswith(root + "/"):
-        relative = path[len(root) + 1:]
+        relative = path[len(root) + 1 :]
     else:
         relative = path.rsplit("/", 1)[-1]
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
@@ -79,8 +86,10 @@ def is_hidden(path: str, root: str = "") -> bool:
 def memory_hint(url: str) -> str:
     """Why a ``memory://`` file may be missing: it lives in one process's memory."""
     if url.startswith("memory://"):
-        return ("; memory:// files live in the memory of the process that wrote them, so worker "
-                "processes cannot see them: run with workers=0, or use a local or s3:// path")
+        return (
+            "; memory:// files live in the memory of the process that wrote them, so worker "
+            "processes cannot see them: run with workers=0, or use a local or s3:// path"
+        )
     return ""
 
 
@@ -96,12 +105,18 @@ def _nearby(fs: fsspec.AbstractFileSystem, folder: str) -> str:
         return ""
     if not names:
         return f"; {folder!r} is empty"
-    shown = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+    shown = ", ".join(names[:_LISTED]) + (
+        f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    )
     return f"; {folder!r} holds: {shown}"
 
 
-def resolve_files(paths: str | Sequence[str], storage_options: dict[str, Any] | None, *,
-                  suffixes: tuple[str, ...] = ()) -> list[str]:
+def resolve_files(
+    paths: str | Sequence[str],
+    storage_options: dict[str, Any] | None,
+    *,
+    suffixes: tuple[str, ...] = (),
+) -> list[str]:
     """Every file the paths name, as URLs (plain absolute paths for local files), in order.
 
     A path is a file, a directory (its visible files, recursively; only those ending in one
@@ -116,7 +131,9 @@ def resolve_files(paths: str | Sequence[str], storage_options: dict[str, Any] | 
     urls: list[str] = []
     for url in paths:
         if not isinstance(url, str) or not url:
-            msg = f"paths must be non-empty strings or fsspec URLs, got {type(url).__name__} {url!r}"
+            msg = (
+                f"paths must be non-empty strings or fsspec URLs, got {type(url).__name__} {url!r}"
+            )
             raise SourceError(msg)
         fs, path = filesystem(url, storage_options)
         try:
@@ -130,11 +147,17 @@ def resolve_files(paths: str | Sequence[str], storage_options: dict[str, Any] | 
     return list(dict.fromkeys(urls))
 
 
-def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str, suffixes: tuple[str, ...]) -> list[str]:
+def _expand(
+    fs: fsspec.AbstractFileSystem, url: str, path: str, suffixes: tuple[str, ...]
+) -> list[str]:
     if any(ch in path for ch in GLOB_CHARS):
         root = _glob_root(path)
         matches = fs.glob(path, detail=True)
-        found = [p for p, info in matches.items() if info.get("type") == "file" and not is_hidden(p, root)]
+        found = [
+            p
+            for p, info in matches.items()
+            if info.get("type") == "file" and not is_hidden(p, root)
+        ]
         if not found:
             hidden = [p for p in matches if is_hidden(p, root)]
             why = f" (only hidden names: {', '.join(hidden[:_LISTED])})" if hidden else ""
@@ -158,7 +181,9 @@ def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str, suffixes: tuple[
     return found
 
 
-def open_payload(url: str, storage_options: dict[str, Any] | None, *, what: str) -> tuple[Any, str | None]:
+def open_payload(
+    url: str, storage_options: dict[str, Any] | None, *, what: str
+) -> tuple[Any, str | None]:
     """A file's content and, for an uncompressed local file, its path.
 
     A local file is memory-mapped, not copied: polars parses it from its path (faster than
@@ -192,6 +217,8 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None, *, what: str) -
         raise SourceError(msg) from exc
     except (OSError, EOFError, ValueError) as exc:
         detail = f"{type(exc).__name__}: {first_line(exc)}"
-        msg = (f"{what}: cannot read {url!r}: {detail}; is it a complete file of this format? "
-               f"on_corrupt_file='skip' reports such files in 'malformed' and reads on")
+        msg = (
+            f"{what}: cannot read {url!r}: {detail}; is it a complete file of this format? "
+            f"on_corrupt_file='skip' reports such files in 'malformed' and reads on"
+        )
         raise CorruptFileError(msg, url=url, detail=detail) from exc

@@ -44,8 +44,15 @@ from arrowflow.io._text import (
     split_lines,
 )
 
-_WIDE = {pl.Int8: pl.Int64, pl.Int16: pl.Int64, pl.Int32: pl.Int64, pl.UInt8: pl.Int64,
-         pl.UInt16: pl.Int64, pl.UInt32: pl.Int64, pl.Float32: pl.Float64}
+_WIDE = {
+    pl.Int8: pl.Int64,
+    pl.Int16: pl.Int64,
+    pl.Int32: pl.Int64,
+    pl.UInt8: pl.Int64,
+    pl.UInt16: pl.Int64,
+    pl.UInt32: pl.Int64,
+    pl.Float32: pl.Float64,
+}
 _COUNT = "__rows"
 _PANIC = getattr(pl.exceptions, "PanicException", None) or type("NoPanic", (Exception,), {})
 
@@ -57,12 +64,16 @@ def read_type(dtype: pl.DataType) -> pl.DataType:
     return next((wide for narrow, wide in _WIDE.items() if dtype == narrow), dtype)
 
 
-MAX_DEPTH = 1024  # the nesting polars' JSON reader (simd-json) accepts; one level more it refuses the line
+MAX_DEPTH = (
+    1024  # the nesting polars' JSON reader (simd-json) accepts; one level more it refuses the line
+)
 _NUMBER_CHARS = frozenset(b"0123456789+-.eE")
 _AT_CHARACTER = re.compile(r"at character (\d+)")
 _KEY_BEFORE = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*$')
-_BEYOND = ("is beyond what the JSON reader holds (integers of up to 128 bits, floats up to 1.8e308), so polars "
-           "cannot read the line")
+_BEYOND = (
+    "is beyond what the JSON reader holds (integers of up to 128 bits, floats up to 1.8e308), so polars "
+    "cannot read the line"
+)
 
 
 def nesting_depth(raw: bytes, limit: int) -> int | None:
@@ -79,7 +90,9 @@ def nesting_depth(raw: bytes, limit: int) -> int | None:
     brackets = np.flatnonzero(opening | (buffer == ord("]")) | (buffer == ord("}")))
     quotes = np.flatnonzero(buffer == ord('"'))
     backslashes = np.flatnonzero(buffer == ord("\\"))
-    if len(quotes) and len(backslashes):  # drop the escaped quotes: an odd run of backslashes before them
+    if len(quotes) and len(
+        backslashes
+    ):  # drop the escaped quotes: an odd run of backslashes before them
         breaks = np.flatnonzero(np.diff(backslashes) != 1)
         run_starts = backslashes[np.concatenate([[0], breaks + 1])]
         run_ends = backslashes[np.concatenate([breaks, [len(backslashes) - 1]])]
@@ -96,7 +109,9 @@ def nesting_depth(raw: bytes, limit: int) -> int | None:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {list: "an array", str: "a string", bool: "a boolean", dict: "an object"}.get(type(value), "a number")
+    return {list: "an array", str: "a string", bool: "a boolean", dict: "an object"}.get(
+        type(value), "a number"
+    )
 
 
 def _syntax(raw: bytes) -> tuple[str | None, dict | None]:
@@ -112,14 +127,25 @@ def _syntax(raw: bytes) -> tuple[str | None, dict | None]:
         return None, None
     except ValueError as exc:
         return f"invalid JSON: {exc}", None
-    if not isinstance(value, dict):  # polars reads a lone ``null`` line as a row of nulls: say it here
+    if not isinstance(
+        value, dict
+    ):  # polars reads a lone ``null`` line as a row of nulls: say it here
         return f"expected a JSON object, found {_kind(value)}", None
     return None, value
 
 
 class NdjsonFile:
-    def __init__(self, payload: Any, *, url: str, kind: str, schema: pl.Schema, columns: list[str],
-                 on_error: str, path: str | None = None) -> None:
+    def __init__(
+        self,
+        payload: Any,
+        *,
+        url: str,
+        kind: str,
+        schema: pl.Schema,
+        columns: list[str],
+        on_error: str,
+        path: str | None = None,
+    ) -> None:
         self.payload = payload  # bytes, or a memory map of a local file (see open_payload)
         self.path = path
         self.url, self.kind = url, kind
@@ -129,21 +155,27 @@ class NdjsonFile:
     def parse(self) -> Parsed:
         # Every key of the declared schema that might not parse is parsed and checked, whichever
         # columns the flow reads: whether a line is malformed must not depend on the projection.
-        self.wanted = pl.Schema({c: self.schema[c] for c in checked_columns(self.schema, self.columns)})
+        self.wanted = pl.Schema(
+            {c: self.schema[c] for c in checked_columns(self.schema, self.columns)}
+        )
         if is_blank(self.payload):
             return Parsed(empty_frame(pl.Schema({c: self.schema[c] for c in self.columns})), 0)
         self.read_types = {c: read_type(t) for c, t in self.wanted.items()} or {_COUNT: pl.String}
         fast = self._fast()
         return fast if fast is not None else self._slow()
 
-    def _read(self, payload: Any, schema: dict[str, pl.DataType], *, ignore_errors: bool = False) -> pl.DataFrame:
+    def _read(
+        self, payload: Any, schema: dict[str, pl.DataType], *, ignore_errors: bool = False
+    ) -> pl.DataFrame:
         if payload is self.payload and self.path is not None:
             payload = self.path  # polars reads a local file about twice as fast as bytes
         try:
             return pl.read_ndjson(payload, schema=schema, ignore_errors=ignore_errors)
         except _PANIC as exc:  # a type polars' JSON reader cannot build
-            msg = (f"{self.kind}: polars cannot read {self.url!r} with the schema {schema}: {exc}; "
-                   f"read the column with a simpler type (e.g. pl.String) and convert it after reading")
+            msg = (
+                f"{self.kind}: polars cannot read {self.url!r} with the schema {schema}: {exc}; "
+                f"read the column with a simpler type (e.g. pl.String) and convert it after reading"
+            )
             raise SourceError(msg) from None
 
     def _typed(self, frame: pl.DataFrame, payload: Any, *, strict: bool) -> pl.DataFrame | None:
@@ -228,8 +260,10 @@ class NdjsonFile:
             return f"key {key!r} (not in the schema): the number {shown} {_BEYOND}"
         if dtype.is_integer():
             return f"column {key!r}: the number {shown} does not fit in {dtype}"
-        return (f"column {key!r}: the number {shown} {_BEYOND}, not even as {dtype}; "
-                f"write it as a JSON string to keep it")
+        return (
+            f"column {key!r}: the number {shown} {_BEYOND}, not even as {dtype}; "
+            f"write it as a JSON string to keep it"
+        )
 
     def _slow(self) -> Parsed:
         records = split_lines(self.payload)
@@ -257,15 +291,19 @@ class NdjsonFile:
             reasons[row] = "not valid UTF-8"
         for row in np.flatnonzero(rows_not_object | rows_not_json).tolist():
             at = int(positions[row])
-            raw = bytes(self.payload[int(records.starts[at]):int(records.ends[at])])
+            raw = bytes(self.payload[int(records.starts[at]) : int(records.ends[at])])
             why = self._refused(raw)
             if why is not None:
                 reasons[row] = why
-        candidates = np.setdiff1d(np.arange(len(positions)), np.fromiter(reasons, dtype=np.int64, count=len(reasons)))
+        candidates = np.setdiff1d(
+            np.arange(len(positions)), np.fromiter(reasons, dtype=np.int64, count=len(reasons))
+        )
 
         def describe(row: int, exc: Exception) -> str:
             at = int(positions[row])
-            return self._why_refused(bytes(self.payload[int(records.starts[at]):int(records.ends[at])]), exc)
+            return self._why_refused(
+                bytes(self.payload[int(records.starts[at]) : int(records.ends[at])]), exc
+            )
 
         text_types = dict.fromkeys(self.read_types, pl.String)
 
@@ -286,11 +324,17 @@ class NdjsonFile:
             return typed.select(self.wanted.names()).with_columns(bad.alias("__bad"))
 
         good_rows, frames = parse_in_pieces(candidates, parse, reasons, describe)
-        frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
-            schema={**dict(self.wanted), "__bad": pl.String})
+        frame = (
+            pl.concat(frames, how="vertical")
+            if frames
+            else pl.DataFrame(schema={**dict(self.wanted), "__bad": pl.String})
+        )
         value_bad = frame["__bad"].is_not_null().to_numpy()
-        for row, why in zip(good_rows[value_bad].tolist(),
-                            frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(), strict=True):
+        for row, why in zip(
+            good_rows[value_bad].tolist(),
+            frame.filter(pl.col("__bad").is_not_null())["__bad"].to_list(),
+            strict=True,
+        ):
             reasons[row] = why
         frame = frame.filter(pl.col("__bad").is_null()).drop("__bad")
         good_rows = good_rows[~value_bad]

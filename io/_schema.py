@@ -45,8 +45,10 @@ def to_polars_schema(schema: Any) -> pl.Schema:
             try:
                 converted[name] = pl.DataFrame(schema={name: dtype}).schema[name]
             except (TypeError, ValueError) as exc:
-                msg = (f"schema: column {name!r} has type {dtype!r}, which is not a polars or pyarrow type; "
-                       f"write e.g. pl.Int64, pl.String, pl.Datetime('ms')")
+                msg = (
+                    f"schema: column {name!r} has type {dtype!r}, which is not a polars or pyarrow type; "
+                    f"write e.g. pl.Int64, pl.String, pl.Datetime('ms')"
+                )
                 raise SchemaError(msg) from exc
         return pl.Schema(converted)
     msg = f"schema= expects a dict of column -> polars type, a pl.Schema or a pa.Schema; got {type(schema).__name__}"
@@ -81,19 +83,27 @@ def lossless(found: pl.DataType, wanted: pl.DataType) -> bool:
     if found_float and wanted_float:
         return wanted_float >= found_float
     string_like = (pl.String, pl.Categorical)
-    if any(found == t for t in string_like) and (any(wanted == t for t in string_like) or isinstance(wanted, pl.Enum)):
+    if any(found == t for t in string_like) and (
+        any(wanted == t for t in string_like) or isinstance(wanted, pl.Enum)
+    ):
         return True
     if isinstance(found, pl.Enum) and wanted in string_like:
         return True
     if isinstance(found, pl.Datetime) and isinstance(wanted, pl.Datetime):
-        return found.time_zone == wanted.time_zone and _UNITS[wanted.time_unit] >= _UNITS[found.time_unit]
+        return (
+            found.time_zone == wanted.time_zone
+            and _UNITS[wanted.time_unit] >= _UNITS[found.time_unit]
+        )
     if found == pl.Date and isinstance(wanted, pl.Datetime):
         return wanted.time_zone is None
     if isinstance(found, pl.Duration) and isinstance(wanted, pl.Duration):
         return _UNITS[wanted.time_unit] >= _UNITS[found.time_unit]
     if isinstance(found, pl.Decimal) and isinstance(wanted, pl.Decimal):
         f_scale, w_scale = found.scale or 0, wanted.scale or 0
-        return w_scale >= f_scale and (wanted.precision or 38) - w_scale >= (found.precision or 38) - f_scale
+        return (
+            w_scale >= f_scale
+            and (wanted.precision or 38) - w_scale >= (found.precision or 38) - f_scale
+        )
     if isinstance(found, pl.List) and isinstance(wanted, pl.List):
         return lossless(found.inner, wanted.inner)
     if isinstance(found, pl.Array) and isinstance(wanted, pl.Array):
@@ -101,7 +111,8 @@ def lossless(found: pl.DataType, wanted: pl.DataType) -> bool:
     if isinstance(found, pl.Struct) and isinstance(wanted, pl.Struct):
         inner = {f.name: f.dtype for f in found.fields}
         return [f.name for f in wanted.fields] == list(inner) and all(
-            lossless(inner[f.name], f.dtype) for f in wanted.fields)
+            lossless(inner[f.name], f.dtype) for f in wanted.fields
+        )
     return False
 
 
@@ -111,13 +122,17 @@ def check_file_schema(found: pl.Schema, wanted: pl.Schema, *, url: str, what: st
     for name, dtype in wanted.items():
         if name not in found:
             shown = ", ".join(found.names()[:20]) + (" ..." if len(found) > 20 else "")
-            msg = (f"{what}: {url!r} has no column {name!r}; its columns are [{shown}]; "
-                   f"fix the schema= (or the path) so every file has the columns you read")
+            msg = (
+                f"{what}: {url!r} has no column {name!r}; its columns are [{shown}]; "
+                f"fix the schema= (or the path) so every file has the columns you read"
+            )
             raise SchemaError(msg)
         if not lossless(found[name], dtype):
-            msg = (f"{what}: column {name!r} is {found[name]} in {url!r}, but the schema says {dtype}; "
-                   f"reading it as {dtype} would change values. Give schema={{{name!r}: pl.{found[name]!r}}} "
-                   f"and cast after reading, e.g. .with_columns(pl.col({name!r}).cast(pl.{dtype!r}))")
+            msg = (
+                f"{what}: column {name!r} is {found[name]} in {url!r}, but the schema says {dtype}; "
+                f"reading it as {dtype} would change values. Give schema={{{name!r}: pl.{found[name]!r}}} "
+                f"and cast after reading, e.g. .with_columns(pl.col({name!r}).cast(pl.{dtype!r}))"
+            )
             raise SchemaError(msg)
 
 
@@ -125,5 +140,9 @@ def conform(frame: pl.DataFrame, wanted: pl.Schema) -> pl.DataFrame:
     """``frame`` with exactly the columns of ``wanted``, in order, cast where needed (losslessly)."""
     if frame.schema == wanted:
         return frame
-    return frame.select([pl.col(name).cast(dtype) if frame.schema[name] != dtype else pl.col(name)
-                         for name, dtype in wanted.items()])
+    return frame.select(
+        [
+            pl.col(name).cast(dtype) if frame.schema[name] != dtype else pl.col(name)
+            for name, dtype in wanted.items()
+        ]
+    )

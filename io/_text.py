@@ -50,7 +50,11 @@ class Parsed:
             lo, hi = np.searchsorted(self.data_records, [start, stop])
             data = self.data.slice(int(lo), int(hi - lo))
         bad = None
-        if self.malformed is not None and self.malformed_records is not None and len(self.malformed_records):
+        if (
+            self.malformed is not None
+            and self.malformed_records is not None
+            and len(self.malformed_records)
+        ):
             lo, hi = np.searchsorted(self.malformed_records, [start, stop])
             if hi > lo:
                 bad = self.malformed.slice(int(lo), int(hi - lo))
@@ -123,7 +127,9 @@ class Records:
                 str(view[position:stop], "utf-8")
                 position = stop
             except UnicodeDecodeError as exc:
-                index = max(int(np.searchsorted(self.starts, position + exc.start, side="right")) - 1, 0)
+                index = max(
+                    int(np.searchsorted(self.starts, position + exc.start, side="right")) - 1, 0
+                )
                 bad[index] = True
                 position = int(self.starts[index + 1]) if index + 1 < len(self) else size
         return bad
@@ -143,7 +149,8 @@ class Records:
         """The kept records' text (terminator stripped), as a String Series. UTF-8 must be valid."""
         offsets = np.append(self.starts, len(self.payload)).astype(np.int64)
         array = pa.LargeBinaryArray.from_buffers(
-            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(self.payload)])
+            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(self.payload)]
+        )
         text = pc.filter(array, pa.array(keep)).cast(pa.large_string())
         return pl.Series("text", text).str.strip_chars_end("\r\n")
 
@@ -155,8 +162,9 @@ def split_lines(payload: bytes) -> Records:
     return _records(payload, buffer, newlines, newlines)
 
 
-def split_csv_records(payload: bytes, separator: str,
-                      quoted: tuple[np.ndarray, np.ndarray] | None = None) -> Records:
+def split_csv_records(
+    payload: bytes, separator: str, quoted: tuple[np.ndarray, np.ndarray] | None = None
+) -> Records:
     """CSV records and their field counts. ``quoted`` holds the (open, close) positions of the
     quoted fields: newlines and separators inside them belong to the field.
 
@@ -175,7 +183,9 @@ def split_csv_records(payload: bytes, separator: str,
         opens, closes = quoted  # type: ignore[misc]
         hidden = np.searchsorted(separators, closes) - np.searchsorted(separators, opens)
         owner = np.searchsorted(bounds, opens, side="right") - 1
-        fields -= np.bincount(owner, weights=hidden, minlength=len(records)).astype(np.int64)[: len(records)]
+        fields -= np.bincount(owner, weights=hidden, minlength=len(records)).astype(np.int64)[
+            : len(records)
+        ]
     records.fields = fields
     return records
 
@@ -186,11 +196,17 @@ def _inside(points: np.ndarray, opens: np.ndarray, closes: np.ndarray) -> np.nda
     return (index >= 0) & (points < closes[np.maximum(index, 0)])
 
 
-def _records(payload: bytes, buffer: np.ndarray, terminators: np.ndarray, newlines: np.ndarray) -> Records:
+def _records(
+    payload: bytes, buffer: np.ndarray, terminators: np.ndarray, newlines: np.ndarray
+) -> Records:
     ends = terminators
     if len(payload) and (not len(terminators) or terminators[-1] != len(payload) - 1):
         ends = np.append(terminators, len(payload))  # a last record without a newline
-    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else np.zeros(0, dtype=np.int64)
+    starts = (
+        np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        if len(ends)
+        else np.zeros(0, dtype=np.int64)
+    )
     ends = ends.astype(np.int64)
     if len(ends):
         has_cr = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == _CR)
@@ -198,48 +214,75 @@ def _records(payload: bytes, buffer: np.ndarray, terminators: np.ndarray, newlin
     return Records(payload, starts, ends, newlines)
 
 
-def malformed_frame(kind: str, url: str, records: Records, indices: np.ndarray, reasons: list[str]) -> pl.DataFrame:
+def malformed_frame(
+    kind: str, url: str, records: Records, indices: np.ndarray, reasons: list[str]
+) -> pl.DataFrame:
     """The ``malformed`` rows for ``records[indices]`` (Python work per bad row only)."""
     count = len(indices)
     return pl.DataFrame(
-        {"source": [kind] * count, "file": [url] * count,
-         "offset": records.starts[indices], "line": records.line(indices),
-         "reason": reasons, "raw": [records.raw(int(i)) for i in indices]},
+        {
+            "source": [kind] * count,
+            "file": [url] * count,
+            "offset": records.starts[indices],
+            "line": records.line(indices),
+            "reason": reasons,
+            "raw": [records.raw(int(i)) for i in indices],
+        },
         schema=MALFORMED_SCHEMA,
     )
 
 
-def first_bad_value(typed: pl.DataFrame, text: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.Series:
+def first_bad_value(
+    typed: pl.DataFrame, text: pl.DataFrame, dtypes: dict[str, pl.DataType]
+) -> pl.Series:
     """Per row: a reason naming the first column whose text did not parse, or null."""
     reason = pl.lit(None, dtype=pl.String)
     for name in reversed(list(dtypes)):
         failed = pl.col(f"text:{name}").is_not_null() & pl.col(name).is_null()
-        described = pl.format(f"column {name!r}: cannot parse '{{}}' as {dtypes[name]}",
-                              pl.col(f"text:{name}").str.slice(0, 200))
+        described = pl.format(
+            f"column {name!r}: cannot parse '{{}}' as {dtypes[name]}",
+            pl.col(f"text:{name}").str.slice(0, 200),
+        )
         reason = pl.when(failed).then(described).otherwise(reason)
-    both = pl.concat([typed.select(list(dtypes)), text.select([pl.col(c).alias(f"text:{c}") for c in dtypes])],
-                     how="horizontal")
+    both = pl.concat(
+        [typed.select(list(dtypes)), text.select([pl.col(c).alias(f"text:{c}") for c in dtypes])],
+        how="horizontal",
+    )
     return both.select(reason.alias("reason")).to_series()
 
 
-def finish(reader: Any, frame: pl.DataFrame, good_rows: np.ndarray, records: Records,
-           positions: np.ndarray, reasons: dict[int, str]) -> Parsed:
+def finish(
+    reader: Any,
+    frame: pl.DataFrame,
+    good_rows: np.ndarray,
+    records: Records,
+    positions: np.ndarray,
+    reasons: dict[int, str],
+) -> Parsed:
     """Assemble a Parsed file from the good rows and the reasons of the bad ones (or raise)."""
     bad_rows = np.array(sorted(reasons), dtype=np.int64)
     kind, url = reader.kind, reader.url
     if len(bad_rows) and reader.on_error == "raise":
         first = int(positions[bad_rows[0]])
-        msg = (f"{kind}: {url!r} line {int(records.line(np.array([first]))[0])} (byte {int(records.starts[first])}): "
-               f"{reasons[int(bad_rows[0])]}; fix the file, or leave on_error at 'side_output' to send bad "
-               f"rows to the 'malformed' side output")
+        msg = (
+            f"{kind}: {url!r} line {int(records.line(np.array([first]))[0])} (byte {int(records.starts[first])}): "
+            f"{reasons[int(bad_rows[0])]}; fix the file, or leave on_error at 'side_output' to send bad "
+            f"rows to the 'malformed' side output"
+        )
         raise SourceError(msg)
-    malformed = malformed_frame(kind, url, records, positions[bad_rows], [reasons[int(r)] for r in bad_rows])
+    malformed = malformed_frame(
+        kind, url, records, positions[bad_rows], [reasons[int(r)] for r in bad_rows]
+    )
     output = frame.select(reader.columns) if reader.columns else pl.DataFrame(height=frame.height)
     return Parsed(output, len(positions), good_rows.astype(np.int64), malformed, bad_rows)
 
 
-def parse_in_pieces(rows: np.ndarray, parse: Callable[[np.ndarray], pl.DataFrame], reasons: dict[int, str],
-                    describe: Callable[[int, Exception], str] | None = None) -> tuple[np.ndarray, list[pl.DataFrame]]:
+def parse_in_pieces(
+    rows: np.ndarray,
+    parse: Callable[[np.ndarray], pl.DataFrame],
+    reasons: dict[int, str],
+    describe: Callable[[int, Exception], str] | None = None,
+) -> tuple[np.ndarray, list[pl.DataFrame]]:
     """Parse ``rows`` (record numbers) in one piece if polars can, else bisect: a single record
     that still fails gets a reason (``describe(record, error)`` words it, when given). Returns
     the parsed record numbers and their frames."""
@@ -278,11 +321,15 @@ def checked_columns(schema: pl.Schema, columns: list[str]) -> list[str]:
     declared schema whose text might not parse (a row is malformed when any declared column
     fails, whatever the projection). Any text is a valid String or Categorical, so those are
     left unread unless the flow reads them."""
-    return [c for c, dtype in schema.items() if c in columns or dtype not in (pl.String, pl.Categorical)]
+    return [
+        c for c, dtype in schema.items() if c in columns or dtype not in (pl.String, pl.Categorical)
+    ]
 
 
 def text_schema(schema: pl.Schema) -> pl.Schema:
-    return pl.Schema({name: pl.String if read_as_text(dtype) else dtype for name, dtype in schema.items()})
+    return pl.Schema(
+        {name: pl.String if read_as_text(dtype) else dtype for name, dtype in schema.items()}
+    )
 
 
 def parse_temporal(text: pl.Series, dtype: pl.DataType) -> pl.Series | None:

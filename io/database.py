@@ -77,7 +77,17 @@ _PG_NAME_LIMIT = 63
 # Declared column types that hold the same values, by family: a table a person created with
 # VARCHAR or INT8 is as good as the TEXT or BIGINT this sink would have created.
 _FAMILIES = {
-    "integer": {"integer", "int", "int2", "int4", "int8", "smallint", "bigint", "tinyint", "mediumint"},
+    "integer": {
+        "integer",
+        "int",
+        "int2",
+        "int4",
+        "int8",
+        "smallint",
+        "bigint",
+        "tinyint",
+        "mediumint",
+    },
     "float": {"real", "double precision", "double", "float", "float4", "float8"},
     "text": {"text", "varchar", "character varying", "char", "character", "clob", "string"},
     "boolean": {"boolean", "bool"},
@@ -99,7 +109,9 @@ def _family(declared: str) -> str:
 
 def _quote(identifier: str) -> str:
     if "\x00" in identifier:
-        msg = f"write_database: a table or column name cannot contain a NUL character: {identifier!r}"
+        msg = (
+            f"write_database: a table or column name cannot contain a NUL character: {identifier!r}"
+        )
         raise SinkError(msg)
     return '"' + identifier.replace('"', '""') + '"'
 
@@ -146,12 +158,23 @@ class DatabaseSink(Sink):
 
     kind = "write_database"
 
-    def __init__(self, url: str, *, table: str, mode: str = "append", key: str | list[str] | tuple[str, ...] | None = None,
-                 name: str | None = None) -> None:
-        if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+    def __init__(
+        self,
+        url: str,
+        *,
+        table: str,
+        mode: str = "append",
+        key: str | list[str] | tuple[str, ...] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(
+            ("sqlite:///", "postgresql://", "postgres://")
+        ):
             shown = _redact(url) if isinstance(url, str) else repr(url)
-            msg = (f"write_database() expects a URL such as 'sqlite:///out/app.db' (relative), "
-                   f"'sqlite:////tmp/app.db' (absolute) or 'postgresql://user@host:5432/db', got {shown!r}")
+            msg = (
+                f"write_database() expects a URL such as 'sqlite:///out/app.db' (relative), "
+                f"'sqlite:////tmp/app.db' (absolute) or 'postgresql://user@host:5432/db', got {shown!r}"
+            )
             raise SinkError(msg)
         if not isinstance(table, str) or not table or "\x00" in table:
             msg = f"write_database(table=...) expects a table name such as 'per_minute', got {table!r}"
@@ -164,8 +187,10 @@ class DatabaseSink(Sink):
             msg = f"write_database(key=...) expects a column name or a list of them, got {key!r}"
             raise SinkError(msg)
         if mode == "upsert" and not keys:
-            msg = ("write_database(mode='upsert') needs key=[...]: the columns that identify a row, "
-                   "e.g. key=['user_id']")
+            msg = (
+                "write_database(mode='upsert') needs key=[...]: the columns that identify a row, "
+                "e.g. key=['user_id']"
+            )
             raise SinkError(msg)
         if mode != "upsert" and keys:
             msg = f"write_database(key={keys!r}) is only used with mode='upsert', got mode={mode!r}"
@@ -179,8 +204,10 @@ class DatabaseSink(Sink):
         self.key = keys
         self.db_kind = "postgresql" if url.startswith("postgres") else "sqlite"
         if self.db_kind == "postgresql" and len(table.encode()) > _PG_NAME_LIMIT:
-            msg = (f"write_database(table={table!r}): PostgreSQL names are at most {_PG_NAME_LIMIT} bytes, "
-                   f"this one has {len(table.encode())}; give a shorter table name")
+            msg = (
+                f"write_database(table={table!r}): PostgreSQL names are at most {_PG_NAME_LIMIT} bytes, "
+                f"this one has {len(table.encode())}; give a shorter table name"
+            )
             raise SinkError(msg)
         # The sink's identity in the marker table and its staging table's name: the operator
         # id (unique in a flow, stable across restores), set by validate() at plan time.
@@ -197,8 +224,10 @@ class DatabaseSink(Sink):
     def validate(self, schema: pl.Schema, operator_id: str) -> None:
         for column in self.key:
             if column not in schema:
-                msg = (f"operator {operator_id!r}: write_database(key=...) names the column {column!r}, "
-                       f"which the stream does not have; its columns are {list(schema)}")
+                msg = (
+                    f"operator {operator_id!r}: write_database(key=...) names the column {column!r}, "
+                    f"which the stream does not have; its columns are {list(schema)}"
+                )
                 raise SchemaError(msg)
         dialect = _dialect(self.db_kind)
         for column, dtype in schema.items():
@@ -208,9 +237,11 @@ class DatabaseSink(Sink):
             try:
                 dialect.column_type(column, dtype, "write_database")
             except ArrowflowError as exc:
-                msg = (f"operator {operator_id!r}: write_database cannot store the column {column!r} of type "
-                       f"{dtype} in a {self.db_kind} table; it stores flat columns (numbers, booleans, strings, "
-                       f"binary, dates, times, timestamps, durations, decimals). Flatten or encode it first.")
+                msg = (
+                    f"operator {operator_id!r}: write_database cannot store the column {column!r} of type "
+                    f"{dtype} in a {self.db_kind} table; it stores flat columns (numbers, booleans, strings, "
+                    f"binary, dates, times, timestamps, durations, decimals). Flatten or encode it first."
+                )
                 raise SchemaError(msg) from exc
         self.schema = schema
         self.sink_name = self.name or operator_id
@@ -233,35 +264,49 @@ class DatabaseSink(Sink):
 
     # ------------------------------------------------------------------ connections
     def sqlite_path(self) -> str:
-        path = self.url[len("sqlite://"):]
+        path = self.url[len("sqlite://") :]
         return path[1:] if path.startswith("/") else path
 
     def where(self) -> str:
-        return f"PostgreSQL {_redact(self.url)}" if self.db_kind == "postgresql" else f"SQLite {self.sqlite_path()!r}"
+        return (
+            f"PostgreSQL {_redact(self.url)}"
+            if self.db_kind == "postgresql"
+            else f"SQLite {self.sqlite_path()!r}"
+        )
 
     def connect(self) -> _Connection:
         """A new connection in autocommit mode (transactions are explicit). Never pickled."""
         if self.db_kind == "postgresql":
-            driver = import_optional("adbc_driver_postgresql.dbapi", purpose="write_database on PostgreSQL")
+            driver = import_optional(
+                "adbc_driver_postgresql.dbapi", purpose="write_database on PostgreSQL"
+            )
             from arrowflow.backends.sql import _with_connect_timeout
 
             url = "postgresql://" + self.url.split("://", 1)[1]
             try:
-                connection = driver.connect(_with_connect_timeout(url, CONNECT_TIMEOUT_S), autocommit=True)
+                connection = driver.connect(
+                    _with_connect_timeout(url, CONNECT_TIMEOUT_S), autocommit=True
+                )
             except Exception as exc:
-                msg = (f"write_database: the PostgreSQL server at {_redact(self.url)} did not accept a connection: "
-                       f"{_first_line(exc)}. Check that it runs and that the URL's host, port, user, password "
-                       f"and database are right.")
+                msg = (
+                    f"write_database: the PostgreSQL server at {_redact(self.url)} did not accept a connection: "
+                    f"{_first_line(exc)}. Check that it runs and that the URL's host, port, user, password "
+                    f"and database are right."
+                )
                 raise SinkError(msg) from exc
             return _Connection(self, connection)
         driver = import_optional("adbc_driver_sqlite.dbapi", purpose="write_database on SQLite")
         path = self.sqlite_path()
         try:
             # WAL: the writers stage while the coordinator commits; wait for the lock, never fail.
-            connection = open_sqlite(driver, path, ("busy_timeout=60000", "journal_mode=WAL", "synchronous=NORMAL"))
+            connection = open_sqlite(
+                driver, path, ("busy_timeout=60000", "journal_mode=WAL", "synchronous=NORMAL")
+            )
         except Exception as exc:
-            msg = (f"write_database: cannot create or open the SQLite database {path!r}: {_first_line(exc)}. "
-                   f"Give a writable file path, e.g. 'sqlite:///out/app.db' or 'sqlite:////tmp/app.db'.")
+            msg = (
+                f"write_database: cannot create or open the SQLite database {path!r}: {_first_line(exc)}. "
+                f"Give a writable file path, e.g. 'sqlite:///out/app.db' or 'sqlite:////tmp/app.db'."
+            )
             raise SinkError(msg) from exc
         return _Connection(self, connection)
 
@@ -275,6 +320,7 @@ class DatabaseSink(Sink):
     def begin(self) -> None:
         schema = self._require_schema()
         with self.connect() as db:
+
             def work() -> None:
                 if self.mode == "overwrite":
                     db.execute(f"DROP TABLE IF EXISTS {_quote(self.table)}")
@@ -286,17 +332,25 @@ class DatabaseSink(Sink):
                     self._add_bookkeeping(db, existing)
                 if self.key and existing is not None:
                     # ON CONFLICT needs a unique index on the key; a table we create has its primary key.
-                    index = _staging_name(f"{self.table}_key", self.db_kind).replace(STAGING_PREFIX, "_arrowflow_")
+                    index = _staging_name(f"{self.table}_key", self.db_kind).replace(
+                        STAGING_PREFIX, "_arrowflow_"
+                    )
                     cols = ", ".join(_quote(k) for k in self.key)
-                    db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_quote(index)} ON {_quote(self.table)} ({cols})")
+                    db.execute(
+                        f"CREATE UNIQUE INDEX IF NOT EXISTS {_quote(index)} ON {_quote(self.table)} ({cols})"
+                    )
                 db.execute(f"DROP TABLE IF EXISTS {_quote(self.staging)}")
                 db.create_staging(schema)
-                db.execute(f"CREATE TABLE IF NOT EXISTS {COMMITS} (sink TEXT NOT NULL, checkpoint_id BIGINT NOT NULL, "
-                           f"PRIMARY KEY (sink, checkpoint_id))")
+                db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {COMMITS} (sink TEXT NOT NULL, checkpoint_id BIGINT NOT NULL, "
+                    f"PRIMARY KEY (sink, checkpoint_id))"
+                )
                 db.execute(f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.sink_name)}")
                 if self.mode == "overwrite":
                     db.execute(f"DROP TABLE IF EXISTS {_quote(self.undo)}")
-                    db.execute(f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.undo_floor_name)}")
+                    db.execute(
+                        f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.undo_floor_name)}"
+                    )
                 if self.keeps_undo:
                     self._create_undo(db)
 
@@ -307,18 +361,24 @@ class DatabaseSink(Sink):
         """A table created before rows carried their epoch, or by a person: add the columns."""
         for column, declared in ((ORIGIN, "TEXT"), (EPOCH, "BIGINT")):
             if column not in existing:
-                db.execute(f"ALTER TABLE {_quote(self.table)} ADD COLUMN {_quote(column)} {declared}")
+                db.execute(
+                    f"ALTER TABLE {_quote(self.table)} ADD COLUMN {_quote(column)} {declared}"
+                )
 
     def _create_undo(self, db: _Connection) -> None:
         names = ", ".join(_quote(c) for c in [*self._require_schema(), ORIGIN, EPOCH])
-        db.execute(f"CREATE TABLE IF NOT EXISTS {_quote(self.undo)} AS SELECT {names}, "
-                   f"CAST(NULL AS BIGINT) AS {UNDO} FROM {_quote(self.table)} WHERE 1 = 0")
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {_quote(self.undo)} AS SELECT {names}, "
+            f"CAST(NULL AS BIGINT) AS {UNDO} FROM {_quote(self.table)} WHERE 1 = 0"
+        )
         # No index on _af_undo: it cost more at every commit (0.2 s per 200k rows) than the scan
         # of the few checkpoints' rows the table keeps saves in the DELETE that prunes it.
 
     def _create_sql(self, schema: pl.Schema) -> str:
         dialect = _dialect(self.db_kind)
-        columns = [f"{_quote(c)} {dialect.column_type(c, t, 'write_database')}" for c, t in schema.items()]
+        columns = [
+            f"{_quote(c)} {dialect.column_type(c, t, 'write_database')}" for c, t in schema.items()
+        ]
         columns += [f"{_quote(ORIGIN)} TEXT", f"{_quote(EPOCH)} BIGINT"]
         if self.key:
             columns.append(f"PRIMARY KEY ({', '.join(_quote(k) for k in self.key)})")
@@ -329,20 +389,25 @@ class DatabaseSink(Sink):
         for column, dtype in schema.items():
             expected = dialect.column_type(column, dtype, "write_database")
             if column not in existing:
-                msg = (f"write_database: the table {self.table!r} in {self.where()} has no column {column!r}, "
-                       f"which the stream has (type {dtype}, stored as {expected}); its columns are "
-                       f"{list(existing)}. Add the column, use another table, or mode='overwrite'.")
+                msg = (
+                    f"write_database: the table {self.table!r} in {self.where()} has no column {column!r}, "
+                    f"which the stream has (type {dtype}, stored as {expected}); its columns are "
+                    f"{list(existing)}. Add the column, use another table, or mode='overwrite'."
+                )
                 raise SchemaError(msg)
             if _family(existing[column]) != _family(expected):
-                msg = (f"write_database: column {column!r} of the table {self.table!r} in {self.where()} has "
-                       f"type {existing[column]}, but the stream's column is {dtype} (stored as {expected}). "
-                       f"Cast the column in the flow, use another table, or mode='overwrite'.")
+                msg = (
+                    f"write_database: column {column!r} of the table {self.table!r} in {self.where()} has "
+                    f"type {existing[column]}, but the stream's column is {dtype} (stored as {expected}). "
+                    f"Cast the column in the flow, use another table, or mode='overwrite'."
+                )
                 raise SchemaError(msg)
 
     def recover(self, checkpoint_id: int) -> None:
         schema = self._require_schema()
         self.restored_from = checkpoint_id
         with self.connect() as db:
+
             def work() -> None:
                 if db.table_columns(self.staging) is None:
                     db.create_staging(schema)
@@ -365,42 +430,59 @@ class DatabaseSink(Sink):
         table = _quote(self.table)
         counts: dict[int, int] = {}
         with self.connect() as db:
+
             def work() -> None:
                 existing = db.table_columns(self.table)
                 if existing is None or EPOCH not in existing:
                     return  # nothing committed with an epoch: nothing of ours to remove
-                db.execute(f"SELECT {_quote(EPOCH)}, COUNT(*) FROM {table} WHERE {mine} GROUP BY {_quote(EPOCH)}")
+                db.execute(
+                    f"SELECT {_quote(EPOCH)}, COUNT(*) FROM {table} WHERE {mine} GROUP BY {_quote(EPOCH)}"
+                )
                 counts.update({int(epoch): int(n) for epoch, n in db.cursor.fetchall()})
                 if self.mode == "upsert" and counts:
-                    db.execute(f"SELECT checkpoint_id FROM {COMMITS} WHERE sink = {_literal(self.undo_floor_name)}")
+                    db.execute(
+                        f"SELECT checkpoint_id FROM {COMMITS} WHERE sink = {_literal(self.undo_floor_name)}"
+                    )
                     floor = db.scalar()
                     if db.table_columns(self.undo) is None or floor > after:
                         kept = f"only back to checkpoint {floor}" if floor else "not at all"
-                        msg = (f"write_database(mode='upsert'): cannot roll the table {self.table!r} in "
-                               f"{self.where()} back to checkpoint {checkpoint_id}: rows of later checkpoints "
-                               f"overwrote older values, and those are kept {kept}. To go on, restore a "
-                               f"checkpoint from {max(floor, 1)} on, or start over with restore=None and "
-                               f"mode='overwrite' (the table is rebuilt from the input).")
+                        msg = (
+                            f"write_database(mode='upsert'): cannot roll the table {self.table!r} in "
+                            f"{self.where()} back to checkpoint {checkpoint_id}: rows of later checkpoints "
+                            f"overwrote older values, and those are kept {kept}. To go on, restore a "
+                            f"checkpoint from {max(floor, 1)} on, or start over with restore=None and "
+                            f"mode='overwrite' (the table is rebuilt from the input)."
+                        )
                         raise SinkError(msg)
                 db.execute(f"DELETE FROM {table} WHERE {mine}")
                 if self.mode == "upsert" and db.table_columns(self.undo) is not None:
                     names = ", ".join(_quote(c) for c in [*schema, ORIGIN, EPOCH])
                     keys = ", ".join(_quote(k) for k in self.key)
-                    first = (f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {UNDO}) AS {RANK} "
-                             f"FROM {_quote(self.undo)} WHERE {UNDO} > {after}")
+                    first = (
+                        f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {UNDO}) AS {RANK} "
+                        f"FROM {_quote(self.undo)} WHERE {UNDO} > {after}"
+                    )
                     # The first overwrite after the checkpoint holds the key's value then, unless it
                     # overwrote a row of ours newer than that: the key was inserted later, it stays
                     # deleted. A newer row of another sink on the key stays: DO NOTHING.
                     inserted_later = f"({mine})"
-                    db.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM ({first}) AS first "
-                               f"WHERE {RANK} = 1 AND NOT COALESCE({inserted_later}, FALSE) "
-                               f"ON CONFLICT ({keys}) DO NOTHING")
+                    db.execute(
+                        f"INSERT INTO {table} ({names}) SELECT {names} FROM ({first}) AS first "
+                        f"WHERE {RANK} = 1 AND NOT COALESCE({inserted_later}, FALSE) "
+                        f"ON CONFLICT ({keys}) DO NOTHING"
+                    )
                     db.execute(f"DELETE FROM {_quote(self.undo)} WHERE {UNDO} > {after}")
-                db.execute(f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
-                           f"AND checkpoint_id > {after}")
+                db.execute(
+                    f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
+                    f"AND checkpoint_id > {after}"
+                )
 
-            db.transaction(f"rolling back the rows committed after checkpoint {checkpoint_id}", work)
-        return RolledBack(self.describe(), checkpoint_id, "rows", sum(counts.values()), sorted(counts))
+            db.transaction(
+                f"rolling back the rows committed after checkpoint {checkpoint_id}", work
+            )
+        return RolledBack(
+            self.describe(), checkpoint_id, "rows", sum(counts.values()), sorted(counts)
+        )
 
     def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
         return _DatabaseWriter(self, worker)
@@ -412,20 +494,27 @@ class DatabaseSink(Sink):
         schema = self._require_schema()
         condition = " OR ".join(
             f"({WRITER} = {_literal(str(item['writer']))} AND {CHECKPOINT} IN "
-            f"({', '.join(str(int(c)) for c in item['checkpoints'])}))" for item in items)
+            f"({', '.join(str(int(c)) for c in item['checkpoints'])}))"
+            for item in items
+        )
         expected = sum(int(item["rows"]) for item in items)
         with self.connect() as db:
+
             def work() -> None:
-                db.execute(f"SELECT COUNT(*) FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
-                           f"AND checkpoint_id = {int(checkpoint_id)}")
+                db.execute(
+                    f"SELECT COUNT(*) FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
+                    f"AND checkpoint_id = {int(checkpoint_id)}"
+                )
                 if db.scalar():
                     return  # committed before a crash: commit is idempotent
                 db.execute(f"SELECT COUNT(*) FROM {_quote(self.staging)} WHERE {condition}")
                 found = db.scalar()
                 if found != expected:
-                    msg = (f"write_database: checkpoint {checkpoint_id} staged {expected} rows for table "
-                           f"{self.table!r} in {self.where()}, but {found} are in {self.staging!r}; something "
-                           f"removed staged rows during the run, so they cannot be committed")
+                    msg = (
+                        f"write_database: checkpoint {checkpoint_id} staged {expected} rows for table "
+                        f"{self.table!r} in {self.where()}, but {found} are in {self.staging!r}; something "
+                        f"removed staged rows during the run, so they cannot be committed"
+                    )
                     raise SinkError(msg)
                 if self.keeps_undo:
                     self._save_before_images(db, schema, condition, checkpoint_id)
@@ -436,26 +525,37 @@ class DatabaseSink(Sink):
                     # when these are all the staged rows, SQLite's fast whole-table delete is safe.
                     db.execute(f"SELECT COUNT(*) FROM {_quote(self.staging)}")
                     everything = db.scalar() == found
-                db.execute(f"DELETE FROM {_quote(self.staging)}" + ("" if everything else f" WHERE {condition}"))
-                db.execute(f"INSERT INTO {COMMITS} (sink, checkpoint_id) "
-                           f"VALUES ({_literal(self.sink_name)}, {int(checkpoint_id)})")
+                db.execute(
+                    f"DELETE FROM {_quote(self.staging)}"
+                    + ("" if everything else f" WHERE {condition}")
+                )
+                db.execute(
+                    f"INSERT INTO {COMMITS} (sink, checkpoint_id) "
+                    f"VALUES ({_literal(self.sink_name)}, {int(checkpoint_id)})"
+                )
 
             db.transaction(f"committing checkpoint {checkpoint_id}", work)
 
-    def _save_before_images(self, db: _Connection, schema: pl.Schema, condition: str, checkpoint_id: int) -> None:
+    def _save_before_images(
+        self, db: _Connection, schema: pl.Schema, condition: str, checkpoint_id: int
+    ) -> None:
         """Upsert: keep the rows this commit overwrites, for a rollback to before it; forget
         those no restore can go back before (at or below the ``keep``-th newest commit)."""
         names = [*schema, ORIGIN, EPOCH]
         on = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in self.key)
         # Driven by the staged rows, through the table's key index; a key staged twice gives two
         # equal before-images, which the rollback reads as one.
-        db.execute(f"INSERT INTO {_quote(self.undo)} ({', '.join(_quote(c) for c in names)}, {UNDO}) "
-                   f"SELECT {', '.join(f't.{_quote(c)}' for c in names)}, {int(checkpoint_id)} "
-                   f"FROM {_quote(self.staging)} AS s CROSS JOIN {_quote(self.table)} AS t "
-                   f"WHERE {condition} AND {on}")
+        db.execute(
+            f"INSERT INTO {_quote(self.undo)} ({', '.join(_quote(c) for c in names)}, {UNDO}) "
+            f"SELECT {', '.join(f't.{_quote(c)}' for c in names)}, {int(checkpoint_id)} "
+            f"FROM {_quote(self.staging)} AS s CROSS JOIN {_quote(self.table)} AS t "
+            f"WHERE {condition} AND {on}"
+        )
         keep = self.job.keep if self.job is not None else 1
-        db.execute(f"SELECT checkpoint_id FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
-                   f"ORDER BY checkpoint_id DESC LIMIT 1 OFFSET {max(keep - 2, 0)}")
+        db.execute(
+            f"SELECT checkpoint_id FROM {COMMITS} WHERE sink = {_literal(self.sink_name)} "
+            f"ORDER BY checkpoint_id DESC LIMIT 1 OFFSET {max(keep - 2, 0)}"
+        )
         row = db.cursor.fetchone()
         if row is None:
             return
@@ -463,7 +563,9 @@ class DatabaseSink(Sink):
         db.execute(f"DELETE FROM {_quote(self.undo)} WHERE {UNDO} <= {floor}")
         # Remember how far back before-images go: a rollback to before that is refused.
         db.execute(f"DELETE FROM {COMMITS} WHERE sink = {_literal(self.undo_floor_name)}")
-        db.execute(f"INSERT INTO {COMMITS} (sink, checkpoint_id) VALUES ({_literal(self.undo_floor_name)}, {floor})")
+        db.execute(
+            f"INSERT INTO {COMMITS} (sink, checkpoint_id) VALUES ({_literal(self.undo_floor_name)}, {floor})"
+        )
 
     def _move_sql(self, schema: pl.Schema, condition: str, checkpoint_id: int) -> str:
         names = ", ".join(_quote(c) for c in schema)
@@ -472,13 +574,17 @@ class DatabaseSink(Sink):
         if self.mode != "upsert":
             return target + f"SELECT {names}, {ours} FROM {_quote(self.staging)} WHERE {condition}"
         keys = ", ".join(_quote(k) for k in self.key)
-        newest = (f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {CHECKPOINT} DESC, "
-                  f"{WRITER} DESC, {SEQ} DESC) AS {RANK} FROM {_quote(self.staging)} WHERE {condition}")
+        newest = (
+            f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {CHECKPOINT} DESC, "
+            f"{WRITER} DESC, {SEQ} DESC) AS {RANK} FROM {_quote(self.staging)} WHERE {condition}"
+        )
         values = [c for c in schema if c not in self.key] + [ORIGIN, EPOCH]
         action = "DO UPDATE SET " + ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in values)
         # "WHERE" before ON CONFLICT also keeps SQLite's parser from reading ON as a join.
-        return (target + f"SELECT {names}, {ours} FROM ({newest}) AS newest WHERE {RANK} = 1 "
-                f"ON CONFLICT ({keys}) {action}")
+        return (
+            target + f"SELECT {names}, {ours} FROM ({newest}) AS newest WHERE {RANK} = 1 "
+            f"ON CONFLICT ({keys}) {action}"
+        )
 
 
 class _Connection:
@@ -523,8 +629,10 @@ class _Connection:
                 pass
             if isinstance(exc, ArrowflowError):
                 raise
-            msg = (f"write_database: {doing} for table {self.sink.table!r} in {self.sink.where()} failed and "
-                   f"was rolled back, nothing of it is visible: {_first_line(exc)}")
+            msg = (
+                f"write_database: {doing} for table {self.sink.table!r} in {self.sink.where()} failed and "
+                f"was rolled back, nothing of it is visible: {_first_line(exc)}"
+            )
             raise SinkError(msg) from exc
 
     def table_columns(self, table: str) -> dict[str, str] | None:
@@ -535,15 +643,18 @@ class _Connection:
             return {row[1]: str(row[2]) for row in rows} if rows else None
         self.cursor.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
-            f"WHERE table_schema = current_schema() AND table_name = {_literal(table)} ORDER BY ordinal_position")
+            f"WHERE table_schema = current_schema() AND table_name = {_literal(table)} ORDER BY ordinal_position"
+        )
         rows = self.cursor.fetchall()
         return {row[0]: str(row[1]) for row in rows} if rows else None
 
     def create_staging(self, schema: pl.Schema) -> None:
         empty = _for_db(pl.DataFrame(schema=schema), self.sink.db_kind, 0, "", 0)
         self.cursor.adbc_ingest(self.sink.staging, empty, mode="create")
-        self.cursor.execute(f"CREATE INDEX IF NOT EXISTS {_quote(self.sink.staging + '_ix')} "
-                            f"ON {_quote(self.sink.staging)} ({WRITER}, {CHECKPOINT})")
+        self.cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {_quote(self.sink.staging + '_ix')} "
+            f"ON {_quote(self.sink.staging)} ({WRITER}, {CHECKPOINT})"
+        )
 
     def ingest(self, data: Any) -> None:
         self.cursor.adbc_ingest(self.sink.staging, data, mode="append")
@@ -563,7 +674,9 @@ def _for_db(frame: pl.DataFrame, kind: str, checkpoint_id: int, writer: str, fir
 
 def _staging_name(table: str, kind: str) -> str:
     name = STAGING_PREFIX + table
-    if kind == "postgresql" and len(name.encode()) > _PG_NAME_LIMIT - 3:  # room for the index's "_ix"
+    if (
+        kind == "postgresql" and len(name.encode()) > _PG_NAME_LIMIT - 3
+    ):  # room for the index's "_ix"
         digest = hashlib.sha256(table.encode()).hexdigest()[:12]
         name = f"{STAGING_PREFIX}{table.encode()[:30].decode(errors='ignore')}_{digest}"
     return name
@@ -601,12 +714,18 @@ class _DatabaseWriter(SinkWriter):
     def _flush(self, checkpoint_id: int) -> None:
         if not self.buffered:
             return
-        frame = pl.concat(self.buffer, how="vertical_relaxed") if len(self.buffer) > 1 else self.buffer[0]
+        frame = (
+            pl.concat(self.buffer, how="vertical_relaxed")
+            if len(self.buffer) > 1
+            else self.buffer[0]
+        )
         data = _for_db(frame, self.sink.db_kind, checkpoint_id, self.token, self.seq)
         if self.db is None:
             self.db = self.sink.connect()
         db = self.db
-        db.transaction(f"staging {frame.height} rows of checkpoint {checkpoint_id}", lambda: db.ingest(data))
+        db.transaction(
+            f"staging {frame.height} rows of checkpoint {checkpoint_id}", lambda: db.ingest(data)
+        )
         self.buffer, self.buffered = [], 0
         self.seq += frame.height
         self.staged_rows += frame.height
@@ -633,9 +752,11 @@ def _checked_staged(staged: Any, checkpoint_id: int) -> list[dict[str, Any] | No
     be damaged or crafted): each is None or ``{"writer": str, "checkpoints": [int], "rows": int}``."""
     problem = _staged_problem(staged)
     if problem:
-        msg = (f"write_database: the manifest of checkpoint {checkpoint_id} lists a staged entry that is not "
-               f"this sink's ({problem}); the checkpoint is damaged: restore an older one, or start over with "
-               f"restore=None")
+        msg = (
+            f"write_database: the manifest of checkpoint {checkpoint_id} lists a staged entry that is not "
+            f"this sink's ({problem}); the checkpoint is damaged: restore an older one, or start over with "
+            f"restore=None"
+        )
         raise SinkError(msg)
     return staged
 

@@ -62,10 +62,20 @@ from arrowflow.io._text import Parsed
 from arrowflow.sources import MALFORMED_SCHEMA, Source, SourceBatch, Split, SplitReader
 
 FORMATS = ("parquet", "csv", "ndjson", "ipc")
-SUFFIXES = {"parquet": (".parquet", ".pq", ".parq"),
-            "csv": (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".csv.zst", ".csv.bz2"),
-            "ndjson": (".ndjson", ".jsonl", ".json", ".ndjson.gz", ".jsonl.gz", ".ndjson.zst", ".jsonl.zst"),
-            "ipc": (".arrow", ".ipc", ".feather")}
+SUFFIXES = {
+    "parquet": (".parquet", ".pq", ".parq"),
+    "csv": (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".csv.zst", ".csv.bz2"),
+    "ndjson": (
+        ".ndjson",
+        ".jsonl",
+        ".json",
+        ".ndjson.gz",
+        ".jsonl.gz",
+        ".ndjson.zst",
+        ".jsonl.zst",
+    ),
+    "ipc": (".arrow", ".ipc", ".feather"),
+}
 ROWS_PER_SPLIT = 1_000_000
 INFER_BYTES = 1 << 20
 INFER_FILES = 8  # empty files skipped while looking for one to infer a text schema from
@@ -78,10 +88,18 @@ _CSV_OPTIONS = ("has_header", "separator", "quote_char")
 class FileSource(Source):
     """Bounded files of one format: a path, a directory, a glob or a list of them."""
 
-    def __init__(self, fmt: str, path: str | Sequence[str], *, schema: Any = None,
-                 storage_options: dict[str, Any] | None = None, on_error: str = "side_output",
-                 options: dict[str, Any] | None = None, columns: list[str] | None = None,
-                 on_corrupt_file: str = "fail") -> None:
+    def __init__(
+        self,
+        fmt: str,
+        path: str | Sequence[str],
+        *,
+        schema: Any = None,
+        storage_options: dict[str, Any] | None = None,
+        on_error: str = "side_output",
+        options: dict[str, Any] | None = None,
+        columns: list[str] | None = None,
+        on_corrupt_file: str = "fail",
+    ) -> None:
         if fmt not in FORMATS:
             msg = f"unknown file format {fmt!r}; expected one of {FORMATS}"
             raise SourceError(msg)
@@ -90,19 +108,27 @@ class FileSource(Source):
             msg = f"{kind}(on_error=...) must be 'side_output' or 'raise', got {on_error!r}"
             raise SourceError(msg)
         if not isinstance(on_corrupt_file, str) or on_corrupt_file not in ON_CORRUPT_FILE:
-            msg = (f"{kind}(on_corrupt_file=...) must be 'fail' (a file that cannot be read fails the job) or "
-                   f"'skip' (it is reported in the 'malformed' side output and the rest is read), "
-                   f"got {on_corrupt_file!r}")
+            msg = (
+                f"{kind}(on_corrupt_file=...) must be 'fail' (a file that cannot be read fails the job) or "
+                f"'skip' (it is reported in the 'malformed' side output and the rest is read), "
+                f"got {on_corrupt_file!r}"
+            )
             raise SourceError(msg)
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
         if isinstance(path, str) and path:
             paths = [path]
-        elif isinstance(path, Sequence) and path and all(isinstance(p, str | os.PathLike) and p for p in path):
+        elif (
+            isinstance(path, Sequence)
+            and path
+            and all(isinstance(p, str | os.PathLike) and p for p in path)
+        ):
             paths = [os.fspath(p) for p in path]
         else:
-            msg = (f"{kind}() expects a path, glob or URL string, or a non-empty list of them; "
-                   f"got {type(path).__name__} {path!r}")
+            msg = (
+                f"{kind}() expects a path, glob or URL string, or a non-empty list of them; "
+                f"got {type(path).__name__} {path!r}"
+            )
             raise SourceError(msg)
         if storage_options is not None and not isinstance(storage_options, dict):
             msg = f"{kind}(storage_options=...) must be a dict of fsspec options, got {type(storage_options).__name__}"
@@ -129,7 +155,9 @@ class FileSource(Source):
         self._files: list[str] | None = None
         self._full_schema: pl.Schema | None = None
         self._meta: dict[str, _columnar.FileMeta] = {}
-        self._corrupt: dict[str, CorruptFileError] = {}  # files skipped at plan time (on_corrupt_file="skip")
+        self._corrupt: dict[
+            str, CorruptFileError
+        ] = {}  # files skipped at plan time (on_corrupt_file="skip")
 
     def _check_user_schema(self, schema: pl.Schema) -> None:
         if not len(schema):
@@ -138,8 +166,10 @@ class FileSource(Source):
         if self.format == "csv":
             nested = [c for c, t in schema.items() if t.is_nested() or t == pl.Object]
             if nested:
-                msg = (f"{self.kind}: CSV cannot hold the column {nested[0]!r} of type {schema[nested[0]]}; "
-                       f"read it as pl.String and parse it after reading")
+                msg = (
+                    f"{self.kind}: CSV cannot hold the column {nested[0]!r} of type {schema[nested[0]]}; "
+                    f"read it as pl.String and parse it after reading"
+                )
                 raise SchemaError(msg)
 
     @property
@@ -150,7 +180,9 @@ class FileSource(Source):
     # ------------------------------------------------------------------ plan time
     def files(self) -> list[str]:
         if self._files is None:
-            self._files = resolve_files(self.paths, self.storage_options, suffixes=SUFFIXES[self.format])
+            self._files = resolve_files(
+                self.paths, self.storage_options, suffixes=SUFFIXES[self.format]
+            )
         return self._files
 
     def meta(self, url: str) -> _columnar.FileMeta:
@@ -185,8 +217,10 @@ class FileSource(Source):
                 files = self._readable_files()
                 if not files and self.user_schema is None:
                     first = next(iter(self._corrupt.values()))
-                    msg = (f"{self.kind}: no file of {self.paths} can be read, so there is no schema to take: "
-                           f"{first}; pass schema={{...}} to run anyway (every file is then reported as skipped)")
+                    msg = (
+                        f"{self.kind}: no file of {self.paths} can be read, so there is no schema to take: "
+                        f"{first}; pass schema={{...}} to run anyway (every file is then reported as skipped)"
+                    )
                     raise SourceError(msg)
                 wanted = self.user_schema or self.meta(files[0]).schema
                 for url in files:
@@ -217,13 +251,17 @@ class FileSource(Source):
                 else:
                     schema = pl.read_ndjson(_json_objects(head), infer_schema_length=10_000).schema
             except pl.exceptions.PolarsError as exc:
-                msg = (f"{self.kind}: cannot infer the schema of {url!r}: {str(exc).strip().splitlines()[0]}; "
-                       f"is it a {self.format} file? Pass schema={{...}} to fix the types")
+                msg = (
+                    f"{self.kind}: cannot infer the schema of {url!r}: {str(exc).strip().splitlines()[0]}; "
+                    f"is it a {self.format} file? Pass schema={{...}} to fix the types"
+                )
                 raise SourceError(msg) from exc
             if len(schema):
                 return schema
-        msg = (f"{self.kind}: the first files of {self.paths} are empty, so no schema can be inferred; "
-               f"pass schema={{'column': pl.Int64, ...}}")
+        msg = (
+            f"{self.kind}: the first files of {self.paths} are empty, so no schema can be inferred; "
+            f"pass schema={{'column': pl.Int64, ...}}"
+        )
         raise SourceError(msg)
 
     def _head(self, url: str) -> bytes:
@@ -236,8 +274,10 @@ class FileSource(Source):
             raise SourceError(msg) from exc
         except (OSError, EOFError) as exc:  # e.g. a broken compressed stream
             detail = f"{type(exc).__name__}: {first_line(exc)}"
-            msg = (f"{self.kind}: cannot read {url!r}: {detail}; is it a complete file of this format? "
-                   f"on_corrupt_file='skip' reports such files in 'malformed' and reads on")
+            msg = (
+                f"{self.kind}: cannot read {url!r}: {detail}; is it a complete file of this format? "
+                f"on_corrupt_file='skip' reports such files in 'malformed' and reads on"
+            )
             raise CorruptFileError(msg, url=url, detail=detail) from exc
         if len(head) == INFER_BYTES and b"\n" in head:
             head = head[: head.rindex(b"\n") + 1]  # whole lines only
@@ -249,9 +289,16 @@ class FileSource(Source):
         if unknown:
             msg = f"{self.kind}: no column {unknown[0]!r}; the columns are {full.names()}"
             raise SchemaError(msg)
-        clone = FileSource(self.format, self.paths, schema=self.user_schema, storage_options=self.storage_options,
-                           on_error=self.on_error, options=self.options, columns=list(columns),
-                           on_corrupt_file=self.on_corrupt_file)
+        clone = FileSource(
+            self.format,
+            self.paths,
+            schema=self.user_schema,
+            storage_options=self.storage_options,
+            on_error=self.on_error,
+            options=self.options,
+            columns=list(columns),
+            on_corrupt_file=self.on_corrupt_file,
+        )
         clone._files, clone._full_schema, clone._meta = self._files, self._full_schema, self._meta
         clone._corrupt = self._corrupt
         return clone
@@ -272,8 +319,17 @@ class FileSource(Source):
             for index, size in enumerate(sizes):
                 rows += size
                 if rows >= ROWS_PER_SPLIT or index == len(sizes) - 1:
-                    splits.append(Split(f"{url}#rg{first}-{index}", {
-                        "url": url, "row_groups": list(range(first, index + 1)), "start": start, "rows": rows}))
+                    splits.append(
+                        Split(
+                            f"{url}#rg{first}-{index}",
+                            {
+                                "url": url,
+                                "row_groups": list(range(first, index + 1)),
+                                "start": start,
+                                "rows": rows,
+                            },
+                        )
+                    )
                     first, start, rows = index + 1, start + rows, 0
         return splits
 
@@ -295,7 +351,9 @@ class FileSource(Source):
         return bounds
 
     # ------------------------------------------------------------------ worker
-    def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
+    def open_reader(
+        self, split: Split, position: Any | None, *, batch_size: int | None
+    ) -> SplitReader:
         if position == SKIPPED:  # reported as a corrupt file already: nothing left to emit
             return _FileReader(self, split, 0, batch_size, reported=True)
         try:  # a row count; a restored one comes from a manifest, which may be damaged or crafted
@@ -303,9 +361,11 @@ class FileSource(Source):
         except TypeError:
             skip = -1
         if skip < 0:
-            msg = (f"{self.kind}: position {position!r} of split {split.split_id!r} is not a row count (a whole "
-                   f"number >= 0); the checkpoint it was restored from is damaged: restore an older one, or "
-                   f"restore=None to start over")
+            msg = (
+                f"{self.kind}: position {position!r} of split {split.split_id!r} is not a row count (a whole "
+                f"number >= 0); the checkpoint it was restored from is damaged: restore an older one, or "
+                f"restore=None to start over"
+            )
             raise SourceError(msg)
         return _FileReader(self, split, skip, batch_size)
 
@@ -325,8 +385,15 @@ def _json_objects(payload: bytes) -> bytes:
 class _FileReader(SplitReader):
     """Reads one split; emits records ``[skip, end)`` in windows of ``batch_size`` records."""
 
-    def __init__(self, source: FileSource, split: Split, skip: int, batch_size: int | None, *,
-                 reported: bool = False) -> None:
+    def __init__(
+        self,
+        source: FileSource,
+        split: Split,
+        skip: int,
+        batch_size: int | None,
+        *,
+        reported: bool = False,
+    ) -> None:
         self.source = source
         self.split = split
         self.skip = skip
@@ -360,11 +427,24 @@ class _FileReader(SplitReader):
         """The one ``malformed`` row that reports this split's file as skipped."""
         info = self.split.info
         what = "corrupt file skipped"
-        if "row_groups" in info and "corrupt" not in info:  # a row-group range of a file whose footer read
+        if (
+            "row_groups" in info and "corrupt" not in info
+        ):  # a row-group range of a file whose footer read
             groups, start = info["row_groups"], info["start"]
-            what += f" (row groups {groups[0]}-{groups[-1]}, rows {start}-{start + info['rows'] - 1})"
-        return pl.DataFrame({"source": [self.source.kind], "file": [self.url], "offset": [-1], "line": [-1],
-                             "reason": [f"{what}: {detail}"], "raw": [None]}, schema=MALFORMED_SCHEMA)
+            what += (
+                f" (row groups {groups[0]}-{groups[-1]}, rows {start}-{start + info['rows'] - 1})"
+            )
+        return pl.DataFrame(
+            {
+                "source": [self.source.kind],
+                "file": [self.url],
+                "offset": [-1],
+                "line": [-1],
+                "reason": [f"{what}: {detail}"],
+                "raw": [None],
+            },
+            schema=MALFORMED_SCHEMA,
+        )
 
     def _conform(self, data: pl.DataFrame, wanted: pl.Schema) -> pl.DataFrame:
         if not len(wanted) or data.schema == wanted:
@@ -372,8 +452,10 @@ class _FileReader(SplitReader):
         try:
             return conform(data, wanted)
         except (pl.exceptions.PolarsError, KeyError) as exc:
-            msg = (f"{self.source.kind}: {self.url!r} does not match the schema {dict(wanted)}: "
-                   f"{str(exc).strip().splitlines()[0]}; was the file replaced after the run started?")
+            msg = (
+                f"{self.source.kind}: {self.url!r} does not match the schema {dict(wanted)}: "
+                f"{str(exc).strip().splitlines()[0]}; was the file replaced after the run started?"
+            )
             raise SchemaError(msg) from exc
 
     def _load(self) -> tuple[Parsed, int]:
@@ -383,24 +465,52 @@ class _FileReader(SplitReader):
         names = columns if columns is not None else source.full_schema().names()
         if source.format == "parquet":
             info = self.split.info
-            frame = _columnar.read_parquet(self.url, source.storage_options, info["row_groups"], info["start"],
-                                           info["rows"], self.skip, names, what=source.kind)
+            frame = _columnar.read_parquet(
+                self.url,
+                source.storage_options,
+                info["row_groups"],
+                info["start"],
+                info["rows"],
+                self.skip,
+                names,
+                what=source.kind,
+            )
             return Parsed(frame, frame.height), self.skip
         if source.format == "ipc":
-            frame = _columnar.read_ipc(self.url, source.storage_options, self.skip, names,
-                                       stream=source.meta(self.url).stream, what=source.kind)
+            frame = _columnar.read_ipc(
+                self.url,
+                source.storage_options,
+                self.skip,
+                names,
+                stream=source.meta(self.url).stream,
+                what=source.kind,
+            )
             return Parsed(frame, frame.height), self.skip
         payload, path = open_payload(self.url, source.storage_options, what=source.kind)
         schema = source.full_schema()
         if source.csv is not None:
-            text: CsvFile | NdjsonFile = CsvFile(payload, url=self.url, kind=source.kind, schema=schema, columns=names,
-                                                 options=source.csv, on_error=source.on_error, path=path)
+            text: CsvFile | NdjsonFile = CsvFile(
+                payload,
+                url=self.url,
+                kind=source.kind,
+                schema=schema,
+                columns=names,
+                options=source.csv,
+                on_error=source.on_error,
+                path=path,
+            )
         else:
-            text = NdjsonFile(payload, url=self.url, kind=source.kind, schema=schema, columns=names,
-                              on_error=source.on_error, path=path)
+            text = NdjsonFile(
+                payload,
+                url=self.url,
+                kind=source.kind,
+                schema=schema,
+                columns=names,
+                on_error=source.on_error,
+                path=path,
+            )
         try:
             return text.parse(), 0
         except pl.exceptions.PolarsError as exc:
             msg = f"{source.kind}: cannot read {self.url!r}: {str(exc).strip().splitlines()[0]}"
             raise SourceError(msg) from exc
-

@@ -54,9 +54,14 @@ PART = re.compile(r"^part-(\d{8})-(\d{4})-(\d{5})-(?:([0-9a-f]{8})-)?([0-9a-f]+)
 
 # Types a text format cannot hold, with what to do instead.
 _UNWRITABLE = {
-    "csv": (lambda t: t.is_nested() or t in (pl.Binary, pl.Object) or isinstance(t, pl.Duration),
-            "write Parquet, NDJSON or IPC, or turn it into text first"),
-    "ndjson": (lambda t: t in (pl.Binary, pl.Object), "write Parquet or IPC, or encode it as text first"),
+    "csv": (
+        lambda t: t.is_nested() or t in (pl.Binary, pl.Object) or isinstance(t, pl.Duration),
+        "write Parquet, NDJSON or IPC, or turn it into text first",
+    ),
+    "ndjson": (
+        lambda t: t in (pl.Binary, pl.Object),
+        "write Parquet or IPC, or encode it as text first",
+    ),
 }
 
 
@@ -82,11 +87,20 @@ COMPRESSIONS = {
 LEVELS = {"zstd": range(1, 23), "gzip": range(0, 10), "brotli": range(0, 12)}
 
 
-def _write(fmt: str, frame: pl.DataFrame, handle: Any, compression: str | None,
-           compression_level: int | None) -> None:
+def _write(
+    fmt: str,
+    frame: pl.DataFrame,
+    handle: Any,
+    compression: str | None,
+    compression_level: int | None,
+) -> None:
     if fmt == "parquet":
-        frame.write_parquet(handle, compression=compression, compression_level=compression_level,  # type: ignore[arg-type]
-                            statistics=True)
+        frame.write_parquet(
+            handle,
+            compression=compression,
+            compression_level=compression_level,  # type: ignore[arg-type]
+            statistics=True,
+        )
     elif fmt == "csv":
         frame.write_csv(handle)
     elif fmt == "ndjson":
@@ -98,9 +112,17 @@ def _write(fmt: str, frame: pl.DataFrame, handle: Any, compression: str | None,
 class FileSink(Sink):
     """Part files of one format in directory ``path`` (any fsspec URL)."""
 
-    def __init__(self, fmt: str, path: str, *, mode: str = "overwrite",
-                 storage_options: dict[str, Any] | None = None, rows_per_file: int | None = None,
-                 compression: str | None = None, compression_level: int | None = None) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        path: str,
+        *,
+        mode: str = "overwrite",
+        storage_options: dict[str, Any] | None = None,
+        rows_per_file: int | None = None,
+        compression: str | None = None,
+        compression_level: int | None = None,
+    ) -> None:
         if fmt not in EXTENSIONS:
             msg = f"unknown output format {fmt!r}; expected one of {sorted(EXTENSIONS)}"
             raise SinkError(msg)
@@ -113,8 +135,11 @@ class FileSink(Sink):
         if not isinstance(path, str) or not path.strip("/"):
             msg = f"{kind}() expects a directory path or URL such as 'out/totals', got {path!r}"
             raise SinkError(msg)
-        if rows_per_file is not None and (isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int)
-                                          or rows_per_file < 1):
+        if rows_per_file is not None and (
+            isinstance(rows_per_file, bool)
+            or not isinstance(rows_per_file, int)
+            or rows_per_file < 1
+        ):
             msg = f"{kind}(rows_per_file=...) must be a positive number of rows, got {rows_per_file!r}"
             raise SinkError(msg)
         codecs = COMPRESSIONS.get(fmt, ())
@@ -126,10 +151,16 @@ class FileSink(Sink):
             compression = codecs[0]
         if compression_level is not None:
             levels = LEVELS.get(compression) if fmt == "parquet" else None  # type: ignore[arg-type]
-            if levels is None or isinstance(compression_level, bool) or compression_level not in levels:
+            if (
+                levels is None
+                or isinstance(compression_level, bool)
+                or compression_level not in levels
+            ):
                 ranges = ", ".join(f"{c} {r.start}-{r.stop - 1}" for c, r in LEVELS.items())
-                msg = (f"{kind}(compression_level=...) takes an integer level for Parquet's {ranges} "
-                       f"(as polars' write_parquet); got {compression_level!r} with compression={compression!r}")
+                msg = (
+                    f"{kind}(compression_level=...) takes an integer level for Parquet's {ranges} "
+                    f"(as polars' write_parquet); got {compression_level!r} with compression={compression!r}"
+                )
                 raise SinkError(msg)
         self.compression = compression
         self.compression_level = compression_level
@@ -151,8 +182,10 @@ class FileSink(Sink):
         refused, fix = rule
         for name, dtype in schema.items():
             if refused(dtype):
-                msg = (f"operator {operator_id!r}: {self.format.upper()} cannot hold the column {name!r} "
-                       f"of type {dtype}; {fix}")
+                msg = (
+                    f"operator {operator_id!r}: {self.format.upper()} cannot hold the column {name!r} "
+                    f"of type {dtype}; {fix}"
+                )
                 raise SchemaError(msg)
 
     def _fs(self) -> tuple[Any, str]:
@@ -177,21 +210,31 @@ class FileSink(Sink):
         fs, root = self._fs()
         existing = self.visible_files()
         if existing and self.mode == "overwrite":
-            foreign = [p for p in existing if p.rsplit("/", 1)[0].rstrip("/") != root.rstrip("/")
-                       or part_checkpoint(p.rsplit("/", 1)[-1]) is None]
+            foreign = [
+                p
+                for p in existing
+                if p.rsplit("/", 1)[0].rstrip("/") != root.rstrip("/")
+                or part_checkpoint(p.rsplit("/", 1)[-1]) is None
+            ]
             if foreign:
-                shown = ", ".join(repr(p[len(root.rstrip("/")) + 1:] if p.startswith(root) else p)
-                                  for p in foreign[:5])
-                msg = (f"{self.kind}(mode='overwrite'): {self.path!r} holds {len(foreign)} files that no "
-                       f"arrowflow file sink wrote ({shown}{', ...' if len(foreign) > 5 else ''}); overwrite "
-                       f"deletes only part files (part-…), never other files. Move them out of the folder, "
-                       f"write into another folder, or use mode='append' to keep everything there")
+                shown = ", ".join(
+                    repr(p[len(root.rstrip("/")) + 1 :] if p.startswith(root) else p)
+                    for p in foreign[:5]
+                )
+                msg = (
+                    f"{self.kind}(mode='overwrite'): {self.path!r} holds {len(foreign)} files that no "
+                    f"arrowflow file sink wrote ({shown}{', ...' if len(foreign) > 5 else ''}); overwrite "
+                    f"deletes only part files (part-…), never other files. Move them out of the folder, "
+                    f"write into another folder, or use mode='append' to keep everything there"
+                )
                 raise SinkError(msg)
         if existing and self.mode == "error":
             shown = ", ".join(p.rsplit("/", 1)[-1] for p in existing[:3])
-            msg = (f"{self.kind}: {self.path!r} already holds {len(existing)} files ({shown}"
-                   f"{', ...' if len(existing) > 3 else ''}); use mode='overwrite' to replace them or "
-                   f"mode='append' to add to them")
+            msg = (
+                f"{self.kind}: {self.path!r} already holds {len(existing)} files ({shown}"
+                f"{', ...' if len(existing) > 3 else ''}); use mode='overwrite' to replace them or "
+                f"mode='append' to add to them"
+            )
             raise SinkError(msg)
         try:
             if self.mode == "overwrite" and existing:
@@ -223,8 +266,11 @@ class FileSink(Sink):
                 if create:
                     fs.makedirs(staging, exist_ok=True)
                 return
-            doomed = [path for path in fs.ls(staging, detail=False)
-                      if part_checkpoint(path.rstrip("/").rsplit("/", 1)[-1]) is not None]
+            doomed = [
+                path
+                for path in fs.ls(staging, detail=False)
+                if part_checkpoint(path.rstrip("/").rsplit("/", 1)[-1]) is not None
+            ]
             if doomed:
                 fs.rm(doomed)
         except OSError as exc:
@@ -236,18 +282,32 @@ class FileSink(Sink):
         tag = self.job.tag if self.job is not None else None
         fs, root = self._fs()
         try:
-            names = [] if not fs.exists(root) else [p.rstrip("/") for p in fs.ls(root, detail=False)]
-            doomed = [(p, part_checkpoint(p.rsplit("/", 1)[-1])) for p in names
-                      if tag is not None and part_job(p.rsplit("/", 1)[-1]) == tag]
-            doomed = [(p, epoch) for p, epoch in doomed if epoch is not None and epoch > checkpoint_id]
+            names = (
+                [] if not fs.exists(root) else [p.rstrip("/") for p in fs.ls(root, detail=False)]
+            )
+            doomed = [
+                (p, part_checkpoint(p.rsplit("/", 1)[-1]))
+                for p in names
+                if tag is not None and part_job(p.rsplit("/", 1)[-1]) == tag
+            ]
+            doomed = [
+                (p, epoch) for p, epoch in doomed if epoch is not None and epoch > checkpoint_id
+            ]
             if doomed:
                 fs.rm([p for p, _ in doomed])
         except OSError as exc:
-            msg = (f"{self.kind}: cannot remove the part files in {self.path!r} committed after checkpoint "
-                   f"{checkpoint_id}: {type(exc).__name__}: {exc}")
+            msg = (
+                f"{self.kind}: cannot remove the part files in {self.path!r} committed after checkpoint "
+                f"{checkpoint_id}: {type(exc).__name__}: {exc}"
+            )
             raise SinkError(msg) from exc
-        return RolledBack(self.describe(), checkpoint_id, "part files", len(doomed),
-                          sorted({epoch for _, epoch in doomed if epoch is not None}))
+        return RolledBack(
+            self.describe(),
+            checkpoint_id,
+            "part files",
+            len(doomed),
+            sorted({epoch for _, epoch in doomed if epoch is not None}),
+        )
 
     def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
         return [(self.path, self.storage_options)]
@@ -260,8 +320,10 @@ class FileSink(Sink):
         for names in staged:
             for name in names or ():
                 if not isinstance(name, str) or part_checkpoint(name) is None:
-                    msg = (f"{self.kind}: checkpoint {checkpoint_id} lists {name!r} as staged output of "
-                           f"{self.path!r}, which is not one of its part file names; refusing to move it")
+                    msg = (
+                        f"{self.kind}: checkpoint {checkpoint_id} lists {name!r} as staged output of "
+                        f"{self.path!r}, which is not one of its part file names; refusing to move it"
+                    )
                     raise SinkError(msg)
                 source, target = f"{root}/{STAGING}/{name}", f"{root}/{name}"
                 try:
@@ -273,8 +335,10 @@ class FileSink(Sink):
                 except OSError as exc:
                     msg = f"{self.kind}: cannot commit {source!r} to {target!r}: {type(exc).__name__}: {exc}"
                     raise SinkError(msg) from exc
-                msg = (f"{self.kind}: the staged file {source!r} of checkpoint {checkpoint_id} is missing and "
-                       f"was never committed; something removed it during the run{memory_hint(self.path)}")
+                msg = (
+                    f"{self.kind}: the staged file {source!r} of checkpoint {checkpoint_id} is missing and "
+                    f"was never committed; something removed it during the run{memory_hint(self.path)}"
+                )
                 raise SinkError(msg)
 
 
@@ -305,19 +369,30 @@ class _FileWriter(SinkWriter):
     def _flush(self, checkpoint_id: int) -> None:
         if not self.buffered:
             return
-        frame = pl.concat(self.buffer, how="vertical_relaxed") if len(self.buffer) > 1 else self.buffer[0]
+        frame = (
+            pl.concat(self.buffer, how="vertical_relaxed")
+            if len(self.buffer) > 1
+            else self.buffer[0]
+        )
         self.buffer, self.buffered = [], 0
         limit = self.sink.rows_per_file
         for offset in range(0, frame.height, limit):
-            name = (f"part-{checkpoint_id:08d}-{self.worker:04d}-{self.seq:05d}-{self.tag}{self.token}."
-                    f"{EXTENSIONS[self.sink.format]}")
+            name = (
+                f"part-{checkpoint_id:08d}-{self.worker:04d}-{self.seq:05d}-{self.tag}{self.token}."
+                f"{EXTENSIONS[self.sink.format]}"
+            )
             self.seq += 1
             path = f"{self.root}/{STAGING}/{name}"
             try:
                 self.fs.makedirs(f"{self.root}/{STAGING}", exist_ok=True)
                 with self.fs.open(path, "wb") as handle:
-                    _write(self.sink.format, frame.slice(offset, limit), handle,
-                           self.sink.compression, self.sink.compression_level)
+                    _write(
+                        self.sink.format,
+                        frame.slice(offset, limit),
+                        handle,
+                        self.sink.compression,
+                        self.sink.compression_level,
+                    )
             except (OSError, pl.exceptions.PolarsError) as exc:
                 # A full disk: polars' Parquet writer reports the OSError as a ComputeError.
                 # Whatever was written of the file is no part file: remove it.

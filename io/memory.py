@@ -22,8 +22,12 @@ class MemorySource(Source):
     bounded = True
     schema_is_static = True
 
-    def __init__(self, frame: pl.DataFrame, *, splits: int | None = None, columns: list[str] | None = None) -> None:
-        if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+    def __init__(
+        self, frame: pl.DataFrame, *, splits: int | None = None, columns: list[str] | None = None
+    ) -> None:
+        if splits is not None and (
+            isinstance(splits, bool) or not isinstance(splits, int) or splits < 1
+        ):
             msg = f"splits must be a positive number of pieces, got {splits!r}"
             raise PlanError(msg)
         self.frame = frame
@@ -31,7 +35,9 @@ class MemorySource(Source):
         self.columns = columns
 
     @classmethod
-    def from_polars(cls, df: pl.DataFrame | pl.LazyFrame, *, splits: int | None = None) -> MemorySource:
+    def from_polars(
+        cls, df: pl.DataFrame | pl.LazyFrame, *, splits: int | None = None
+    ) -> MemorySource:
         if isinstance(df, pl.LazyFrame):
             df = df.collect()
         if not isinstance(df, pl.DataFrame):
@@ -88,14 +94,18 @@ class MemorySource(Source):
                 bounds[split.split_id] = int(low)  # type: ignore[arg-type]
         return bounds
 
-    def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
+    def open_reader(
+        self, split: Split, position: Any | None, *, batch_size: int | None
+    ) -> SplitReader:
         if self.columns is None:
             frame = self.frame
         elif self.columns:
             frame = self.frame.select(self.columns)
         else:  # no column read: keep the row count (a select of nothing has no rows)
             frame = pl.DataFrame(height=self.frame.height)
-        return _SliceReader(frame, split.info["start"], split.info["stop"], position or 0, batch_size)
+        return _SliceReader(
+            frame, split.info["start"], split.info["stop"], position or 0, batch_size
+        )
 
     def describe(self) -> str:
         return f"{self.kind}: {self.frame.height:,} rows in memory"
@@ -114,7 +124,9 @@ class MemorySource(Source):
 
 
 class _SliceReader(SplitReader):
-    def __init__(self, frame: pl.DataFrame, start: int, stop: int, done: int, batch_size: int | None) -> None:
+    def __init__(
+        self, frame: pl.DataFrame, start: int, stop: int, done: int, batch_size: int | None
+    ) -> None:
         self.frame, self.start, self.stop, self.done = frame, start, stop, done
         self.batch_size = batch_size or max(1, stop - start)
 

@@ -57,26 +57,41 @@ class TailSource(Source):
     bounded = False
     schema_is_static = True
 
-    def __init__(self, path: str | os.PathLike[str], *, format: str = "ndjson", schema: Any = None,  # noqa: A002
-                 has_header: bool = True, separator: str = ",", poll_interval: str = "100ms",
-                 on_error: str = "side_output", columns: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: str = "ndjson",  # noqa: A002
+        schema: Any = None,
+        has_header: bool = True,
+        separator: str = ",",
+        poll_interval: str = "100ms",
+        on_error: str = "side_output",
+        columns: list[str] | None = None,
+    ) -> None:
         path = os.fspath(path)
         if format not in TAIL_FORMATS:
             msg = f"tail(format=...) must be one of {TAIL_FORMATS}, got {format!r}"
             raise SourceError(msg)
         if "://" in path and not path.startswith("file://"):
-            msg = (f"tail() follows a local file; {path!r} is a URL. Use flow.watch() for files landing "
-                   f"on other filesystems")
+            msg = (
+                f"tail() follows a local file; {path!r} is a URL. Use flow.watch() for files landing "
+                f"on other filesystems"
+            )
             raise SourceError(msg)
         if schema is None:
-            msg = (f"tail({path!r}) needs schema={{...}}: the file may be empty when the job starts, so "
-                   f"its columns cannot be inferred")
+            msg = (
+                f"tail({path!r}) needs schema={{...}}: the file may be empty when the job starts, so "
+                f"its columns cannot be inferred"
+            )
             raise SchemaError(msg)
         self.path = path.removeprefix("file://")
         self.format = format
         self.kind = "tail"
         self.user_schema = to_polars_schema(schema)
-        self.csv = CsvOptions(has_header=has_header, separator=separator) if format == "csv" else None
+        self.csv = (
+            CsvOptions(has_header=has_header, separator=separator) if format == "csv" else None
+        )
         if self.csv is not None:
             self.csv.validate()
         self.poll_interval_s = duration_ms(poll_interval, what="poll_interval") / 1000
@@ -89,16 +104,24 @@ class TailSource(Source):
         return pl.Schema({c: self.user_schema[c] for c in self.columns})
 
     def with_columns_pruned(self, columns: list[str]) -> TailSource:
-        clone = TailSource(self.path, format=self.format, schema=self.user_schema,
-                           has_header=self.csv.has_header if self.csv else True,
-                           separator=self.csv.separator if self.csv else ",",
-                           poll_interval=f"{self.poll_interval_s}s", on_error=self.on_error, columns=columns)
+        clone = TailSource(
+            self.path,
+            format=self.format,
+            schema=self.user_schema,
+            has_header=self.csv.has_header if self.csv else True,
+            separator=self.csv.separator if self.csv else ",",
+            poll_interval=f"{self.poll_interval_s}s",
+            on_error=self.on_error,
+            columns=columns,
+        )
         return clone
 
     def discover_splits(self) -> list[Split]:
         return [Split(f"tail:{self.path}", {"path": self.path})]
 
-    def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
+    def open_reader(
+        self, split: Split, position: Any | None, *, batch_size: int | None
+    ) -> SplitReader:
         return _TailReader(self, position or {"offset": 0, "line": 0, "inode": None})
 
     def describe(self) -> str:
@@ -131,7 +154,9 @@ class _TailReader(SplitReader):
                 yield batch
 
     def _restart(self, why: str) -> None:
-        warnings.warn(f"tail {self.source.path!r}: {why}; reading it again from its start", stacklevel=2)
+        warnings.warn(
+            f"tail {self.source.path!r}: {why}; reading it again from its start", stacklevel=2
+        )
         self.offset, self.line, self.header = 0, 0, None
 
     def _read(self) -> SourceBatch | None:
@@ -176,11 +201,24 @@ class _TailReader(SplitReader):
                 base_offset -= len(self.header)
                 base_line -= 1
         if source.csv is not None:
-            text: CsvFile | NdjsonFile = CsvFile(payload, url=source.path, kind=source.kind, schema=source.user_schema,
-                                                 columns=names, options=source.csv, on_error=source.on_error)
+            text: CsvFile | NdjsonFile = CsvFile(
+                payload,
+                url=source.path,
+                kind=source.kind,
+                schema=source.user_schema,
+                columns=names,
+                options=source.csv,
+                on_error=source.on_error,
+            )
         else:
-            text = NdjsonFile(payload, url=source.path, kind=source.kind, schema=source.user_schema,
-                              columns=names, on_error=source.on_error)
+            text = NdjsonFile(
+                payload,
+                url=source.path,
+                kind=source.kind,
+                schema=source.user_schema,
+                columns=names,
+                on_error=source.on_error,
+            )
         try:
             parsed = text.parse()
         except pl.exceptions.PolarsError as exc:
@@ -188,7 +226,9 @@ class _TailReader(SplitReader):
             raise SourceError(msg) from exc
         data, malformed = parsed.window(0, parsed.records)
         if malformed is not None and malformed.height:
-            malformed = malformed.with_columns(pl.col("offset") + base_offset, pl.col("line") + base_line)
+            malformed = malformed.with_columns(
+                pl.col("offset") + base_offset, pl.col("line") + base_line
+            )
         return data, malformed
 
 
@@ -197,13 +237,24 @@ class WatchSource(Source):
 
     bounded = False
 
-    def __init__(self, pattern: str, *, format: str = "parquet", schema: Any = None,  # noqa: A002
-                 storage_options: dict[str, Any] | None = None, poll_interval: str = "1s",
-                 on_error: str = "side_output", options: dict[str, Any] | None = None,
-                 columns: list[str] | None = None, max_file_age: Any = "7d") -> None:
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        format: str = "parquet",  # noqa: A002
+        schema: Any = None,
+        storage_options: dict[str, Any] | None = None,
+        poll_interval: str = "1s",
+        on_error: str = "side_output",
+        options: dict[str, Any] | None = None,
+        columns: list[str] | None = None,
+        max_file_age: Any = "7d",
+    ) -> None:
         if schema is None:
-            msg = (f"watch({pattern!r}) needs schema={{...}}: the folder may be empty when the job "
-                   f"starts, so the columns cannot be inferred")
+            msg = (
+                f"watch({pattern!r}) needs schema={{...}}: the folder may be empty when the job "
+                f"starts, so the columns cannot be inferred"
+            )
             raise SchemaError(msg)
         self.pattern = pattern
         self.format = format
@@ -212,13 +263,22 @@ class WatchSource(Source):
         self.poll_interval_s = duration_ms(poll_interval, what="poll_interval") / 1000
         #: Seconds: splits of files older than the newest seen minus this are forgotten
         #: (the split enumerator applies it; None keeps every finished split).
-        self.max_split_age_s = None if max_file_age is None else duration_ms(max_file_age, what="max_file_age") / 1000
+        self.max_split_age_s = (
+            None if max_file_age is None else duration_ms(max_file_age, what="max_file_age") / 1000
+        )
         #: Set by the split enumerator: files modified before this (epoch seconds) are skipped.
         self.not_before: float | None = None
         self._known: dict[str, tuple[float | None, list[Split]]] = {}  # url -> (mtime, its splits)
         # The files themselves are read exactly as read_<format> reads them.
-        self.files = FileSource(format, pattern, schema=schema, storage_options=storage_options,
-                                on_error=on_error, options=options, columns=columns)
+        self.files = FileSource(
+            format,
+            pattern,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            options=options,
+            columns=columns,
+        )
         self.files.kind = "watch"
 
     @property
@@ -271,9 +331,15 @@ class WatchSource(Source):
                 continue  # older than the files it remembers: neither read nor remembered
             known = self._known.get(url)
             if known is None or known[0] != mtime:
-                one = FileSource(self.files.format, [url], schema=self.files.user_schema,
-                                 storage_options=self.storage_options, on_error=self.files.on_error,
-                                 options=self.files.options, columns=self.files.columns)
+                one = FileSource(
+                    self.files.format,
+                    [url],
+                    schema=self.files.user_schema,
+                    storage_options=self.storage_options,
+                    on_error=self.files.on_error,
+                    options=self.files.options,
+                    columns=self.files.columns,
+                )
                 found = one.discover_splits()
                 for split in found:
                     split.info["mtime"] = mtime
@@ -282,7 +348,9 @@ class WatchSource(Source):
             splits.extend(known[1])
         return splits
 
-    def open_reader(self, split: Split, position: Any | None, *, batch_size: int | None) -> SplitReader:
+    def open_reader(
+        self, split: Split, position: Any | None, *, batch_size: int | None
+    ) -> SplitReader:
         return self.files.open_reader(split, position, batch_size=batch_size)
 
     def describe(self) -> str:

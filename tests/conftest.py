@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-EXECUTORS = [int(w) for w in os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",") if w.strip()]
+EXECUTORS = [
+    int(w) for w in os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",") if w.strip()
+]
 
 
 @pytest.fixture(params=EXECUTORS, ids=lambda w: f"workers{w}")
@@ -43,8 +45,12 @@ def _worker_pids() -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if (int(fields[1]) == os.getpid() and fields[0] != "Z" and b"multiprocessing" in cmdline
-                and b"resource_tracker" not in cmdline):
+        if (
+            int(fields[1]) == os.getpid()
+            and fields[0] != "Z"
+            and b"multiprocessing" in cmdline
+            and b"resource_tracker" not in cmdline
+        ):
             found.append(int(entry.name))
     return found
 

@@ -76,19 +76,63 @@ class Mutant:
 
 
 _COMPARE_SWAPS: dict[type, type] = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-    ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
 }
 _BINOP_SWAPS: dict[type, type] = {
-    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult, ast.Div: ast.Mult,
-    ast.Mod: ast.FloorDiv, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.BitXor: ast.BitAnd,
-    ast.LShift: ast.RShift, ast.RShift: ast.LShift,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.FloorDiv,
+    ast.FloorDiv: ast.Mult,
+    ast.Div: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+    ast.BitXor: ast.BitAnd,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
 }
-_NAME_SWAPS = {"max": "min", "min": "max", "any": "all", "all": "any", "first": "last", "last": "first"}
-_SYMBOL = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=", ast.Is: "is",
-           ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in", ast.Add: "+", ast.Sub: "-", ast.Mult: "*",
-           ast.FloorDiv: "//", ast.Div: "/", ast.Mod: "%", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^",
-           ast.LShift: "<<", ast.RShift: ">>", ast.And: "and", ast.Or: "or"}
+_NAME_SWAPS = {
+    "max": "min",
+    "min": "max",
+    "any": "all",
+    "all": "any",
+    "first": "last",
+    "last": "first",
+}
+_SYMBOL = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.FloorDiv: "//",
+    ast.Div: "/",
+    ast.Mod: "%",
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.And: "and",
+    ast.Or: "or",
+}
 
 
 class _Collector(ast.NodeVisitor):
@@ -113,8 +157,19 @@ class _Collector(ast.NodeVisitor):
         start = self._offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
         end = self._offset(node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
         text = f"({replacement})" if wrap else replacement
-        self.mutants.append(Mutant(self.path, node.lineno, node.end_lineno, start, end, text,  # type: ignore[attr-defined]
-                                   description, ".".join(self.scope), start - self.offsets[node.lineno - 1] + 1))
+        self.mutants.append(
+            Mutant(
+                self.path,
+                node.lineno,
+                node.end_lineno,
+                start,
+                end,
+                text,  # type: ignore[attr-defined]
+                description,
+                ".".join(self.scope),
+                start - self.offsets[node.lineno - 1] + 1,
+            )
+        )
 
     def _replace_expr(self, old: ast.expr, new: ast.expr, description: str) -> None:
         self._add(old, ast.unparse(new), description)
@@ -134,11 +189,17 @@ class _Collector(ast.NodeVisitor):
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self._body_without_docstring(node)
 
-    def _body_without_docstring(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+    def _body_without_docstring(
+        self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    ) -> None:
         self.scope.append(node.name)
         body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(
-                body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             body = body[1:]
         if not isinstance(node, ast.ClassDef):
             for default in [*node.args.defaults, *node.args.kw_defaults]:
@@ -155,7 +216,8 @@ class _Collector(ast.NodeVisitor):
             if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
                 continue
             if isinstance(statement, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id == "__all__" for t in statement.targets):
+                isinstance(t, ast.Name) and t.id == "__all__" for t in statement.targets
+            ):
                 continue
             if isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
                 continue
@@ -191,7 +253,12 @@ class _Collector(ast.NodeVisitor):
         if swap is not None:
             mutated = copy.deepcopy(node)
             mutated.op = swap()
-            self._add(node, ast.unparse(mutated), f"{_SYMBOL[type(node.op)]}= -> {_SYMBOL[swap]}=", wrap=False)
+            self._add(
+                node,
+                ast.unparse(mutated),
+                f"{_SYMBOL[type(node.op)]}= -> {_SYMBOL[swap]}=",
+                wrap=False,
+            )
         self.generic_visit(node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> None:
@@ -223,7 +290,9 @@ class _Collector(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in ("max", "min", "any", "all") and isinstance(node.ctx, ast.Load):
-            self._add(node, _NAME_SWAPS[node.id], f"{node.id} -> {_NAME_SWAPS[node.id]}", wrap=False)
+            self._add(
+                node, _NAME_SWAPS[node.id], f"{node.id} -> {_NAME_SWAPS[node.id]}", wrap=False
+            )
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -260,7 +329,9 @@ class _Collector(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Return(self, node: ast.Return) -> None:
-        if node.value is not None and not (isinstance(node.value, ast.Constant) and node.value.value is None):
+        if node.value is not None and not (
+            isinstance(node.value, ast.Constant) and node.value.value is None
+        ):
             self._add(node, "return None", "return value -> None", wrap=False)
         self.generic_visit(node)
 
@@ -276,15 +347,21 @@ class _Collector(ast.NodeVisitor):
 
     def visit_Assign(self, node: ast.Assign) -> None:
         # ``msg = ...`` builds an error message: its text is not behaviour under test
-        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "msg":
+        if (
+            len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "msg"
+        ):
             return
         self.generic_visit(node)
 
 
 def _is_string_formatting(node: ast.BinOp) -> bool:
     return isinstance(node.op, (ast.Add, ast.Mod)) and any(
-        isinstance(side, (ast.JoinedStr, ast.Constant)) and isinstance(getattr(side, "value", ""), str)
-        for side in (node.left, node.right))
+        isinstance(side, (ast.JoinedStr, ast.Constant))
+        and isinstance(getattr(side, "value", ""), str)
+        for side in (node.left, node.right)
+    )
 
 
 def mutants_of(path: str, source: str) -> list[Mutant]:
@@ -298,8 +375,13 @@ def mutants_of(path: str, source: str) -> list[Mutant]:
 
 def changed_lines(revision: str, path: str) -> set[int]:
     """Lines of ``path`` added or changed since ``revision`` (the work tree against it)."""
-    diff = subprocess.run(["git", "diff", "-U0", revision, "--", path], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout
+    diff = subprocess.run(
+        ["git", "diff", "-U0", revision, "--", path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines: set[int] = set()
     for match in re.finditer(r"^@@ -\S+ \+(\d+)(?:,(\d+))? @@", diff, re.MULTILINE):
         first, count = int(match.group(1)), int(match.group(2) or 1)
@@ -307,10 +389,14 @@ def changed_lines(revision: str, path: str) -> set[int]:
     return lines
 
 
-def select(mutants: list[Mutant], *, functions: list[str] | None, lines: set[int] | None) -> list[Mutant]:
+def select(
+    mutants: list[Mutant], *, functions: list[str] | None, lines: set[int] | None
+) -> list[Mutant]:
     chosen = []
     for mutant in mutants:
-        if functions and not any(fnmatch.fnmatch(mutant.function, pattern) for pattern in functions):
+        if functions and not any(
+            fnmatch.fnmatch(mutant.function, pattern) for pattern in functions
+        ):
             continue
         if lines is not None and not lines.intersection(range(mutant.line, mutant.end_line + 1)):
             continue
@@ -330,9 +416,13 @@ def equivalence_reason(mutant: Mutant, source: str, known: list[dict[str, str]])
     has two mutants of the same description."""
     line = mutant.source_line(source)
     for entry in known:
-        if (entry["path"] == mutant.path and entry["function"] == mutant.function
-                and entry["mutation"] == mutant.description and entry["line"] == line
-                and entry.get("col", mutant.col) == mutant.col):
+        if (
+            entry["path"] == mutant.path
+            and entry["function"] == mutant.function
+            and entry["mutation"] == mutant.description
+            and entry["line"] == line
+            and entry.get("col", mutant.col) == mutant.col
+        ):
             return entry["reason"]
     return None
 
@@ -348,7 +438,9 @@ def make_copy(base: Path) -> Path:
     """A private copy of the repository's tracked files (plus the built extension), importable
     as the editable install maps it."""
     target = Path(tempfile.mkdtemp(prefix="copy-", dir=base))
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     names = [n for n in files.decode().split("\0") if n]
     names += [str(p.relative_to(ROOT)) for p in (ROOT / "backends").glob("*.so")]
     for name in names:
@@ -371,13 +463,33 @@ def _environment(copy_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_tests(copy_dir: Path, tests: list[str], extra: list[str], timeout: float) -> tuple[str, float, str]:
+def run_tests(
+    copy_dir: Path, tests: list[str], extra: list[str], timeout: float
+) -> tuple[str, float, str]:
     """("passed" | "failed" | "timeout", seconds, output tail)."""
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-               "--no-header", *extra, *tests]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:randomly",
+        "-p",
+        "no:cacheprovider",
+        "--no-header",
+        *extra,
+        *tests,
+    ]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=copy_dir, env=_environment(copy_dir), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=copy_dir,
+        env=_environment(copy_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     with _LOCK:
         _RUNNING.add(process)
     try:
@@ -407,27 +519,50 @@ class Result:
     reason: str = ""
 
 
-def run_module(module: str, config: dict, args: argparse.Namespace, copies: list[Path],
-               known: list[dict[str, str]]) -> dict:
+def run_module(
+    module: str,
+    config: dict,
+    args: argparse.Namespace,
+    copies: list[Path],
+    known: list[dict[str, str]],
+) -> dict:
     source = (ROOT / module).read_text()
     mutants = mutants_of(module, source)
     lines = changed_lines(args.since, module) if args.since else None
     mutants = select(mutants, functions=args.functions or config.get("functions"), lines=lines)
     if args.survivors_of:
-        previous = {(e["path"], e["function"], e["mutation"], e["source"])
-                    for summary in json.loads(Path(args.survivors_of).read_text()) for e in summary.get("survived", [])}
-        mutants = [m for m in mutants if (m.path, m.function, m.description, m.source_line(source)) in previous]
+        previous = {
+            (e["path"], e["function"], e["mutation"], e["source"])
+            for summary in json.loads(Path(args.survivors_of).read_text())
+            for e in summary.get("survived", [])
+        }
+        mutants = [
+            m
+            for m in mutants
+            if (m.path, m.function, m.description, m.source_line(source)) in previous
+        ]
     if args.max is not None:
         mutants = mutants[: args.max]
     tests, extra = args.tests or config["tests"], config.get("pytest_args", [])
-    print(f"\n== {module}: {len(mutants)} mutants, tests: {' '.join(tests)} {' '.join(extra)}", flush=True)
+    print(
+        f"\n== {module}: {len(mutants)} mutants, tests: {' '.join(tests)} {' '.join(extra)}",
+        flush=True,
+    )
     if not mutants:
         return {"module": module, "mutants": 0, "results": []}
     started = time.monotonic()
     outcome, baseline, tail = run_tests(copies[0], tests, extra, timeout=args.baseline_timeout)
     if outcome != "passed":
-        print(f"   the mapped tests do not pass on the unmutated module ({outcome}):\n{tail}", flush=True)
-        return {"module": module, "mutants": len(mutants), "error": f"baseline {outcome}: {tail}", "results": []}
+        print(
+            f"   the mapped tests do not pass on the unmutated module ({outcome}):\n{tail}",
+            flush=True,
+        )
+        return {
+            "module": module,
+            "mutants": len(mutants),
+            "error": f"baseline {outcome}: {tail}",
+            "results": [],
+        }
     timeout = max(args.min_timeout, baseline * args.timeout_factor)
     print(f"   baseline {baseline:.1f}s; timeout per mutant {timeout:.0f}s", flush=True)
 
@@ -457,7 +592,9 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
                 free.append(copy_dir)
         if _STOP.is_set():  # its test run was killed by the stop, not failed by the mutant
             return Result(mutant, "skipped")
-        return Result(mutant, {"passed": "survived", "failed": "killed"}.get(outcome, outcome), seconds)
+        return Result(
+            mutant, {"passed": "survived", "failed": "killed"}.get(outcome, outcome), seconds
+        )
 
     results: list[Result] = []
     stopped = False
@@ -474,8 +611,11 @@ def run_module(module: str, config: dict, args: argparse.Namespace, copies: list
             results.append(result)
             if result.outcome == "survived" or args.verbose:
                 m = result.mutant
-                print(f"   [{index}/{len(mutants)}] {result.outcome:9} {m.path}:{m.line}:{m.col} {m.description}"
-                      f"  | {m.source_line(source)[:90]}", flush=True)
+                print(
+                    f"   [{index}/{len(mutants)}] {result.outcome:9} {m.path}:{m.line}:{m.col} {m.description}"
+                    f"  | {m.source_line(source)[:90]}",
+                    flush=True,
+                )
             elif index % 25 == 0:
                 print(f"   [{index}/{len(mutants)}] ...", flush=True)
     elapsed = time.monotonic() - started
@@ -501,51 +641,87 @@ def summarize(module: str, results: list[Result], source: str, elapsed: float) -
 
     def entry(result: Result) -> dict:
         m = result.mutant
-        return {"path": m.path, "line": m.line, "col": m.col, "function": m.function, "mutation": m.description,
-                "source": m.source_line(source), "reason": result.reason}
+        return {
+            "path": m.path,
+            "line": m.line,
+            "col": m.col,
+            "function": m.function,
+            "mutation": m.description,
+            "source": m.source_line(source),
+            "reason": result.reason,
+        }
 
     return {
-        "module": module, "mutants": len(results), "counts": counts, "score": score, "seconds": round(elapsed, 1),
+        "module": module,
+        "mutants": len(results),
+        "counts": counts,
+        "score": score,
+        "seconds": round(elapsed, 1),
         "survived": [entry(r) for r in results if r.outcome == "survived"],
         "equivalent": [entry(r) for r in results if r.outcome == "equivalent"],
     }
 
 
 def print_report(summaries: list[dict]) -> None:
-    print("\n== mutation score per module (killed + timeout) / (killed + timeout + survived); "
-          "equivalent and invalid mutants not counted")
-    print(f"{'module':40} {'mutants':>7} {'killed':>6} {'tmout':>5} {'surv':>5} {'equiv':>5} {'inval':>5} "
-          f"{'skip':>5} {'score':>6} {'time':>7}")
+    print(
+        "\n== mutation score per module (killed + timeout) / (killed + timeout + survived); "
+        "equivalent and invalid mutants not counted"
+    )
+    print(
+        f"{'module':40} {'mutants':>7} {'killed':>6} {'tmout':>5} {'surv':>5} {'equiv':>5} {'inval':>5} "
+        f"{'skip':>5} {'score':>6} {'time':>7}"
+    )
     for s in summaries:
         c = s.get("counts", {})
         score = "-" if s.get("score") is None else f"{100 * s['score']:.1f}%"
-        print(f"{s['module']:40} {s['mutants']:>7} {c.get('killed', 0):>6} {c.get('timeout', 0):>5} "
-              f"{c.get('survived', 0):>5} {c.get('equivalent', 0):>5} {c.get('invalid', 0):>5} "
-              f"{c.get('skipped', 0):>5} {score:>6} "
-              f"{s.get('seconds', 0):>6.0f}s" + (f"  ERROR {s['error'][:60]}" if "error" in s else ""))
+        print(
+            f"{s['module']:40} {s['mutants']:>7} {c.get('killed', 0):>6} {c.get('timeout', 0):>5} "
+            f"{c.get('survived', 0):>5} {c.get('equivalent', 0):>5} {c.get('invalid', 0):>5} "
+            f"{c.get('skipped', 0):>5} {score:>6} "
+            f"{s.get('seconds', 0):>6.0f}s" + (f"  ERROR {s['error'][:60]}" if "error" in s else "")
+        )
     for s in summaries:
         if s.get("survived"):
             print(f"\nsurvivors in {s['module']}:")
             for m in s["survived"]:
-                print(f"  {m['path']}:{m['line']}:{m.get('col', 0)} [{m['function']}] {m['mutation']}  | {m['source'][:100]}")
+                print(
+                    f"  {m['path']}:{m['line']}:{m.get('col', 0)} [{m['function']}] {m['mutation']}  | {m['source'][:100]}"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--module", action="append", help="a module of the table (repeatable); default: all")
+    parser.add_argument(
+        "--module", action="append", help="a module of the table (repeatable); default: all"
+    )
     parser.add_argument("--since", help="only mutants on lines changed since this git revision")
-    parser.add_argument("--functions", action="append",
-                        help="only mutate these functions (fnmatch on the qualified name; repeatable), "
-                             "instead of the table's choice")
-    parser.add_argument("--tests", action="append",
-                        help="run these test files or node ids (repeatable) instead of the table's")
-    parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel, each in its own copy")
-    parser.add_argument("--max", type=int, help="at most this many mutants per module (a quick look)")
-    parser.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = baseline x this")
+    parser.add_argument(
+        "--functions",
+        action="append",
+        help="only mutate these functions (fnmatch on the qualified name; repeatable), "
+        "instead of the table's choice",
+    )
+    parser.add_argument(
+        "--tests",
+        action="append",
+        help="run these test files or node ids (repeatable) instead of the table's",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="mutants run in parallel, each in its own copy"
+    )
+    parser.add_argument(
+        "--max", type=int, help="at most this many mutants per module (a quick look)"
+    )
+    parser.add_argument(
+        "--timeout-factor", type=float, default=3.0, help="mutant timeout = baseline x this"
+    )
     parser.add_argument("--min-timeout", type=float, default=60.0, help="seconds, at least")
     parser.add_argument("--baseline-timeout", type=float, default=900.0)
-    parser.add_argument("--survivors-of", metavar="REPORT",
-                        help="only the mutants that survived in this earlier --report (after adding tests)")
+    parser.add_argument(
+        "--survivors-of",
+        metavar="REPORT",
+        help="only the mutants that survived in this earlier --report (after adding tests)",
+    )
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--report", help="write the results as JSON to this file")
     parser.add_argument("--verbose", action="store_true", help="print every mutant's outcome")
@@ -560,11 +736,16 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             source = (ROOT / module).read_text()
             lines = changed_lines(args.since, module) if args.since else None
-            chosen = select(mutants_of(module, source), functions=args.functions or table[module].get("functions"),
-                            lines=lines)
+            chosen = select(
+                mutants_of(module, source),
+                functions=args.functions or table[module].get("functions"),
+                lines=lines,
+            )
             print(f"== {module}: {len(chosen)} mutants")
             for m in chosen:
-                print(f"  {m.path}:{m.line}:{m.col} [{m.function}] {m.description}  | {m.source_line(source)[:90]}")
+                print(
+                    f"  {m.path}:{m.line}:{m.col} [{m.function}] {m.description}  | {m.source_line(source)[:90]}"
+                )
         return 0
 
     known = load_equivalent()

@@ -60,13 +60,20 @@ def _restart_refused(exc: WorkerError, policy: str) -> str | None:
     if policy == "fail":
         return "restarts are disabled (ARROWFLOW_RESTARTS=fail)"
     if policy == "injected" and exc.signal != signal.SIGKILL:
-        return ("only a worker killed by SIGKILL is restarted (ARROWFLOW_RESTARTS=injected); this failure "
-                "was not an injected fault")
+        return (
+            "only a worker killed by SIGKILL is restarted (ARROWFLOW_RESTARTS=injected); this failure "
+            "was not an injected fault"
+        )
     return None
 
 
-def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, max_parallelism: int,
-                   min_id: int = 0) -> Manifest | None:
+def _restore_point(
+    storage: CheckpointStorage | None,
+    restore: Any,
+    plan: Plan,
+    max_parallelism: int,
+    min_id: int = 0,
+) -> Manifest | None:
     if storage is None or restore is None:
         return None
     if restore == "latest":
@@ -80,21 +87,39 @@ def _restore_point(storage: CheckpointStorage | None, restore: Any, plan: Plan, 
         raise CheckpointError(msg)
     differences = operator_differences(manifest.operators, plan.operator_fingerprints)
     if differences:
-        msg = (f"cannot restore checkpoint {manifest.id} of flow {manifest.flow!r} from {storage.url!r} onto "
-               f"this flow: " + "; ".join(differences) + ". Restore onto the flow that wrote it, or start "
-               "fresh with restore=None (or another checkpoint_dir).")
+        msg = (
+            f"cannot restore checkpoint {manifest.id} of flow {manifest.flow!r} from {storage.url!r} onto "
+            f"this flow: "
+            + "; ".join(differences)
+            + ". Restore onto the flow that wrote it, or start "
+            "fresh with restore=None (or another checkpoint_dir)."
+        )
         raise CheckpointError(msg)
     if manifest.max_parallelism != max_parallelism:
-        msg = (f"checkpoint {manifest.id} was taken with max_parallelism={manifest.max_parallelism}, the run "
-               f"asks for {max_parallelism}; state is organised in key groups, so it must stay the same")
+        msg = (
+            f"checkpoint {manifest.id} was taken with max_parallelism={manifest.max_parallelism}, the run "
+            f"asks for {max_parallelism}; state is organised in key groups, so it must stay the same"
+        )
         raise CheckpointError(msg)
     return manifest
 
 
-def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str | None,
-            checkpoint_every: Any, restore: Any, batch_size: int | None,
-            max_parallelism: int | None, progress: bool | None, storage_options: dict[str, Any] | None = None,
-            keep_checkpoints: int = 3, max_restarts: int = MAX_RESTARTS, control: Any = None) -> RunResult:
+def execute(
+    plan: Plan,
+    *,
+    workers: int | None,
+    state: Any,
+    checkpoint_dir: str | None,
+    checkpoint_every: Any,
+    restore: Any,
+    batch_size: int | None,
+    max_parallelism: int | None,
+    progress: bool | None,
+    storage_options: dict[str, Any] | None = None,
+    keep_checkpoints: int = 3,
+    max_restarts: int = MAX_RESTARTS,
+    control: Any = None,
+) -> RunResult:
     """Run ``plan`` to the end of its input. ``workers=0``: in this process."""
     from arrowflow.progress import ProgressBar, wanted
 
@@ -107,11 +132,21 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
         bar = ProgressBar(control, plan.flow_name)
     leases = JobLeases()
     try:
-        return _execute(plan, workers=workers, state=state, checkpoint_dir=checkpoint_dir,
-                        checkpoint_every=checkpoint_every, restore=restore, batch_size=batch_size,
-                        max_parallelism=max_parallelism, storage_options=storage_options,
-                        keep_checkpoints=keep_checkpoints, max_restarts=max_restarts, control=control,
-                        leases=leases)
+        return _execute(
+            plan,
+            workers=workers,
+            state=state,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            restore=restore,
+            batch_size=batch_size,
+            max_parallelism=max_parallelism,
+            storage_options=storage_options,
+            keep_checkpoints=keep_checkpoints,
+            max_restarts=max_restarts,
+            control=control,
+            leases=leases,
+        )
     finally:
         leases.release()
         if bar is not None:
@@ -121,14 +156,24 @@ def execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str 
 def _take_leases(leases: JobLeases, plan: Plan, storage: CheckpointStorage | None) -> None:
     """One job at a time on the checkpoint directory and on every sink's output folder."""
     if storage is not None:
-        leases.take(storage.url, storage.storage_options, what="checkpoint_dir", flow=plan.flow_name,
-                    error=CheckpointError)
+        leases.take(
+            storage.url,
+            storage.storage_options,
+            what="checkpoint_dir",
+            flow=plan.flow_name,
+            error=CheckpointError,
+        )
     for op in plan.ops:
         if op.kind == "sink":
             sink = op.params["sink"]
             for url, options in sink.leases():
-                leases.take(url, options, what=f"output folder of {sink.kind}", flow=plan.flow_name,
-                            error=SinkError)
+                leases.take(
+                    url,
+                    options,
+                    what=f"output folder of {sink.kind}",
+                    flow=plan.flow_name,
+                    error=SinkError,
+                )
 
 
 def _job_tag(storage: CheckpointStorage | None) -> str:
@@ -140,29 +185,49 @@ def _job_tag(storage: CheckpointStorage | None) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
-def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str | None,
-             checkpoint_every: Any, restore: Any, batch_size: int | None, max_parallelism: int | None,
-             storage_options: dict[str, Any] | None, keep_checkpoints: int, max_restarts: int,
-             control: Any, leases: JobLeases) -> RunResult:
+def _execute(
+    plan: Plan,
+    *,
+    workers: int | None,
+    state: Any,
+    checkpoint_dir: str | None,
+    checkpoint_every: Any,
+    restore: Any,
+    batch_size: int | None,
+    max_parallelism: int | None,
+    storage_options: dict[str, Any] | None,
+    keep_checkpoints: int,
+    max_restarts: int,
+    control: Any,
+    leases: JobLeases,
+) -> RunResult:
     backend = resolve_backend(state)
     max_parallelism = max_parallelism or 128
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         msg = f"batch_size must be a positive number of rows, got {batch_size!r}"
         raise PlanError(msg)
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 0
+    ):
         msg = f"workers must be a number of processes (0 runs in this process), got {workers!r}"
         raise PlanError(msg)
     if checkpoint_every is not None and checkpoint_dir is None:
         msg = "checkpoint_every needs a checkpoint_dir to write the checkpoints to (any fsspec URL)"
         raise PlanError(msg)
-    if restore not in (None, "latest") and not (isinstance(restore, int) and not isinstance(restore, bool)):
+    if restore not in (None, "latest") and not (
+        isinstance(restore, int) and not isinstance(restore, bool)
+    ):
         msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
         raise PlanError(msg)
     if isinstance(restore, int) and checkpoint_dir is None:
         msg = f"restore={restore} needs the checkpoint_dir that holds checkpoint {restore} (any fsspec URL)"
         raise PlanError(msg)
     trigger = resolve_trigger(checkpoint_every)
-    storage = CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints) if checkpoint_dir else None
+    storage = (
+        CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints)
+        if checkpoint_dir
+        else None
+    )
     if storage is not None:
         storage.ensure()
     _take_leases(leases, plan, storage)
@@ -189,13 +254,20 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         # A restart that starts over removes what this run's own checkpoints committed; so does
         # a run told to resume that finds every checkpoint damaged (their output is the job's).
         back_to = restored.id if restored is not None else (own_first_id - 1 if restarts else None)
-        if back_to is None and restore == "latest" and storage is not None and storage.committed_after(0):
+        if (
+            back_to is None
+            and restore == "latest"
+            and storage is not None
+            and storage.committed_after(0)
+        ):
             back_to = 0
         _refuse_without_rollback(plan, storage, back_to)
         if restored is not None and restored.final:
             _recommit(plan, restored)
-            note = (f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
-                    f"to start over")
+            note = (
+                f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
+                f"to start over"
+            )
             warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
             result = RunResult(plan.flow_name, workers or 0, 0.0)
             result.rolled_back = rolled_back + _roll_back(plan, storage, back_to)
@@ -207,8 +279,15 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         rolled_back.extend(_roll_back(plan, storage, back_to))
         if restarts == 0:
             own_first_id, started_from = first_id, (restored.id if restored is not None else None)
-        coordinator = JobCoordinator(plan, parallelism, storage=storage, trigger=trigger, restored=restored,
-                                     max_parallelism=max_parallelism, first_id=first_id)
+        coordinator = JobCoordinator(
+            plan,
+            parallelism,
+            storage=storage,
+            trigger=trigger,
+            restored=restored,
+            max_parallelism=max_parallelism,
+            first_id=first_id,
+        )
         if control is not None:
             control.attach(coordinator)
         context = RuntimeContext(storage=storage)
@@ -220,27 +299,45 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
             if workers == 0:
                 from arrowflow.runtime.local import run_local
 
-                result = run_local(plan, backend, coordinator, context, batch_size=batch_size,
-                                   max_parallelism=max_parallelism)
+                result = run_local(
+                    plan,
+                    backend,
+                    coordinator,
+                    context,
+                    batch_size=batch_size,
+                    max_parallelism=max_parallelism,
+                )
             else:
                 from arrowflow.runtime.pool import run_pool
 
-                result = run_pool(plan, backend, coordinator, context, workers=parallelism,
-                                  batch_size=batch_size, max_parallelism=max_parallelism)
+                result = run_pool(
+                    plan,
+                    backend,
+                    coordinator,
+                    context,
+                    workers=parallelism,
+                    batch_size=batch_size,
+                    max_parallelism=max_parallelism,
+                )
         except WorkerError as exc:
             refused = _restart_refused(exc, policy) if storage is not None else None
             if storage is None or restarts >= max_restarts or refused:
                 if refused:
                     exc.args = (f"{exc.args[0]}\n(not restarted: {refused})",)
                 elif storage is not None:
-                    exc.args = (f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",)
+                    exc.args = (
+                        f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",
+                    )
                 _discard_staged(plan, storage, own_first_id, started_from)
                 raise
             restarts += 1
             reason = str(exc).splitlines()[0]
             reasons.append(reason)
-            warnings.warn(f"flow {plan.flow_name!r}: {reason}; restarting from the newest "
-                          f"checkpoint (restart {restarts} of at most {max_restarts})", stacklevel=2)
+            warnings.warn(
+                f"flow {plan.flow_name!r}: {reason}; restarting from the newest "
+                f"checkpoint (restart {restarts} of at most {max_restarts})",
+                stacklevel=2,
+            )
             time.sleep(RESTART_DELAY_S)
             continue
         except BaseException:  # raised in this process (workers=0), Ctrl-C, a failed commit
@@ -252,7 +349,9 @@ def _execute(plan: Plan, *, workers: int | None, state: Any, checkpoint_dir: str
         # Live-results taps (flow.start) are not the user's operators: their rows are no output.
         taps = {op.id for op in plan.ops if op.kind == "sink" and op.params["sink"].transient}
         if taps:
-            result.operator_metrics = [m for m in result.operator_metrics if m["operator"] not in taps]
+            result.operator_metrics = [
+                m for m in result.operator_metrics if m["operator"] not in taps
+            ]
         result.restored_from = restored.id if restored is not None else None
         result.checkpoint_seconds = dict(coordinator.durations)
         result.aborted_checkpoints = list(coordinator.aborted)
@@ -275,7 +374,9 @@ def _prepare_sinks(plan: Plan, restored: Manifest | None) -> None:
             sink.recover(restored.id)
 
 
-def _discard_staged(plan: Plan, storage: CheckpointStorage | None, since_id: int, started_from: int | None) -> None:
+def _discard_staged(
+    plan: Plan, storage: CheckpointStorage | None, since_id: int, started_from: int | None
+) -> None:
     """The run failed for good: commit its newest complete checkpoint again (idempotent: the
     failure may have come between a manifest and its commit), then let every sink drop what is
     still staged, which belongs to no complete checkpoint. If that fails, the staged output
@@ -299,8 +400,13 @@ def _discard_staged(plan: Plan, storage: CheckpointStorage | None, since_id: int
         for op in sinks:
             op.params["sink"].discard_staged()
     except Exception as exc:
-        warnings.warn(f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
-                      f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", stacklevel=3)
+        warnings.warn(
+            f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
+            f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            stacklevel=3,
+        )
+
+
 def _attach_sinks(plan: Plan, job: JobIdentity) -> None:
     for op in plan.ops:
         if op.kind == "sink":
@@ -308,28 +414,42 @@ def _attach_sinks(plan: Plan, job: JobIdentity) -> None:
 
 
 def _durable_sinks(plan: Plan) -> list[tuple[str, Sink]]:
-    return [(op.id, op.params["sink"]) for op in plan.ops if op.kind == "sink" and op.params["sink"].durable]
+    return [
+        (op.id, op.params["sink"])
+        for op in plan.ops
+        if op.kind == "sink" and op.params["sink"].durable
+    ]
 
 
-def _refuse_without_rollback(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> None:
+def _refuse_without_rollback(
+    plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None
+) -> None:
     """Before any sink changes anything: refuse a restore to ``checkpoint_id`` when later
     checkpoints may have committed output that a sink cannot remove."""
     if storage is None or checkpoint_id is None:
         return
-    unable = [(op_id, sink) for op_id, sink in _durable_sinks(plan) if type(sink).rollback is Sink.rollback]
+    unable = [
+        (op_id, sink)
+        for op_id, sink in _durable_sinks(plan)
+        if type(sink).rollback is Sink.rollback
+    ]
     later = storage.committed_after(checkpoint_id) if unable else []
     if later:
         shown = ", ".join(f"{op_id!r} ({sink.describe()})" for op_id, sink in unable)
         dirs = ", ".join(chk_dir(i) for i in later)
-        msg = (f"cannot restore checkpoint {checkpoint_id} from {storage.url!r}: the later checkpoint(s) "
-               f"{later} may have committed output, and the sink(s) {shown} cannot remove output of later "
-               f"checkpoints, so the replay would write it twice. To go on: remove that output yourself and "
-               f"delete {dirs} from the checkpoint directory, then run again; or restore=None (with a fresh "
-               f"output) to start over.")
+        msg = (
+            f"cannot restore checkpoint {checkpoint_id} from {storage.url!r}: the later checkpoint(s) "
+            f"{later} may have committed output, and the sink(s) {shown} cannot remove output of later "
+            f"checkpoints, so the replay would write it twice. To go on: remove that output yourself and "
+            f"delete {dirs} from the checkpoint directory, then run again; or restore=None (with a fresh "
+            f"output) to start over."
+        )
         raise CheckpointError(msg)
 
 
-def _roll_back(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None) -> list[RolledBack]:
+def _roll_back(
+    plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None
+) -> list[RolledBack]:
     """Remove the sinks' output of checkpoints after ``checkpoint_id``: it is replayed."""
     if storage is None or checkpoint_id is None:
         return []
@@ -337,8 +457,11 @@ def _roll_back(plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int
     for op_id, sink in _durable_sinks(plan):
         item = sink.rollback(checkpoint_id)
         if item is not None and item.count:
-            warnings.warn(f"flow {plan.flow_name!r}: restoring checkpoint {checkpoint_id}, rolled back output "
-                          f"of later checkpoints ({op_id!r}) {item}", stacklevel=3)
+            warnings.warn(
+                f"flow {plan.flow_name!r}: restoring checkpoint {checkpoint_id}, rolled back output "
+                f"of later checkpoints ({op_id!r}) {item}",
+                stacklevel=3,
+            )
             done.append(item)
     return done
 

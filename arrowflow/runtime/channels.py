@@ -65,7 +65,9 @@ def _align(n: int) -> int:
 class Ring:
     """One SPSC ring in shared memory; the creator owns (and unlinks) the segment."""
 
-    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *, create: bool = False) -> None:
+    def __init__(
+        self, name: str, capacity: int = DEFAULT_CAPACITY, *, create: bool = False
+    ) -> None:
         if create:
             capacity -= capacity % 8
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER + capacity)
@@ -91,7 +93,9 @@ class Ring:
         return self._write_pos() - self._read_pos()
 
     # ------------------------------------------------------------------ producer
-    def try_write(self, kind: int, tag: int, size: int, fill: Callable[[memoryview], None] | None) -> bool:
+    def try_write(
+        self, kind: int, tag: int, size: int, fill: Callable[[memoryview], None] | None
+    ) -> bool:
         """Write one message of ``size`` payload bytes (``fill`` writes them) if it fits now."""
         total = _align(MSG_HEADER + size)
         if total > self.capacity:

@@ -37,10 +37,14 @@ WAIT = "wait"
 
 
 class SplitEnumerator:
-    def __init__(self, plan: Plan, positions: dict[str, dict[str, Any]] | None = None,
-                 finished: dict[str, set[str]] | None = None,
-                 ages: dict[str, dict[str, Any]] | None = None,
-                 tops: dict[str, dict[str, dict[str, int]]] | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        positions: dict[str, dict[str, Any]] | None = None,
+        finished: dict[str, set[str]] | None = None,
+        ages: dict[str, dict[str, Any]] | None = None,
+        tops: dict[str, dict[str, dict[str, int]]] | None = None,
+    ) -> None:
         self.plan = plan
         # Event time: the column whose bounds each source reports, the bounds known, and the
         # running maxima a restored checkpoint recorded for splits in progress.
@@ -49,21 +53,30 @@ class SplitEnumerator:
         self.tops = {source: dict(by_split) for source, by_split in (tops or {}).items()}
         self.pending: dict[str, deque[Split]] = {}
         self.assigned: dict[str, dict[str, int]] = {}
-        self.finished: dict[str, set[str]] = {op.id: set(finished.get(op.id, ())) if finished else set() for op in plan.sources}
+        self.finished: dict[str, set[str]] = {
+            op.id: set(finished.get(op.id, ())) if finished else set() for op in plan.sources
+        }
         self.positions = positions or {}
         self.total: dict[str, int] = {}
         self.seen: dict[str, set[str]] = {}
         self.unbounded = {op.id for op in plan.sources if not op.params["source"].bounded}
         # Age-bounded sources: the age, each known split's mtime, the newest mtime seen.
-        self.max_age = {op.id: op.params["source"].max_split_age_s for op in plan.sources
-                        if getattr(op.params["source"], "max_split_age_s", None) is not None}
-        self.mtimes: dict[str, dict[str, float]] = {s: dict((ages or {}).get(s, {}).get("mtimes", {}))
-                                                    for s in self.max_age}
-        self.newest: dict[str, float | None] = {s: (ages or {}).get(s, {}).get("newest") for s in self.max_age}
+        self.max_age = {
+            op.id: op.params["source"].max_split_age_s
+            for op in plan.sources
+            if getattr(op.params["source"], "max_split_age_s", None) is not None
+        }
+        self.mtimes: dict[str, dict[str, float]] = {
+            s: dict((ages or {}).get(s, {}).get("mtimes", {})) for s in self.max_age
+        }
+        self.newest: dict[str, float | None] = {
+            s: (ages or {}).get(s, {}).get("newest") for s in self.max_age
+        }
         # The oldest mtime among splits a restored checkpoint had found but not finished: they
         # are read after a restore however old, until the first poll has found them again.
-        self.floor: dict[str, float | None] = {s: (ages or {}).get(s, {}).get("unfinished_floor")
-                                               for s in self.max_age}
+        self.floor: dict[str, float | None] = {
+            s: (ages or {}).get(s, {}).get("unfinished_floor") for s in self.max_age
+        }
         for op in plan.sources:
             self.pending[op.id] = deque()
             self.assigned[op.id] = {}
@@ -86,8 +99,12 @@ class SplitEnumerator:
                 source.not_before = cutoff
             found = source.discover_splits()
             if aged:
-                times = [s.info["mtime"] for s in found if s.info.get("mtime") is not None
-                         and (cutoff is None or s.info["mtime"] >= cutoff)]
+                times = [
+                    s.info["mtime"]
+                    for s in found
+                    if s.info.get("mtime") is not None
+                    and (cutoff is None or s.info["mtime"] >= cutoff)
+                ]
                 if times and (self.newest[op.id] is None or max(times) > self.newest[op.id]):
                     self.newest[op.id] = max(times)
             fresh = []
@@ -116,14 +133,18 @@ class SplitEnumerator:
             found = source.event_time_bounds(fresh, column)
             for split_id, bound in found.items():
                 if isinstance(bound, bool) or not isinstance(bound, int):
-                    msg = (f"source {source_id!r}: event_time_bounds() gave {bound!r} for split {split_id!r}; "
-                           f"expected int64 microseconds since the epoch")
+                    msg = (
+                        f"source {source_id!r}: event_time_bounds() gave {bound!r} for split {split_id!r}; "
+                        f"expected int64 microseconds since the epoch"
+                    )
                     raise TypeError(msg)
             self.bounds[source_id].update(found)
         bounds = self.bounds[source_id]
         # Stable: splits without a bound first, in discovery order, then by bound.
-        ordered = sorted(self.pending[source_id],
-                         key=lambda split: (split.split_id in bounds, bounds.get(split.split_id, 0)))
+        ordered = sorted(
+            self.pending[source_id],
+            key=lambda split: (split.split_id in bounds, bounds.get(split.split_id, 0)),
+        )
         self.pending[source_id] = deque(ordered)
 
     def time_floor(self, source_id: str) -> int:
@@ -137,8 +158,11 @@ class SplitEnumerator:
 
     def event_time(self, source_id: str, split_id: str) -> dict[str, Any]:
         """What a worker's watermark needs with a split it was handed (after ``next_split``)."""
-        return {"lower": self.bounds[source_id].get(split_id), "floor": self.time_floor(source_id),
-                "tops": dict(self.tops.get(source_id, {}).get(split_id, {}))}
+        return {
+            "lower": self.bounds[source_id].get(split_id),
+            "floor": self.time_floor(source_id),
+            "tops": dict(self.tops.get(source_id, {}).get(split_id, {})),
+        }
 
     def cutoff(self, source_id: str) -> float | None:
         """Modification time below which a split of an age-bounded source is forgotten: the
@@ -148,7 +172,11 @@ class SplitEnumerator:
         if newest is None:
             return None
         floor = self.unfinished_floor(source_id)
-        return newest - self.max_age[source_id] if floor is None else min(newest - self.max_age[source_id], floor)
+        return (
+            newest - self.max_age[source_id]
+            if floor is None
+            else min(newest - self.max_age[source_id], floor)
+        )
 
     def unfinished_floor(self, source_id: str, finished: set[str] | None = None) -> float | None:
         """The oldest mtime of a split found but not in ``finished`` (default: not finished)."""
@@ -176,9 +204,11 @@ class SplitEnumerator:
         if source_id not in self.max_age:
             return {}
         mtimes = self.mtimes[source_id]
-        return {"newest": self.newest[source_id],
-                "mtimes": {split: mtimes[split] for split in sorted(finished) if split in mtimes},
-                "unfinished_floor": self.unfinished_floor(source_id, finished)}
+        return {
+            "newest": self.newest[source_id],
+            "mtimes": {split: mtimes[split] for split in sorted(finished) if split in mtimes},
+            "unfinished_floor": self.unfinished_floor(source_id, finished),
+        }
 
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | str | None:
         queue = self.pending[source_id]

@@ -41,9 +41,19 @@ from arrowflow.triggers import ManualTrigger, Trigger, TriggerStats
 
 
 class JobCoordinator:
-    def __init__(self, plan: Plan, parallelism: int, *, storage: CheckpointStorage | None,
-                 trigger: Trigger | None, restored: Manifest | None, max_parallelism: int,
-                 min_pause_s: float = 0.0, timeout_s: float = 600.0, first_id: int = 1) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        parallelism: int,
+        *,
+        storage: CheckpointStorage | None,
+        trigger: Trigger | None,
+        restored: Manifest | None,
+        max_parallelism: int,
+        min_pause_s: float = 0.0,
+        timeout_s: float = 600.0,
+        first_id: int = 1,
+    ) -> None:
         self.plan = plan
         self.parallelism = parallelism
         self.storage = storage
@@ -59,10 +69,17 @@ class JobCoordinator:
             for source_id, offsets in restored.sources.items():
                 positions[source_id] = dict(offsets.get("positions", {}))
                 finished[source_id] = set(offsets.get("finished", []))
-                ages[source_id] = {"newest": offsets.get("newest"), "mtimes": offsets.get("mtimes", {}),
-                                   "unfinished_floor": offsets.get("unfinished_floor")}
-                tops[source_id] = checked_tops(offsets.get("split_tops", {}), source_id, restored.id)
-        self.enumerator = SplitEnumerator(plan, positions=positions, finished=finished, ages=ages, tops=tops)
+                ages[source_id] = {
+                    "newest": offsets.get("newest"),
+                    "mtimes": offsets.get("mtimes", {}),
+                    "unfinished_floor": offsets.get("unfinished_floor"),
+                }
+                tops[source_id] = checked_tops(
+                    offsets.get("split_tops", {}), source_id, restored.id
+                )
+        self.enumerator = SplitEnumerator(
+            plan, positions=positions, finished=finished, ages=ages, tops=tops
+        )
         self.base_finished = {op.id: set(finished.get(op.id, ())) for op in plan.sources}
         self.finished_by: dict[int, dict[str, list[str]]] = {w: {} for w in range(parallelism)}
         # Never reuse an id: a newer checkpoint may exist, damaged or incomplete.
@@ -84,8 +101,13 @@ class JobCoordinator:
         self.stop_mode: str | None = None
         self.last_discovery = time.monotonic()
         self.discovery_interval = min(
-            (getattr(op.params["source"], "poll_interval_s", 1.0) for op in plan.sources
-             if not op.params["source"].bounded), default=1.0)
+            (
+                getattr(op.params["source"], "poll_interval_s", 1.0)
+                for op in plan.sources
+                if not op.params["source"].bounded
+            ),
+            default=1.0,
+        )
         self.savepoint_id: int | None = None
         self.exit_now = False
         # For watching a live job (arrowflow.running): the newest counters of each worker's
@@ -100,7 +122,9 @@ class JobCoordinator:
     def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
         return self.enumerator.next_split(source_id, worker)
 
-    def hand_out(self, source_id: str, worker: int) -> tuple[Split, Any, dict[str, Any]] | str | None:
+    def hand_out(
+        self, source_id: str, worker: int
+    ) -> tuple[Split, Any, dict[str, Any]] | str | None:
         """``next_split`` for a worker's link: the split and its position, with what its
         watermark needs (:meth:`SplitEnumerator.event_time`), or ``WAIT`` or ``None``."""
         handed = self.enumerator.next_split(source_id, worker)
@@ -122,17 +146,23 @@ class JobCoordinator:
     def worker_metrics(self, worker: int, rows: list[dict[str, Any]]) -> None:
         self.live_metrics[worker] = rows
 
-    def publish(self, sink_id: str, worker: int, epoch: int | None, payload: bytes, produced: int) -> None:
+    def publish(
+        self, sink_id: str, worker: int, epoch: int | None, payload: bytes, produced: int
+    ) -> None:
         """Rows a live-results tap saw (Arrow IPC bytes); ``epoch``: the last checkpoint its writer took part in
         (None: none yet in this attempt, so the rows come after the restored checkpoint)."""
         if self.on_publish is not None:
-            self.on_publish(sink_id, worker, self.restored_id if epoch is None else epoch, payload, produced)
+            self.on_publish(
+                sink_id, worker, self.restored_id if epoch is None else epoch, payload, produced
+            )
 
     def ack(self, worker: int, checkpoint_id: int, payload: dict[str, Any]) -> bool:
         """Record one ack; returns True when this completed the final checkpoint."""
         flight = self.in_flight
         if flight is None or flight["id"] != checkpoint_id:
-            msg = f"internal: ack for checkpoint {checkpoint_id} from worker {worker}, none in flight"
+            msg = (
+                f"internal: ack for checkpoint {checkpoint_id} from worker {worker}, none in flight"
+            )
             raise RuntimeError(msg)
         payload["finished"] = {s: list(ids) for s, ids in self.finished_by[worker].items()}
         flight["acks"][worker] = payload
@@ -166,8 +196,11 @@ class JobCoordinator:
             if not self.in_flight["aborted"] and now - self.in_flight["started"] > self.timeout_s:
                 self.in_flight["aborted"] = True
                 self.aborted.append(self.in_flight["id"])
-                warnings.warn(f"checkpoint {self.in_flight['id']} took longer than {self.timeout_s}s and "
-                              f"was aborted; the job goes on", stacklevel=2)
+                warnings.warn(
+                    f"checkpoint {self.in_flight['id']} took longer than {self.timeout_s}s and "
+                    f"was aborted; the job goes on",
+                    stacklevel=2,
+                )
             return None
         if self.final_done or self.exit_now:
             return None
@@ -177,7 +210,9 @@ class JobCoordinator:
                 return None
             if now - self.last_started < self.min_pause_s:
                 return None
-            stats = TriggerStats(now - self.last_started, self.rows_total - self.rows_at_last, self.rows_total)
+            stats = TriggerStats(
+                now - self.last_started, self.rows_total - self.rows_at_last, self.rows_total
+            )
             savepoint = self.stop_mode == "savepoint"
             if not (savepoint or self.requested or self.trigger.should_trigger(stats)):
                 return None
@@ -186,7 +221,13 @@ class JobCoordinator:
         self.requested = False
         checkpoint_id = self.next_id
         self.next_id += 1
-        self.in_flight = {"id": checkpoint_id, "started": now, "acks": {}, "final": final, "aborted": False}
+        self.in_flight = {
+            "id": checkpoint_id,
+            "started": now,
+            "acks": {},
+            "final": final,
+            "aborted": False,
+        }
         self.last_started = now
         self.rows_at_last = self.rows_total
         return checkpoint_id
@@ -228,23 +269,32 @@ class JobCoordinator:
                 finished.update(ack["finished"].get(op.id, []))
             # Splits restored at an offset keep it until a worker reports a newer one: a split
             # still waiting in the queue at this checkpoint must not restart from zero later.
-            positions: dict[str, Any] = {split: offset for split, offset in
-                                         self.enumerator.positions.get(op.id, {}).items() if split not in finished}
+            positions: dict[str, Any] = {
+                split: offset
+                for split, offset in self.enumerator.positions.get(op.id, {}).items()
+                if split not in finished
+            }
             for ack in acks:
                 positions.update(ack["positions"].get(op.id, {}))
             # The running maxima of event time of splits in progress (per watermark operator),
             # kept like their offsets: a restored split is judged on as it would have been.
-            tops: dict[str, dict[str, int]] = {split: dict(by_op) for split, by_op in
-                                               self.enumerator.tops.get(op.id, {}).items() if split not in finished}
+            tops: dict[str, dict[str, int]] = {
+                split: dict(by_op)
+                for split, by_op in self.enumerator.tops.get(op.id, {}).items()
+                if split not in finished
+            }
             for ack in acks:
                 for split, by_op in ack.get("split_tops", {}).get(op.id, {}).items():
                     if split not in finished:
                         tops.setdefault(split, {}).update(by_op)
             # An age-bounded source (watch) forgets old finished splits: so do checkpoints.
             finished = {split for split in finished if self.enumerator.remembered(op.id, split)}
-            state[op.id] = {"finished": sorted(finished), "positions": positions,
-                            **({"split_tops": tops} if tops else {}),
-                            **self.enumerator.ages_state(op.id, finished)}
+            state[op.id] = {
+                "finished": sorted(finished),
+                "positions": positions,
+                **({"split_tops": tops} if tops else {}),
+                **self.enumerator.ages_state(op.id, finished),
+            }
         self._forget()
         return state
 
@@ -255,28 +305,53 @@ class JobCoordinator:
         other acks were still coming, belongs to the next checkpoint and must stay recorded.)
         """
         for source_id in self.enumerator.max_age:
+
             def kept(split: str, source_id: str = source_id) -> bool:
                 return self.enumerator.remembered(source_id, split)
 
-            self.base_finished[source_id] = {s for s in self.base_finished.get(source_id, ()) if kept(s)}
+            self.base_finished[source_id] = {
+                s for s in self.base_finished.get(source_id, ()) if kept(s)
+            }
             for by_source in self.finished_by.values():
                 if source_id in by_source:
                     by_source[source_id] = [s for s in by_source[source_id] if kept(s)]
 
-    def _write_checkpoint(self, checkpoint_id: int, acks: list[dict[str, Any]],
-                          staged: dict[str, list[Any]], *, final: bool) -> None:
+    def _write_checkpoint(
+        self,
+        checkpoint_id: int,
+        acks: list[dict[str, Any]],
+        staged: dict[str, list[Any]],
+        *,
+        final: bool,
+    ) -> None:
         assert self.storage is not None
         sources = self.sources_state(acks)
-        files = [self.storage.write_file(f"{chk_dir(checkpoint_id)}/{SOURCES}",
-                                         json.dumps(sources, sort_keys=True, default=str).encode())]
+        files = [
+            self.storage.write_file(
+                f"{chk_dir(checkpoint_id)}/{SOURCES}",
+                json.dumps(sources, sort_keys=True, default=str).encode(),
+            )
+        ]
         state = [entry for ack in acks for entry in ack["state"]]
         files.extend({"path": e["path"], "size": e["size"], "sha256": e["sha256"]} for e in state)
         manifest = Manifest(
-            id=checkpoint_id, time=time.time(), flow=self.plan.flow_name, fingerprint=self.plan.fingerprint,
-            operators=self.plan.operator_fingerprints, parallelism=self.parallelism,
-            max_parallelism=self.max_parallelism, sources=sources, state=state, files=files,
-            sinks={sink: items for sink, items in staged.items() if self.plan.op(sink).params["sink"].durable},
-            final=final, stores={name: spec for ack in acks for name, spec in ack.get("stores", {}).items()},
+            id=checkpoint_id,
+            time=time.time(),
+            flow=self.plan.flow_name,
+            fingerprint=self.plan.fingerprint,
+            operators=self.plan.operator_fingerprints,
+            parallelism=self.parallelism,
+            max_parallelism=self.max_parallelism,
+            sources=sources,
+            state=state,
+            files=files,
+            sinks={
+                sink: items
+                for sink, items in staged.items()
+                if self.plan.op(sink).params["sink"].durable
+            },
+            final=final,
+            stores={name: spec for ack in acks for name, spec in ack.get("stores", {}).items()},
         )
         fault_point("before_manifest")
         self.storage.write_manifest(manifest)
@@ -305,8 +380,10 @@ def checked_tops(value: Any, source_id: str, checkpoint_id: int) -> dict[str, di
                     problem = f"split {split!r}, operator {op_id!r}: {top!r}"
                     break
     if problem is not None:
-        msg = (f"checkpoint {checkpoint_id}: the split_tops of source {source_id!r} in its sources are not "
-               f"valid ({problem}); expected {{split id: {{watermark operator: int microseconds}}}}. Restore "
-               f"an older checkpoint, or start over with restore=None")
+        msg = (
+            f"checkpoint {checkpoint_id}: the split_tops of source {source_id!r} in its sources are not "
+            f"valid ({problem}); expected {{split id: {{watermark operator: int microseconds}}}}. Restore "
+            f"an older checkpoint, or start over with restore=None"
+        )
         raise CheckpointError(msg)
     return {split: dict(by_op) for split, by_op in value.items()}

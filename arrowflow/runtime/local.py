@@ -59,12 +59,28 @@ class _DirectLink:
         return None
 
 
-def run_local(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, context: RuntimeContext, *,
-              batch_size: int | None, max_parallelism: int) -> RunResult:
+def run_local(
+    plan: Plan,
+    backend: StateBackend,
+    coordinator: JobCoordinator,
+    context: RuntimeContext,
+    *,
+    batch_size: int | None,
+    max_parallelism: int,
+) -> RunResult:
     started = time.perf_counter()
     local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{plan.flow_name}-")
-    worker = Worker(plan, 0, 1, _DirectLink(coordinator), backend, batch_size=batch_size,
-                    local_dir=local_dir, max_parallelism=max_parallelism, runtime_context=context)
+    worker = Worker(
+        plan,
+        0,
+        1,
+        _DirectLink(coordinator),
+        backend,
+        batch_size=batch_size,
+        local_dir=local_dir,
+        max_parallelism=max_parallelism,
+        runtime_context=context,
+    )
     try:
         report = worker.run()
     finally:
@@ -79,5 +95,8 @@ def run_local(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, co
 def collected_outputs(plan: Plan) -> dict[str, Any]:
     from arrowflow.io.memory import CollectSink
 
-    return {op.id: op.params["sink"].frames for op in plan.ops
-            if op.kind == "sink" and isinstance(op.params["sink"], CollectSink)}
+    return {
+        op.id: op.params["sink"].frames
+        for op in plan.ops
+        if op.kind == "sink" and isinstance(op.params["sink"], CollectSink)
+    }

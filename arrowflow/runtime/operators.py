@@ -176,7 +176,9 @@ class Operator:
             self.unaligned.add(index)
         else:
             self.idle_inputs.discard(index)
-            self.input_watermarks[index] = max(value, self.input_watermarks.get(index, NO_WATERMARK))
+            self.input_watermarks[index] = max(
+                value, self.input_watermarks.get(index, NO_WATERMARK)
+            )
             if index in self.unaligned and self.input_watermarks[index] >= self.watermark:
                 self.unaligned.discard(index)
         self.combine_watermarks()
@@ -208,7 +210,9 @@ class Operator:
             self.idle = False
             if self.watermark != NO_WATERMARK:
                 self.forward_watermark(self.watermark)  # active again, at the watermark it had
-        aligned = [self.input_watermarks.get(i, NO_WATERMARK) for i in active if i not in self.unaligned]
+        aligned = [
+            self.input_watermarks.get(i, NO_WATERMARK) for i in active if i not in self.unaligned
+        ]
         if not aligned:
             return
         value = min(aligned)
@@ -248,9 +252,14 @@ class Operator:
         """Release resources; called once, also after an error."""
 
     def metrics(self) -> dict[str, Any]:
-        return {"operator": self.id, "kind": self.spec.kind, "rows_in": self.rows_in,
-                "rows_out": self.rows_out, "batches_in": self.batches_in,
-                "unconsumed": sum(self.unconsumed.values())}
+        return {
+            "operator": self.id,
+            "kind": self.spec.kind,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "batches_in": self.batches_in,
+            "unconsumed": sum(self.unconsumed.values()),
+        }
 
 
 def _compile_steps(steps: list[dict[str, Any]]) -> Callable[[pl.DataFrame], pl.DataFrame]:
@@ -305,7 +314,8 @@ def _checked_function(step: dict[str, Any]) -> Callable[[pl.DataFrame], pl.DataF
             names_match = sorted(out.columns) == sorted(schema.names())
             # Only all-null columns may differ in type (polars infers them as Null).
             types_match = names_match and all(
-                out.schema[name] == dtype or out.schema[name] == pl.Null for name, dtype in schema.items()
+                out.schema[name] == dtype or out.schema[name] == pl.Null
+                for name, dtype in schema.items()
             )
             if not types_match:
                 differences = [
@@ -399,10 +409,14 @@ class ExchangeOp(Operator):
         if self.parallelism == 1:
             self._local(batch)
             return
-        owners = owner_of(key_groups(batch.select(self.keys), self.max_parallelism), self.parallelism,
-                          self.max_parallelism)
+        owners = owner_of(
+            key_groups(batch.select(self.keys), self.max_parallelism),
+            self.parallelism,
+            self.max_parallelism,
+        )
         parts = batch.with_columns(pl.Series(OWNER, owners, dtype=pl.Int32)).partition_by(
-            OWNER, as_dict=True, include_key=False, maintain_order=True)
+            OWNER, as_dict=True, include_key=False, maintain_order=True
+        )
         for (target,), part in parts.items():
             if target == self.worker:
                 self._local(part)
@@ -477,7 +491,9 @@ EMIT_CACHE_ROWS = 2_000_000
 class AggOp(Operator):
     """Keyed running aggregation over a state store."""
 
-    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+    def __init__(
+        self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
+    ) -> None:
         super().__init__(spec)
         self.agg: IncrementalAgg = spec.params["agg"]
         self.backend = backend
@@ -493,8 +509,12 @@ class AggOp(Operator):
         self.partial_rows = 0
 
     def store_spec(self) -> StoreSpec:
-        return StoreSpec(self.id, self.agg.key_schema, self.agg.state_schema,
-                         max_parallelism=self.spec.params["max_parallelism"])
+        return StoreSpec(
+            self.id,
+            self.agg.key_schema,
+            self.agg.state_schema,
+            max_parallelism=self.spec.params["max_parallelism"],
+        )
 
     def open(self) -> None:
         self.store = self.backend.open_store(self.store_spec(), self.key_range, self.store_context)
@@ -523,7 +543,9 @@ class AggOp(Operator):
         if self.dirty_values and self.dirty_rows > EMIT_CACHE_ROWS:
             self.dirty = [frame.select(self.agg.keys) for frame in self.dirty]
             self.dirty_values = False
-        self.dirty.append(pl.concat([keys, merged], how="horizontal") if self.dirty_values else keys)
+        self.dirty.append(
+            pl.concat([keys, merged], how="horizontal") if self.dirty_values else keys
+        )
         if self.dirty_rows > 4 * max(1_000_000, self.store.count()):
             unique = pl.concat(self.dirty).unique(self.agg.keys, keep="last")
             self.dirty, self.dirty_rows = [unique], unique.height
@@ -580,7 +602,9 @@ class SinkOp(Operator):
         self.writer.close()
 
 
-def snapshot_stores(context: RuntimeContext, stores: dict[str, KeyedStore | None], checkpoint_id: int) -> None:
+def snapshot_stores(
+    context: RuntimeContext, stores: dict[str, KeyedStore | None], checkpoint_id: int
+) -> None:
     """Write every store's snapshot to the checkpoint storage (no-op without storage)."""
     if context.storage is None:
         return
@@ -601,4 +625,6 @@ def restore_stores(context: RuntimeContext, stores: dict[str, KeyedStore | None]
         return
     for store in stores.values():
         if store is not None:
-            store.restore(context.storage.fs, context.restore_root, context.files_for(store.spec.name))
+            store.restore(
+                context.storage.fs, context.restore_root, context.files_for(store.spec.name)
+            )

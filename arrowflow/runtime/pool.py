@@ -73,8 +73,13 @@ _STOP_GRACE_S = 2.0
 class ShmTransport:
     """A worker's end of the rings: sends to every other worker, polls what they sent."""
 
-    def __init__(self, worker: int, parallelism: int, ring_names: dict[tuple[int, int], str],
-                 exchanges: list[str]) -> None:
+    def __init__(
+        self,
+        worker: int,
+        parallelism: int,
+        ring_names: dict[tuple[int, int], str],
+        exchanges: list[str],
+    ) -> None:
         self.worker = worker
         self.out = {t: Ring(name) for (s, t), name in ring_names.items() if s == worker}
         self.inbound = {s: Ring(name) for (s, t), name in ring_names.items() if t == worker}
@@ -246,9 +251,20 @@ def _die_with_parent() -> None:
         os._exit(1)  # the parent died before prctl: nobody would tell us
 
 
-def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: bytes, backend_bytes: bytes,
-                 ring_names: dict[tuple[int, int], str], exchanges: list[str], batch_size: int | None,
-                 local_dir: str, max_parallelism: int, threads: int, context_bytes: bytes) -> None:
+def _worker_main(
+    index: int,
+    parallelism: int,
+    conn: Connection,
+    plan_bytes: bytes,
+    backend_bytes: bytes,
+    ring_names: dict[tuple[int, int], str],
+    exchanges: list[str],
+    batch_size: int | None,
+    local_dir: str,
+    max_parallelism: int,
+    threads: int,
+    context_bytes: bytes,
+) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -261,9 +277,18 @@ def _worker_main(index: int, parallelism: int, conn: Connection, plan_bytes: byt
         transport = ShmTransport(index, parallelism, ring_names, exchanges) if ring_names else None
         os.makedirs(local_dir, exist_ok=True)
         context: RuntimeContext = cloudpickle.loads(context_bytes)
-        worker = Worker(plan, index, parallelism, _PipeLink(conn), backend, batch_size=batch_size,
-                        local_dir=local_dir, max_parallelism=max_parallelism, transport=transport,
-                        runtime_context=context)
+        worker = Worker(
+            plan,
+            index,
+            parallelism,
+            _PipeLink(conn),
+            backend,
+            batch_size=batch_size,
+            local_dir=local_dir,
+            max_parallelism=max_parallelism,
+            transport=transport,
+            runtime_context=context,
+        )
         if transport is not None:
             transport.owner = worker
         profile_dir = os.environ.get("ARROWFLOW_PROFILE_DIR")
@@ -328,10 +353,15 @@ def _user_modules(plan: Plan) -> list[Any]:
     import importlib.util
     import sysconfig
 
-    installed = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    installed = {
+        sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
     found = []
     for op in plan.ops:
-        for step in [*op.params.get("steps", []), op.params]:  # chained functions, a process function
+        for step in [
+            *op.params.get("steps", []),
+            op.params,
+        ]:  # chained functions, a process function
             for fn in (step.get("fn"),):
                 name = getattr(fn, "__module__", None)
                 module = sys.modules.get(name) if name else None
@@ -342,7 +372,9 @@ def _user_modules(plan: Plan) -> list[Any]:
                     importable = importlib.util.find_spec(name) is not None
                 except (ImportError, ValueError):
                     importable = False
-                if (not importable or not any(path.startswith(root) for root in installed)) and module not in found:
+                if (
+                    not importable or not any(path.startswith(root) for root in installed)
+                ) and module not in found:
                     found.append(module)  # once: registering a module twice cannot be undone twice
     return found
 
@@ -367,7 +399,11 @@ def _main_module_hidden() -> Iterator[None]:
     guard, and a job file is never executed twice.
     """
     main = sys.modules.get("__main__")
-    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    saved = {
+        k: getattr(main, k)
+        for k in ("__file__", "__spec__")
+        if main is not None and hasattr(main, k)
+    }
     try:
         if main is not None:
             if "__file__" in saved:
@@ -381,8 +417,16 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 class _Pool:
-    def __init__(self, plan: Plan, backend: StateBackend, workers: int, batch_size: int | None,
-                 max_parallelism: int, context: RuntimeContext, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        backend: StateBackend,
+        workers: int,
+        batch_size: int | None,
+        max_parallelism: int,
+        context: RuntimeContext,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
         self.context = context
         self.plan = plan
         self.workers = workers
@@ -403,9 +447,12 @@ class _Pool:
             reclaimed = reclaim_segments()
             if reclaimed:
                 creators = sorted({int(name.split("-")[1]) for name in reclaimed})
-                warnings.warn(f"removed {len(reclaimed)} shared-memory segments left in /dev/shm by arrowflow "
-                              f"coordinators killed before they could clean up (pids "
-                              f"{', '.join(map(str, creators))})", stacklevel=2)
+                warnings.warn(
+                    f"removed {len(reclaimed)} shared-memory segments left in /dev/shm by arrowflow "
+                    f"coordinators killed before they could clean up (pids "
+                    f"{', '.join(map(str, creators))})",
+                    stacklevel=2,
+                )
             for s in range(self.workers):
                 for t in range(self.workers):
                     if s != t:
@@ -425,10 +472,23 @@ class _Pool:
             for index in range(self.workers):
                 parent, child = context.Pipe(duplex=True)
                 process = context.Process(
-                    target=_worker_main, name=f"arrowflow-{self.plan.flow_name}-w{index}", daemon=True,
-                    args=(index, self.workers, child, plan_bytes, backend_bytes, ring_names, self.exchanges,
-                          self.batch_size, os.path.join(self.local_dir, f"w{index}"), self.max_parallelism,
-                          threads, context_bytes),
+                    target=_worker_main,
+                    name=f"arrowflow-{self.plan.flow_name}-w{index}",
+                    daemon=True,
+                    args=(
+                        index,
+                        self.workers,
+                        child,
+                        plan_bytes,
+                        backend_bytes,
+                        ring_names,
+                        self.exchanges,
+                        self.batch_size,
+                        os.path.join(self.local_dir, f"w{index}"),
+                        self.max_parallelism,
+                        threads,
+                        context_bytes,
+                    ),
                 )
                 with _main_module_hidden():
                     process.start()
@@ -458,14 +518,22 @@ class _Pool:
             for ready in wait(waiting + sentinels, timeout=0.02):
                 if isinstance(ready, int):
                     index = by_sentinel[ready]
-                    exiting |= self._drain(index, job, reports)  # it may have said why before exiting
+                    exiting |= self._drain(
+                        index, job, reports
+                    )  # it may have said why before exiting
                     if index not in reports:
                         process = self.processes[index]
                         process.join(1.0)  # reap it, so its exit code is known
-                        msg = (f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
-                               f"running")
+                        msg = (
+                            f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
+                            f"running"
+                        )
                         code = process.exitcode
-                        raise WorkerError(msg, worker=index, signal=-code if code is not None and code < 0 else None)
+                        raise WorkerError(
+                            msg,
+                            worker=index,
+                            signal=-code if code is not None and code < 0 else None,
+                        )
                 else:
                     exiting |= self._drain(by_conn[id(ready)], job, reports)
             if exiting:
@@ -517,7 +585,9 @@ class _Pool:
                 reports[index] = message[1]
             elif kind == "error":
                 text, summary = message[1], message[2]
-                msg = f"worker {index} failed: {summary}\n\n--- worker {index} traceback ---\n{text}"
+                msg = (
+                    f"worker {index} failed: {summary}\n\n--- worker {index} traceback ---\n{text}"
+                )
                 raise WorkerError(msg, worker=index, traceback_text=text)
         return final
 
@@ -548,8 +618,16 @@ class _Pool:
         shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
-def run_pool(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, context: RuntimeContext, *,
-             workers: int, batch_size: int | None, max_parallelism: int) -> RunResult:
+def run_pool(
+    plan: Plan,
+    backend: StateBackend,
+    coordinator: JobCoordinator,
+    context: RuntimeContext,
+    *,
+    workers: int,
+    batch_size: int | None,
+    max_parallelism: int,
+) -> RunResult:
     started = time.perf_counter()
     pool = _Pool(plan, backend, workers, batch_size, max_parallelism, context)
     try:
@@ -558,8 +636,10 @@ def run_pool(plan: Plan, backend: StateBackend, coordinator: JobCoordinator, con
         pool.stop(graceful=True)
     except KeyboardInterrupt:
         pool.stop()
-        msg = (f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
-               f"checkpoints already completed ({coordinator.completed or 'none'}) stays committed")
+        msg = (
+            f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
+            f"checkpoints already completed ({coordinator.completed or 'none'}) stays committed"
+        )
         raise JobCancelled(msg) from None
     finally:
         pool.stop()

@@ -63,7 +63,9 @@ def wall_clock_ms() -> int:
 class ProcessOp(Operator):
     """A keyed process function over its declared states."""
 
-    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+    def __init__(
+        self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
+    ) -> None:
         super().__init__(spec)
         self.function: ProcessFunction = spec.params["process"]
         self.backend = backend
@@ -82,11 +84,19 @@ class ProcessOp(Operator):
         key_schema = function.key_schema(function.input_schema)
         for state in function.states:
             spec = state.store_spec(self.id, key_schema, function.max_parallelism)
-            self.stores[spec.name] = self.backend.open_store(spec, self.key_range, self.store_context)
+            self.stores[spec.name] = self.backend.open_store(
+                spec, self.key_range, self.store_context
+            )
         restore_stores(self.context, dict(self.stores))
-        self.process_context = ProcessContext(function, key_schema, self.stores, emit=self.emit,
-                                              worker=self.store_context.worker,
-                                              parallelism=self.store_context.parallelism, key_range=self.key_range)
+        self.process_context = ProcessContext(
+            function,
+            key_schema,
+            self.stores,
+            emit=self.emit,
+            worker=self.store_context.worker,
+            parallelism=self.store_context.parallelism,
+            key_range=self.key_range,
+        )
 
     def _advance_clock(self, batch: pl.DataFrame) -> None:
         column = self.function.event_time
@@ -94,8 +104,15 @@ class ProcessOp(Operator):
             now = wall_clock_ms()
         else:
             latest = batch.get_column(column).max()
-            now = self.now_ms if latest is None else int(
-                pl.Series([latest], dtype=batch.schema[column]).cast(pl.Datetime("ms")).dt.epoch("ms")[0])
+            now = (
+                self.now_ms
+                if latest is None
+                else int(
+                    pl.Series([latest], dtype=batch.schema[column])
+                    .cast(pl.Datetime("ms"))
+                    .dt.epoch("ms")[0]
+                )
+            )
         self.now_ms = max(self.now_ms, now)
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
@@ -110,8 +127,12 @@ class ProcessOp(Operator):
         started = time.perf_counter()
         out = self.function.fn(batch, context)
         self.busy_s += time.perf_counter() - started
-        out = conform_output(out, self.function.output_schema, f"operator {self.id!r}: the process function returned",
-                             "return the same columns and types for every batch, or declare schema= on process()")
+        out = conform_output(
+            out,
+            self.function.output_schema,
+            f"operator {self.id!r}: the process function returned",
+            "return the same columns and types for every batch, or declare schema= on process()",
+        )
         self.emit(out)
         self._maybe_sweep()
 

@@ -34,11 +34,16 @@ class RunResult:
         if not self.operator_metrics:
             return pl.DataFrame()
         frame = pl.from_dicts(self.operator_metrics, infer_schema_length=None)
-        numeric = [c for c, t in frame.schema.items() if t.is_numeric() and c not in ("worker", "watermark_us")]
+        numeric = [
+            c
+            for c, t in frame.schema.items()
+            if t.is_numeric() and c not in ("worker", "watermark_us")
+        ]
         # An operator's watermark is the lowest of its workers' (summing them meant nothing).
         watermark = [pl.col("watermark_us").min()] if "watermark_us" in frame.columns else []
         return frame.group_by("operator", "kind", maintain_order=True).agg(
-            [pl.col(c).sum() for c in numeric] + watermark)
+            [pl.col(c).sum() for c in numeric] + watermark
+        )
 
     def _sum(self, kind: str, column: str) -> int:
         return int(sum(m[column] for m in self.operator_metrics if m["kind"] == kind))
@@ -69,7 +74,8 @@ class RunResult:
             f"RunResult(flow={self.flow!r}, workers={self.workers}, rows_in={self.rows_in:,}, "
             f"rows_out={self.rows_out:,}, malformed={self.malformed:,}, elapsed={self.elapsed_s:.3f}s, "
             f"rate={rate:,.0f} rows/s, restarts={self.restarts}"
-            + (f", rolled_back={self.rolled_back_summary()!r}" if self.rolled_back else "") + ")"
+            + (f", rolled_back={self.rolled_back_summary()!r}" if self.rolled_back else "")
+            + ")"
         )
 
     def rolled_back_summary(self) -> str:

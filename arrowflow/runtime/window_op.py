@@ -85,7 +85,9 @@ END = "__end"
 START = "__start"
 
 
-def make_event_time_op(spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> Operator:
+def make_event_time_op(
+    spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
+) -> Operator:
     if spec.kind == "watermark":
         return WatermarkOp(spec)
     window: WindowAgg = spec.params["window"]
@@ -173,12 +175,22 @@ class WatermarkOp(Operator):
 
     def split_tops(self) -> dict[str, dict[str, int]]:
         """For a checkpoint: source -> split in progress -> its running maximum."""
-        return {source_id: {split_id: clock.top for split_id, clock in track.splits.items() if clock.top is not None}
-                for source_id, track in (self.tracks or {}).items() if track.splits}
+        return {
+            source_id: {
+                split_id: clock.top
+                for split_id, clock in track.splits.items()
+                if clock.top is not None
+            }
+            for source_id, track in (self.tracks or {}).items()
+            if track.splits
+        }
 
     def _idle_split(self, track: _SourceTrack, clock: _SplitClock, now: float) -> bool:
-        return (not track.bounded and self.idle_timeout_s is not None
-                and now - clock.last_data >= self.idle_timeout_s)
+        return (
+            not track.bounded
+            and self.idle_timeout_s is not None
+            and now - clock.last_data >= self.idle_timeout_s
+        )
 
     def advance(self) -> None:
         """Forward the minimum over the sources' floors and their splits' contributions here
@@ -190,7 +202,9 @@ class WatermarkOp(Operator):
             value = min(value, track.floor)
             for clock in track.splits.values():
                 lower = NO_WATERMARK if clock.lower is None else clock.lower
-                reached = max(lower, NO_WATERMARK if clock.top is None else clock.top - self.delay_us)
+                reached = max(
+                    lower, NO_WATERMARK if clock.top is None else clock.top - self.delay_us
+                )
                 if self._idle_split(track, clock, now):
                     idle_reached = max(idle_reached, reached)
                 else:
@@ -300,7 +314,9 @@ class _WindowBase(Operator):
 
     keeps_split_watermark = True  # it decides lateness with it
 
-    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+    def __init__(
+        self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
+    ) -> None:
         super().__init__(spec)
         self.window: WindowAgg = spec.params["window"]
         self.agg = self.window.agg
@@ -315,16 +331,22 @@ class _WindowBase(Operator):
         self.fired = 0
 
     def store_spec(self) -> StoreSpec:
-        return StoreSpec(self.id, self.window.key_schema, self.window.state_schema,
-                         max_parallelism=self.spec.params["max_parallelism"],
-                         group_columns=tuple(self.user_keys))
+        return StoreSpec(
+            self.id,
+            self.window.key_schema,
+            self.window.state_schema,
+            max_parallelism=self.spec.params["max_parallelism"],
+            group_columns=tuple(self.user_keys),
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         self.store = self.backend.open_store(self.store_spec(), self.key_range, self.store_context)
         restore_stores(self.context, {"": self.store})
         if self.context.restore_root is not None and self.context.storage is not None:
-            frames = [frame.select([*self.keys, *self._end_source()]) for frame in self.store.scan()]
+            frames = [
+                frame.select([*self.keys, *self._end_source()]) for frame in self.store.scan()
+            ]
             if frames:
                 self.index = self._with_end(pl.concat(frames)).select(self.index.columns)
             self.watermark = self._restored_watermark()
@@ -336,7 +358,9 @@ class _WindowBase(Operator):
         """``frame`` (keys + window_start [+ window_end]) with the physical window end."""
         if self.window.is_session:
             return frame.with_columns(pl.col(WINDOW_END).to_physical().alias(END))
-        return frame.with_columns((pl.col(WINDOW_START).to_physical() + self.window.size).alias(END))
+        return frame.with_columns(
+            (pl.col(WINDOW_START).to_physical() + self.window.size).alias(END)
+        )
 
     def _watermark_store(self) -> str:
         return f"{self.id}/watermark"
@@ -348,8 +372,13 @@ class _WindowBase(Operator):
             low, high = state_file.key_groups
             if high <= self.key_range.start or low >= self.key_range.stop:
                 continue
-            values.append(_watermark_of(read_verified(storage.fs, self.context.restore_root, state_file),
-                                        state_file.path, self.id))
+            values.append(
+                _watermark_of(
+                    read_verified(storage.fs, self.context.restore_root, state_file),
+                    state_file.path,
+                    self.id,
+                )
+            )
         return min(values) if values else NO_WATERMARK
 
     def snapshot(self, checkpoint_id: int) -> None:
@@ -357,13 +386,22 @@ class _WindowBase(Operator):
         storage = self.context.storage
         if storage is None:
             return
-        relative = (f"chk-{checkpoint_id:08d}/state/{self.id}/watermark-"
-                    f"{self.key_range.start:03d}-{self.key_range.stop:03d}.json")
+        relative = (
+            f"chk-{checkpoint_id:08d}/state/{self.id}/watermark-"
+            f"{self.key_range.start:03d}-{self.key_range.stop:03d}.json"
+        )
         payload = json.dumps({"watermark": self.watermark, "operator": self.id}).encode()
         size, digest = checked_write(storage.fs, f"{storage.root}/{relative}", payload)
         self.context.state_files.setdefault(checkpoint_id, []).append(
-            StateFile(relative, size, digest, self._watermark_store(),
-                      (self.key_range.start, self.key_range.stop), "json"))
+            StateFile(
+                relative,
+                size,
+                digest,
+                self._watermark_store(),
+                (self.key_range.start, self.key_range.stop),
+                "json",
+            )
+        )
 
     def close(self) -> None:
         if self.store is not None:
@@ -399,7 +437,9 @@ class _WindowBase(Operator):
         if self.window.is_session:
             end = frame.get_column(WINDOW_END)
         else:
-            end = (frame.get_column(WINDOW_START).to_physical() + self.window.size).cast(self.window.dtype)
+            end = (frame.get_column(WINDOW_START).to_physical() + self.window.size).cast(
+                self.window.dtype
+            )
         self.emit(out.insert_column(len(self.user_keys) + 1, end.alias(WINDOW_END)))
 
     def emit_late(self, late: pl.DataFrame) -> None:
@@ -412,19 +452,26 @@ class _WindowBase(Operator):
             self.emit(late, "late")
             return
         dtype = self.window.dtype
-        self.emit(late.with_columns(pl.col(START).cast(dtype).alias(WINDOW_START),
-                                    pl.col(END).cast(dtype).alias(WINDOW_END))
-                  .select(self.window.late_schema.names()), "late")
+        self.emit(
+            late.with_columns(
+                pl.col(START).cast(dtype).alias(WINDOW_START),
+                pl.col(END).cast(dtype).alias(WINDOW_END),
+            ).select(self.window.late_schema.names()),
+            "late",
+        )
 
-    def split_late_rows(self, frame: pl.DataFrame, end: pl.Expr,
-                        fired: pl.Expr | None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    def split_late_rows(
+        self, frame: pl.DataFrame, end: pl.Expr, fired: pl.Expr | None
+    ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
         """(late rows, the others) of ``frame``, or None when none is late. A row is late when
         its window ``end`` + allowed lateness is at or behind its split watermark
         (:data:`SPLIT_WATERMARK`, microseconds), or when ``fired`` (its window already fired
         here). One pass for the mask; the frame is split only when some row is late."""
         conditions = [] if fired is None else [fired]
         if SPLIT_WATERMARK in frame.columns:
-            split_limit = pl.col(SPLIT_WATERMARK) * self.window.per_ms // 1000  # in the column's unit
+            split_limit = (
+                pl.col(SPLIT_WATERMARK) * self.window.per_ms // 1000
+            )  # in the column's unit
             conditions.append(end + self.window.lateness <= split_limit)
         if not conditions:
             return None
@@ -471,7 +518,9 @@ class WindowOp(_WindowBase):
     due, and filters only the one or two that straddle the watermark.
     """
 
-    def __init__(self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext) -> None:
+    def __init__(
+        self, spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
+    ) -> None:
         super().__init__(spec, backend, key_range, context)
         self.chunks: list[_Chunk] = []
         self.buffered = 0
@@ -479,9 +528,13 @@ class WindowOp(_WindowBase):
         # (one thread per worker); first/last depend on row order, so they keep the latter.
         order_free = all(term.kind not in ORDERED_KINDS for term in self.agg.terms)
         self.engine = "streaming" if order_free else "in-memory"
-        self.buffer_spec = StoreSpec(f"{self.id}/{BUFFER_STORE}", self.window.key_schema, self.window.state_schema,
-                                     max_parallelism=self.spec.params["max_parallelism"],
-                                     group_columns=tuple(self.user_keys))
+        self.buffer_spec = StoreSpec(
+            f"{self.id}/{BUFFER_STORE}",
+            self.window.key_schema,
+            self.window.state_schema,
+            max_parallelism=self.spec.params["max_parallelism"],
+            group_columns=tuple(self.user_keys),
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def open(self) -> None:
@@ -508,16 +561,25 @@ class WindowOp(_WindowBase):
             buffer = pl.DataFrame(schema={**self.window.key_schema, **self.window.state_schema})
         groups = self.buffer_spec.key_groups_of(buffer)
         frame = buffer.with_columns(pl.Series(KEY_GROUP, groups, dtype=pl.Int32))
-        relative = (f"chk-{checkpoint_id:08d}/state/{self.id}/{BUFFER_STORE}-"
-                    f"{self.key_range.start:03d}-{self.key_range.stop:03d}.arrow")
+        relative = (
+            f"chk-{checkpoint_id:08d}/state/{self.id}/{BUFFER_STORE}-"
+            f"{self.key_range.start:03d}-{self.key_range.stop:03d}.arrow"
+        )
         size, digest = checked_write(storage.fs, f"{storage.root}/{relative}", ipc_bytes(frame))
         if self.buffer_spec.name not in self.context.store_specs:
             from arrowflow.checkpoint import encode_spec
 
             self.context.store_specs[self.buffer_spec.name] = encode_spec(self.buffer_spec)
         self.context.state_files.setdefault(checkpoint_id, []).append(
-            StateFile(relative, size, digest, self.buffer_spec.name,
-                      (self.key_range.start, self.key_range.stop), "arrow"))
+            StateFile(
+                relative,
+                size,
+                digest,
+                self.buffer_spec.name,
+                (self.key_range.start, self.key_range.stop),
+                "arrow",
+            )
+        )
 
     def _restored_buffer(self) -> pl.DataFrame | None:
         """The buffered windows of the restored checkpoint whose key group this worker owns."""
@@ -531,7 +593,9 @@ class WindowOp(_WindowBase):
             if state_file.key_groups[1] <= low or state_file.key_groups[0] >= high:
                 continue
             frame = read_ipc_bytes(read_verified(storage.fs, self.context.restore_root, state_file))
-            frames.append(frame.filter(pl.col(KEY_GROUP).is_between(low, high - 1)).select(list(schema)))
+            frames.append(
+                frame.filter(pl.col(KEY_GROUP).is_between(low, high - 1)).select(list(schema))
+            )
         if not frames:
             return None
         return pl.concat(frames, how="vertical").cast(schema)  # type: ignore[arg-type]
@@ -567,18 +631,38 @@ class WindowOp(_WindowBase):
             key = pl.col(self.user_keys[0]).cast(pl.Int64)
             slot = pl.col(START) // self.window.every
             low_key, high_key, low_slot, high_slot, nulls = assigned.select(
-                key.min().alias("a"), key.max().alias("b"), slot.min().alias("c"), slot.max().alias("d"),
-                key.null_count().alias("e")).row(0)
+                key.min().alias("a"),
+                key.max().alias("b"),
+                slot.min().alias("c"),
+                slot.max().alias("d"),
+                key.null_count().alias("e"),
+            ).row(0)
             if nulls == 0 and high_key - low_key < 2**31 and high_slot - low_slot < 2**31:
                 packed = ((slot - low_slot) * 2**32 + (key - low_key)).alias("__packed")
                 code = pl.col("__packed")
-                grouped = (assigned.lazy().group_by(packed).agg(self.agg.partial_exprs).select(
-                    ((code % 2**32) + low_key).cast(key_dtype).alias(self.user_keys[0]),
-                    (((code // 2**32) + low_slot) * self.window.every).cast(self.window.dtype).alias(WINDOW_START),
-                    *self.agg.state_schema.names()).collect(engine=self.engine))  # type: ignore[arg-type]
-                return _Chunk(grouped, (low_slot * self.window.every, high_slot * self.window.every))
-        return _Chunk(assigned.lazy().with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START))
-                      .group_by(self.keys).agg(self.agg.partial_exprs).collect(engine=self.engine))  # type: ignore[arg-type]
+                grouped = (
+                    assigned.lazy()
+                    .group_by(packed)
+                    .agg(self.agg.partial_exprs)
+                    .select(
+                        ((code % 2**32) + low_key).cast(key_dtype).alias(self.user_keys[0]),
+                        (((code // 2**32) + low_slot) * self.window.every)
+                        .cast(self.window.dtype)
+                        .alias(WINDOW_START),
+                        *self.agg.state_schema.names(),
+                    )
+                    .collect(engine=self.engine)
+                )  # type: ignore[arg-type]
+                return _Chunk(
+                    grouped, (low_slot * self.window.every, high_slot * self.window.every)
+                )
+        return _Chunk(
+            assigned.lazy()
+            .with_columns(pl.col(START).cast(self.window.dtype).alias(WINDOW_START))
+            .group_by(self.keys)
+            .agg(self.agg.partial_exprs)
+            .collect(engine=self.engine)
+        )  # type: ignore[arg-type]
 
     def _buffer(self, chunk: _Chunk) -> None:
         partial = chunk.frame
@@ -600,16 +684,26 @@ class WindowOp(_WindowBase):
                 if rest.height:
                     # Outside [low, high]: below it when the overlap reaches old's top, above
                     # it when it reaches old's bottom, else on both sides.
-                    kept.append(_Chunk(rest, (old.low, low - 1) if high >= old.high else
-                                       (high + 1, old.high) if low <= old.low else (old.low, old.high)))
+                    kept.append(
+                        _Chunk(
+                            rest,
+                            (old.low, low - 1)
+                            if high >= old.high
+                            else (high + 1, old.high)
+                            if low <= old.low
+                            else (old.low, old.high),
+                        )
+                    )
             else:
                 kept.append(old)
         if taken:
             shared = pl.any_horizontal([start.is_between(low, high) for low, high in overlaps])
             combined = self.agg.combine(pl.concat([*taken, partial.filter(shared)], how="vertical"))
             fresh = partial.filter(~shared)
-            chunk = _Chunk(pl.concat([fresh, combined], how="vertical") if fresh.height else combined,
-                           (chunk.low, chunk.high))  # the overlaps lie inside the batch's range
+            chunk = _Chunk(
+                pl.concat([fresh, combined], how="vertical") if fresh.height else combined,
+                (chunk.low, chunk.high),
+            )  # the overlaps lie inside the batch's range
         kept.append(chunk)
         if len(kept) > 256:  # key-disjoint: concatenating is enough
             kept = [_Chunk(pl.concat([c.frame for c in kept], how="vertical"))]
@@ -623,7 +717,11 @@ class WindowOp(_WindowBase):
         if not chunks:
             return
         assert self.store is not None
-        buffer = pl.concat([c.frame for c in chunks], how="vertical") if len(chunks) > 1 else chunks[0].frame
+        buffer = (
+            pl.concat([c.frame for c in chunks], how="vertical")
+            if len(chunks) > 1
+            else chunks[0].frame
+        )
         if self.index.height:
             known = join_on_keys(buffer, self.index.select(self.keys), self.keys, "semi")
             fresh = join_on_keys(buffer, self.index.select(self.keys), self.keys, "anti")
@@ -694,9 +792,16 @@ class SessionWindowOp(_WindowBase):
         same_key = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys])
         starts = ~same_key.fill_null(False) | ((ts - ts.shift(1)) >= window.gap).fill_null(True)
         ordered = ordered.with_columns(
-            pl.when(starts).then(ts).otherwise(None).forward_fill().cast(window.dtype).alias(WINDOW_START))
+            pl.when(starts)
+            .then(ts)
+            .otherwise(None)
+            .forward_fill()
+            .cast(window.dtype)
+            .alias(WINDOW_START)
+        )
         partial = ordered.group_by(self.keys, maintain_order=True).agg(
-            [*self.agg.partial_exprs, (ts.max() + window.gap).alias(END)])
+            [*self.agg.partial_exprs, (ts.max() + window.gap).alias(END)]
+        )
         self._merge(partial)
 
     def _merge(self, partial: pl.DataFrame) -> None:
@@ -704,20 +809,36 @@ class SessionWindowOp(_WindowBase):
         keys, dtype = self.user_keys, self.window.dtype
         state = self.agg.state_schema.names()
         parts = [partial.select([*self.keys, *state, END])]
-        touched = join_on_keys(self.index, partial.select(keys).unique(), keys, "semi") \
-            if self.index.height else self.index
+        touched = (
+            join_on_keys(self.index, partial.select(keys).unique(), keys, "semi")
+            if self.index.height
+            else self.index
+        )
         if touched.height:
             stored_keys = touched.select(self.keys)
             values = self.store.get(stored_keys)
-            parts.insert(0, pl.concat([stored_keys, values.select(state), touched.select(END)], how="horizontal"))
+            parts.insert(
+                0,
+                pl.concat(
+                    [stored_keys, values.select(state), touched.select(END)], how="horizontal"
+                ),
+            )
             self.store.delete(stored_keys)
             self.index = join_on_keys(self.index, stored_keys, self.keys, "anti")
         both = pl.concat(parts, how="vertical").sort([*keys, WINDOW_START], maintain_order=True)
         start = pl.col(WINDOW_START).to_physical()
-        previous_end = pl.col(END).cum_max().shift(1).over(keys) if keys else pl.col(END).cum_max().shift(1)
+        previous_end = (
+            pl.col(END).cum_max().shift(1).over(keys) if keys else pl.col(END).cum_max().shift(1)
+        )
         opens = previous_end.is_null() | (start >= previous_end)
-        both = both.with_columns(pl.when(opens).then(start).otherwise(None).forward_fill().cast(dtype)
-                                 .alias(WINDOW_START))
+        both = both.with_columns(
+            pl.when(opens)
+            .then(start)
+            .otherwise(None)
+            .forward_fill()
+            .cast(dtype)
+            .alias(WINDOW_START)
+        )
         merged = self.agg.combine(both.drop(END))
         ends = both.group_by(self.keys, maintain_order=True).agg(pl.col(END).max())
         merged = join_on_keys(merged, ends, self.keys, "left", maintain_order="left")
@@ -744,8 +865,10 @@ def _watermark_of(payload: bytes, path: str, operator_id: str) -> int:
     except (ValueError, KeyError, TypeError, RecursionError):
         value = None
     if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
-        msg = (f"window {operator_id!r}: the watermark file {path!r} of the restored checkpoint holds no "
-               f"watermark (expected {{\"watermark\": <int64>}}); the checkpoint is damaged: restore an "
-               f"older one, or start over with restore=None")
+        msg = (
+            f"window {operator_id!r}: the watermark file {path!r} of the restored checkpoint holds no "
+            f'watermark (expected {{"watermark": <int64>}}); the checkpoint is damaged: restore an '
+            f"older one, or start over with restore=None"
+        )
         raise StateError(msg)
     return value

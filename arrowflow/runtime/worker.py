@@ -150,7 +150,9 @@ class SourceOp(Operator):
         if item.malformed is not None and item.malformed.height:
             self.malformed_rows += item.malformed.height
             # The reader knows its format, not its operator id: name the source here.
-            self.emit(item.malformed.with_columns(source=pl.lit(self.id, dtype=pl.String)), "malformed")
+            self.emit(
+                item.malformed.with_columns(source=pl.lit(self.id, dtype=pl.String)), "malformed"
+            )
         if item.data is None and item.malformed is None:
             return False  # a tailed split with no complete line yet
         if item.data is not None:
@@ -194,10 +196,20 @@ class WorkerReport:
 
 
 class Worker:
-    def __init__(self, plan: Plan, index: int, parallelism: int, link: CoordinatorLink,
-                 backend: StateBackend, *, batch_size: int | None, local_dir: str,
-                 max_parallelism: int = 128, transport: Any = None,
-                 runtime_context: RuntimeContext | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        index: int,
+        parallelism: int,
+        link: CoordinatorLink,
+        backend: StateBackend,
+        *,
+        batch_size: int | None,
+        local_dir: str,
+        max_parallelism: int = 128,
+        transport: Any = None,
+        runtime_context: RuntimeContext | None = None,
+    ) -> None:
         self.plan = plan
         self.link = link
         self.pending: int | None = None
@@ -216,7 +228,9 @@ class Worker:
         for spec in plan.ops:
             op: Operator
             if spec.kind == "source":
-                op = SourceOp(spec, link, batch_size or (DEFAULT_BATCH_ROWS if parallelism > 1 else None))
+                op = SourceOp(
+                    spec, link, batch_size or (DEFAULT_BATCH_ROWS if parallelism > 1 else None)
+                )
                 self.sources.append(op)
             elif spec.kind == "chain":
                 op = ChainOp(spec)
@@ -267,7 +281,9 @@ class Worker:
                 consumers.setdefault(edge.op, []).append(spec.id)
         kinds = {spec.id: spec.kind for spec in plan.ops}
         for spec in plan.ops:  # an exchange in front of a window ships the split watermark along
-            if spec.kind == "exchange" and any(kinds[c] == "window" for c in consumers.get(spec.id, [])):
+            if spec.kind == "exchange" and any(
+                kinds[c] == "window" for c in consumers.get(spec.id, [])
+            ):
                 self.ops[spec.id].keeps_split_watermark = True
         clocks = []
         for op_id, sources in split_watermark_inputs(plan).items():
@@ -278,8 +294,10 @@ class Worker:
                     reach.add(node)
                     pending.extend(consumers.get(node, []))
             clock = self.ops[op_id]
-            clock.track_splits({s: self.ops[s].source.bounded for s in sources},  # type: ignore[attr-defined]
-                               attach=any(kinds[n] == "window" for n in reach))
+            clock.track_splits(
+                {s: self.ops[s].source.bounded for s in sources},  # type: ignore[attr-defined]
+                attach=any(kinds[n] == "window" for n in reach),
+            )
             for source_id in sources:
                 self.ops[source_id].clocks.append(clock)  # type: ignore[attr-defined]
             clocks.append(clock)
@@ -352,7 +370,9 @@ class Worker:
         now = time.monotonic()
         # In-process the report is a function call: make it at once (row triggers stay exact);
         # across a pipe, at most every 50 ms.
-        if self.rows_unreported and (force or self.transport is None or now - self.last_rows_report > 0.05):
+        if self.rows_unreported and (
+            force or self.transport is None or now - self.last_rows_report > 0.05
+        ):
             self.link.rows(self.rows_unreported)
             self.rows_unreported = 0
             self.last_rows_report = now
@@ -390,13 +410,16 @@ class Worker:
         files = self.context.state_files.pop(checkpoint_id, [])
         staged = self.context.staged.pop(checkpoint_id, {})
         self.pending = None
-        self.link.ack(checkpoint_id, {
-            "positions": self.positions.pop(str(checkpoint_id)),
-            "split_tops": self.split_tops.pop(str(checkpoint_id), {}),
-            "state": [f.to_json() for f in files],
-            "staged": staged,
-            "stores": dict(self.context.store_specs),
-        })
+        self.link.ack(
+            checkpoint_id,
+            {
+                "positions": self.positions.pop(str(checkpoint_id)),
+                "split_tops": self.split_tops.pop(str(checkpoint_id), {}),
+                "state": [f.to_json() for f in files],
+                "staged": staged,
+                "stores": dict(self.context.store_specs),
+            },
+        )
         fault_point("after_ack")
 
     def deliver(self, exchange_id: str, batch: pl.DataFrame | None, sender: int) -> None:

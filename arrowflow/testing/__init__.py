@@ -34,7 +34,9 @@ _SHOWN_ROWS = 10
 
 def _sortable(frame: pl.DataFrame) -> list[str]:
     """Columns a frame can be sorted by (nested types cannot)."""
-    return [name for name, dtype in frame.schema.items() if not dtype.is_nested() and dtype != pl.Object]
+    return [
+        name for name, dtype in frame.schema.items() if not dtype.is_nested() and dtype != pl.Object
+    ]
 
 
 def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
@@ -51,9 +53,9 @@ def _row_diff(left: pl.DataFrame, right: pl.DataFrame) -> str:
         return ""
     counted_left = left.group_by(columns).len("#left")
     counted_right = right.group_by(columns).len("#right")
-    joined = counted_left.join(counted_right, on=columns, how="full", nulls_equal=True, coalesce=True).with_columns(
-        pl.col("#left", "#right").fill_null(0)
-    )
+    joined = counted_left.join(
+        counted_right, on=columns, how="full", nulls_equal=True, coalesce=True
+    ).with_columns(pl.col("#left", "#right").fill_null(0))
     lines = []
     for label, mask in (
         ("more often in left", pl.col("#left") > pl.col("#right")),
@@ -62,7 +64,9 @@ def _row_diff(left: pl.DataFrame, right: pl.DataFrame) -> str:
         rows = joined.filter(mask)
         if rows.height:
             with pl.Config(tbl_rows=_SHOWN_ROWS, tbl_cols=-1, tbl_width_chars=200):
-                lines.append(f"{rows.height} distinct row(s) {label} (#left, #right: times seen):\n{rows.head(_SHOWN_ROWS)}")
+                lines.append(
+                    f"{rows.height} distinct row(s) {label} (#left, #right: times seen):\n{rows.head(_SHOWN_ROWS)}"
+                )
     return "\n".join(lines)
 
 
@@ -89,7 +93,9 @@ def assert_frame_equal_unordered(
     (integers, strings) first, as every arrowflow aggregation output does.
     """
     if not isinstance(left, pl.DataFrame) or not isinstance(right, pl.DataFrame):
-        msg = f"expected two polars DataFrames, got {type(left).__name__} and {type(right).__name__}"
+        msg = (
+            f"expected two polars DataFrames, got {type(left).__name__} and {type(right).__name__}"
+        )
         raise TypeError(msg)
     if check_column_order:
         if left.columns != right.columns:
@@ -101,21 +107,32 @@ def assert_frame_equal_unordered(
     else:
         right = right.select(left.columns)
     if check_dtypes and left.schema != right.schema:
-        diffs = [f"  {c}: {left.schema[c]} vs {right.schema[c]}" for c in left.columns
-                 if left.schema[c] != right.schema[c]]
+        diffs = [
+            f"  {c}: {left.schema[c]} vs {right.schema[c]}"
+            for c in left.columns
+            if left.schema[c] != right.schema[c]
+        ]
         msg = "column types differ (left vs right):\n" + "\n".join(diffs)
         raise AssertionError(msg)
     if left.height != right.height:
-        comparable = right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
+        comparable = (
+            right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
+        )
         msg = f"row counts differ: left has {left.height} rows, right has {right.height}\n"
         raise AssertionError(msg + _row_diff(left, comparable))
     try:
         assert_frame_equal(
-            _canonical(left), _canonical(right), check_dtypes=check_dtypes, check_exact=check_exact,
-            rel_tol=rel_tol, abs_tol=abs_tol,
+            _canonical(left),
+            _canonical(right),
+            check_dtypes=check_dtypes,
+            check_exact=check_exact,
+            rel_tol=rel_tol,
+            abs_tol=abs_tol,
         )
     except AssertionError as exc:
-        comparable = right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
+        comparable = (
+            right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
+        )
         has_floats = any(dtype.is_float() for dtype in left.schema.dtypes())
         diff = _row_diff(left, comparable) if check_exact or not has_floats else ""
         msg = f"frames differ (compared after sorting both by all columns): {exc}"
@@ -175,8 +192,13 @@ class _CollectingWriter(SinkWriter):
         return frame_to_ipc(frames) if frames else None
 
 
-def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory",
-                batch_size: int | None = None, max_parallelism: int | None = None) -> list[pl.DataFrame]:
+def collect_all(
+    *streams: Stream,
+    workers: int | None = 0,
+    state: Any = "memory",
+    batch_size: int | None = None,
+    max_parallelism: int | None = None,
+) -> list[pl.DataFrame]:
     """Run ``streams`` (of one flow) together in one run; return each one's rows, in order.
 
     Like ``stream.collect()`` for several streams at once, so that a branch (one stream
@@ -190,15 +212,35 @@ def collect_all(*streams: Stream, workers: int | None = 0, state: Any = "memory"
     if not streams:
         msg = "collect_all() needs at least one stream"
         raise TypeError(msg)
-    if not all(isinstance(s, Stream) for s in streams) or any(s.flow is not streams[0].flow for s in streams):
+    if not all(isinstance(s, Stream) for s in streams) or any(
+        s.flow is not streams[0].flow for s in streams
+    ):
         msg = "collect_all() takes streams of one Flow"
         raise TypeError(msg)
     flow = streams[0].flow
     sinks = [CollectingSink() for _ in streams]
-    nodes = [Node(flow.unused_id(f"{stream.id}.collect-{i}"), "sink", [stream.node], {"sink": sink})
-             for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))]
-    plan = build_plan(flow, nodes, max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism)
+    nodes = [
+        Node(flow.unused_id(f"{stream.id}.collect-{i}"), "sink", [stream.node], {"sink": sink})
+        for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))
+    ]
+    plan = build_plan(
+        flow,
+        nodes,
+        max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism,
+    )
     # The plan holds its own (pickled or not) copies of the sinks: read the rows from those.
-    execute(plan, workers=workers, state=state, checkpoint_dir=None, checkpoint_every=None, restore=None,
-            batch_size=batch_size, max_parallelism=max_parallelism, progress=False)
-    return [plan.op(node.id).params["sink"].to_polars(stream.schema) for node, stream in zip(nodes, streams, strict=True)]
+    execute(
+        plan,
+        workers=workers,
+        state=state,
+        checkpoint_dir=None,
+        checkpoint_every=None,
+        restore=None,
+        batch_size=batch_size,
+        max_parallelism=max_parallelism,
+        progress=False,
+    )
+    return [
+        plan.op(node.id).params["sink"].to_polars(stream.schema)
+        for node, stream in zip(nodes, streams, strict=True)
+    ]

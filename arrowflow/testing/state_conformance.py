@@ -54,7 +54,13 @@ from arrowflow.errors import StateError
 from arrowflow.keygroups import key_group_range, key_groups
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
 
-__all__ = ["Capabilities", "ReferenceStore", "StateConformance", "assert_same_contents", "temporary_postgres"]
+__all__ = [
+    "Capabilities",
+    "ReferenceStore",
+    "StateConformance",
+    "assert_same_contents",
+    "temporary_postgres",
+]
 
 ALL_GROUPS = range(0, 128)
 
@@ -106,13 +112,22 @@ class ReferenceStore:
     def _append(self, keys: pl.DataFrame, values: pl.DataFrame | None, *, put: bool) -> None:
         height = keys.height
         if values is None:  # a delete: logged with null values
-            values = pl.DataFrame([pl.Series(name, [None] * height, dtype=dtype)
-                                   for name, dtype in self.spec.value_schema.items()])
-        frame = pl.concat([keys.select(self.spec.key_columns), values.select(self.spec.value_columns)],
-                          how="horizontal")
-        self._log.append(frame.with_columns(
-            pl.int_range(self._next, self._next + height, dtype=pl.Int64).alias(_SEQ),
-            pl.lit(put, dtype=pl.Boolean).alias(_PUT)))
+            values = pl.DataFrame(
+                [
+                    pl.Series(name, [None] * height, dtype=dtype)
+                    for name, dtype in self.spec.value_schema.items()
+                ]
+            )
+        frame = pl.concat(
+            [keys.select(self.spec.key_columns), values.select(self.spec.value_columns)],
+            how="horizontal",
+        )
+        self._log.append(
+            frame.with_columns(
+                pl.int_range(self._next, self._next + height, dtype=pl.Int64).alias(_SEQ),
+                pl.lit(put, dtype=pl.Boolean).alias(_PUT),
+            )
+        )
         self._next += height
 
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
@@ -122,7 +137,12 @@ class ReferenceStore:
         self._append(keys, None, put=False)
 
     def log(self) -> pl.DataFrame:
-        schema = {**self.spec.key_schema, **self.spec.value_schema, _SEQ: pl.Int64, _PUT: pl.Boolean}
+        schema = {
+            **self.spec.key_schema,
+            **self.spec.value_schema,
+            _SEQ: pl.Int64,
+            _PUT: pl.Boolean,
+        }
         frames = [f for f in self._log if f.height]
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
@@ -145,17 +165,28 @@ class ReferenceStore:
     def get(self, probe: pl.DataFrame) -> pl.DataFrame:
         keys = self.spec.key_columns
         log = self.log()
-        both = pl.concat([
-            log.select(*keys, _SEQ, pl.lit(None, dtype=pl.Int64).alias(_PROBE)),
-            probe.select(keys).with_columns(pl.lit(None, dtype=pl.Int64).alias(_SEQ),
-                                            pl.int_range(probe.height, dtype=pl.Int64).alias(_PROBE)),
-        ], how="vertical")
-        latest = (both.with_columns(pl.col(_SEQ).max().over(keys).alias(_SEQ))
-                  .filter(pl.col(_PROBE).is_not_null()).sort(_PROBE).select(_SEQ))
+        both = pl.concat(
+            [
+                log.select(*keys, _SEQ, pl.lit(None, dtype=pl.Int64).alias(_PROBE)),
+                probe.select(keys).with_columns(
+                    pl.lit(None, dtype=pl.Int64).alias(_SEQ),
+                    pl.int_range(probe.height, dtype=pl.Int64).alias(_PROBE),
+                ),
+            ],
+            how="vertical",
+        )
+        latest = (
+            both.with_columns(pl.col(_SEQ).max().over(keys).alias(_SEQ))
+            .filter(pl.col(_PROBE).is_not_null())
+            .sort(_PROBE)
+            .select(_SEQ)
+        )
         found = latest.join(log.drop(keys), on=_SEQ, how="left", maintain_order="left")
         is_entry = pl.col(_PUT).fill_null(False)
-        return found.select(*(pl.when(is_entry).then(pl.col(c)).alias(c) for c in self.spec.value_columns),
-                            is_entry.alias(FOUND))
+        return found.select(
+            *(pl.when(is_entry).then(pl.col(c)).alias(c) for c in self.spec.value_columns),
+            is_entry.alias(FOUND),
+        )
 
 
 class _References:
@@ -169,8 +200,9 @@ class _References:
         pass
 
 
-def assert_same_contents(actual: KeyedStore, expected: KeyedStore | ReferenceStore, *,
-                         groups: range | None = None) -> None:
+def assert_same_contents(
+    actual: KeyedStore, expected: KeyedStore | ReferenceStore, *, groups: range | None = None
+) -> None:
     """``actual`` holds exactly the entries of ``expected`` (restricted to ``groups``)."""
     keys = actual.spec.key_columns
     want = _scan(expected)
@@ -178,7 +210,9 @@ def assert_same_contents(actual: KeyedStore, expected: KeyedStore | ReferenceSto
         owned = key_groups(want.select(keys), expected.spec.max_parallelism)
         want = want.filter(pl.Series((owned >= groups.start) & (owned < groups.stop)))
     got = _scan(actual)
-    assert got.height == actual.count(), f"scan returned {got.height} rows but count() says {actual.count()}"
+    assert got.height == actual.count(), (
+        f"scan returned {got.height} rows but count() says {actual.count()}"
+    )
     assert_frame_equal(_sorted(got, keys), _sorted(want, keys), check_exact=True)
 
 
@@ -191,8 +225,15 @@ class _Stores:
         self.dirs: list[str] = []
         self.base = tempfile.mkdtemp(prefix="arrowflow-conformance-")
 
-    def open(self, spec: StoreSpec, groups: range = ALL_GROUPS, *, worker: int = 0, parallelism: int = 1,
-             local_dir: str | None = None) -> KeyedStore:
+    def open(
+        self,
+        spec: StoreSpec,
+        groups: range = ALL_GROUPS,
+        *,
+        worker: int = 0,
+        parallelism: int = 1,
+        local_dir: str | None = None,
+    ) -> KeyedStore:
         if local_dir is None:
             local_dir = tempfile.mkdtemp(dir=self.base)
         store = self.backend.open_store(spec, groups, StoreContext(local_dir, worker, parallelism))
@@ -248,11 +289,20 @@ _SCALARS: dict[str, tuple[pl.DataType, st.SearchStrategy[Any]]] = {
     "bool": (pl.Boolean(), st.booleans()),
     "date": (pl.Date(), st.dates(dt.date(1900, 1, 1), dt.date(2200, 12, 31))),
     "datetime": (pl.Datetime("us"), st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))),
-    "datetime_ns_utc": (pl.Datetime("ns", "UTC"), st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))),
+    "datetime_ns_utc": (
+        pl.Datetime("ns", "UTC"),
+        st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1)),
+    ),
     "float64": (pl.Float64(), st.floats(allow_nan=False, width=64)),
-    "duration": (pl.Duration("us"), st.timedeltas(dt.timedelta(days=-9999), dt.timedelta(days=9999))),
+    "duration": (
+        pl.Duration("us"),
+        st.timedeltas(dt.timedelta(days=-9999), dt.timedelta(days=9999)),
+    ),
     "time": (pl.Time(), st.times()),
-    "decimal": (pl.Decimal(12, 3), st.decimals(Decimal("-99999999.999"), Decimal("99999999.999"), places=3)),
+    "decimal": (
+        pl.Decimal(12, 3),
+        st.decimals(Decimal("-99999999.999"), Decimal("99999999.999"), places=3),
+    ),
 }
 _KEY_KINDS = ["int64", "int32", "uint64", "string", "binary", "bool", "date", "datetime", "float64"]
 _VALUE_KINDS = list(_SCALARS)
@@ -304,16 +354,36 @@ def key_pool(draw: st.DrawFn, keys: dict[str, str], capabilities: Capabilities) 
     """Distinct keys (null counts as a value, as in polars joins)."""
     size = draw(st.integers(1, 40))
     columns = [
-        _series(name, kind, draw(st.lists(_values_strategy(kind, capabilities, key=True), min_size=size, max_size=size)))
+        _series(
+            name,
+            kind,
+            draw(
+                st.lists(
+                    _values_strategy(kind, capabilities, key=True), min_size=size, max_size=size
+                )
+            ),
+        )
         for name, kind in keys.items()
     ]
     return pl.DataFrame(columns).unique(maintain_order=True)
 
 
 @st.composite
-def value_rows(draw: st.DrawFn, values: dict[str, str], height: int, capabilities: Capabilities) -> pl.DataFrame:
+def value_rows(
+    draw: st.DrawFn, values: dict[str, str], height: int, capabilities: Capabilities
+) -> pl.DataFrame:
     columns = [
-        _series(name, kind, draw(st.lists(_values_strategy(kind, capabilities, key=False), min_size=height, max_size=height)))
+        _series(
+            name,
+            kind,
+            draw(
+                st.lists(
+                    _values_strategy(kind, capabilities, key=False),
+                    min_size=height,
+                    max_size=height,
+                )
+            ),
+        )
         for name, kind in values.items()
     ]
     return pl.DataFrame(columns)
@@ -323,25 +393,41 @@ def _deterministic_data(n: int, seed: int = 7) -> tuple[pl.DataFrame, pl.DataFra
     """``n`` distinct two-column keys (a string and an integer, some null) and values with nulls."""
     rng = np.random.default_rng(seed)
     ids = rng.permutation(n * 3)[:n]
-    keys = pl.DataFrame({
-        "user": pl.Series([f"user-{i % 997}" for i in ids]).set(pl.Series(ids % 101 == 0), None),
-        "session": pl.Series(ids // 997, dtype=pl.Int64).set(pl.Series(ids % 89 == 0), None),
-    }).unique(maintain_order=True)
+    keys = pl.DataFrame(
+        {
+            "user": pl.Series([f"user-{i % 997}" for i in ids]).set(
+                pl.Series(ids % 101 == 0), None
+            ),
+            "session": pl.Series(ids // 997, dtype=pl.Int64).set(pl.Series(ids % 89 == 0), None),
+        }
+    ).unique(maintain_order=True)
     height = keys.height
-    values = pl.DataFrame({
-        "n": pl.Series(rng.integers(0, 1000, height), dtype=pl.Int64),
-        "total": pl.Series(rng.normal(size=height)).set(pl.Series(rng.random(height) < 0.1), None),
-        "last_page": pl.Series([f"/p/{i}" for i in rng.integers(0, 50, height)]).set(
-            pl.Series(rng.random(height) < 0.1), None),
-        "first_seen": pl.Series(rng.integers(0, 10**12, height)).cast(pl.Datetime("ms")),
-    })
+    values = pl.DataFrame(
+        {
+            "n": pl.Series(rng.integers(0, 1000, height), dtype=pl.Int64),
+            "total": pl.Series(rng.normal(size=height)).set(
+                pl.Series(rng.random(height) < 0.1), None
+            ),
+            "last_page": pl.Series([f"/p/{i}" for i in rng.integers(0, 50, height)]).set(
+                pl.Series(rng.random(height) < 0.1), None
+            ),
+            "first_seen": pl.Series(rng.integers(0, 10**12, height)).cast(pl.Datetime("ms")),
+        }
+    )
     return keys, values
 
 
 DETERMINISTIC_SPEC = StoreSpec(
     "keyed-agg",
     pl.Schema({"user": pl.String, "session": pl.Int64}),
-    pl.Schema({"n": pl.Int64, "total": pl.Float64, "last_page": pl.String, "first_seen": pl.Datetime("ms")}),
+    pl.Schema(
+        {
+            "n": pl.Int64,
+            "total": pl.Float64,
+            "last_page": pl.String,
+            "first_seen": pl.Datetime("ms"),
+        }
+    ),
 )
 
 
@@ -358,7 +444,9 @@ def _pg_tool(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
+    )
     if candidates:
         return str(candidates[-1])
     msg = f"PostgreSQL's {name!r} is not on the PATH nor under /usr/lib/postgresql/*/bin; apt-get install postgresql"
@@ -379,11 +467,29 @@ def temporary_postgres() -> Iterator[str]:
     data, log, port = f"{base}/data", f"{base}/server.log", _free_port()
     pg_ctl = _pg_tool("pg_ctl")
     try:
-        subprocess.run([*as_postgres, _pg_tool("initdb"), "-D", data, "-A", "trust", "-U", "postgres",
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_postgres,
+                _pg_tool("initdb"),
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
         options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-        subprocess.run([*as_postgres, pg_ctl, "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*as_postgres, pg_ctl, "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
+            check=True,
+            capture_output=True,
+        )
     except subprocess.CalledProcessError as exc:
         server_log = Path(log).read_text() if Path(log).exists() else ""
         shutil.rmtree(base, ignore_errors=True)
@@ -392,12 +498,16 @@ def temporary_postgres() -> Iterator[str]:
     try:
         import adbc_driver_postgresql.dbapi as pg
 
-        with pg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as admin:
+        with pg.connect(
+            f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True
+        ) as admin:
             with admin.cursor() as cursor:
                 cursor.execute("CREATE DATABASE arrowflow")
         yield f"postgresql://postgres@127.0.0.1:{port}/arrowflow"
     finally:
-        subprocess.run([*as_postgres, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_postgres, pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -407,8 +517,12 @@ _PROPERTY = settings(
     max_examples=int(os.environ.get("ARROWFLOW_CONFORMANCE_EXAMPLES", "20")),
     deadline=None,
     # one test method, run by each backend subclass: "differing executors" is the design here
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.differing_executors],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.differing_executors,
+    ],
 )
 
 
@@ -423,7 +537,9 @@ class StateConformance:
     @pytest.fixture
     def state_backend(self) -> StateBackend:
         if self.backend is None:
-            pytest.fail(f"{type(self).__name__}: set `backend = SomeBackend()` or override the state_backend fixture")
+            pytest.fail(
+                f"{type(self).__name__}: set `backend = SomeBackend()` or override the state_backend fixture"
+            )
         return self.backend
 
     @pytest.fixture
@@ -473,8 +589,12 @@ class StateConformance:
         keys, values = _deterministic_data(5000)
         rng = np.random.default_rng(3)
         steps = [
-            ("put", slice(0, 3000)), ("put", slice(2000, 5000)), ("delete", slice(100, 900)),
-            ("put", slice(500, 700)), ("delete", slice(4900, 6000)), ("put", slice(0, 10)),
+            ("put", slice(0, 3000)),
+            ("put", slice(2000, 5000)),
+            ("delete", slice(100, 900)),
+            ("put", slice(500, 700)),
+            ("delete", slice(4900, 6000)),
+            ("put", slice(0, 10)),
         ]
         for number, (operation, rows) in enumerate(steps):
             batch = keys[rows]
@@ -493,8 +613,13 @@ class StateConformance:
         keys, values = _deterministic_data(300)
         for target in (store, reference):
             target.put(keys[::2], values[::2])
-        probe = pl.concat([keys[::-1], keys[:50], pl.DataFrame({"user": ["absent"], "session": [None]},
-                                                                  schema=keys.schema)])
+        probe = pl.concat(
+            [
+                keys[::-1],
+                keys[:50],
+                pl.DataFrame({"user": ["absent"], "session": [None]}, schema=keys.schema),
+            ]
+        )
         got, want = store.get(probe), reference.get(probe)
         assert got.columns == [*DETERMINISTIC_SPEC.value_columns, FOUND]
         assert_frame_equal(got, want, check_exact=True)
@@ -502,10 +627,14 @@ class StateConformance:
     def test_stores_are_isolated(self, stores: _Stores, oracle: _References) -> None:
         """Two stores of one worker (same local directory) and of two key ranges never mix."""
         local_dir = tempfile.mkdtemp(dir=stores.base)
-        other_spec = StoreSpec("agg-2/seen", DETERMINISTIC_SPEC.key_schema, DETERMINISTIC_SPEC.value_schema)
+        other_spec = StoreSpec(
+            "agg-2/seen", DETERMINISTIC_SPEC.key_schema, DETERMINISTIC_SPEC.value_schema
+        )
         first = stores.open(DETERMINISTIC_SPEC, range(0, 64), local_dir=local_dir)
         second = stores.open(other_spec, range(0, 64), local_dir=local_dir)
-        third = stores.open(DETERMINISTIC_SPEC, range(64, 128), worker=1, parallelism=2, local_dir=local_dir)
+        third = stores.open(
+            DETERMINISTIC_SPEC, range(64, 128), worker=1, parallelism=2, local_dir=local_dir
+        )
         keys, values = _deterministic_data(200)
         first.put(keys, values)
         second.put(keys[:10], values[:10])
@@ -526,7 +655,9 @@ class StateConformance:
         assert again.count() == 0 and _scan(again).height == 0
 
     def test_large_batch(self, stores: _Stores, oracle: _References) -> None:
-        spec = StoreSpec("big", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64, "sum": pl.Float64}))
+        spec = StoreSpec(
+            "big", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64, "sum": pl.Float64})
+        )
         store, reference = stores.open(spec), oracle.open(spec)
         ids = np.random.default_rng(1).permutation(200_000)[:80_000]
         keys = pl.DataFrame({"id": ids})
@@ -540,7 +671,9 @@ class StateConformance:
 
     # ------------------------------------------------------------------ snapshots
 
-    def test_snapshot_restore_same_split(self, stores: _Stores, oracle: _References, any_storage: _Storage) -> None:
+    def test_snapshot_restore_same_split(
+        self, stores: _Stores, oracle: _References, any_storage: _Storage
+    ) -> None:
         storage = any_storage
         store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         keys, values = _deterministic_data(3000)
@@ -550,7 +683,9 @@ class StateConformance:
         root = storage.root()
         files = store.snapshot(storage.fs, root, 1)
         assert files and all(f.store == DETERMINISTIC_SPEC.name for f in files)
-        assert all(not f.path.startswith("/") for f in files), "StateFile paths are relative to the root"
+        assert all(not f.path.startswith("/") for f in files), (
+            "StateFile paths are relative to the root"
+        )
         restored = stores.open(DETERMINISTIC_SPEC)
         restored.restore(storage.fs, root, files)
         assert_same_contents(restored, reference)
@@ -567,7 +702,9 @@ class StateConformance:
         assert restored.count() == 0
 
     @pytest.mark.parametrize("parts", [1, 3])
-    def test_restore_onto_another_split(self, stores: _Stores, oracle: _References, storage: _Storage, parts: int) -> None:
+    def test_restore_onto_another_split(
+        self, stores: _Stores, oracle: _References, storage: _Storage, parts: int
+    ) -> None:
         """Snapshot two stores ([0,64), [64,128)); restore into ``parts`` stores (rescaling)."""
         keys, values = _deterministic_data(4000)
         groups = key_groups(keys, 128)
@@ -588,7 +725,9 @@ class StateConformance:
             total += restored.count()
         assert total == reference.count()
 
-    def test_restore_replaces_contents(self, stores: _Stores, oracle: _References, storage: _Storage) -> None:
+    def test_restore_replaces_contents(
+        self, stores: _Stores, oracle: _References, storage: _Storage
+    ) -> None:
         keys, values = _deterministic_data(1000)
         store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         for target in (store, reference):
@@ -600,8 +739,9 @@ class StateConformance:
         store.restore(storage.fs, root, files)
         assert_same_contents(store, reference)
 
-    def test_later_snapshots_do_not_change_earlier_ones(self, stores: _Stores, oracle: _References,
-                                                         storage: _Storage) -> None:
+    def test_later_snapshots_do_not_change_earlier_ones(
+        self, stores: _Stores, oracle: _References, storage: _Storage
+    ) -> None:
         """Checkpoints 1..4 interleaved with updates; each restores to its own moment."""
         keys, values = _deterministic_data(2000)
         store = stores.open(DETERMINISTIC_SPEC)
@@ -621,11 +761,15 @@ class StateConformance:
             restored.restore(storage.fs, root, files)
             snapshot_oracle = oracle.open(DETERMINISTIC_SPEC)
             if expected.height:
-                snapshot_oracle.put(expected.select(DETERMINISTIC_SPEC.key_columns),
-                                    expected.select(DETERMINISTIC_SPEC.value_columns))
+                snapshot_oracle.put(
+                    expected.select(DETERMINISTIC_SPEC.key_columns),
+                    expected.select(DETERMINISTIC_SPEC.value_columns),
+                )
             assert_same_contents(restored, snapshot_oracle)
 
-    def test_restored_store_keeps_working(self, stores: _Stores, oracle: _References, storage: _Storage) -> None:
+    def test_restored_store_keeps_working(
+        self, stores: _Stores, oracle: _References, storage: _Storage
+    ) -> None:
         keys, values = _deterministic_data(1500)
         store, reference = stores.open(DETERMINISTIC_SPEC), oracle.open(DETERMINISTIC_SPEC)
         for target in (store, reference):
@@ -664,37 +808,102 @@ class StateConformance:
 
     # ------------------------------------------------------------------ types
 
-    def test_every_type_round_trips(self, stores: _Stores, oracle: _References, storage: _Storage) -> None:
+    def test_every_type_round_trips(
+        self, stores: _Stores, oracle: _References, storage: _Storage
+    ) -> None:
         """Edge values of every supported flat type, as keys and as values."""
         nan = float("nan") if self.capabilities.nan else 2.5
         text = "x\x00y" if self.capabilities.nul_in_text else "xy"
-        frame = pl.DataFrame([
-            pl.Series("i64", [-(2**63), 2**63 - 1, 0, None, 5, 6], dtype=pl.Int64),
-            pl.Series("u64", [2**64 - 1, 0, 2**63, None, 1, 2], dtype=pl.UInt64),
-            pl.Series("i8", [-128, 127, 0, None, 1, 2], dtype=pl.Int8),
-            pl.Series("u16", [65535, 0, 1, None, 2, 3], dtype=pl.UInt16),
-            pl.Series("f32", [1.5, -0.0, 3.4e38, None, 1e-40, 2.0], dtype=pl.Float32),
-            pl.Series("f64", [nan, 1e308, -5e-324, None, 0.1, float("inf")], dtype=pl.Float64),
-            pl.Series("s", ["", "ünï ☃", "a" * 300, None, text, "'; DROP TABLE t; --"]),
-            pl.Series("bin", [b"", b"\x00\xff", b"x" * 70, None, b"\x00", b"z"]),
-            pl.Series("b", [True, False, None, True, False, True]),
-            pl.Series("d", [dt.date(1900, 1, 1), dt.date(1969, 12, 31), dt.date(9999, 12, 31), None,
-                            dt.date(2024, 2, 29), dt.date(1970, 1, 1)]),
-            pl.Series("ts_ms", [dt.datetime(1969, 7, 20, 20, 17, 40, 123000), None, dt.datetime(2200, 1, 1),
-                                dt.datetime(1970, 1, 1), dt.datetime(2000, 1, 1), dt.datetime(1901, 1, 1)],
-                      dtype=pl.Datetime("ms")),
-            pl.Series("ts_ns", [1_700_000_000_123_456_789, -1, None, 0, 12, 10**18]).cast(pl.Datetime("ns")),
-            pl.Series("ts_tz", [dt.datetime(2021, 3, 28, 1, 30), None, dt.datetime(1950, 6, 1),
-                                dt.datetime(2021, 10, 31, 1, 30), dt.datetime(2000, 1, 1), dt.datetime(1999, 1, 1)],
-                      dtype=pl.Datetime("us")).dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Paris"),
-            pl.Series("dur", [dt.timedelta(microseconds=-1), dt.timedelta(days=10**5), None, dt.timedelta(0),
-                              dt.timedelta(seconds=1), dt.timedelta(hours=-3)], dtype=pl.Duration("us")),
-            pl.Series("dur_ns", [-1, 10**15, None, 0, 7, 8]).cast(pl.Duration("ns")),
-            pl.Series("t", [dt.time(0), dt.time(23, 59, 59, 999999), None, dt.time(12), dt.time(1, 2, 3), dt.time(4)]),
-            pl.Series("dec", [Decimal("-99999999.999"), Decimal("0.001"), None, Decimal("0"), Decimal("1.5"),
-                              Decimal("12345678.9")], dtype=pl.Decimal(12, 3)),
-            pl.Series("cat", ["a", "b", None, "a", "c", "d"], dtype=pl.Categorical),
-        ])
+        frame = pl.DataFrame(
+            [
+                pl.Series("i64", [-(2**63), 2**63 - 1, 0, None, 5, 6], dtype=pl.Int64),
+                pl.Series("u64", [2**64 - 1, 0, 2**63, None, 1, 2], dtype=pl.UInt64),
+                pl.Series("i8", [-128, 127, 0, None, 1, 2], dtype=pl.Int8),
+                pl.Series("u16", [65535, 0, 1, None, 2, 3], dtype=pl.UInt16),
+                pl.Series("f32", [1.5, -0.0, 3.4e38, None, 1e-40, 2.0], dtype=pl.Float32),
+                pl.Series("f64", [nan, 1e308, -5e-324, None, 0.1, float("inf")], dtype=pl.Float64),
+                pl.Series("s", ["", "ünï ☃", "a" * 300, None, text, "'; DROP TABLE t; --"]),
+                pl.Series("bin", [b"", b"\x00\xff", b"x" * 70, None, b"\x00", b"z"]),
+                pl.Series("b", [True, False, None, True, False, True]),
+                pl.Series(
+                    "d",
+                    [
+                        dt.date(1900, 1, 1),
+                        dt.date(1969, 12, 31),
+                        dt.date(9999, 12, 31),
+                        None,
+                        dt.date(2024, 2, 29),
+                        dt.date(1970, 1, 1),
+                    ],
+                ),
+                pl.Series(
+                    "ts_ms",
+                    [
+                        dt.datetime(1969, 7, 20, 20, 17, 40, 123000),
+                        None,
+                        dt.datetime(2200, 1, 1),
+                        dt.datetime(1970, 1, 1),
+                        dt.datetime(2000, 1, 1),
+                        dt.datetime(1901, 1, 1),
+                    ],
+                    dtype=pl.Datetime("ms"),
+                ),
+                pl.Series("ts_ns", [1_700_000_000_123_456_789, -1, None, 0, 12, 10**18]).cast(
+                    pl.Datetime("ns")
+                ),
+                pl.Series(
+                    "ts_tz",
+                    [
+                        dt.datetime(2021, 3, 28, 1, 30),
+                        None,
+                        dt.datetime(1950, 6, 1),
+                        dt.datetime(2021, 10, 31, 1, 30),
+                        dt.datetime(2000, 1, 1),
+                        dt.datetime(1999, 1, 1),
+                    ],
+                    dtype=pl.Datetime("us"),
+                )
+                .dt.replace_time_zone("UTC")
+                .dt.convert_time_zone("Europe/Paris"),
+                pl.Series(
+                    "dur",
+                    [
+                        dt.timedelta(microseconds=-1),
+                        dt.timedelta(days=10**5),
+                        None,
+                        dt.timedelta(0),
+                        dt.timedelta(seconds=1),
+                        dt.timedelta(hours=-3),
+                    ],
+                    dtype=pl.Duration("us"),
+                ),
+                pl.Series("dur_ns", [-1, 10**15, None, 0, 7, 8]).cast(pl.Duration("ns")),
+                pl.Series(
+                    "t",
+                    [
+                        dt.time(0),
+                        dt.time(23, 59, 59, 999999),
+                        None,
+                        dt.time(12),
+                        dt.time(1, 2, 3),
+                        dt.time(4),
+                    ],
+                ),
+                pl.Series(
+                    "dec",
+                    [
+                        Decimal("-99999999.999"),
+                        Decimal("0.001"),
+                        None,
+                        Decimal("0"),
+                        Decimal("1.5"),
+                        Decimal("12345678.9"),
+                    ],
+                    dtype=pl.Decimal(12, 3),
+                ),
+                pl.Series("cat", ["a", "b", None, "a", "c", "d"], dtype=pl.Categorical),
+            ]
+        )
         for key_column in ["i64", "u64", "s", "bin", "d", "ts_ns", "ts_tz", "dec", "f64", "b"]:
             rows = frame.unique(subset=[key_column, "i8"], keep="first", maintain_order=True)
             keys, values = rows.select(key_column, "i8"), rows.drop(key_column, "i8")
@@ -709,20 +918,36 @@ class StateConformance:
             restored.restore(storage.fs, root, store.snapshot(storage.fs, root, 1))
             assert_same_contents(restored, reference)
 
-    def test_nested_values_round_trip_or_are_refused_at_open(self, stores: _Stores, oracle: _References,
-                                                              storage: _Storage) -> None:
+    def test_nested_values_round_trip_or_are_refused_at_open(
+        self, stores: _Stores, oracle: _References, storage: _Storage
+    ) -> None:
         """A backend either keeps list and struct values exactly, or refuses them up front."""
-        spec = StoreSpec("nested", pl.Schema({"id": pl.Int64}), pl.Schema({
-            "pages": pl.List(pl.String), "last": pl.Struct({"at": pl.Datetime("ms"), "amount": pl.Float64})}))
+        spec = StoreSpec(
+            "nested",
+            pl.Schema({"id": pl.Int64}),
+            pl.Schema(
+                {
+                    "pages": pl.List(pl.String),
+                    "last": pl.Struct({"at": pl.Datetime("ms"), "amount": pl.Float64}),
+                }
+            ),
+        )
         if not self.capabilities.nested:
             with pytest.raises(StateError, match=r"column 'pages' has type List\(String\)"):
                 stores.open(spec)
             return
         keys = pl.DataFrame({"id": [1, 2, 3]})
-        values = pl.DataFrame({
-            "pages": [["/a", "/b"], [], None],
-            "last": [{"at": dt.datetime(2024, 1, 1), "amount": 2.5}, None, {"at": None, "amount": 1.0}],
-        }, schema=dict(spec.value_schema))
+        values = pl.DataFrame(
+            {
+                "pages": [["/a", "/b"], [], None],
+                "last": [
+                    {"at": dt.datetime(2024, 1, 1), "amount": 2.5},
+                    None,
+                    {"at": None, "amount": 1.0},
+                ],
+            },
+            schema=dict(spec.value_schema),
+        )
         store, reference = stores.open(spec), oracle.open(spec)
         for target in (store, reference):
             target.put(keys, values)
@@ -753,8 +978,15 @@ class StateConformance:
         storage = _Storage("file")
         try:
             store, reference = stores.open(spec), oracle.open(spec)
-            operations = data.draw(st.lists(st.sampled_from(
-                ["put", "put", "get", "delete", "check", "snapshot", "rescale"]), min_size=1, max_size=10))
+            operations = data.draw(
+                st.lists(
+                    st.sampled_from(
+                        ["put", "put", "get", "delete", "check", "snapshot", "rescale"]
+                    ),
+                    min_size=1,
+                    max_size=10,
+                )
+            )
             indices = st.lists(st.integers(0, pool.height - 1), unique=True, max_size=pool.height)
             for checkpoint, operation in enumerate(operations, start=1):
                 if operation == "put":
@@ -767,7 +999,11 @@ class StateConformance:
                     store.delete(rows)
                     reference.delete(rows)
                 elif operation == "get":
-                    probe = pool[data.draw(st.lists(st.integers(0, pool.height - 1), max_size=2 * pool.height))]
+                    probe = pool[
+                        data.draw(
+                            st.lists(st.integers(0, pool.height - 1), max_size=2 * pool.height)
+                        )
+                    ]
                     assert_frame_equal(store.get(probe), reference.get(probe), check_exact=True)
                 elif operation == "check":
                     assert store.count() == reference.count()

@@ -36,14 +36,20 @@ def _events(n: int = 60, seed: int = 7) -> pl.DataFrame:
         {
             "user": pl.Series(list(users), dtype=pl.Int64),
             "country": pl.Series(rng.choice(["de", "fr", "ünï", ""], n).tolist()),
-            "day": pl.Series([dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 4, n)]),
-            "ts": pl.Series([base + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 10_000, n)],
-                            dtype=pl.Datetime("ms")),
+            "day": pl.Series(
+                [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 4, n)]
+            ),
+            "ts": pl.Series(
+                [base + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 10_000, n)],
+                dtype=pl.Datetime("ms"),
+            ),
             "vip": pl.Series(rng.random(n) < 0.3),
             "amount": pl.Series(list(amount), dtype=pl.Float64),
             "qty": pl.Series(rng.integers(-3, 50, n), dtype=pl.Int32),
             "small": pl.Series(rng.integers(0, 100, n), dtype=pl.Int8),
-            "label": pl.Series([None if r < 0.2 else f"l{int(r * 100)}" for r in rng.random(n)], dtype=pl.String),
+            "label": pl.Series(
+                [None if r < 0.2 else f"l{int(r * 100)}" for r in rng.random(n)], dtype=pl.String
+            ),
         }
     )
 
@@ -88,8 +94,15 @@ ORDERED = {
 }
 
 
-def _flow_agg(df: pl.DataFrame, keys: list[str], aggs: dict[str, pl.Expr], *, splits: int | None = None,
-              workers: int = 0, batch_size: int | None = None) -> pl.DataFrame:
+def _flow_agg(
+    df: pl.DataFrame,
+    keys: list[str],
+    aggs: dict[str, pl.Expr],
+    *,
+    splits: int | None = None,
+    workers: int = 0,
+    batch_size: int | None = None,
+) -> pl.DataFrame:
     stream = af.Flow("agg").from_polars(df, splits=splits).key_by(*keys).agg(**aggs)
     return stream.collect(workers=workers, batch_size=batch_size)
 
@@ -100,8 +113,12 @@ def _check(df: pl.DataFrame, keys: list[str], aggs: dict[str, pl.Expr], **run: i
 
 
 @pytest.mark.parametrize("name", sorted(ORDER_FREE))
-@pytest.mark.parametrize(("batch_size", "splits"), [(1, 3), (7, 1), (None, 4)], ids=["b1-s3", "b7-s1", "ball-s4"])
-def test_order_free_aggregation_matches_polars(name: str, batch_size: int | None, splits: int) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "splits"), [(1, 3), (7, 1), (None, 4)], ids=["b1-s3", "b7-s1", "ball-s4"]
+)
+def test_order_free_aggregation_matches_polars(
+    name: str, batch_size: int | None, splits: int
+) -> None:
     _check(EVENTS, ["user"], {name: ORDER_FREE[name]}, batch_size=batch_size, splits=splits)
 
 
@@ -118,20 +135,34 @@ def test_every_aggregation_at_once_on_every_executor(workers: int) -> None:
     unordered, ordered = collect_all(
         many_splits.key_by("user").agg(**ORDER_FREE),
         one_split.key_by("country").agg(**ORDERED, n=pl.len()),
-        workers=workers, batch_size=6,
+        workers=workers,
+        batch_size=6,
     )
     assert_frame_equal_unordered(unordered, EVENTS.group_by("user").agg(**ORDER_FREE), abs_tol=1e-6)
-    assert_frame_equal_unordered(ordered, EVENTS.group_by("country").agg(**ORDERED, n=pl.len()), abs_tol=1e-6)
+    assert_frame_equal_unordered(
+        ordered, EVENTS.group_by("country").agg(**ORDERED, n=pl.len()), abs_tol=1e-6
+    )
 
 
-KEY_SETS = [["user"], ["country"], ["day"], ["ts"], ["vip"], ["label"], ["small"], ["user", "country"],
-            ["country", "day", "vip"]]
+KEY_SETS = [
+    ["user"],
+    ["country"],
+    ["day"],
+    ["ts"],
+    ["vip"],
+    ["label"],
+    ["small"],
+    ["user", "country"],
+    ["country", "day", "vip"],
+]
 
 
 def test_key_types_and_multi_column_keys(workers: int) -> None:
     stream = af.Flow("keys").from_polars(EVENTS, splits=3)
     aggs = {"n": pl.len(), "total": pl.col("qty").sum(), "top": pl.col("amount").max()}
-    frames = collect_all(*(stream.key_by(*keys).agg(**aggs) for keys in KEY_SETS), workers=workers, batch_size=8)
+    frames = collect_all(
+        *(stream.key_by(*keys).agg(**aggs) for keys in KEY_SETS), workers=workers, batch_size=8
+    )
     for keys, got in zip(KEY_SETS, frames, strict=True):
         expected = EVENTS.group_by(keys).agg(**aggs)
         try:
@@ -151,8 +182,14 @@ def test_null_keys_form_one_group_and_null_values_are_skipped() -> None:
         {"k": [None, "a", None, "a", None, "b"], "v": [None, None, 2.0, None, 3.0, None]},
         schema={"k": pl.String, "v": pl.Float64},
     )
-    aggs = {"n": pl.len(), "c": pl.col("v").count(), "s": pl.col("v").sum(), "m": pl.col("v").mean(),
-            "lo": pl.col("v").min(), "hi": pl.col("v").max()}
+    aggs = {
+        "n": pl.len(),
+        "c": pl.col("v").count(),
+        "s": pl.col("v").sum(),
+        "m": pl.col("v").mean(),
+        "lo": pl.col("v").min(),
+        "hi": pl.col("v").max(),
+    }
     for batch_size in (1, 2, None):
         got = _flow_agg(df, ["k"], aggs, batch_size=batch_size)
         assert_frame_equal_unordered(got, df.group_by("k").agg(**aggs))
@@ -162,7 +199,9 @@ def test_null_keys_form_one_group_and_null_values_are_skipped() -> None:
 
 
 def test_multi_column_keys_with_nulls_in_some_columns() -> None:
-    df = pl.DataFrame({"a": [1, 1, None, None, 1, None], "b": ["x", None, "x", None, None, None], "v": range(6)})
+    df = pl.DataFrame(
+        {"a": [1, 1, None, None, 1, None], "b": ["x", None, "x", None, None, None], "v": range(6)}
+    )
     for batch_size in (1, 4):
         _check(df, ["a", "b"], {"n": pl.len(), "s": pl.col("v").sum()}, batch_size=batch_size)
 
@@ -184,7 +223,13 @@ def test_float_nan_key_across_one_row_batches(monkeypatch: pytest.MonkeyPatch, s
     monkeypatch.setattr(operators, "PARTIAL_ROWS", 1)  # each one-row batch is its own store get+put
     df = pl.DataFrame({"k": [NAN, NAN, 1.0, NAN], "v": [1, 2, 3, 4]})
     aggs = {"n": pl.len(), "s": pl.col("v").sum()}
-    got = af.Flow("agg").from_polars(df).key_by("k").agg(**aggs).collect(workers=0, batch_size=1, state=state)
+    got = (
+        af.Flow("agg")
+        .from_polars(df)
+        .key_by("k")
+        .agg(**aggs)
+        .collect(workers=0, batch_size=1, state=state)
+    )
     assert_frame_equal_unordered(got, df.group_by("k").agg(**aggs))
 
 
@@ -207,8 +252,13 @@ def test_heap_stores_find_a_nan_key_in_a_one_row_store(store_class: str) -> None
 
 def test_nan_values_in_min_max_sum_and_nan_max() -> None:
     df = pl.DataFrame({"k": [1, 1, 1, 2, 2, 3], "v": [1.0, NAN, 2.0, NAN, NAN, 4.0]})
-    aggs = {"lo": pl.col("v").min(), "hi": pl.col("v").max(), "s": pl.col("v").sum(),
-            "nan_hi": pl.col("v").nan_max(), "nan_lo": pl.col("v").nan_min()}
+    aggs = {
+        "lo": pl.col("v").min(),
+        "hi": pl.col("v").max(),
+        "s": pl.col("v").sum(),
+        "nan_hi": pl.col("v").nan_max(),
+        "nan_lo": pl.col("v").nan_min(),
+    }
     for batch_size in (1, 2, None):
         _check(df, ["k"], aggs, batch_size=batch_size)
 
@@ -222,13 +272,20 @@ def test_integer_sums_keep_polars_types_and_wrap_like_polars() -> None:
             "i32": pl.Series([2**31 - 1, 2**31 - 1, 1, 0], dtype=pl.Int32),
             "u64": pl.Series([2**63, 2**62, 1, 0], dtype=pl.UInt64),
             "f32": pl.Series([1.5, 2.25, 3.0, 0.5], dtype=pl.Float32),
-            "dec": pl.Series([Decimal("1.10"), Decimal("2.20"), Decimal("3.30"), None], dtype=pl.Decimal(10, 2)),
+            "dec": pl.Series(
+                [Decimal("1.10"), Decimal("2.20"), Decimal("3.30"), None], dtype=pl.Decimal(10, 2)
+            ),
             "dur": pl.Series([1, 2, 3, 4], dtype=pl.Int64).cast(pl.Duration("ms")),
         }
     )
     aggs = {f"{c}_sum": pl.col(c).sum() for c in df.columns[1:]}
-    aggs |= {"f32_mean": pl.col("f32").mean(), "dur_mean": pl.col("dur").mean(), "dec_min": pl.col("dec").min(),
-             "u64_max": pl.col("u64").max(), "i8_mean": pl.col("i8").mean()}
+    aggs |= {
+        "f32_mean": pl.col("f32").mean(),
+        "dur_mean": pl.col("dur").mean(),
+        "dec_min": pl.col("dec").min(),
+        "u64_max": pl.col("u64").max(),
+        "i8_mean": pl.col("i8").mean(),
+    }
     for batch_size in (1, None):
         _check(df, ["k"], aggs, batch_size=batch_size)
 
@@ -237,8 +294,10 @@ def test_categorical_and_decimal_keys() -> None:
     df = pl.DataFrame(
         {
             "cat": pl.Series(["x", "y", "x", None, "y"], dtype=pl.Categorical),
-            "dec": pl.Series([Decimal("1.5"), Decimal("1.5"), None, Decimal("2.0"), Decimal("1.5")],
-                             dtype=pl.Decimal(5, 1)),
+            "dec": pl.Series(
+                [Decimal("1.5"), Decimal("1.5"), None, Decimal("2.0"), Decimal("1.5")],
+                dtype=pl.Decimal(5, 1),
+            ),
             "v": [1, 2, 3, 4, 5],
         }
     )
@@ -247,11 +306,23 @@ def test_categorical_and_decimal_keys() -> None:
 
 
 def test_positional_aggregations_are_named_by_their_output_name() -> None:
-    stream = af.Flow("pos").from_polars(EVENTS).key_by("user").agg(
-        pl.col("amount").sum(), pl.len(), pl.col("qty").max().alias("top_qty"), avg=pl.col("qty").mean()
+    stream = (
+        af.Flow("pos")
+        .from_polars(EVENTS)
+        .key_by("user")
+        .agg(
+            pl.col("amount").sum(),
+            pl.len(),
+            pl.col("qty").max().alias("top_qty"),
+            avg=pl.col("qty").mean(),
+        )
     )
-    expected = EVENTS.group_by("user").agg(pl.col("amount").sum(), pl.len(), pl.col("qty").max().alias("top_qty"),
-                                           avg=pl.col("qty").mean())
+    expected = EVENTS.group_by("user").agg(
+        pl.col("amount").sum(),
+        pl.len(),
+        pl.col("qty").max().alias("top_qty"),
+        avg=pl.col("qty").mean(),
+    )
     assert stream.schema == expected.schema
     assert_frame_equal_unordered(stream.collect(batch_size=9), expected)
 
@@ -270,7 +341,9 @@ def test_empty_input_gives_no_rows_and_the_schema() -> None:
 
 def test_one_row_per_key_without_checkpoints(workers: int) -> None:
     df = pl.DataFrame({"k": np.arange(2000) % 97, "v": np.arange(2000)})
-    got = _flow_agg(df, ["k"], {"n": pl.len(), "s": pl.col("v").sum()}, splits=7, workers=workers, batch_size=50)
+    got = _flow_agg(
+        df, ["k"], {"n": pl.len(), "s": pl.col("v").sum()}, splits=7, workers=workers, batch_size=50
+    )
     assert got.height == 97
     assert got["k"].n_unique() == 97
     assert_frame_equal_unordered(got, df.group_by("k").agg(n=pl.len(), s=pl.col("v").sum()))
@@ -278,20 +351,35 @@ def test_one_row_per_key_without_checkpoints(workers: int) -> None:
 
 def test_stateless_operators_after_an_aggregation_and_a_second_aggregation(workers: int) -> None:
     totals = (
-        af.Flow("two-stage").from_polars(EVENTS, splits=4)
+        af.Flow("two-stage")
+        .from_polars(EVENTS, splits=4)
         .filter(pl.col("amount").is_not_null())
-        .key_by("user", "country").agg(n=pl.len(), total=pl.col("amount").sum())
+        .key_by("user", "country")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
     )
-    per_country = totals.filter(pl.col("n") > 1).key_by("country").agg(users=pl.len(), total=pl.col("total").sum())
+    per_country = (
+        totals.filter(pl.col("n") > 1)
+        .key_by("country")
+        .agg(users=pl.len(), total=pl.col("total").sum())
+    )
     ratio = totals.with_columns(avg=pl.col("total") / pl.col("n")).select("user", "country", "avg")
     got_country, got_ratio = collect_all(per_country, ratio, workers=workers, batch_size=7)
 
-    base = EVENTS.filter(pl.col("amount").is_not_null()).group_by("user", "country").agg(
-        n=pl.len(), total=pl.col("amount").sum())
+    base = (
+        EVENTS.filter(pl.col("amount").is_not_null())
+        .group_by("user", "country")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+    )
     assert_frame_equal_unordered(
-        got_country, base.filter(pl.col("n") > 1).group_by("country").agg(users=pl.len(), total=pl.col("total").sum()))
+        got_country,
+        base.filter(pl.col("n") > 1)
+        .group_by("country")
+        .agg(users=pl.len(), total=pl.col("total").sum()),
+    )
     assert_frame_equal_unordered(
-        got_ratio, base.with_columns(avg=pl.col("total") / pl.col("n")).select("user", "country", "avg"))
+        got_ratio,
+        base.with_columns(avg=pl.col("total") / pl.col("n")).select("user", "country", "avg"),
+    )
 
 
 # ---------------------------------------------------------------- property tests
@@ -305,27 +393,45 @@ def _frames(draw: st.DrawFn) -> pl.DataFrame:
     keys = draw(st.lists(st.one_of(st.none(), st.integers(0, 8)), min_size=n, max_size=n))
     tags = draw(st.lists(st.sampled_from(["a", "b", "ç", ""]), min_size=n, max_size=n))
     values = draw(st.lists(_value, min_size=n, max_size=n))
-    return pl.DataFrame({"k": keys, "tag": tags, "v": values}, schema={"k": pl.Int64, "tag": pl.String, "v": pl.Int64})
+    return pl.DataFrame(
+        {"k": keys, "tag": tags, "v": values},
+        schema={"k": pl.Int64, "tag": pl.String, "v": pl.Int64},
+    )
 
 
 PROPERTY_AGGS = {
-    "n": pl.len(), "c": pl.col("v").count(), "s": pl.col("v").sum(), "lo": pl.col("v").min(),
-    "hi": pl.col("v").max(), "avg": pl.col("v").mean(), "pos": pl.col("v").filter(pl.col("v") > 0).sum(),
+    "n": pl.len(),
+    "c": pl.col("v").count(),
+    "s": pl.col("v").sum(),
+    "lo": pl.col("v").min(),
+    "hi": pl.col("v").max(),
+    "avg": pl.col("v").mean(),
+    "pos": pl.col("v").filter(pl.col("v") > 0).sum(),
 }
 
 
 def _examples(workers: int) -> settings:
     # Process pools cost about a second to start: few examples there, more in-process.
-    return settings(max_examples=40 if workers == 0 else 2, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=40 if workers == 0 else 2,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
 
 
 def test_property_any_batch_size_and_split_count_equals_polars(workers: int) -> None:
     @_examples(workers)
-    @given(df=_frames(), batch_size=st.integers(1, 30), splits=st.integers(1, 6),
-           keys=st.sampled_from([["k"], ["tag"], ["k", "tag"]]))
+    @given(
+        df=_frames(),
+        batch_size=st.integers(1, 30),
+        splits=st.integers(1, 6),
+        keys=st.sampled_from([["k"], ["tag"], ["k", "tag"]]),
+    )
     def check(df: pl.DataFrame, batch_size: int, splits: int, keys: list[str]) -> None:
-        got = _flow_agg(df, keys, PROPERTY_AGGS, splits=splits, batch_size=batch_size, workers=workers)
+        got = _flow_agg(
+            df, keys, PROPERTY_AGGS, splits=splits, batch_size=batch_size, workers=workers
+        )
         assert_frame_equal_unordered(got, df.group_by(keys).agg(**PROPERTY_AGGS))
 
     check()
@@ -333,9 +439,15 @@ def test_property_any_batch_size_and_split_count_equals_polars(workers: int) -> 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(df=_frames(), batch_size=st.integers(1, 30))
-def test_property_first_and_last_on_one_split_equal_polars(df: pl.DataFrame, batch_size: int) -> None:
-    aggs = {"f": pl.col("v").first(), "l": pl.col("v").last(), "fp": pl.col("v").filter(pl.col("v") > 0).first(),
-            "lnn": pl.col("v").last(ignore_nulls=True)}
+def test_property_first_and_last_on_one_split_equal_polars(
+    df: pl.DataFrame, batch_size: int
+) -> None:
+    aggs = {
+        "f": pl.col("v").first(),
+        "l": pl.col("v").last(),
+        "fp": pl.col("v").filter(pl.col("v") > 0).first(),
+        "lnn": pl.col("v").last(ignore_nulls=True),
+    }
     got = _flow_agg(df, ["tag"], aggs, splits=1, batch_size=batch_size)
     assert_frame_equal_unordered(got, df.group_by("tag").agg(**aggs))
 
@@ -344,7 +456,11 @@ def test_property_first_and_last_on_one_split_equal_polars(df: pl.DataFrame, bat
 @given(df=_frames(), cuts=st.lists(st.integers(0, 80), max_size=5))
 def test_property_partial_merge_finalize_equals_polars(df: pl.DataFrame, cuts: list[int]) -> None:
     """The state algebra alone: partials of arbitrary slices, merged in order, then finalized."""
-    aggs = {**PROPERTY_AGGS, "f": pl.col("v").first(), "l": pl.col("v").filter(pl.col("v") < 0).last()}
+    aggs = {
+        **PROPERTY_AGGS,
+        "f": pl.col("v").first(),
+        "l": pl.col("v").filter(pl.col("v") < 0).last(),
+    }
     agg = IncrementalAgg(aggs, ["k"], df.schema, operator_id="agg")
     bounds = sorted({0, df.height, *(min(c, df.height) for c in cuts)})
     partials = [agg.partial(df.slice(lo, hi - lo)) for lo, hi in itertools.pairwise(bounds)]
@@ -354,7 +470,8 @@ def test_property_partial_merge_finalize_equals_polars(df: pl.DataFrame, cuts: l
 
 @pytest.mark.parametrize("state", ["memory", "lmdb"])
 def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
-        monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, state: str
+) -> None:
     """An AggOp emits the values its merges put while few keys changed, and reads them back
     from its store beyond EMIT_CACHE_ROWS; both give polars' answer, every key once."""
     import arrowflow.runtime.operators as operators
@@ -363,10 +480,18 @@ def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
     for cache_rows in (10**9, 7):
         monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", cache_rows)
         flow = af.Flow("emit")
-        totals = flow.from_polars(EVENTS, splits=3).key_by("user").agg(
-            n=pl.len(), s=pl.col("amount").sum(), hi=pl.col("amount").max())
+        totals = (
+            flow.from_polars(EVENTS, splits=3)
+            .key_by("user")
+            .agg(n=pl.len(), s=pl.col("amount").sum(), hi=pl.col("amount").max())
+        )
         got = totals.collect(workers=0, batch_size=4, state=state)
         assert got.select("user").is_duplicated().sum() == 0
         assert_frame_equal_unordered(
-            got, EVENTS.group_by("user").agg(n=pl.len(), s=pl.col("amount").sum(), hi=pl.col("amount").max()),
-            rel_tol=1e-9, abs_tol=1e-6)
+            got,
+            EVENTS.group_by("user").agg(
+                n=pl.len(), s=pl.col("amount").sum(), hi=pl.col("amount").max()
+            ),
+            rel_tol=1e-9,
+            abs_tol=1e-6,
+        )

@@ -58,7 +58,9 @@ def op_boxes(svg: ET.Element) -> dict[str, tuple[float, float, float, float]]:
         if group.get("class") == "op":
             rects = group.findall(f"{SVG_NS}rect")
             rect = rects[-1]  # the box itself (a highlighted one has a halo first)
-            boxes[group.get("data-op")] = tuple(float(rect.get(a)) for a in ("x", "y", "width", "height"))
+            boxes[group.get("data-op")] = tuple(
+                float(rect.get(a)) for a in ("x", "y", "width", "height")
+            )
     return boxes
 
 
@@ -81,7 +83,14 @@ def test_plan_html_shows_ids_kinds_descriptions_and_schemas(tmp_path: Path) -> N
         assert f">{op.id}</text>" in html
         assert f">{op.kind}</text>" in html
     assert "hash partition by [&#x27;k&#x27;]" in html
-    for column in ("k: Int64", "v: Float64", "name: String", "w: Float64", "n: UInt32", "total: Float64"):
+    for column in (
+        "k: Int64",
+        "v: Float64",
+        "name: String",
+        "w: Float64",
+        "n: UInt32",
+        "total: Float64",
+    ):
         assert f">{column}</text>" in html
     assert "reads columns" in html  # the projection pushed into the source
     (svg,) = svgs(html)
@@ -103,7 +112,10 @@ def test_repr_html_of_flow_stream_keyed_stream_and_plan(tmp_path: Path) -> None:
     assert 'class="arrowflow-view arrowflow-plan"' in flow_view
 
     stream_view = totals._repr_html_()
-    assert "Stream &#x27;agg&#x27; (agg) of flow &#x27;reprs&#x27;: 2 operators up to it" in stream_view
+    assert (
+        "Stream &#x27;agg&#x27; (agg) of flow &#x27;reprs&#x27;: 2 operators up to it"
+        in stream_view
+    )
 
     keyed_view = keyed._repr_html_()
     assert "keyed by [&#x27;k&#x27;]" in keyed_view
@@ -140,10 +152,16 @@ def test_key_by_draws_an_exchange_edge_labelled_with_the_keys() -> None:
 
 def test_side_outputs_are_drawn_as_labelled_edges() -> None:
     events = pl.DataFrame({"ts": [1, 2], "user": [1, 2], "amount": [1.0, 2.0]}).with_columns(
-        pl.col("ts").cast(pl.Datetime("ms")))
+        pl.col("ts").cast(pl.Datetime("ms"))
+    )
     flow = af.Flow("sides")
     src = flow.from_polars(events)
-    windows = src.with_watermark("ts", delay="5s").key_by("user").window(af.tumbling("60s")).agg(n=pl.len())
+    windows = (
+        src.with_watermark("ts", delay="5s")
+        .key_by("user")
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len())
+    )
     windows.write_to(CollectingSink(), name="windows_out")
     windows.side_output("late").write_to(CollectingSink(), name="late_out")
     src.side_output("malformed").write_to(CollectingSink(), name="bad_rows")
@@ -155,7 +173,9 @@ def test_side_outputs_are_drawn_as_labelled_edges() -> None:
     assert "Datetime[ms]" in logical and ">window_start: Datetime[ms]</text>" in logical
 
     physical = plan_svg(flow.plan())
-    assert physical.count('class="edge side"') == 2  # window[late] -> late_out, source[malformed] -> bad_rows
+    assert (
+        physical.count('class="edge side"') == 2
+    )  # window[late] -> late_out, source[malformed] -> bad_rows
     assert ">late</text>" in physical and ">malformed</text>" in physical
     assert "window.late -&gt;" not in physical  # side outputs are ports in the plan, not operators
 
@@ -181,7 +201,9 @@ def test_unknown_schemas_render_and_the_plan_error_is_shown(tmp_path: Path) -> N
         return batch.with_columns(first=pl.lit(batch["v"][0]))  # fails on the empty probe batch
 
     flow = af.Flow("unknown")
-    later = flow.read_parquet(str(tmp_path / "not-there-yet" / "*.parquet"))  # no files, no schema yet
+    later = flow.read_parquet(
+        str(tmp_path / "not-there-yet" / "*.parquet")
+    )  # no files, no schema yet
     later.filter(pl.col("v") > 0).write_to(CollectingSink(), name="later_out")
     DATA.write_parquet(tmp_path / "in.parquet")
     # A file source's schema is known when planning, so the probe of map_batches is left for then.
@@ -193,7 +215,9 @@ def test_unknown_schemas_render_and_the_plan_error_is_shown(tmp_path: Path) -> N
     assert ">v: Float64</text>" in html  # the present file's schema
     assert "map_batches(needs_rows)" in html
     assert 'data-op="map_batches"' in html and 'data-op="select"' in html
-    assert '<div class="af-error">' in html  # the plan needs the missing files: its error, not a crash
+    assert (
+        '<div class="af-error">' in html
+    )  # the plan needs the missing files: its error, not a crash
     stream_view = stream_html(probed)
     assert f"output schema: {UNKNOWN_SCHEMA}" in stream_view
     svgs(html)
@@ -209,7 +233,9 @@ def test_a_big_flow_renders_every_operator_without_overlaps() -> None:
             step = step.with_columns(**{f"c{i}{j}": pl.col("v") * j}, name=f"wc{i}_{j}")
         streams.append(step.select("k", "v", name=f"sel{i}"))
     merged = streams[0].union(*streams[1:], name="merged")
-    merged.key_by("k").agg(total=pl.col("v").sum(), name="totals").write_to(CollectingSink(), name="out_totals")
+    merged.key_by("k").agg(total=pl.col("v").sum(), name="totals").write_to(
+        CollectingSink(), name="out_totals"
+    )
     merged.filter(pl.col("v") > 1, name="big_v").write_to(CollectingSink(), name="out_big")
     heads[0].filter(pl.col("k") == 1, name="early").write_to(CollectingSink(), name="out_early")
     wide = flow.from_polars(pl.DataFrame({f"col{i}": [i] for i in range(20)}), name="wide")
@@ -244,7 +270,9 @@ def test_html_is_self_contained() -> None:
     flow.from_polars(DATA).key_by("k").agg(n=pl.len()).write_to(CollectingSink())
     html = flow_html(flow)
     assert "<script" not in html and "<link" not in html and "@import" not in html
-    assert re.findall(r"https?://[^\s\"']+", html) == ["http://www.w3.org/2000/svg"] * html.count("<svg ")
+    assert re.findall(r"https?://[^\s\"']+", html) == ["http://www.w3.org/2000/svg"] * html.count(
+        "<svg "
+    )
     assert re.findall(r"url\((?!#)", html) == []
 
 
@@ -258,8 +286,8 @@ def read_png(path: Path) -> tuple[int, int, int, list[bytes]]:
     pos, idat = 8, []
     width = height = bpp = 0
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
             assert depth == 8 and interlace == 0, "only 8-bit non-interlaced PNGs are decoded here"
@@ -273,7 +301,7 @@ def read_png(path: Path) -> tuple[int, int, int, list[bytes]]:
     rows = []
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         if kind == 1:
             for i in range(bpp, stride):
                 line[i] = (line[i] + line[i - bpp]) & 255
@@ -308,32 +336,55 @@ def painted_pixels(path: Path) -> tuple[int, int]:
 
 
 def chromium() -> str:
-    found = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    found = shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
     if found is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+        pytest.skip(
+            "Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it"
+        )
     return found
 
 
-def run_chromium(binary: str, page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--window-size=1400,900", "--hide-scrollbars", *extra,
-               page.as_uri()]
+def run_chromium(
+    binary: str, page: Path, profile: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,900",
+        "--hide-scrollbars",
+        *extra,
+        page.as_uri(),
+    ]
     env = {**os.environ, "HOME": str(profile)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
     assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
     return done
 
 
-def screenshots_with_and_without_svg(binary: str, fragment: str, tmp_path: Path,
-                                     name: str) -> tuple[Path, dict[str, tuple[int, int]]]:
+def screenshots_with_and_without_svg(
+    binary: str, fragment: str, tmp_path: Path, name: str
+) -> tuple[Path, dict[str, tuple[int, int]]]:
     """Screenshots of the fragment's page and of the same page with its SVGs taken out (what
     paints without them is the frame and the text): painted and all pixels of each."""
     page = tmp_path / f"{name}.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>")
+    page.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>"
+    )
     without = re.sub(r"<svg\b.*?</svg>", "<div></div>", fragment, flags=re.S)
     control = tmp_path / "control.html"
-    control.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{without}</body></html>")
+    control.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'></head><body>{without}</body></html>"
+    )
     shots = {}
     for label, source in ((name, page), ("control", control)):
         png = tmp_path / f"{label}.png"
@@ -353,7 +404,8 @@ def test_the_flow_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert total == 1400 * 900
     assert painted > 0.03 * total, f"the graph page paints only {painted} of {total} pixels"
     assert painted > 4 * shots["control"][0] + 10_000, (
-        f"the graph adds too little: {painted} painted pixels with it, {shots['control'][0]} without")
+        f"the graph adds too little: {painted} painted pixels with it, {shots['control'][0]} without"
+    )
 
     dom = run_chromium(binary, page, tmp_path / "profile-dom", "--dump-dom").stdout
     for op_id in ("read_parquet", "filter", "agg", "agg.exchange", "write_parquet"):
@@ -376,7 +428,9 @@ def test_the_job_view_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     flow = af.Flow("viewed")
     frame = pl.DataFrame({"k": [i % 13 for i in range(40_000)], "v": list(range(40_000))})
-    flow.from_polars(frame, splits=60).map_batches(slow).key_by("k").agg(n=pl.len()).write_to(CollectingSink())
+    flow.from_polars(frame, splits=60).map_batches(slow).key_by("k").agg(n=pl.len()).write_to(
+        CollectingSink()
+    )
     job = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="200ms")
     job.wait(120)
     assert job.history().height >= 3
@@ -384,5 +438,13 @@ def test_the_job_view_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert shots["control"][0] > 5_000, "the table and the header do not paint"
     assert shots["job"][0] > shots["control"][0] + 1_500, f"the charts add too little: {shots}"
     dom = run_chromium(binary, page, tmp_path / "profile-dom", "--dump-dom").stdout
-    for text in ("from_polars", "map_batches", "agg", "40,000", "finished", "throughput, rows/s", "last checkpoint"):
+    for text in (
+        "from_polars",
+        "map_batches",
+        "agg",
+        "40,000",
+        "finished",
+        "throughput, rows/s",
+        "last checkpoint",
+    ):
         assert text in dom, f"{text!r} is not in the rendered page"

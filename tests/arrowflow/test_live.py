@@ -36,7 +36,9 @@ def slow(batch: pl.DataFrame) -> pl.DataFrame:
 
 def events(n: int, seed: int = 3) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    return pl.DataFrame({"event_id": np.arange(n), "user": rng.integers(0, 50, n), "amount": rng.random(n)})
+    return pl.DataFrame(
+        {"event_id": np.arange(n), "user": rng.integers(0, 50, n), "amount": rng.random(n)}
+    )
 
 
 def wait_for(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
@@ -87,7 +89,11 @@ def test_results_of_an_unwatched_stream_say_how_to_ask_for_them() -> None:
         job.results(middle)
     quiet = flow.start(workers=0, results=False)
     quiet.wait(60)
-    assert quiet.taps == {} and quiet.metrics().get_column("kind").to_list() == ["source", "chain", "sink"]
+    assert quiet.taps == {} and quiet.metrics().get_column("kind").to_list() == [
+        "source",
+        "chain",
+        "sink",
+    ]
     with pytest.raises(PlanError, match="results_limit"):
         flow.start(results_limit=0)
     with pytest.raises(PlanError, match="unknown options"):
@@ -110,12 +116,16 @@ def test_results_keep_the_newest_rows_up_to_the_limit() -> None:
 
 @pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(tmp_path: Path, worker_pids: Callable[[], list[int]]) -> None:
+def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(
+    tmp_path: Path, worker_pids: Callable[[], list[int]]
+) -> None:
     df = events(30_000)
     flow = af.Flow("restarting")
     stream = flow.from_polars(df, splits=30).map_batches(slow)
     stream.write_parquet(str(tmp_path / "out"))
-    job = flow.start(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="150ms", batch_size=500)
+    job = flow.start(
+        workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="150ms", batch_size=500
+    )
     wait_for(lambda: len(job.progress["checkpoints"]) >= 2, what="two checkpoints")
     wait_for(lambda: job.results(stream).height > 0, what="first live results")
     pids = worker_pids()
@@ -165,7 +175,9 @@ SCHEMA = {"ts": pl.Datetime("us"), "user": pl.Int64, "amount": pl.Float64}
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_live_job_tails_a_file_windows_it_and_shows_late_and_malformed_rows(tmp_path: Path, workers: int) -> None:
+def test_a_live_job_tails_a_file_windows_it_and_shows_late_and_malformed_rows(
+    tmp_path: Path, workers: int
+) -> None:
     """With 2 workers one reads the only split and the other has none: that one is idle (as
     in Flink), so the windows still fire on the reading worker's watermark."""
     log = tmp_path / "events.jsonl"
@@ -187,11 +199,24 @@ def test_a_live_job_tails_a_file_windows_it_and_shows_late_and_malformed_rows(tm
                         # read in one batch with the events before it, it would be on time)
                         out.flush()
                         fired = (start + timedelta(seconds=j // 60 * 60), i % 3)
-                        wait_for(lambda fired=fired: fired in set(zip(
-                            job.results(windows).get_column("window_start").to_list(),
-                            job.results(windows).get_column("user").to_list(), strict=True)),
-                            what=f"the window of late event {i} to fire")
-                    row = {"ts": (start + timedelta(seconds=j)).isoformat(), "user": i % 3, "amount": float(i)}
+                        wait_for(
+                            lambda fired=fired: (
+                                fired
+                                in set(
+                                    zip(
+                                        job.results(windows).get_column("window_start").to_list(),
+                                        job.results(windows).get_column("user").to_list(),
+                                        strict=True,
+                                    )
+                                )
+                            ),
+                            what=f"the window of late event {i} to fire",
+                        )
+                    row = {
+                        "ts": (start + timedelta(seconds=j)).isoformat(),
+                        "user": i % 3,
+                        "amount": float(i),
+                    }
                     lines.append(row)
                     out.write(json.dumps(row).encode() + b"\n")
                 if i % 20 == 0:
@@ -200,13 +225,21 @@ def test_a_live_job_tails_a_file_windows_it_and_shows_late_and_malformed_rows(tm
 
     flow = af.Flow("tailing-windows")
     raw = flow.tail(str(log), format="ndjson", schema=SCHEMA, poll_interval="50ms")
-    windows = (raw.with_watermark("ts", delay="10s").key_by("user").window(af.tumbling("60s"))
-               .agg(n=pl.len(), total=pl.col("amount").sum()))
+    windows = (
+        raw.with_watermark("ts", delay="10s")
+        .key_by("user")
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+    )
     windows.write_parquet(str(tmp_path / "windows"))
     late = windows.side_output("late")
     malformed = raw.side_output("malformed")
-    job = flow.start(workers=workers, results=[late, malformed], checkpoint_dir=str(tmp_path / "ckpt"),
-                     checkpoint_every="200ms")
+    job = flow.start(
+        workers=workers,
+        results=[late, malformed],
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every="200ms",
+    )
     thread = threading.Thread(target=writer)
     thread.start()
     thread.join()
@@ -224,22 +257,30 @@ def test_a_live_job_tails_a_file_windows_it_and_shows_late_and_malformed_rows(tm
     assert window["watermark"] is not None and window["lag_s"] > 0
     # the history is sampled from the same counters: wait until it has seen every good row
     # (on a loaded machine the last sample can trail the rows by one interval)
-    wait_for(lambda: job.history().height >= 2 and job.history().get_column("rows_in").max() == 598,
-             what="the history's rows_in")
+    wait_for(
+        lambda: job.history().height >= 2 and job.history().get_column("rows_in").max() == 598,
+        what="the history's rows_in",
+    )
     html = job._repr_html_()
     assert "running" in html and "window" in html
     job.stop()
     assert job.status == "stopped"
 
-    frame = pl.DataFrame(lines, schema={"ts": pl.String, "user": pl.Int64, "amount": pl.Float64}).with_columns(
-        pl.col("ts").str.to_datetime(time_unit="us"))
+    frame = pl.DataFrame(
+        lines, schema={"ts": pl.String, "user": pl.Int64, "amount": pl.Float64}
+    ).with_columns(pl.col("ts").str.to_datetime(time_unit="us"))
     on_time = frame.filter(pl.col("amount").cast(pl.Int64).is_in(list(late_at)).not_())
-    expected = (on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
-                .group_by("user", "window_start").agg(n=pl.len(), total=pl.col("amount").sum())
-                .filter(pl.col("window_start") + pl.duration(seconds=60) <= start + timedelta(seconds=589)))
+    expected = (
+        on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+        .group_by("user", "window_start")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+        .filter(pl.col("window_start") + pl.duration(seconds=60) <= start + timedelta(seconds=589))
+    )
     got = job.results(windows)
     fired = got.filter(pl.col("window_end") <= start + timedelta(seconds=589))
-    assert_frame_equal_unordered(fired.select("user", "window_start", "n", "total"), expected, check_dtypes=False)
+    assert_frame_equal_unordered(
+        fired.select("user", "window_start", "n", "total"), expected, check_dtypes=False
+    )
     assert sorted(job.results(late).get_column("amount").to_list()) == [300.0, 520.0]
     assert sorted(job.results(malformed).get_column("line").to_list()) == [131, 411]
     history = job.history()
@@ -261,7 +302,9 @@ def test_head_reads_only_as_much_input_as_it_needs(tmp_path: Path) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(40):
-        events(5_000, seed=i).with_columns(file=pl.lit(i)).write_parquet(folder / f"part-{i:03d}.parquet")
+        events(5_000, seed=i).with_columns(file=pl.lit(i)).write_parquet(
+            folder / f"part-{i:03d}.parquet"
+        )
     flow = af.Flow("peek")
     CountingFiles.opened.clear()
     stream = flow.source(CountingFiles("parquet", str(folder / "*.parquet")))
@@ -288,11 +331,15 @@ def test_head_of_an_aggregation_reads_everything_and_is_right() -> None:
     head = agg.head(5)
     assert head.height == 5
     expected = df.group_by("user").agg(n=pl.len())
-    assert head.join(expected, on=["user", "n"], how="semi").height == 5, "every row is a user's total"
+    assert head.join(expected, on=["user", "n"], how="semi").height == 5, (
+        "every row is a user's total"
+    )
 
 
 # ---------------------------------------------------------------------- progress bars
-def test_run_shows_a_progress_bar_when_asked(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_run_shows_a_progress_bar_when_asked(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     df = events(20_000)
     flow = af.Flow("progress")
     flow.from_polars(df, splits=12).map_batches(slow).write_parquet(str(tmp_path / "out"))
@@ -355,22 +402,33 @@ def test_watch_in_a_terminal_prints_status_lines_until_the_end() -> None:
 def test_checkpoints_and_state_as_dataframes_and_sql(tmp_path: Path) -> None:
     df = events(10_000)
     flow = af.Flow("stateful")
-    counts = flow.from_polars(df, splits=5).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum(),
-                                                              name="per-user")
+    counts = (
+        flow.from_polars(df, splits=5)
+        .key_by("user")
+        .agg(n=pl.len(), total=pl.col("amount").sum(), name="per-user")
+    )
     counts.write_parquet(str(tmp_path / "out"))
     ckpt = str(tmp_path / "ckpt")
     job = flow.start(workers=2, state="lmdb", checkpoint_dir=ckpt)
     job.wait(120)
     listing = job.checkpoints()
     assert listing.height >= 1 and listing.get_column("final").to_list()[-1] is True
-    on_disk = sorted(int(p.parent.name.removeprefix("chk-")) for p in (tmp_path / "ckpt").glob("chk-*/_MANIFEST.json"))
+    on_disk = sorted(
+        int(p.parent.name.removeprefix("chk-"))
+        for p in (tmp_path / "ckpt").glob("chk-*/_MANIFEST.json")
+    )
     assert on_disk  # the manifests written; the listing shows exactly those
     assert sorted(listing.get_column("id").to_list()) == on_disk
     expected = df.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
     assert_frame_equal_unordered(job.state("per-user"), expected, check_dtypes=False)
     top = job.query_state('SELECT "user", n FROM "per-user" ORDER BY n DESC, "user" LIMIT 3')
-    assert top.to_dicts() == expected.sort(["n", "user"], descending=[True, False]).head(3).select(
-        "user", "n").to_dicts()
+    assert (
+        top.to_dicts()
+        == expected.sort(["n", "user"], descending=[True, False])
+        .head(3)
+        .select("user", "n")
+        .to_dicts()
+    )
     assert af.query_state(ckpt, 'SELECT count(*) AS keys FROM "per-user"').item() == expected.height
 
     plain = af.Flow("no-ckpt")
@@ -383,10 +441,16 @@ def test_checkpoints_and_state_as_dataframes_and_sql(tmp_path: Path) -> None:
 
 def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path: Path) -> None:
     log = tmp_path / "few.jsonl"
-    log.write_text("".join(json.dumps({"id": i, "user": i % 2, "amount": i / 2}) + "\n" for i in range(3)))
+    log.write_text(
+        "".join(json.dumps({"id": i, "user": i % 2, "amount": i / 2}) + "\n" for i in range(3))
+    )
     flow = af.Flow("peek-tail")
-    lines = flow.tail(str(log), format="ndjson", schema={"id": pl.Int64, "user": pl.Int64, "amount": pl.Float64},
-                      poll_interval="50ms")
+    lines = flow.tail(
+        str(log),
+        format="ndjson",
+        schema={"id": pl.Int64, "user": pl.Int64, "amount": pl.Float64},
+        poll_interval="50ms",
+    )
     assert lines.head(2).get_column("id").to_list() == [0, 1]  # enough rows: at once
     started = time.monotonic()
     few = lines.head(10, timeout="1s")
@@ -398,19 +462,28 @@ def test_head_of_a_tailed_file_returns_what_is_there_after_the_timeout(tmp_path:
 
 @pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Path, worker_pids: Callable[[], list[int]]) -> None:
+def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(
+    tmp_path: Path, worker_pids: Callable[[], list[int]]
+) -> None:
     """A run restored from an older checkpoint (by id) that loses a worker before its own
     first checkpoint restarts from that same checkpoint, not from a newer one of another run."""
     df = events(30_000)
     flow = af.Flow("restarting")
     flow.from_polars(df, splits=30).map_batches(slow).write_parquet(str(tmp_path / "out"))
-    first = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms", batch_size=500)
+    first = flow.start(
+        workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms", batch_size=500
+    )
     wait_for(lambda: len(first.progress["checkpoints"]) >= 3, what="the first run's checkpoints")
     first.stop()
     oldest = CheckpointStorage(str(tmp_path / "ckpt")).checkpoint_ids()[-1]
     assert oldest < CheckpointStorage(str(tmp_path / "ckpt")).checkpoint_ids()[0]
-    job = flow.start(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="60s", batch_size=500,
-                     restore=oldest)
+    job = flow.start(
+        workers=2,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every="60s",
+        batch_size=500,
+        restore=oldest,
+    )
     wait_for(lambda: job.progress["rows_in"] > 3_000, what="rows of the second run")
     pids = worker_pids()
     assert len(pids) == 2, pids
@@ -421,7 +494,9 @@ def test_a_restart_goes_back_to_the_checkpoint_the_run_started_from(tmp_path: Pa
 
 @pytest.mark.injects_faults
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_a_restart_never_restores_an_older_runs_checkpoint(tmp_path: Path, worker_pids: Callable[[], list[int]]) -> None:
+def test_a_restart_never_restores_an_older_runs_checkpoint(
+    tmp_path: Path, worker_pids: Callable[[], list[int]]
+) -> None:
     """A run started with restore=None in a directory holding another run's checkpoints, that
     loses a worker before its own first checkpoint, restarts from scratch, not from those."""
     df = events(30_000)
@@ -433,12 +508,19 @@ def test_a_restart_never_restores_an_older_runs_checkpoint(tmp_path: Path, worke
         return flow, stream
 
     flow, _ = build(str(tmp_path / "out1"))
-    first = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms", batch_size=500)
+    first = flow.start(
+        workers=0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="100ms", batch_size=500
+    )
     wait_for(lambda: len(first.progress["checkpoints"]) >= 2, what="the first run's checkpoints")
     first.stop()
     flow, stream = build(str(tmp_path / "out2"))
-    job = flow.start(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="60s", batch_size=500,
-                     restore=None)
+    job = flow.start(
+        workers=2,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every="60s",
+        batch_size=500,
+        restore=None,
+    )
     wait_for(lambda: job.results(stream).height > 3_000, what="rows of the second run")
     pids = worker_pids()
     assert len(pids) == 2, pids

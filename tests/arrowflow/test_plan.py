@@ -56,7 +56,8 @@ def test_stateless_chain_is_fused_into_one_operator() -> None:
 
 def test_map_batches_is_fused_with_its_neighbours() -> None:
     out = (
-        af.Flow("fuse").from_polars(DATA)
+        af.Flow("fuse")
+        .from_polars(DATA)
         .filter(pl.col("amount") > 1)
         .map_batches(lambda b: b.with_columns(x=pl.lit(1)))
         .select("user", "x")
@@ -66,7 +67,9 @@ def test_map_batches_is_fused_with_its_neighbours() -> None:
 
 def test_a_branch_point_is_not_fused_across() -> None:
     flow = af.Flow("branch")
-    shared = flow.from_polars(DATA).filter(pl.col("amount") > 1).with_columns(x=pl.col("amount") * 2)
+    shared = (
+        flow.from_polars(DATA).filter(pl.col("amount") > 1).with_columns(x=pl.col("amount") * 2)
+    )
     left = shared.filter(pl.col("x") > 10, name="left")
     right = shared.select("user", "x", name="right")
     plan = build_plan(flow, [left.node, right.node])
@@ -94,8 +97,13 @@ def test_exchange_is_inserted_before_every_aggregation() -> None:
     per_n = totals.key_by("n").agg(users=pl.len(), name="per_n")
     plan = _plan_of(per_n)
     assert _kinds(plan) == [
-        ("source", "from_polars"), ("chain", "filter"), ("exchange", "agg.exchange"), ("agg", "agg"),
-        ("exchange", "per_n.exchange"), ("agg", "per_n"), ("sink", "collecting"),
+        ("source", "from_polars"),
+        ("chain", "filter"),
+        ("exchange", "agg.exchange"),
+        ("agg", "agg"),
+        ("exchange", "per_n.exchange"),
+        ("agg", "per_n"),
+        ("sink", "collecting"),
     ]
     assert plan.op("agg.exchange").params["keys"] == ["user"]
     assert plan.op("agg.exchange").inputs == [Edge("filter")]
@@ -152,9 +160,11 @@ def test_projection_reads_only_the_needed_columns() -> None:
 
 def test_projection_through_with_columns_and_aggregation() -> None:
     out = (
-        af.Flow("proj").from_polars(DATA)
+        af.Flow("proj")
+        .from_polars(DATA)
         .with_columns(eur=pl.col("amount") * 0.9, note=pl.lit("replaced"))
-        .key_by("user").agg(total=pl.col("eur").sum(), last_note=pl.col("note").last())
+        .key_by("user")
+        .agg(total=pl.col("eur").sum(), last_note=pl.col("note").last())
     )
     # "note" is replaced before it is read, "ts" and "kind" are never read.
     assert _read_columns(_plan_of(out)) == ["user", "amount"]
@@ -178,7 +188,9 @@ def test_projection_with_union_reads_the_needed_columns_of_each_input(workers: i
     assert _read_columns(plan) == ["user", "amount"]
     assert _read_columns(plan, "b") == ["user", "amount"]
     both = pl.concat([DATA, DATA.with_columns(pl.col("amount") * 10)])
-    assert_frame_equal_unordered(out.collect(workers=workers), both.group_by("user").agg(total=pl.col("amount").sum()))
+    assert_frame_equal_unordered(
+        out.collect(workers=workers), both.group_by("user").agg(total=pl.col("amount").sum())
+    )
 
 
 @pytest.mark.parametrize(
@@ -203,26 +215,47 @@ def test_projection_with_wildcards_still_gives_polars_results() -> None:
     cases = [
         (src.select(pl.all().exclude("note")).select("user", "kind"), DATA.select("user", "kind")),
         (src.select(pl.col("^(us|ki).*$")).select("user"), DATA.select("user")),
-        (src.with_columns(pl.col(pl.Float64) * 2).select("amount"), DATA.select(pl.col("amount") * 2)),
-        (src.select(pl.struct(pl.all()).alias("s")).select(pl.col("s").struct.field("kind")), DATA.select("kind")),
+        (
+            src.with_columns(pl.col(pl.Float64) * 2).select("amount"),
+            DATA.select(pl.col("amount") * 2),
+        ),
+        (
+            src.select(pl.struct(pl.all()).alias("s")).select(pl.col("s").struct.field("kind")),
+            DATA.select("kind"),
+        ),
         # Positional and dtype selections must see the columns of the full frame, not a pruned one.
         (src.with_columns(pl.nth(0).alias("z")).select("z"), DATA.select(pl.col("ts").alias("z"))),
-        (src.with_columns(pl.last().alias("z")).select("z"), DATA.select(pl.col("note").alias("z"))),
+        (
+            src.with_columns(pl.last().alias("z")).select("z"),
+            DATA.select(pl.col("note").alias("z")),
+        ),
         (src.select(cs.by_index(2)), DATA.select("kind")),
-        (src.with_columns(z=pl.sum_horizontal(cs.numeric())).select("z"),
-         DATA.select(z=pl.sum_horizontal(cs.numeric()))),
-        (src.filter(pl.any_horizontal(cs.string() == "c")).select("ts"), DATA.filter(pl.col("note") == "c").select("ts")),
+        (
+            src.with_columns(z=pl.sum_horizontal(cs.numeric())).select("z"),
+            DATA.select(z=pl.sum_horizontal(cs.numeric())),
+        ),
+        (
+            src.filter(pl.any_horizontal(cs.string() == "c")).select("ts"),
+            DATA.filter(pl.col("note") == "c").select("ts"),
+        ),
     ]
     for (_, expected), got in zip(cases, collect_all(*(s for s, _ in cases)), strict=True):
         assert_frame_equal_unordered(got, expected)
 
 
 def test_a_stream_that_names_no_column_reads_one_column_and_counts_rows() -> None:
-    out = af.Flow("proj").from_polars(DATA).with_columns(one=pl.lit(1)).select("one", two=pl.col("one") + 1)
+    out = (
+        af.Flow("proj")
+        .from_polars(DATA)
+        .with_columns(one=pl.lit(1))
+        .select("one", two=pl.col("one") + 1)
+    )
     plan = build_plan(out.flow, [out.node])
     assert _read_columns(plan) == ["ts"]
     assert out.collect(batch_size=3).to_dicts() == [{"one": 1, "two": 2}] * 4
-    counted = af.Flow("proj").from_polars(DATA).with_columns(k=pl.lit("all")).key_by("k").agg(n=pl.len())
+    counted = (
+        af.Flow("proj").from_polars(DATA).with_columns(k=pl.lit("all")).key_by("k").agg(n=pl.len())
+    )
     assert counted.collect(batch_size=3).to_dicts() == [{"k": "all", "n": 4}]
 
 
@@ -242,13 +275,24 @@ def test_malformed_side_output_does_not_widen_the_projection() -> None:
 def test_output_schemas_are_known_before_running() -> None:
     flow = af.Flow("schemas")
     src = flow.from_polars(DATA)
-    chain = src.filter(pl.col("amount") > 1).with_columns(big=pl.col("amount") > 6, ts=pl.col("ts").cast(pl.Float32))
-    agg = chain.key_by("kind").agg(n=pl.len(), avg=pl.col("amount").mean(), first_ts=pl.col("ts").first())
-    expected_chain = DATA.lazy().filter(pl.col("amount") > 1).with_columns(
-        big=pl.col("amount") > 6, ts=pl.col("ts").cast(pl.Float32))
+    chain = src.filter(pl.col("amount") > 1).with_columns(
+        big=pl.col("amount") > 6, ts=pl.col("ts").cast(pl.Float32)
+    )
+    agg = chain.key_by("kind").agg(
+        n=pl.len(), avg=pl.col("amount").mean(), first_ts=pl.col("ts").first()
+    )
+    expected_chain = (
+        DATA.lazy()
+        .filter(pl.col("amount") > 1)
+        .with_columns(big=pl.col("amount") > 6, ts=pl.col("ts").cast(pl.Float32))
+    )
     assert chain.schema == expected_chain.collect_schema()
-    assert agg.schema == expected_chain.group_by("kind").agg(
-        n=pl.len(), avg=pl.col("amount").mean(), first_ts=pl.col("ts").first()).collect_schema()
+    assert (
+        agg.schema
+        == expected_chain.group_by("kind")
+        .agg(n=pl.len(), avg=pl.col("amount").mean(), first_ts=pl.col("ts").first())
+        .collect_schema()
+    )
     plan = _plan_of(agg)
     assert plan.op("agg").schema == agg.schema
     assert plan.op("agg.exchange").schema == chain.schema
@@ -268,9 +312,15 @@ def test_schema_of_a_new_operator_is_never_a_stale_cached_one() -> None:
 # ---------------------------------------------------------------- fingerprints
 
 
-def _fingerprint(agg: pl.Expr | None = None, *, predicate: pl.Expr | None = None,
-                 keys: tuple[str, ...] = ("user",), agg_name: str | None = None, sink: str = "a",
-                 max_parallelism: int = 128) -> str:
+def _fingerprint(
+    agg: pl.Expr | None = None,
+    *,
+    predicate: pl.Expr | None = None,
+    keys: tuple[str, ...] = ("user",),
+    agg_name: str | None = None,
+    sink: str = "a",
+    max_parallelism: int = 128,
+) -> str:
     agg = pl.col("amount").sum() if agg is None else agg
     predicate = pl.col("amount") > 0 if predicate is None else predicate
     flow = af.Flow("fp")
@@ -314,7 +364,15 @@ def test_fingerprint_is_the_same_in_another_process() -> None:
         {"sink": "b"},
         {"max_parallelism": 64},
     ],
-    ids=["sum-to-max", "agg-input", "key", "more-keys", "agg-renamed", "sink-renamed", "max-parallelism"],
+    ids=[
+        "sum-to-max",
+        "agg-input",
+        "key",
+        "more-keys",
+        "agg-renamed",
+        "sink-renamed",
+        "max-parallelism",
+    ],
 )
 def test_fingerprint_changes_when_a_stateful_operator_changes(changed: dict) -> None:
     assert _fingerprint(**changed) != _fingerprint()
@@ -334,7 +392,8 @@ def test_explain_shows_every_operator_its_inputs_and_schema() -> None:
         flow.from_polars(DATA)
         .filter(pl.col("kind") == "buy")
         .with_columns(eur=pl.col("amount") * 0.92)
-        .key_by("user").agg(n=pl.len(), total=pl.col("eur").sum())
+        .key_by("user")
+        .agg(n=pl.len(), total=pl.col("eur").sum())
     )
     totals.write_to(CollectingSink(), name="out")
     text = flow.explain()
@@ -392,10 +451,25 @@ def test_operator_ids_are_derived_and_numbered() -> None:
     e = d.key_by("user").agg(n=pl.len())
     f = flow.from_polars(DATA)
     assert [s.id for s in (src, a, b, c, d, e, f)] == [
-        "from_polars", "filter", "filter-2", "filter-3", "with_columns", "agg", "from_polars-2"]
+        "from_polars",
+        "filter",
+        "filter-2",
+        "filter-3",
+        "with_columns",
+        "agg",
+        "from_polars-2",
+    ]
     assert d.node.inputs[0].id == "select"
-    assert [n.id for n in flow.nodes] == ["from_polars", "filter", "filter-2", "filter-3", "select",
-                                          "with_columns", "agg", "from_polars-2"]
+    assert [n.id for n in flow.nodes] == [
+        "from_polars",
+        "filter",
+        "filter-2",
+        "filter-3",
+        "select",
+        "with_columns",
+        "agg",
+        "from_polars-2",
+    ]
 
 
 def test_name_overrides_the_id_and_numbering_skips_taken_names() -> None:
@@ -407,14 +481,20 @@ def test_name_overrides_the_id_and_numbering_skips_taken_names() -> None:
     assert (src.id, mine.id, auto.id, auto2.id) == ("events", "filter-2", "filter", "filter-3")
     totals = src.key_by("user").agg(n=pl.len(), name="totals")
     assert totals.id == "totals"
-    assert [op.id for op in _plan_of(totals).ops][-3:] == ["totals.exchange", "totals", "collecting"]
+    assert [op.id for op in _plan_of(totals).ops][-3:] == [
+        "totals.exchange",
+        "totals",
+        "collecting",
+    ]
 
 
 def test_ids_are_the_same_in_identical_builds() -> None:
     def build() -> list[str]:
         flow = af.Flow("ids")
         src = flow.from_polars(DATA)
-        src.filter(pl.col("amount") > 1).union(src.filter(pl.col("amount") < 1)).key_by("user").agg(n=pl.len())
+        src.filter(pl.col("amount") > 1).union(src.filter(pl.col("amount") < 1)).key_by("user").agg(
+            n=pl.len()
+        )
         src.side_output("malformed")
         return [n.id for n in flow.nodes]
 
@@ -433,7 +513,9 @@ def test_flow_run_with_several_sinks(workers: int) -> None:
     src.key_by("kind").agg(total=pl.col("amount").sum()).write_to(totals, name="totals")
     result = flow.run(workers=workers)
     assert_frame_equal_unordered(everything.to_polars(), DATA)
-    assert_frame_equal_unordered(totals.to_polars(), DATA.group_by("kind").agg(total=pl.col("amount").sum()))
+    assert_frame_equal_unordered(
+        totals.to_polars(), DATA.group_by("kind").agg(total=pl.col("amount").sum())
+    )
     assert result.rows_in == DATA.height
     assert result.rows_out == DATA.height + DATA["kind"].n_unique()
 

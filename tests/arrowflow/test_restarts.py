@@ -26,8 +26,13 @@ from arrowflow.testing import assert_frame_equal_unordered
 
 def frame(n: int = 20_000) -> pl.DataFrame:
     rng = np.random.default_rng(5)
-    return pl.DataFrame({"event_id": rng.permutation(n), "user_id": rng.integers(0, 300, n),
-                         "amount": np.round(rng.exponential(30, n), 2)})
+    return pl.DataFrame(
+        {
+            "event_id": rng.permutation(n),
+            "user_id": rng.integers(0, 300, n),
+            "amount": np.round(rng.exponential(30, n), 2),
+        }
+    )
 
 
 def crashing_flow(tmp_path: Path, df: pl.DataFrame) -> af.Flow:
@@ -49,12 +54,19 @@ def crashing_flow(tmp_path: Path, df: pl.DataFrame) -> af.Flow:
 
 
 def run(flow: af.Flow, tmp_path: Path) -> af.RunResult:
-    return flow.run(workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=af.every_rows(5_000),
-                    batch_size=1_000, progress=False)
+    return flow.run(
+        workers=2,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every=af.every_rows(5_000),
+        batch_size=1_000,
+        progress=False,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
-def test_allowed_restart_is_recorded_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_allowed_restart_is_recorded_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ARROWFLOW_RESTARTS", "allow")
     df = frame()
     with pytest.warns(UserWarning, match="SIGSEGV"):
@@ -69,8 +81,9 @@ def test_allowed_restart_is_recorded_with_its_reason(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.parametrize("policy", ["injected", "fail"])
-def test_a_crash_fails_the_run_under_the_strict_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         policy: str) -> None:
+def test_a_crash_fails_the_run_under_the_strict_policies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
     monkeypatch.setenv("ARROWFLOW_RESTARTS", policy)
     with pytest.raises(WorkerError, match=r"(?s)signal 11 \(SIGSEGV\).*not restarted"):
         run(crashing_flow(tmp_path, frame()), tmp_path)
@@ -90,7 +103,7 @@ def test_an_unknown_policy_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
         flow.run(workers=0)
 
 
-JOB = textwrap.dedent('''
+JOB = textwrap.dedent("""
     import os, signal
     import numpy as np
     import polars as pl
@@ -112,7 +125,7 @@ JOB = textwrap.dedent('''
     flow = af.Flow("crashy")
     (flow.from_polars(pl.DataFrame({"x": rng.permutation(10_000)}), splits=8)
          .map_batches(crash_once).write_parquet(os.environ["OUT"]))
-''')
+""")
 
 
 @pytest.mark.parametrize(("policy", "code"), [("allow", 0), ("fail", 1)])
@@ -122,15 +135,34 @@ def test_cli_summary_ends_with_the_restarts_and_why(tmp_path: Path, policy: str,
     script = Path(sys.executable).with_name("arrowflow")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "arrowflow.cli"]
     done = subprocess.run(
-        [*command, "run", str(job), "--workers", "2", "--checkpoint-dir", str(tmp_path / "ckpt"),
-         "--batch-size", "500"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
-        env={**os.environ, "ARROWFLOW_RESTARTS": policy, "CRASH_MARKER": str(tmp_path / "m"),
-             "OUT": str(tmp_path / "out")})
+        [
+            *command,
+            "run",
+            str(job),
+            "--workers",
+            "2",
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+            "--batch-size",
+            "500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "ARROWFLOW_RESTARTS": policy,
+            "CRASH_MARKER": str(tmp_path / "m"),
+            "OUT": str(tmp_path / "out"),
+        },
+    )
     assert done.returncode == code, done.stderr
     if code == 0:
         last = done.stdout.strip().splitlines()[-1]
         assert last.startswith("restarts: 1 ") and "SIGSEGV" in last, done.stdout
-        assert pl.read_parquet(tmp_path / "out" / "*.parquet")["x"].sort().to_list() == list(range(10_000))
+        assert pl.read_parquet(tmp_path / "out" / "*.parquet")["x"].sort().to_list() == list(
+            range(10_000)
+        )
     else:
         assert "SIGSEGV" in done.stderr and "not restarted" in done.stderr, done.stderr

@@ -25,7 +25,9 @@ EVENTS = pl.DataFrame({"event_id": RNG.permutation(12_000), "amount": RNG.random
 
 def build(out: Path) -> af.Flow:
     flow = af.Flow("rollback")
-    flow.from_polars(EVENTS, splits=12).filter(pl.col("amount") > 0.2).write_parquet(str(out), rows_per_file=700)
+    flow.from_polars(EVENTS, splits=12).filter(pl.col("amount") > 0.2).write_parquet(
+        str(out), rows_per_file=700
+    )
     return flow
 
 
@@ -33,21 +35,37 @@ def committed(out: Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))])
 
 
-def test_restore_of_an_older_checkpoint_removes_later_parts_and_reports_them(tmp_path: Path) -> None:
+def test_restore_of_an_older_checkpoint_removes_later_parts_and_reports_them(
+    tmp_path: Path,
+) -> None:
     out, ck = tmp_path / "out", str(tmp_path / "ck")
-    first = build(out).run(workers=0, checkpoint_dir=ck, checkpoint_every=af.every_rows(2_000), batch_size=1_000,
-                           keep_checkpoints=20)
+    first = build(out).run(
+        workers=0,
+        checkpoint_dir=ck,
+        checkpoint_every=af.every_rows(2_000),
+        batch_size=1_000,
+        keep_checkpoints=20,
+    )
     assert len(first.checkpoints) >= 4 and first.rolled_back == []
     later = {p.name for p in out.glob("part-*") if part_checkpoint(p.name) > 2}
     assert later
-    with pytest.warns(UserWarning, match=r"restoring checkpoint 2, rolled back output of later checkpoints"):
-        again = build(out).run(workers=0, checkpoint_dir=ck, checkpoint_every=af.every_rows(2_000),
-                               batch_size=1_000, restore=2)
+    with pytest.warns(
+        UserWarning, match=r"restoring checkpoint 2, rolled back output of later checkpoints"
+    ):
+        again = build(out).run(
+            workers=0,
+            checkpoint_dir=ck,
+            checkpoint_every=af.every_rows(2_000),
+            batch_size=1_000,
+            restore=2,
+        )
     assert again.restored_from == 2
     [item] = again.rolled_back
     assert (item.checkpoint, item.what, item.count) == (2, "part files", len(later))
     assert item.epochs == sorted({part_checkpoint(n) for n in later})
-    assert not later & {p.name for p in out.glob("part-*")}, "a part file of a later checkpoint survived"
+    assert not later & {p.name for p in out.glob("part-*")}, (
+        "a part file of a later checkpoint survived"
+    )
     expected = EVENTS.filter(pl.col("amount") > 0.2)
     got = committed(out)
     assert got.height == expected.height and got["event_id"].is_duplicated().sum() == 0
@@ -59,19 +77,41 @@ def test_restore_of_an_older_checkpoint_removes_later_parts_and_reports_them(tmp
 def test_another_jobs_parts_in_the_same_folder_are_not_rolled_back(tmp_path: Path) -> None:
     out = tmp_path / "out"
     other = af.Flow("other")
-    other.from_polars(EVENTS.head(3_000), splits=6).write_parquet(str(out), mode="append", rows_per_file=400)
-    other.run(workers=0, checkpoint_dir=str(tmp_path / "other-ck"), checkpoint_every=af.every_rows(500),
-              batch_size=250)
+    other.from_polars(EVENTS.head(3_000), splits=6).write_parquet(
+        str(out), mode="append", rows_per_file=400
+    )
+    other.run(
+        workers=0,
+        checkpoint_dir=str(tmp_path / "other-ck"),
+        checkpoint_every=af.every_rows(500),
+        batch_size=250,
+    )
     theirs = {p.name for p in out.glob("part-*")}
     assert max(part_checkpoint(n) for n in theirs) > 2
     flow = af.Flow("mine")
-    flow.from_polars(EVENTS.tail(5_000), splits=10).write_parquet(str(out), mode="append", rows_per_file=400)
+    flow.from_polars(EVENTS.tail(5_000), splits=10).write_parquet(
+        str(out), mode="append", rows_per_file=400
+    )
     ck = str(tmp_path / "ck")
-    flow.run(workers=0, checkpoint_dir=ck, checkpoint_every=af.every_rows(1_000), batch_size=500, keep_checkpoints=9)
+    flow.run(
+        workers=0,
+        checkpoint_dir=ck,
+        checkpoint_every=af.every_rows(1_000),
+        batch_size=500,
+        keep_checkpoints=9,
+    )
     again = af.Flow("mine")
-    again.from_polars(EVENTS.tail(5_000), splits=10).write_parquet(str(out), mode="append", rows_per_file=400)
+    again.from_polars(EVENTS.tail(5_000), splits=10).write_parquet(
+        str(out), mode="append", rows_per_file=400
+    )
     with pytest.warns(UserWarning, match="rolled back"):
-        again.run(workers=0, checkpoint_dir=ck, checkpoint_every=af.every_rows(1_000), batch_size=500, restore=1)
+        again.run(
+            workers=0,
+            checkpoint_dir=ck,
+            checkpoint_every=af.every_rows(1_000),
+            batch_size=500,
+            restore=1,
+        )
     assert theirs <= {p.name for p in out.glob("part-*")}
     got = committed(out)
     expected = pl.concat([EVENTS.head(3_000), EVENTS.tail(5_000)])
@@ -115,12 +155,20 @@ def test_a_sink_that_cannot_roll_back_makes_the_restore_refuse(tmp_path: Path) -
         return built
 
     ck = str(tmp_path / "ck")
-    flow().run(workers=0, checkpoint_dir=ck, checkpoint_every=af.every_rows(3_000), batch_size=1_000,
-               keep_checkpoints=10)
+    flow().run(
+        workers=0,
+        checkpoint_dir=ck,
+        checkpoint_every=af.every_rows(3_000),
+        batch_size=1_000,
+        keep_checkpoints=10,
+    )
     before = (tmp_path / "rows.json").read_text()
-    with pytest.raises(CheckpointError, match=r"cannot restore checkpoint 2 .* the later checkpoint\(s\) \[3, .*"
-                                              r"cannot remove output of later checkpoints.*To go on: remove that "
-                                              r"output yourself and delete chk-00000003"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot restore checkpoint 2 .* the later checkpoint\(s\) \[3, .*"
+        r"cannot remove output of later checkpoints.*To go on: remove that "
+        r"output yourself and delete chk-00000003",
+    ):
         flow().run(workers=0, checkpoint_dir=ck, restore=2)
     assert (tmp_path / "rows.json").read_text() == before, "the refused restore wrote output"
 
@@ -128,7 +176,9 @@ def test_a_sink_that_cannot_roll_back_makes_the_restore_refuse(tmp_path: Path) -
 @pytest.mark.filterwarnings("ignore:.*restarting from the newest checkpoint")
 @pytest.mark.filterwarnings("ignore:skipping checkpoint")
 @pytest.mark.injects_faults
-def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(tmp_path: Path, worker_pids) -> None:
+def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_committed(
+    tmp_path: Path, worker_pids
+) -> None:
     """mode="append", restore=None: the run commits two checkpoints, both get damaged, then a
     worker is killed. The restart finds none of the run's checkpoints and starts over; the
     rows those checkpoints committed go first, or the replay would append them again."""
@@ -168,16 +218,25 @@ def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_commit
 
 
 @pytest.mark.filterwarnings("ignore:skipping checkpoint")
-def test_resuming_when_every_checkpoint_is_damaged_starts_over_without_duplicates(tmp_path: Path) -> None:
+def test_resuming_when_every_checkpoint_is_damaged_starts_over_without_duplicates(
+    tmp_path: Path,
+) -> None:
     from arrowflow.checkpoint import MANIFEST
 
     out, ck = tmp_path / "out", tmp_path / "ck"
 
     def run(**options: Any) -> Any:
         flow = af.Flow("all-damaged")
-        flow.from_polars(EVENTS, splits=12).write_parquet(str(out), mode="append", rows_per_file=700)
-        return flow.run(workers=0, checkpoint_dir=str(ck), checkpoint_every=af.every_rows(2_000), batch_size=1_000,
-                        **options)
+        flow.from_polars(EVENTS, splits=12).write_parquet(
+            str(out), mode="append", rows_per_file=700
+        )
+        return flow.run(
+            workers=0,
+            checkpoint_dir=str(ck),
+            checkpoint_every=af.every_rows(2_000),
+            batch_size=1_000,
+            **options,
+        )
 
     run()
     for manifest in ck.glob(f"chk-*/{MANIFEST}"):

@@ -23,8 +23,13 @@ def slow(batch: pl.DataFrame) -> pl.DataFrame:
 
 def build(tmp: Path) -> tuple[af.Flow, pl.DataFrame]:
     rng = np.random.default_rng(11)
-    df = pl.DataFrame({"event_id": np.arange(30_000), "user": rng.integers(0, 200, 30_000),
-                       "amount": rng.random(30_000)})
+    df = pl.DataFrame(
+        {
+            "event_id": np.arange(30_000),
+            "user": rng.integers(0, 200, 30_000),
+            "amount": rng.random(30_000),
+        }
+    )
     flow = af.Flow("background")
     events = flow.from_polars(df, splits=20).map_batches(slow)
     events.write_parquet(str(tmp / "rows"))
@@ -37,9 +42,13 @@ def committed(folder: Path) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_checkpoint_and_stop_with_a_savepoint_then_resume_exactly(tmp_path: Path, workers: int) -> None:
+def test_checkpoint_and_stop_with_a_savepoint_then_resume_exactly(
+    tmp_path: Path, workers: int
+) -> None:
     flow, df = build(tmp_path)
-    job = flow.start(workers=workers, checkpoint_dir=str(tmp_path / "ck"), batch_size=500, restore=None)
+    job = flow.start(
+        workers=workers, checkpoint_dir=str(tmp_path / "ck"), batch_size=500, restore=None
+    )
     deadline = time.monotonic() + 60
     while job.progress["rows_in"] < 2_000 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -60,8 +69,13 @@ def test_checkpoint_and_stop_with_a_savepoint_then_resume_exactly(tmp_path: Path
 
 def test_stop_without_savepoint_keeps_only_completed_checkpoints(tmp_path: Path) -> None:
     flow, df = build(tmp_path)
-    job = flow.start(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="200ms", batch_size=500,
-                     restore=None)
+    job = flow.start(
+        workers=0,
+        checkpoint_dir=str(tmp_path / "ck"),
+        checkpoint_every="200ms",
+        batch_size=500,
+        restore=None,
+    )
     deadline = time.monotonic() + 60
     while len(job.progress["checkpoints"]) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -78,8 +92,9 @@ def test_a_job_that_fails_reports_it(tmp_path: Path) -> None:
     def boom(batch: pl.DataFrame) -> pl.DataFrame:
         raise ValueError("broken on purpose")
 
-    flow.from_polars(pl.DataFrame({"a": [1, 2]})).map_batches(boom, schema={"a": pl.Int64}).write_parquet(
-        str(tmp_path / "out"))
+    flow.from_polars(pl.DataFrame({"a": [1, 2]})).map_batches(
+        boom, schema={"a": pl.Int64}
+    ).write_parquet(str(tmp_path / "out"))
     job = flow.start(workers=0)
     with pytest.raises(ValueError, match="broken on purpose"):
         job.wait(30)

@@ -20,7 +20,20 @@ from arrowflow.testing import assert_frame_equal_unordered, collect_all
 EVENTS = pl.DataFrame(
     {
         "user": [1, 2, 3, 1, None, 2, 4, 5, 1, 3, 2, None],
-        "kind": ["buy", "view", None, "view", "buy", "buy", "cart", "view", "cart", "buy", None, "view"],
+        "kind": [
+            "buy",
+            "view",
+            None,
+            "view",
+            "buy",
+            "buy",
+            "cart",
+            "view",
+            "cart",
+            "buy",
+            None,
+            "view",
+        ],
         "amount": [10.0, None, 3.5, 0.0, 7.25, -1.0, 2.0, None, 99.9, 4.0, 5.5, 1.0],
         "qty": pl.Series([1, 2, 3, None, 5, 6, 7, 8, 9, None, 11, 12], dtype=pl.Int32),
         "ok": [True, False, None, True, True, False, None, True, False, True, True, None],
@@ -50,7 +63,9 @@ FILTERS = {
 def test_filter_matches_polars(workers: int) -> None:
     stream = source()
     # One run for every predicate: each filter is a branch of the same source.
-    frames = collect_all(*(stream.filter(*preds) for preds in FILTERS.values()), workers=workers, batch_size=4)
+    frames = collect_all(
+        *(stream.filter(*preds) for preds in FILTERS.values()), workers=workers, batch_size=4
+    )
     for (label, preds), got in zip(FILTERS.items(), frames, strict=True):
         try:
             assert_frame_equal_unordered(got, EVENTS.filter(*preds))
@@ -90,8 +105,11 @@ OPERATORS = {
     # Reads no source column: every input row must still give one output row.
     "literal-only": lambda f: f.with_columns(one=pl.lit(1)).select("one"),
     "chain": _chain,
-    "map_batches-lambda": lambda f: (f.map_batches(lambda b: b.with_columns(half=pl.col("amount") / 2))
-                                     if isinstance(f, af.Stream) else f.with_columns(half=pl.col("amount") / 2)),
+    "map_batches-lambda": lambda f: (
+        f.map_batches(lambda b: b.with_columns(half=pl.col("amount") / 2))
+        if isinstance(f, af.Stream)
+        else f.with_columns(half=pl.col("amount") / 2)
+    ),
 }
 
 
@@ -119,7 +137,9 @@ def test_map_batches_with_learned_schema(workers: int, request: pytest.FixtureRe
     assert_frame_equal_unordered(stream.collect(workers=workers, batch_size=4), _add_ratio(EVENTS))
 
 
-def _functions_by_reference_need_importable_modules(workers: int, request: pytest.FixtureRequest) -> None:
+def _functions_by_reference_need_importable_modules(
+    workers: int, request: pytest.FixtureRequest
+) -> None:
     """Workers import nothing of this test module (pytest imports it by path): the pool must
     ship its module-level functions by value."""
 
@@ -136,13 +156,17 @@ def test_map_batches_with_declared_schema(workers: int, request: pytest.FixtureR
     stream = source().map_batches(_summarise, schema={"user": pl.Int64, "label": pl.String})
     assert stream.schema == pl.Schema({"user": pl.Int64, "label": pl.String})
     got = stream.collect(workers=workers, batch_size=5)
-    assert_frame_equal_unordered(got, EVENTS.select("user", label=pl.format("{}-{}", "kind", "qty")))
+    assert_frame_equal_unordered(
+        got, EVENTS.select("user", label=pl.format("{}-{}", "kind", "qty"))
+    )
 
 
 def test_map_batches_accepts_a_pyarrow_schema() -> None:
     import pyarrow as pa
 
-    stream = source().map_batches(_summarise, schema=pa.schema([("user", pa.int64()), ("label", pa.string())]))
+    stream = source().map_batches(
+        _summarise, schema=pa.schema([("user", pa.int64()), ("label", pa.string())])
+    )
     assert stream.schema == pl.Schema({"user": pl.Int64, "label": pl.String})
 
 
@@ -186,8 +210,14 @@ def test_unions_and_branches(workers: int) -> None:
     shared = a.union(b, c).with_columns(double=pl.col("amount") * 2)
     cheap = shared.filter(pl.col("amount") < 5)
     dear = shared.filter(pl.col("amount") >= 5).with_columns(pl.col("amount") * 2)
-    streams = [a.union(b), a.union(b, c), a.union(a), cheap.union(dear).select("user", "amount"), shared,
-               shared.select("user", "double")]
+    streams = [
+        a.union(b),
+        a.union(b, c),
+        a.union(a),
+        cheap.union(dear).select("user", "amount"),
+        shared,
+        shared.select("user", "double"),
+    ]
     got = collect_all(*streams, workers=workers, batch_size=3)
 
     everything = pl.concat(parts).with_columns(double=pl.col("amount") * 2)
@@ -195,8 +225,12 @@ def test_unions_and_branches(workers: int) -> None:
         pl.concat(parts[:2]),
         pl.concat(parts),
         pl.concat([parts[0], parts[0]]),
-        pl.concat([everything.filter(pl.col("amount") < 5),
-                   everything.filter(pl.col("amount") >= 5).with_columns(pl.col("amount") * 2)]).select("user", "amount"),
+        pl.concat(
+            [
+                everything.filter(pl.col("amount") < 5),
+                everything.filter(pl.col("amount") >= 5).with_columns(pl.col("amount") * 2),
+            ]
+        ).select("user", "amount"),
         everything,
         everything.select("user", "double"),
     ]
@@ -215,13 +249,18 @@ def test_empty_source_gives_empty_frames_with_the_schema(workers: int) -> None:
     assert got_chained.height == 0
     assert got_chained.schema == EVENTS.head(0).with_columns(x=pl.col("qty") + 1).schema
     assert got_totals.height == 0
-    assert got_totals.schema == EVENTS.group_by("user").agg(n=pl.len(), s=pl.col("amount").sum()).schema
+    assert (
+        got_totals.schema
+        == EVENTS.group_by("user").agg(n=pl.len(), s=pl.col("amount").sum()).schema
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, None])
 @pytest.mark.parametrize("splits", [1, 5, 40])
 def test_results_do_not_depend_on_batches_or_splits(batch_size: int | None, splits: int) -> None:
-    stream = source(splits=splits).filter(pl.col("qty").is_not_null()).with_columns(x=pl.col("qty") * 3)
+    stream = (
+        source(splits=splits).filter(pl.col("qty").is_not_null()).with_columns(x=pl.col("qty") * 3)
+    )
     expected = EVENTS.filter(pl.col("qty").is_not_null()).with_columns(x=pl.col("qty") * 3)
     assert_frame_equal_unordered(stream.collect(batch_size=batch_size), expected)
 
@@ -249,8 +288,20 @@ def _event_frames(draw: st.DrawFn) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "a": draw(st.lists(ints, min_size=n, max_size=n)),
-            "b": draw(st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)), min_size=n, max_size=n)),
-            "s": draw(st.lists(st.one_of(st.none(), st.sampled_from(["x", "y", "zz", ""])), min_size=n, max_size=n)),
+            "b": draw(
+                st.lists(
+                    st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
+                    min_size=n,
+                    max_size=n,
+                )
+            ),
+            "s": draw(
+                st.lists(
+                    st.one_of(st.none(), st.sampled_from(["x", "y", "zz", ""])),
+                    min_size=n,
+                    max_size=n,
+                )
+            ),
         },
         schema={"a": pl.Int64, "b": pl.Float64, "s": pl.String},
     )
@@ -270,5 +321,7 @@ def _property_chain(frame):  # a Stream or a DataFrame
 def test_property_stateless_chain_equals_polars_for_any_batches_and_splits(
     df: pl.DataFrame, batch_size: int, splits: int
 ) -> None:
-    got = _property_chain(af.Flow("p").from_polars(df, splits=splits)).collect(batch_size=batch_size)
+    got = _property_chain(af.Flow("p").from_polars(df, splits=splits)).collect(
+        batch_size=batch_size
+    )
     assert_frame_equal_unordered(got, _property_chain(df))

@@ -12,10 +12,16 @@ from arrowflow.testing import CollectingSink, assert_frame_equal_unordered, coll
 
 
 def test_equal_rows_in_another_order_pass() -> None:
-    left = pl.DataFrame({"k": [1, 2, None, 2], "s": ["a", None, "c", "b"], "f": [0.1 + 0.2, 1.0, math.nan, None]})
+    left = pl.DataFrame(
+        {"k": [1, 2, None, 2], "s": ["a", None, "c", "b"], "f": [0.1 + 0.2, 1.0, math.nan, None]}
+    )
     assert_frame_equal_unordered(left, left.reverse())
-    assert_frame_equal_unordered(left, left.with_columns(pl.col("f").fill_nan(math.nan)).sample(fraction=1.0,
-                                                                                                 shuffle=True, seed=1))
+    assert_frame_equal_unordered(
+        left,
+        left.with_columns(pl.col("f").fill_nan(math.nan)).sample(
+            fraction=1.0, shuffle=True, seed=1
+        ),
+    )
 
 
 def test_floats_compare_with_tolerance_unless_exact() -> None:
@@ -43,11 +49,18 @@ def test_columns_and_types_must_match() -> None:
         assert_frame_equal_unordered(pl.DataFrame({"a": [1]}), pl.DataFrame({"b": [1]}))
     with pytest.raises(AssertionError, match=r"a: Int64 vs Float64"):
         assert_frame_equal_unordered(pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [1.0]}))
-    assert_frame_equal_unordered(pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [1.0]}), check_dtypes=False)
+    assert_frame_equal_unordered(
+        pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [1.0]}), check_dtypes=False
+    )
     with pytest.raises(AssertionError, match="columns differ"):
-        assert_frame_equal_unordered(pl.DataFrame({"a": [1], "b": [2]}), pl.DataFrame({"b": [2], "a": [1]}))
-    assert_frame_equal_unordered(pl.DataFrame({"a": [1], "b": [2]}), pl.DataFrame({"b": [2], "a": [1]}),
-                                 check_column_order=False)
+        assert_frame_equal_unordered(
+            pl.DataFrame({"a": [1], "b": [2]}), pl.DataFrame({"b": [2], "a": [1]})
+        )
+    assert_frame_equal_unordered(
+        pl.DataFrame({"a": [1], "b": [2]}),
+        pl.DataFrame({"b": [2], "a": [1]}),
+        check_column_order=False,
+    )
 
 
 def test_nested_columns_are_compared_too() -> None:

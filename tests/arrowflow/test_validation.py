@@ -69,7 +69,9 @@ def test_unknown_column_names_operator_and_column(build, operator: str) -> None:
 
 
 def test_unknown_key_column_lists_the_columns() -> None:
-    with pytest.raises(af.SchemaError, match=r"key_by\(\): no column 'nope'.*\['user', 'kind', 'amount'\]"):
+    with pytest.raises(
+        af.SchemaError, match=r"key_by\(\): no column 'nope'.*\['user', 'kind', 'amount'\]"
+    ):
         stream().key_by("user", "nope")
 
 
@@ -178,7 +180,9 @@ def test_aggregation_names_must_be_unique_and_not_keys() -> None:
 
 @pytest.mark.parametrize("splits", [0, -1, 1.5, "2", True])
 def test_from_polars_splits_must_be_positive(splits: object) -> None:
-    with pytest.raises(af.PlanError, match=r"from_polars\(splits=\.\.\.\) expects a positive number"):
+    with pytest.raises(
+        af.PlanError, match=r"from_polars\(splits=\.\.\.\) expects a positive number"
+    ):
         af.Flow("s").from_polars(DATA, splits=splits)
 
 
@@ -239,7 +243,9 @@ def test_aggregating_an_input_that_depends_on_other_rows_is_refused(name: str) -
 @pytest.mark.filterwarnings("ignore::polars.exceptions.PolarsInefficientMapWarning")
 def test_row_wise_inputs_are_accepted() -> None:
     stream().key_by("user").agg(
-        g=pl.col("amount").map_elements(lambda v: v + 1, return_dtype=pl.Float64).sum(),  # polars can't analyse it
+        g=pl.col("amount")
+        .map_elements(lambda v: v + 1, return_dtype=pl.Float64)
+        .sum(),  # polars can't analyse it
         h=pl.concat_list("amount", "amount").list.eval(pl.element().max()).list.first().max(),
     )
     stream().key_by("user").agg(
@@ -305,7 +311,9 @@ def test_invalid_operator_and_flow_names(bad: object) -> None:
 
 
 def test_malformed_side_output_on_a_non_source() -> None:
-    with pytest.raises(af.PlanError, match=r"'malformed' exists on sources only; 'filter' is a filter"):
+    with pytest.raises(
+        af.PlanError, match=r"'malformed' exists on sources only; 'filter' is a filter"
+    ):
         stream().filter(pl.col("amount") > 0).side_output("malformed")
 
 
@@ -318,7 +326,9 @@ def test_malformed_side_output_on_a_non_source_with_a_lazy_schema_fails_when_bui
 
 
 def test_unknown_side_output_lists_the_ones_that_exist() -> None:
-    with pytest.raises(af.PlanError, match=r"'from_polars' \(source\) has no side output 'late'.*malformed"):
+    with pytest.raises(
+        af.PlanError, match=r"'from_polars' \(source\) has no side output 'late'.*malformed"
+    ):
         stream().side_output("late")
     with pytest.raises(af.PlanError, match=r"has no side output 'late'; it has: none"):
         stream().key_by("user").agg(n=pl.len()).side_output("late")
@@ -349,8 +359,10 @@ def test_unknown_state_backend_lists_the_known_ones() -> None:
         stream().collect(state=42)
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": -3}, {"batch_size": 2.5},
-                                    {"workers": -1}, {"workers": "2"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_size": 0}, {"batch_size": -3}, {"batch_size": 2.5}, {"workers": -1}, {"workers": "2"}],
+)
 def test_bad_run_options(kwargs: dict) -> None:
     with pytest.raises(af.PlanError, match=r"batch_size|workers"):
         stream().collect(**kwargs)
@@ -361,8 +373,18 @@ def test_bad_run_options(kwargs: dict) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("200ms", 200), ("10s", 10_000), ("5m", 300_000), ("1h", 3_600_000), ("1d", 86_400_000), ("1.5s", 1500),
-     (" 2 s ", 2000), ("0s", 0), ("1500us", 2), (dt.timedelta(minutes=1, milliseconds=5), 60_005)],
+    [
+        ("200ms", 200),
+        ("10s", 10_000),
+        ("5m", 300_000),
+        ("1h", 3_600_000),
+        ("1d", 86_400_000),
+        ("1.5s", 1500),
+        (" 2 s ", 2000),
+        ("0s", 0),
+        ("1500us", 2),
+        (dt.timedelta(minutes=1, milliseconds=5), 60_005),
+    ],
 )
 def test_duration_ms(text: object, ms: int) -> None:
     assert duration_ms(text) == ms
@@ -376,7 +398,9 @@ def test_bad_duration_strings(bad: str) -> None:
 
 @pytest.mark.parametrize("bad", [10, 2.5])
 def test_bare_numbers_are_ambiguous_durations(bad: float) -> None:
-    with pytest.raises(af.PlanError, match=r"delay: a bare number .* is ambiguous.*'10s' or '10ms'|ambiguous"):
+    with pytest.raises(
+        af.PlanError, match=r"delay: a bare number .* is ambiguous.*'10s' or '10ms'|ambiguous"
+    ):
         duration_ms(bad, what="delay")
 
 
@@ -437,11 +461,13 @@ def test_select_of_constants_only_is_refused_but_broadcast_constants_are_fine() 
 def test_row_wise_stateless_expressions_are_accepted() -> None:
     s = stream()
     s.with_columns(
-        pl.col("amount").round(1), pl.col("kind").str.to_uppercase().alias("upper"),
+        pl.col("amount").round(1),
+        pl.col("kind").str.to_uppercase().alias("upper"),
         pl.when(pl.col("amount") > 1).then(pl.lit("big")).otherwise(pl.lit("small")).alias("size"),
-        pl.col("kind").is_in(["buy"]).alias("is_buy"), pl.col("amount").map_elements(lambda v: v * 2,
-                                                                                    return_dtype=pl.Float64).alias("x2"),
-        pl.lit(3).alias("three"), pl.concat_list("amount", "amount").list.eval(pl.element().sum()).alias("ev"),
+        pl.col("kind").is_in(["buy"]).alias("is_buy"),
+        pl.col("amount").map_elements(lambda v: v * 2, return_dtype=pl.Float64).alias("x2"),
+        pl.lit(3).alias("three"),
+        pl.concat_list("amount", "amount").list.eval(pl.element().sum()).alias("ev"),
     )
     s.filter(pl.col("kind").str.contains("u"), pl.col("amount").is_between(0, 10))
     s.select(pl.col("amount").filter(pl.col("amount") > 1))  # a filter is row-wise too
@@ -449,8 +475,13 @@ def test_row_wise_stateless_expressions_are_accepted() -> None:
 
 def test_key_columns_must_be_hashable_on_every_executor() -> None:
     """The in-process executor never hashes keys; the check must not depend on that."""
-    nested = af.Flow("keys").from_polars(DATA.with_columns(tags=pl.concat_list("kind"), pair=pl.struct("user", "kind")))
-    with pytest.raises(af.SchemaError, match=r"'agg'.*cannot key by column 'tags' of type List\(String\).*list\.join"):
+    nested = af.Flow("keys").from_polars(
+        DATA.with_columns(tags=pl.concat_list("kind"), pair=pl.struct("user", "kind"))
+    )
+    with pytest.raises(
+        af.SchemaError,
+        match=r"'agg'.*cannot key by column 'tags' of type List\(String\).*list\.join",
+    ):
         nested.key_by("tags").agg(n=pl.len())
     with pytest.raises(af.SchemaError, match=r"cannot key by column 'pair' of type Struct"):
         nested.key_by("user", "pair").agg(n=pl.len())

@@ -26,7 +26,9 @@ SIZE_MS = 1_000
 PER_MS = {"ms": 1, "us": 1_000, "ns": 1_000_000}
 
 
-def boundary_events(unit: str, *, windows: int = 10, seed: int = 3, epoch_ms: int = 1_700_000_000_000) -> pl.DataFrame:
+def boundary_events(
+    unit: str, *, windows: int = 10, seed: int = 3, epoch_ms: int = 1_700_000_000_000
+) -> pl.DataFrame:
     """For each window end E (in the column's unit u), in shuffled order: E-1u twice, E-2u,
     E-1ms, E-1ms+1u and the window's middle; then, shuffled, E, E+1u, E+1ms-1u, E+1ms and again E-1u,
     E-2u, E-1ms (on time or late, depending on where the shuffle put them); keys and amounts
@@ -40,44 +42,78 @@ def boundary_events(unit: str, *, windows: int = 10, seed: int = 3, epoch_ms: in
         end = base + (k + 1) * size
         before = [end - 1, end - 1, end - 2, end - one_ms, end - one_ms + 1, end - size // 2]
         rng.shuffle(before)
-        after = [end, end - 1, end - one_ms, end + 1, end - 2, end + one_ms - 1, end + one_ms, end - 1]
+        after = [
+            end,
+            end - 1,
+            end - one_ms,
+            end + 1,
+            end - 2,
+            end + one_ms - 1,
+            end + one_ms,
+            end - 1,
+        ]
         rng.shuffle(after)
         ts += [end - size + int(rng.integers(0, size // 2)), *before, *after]
     n = len(ts)
-    return pl.DataFrame({
-        "ts": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime(unit)),
-        KEY: rng.integers(0, 3, n),
-        "amount": rng.integers(1, 1000, n),
-    })
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime(unit)),
+            KEY: rng.integers(0, 3, n),
+            "amount": rng.integers(1, 1000, n),
+        }
+    )
 
 
-def reference(df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int,
-              delay_ms: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+def reference(
+    df: pl.DataFrame, unit: str, *, every_ms: int, lateness_ms: int, delay_ms: int = 0
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(windows, late pairs) that one-row batches with ``delay`` must give, from polars alone."""
     one_ms = PER_MS[unit]
     size, every, lateness = SIZE_MS * one_ms, every_ms * one_ms, lateness_ms * one_ms
     # The watermark is kept in microseconds (floored): for nanosecond columns it moves in µs.
     step = max(one_ms // 1000, 1)
-    rows = df.with_row_index("arrival").with_columns(t=pl.col("ts").to_physical()).with_columns(
-        watermark=(pl.col("t").cum_max().shift(1) // step * step - delay_ms * one_ms))
-    pairs = pl.concat([
-        rows.with_columns(start=(pl.col("t") // every) * every - j * every)
-        for j in range(-(-size // every))
-    ]).filter(pl.col("t") < pl.col("start") + size)
+    rows = (
+        df.with_row_index("arrival")
+        .with_columns(t=pl.col("ts").to_physical())
+        .with_columns(watermark=(pl.col("t").cum_max().shift(1) // step * step - delay_ms * one_ms))
+    )
+    pairs = pl.concat(
+        [
+            rows.with_columns(start=(pl.col("t") // every) * every - j * every)
+            for j in range(-(-size // every))
+        ]
+    ).filter(pl.col("t") < pl.col("start") + size)
     is_late = (pl.col("start") + size + lateness <= pl.col("watermark")).fill_null(False)
-    pairs = pairs.with_columns(window_start=pl.col("start").cast(pl.Datetime(unit)),
-                               window_end=(pl.col("start") + size).cast(pl.Datetime(unit)))
-    windows = (pairs.filter(~is_late).group_by(KEY, "window_start", "window_end")
-               .agg(n=pl.len(), total=pl.col("amount").sum()))
+    pairs = pairs.with_columns(
+        window_start=pl.col("start").cast(pl.Datetime(unit)),
+        window_end=(pl.col("start") + size).cast(pl.Datetime(unit)),
+    )
+    windows = (
+        pairs.filter(~is_late)
+        .group_by(KEY, "window_start", "window_end")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+    )
     late = pairs.filter(is_late).select(*df.columns, "window_start", "window_end")
     return windows, late
 
 
-def run(df: pl.DataFrame, spec: af.WindowSpec, *, workers: int, lateness: str | None,
-        delay: str = "0s", state: str = "memory") -> tuple[pl.DataFrame, pl.DataFrame]:
+def run(
+    df: pl.DataFrame,
+    spec: af.WindowSpec,
+    *,
+    workers: int,
+    lateness: str | None,
+    delay: str = "0s",
+    state: str = "memory",
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     flow = af.Flow("window-boundaries")
-    windowed = (flow.from_polars(df, splits=1).with_watermark("ts", delay=delay).key_by(KEY)
-                .window(spec, allowed_lateness=lateness).agg(n=pl.len(), total=pl.col("amount").sum(), name="w"))
+    windowed = (
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay=delay)
+        .key_by(KEY)
+        .window(spec, allowed_lateness=lateness)
+        .agg(n=pl.len(), total=pl.col("amount").sum(), name="w")
+    )
     windowed.write_to(CollectSink(), name="out")
     windowed.side_output("late").write_to(CollectSink(), name="late")
     result = flow.run(workers=workers, batch_size=1, state=state)
@@ -86,25 +122,37 @@ def run(df: pl.DataFrame, spec: af.WindowSpec, *, workers: int, lateness: str | 
     return out, late
 
 
-def check(got: pl.DataFrame, late: pl.DataFrame, windows: pl.DataFrame, expected_late: pl.DataFrame) -> None:
+def check(
+    got: pl.DataFrame, late: pl.DataFrame, windows: pl.DataFrame, expected_late: pl.DataFrame
+) -> None:
     keys = [KEY, "window_start"]
-    assert got.select(keys).is_duplicated().sum() == 0, "a window was emitted twice (it fired early)"
+    assert got.select(keys).is_duplicated().sum() == 0, (
+        "a window was emitted twice (it fired early)"
+    )
     columns = [KEY, "window_start", "window_end", "n", "total"]
     want = windows.select(columns).sort(keys)
     assert got.height == want.height, f"{got.height} windows, polars says {want.height}"
-    assert got.select(columns).sort(keys).equals(want.cast(got.select(columns).schema)), "windows differ from polars"
+    assert got.select(columns).sort(keys).equals(want.cast(got.select(columns).schema)), (
+        "windows differ from polars"
+    )
     order = ["ts", KEY, "amount", "window_start"]
-    assert late.height == expected_late.height, f"{late.height} late rows, polars says {expected_late.height}"
+    assert late.height == expected_late.height, (
+        f"{late.height} late rows, polars says {expected_late.height}"
+    )
     if late.height:
-        assert late.select(expected_late.columns).sort(order).equals(
-            expected_late.sort(order).cast(late.select(expected_late.columns).schema)), "late rows differ"
+        assert (
+            late.select(expected_late.columns)
+            .sort(order)
+            .equals(expected_late.sort(order).cast(late.select(expected_late.columns).schema))
+        ), "late rows differ"
 
 
 @pytest.mark.parametrize("unit", ["ms", "us", "ns"])
 @pytest.mark.parametrize(("kind", "every_ms"), [("tumbling", SIZE_MS), ("sliding", 250)])
 @pytest.mark.parametrize("lateness_ms", [0, 1])
-def test_events_at_end_minus_one_unit_count_and_at_end_fire(unit: str, kind: str, every_ms: int,
-                                                           lateness_ms: int) -> None:
+def test_events_at_end_minus_one_unit_count_and_at_end_fire(
+    unit: str, kind: str, every_ms: int, lateness_ms: int
+) -> None:
     df = boundary_events(unit)
     check_boundaries(df, unit, kind, every_ms, lateness_ms)
 
@@ -118,8 +166,14 @@ def test_boundaries_before_1970(unit: str) -> None:
     check_boundaries(df, unit, "sliding", 250, 0)
 
 
-def check_boundaries(df: pl.DataFrame, unit: str, kind: str, every_ms: int, lateness_ms: int) -> None:
-    spec = af.tumbling(f"{SIZE_MS}ms") if kind == "tumbling" else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+def check_boundaries(
+    df: pl.DataFrame, unit: str, kind: str, every_ms: int, lateness_ms: int
+) -> None:
+    spec = (
+        af.tumbling(f"{SIZE_MS}ms")
+        if kind == "tumbling"
+        else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+    )
     windows, expected_late = reference(df, unit, every_ms=every_ms, lateness_ms=lateness_ms)
     # The data must have both sides of the boundary: rows one unit before a window's end that
     # arrive when the watermark is exactly there (still counted) and after it reached the end.
@@ -142,14 +196,19 @@ def test_a_delay_holds_the_watermark_back_by_exactly_that_much(unit: str) -> Non
     df = boundary_events(unit, seed=4)
     windows, expected_late = reference(df, unit, every_ms=SIZE_MS, lateness_ms=0, delay_ms=delay_ms)
     _, no_delay_late = reference(df, unit, every_ms=SIZE_MS, lateness_ms=0)
-    assert 0 < expected_late.height < no_delay_late.height, "the delay must change which rows are late"
-    got, late = run(df, af.tumbling(f"{SIZE_MS}ms"), workers=0, lateness=None, delay=f"{delay_ms}ms")
+    assert 0 < expected_late.height < no_delay_late.height, (
+        "the delay must change which rows are late"
+    )
+    got, late = run(
+        df, af.tumbling(f"{SIZE_MS}ms"), workers=0, lateness=None, delay=f"{delay_ms}ms"
+    )
     check(got, late, windows, expected_late)
 
 
 @pytest.mark.parametrize("through_store", [False, True], ids=["buffered", "through-store"])
-def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bool,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_windows_are_emitted_as_the_watermark_passes_their_end(
+    through_store: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Streaming, not only at the end of the input: each window end is reached by its own
     one-row batch here, so the windows reach the next operator in as many batches as there
     are ends, in the order of their ends (the output of a bounded input alone cannot tell a
@@ -160,7 +219,9 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bo
 
         monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
     df = boundary_events("ms", windows=8, seed=6)
-    events: list[tuple[str, object]] = []  # ("in", newest ts so far) / ("out", window end), in order
+    events: list[
+        tuple[str, object]
+    ] = []  # ("in", newest ts so far) / ("out", window end), in order
 
     def tap_in(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
         if batch.height:
@@ -173,15 +234,28 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bo
         return batch
 
     flow = af.Flow("window-emissions")
-    (flow.from_polars(df, splits=1).map_batches(tap_in).with_watermark("ts", delay="0s").key_by(KEY)
-     .window(af.tumbling(f"{SIZE_MS}ms")).agg(n=pl.len(), name="w").map_batches(tap_out)
-     .write_to(CollectSink(), name="out"))
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling(f"{SIZE_MS}ms"))
+        .agg(n=pl.len(), name="w")
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
     result = flow.run(workers=0, batch_size=1)
     windows, expected_late = reference(df, "ms", every_ms=SIZE_MS, lateness_ms=0)
     got = pl.concat(result.outputs["out"])
-    assert got.sort(KEY, "window_start").select(KEY, "window_start", "n").equals(
-        windows.sort(KEY, "window_start").select(KEY, "window_start", "n").cast(
-            got.select(KEY, "window_start", "n").schema))
+    assert (
+        got.sort(KEY, "window_start")
+        .select(KEY, "window_start", "n")
+        .equals(
+            windows.sort(KEY, "window_start")
+            .select(KEY, "window_start", "n")
+            .cast(got.select(KEY, "window_start", "n").schema)
+        )
+    )
     metrics = result.metrics().filter(pl.col("kind") == "window")
     assert int(metrics["late"].sum()) == expected_late.height > 0
     assert int(metrics["windows_fired"].sum()) == got.height
@@ -193,8 +267,11 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bo
     for kind, value in events:
         if kind == "in":
             low = newest
-            first_past = [end for end in windows["window_end"].unique().sort()
-                          if (low is None or low < end) and end <= value]
+            first_past = [
+                end
+                for end in windows["window_end"].unique().sort()
+                if (low is None or low < end) and end <= value
+            ]
             newest = value if newest is None else max(newest, value)
             assert fired == [], f"windows {fired} fired late"
             fired = list(first_past)
@@ -206,18 +283,27 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(through_store: bo
 
 
 @pytest.mark.parametrize("state", ["memory", "lmdb"])
-@pytest.mark.parametrize(("kind", "every_ms", "lateness_ms"), [("tumbling", SIZE_MS, 0), ("sliding", 250, 1)])
-def test_boundaries_hold_for_windows_kept_in_the_state_store(state: str, kind: str, every_ms: int, lateness_ms: int,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("kind", "every_ms", "lateness_ms"), [("tumbling", SIZE_MS, 0), ("sliding", 250, 1)]
+)
+def test_boundaries_hold_for_windows_kept_in_the_state_store(
+    state: str, kind: str, every_ms: int, lateness_ms: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same boundaries when every open window has gone through the state store (a write
     buffer of one row: in process, so the patch reaches the operator), on two backends."""
     import arrowflow.runtime.window_op as window_op
 
     monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
     df = boundary_events("us", windows=6, seed=9)
-    spec = af.tumbling(f"{SIZE_MS}ms") if kind == "tumbling" else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+    spec = (
+        af.tumbling(f"{SIZE_MS}ms")
+        if kind == "tumbling"
+        else af.sliding(f"{SIZE_MS}ms", every=f"{every_ms}ms")
+    )
     windows, expected_late = reference(df, "us", every_ms=every_ms, lateness_ms=lateness_ms)
-    got, late = run(df, spec, workers=0, lateness=f"{lateness_ms}ms" if lateness_ms else None, state=state)
+    got, late = run(
+        df, spec, workers=0, lateness=f"{lateness_ms}ms" if lateness_ms else None, state=state
+    )
     check(got, late, windows, expected_late)
 
 

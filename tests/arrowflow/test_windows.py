@@ -28,43 +28,69 @@ from arrowflow.testing import assert_frame_equal_unordered
 KEY = "user"
 
 
-def events(n: int, users: int = 40, *, seed: int = 7, span_ms: int = 3_600_000, jitter_ms: int = 4000) -> pl.DataFrame:
+def events(
+    n: int, users: int = 40, *, seed: int = 7, span_ms: int = 3_600_000, jitter_ms: int = 4000
+) -> pl.DataFrame:
     """Mostly increasing event times over ``span_ms``, out of order by less than ``jitter_ms``."""
     rng = np.random.default_rng(seed)
     ts = np.arange(n, dtype=np.int64) * span_ms // n + rng.integers(0, jitter_ms, n)
-    return pl.DataFrame({
-        "ts": pl.Series(ts).cast(pl.Datetime("ms")),
-        KEY: rng.integers(0, users, n),
-        "amount": np.round(rng.exponential(30, n), 2),
-    })
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(ts).cast(pl.Datetime("ms")),
+            KEY: rng.integers(0, users, n),
+            "amount": np.round(rng.exponential(30, n), 2),
+        }
+    )
 
 
-AGGS = {"n": pl.len(), "total": pl.col("amount").sum(), "top": pl.col("amount").max(),
-        "avg": pl.col("amount").mean()}
+AGGS = {
+    "n": pl.len(),
+    "total": pl.col("amount").sum(),
+    "top": pl.col("amount").max(),
+    "avg": pl.col("amount").mean(),
+}
 
 
 def reference_tumbling(df: pl.DataFrame, size: str) -> pl.DataFrame:
-    return (df.with_columns(window_start=pl.col("ts").dt.truncate(size))
-            .group_by(KEY, "window_start").agg(**AGGS)
-            .with_columns(window_end=pl.col("window_start").dt.offset_by(size)))
+    return (
+        df.with_columns(window_start=pl.col("ts").dt.truncate(size))
+        .group_by(KEY, "window_start")
+        .agg(**AGGS)
+        .with_columns(window_end=pl.col("window_start").dt.offset_by(size))
+    )
 
 
 def reference_sliding(df: pl.DataFrame, size_s: int, every_s: int) -> pl.DataFrame:
     parts = []
     for j in range(-(-size_s // every_s)):
         start = pl.col("ts").dt.truncate(f"{every_s}s") - pl.duration(seconds=j * every_s)
-        parts.append(df.with_columns(window_start=start)
-                     .filter(pl.col("ts") < pl.col("window_start") + pl.duration(seconds=size_s)))
-    return (pl.concat(parts).group_by(KEY, "window_start").agg(**AGGS)
-            .with_columns(window_end=pl.col("window_start") + pl.duration(seconds=size_s)))
+        parts.append(
+            df.with_columns(window_start=start).filter(
+                pl.col("ts") < pl.col("window_start") + pl.duration(seconds=size_s)
+            )
+        )
+    return (
+        pl.concat(parts)
+        .group_by(KEY, "window_start")
+        .agg(**AGGS)
+        .with_columns(window_end=pl.col("window_start") + pl.duration(seconds=size_s))
+    )
 
 
 def reference_session(df: pl.DataFrame, gap_s: int) -> pl.DataFrame:
     gap = pl.duration(seconds=gap_s)
     ordered = df.sort(KEY, "ts")
-    session = ((pl.col("ts").diff() >= gap) | pl.col(KEY).ne(pl.col(KEY).shift(1))).fill_null(True).cum_sum()
-    return (ordered.with_columns(session=session).group_by(KEY, "session")
-            .agg(window_start=pl.col("ts").min(), window_end=pl.col("ts").max() + gap, **AGGS).drop("session"))
+    session = (
+        ((pl.col("ts").diff() >= gap) | pl.col(KEY).ne(pl.col(KEY).shift(1)))
+        .fill_null(True)
+        .cum_sum()
+    )
+    return (
+        ordered.with_columns(session=session)
+        .group_by(KEY, "session")
+        .agg(window_start=pl.col("ts").min(), window_end=pl.col("ts").max() + gap, **AGGS)
+        .drop("session")
+    )
 
 
 def assert_windows_equal(got: pl.DataFrame, expected: pl.DataFrame, what: str) -> None:
@@ -73,16 +99,29 @@ def assert_windows_equal(got: pl.DataFrame, expected: pl.DataFrame, what: str) -
     assert got.select(keys).is_duplicated().sum() == 0, f"{what}: a window was emitted twice"
     expected = expected.select(got.columns).sort(keys)
     got = got.sort(keys)
-    assert got.height == expected.height, f"{what}: {got.height} windows, polars says {expected.height}"
+    assert got.height == expected.height, (
+        f"{what}: {got.height} windows, polars says {expected.height}"
+    )
     assert got.select(*keys, "window_end", "n", "top").equals(
-        expected.select(*keys, "window_end", "n", "top").cast(got.select(*keys, "window_end", "n", "top").schema)), what
+        expected.select(*keys, "window_end", "n", "top").cast(
+            got.select(*keys, "window_end", "n", "top").schema
+        )
+    ), what
     for column in ("total", "avg"):
         assert (got[column] - expected[column]).abs().max() < 1e-6, f"{what}: {column} differs"
 
 
-def run_windows(df: pl.DataFrame, windows: dict[str, af.WindowSpec], *, workers: int, state: str = "memory",
-                batch_size: int | None = None, splits: int | None = 3, delay: str = "5s",
-                lateness: str | None = None) -> tuple[dict[str, pl.DataFrame], af.RunResult]:
+def run_windows(
+    df: pl.DataFrame,
+    windows: dict[str, af.WindowSpec],
+    *,
+    workers: int,
+    state: str = "memory",
+    batch_size: int | None = None,
+    splits: int | None = 3,
+    delay: str = "5s",
+    lateness: str | None = None,
+) -> tuple[dict[str, pl.DataFrame], af.RunResult]:
     flow = af.Flow("windows")
     stream = flow.from_polars(df, splits=splits).with_watermark("ts", delay=delay)
     sinks: dict[str, CollectSink] = {}
@@ -95,7 +134,10 @@ def run_windows(df: pl.DataFrame, windows: dict[str, af.WindowSpec], *, workers:
     result = flow.run(workers=workers, state=state, batch_size=batch_size)
     frames = {}
     for name in sinks:
-        parts = result.outputs.get(f"{name}-out" if not name.endswith(".late") else f"{name[:-5]}-late") or []
+        parts = (
+            result.outputs.get(f"{name}-out" if not name.endswith(".late") else f"{name[:-5]}-late")
+            or []
+        )
         frames[name] = pl.concat(parts) if parts else pl.DataFrame()
     return frames, result
 
@@ -103,8 +145,11 @@ def run_windows(df: pl.DataFrame, windows: dict[str, af.WindowSpec], *, workers:
 def test_windows_equal_polars_for_every_executor(workers: int) -> None:
     df = events(12_000)
     batch = {0: 997, 1: 1500, 2: 613}.get(workers, 800)
-    windows = {"tumbling": af.tumbling("60s"), "sliding": af.sliding("60s", every="20s"),
-               "session": af.session(gap="20s")}
+    windows = {
+        "tumbling": af.tumbling("60s"),
+        "sliding": af.sliding("60s", every="20s"),
+        "session": af.session(gap="20s"),
+    }
     frames, result = run_windows(df, windows, workers=workers, batch_size=batch)
     assert_windows_equal(frames["tumbling"], reference_tumbling(df, "60s"), "tumbling")
     assert_windows_equal(frames["sliding"], reference_sliding(df, 60, 20), "sliding")
@@ -132,28 +177,50 @@ def test_a_nan_key_is_one_key_of_its_windows(state: str, monkeypatch: pytest.Mon
     it passed before the index joins became NaN-safe too (polars' plain join matched here)."""
     import arrowflow.runtime.window_op as window_op
 
-    monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)  # in-process: every window goes through the store
+    monkeypatch.setattr(
+        window_op, "BUFFER_ROWS", 1
+    )  # in-process: every window goes through the store
     n = 2000
     rng = np.random.default_rng(1)
     key = rng.integers(0, 5, n).astype(float)
     key[key == 0] = np.nan
-    ts = pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1) + pl.duration(seconds=n - 1),
-                           "1s", eager=True, time_unit="ms")
-    df = pl.DataFrame({"ts": ts, "k": key, "x": rng.integers(0, 9, n)}).sample(fraction=1.0, shuffle=True, seed=2)
-    got = (af.Flow("nan-windows").from_polars(df).with_watermark("ts", delay="1h").key_by("k")
-           .window(af.tumbling("60s")).agg(n=pl.len(), total=pl.col("x").sum())
-           .collect(state=state, workers=0, batch_size=7))
+    ts = pl.datetime_range(
+        pl.datetime(2024, 1, 1),
+        pl.datetime(2024, 1, 1) + pl.duration(seconds=n - 1),
+        "1s",
+        eager=True,
+        time_unit="ms",
+    )
+    df = pl.DataFrame({"ts": ts, "k": key, "x": rng.integers(0, 9, n)}).sample(
+        fraction=1.0, shuffle=True, seed=2
+    )
+    got = (
+        af.Flow("nan-windows")
+        .from_polars(df)
+        .with_watermark("ts", delay="1h")
+        .key_by("k")
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len(), total=pl.col("x").sum())
+        .collect(state=state, workers=0, batch_size=7)
+    )
     expected = df.group_by("k", pl.col("ts").dt.truncate("60s").alias("window_start")).agg(
-        n=pl.len(), total=pl.col("x").sum())
-    assert got.filter(pl.col("k").is_nan()).height == expected.filter(pl.col("k").is_nan()).height > 30
+        n=pl.len(), total=pl.col("x").sum()
+    )
+    assert (
+        got.filter(pl.col("k").is_nan()).height == expected.filter(pl.col("k").is_nan()).height > 30
+    )
     assert_frame_equal_unordered(got.select(expected.columns), expected)
 
 
 @pytest.mark.parametrize("batch_size", [1, 64, None])
 def test_any_batch_size_gives_the_same_windows(batch_size: int | None) -> None:
     df = events(1500 if batch_size == 1 else 5000, users=10, seed=11)
-    frames, _ = run_windows(df, {"tumbling": af.tumbling("30s"), "sliding": af.sliding("30s", every="10s")},
-                            workers=0, batch_size=batch_size)
+    frames, _ = run_windows(
+        df,
+        {"tumbling": af.tumbling("30s"), "sliding": af.sliding("30s", every="10s")},
+        workers=0,
+        batch_size=batch_size,
+    )
     assert_windows_equal(frames["tumbling"], reference_tumbling(df, "30s"), "tumbling")
     assert_windows_equal(frames["sliding"], reference_sliding(df, 30, 10), "sliding")
 
@@ -169,7 +236,9 @@ def with_late_events(seed: int = 5) -> pl.DataFrame:
     return df.with_columns(pl.Series("ts", ts).cast(pl.Datetime("ms")))
 
 
-def reference_late(df: pl.DataFrame, *, delay_ms: int, size_ms: int, lateness_ms: int) -> pl.DataFrame:
+def reference_late(
+    df: pl.DataFrame, *, delay_ms: int, size_ms: int, lateness_ms: int
+) -> pl.DataFrame:
     """Rows the engine must call late (``df`` is one split): a row's split watermark is the
     running maximum of the event times of the rows before it minus the delay; the row is late
     when its window's end plus the allowed lateness is at or behind that."""
@@ -178,13 +247,21 @@ def reference_late(df: pl.DataFrame, *, delay_ms: int, size_ms: int, lateness_ms
     end = (ms // size_ms) * size_ms + size_ms
     return df.filter((end + lateness_ms <= before).fill_null(False)).with_columns(
         window_start=pl.col("ts").dt.truncate(f"{size_ms}ms"),
-        window_end=pl.col("ts").dt.truncate(f"{size_ms}ms").dt.offset_by(f"{size_ms}ms"))
+        window_end=pl.col("ts").dt.truncate(f"{size_ms}ms").dt.offset_by(f"{size_ms}ms"),
+    )
 
 
 def test_late_events_go_to_the_late_side_output(workers: int) -> None:
     df = with_late_events()
-    frames, result = run_windows(df, {"tumbling": af.tumbling("60s")}, workers=workers, splits=1,
-                                 batch_size=250, delay="2s", lateness="30s")
+    frames, result = run_windows(
+        df,
+        {"tumbling": af.tumbling("60s")},
+        workers=workers,
+        splits=1,
+        batch_size=250,
+        delay="2s",
+        lateness="30s",
+    )
     late = frames["tumbling.late"]
     expected_late = reference_late(df, delay_ms=2000, size_ms=60_000, lateness_ms=30_000)
     assert expected_late.height > 20, "the data must have late events"
@@ -195,8 +272,12 @@ def test_late_events_go_to_the_late_side_output(workers: int) -> None:
     assert late.columns == [*df.columns, "window_start", "window_end"]
     assert late.sort("ts", KEY).equals(expected_late.sort("ts", KEY))
     on_time = df.join(late.select(df.columns), on=df.columns, how="anti")
-    assert_windows_equal(frames["tumbling"], reference_tumbling(on_time, "60s"), "windows without the late rows")
-    assert int(frames["tumbling"]["n"].sum()) + late.height == df.height, "every event is counted once"
+    assert_windows_equal(
+        frames["tumbling"], reference_tumbling(on_time, "60s"), "windows without the late rows"
+    )
+    assert int(frames["tumbling"]["n"].sum()) + late.height == df.height, (
+        "every event is counted once"
+    )
 
 
 def test_window_api_errors_say_what_to_do() -> None:
@@ -219,8 +300,13 @@ def test_window_api_errors_say_what_to_do() -> None:
 
 def test_explain_shows_the_watermark_and_the_window() -> None:
     flow = af.Flow("explained")
-    out = flow.from_polars(events(10)).with_watermark("ts", delay="5s").key_by(KEY).window(
-        af.tumbling("60s")).agg(n=pl.len())
+    out = (
+        flow.from_polars(events(10))
+        .with_watermark("ts", delay="5s")
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len())
+    )
     text = out.explain()
     assert "watermark = max seen - 5000ms" in text
     assert "tumbling(60000ms) windows by ['user']" in text
@@ -252,19 +338,36 @@ def write_parts(df: pl.DataFrame, folder: Path, parts: int) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("workers", "state", "fault"), [(2, "memory", "after_manifest@3"),
-                                                         (0, "lmdb", "during_snapshot@3")])
-def test_kill_9_then_restore_fires_every_window_exactly_once(tmp_path: Path, workers: int, state: str,
-                                                            fault: str) -> None:
+@pytest.mark.parametrize(
+    ("workers", "state", "fault"),
+    [(2, "memory", "after_manifest@3"), (0, "lmdb", "during_snapshot@3")],
+)
+def test_kill_9_then_restore_fires_every_window_exactly_once(
+    tmp_path: Path, workers: int, state: str, fault: str
+) -> None:
     df = events(120_000, users=300, seed=13, span_ms=4 * 3_600_000)
     input_dir = write_parts(df, tmp_path / "in", 4)
     script = tmp_path / "job.py"
     script.write_text(_JOB)
-    args = [sys.executable, str(script), str(input_dir), str(tmp_path / "out"), str(tmp_path / "ckpt"),
-            str(workers), state]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "ARROWFLOW_FAULTS": fault})
-    assert first.returncode != 0 and "RESULT" not in first.stdout, "the fault point was never reached"
+    args = [
+        sys.executable,
+        str(script),
+        str(input_dir),
+        str(tmp_path / "out"),
+        str(tmp_path / "ckpt"),
+        str(workers),
+        state,
+    ]
+    first = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ARROWFLOW_FAULTS": fault},
+    )
+    assert first.returncode != 0 and "RESULT" not in first.stdout, (
+        "the fault point was never reached"
+    )
     second = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
     assert '"restored_from": null' not in second.stdout, "the second run did not restore"
@@ -273,7 +376,9 @@ def test_kill_9_then_restore_fires_every_window_exactly_once(tmp_path: Path, wor
     keys = [KEY, "window_start"]
     assert got.select(keys).is_duplicated().sum() == 0, "a window was committed twice"
     joined = got.join(expected, on=keys, how="full", coalesce=True)
-    assert got.height == expected.height == joined.height, f"{got.height} windows committed, polars: {expected.height}"
+    assert got.height == expected.height == joined.height, (
+        f"{got.height} windows committed, polars: {expected.height}"
+    )
     assert (joined["n"] == joined["n_right"]).all()
     assert (joined["total"] - joined["total_right"]).abs().max() < 1e-6
 
@@ -300,44 +405,84 @@ _RESTORE_JOB = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(("first", "second", "state", "fault", "buffer_rows"), [
-    (2, 1, "memory", "after_manifest@3", 0),   # rescale down: each worker's buffer file split by key group
-    (1, 2, "arrow", "after_manifest@2", 0),    # rescale up
-    (0, 0, "memory", "after_manifest@3", 700),  # windows spilled to the store and buffered at once
-])
+@pytest.mark.parametrize(
+    ("first", "second", "state", "fault", "buffer_rows"),
+    [
+        (
+            2,
+            1,
+            "memory",
+            "after_manifest@3",
+            0,
+        ),  # rescale down: each worker's buffer file split by key group
+        (1, 2, "arrow", "after_manifest@2", 0),  # rescale up
+        (
+            0,
+            0,
+            "memory",
+            "after_manifest@3",
+            700,
+        ),  # windows spilled to the store and buffered at once
+    ],
+)
 def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
-        tmp_path: Path, first: int, second: int, state: str, fault: str, buffer_rows: int) -> None:
+    tmp_path: Path, first: int, second: int, state: str, fault: str, buffer_rows: int
+) -> None:
     """Checkpoints hold the open windows (the write buffer, snapshotted as it is, plus any
     spilled to the store); a restore, onto the same or another number of workers, fires each
     window exactly once and counts every event once, in a window or in the late output."""
     import json
 
     df = with_late_events(seed=21)
-    df = pl.concat([df, events(60_000, users=150, seed=22, span_ms=3_600_000, jitter_ms=1000)
-                    .with_columns(pl.col("ts") + pl.duration(hours=2))])
+    df = pl.concat(
+        [
+            df,
+            events(60_000, users=150, seed=22, span_ms=3_600_000, jitter_ms=1000).with_columns(
+                pl.col("ts") + pl.duration(hours=2)
+            ),
+        ]
+    )
     input_dir = write_parts(df, tmp_path / "in", 4)
     script = tmp_path / "job.py"
     script.write_text(_RESTORE_JOB)
-    config = {"input": str(input_dir), "out": str(tmp_path / "out"), "late": str(tmp_path / "late"),
-              "ckpt": str(tmp_path / "ckpt"), "state": state, "buffer_rows": buffer_rows}
+    config = {
+        "input": str(input_dir),
+        "out": str(tmp_path / "out"),
+        "late": str(tmp_path / "late"),
+        "ckpt": str(tmp_path / "ckpt"),
+        "state": state,
+        "buffer_rows": buffer_rows,
+    }
 
     def run(workers: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(script), json.dumps({**config, "workers": workers})],
-                              capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+        return subprocess.run(
+            [sys.executable, str(script), json.dumps({**config, "workers": workers})],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, **env},
+        )
 
     crashed = run(first, {"ARROWFLOW_FAULTS": fault})
-    assert crashed.returncode != 0 and "RESULT" not in crashed.stdout, "the fault point was never reached"
+    assert crashed.returncode != 0 and "RESULT" not in crashed.stdout, (
+        "the fault point was never reached"
+    )
     manifests = sorted((tmp_path / "ckpt").glob("chk-*/_MANIFEST.json"))
     assert manifests, "no checkpoint completed before the crash"
     # The newest checkpoint taken before the input was all read (on a fast run the one the
     # fault hits may come after the end of input, when every window has fired).
-    mid_run = [m for m in map(lambda p: json.loads(p.read_text()), manifests)
-               if len(m["sources"]["read_parquet"]["finished"]) < 4]
+    mid_run = [
+        m
+        for m in map(lambda p: json.loads(p.read_text()), manifests)
+        if len(m["sources"]["read_parquet"]["finished"]) < 4
+    ]
     assert mid_run, "no checkpoint completed while the input was being read"
     manifest = mid_run[-1]
     buffered = [f for f in manifest["state"] if f["store"] == "per_minute/buffer"]
     assert len(buffered) == max(first, 1), "one buffer file per worker"
-    open_windows = af.read_state(str(tmp_path / "ckpt"), "per_minute", raw=True, checkpoint_id=manifest["id"])
+    open_windows = af.read_state(
+        str(tmp_path / "ckpt"), "per_minute", raw=True, checkpoint_id=manifest["id"]
+    )
     assert open_windows.height > 0, "the checkpoint holds the open windows"
     # Read as values, a window in both the store and the buffer is one row, its partials merged.
     windows = af.read_state(str(tmp_path / "ckpt"), "per_minute", checkpoint_id=manifest["id"])
@@ -345,22 +490,35 @@ def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
     assert windows.select(KEY, "window_start").is_duplicated().sum() == 0, "a window read twice"
     assert int(windows["n"].sum()) == int(open_windows["n__count"].sum())
     raw_sums = open_windows.group_by(KEY, "window_start").agg(pl.col("n__count").sum())
-    assert windows.join(raw_sums, on=[KEY, "window_start"]).filter(pl.col("n") != pl.col("n__count")).is_empty()
+    assert (
+        windows.join(raw_sums, on=[KEY, "window_start"])
+        .filter(pl.col("n") != pl.col("n__count"))
+        .is_empty()
+    )
     resumed = run(second, {})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert '"restored_from": null' not in resumed.stdout, "the second run did not restore"
 
     got = pl.read_parquet(tmp_path / "out" / "*.parquet")
     late_files = list((tmp_path / "late").glob("*.parquet"))
-    late = pl.concat([pl.read_parquet(f) for f in late_files]) if late_files else pl.DataFrame(schema=df.schema)
-    assert got.select(KEY, "window_start").is_duplicated().sum() == 0, "a window was committed twice"
+    late = (
+        pl.concat([pl.read_parquet(f) for f in late_files])
+        if late_files
+        else pl.DataFrame(schema=df.schema)
+    )
+    assert got.select(KEY, "window_start").is_duplicated().sum() == 0, (
+        "a window was committed twice"
+    )
     assert late.select(df.columns).is_duplicated().sum() == 0, "a late event was committed twice"
     if first == second == 0:  # one reader: the watermarks are those of a run without a crash
         assert late.height > 0, "the data has late events"
     assert int(got["n"].sum()) + late.height == df.height, "every event is counted exactly once"
     on_time = df.join(late.select(df.columns), on=df.columns, how="anti")
-    expected = on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s")).group_by(KEY, "window_start").agg(
-        n=pl.len(), total=pl.col("amount").sum())
+    expected = (
+        on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+        .group_by(KEY, "window_start")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+    )
     joined = got.join(expected, on=[KEY, "window_start"], how="full", coalesce=True)
     assert got.height == expected.height == joined.height
     assert (joined["n"] == joined["n_right"]).all()
@@ -373,20 +531,30 @@ def test_order_dependent_aggregates_keep_arrival_order(workers: int) -> None:
     df = events(8000, users=30, seed=17)
     flow = af.Flow("first-last")
     sink = CollectSink()
-    (flow.from_polars(df, splits=1).with_watermark("ts", delay="5s").key_by(KEY).window(af.tumbling("60s"))
-     .agg(first=pl.col("amount").first(), last=pl.col("amount").last(), n=pl.len(), name="fl")
-     .write_to(sink, name="fl-out"))
+    (
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay="5s")
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(first=pl.col("amount").first(), last=pl.col("amount").last(), n=pl.len(), name="fl")
+        .write_to(sink, name="fl-out")
+    )
     result = flow.run(workers=workers, batch_size=700)
     got = pl.concat(result.outputs["fl-out"]).sort(KEY, "window_start")
-    expected = (df.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
-                .group_by(KEY, "window_start", maintain_order=True)
-                .agg(first=pl.col("amount").first(), last=pl.col("amount").last(), n=pl.len())
-                .sort(KEY, "window_start"))
+    expected = (
+        df.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+        .group_by(KEY, "window_start", maintain_order=True)
+        .agg(first=pl.col("amount").first(), last=pl.col("amount").last(), n=pl.len())
+        .sort(KEY, "window_start")
+    )
     assert got.select(KEY, "window_start", "first", "last", "n").equals(
-        expected.cast(got.select(KEY, "window_start", "first", "last", "n").schema))
+        expected.cast(got.select(KEY, "window_start", "first", "last", "n").schema)
+    )
 
 
-def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(tmp_path: Path, monkeypatch) -> None:
+def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(
+    tmp_path: Path, monkeypatch
+) -> None:
     """A window spilled to the store and updated since in the write buffer is one row of
     read_state, its partial aggregates merged (counts added, max of maxes, last of lasts)."""
     import arrowflow.runtime.window_op as window_op
@@ -394,18 +562,38 @@ def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(tmp_path: P
     monkeypatch.setattr(window_op, "BUFFER_ROWS", 40)  # in-process: spill to the store early
     df = events(6000, users=8, seed=5, span_ms=1_800_000, jitter_ms=1).sort("ts")
     flow = af.Flow("merged-state")
-    (flow.from_polars(df, splits=1).with_watermark("ts", delay="1h")  # nothing fires: all windows stay open
-     .key_by(KEY).window(af.tumbling("60s"))
-     .agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last(), name="w")
-     .write_to(CollectSink()))
-    flow.run(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=af.every_rows(2_000), batch_size=250)
+    (
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay="1h")  # nothing fires: all windows stay open
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last(), name="w")
+        .write_to(CollectSink())
+    )
+    flow.run(
+        workers=0,
+        checkpoint_dir=str(tmp_path / "ck"),
+        checkpoint_every=af.every_rows(2_000),
+        batch_size=250,
+    )
     first = int(af.list_checkpoints(str(tmp_path / "ck"))["id"].min())
     raw = af.read_state(str(tmp_path / "ck"), "w", raw=True, checkpoint_id=first)
     assert set(raw["__store"]) == {"w", "buffer"}
-    assert raw.select(KEY, "window_start").is_duplicated().any(), "no window is in both the store and the buffer"
+    assert raw.select(KEY, "window_start").is_duplicated().any(), (
+        "no window is in both the store and the buffer"
+    )
     got = af.read_state(str(tmp_path / "ck"), "w", checkpoint_id=first)
-    (offset,) = CheckpointStorage(str(tmp_path / "ck")).find(first).sources["from_polars"]["positions"].values()
+    (offset,) = (
+        CheckpointStorage(str(tmp_path / "ck"))
+        .find(first)
+        .sources["from_polars"]["positions"]
+        .values()
+    )
     assert 0 < offset < df.height
-    expected = df.head(offset).with_columns(window_start=pl.col("ts").dt.truncate("60s")).group_by(
-        KEY, "window_start").agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last())
+    expected = (
+        df.head(offset)
+        .with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+        .group_by(KEY, "window_start")
+        .agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last())
+    )
     assert_frame_equal_unordered(got, expected, check_dtypes=False)

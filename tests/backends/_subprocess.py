@@ -22,8 +22,11 @@ import polars as pl
 from arrowflow.errors import StateError
 from arrowflow.state import StateBackend, StoreContext, StoreSpec, resolve_backend
 
-SPEC = StoreSpec("agg-1", pl.Schema({"id": pl.Int64}),
-                 pl.Schema({"n": pl.Int64, "total": pl.Float64, "tag": pl.String, "page": pl.String}))
+SPEC = StoreSpec(
+    "agg-1",
+    pl.Schema({"id": pl.Int64}),
+    pl.Schema({"n": pl.Int64, "total": pl.Float64, "tag": pl.String, "page": pl.String}),
+)
 
 
 def _backend(name: str) -> StateBackend:
@@ -38,8 +41,14 @@ def rows(ids: np.ndarray, bump: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The keys and values the scenarios write (``n`` is ``3 * id``, plus ``bump``)."""
     keys = pl.DataFrame({"id": ids})
     tag = pl.Series(ids % 1000).cast(pl.String)
-    values = pl.DataFrame({"n": ids * 3 + bump, "total": ids * 0.5, "tag": tag,
-                           "page": "/products/item-" + tag + "/reviews?page=" + tag})
+    values = pl.DataFrame(
+        {
+            "n": ids * 3 + bump,
+            "total": ids * 0.5,
+            "tag": tag,
+            "page": "/products/item-" + tag + "/reviews?page=" + tag,
+        }
+    )
     return keys, values
 
 
@@ -49,7 +58,10 @@ def _contents(store: object) -> pl.DataFrame:
 
 
 def _dir_size(path: str) -> int:
-    return max((os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files), default=0)
+    return max(
+        (os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files),
+        default=0,
+    )
 
 
 def disk_full(backend_name: str, local_dir: str) -> dict[str, object]:
@@ -85,7 +97,9 @@ def _vm_data() -> int:
     return 0
 
 
-def larger_than_heap(backend_name: str, local_dir: str, keys: str, budget_mib: str) -> dict[str, object]:
+def larger_than_heap(
+    backend_name: str, local_dir: str, keys: str, budget_mib: str
+) -> dict[str, object]:
     """Hold more keyed state than the heap may: RLIMIT_DATA caps anonymous memory at budget."""
     n, budget = int(keys), int(budget_mib) << 20
     store = _backend(backend_name).open_store(SPEC, range(0, 128), StoreContext(local_dir, 0, 1))
@@ -115,7 +129,9 @@ def larger_than_heap(backend_name: str, local_dir: str, keys: str, budget_mib: s
             ids = frame.get_column("id").to_numpy()
             expected_n = ids * 3 + bumped[ids]
             mismatches += int((frame.get_column("n").to_numpy() != expected_n).sum())
-            mismatches += int((frame.get_column("tag") != pl.Series(ids % 1000).cast(pl.String)).sum())
+            mismatches += int(
+                (frame.get_column("tag") != pl.Series(ids % 1000).cast(pl.String)).sum()
+            )
             seen += frame.height
         outcome = "finished"
     except MemoryError as exc:
@@ -125,12 +141,20 @@ def larger_than_heap(backend_name: str, local_dir: str, keys: str, budget_mib: s
     info = environment.info() if environment else None
     used = (info["last_pgno"] + 1) * info["psize"] if info else None
     return {
-        "outcome": outcome, "keys": n, "seen": seen, "count": store.count() if seen >= 0 else -1,
-        "mismatches": mismatches, "heap_budget": budget, "vm_data_baseline": baseline,
-        "vm_data_end": _vm_data(), "max_rss": usage.ru_maxrss * 1024,
+        "outcome": outcome,
+        "keys": n,
+        "seen": seen,
+        "count": store.count() if seen >= 0 else -1,
+        "mismatches": mismatches,
+        "heap_budget": budget,
+        "vm_data_baseline": baseline,
+        "vm_data_end": _vm_data(),
+        "max_rss": usage.ru_maxrss * 1024,
         "seconds": round(time.perf_counter() - started, 2),
         "lmdb_used_bytes": used,
-        "store_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(local_dir) for f in fs),
+        "store_bytes": sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(local_dir) for f in fs
+        ),
     }
 
 

@@ -32,12 +32,16 @@ def _rows(ids: np.ndarray, n: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def _stores(tmp_path: Path) -> tuple[object, object]:
     context = StoreContext(str(tmp_path), 0, 1)
-    return (ArrowBackend().open_store(SPEC, range(0, 128), context),
-            MemoryBackend().open_store(SPEC, range(0, 128), context))
+    return (
+        ArrowBackend().open_store(SPEC, range(0, 128), context),
+        MemoryBackend().open_store(SPEC, range(0, 128), context),
+    )
 
 
 def _written(tmp_path: Path) -> set[str]:
-    return {str(path.relative_to(tmp_path / "ckpt")) for path in (tmp_path / "ckpt").rglob("*.arrow")}
+    return {
+        str(path.relative_to(tmp_path / "ckpt")) for path in (tmp_path / "ckpt").rglob("*.arrow")
+    }
 
 
 def test_a_snapshot_writes_only_the_key_groups_that_changed(tmp_path: Path) -> None:
@@ -102,7 +106,9 @@ def test_a_group_whose_keys_are_all_deleted_has_no_file(tmp_path: Path) -> None:
     assert_same_contents(restored, memory)
 
 
-def test_after_a_restore_only_changes_are_written_and_a_new_root_gets_everything(tmp_path: Path) -> None:
+def test_after_a_restore_only_changes_are_written_and_a_new_root_gets_everything(
+    tmp_path: Path,
+) -> None:
     store, _ = _stores(tmp_path)
     root = str(tmp_path / "ckpt")
     store.put(*_rows(IDS))
@@ -111,7 +117,9 @@ def test_after_a_restore_only_changes_are_written_and_a_new_root_gets_everything
     restored.restore(FS, root, files)
     restored.put(*_rows(IDS[GROUPS == 9], n=5))
     again = restored.snapshot(FS, root, 2)
-    assert len(again) == 64 and [f.key_groups[0] for f in again if f.extra["written_by"] == 2] == [9]
+    assert len(again) == 64 and [f.key_groups[0] for f in again if f.extra["written_by"] == 2] == [
+        9
+    ]
     moved = restored.snapshot(FS, str(tmp_path / "other-root"), 3)
     assert all(f.extra["written_by"] == 3 for f in moved) and len(moved) == 64
 

@@ -31,7 +31,9 @@ SPEC = StoreSpec("agg-1", pl.Schema({"id": pl.Int64}), pl.Schema({"n": pl.Int64,
 
 
 def _rows(ids: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return pl.DataFrame({"id": ids}), pl.DataFrame({"n": ids * 2, "tag": pl.Series(ids % 97).cast(pl.String)})
+    return pl.DataFrame({"id": ids}), pl.DataFrame(
+        {"n": ids * 2, "tag": pl.Series(ids % 97).cast(pl.String)}
+    )
 
 
 def _open(backend: LmdbBackend | MemoryBackend, tmp_path: Path, name: str = "w") -> object:
@@ -40,9 +42,16 @@ def _open(backend: LmdbBackend | MemoryBackend, tmp_path: Path, name: str = "w")
     return backend.open_store(SPEC, range(0, 128), StoreContext(str(local), 0, 1))
 
 
-def _scenario(*arguments: str, timeout: float = 120) -> tuple[dict[str, object] | None, subprocess.CompletedProcess[str]]:
-    done = subprocess.run([sys.executable, str(SCENARIOS), *arguments], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def _scenario(
+    *arguments: str, timeout: float = 120
+) -> tuple[dict[str, object] | None, subprocess.CompletedProcess[str]]:
+    done = subprocess.run(
+        [sys.executable, str(SCENARIOS), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     return (json.loads(lines[-1]) if lines else None), done
 
@@ -55,7 +64,9 @@ def driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
-@pytest.mark.parametrize("driver", ["c"], indirect=True)  # one run: the test picks its drivers itself
+@pytest.mark.parametrize(
+    "driver", ["c"], indirect=True
+)  # one run: the test picks its drivers itself
 def test_the_c_extension_is_built() -> None:
     """An install with a compiler (this machine's) builds it: the fast path is what is tested."""
     assert c_driver_available()
@@ -71,7 +82,9 @@ def test_a_driver_is_chosen_by_name_and_checked(tmp_path: Path, driver: str) -> 
         LmdbBackend(driver="rust")
 
 
-@pytest.mark.parametrize("driver", ["c"], indirect=True)  # one run: the test picks its drivers itself
+@pytest.mark.parametrize(
+    "driver", ["c"], indirect=True
+)  # one run: the test picks its drivers itself
 @pytest.mark.parametrize("limit", [1, 3, 64])
 def test_the_two_drivers_give_the_same_answers(tmp_path: Path, limit: int) -> None:
     """The C extension and the Python binding, call for call: scans resumed at every chunk
@@ -79,7 +92,15 @@ def test_the_two_drivers_give_the_same_answers(tmp_path: Path, limit: int) -> No
     from arrowflow.backends import _lmdbc
     from arrowflow.backends.lmdb import _pack, _split
 
-    keys = [b"\x00\x01a", b"\x00\x01b", b"\x00\x02", b"\x00\x02\x00", b"\x00\x03zz", b"\x01", b"\xff\xff"]
+    keys = [
+        b"\x00\x01a",
+        b"\x00\x01b",
+        b"\x00\x02",
+        b"\x00\x02\x00",
+        b"\x00\x03zz",
+        b"\x01",
+        b"\xff\xff",
+    ]
     values = [b"1", b"", b"22", b"333", b"4", b"55", b"6"]
     answers = []
     for name, env_type in (("c", _lmdbc.Env), ("py", _PyEnv)):
@@ -93,7 +114,9 @@ def test_the_two_drivers_give_the_same_answers(tmp_path: Path, limit: int) -> No
         for start, stop in ((b"", None), (b"\x00\x02", b"\x00\x03"), (b"\x00\x01b", b"\xff\xff")):
             following, seen = start, []
             while following is not None:
-                (kdata, koffsets), (vdata, voffsets), following = env.scan(db, following, stop, limit)
+                (kdata, koffsets), (vdata, voffsets), following = env.scan(
+                    db, following, stop, limit
+                )
                 seen += list(zip(_split(kdata, koffsets), _split(vdata, voffsets), strict=True))
             scans.append(seen)
         data, offsets, found = env.get_var(db, *_pack([b"\x00\x01b", b"nope", b"\x00\x02\x00"]))
@@ -135,7 +158,9 @@ def test_a_full_map_is_a_state_error_and_the_store_is_unchanged(tmp_path: Path) 
     memory = _open(MemoryBackend(), tmp_path, "m")
     for target in (store, memory):
         target.put(*_rows(np.arange(1000)))
-    with pytest.raises(StateError, match=r"is full: it reached max_map_size=1048576 bytes.*unchanged"):
+    with pytest.raises(
+        StateError, match=r"is full: it reached max_map_size=1048576 bytes.*unchanged"
+    ):
         store.put(*_rows(np.arange(500, 100_000)))
     assert_same_contents(store, memory)  # type: ignore[arg-type]
     for target in (store, memory):  # and it still takes batches that fit
@@ -144,7 +169,9 @@ def test_a_full_map_is_a_state_error_and_the_store_is_unchanged(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("backend", ["lmdb-small-map", "sql"])
-def test_a_full_disk_is_a_state_error_and_the_store_is_unchanged(tmp_path: Path, backend: str) -> None:
+def test_a_full_disk_is_a_state_error_and_the_store_is_unchanged(
+    tmp_path: Path, backend: str
+) -> None:
     """The child process caps its file size (RLIMIT_FSIZE) just above what the store holds."""
     result, done = _scenario("disk_full", backend, str(tmp_path))
     assert result is not None, done.stderr
@@ -157,7 +184,10 @@ def test_a_path_that_cannot_be_created_is_a_state_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     backend = LmdbBackend(path=str(blocker / "state"))
-    with pytest.raises(StateError, match=r"cannot create its environment in .*a-file/state.*writable local directory"):
+    with pytest.raises(
+        StateError,
+        match=r"cannot create its environment in .*a-file/state.*writable local directory",
+    ):
         backend.open_store(SPEC, range(0, 128), StoreContext(str(tmp_path), 0, 1))
     flow = af.Flow("bad-path")
     stream = flow.from_polars(pl.DataFrame({"k": [1, 2]})).key_by("k").agg(n=pl.len())
@@ -170,8 +200,12 @@ def test_the_snapshot_is_an_lmdb_environment_that_describes_itself(tmp_path: Pat
     store.put(*_rows(np.arange(1000)))  # type: ignore[attr-defined]
     fs = fsspec.filesystem("file")
     (state_file,) = store.snapshot(fs, str(tmp_path / "ckpt"), 3)  # type: ignore[attr-defined]
-    assert state_file.format == "lmdb" and state_file.path == "chk-00000003/state/agg-1/000-128.lmdb"
-    env = lmdb.open(str(tmp_path / "ckpt" / state_file.path), subdir=False, readonly=True, lock=False, max_dbs=2)
+    assert (
+        state_file.format == "lmdb" and state_file.path == "chk-00000003/state/agg-1/000-128.lmdb"
+    )
+    env = lmdb.open(
+        str(tmp_path / "ckpt" / state_file.path), subdir=False, readonly=True, lock=False, max_dbs=2
+    )
     try:
         with env.begin() as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)
@@ -188,7 +222,9 @@ def test_restore_reads_arrow_snapshots_of_the_memory_backend(tmp_path: Path) -> 
     fs = fsspec.filesystem("file")
     root = str(tmp_path / "ckpt")
     files = memory.snapshot(fs, root, 1)  # type: ignore[attr-defined]
-    store = LmdbBackend().open_store(SPEC, range(0, 64), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2))
+    store = LmdbBackend().open_store(
+        SPEC, range(0, 64), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2)
+    )
     store.restore(fs, root, files)
     assert_same_contents(store, memory, groups=range(0, 64))  # type: ignore[arg-type]
 
@@ -198,14 +234,20 @@ def test_restore_of_the_top_key_groups_at_the_largest_max_parallelism(tmp_path: 
     (the range's end, 65536, has no 2-byte form; the copy runs to the end of the file)."""
     spec = StoreSpec("agg-1", SPEC.key_schema, SPEC.value_schema, max_parallelism=1 << 16)
     everything = range(0, 1 << 16)
-    source = LmdbBackend().open_store(spec, everything, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1))
-    memory = MemoryBackend().open_store(spec, everything, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1))
+    source = LmdbBackend().open_store(
+        spec, everything, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1)
+    )
+    memory = MemoryBackend().open_store(
+        spec, everything, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1)
+    )
     for target in (source, memory):
         target.put(*_rows(np.arange(20_000)))
     fs = fsspec.filesystem("file")
     files = source.snapshot(fs, str(tmp_path / "ckpt"), 1)
     for part in (range(0, 1 << 15), range(1 << 15, 1 << 16)):
-        restored = LmdbBackend().open_store(spec, part, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2))
+        restored = LmdbBackend().open_store(
+            spec, part, StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2)
+        )
         restored.restore(fs, str(tmp_path / "ckpt"), files)
         assert 0 < restored.count() < 20_000
         assert_same_contents(restored, memory, groups=part)
@@ -218,14 +260,18 @@ def test_restoring_a_snapshot_of_another_schema_is_a_state_error(tmp_path: Path)
     root = str(tmp_path / "ckpt")
     files = store.snapshot(fs, root, 1)  # type: ignore[attr-defined]
     other = StoreSpec("agg-1", pl.Schema({"id": pl.String}), SPEC.value_schema)
-    target = LmdbBackend().open_store(other, range(0, 128), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1))
+    target = LmdbBackend().open_store(
+        other, range(0, 128), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 1)
+    )
     with pytest.raises(StateError, match=r"holds .* keys \{'id': Int64\}.*but store 'agg-1'"):
         target.restore(fs, root, files)
 
 
 def test_nested_columns_are_refused_with_the_way_out(tmp_path: Path) -> None:
     spec = StoreSpec("agg-1", pl.Schema({"id": pl.Int64}), pl.Schema({"seen": pl.List(pl.Int64)}))
-    with pytest.raises(StateError, match=r"column 'seen' has type List\(Int64\).*state='memory' or state='arrow'"):
+    with pytest.raises(
+        StateError, match=r"column 'seen' has type List\(Int64\).*state='memory' or state='arrow'"
+    ):
         LmdbBackend().open_store(spec, range(0, 128), StoreContext(str(tmp_path), 0, 1))
 
 
@@ -247,10 +293,18 @@ def test_state_larger_than_the_heap_budget(tmp_path: Path) -> None:
     assert heap_state > budget << 20, "the state would fit the heap: the test proves nothing"
     small = _scenario("larger_than_heap", "memory", str(tmp_path / "m1"), "20000", str(budget))
     small, done = small
-    assert small is not None and small["outcome"] == "finished" and small["mismatches"] == 0, done.stderr[-3000:]
-    big, done = _scenario("larger_than_heap", "memory", str(tmp_path / "m2"), str(keys), str(budget))
-    assert big is None or big["outcome"] != "finished", "the cap does not bind: the test proves nothing"
-    result, done = _scenario("larger_than_heap", "lmdb", str(tmp_path / "l"), str(keys), str(budget))
+    assert small is not None and small["outcome"] == "finished" and small["mismatches"] == 0, (
+        done.stderr[-3000:]
+    )
+    big, done = _scenario(
+        "larger_than_heap", "memory", str(tmp_path / "m2"), str(keys), str(budget)
+    )
+    assert big is None or big["outcome"] != "finished", (
+        "the cap does not bind: the test proves nothing"
+    )
+    result, done = _scenario(
+        "larger_than_heap", "lmdb", str(tmp_path / "l"), str(keys), str(budget)
+    )
     assert result is not None, done.stderr[-2000:]
     assert result["outcome"] == "finished", result
     assert result["seen"] == keys and result["count"] == keys and result["mismatches"] == 0
@@ -261,14 +315,29 @@ def test_state_larger_than_the_heap_budget(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ fixed-width values
 
-FIXED_KEYS = pl.Schema({
-    "i8": pl.Int8, "u64": pl.UInt64, "f32": pl.Float32, "b": pl.Boolean, "d": pl.Date,
-    "ts": pl.Datetime("us", "UTC"), "s": pl.String,
-})
-FIXED_VALUES = pl.Schema({
-    "n": pl.Int64, "u16": pl.UInt16, "x": pl.Float64, "flag": pl.Boolean, "day": pl.Date,
-    "t": pl.Time, "dur": pl.Duration("ms"), "dec": pl.Decimal(12, 3),
-})
+FIXED_KEYS = pl.Schema(
+    {
+        "i8": pl.Int8,
+        "u64": pl.UInt64,
+        "f32": pl.Float32,
+        "b": pl.Boolean,
+        "d": pl.Date,
+        "ts": pl.Datetime("us", "UTC"),
+        "s": pl.String,
+    }
+)
+FIXED_VALUES = pl.Schema(
+    {
+        "n": pl.Int64,
+        "u16": pl.UInt16,
+        "x": pl.Float64,
+        "flag": pl.Boolean,
+        "day": pl.Date,
+        "t": pl.Time,
+        "dur": pl.Duration("ms"),
+        "dec": pl.Decimal(12, 3),
+    }
+)
 
 
 def _fixed_frames(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -277,35 +346,46 @@ def _fixed_frames(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     ids = np.arange(n)
 
     def nulls(series: pl.Series, every: int) -> pl.Series:
-        return pl.select(pl.when(pl.Series(ids % every == 1)).then(None).otherwise(series)).to_series().alias(series.name)
+        return (
+            pl.select(pl.when(pl.Series(ids % every == 1)).then(None).otherwise(series))
+            .to_series()
+            .alias(series.name)
+        )
 
     floats = (ids % 7).astype(np.float32) - 3
     floats[ids % 11 == 5] = np.nan
     floats[ids % 13 == 6] = -0.0
-    keys = pl.DataFrame({
-        "i8": nulls(pl.Series("i8", (ids % 200 - 100).astype(np.int8)), 17),
-        "u64": pl.Series("u64", np.uint64(2**63) + ids.astype(np.uint64) * np.uint64(7919)),
-        "f32": nulls(pl.Series("f32", floats), 19),
-        "b": nulls(pl.Series("b", ids % 2 == 0), 23),
-        "d": pl.Series("d", ids % 1000, dtype=pl.Int32).cast(pl.Date),
-        "ts": pl.Series("ts", ids * 1_000_003, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
-        "s": nulls(pl.Series("s", [f"k{i % 50}" * (i % 4) for i in ids]), 29),
-    }).unique(maintain_order=True)
+    keys = pl.DataFrame(
+        {
+            "i8": nulls(pl.Series("i8", (ids % 200 - 100).astype(np.int8)), 17),
+            "u64": pl.Series("u64", np.uint64(2**63) + ids.astype(np.uint64) * np.uint64(7919)),
+            "f32": nulls(pl.Series("f32", floats), 19),
+            "b": nulls(pl.Series("b", ids % 2 == 0), 23),
+            "d": pl.Series("d", ids % 1000, dtype=pl.Int32).cast(pl.Date),
+            "ts": pl.Series("ts", ids * 1_000_003, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+            "s": nulls(pl.Series("s", [f"k{i % 50}" * (i % 4) for i in ids]), 29),
+        }
+    ).unique(maintain_order=True)
     m = keys.height
     vals = rng.integers(-(10**9), 10**9, m)
-    values = pl.DataFrame({
-        "n": nulls(pl.Series("n", vals), 5)[:m],
-        "u16": pl.Series("u16", (vals % 60000).astype(np.uint16)),
-        "x": nulls(pl.Series("x", vals * 0.5), 7)[:m],
-        "flag": nulls(pl.Series("flag", vals % 3 == 0), 3)[:m],
-        "day": pl.Series("day", vals % 20000, dtype=pl.Int32).cast(pl.Date),
-        "t": pl.Series("t", (np.abs(vals) % 86_400) * 10**9, dtype=pl.Int64).cast(pl.Time),
-        "dur": pl.Series("dur", vals, dtype=pl.Int64).cast(pl.Duration("ms")),
-        "dec": pl.Series("dec", vals % 10**6, dtype=pl.Int64).cast(pl.Decimal(12, 3)),
-    })
+    values = pl.DataFrame(
+        {
+            "n": nulls(pl.Series("n", vals), 5)[:m],
+            "u16": pl.Series("u16", (vals % 60000).astype(np.uint16)),
+            "x": nulls(pl.Series("x", vals * 0.5), 7)[:m],
+            "flag": nulls(pl.Series("flag", vals % 3 == 0), 3)[:m],
+            "day": pl.Series("day", vals % 20000, dtype=pl.Int32).cast(pl.Date),
+            "t": pl.Series("t", (np.abs(vals) % 86_400) * 10**9, dtype=pl.Int64).cast(pl.Time),
+            "dur": pl.Series("dur", vals, dtype=pl.Int64).cast(pl.Duration("ms")),
+            "dec": pl.Series("dec", vals % 10**6, dtype=pl.Int64).cast(pl.Decimal(12, 3)),
+        }
+    )
     values = values.with_columns(
         # a row whose every value is null is still a found row
-        *[pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col(c)).alias(c) for c in FIXED_VALUES.names()]
+        *[
+            pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col(c)).alias(c)
+            for c in FIXED_VALUES.names()
+        ]
     )
     return keys, values
 
@@ -337,7 +417,10 @@ def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path) -> None:
         target.put(probe, bumped)
     assert store.get(probe).equals(memory.get(probe))
     other = keys[50 : 50 + probe.height]  # same height, other keys: not the keys of the last get
-    assert other.height == probe.height and other.join(probe, on=list(FIXED_KEYS.names()), nulls_equal=True).is_empty()
+    assert (
+        other.height == probe.height
+        and other.join(probe, on=list(FIXED_KEYS.names()), nulls_equal=True).is_empty()
+    )
     for target in stores:
         target.put(other, values[: other.height])
     assert_same_contents(store, memory)  # type: ignore[arg-type]
@@ -348,7 +431,9 @@ def test_fixed_width_values_of_every_type_round_trip(tmp_path: Path) -> None:
     fs = fsspec.filesystem("file")
     root = str(tmp_path / "ckpt")
     files = store.snapshot(fs, root, 1)
-    restored = LmdbBackend().open_store(spec, range(0, 64), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2))
+    restored = LmdbBackend().open_store(
+        spec, range(0, 64), StoreContext(tempfile.mkdtemp(dir=tmp_path), 0, 2)
+    )
     restored.restore(fs, root, files)
     assert_same_contents(restored, memory, groups=range(0, 64))  # type: ignore[arg-type]
     assert restored.get(keys).filter(pl.col("__found")).height == restored.count()

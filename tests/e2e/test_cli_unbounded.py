@@ -35,9 +35,22 @@ def read_until_done(tmp: Path, lines: int, timeout: float = 60) -> None:
     raise AssertionError("the job did not catch up")
 
 
-def run_and_stop(tmp: Path, job: Path, lines: int, sig: int, restore: bool) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "arrowflow.cli", "run", str(job), "--workers", "0",
-           "--checkpoint-dir", str(tmp / "ck"), "--checkpoint-every", "200ms"]
+def run_and_stop(
+    tmp: Path, job: Path, lines: int, sig: int, restore: bool
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "arrowflow.cli",
+        "run",
+        str(job),
+        "--workers",
+        "0",
+        "--checkpoint-dir",
+        str(tmp / "ck"),
+        "--checkpoint-every",
+        "200ms",
+    ]
     if restore:
         cmd += ["--restore", "latest"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -50,12 +63,14 @@ def run_and_stop(tmp: Path, job: Path, lines: int, sig: int, restore: bool) -> s
 def test_run_follows_a_file_until_signalled_and_resumes(tmp_path: Path) -> None:
     log = tmp_path / "app.jsonl"
     job = tmp_path / "job.py"
-    job.write_text(textwrap.dedent(f"""
+    job.write_text(
+        textwrap.dedent(f"""
         import polars as pl, arrowflow as af
         flow = af.Flow("follow")
         flow.tail({str(log)!r}, format="ndjson", schema={{"id": pl.Int64}}, poll_interval="50ms").write_parquet(
             {str(tmp_path / "out")!r})
-    """))
+    """)
+    )
     append(log, range(0, 300))
     first = run_and_stop(tmp_path, job, 300, signal.SIGTERM, restore=False)
     assert first.returncode == 0, first.stderr

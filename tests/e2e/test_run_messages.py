@@ -17,7 +17,9 @@ import arrowflow as af
 from arrowflow.errors import CheckpointError, PlanError, WorkerError
 from arrowflow.testing import assert_frame_equal_unordered
 
-FINAL = "restored checkpoint {id}, a final one: nothing left to read; pass restore=None to start over"
+FINAL = (
+    "restored checkpoint {id}, a final one: nothing left to read; pass restore=None to start over"
+)
 
 
 @pytest.fixture
@@ -27,19 +29,32 @@ def events(tmp_path: Path) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(1313)
     for part, n in enumerate((3_000, 2_500, 1_500)):
-        pl.DataFrame({"user": rng.permutation(n) % 97, "amount": rng.exponential(20, n).round(2),
-                      "kind": rng.choice(["buy", "view"], n)}).write_parquet(folder / f"part-{part}.parquet")
+        pl.DataFrame(
+            {
+                "user": rng.permutation(n) % 97,
+                "amount": rng.exponential(20, n).round(2),
+                "kind": rng.choice(["buy", "view"], n),
+            }
+        ).write_parquet(folder / f"part-{part}.parquet")
     return folder
 
 
 def totals_by_polars(events: Path) -> pl.DataFrame:
-    return pl.read_parquet(events / "*.parquet").group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    return (
+        pl.read_parquet(events / "*.parquet")
+        .group_by("user")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+    )
 
 
 def totals_flow(events: Path, out: Path) -> af.Flow:
     flow = af.Flow("totals")
-    (flow.read_parquet(str(events)).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
-     .write_parquet(str(out)))
+    (
+        flow.read_parquet(str(events))
+        .key_by("user")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+        .write_parquet(str(out))
+    )
     return flow
 
 
@@ -50,9 +65,14 @@ def committed(out: Path) -> pl.DataFrame:
 def check_totals(out: Path, events: Path) -> None:
     expected = totals_by_polars(events)
     got = committed(out)
-    assert_frame_equal_unordered(got.select("user", "n"), expected.select("user", "n").cast(got.select("user", "n").schema))
+    assert_frame_equal_unordered(
+        got.select("user", "n"), expected.select("user", "n").cast(got.select("user", "n").schema)
+    )
     joined = got.join(expected, on="user", suffix="_polars")
-    assert joined.height == expected.height and (joined["total"] - joined["total_polars"]).abs().max() < 1e-6
+    assert (
+        joined.height == expected.height
+        and (joined["total"] - joined["total_polars"]).abs().max() < 1e-6
+    )
 
 
 def test_a_rerun_that_resumes_a_final_checkpoint_says_so(tmp_path: Path, events: Path) -> None:
@@ -70,25 +90,32 @@ def test_a_rerun_that_resumes_a_final_checkpoint_says_so(tmp_path: Path, events:
     check_totals(out, events)
 
 
-def test_restore_of_an_id_that_is_not_there_names_the_ones_that_are(tmp_path: Path, events: Path) -> None:
+def test_restore_of_an_id_that_is_not_there_names_the_ones_that_are(
+    tmp_path: Path, events: Path
+) -> None:
     checkpoints, out = str(tmp_path / "ck"), tmp_path / "out"
     for _ in range(3):  # each fresh run ends with a final checkpoint: 1, 2, 3
         totals_flow(events, out).run(workers=0, checkpoint_dir=checkpoints, restore=None)
     with pytest.raises(CheckpointError) as caught:
         totals_flow(events, out).run(workers=0, checkpoint_dir=checkpoints, restore=999)
     assert str(caught.value) == f"no checkpoint 999 in {checkpoints!r}; it has 1, 2, 3"
-    with pytest.raises(CheckpointError, match=r"no checkpoint 7 in .*; it has no complete checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"no checkpoint 7 in .*; it has no complete checkpoint"
+    ):
         totals_flow(events, out).run(workers=0, checkpoint_dir=str(tmp_path / "empty"), restore=7)
 
 
 @pytest.mark.parametrize("restore", [5, "5", "newest", True])
-def test_restore_without_a_checkpoint_dir_is_an_error(tmp_path: Path, events: Path, restore: object) -> None:
+def test_restore_without_a_checkpoint_dir_is_an_error(
+    tmp_path: Path, events: Path, restore: object
+) -> None:
     with pytest.raises(PlanError, match="restore="):
         totals_flow(events, tmp_path / "out").run(workers=0, restore=restore)
     assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ a worker's polars error
+
 
 # Both pass on the empty batch map_batches learns its output schema from; real rows fail
 # with a polars error of several lines (the plan that failed, a context stack, hints).
@@ -100,14 +127,24 @@ def strict_cast(batch: pl.DataFrame) -> pl.DataFrame:
     return batch.with_columns(pl.col("kind").cast(pl.Int64, strict=True)) if batch.height else batch
 
 
-@pytest.mark.parametrize(("function", "summary"), [
-    (missing_column, 'polars.exceptions.ColumnNotFoundError: unable to find column "nope"; valid columns: '
-                     '["user", "amount", "kind"]'),
-    (strict_cast, "polars.exceptions.InvalidOperationError: conversion from `str` to `i64` failed in column "
-                  "'kind' for "),
-])
-def test_a_workers_polars_error_is_summarized_by_its_message(tmp_path: Path, events: Path, function: object,
-                                                             summary: str) -> None:
+@pytest.mark.parametrize(
+    ("function", "summary"),
+    [
+        (
+            missing_column,
+            'polars.exceptions.ColumnNotFoundError: unable to find column "nope"; valid columns: '
+            '["user", "amount", "kind"]',
+        ),
+        (
+            strict_cast,
+            "polars.exceptions.InvalidOperationError: conversion from `str` to `i64` failed in column "
+            "'kind' for ",
+        ),
+    ],
+)
+def test_a_workers_polars_error_is_summarized_by_its_message(
+    tmp_path: Path, events: Path, function: object, summary: str
+) -> None:
     flow = af.Flow("broken")
     flow.read_parquet(str(events)).map_batches(function).write_parquet(str(tmp_path / "out"))
     with pytest.raises(WorkerError) as caught:
@@ -135,8 +172,14 @@ JOB = """
 
 
 def arrowflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "arrowflow.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "default"}, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "arrowflow.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+        timeout=240,
+    )
 
 
 @pytest.fixture
@@ -146,40 +189,75 @@ def job(tmp_path: Path, events: Path) -> Path:
     return path
 
 
-def test_cli_rerun_after_a_final_checkpoint_says_so(tmp_path: Path, events: Path, job: Path) -> None:
-    ran = arrowflow("run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", cwd=tmp_path)
+def test_cli_rerun_after_a_final_checkpoint_says_so(
+    tmp_path: Path, events: Path, job: Path
+) -> None:
+    ran = arrowflow(
+        "run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", cwd=tmp_path
+    )
     assert ran.returncode == 0, ran.stderr
     assert "note:" not in ran.stdout
-    again = arrowflow("run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", cwd=tmp_path)
+    again = arrowflow(
+        "run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr
     note = "restored checkpoint 1, a final one: nothing left to read; pass --restore none to start over"
     # the summary ends with the notes, then the restarts line
-    assert again.stdout.strip().splitlines()[-2:] == [f"note: {note}", "restarts: none (no worker failed)"]
+    assert again.stdout.strip().splitlines()[-2:] == [
+        f"note: {note}",
+        "restarts: none (no worker failed)",
+    ]
     assert "restored checkpoint 1, a final one" in again.stderr  # the warning
     check_totals(tmp_path / "out", events)
-    fresh = arrowflow("run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", "--restore", "none",
-                      cwd=tmp_path)
+    fresh = arrowflow(
+        "run",
+        f"{job}:totals",
+        "--checkpoint-dir",
+        "ck",
+        "--workers",
+        "0",
+        "--restore",
+        "none",
+        cwd=tmp_path,
+    )
     assert fresh.returncode == 0, fresh.stderr
     assert "note:" not in fresh.stdout and "rows in            7,000" in fresh.stdout
     check_totals(tmp_path / "out", events)
 
 
 @pytest.mark.parametrize("value", ["5", "latest", "none"])
-def test_cli_restore_without_checkpoint_dir_is_a_usage_error(tmp_path: Path, job: Path, value: str) -> None:
+def test_cli_restore_without_checkpoint_dir_is_a_usage_error(
+    tmp_path: Path, job: Path, value: str
+) -> None:
     ran = arrowflow("run", f"{job}:totals", "--restore", value, cwd=tmp_path)
     assert ran.returncode == 2
     assert ran.stderr.strip().splitlines() == [
-        f"arrowflow run: error: --restore {value} needs --checkpoint-dir, the folder that holds the checkpoints"]
+        f"arrowflow run: error: --restore {value} needs --checkpoint-dir, the folder that holds the checkpoints"
+    ]
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_restore_of_a_missing_id(tmp_path: Path, job: Path) -> None:
-    assert arrowflow("run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", cwd=tmp_path).returncode == 0
-    ran = arrowflow("run", f"{job}:totals", "--checkpoint-dir", "ck", "--restore", "999", cwd=tmp_path)
+    assert (
+        arrowflow(
+            "run", f"{job}:totals", "--checkpoint-dir", "ck", "--workers", "0", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    ran = arrowflow(
+        "run", f"{job}:totals", "--checkpoint-dir", "ck", "--restore", "999", cwd=tmp_path
+    )
     assert ran.returncode == 1
-    assert ran.stderr.strip().splitlines() == ["arrowflow run: error: no checkpoint 999 in 'ck'; it has 1"]
-    bad = arrowflow("run", f"{job}:totals", "--checkpoint-dir", "ck", "--restore", "newest", cwd=tmp_path)
-    assert bad.returncode == 2 and "expected latest, none (start over) or a checkpoint id" in bad.stderr
+    assert ran.stderr.strip().splitlines() == [
+        "arrowflow run: error: no checkpoint 999 in 'ck'; it has 1"
+    ]
+    bad = arrowflow(
+        "run", f"{job}:totals", "--checkpoint-dir", "ck", "--restore", "newest", cwd=tmp_path
+    )
+    assert (
+        bad.returncode == 2
+        and "expected latest, none (start over) or a checkpoint id" in bad.stderr
+    )
 
 
 def test_cli_worker_polars_error_first_line(tmp_path: Path, job: Path) -> None:
@@ -187,5 +265,7 @@ def test_cli_worker_polars_error_first_line(tmp_path: Path, job: Path) -> None:
     assert ran.returncode == 1
     first = ran.stderr.strip().splitlines()[0]
     assert first.startswith("arrowflow run: error: worker ")
-    assert first.endswith(' failed: polars.exceptions.ColumnNotFoundError: unable to find column "nope"; '
-                          'valid columns: ["user", "amount", "kind"]')
+    assert first.endswith(
+        ' failed: polars.exceptions.ColumnNotFoundError: unable to find column "nope"; '
+        'valid columns: ["user", "amount", "kind"]'
+    )

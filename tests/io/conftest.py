@@ -37,7 +37,9 @@ def assert_same_rows(got: pl.DataFrame, expected: pl.DataFrame) -> None:
     assert_frame_equal(canonical(got), canonical(expected))
 
 
-def read_source(source: Source, *, batch_size: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def read_source(
+    source: Source, *, batch_size: int | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Every data row and every malformed row of a source, read split by split in this process."""
     data, bad = [], []
     for split in source.discover_splits():
@@ -83,7 +85,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
+        process = subprocess.Popen(
+            [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -109,7 +113,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
 
 @pytest.fixture
-def s3(s3_server: dict[str, Any], request: pytest.FixtureRequest) -> tuple[Any, str, dict[str, Any]]:
+def s3(
+    s3_server: dict[str, Any], request: pytest.FixtureRequest
+) -> tuple[Any, str, dict[str, Any]]:
     """(filesystem, a fresh ``s3://`` folder for this test, storage_options)."""
     import s3fs
 

@@ -16,7 +16,7 @@ import pytest
 
 SCHEMA = {"id": pl.Int64, "s": pl.String, "x": pl.Float64}
 
-JOB = textwrap.dedent('''
+JOB = textwrap.dedent("""
     import json, sys, time
     import polars as pl
     import arrowflow as af
@@ -36,16 +36,27 @@ JOB = textwrap.dedent('''
     result = flow.run(workers=config["workers"], checkpoint_dir=config["checkpoints"],
                       checkpoint_every=af.every_rows(7), batch_size=5, restore="latest")
     print("RESULT", json.dumps({"restored_from": result.restored_from}), flush=True)
-''')
+""")
 
 
 def run_job(tmp: Path, workers: int, faults: str) -> tuple[int, str, str]:
     script = tmp / "job.py"
     script.write_text(JOB)
-    config = {"input": str(tmp / "input"), "rows": str(tmp / "rows"), "bad": str(tmp / "bad"),
-              "checkpoints": str(tmp / "checkpoints"), "workers": workers}
-    proc = subprocess.run([sys.executable, str(script), json.dumps(config)], env={**os.environ, "ARROWFLOW_FAULTS": faults},
-                          capture_output=True, text=True, timeout=240, check=False)
+    config = {
+        "input": str(tmp / "input"),
+        "rows": str(tmp / "rows"),
+        "bad": str(tmp / "bad"),
+        "checkpoints": str(tmp / "checkpoints"),
+        "workers": workers,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(config)],
+        env={**os.environ, "ARROWFLOW_FAULTS": faults},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -76,7 +87,9 @@ def write_inputs(folder: Path) -> tuple[pl.DataFrame, int]:
 
 @pytest.mark.injects_faults
 @pytest.mark.parametrize(("workers", "fault"), [(0, "before_manifest@3"), (2, "after_manifest@2")])
-def test_kill_then_restore_commits_each_row_once(tmp_path: Path, workers: int, fault: str, same_rows) -> None:
+def test_kill_then_restore_commits_each_row_once(
+    tmp_path: Path, workers: int, fault: str, same_rows
+) -> None:
     allowed = os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",")
     if str(workers) not in allowed:
         pytest.skip(f"ARROWFLOW_TEST_WORKERS={','.join(allowed)} leaves out {workers} workers")
@@ -94,10 +107,13 @@ def test_kill_then_restore_commits_each_row_once(tmp_path: Path, workers: int, f
     bad = committed(tmp_path / "bad", "ndjson")
     assert bad.height == bad_count
     assert bad.select("file", "offset").is_duplicated().sum() == 0
-    assert set(bad["reason"]) == {"expected 3 fields, found 2", "column 'id': cannot parse 'not a number' as Int64"}
+    assert set(bad["reason"]) == {
+        "expected 3 fields, found 2",
+        "column 'id': cannot parse 'not a number' as Int64",
+    }
 
 
-CORRUPT_JOB = textwrap.dedent('''
+CORRUPT_JOB = textwrap.dedent("""
     import json, sys, time
     import arrowflow as af
 
@@ -114,12 +130,16 @@ CORRUPT_JOB = textwrap.dedent('''
     result = flow.run(workers=config["workers"], checkpoint_dir=config["checkpoints"],
                       checkpoint_every=af.every_rows(7), batch_size=5, restore="latest")
     print("RESULT", json.dumps({"restored_from": result.restored_from}), flush=True)
-''')
+""")
 
 
-@pytest.mark.parametrize(("workers", "fault"), [pytest.param(0, "before_manifest@3", marks=pytest.mark.soak),
-                                               (2, "after_manifest@2")])
-def test_corrupt_files_are_reported_once_across_a_kill(tmp_path: Path, workers: int, fault: str, same_rows) -> None:
+@pytest.mark.parametrize(
+    ("workers", "fault"),
+    [pytest.param(0, "before_manifest@3", marks=pytest.mark.soak), (2, "after_manifest@2")],
+)
+def test_corrupt_files_are_reported_once_across_a_kill(
+    tmp_path: Path, workers: int, fault: str, same_rows
+) -> None:
     """Parquet files skipped as corrupt (one found at plan time, one while reading) are each
     reported once and the good files' rows committed once, through a kill -9 and a restore."""
     allowed = os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",")
@@ -141,12 +161,23 @@ def test_corrupt_files_are_reported_once_across_a_kill(tmp_path: Path, workers: 
 
     script = tmp_path / "job.py"
     script.write_text(CORRUPT_JOB)
-    config = {"input": str(folder), "rows": str(tmp_path / "rows"), "bad": str(tmp_path / "bad"),
-              "checkpoints": str(tmp_path / "checkpoints"), "workers": workers}
+    config = {
+        "input": str(folder),
+        "rows": str(tmp_path / "rows"),
+        "bad": str(tmp_path / "bad"),
+        "checkpoints": str(tmp_path / "checkpoints"),
+        "workers": workers,
+    }
 
     def run(faults: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), json.dumps(config)], capture_output=True, text=True,
-                              env={**os.environ, "ARROWFLOW_FAULTS": faults}, timeout=240, check=False)
+        return subprocess.run(
+            [sys.executable, str(script), json.dumps(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ARROWFLOW_FAULTS": faults},
+            timeout=240,
+            check=False,
+        )
 
     proc = run(fault)
     assert "RESULT" not in proc.stdout and proc.returncode != 0, "the fault did not fire"

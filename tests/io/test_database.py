@@ -50,7 +50,7 @@ def connect(url: str):
     if url.startswith("sqlite"):
         import adbc_driver_sqlite.dbapi as sqlite
 
-        return sqlite.connect(url[len("sqlite:///"):])
+        return sqlite.connect(url[len("sqlite:///") :])
     import adbc_driver_postgresql.dbapi as pg
 
     return pg.connect(url)
@@ -77,15 +77,19 @@ def sorted_by(frame: pl.DataFrame, *keys: str) -> pl.DataFrame:
     return frame.sort(list(keys) or frame.columns)
 
 
-EVENTS = pl.DataFrame({
-    "event_id": list(range(3000)),
-    "user_id": [i % 37 for i in range(3000)],
-    "amount": [float(i % 101) / 4 for i in range(3000)],
-    "kind": [["click", "view", "buy"][i % 3] for i in range(3000)],
-})
+EVENTS = pl.DataFrame(
+    {
+        "event_id": list(range(3000)),
+        "user_id": [i % 37 for i in range(3000)],
+        "amount": [float(i % 101) / 4 for i in range(3000)],
+        "kind": [["click", "view", "buy"][i % 3] for i in range(3000)],
+    }
+)
 
 
-def staged_sink(url: str, table: str, frames: list[pl.DataFrame], **options: object) -> tuple[DatabaseSink, list]:
+def staged_sink(
+    url: str, table: str, frames: list[pl.DataFrame], **options: object
+) -> tuple[DatabaseSink, list]:
     """A sink begun on ``table`` and one staged description per frame, checkpoints 1, 2, …"""
     sink = DatabaseSink(url, table=table, **options)
     sink.validate(frames[0].schema, "sink")
@@ -101,14 +105,18 @@ def staged_sink(url: str, table: str, frames: list[pl.DataFrame], **options: obj
 
 # ---------------------------------------------------------------------------- round trips
 
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_append_and_upsert_equal_polars(db: str, workers: int) -> None:
     rows, totals = table_name("rows"), table_name("totals")
     flow = af.Flow("db")
     events = flow.from_polars(EVENTS, splits=4)
     events.write_database(db, table=rows)
-    (events.key_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum())
-           .write_database(db, table=totals, mode="upsert", key=["user_id"]))
+    (
+        events.key_by("user_id")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+        .write_database(db, table=totals, mode="upsert", key=["user_id"])
+    )
     flow.run(workers=workers)
     assert_frame_equal(sorted_by(read_table(db, rows), "event_id"), EVENTS)
     expected = EVENTS.group_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum())
@@ -117,11 +125,16 @@ def test_append_and_upsert_equal_polars(db: str, workers: int) -> None:
 
 
 def test_types_round_trip(db: str) -> None:
-    frame = pl.DataFrame({
-        "i": pl.Series([1, None, -3], dtype=pl.Int32), "f": [1.5, None, -2.25], "s": ["a", "é'\"", None],
-        "b": [True, False, None], "d": [dt.date(2024, 2, 29), None, dt.date(1970, 1, 1)],
-        "ts": [dt.datetime(2024, 1, 1, 12, 30, 1, 123456), None, dt.datetime(1999, 12, 31)],
-    })
+    frame = pl.DataFrame(
+        {
+            "i": pl.Series([1, None, -3], dtype=pl.Int32),
+            "f": [1.5, None, -2.25],
+            "s": ["a", "é'\"", None],
+            "b": [True, False, None],
+            "d": [dt.date(2024, 2, 29), None, dt.date(1970, 1, 1)],
+            "ts": [dt.datetime(2024, 1, 1, 12, 30, 1, 123456), None, dt.datetime(1999, 12, 31)],
+        }
+    )
     table = table_name("types")
     flow = af.Flow("types")
     flow.from_polars(frame).write_database(db, table=table)
@@ -170,6 +183,7 @@ def test_table_name_that_needs_quoting(db: str) -> None:
 
 # ---------------------------------------------------------------------------- the protocol
 
+
 def test_nothing_is_visible_before_commit_and_commit_is_idempotent(db: str) -> None:
     table = table_name("idem")
     sink, staged = staged_sink(db, table, [EVENTS.head(100), EVENTS.slice(100, 50)])
@@ -184,19 +198,29 @@ def test_nothing_is_visible_before_commit_and_commit_is_idempotent(db: str) -> N
     assert read_table(db, sink.staging).height == 0
 
 
-@pytest.mark.parametrize("entry", [
-    "part-00000001.parquet", {"writer": 5, "checkpoints": [1], "rows": 100},
-    {"writer": "w", "checkpoints": ["1); DROP TABLE t; --"], "rows": 100},
-    {"writer": "w", "checkpoints": 1, "rows": 100}, {"writer": "w", "checkpoints": [1], "rows": "100"},
-    {"writer": "w", "checkpoints": [-1], "rows": 100}, {"writer": "w", "checkpoints": [1]},
-])
-def test_a_crafted_staged_entry_is_a_clear_error_and_commits_nothing(tmp_path: Path, entry: Any) -> None:
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "part-00000001.parquet",
+        {"writer": 5, "checkpoints": [1], "rows": 100},
+        {"writer": "w", "checkpoints": ["1); DROP TABLE t; --"], "rows": 100},
+        {"writer": "w", "checkpoints": 1, "rows": 100},
+        {"writer": "w", "checkpoints": [1], "rows": "100"},
+        {"writer": "w", "checkpoints": [-1], "rows": 100},
+        {"writer": "w", "checkpoints": [1]},
+    ],
+)
+def test_a_crafted_staged_entry_is_a_clear_error_and_commits_nothing(
+    tmp_path: Path, entry: Any
+) -> None:
     """Staged entries come back from a checkpoint manifest, which may be crafted with a valid
     checksum: each is checked before use (raw ValueError/AttributeError/KeyError before)."""
     db = f"sqlite:///{tmp_path}/app.db"
     table = table_name("crafted")
     sink, staged = staged_sink(db, table, [EVENTS.head(100)])
-    with pytest.raises(SinkError, match=r"lists a staged entry that is not this sink's .*the checkpoint is damaged"):
+    with pytest.raises(
+        SinkError, match=r"lists a staged entry that is not this sink's .*the checkpoint is damaged"
+    ):
         sink.commit(1, [entry])
     assert read_table(db, table).height == 0
     sink.commit(1, [staged[0]])  # the real entry still commits
@@ -205,7 +229,9 @@ def test_a_crafted_staged_entry_is_a_clear_error_and_commits_nothing(tmp_path: P
 
 def test_recover_discards_what_no_complete_checkpoint_holds(db: str) -> None:
     table = table_name("recover")
-    sink, staged = staged_sink(db, table, [EVENTS.head(10), EVENTS.slice(10, 10), EVENTS.slice(20, 10)])
+    sink, staged = staged_sink(
+        db, table, [EVENTS.head(10), EVENTS.slice(10, 10), EVENTS.slice(20, 10)]
+    )
     sink.commit(1, [staged[0]])
     # Crash after checkpoint 3 was staged but before its manifest: restore from 1.
     sink.commit(1, [staged[0]])
@@ -233,10 +259,15 @@ def test_an_aborted_checkpoint_is_carried_into_the_next_commit(db: str) -> None:
 
 def test_a_failing_commit_leaves_no_partial_rows(db: str) -> None:
     table = table_name("fails")
-    sql(db, f'CREATE TABLE "{table}" (event_id BIGINT, user_id BIGINT, amount DOUBLE PRECISION, kind TEXT, '
-            f"extra TEXT NOT NULL)")
+    sql(
+        db,
+        f'CREATE TABLE "{table}" (event_id BIGINT, user_id BIGINT, amount DOUBLE PRECISION, kind TEXT, '
+        f"extra TEXT NOT NULL)",
+    )
     sink, staged = staged_sink(db, table, [EVENTS.head(10)])
-    with pytest.raises(SinkError, match=r"committing checkpoint 1 .* rolled back, nothing of it is visible"):
+    with pytest.raises(
+        SinkError, match=r"committing checkpoint 1 .* rolled back, nothing of it is visible"
+    ):
         sink.commit(1, staged)
     assert read_table(db, table).height == 0
     assert read_table(db, sink.staging).height == 10  # still staged, for a retry
@@ -244,6 +275,7 @@ def test_a_failing_commit_leaves_no_partial_rows(db: str) -> None:
 
 
 # ---------------------------------------------------------------------------- bad input
+
 
 def test_wrong_use_fails_when_the_flow_is_built(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/a.db"
@@ -268,10 +300,16 @@ def test_wrong_use_fails_when_the_flow_is_built(tmp_path: Path) -> None:
 
 def test_an_existing_table_of_other_types_is_refused(db: str) -> None:
     table = table_name("typed")
-    sql(db, f'CREATE TABLE "{table}" (event_id BIGINT, user_id TEXT, amount DOUBLE PRECISION, kind TEXT)')
+    sql(
+        db,
+        f'CREATE TABLE "{table}" (event_id BIGINT, user_id TEXT, amount DOUBLE PRECISION, kind TEXT)',
+    )
     flow = af.Flow("typed")
     flow.from_polars(EVENTS).write_database(db, table=table)
-    with pytest.raises(SchemaError, match=r"column 'user_id' .* has type (TEXT|text), but the stream's column is Int64"):
+    with pytest.raises(
+        SchemaError,
+        match=r"column 'user_id' .* has type (TEXT|text), but the stream's column is Int64",
+    ):
         flow.run(workers=0)
     sql(db, f'DROP TABLE "{table}"')
     sql(db, f'CREATE TABLE "{table}" (event_id BIGINT, user_id BIGINT)')
@@ -342,6 +380,7 @@ def test_workers_opening_one_sqlite_database_at_once_wait_for_each_other(tmp_pat
 
 # ---------------------------------------------------------------------------- rollback to a checkpoint
 
+
 def test_rollback_removes_this_jobs_rows_of_later_checkpoints(db: str) -> None:
     from arrowflow.sinks import JobIdentity
 
@@ -361,7 +400,12 @@ def test_rollback_removes_this_jobs_rows_of_later_checkpoints(db: str) -> None:
     sink.attach(JobIdentity("0000bbbb", 1, True))
     sink.begin()
     writer = sink.open_writer(0, 1, "sink")
-    chunks = [EVENTS.slice(0, 300), EVENTS.slice(300, 200), EVENTS.slice(500, 400), EVENTS.slice(900, 100)]
+    chunks = [
+        EVENTS.slice(0, 300),
+        EVENTS.slice(300, 200),
+        EVENTS.slice(500, 400),
+        EVENTS.slice(900, 100),
+    ]
     for checkpoint_id, chunk in enumerate(chunks, start=1):
         writer.write(chunk)
         sink.commit(checkpoint_id, [writer.prepare_commit(checkpoint_id)])
@@ -372,9 +416,13 @@ def test_rollback_removes_this_jobs_rows_of_later_checkpoints(db: str) -> None:
     done = sink.rollback(2)
     assert (done.count, done.epochs, done.what) == (500, [3, 4], "rows")
     expected = pl.concat([EVENTS.slice(2000, 500), EVENTS.slice(0, 500)])
-    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), sorted_by(expected, "event_id"))
+    assert_frame_equal(
+        sorted_by(read_table(db, table), "event_id"), sorted_by(expected, "event_id")
+    )
     assert sink.rollback(2).count == 0  # idempotent
-    assert sorted(r[0] for r in sql(db, "SELECT checkpoint_id FROM _arrowflow_commits WHERE sink = 'sink'")) == [1, 2]
+    assert sorted(
+        r[0] for r in sql(db, "SELECT checkpoint_id FROM _arrowflow_commits WHERE sink = 'sink'")
+    ) == [1, 2]
 
 
 def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db: str) -> None:
@@ -392,10 +440,14 @@ def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db:
     writer = sink.open_writer(0, 1, "sink")
     for checkpoint_id in range(1, 6):
         users = rng.choice(60, size=25, replace=False)
-        update = pl.DataFrame({"user_id": users, "total": rng.normal(size=25).round(3)}, schema=schema)
+        update = pl.DataFrame(
+            {"user_id": users, "total": rng.normal(size=25).round(3)}, schema=schema
+        )
         writer.write(update)
         sink.commit(checkpoint_id, [writer.prepare_commit(checkpoint_id)])
-        current = pl.concat([current.filter(~pl.col("user_id").is_in(update["user_id"].implode())), update])
+        current = pl.concat(
+            [current.filter(~pl.col("user_id").is_in(update["user_id"].implode())), update]
+        )
         states.append(current)
     writer.close()
     assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[4], "user_id"))
@@ -405,7 +457,10 @@ def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db:
     assert done.epochs == [4, 5]
     assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[2], "user_id"))
     # Before-images before checkpoint 3 are no longer kept: going further back is refused.
-    with pytest.raises(SinkError, match=r"cannot roll the table .* back to checkpoint 1.*kept only back to "
-                                        r"checkpoint 3.*restore=None and mode='overwrite'"):
+    with pytest.raises(
+        SinkError,
+        match=r"cannot roll the table .* back to checkpoint 1.*kept only back to "
+        r"checkpoint 3.*restore=None and mode='overwrite'",
+    ):
         sink.rollback(1)
     assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[2], "user_id"))

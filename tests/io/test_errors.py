@@ -30,7 +30,10 @@ def test_glob_matching_nothing(tmp_path: Path) -> None:
     FRAME.write_csv(tmp_path / "a.csv")
     (tmp_path / "_hidden.parquet").write_bytes(b"")
     stream = af.Flow("glob").read_parquet(str(tmp_path / "*.parquet"))
-    with pytest.raises(SourceError, match=r"matches no file \(only hidden names: .*_hidden.parquet\).*holds: .*a\.csv"):
+    with pytest.raises(
+        SourceError,
+        match=r"matches no file \(only hidden names: .*_hidden.parquet\).*holds: .*a\.csv",
+    ):
         stream.collect()
     with pytest.raises(SourceError, match="matches no file"):
         af.Flow("glob").read_csv(str(tmp_path / "nope-*.csv"), schema={"a": pl.Int64}).collect()
@@ -61,19 +64,25 @@ def test_unknown_column_downstream(tmp_path: Path) -> None:
 
 def test_schema_column_missing_from_columnar_file(tmp_path: Path) -> None:
     FRAME.write_parquet(tmp_path / "x.parquet")
-    stream = af.Flow("col").read_parquet(str(tmp_path / "x.parquet"), schema={"a": pl.Int64, "amount": pl.Float64})
+    stream = af.Flow("col").read_parquet(
+        str(tmp_path / "x.parquet"), schema={"a": pl.Int64, "amount": pl.Float64}
+    )
     with pytest.raises(SchemaError, match=r"has no column 'amount'; its columns are \[a, s\]"):
         stream.collect()
 
 
 @pytest.mark.parametrize(("fmt", "ext"), [("parquet", "parquet"), ("ipc", "arrow")])
-def test_schema_mismatch_fails_at_plan_time_naming_both_types(tmp_path: Path, fmt: str, ext: str) -> None:
+def test_schema_mismatch_fails_at_plan_time_naming_both_types(
+    tmp_path: Path, fmt: str, ext: str
+) -> None:
     good = tmp_path / f"1.{ext}"
     bad = tmp_path / f"2.{ext}"
     getattr(FRAME, f"write_{fmt}")(good)
     getattr(FRAME.with_columns(pl.col("a").cast(pl.String)), f"write_{fmt}")(bad)
     flow = af.Flow("mismatch")
-    stream = getattr(flow, f"read_{fmt}")(str(tmp_path / f"*.{ext}"), schema={"a": pl.Int64, "s": pl.String})
+    stream = getattr(flow, f"read_{fmt}")(
+        str(tmp_path / f"*.{ext}"), schema={"a": pl.Int64, "s": pl.String}
+    )
     stream.write_parquet(str(tmp_path / "out"))
     with pytest.raises(SchemaError) as caught:
         flow.plan()  # plan time: no worker started, no data read
@@ -84,8 +93,13 @@ def test_schema_mismatch_fails_at_plan_time_naming_both_types(tmp_path: Path, fm
 
 def test_narrowing_schema_is_refused(tmp_path: Path) -> None:
     FRAME.write_parquet(tmp_path / "x.parquet")
-    with pytest.raises(SchemaError, match=r"column 'a' is Int64 .* the schema says Int32; reading it as Int32 would change values"):
-        af.Flow("narrow").read_parquet(str(tmp_path / "x.parquet"), schema={"a": pl.Int32}).collect()
+    with pytest.raises(
+        SchemaError,
+        match=r"column 'a' is Int64 .* the schema says Int32; reading it as Int32 would change values",
+    ):
+        af.Flow("narrow").read_parquet(
+            str(tmp_path / "x.parquet"), schema={"a": pl.Int32}
+        ).collect()
 
 
 def test_inferred_schema_must_hold_in_every_file(tmp_path: Path) -> None:
@@ -97,8 +111,12 @@ def test_inferred_schema_must_hold_in_every_file(tmp_path: Path) -> None:
 
 def test_csv_header_without_a_schema_column(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
-    stream = af.Flow("hdr").read_csv(str(tmp_path / "x.csv"), schema={"a": pl.Int64, "s": pl.String})
-    with pytest.raises(SchemaError, match=r"has no column 's'; its header is \[a, b\].*has_header=False"):
+    stream = af.Flow("hdr").read_csv(
+        str(tmp_path / "x.csv"), schema={"a": pl.Int64, "s": pl.String}
+    )
+    with pytest.raises(
+        SchemaError, match=r"has no column 's'; its header is \[a, b\].*has_header=False"
+    ):
         stream.collect()
 
 
@@ -142,7 +160,9 @@ def test_memory_paths_need_the_in_process_executor() -> None:
     fsspec.filesystem("memory").pipe("/af-errors/x.csv", FRAME.write_csv().encode())
     stream = af.Flow("mem").read_csv("memory://af-errors/x.csv", schema=FRAME.schema)
     assert stream.collect(workers=0).height == 2
-    with pytest.raises((WorkerError, SourceError), match="memory:// files live in the memory of the process"):
+    with pytest.raises(
+        (WorkerError, SourceError), match="memory:// files live in the memory of the process"
+    ):
         stream.collect(workers=1)
 
 
@@ -154,5 +174,7 @@ def test_unknown_protocol() -> None:
 def test_memory_sink_with_worker_processes_fails_clearly() -> None:
     flow = af.Flow("memsink")
     flow.from_polars(FRAME).write_parquet("memory://af-errors/out")
-    with pytest.raises((SinkError, WorkerError), match="memory:// files live in the memory of the process"):
+    with pytest.raises(
+        (SinkError, WorkerError), match="memory:// files live in the memory of the process"
+    ):
         flow.run(workers=1)

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 import arrowflow as af
 from arrowflow.testing import assert_frame_equal_unordered, collect_all
 
-SCHEMA = pl.Schema({"id": pl.Int64, "qty": pl.Int64, "price": pl.Float64, "name": pl.String, "day": pl.Date})
+SCHEMA = pl.Schema(
+    {"id": pl.Int64, "qty": pl.Int64, "price": pl.Float64, "name": pl.String, "day": pl.Date}
+)
 HEADER = "id,qty,price,name,day"
 
 
@@ -64,24 +66,38 @@ def projected(stream: af.Stream, columns: list[str] | None) -> af.Stream:
     return stream if columns is None else stream.select(*columns)
 
 
-def test_csv_malformed_rows_do_not_depend_on_projection(tmp_path: Path, workers: int, same_rows) -> None:
+def test_csv_malformed_rows_do_not_depend_on_projection(
+    tmp_path: Path, workers: int, same_rows
+) -> None:
     path = tmp_path / "orders.csv"
     good, bad_lines = generate_csv(path, 3000, seed=workers + 11)
     expected = polars_good(good)
     assert 900 < len(bad_lines) < 1300 and expected.height == 3000 - len(bad_lines)
     # In process every projection and two batch sizes; in worker pools (a start costs ~1 s)
     # a projection that leaves the spoiled column out, and the whole frame.
-    runs = [(c, b) for c in PROJECTIONS for b in (None, 777)] if workers == 0 else [(PROJECTIONS[0], 777), (None, None)]
+    runs = (
+        [(c, b) for c in PROJECTIONS for b in (None, 777)]
+        if workers == 0
+        else [(PROJECTIONS[0], 777), (None, None)]
+    )
     for columns, batch_size in runs:
         flow = af.Flow("projection")
         stream = flow.read_csv(str(path), schema=SCHEMA)
-        data, bad = collect_all(projected(stream, columns), stream.side_output("malformed"),
-                                workers=workers, batch_size=batch_size)
-        assert sorted(bad["line"].to_list()) == bad_lines, f"columns {columns}, batch_size {batch_size}"
+        data, bad = collect_all(
+            projected(stream, columns),
+            stream.side_output("malformed"),
+            workers=workers,
+            batch_size=batch_size,
+        )
+        assert sorted(bad["line"].to_list()) == bad_lines, (
+            f"columns {columns}, batch_size {batch_size}"
+        )
         same_rows(data, expected.select(columns or SCHEMA.names()))
 
 
-def test_csv_unread_column_of_the_wrong_type_makes_the_row_malformed(tmp_path: Path, read_all) -> None:
+def test_csv_unread_column_of_the_wrong_type_makes_the_row_malformed(
+    tmp_path: Path, read_all
+) -> None:
     from arrowflow.io.files import FileSource
 
     path = tmp_path / "x.csv"
@@ -89,23 +105,37 @@ def test_csv_unread_column_of_the_wrong_type_makes_the_row_malformed(tmp_path: P
     source = FileSource("csv", str(path), schema={"a": pl.Int64, "s": pl.String, "f": pl.Float64})
     for reader in (source, source.with_columns_pruned(["a"]), source.with_columns_pruned(["s"])):
         data, bad = read_all(reader)
-        assert data.to_dicts() == [{c: v for c, v in {"a": 2, "s": "y", "f": 3.5}.items() if c in data.columns}]
+        assert data.to_dicts() == [
+            {c: v for c, v in {"a": 2, "s": "y", "f": 3.5}.items() if c in data.columns}
+        ]
         assert bad is not None and bad.select("line", "reason").to_dicts() == [
-            {"line": 2, "reason": "column 'f': cannot parse 'oops' as Float64"}]
+            {"line": 2, "reason": "column 'f': cannot parse 'oops' as Float64"}
+        ]
 
 
 def test_ndjson_malformed_rows_do_not_depend_on_projection(tmp_path: Path, read_all) -> None:
     from arrowflow.io.files import FileSource
 
     path = tmp_path / "x.ndjson"
-    path.write_bytes(b'{"a": 1, "s": "x", "f": "oops"}\n{"a": 2, "s": "y", "f": 3.5}\n{"a": "no", "s": "z"}\n')
-    source = FileSource("ndjson", str(path), schema={"a": pl.Int64, "s": pl.String, "f": pl.Float64})
-    for reader in (source, source.with_columns_pruned(["s"]), source.with_columns_pruned(["f", "s"])):
+    path.write_bytes(
+        b'{"a": 1, "s": "x", "f": "oops"}\n{"a": 2, "s": "y", "f": 3.5}\n{"a": "no", "s": "z"}\n'
+    )
+    source = FileSource(
+        "ndjson", str(path), schema={"a": pl.Int64, "s": pl.String, "f": pl.Float64}
+    )
+    for reader in (
+        source,
+        source.with_columns_pruned(["s"]),
+        source.with_columns_pruned(["f", "s"]),
+    ):
         data, bad = read_all(reader)
-        assert data.to_dicts() == [{c: v for c, v in {"a": 2, "s": "y", "f": 3.5}.items() if c in data.columns}]
+        assert data.to_dicts() == [
+            {c: v for c, v in {"a": 2, "s": "y", "f": 3.5}.items() if c in data.columns}
+        ]
         assert bad is not None and bad.sort("line").select("line", "reason").to_dicts() == [
             {"line": 1, "reason": "column 'f': cannot parse 'oops' as Float64"},
-            {"line": 3, "reason": "column 'a': cannot parse 'no' as Int64"}]
+            {"line": 3, "reason": "column 'a': cannot parse 'no' as Int64"},
+        ]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "ndjson"])
@@ -120,8 +150,11 @@ def test_string_columns_and_no_column_at_all(tmp_path: Path, fmt: str, read_all)
     else:
         path.write_text('{"s": "x", "t": "y"}\n[1]\n{"s": "w", "t": 3}\n')
     source = FileSource(fmt, str(path), schema={"s": pl.String, "t": pl.String})
-    for columns, rows in (([], [{}, {}]), (["s"], [{"s": "x"}, {"s": "w"}]),
-                          (["t", "s"], [{"t": "y", "s": "x"}, {"t": "3", "s": "w"}])):
+    for columns, rows in (
+        ([], [{}, {}]),
+        (["s"], [{"s": "x"}, {"s": "w"}]),
+        (["t", "s"], [{"t": "y", "s": "x"}, {"t": "3", "s": "w"}]),
+    ):
         data, bad = read_all(source.with_columns_pruned(columns))
         assert data.to_dicts() == rows and data.height == 2
         assert bad is not None and bad["line"].to_list() == [3 if fmt == "csv" else 2]
@@ -141,9 +174,16 @@ def test_readme_orders_side_output_alone_matches_a_sink(tmp_path: Path, workers:
     sunk = pl.read_ndjson(sorted((tmp_path / "bad").glob("*.ndjson"))).sort("line")
     assert sunk["line"].to_list() == [3, 5]
 
-    alone = af.Flow("orders").read_csv(str(path), schema=schema).side_output("malformed").collect(workers=workers)
-    assert alone.sort("line").select("line", "offset", "reason", "raw").to_dicts() == \
-        sunk.select("line", "offset", "reason", "raw").to_dicts()
+    alone = (
+        af.Flow("orders")
+        .read_csv(str(path), schema=schema)
+        .side_output("malformed")
+        .collect(workers=workers)
+    )
+    assert (
+        alone.sort("line").select("line", "offset", "reason", "raw").to_dicts()
+        == sunk.select("line", "offset", "reason", "raw").to_dicts()
+    )
 
 
 def test_side_output_alone_finds_every_malformed_row(tmp_path: Path, workers: int) -> None:
@@ -156,10 +196,16 @@ def test_side_output_alone_finds_every_malformed_row(tmp_path: Path, workers: in
     flow.run(workers=workers, batch_size=1000)
     sunk = pl.read_parquet(tmp_path / "bad" / "*.parquet")
     assert sorted(sunk["line"].to_list()) == bad_lines
-    assert sorted(pl.read_parquet(tmp_path / "out" / "*.parquet")["id"].to_list()) == \
-        sorted(polars_good(good)["id"].to_list())
+    assert sorted(pl.read_parquet(tmp_path / "out" / "*.parquet")["id"].to_list()) == sorted(
+        polars_good(good)["id"].to_list()
+    )
 
-    alone = af.Flow("alone").read_csv(str(path), schema=SCHEMA).side_output("malformed").collect(workers=workers)
+    alone = (
+        af.Flow("alone")
+        .read_csv(str(path), schema=SCHEMA)
+        .side_output("malformed")
+        .collect(workers=workers)
+    )
     assert sorted(alone["line"].to_list()) == bad_lines
 
 
@@ -177,10 +223,16 @@ def polars_reads(line: str, schema: dict) -> bool:
     return True
 
 
-def test_a_deeply_nested_line_is_malformed_and_the_job_goes_on(tmp_path: Path, workers: int) -> None:
+def test_a_deeply_nested_line_is_malformed_and_the_job_goes_on(
+    tmp_path: Path, workers: int
+) -> None:
     path = tmp_path / "deep.ndjson"
-    brackets_in_a_string = '{"a": "\\\\\\"' + "[" * 5000 + '", "n": 3}'  # escaped quotes, then brackets: text
-    path.write_text("\n".join(['{"n": 1}', deep(20_000), '{"n": 2}', brackets_in_a_string, deep(3_000)]) + "\n")
+    brackets_in_a_string = (
+        '{"a": "\\\\\\"' + "[" * 5000 + '", "n": 3}'
+    )  # escaped quotes, then brackets: text
+    path.write_text(
+        "\n".join(['{"n": 1}', deep(20_000), '{"n": 2}', brackets_in_a_string, deep(3_000)]) + "\n"
+    )
     schema = {"n": pl.Int64, "a": pl.String}
     flow = af.Flow("deep")
     stream = flow.read_ndjson(str(path), schema=schema)
@@ -188,21 +240,30 @@ def test_a_deeply_nested_line_is_malformed_and_the_job_goes_on(tmp_path: Path, w
     assert sorted(data["n"].to_list()) == [1, 2, 3]
     assert bad.sort("line").select("line", "reason").to_dicts() == [
         {"line": 2, "reason": "nesting deeper than 1024 levels (20000 found)"},
-        {"line": 5, "reason": "nesting deeper than 1024 levels (3000 found)"}]
+        {"line": 5, "reason": "nesting deeper than 1024 levels (3000 found)"},
+    ]
 
-    with pytest.raises((af.SourceError, af.WorkerError), match=r"line 2 .*nesting deeper than 1024 levels"):
-        af.Flow("raise").read_ndjson(str(path), schema=schema, on_error="raise").collect(workers=workers)
+    with pytest.raises(
+        (af.SourceError, af.WorkerError), match=r"line 2 .*nesting deeper than 1024 levels"
+    ):
+        af.Flow("raise").read_ndjson(str(path), schema=schema, on_error="raise").collect(
+            workers=workers
+        )
 
 
 @pytest.mark.parametrize("other_bad_line", [False, True], ids=["fast-path", "slow-path"])
-def test_nesting_limit_is_the_readers_whichever_path(tmp_path: Path, read_all, other_bad_line: bool) -> None:
+def test_nesting_limit_is_the_readers_whichever_path(
+    tmp_path: Path, read_all, other_bad_line: bool
+) -> None:
     """1024 levels polars reads, 1025 it refuses: the same lines are good whether the file is
     read in one call (clean file) or line by line (a bad line elsewhere)."""
     from arrowflow.io.files import FileSource
 
     schema = {"a": pl.String}
     lines = [deep(200), deep(1024), '{"a": "x"}']
-    assert all(polars_reads(line, schema) for line in lines) and not polars_reads(deep(1025), schema)
+    assert all(polars_reads(line, schema) for line in lines) and not polars_reads(
+        deep(1025), schema
+    )
     path = tmp_path / "limit.ndjson"
     path.write_text("\n".join([*lines, *(["[1]"] if other_bad_line else [])]) + "\n")
     data, bad = read_all(FileSource("ndjson", str(path), schema=schema))
@@ -212,44 +273,72 @@ def test_nesting_limit_is_the_readers_whichever_path(tmp_path: Path, read_all, o
     path.write_text("\n".join([*lines, deep(1025)]) + "\n")
     data, bad = read_all(FileSource("ndjson", str(path), schema=schema))
     assert data.equals(pl.read_ndjson("\n".join(lines).encode(), schema=schema))
-    assert bad is not None and bad["reason"].to_list() == ["nesting deeper than 1024 levels (1025 found)"]
+    assert bad is not None and bad["reason"].to_list() == [
+        "nesting deeper than 1024 levels (1025 found)"
+    ]
 
 
 BIG = "9" * 400
 
 
-@pytest.mark.parametrize(("line", "schema", "reason"), [
-    ('{"a": ' + BIG + ', "b": "x"}', {"a": pl.Int64, "b": pl.String},
-     "column 'a': the number 999999...9999 (400 digits) does not fit in Int64"),
-    ('{"b": "x", "a": -' + "1" * 50 + "}", {"a": pl.Int32, "b": pl.String},  # serde_json takes it as a float
-     "column 'a': the number -11111...1111 (50 digits) does not fit in Int32"),
-    ('{"a": ' + BIG + ', "b": "x"}', {"a": pl.Float64, "b": pl.String},
-     "column 'a': the number 999999...9999 (400 digits) is beyond what the JSON reader holds (integers of up to "
-     "128 bits, floats up to 1.8e308), so polars cannot read the line, not even as Float64; write it as a JSON "
-     "string to keep it"),
-    ('{"a": 1e400, "b": "x"}', {"a": pl.String, "b": pl.String},
-     "column 'a': the number 1e400 is beyond what the JSON reader holds (integers of up to 128 bits, floats up to "
-     "1.8e308), so polars cannot read the line, not even as String; write it as a JSON string to keep it"),
-    ('{"b": "x", "extra": ' + BIG + "}", {"a": pl.Int64, "b": pl.String},
-     "key 'extra' (not in the schema): the number 999999...9999 (400 digits) is beyond what the JSON reader "
-     "holds (integers of up to 128 bits, floats up to 1.8e308), so polars cannot read the line"),
-])
-def test_a_number_too_big_is_malformed_with_its_column_named(tmp_path: Path, read_all, line, schema, reason) -> None:
+@pytest.mark.parametrize(
+    ("line", "schema", "reason"),
+    [
+        (
+            '{"a": ' + BIG + ', "b": "x"}',
+            {"a": pl.Int64, "b": pl.String},
+            "column 'a': the number 999999...9999 (400 digits) does not fit in Int64",
+        ),
+        (
+            '{"b": "x", "a": -' + "1" * 50 + "}",
+            {"a": pl.Int32, "b": pl.String},  # serde_json takes it as a float
+            "column 'a': the number -11111...1111 (50 digits) does not fit in Int32",
+        ),
+        (
+            '{"a": ' + BIG + ', "b": "x"}',
+            {"a": pl.Float64, "b": pl.String},
+            "column 'a': the number 999999...9999 (400 digits) is beyond what the JSON reader holds (integers of up to "
+            "128 bits, floats up to 1.8e308), so polars cannot read the line, not even as Float64; write it as a JSON "
+            "string to keep it",
+        ),
+        (
+            '{"a": 1e400, "b": "x"}',
+            {"a": pl.String, "b": pl.String},
+            "column 'a': the number 1e400 is beyond what the JSON reader holds (integers of up to 128 bits, floats up to "
+            "1.8e308), so polars cannot read the line, not even as String; write it as a JSON string to keep it",
+        ),
+        (
+            '{"b": "x", "extra": ' + BIG + "}",
+            {"a": pl.Int64, "b": pl.String},
+            "key 'extra' (not in the schema): the number 999999...9999 (400 digits) is beyond what the JSON reader "
+            "holds (integers of up to 128 bits, floats up to 1.8e308), so polars cannot read the line",
+        ),
+    ],
+)
+def test_a_number_too_big_is_malformed_with_its_column_named(
+    tmp_path: Path, read_all, line, schema, reason
+) -> None:
     from arrowflow.io.files import FileSource
 
-    assert not polars_reads(line, schema)  # polars refuses the whole line, whatever the column's type
+    assert not polars_reads(
+        line, schema
+    )  # polars refuses the whole line, whatever the column's type
     path = tmp_path / "big.ndjson"
     path.write_text('{"a": 1, "b": "p"}\n' + line + '\n{"a": 2, "b": "q"}\n')
     data, bad = read_all(FileSource("ndjson", str(path), schema=schema))
     assert data.equals(pl.read_ndjson(b'{"a": 1, "b": "p"}\n{"a": 2, "b": "q"}\n', schema=schema))
-    assert bad is not None and bad.select("line", "reason").to_dicts() == [{"line": 2, "reason": reason}]
+    assert bad is not None and bad.select("line", "reason").to_dicts() == [
+        {"line": 2, "reason": reason}
+    ]
 
 
 def test_nesting_depth_ignores_brackets_in_strings() -> None:
     from arrowflow.io._ndjson import nesting_depth
 
     assert nesting_depth(b'{"a": "[[[[[[", "b": [[1]]}', 2) == 3
-    assert nesting_depth(b'{"a": "\\\\", "b": [[1]]}', 2) == 3  # an escaped backslash ends the string
+    assert (
+        nesting_depth(b'{"a": "\\\\", "b": [[1]]}', 2) == 3
+    )  # an escaped backslash ends the string
     assert nesting_depth(b'{"a": "\\"[[[[[[", "b": 1}', 2) is None  # an escaped quote does not
     assert nesting_depth(b"[" * 10 + b"]" * 10, 9) == 10
     assert nesting_depth(b"[" * 10 + b"]" * 10, 10) is None
@@ -292,10 +381,17 @@ SCHEMA_KS = {"k": pl.Int64, "s": pl.String}
 
 def spoil(folder: Path, case: str) -> dict[int, str]:
     """Spoil files 1 and 2 of a case; returns file index -> a piece of the expected reason."""
-    name = {"parquet": "p{}.parquet", "ipc": "f{}.arrow", "stream": "s{}.arrows",
-            "csv": "c{}.csv.gz", "ndjson": "j{}.ndjson.gz"}[case]
+    name = {
+        "parquet": "p{}.parquet",
+        "ipc": "f{}.arrow",
+        "stream": "s{}.arrows",
+        "csv": "c{}.csv.gz",
+        "ndjson": "j{}.ndjson.gz",
+    }[case]
     truncate(folder / name.format(1))
-    if case == "parquet":  # file 2: its footer reads, its first page header is garbage (found while reading)
+    if (
+        case == "parquet"
+    ):  # file 2: its footer reads, its first page header is garbage (found while reading)
         raw = bytearray((folder / name.format(2)).read_bytes())
         raw[10:60] = b"\xff" * 50
         (folder / name.format(2)).write_bytes(bytes(raw))
@@ -310,13 +406,17 @@ def test_corrupt_files_fail_the_job_by_default_naming_the_file(tmp_path: Path, c
     spoil(tmp_path, case)
     method, pattern = CASES[case]
     stream = getattr(af.Flow("fail"), method)(str(tmp_path / pattern), schema=SCHEMA_KS)
-    with pytest.raises((af.SourceError, af.WorkerError), match=r"cannot read '.*[/\\][a-z][12]\.") as caught:
+    with pytest.raises(
+        (af.SourceError, af.WorkerError), match=r"cannot read '.*[/\\][a-z][12]\."
+    ) as caught:
         stream.collect()
     assert "on_corrupt_file='skip'" in str(caught.value)
 
 
 @pytest.mark.parametrize("batch_size", [None, 4])
-def test_corrupt_files_are_skipped_and_reported(tmp_path: Path, batch_size, workers: int, same_rows) -> None:
+def test_corrupt_files_are_skipped_and_reported(
+    tmp_path: Path, batch_size, workers: int, same_rows
+) -> None:
     """Every format in one flow (one run per executor): the good files' rows are polars' reading
     of those files, and each spoiled file is one ``malformed`` row with its file and reason."""
     from arrowflow.sources import MALFORMED_SCHEMA
@@ -327,8 +427,12 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path: Path, batch_size, work
     for case in sorted(CASES):
         expected[case] = spoil(tmp_path, case)
         method, pattern = CASES[case]
-        schema = SCHEMA_KS if case in ("csv", "ndjson", "stream") else None  # Parquet/IPC: from the file
-        stream = getattr(flow, method)(str(tmp_path / pattern), schema=schema, on_corrupt_file="skip", name=case)
+        schema = (
+            SCHEMA_KS if case in ("csv", "ndjson", "stream") else None
+        )  # Parquet/IPC: from the file
+        stream = getattr(flow, method)(
+            str(tmp_path / pattern), schema=schema, on_corrupt_file="skip", name=case
+        )
         streams += [stream, stream.side_output("malformed")]
     results = collect_all(*streams, workers=workers, batch_size=batch_size)
     for index, case in enumerate(sorted(CASES)):
@@ -353,7 +457,9 @@ def test_a_reported_corrupt_file_is_not_reported_again_on_resume(tmp_path: Path)
         emitted = list(source.open_reader(split, None, batch_size=None).batches())
         if emitted and emitted[-1].malformed is not None:
             assert len(emitted) == 1 and emitted[0].data.height == 0
-            resumed = list(source.open_reader(split, emitted[-1].position, batch_size=None).batches())
+            resumed = list(
+                source.open_reader(split, emitted[-1].position, batch_size=None).batches()
+            )
             assert resumed == []
 
 
@@ -361,24 +467,37 @@ def test_every_file_corrupt(tmp_path: Path) -> None:
     (tmp_path / "a.parquet").write_bytes(b"nope")
     (tmp_path / "b.parquet").write_bytes(b"nope either")
     flow = af.Flow("none")
-    with pytest.raises(af.SourceError, match=r"no file of .* can be read, so there is no schema to take"):
+    with pytest.raises(
+        af.SourceError, match=r"no file of .* can be read, so there is no schema to take"
+    ):
         flow.read_parquet(str(tmp_path / "*.parquet"), on_corrupt_file="skip").collect()
-    stream = af.Flow("schema").read_parquet(str(tmp_path / "*.parquet"), schema=SCHEMA_KS, on_corrupt_file="skip")
+    stream = af.Flow("schema").read_parquet(
+        str(tmp_path / "*.parquet"), schema=SCHEMA_KS, on_corrupt_file="skip"
+    )
     data, bad = collect_all(stream, stream.side_output("malformed"))
     assert data.height == 0 and data.schema == pl.Schema(SCHEMA_KS)
-    assert sorted(bad["file"].to_list()) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    assert sorted(bad["file"].to_list()) == [
+        str(tmp_path / "a.parquet"),
+        str(tmp_path / "b.parquet"),
+    ]
 
 
 @pytest.mark.parametrize("method", ["read_parquet", "read_ipc", "read_csv", "read_ndjson"])
 def test_on_corrupt_file_is_checked_when_the_flow_is_built(tmp_path: Path, method: str) -> None:
-    with pytest.raises(af.SourceError, match=r"on_corrupt_file=\.\.\.\) must be 'fail' .* or 'skip' .* got 'skipp'"):
-        getattr(af.Flow("typo"), method)(str(tmp_path / "nothing-read-yet"), on_corrupt_file="skipp")
+    with pytest.raises(
+        af.SourceError, match=r"on_corrupt_file=\.\.\.\) must be 'fail' .* or 'skip' .* got 'skipp'"
+    ):
+        getattr(af.Flow("typo"), method)(
+            str(tmp_path / "nothing-read-yet"), on_corrupt_file="skipp"
+        )
 
 
 _TEXT = st.text(alphabet=st.sampled_from(list('[]{}"\\ab\n')), max_size=8)
-_JSON = st.recursive(st.none() | st.integers() | _TEXT,
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
-                     max_leaves=30)
+_JSON = st.recursive(
+    st.none() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
 
 
 def _depth(value: object) -> int:
@@ -400,7 +519,9 @@ def test_nesting_depth_equals_the_structures_depth(value: object, limit: int) ->
     assert nesting_depth(json.dumps(value).encode(), limit) == (depth if depth > limit else None)
 
 
-def test_corrupt_parquet_files_are_skipped_under_an_event_time_window(tmp_path: Path, workers: int) -> None:
+def test_corrupt_parquet_files_are_skipped_under_an_event_time_window(
+    tmp_path: Path, workers: int
+) -> None:
     """A Parquet file skipped as corrupt at plan time has no footer to bound its split's event
     time: the watermark's split bounds pass it over (reading its footer failed the plan), and
     the windows over the good files equal polars'."""
@@ -417,11 +538,20 @@ def test_corrupt_parquet_files_are_skipped_under_an_event_time_window(tmp_path: 
     (tmp_path / "p9.parquet").write_bytes(b"PAR1 not a parquet file")
     flow = af.Flow("corrupt-windows")
     events = flow.read_parquet(str(tmp_path / "*.parquet"), on_corrupt_file="skip")
-    windows = events.with_watermark("ts", delay="5s").key_by("k").window(af.tumbling("10m")).agg(n=pl.len())
-    got, bad, late = collect_all(windows, events.side_output("malformed"), windows.side_output("late"),
-                                 workers=workers)
+    windows = (
+        events.with_watermark("ts", delay="5s")
+        .key_by("k")
+        .window(af.tumbling("10m"))
+        .agg(n=pl.len())
+    )
+    got, bad, late = collect_all(
+        windows, events.side_output("malformed"), windows.side_output("late"), workers=workers
+    )
     assert late.height == 0  # each file is sorted by time: nothing is late within its own split
-    expected = (pl.concat(frames).group_by("k", pl.col("ts").dt.truncate("10m").alias("window_start"))
-                .agg(n=pl.len()))
+    expected = (
+        pl.concat(frames)
+        .group_by("k", pl.col("ts").dt.truncate("10m").alias("window_start"))
+        .agg(n=pl.len())
+    )
     assert_frame_equal_unordered(got.select("k", "window_start", "n"), expected, check_dtypes=False)
     assert bad["file"].to_list() == [str(tmp_path / "p9.parquet")]

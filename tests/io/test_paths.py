@@ -19,8 +19,13 @@ FRAME = pl.DataFrame({"k": list(range(6)), "s": list("abcdef")})
 def tree(tmp_path: Path) -> Path:
     """data/{a.parquet, b.parquet, sub/c.parquet, notes.txt, _SUCCESS, .staging/d.parquet, _tmp/e.parquet}"""
     root = tmp_path / "data"
-    for rel, part in [("a.parquet", 0), ("b.parquet", 1), ("sub/c.parquet", 2), (".staging/d.parquet", 3),
-                      ("_tmp/e.parquet", 4)]:
+    for rel, part in [
+        ("a.parquet", 0),
+        ("b.parquet", 1),
+        ("sub/c.parquet", 2),
+        (".staging/d.parquet", 3),
+        ("_tmp/e.parquet", 4),
+    ]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         FRAME.slice(part, 1).write_parquet(root / rel)
     (root / "notes.txt").write_text("not data")
@@ -40,7 +45,11 @@ def test_directory_is_every_visible_file_with_the_format_suffix(tree: Path) -> N
 
 def test_glob_skips_hidden_folders_below_its_root(tree: Path) -> None:
     assert names(resolve_files(str(tree / "*.parquet"), None), tree) == ["a.parquet", "b.parquet"]
-    assert names(resolve_files(str(tree / "**" / "*.parquet"), None), tree) == ["a.parquet", "b.parquet", "sub/c.parquet"]
+    assert names(resolve_files(str(tree / "**" / "*.parquet"), None), tree) == [
+        "a.parquet",
+        "b.parquet",
+        "sub/c.parquet",
+    ]
 
 
 def test_hidden_folders_above_the_given_path_do_not_hide_it(tmp_path: Path) -> None:
@@ -54,7 +63,11 @@ def test_hidden_folders_above_the_given_path_do_not_hide_it(tmp_path: Path) -> N
 def test_lists_relative_paths_and_file_urls(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tree)
     found = resolve_files(["b.parquet", "*.parquet", f"file://{tree}/sub/c.parquet"], None)
-    assert names(found, tree) == ["b.parquet", "a.parquet", "sub/c.parquet"]  # each file once, in order
+    assert names(found, tree) == [
+        "b.parquet",
+        "a.parquet",
+        "sub/c.parquet",
+    ]  # each file once, in order
 
 
 def test_is_hidden() -> None:
@@ -83,5 +96,9 @@ def test_memory_urls(same_rows) -> None:
 
 
 def test_os_pathlike(tree: Path, same_rows) -> None:
-    got = af.Flow("pathlike").read_parquet([tree / "a.parquet", os.fspath(tree / "b.parquet")]).collect()
+    got = (
+        af.Flow("pathlike")
+        .read_parquet([tree / "a.parquet", os.fspath(tree / "b.parquet")])
+        .collect()
+    )
     same_rows(got, FRAME.slice(0, 2))

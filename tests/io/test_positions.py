@@ -18,15 +18,21 @@ SCHEMA = pl.Schema({"a": pl.Int64, "s": pl.String})
 EMPTY_BAD = pl.DataFrame(schema=MALFORMED_SCHEMA)
 
 
-def batches(source: Source, split: Split, position: int | None, batch_size: int | None) -> list[tuple[int, pl.DataFrame, pl.DataFrame]]:
+def batches(
+    source: Source, split: Split, position: int | None, batch_size: int | None
+) -> list[tuple[int, pl.DataFrame, pl.DataFrame]]:
     out = []
     for batch in source.open_reader(split, position, batch_size=batch_size).batches():
         data = batch.data if batch.data is not None else pl.DataFrame(schema=source.schema())
-        out.append((batch.position, data, batch.malformed if batch.malformed is not None else EMPTY_BAD))
+        out.append(
+            (batch.position, data, batch.malformed if batch.malformed is not None else EMPTY_BAD)
+        )
     return out
 
 
-def joined(items: list[tuple[int, pl.DataFrame, pl.DataFrame]], schema: pl.Schema) -> tuple[pl.DataFrame, pl.DataFrame]:
+def joined(
+    items: list[tuple[int, pl.DataFrame, pl.DataFrame]], schema: pl.Schema
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     data = pl.concat([d for _, d, _ in items]) if items else pl.DataFrame(schema=schema)
     bad = pl.concat([b for _, _, b in items]) if items else EMPTY_BAD
     return data, bad
@@ -48,7 +54,7 @@ def check_every_restart_point(source: Source, batch_size: int | None) -> None:
             assert [p for p, _, _ in again] == positions[k:]
 
 
-CSV = b"a,s\n1,x\n2\n3,y\nzz,q\n\n4,\"a\nb\"\n5,z\n6,w,1\n7,v\n"
+CSV = b'a,s\n1,x\n2\n3,y\nzz,q\n\n4,"a\nb"\n5,z\n6,w,1\n7,v\n'
 NDJSON = b'{"a":1,"s":"x"}\n{"a":\n{"a":3}\n\n[4]\n{"a":5,"s":"z"}\n{"a":"6"}\n{"a":7}\n'
 
 
@@ -90,7 +96,9 @@ def test_columnar_restart_points(tmp_path: Path, batch_size: int | None) -> None
         check_every_restart_point(source.with_columns_pruned(["s"]), batch_size)
 
 
-def test_parquet_splits_cover_row_groups_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_all, same_rows) -> None:
+def test_parquet_splits_cover_row_groups_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_all, same_rows
+) -> None:
     import arrowflow.io.files as files
 
     frame = pl.DataFrame({"a": list(range(100))})
@@ -98,7 +106,13 @@ def test_parquet_splits_cover_row_groups_once(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(files, "ROWS_PER_SPLIT", 20)
     source = FileSource("parquet", str(tmp_path / "x.parquet"))
     splits = source.discover_splits()
-    assert [s.info["row_groups"] for s in splits] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13, 14]]
+    assert [s.info["row_groups"] for s in splits] == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6, 7, 8],
+        [9, 10, 11],
+        [12, 13, 14],
+    ]
     assert [s.info["start"] for s in splits] == [0, 21, 42, 63, 84]
     assert len({s.split_id for s in splits}) == len(splits)
     data, _ = read_all(source, batch_size=6)
@@ -106,10 +120,21 @@ def test_parquet_splits_cover_row_groups_once(tmp_path: Path, monkeypatch: pytes
     check_every_restart_point(source, 6)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.sampled_from(["1,x", "2", "zz,y", "", "3,\"q\nr\"", "4,,", "5,s"]), max_size=30),
-       batch_size=st.none() | st.integers(1, 6), crash_after=st.integers(0, 30))
-def test_crash_and_resume_emits_each_record_once(tmp_path_factory, lines, batch_size, crash_after) -> None:
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    lines=st.lists(
+        st.sampled_from(["1,x", "2", "zz,y", "", '3,"q\nr"', "4,,", "5,s"]), max_size=30
+    ),
+    batch_size=st.none() | st.integers(1, 6),
+    crash_after=st.integers(0, 30),
+)
+def test_crash_and_resume_emits_each_record_once(
+    tmp_path_factory, lines, batch_size, crash_after
+) -> None:
     path = tmp_path_factory.mktemp("resume") / "x.csv"
     path.write_bytes(("a,s\n" + "\n".join(lines) + "\n").encode())
     source = FileSource("csv", str(path), schema=SCHEMA)
@@ -122,6 +147,6 @@ def test_crash_and_resume_emits_each_record_once(tmp_path_factory, lines, batch_
     all_data, all_bad = joined(whole, SCHEMA)
     assert_frame_equal(data, all_data)
     assert_frame_equal(bad, all_bad)
-    good_lines = [line for line in lines if line in ("1,x", "3,\"q\nr\"", "5,s")]
+    good_lines = [line for line in lines if line in ("1,x", '3,"q\nr"', "5,s")]
     assert data.height == len(good_lines)
     assert bad.height == sum(line in ("2", "zz,y", "4,,") for line in lines)

@@ -19,8 +19,19 @@ from arrowflow.errors import CheckpointError
 
 
 def _manifest(checkpoint_id: int) -> Manifest:
-    return Manifest(id=checkpoint_id, time=0.0, flow="f", fingerprint="x", operators={}, parallelism=1,
-                    max_parallelism=128, sources={}, state=[], sinks={}, files=[])
+    return Manifest(
+        id=checkpoint_id,
+        time=0.0,
+        flow="f",
+        fingerprint="x",
+        operators={},
+        parallelism=1,
+        max_parallelism=128,
+        sources={},
+        state=[],
+        sinks={},
+        files=[],
+    )
 
 
 def test_manifest_create_if_absent_on_s3(s3: tuple[Any, str, dict[str, Any]]) -> None:
@@ -38,17 +49,29 @@ def test_manifest_create_if_absent_on_s3(s3: tuple[Any, str, dict[str, Any]]) ->
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_job_checkpoints_to_s3_and_its_output_is_exact(s3: tuple[Any, str, dict[str, Any]], workers: int) -> None:
+def test_a_job_checkpoints_to_s3_and_its_output_is_exact(
+    s3: tuple[Any, str, dict[str, Any]], workers: int
+) -> None:
     fs, url, options = s3
     rng = np.random.default_rng(5)
     df = pl.DataFrame({"user": rng.integers(0, 300, 20_000), "amount": rng.random(20_000)})
     flow = af.Flow("s3job")
-    totals = flow.from_polars(df, splits=8).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    totals = (
+        flow.from_polars(df, splits=8).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    )
     totals.write_parquet(f"{url}/out", storage_options=options)
-    result = flow.run(workers=workers, state="arrow", checkpoint_dir=f"{url}/ck", storage_options=options,
-                      checkpoint_every=af.every_rows(2_000), batch_size=1_000)
+    result = flow.run(
+        workers=workers,
+        state="arrow",
+        checkpoint_dir=f"{url}/ck",
+        storage_options=options,
+        checkpoint_every=af.every_rows(2_000),
+        batch_size=1_000,
+    )
     assert len(result.checkpoints) >= 2
-    files = sorted(p for p in fs.find(f"{url}/out".removeprefix("s3://")) if "/." not in p and "/_" not in p)
+    files = sorted(
+        p for p in fs.find(f"{url}/out".removeprefix("s3://")) if "/." not in p and "/_" not in p
+    )
     updates = pl.concat([pl.read_parquet(fs.open(p, "rb").read()) for p in files])
     latest = updates.with_row_index("_i").group_by("user").last().drop("_i").sort("user")
     expected = df.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum()).sort("user")

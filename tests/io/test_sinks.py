@@ -18,17 +18,28 @@ FRAME = pl.DataFrame({"k": list(range(10)), "s": [f"row {i}" for i in range(10)]
 
 
 def visible(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and not is_hidden(str(p), str(folder)))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and not is_hidden(str(p), str(folder))
+    )
 
 
 def staged(folder: Path) -> list[str]:
-    return sorted(p.name for p in (folder / ".staging").iterdir()) if (folder / ".staging").exists() else []
+    return (
+        sorted(p.name for p in (folder / ".staging").iterdir())
+        if (folder / ".staging").exists()
+        else []
+    )
 
 
 def read_committed(folder: Path) -> pl.DataFrame:
     files = sorted(folder.glob("*.parquet"))
-    return pl.concat([pl.read_parquet(p) for p in files]) if files else pl.DataFrame(schema=FRAME.schema)
+    return (
+        pl.concat([pl.read_parquet(p) for p in files])
+        if files
+        else pl.DataFrame(schema=FRAME.schema)
+    )
 
 
 def test_nothing_is_visible_before_commit(tmp_path: Path, same_rows) -> None:
@@ -76,17 +87,23 @@ def test_commit_of_a_vanished_file_fails_clearly(tmp_path: Path) -> None:
     writer.write(FRAME)
     names = writer.prepare_commit(1)
     (out / ".staging" / names[0]).unlink()
-    with pytest.raises(SinkError, match=r"staged file .* of checkpoint 1 is missing and was never committed"):
+    with pytest.raises(
+        SinkError, match=r"staged file .* of checkpoint 1 is missing and was never committed"
+    ):
         sink.commit(1, [names])
 
 
-def test_restore_recommits_then_drops_staging_of_later_checkpoints(tmp_path: Path, same_rows) -> None:
+def test_restore_recommits_then_drops_staging_of_later_checkpoints(
+    tmp_path: Path, same_rows
+) -> None:
     out = tmp_path / "out"
     sink = FileSink("parquet", str(out))
     sink.begin()
     writer = sink.open_writer(0, 1, "w")
     per_checkpoint = {}
-    for checkpoint, part in enumerate([FRAME.slice(0, 3), FRAME.slice(3, 3), FRAME.slice(6, 4)], start=1):
+    for checkpoint, part in enumerate(
+        [FRAME.slice(0, 3), FRAME.slice(3, 3), FRAME.slice(6, 4)], start=1
+    ):
         writer.write(part)
         per_checkpoint[checkpoint] = writer.prepare_commit(checkpoint)
     sink.commit(1, [per_checkpoint[1]])
@@ -129,7 +146,9 @@ def test_mode_overwrite_replaces_only_part_files(tmp_path: Path, same_rows) -> N
     assert len(old_parts) == 4
     (out / "_SUCCESS").write_bytes(b"")
     (out / ".staging").mkdir(exist_ok=True)
-    (out / ".staging" / "part-00000009-0000-00000-deadbeef.parquet").write_bytes(b"left by a dead run")
+    (out / ".staging" / "part-00000009-0000-00000-deadbeef.parquet").write_bytes(
+        b"left by a dead run"
+    )
     # Part files of another file sink format are of the family too.
     (out / "part-00000003-0001-00000-0123abcd.csv").write_text("k\n1\n")
     flow = af.Flow("over")
@@ -155,14 +174,19 @@ def test_mode_overwrite_refuses_a_folder_holding_other_files(tmp_path: Path) -> 
     (out / "sub" / "part-00000001-0000-00000-deadbeef.parquet").write_bytes(b"not at the top")
     flow = af.Flow("over")
     flow.from_polars(FRAME.slice(3)).write_parquet(str(out))  # mode="overwrite" by default
-    with pytest.raises(SinkError, match=r"holds 3 files that no arrowflow file sink wrote .*'notes\.txt'.*"
-                                        r"'old\.parquet'.*mode='append'") as caught:
+    with pytest.raises(
+        SinkError,
+        match=r"holds 3 files that no arrowflow file sink wrote .*'notes\.txt'.*"
+        r"'old\.parquet'.*mode='append'",
+    ) as caught:
         flow.run(workers=0)
     assert "sub/part-00000001" in str(caught.value)
     # Nothing was deleted or written: the user's files, and the earlier part files, are all there.
     assert (out / "notes.txt").read_text() == "my notes"
     assert pl.read_parquet(out / "old.parquet").equals(old)
-    assert visible(out) == sorted([*mine, "notes.txt", "old.parquet", "sub/part-00000001-0000-00000-deadbeef.parquet"])
+    assert visible(out) == sorted(
+        [*mine, "notes.txt", "old.parquet", "sub/part-00000001-0000-00000-deadbeef.parquet"]
+    )
 
 
 def test_mode_append_keeps_and_adds(tmp_path: Path, same_rows) -> None:
@@ -195,7 +219,9 @@ def test_a_file_where_the_directory_should_be(tmp_path: Path) -> None:
 def test_every_worker_writes_its_own_parts(tmp_path: Path, workers: int, same_rows) -> None:
     out = tmp_path / "out"
     flow = af.Flow("parts")
-    flow.from_polars(FRAME, splits=4).filter(pl.col("k") >= 0).write_parquet(str(out), rows_per_file=2)
+    flow.from_polars(FRAME, splits=4).filter(pl.col("k") >= 0).write_parquet(
+        str(out), rows_per_file=2
+    )
     flow.run(workers=workers, batch_size=3)
     names = visible(out)
     assert len(names) == len(set(names)) >= 5
@@ -215,11 +241,18 @@ def test_memory_filesystem_round_trip(same_rows) -> None:
     same_rows(af.Flow("back").read_ipc("memory://af-sinks/out").collect(), FRAME)
 
 
-@pytest.mark.parametrize(("compression", "codec"), [
-    (None, "ZSTD"), ("lz4", "LZ4"), ("snappy", "SNAPPY"), ("uncompressed", "UNCOMPRESSED"),
-])
+@pytest.mark.parametrize(
+    ("compression", "codec"),
+    [
+        (None, "ZSTD"),
+        ("lz4", "LZ4"),
+        ("snappy", "SNAPPY"),
+        ("uncompressed", "UNCOMPRESSED"),
+    ],
+)
 def test_parquet_parts_are_written_with_the_compression_asked_for(
-        tmp_path: Path, workers: int, same_rows, compression: str | None, codec: str) -> None:
+    tmp_path: Path, workers: int, same_rows, compression: str | None, codec: str
+) -> None:
     import pyarrow.parquet
 
     out = tmp_path / "out"
@@ -231,12 +264,17 @@ def test_parquet_parts_are_written_with_the_compression_asked_for(
     assert files
     for path in files:
         meta = pyarrow.parquet.ParquetFile(path).metadata
-        assert {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
-                for c in range(meta.num_columns)} == {codec}
+        assert {
+            meta.row_group(g).column(c).compression
+            for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)
+        } == {codec}
     same_rows(read_committed(out), FRAME)
 
 
-def test_ipc_parts_compressed_with_zstd_are_smaller_and_read_back(tmp_path: Path, same_rows) -> None:
+def test_ipc_parts_compressed_with_zstd_are_smaller_and_read_back(
+    tmp_path: Path, same_rows
+) -> None:
     repetitive = pl.DataFrame({"k": [1] * 50_000, "s": ["the same text"] * 50_000})
     sizes = {}
     for compression in ("uncompressed", "zstd"):
@@ -255,10 +293,18 @@ def test_unknown_compression_is_refused_when_the_flow_is_built(tmp_path: Path) -
         flow.from_polars(FRAME).write_parquet(str(tmp_path / "a"), compression="zip")
     with pytest.raises(SinkError, match="compression_level"):
         flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression_level="high")  # type: ignore[arg-type]
-    with pytest.raises(SinkError, match=r"zstd 1-22.*got 30"):  # polars would refuse it only when writing
+    with pytest.raises(
+        SinkError, match=r"zstd 1-22.*got 30"
+    ):  # polars would refuse it only when writing
         flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression_level=30)
-    with pytest.raises(SinkError, match="compression='snappy'"):  # a level snappy would silently ignore
-        flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression="snappy", compression_level=3)
-    flow.from_polars(FRAME).write_parquet(str(tmp_path / "b"), compression="gzip", compression_level=9)
+    with pytest.raises(
+        SinkError, match="compression='snappy'"
+    ):  # a level snappy would silently ignore
+        flow.from_polars(FRAME).write_parquet(
+            str(tmp_path / "b"), compression="snappy", compression_level=3
+        )
+    flow.from_polars(FRAME).write_parquet(
+        str(tmp_path / "b"), compression="gzip", compression_level=9
+    )
     with pytest.raises(SinkError, match="must be one of"):
         flow.from_polars(FRAME).write_ipc(str(tmp_path / "c"), compression="snappy")

@@ -27,8 +27,11 @@ def small_disk(tmp_path: Path) -> Path:
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount
@@ -43,8 +46,9 @@ def events(tmp_path: Path) -> Path:
     folder.mkdir()
     for part in range(4):
         n = 100_000
-        pl.DataFrame({"id": rng.permutation(n) + part * n, "x": rng.random(n), "y": rng.normal(size=n)}).write_parquet(
-            folder / f"part-{part}.parquet", row_group_size=25_000)
+        pl.DataFrame(
+            {"id": rng.permutation(n) + part * n, "x": rng.random(n), "y": rng.normal(size=n)}
+        ).write_parquet(folder / f"part-{part}.parquet", row_group_size=25_000)
     return folder
 
 
@@ -67,7 +71,9 @@ def flow_to(events: Path, out: Path, fmt: str, *, slow: bool = False) -> af.Flow
 
 
 @pytest.mark.parametrize(("fmt", "workers"), [("parquet", 0), ("parquet", 2), ("csv", 0)])
-def test_a_full_disk_leaves_no_staged_files(small_disk: Path, events: Path, workers: int, fmt: str) -> None:
+def test_a_full_disk_leaves_no_staged_files(
+    small_disk: Path, events: Path, workers: int, fmt: str
+) -> None:
     out = small_disk / "out"
     with pytest.raises((SinkError, WorkerError), match="No space left on device"):
         flow_to(events, out, fmt).run(workers=workers, batch_size=10_000)
@@ -75,9 +81,9 @@ def test_a_full_disk_leaves_no_staged_files(small_disk: Path, events: Path, work
     assert used_bytes(small_disk) == 0  # nothing was committed: no checkpoint completed
 
 
-def test_a_full_disk_with_checkpoints_keeps_what_they_committed_only(small_disk: Path, events: Path,
-                                                                     tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_with_checkpoints_keeps_what_they_committed_only(
+    small_disk: Path, events: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The full disk is the fault this test injects, and the restarts after it are what it
     # checks: allow them (the suite's policy fails any restart).
     monkeypatch.setenv("ARROWFLOW_RESTARTS", "allow")
@@ -87,8 +93,12 @@ def test_a_full_disk_with_checkpoints_keeps_what_they_committed_only(small_disk:
         warnings.simplefilter("ignore")  # the restarts' warnings
         with pytest.raises(WorkerError, match="No space left on device") as caught:
             flow_to(events, out, "parquet", slow=True).run(
-                workers=2, batch_size=5_000, checkpoint_dir=str(checkpoints), checkpoint_every="50ms",
-                keep_checkpoints=1_000)
+                workers=2,
+                batch_size=5_000,
+                checkpoint_dir=str(checkpoints),
+                checkpoint_every="50ms",
+                keep_checkpoints=1_000,
+            )
     assert "gave up after 3 restarts" in str(caught.value)
     assert sorted(p.name for p in (out / ".staging").iterdir()) == []
     listed = set()

@@ -22,8 +22,11 @@ import pytest
 import arrowflow as af
 
 SCHEMA = {"id": pl.Int64, "user": pl.Int64, "amount": pl.Float64}
-BAD = {250: b'{"id": 250, "user": "guest", "amount": 1}', 600: b'{"id": 600, "user": 1, "amount"',
-       900: b"[1, 2, 3]"}
+BAD = {
+    250: b'{"id": 250, "user": "guest", "amount": 1}',
+    600: b'{"id": 600, "user": 1, "amount"',
+    900: b"[1, 2, 3]",
+}
 
 WRITER = textwrap.dedent("""
     import json, os, sys, time
@@ -54,7 +57,9 @@ WRITER = textwrap.dedent("""
 def start_writer(tmp: Path, total: int, rotate_at: int) -> subprocess.Popen:
     script = tmp / "writer.py"
     script.write_text(WRITER)
-    return subprocess.Popen([sys.executable, str(script), str(tmp / "app.jsonl"), str(total), str(rotate_at)])
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp / "app.jsonl"), str(total), str(rotate_at)]
+    )
 
 
 def tail_flow(tmp: Path) -> af.Flow:
@@ -96,7 +101,9 @@ def check(tmp: Path, total: int, rotate_at: int) -> None:
 def test_tail_follows_appends_partial_lines_and_a_rotation(tmp_path: Path, workers: int) -> None:
     total, rotate_at = 1_200, 700
     flow = tail_flow(tmp_path)
-    job = flow.start(workers=workers, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="300ms", restore=None)
+    job = flow.start(
+        workers=workers, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="300ms", restore=None
+    )
     writer = start_writer(tmp_path, total, rotate_at)
     try:
         wait_for(lambda: caught_up(tmp_path, rotate_at))
@@ -112,7 +119,8 @@ def test_tail_follows_appends_partial_lines_and_a_rotation(tmp_path: Path, worke
 def test_kill_9_while_tailing_then_restore(tmp_path: Path) -> None:
     total, rotate_at = 1_500, 1_000
     job_script = tmp_path / "job.py"
-    job_script.write_text(textwrap.dedent(f"""
+    job_script.write_text(
+        textwrap.dedent(f"""
         import time, polars as pl, arrowflow as af
         flow = af.Flow("tailing")
         lines = flow.tail({str(tmp_path / "app.jsonl")!r}, format="ndjson",
@@ -122,7 +130,8 @@ def test_kill_9_while_tailing_then_restore(tmp_path: Path) -> None:
         job = flow.start(workers=0, checkpoint_dir={str(tmp_path / "ck")!r}, checkpoint_every="100ms", restore=None)
         print("STARTED", flush=True)
         job.wait()
-    """))
+    """)
+    )
     writer = start_writer(tmp_path, total, rotate_at)
     victim = subprocess.Popen([sys.executable, str(job_script)], stdout=subprocess.PIPE, text=True)
     assert victim.stdout is not None and victim.stdout.readline().strip() == "STARTED"
@@ -154,7 +163,9 @@ def caught_up(tmp: Path, lines: int) -> bool:
     except FileNotFoundError:
         return False  # between the rename and the new file
     positions = manifest.sources["tail"]["positions"]
-    return max((p["line"] for p in positions.values() if p.get("inode") == inode), default=-1) >= lines
+    return (
+        max((p["line"] for p in positions.values() if p.get("inode") == inode), default=-1) >= lines
+    )
 
 
 def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -> None:
@@ -162,8 +173,13 @@ def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -
     inbox.mkdir()
 
     def land(number: int) -> pl.DataFrame:
-        frame = pl.DataFrame({"id": list(range(number * 100, number * 100 + 100)), "user": [number] * 100,
-                              "amount": [1.5] * 100})
+        frame = pl.DataFrame(
+            {
+                "id": list(range(number * 100, number * 100 + 100)),
+                "user": [number] * 100,
+                "amount": [1.5] * 100,
+            }
+        )
         staging = inbox / f".part-{number}.parquet.tmp"
         frame.write_parquet(staging)
         os.rename(staging, inbox / f"part-{number}.parquet")  # lands complete
@@ -171,8 +187,9 @@ def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -
 
     def flow() -> af.Flow:
         f = af.Flow("watching")
-        f.watch(str(inbox / "*.parquet"), format="parquet", schema=SCHEMA, poll_interval="100ms").write_parquet(
-            str(tmp_path / "rows"))
+        f.watch(
+            str(inbox / "*.parquet"), format="parquet", schema=SCHEMA, poll_interval="100ms"
+        ).write_parquet(str(tmp_path / "rows"))
         return f
 
     land(0)
@@ -200,8 +217,13 @@ def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) 
     base = 1_700_000_000.0
 
     def land(number: int, hour: float) -> None:
-        frame = pl.DataFrame({"id": list(range(number * 10, number * 10 + 10)), "user": [number] * 10,
-                              "amount": [0.5] * 10})
+        frame = pl.DataFrame(
+            {
+                "id": list(range(number * 10, number * 10 + 10)),
+                "user": [number] * 10,
+                "amount": [0.5] * 10,
+            }
+        )
         staging = inbox / f".part-{number}.tmp"
         frame.write_parquet(staging)
         os.utime(staging, (base + hour * 3600, base + hour * 3600))
@@ -209,8 +231,13 @@ def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) 
 
     def flow() -> af.Flow:
         f = af.Flow("watching-aged")
-        f.watch(str(inbox / "*.parquet"), format="parquet", schema=SCHEMA, poll_interval="50ms",
-                max_file_age="3h").write_parquet(str(tmp_path / "rows"))
+        f.watch(
+            str(inbox / "*.parquet"),
+            format="parquet",
+            schema=SCHEMA,
+            poll_interval="50ms",
+            max_file_age="3h",
+        ).write_parquet(str(tmp_path / "rows"))
         return f
 
     def finished() -> list[str]:
@@ -220,14 +247,18 @@ def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) 
 
     for number in range(10):
         land(number, hour=number)  # hours 0..9: a fresh start reads them all (as Spark)
-    job = flow().start(workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="100ms", restore=None)
+    job = flow().start(
+        workers=0, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="100ms", restore=None
+    )
     wait_for(lambda: job.progress["rows_in"] >= 100)
     time.sleep(0.5)  # more polls: the finished files older than 9 h - 3 h are forgotten
     job.checkpoint()
     assert finished() == [f"part-{n:02d}.parquet" for n in (6, 7, 8, 9)]
     land(10, hour=2)  # lands late with a time older than the cutoff: skipped
     land(11, hour=20)  # newer than the cutoff: read; then everything before hour 17 is forgotten
-    land(13, hour=30)  # lands in the same poll, 10 h later still: read too (cutoff of before the poll)
+    land(
+        13, hour=30
+    )  # lands in the same poll, 10 h later still: read too (cutoff of before the poll)
     wait_for(lambda: job.progress["rows_in"] >= 120)
     time.sleep(0.5)
     job.checkpoint()
@@ -242,7 +273,9 @@ def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) 
     assert result.rows_in == 10  # neither the old files still in the folder nor part-10
     assert finished() == ["part-12.parquet", "part-13.parquet"]
     rows = committed(tmp_path / "rows").sort("id")
-    assert rows["id"].to_list() == [i for n in (*range(10), 11, 12, 13) for i in range(n * 10, n * 10 + 10)]
+    assert rows["id"].to_list() == [
+        i for n in (*range(10), 11, 12, 13) for i in range(n * 10, n * 10 + 10)
+    ]
 
 
 # ---------------------------------------------------------------------- windows over a tailed file
@@ -317,7 +350,8 @@ def test_tailed_windows_late_and_malformed_rows_survive_a_kill_9(tmp_path: Path)
     finally:
         sys.path.remove(str(tmp_path))
     job_script = tmp_path / "job.py"
-    job_script.write_text(textwrap.dedent(f"""
+    job_script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         from windowflow import window_flow
@@ -325,17 +359,32 @@ def test_tailed_windows_late_and_malformed_rows_survive_a_kill_9(tmp_path: Path)
                                                     checkpoint_every="100ms", restore=None)
         print("STARTED", flush=True)
         job.wait()
-    """))
+    """)
+    )
     (tmp_path / "writer.py").write_text(WINDOW_WRITER)
     log = str(tmp_path / "app.jsonl")
-    writer = subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), log, str(total), str(rotate_at),
-                               json.dumps({str(k): v for k, v in late.items()})])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "writer.py"),
+            log,
+            str(total),
+            str(rotate_at),
+            json.dumps({str(k): v for k, v in late.items()}),
+        ]
+    )
     start = datetime(2026, 1, 1)
 
     def window_committed(user: int, seconds: int) -> bool:
         windows = committed(tmp_path / "windows")
-        return windows.height > 0 and windows.filter(
-            (pl.col("user") == user) & (pl.col("window_start") == start + timedelta(seconds=seconds))).height == 1
+        return (
+            windows.height > 0
+            and windows.filter(
+                (pl.col("user") == user)
+                & (pl.col("window_start") == start + timedelta(seconds=seconds))
+            ).height
+            == 1
+        )
 
     victim = subprocess.Popen([sys.executable, str(job_script)], stdout=subprocess.PIPE, text=True)
     try:
@@ -348,7 +397,9 @@ def test_tailed_windows_late_and_malformed_rows_survive_a_kill_9(tmp_path: Path)
         victim.kill()  # SIGKILL
         victim.wait(30)
 
-    job = window_flow(tmp_path).start(workers=2, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="200ms")
+    job = window_flow(tmp_path).start(
+        workers=2, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every="200ms"
+    )
     try:
         wait_for(lambda: caught_up(tmp_path, rotate_at))
         Path(log + ".rotate").touch()
@@ -362,30 +413,49 @@ def test_tailed_windows_late_and_malformed_rows_survive_a_kill_9(tmp_path: Path)
     assert result.restored_from is not None
 
     # The reference, from what the writer wrote.
-    events = pl.DataFrame({"i": range(total)}).filter(~pl.col("i").is_in(list(WINDOW_BAD))).with_columns(
-        ts=pl.lit(start) + pl.duration(seconds=pl.col("i").replace_strict(late, default=pl.col("i"))),
-        user=pl.col("i") % 5, amount=pl.col("i") / 4)
+    events = (
+        pl.DataFrame({"i": range(total)})
+        .filter(~pl.col("i").is_in(list(WINDOW_BAD)))
+        .with_columns(
+            ts=pl.lit(start)
+            + pl.duration(seconds=pl.col("i").replace_strict(late, default=pl.col("i"))),
+            user=pl.col("i") % 5,
+            amount=pl.col("i") / 4,
+        )
+    )
     on_time = events.filter(~pl.col("i").is_in(list(late)))
     last_watermark = start + timedelta(seconds=total - 1 - 5)
-    expected = (on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
-                .group_by("user", "window_start").agg(n=pl.len(), total=pl.col("amount").sum())
-                .filter(pl.col("window_start") + pl.duration(seconds=60) <= last_watermark))
+    expected = (
+        on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+        .group_by("user", "window_start")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+        .filter(pl.col("window_start") + pl.duration(seconds=60) <= last_watermark)
+    )
     windows = committed(tmp_path / "windows")
-    assert windows.select("user", "window_start").is_duplicated().sum() == 0, "a window was committed twice"
+    assert windows.select("user", "window_start").is_duplicated().sum() == 0, (
+        "a window was committed twice"
+    )
     got = windows.select("user", "window_start", "n", "total").sort("user", "window_start")
     want = expected.sort("user", "window_start")
-    assert got.select("user", "window_start", "n").equals(want.select("user", "window_start", "n").cast(
-        got.select("user", "window_start", "n").schema))
+    assert got.select("user", "window_start", "n").equals(
+        want.select("user", "window_start", "n").cast(
+            got.select("user", "window_start", "n").schema
+        )
+    )
     assert (got["total"] - want["total"]).abs().max() < 1e-9
     late_rows = committed(tmp_path / "late").sort("ts")
     assert late_rows["amount"].to_list() == [400 / 4, 1200 / 4]
     assert late_rows["window_start"].to_list() == [start, start + timedelta(seconds=300)]
     bad = committed(tmp_path / "bad", "ndjson").sort("line")
-    assert bad["line"].to_list() == sorted(i + 1 if i < rotate_at else i - rotate_at + 1 for i in WINDOW_BAD)
+    assert bad["line"].to_list() == sorted(
+        i + 1 if i < rotate_at else i - rotate_at + 1 for i in WINDOW_BAD
+    )
 
 
 @pytest.mark.parametrize("workers", [2, 4])
-def test_watched_file_closes_its_windows_when_every_reader_goes_idle(tmp_path: Path, workers: int) -> None:
+def test_watched_file_closes_its_windows_when_every_reader_goes_idle(
+    tmp_path: Path, workers: int
+) -> None:
     """One file lands; the reader that reads it goes idle right after (its split ended), as
     do the others (no split at all). The windows its rows closed must still fire: with every
     input idle, an operator advances to the highest watermark its inputs reached (as Flink)."""
@@ -394,8 +464,15 @@ def test_watched_file_closes_its_windows_when_every_reader_goes_idle(tmp_path: P
     inbox = tmp_path / "in"
     inbox.mkdir()
     flow = af.Flow("idle-readers")
-    lines = flow.watch(str(inbox), schema={"ts": pl.Datetime("us"), "host": pl.String}, poll_interval="100ms")
-    windows = lines.with_watermark("ts", delay="30s").key_by("host").window(af.tumbling("1m")).agg(n=pl.len())
+    lines = flow.watch(
+        str(inbox), schema={"ts": pl.Datetime("us"), "host": pl.String}, poll_interval="100ms"
+    )
+    windows = (
+        lines.with_watermark("ts", delay="30s")
+        .key_by("host")
+        .window(af.tumbling("1m"))
+        .agg(n=pl.len())
+    )
     windows.write_parquet(str(tmp_path / "out"))
     job = flow.start(workers=workers)
     try:
@@ -409,7 +486,9 @@ def test_watched_file_closes_its_windows_when_every_reader_goes_idle(tmp_path: P
         job.stop()
     got = job.results(windows).sort("window_start")
     assert got["n"].to_list() == [60] * 9
-    assert got["window_start"].to_list() == [datetime(2026, 1, 1, 10, minute) for minute in range(9)]
+    assert got["window_start"].to_list() == [
+        datetime(2026, 1, 1, 10, minute) for minute in range(9)
+    ]
 
 
 def test_a_watched_file_finished_between_two_acks_stays_finished(tmp_path: Path) -> None:
@@ -429,7 +508,9 @@ def test_a_watched_file_finished_between_two_acks_stays_finished(tmp_path: Path)
     source = plan.sources[0].id
     storage = CheckpointStorage(str(tmp_path / "ck"))
     storage.ensure()
-    coordinator = JobCoordinator(plan, 2, storage=storage, trigger=None, restored=None, max_parallelism=128)
+    coordinator = JobCoordinator(
+        plan, 2, storage=storage, trigger=None, restored=None, max_parallelism=128
+    )
     coordinator.enumerator.discover()
     split, _ = coordinator.next_split(source, 0)
     empty = {"positions": {}, "state": [], "staged": {}}
@@ -460,14 +541,28 @@ def test_a_restore_reads_the_rest_of_an_old_backlog(tmp_path: Path) -> None:
     base = 1_700_000_000.0
     for number in range(10):  # hours 0..9; with max_file_age 3 h only 6..9 are "recent"
         path = inbox / f"part-{number:02d}.parquet"
-        pl.DataFrame({"id": list(range(number * 10, number * 10 + 10)), "user": [number] * 10,
-                      "amount": [0.5] * 10}).write_parquet(path)
+        pl.DataFrame(
+            {
+                "id": list(range(number * 10, number * 10 + 10)),
+                "user": [number] * 10,
+                "amount": [0.5] * 10,
+            }
+        ).write_parquet(path)
         os.utime(path, (base + number * 3600, base + number * 3600))
 
     def flow() -> af.Flow:
         f = af.Flow("backlog")
-        (f.watch(str(inbox / "*.parquet"), format="parquet", schema=SCHEMA, poll_interval="50ms", max_file_age="3h")
-         .map_batches(_slowly).write_parquet(str(tmp_path / "rows")))
+        (
+            f.watch(
+                str(inbox / "*.parquet"),
+                format="parquet",
+                schema=SCHEMA,
+                poll_interval="50ms",
+                max_file_age="3h",
+            )
+            .map_batches(_slowly)
+            .write_parquet(str(tmp_path / "rows"))
+        )
         return f
 
     job = flow().start(workers=0, checkpoint_dir=str(tmp_path / "ck"), batch_size=10, restore=None)

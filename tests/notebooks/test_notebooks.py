@@ -29,7 +29,9 @@ def test_notebook_outputs_are_cleared_in_git(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            assert not cell.get("outputs"), f"{path.name}: a cell has outputs; clear them before committing"
+            assert not cell.get("outputs"), (
+                f"{path.name}: a cell has outputs; clear them before committing"
+            )
             assert cell.get("execution_count") is None
 
 
@@ -45,21 +47,39 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
     # A kernel of this very interpreter (the one arrowflow is installed in), whatever PATH says.
     spec_dir = tmp_path / "kernels" / "arrowflow-test"
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "arrowflow tests", "language": "python"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "arrowflow tests",
+                "language": "python",
+            }
+        )
+    )
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
     manager = KernelManager(kernel_name="arrowflow-test", kernel_spec_manager=specs)
-    client = nbclient.NotebookClient(notebook, km=manager, timeout=60, kernel_name="arrowflow-test",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook,
+        km=manager,
+        timeout=60,
+        kernel_name="arrowflow-test",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     started = time.monotonic()
     client.execute()
     elapsed = time.monotonic() - started
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "error"]
+    errors = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
     assert not errors
     # Every code cell ran, and the display cells showed something.
     assert all(c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
-    html = [o for c in notebook.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    html = [
+        o for c in notebook.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})
+    ]
     assert html, "no rich output at all"
     print(f"{path.name}: {elapsed:.1f} s")

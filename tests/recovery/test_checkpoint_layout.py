@@ -19,10 +19,19 @@ from arrowflow.errors import CheckpointError
 
 
 def manifest(checkpoint_id: int, files: list[dict] | None = None) -> Manifest:
-    return Manifest(id=checkpoint_id, time=1_700_000_000.5 + checkpoint_id, flow="f", fingerprint="x",
-                    operators={"agg": "a"}, parallelism=2, max_parallelism=128,
-                    sources={"read_parquet": {"finished": [], "positions": {"a#rg0-0": checkpoint_id}}},
-                    state=[], sinks={}, files=files or [])
+    return Manifest(
+        id=checkpoint_id,
+        time=1_700_000_000.5 + checkpoint_id,
+        flow="f",
+        fingerprint="x",
+        operators={"agg": "a"},
+        parallelism=2,
+        max_parallelism=128,
+        sources={"read_parquet": {"finished": [], "positions": {"a#rg0-0": checkpoint_id}}},
+        state=[],
+        sinks={},
+        files=files or [],
+    )
 
 
 def storage_at(tmp_path: Path, **options) -> CheckpointStorage:
@@ -55,7 +64,9 @@ def test_by_default_the_newest_three_are_kept(tmp_path: Path) -> None:
 
 
 def test_an_unknown_protocol_is_a_checkpoint_error() -> None:
-    with pytest.raises(CheckpointError, match=r"cannot open checkpoint storage 'nosuchfs://bucket/ck'"):
+    with pytest.raises(
+        CheckpointError, match=r"cannot open checkpoint storage 'nosuchfs://bucket/ck'"
+    ):
         CheckpointStorage("nosuchfs://bucket/ck")
 
 
@@ -85,7 +96,16 @@ def test_a_checkpoint_directory_that_cannot_be_created_is_an_error(tmp_path: Pat
 def test_checkpoint_ids_are_chk_directories_newest_first(tmp_path: Path) -> None:
     assert CheckpointStorage(str(tmp_path / "nothing-here")).checkpoint_ids() == []
     root = tmp_path / "ck"
-    for name in ("chk-00000002", "chk-00000010", "chk-00000001", "chk-x", "chk-x0000003", "chk-", "other", "shared"):
+    for name in (
+        "chk-00000002",
+        "chk-00000010",
+        "chk-00000001",
+        "chk-x",
+        "chk-x0000003",
+        "chk-",
+        "other",
+        "shared",
+    ):
         (root / name).mkdir(parents=True)
     (root / "chk-00000005.json").write_text("{}")
     assert CheckpointStorage(str(root)).checkpoint_ids() == [10, 2, 1]
@@ -97,7 +117,11 @@ def test_checkpoint_ids_past_eight_digits(tmp_path: Path) -> None:
     storage = storage_at(tmp_path)
     for checkpoint_id in (7, 12_345_678, 123_456_789):
         storage.write_manifest(manifest(checkpoint_id))
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["chk-00000007", "chk-12345678", "chk-123456789"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "chk-00000007",
+        "chk-12345678",
+        "chk-123456789",
+    ]
     assert storage.checkpoint_ids() == [123_456_789, 12_345_678, 7]
     assert storage.latest().id == 123_456_789
 
@@ -117,7 +141,10 @@ def test_latest_skips_damaged_and_incomplete_ones_and_stops_at_min_id(tmp_path: 
     damage_manifest(tmp_path, 3)
     with pytest.warns(UserWarning) as skipped:
         assert storage.latest(min_id=3) is None  # not 2: older than this run's own
-    assert [str(w.message).split(" in ")[0] for w in skipped] == ["skipping checkpoint 4", "skipping checkpoint 3"]
+    assert [str(w.message).split(" in ")[0] for w in skipped] == [
+        "skipping checkpoint 4",
+        "skipping checkpoint 3",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert storage.latest(report=False).id == 2
@@ -129,10 +156,17 @@ def test_latest_skips_damaged_and_incomplete_ones_and_stops_at_min_id(tmp_path: 
 
 def test_a_file_entry_records_size_and_sha256_and_is_verified(tmp_path: Path) -> None:
     storage = storage_at(tmp_path)
-    payloads = {"chk-00000001/state/agg/000-064.arrow": b"\x00state" * 50, "shared/x.sst": b"shared bytes"}
+    payloads = {
+        "chk-00000001/state/agg/000-064.arrow": b"\x00state" * 50,
+        "shared/x.sst": b"shared bytes",
+    }
     entries = [storage.write_file(relative, payload) for relative, payload in payloads.items()]
     for entry, (relative, payload) in zip(entries, payloads.items(), strict=True):
-        assert entry == {"path": relative, "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+        assert entry == {
+            "path": relative,
+            "size": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
         assert (tmp_path / "ck" / relative).read_bytes() == payload
     storage.write_manifest(manifest(1, files=entries))
     assert storage.find(1).files == entries
@@ -142,28 +176,40 @@ def test_a_file_entry_records_size_and_sha256_and_is_verified(tmp_path: Path) ->
     same_size = bytearray(state.read_bytes())
     same_size[7] ^= 0x01
     state.write_bytes(bytes(same_size))
-    with pytest.raises(CheckpointError, match=r"file 'chk-00000001/state/agg/000-064.arrow' is damaged \(300 bytes, "
-                                              r"expected 300; checksum mismatch\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"file 'chk-00000001/state/agg/000-064.arrow' is damaged \(300 bytes, "
+        r"expected 300; checksum mismatch\)",
+    ):
         storage.find(1)
     assert storage.read_manifest(1, verify_files=False).id == 1  # listing does not read the files
     state.write_bytes(payloads["chk-00000001/state/agg/000-064.arrow"] + b"!")
     with pytest.raises(CheckpointError, match=r"\(301 bytes, expected 300"):
         storage.find(1)
     state.unlink()
-    with pytest.raises(CheckpointError, match=r"file 'chk-00000001/state/agg/000-064.arrow' is missing"):
+    with pytest.raises(
+        CheckpointError, match=r"file 'chk-00000001/state/agg/000-064.arrow' is missing"
+    ):
         storage.find(1)
 
 
-def test_retention_deletes_old_damaged_and_incomplete_ones_and_unreferenced_shared_files(tmp_path: Path) -> None:
+def test_retention_deletes_old_damaged_and_incomplete_ones_and_unreferenced_shared_files(
+    tmp_path: Path,
+) -> None:
     """Newest first: 9 incomplete and 8 damaged (newer than the newest complete one: kept, a
     run may still be writing them), 7 and 6 complete (kept, keep=2), then 5 complete, 4
     incomplete, 3 complete, 2 damaged (all deleted). Shared files stay while a kept manifest
     lists them."""
     storage = storage_at(tmp_path, keep=2)
-    shared = {name: storage.write_file(f"shared/{name}", name.encode() * 10) for name in ("a", "b", "c", "d")}
+    shared = {
+        name: storage.write_file(f"shared/{name}", name.encode() * 10)
+        for name in ("a", "b", "c", "d")
+    }
     lists = {7: ["a"], 6: ["a", "d"], 5: ["b"], 3: ["b", "c"], 2: ["c"]}
     for checkpoint_id in (2, 3, 5, 6, 7, 8):
-        storage.write_manifest(manifest(checkpoint_id, files=[shared[n] for n in lists.get(checkpoint_id, [])]))
+        storage.write_manifest(
+            manifest(checkpoint_id, files=[shared[n] for n in lists.get(checkpoint_id, [])])
+        )
     damage_manifest(tmp_path, 8)
     damage_manifest(tmp_path, 2)
     for checkpoint_id in (4, 9):
@@ -207,5 +253,8 @@ def test_list_has_one_row_per_complete_checkpoint(tmp_path: Path) -> None:
     assert listed["id"].to_list() == [2, 1]
     assert listed["size_bytes"].to_list() == [5, 0]
     assert listed["parallelism"].to_list() == [2, 2]
-    assert [json.loads(o)["read_parquet"]["positions"]["a#rg0-0"] for o in listed["offsets"]] == [2, 1]
+    assert [json.loads(o)["read_parquet"]["positions"]["a#rg0-0"] for o in listed["offsets"]] == [
+        2,
+        1,
+    ]
     assert [t.timestamp() for t in listed["time"]] == [1_700_000_002.5, 1_700_000_001.5]

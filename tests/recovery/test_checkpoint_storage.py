@@ -16,8 +16,9 @@ from arrowflow.errors import CheckpointError
 
 def crashed_run(tmp: Path, recovery_input: Path, recovery) -> None:
     """A 1-worker run killed right after its 3rd manifest: checkpoints 1-3 complete."""
-    code, out, _ = recovery.run_job(tmp, recovery_input, workers=1, state="arrow", every="50ms",
-                                    faults="after_manifest@3")
+    code, out, _ = recovery.run_job(
+        tmp, recovery_input, workers=1, state="arrow", every="50ms", faults="after_manifest@3"
+    )
     assert code != 0 and "RESULT" not in out
     assert [m for m in CheckpointStorage(str(tmp / "checkpoints")).checkpoint_ids()][:1] == [3]
 
@@ -41,10 +42,18 @@ def edit_manifest_sources(path: Path) -> None:
     path.write_text(json.dumps(body, sort_keys=True, indent=1))
 
 
-@pytest.mark.parametrize("damage", ["truncated manifest", "manifest edited into other valid JSON",
-                                    "state file removed", "flipped byte"])
-def test_a_damaged_checkpoint_is_skipped_and_the_previous_one_used(tmp_path: Path, recovery_input: Path,
-                                                                   recovery, damage: str) -> None:
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated manifest",
+        "manifest edited into other valid JSON",
+        "state file removed",
+        "flipped byte",
+    ],
+)
+def test_a_damaged_checkpoint_is_skipped_and_the_previous_one_used(
+    tmp_path: Path, recovery_input: Path, recovery, damage: str
+) -> None:
     crashed_run(tmp_path, recovery_input, recovery)
     if damage == "truncated manifest":
         path = tmp_path / "checkpoints" / "chk-00000003" / "_MANIFEST.json"
@@ -77,19 +86,35 @@ def test_a_damaged_checkpoint_is_skipped_and_the_previous_one_used(tmp_path: Pat
     assert got_agg.select("user_id", "n").equals(agg.sort("user_id").select("user_id", "n"))
 
 
-def test_restoring_onto_a_changed_flow_names_the_operator(tmp_path: Path, recovery_input: Path, recovery) -> None:
+def test_restoring_onto_a_changed_flow_names_the_operator(
+    tmp_path: Path, recovery_input: Path, recovery
+) -> None:
     crashed_run(tmp_path, recovery_input, recovery)
     flow = af.Flow("recovery")
     events = flow.read_parquet(str(recovery_input))
-    (events.key_by("user_id").agg(n=pl.len(), total=pl.col("amount").max(), biggest=pl.col("amount").max())
-     .write_parquet(str(tmp_path / "agg2")))
+    (
+        events.key_by("user_id")
+        .agg(n=pl.len(), total=pl.col("amount").max(), biggest=pl.col("amount").max())
+        .write_parquet(str(tmp_path / "agg2"))
+    )
     with pytest.raises(CheckpointError, match=r"'agg' changed"):
         flow.run(workers=0, checkpoint_dir=str(tmp_path / "checkpoints"))
 
 
 def _manifest(checkpoint_id: int) -> Manifest:
-    return Manifest(id=checkpoint_id, time=0.0, flow="f", fingerprint="x", operators={}, parallelism=1,
-                    max_parallelism=128, sources={}, state=[], sinks={}, files=[])
+    return Manifest(
+        id=checkpoint_id,
+        time=0.0,
+        flow="f",
+        fingerprint="x",
+        operators={},
+        parallelism=1,
+        max_parallelism=128,
+        sources={},
+        state=[],
+        sinks={},
+        files=[],
+    )
 
 
 def test_manifest_commit_is_create_if_absent_on_memory_and_local(tmp_path: Path) -> None:
@@ -103,11 +128,21 @@ def test_manifest_commit_is_create_if_absent_on_memory_and_local(tmp_path: Path)
 
 
 def _busy_manifest(checkpoint_id: int) -> Manifest:
-    return Manifest(id=checkpoint_id, time=1.5, flow="f", fingerprint="x", operators={"agg": "a1"},
-                    parallelism=2, max_parallelism=128,
-                    sources={"read_parquet": {"finished": ["a.parquet#rg0-0"], "positions": {"b.parquet#rg1-1": 700}}},
-                    state=[], sinks={"write_parquet": [{"part": f"part-{checkpoint_id}.parquet", "rows": 90}]},
-                    files=[])
+    return Manifest(
+        id=checkpoint_id,
+        time=1.5,
+        flow="f",
+        fingerprint="x",
+        operators={"agg": "a1"},
+        parallelism=2,
+        max_parallelism=128,
+        sources={
+            "read_parquet": {"finished": ["a.parquet#rg0-0"], "positions": {"b.parquet#rg1-1": 700}}
+        },
+        state=[],
+        sinks={"write_parquet": [{"part": f"part-{checkpoint_id}.parquet", "rows": 90}]},
+        files=[],
+    )
 
 
 def _rewrite(path: Path, edit) -> None:
@@ -116,16 +151,23 @@ def _rewrite(path: Path, edit) -> None:
     path.write_text(json.dumps(body, sort_keys=True, indent=1))
 
 
-@pytest.mark.parametrize("edit", [
-    pytest.param(lambda b: b["sources"]["read_parquet"]["positions"].update({"b.parquet#rg1-1": 699}),
-                 id="source offset"),
-    pytest.param(lambda b: b["sinks"]["write_parquet"][0].update(rows=91), id="sink entry"),
-    pytest.param(lambda b: b["sinks"].update(write_parquet=[]), id="sink entry removed"),
-    pytest.param(lambda b: b.update(parallelism=3), id="parallelism"),
-    pytest.param(lambda b: b.pop("checksum"), id="checksum removed"),
-    pytest.param(lambda b: b.update(checksum=b["checksum"].upper()), id="checksum changed"),
-])
-def test_a_manifest_edited_into_other_valid_json_is_skipped_and_refused(tmp_path: Path, edit) -> None:
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(
+            lambda b: b["sources"]["read_parquet"]["positions"].update({"b.parquet#rg1-1": 699}),
+            id="source offset",
+        ),
+        pytest.param(lambda b: b["sinks"]["write_parquet"][0].update(rows=91), id="sink entry"),
+        pytest.param(lambda b: b["sinks"].update(write_parquet=[]), id="sink entry removed"),
+        pytest.param(lambda b: b.update(parallelism=3), id="parallelism"),
+        pytest.param(lambda b: b.pop("checksum"), id="checksum removed"),
+        pytest.param(lambda b: b.update(checksum=b["checksum"].upper()), id="checksum changed"),
+    ],
+)
+def test_a_manifest_edited_into_other_valid_json_is_skipped_and_refused(
+    tmp_path: Path, edit
+) -> None:
     """Valid JSON, wrong checksum: 'latest' warns and falls back to the previous checkpoint,
     and asking for that checkpoint by id is an error naming it (a truncated manifest is
     rejected by the JSON parser before its checksum is read; this one is not)."""
@@ -141,7 +183,9 @@ def test_a_manifest_edited_into_other_valid_json_is_skipped_and_refused(tmp_path
         latest = storage.latest()
     assert latest is not None and latest.id == 1
     assert latest.sources == _busy_manifest(1).sources and latest.sinks == _busy_manifest(1).sinks
-    with pytest.raises(CheckpointError, match="checkpoint 2: manifest checksum does not match its content"):
+    with pytest.raises(
+        CheckpointError, match="checkpoint 2: manifest checksum does not match its content"
+    ):
         storage.find(2)
 
 
@@ -172,13 +216,26 @@ def test_retention_keeps_the_newest_complete_checkpoints(tmp_path: Path) -> None
         assert storage.latest().id == 5
 
 
-def test_checkpoints_list_and_state_query_cli(tmp_path: Path, recovery_input: Path, recovery) -> None:
+def test_checkpoints_list_and_state_query_cli(
+    tmp_path: Path, recovery_input: Path, recovery
+) -> None:
     import subprocess
     import sys
 
     crashed_run(tmp_path, recovery_input, recovery)
-    listing = subprocess.run([sys.executable, "-m", "arrowflow.cli", "checkpoints", "list", str(tmp_path / "checkpoints")],
-                             capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowflow.cli",
+            "checkpoints",
+            "list",
+            str(tmp_path / "checkpoints"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listing.returncode == 0, listing.stderr
     assert "chk-00000003" in listing.stdout
     state = af.read_state(str(tmp_path / "checkpoints"), "agg")
@@ -192,12 +249,22 @@ def test_checkpoints_list_and_state_query_cli(tmp_path: Path, recovery_input: Pa
         path, groups = split.split("#rg")
         first, last = (int(g) for g in groups.split("-"))
         rows = pl.read_parquet(path).slice(first * 3_000, (last - first + 1) * 3_000)
-        read.append(rows if split in offsets["finished"] else rows.head(int(offsets["positions"][split])))
-    events = pl.concat(read).filter(pl.col("event_type").is_in(["purchase", "add_to_cart", "click"]))
+        read.append(
+            rows if split in offsets["finished"] else rows.head(int(offsets["positions"][split]))
+        )
+    events = pl.concat(read).filter(
+        pl.col("event_type").is_in(["purchase", "add_to_cart", "click"])
+    )
     assert 0 < events.height < 36_000, "checkpoint 3 should be mid-way through the input"
-    expected = events.group_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum(),
-                                              biggest=pl.col("amount").max())
+    expected = events.group_by("user_id").agg(
+        n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
+    )
     got = state.sort("user_id")
-    assert got.select("user_id", "n").equals(expected.sort("user_id").select("user_id", "n").cast(got.select("user_id", "n").schema))
+    assert got.select("user_id", "n").equals(
+        expected.sort("user_id").select("user_id", "n").cast(got.select("user_id", "n").schema)
+    )
     assert (got["total"] - expected.sort("user_id")["total"]).abs().max() < 1e-6
-    assert af.query_state(str(tmp_path / "checkpoints"), "SELECT sum(n) AS n FROM agg").item() == events.height
+    assert (
+        af.query_state(str(tmp_path / "checkpoints"), "SELECT sum(n) AS n FROM agg").item()
+        == events.height
+    )

@@ -21,7 +21,7 @@ import pytest
 
 from arrowflow.io import DatabaseSink
 
-JOB = textwrap.dedent('''
+JOB = textwrap.dedent("""
     import sys, time, json
     import polars as pl
     import arrowflow as af
@@ -43,7 +43,7 @@ JOB = textwrap.dedent('''
     result = flow.run(workers=config["workers"], state="memory", checkpoint_dir=config["checkpoints"],
                       checkpoint_every="100ms", batch_size=1_500, restore="latest")
     print("RESULT", json.dumps({"restored_from": result.restored_from}), flush=True)
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +58,34 @@ def database(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
     return f"sqlite:///{tmp}/out.db" if kind == "sqlite" else request.getfixturevalue("postgres")
 
 
-def run_job(tmp: Path, input_dir: Path, url: str, *, workers: int, faults: str = "",
-            kill_after: float | None = None, sleep: float = 0.01) -> tuple[int, str, str]:
+def run_job(
+    tmp: Path,
+    input_dir: Path,
+    url: str,
+    *,
+    workers: int,
+    faults: str = "",
+    kill_after: float | None = None,
+    sleep: float = 0.01,
+) -> tuple[int, str, str]:
     script = tmp / "job.py"
     script.write_text(JOB)
-    config = {"input": str(input_dir), "url": url, "rows": f"rows_{tmp.name}", "agg": f"agg_{tmp.name}",
-              "checkpoints": str(tmp / "checkpoints"), "workers": workers, "sleep": sleep}
-    proc = subprocess.Popen([sys.executable, str(script), json.dumps(config)],
-                            env={**os.environ, "ARROWFLOW_FAULTS": faults},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = {
+        "input": str(input_dir),
+        "url": url,
+        "rows": f"rows_{tmp.name}",
+        "agg": f"agg_{tmp.name}",
+        "checkpoints": str(tmp / "checkpoints"),
+        "workers": workers,
+        "sleep": sleep,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(config)],
+        env={**os.environ, "ARROWFLOW_FAULTS": faults},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if kill_after is not None:
         try:
             proc.wait(timeout=kill_after)
@@ -80,7 +99,7 @@ def read_table(url: str, table: str) -> pl.DataFrame:
     if url.startswith("sqlite"):
         import adbc_driver_sqlite.dbapi as driver
 
-        target = url[len("sqlite:///"):]
+        target = url[len("sqlite:///") :]
     else:
         import adbc_driver_postgresql.dbapi as driver
 
@@ -99,9 +118,13 @@ def check_exactly_once(tmp: Path, input_dir: Path, url: str) -> None:
     assert got.height == rows.height, f"{got.height} rows in the table, expected {rows.height}"
     assert got["event_id"].is_duplicated().sum() == 0, "an event was inserted twice"
     assert got.sort("event_id").equals(rows.sort("event_id")), "the table's rows differ from polars"
-    expected = rows.group_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum()).sort("user_id")
+    expected = (
+        rows.group_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum()).sort("user_id")
+    )
     agg = read_table(url, f"agg_{tmp.name}").sort("user_id")
-    assert agg.select("user_id", "n").equals(expected.select("user_id", "n")), "per-user counts differ"
+    assert agg.select("user_id", "n").equals(expected.select("user_id", "n")), (
+        "per-user counts differ"
+    )
     assert (agg["total"] - expected["total"]).abs().max() < 1e-6
     for table, sink_id in ((f"rows_{tmp.name}", "rows_sink"), (f"agg_{tmp.name}", "agg_sink")):
         sink = DatabaseSink(url, table=table)
@@ -112,29 +135,43 @@ def check_exactly_once(tmp: Path, input_dir: Path, url: str) -> None:
 def finish(tmp: Path, input_dir: Path, url: str, workers: int) -> dict:
     code, out, err = run_job(tmp, input_dir, url, workers=workers)
     assert code == 0, err[-3000:]
-    return json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    return json.loads(
+        [x for x in out.splitlines() if x.startswith("RESULT ")][-1][len("RESULT ") :]
+    )
 
 
 @pytest.mark.injects_faults
-@pytest.mark.parametrize(("kind", "workers", "fault"), [
-    ("sqlite", 2, "before_manifest@2"),
-    ("sqlite", 0, "after_manifest@2"),
-    ("postgresql", 2, "after_manifest@3"),
-    ("postgresql", 0, "before_manifest@3"),
-])
-def test_kill_at_a_named_point_then_restore(tmp_path: Path, recovery_input: Path, kind: str, workers: int,
-                                            fault: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("kind", "workers", "fault"),
+    [
+        ("sqlite", 2, "before_manifest@2"),
+        ("sqlite", 0, "after_manifest@2"),
+        ("postgresql", 2, "after_manifest@3"),
+        ("postgresql", 0, "before_manifest@3"),
+    ],
+)
+def test_kill_at_a_named_point_then_restore(
+    tmp_path: Path,
+    recovery_input: Path,
+    kind: str,
+    workers: int,
+    fault: str,
+    request: pytest.FixtureRequest,
+) -> None:
     url = database(kind, tmp_path, request)
     code, out, err = run_job(tmp_path, recovery_input, url, workers=workers, faults=fault)
-    assert code == -9 and "RESULT" not in out, f"the fault {fault} did not kill the job: {err[-3000:]}"
+    assert code == -9 and "RESULT" not in out, (
+        f"the fault {fault} did not kill the job: {err[-3000:]}"
+    )
     summary = finish(tmp_path, recovery_input, url, workers)
     assert summary["restored_from"] is not None, "the second run did not restore a checkpoint"
     check_exactly_once(tmp_path, recovery_input, url)
 
 
 @pytest.mark.parametrize(("kind", "workers"), [("sqlite", 2), ("postgresql", 0)])
-def test_kill_9_at_a_random_moment(tmp_path: Path, recovery_input: Path, kind: str, workers: int,
-                                   request: pytest.FixtureRequest) -> None:
+def test_kill_9_at_a_random_moment(
+    tmp_path: Path, recovery_input: Path, kind: str, workers: int, request: pytest.FixtureRequest
+) -> None:
     url = database(kind, tmp_path, request)
     rng = random.Random(f"{kind}-{workers}")
     run_job(tmp_path, recovery_input, url, workers=workers, kill_after=rng.uniform(1.0, 2.5))
@@ -144,7 +181,9 @@ def test_kill_9_at_a_random_moment(tmp_path: Path, recovery_input: Path, kind: s
 
 @pytest.mark.injects_faults
 @pytest.mark.soak
-def test_soak_random_kills(tmp_path: Path, recovery_input: Path, request: pytest.FixtureRequest) -> None:
+def test_soak_random_kills(
+    tmp_path: Path, recovery_input: Path, request: pytest.FixtureRequest
+) -> None:
     runs = int(os.environ.get("ARROWFLOW_SOAK_RUNS", "60"))
     rng = random.Random(11)
     passed = 0
@@ -166,8 +205,9 @@ def test_soak_random_kills(tmp_path: Path, recovery_input: Path, request: pytest
 
 
 @pytest.mark.parametrize(("kind", "workers"), [("sqlite", 2), ("postgresql", 0)])
-def test_a_damaged_newest_checkpoint_rolls_the_tables_back(tmp_path: Path, recovery_input: Path, kind: str,
-                                                           workers: int, request: pytest.FixtureRequest) -> None:
+def test_a_damaged_newest_checkpoint_rolls_the_tables_back(
+    tmp_path: Path, recovery_input: Path, kind: str, workers: int, request: pytest.FixtureRequest
+) -> None:
     """Killed before checkpoint 4's manifest, checkpoint 3's manifest then garbled: the restore
     from 2 deletes checkpoint 3's committed rows (append) and puts back what it overwrote
     (upsert) in one transaction before the replay, so every row is in the table once."""
@@ -175,12 +215,15 @@ def test_a_damaged_newest_checkpoint_rolls_the_tables_back(tmp_path: Path, recov
 
     url = database(kind, tmp_path, request)
     # Batches slow enough that each of the first checkpoints commits rows.
-    code, out, err = run_job(tmp_path, recovery_input, url, workers=workers, faults="before_manifest@4",
-                             sleep=0.04)
+    code, out, err = run_job(
+        tmp_path, recovery_input, url, workers=workers, faults="before_manifest@4", sleep=0.04
+    )
     assert code == -9 and "RESULT" not in out, err[-3000:]
     assert CheckpointStorage(str(tmp_path / "checkpoints")).latest(report=False).id == 3
     rows = read_table_raw(url, f"rows_{tmp_path.name}")
-    assert rows.filter(pl.col("_af_epoch") == 3).height, "checkpoint 3 committed no rows: nothing to test"
+    assert rows.filter(pl.col("_af_epoch") == 3).height, (
+        "checkpoint 3 committed no rows: nothing to test"
+    )
     manifest = tmp_path / "checkpoints" / chk_dir(3) / MANIFEST
     manifest.write_bytes(random.Random(3).randbytes(manifest.stat().st_size))
     summary = finish(tmp_path, recovery_input, url, workers)
@@ -192,7 +235,7 @@ def read_table_raw(url: str, table: str) -> pl.DataFrame:
     if url.startswith("sqlite"):
         import adbc_driver_sqlite.dbapi as driver
 
-        target = url[len("sqlite:///"):]
+        target = url[len("sqlite:///") :]
     else:
         import adbc_driver_postgresql.dbapi as driver
 

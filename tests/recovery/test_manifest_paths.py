@@ -28,8 +28,9 @@ from arrowflow.errors import CheckpointError
 def crashed(tmp_path_factory: pytest.TempPathFactory, recovery_input: Path, recovery: Any) -> Path:
     """A 1-worker run killed right after its 3rd manifest, before that checkpoint's commit."""
     tmp = tmp_path_factory.mktemp("crashed")
-    code, out, _ = recovery.run_job(tmp, recovery_input, workers=1, state="arrow", every="50ms",
-                                    faults="after_manifest@3")
+    code, out, _ = recovery.run_job(
+        tmp, recovery_input, workers=1, state="arrow", every="50ms", faults="after_manifest@3"
+    )
     assert code != 0 and "RESULT" not in out
     assert CheckpointStorage(str(tmp / "checkpoints")).checkpoint_ids()[0] == 3
     return tmp
@@ -53,7 +54,9 @@ def craft(job: Path, edit: Any, checkpoint_id: int = 3) -> None:
     body = json.loads(path.read_text())
     body.pop("checksum")
     edit(body)
-    body["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    body["checksum"] = hashlib.sha256(
+        json.dumps(body, sort_keys=True, default=str).encode()
+    ).hexdigest()
     path.write_text(json.dumps(body, sort_keys=True, indent=1))
 
 
@@ -62,27 +65,44 @@ def add_staged(name: str) -> Any:
         writers = body["sinks"]["write_parquet"]
         assert writers and writers[0], "checkpoint 3 should have staged rows of the row sink"
         writers[0].append(name)
+
     return edit
 
 
-@pytest.mark.parametrize("name", ["../../victimfile", "../victimfile", "/VICTIM", "..\\..\\victimfile", "..",
-                                  "sub/part-00000003-0000-00000-0a0b0c0d.parquet", "part\x00.parquet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../victimfile",
+        "../victimfile",
+        "/VICTIM",
+        "..\\..\\victimfile",
+        "..",
+        "sub/part-00000003-0000-00000-0a0b0c0d.parquet",
+        "part\x00.parquet",
+    ],
+)
 def test_a_crafted_sink_entry_makes_the_checkpoint_invalid(job: Path, name: str) -> None:
     craft(job, add_staged(name.replace("VICTIM", str(job / "victimfile"))))
     storage = CheckpointStorage(str(job / "checkpoints"))
-    with pytest.raises(CheckpointError, match="checkpoint 3: sink 'write_parquet' lists staged output"):
+    with pytest.raises(
+        CheckpointError, match="checkpoint 3: sink 'write_parquet' lists staged output"
+    ):
         storage.find(3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
 
 
-def test_a_restore_past_a_crafted_sink_entry_moves_nothing(job: Path, recovery_input: Path, recovery: Any) -> None:
+def test_a_restore_past_a_crafted_sink_entry_moves_nothing(
+    job: Path, recovery_input: Path, recovery: Any
+) -> None:
     victim = job / "victimfile"
     victim.write_text("not arrowflow's")
     craft(job, add_staged("../../victimfile"))
     code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
     assert code == 0, err[-2000:]
-    assert victim.exists() and victim.read_text() == "not arrowflow's", "the restore moved the victim"
+    assert victim.exists() and victim.read_text() == "not arrowflow's", (
+        "the restore moved the victim"
+    )
     assert not (job.parent / "victimfile").exists() and not (job / "rows" / "victimfile").exists()
     assert '"restored_from": 2' in out and "skipping checkpoint 3" in err
     rows, _ = recovery.expected_outputs(recovery_input)
@@ -113,9 +133,18 @@ def outside_state(job: Path) -> tuple[Path, dict[str, Any]]:
     return outside, {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
 
 
-@pytest.mark.parametrize("path", ["chk-00000003/../outside.arrow", "../checkpoints/outside.arrow", "OUTSIDE",
-                                  "chk-00000002/../outside.arrow", "shared/../outside.arrow",
-                                  "chk-00000003\\..\\..\\outside.arrow", "chk-00000003/state/./x.arrow"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "chk-00000003/../outside.arrow",
+        "../checkpoints/outside.arrow",
+        "OUTSIDE",
+        "chk-00000002/../outside.arrow",
+        "shared/../outside.arrow",
+        "chk-00000003\\..\\..\\outside.arrow",
+        "chk-00000003/state/./x.arrow",
+    ],
+)
 def test_a_crafted_state_file_path_is_never_read(job: Path, path: str) -> None:
     outside, facts = outside_state(job)
     path = path.replace("OUTSIDE", str(outside))
@@ -128,7 +157,9 @@ def test_a_crafted_state_file_path_is_never_read(job: Path, path: str) -> None:
 
     craft(job, edit)
     url = str(job / "checkpoints")
-    with pytest.raises(CheckpointError, match=r"checkpoint 3: .* is outside the checkpoint's layout"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint 3: .* is outside the checkpoint's layout"
+    ):
         af.read_state(url, "agg", checkpoint_id=3)
     with pytest.raises(CheckpointError, match="outside the checkpoint's layout"):
         af.query_state(url, "SELECT max(n) AS n FROM agg", checkpoint_id=3)
@@ -152,7 +183,9 @@ def test_a_crafted_file_entry_is_never_opened(job: Path) -> None:
         body["files"].append({"path": "/dev/zero", "size": 1, "sha256": "0" * 64})
 
     craft(job, edit)
-    with pytest.raises(CheckpointError, match=r"file '/dev/zero' is outside the checkpoint's layout"):
+    with pytest.raises(
+        CheckpointError, match=r"file '/dev/zero' is outside the checkpoint's layout"
+    ):
         CheckpointStorage(str(job / "checkpoints")).find(3)
 
 
@@ -160,8 +193,12 @@ def test_the_checkpoints_a_run_writes_pass_the_layout_check(job: Path) -> None:
     storage = CheckpointStorage(str(job / "checkpoints"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        paths = [e["path"] for checkpoint_id in (1, 2, 3) for e in storage.find(checkpoint_id).state]
-    assert paths and any(p.startswith("shared/") for p in paths)  # the arrow backend's incremental files
+        paths = [
+            e["path"] for checkpoint_id in (1, 2, 3) for e in storage.find(checkpoint_id).state
+        ]
+    assert paths and any(
+        p.startswith("shared/") for p in paths
+    )  # the arrow backend's incremental files
 
 
 # ---------------------------------------------------------------------- state queries
@@ -171,7 +208,7 @@ SECRET = "a,b\n1,the-secret-line\n"
 FILE_READERS = [
     "SELECT * FROM read_csv('{csv}')",
     "SELECT * FROM READ_CSV('{csv}')",
-    'SELECT * FROM "read_csv"(\'{csv}\')',
+    "SELECT * FROM \"read_csv\"('{csv}')",
     "SELECT * FROM read_csv ('{csv}')",
     "SELECT * FROM agg, read_csv('{csv}')",
     "SELECT * FROM agg JOIN read_csv('{csv}') ON true",
@@ -203,8 +240,12 @@ FILE_READERS = [
 @pytest.fixture
 def files_to_steal(tmp_path: Path) -> dict[str, str]:
     frame = pl.DataFrame({"a": [1], "b": ["the-secret-line"]})
-    paths = {"csv": tmp_path / "secret.csv", "parquet": tmp_path / "secret.parquet",
-             "ipc": tmp_path / "secret.arrow", "ndjson": tmp_path / "secret.ndjson"}
+    paths = {
+        "csv": tmp_path / "secret.csv",
+        "parquet": tmp_path / "secret.parquet",
+        "ipc": tmp_path / "secret.arrow",
+        "ndjson": tmp_path / "secret.ndjson",
+    }
     paths["csv"].write_text(SECRET)
     frame.write_parquet(paths["parquet"])
     frame.write_ipc(paths["ipc"])
@@ -215,71 +256,130 @@ def files_to_steal(tmp_path: Path) -> dict[str, str]:
 def test_polars_sql_itself_reads_files(files_to_steal: dict[str, str]) -> None:
     """Why the check exists: the engine under query_state reads any file it is pointed at."""
     context = pl.SQLContext()
-    assert context.execute(f"SELECT * FROM read_csv('{files_to_steal['csv']}')", eager=True)["b"].item() \
+    assert (
+        context.execute(f"SELECT * FROM read_csv('{files_to_steal['csv']}')", eager=True)[
+            "b"
+        ].item()
         == "the-secret-line"
+    )
 
 
 @pytest.mark.parametrize("query", FILE_READERS)
-def test_a_state_query_reads_no_file_and_runs_no_statement(job: Path, files_to_steal: dict[str, str],
-                                                           query: str) -> None:
+def test_a_state_query_reads_no_file_and_runs_no_statement(
+    job: Path, files_to_steal: dict[str, str], query: str
+) -> None:
     sql = query.format(**files_to_steal)
     with pytest.raises(CheckpointError, match="state query refused: ") as caught:
         af.query_state(str(job / "checkpoints"), sql, checkpoint_id=2)
     assert "the-secret-line" not in str(caught.value)
 
 
-def test_state_query_cli_refuses_a_file_reader_in_one_line(job: Path, files_to_steal: dict[str, str]) -> None:
+def test_state_query_cli_refuses_a_file_reader_in_one_line(
+    job: Path, files_to_steal: dict[str, str]
+) -> None:
     sql = f"SELECT * FROM read_csv('{files_to_steal['csv']}')"
-    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"), sql,
-                           "--checkpoint", "2"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowflow.cli",
+            "state",
+            "query",
+            str(job / "checkpoints"),
+            sql,
+            "--checkpoint",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "the-secret-line" not in done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         "arrowflow state: error: state query refused: read_csv() after FROM is a table function that reads files; "
-        "a state query is one SELECT over the checkpoint's tables"]
+        "a state query is one SELECT over the checkpoint's tables"
+    ]
 
 
-@pytest.mark.parametrize("query", [
-    "SELECT sum(n) AS n FROM agg",
-    'SELECT count(*) AS n FROM "agg" WHERE n > 0',
-    "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big",
-    "SELECT count(*) AS n FROM (SELECT user_id FROM agg) AS s",
-    "SELECT count(*) AS n FROM agg a JOIN agg b ON a.user_id = b.user_id;",
-    "SELECT count(*) AS n FROM agg WHERE CAST(user_id AS VARCHAR) NOT LIKE '%--/*;read_csv(%'",
-    "SELECT count(*) AS n FROM agg a JOIN agg b USING (user_id) WHERE a.user_id IN (SELECT user_id FROM agg)",
-    "SELECT count(*) AS n FROM (SELECT user_id, sum(n) OVER (PARTITION BY user_id, n) AS s FROM agg) AS w",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT sum(n) AS n FROM agg",
+        'SELECT count(*) AS n FROM "agg" WHERE n > 0',
+        "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big",
+        "SELECT count(*) AS n FROM (SELECT user_id FROM agg) AS s",
+        "SELECT count(*) AS n FROM agg a JOIN agg b ON a.user_id = b.user_id;",
+        "SELECT count(*) AS n FROM agg WHERE CAST(user_id AS VARCHAR) NOT LIKE '%--/*;read_csv(%'",
+        "SELECT count(*) AS n FROM agg a JOIN agg b USING (user_id) WHERE a.user_id IN (SELECT user_id FROM agg)",
+        "SELECT count(*) AS n FROM (SELECT user_id, sum(n) OVER (PARTITION BY user_id, n) AS s FROM agg) AS w",
+    ],
+)
 def test_ordinary_state_queries_still_answer(job: Path, query: str) -> None:
     url = str(job / "checkpoints")
     state = af.read_state(url, "agg", checkpoint_id=2)
     expected = {
         "SELECT sum(n) AS n FROM agg": int(state["n"].sum()),
-        "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big": int((state["n"] > 1).sum()),
+        "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big": int(
+            (state["n"] > 1).sum()
+        ),
     }.get(query, state.height)
     assert af.query_state(url, query, checkpoint_id=2)["n"].item() == expected
 
 
 def test_a_failing_state_query_is_one_line_in_the_cli(job: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"),
-                           "SELECT nosuchcolumn FROM agg"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowflow.cli",
+            "state",
+            "query",
+            str(job / "checkpoints"),
+            "SELECT nosuchcolumn FROM agg",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("arrowflow state: error: state query failed on checkpoint 3: ")
+    assert len(lines) == 1 and lines[0].startswith(
+        "arrowflow state: error: state query failed on checkpoint 3: "
+    )
     assert "nosuchcolumn" in lines[0]
 
 
 def test_state_query_of_a_missing_checkpoint_names_the_ones_there(job: Path) -> None:
     url = str(job / "checkpoints")
-    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", url, "SELECT * FROM agg",
-                           "--checkpoint", "999"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowflow.cli",
+            "state",
+            "query",
+            url,
+            "SELECT * FROM agg",
+            "--checkpoint",
+            "999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"arrowflow state: error: no checkpoint 999 in {url!r}; it has 1, 2, 3"]
+    assert done.stderr.strip().splitlines() == [
+        f"arrowflow state: error: no checkpoint 999 in {url!r}; it has 1, 2, 3"
+    ]
 
 
 def test_a_manifest_copied_into_another_checkpoints_folder_is_refused(job: Path) -> None:
     shutil.copy(manifest_path(job, 2), manifest_path(job, 3))
     storage = CheckpointStorage(str(job / "checkpoints"))
-    with pytest.raises(CheckpointError, match="checkpoint 3: its folder holds the manifest of checkpoint 2"):
+    with pytest.raises(
+        CheckpointError, match="checkpoint 3: its folder holds the manifest of checkpoint 2"
+    ):
         storage.find(3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
@@ -290,6 +390,7 @@ def _set_each(key: str, value: Any, where: str) -> Any:
         items = body[where].values() if isinstance(body[where], dict) else body[where]
         for item in items:
             item[key] = value
+
     return edit
 
 
@@ -315,7 +416,9 @@ WRONG_TYPES = {
     "operators a list": _set("operators", []),
     "store spec a string": lambda body: body["stores"].__setitem__("agg", "x"),
     "store spec without name": lambda body: body["stores"]["agg"].pop("name"),
-    "store schema not base64 IPC": lambda body: body["stores"]["agg"].__setitem__("key_schema", "!!!"),
+    "store schema not base64 IPC": lambda body: body["stores"]["agg"].__setitem__(
+        "key_schema", "!!!"
+    ),
     "key groups a string": _set_each("key_groups", "ab", "state"),
     "key groups one number": _set_each("key_groups", [5], "state"),
     "key groups out of range": _set_each("key_groups", [-5, 10**20], "state"),
@@ -343,8 +446,9 @@ def test_a_manifest_with_wrong_types_is_invalid_not_a_crash(job: Path, edit: str
 
 
 @pytest.mark.parametrize("edit", ["finished splits a number", "key groups one number"])
-def test_a_restore_past_a_manifest_with_wrong_types_is_exact(job: Path, recovery_input: Path, recovery: Any,
-                                                             edit: str) -> None:
+def test_a_restore_past_a_manifest_with_wrong_types_is_exact(
+    job: Path, recovery_input: Path, recovery: Any, edit: str
+) -> None:
     craft(job, WRONG_TYPES[edit])
     code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
     assert code == 0, err[-2000:]
@@ -377,8 +481,15 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
 
 
-@pytest.mark.parametrize("planted", ["sources.json -> /dev/zero", "state file a FIFO", "manifest -> /dev/zero",
-                                     "state file -> a copy outside"])
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "sources.json -> /dev/zero",
+        "state file a FIFO",
+        "manifest -> /dev/zero",
+        "state file -> a copy outside",
+    ],
+)
 def test_a_checkpoint_file_that_is_no_regular_file_is_never_read(job: Path, planted: str) -> None:
     """arrowflow writes no symlinks or FIFOs; one planted in a checkpoint folder made the
     verification read /dev/zero until memory ran out, block on the FIFO, or read a file
@@ -402,19 +513,27 @@ def test_a_checkpoint_file_that_is_no_regular_file_is_never_read(job: Path, plan
         shutil.copyfile(state_file, outside)
         state_file.unlink()
         state_file.symlink_to(outside)
-    proc = subprocess.run([sys.executable, "-c", _LATEST, str(job / "checkpoints")], capture_output=True, text=True,
-                          timeout=60, preexec_fn=_limit_memory, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LATEST, str(job / "checkpoints")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limit_memory,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LATEST 2" in proc.stdout
     assert "not a regular file" in proc.stdout and "REFUSED checkpoint 3:" in proc.stdout
 
 
 @pytest.mark.parametrize("position", ["abc", 1.5, [1]])
-def test_a_file_split_position_that_is_no_row_count_fails_the_restore_clearly(job: Path, recovery_input: Path,
-                                                                              recovery: Any, position: Any) -> None:
+def test_a_file_split_position_that_is_no_row_count_fails_the_restore_clearly(
+    job: Path, recovery_input: Path, recovery: Any, position: Any
+) -> None:
     """Positions are the source's own (only it knows their type), so the manifest check passes
     them on; a file source's position is a row count. 'abc' failed the job with a raw
     ValueError of int(), and 1.5 was read as row 1, silently."""
+
     def edit(body: dict[str, Any]) -> None:
         positions = body["sources"]["read_parquet"]["positions"]
         assert positions, "checkpoint 3 should hold a split in progress"
@@ -456,7 +575,10 @@ def test_retention_never_deletes_through_a_symlink(job: Path) -> None:
     assert storage.prune() == [2, 1]
     for victim in victims.values():
         assert victim.read_text() == "not arrowflow's", f"retention deleted {victim}"
-    assert not (checkpoints / "chk-00000001").exists() and not (checkpoints / "shared" / "evil").is_symlink()
+    assert (
+        not (checkpoints / "chk-00000001").exists()
+        and not (checkpoints / "shared" / "evil").is_symlink()
+    )
     assert not (checkpoints / "shared" / "agg" / "000" / "00000001-evil.arrow").is_symlink()
     assert storage.latest().id == 3
 
@@ -465,14 +587,25 @@ def test_a_state_query_that_makes_polars_panic_is_a_checkpoint_error(job: Path) 
     """polars' PanicException is a BaseException: it went past query_state's handler raw, and
     the CLI printed a Python traceback."""
     sql = "SELECT CAST(n AS DECIMAL(99, 99)) AS d FROM agg"
-    with pytest.raises(CheckpointError, match=r"^state query failed on checkpoint 3: PanicException: "):
+    with pytest.raises(
+        CheckpointError, match=r"^state query failed on checkpoint 3: PanicException: "
+    ):
         af.query_state(str(job / "checkpoints"), sql)
-    done = subprocess.run([sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"), sql],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "arrowflow.cli", "state", "query", str(job / "checkpoints"), sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
-    assert "Traceback (most recent call last)" not in done.stderr  # polars' own panic report precedes the line
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "arrowflow state: error: state query failed on checkpoint 3: PanicException: ")
+    assert (
+        "Traceback (most recent call last)" not in done.stderr
+    )  # polars' own panic report precedes the line
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("arrowflow state: error: state query failed on checkpoint 3: PanicException: ")
+    )
 
 
 def test_a_manifest_nested_too_deep_is_damaged_not_a_recursion_error(job: Path) -> None:
@@ -485,13 +618,16 @@ def test_a_manifest_nested_too_deep_is_damaged_not_a_recursion_error(job: Path) 
 
 
 @pytest.mark.parametrize("content", [b"garbage", b"", b"ARROW1\x00\x00" + b"\xff" * 64])
-def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(job: Path, recovery_input: Path, recovery: Any,
-                                                            content: bytes) -> None:
+def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(
+    job: Path, recovery_input: Path, recovery: Any, content: bytes
+) -> None:
     """A state file replaced and its size and sha256 recomputed in the manifest: the restore
     and read_state failed with a raw OSError or polars ComputeError."""
     from arrowflow.errors import StateError
 
-    entry = next(e for e in json.loads(manifest_path(job).read_text())["state"] if e["store"] == "agg")
+    entry = next(
+        e for e in json.loads(manifest_path(job).read_text())["state"] if e["store"] == "agg"
+    )
     (job / "checkpoints" / entry["path"]).write_bytes(content)
 
     def edit(body: dict[str, Any]) -> None:
@@ -500,17 +636,22 @@ def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(job: Path, recovery_
                 item["size"], item["sha256"] = len(content), hashlib.sha256(content).hexdigest()
 
     craft(job, edit)
-    with pytest.raises(StateError, match=rf"^state file '{entry['path']}' is not a readable Arrow IPC file"):
+    with pytest.raises(
+        StateError, match=rf"^state file '{entry['path']}' is not a readable Arrow IPC file"
+    ):
         af.read_state(str(job / "checkpoints"), "agg", checkpoint_id=3)
     code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
     assert code != 0 and "RESULT" not in out
     assert f"StateError: state file '{entry['path']}' is not a readable Arrow IPC file" in err
 
 
-@pytest.mark.parametrize("content", [b"{}", b'{"watermark": "soon"}', b"[1]", b'{"watermark": true}', b"garbage"])
+@pytest.mark.parametrize(
+    "content", [b"{}", b'{"watermark": "soon"}', b"[1]", b'{"watermark": true}', b"garbage"]
+)
 @pytest.mark.filterwarnings("ignore:.*rolled back output")
-def test_a_window_watermark_file_without_a_watermark_fails_the_restore_clearly(tmp_path: Path,
-                                                                              content: bytes) -> None:
+def test_a_window_watermark_file_without_a_watermark_fails_the_restore_clearly(
+    tmp_path: Path, content: bytes
+) -> None:
     """A window operator's watermark file replaced, its size and sha256 recomputed in the
     manifest: the restore raised a raw KeyError/TypeError in the window operator (or went on
     with a string as its watermark)."""
@@ -523,16 +664,29 @@ def test_a_window_watermark_file_without_a_watermark_fails_the_restore_clearly(t
 
     def build() -> af.Flow:
         flow = af.Flow("windowed")
-        (flow.from_polars(frame, splits=4).with_watermark("ts", delay="1s").key_by("k")
-             .window(af.tumbling("10m")).agg(n=pl.len()).write_parquet(str(tmp_path / "out")))
+        (
+            flow.from_polars(frame, splits=4)
+            .with_watermark("ts", delay="1s")
+            .key_by("k")
+            .window(af.tumbling("10m"))
+            .agg(n=pl.len())
+            .write_parquet(str(tmp_path / "out"))
+        )
         return flow
 
     job = tmp_path / "job"
-    build().run(workers=0, checkpoint_dir=str(job / "checkpoints"), checkpoint_every=af.every_rows(2_000),
-                batch_size=500, keep_checkpoints=100)
+    build().run(
+        workers=0,
+        checkpoint_dir=str(job / "checkpoints"),
+        checkpoint_every=af.every_rows(2_000),
+        batch_size=500,
+        keep_checkpoints=100,
+    )
     checkpoint_id = 2
     body = json.loads(manifest_path(job, checkpoint_id).read_text())
-    entry = next(e for e in body["state"] if e["path"].endswith(".json") and "/watermark-" in e["path"])
+    entry = next(
+        e for e in body["state"] if e["path"].endswith(".json") and "/watermark-" in e["path"]
+    )
     (job / "checkpoints" / entry["path"]).write_bytes(content)
 
     def edit(body: dict[str, Any]) -> None:

@@ -87,9 +87,14 @@ class Keeper:
 def check(frame: pl.DataFrame, reference: dict[int, int], what: str) -> None:
     ids = frame["i"].to_list()
     strings = frame["s"].to_list()
-    bad = [(i, s) for i, s in zip(ids, strings, strict=True) if zlib.crc32(s.encode()) != reference.get(i)
-           or not s.endswith(f"#{i}")]
-    assert not bad, f"{what}: {len(bad)} of {len(ids)} rows changed after they were received, e.g. {bad[:3]}"
+    bad = [
+        (i, s)
+        for i, s in zip(ids, strings, strict=True)
+        if zlib.crc32(s.encode()) != reference.get(i) or not s.endswith(f"#{i}")
+    ]
+    assert not bad, (
+        f"{what}: {len(bad)} of {len(ids)} rows changed after they were received, e.g. {bad[:3]}"
+    )
 
 
 @pytest.mark.timeout(300)
@@ -109,7 +114,9 @@ def test_received_frames_stay_valid_after_the_ring_wraps(tmp_path: Path) -> None
     try:
         while not keeper.ended:
             if not receiver.poll(keeper):
-                assert sender.poll() in (None, 0), f"the sender failed with exit code {sender.returncode}"
+                assert sender.poll() in (None, 0), (
+                    f"the sender failed with exit code {sender.returncode}"
+                )
                 receiver.wait(0.002)
         assert sender.wait(60) == 0
     finally:
@@ -131,15 +138,24 @@ def test_received_frames_stay_valid_after_the_ring_wraps(tmp_path: Path) -> None
         check(frame, reference, f"slice of frame {number}")
     for number, frame in enumerate(keeper.derived):
         check(frame, reference, f"derived frame {number}")
-        assert frame["i"].to_list() == [i for i in keeper.frames[number]["i"].to_list() if i % 3 != 1]
+        assert frame["i"].to_list() == [
+            i for i in keeper.frames[number]["i"].to_list() if i % 3 != 1
+        ]
 
     # the sink writers buffered frames until now: what they write must be what was sent
     even = expected.filter(pl.col("i") % 2 == 0)
-    readers = {"parquet": pl.read_parquet, "csv": pl.read_csv, "ndjson": pl.read_ndjson, "ipc": pl.read_ipc}
+    readers = {
+        "parquet": pl.read_parquet,
+        "csv": pl.read_csv,
+        "ndjson": pl.read_ndjson,
+        "ipc": pl.read_ipc,
+    }
     for sink, writer in zip(sinks, writers, strict=True):
         staged = writer.prepare_commit(1)
         sink.commit(1, [staged])
-        files = sorted(p for p in (tmp_path / sink.format).iterdir() if not p.name.startswith((".", "_")))
+        files = sorted(
+            p for p in (tmp_path / sink.format).iterdir() if not p.name.startswith((".", "_"))
+        )
         assert files, f"{sink.format}: nothing written"
         frame = pl.concat([readers[sink.format](f).select("i", "s") for f in files])
         assert sorted(frame["i"].to_list()) == even["i"].to_list(), sink.format

@@ -74,11 +74,13 @@ def live_workers() -> list[int]:
 
 def events(n: int, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    return pl.DataFrame({
-        "user_id": rng.integers(0, 5_000, n),
-        "event_type": rng.choice(["view", "click", "purchase", "add_to_cart"], n),
-        "amount": np.round(rng.exponential(30, n), 2),
-    })
+    return pl.DataFrame(
+        {
+            "user_id": rng.integers(0, 5_000, n),
+            "event_type": rng.choice(["view", "click", "purchase", "add_to_cart"], n),
+            "amount": np.round(rng.exponential(30, n), 2),
+        }
+    )
 
 
 def w1(df: pl.DataFrame, flow: af.Flow, splits: int) -> af.Stream:
@@ -93,7 +95,9 @@ def w1(df: pl.DataFrame, flow: af.Flow, splits: int) -> af.Stream:
 def w1_polars(df: pl.DataFrame) -> pl.DataFrame:
     return (
         df.filter(pl.col("event_type").is_in(["purchase", "add_to_cart"]))
-        .group_by("user_id").agg(n=pl.len(), total=pl.col("amount").sum()).sort("user_id")
+        .group_by("user_id")
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+        .sort("user_id")
     )
 
 
@@ -109,7 +113,8 @@ def test_batches_larger_than_a_ring_are_split_and_delivered(tmp_path: Path) -> N
     # A 64 KiB ring and ~1 MB batches: every batch must be cut to fit, the ring wraps
     # constantly and senders hit backpressure.
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import numpy as np, polars as pl, arrowflow as af
         rng = np.random.default_rng(3)
         n = 120_000
@@ -123,9 +128,12 @@ def test_batches_larger_than_a_ring_are_split_and_delivered(tmp_path: Path) -> N
         from polars.testing import assert_frame_equal
         assert_frame_equal(got, ref, check_exact=False)
         print("OK", got.height)
-    """))
+    """)
+    )
     env = {**os.environ, "ARROWFLOW_RING_BYTES": str(64 << 10)}
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK")
 
@@ -162,8 +170,12 @@ def test_kill_9_of_a_worker_is_noticed_within_a_second() -> None:
         return batch
 
     flow = af.Flow("victim")
-    stream = (flow.from_polars(df, splits=40).map_batches(slow, schema=df.schema)
-              .key_by("user_id").agg(n=pl.len()))
+    stream = (
+        flow.from_polars(df, splits=40)
+        .map_batches(slow, schema=df.schema)
+        .key_by("user_id")
+        .agg(n=pl.len())
+    )
     killed: dict[str, float] = {}
 
     def assassin() -> None:
@@ -184,7 +196,9 @@ def test_kill_9_of_a_worker_is_noticed_within_a_second() -> None:
     noticed = time.monotonic()
     thread.join()
     assert "at" in killed, "the test never saw two workers to kill"
-    assert noticed - killed["at"] < 1.0 + 2.5  # noticed within a second; stopping the other takes <2.5 s
+    assert (
+        noticed - killed["at"] < 1.0 + 2.5
+    )  # noticed within a second; stopping the other takes <2.5 s
     assert "killed by signal 9 (SIGKILL)" in str(caught.value)
     time.sleep(0.2)
     assert live_workers() == []
@@ -193,7 +207,8 @@ def test_kill_9_of_a_worker_is_noticed_within_a_second() -> None:
 
 def test_ctrl_c_stops_every_worker_and_frees_shared_memory(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import time, polars as pl, numpy as np, arrowflow as af
         df = pl.DataFrame({"k": np.arange(100_000) % 977, "v": np.ones(100_000)})
         def slow(batch):
@@ -205,16 +220,24 @@ def test_ctrl_c_stops_every_worker_and_frees_shared_memory(tmp_path: Path) -> No
         print("STARTED", flush=True)
         flow.run(workers=2)
         print("FINISHED", flush=True)
-    """).replace("OUT", repr(str(tmp_path / "out"))))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """).replace("OUT", repr(str(tmp_path / "out")))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "STARTED"
     deadline = time.monotonic() + 60
-    while len(children_of(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + resource tracker
+    while (
+        len(children_of(proc.pid)) < 3 and time.monotonic() < deadline
+    ):  # 2 workers + resource tracker
         time.sleep(0.05)
     time.sleep(1.0)
-    workers = [pid for pid in children_of(proc.pid)
-               if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = [
+        pid
+        for pid in children_of(proc.pid)
+        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
     assert len(workers) == 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -224,4 +247,6 @@ def test_ctrl_c_stops_every_worker_and_frees_shared_memory(tmp_path: Path) -> No
     for pid in workers:  # gone: the coordinator stopped them before it exited
         assert not running(pid)
     assert not our_segments(proc.pid)
-    assert not [p for p in (tmp_path / "out").glob("part-*")] if (tmp_path / "out").exists() else True
+    assert (
+        not [p for p in (tmp_path / "out").glob("part-*")] if (tmp_path / "out").exists() else True
+    )

@@ -24,8 +24,10 @@ import arrowflow as af
 from arrowflow.runtime.segments import SHM_DIR, segment_name, start_time
 from arrowflow.testing import assert_frame_equal_unordered
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self") or not os.path.isdir(SHM_DIR),
-                                reason="needs Linux /proc and /dev/shm")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/proc/self") or not os.path.isdir(SHM_DIR),
+    reason="needs Linux /proc and /dev/shm",
+)
 
 JOB = textwrap.dedent("""
     import sys, time
@@ -59,7 +61,8 @@ def data(tmp_path: Path) -> Path:
     n = 100_000
     path = tmp_path / "in.parquet"
     pl.DataFrame({"k": rng.integers(0, 500, n), "v": rng.integers(-1000, 1000, n)}).write_parquet(
-        path, row_group_size=2_000)
+        path, row_group_size=2_000
+    )
     return path
 
 
@@ -71,12 +74,17 @@ def test_segment_names_carry_pid_and_start_time() -> None:
     assert int(started, 36) == ticks
 
 
-def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path: Path, data: Path,
-                                                                        kill_delay: float = 0.0) -> None:
+def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(
+    tmp_path: Path, data: Path, kill_delay: float = 0.0
+) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    job = subprocess.Popen([sys.executable, str(script), str(data), str(tmp_path / "killed-out")],
-                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    job = subprocess.Popen(
+        [sys.executable, str(script), str(data), str(tmp_path / "killed-out")],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     other = subprocess.Popen(["sleep", "60"])
     planted: list[Path] = []
     try:
@@ -104,8 +112,11 @@ def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path
 
         flow = af.Flow("next")
         sums = flow.read_parquet(str(data)).key_by("k").agg(s=pl.col("v").sum())
-        with pytest.warns(UserWarning, match=r"removed \d+ shared-memory segments left in /dev/shm .*"
-                                             rf"\b{job.pid}\b"):
+        with pytest.warns(
+            UserWarning,
+            match=r"removed \d+ shared-memory segments left in /dev/shm .*"
+            rf"\b{job.pid}\b",
+        ):
             result = af.testing.collect_all(sums, workers=2)
         assert segments_of(job.pid) == []
         assert not reused.exists() and not dead_old_style.exists()
@@ -127,4 +138,6 @@ def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path
 @pytest.mark.soak
 @pytest.mark.parametrize("round_", range(12))
 def test_soak_kill_and_reclaim(tmp_path: Path, data: Path, round_: int) -> None:
-    test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(tmp_path, data, kill_delay=0.25 * round_)
+    test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(
+        tmp_path, data, kill_delay=0.25 * round_
+    )
