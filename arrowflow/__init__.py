@@ -4,12 +4,14 @@ Build a :class:`Flow` from sources, polars expressions and keyed aggregations, t
 ``flow.run()`` it or ``stream.collect()`` a stream into a polars DataFrame.
 """
 
-from arrowflow.checkpoint import list_checkpoints as list_checkpoints
-from arrowflow.checkpoint import query_state as query_state
-from arrowflow.checkpoint import read_state as read_state
-from arrowflow.dataflow import Flow as Flow
-from arrowflow.dataflow import KeyedStream as KeyedStream
-from arrowflow.dataflow import Stream as Stream
+from arrowflow._api.flow import Flow as Flow
+from arrowflow._api.flow import KeyedStream as KeyedStream
+from arrowflow._api.flow import Stream as Stream
+from arrowflow._api.job import Job as Job
+from arrowflow._runtime.checkpoints import list_checkpoints as list_checkpoints
+from arrowflow._runtime.checkpoints import query_state as query_state
+from arrowflow._runtime.checkpoints import read_state as read_state
+from arrowflow._runtime.result import RunResult as RunResult
 from arrowflow.errors import ArrowflowError as ArrowflowError
 from arrowflow.errors import CheckpointError as CheckpointError
 from arrowflow.errors import PlanError as PlanError
@@ -22,8 +24,6 @@ from arrowflow.process import ListState as ListState
 from arrowflow.process import MapState as MapState
 from arrowflow.process import ProcessContext as ProcessContext
 from arrowflow.process import ValueState as ValueState
-from arrowflow.running import Job as Job
-from arrowflow.runtime.result import RunResult as RunResult
 from arrowflow.triggers import Trigger as Trigger
 from arrowflow.triggers import TriggerStats as TriggerStats
 from arrowflow.triggers import every as every

@@ -29,9 +29,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from arrowflow.dataflow import Flow
+from arrowflow._api.flow import Flow
+from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
-from arrowflow.runtime.result import RunResult
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -399,7 +399,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from arrowflow.checkpoint import CheckpointStorage, chk_dir
+    from arrowflow._runtime.checkpoints import CheckpointStorage, chk_dir
 
     storage = CheckpointStorage(args.url)
     frame = storage.list()
@@ -428,7 +428,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from arrowflow.checkpoint import CheckpointStorage, query_state
+    from arrowflow._runtime.checkpoints import CheckpointStorage, query_state
 
     storage = CheckpointStorage(args.url)
     manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()

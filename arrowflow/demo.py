@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 
 import arrowflow as af
-from arrowflow.checkpoint import CheckpointStorage
+from arrowflow._runtime.checkpoints import CheckpointStorage
 
 EVENT_TYPES = (
     "view",

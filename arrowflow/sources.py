@@ -110,7 +110,7 @@ class Source(abc.ABC):
         """Lower bounds of ``column`` (int64 microseconds since the epoch) per split id.
 
         Called in the coordinator, once for the splits each discovery found, when a per-split
-        watermark reads ``column`` from this source (see :mod:`arrowflow.watermarks`). Answer
+        watermark reads ``column`` from this source (see :mod:`arrowflow._foundation.watermarks`). Answer
         only from what is known without reading data (file statistics); a bound must never be
         above a value the split holds. Splits left out hold the watermark back until they
         start. The default knows no bounds.

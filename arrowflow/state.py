@@ -10,7 +10,7 @@ Access is vectorized: every method takes or returns whole columns. Keys are a
 ``pl.DataFrame`` with the store's value columns. No method is ever called per key.
 
 Key groups: a key belongs to group ``key_groups(keys, max_parallelism)``
-(:mod:`arrowflow.keygroups`). Snapshots record the group of every key, so
+(:mod:`arrowflow._foundation.keygroups`). Snapshots record the group of every key, so
 :meth:`KeyedStore.restore` can load a snapshot taken with a different split of groups
 across workers (rescaling): it keeps exactly the keys whose group it owns.
 
@@ -30,8 +30,8 @@ from typing import Any
 import fsspec
 import polars as pl
 
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.errors import StateError
-from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
 
 #: Name of the Boolean column :meth:`KeyedStore.get` adds: True where the key was found.
 FOUND = "__found"
@@ -59,7 +59,7 @@ class StoreSpec:
 
     def key_groups_of(self, keys: pl.DataFrame) -> Any:
         """The key group of every row of ``keys`` (a numpy array), per :attr:`group_columns`."""
-        from arrowflow.keygroups import key_groups
+        from arrowflow._foundation.keygroups import key_groups
 
         return key_groups(
             keys.select(list(self.group_columns) or self.key_columns), self.max_parallelism

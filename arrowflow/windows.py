@@ -17,15 +17,15 @@ A window *fires* (emits its row, and leaves the state) once the watermark reache
 ``window_end + allowed_lateness`` (a session: ``gap`` later still). An event is *late* when
 its window's ``window_end + allowed_lateness`` is at or behind the watermark of its own
 split before it (the newest event time of the split's earlier rows minus the delay; see
-:mod:`arrowflow.watermarks`), or when its window already fired (on unbounded input): it goes
+:mod:`arrowflow._foundation.watermarks`), or when its window already fired (on unbounded input): it goes
 to the ``late`` side output with the columns of the event and the ``window_start``/
 ``window_end`` it missed (one row per missed window), and is counted in the operator's
 metrics. For a session, an event is late when ``ts + gap + allowed_lateness`` is at or behind
 that watermark. Each window fires once: allowed lateness delays the firing, it does not
 re-fire an updated row.
 
-The aggregates are the incremental ones of :mod:`arrowflow.aggregates`, with the window start
-as an extra key; the runtime side is :mod:`arrowflow.runtime.window_op`.
+The aggregates are the incremental ones of :mod:`arrowflow._graph.aggregates`, with the window start
+as an extra key; the runtime side is :mod:`arrowflow._runtime.window_op`.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from arrowflow.aggregates import IncrementalAgg, named_aggregations
+from arrowflow._foundation.watermarks import check_time_column, duration_arg, per_ms
+from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
-from arrowflow.watermarks import check_time_column, duration_arg, per_ms
 
 if TYPE_CHECKING:
-    from arrowflow.dataflow import KeyedStream, Stream
+    from arrowflow._api.flow import KeyedStream, Stream
 
 WINDOW_START, WINDOW_END = "window_start", "window_end"
 KINDS = ("tumbling", "sliding", "session")
@@ -211,7 +211,7 @@ class WindowedStream:
 
     def agg(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
         """One row per key and window: keys, window_start, window_end, then the aggregates."""
-        from arrowflow.dataflow import Stream
+        from arrowflow._api.flow import Stream
 
         stream = self.keyed.stream
         flow = stream.flow

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import polars as pl
 
-from arrowflow.runtime.channels import END, Ring, ipc_read, write_table
+from arrowflow._runtime.shm import END, Ring, ipc_read, write_table
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

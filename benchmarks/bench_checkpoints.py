@@ -67,7 +67,7 @@ class W3(Job):
         self, contender: Contender, data: dict[str, Path], out: Path
     ) -> dict[str, Any]:
         import arrowflow as af
-        from arrowflow.checkpoint import CheckpointStorage
+        from arrowflow._runtime.checkpoints import CheckpointStorage
 
         started = time.perf_counter()
         flow = af.Flow("w3")

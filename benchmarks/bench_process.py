@@ -1,4 +1,4 @@
-"""Keyed process function throughput: the de-duplication example of ``arrowflow.process``.
+"""Keyed process function throughput: the de-duplication example of ``arrowflow._process.context``.
 
     python benchmarks/bench_process.py [--backends memory arrow lmdb sql] [--events 1M]
                                        [--ids 700K] [--batch 100K] [--workers 0 2] [--repeat 3]

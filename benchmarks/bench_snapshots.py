@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_state import SPEC, count, human, load  # noqa: E402
 
-from arrowflow.keygroups import key_groups  # noqa: E402
+from arrowflow._foundation.keygroups import key_groups  # noqa: E402
 from arrowflow.state import FOUND, StateBackend, StoreContext, resolve_backend  # noqa: E402
 
 LOAD_BATCH = 1_000_000

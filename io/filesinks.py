@@ -25,7 +25,7 @@ State and protocol (see :mod:`arrowflow.sinks`):
   newest checkpoint, or ``restore=<older id>``) deletes the committed part files of this job
   (its tag) whose checkpoint is after ``n``; the replay writes them again, once.
 - The runtime holds a lease on the folder for the whole run (``_arrowflow.lock``, see
-  :mod:`arrowflow.lease`): a second job writing into it is refused.
+  :mod:`arrowflow._runtime.lease`): a second job writing into it is refused.
 
 arrowflow and Spark skip names starting with ``_`` or ``.``, so they only ever see committed
 files. polars does not skip them, but staged files live in the ``.staging/`` folder, so a

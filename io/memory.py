@@ -80,7 +80,7 @@ class MemorySource(Source):
 
     def event_time_bounds(self, splits: list[Split], column: str) -> dict[str, int]:
         """The frame is at hand: each row range's minimum of ``column`` (a vectorized pass)."""
-        from arrowflow.watermarks import to_micros
+        from arrowflow._foundation.watermarks import to_micros
 
         dtype = self.frame.schema.get(column)
         if not isinstance(dtype, pl.Datetime):

@@ -8,10 +8,10 @@ fail on is killed; one they pass on survived: either a gap in the tests or an eq
 mutant (listed with its reason in tools/mutation_equivalent.toml, and not counted).
 
     python tools/mutation.py                              # every module in the table
-    python tools/mutation.py --module arrowflow/keygroups.py
+    python tools/mutation.py --module arrowflow/_foundation/keygroups.py
     python tools/mutation.py --since origin/main          # only lines changed since a revision
     python tools/mutation.py --jobs 2 --report out.json   # two copies, mutants in parallel
-    python tools/mutation.py --list --module arrowflow/watermarks.py   # mutants, no test run
+    python tools/mutation.py --list --module arrowflow/_foundation/watermarks.py   # mutants, no test run
     python tools/mutation.py --survivors-of out.json      # re-run what survived, after new tests
 
 How the copy imports itself: the editable install maps ``arrowflow.backends`` to

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from arrowflow._util import frame_from_ipc, frame_to_ipc
-from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow._foundation.util import frame_from_ipc, frame_to_ipc
 from arrowflow.sinks import Sink, SinkWriter
 
 if TYPE_CHECKING:
-    from arrowflow.dataflow import Stream
+    from arrowflow._api.flow import Stream
 
 __all__ = ["CollectingSink", "assert_frame_equal_unordered", "collect_all"]
 
@@ -205,9 +205,9 @@ def collect_all(
     consumed by several operators) runs as one plan. The flow itself is not changed: no
     sink is added to it.
     """
-    from arrowflow.dataflow import Node, Stream
-    from arrowflow.plan import build_plan
-    from arrowflow.runtime import execute
+    from arrowflow._api.flow import Node, Stream
+    from arrowflow._plan import build_plan
+    from arrowflow._runtime import execute
 
     if not streams:
         msg = "collect_all() needs at least one stream"

@@ -50,8 +50,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from polars.testing import assert_frame_equal
 
+from arrowflow._foundation.keygroups import key_group_range, key_groups
 from arrowflow.errors import StateError
-from arrowflow.keygroups import key_group_range, key_groups
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
 
 __all__ = [

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import arrowflow as af
-from arrowflow.aggregates import IncrementalAgg
+from arrowflow._graph.aggregates import IncrementalAgg
 from arrowflow.testing import assert_frame_equal_unordered, collect_all
 
 NAN = float("nan")
@@ -218,7 +218,7 @@ def test_float_nan_key_across_one_row_batches(monkeypatch: pytest.MonkeyPatch, s
     """polars' hash join does not reliably match NaN with NaN (a 1-row probe misses it); every
     backend's store must still treat a NaN key as one key when each batch reaches the store
     on its own."""
-    import arrowflow.runtime.operators as operators
+    import arrowflow._runtime.operators as operators
 
     monkeypatch.setattr(operators, "PARTIAL_ROWS", 1)  # each one-row batch is its own store get+put
     df = pl.DataFrame({"k": [NAN, NAN, 1.0, NAN], "v": [1, 2, 3, 4]})
@@ -474,7 +474,7 @@ def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
 ) -> None:
     """An AggOp emits the values its merges put while few keys changed, and reads them back
     from its store beyond EMIT_CACHE_ROWS; both give polars' answer, every key once."""
-    import arrowflow.runtime.operators as operators
+    import arrowflow._runtime.operators as operators
 
     monkeypatch.setattr(operators, "PARTIAL_ROWS", 5)  # a merge every few batches
     for cache_rows in (10**9, 7):

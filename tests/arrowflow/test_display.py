@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.display import UNKNOWN_SCHEMA, flow_html, plan_html, plan_svg, stream_html
+from arrowflow._api.display import UNKNOWN_SCHEMA, flow_html, plan_html, plan_svg, stream_html
 from arrowflow.testing import CollectingSink
 
 SVG_NS = "{http://www.w3.org/2000/svg}"

@@ -1,4 +1,4 @@
-"""Event time does not depend on scheduling: per-split watermarks (arrowflow.watermarks).
+"""Event time does not depend on scheduling: per-split watermarks (arrowflow._foundation.watermarks).
 
 Every input file here covers the *whole* time span, its rows shuffled within a bounded
 out-of-orderness, with some rows pushed minutes back. Windows, late rows and their counts must
@@ -363,8 +363,8 @@ def test_the_enumerator_hands_out_splits_in_event_time_order(
 ) -> None:
     """Bounds from the Parquet statistics; splits without a bound first (they hold the
     watermark until they start); each hand-out carries the floor of what is still pending."""
-    from arrowflow.runtime.job import JobCoordinator
-    from arrowflow.watermarks import IDLE, NO_WATERMARK
+    from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+    from arrowflow._runtime.coordinator import JobCoordinator
 
     late_file = part(8000, 60).with_columns(pl.col("ts") + pl.duration(hours=5))
     early_file = part(8000, 61)
@@ -600,7 +600,7 @@ def test_the_split_watermark_stays_internal(tmp_path: Path) -> None:
 
 def test_a_restore_refuses_running_maxima_that_are_not_numbers(tmp_path: Path) -> None:
     """split_tops read back from a checkpoint are checked before use."""
-    from arrowflow.checkpoint import Manifest
+    from arrowflow._runtime.checkpoints import Manifest
     from arrowflow.errors import CheckpointError
 
     paths = write_parts(tmp_path / "in", {"a": part(3000, 95)})

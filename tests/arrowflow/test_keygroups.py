@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.keygroups import (
+from arrowflow._foundation.keygroups import (
     DEFAULT_MAX_PARALLELISM,
     hash_keys,
     key_group_range,
@@ -169,7 +169,7 @@ def test_byte_hash_of_a_sliced_arrow_array_equals_a_fresh_one() -> None:
     arrays today; this keeps the offset arithmetic right for when it does not."""
     import pyarrow as pa
 
-    from arrowflow.keygroups import _hash_bytes
+    from arrowflow._foundation.keygroups import _hash_bytes
 
     values = STRINGS * 3
     for arrow_type in (pa.string(), pa.large_string(), pa.binary()):
@@ -243,7 +243,7 @@ def test_an_empty_batch_has_no_key_groups(dtype: pl.DataType, values: list) -> N
 )
 def test_plan_time_key_check_agrees_with_hashing(series: pl.Series) -> None:
     """The plan refuses a key column exactly when hashing it would fail at run time."""
-    from arrowflow.keygroups import is_hashable_key_type
+    from arrowflow._foundation.keygroups import is_hashable_key_type
 
     try:
         key_groups(pl.DataFrame({"k": series}))
@@ -308,7 +308,7 @@ def test_key_group_ranges_partition_and_owner_of_inverts_them(max_parallelism: i
 _CHILD = """
 import json, sys, datetime as dt, math
 import polars as pl
-from arrowflow.keygroups import hash_keys
+from arrowflow._foundation.keygroups import hash_keys
 frame = pl.DataFrame({
     "i": [0, 1, -1, 2**62, None, 7],
     "s": ["", "a", "日本語", None, "x" * 40, "🙂"],

@@ -22,10 +22,10 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.checkpoint import CheckpointStorage
+from arrowflow._api.live import SETTLED
+from arrowflow._runtime.checkpoints import CheckpointStorage
 from arrowflow.errors import ArrowflowError, PlanError
 from arrowflow.io.files import FileSource
-from arrowflow.live import SETTLED
 from arrowflow.testing import CollectingSink, assert_frame_equal_unordered
 
 
@@ -150,8 +150,8 @@ def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(
 def test_live_counts_stay_exact_when_a_restart_goes_back_to_an_older_checkpoint() -> None:
     """Counts are folded only below the oldest kept checkpoint: a restart that skips damaged
     newer ones still rewinds exactly, and one from scratch starts the count again."""
-    from arrowflow._util import frame_to_ipc
-    from arrowflow.live import LiveResults
+    from arrowflow._api.live import LiveResults
+    from arrowflow._foundation.util import frame_to_ipc
 
     def publish(results: LiveResults, epoch: int, n: int) -> None:
         results.add("tap", 0, epoch, frame_to_ipc(pl.DataFrame({"x": range(n)})), n)
@@ -353,7 +353,7 @@ def test_run_shows_a_progress_bar_when_asked(
 
 
 def test_progress_is_off_by_default_when_nobody_watches(monkeypatch: pytest.MonkeyPatch) -> None:
-    from arrowflow.progress import wanted
+    from arrowflow._api.progress import wanted
 
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.setenv("ARROWFLOW_PROGRESS", "0")
@@ -379,7 +379,7 @@ def test_job_html_shows_status_operators_checkpoints_and_a_chart(tmp_path: Path)
     assert "last checkpoint" in html and "<svg" in html and "throughput" in html
     assert ">20,000<" in html  # rows into the agg, formatted
 
-    from arrowflow.jobview import status_line
+    from arrowflow._api.jobview import status_line
 
     line = status_line(job)
     assert line.startswith("viewed: finished") and "20,000 rows" in line

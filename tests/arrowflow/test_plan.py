@@ -11,7 +11,7 @@ import polars.selectors as cs
 import pytest
 
 import arrowflow as af
-from arrowflow.plan import MAIN, Edge, build_plan
+from arrowflow._plan import MAIN, Edge, build_plan
 from arrowflow.testing import CollectingSink, assert_frame_equal_unordered, collect_all
 
 DATA = pl.DataFrame(

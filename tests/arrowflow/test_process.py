@@ -28,8 +28,8 @@ import polars as pl
 import pytest
 
 import arrowflow as af
+from arrowflow._process.context import ProcessContext, ProcessFunction
 from arrowflow.errors import PlanError, SchemaError, StateError, WorkerError
-from arrowflow.process import ProcessContext, ProcessFunction
 from arrowflow.state import StoreContext, resolve_backend
 from arrowflow.testing import CollectingSink, assert_frame_equal_unordered, collect_all
 
@@ -638,7 +638,7 @@ def test_writing_state_of_a_key_another_worker_owns_is_refused(tmp_path: Path) -
     with open_states(
         resolve_backend("memory"), tmp_path, af.ValueState("n", pl.Int64), key_range=range(0, 1)
     ) as ctx:
-        from arrowflow.keygroups import key_groups
+        from arrowflow._foundation.keygroups import key_groups
 
         names = [f"user{i}" for i in range(50)]
         groups = key_groups(users(*names), 128)
@@ -651,7 +651,7 @@ def test_writing_state_of_a_key_another_worker_owns_is_refused(tmp_path: Path) -
 
 def test_processing_time_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without event_time, TTLs run on the wall clock: a fake one, 40 minutes per batch."""
-    from arrowflow.runtime import process_op
+    from arrowflow._runtime import process_op
 
     ticks = iter(range(0, 10**9, 40 * 60_000))
     monkeypatch.setattr(process_op, "wall_clock_ms", lambda: next(ticks))
@@ -689,8 +689,8 @@ def test_batches_from_a_ring_are_copied_before_anything_keeps_them(tmp_path: Pat
     call: what the function returns and what it writes to heap state must survive that."""
     import pyarrow as pa
 
-    from arrowflow.runtime.channels import ipc_read
-    from arrowflow.runtime.process_op import ProcessOp
+    from arrowflow._runtime.process_op import ProcessOp
+    from arrowflow._runtime.shm import ipc_read
 
     def keep_everything(batch: pl.DataFrame, ctx: af.ProcessContext) -> pl.DataFrame:
         ctx.state("last").put(batch, pl.col("category"))

@@ -186,7 +186,7 @@ def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_commit
     import signal
     import time
 
-    from arrowflow.checkpoint import MANIFEST, chk_dir
+    from arrowflow._runtime.checkpoints import MANIFEST, chk_dir
 
     def slow(batch: pl.DataFrame) -> pl.DataFrame:
         time.sleep(0.03)
@@ -221,7 +221,7 @@ def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_commit
 def test_resuming_when_every_checkpoint_is_damaged_starts_over_without_duplicates(
     tmp_path: Path,
 ) -> None:
-    from arrowflow.checkpoint import MANIFEST
+    from arrowflow._runtime.checkpoints import MANIFEST
 
     out, ck = tmp_path / "out", tmp_path / "ck"
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.watermarks import IDLE, NO_WATERMARK, describe_watermark, to_micros
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, describe_watermark, to_micros
 
 
 @pytest.mark.parametrize(

@@ -215,7 +215,7 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(
     window that fired on time from one that waited for the end of the input). The late port
     is not connected and the aggregation reads one column: late rows are only counted."""
     if through_store:
-        import arrowflow.runtime.window_op as window_op
+        import arrowflow._runtime.window_op as window_op
 
         monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
     df = boundary_events("ms", windows=8, seed=6)
@@ -291,7 +291,7 @@ def test_boundaries_hold_for_windows_kept_in_the_state_store(
 ) -> None:
     """The same boundaries when every open window has gone through the state store (a write
     buffer of one row: in process, so the patch reaches the operator), on two backends."""
-    import arrowflow.runtime.window_op as window_op
+    import arrowflow._runtime.window_op as window_op
 
     monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
     df = boundary_events("us", windows=6, seed=9)

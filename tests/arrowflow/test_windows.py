@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.checkpoint import CheckpointStorage
+from arrowflow._runtime.checkpoints import CheckpointStorage
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.io.memory import CollectSink
 from arrowflow.testing import assert_frame_equal_unordered
@@ -175,7 +175,7 @@ def test_a_nan_key_is_one_key_of_its_windows(state: str, monkeypatch: pytest.Mon
     """A float key NaN is one key, as in polars' group_by, also for windows spilled to the
     store and met again in later batches (the window index is matched by joins). Coverage:
     it passed before the index joins became NaN-safe too (polars' plain join matched here)."""
-    import arrowflow.runtime.window_op as window_op
+    import arrowflow._runtime.window_op as window_op
 
     monkeypatch.setattr(
         window_op, "BUFFER_ROWS", 1
@@ -387,7 +387,7 @@ _RESTORE_JOB = textwrap.dedent("""
     import json, sys
     import polars as pl
     import arrowflow as af
-    import arrowflow.runtime.window_op as window_op
+    import arrowflow._runtime.window_op as window_op
 
     config = json.loads(sys.argv[1])
     if config["buffer_rows"]:
@@ -557,7 +557,7 @@ def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(
 ) -> None:
     """A window spilled to the store and updated since in the write buffer is one row of
     read_state, its partial aggregates merged (counts added, max of maxes, last of lasts)."""
-    import arrowflow.runtime.window_op as window_op
+    import arrowflow._runtime.window_op as window_op
 
     monkeypatch.setattr(window_op, "BUFFER_ROWS", 40)  # in-process: spill to the store early
     df = events(6000, users=8, seed=5, span_ms=1_800_000, jitter_ms=1).sort("ts")

@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import pyarrow.ipc
 
+from arrowflow._foundation.keygroups import key_groups
 from arrowflow.backends.arrow_ipc import ArrowBackend
 from arrowflow.backends.memory import MemoryBackend
-from arrowflow.keygroups import key_groups
 from arrowflow.state import KEY_GROUP, StoreContext, StoreSpec
 from arrowflow.testing.state_conformance import assert_same_contents
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from arrowflow.checkpoint import CheckpointStorage
+from arrowflow._runtime.checkpoints import CheckpointStorage
 
 
 def append(log: Path, ids: range) -> None:

@@ -1,4 +1,4 @@
-"""One job at a time per checkpoint directory and per output folder (arrowflow.lease).
+"""One job at a time per checkpoint directory and per output folder (arrowflow._runtime.lease).
 
 Real processes started side by side: the second job is refused at once, naming the holder,
 before it writes anything, and the output is exactly the single run's (checked against
@@ -22,8 +22,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from arrowflow.checkpoint import CheckpointStorage
-from arrowflow.lease import LEASE_NAME, Lease, LeaseError
+from arrowflow._runtime.checkpoints import CheckpointStorage
+from arrowflow._runtime.lease import LEASE_NAME, Lease, LeaseError
 
 JOB = textwrap.dedent("""
     import json, sys, time

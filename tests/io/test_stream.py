@@ -153,7 +153,7 @@ def test_kill_9_while_tailing_then_restore(tmp_path: Path) -> None:
 def caught_up(tmp: Path, lines: int) -> bool:
     """The newest checkpoint's tail position has reached line ``lines`` of the file now at
     app.jsonl (not of the one rotated away: its line numbers are higher)."""
-    from arrowflow.checkpoint import CheckpointStorage
+    from arrowflow._runtime.checkpoints import CheckpointStorage
 
     manifest = CheckpointStorage(str(tmp / "ck")).latest(report=False)
     if manifest is None:
@@ -210,7 +210,7 @@ def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -
 def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) -> None:
     """max_file_age: files older than the newest seen minus the age are neither read nor kept
     in the checkpoints' finished set; a restart does not read the forgotten files again."""
-    from arrowflow.checkpoint import CheckpointStorage
+    from arrowflow._runtime.checkpoints import CheckpointStorage
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -495,8 +495,8 @@ def test_a_watched_file_finished_between_two_acks_stays_finished(tmp_path: Path)
     """Worker 0 acks checkpoint 1, then finishes a file, then worker 1 acks: the file belongs
     to checkpoint 2 (its rows came after worker 0's barrier) and must be listed finished there,
     or a restore from checkpoint 2 reads it again."""
-    from arrowflow.checkpoint import CheckpointStorage
-    from arrowflow.runtime.job import JobCoordinator
+    from arrowflow._runtime.checkpoints import CheckpointStorage
+    from arrowflow._runtime.coordinator import JobCoordinator
 
     inbox = tmp_path / "in"
     inbox.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from arrowflow.checkpoint import CheckpointStorage, Manifest
+from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest
 from arrowflow.errors import CheckpointError
 
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.checkpoint import CheckpointStorage, Manifest
+from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest
 from arrowflow.errors import CheckpointError
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from arrowflow.checkpoint import CheckpointStorage, read_state
+from arrowflow._runtime.checkpoints import CheckpointStorage, read_state
 
 
 def check_exactly_once(h, tmp: Path, input_dir: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from arrowflow.checkpoint import MANIFEST, SOURCES, CheckpointStorage, chk_dir
+from arrowflow._runtime.checkpoints import MANIFEST, SOURCES, CheckpointStorage, chk_dir
 from arrowflow.io.filesinks import part_checkpoint
 
 DAMAGES = ("truncated", "garbage", "flipped", "missing_state")

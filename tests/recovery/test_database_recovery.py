@@ -211,7 +211,7 @@ def test_a_damaged_newest_checkpoint_rolls_the_tables_back(
     """Killed before checkpoint 4's manifest, checkpoint 3's manifest then garbled: the restore
     from 2 deletes checkpoint 3's committed rows (append) and puts back what it overwrote
     (upsert) in one transaction before the replay, so every row is in the table once."""
-    from arrowflow.checkpoint import MANIFEST, CheckpointStorage, chk_dir
+    from arrowflow._runtime.checkpoints import MANIFEST, CheckpointStorage, chk_dir
 
     url = database(kind, tmp_path, request)
     # Batches slow enough that each of the first checkpoints commits rows.

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.checkpoint import CheckpointStorage
+from arrowflow._runtime.checkpoints import CheckpointStorage
 from arrowflow.errors import CheckpointError
 
 
@@ -461,7 +461,7 @@ def test_a_restore_past_a_manifest_with_wrong_types_is_exact(
 
 _LATEST = """
 import sys, warnings
-from arrowflow.checkpoint import CheckpointStorage
+from arrowflow._runtime.checkpoints import CheckpointStorage
 from arrowflow.errors import CheckpointError
 storage = CheckpointStorage(sys.argv[1])
 with warnings.catch_warnings(record=True) as caught:

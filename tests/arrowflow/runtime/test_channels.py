@@ -24,16 +24,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from arrowflow._runtime.pool import ShmTransport
+from arrowflow._runtime.shm import Ring
 from arrowflow.io.filesinks import FileSink
-from arrowflow.runtime.channels import Ring
-from arrowflow.runtime.pool import ShmTransport
 
 SENDER = textwrap.dedent(
     """
     import sys, zlib
     import numpy as np
     import polars as pl
-    from arrowflow.runtime.pool import ShmTransport
+    from arrowflow._runtime.pool import ShmTransport
 
     ring_name, batches, reference = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     from multiprocessing import resource_tracker

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow.runtime.segments import SHM_DIR, segment_name, start_time
+from arrowflow._runtime.shm_segments import SHM_DIR, segment_name, start_time
 from arrowflow.testing import assert_frame_equal_unordered
 
 pytestmark = pytest.mark.skipif(

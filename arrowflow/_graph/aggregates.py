@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from arrowflow._foundation.keygroups import KEY_TYPES_HINT, is_hashable_key_type
 from arrowflow.errors import PlanError, SchemaError
-from arrowflow.keygroups import KEY_TYPES_HINT, is_hashable_key_type
 from arrowflow.state import FOUND
 
 ROW_COUNT = "__n"

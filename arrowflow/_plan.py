@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow.dataflow import (
+from arrowflow._api.flow import (
     STATELESS,
     Flow,
     Node,
@@ -112,7 +112,7 @@ class Plan:
         return all(op.params["source"].bounded for op in self.sources)
 
     def _repr_html_(self) -> str:
-        from arrowflow.display import plan_html
+        from arrowflow._api.display import plan_html
 
         return plan_html(self)
 

@@ -98,7 +98,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._util import duration_ms
+from arrowflow._foundation.util import duration_ms
 from arrowflow.errors import PlanError, SchemaError
 
 NO_WATERMARK = -(2**63)
@@ -195,8 +195,8 @@ def split_watermark_inputs(plan: Any) -> dict[str, dict[str, bool]]:
     unchanged (only filters, and ``with_columns`` that do not write the column, in between),
     so that a source's statistics of that column bound what the operator sees.
     """
-    from arrowflow.dataflow import uses_all_columns
-    from arrowflow.plan import MAIN
+    from arrowflow._api.flow import uses_all_columns
+    from arrowflow._plan import MAIN
 
     by_id = {op.id: op for op in plan.ops}
 

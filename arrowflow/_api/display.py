@@ -39,8 +39,8 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow.dataflow import Flow, Node, Stream, describe_expr
-from arrowflow.plan import MAIN, Plan, build_plan, describe_op
+from arrowflow._api.flow import Flow, Node, Stream, describe_expr
+from arrowflow._plan import MAIN, Plan, build_plan, describe_op
 
 SCHEMA_LINES = 8  # columns shown per box; the rest as "+N more"
 UNKNOWN_SCHEMA = "schema unknown until run"

@@ -12,11 +12,11 @@ import tempfile
 import time
 from typing import Any
 
-from arrowflow.plan import Plan
-from arrowflow.runtime.job import JobCoordinator
-from arrowflow.runtime.operators import RuntimeContext
-from arrowflow.runtime.result import RunResult
-from arrowflow.runtime.worker import Worker
+from arrowflow._plan import Plan
+from arrowflow._runtime.coordinator import JobCoordinator
+from arrowflow._runtime.operators import RuntimeContext
+from arrowflow._runtime.result import RunResult
+from arrowflow._runtime.worker import Worker
 from arrowflow.sources import Split
 from arrowflow.state import StateBackend
 

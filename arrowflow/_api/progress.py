@@ -27,7 +27,7 @@ def wanted(progress: bool | None) -> bool:
         return False
     if os.environ.get("CI"):
         return False
-    from arrowflow.jobview import in_notebook
+    from arrowflow._api.jobview import in_notebook
 
     if in_notebook():
         return True
@@ -38,7 +38,7 @@ def wanted(progress: bool | None) -> bool:
 
 
 def _tqdm_class() -> Any:
-    from arrowflow.jobview import in_notebook
+    from arrowflow._api.jobview import in_notebook
 
     if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.notebook import tqdm

@@ -1,9 +1,9 @@
 """State declarations of keyed process functions: what ``states=[...]`` holds.
 
 Plain, picklable descriptions (name, columns, time to live), checked when they are created;
-the public names live in :mod:`arrowflow.process`. ``store_spec`` gives the store each one is
+the public names live in :mod:`arrowflow._process.context`. ``store_spec`` gives the store each one is
 kept in: keyed by the operator's key columns; a value state's columns as they are, a list's or
-a map's entries packed per key (:mod:`arrowflow._packed`).
+a map's entries packed per key (:mod:`arrowflow._process.packed`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow import _packed
+from arrowflow._process import packed as _packed
 from arrowflow.errors import PlanError
 from arrowflow.state import StoreSpec
 
@@ -59,7 +59,7 @@ def _columns(value: Any, default_name: str, what: str) -> tuple[pl.Schema, bool]
 def _ttl(ttl: Any, what: str) -> int | None:
     if ttl is None:
         return None
-    from arrowflow._util import duration_ms
+    from arrowflow._foundation.util import duration_ms
 
     ms = duration_ms(ttl, what=f"{what} ttl")
     if ms <= 0:

@@ -2,7 +2,7 @@
 
 A :class:`Flow` owns a list of :class:`Node` objects. :class:`Stream` and
 :class:`KeyedStream` are thin handles on a node that add operators. Nothing runs until
-``flow.run()`` or ``stream.collect()``; then :mod:`arrowflow.plan` turns the nodes into a
+``flow.run()`` or ``stream.collect()``; then :mod:`arrowflow._plan` turns the nodes into a
 physical plan and a runtime executes it.
 
 Operator ids are stable and readable — ``read_parquet``, ``filter``, ``agg``, then
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from arrowflow._util import duration_ms
-from arrowflow.aggregates import IncrementalAgg, batch_dependence, named_aggregations
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow._foundation.util import duration_ms
+from arrowflow._graph.aggregates import IncrementalAgg, batch_dependence, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
-from arrowflow.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.sinks import Sink
 from arrowflow.sources import MALFORMED_SCHEMA, Source
 
 if TYPE_CHECKING:
-    from arrowflow.runtime.result import RunResult
+    from arrowflow._runtime.result import RunResult
 
 _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 STATELESS = ("filter", "select", "with_columns", "map_batches")
@@ -457,7 +457,7 @@ class Flow:
         if kind == "agg":
             return params["agg"](upstream).output_schema
         if kind == "watermark":
-            from arrowflow.watermarks import check_time_column
+            from arrowflow._foundation.watermarks import check_time_column
 
             check_time_column(upstream, params["column"], node.id)
             return upstream
@@ -486,7 +486,7 @@ class Flow:
 
     def plan(self, *, outputs: list[Node] | None = None, max_parallelism: int | None = None) -> Any:
         """The physical plan of the flow (or of the part that ``outputs`` need)."""
-        from arrowflow.plan import build_plan
+        from arrowflow._plan import build_plan
 
         return build_plan(
             self,
@@ -532,7 +532,7 @@ class Flow:
                 f"stream.write_parquet(...) (or write_csv/ndjson/ipc/database), or use stream.collect()"
             )
             raise PlanError(msg)
-        from arrowflow.runtime import execute
+        from arrowflow._runtime import execute
 
         plan = self.plan(outputs=sinks, max_parallelism=max_parallelism)
         return execute(
@@ -558,7 +558,7 @@ class Flow:
         results_limit: int | None = None,
         **run_options: Any,
     ) -> Any:
-        """Run the flow in the background; returns a :class:`arrowflow.running.Job` at once.
+        """Run the flow in the background; returns a :class:`arrowflow._api.job.Job` at once.
 
         Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.metrics()``,
         ``job.checkpoint()``, ``job.stop(savepoint=True)`` and ``job.wait()`` work from any
@@ -567,10 +567,10 @@ class Flow:
         output, a stream before an aggregation), each its newest ``results_limit`` rows
         (default 100,000); ``results=False`` keeps none (a service that nobody watches).
         """
-        from arrowflow.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
-        from arrowflow.plan import build_plan
-        from arrowflow.running import Job
-        from arrowflow.runtime import execute
+        from arrowflow._api.job import Job
+        from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
+        from arrowflow._plan import build_plan
+        from arrowflow._runtime import execute
 
         sinks = self.sinks_or_error()
         limit = DEFAULT_RESULTS_LIMIT if results_limit is None else results_limit
@@ -635,7 +635,7 @@ class Flow:
         return sinks
 
     def _repr_html_(self) -> str:
-        from arrowflow.display import flow_html
+        from arrowflow._api.display import flow_html
 
         return flow_html(self)
 
@@ -808,9 +808,9 @@ class Stream:
         order the files are read in. Windows fire when every unfinished split, also those not
         started yet, has passed them. With ``idle_timeout`` (``"30s"``), a split of a tailed or
         watched source that produces nothing for that long stops holding event time back until
-        it does again. See :mod:`arrowflow.watermarks`.
+        it does again. See :mod:`arrowflow._foundation.watermarks`.
         """
-        from arrowflow.watermarks import duration_arg
+        from arrowflow._foundation.watermarks import duration_arg
 
         if not isinstance(column, str):
             msg = f"with_watermark() expects the name of the event-time column, got {type(column).__name__} {column!r}"
@@ -980,10 +980,10 @@ class Stream:
         unbounded source (``tail``, ``watch``) it also stops after ``timeout`` (default 5 s)
         with the rows it has; without ``limit`` such a stream never ends: use ``flow.start``.
         """
+        from arrowflow._api.live import LimitSink
+        from arrowflow._plan import build_plan
+        from arrowflow._runtime import execute
         from arrowflow.io.memory import CollectSink
-        from arrowflow.live import LimitSink
-        from arrowflow.plan import build_plan
-        from arrowflow.runtime import execute
 
         if limit is not None:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
@@ -1038,12 +1038,12 @@ class Stream:
         return self.collect(limit=n, **options)
 
     def explain(self) -> str:
-        from arrowflow.plan import build_plan
+        from arrowflow._plan import build_plan
 
         return build_plan(self.flow, [self.node]).explain()
 
     def _repr_html_(self) -> str:
-        from arrowflow.display import stream_html
+        from arrowflow._api.display import stream_html
 
         return stream_html(self)
 
@@ -1100,9 +1100,9 @@ class KeyedStream:
         read with ``.side_output("invalid")``. ``fn`` returns a DataFrame of the same columns
         every time: ``schema=``, or learned by calling ``fn`` once on an empty batch.
         ``event_time="ts"`` measures state TTLs in event time instead of processing time.
-        See :mod:`arrowflow.process` for the state methods and a worked example.
+        See :mod:`arrowflow._process.context` for the state methods and a worked example.
         """
-        from arrowflow.process import ProcessFunction
+        from arrowflow._process.context import ProcessFunction
 
         flow = self.stream.flow
         op_id = flow._new_id("process", name)
@@ -1140,7 +1140,7 @@ class KeyedStream:
         return WindowedStream(self, window, allowed_lateness)
 
     def _repr_html_(self) -> str:
-        from arrowflow.display import stream_html
+        from arrowflow._api.display import stream_html
 
         return stream_html(self.stream, keyed_by=self.keys)
 

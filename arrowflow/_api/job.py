@@ -32,9 +32,9 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
-from arrowflow.runtime.result import RunResult
-from arrowflow.watermarks import IDLE, NO_WATERMARK
 
 #: Seconds between two samples of :meth:`Job.history`.
 SAMPLE_INTERVAL_S = 0.5
@@ -51,7 +51,7 @@ class JobControl:
         self.stop_mode: str | None = None
         self.lock = threading.Lock()
         self.attempts = 0
-        self.results = results  # arrowflow.live.LiveResults, when the run has taps
+        self.results = results  # arrowflow._api.live.LiveResults, when the run has taps
 
     def attach(self, coordinator: Any) -> None:
         with self.lock:
@@ -305,7 +305,7 @@ class Job:
 
     def checkpoints(self) -> pl.DataFrame:
         """The job's complete checkpoints: id, time, size, state files, final, source offsets."""
-        from arrowflow.checkpoint import list_checkpoints
+        from arrowflow._runtime.checkpoints import list_checkpoints
 
         return list_checkpoints(
             self._checkpoint_dir(), storage_options=self.options.get("storage_options")
@@ -313,7 +313,7 @@ class Job:
 
     def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """An operator's state in the newest (or the given) checkpoint, as a DataFrame."""
-        from arrowflow.checkpoint import read_state
+        from arrowflow._runtime.checkpoints import read_state
 
         return read_state(
             self._checkpoint_dir(),
@@ -325,7 +325,7 @@ class Job:
     def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """SQL over the state in a checkpoint: every operator with state is a table named after
         its id (quote ids with a dash: ``SELECT * FROM "agg-2"``)."""
-        from arrowflow.checkpoint import query_state
+        from arrowflow._runtime.checkpoints import query_state
 
         return query_state(
             self._checkpoint_dir(),
@@ -383,20 +383,20 @@ class Job:
 
     # ------------------------------------------------------------------ display
     def _repr_html_(self) -> str:
-        from arrowflow.jobview import job_html
+        from arrowflow._api.jobview import job_html
 
         return job_html(self)
 
     def _ipython_display_(self) -> None:
         """In Jupyter: a view of the job that refreshes itself until the job ends."""
-        from arrowflow.jobview import display_live
+        from arrowflow._api.jobview import display_live
 
         display_live(self)
 
     def watch(self, *, interval: float = 1.0, file: Any = None) -> RunResult | None:
         """In a terminal: print a status line every ``interval`` seconds until the job ends
         (Ctrl-C stops watching, not the job). In Jupyter, show the live view instead."""
-        from arrowflow.jobview import in_notebook, watch_terminal
+        from arrowflow._api.jobview import in_notebook, watch_terminal
 
         if in_notebook():
             self._ipython_display_()

@@ -4,7 +4,7 @@ One handle per declared state and operator instance, over one :class:`arrowflow.
 Every method takes whole frames (a column of keys per call) and makes a fixed, small number of
 store calls, whatever the number of keys: no Python code runs per key. The semantics (what
 ``get`` returns for a missing key, which of several writes wins, expiry) are documented on the
-public classes, re-exported by :mod:`arrowflow.process`.
+public classes, re-exported by :mod:`arrowflow._process.context`.
 
 What a handle keeps between calls: nothing but its store. The clock (``ctx.now_ms``) and the
 keys of the batch being processed come from the context.
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from arrowflow import _packed
-from arrowflow._state_decl import WRITTEN, _StateDecl
+from arrowflow._process import packed as _packed
+from arrowflow._process.declarations import WRITTEN, _StateDecl
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.state import FOUND, KeyedStore, join_on_keys
 
 if TYPE_CHECKING:
-    from arrowflow.process import ProcessContext
+    from arrowflow._process.context import ProcessContext
 
 _INDEX = "__k"  # row number of a key in the unique keys of a call
 

@@ -6,7 +6,7 @@ State kept here:
   ``<operator id>/<state name>`` and opened with the key groups this worker owns; restored
   in ``open`` and written by ``snapshot`` at every checkpoint barrier, like ``AggOp.store``.
   A process function emits as it goes and holds no rows, so a barrier needs no flush.
-- ``process_context``: the :class:`arrowflow.process.ProcessContext` handed to every call
+- ``process_context``: the :class:`arrowflow._process.context.ProcessContext` handed to every call
   of the function, with one handle per state over its store.
 - ``now_ms``: the operator's clock, which TTLs are measured against. Processing time (the
   wall clock, never going back), or with ``event_time=`` the largest event time seen so far.
@@ -40,9 +40,9 @@ import time
 import polars as pl
 import pyarrow as pa
 
-from arrowflow.plan import OpSpec
-from arrowflow.process import MIN_SWEEP_MS, ProcessContext, ProcessFunction, conform_output
-from arrowflow.runtime.operators import Operator, restore_stores, snapshot_stores
+from arrowflow._plan import OpSpec
+from arrowflow._process.context import MIN_SWEEP_MS, ProcessContext, ProcessFunction, conform_output
+from arrowflow._runtime.operators import Operator, restore_stores, snapshot_stores
 from arrowflow.state import KeyedStore, StateBackend, StoreContext
 
 

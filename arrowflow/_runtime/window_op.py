@@ -5,7 +5,7 @@ it advanced. Per split (when it sees its sources directly): it keeps each split'
 maximum, adds each row's split watermark (:data:`SPLIT_WATERMARK`) for the windows, and
 sends the minimum over its sources' floors and splits in progress; otherwise, per worker,
 ``max(ts seen) - delay``. With an idle timeout it sends ``IDLE`` once no data came for that
-long (see :mod:`arrowflow.watermarks`, which has the design and why it is deterministic).
+long (see :mod:`arrowflow._foundation.watermarks`, which has the design and why it is deterministic).
 
 **WindowOp** (tumbling and sliding) keeps, per (keys, window_start):
 
@@ -55,9 +55,10 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, to_micros
+from arrowflow._plan import OpSpec
+from arrowflow._runtime.operators import Operator, restore_stores, snapshot_stores
 from arrowflow.errors import StateError
-from arrowflow.plan import OpSpec
-from arrowflow.runtime.operators import Operator, restore_stores, snapshot_stores
 from arrowflow.state import (
     FOUND,
     KEY_GROUP,
@@ -72,7 +73,6 @@ from arrowflow.state import (
     read_ipc_bytes,
     read_verified,
 )
-from arrowflow.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, to_micros
 from arrowflow.windows import WINDOW_END, WINDOW_START, WindowAgg
 
 #: Buffered window rows (one per open window) merged into the store once exceeded.
@@ -97,7 +97,7 @@ def make_event_time_op(
 
 
 class _SplitClock:
-    """Event time of one split in progress on this worker (see :mod:`arrowflow.watermarks`)."""
+    """Event time of one split in progress on this worker (see :mod:`arrowflow._foundation.watermarks`)."""
 
     __slots__ = ("last_data", "lower", "top")
 
@@ -567,7 +567,7 @@ class WindowOp(_WindowBase):
         )
         size, digest = checked_write(storage.fs, f"{storage.root}/{relative}", ipc_bytes(frame))
         if self.buffer_spec.name not in self.context.store_specs:
-            from arrowflow.checkpoint import encode_spec
+            from arrowflow._runtime.checkpoints import encode_spec
 
             self.context.store_specs[self.buffer_spec.name] = encode_spec(self.buffer_spec)
         self.context.state_files.setdefault(checkpoint_id, []).append(
@@ -604,7 +604,7 @@ class WindowOp(_WindowBase):
         assigned = self.window.assign(batch)
         # Late: the window is behind the row's split watermark (its end + lateness at or
         # behind it), or it already fired here (on bounded input with per-split watermarks
-        # the first implies the second; see arrowflow.watermarks).
+        # the first implies the second; see arrowflow._foundation.watermarks).
         fired = None
         if self.watermark != NO_WATERMARK:
             limit = self.window.to_units(self.watermark) - self.window.size - self.window.lateness

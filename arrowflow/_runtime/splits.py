@@ -7,7 +7,7 @@ splits (``discover``); with nothing new, a worker is told to ``WAIT``. When a wo
 the job restarts from its newest checkpoint, and a new enumerator is built from that
 checkpoint's finished splits and offsets (docs/design.md §5).
 
-Event time (:mod:`arrowflow.watermarks`): for a bounded source read by a per-split watermark,
+Event time (:mod:`arrowflow._foundation.watermarks`): for a bounded source read by a per-split watermark,
 the enumerator asks the source for lower bounds of the watermark column per split
 (``event_time_bounds``) and keeps the pending splits in event-time order: splits without a
 known bound first (they hold the watermark back until they start), then by ascending bound.
@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from arrowflow.plan import Plan
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, bound_columns
+from arrowflow._plan import Plan
 from arrowflow.sources import Split
-from arrowflow.watermarks import IDLE, NO_WATERMARK, bound_columns
 
 #: ``next_split`` answer for an unbounded source with nothing to hand out *yet*.
 WAIT = "wait"

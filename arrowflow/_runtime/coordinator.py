@@ -31,11 +31,11 @@ import time
 import warnings
 from typing import Any
 
-from arrowflow._faults import fault_point
-from arrowflow.checkpoint import SOURCES, CheckpointStorage, Manifest, chk_dir
+from arrowflow._foundation.faults import fault_point
+from arrowflow._plan import Plan
+from arrowflow._runtime.checkpoints import SOURCES, CheckpointStorage, Manifest, chk_dir
+from arrowflow._runtime.splits import SplitEnumerator
 from arrowflow.errors import CheckpointError
-from arrowflow.plan import Plan
-from arrowflow.runtime.coordinator import SplitEnumerator
 from arrowflow.sources import Split
 from arrowflow.triggers import ManualTrigger, Trigger, TriggerStats
 
@@ -110,7 +110,7 @@ class JobCoordinator:
         )
         self.savepoint_id: int | None = None
         self.exit_now = False
-        # For watching a live job (arrowflow.running): the newest counters of each worker's
+        # For watching a live job (arrowflow._api.job): the newest counters of each worker's
         # operators, and where live-results taps send their rows.
         self.restored_id = restored.id if restored is not None else 0
         self.live_metrics: dict[int, list[dict[str, Any]]] = {}

@@ -25,14 +25,14 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._faults import fault_point
-from arrowflow.aggregates import IncrementalAgg
+from arrowflow._foundation.faults import fault_point
+from arrowflow._foundation.keygroups import key_groups, owner_of
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, Watermark
+from arrowflow._graph.aggregates import IncrementalAgg
+from arrowflow._plan import MAIN, OpSpec
 from arrowflow.errors import PlanError, SchemaError
-from arrowflow.keygroups import key_groups, owner_of
-from arrowflow.plan import MAIN, OpSpec
 from arrowflow.sinks import SinkWriter
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
-from arrowflow.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, Watermark
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Operator:
     ended delivered it too (alignment); then the operator takes its checkpoint
     (:meth:`snapshot`), forwards the barrier on every output, and replays what it held.
 
-    Watermarks (:mod:`arrowflow.watermarks`) arrive the same way and are held back with the
+    Watermarks (:mod:`arrowflow._foundation.watermarks`) arrive the same way and are held back with the
     batches while an input aligns. The operator's watermark is the minimum over its inputs
     that have not ended and are not idle; when it advances, :meth:`on_watermark` runs (a
     window fires there) and passes it on.
@@ -612,7 +612,7 @@ def snapshot_stores(
     for store in stores.values():
         if store is not None:
             if store.spec.name not in context.store_specs:
-                from arrowflow.checkpoint import encode_spec
+                from arrowflow._runtime.checkpoints import encode_spec
 
                 context.store_specs[store.spec.name] = encode_spec(store.spec)
             files.extend(store.snapshot(context.storage.fs, context.storage.root, checkpoint_id))

@@ -1,7 +1,7 @@
 """Executors: the in-process one and the worker pool, behind one ``execute`` entry point.
 
 ``execute`` also owns what happens around a run: the leases on its checkpoint directory and
-output folders (one job at a time, :mod:`arrowflow.lease`), choosing the checkpoint to
+output folders (one job at a time, :mod:`arrowflow._runtime.lease`), choosing the checkpoint to
 restore (and refusing one taken from a different flow), re-running the restored
 checkpoint's commit (idempotent), rolling the sinks back to it (output that later
 checkpoints committed: a damaged newest checkpoint, an explicit older ``restore=``), and the
@@ -15,7 +15,7 @@ with ``fail``, and ``injected`` in the tests that kill workers on purpose):
 
 - ``allow`` (default): restart any worker failure, up to ``max_restarts`` times;
 - ``injected``: restart only a worker killed by SIGKILL (``kill -9``, what the fault points
-  of :mod:`arrowflow._faults` and the recovery tests do); any other failure — a segfault, a
+  of :mod:`arrowflow._foundation.faults` and the recovery tests do); any other failure — a segfault, a
   panic, an exception — fails the run at once;
 - ``fail``: never restart; the first failure fails the run.
 """
@@ -30,13 +30,18 @@ import time
 import warnings
 from typing import Any
 
-from arrowflow.checkpoint import CheckpointStorage, Manifest, chk_dir, operator_differences
+from arrowflow._plan import Plan
+from arrowflow._runtime.checkpoints import (
+    CheckpointStorage,
+    Manifest,
+    chk_dir,
+    operator_differences,
+)
+from arrowflow._runtime.coordinator import JobCoordinator
+from arrowflow._runtime.lease import JobLeases
+from arrowflow._runtime.operators import RuntimeContext
+from arrowflow._runtime.result import RunResult
 from arrowflow.errors import CheckpointError, PlanError, SinkError, WorkerError
-from arrowflow.lease import JobLeases
-from arrowflow.plan import Plan
-from arrowflow.runtime.job import JobCoordinator
-from arrowflow.runtime.operators import RuntimeContext
-from arrowflow.runtime.result import RunResult
 from arrowflow.sinks import JobIdentity, RolledBack, Sink
 from arrowflow.state import StateFile, resolve_backend
 from arrowflow.triggers import resolve_trigger
@@ -121,12 +126,12 @@ def execute(
     control: Any = None,
 ) -> RunResult:
     """Run ``plan`` to the end of its input. ``workers=0``: in this process."""
-    from arrowflow.progress import ProgressBar, wanted
+    from arrowflow._api.progress import ProgressBar, wanted
 
     bar = None
     if wanted(progress):
         if control is None:
-            from arrowflow.running import JobControl
+            from arrowflow._api.job import JobControl
 
             control = JobControl()
         bar = ProgressBar(control, plan.flow_name)
@@ -297,7 +302,7 @@ def _execute(
             context.restore_files = [StateFile.from_json(f) for f in restored.state]
         try:
             if workers == 0:
-                from arrowflow.runtime.local import run_local
+                from arrowflow._runtime.inprocess import run_local
 
                 result = run_local(
                     plan,
@@ -308,7 +313,7 @@ def _execute(
                     max_parallelism=max_parallelism,
                 )
             else:
-                from arrowflow.runtime.pool import run_pool
+                from arrowflow._runtime.pool import run_pool
 
                 result = run_pool(
                     plan,

@@ -1,4 +1,4 @@
-"""How a running :class:`arrowflow.running.Job` shows itself: HTML in Jupyter (refreshed in
+"""How a running :class:`arrowflow._api.job.Job` shows itself: HTML in Jupyter (refreshed in
 place until the job ends), a status line in a terminal.
 
 Everything here is self-contained HTML and inline SVG: no JavaScript, no network, no

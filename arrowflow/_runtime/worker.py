@@ -11,7 +11,7 @@ through two small objects:
   ``poll_command(timeout)`` returns the coordinator's next command (``("checkpoint", n)``
   or ``("exit",)``); ``ack(n, payload)`` and ``finished()`` answer it; ``metrics(rows)``
   sends the operators' counters (about twice a second, for live jobs) and
-  ``publish(sink_id, epoch, payload, produced)`` the rows a live-results tap saw (:mod:`arrowflow.live`).
+  ``publish(sink_id, epoch, payload, produced)`` the rows a live-results tap saw (:mod:`arrowflow._api.live`).
 - ``transport`` (to other workers, pool only): ``send``/``send_end`` for exchanges, and
   ``poll(worker)`` to deliver what arrived. ``None`` in-process.
 
@@ -35,11 +35,11 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from arrowflow._faults import fault_point
-from arrowflow.keygroups import key_group_range
-from arrowflow.plan import Plan
-from arrowflow.runtime.coordinator import WAIT
-from arrowflow.runtime.operators import (
+from arrowflow._foundation.faults import fault_point
+from arrowflow._foundation.keygroups import key_group_range
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, split_watermark_inputs
+from arrowflow._plan import Plan
+from arrowflow._runtime.operators import (
     AggOp,
     ChainOp,
     ExchangeOp,
@@ -48,9 +48,9 @@ from arrowflow.runtime.operators import (
     SinkOp,
     UnionOp,
 )
+from arrowflow._runtime.splits import WAIT
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
-from arrowflow.watermarks import IDLE, NO_WATERMARK, split_watermark_inputs
 
 
 class CoordinatorLink(Protocol):
@@ -242,11 +242,11 @@ class Worker:
             elif spec.kind == "agg":
                 op = AggOp(spec, backend, key_range, context)
             elif spec.kind == "process":
-                from arrowflow.runtime.process_op import ProcessOp
+                from arrowflow._runtime.process_op import ProcessOp
 
                 op = ProcessOp(spec, backend, key_range, context)
             elif spec.kind in ("watermark", "window"):
-                from arrowflow.runtime.window_op import make_event_time_op
+                from arrowflow._runtime.window_op import make_event_time_op
 
                 op = make_event_time_op(spec, backend, key_range, context)
             elif spec.kind == "sink":
@@ -274,7 +274,7 @@ class Worker:
 
     def _wire_split_watermarks(self, plan: Plan) -> list[Any]:
         """Tell each watermark operator that sees its sources directly which they are (it then
-        keeps per-split watermarks, :mod:`arrowflow.watermarks`), and each source its clocks."""
+        keeps per-split watermarks, :mod:`arrowflow._foundation.watermarks`), and each source its clocks."""
         consumers: dict[str, list[str]] = {}
         for spec in plan.ops:
             for edge in spec.inputs:

@@ -614,7 +614,7 @@ def query_state(
     ``checkpoint_id``): every operator with state is a table named after its id; quote ids
     with a dash (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements
     and table functions that read files (``read_csv``…) are refused."""
-    from arrowflow._statesql import check_state_query
+    from arrowflow._foundation.sqlguard import check_state_query
 
     storage = CheckpointStorage(url, storage_options)
     manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
@@ -672,7 +672,7 @@ def read_state(
     if sorted(names) == [operator, window_buffer] and not raw:
         # A window operator: windows in its store and in its write buffer (the newer rows)
         # are one set of partial aggregates; a window may be in both.
-        from arrowflow.aggregates import combine_partials
+        from arrowflow._graph.aggregates import combine_partials
 
         spec = decode_spec(manifest.stores[operator])
         stored = read_state(

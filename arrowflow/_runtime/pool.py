@@ -6,7 +6,7 @@ Design (docs/design.md §3):
   pools that ``fork`` would break). The plan and the state backend are serialized once with
   cloudpickle and sent as the process's arguments, never per batch. Each worker limits its
   polars and Arrow thread pools to ``cores // workers`` so N workers don't oversubscribe.
-- **Channels**: one shared-memory ring (:mod:`arrowflow.runtime.channels`) per ordered pair
+- **Channels**: one shared-memory ring (:mod:`arrowflow._runtime.shm`) per ordered pair
   of workers, shared by every exchange of the plan (messages carry the exchange's tag).
   The coordinator creates the segments and unlinks them at the end, whatever happened.
 - **Control** goes over one ``multiprocessing`` pipe per worker: split requests and answers,
@@ -44,9 +44,11 @@ from typing import Any
 import cloudpickle
 import polars as pl
 
-from arrowflow.errors import JobCancelled, WorkerError, summarize
-from arrowflow.plan import Plan
-from arrowflow.runtime.channels import (
+from arrowflow._plan import Plan
+from arrowflow._runtime.coordinator import JobCoordinator
+from arrowflow._runtime.operators import RuntimeContext
+from arrowflow._runtime.result import RunResult
+from arrowflow._runtime.shm import (
     BARRIER,
     DEFAULT_CAPACITY,
     END,
@@ -58,11 +60,9 @@ from arrowflow.runtime.channels import (
     write_table,
     write_watermark,
 )
-from arrowflow.runtime.job import JobCoordinator
-from arrowflow.runtime.operators import RuntimeContext
-from arrowflow.runtime.result import RunResult
-from arrowflow.runtime.segments import reclaim_segments, segment_name
-from arrowflow.runtime.worker import Worker, WorkerReport
+from arrowflow._runtime.shm_segments import reclaim_segments, segment_name
+from arrowflow._runtime.worker import Worker, WorkerReport
+from arrowflow.errors import JobCancelled, WorkerError, summarize
 from arrowflow.sources import Split
 from arrowflow.state import StateBackend
 
@@ -646,7 +646,7 @@ def run_pool(
     metrics: list[dict[str, Any]] = []
     for report in reports:
         metrics.extend(report.metrics)
-    from arrowflow.runtime.local import collected_outputs
+    from arrowflow._runtime.inprocess import collected_outputs
 
     result = RunResult(plan.flow_name, workers, time.perf_counter() - started, metrics)
     result.checkpoints = list(coordinator.completed)
