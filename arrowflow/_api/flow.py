@@ -389,7 +389,7 @@ class Flow:
     def schema_is_static(self, node: Node) -> bool:
         """True when the schema can be computed without any I/O."""
         if node.kind == "source":
-            return bool(getattr(node.params["source"], "schema_is_static", False))
+            return bool(node.params["source"].schema_is_static)
         return all(self.schema_is_static(parent) for parent in node.inputs)
 
     def _compute_schema(self, node: Node) -> pl.Schema:
