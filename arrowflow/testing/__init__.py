@@ -7,6 +7,10 @@
   one's rows (``stream.collect()`` runs one stream at a time).
 - :class:`CollectingSink`: a sink that gathers its rows in the calling process, for
   ``stream.write_to(sink)`` next to other sinks in ``flow.run()``.
+- :class:`CrashAfter`: a source that raises :class:`InjectedFault` once, after a number of
+  rows, for fast recovery tests in this process (:mod:`arrowflow.testing.crash`).
+- Conformance suites every plug-in runs: :mod:`arrowflow.testing.source_conformance`,
+  :mod:`arrowflow.testing.sink_conformance`, :mod:`arrowflow.testing.state_conformance`.
 
 >>> import polars as pl
 >>> from arrowflow.testing import assert_frame_equal_unordered
@@ -23,11 +27,18 @@ from polars.testing import assert_frame_equal
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._foundation.util import frame_from_ipc, frame_to_ipc
 from arrowflow.sinks import Sink, SinkWriter
+from arrowflow.testing.crash import CrashAfter, InjectedFault
 
 if TYPE_CHECKING:
     from arrowflow._api.flow import Stream
 
-__all__ = ["CollectingSink", "assert_frame_equal_unordered", "collect_all"]
+__all__ = [
+    "CollectingSink",
+    "CrashAfter",
+    "InjectedFault",
+    "assert_frame_equal_unordered",
+    "collect_all",
+]
 
 _SHOWN_ROWS = 10
 
