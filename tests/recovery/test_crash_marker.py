@@ -124,3 +124,17 @@ def test_crash_after_checks_its_arguments() -> None:
         CrashAfter(EVENTS, rows=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="number of rows >= 0"):
         CrashAfter(MemorySource.from_polars(EVENTS), rows=-1)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("rows", range(0, 2_000, 137))
+def test_soak_every_crash_point(tmp_path: Path, rows: int, workers: int) -> None:
+    """The sweep: a crash every 137 rows, in this process and in a pool of two (where each
+    worker counts the rows it reads itself: the busier one reads at least half of them)."""
+    crashing = CrashAfter(MemorySource.from_polars(EVENTS, splits=5), rows=rows // max(workers, 1))
+    flow = build(crashing, tmp_path)
+    with pytest.raises((InjectedFault, WorkerError), match=r"InjectedFault|injected fault"):
+        flow.run(**options(tmp_path, workers=workers))
+    flow.run(**options(tmp_path, workers=workers))
+    check_exactly_once(tmp_path)
