@@ -92,9 +92,9 @@ class SinkCase:
     ----------
     make : callable
         Returns a fresh sink for the output under test; called once per simulated run
-        attempt (the runtime ships a fresh copy of the description to every attempt). Must
-        be picklable by reference to its result: the sink it returns is pickled into the
-        process the kill test starts.
+        attempt (the runtime ships a fresh copy of the description to every attempt). The
+        sink it returns must pickle: the kill test ships it to the process it kills, as the
+        runtime ships sinks to its workers.
     read : callable
         Returns what a reader (polars) sees as committed output, with the input's columns
         and types (bookkeeping columns dropped).
