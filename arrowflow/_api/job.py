@@ -245,7 +245,8 @@ class Job:
             "rows_in": int(sources.get_column("rows_in").sum()) if sources.height else 0,
             "rows_out": int(sinks.get_column("rows_in").sum()) if sinks.height else 0,
             "watermark": watermarks.min() if len(watermarks) else None,
-            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())
+            # polars types max() as any Python literal; lag_s is a Float64 column
+            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())  # type: ignore[arg-type]
             if len(watermarks)
             else None,
             "checkpoints": len(coordinator.completed) if coordinator is not None else 0,
@@ -271,14 +272,14 @@ class Job:
         """One row per half second: rows in and out so far, rows/s, watermark, lag, checkpoints."""
         schema = {
             "time": pl.Datetime("us", "UTC"),
-            "elapsed_s": pl.Float64,
-            "rows_in": pl.Int64,
-            "rows_out": pl.Int64,
-            "rows_per_s": pl.Float64,
+            "elapsed_s": pl.Float64(),
+            "rows_in": pl.Int64(),
+            "rows_out": pl.Int64(),
+            "rows_per_s": pl.Float64(),
             "watermark": pl.Datetime("us", "UTC"),
-            "lag_s": pl.Float64,
-            "checkpoints": pl.Int64,
-            "restarts": pl.Int64,
+            "lag_s": pl.Float64(),
+            "checkpoints": pl.Int64(),
+            "restarts": pl.Int64(),
         }
         return pl.DataFrame(list(self.samples), schema=schema)
 

@@ -119,7 +119,7 @@ class JobCoordinator:
         self.on_restorable: Any = None
 
     # ------------------------------------------------------------------ from workers
-    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
+    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | str | None:
         return self.enumerator.next_split(source_id, worker)
 
     def hand_out(
