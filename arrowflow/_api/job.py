@@ -306,7 +306,7 @@ class Job:
 
     def checkpoints(self) -> pl.DataFrame:
         """The job's complete checkpoints: id, time, size, state files, final, source offsets."""
-        from arrowflow._runtime.checkpoints import list_checkpoints
+        from arrowflow._api.inspect import list_checkpoints
 
         return list_checkpoints(
             self._checkpoint_dir(), storage_options=self.options.get("storage_options")
@@ -314,7 +314,7 @@ class Job:
 
     def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """An operator's state in the newest (or the given) checkpoint, as a DataFrame."""
-        from arrowflow._runtime.checkpoints import read_state
+        from arrowflow._api.inspect import read_state
 
         return read_state(
             self._checkpoint_dir(),
@@ -326,7 +326,7 @@ class Job:
     def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """SQL over the state in a checkpoint: every operator with state is a table named after
         its id (quote ids with a dash: ``SELECT * FROM "agg-2"``)."""
-        from arrowflow._runtime.checkpoints import query_state
+        from arrowflow._api.inspect import query_state
 
         return query_state(
             self._checkpoint_dir(),
