@@ -8,12 +8,16 @@ hostile checkpoint directory is refused here as it is on restore (docs/checkpoin
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import polars as pl
 
+from arrowflow._foundation.sqlguard import check_state_query
+from arrowflow._graph.aggregates import combine_partials
 from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest, decode_spec
 from arrowflow.errors import CheckpointError
+from arrowflow.state import StateFile, StoreContext, resolve_backend
 
 _READERS = {"arrow": "memory", "lmdb": "lmdb"}
 
@@ -35,8 +39,6 @@ def query_state(
     ``checkpoint_id``): every operator with state is a table named after its id; quote ids
     with a dash (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements
     and table functions that read files (``read_csv``…) are refused."""
-    from arrowflow._foundation.sqlguard import check_state_query
-
     storage = CheckpointStorage(url, storage_options)
     manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
     if manifest is None:
@@ -74,10 +76,6 @@ def read_state(
     aggregation's values (``raw=True`` keeps the partials); other operators' stores come as
     stored, with a ``__store`` column when the operator has several.
     """
-    import tempfile
-
-    from arrowflow.state import StateFile, StoreContext, resolve_backend
-
     storage = CheckpointStorage(checkpoint if isinstance(checkpoint, str) else ".", storage_options)
     manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
     if manifest is None:
@@ -93,8 +91,6 @@ def read_state(
     if sorted(names) == [operator, window_buffer] and not raw:
         # A window operator: windows in its store and in its write buffer (the newer rows)
         # are one set of partial aggregates; a window may be in both.
-        from arrowflow._graph.aggregates import combine_partials
-
         spec = decode_spec(manifest.stores[operator])
         stored = read_state(
             checkpoint,

@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._api.inspect import list_checkpoints, query_state, read_state
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
 from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
@@ -306,16 +307,12 @@ class Job:
 
     def checkpoints(self) -> pl.DataFrame:
         """The job's complete checkpoints: id, time, size, state files, final, source offsets."""
-        from arrowflow._api.inspect import list_checkpoints
-
         return list_checkpoints(
             self._checkpoint_dir(), storage_options=self.options.get("storage_options")
         )
 
     def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """An operator's state in the newest (or the given) checkpoint, as a DataFrame."""
-        from arrowflow._api.inspect import read_state
-
         return read_state(
             self._checkpoint_dir(),
             operator,
@@ -326,8 +323,6 @@ class Job:
     def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """SQL over the state in a checkpoint: every operator with state is a table named after
         its id (quote ids with a dash: ``SELECT * FROM "agg-2"``)."""
-        from arrowflow._api.inspect import query_state
-
         return query_state(
             self._checkpoint_dir(),
             sql,

@@ -20,6 +20,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -32,8 +33,10 @@ from typing import Any, NoReturn
 
 import fsspec
 import polars as pl
+import pyarrow as pa
 
 from arrowflow.errors import CheckpointError
+from arrowflow.state import StateFile, StoreSpec
 
 MANIFEST = "_MANIFEST.json"
 SOURCES = "sources.json"
@@ -172,8 +175,6 @@ class Manifest:
                     spec,
                     f"a store spec that decodes ({type(exc).__name__}: {exc})",
                 )
-        from arrowflow.state import StateFile
-
         keys = {f.name for f in dataclasses.fields(StateFile)}
         if not isinstance(self.state, list) or not all(
             isinstance(entry, dict) for entry in self.state
@@ -558,7 +559,6 @@ def operator_differences(saved: dict[str, str], current: dict[str, str]) -> list
 
 def encode_spec(spec: Any) -> dict[str, Any]:
     """A StoreSpec as JSON: schemas as base64 Arrow IPC schema messages."""
-    import base64
 
     def schema_bytes(schema: pl.Schema) -> str:
         return base64.b64encode(
@@ -574,13 +574,7 @@ def encode_spec(spec: Any) -> dict[str, Any]:
     }
 
 
-def decode_spec(data: dict[str, Any]) -> Any:
-    import base64
-
-    import pyarrow as pa
-
-    from arrowflow.state import StoreSpec
-
+def decode_spec(data: dict[str, Any]) -> StoreSpec:
     def schema_of(text: str) -> pl.Schema:
         arrow = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
         return pl.DataFrame(arrow.empty_table()).schema
