@@ -1,6 +1,6 @@
 """Checkpoint storage: the layout, the atomic manifest, verification, retention and reading.
 
-Layout under any fsspec URL (docs/design.md §5)::
+Layout under any fsspec URL (the protocol: docs/checkpoints.md)::
 
     <dir>/chk-00000042/_MANIFEST.json      written last; the checkpoint exists iff it verifies
     <dir>/chk-00000042/sources.json        split offsets of every source

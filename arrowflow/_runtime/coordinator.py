@@ -7,7 +7,7 @@ State it keeps:
   ids of completed checkpoints;
 - rows read so far (for row-count triggers) and which workers have finished.
 
-Protocol (docs/design.md §5), seen from here:
+Protocol (docs/checkpoints.md), seen from here:
 
 1. ``poll()`` asks the trigger; when it fires (and the minimum pause has passed, and no
    checkpoint is in flight) it returns ``("checkpoint", n)`` for every worker.

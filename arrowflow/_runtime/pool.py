@@ -1,6 +1,6 @@
 """The worker pool: N processes, one instance of every operator each, joined by shared memory.
 
-Design (docs/design.md §3):
+Design (docs/runtime.md; the execution model: docs/design.md §3):
 
 - **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
   pools that ``fork`` would break). The plan and the state backend are serialized once with

@@ -19,7 +19,7 @@ The loop alternates between delivering arrived batches and reading one batch per
 so a worker blocked on a full ring still drains its inputs (no deadlock between two workers
 sending to each other).
 
-Checkpoint *n* (docs/design.md §5): on the command, the worker records each source's position,
+Checkpoint *n* (docs/checkpoints.md): on the command, the worker records each source's position,
 sends barrier *n* down from every source, and pauses its sources until every one of its
 operators has taken checkpoint *n* (operators that already finished take it at once); then
 it acks with the positions, the state files written and the sinks' staged output, and
