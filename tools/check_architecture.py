@@ -3,7 +3,7 @@
     python tools/check_architecture.py                    # mypy + the enforced contracts
     python tools/check_architecture.py --contracts all    # every contract must be kept
     python tools/check_architecture.py --contracts layers,engine-plugins
-    python tools/check_architecture.py --no-mypy          # the contracts only
+    python tools/check_architecture.py --no-mypy -v       # the contracts only, every chain
 
 Why a staged copy: ``pyproject.toml`` maps ``arrowflow.io`` to ``io/`` and
 ``arrowflow.backends`` to ``backends/`` (setuptools ``package-dir``), which only an installed
@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mypy", action="store_true", help="skip the type checker")
     parser.add_argument("--no-contracts", action="store_true", help="skip the import contracts")
     parser.add_argument("--json", action="store_true", help="print the statuses as JSON too")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the broken chains of contracts that are reported only, too",
+    )
     args = parser.parse_args(argv)
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 note = "enforced" if enforced else "reported only"
                 if missing[cid]:
                     note += f"; not in the tree yet, left out: {', '.join(missing[cid])}"
-                if not kept:
+                if not kept and (enforced or args.verbose):
                     # the contract's own report: its broken chains, without the banner
                     body = (
                         out.split("Broken contracts", 1)[-1] if "Broken contracts" in out else out
