@@ -58,8 +58,10 @@ class JobIdentity:
 
 @dataclass
 class RolledBack:
-    """What one sink removed in a rollback to ``checkpoint``: ``count`` items (``what``:
-    "part files", "rows") committed by the checkpoints ``epochs``."""
+    """What one sink removed in a rollback to ``checkpoint``.
+
+    ``count`` items (``what``: "part files", "rows") committed by the checkpoints ``epochs``.
+    """
 
     sink: str
     checkpoint: int
@@ -68,6 +70,7 @@ class RolledBack:
     epochs: list[int]
 
     def __str__(self) -> str:
+        """One line for the run's warnings and summary."""
         epochs = ", ".join(str(e) for e in self.epochs)
         return (
             f"{self.sink}: removed {self.count:,} {self.what} committed by checkpoint(s) {epochs}, "
