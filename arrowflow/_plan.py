@@ -30,9 +30,9 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._api.flow import (
+from arrowflow._graph.nodes import (
     STATELESS,
-    Flow,
+    Graph,
     Node,
     describe_expr,
     fingerprint_of,
@@ -197,7 +197,7 @@ def _roots(exprs: list[pl.Expr]) -> set[str] | None:
 
 
 def _required_columns(
-    flow: Flow, order: list[Node], outputs: list[Node]
+    flow: Graph, order: list[Node], outputs: list[Node]
 ) -> dict[int, set[str] | None]:
     """For each node, the columns of its output that something downstream reads."""
     required: dict[int, set[str] | None] = {id(n): set() for n in order}
@@ -254,7 +254,7 @@ def _required_columns(
     return required
 
 
-def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -> Plan:
+def build_plan(flow: Graph, outputs: list[Node], *, max_parallelism: int = 128) -> Plan:
     """Turn the part of ``flow`` that ``outputs`` need into a physical plan."""
     if not outputs:
         msg = f"flow {flow.name!r}: nothing to run; add a sink or collect a stream"

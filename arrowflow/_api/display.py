@@ -39,7 +39,8 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._api.flow import Flow, Node, Stream, describe_expr
+from arrowflow._api.flow import Flow, Stream
+from arrowflow._graph.nodes import Node, describe_expr
 from arrowflow._plan import MAIN, Plan, build_plan, describe_op
 
 SCHEMA_LINES = 8  # columns shown per box; the rest as "+N more"

@@ -195,7 +195,7 @@ def split_watermark_inputs(plan: Any) -> dict[str, dict[str, bool]]:
     unchanged (only filters, and ``with_columns`` that do not write the column, in between),
     so that a source's statistics of that column bound what the operator sees.
     """
-    from arrowflow._api.flow import uses_all_columns
+    from arrowflow._graph.nodes import uses_all_columns
     from arrowflow._plan import MAIN
 
     by_id = {op.id: op for op in plan.ops}
