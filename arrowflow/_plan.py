@@ -30,9 +30,9 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._graph.graph import Graph
 from arrowflow._graph.nodes import (
     STATELESS,
-    Graph,
     Node,
     describe_expr,
     fingerprint_of,

@@ -17,14 +17,13 @@ import polars as pl
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._foundation.util import duration_ms
 from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
+from arrowflow._graph.graph import Graph, check_side_output
 from arrowflow._graph.nodes import (
     _ID,
-    Graph,
     Node,
     _check_batch_independent,
     _check_exprs,
     _is_scalar,
-    check_side_output,
     describe_expr,
 )
 from arrowflow.errors import PlanError, SchemaError
