@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from arrowflow._api.display import flow_html, stream_html
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._foundation.util import duration_ms
 from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
-from arrowflow._graph.graph import Graph, check_side_output
+from arrowflow._graph.graph import Graph
+from arrowflow._graph.kinds import check_side_output
 from arrowflow._graph.nodes import (
     _ID,
     Node,
@@ -405,8 +407,6 @@ class Flow(Graph):
         return sinks
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import flow_html
-
         return flow_html(self)
 
     def __repr__(self) -> str:
@@ -787,8 +787,6 @@ class Stream:
         return build_plan(self.flow, [self.node]).explain()
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import stream_html
-
         return stream_html(self)
 
     def __repr__(self) -> str:
@@ -884,8 +882,6 @@ class KeyedStream:
         return WindowedStream(self, window, allowed_lateness)
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import stream_html
-
         return stream_html(self.stream, keyed_by=self.keys)
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """Nodes of the graph model, and the checks and descriptions of the polars expressions they hold.
 
 A :class:`Node` is one logical operator: its id, its kind, its inputs and its parameters.
-The graph that owns the nodes is :class:`arrowflow._graph.graph.Graph`.
+The graph that owns the nodes is :class:`arrowflow._graph.graph.Graph`; what a kind means
+is its :class:`arrowflow._graph.kinds.OperatorKind`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,6 @@ from arrowflow._graph.aggregates import batch_dependence
 from arrowflow.errors import PlanError, SchemaError
 
 _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
-STATELESS = ("filter", "select", "with_columns", "map_batches")
-# Physical operators the planner derives from a logical one, by id suffix.
-_DERIVED_IDS = {"agg": (".exchange",), "process": (".exchange",)}
-
-_DERIVED_IDS["window"] = (".exchange",)
 
 
 @dataclass(eq=False)

@@ -86,11 +86,10 @@ END = "__end"
 START = "__start"
 
 
-def make_event_time_op(
+def make_window_op(
     spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
 ) -> Operator:
-    if spec.kind == "watermark":
-        return WatermarkOp(spec)
+    """The physical operator of a window aggregation: sessions merge, the other windows not."""
     window: WindowAgg = spec.params["window"]
     if window.is_session:
         return SessionWindowOp(spec, backend, key_range, context)
