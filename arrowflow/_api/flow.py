@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from arrowflow._api.display import flow_html, stream_html
+from arrowflow._api.windowed import WindowedStream
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.watermarks import duration_arg
 from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
 from arrowflow._graph.graph import Graph
 from arrowflow._graph.kinds import check_side_output
@@ -28,6 +30,8 @@ from arrowflow._graph.nodes import (
     _is_scalar,
     describe_expr,
 )
+from arrowflow._plan import Plan, build_plan
+from arrowflow._process.context import ProcessFunction
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.sinks import Sink
 from arrowflow.sources import Source
@@ -256,10 +260,10 @@ class Flow(Graph):
         return self.source(MemorySource.from_arrow(data, splits=splits), name=name)
 
     # ------------------------------------------------------------------ running
-    def plan(self, *, outputs: list[Node] | None = None, max_parallelism: int | None = None) -> Any:
+    def plan(
+        self, *, outputs: list[Node] | None = None, max_parallelism: int | None = None
+    ) -> Plan:
         """The physical plan of the flow (or of the part that ``outputs`` need)."""
-        from arrowflow._plan import build_plan
-
         return build_plan(
             self,
             outputs if outputs is not None else self.sinks(),
@@ -554,8 +558,6 @@ class Stream:
         watched source that produces nothing for that long stops holding event time back until
         it does again. See :mod:`arrowflow._foundation.watermarks`.
         """
-        from arrowflow._foundation.watermarks import duration_arg
-
         if not isinstance(column, str):
             msg = f"with_watermark() expects the name of the event-time column, got {type(column).__name__} {column!r}"
             raise PlanError(msg)
@@ -782,8 +784,6 @@ class Stream:
         return self.collect(limit=n, **options)
 
     def explain(self) -> str:
-        from arrowflow._plan import build_plan
-
         return build_plan(self.flow, [self.node]).explain()
 
     def _repr_html_(self) -> str:
@@ -844,8 +844,6 @@ class KeyedStream:
         ``event_time="ts"`` measures state TTLs in event time instead of processing time.
         See :mod:`arrowflow._process.context` for the state methods and a worked example.
         """
-        from arrowflow._process.context import ProcessFunction
-
         flow = self.stream.flow
         op_id = flow._new_id("process", name)
         function = ProcessFunction.build(
@@ -873,12 +871,10 @@ class KeyedStream:
         function.operator_id = node.id
         return Stream(flow, flow._validate(node))
 
-    def window(self, window: Any, *, allowed_lateness: Any = None) -> Any:
+    def window(self, window: Any, *, allowed_lateness: Any = None) -> WindowedStream:
         """Event-time windows per key: ``af.tumbling("60s")``, ``af.sliding("60s", every="10s")``,
         ``af.session(gap="30s")``; then ``.agg(...)``. Needs ``with_watermark`` upstream.
         See :mod:`arrowflow.windows` for when windows fire and what is late."""
-        from arrowflow._api.windowed import WindowedStream
-
         return WindowedStream(self, window, allowed_lateness)
 
     def _repr_html_(self) -> str:

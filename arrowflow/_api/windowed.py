@@ -37,8 +37,6 @@ class WindowedStream:
 
     def agg(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
         """One row per key and window: keys, window_start, window_end, then the aggregates."""
-        from arrowflow._api.flow import Stream
-
         stream = self.keyed.stream
         flow = stream.flow
         op_id = flow._new_id("window", name)
@@ -62,7 +60,7 @@ class WindowedStream:
             side_outputs=late,
         )
         make.__defaults__ = ([node.id],)  # name errors after the real operator id
-        return Stream(flow, flow._validate(node))
+        return type(stream)(flow, flow._validate(node))
 
     def __repr__(self) -> str:
         return f"WindowedStream({self.keyed.stream.node.id!r}, keys={self.keyed.keys}, {self.spec.describe()})"
