@@ -34,7 +34,7 @@ import polars as pl
 
 from arrowflow._graph.graph import Graph
 from arrowflow._graph.kinds import KINDS, kind_of
-from arrowflow._graph.nodes import Node, describe_expr, fingerprint_of
+from arrowflow._graph.nodes import Node, describe_expr, fingerprint_of, uses_all_columns
 from arrowflow._graph.operator_kind import ALL, Columns, OperatorKind
 from arrowflow._graph.physical import MAIN, Edge, OpSpec
 from arrowflow.errors import PlanError
@@ -45,10 +45,12 @@ __all__ = [
     "Edge",
     "OpSpec",
     "Plan",
+    "bound_columns",
     "build_plan",
     "describe_op",
     "kind_named",
     "set_html_renderer",
+    "split_watermark_inputs",
 ]
 
 
@@ -324,3 +326,76 @@ def build_plan(flow: Graph, outputs: list[Node], *, max_parallelism: int = 128) 
     entries = [_physical(op).fingerprint(op) for op in ops]
     fingerprint = fingerprint_of([entry for entry in entries if entry is not None])
     return Plan(flow.name, ops, [n.id for n in outputs], fingerprint)
+
+
+# ---------------------------------------------------------------------- per-split watermarks
+# (the design is in arrowflow._foundation.watermarks)
+
+
+def split_watermark_inputs(plan: Plan) -> dict[str, dict[str, bool]]:
+    """Watermark operators that can keep per-split watermarks, with their upstream sources.
+
+    For each watermark operator whose input reaches sources only through stateless chains and
+    unions on their main ports (so a source's batch arrives synchronously, while the worker
+    knows its split), the sources it reads -> True when the event-time column reaches it
+    unchanged (only filters, and ``with_columns`` that do not write the column, in between),
+    so that a source's statistics of that column bound what the operator sees.
+    """
+    by_id = {op.id: op for op in plan.ops}
+
+    def keeps(steps: list[dict[str, Any]], column: str) -> bool:
+        for step in steps:
+            if step["kind"] == "filter":
+                continue
+            if step["kind"] != "with_columns":
+                return False
+            for expr in step["exprs"]:
+                if uses_all_columns(expr) or expr.meta.output_name(raise_if_undetermined=False) in (
+                    None,
+                    column,
+                ):
+                    return False
+        return True
+
+    found: dict[str, dict[str, bool]] = {}
+    for spec in plan.ops:
+        if spec.kind != "watermark":
+            continue
+        column = spec.params["column"]
+        sources: dict[str, bool] = {}
+        pending = [(edge, True) for edge in spec.inputs]
+        direct = True
+        while pending and direct:
+            edge, unchanged = pending.pop()
+            op = by_id[edge.op]
+            if edge.port != MAIN:
+                direct = False
+            elif op.kind == "source":
+                sources[op.id] = sources.get(op.id, True) and unchanged
+            elif op.kind == "union":
+                pending.extend((each, unchanged) for each in op.inputs)
+            elif op.kind == "chain":
+                still = unchanged and keeps(op.params["steps"], column)
+                pending.extend((each, still) for each in op.inputs)
+            else:
+                direct = False
+        if direct and sources:
+            found[spec.id] = sources
+    return found
+
+
+def bound_columns(plan: Plan) -> dict[str, str]:
+    """Source id -> the event-time column whose lower bounds its splits should report: the
+    column of every per-split watermark operator downstream of it, when they agree and the
+    column reaches each of them unchanged."""
+    columns: dict[str, set[str | None]] = {}
+    by_id = {op.id: op for op in plan.ops}
+    for op_id, sources in split_watermark_inputs(plan).items():
+        column = by_id[op_id].params["column"]
+        for source_id, unchanged in sources.items():
+            columns.setdefault(source_id, set()).add(column if unchanged else None)
+    return {
+        source_id: next(iter(names))
+        for source_id, names in columns.items()  # type: ignore[misc]
+        if len(names) == 1 and None not in names
+    }

@@ -39,8 +39,8 @@ import polars as pl
 
 from arrowflow._foundation.faults import fault_point
 from arrowflow._foundation.keygroups import key_group_range
-from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, split_watermark_inputs
-from arrowflow._plan import OpSpec, Plan
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+from arrowflow._plan import OpSpec, Plan, split_watermark_inputs
 from arrowflow._runtime.operators import ExchangeOp, Operator, RuntimeContext, SinkOp
 from arrowflow._runtime.splits import WAIT
 from arrowflow.sources import Split, SplitReader
