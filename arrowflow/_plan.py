@@ -92,7 +92,13 @@ PHYSICAL: dict[str, OperatorKind] = {kind.name: kind for kind in (Chain(), Excha
 
 
 def kind_named(name: str) -> OperatorKind | None:
-    """The kind of a logical node or physical operator called ``name``, if there is one."""
+    """The kind of a logical node or physical operator called ``name``, if there is one.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`arrowflow._graph.kinds.KINDS` or of :data:`PHYSICAL`.
+    """
     return KINDS.get(name) or PHYSICAL.get(name)
 
 
@@ -108,9 +114,16 @@ _html_renderer: Callable[[Plan], str] | None = None
 
 
 def set_html_renderer(render: Callable[[Plan], str]) -> None:
-    """Show plans in notebooks with ``render`` (the facade's display module calls this when it
-    is imported: the planner does not import the facade). Until then a plan shows its
-    ``explain()`` text."""
+    """Show plans in notebooks with ``render``.
+
+    The facade's display module calls this once, when it is imported (the planner does not
+    import the facade); until then ``Plan._repr_html_`` shows the ``explain()`` text.
+
+    Parameters
+    ----------
+    render
+        Plan -> a self-contained HTML fragment; called per display, must not raise.
+    """
     global _html_renderer
     _html_renderer = render
 
@@ -395,7 +408,7 @@ def bound_columns(plan: Plan) -> dict[str, str]:
         for source_id, unchanged in sources.items():
             columns.setdefault(source_id, set()).add(column if unchanged else None)
     return {
-        source_id: next(iter(names))
-        for source_id, names in columns.items()  # type: ignore[misc]
+        source_id: next(iter(names))  # type: ignore[misc]
+        for source_id, names in columns.items()
         if len(names) == 1 and None not in names
     }

@@ -526,7 +526,13 @@ KINDS: dict[str, OperatorKind] = {
 
 
 def kind_of(name: str) -> OperatorKind:
-    """The kind called ``name`` in :data:`KINDS`."""
+    """The kind called ``name`` in :data:`KINDS`; a PlanError naming the known kinds if none.
+
+    Parameters
+    ----------
+    name
+        A node's ``kind``.
+    """
     found = KINDS.get(name)
     if found is None:
         msg = f"internal: unknown operator kind {name!r}; known kinds: {sorted(KINDS)}"
@@ -535,7 +541,13 @@ def kind_of(name: str) -> OperatorKind:
 
 
 def derived_ids(name: str) -> tuple[str, ...]:
-    """The id suffixes the planner derives from a node of kind ``name`` (none for other names)."""
+    """The id suffixes the planner derives from a node of kind ``name``.
+
+    Parameters
+    ----------
+    name
+        A kind's name, or any other id base (a source's kind, ``"x.collect"``): then none.
+    """
     found = KINDS.get(name)
     return found.derived_ids if found is not None else ()
 
@@ -544,7 +556,15 @@ def derived_ids(name: str) -> tuple[str, ...]:
 
 
 def check_side_output(parent: Node, side: str) -> None:
-    """Raise a PlanError unless ``parent`` has a side output called ``side`` (no schema needed)."""
+    """Raise a PlanError unless ``parent`` has a side output called ``side`` (no schema needed).
+
+    Parameters
+    ----------
+    parent
+        The node whose side output is taken.
+    side
+        The side output's name (``"malformed"``, ``"late"``, a process function's).
+    """
     names = kind_of(parent.kind).side_outputs(parent)
     if side in names:
         return
@@ -559,7 +579,15 @@ def check_side_output(parent: Node, side: str) -> None:
 
 
 def side_output_schema(graph: Schemas, node: Node) -> pl.Schema:
-    """The schema of side-output node ``node``: side output ``node.side`` of its input."""
+    """The schema of side-output node ``node``: side output ``node.side`` of its input.
+
+    Parameters
+    ----------
+    graph
+        The graph.
+    node
+        A node of kind ``side_output``.
+    """
     parent = node.inputs[0]
     assert node.side is not None
     check_side_output(parent, node.side)

@@ -74,9 +74,12 @@ class OperatorKind:
     """One kind of logical operator, and of the physical operator it plans into.
 
     Subclass it, set :attr:`name` and the class attributes, override the hooks the kind
-    needs, and add one instance to :data:`KINDS`. Hooks run in the process that builds and
-    plans the flow, once per node (or per physical operator), never per batch, and must not
-    change the node.
+    needs, and add one instance to :data:`arrowflow._graph.kinds.KINDS` (docs/operators.md).
+    A kind is stateless: one instance serves every node of its kind.
+
+    Every hook runs in the process that builds and plans the flow, once per node (or per
+    physical operator) and per plan, never in a worker and never per batch. A hook must not
+    change the node it gets, and does no I/O beyond reading a source's schema.
     """
 
     #: The name nodes of this kind carry in ``node.kind`` (and physical operators in ``spec.kind``).
@@ -88,8 +91,8 @@ class OperatorKind:
     stateful: ClassVar[bool] = False
     #: ``"module:object"`` of its physical operator: an ``Operator`` subclass, or a function
     #: returning one, called by the worker with the spec and the worker resources its
-    #: parameters name (arrowflow._runtime.worker). None: the kind plans into other kinds'
-    #: operators (a chain step, a side output's edge).
+    #: parameters name (:func:`arrowflow._runtime.worker.build_operator`). None: the kind
+    #: plans into other kinds' operators (a chain step, a side output's edge).
     operator: ClassVar[str | None] = None
     #: Suffixes of ids the planner derives from this node's id (``".exchange"``): the graph
     #: keeps them free, so that no two physical operators share an id.
@@ -97,42 +100,123 @@ class OperatorKind:
 
     # ------------------------------------------------------------------ graph model
     def output_schema(self, graph: Schemas, node: Node) -> pl.Schema:
-        """The schema of ``node``'s output; raises SchemaError/PlanError naming the operator.
+        """The schema of ``node``'s output.
 
-        Called once per node (the graph keeps the result), as the node is added when
-        :meth:`schema_is_static`, else at plan time. May read a source's metadata; nothing else.
+        Called once per node (the graph keeps the result on the node): as the node is added
+        when :meth:`schema_is_static`, else when the flow is planned or displayed.
+
+        Parameters
+        ----------
+        graph
+            The graph: ``graph.schema_of(parent)`` gives an input's schema.
+        node
+            The node, with its ``params`` as the facade set them.
+
+        Raises
+        ------
+        SchemaError, PlanError
+            Naming the operator (``node.id``) and the column, and the likely fix.
         """
         msg = f"internal: no schema rule for operator kind {node.kind!r}"
         raise PlanError(msg)
 
     def schema_is_static(self, graph: Schemas, node: Node) -> bool:
-        """True when :meth:`output_schema` needs no I/O (then a node is checked as it is added)."""
+        """True when :meth:`output_schema` needs no I/O; then the node is checked as it is
+        added, so a wrong column fails on the line that wrote it. Default: every input is
+        static. Called as the node is added, and by ``key_by``.
+
+        Parameters
+        ----------
+        graph
+            The graph: ``graph.schema_is_static(parent)`` for an input.
+        node
+            The node.
+        """
         return all(graph.schema_is_static(parent) for parent in node.inputs)
 
     def side_outputs(self, node: Node) -> list[str]:
-        """The names of ``node``'s side outputs (those declared in ``params["side_outputs"]``)."""
+        """The names of ``node``'s side outputs. Default: the keys of
+        ``params["side_outputs"]``. Called as ``stream.side_output(name)`` is taken.
+
+        Parameters
+        ----------
+        node
+            The node whose side outputs are asked for.
+        """
         return sorted(node.params.get("side_outputs", {}))
 
     def side_output_schema(self, graph: Schemas, node: Node, side: str) -> pl.Schema:
-        """The schema of side output ``side`` of ``node`` (one of :meth:`side_outputs`)."""
+        """The schema of side output ``side`` of ``node``. Default: the function
+        ``params["side_outputs"][side]`` applied to the node's output schema. Called once per
+        side-output node.
+
+        Parameters
+        ----------
+        graph
+            The graph.
+        node
+            The node that has the side output.
+        side
+            One of :meth:`side_outputs`.
+        """
         return node.params["side_outputs"][side](graph.schema_of(node))
 
     # ------------------------------------------------------------------ planner
     def input_columns(self, node: Node, needed: Columns, readers: list[Node]) -> list[Columns]:
-        """Per input of ``node``, the columns it needs from that input, given the columns of its
-        own output that ``needed`` downstream (``readers``: the plan's nodes that read it). The
-        planner prunes sources to what is needed; ALL is always correct."""
+        """The columns ``node`` needs from each of its inputs: the planner reads only those
+        from the sources. Called once per node and plan, from the outputs back to the sources.
+        Default: ALL from every input, which is always correct.
+
+        Parameters
+        ----------
+        node
+            The node.
+        needed
+            The columns of ``node``'s own output that something downstream reads (ALL: any).
+        readers
+            The nodes of the plan that read ``node``'s output (its main output or a side one).
+
+        Returns
+        -------
+        list
+            One entry per input, in the order of ``node.inputs``: a set of column names, or
+            ALL; an empty set when the node needs nothing of that input.
+        """
         return [ALL for _ in node.inputs]
 
     def plan(self, node: Node, planning: Planning) -> None:
-        """Plan ``node`` into physical operators through ``planning`` (its inputs are planned)."""
+        """Plan ``node`` into physical operators. Called once per node and plan, in topological
+        order (its inputs are planned, its schema computed).
+
+        Parameters
+        ----------
+        node
+            The node.
+        planning
+            The planner: :meth:`Planning.add` an :class:`OpSpec` (built with :meth:`spec`),
+            :meth:`Planning.chain` a step, :meth:`Planning.exchange` in front of a keyed
+            operator, or :meth:`Planning.route` the node's output to an existing edge.
+        """
         msg = f"internal: the planner does not know operator kind {node.kind!r} ({node.id!r})"
         raise PlanError(msg)
 
     def spec(
         self, node: Node, inputs: list[Edge], schema: pl.Schema, params: dict[str, Any]
     ) -> OpSpec:
-        """The physical operator of this kind for ``node``: what :meth:`plan` adds."""
+        """The physical operator of this kind for ``node``, for :meth:`plan` to add.
+
+        Parameters
+        ----------
+        node
+            The node it runs (its id is the operator's).
+        inputs
+            The edges it reads, from :meth:`Planning.edge` or :meth:`Planning.exchange`.
+        schema
+            Its output schema.
+        params
+            What its physical operator reads from ``spec.params``; shipped to every worker
+            with cloudpickle.
+        """
         return OpSpec(
             node.id,
             self.name,
@@ -146,22 +230,51 @@ class OperatorKind:
 
     # ------------------------------------------------------------------ explain, display, checkpoints
     def describe(self, node: Node) -> str:
-        """One line on what the logical operator does (the notebook display)."""
+        """One line on what the logical operator does, for the notebook display. Called per
+        display; an exception shows the kind's name instead. Default: the kind's name.
+
+        Parameters
+        ----------
+        node
+            The node.
+        """
         return node.kind
 
     def explain(self, spec: OpSpec) -> str:
-        """One line on what the physical operator does (``explain()``)."""
+        """One line on what the physical operator does, for ``explain()`` and the display of
+        plans. Called per display. Default: the kind's name.
+
+        Parameters
+        ----------
+        spec
+            The physical operator, as :meth:`plan` added it.
+        """
         return spec.kind
 
     def fingerprint(self, spec: OpSpec) -> list[Any] | None:
-        """What a checkpoint depends on in this physical operator, as JSON-able data; None: not
-        part of the plan's fingerprint. Stateless operators are left out on purpose: changing
-        a filter between runs is fine (as in Flink), changing an aggregation is not."""
+        """What a checkpoint depends on in this physical operator, as JSON-able data, for the
+        plan's fingerprint; None (the default): not part of it. Stateless operators are left
+        out on purpose: changing a filter between runs is fine (as in Flink), changing an
+        aggregation is not. Called once per operator and plan. An existing kind's entry must
+        never change: restores of existing checkpoints compare it.
+
+        Parameters
+        ----------
+        spec
+            The physical operator.
+        """
         return None
 
     def operator_fingerprint(self, spec: OpSpec) -> list[Any] | None:
-        """The per-operator entry of a checkpoint's manifest, compared on restore to name what
-        changed; None: not recorded."""
+        """The operator's entry in a checkpoint's manifest, compared on restore to name what
+        changed; None: not recorded. Default: :meth:`fingerprint`. Called when a checkpoint
+        is written and on restore.
+
+        Parameters
+        ----------
+        spec
+            The physical operator.
+        """
         return self.fingerprint(spec)
 
 

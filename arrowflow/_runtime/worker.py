@@ -190,16 +190,21 @@ class WorkerReport:
 
 
 def build_operator(spec: OpSpec, resources: dict[str, Any]) -> Operator:
-    """The physical operator of ``spec``, in this worker.
+    """The physical operator of ``spec``, in this worker. Called once per operator when the
+    worker starts (no table of kinds is needed: a pool worker never saw it).
 
-    ``spec.operator`` is the ``"module:object"`` its kind names (an :class:`Operator`
-    subclass, or a function returning one): it is imported, then called with the spec and,
-    by name, each further parameter it declares, taken from ``resources``: ``link`` (the
-    coordinator link), ``batch_size`` (rows per source batch, None: the reader's choice),
-    ``worker`` (this worker's index), ``parallelism`` (the number of workers), ``backend``
-    (the state backend), ``key_range`` (the key groups this worker owns) and ``context``
-    (the :class:`arrowflow.state.StoreContext` for keyed stores). Called once per operator
-    when the worker starts.
+    Parameters
+    ----------
+    spec
+        The operator's spec. ``spec.operator`` is the ``"module:object"`` its kind names (an
+        :class:`Operator` subclass, or a function returning one); it is imported, then called
+        with the spec and, by name, each further parameter it declares.
+    resources
+        What the worker offers those parameters: ``link`` (the coordinator link),
+        ``batch_size`` (rows per source batch, None: the reader's choice), ``worker`` (this
+        worker's index), ``parallelism`` (the number of workers), ``backend`` (the state
+        backend), ``key_range`` (the key groups this worker owns) and ``context`` (the
+        :class:`arrowflow.state.StoreContext` of keyed stores).
     """
     module_name, _, attr = spec.operator.partition(":")
     if not module_name or not attr:
