@@ -408,7 +408,9 @@ def bound_columns(plan: Plan) -> dict[str, str]:
         for source_id, unchanged in sources.items():
             columns.setdefault(source_id, set()).add(column if unchanged else None)
     return {
-        source_id: next(iter(names))  # type: ignore[misc]
+        source_id: name
         for source_id, names in columns.items()
-        if len(names) == 1 and None not in names
+        if len(names) == 1
+        for name in names
+        if name is not None
     }
