@@ -153,7 +153,7 @@ def to_micros(values: pl.Series | pl.Expr, dtype: pl.Datetime) -> Any:
     """Physical Datetime values as int64 microseconds (floored for nanoseconds)."""
     factor = per_ms(dtype)
     if isinstance(values, pl.Series):
-        physical = values.to_physical()
+        physical: pl.Series | pl.Expr = values.to_physical()
     else:
         physical = values.to_physical()
     if factor == 1:
