@@ -53,7 +53,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arrowflow._foundation.util import import_optional, open_sqlite
+from arrowflow._foundation.deps import import_optional
+from arrowflow._foundation.sqlite import open_sqlite
 from arrowflow.errors import StateError
 from arrowflow.state import (
     FOUND,

@@ -60,7 +60,8 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._foundation.util import import_optional, open_sqlite
+from arrowflow._foundation.deps import import_optional
+from arrowflow._foundation.sqlite import open_sqlite
 from arrowflow.errors import ArrowflowError, SchemaError, SinkError
 from arrowflow.sinks import RolledBack, Sink, SinkWriter
 

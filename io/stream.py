@@ -37,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.durations import duration_ms
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions
 from arrowflow.io._fs import GLOB_CHARS, _glob_root, filesystem, is_hidden, is_local

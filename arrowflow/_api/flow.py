@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
-from arrowflow._foundation.util import duration_ms
 from arrowflow._graph.aggregates import IncrementalAgg, batch_dependence, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.sinks import Sink

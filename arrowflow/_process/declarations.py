@@ -59,7 +59,7 @@ def _columns(value: Any, default_name: str, what: str) -> tuple[pl.Schema, bool]
 def _ttl(ttl: Any, what: str) -> int | None:
     if ttl is None:
         return None
-    from arrowflow._foundation.util import duration_ms
+    from arrowflow._foundation.durations import duration_ms
 
     ms = duration_ms(ttl, what=f"{what} ttl")
     if ms <= 0:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from arrowflow._foundation.arrowipc import frame_from_ipc, frame_to_ipc
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
-from arrowflow._foundation.util import frame_from_ipc, frame_to_ipc
 from arrowflow.sinks import Sink, SinkWriter
 
 if TYPE_CHECKING:
