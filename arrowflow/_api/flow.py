@@ -755,7 +755,7 @@ class Stream:
                 f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
             )
             raise PlanError(msg)
-        from arrowflow.io._schema import to_polars_schema
+        from arrowflow._foundation.schema import to_polars_schema
 
         declared = to_polars_schema(schema) if schema is not None else None
         return self._then("map_batches", name, fn=fn, schema=declared)

@@ -304,7 +304,7 @@ class ProcessFunction:
                 raise PlanError(msg)
         declared = None
         if schema is not None:
-            from arrowflow.io._schema import to_polars_schema
+            from arrowflow._foundation.schema import to_polars_schema
 
             declared = to_polars_schema(schema)
         sides: dict[str, pl.Schema | None] = {}
@@ -315,7 +315,7 @@ class ProcessFunction:
                     f"got {type(side_outputs).__name__}"
                 )
                 raise PlanError(msg)
-            from arrowflow.io._schema import to_polars_schema
+            from arrowflow._foundation.schema import to_polars_schema
 
             for side, side_schema in side_outputs.items():
                 if (

@@ -38,7 +38,7 @@ def _columns(value: Any, default_name: str, what: str) -> tuple[pl.Schema, bool]
     if dtype is not None:
         return pl.Schema({default_name: dtype}), True
     if isinstance(value, Mapping | pl.Schema) or type(value).__name__ == "Schema":
-        from arrowflow.io._schema import to_polars_schema
+        from arrowflow._foundation.schema import to_polars_schema
 
         schema = to_polars_schema(value if isinstance(value, pl.Schema) else dict(value))
         if not len(schema):

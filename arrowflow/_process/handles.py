@@ -29,7 +29,7 @@ _INDEX = "__k"  # row number of a key in the unique keys of a call
 
 
 def _lossless(found: pl.DataType, wanted: pl.DataType) -> bool:
-    from arrowflow.io._schema import lossless
+    from arrowflow._foundation.schema import lossless
 
     return found == wanted or found == pl.Null or lossless(found, wanted)
 
