@@ -127,7 +127,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _dialect(kind: str) -> Any:
-    from arrowflow.backends._sqltypes import Dialect
+    from arrowflow._foundation.sql import Dialect
 
     return Dialect(kind)
 
@@ -281,12 +281,12 @@ class DatabaseSink(Sink):
             driver = import_optional(
                 "adbc_driver_postgresql.dbapi", purpose="write_database on PostgreSQL"
             )
-            from arrowflow.backends.sql import _with_connect_timeout
+            from arrowflow._foundation.sql import with_connect_timeout
 
             url = "postgresql://" + self.url.split("://", 1)[1]
             try:
                 connection = driver.connect(
-                    _with_connect_timeout(url, CONNECT_TIMEOUT_S), autocommit=True
+                    with_connect_timeout(url, CONNECT_TIMEOUT_S), autocommit=True
                 )
             except Exception as exc:
                 msg = (
@@ -684,7 +684,7 @@ def _staging_name(table: str, kind: str) -> str:
 
 
 def _redact(url: str) -> str:
-    from arrowflow.backends.sql import _redact as redact
+    from arrowflow._foundation.sql import redact_url as redact
 
     try:
         return redact(url)

@@ -28,6 +28,8 @@ Decimal(p, s)         TEXT                       NUMERIC(p, s)
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 import polars as pl
 
 from arrowflow.errors import StateError
@@ -165,3 +167,20 @@ class Dialect:
         if series.dtype != dtype:
             return series.cast(dtype)
         return series
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_connect_timeout(url: str, seconds: int) -> str:
+    """A libpq URL that gives up connecting after ``seconds`` (its default is to wait forever)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("connect_timeout", str(seconds))
+    return urlunsplit(parts._replace(query=urlencode(query)))
