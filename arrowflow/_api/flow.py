@@ -27,6 +27,7 @@ import polars as pl
 
 from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow._graph.aggregates import IncrementalAgg, batch_dependence, named_aggregations
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.sinks import Sink
@@ -755,8 +756,6 @@ class Stream:
                 f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
             )
             raise PlanError(msg)
-        from arrowflow._foundation.schema import to_polars_schema
-
         declared = to_polars_schema(schema) if schema is not None else None
         return self._then("map_batches", name, fn=fn, schema=declared)
 
