@@ -53,7 +53,13 @@ import polars as pl
 import pyarrow as pa
 
 from arrowflow._foundation.deps import import_optional
-from arrowflow._foundation.sql import Dialect, quote, redact_url, with_connect_timeout
+from arrowflow._foundation.sql import (
+    PG_NAME_LIMIT,
+    Dialect,
+    quote,
+    redact_url,
+    with_connect_timeout,
+)
 from arrowflow._foundation.sqlite import open_sqlite
 from arrowflow.errors import StateError
 from arrowflow.state import (
@@ -80,7 +86,6 @@ ROW = "__i"
 SCAN_BATCH = 65_536
 RESTORE_BATCH = 1_000_000
 _RESERVED = {KEY, KEY_GROUP, ROW}
-_PG_NAME_LIMIT = 63
 
 
 class SqlStore(KeyedStore):
@@ -581,9 +586,9 @@ class SqlBackend(StateBackend):
             token = hashlib.sha1(f"{os.path.abspath(context.local_dir)}".encode()).hexdigest()[:8]
             prefix = f"af_{token}_"
         name = f"{prefix}{safe_component(spec.name)}_{key_groups.start:03d}_{key_groups.stop:03d}"
-        if len(name.encode()) > _PG_NAME_LIMIT:  # PostgreSQL truncates longer identifiers
+        if len(name.encode()) > PG_NAME_LIMIT:  # PostgreSQL truncates longer identifiers
             digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-            name = name.encode()[: _PG_NAME_LIMIT - 9].decode(errors="ignore") + "_" + digest
+            name = name.encode()[: PG_NAME_LIMIT - 9].decode(errors="ignore") + "_" + digest
         return name
 
     def _acquire(self, context: StoreContext) -> _SharedConnection:

@@ -1,6 +1,8 @@
-"""How the ``sql`` backend stores each polars type in SQLite and PostgreSQL, and reads it back.
+"""SQL shared by the ``sql`` state backend and the database sink (``write_database``): how each
+polars type is stored in SQLite and PostgreSQL and read back, identifier quoting, and the
+URL helpers.
 
-A state table has real typed columns so that a person can query it. Each column has a SQL
+Both keep real typed columns so that a person can query them. Each column has a SQL
 type, a conversion applied before bulk ingest (``to_db``) and one applied after a fetch
 (``from_db``) so that what comes back equals what went in, bit for bit where the database
 allows it. Where a database has no exact type, the choice and its cost are written here:
@@ -32,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import polars as pl
 
-from arrowflow.errors import StateError
+from arrowflow.errors import ArrowflowError, StateError
 
 _PG_INTS = [
     (pl.Int8, "SMALLINT"),
@@ -45,13 +47,30 @@ _PG_INTS = [
     (pl.UInt64, "BIGINT"),
 ]
 _ISO_NS = "%Y-%m-%dT%H:%M:%S%.9f"
+PG_NAME_LIMIT = 63
+"""The longest identifier PostgreSQL keeps, in bytes; it truncates longer ones silently."""
 
 
-def quote(identifier: str) -> str:
-    """A SQL identifier in double quotes, safe whatever characters it holds."""
+def quote(
+    identifier: str,
+    *,
+    what: str = "a SQL identifier",
+    error: type[ArrowflowError] = StateError,
+) -> str:
+    """A SQL identifier in double quotes, safe whatever characters it holds.
+
+    Parameters
+    ----------
+    identifier
+        A table or column name, any characters but NUL.
+    what
+        What the identifier is, for the error message.
+    error
+        The error raised for a name with a NUL character (no database can hold one).
+    """
     if "\x00" in identifier:
-        msg = f"a SQL identifier cannot contain a NUL character: {identifier!r}"
-        raise StateError(msg)
+        msg = f"{what} cannot contain a NUL character: {identifier!r}"
+        raise error(msg)
     return '"' + identifier.replace('"', '""') + '"'
 
 
@@ -170,8 +189,12 @@ class Dialect:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
+    """The URL without its password, for error messages; ``"<unparseable URL>"`` for a URL
+    that :func:`urllib.parse.urlsplit` refuses (an unclosed ``[`` of an IPv6 host)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
