@@ -52,9 +52,9 @@ from typing import Any
 
 import polars as pl
 
+import arrowflow.io._columnar as _columnar
 from arrowflow._foundation.schema import to_polars_schema
 from arrowflow.errors import SchemaError, SourceError
-from arrowflow.io import _columnar
 from arrowflow.io._csv import CsvFile, CsvOptions, infer_schema
 from arrowflow.io._fs import CorruptFileError, filesystem, first_line, open_payload, resolve_files
 from arrowflow.io._ndjson import NdjsonFile
