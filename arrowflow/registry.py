@@ -67,6 +67,21 @@ _BUILTIN: tuple[Entry, ...] = (
     Entry("state", "arrow", "arrowflow.backends.arrow_ipc:ArrowBackend"),
     Entry("state", "lmdb", "arrowflow.backends.lmdb:LmdbBackend"),
     Entry("state", "sql", "arrowflow.backends.sql:SqlBackend", extra="arrowflow[sql]"),
+    Entry("source", "parquet", "arrowflow.io.formats:read_parquet"),
+    Entry("source", "csv", "arrowflow.io.formats:read_csv"),
+    Entry("source", "ndjson", "arrowflow.io.formats:read_ndjson"),
+    Entry("source", "ipc", "arrowflow.io.formats:read_ipc"),
+    Entry("source", "tail", "arrowflow.io.stream:TailSource"),
+    Entry("source", "watch", "arrowflow.io.stream:WatchSource"),
+    Entry("source", "polars", "arrowflow.io.memory:MemorySource.from_polars"),
+    Entry("source", "arrow", "arrowflow.io.memory:MemorySource.from_arrow"),
+    Entry("sink", "parquet", "arrowflow.io.formats:write_parquet"),
+    Entry("sink", "csv", "arrowflow.io.formats:write_csv"),
+    Entry("sink", "ndjson", "arrowflow.io.formats:write_ndjson"),
+    Entry("sink", "ipc", "arrowflow.io.formats:write_ipc"),
+    Entry("sink", "database", "arrowflow.io.database:DatabaseSink", extra="arrowflow[sql]"),
+    # what stream.collect() gathers its rows with, in the coordinator
+    Entry("sink", "collect", "arrowflow.io.memory:CollectSink"),
 )
 
 _lock = threading.Lock()
@@ -136,7 +151,9 @@ def _read_entry_points(group: str) -> None:
             continue  # a built-in or an explicit register() wins over package metadata
         dist = getattr(point, "dist", None)
         origin = f"entry point {dist.name}" if dist is not None else "entry point"
-        _table[key] = Entry(group, point.name, point.value, None, origin=origin)
+        # the distribution that declares the entry point is what installs its dependencies
+        extra = dist.name if dist is not None else None
+        _table[key] = Entry(group, point.name, point.value, extra, origin=origin)
 
 
 def entry(group: str, name: str) -> Entry:
