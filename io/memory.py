@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from arrowflow._foundation.arrowipc import frame_from_ipc, frame_to_ipc
+from arrowflow._foundation.watermarks import to_micros
 from arrowflow.errors import PlanError
 from arrowflow.sinks import Sink, SinkWriter
 from arrowflow.sources import Source, SourceBatch, Split, SplitReader
@@ -81,8 +82,6 @@ class MemorySource(Source):
 
     def event_time_bounds(self, splits: list[Split], column: str) -> dict[str, int]:
         """The frame is at hand: each row range's minimum of ``column`` (a vectorized pass)."""
-        from arrowflow._foundation.watermarks import to_micros
-
         dtype = self.frame.schema.get(column)
         if not isinstance(dtype, pl.Datetime):
             return {}
