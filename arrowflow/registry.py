@@ -12,9 +12,12 @@ Groups
     options.
 ``source``
     Source formats (``"parquet"``, ``"csv"``, ...): a callable that builds a
-    :class:`arrowflow.sources.Source`.
+    :class:`arrowflow.sources.Source`; ``flow.read(name, *args, **options)`` calls it with
+    the arguments after the name (``Flow.read_parquet`` and the other readers do the same).
 ``sink``
-    Sink formats: a callable that builds a :class:`arrowflow.sinks.Sink`.
+    Sink formats: a callable that builds a :class:`arrowflow.sinks.Sink`;
+    ``stream.write(name, *args, **options)`` calls it (as ``Stream.write_parquet`` and the
+    other writers do).
 ``runner``
     Runners (``"inprocess"``, ``"pool"``): a :class:`arrowflow.runners.Runner` class.
 
@@ -29,7 +32,8 @@ Third parties register in two ways:
       delta = "mypkg.delta:DeltaSink"
 
   Entry points are read once, on the first lookup of a name the built-in table does not have;
-  a built-in name is never replaced by an entry point.
+  a built-in name is never replaced by an entry point. When an entry point's module cannot
+  be imported, the error says to install its distribution again.
 """
 
 from __future__ import annotations
@@ -63,10 +67,6 @@ class Entry:
 
 # Built-in plug-ins. A new one is one line here (or one entry point in a third-party package).
 _BUILTIN: tuple[Entry, ...] = (
-    Entry("state", "memory", "arrowflow.backends.memory:MemoryBackend"),
-    Entry("state", "arrow", "arrowflow.backends.arrow_ipc:ArrowBackend"),
-    Entry("state", "lmdb", "arrowflow.backends.lmdb:LmdbBackend"),
-    Entry("state", "sql", "arrowflow.backends.sql:SqlBackend", extra="arrowflow[sql]"),
     Entry("source", "parquet", "arrowflow.io.formats:read_parquet"),
     Entry("source", "csv", "arrowflow.io.formats:read_csv"),
     Entry("source", "ndjson", "arrowflow.io.formats:read_ndjson"),
@@ -82,6 +82,10 @@ _BUILTIN: tuple[Entry, ...] = (
     Entry("sink", "database", "arrowflow.io.database:DatabaseSink", extra="arrowflow[sql]"),
     # what stream.collect() gathers its rows with, in the coordinator
     Entry("sink", "collect", "arrowflow.io.memory:CollectSink"),
+    Entry("state", "memory", "arrowflow.backends.memory:MemoryBackend"),
+    Entry("state", "arrow", "arrowflow.backends.arrow_ipc:ArrowBackend"),
+    Entry("state", "lmdb", "arrowflow.backends.lmdb:LmdbBackend"),
+    Entry("state", "sql", "arrowflow.backends.sql:SqlBackend", extra="arrowflow[sql]"),
 )
 
 _lock = threading.Lock()
