@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from arrowflow.sources import Source
 from arrowflow.state import resolve_backend
 from arrowflow.testing import assert_frame_equal_unordered
 
+PLUGINS_MD = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 DATA = pl.DataFrame({"k": [1, 2, 1, 3], "v": [1, 2, 3, 4]})
 TOTALS = pl.DataFrame({"k": [1, 2, 3], "total": [4, 2, 4]})
 
@@ -315,3 +317,19 @@ def test_a_third_party_distribution_registers_through_entry_points(tmp_path: Pat
     opened = sorted(p.name for p in marks.iterdir())
     assert len(opened) == 2 and all(name.startswith("agg-") for name in opened), opened
     assert len({name.rsplit("-", 1)[1] for name in opened}) == 2  # two worker processes
+
+
+def test_the_python_blocks_of_docs_plugins_md_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/plugins.md's ```python blocks, in order, in one namespace (```py blocks are sketches)."""
+    text = PLUGINS_MD.read_text()
+    blocks = [
+        (text.count("\n", 0, match.start()) + 2, match.group(1))
+        for match in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M)
+    ]
+    assert len(blocks) >= 3, "docs/plugins.md shows no runnable example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__plugins_md__"}
+    for line, code in blocks:
+        exec(compile(code, f"docs/plugins.md:{line}", "exec"), namespace)
