@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._api.inspect import list_checkpoints, query_state, read_state
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
 from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
@@ -245,7 +246,8 @@ class Job:
             "rows_in": int(sources.get_column("rows_in").sum()) if sources.height else 0,
             "rows_out": int(sinks.get_column("rows_in").sum()) if sinks.height else 0,
             "watermark": watermarks.min() if len(watermarks) else None,
-            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())
+            # polars types max() as any Python literal; lag_s is a Float64 column
+            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())  # type: ignore[arg-type]
             if len(watermarks)
             else None,
             "checkpoints": len(coordinator.completed) if coordinator is not None else 0,
@@ -271,14 +273,14 @@ class Job:
         """One row per half second: rows in and out so far, rows/s, watermark, lag, checkpoints."""
         schema = {
             "time": pl.Datetime("us", "UTC"),
-            "elapsed_s": pl.Float64,
-            "rows_in": pl.Int64,
-            "rows_out": pl.Int64,
-            "rows_per_s": pl.Float64,
+            "elapsed_s": pl.Float64(),
+            "rows_in": pl.Int64(),
+            "rows_out": pl.Int64(),
+            "rows_per_s": pl.Float64(),
             "watermark": pl.Datetime("us", "UTC"),
-            "lag_s": pl.Float64,
-            "checkpoints": pl.Int64,
-            "restarts": pl.Int64,
+            "lag_s": pl.Float64(),
+            "checkpoints": pl.Int64(),
+            "restarts": pl.Int64(),
         }
         return pl.DataFrame(list(self.samples), schema=schema)
 
@@ -305,16 +307,12 @@ class Job:
 
     def checkpoints(self) -> pl.DataFrame:
         """The job's complete checkpoints: id, time, size, state files, final, source offsets."""
-        from arrowflow._runtime.checkpoints import list_checkpoints
-
         return list_checkpoints(
             self._checkpoint_dir(), storage_options=self.options.get("storage_options")
         )
 
     def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """An operator's state in the newest (or the given) checkpoint, as a DataFrame."""
-        from arrowflow._runtime.checkpoints import read_state
-
         return read_state(
             self._checkpoint_dir(),
             operator,
@@ -325,8 +323,6 @@ class Job:
     def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
         """SQL over the state in a checkpoint: every operator with state is a table named after
         its id (quote ids with a dash: ``SELECT * FROM "agg-2"``)."""
-        from arrowflow._runtime.checkpoints import query_state
-
         return query_state(
             self._checkpoint_dir(),
             sql,

@@ -1,6 +1,6 @@
 """The worker pool: N processes, one instance of every operator each, joined by shared memory.
 
-Design (docs/design.md §3):
+Design (docs/runtime.md; the execution model: docs/design.md §3):
 
 - **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
   pools that ``fork`` would break). The plan and the state backend are serialized once with
@@ -365,7 +365,12 @@ def _user_modules(plan: Plan) -> list[Any]:
             for fn in (step.get("fn"),):
                 name = getattr(fn, "__module__", None)
                 module = sys.modules.get(name) if name else None
-                if module is None or name == "__main__" or name.split(".")[0] == "arrowflow":
+                if (
+                    not name
+                    or module is None
+                    or name == "__main__"
+                    or name.split(".")[0] == "arrowflow"
+                ):
                     continue
                 path = getattr(module, "__file__", None) or ""
                 try:
@@ -515,7 +520,7 @@ class _Pool:
                 break  # a stopped worker stuck on a full ring: pool.stop() ends it
             waiting = [c for i, c in enumerate(self.conns) if i not in reports]
             sentinels = [p.sentinel for i, p in enumerate(self.processes) if i not in reports]
-            for ready in wait(waiting + sentinels, timeout=0.02):
+            for ready in wait([*waiting, *sentinels], timeout=0.02):
                 if isinstance(ready, int):
                     index = by_sentinel[ready]
                     exiting |= self._drain(
