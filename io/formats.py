@@ -1,7 +1,7 @@
-"""The built-in file formats by name: the factories ``arrowflow.registry`` lists for the
-``source`` and ``sink`` names ``"parquet"``, ``"csv"``, ``"ndjson"`` and ``"ipc"``.
+"""The built-in file formats by name, as factories for ``arrowflow.registry``.
 
-One :class:`FileSource` and one :class:`FileSink` class serve every file format, told which
+``arrowflow.registry`` lists these for the ``source`` and ``sink`` names ``"parquet"``,
+``"csv"``, ``"ndjson"`` and ``"ipc"``. One :class:`FileSource` and one :class:`FileSink` class serve every file format, told which
 by their first argument; a registered factory takes the options of the matching
 ``Flow.read_<format>`` or ``Stream.write_<format>`` method instead, so that
 ``flow.read("csv", path, separator=";")`` and ``flow.read_csv(path, separator=";")`` build the

@@ -6,8 +6,9 @@ import polars as pl
 
 
 def frame_to_ipc(frames: pl.DataFrame | list[pl.DataFrame], *, last: int | None = None) -> bytes:
-    """Frames (of one schema) as one Arrow IPC stream, for a pipe between processes; with
-    ``last``, only their last ``last`` rows.
+    """Frames (of one schema) as one Arrow IPC stream, for a pipe between processes.
+
+    With ``last``, only their last ``last`` rows.
 
     Not ``pickle`` (polars' own serializer), nor ``pl.concat``: those run on polars' thread
     pool while this thread holds the GIL, and a frame that maps a shared-memory ring holds

@@ -1,5 +1,7 @@
-"""Optional dependencies: imported on first use through one helper, which says which
-``pip install`` brings a missing one."""
+"""Optional dependencies, imported on first use through one helper.
+
+The helper says which ``pip install`` brings a missing one.
+"""
 
 from __future__ import annotations
 

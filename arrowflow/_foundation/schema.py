@@ -1,5 +1,8 @@
-"""Schemas: user-given schemas (polars dtypes or pyarrow) to a polars Schema, and the rule for
-when a value of one type converts to another without loss.
+"""Schemas: user-given schemas to a polars Schema, and the rule of lossless conversion.
+
+A user gives a schema as polars dtypes or pyarrow types; :func:`to_polars_schema` turns it
+into a polars Schema. :func:`lossless` says when a value of one type converts to another
+without loss.
 
 A type converts losslessly to another when every value survives: the same type, a wider
 integer or float, an integer into a float that holds it exactly, a finer time unit,

@@ -1,6 +1,7 @@
-"""SQL shared by the ``sql`` state backend and the database sink (``write_database``): how each
-polars type is stored in SQLite and PostgreSQL and read back, identifier quoting, and the
-URL helpers.
+"""SQL shared by the ``sql`` state backend and the database sink (``write_database``).
+
+How each polars type is stored in SQLite and PostgreSQL and read back, identifier quoting,
+and the URL helpers.
 
 Both keep real typed columns so that a person can query them. Each column has a SQL
 type, a conversion applied before bulk ingest (``to_db``) and one applied after a fetch
@@ -189,8 +190,11 @@ class Dialect:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for error messages; ``"<unparseable URL>"`` for a URL
-    that :func:`urllib.parse.urlsplit` refuses (an unclosed ``[`` of an IPv6 host)."""
+    """The URL without its password, for error messages.
+
+    ``"<unparseable URL>"`` for a URL that :func:`urllib.parse.urlsplit` refuses (an
+    unclosed ``[`` of an IPv6 host).
+    """
     try:
         parts = urlsplit(url)
     except ValueError:

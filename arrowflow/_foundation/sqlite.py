@@ -1,5 +1,7 @@
-"""Opening an ADBC SQLite connection with its pragmas (the sql state backend and the database
-sink share it)."""
+"""Opening an ADBC SQLite connection with its pragmas.
+
+The sql state backend and the database sink share it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ from types import ModuleType
 
 
 def open_sqlite(driver: ModuleType, path: str, pragmas: tuple[str, ...]) -> object:
-    """An ADBC SQLite connection (``driver``: ``adbc_driver_sqlite.dbapi``; autocommit) to
-    ``path`` with ``pragmas`` applied, parent
-    folders created. ``busy_timeout`` is applied before the others: switching to WAL and the
-    first reads take locks that another process opening the same file may hold at that
-    moment, and without the timeout SQLite fails at once with "database is locked". A
-    connection whose setup fails is closed before the error propagates."""
+    """An ADBC SQLite connection to ``path`` with ``pragmas`` applied, parent folders created.
+
+    ``driver`` is ``adbc_driver_sqlite.dbapi``; the connection is in autocommit mode.
+    ``busy_timeout`` is applied before the others: switching to WAL and the first reads take
+    locks that another process opening the same file may hold at that moment, and without
+    the timeout SQLite fails at once with "database is locked". A connection whose setup
+    fails is closed before the error propagates.
+    """
     if os.path.isdir(path):
         msg = f"{path!r} is a directory"
         raise OSError(msg)
