@@ -98,26 +98,26 @@ def _check_splits(splits: Any, method: str) -> None:
         raise PlanError(msg)
 
 
-def _registered_source(format: str, args: tuple[Any, ...], options: dict[str, Any]) -> Source:  # noqa: A002
-    """The source that the factory registered as ``format`` builds from ``args`` and ``options``."""
-    source = registry.load("source", format)(*args, **options)
+def _registered_source(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Source:
+    """The source that the factory registered as ``name`` builds from ``args`` and ``options``."""
+    source = registry.load("source", name)(*args, **options)
     if not isinstance(source, Source):
-        target = registry.entry("source", format).target
+        target = registry.entry("source", name).target
         msg = (
-            f"the source format {format!r} ({target}) built a {type(source).__name__}, "
+            f"the source format {name!r} ({target}) built a {type(source).__name__}, "
             f"not an arrowflow.sources.Source"
         )
         raise PlanError(msg)
     return source
 
 
-def _registered_sink(format: str, args: tuple[Any, ...], options: dict[str, Any]) -> Sink:  # noqa: A002
-    """The sink that the factory registered as ``format`` builds from ``args`` and ``options``."""
-    sink = registry.load("sink", format)(*args, **options)
+def _registered_sink(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Sink:
+    """The sink that the factory registered as ``name`` builds from ``args`` and ``options``."""
+    sink = registry.load("sink", name)(*args, **options)
     if not isinstance(sink, Sink):
-        target = registry.entry("sink", format).target
+        target = registry.entry("sink", name).target
         msg = (
-            f"the sink format {format!r} ({target}) built a {type(sink).__name__}, "
+            f"the sink format {name!r} ({target}) built a {type(sink).__name__}, "
             f"not an arrowflow.sinks.Sink"
         )
         raise PlanError(msg)
