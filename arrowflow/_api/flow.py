@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+import arrowflow.registry as registry
 from arrowflow._api.display import flow_html, stream_html
 from arrowflow._api.windowed import WindowedStream
+from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow._foundation.watermarks import duration_arg
 from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
 from arrowflow._graph.graph import Graph
@@ -48,6 +50,32 @@ def _check_splits(splits: Any, method: str) -> None:
         raise PlanError(msg)
 
 
+def _registered_source(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Source:
+    """The source that the factory registered as ``name`` builds from ``args`` and ``options``."""
+    source = registry.load("source", name)(*args, **options)
+    if not isinstance(source, Source):
+        target = registry.entry("source", name).target
+        msg = (
+            f"the source format {name!r} ({target}) built a {type(source).__name__}, "
+            f"not an arrowflow.sources.Source"
+        )
+        raise PlanError(msg)
+    return source
+
+
+def _registered_sink(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Sink:
+    """The sink that the factory registered as ``name`` builds from ``args`` and ``options``."""
+    sink = registry.load("sink", name)(*args, **options)
+    if not isinstance(sink, Sink):
+        target = registry.entry("sink", name).target
+        msg = (
+            f"the sink format {name!r} ({target}) built a {type(sink).__name__}, "
+            f"not an arrowflow.sinks.Sink"
+        )
+        raise PlanError(msg)
+    return sink
+
+
 class Flow(Graph):
     """A named dataflow graph.
 
@@ -67,6 +95,51 @@ class Flow(Graph):
             raise PlanError(msg)
         return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
 
+    def read(
+        self,
+        format: str,  # noqa: A002
+        /,
+        *args: Any,
+        name: str | None = None,
+        **options: Any,
+    ) -> Stream:
+        """A stream from the source format registered as ``format`` in :mod:`arrowflow.registry`.
+
+        The built-in formats are ``"parquet"``, ``"csv"``, ``"ndjson"`` and ``"ipc"`` (what
+        the ``read_<format>`` methods build), ``"tail"``, ``"watch"``, ``"polars"`` and
+        ``"arrow"`` (:meth:`tail`, :meth:`watch`, :meth:`from_polars`, :meth:`from_arrow`).
+        A plug-in adds its own with :func:`arrowflow.registry.register` or an entry point in
+        the group ``arrowflow.source`` (see ``docs/plugins.md``). The format's module is
+        imported on first use; building the source does no I/O.
+
+        Parameters
+        ----------
+        format
+            A name that ``arrowflow.registry.available("source")`` lists. Positional, so that
+            a factory may take a ``format=`` option of its own (as ``"tail"`` does).
+        *args
+            Passed to the format's factory, which builds the :class:`arrowflow.sources.Source`;
+            for a built-in format, the positional arguments of its method (a path, a frame).
+        name
+            The operator id; default: the source's ``kind``, numbered when already taken.
+        **options
+            Passed to the factory; for a built-in format, the keywords of its method.
+
+        Returns
+        -------
+        Stream
+            The source's rows.
+
+        Raises
+        ------
+        PlanError
+            No source format is registered as ``format`` (the message lists those that are),
+            or its factory built something that is not a Source.
+        ImportError
+            The format's module cannot be imported; the message says what to install.
+        """
+        return self.source(_registered_source(format, args, options), name=name)
+
     def read_parquet(
         self,
         path: str | Sequence[str],
@@ -79,20 +152,41 @@ class Flow(Graph):
     ) -> Stream:
         """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL.
 
-        A file that cannot be read (truncated, not Parquet) fails the job, naming it; with
-        ``on_corrupt_file="skip"`` it is reported as one row of the ``malformed`` side output
-        (its file and the reader's reason) and the other files are read."""
-        from arrowflow.io.files import FileSource
+        Every file's footer is read at plan time: each file must hold the schema's columns in
+        types that read as the schema's without loss, or a :class:`arrowflow.SchemaError`
+        names the file, the column and both types. Splits are ranges of row groups.
 
-        return self.source(
-            FileSource(
-                "parquet",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                on_corrupt_file=on_corrupt_file,
-            ),
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL (``s3://bucket/events/``), or a list of them.
+        schema
+            The columns to read and their types (``{"user": pl.Int64}``, a ``pl.Schema`` or a
+            ``pa.Schema``); default: the first file's.
+        name
+            The operator id; default ``read_parquet``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system (credentials, endpoint).
+        on_error
+            ``"side_output"`` or ``"raise"``, as for :meth:`read_csv`; Parquet's columns are
+            typed, so no row of a readable file is malformed.
+        on_corrupt_file
+            ``"fail"`` (default): a file that cannot be read (truncated, not Parquet) fails
+            the job, naming it. ``"skip"``: it becomes one row of the ``malformed`` side
+            output (its file and the reader's reason) and the other files are read.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "parquet",
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -108,22 +202,48 @@ class Flow(Graph):
         on_error: str = "side_output",
         on_corrupt_file: str = "fail",
     ) -> Stream:
-        """CSV files. Rows that cannot be parsed go to the ``malformed`` side output: a row is
-        malformed when any column of ``schema`` fails to parse, whichever columns the flow uses.
-        ``on_corrupt_file="skip"``: a file that cannot be read at all (a broken ``.gz``) is
-        reported in ``malformed`` instead of failing the job."""
-        from arrowflow.io.files import FileSource
+        """CSV files: a path, a glob, a directory or an fsspec URL; one split per file.
 
-        return self.source(
-            FileSource(
-                "csv",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                options={"has_header": has_header, "separator": separator},
-                on_corrupt_file=on_corrupt_file,
-            ),
+        Rows that cannot be parsed go to the ``malformed`` side output (file, byte offset,
+        line, reason), in order with the data: a row is malformed when any column of
+        ``schema`` fails to parse, whichever columns the flow uses.
+
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL, or a list of them.
+        schema
+            The columns and their types; default: inferred from the first MiB of the first
+            non-empty file.
+        has_header
+            The first line of each file names the columns.
+        separator
+            The one-character field separator.
+        name
+            The operator id; default ``read_csv``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        on_error
+            ``"side_output"`` (default): malformed rows go to the ``malformed`` side output.
+            ``"raise"``: the first one fails the job.
+        on_corrupt_file
+            ``"fail"`` (default) or ``"skip"``: a file that cannot be read at all (a broken
+            ``.gz``) fails the job, or is reported in ``malformed`` and the rest is read.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "csv",
+            path,
+            schema=schema,
+            has_header=has_header,
+            separator=separator,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -137,19 +257,39 @@ class Flow(Graph):
         on_error: str = "side_output",
         on_corrupt_file: str = "fail",
     ) -> Stream:
-        """Newline-delimited JSON files. Lines that cannot be parsed go to ``malformed``;
-        ``on_corrupt_file`` as for :meth:`read_csv`."""
-        from arrowflow.io.files import FileSource
+        """Newline-delimited JSON files, one object per line; one split per file.
 
-        return self.source(
-            FileSource(
-                "ndjson",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                on_corrupt_file=on_corrupt_file,
-            ),
+        Lines that are not a JSON object, not UTF-8, or hold a value that does not parse as
+        its column's type go to the ``malformed`` side output.
+
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL, or a list of them.
+        schema
+            The columns and their types; default: inferred from the first MiB of the first
+            non-empty file.
+        name
+            The operator id; default ``read_ndjson``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        on_error
+            ``"side_output"`` (default) or ``"raise"``, as for :meth:`read_csv`.
+        on_corrupt_file
+            ``"fail"`` (default) or ``"skip"``, as for :meth:`read_csv`.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "ndjson",
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -163,18 +303,39 @@ class Flow(Graph):
         on_error: str = "side_output",
         on_corrupt_file: str = "fail",
     ) -> Stream:
-        """Arrow IPC (Feather v2) files; ``on_corrupt_file`` as for :meth:`read_parquet`."""
-        from arrowflow.io.files import FileSource
+        """Arrow IPC (Feather v2) files; one split per file.
 
-        return self.source(
-            FileSource(
-                "ipc",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                on_corrupt_file=on_corrupt_file,
-            ),
+        As :meth:`read_parquet`, each file's schema is read at plan time and must convert to
+        ``schema`` without loss.
+
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL, or a list of them.
+        schema
+            The columns to read and their types; default: the first file's.
+        name
+            The operator id; default ``read_ipc``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        on_error
+            ``"side_output"`` or ``"raise"``; as in Parquet, no row of a readable file is
+            malformed.
+        on_corrupt_file
+            ``"fail"`` (default) or ``"skip"``, as for :meth:`read_parquet`.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "ipc",
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -193,20 +354,42 @@ class Flow(Graph):
         """Follow a growing local file (unbounded): every complete line appended to it, once.
 
         Its offset is kept in checkpoints; truncation and rotation are detected and reading
-        goes on with the new file. ``schema`` is required (the file may start empty).
-        """
-        from arrowflow.io.stream import TailSource
+        goes on with the new file.
 
-        return self.source(
-            TailSource(
-                path,
-                format=format,
-                schema=schema,
-                has_header=has_header,
-                separator=separator,
-                poll_interval=poll_interval,
-                on_error=on_error,
-            ),
+        Parameters
+        ----------
+        path
+            A local file (``file://`` URLs too); it need not exist yet.
+        format
+            ``"ndjson"`` (default) or ``"csv"``.
+        schema
+            The columns and their types; required, since the file may start empty.
+        has_header
+            For ``format="csv"``: the file's first line names the columns.
+        separator
+            For ``format="csv"``: the one-character field separator.
+        poll_interval
+            How often to look for new lines when there are none, e.g. ``"100ms"``.
+        name
+            The operator id; default ``tail``, numbered when already taken.
+        on_error
+            ``"side_output"`` (default): lines that cannot be parsed go to ``malformed``.
+            ``"raise"``: the first one fails the job.
+
+        Returns
+        -------
+        Stream
+            An unbounded stream of the appended lines' rows.
+        """
+        return self.read(
+            "tail",
+            path,
+            format=format,
+            schema=schema,
+            has_header=has_header,
+            separator=separator,
+            poll_interval=poll_interval,
+            on_error=on_error,
             name=name,
         )
 
@@ -222,42 +405,93 @@ class Flow(Graph):
         on_error: str = "side_output",
         max_file_age: Any = "7d",
     ) -> Stream:
-        """Files that land under a glob or folder (unbounded), each processed exactly once, also
-        across restarts. Files must appear complete (write elsewhere, then rename into place).
-        Files modified more than ``max_file_age`` before the newest one are skipped and
-        forgotten, which keeps the remembered set (and checkpoints) bounded; None: never."""
-        from arrowflow.io.stream import WatchSource
+        """Files that land under a glob or folder (unbounded), each processed exactly once.
 
-        return self.source(
-            WatchSource(
-                pattern,
-                format=format,
-                schema=schema,
-                storage_options=storage_options,
-                poll_interval=poll_interval,
-                on_error=on_error,
-                max_file_age=max_file_age,
-            ),
+        Also across restarts: the files already processed are kept in checkpoints. Files
+        must appear complete (write elsewhere, then rename into place); each is read as
+        ``read_<format>`` reads it.
+
+        Parameters
+        ----------
+        pattern
+            A folder, glob or fsspec URL to watch.
+        format
+            ``"parquet"`` (default), ``"csv"``, ``"ndjson"`` or ``"ipc"``.
+        schema
+            The columns and their types; required, since the folder may start empty.
+        poll_interval
+            How often to list the folder, e.g. ``"1s"``.
+        storage_options
+            fsspec options for a remote file system.
+        name
+            The operator id; default ``watch``, numbered when already taken.
+        on_error
+            ``"side_output"`` (default) or ``"raise"``, as for the ``read_<format>`` method.
+        max_file_age
+            Files modified more than this before the newest one are skipped and forgotten,
+            which keeps the remembered set (and checkpoints) bounded; ``None``: never.
+
+        Returns
+        -------
+        Stream
+            An unbounded stream of the new files' rows.
+        """
+        return self.read(
+            "watch",
+            pattern,
+            format=format,
+            schema=schema,
+            storage_options=storage_options,
+            poll_interval=poll_interval,
+            on_error=on_error,
+            max_file_age=max_file_age,
             name=name,
         )
 
     def from_polars(
         self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None, splits: int | None = None
     ) -> Stream:
-        """An in-memory DataFrame as a bounded source (split into ``splits`` pieces)."""
-        from arrowflow.io.memory import MemorySource
+        """An in-memory DataFrame as a bounded source.
 
+        Parameters
+        ----------
+        df
+            The rows; a LazyFrame is collected here, once.
+        name
+            The operator id; default ``from_polars``, numbered when already taken.
+        splits
+            Cut the frame into this many row ranges, read in parallel; default: one per
+            100,000 rows, 16 at most.
+
+        Returns
+        -------
+        Stream
+            The frame's rows.
+        """
         _check_splits(splits, "from_polars")
-        return self.source(MemorySource.from_polars(df, splits=splits), name=name)
+        return self.read("polars", df, splits=splits, name=name)
 
     def from_arrow(
         self, data: Any, *, name: str | None = None, splits: int | None = None
     ) -> Stream:
-        """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source."""
-        from arrowflow.io.memory import MemorySource
+        """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source.
 
+        Parameters
+        ----------
+        data
+            A ``pa.Table``, a ``pa.RecordBatch`` or a non-empty list of them.
+        name
+            The operator id; default ``from_arrow``, numbered when already taken.
+        splits
+            Cut the rows into this many ranges, as for :meth:`from_polars`.
+
+        Returns
+        -------
+        Stream
+            The data's rows.
+        """
         _check_splits(splits, "from_arrow")
-        return self.source(MemorySource.from_arrow(data, splits=splits), name=name)
+        return self.read("arrow", data, splits=splits, name=name)
 
     # ------------------------------------------------------------------ running
     def plan(
@@ -503,8 +737,6 @@ class Stream:
                 f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
             )
             raise PlanError(msg)
-        from arrowflow.io._schema import to_polars_schema
-
         declared = to_polars_schema(schema) if schema is not None else None
         return self._then("map_batches", name, fn=fn, schema=declared)
 
@@ -584,6 +816,45 @@ class Stream:
         node = self.flow._add("sink", [self.node], name, sink=sink, id_kind=sink.kind)
         self.flow._validate(node)
 
+    def write(
+        self,
+        format: str,  # noqa: A002
+        /,
+        *args: Any,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        """Write to the sink format registered as ``format`` in :mod:`arrowflow.registry`.
+
+        The built-in formats are ``"parquet"``, ``"csv"``, ``"ndjson"`` and ``"ipc"`` (what
+        the ``write_<format>`` methods build) and ``"database"`` (:meth:`write_database`). A
+        plug-in adds its own with :func:`arrowflow.registry.register` or an entry point in
+        the group ``arrowflow.sink`` (see ``docs/plugins.md``). The format's module is
+        imported on first use; building the sink does no I/O.
+
+        Parameters
+        ----------
+        format
+            A name that ``arrowflow.registry.available("sink")`` lists. Positional, so that
+            a factory may take a ``format=`` option of its own.
+        *args
+            Passed to the format's factory, which builds the :class:`arrowflow.sinks.Sink`;
+            for a built-in format, the positional arguments of its method (a path, a URL).
+        name
+            The operator id; default: the sink's ``kind``, numbered when already taken.
+        **options
+            Passed to the factory; for a built-in format, the keywords of its method.
+
+        Raises
+        ------
+        PlanError
+            No sink format is registered as ``format`` (the message lists those that are),
+            or its factory built something that is not a Sink.
+        ImportError
+            The format's module cannot be imported; the message says what to install.
+        """
+        self._sink(_registered_sink(format, args, options), name)
+
     def write_parquet(
         self,
         path: str,
@@ -595,25 +866,40 @@ class Stream:
         compression: str = "zstd",
         compression_level: int | None = None,
     ) -> None:
-        """Write Parquet part files into directory ``path`` (exactly once; see README).
+        """Write Parquet part files into directory ``path``, exactly once (see README).
 
-        ``compression``: ``"zstd"`` (polars' default), ``"lz4"``, ``"snappy"`` (Spark's and
-        Flink's default), ``"gzip"``, ``"brotli"`` or ``"uncompressed"``; ``compression_level``
-        as polars' ``write_parquet``.
+        Each checkpoint's files are staged in a hidden folder and moved into ``path`` when
+        the checkpoint completes, so a reader sees whole files of complete checkpoints only.
+
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default): a fresh run deletes the part files already there (and
+            refuses to run if the folder holds other visible files); ``"append"``: keep them;
+            ``"error"``: refuse to run if there are any.
+        name
+            The operator id; default ``write_parquet``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        compression
+            ``"zstd"`` (polars' default), ``"lz4"``, ``"snappy"`` (Spark's and Flink's
+            default), ``"gzip"``, ``"brotli"`` or ``"uncompressed"``.
+        compression_level
+            As polars' ``write_parquet``: for zstd 1-22, gzip 0-9, brotli 0-11.
         """
-        from arrowflow.io.filesinks import FileSink
-
-        self._sink(
-            FileSink(
-                "parquet",
-                path,
-                mode=mode,
-                storage_options=storage_options,
-                rows_per_file=rows_per_file,
-                compression=compression,
-                compression_level=compression_level,
-            ),
-            name,
+        self.write(
+            "parquet",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            compression=compression,
+            compression_level=compression_level,
+            name=name,
         )
 
     def write_csv(
@@ -625,13 +911,31 @@ class Stream:
         storage_options: dict[str, Any] | None = None,
         rows_per_file: int | None = None,
     ) -> None:
-        from arrowflow.io.filesinks import FileSink
+        """Write CSV part files into directory ``path``, exactly once.
 
-        self._sink(
-            FileSink(
-                "csv", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file
-            ),
-            name,
+        Columns CSV cannot hold (nested, binary, durations) fail the plan, naming the column.
+
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default), ``"append"`` or ``"error"``, as for
+            :meth:`write_parquet`.
+        name
+            The operator id; default ``write_csv``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        """
+        self.write(
+            "csv",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            name=name,
         )
 
     def write_ndjson(
@@ -643,17 +947,31 @@ class Stream:
         storage_options: dict[str, Any] | None = None,
         rows_per_file: int | None = None,
     ) -> None:
-        from arrowflow.io.filesinks import FileSink
+        """Write newline-delimited JSON part files into directory ``path``, exactly once.
 
-        self._sink(
-            FileSink(
-                "ndjson",
-                path,
-                mode=mode,
-                storage_options=storage_options,
-                rows_per_file=rows_per_file,
-            ),
-            name,
+        Binary columns fail the plan (JSON has no bytes), naming the column.
+
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default), ``"append"`` or ``"error"``, as for
+            :meth:`write_parquet`.
+        name
+            The operator id; default ``write_ndjson``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        """
+        self.write(
+            "ndjson",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            name=name,
         )
 
     def write_ipc(
@@ -666,20 +984,33 @@ class Stream:
         rows_per_file: int | None = None,
         compression: str = "uncompressed",
     ) -> None:
-        """Write Arrow IPC part files; ``compression``: ``"uncompressed"`` (mapped without
-        decoding by any Arrow reader), ``"lz4"`` or ``"zstd"``."""
-        from arrowflow.io.filesinks import FileSink
+        """Write Arrow IPC (Feather v2) part files into directory ``path``, exactly once.
 
-        self._sink(
-            FileSink(
-                "ipc",
-                path,
-                mode=mode,
-                storage_options=storage_options,
-                rows_per_file=rows_per_file,
-                compression=compression,
-            ),
-            name,
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default), ``"append"`` or ``"error"``, as for
+            :meth:`write_parquet`.
+        name
+            The operator id; default ``write_ipc``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        compression
+            ``"uncompressed"`` (default: any Arrow reader maps it without decoding),
+            ``"lz4"`` or ``"zstd"``.
+        """
+        self.write(
+            "ipc",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            compression=compression,
+            name=name,
         )
 
     def write_database(
@@ -691,14 +1022,31 @@ class Stream:
         key: str | Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
-        """Write rows into ``table`` of SQLite (``"sqlite:///out/app.db"``) or PostgreSQL
-        (``"postgresql://user@host/db"``), exactly once: each checkpoint's rows commit in one
-        transaction with the checkpoint id. ``mode``: ``"append"``, ``"upsert"`` (with ``key``:
-        the newest row of a key wins) or ``"overwrite"`` (recreate the table on a fresh run)."""
-        from arrowflow.io.database import DatabaseSink
+        """Write rows into ``table`` of a SQLite or PostgreSQL database, exactly once.
 
+        Each checkpoint's rows commit in one transaction with the checkpoint id, so a
+        restore never commits them twice. Needs ``pip install 'arrowflow[sql]'``.
+
+        Parameters
+        ----------
+        url
+            ``"sqlite:///out/app.db"`` (relative), ``"sqlite:////tmp/app.db"`` (absolute) or
+            ``"postgresql://user@host:5432/db"``.
+        table
+            The target table; created from the stream's schema when it does not exist.
+        mode
+            ``"append"`` (default): add rows; ``"upsert"`` (with ``key``): insert or replace,
+            the newest row of a key wins; ``"overwrite"``: recreate the table on a fresh run.
+        key
+            For ``mode="upsert"``: the column or columns that identify a row.
+        name
+            The operator id; default ``write_database``, numbered when already taken. It
+            also names the sink's staging table and commit markers, so keep it stable
+            across restores.
+        """
         keys = [key] if isinstance(key, str) else list(key) if key is not None else None
-        self._sink(DatabaseSink(url, table=table, mode=mode, key=keys, name=name), name)
+        options = {"table": table, "mode": mode, "key": keys, "name": name}
+        self._sink(_registered_sink("database", (url,), options), name)
 
     def write_to(self, sink: Sink, *, name: str | None = None) -> None:
         """Write to any :class:`arrowflow.sinks.Sink` object."""

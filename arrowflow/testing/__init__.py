@@ -21,8 +21,7 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
-from arrowflow._foundation.util import frame_from_ipc, frame_to_ipc
-from arrowflow.sinks import Sink, SinkWriter
+from arrowflow.io.memory import CollectingSink as CollectingSink
 
 if TYPE_CHECKING:
     from arrowflow._api.flow import Stream
@@ -135,57 +134,6 @@ def assert_frame_equal_unordered(
         if diff:
             msg += "\n" + diff
         raise AssertionError(msg) from None
-
-
-class CollectingSink(Sink):
-    """A sink that gathers every row it receives in the calling process.
-
-    Attach it with ``stream.write_to(sink)``; after ``flow.run(...)`` returns,
-    :meth:`to_polars` holds the rows of the run (in no set order when several workers ran).
-    Each worker's rows travel back to the coordinator as the sink's staged output, so it
-    suits test-sized data, not production volumes. A fresh run starts empty.
-    """
-
-    kind = "collecting"
-    durable = False
-
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
-        return _CollectingWriter()
-
-    def begin(self) -> None:
-        self.frames.clear()
-
-    def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
-        for payload in staged:
-            if payload:
-                self.frames.append(frame_from_ipc(payload))
-
-    def to_polars(self, schema: pl.Schema | None = None) -> pl.DataFrame:
-        """Every collected row as one DataFrame (empty with ``schema`` when none arrived)."""
-        if not self.frames:
-            return pl.DataFrame(schema=schema)
-        return pl.concat(self.frames, how="vertical_relaxed")
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Shipped to workers with the plan: rows already collected stay here.
-        return {"frames": []}
-
-
-class _CollectingWriter(SinkWriter):
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def write(self, batch: pl.DataFrame) -> None:
-        self.frames.append(batch)
-
-    def prepare_commit(self, checkpoint_id: int) -> Any:
-        frames, self.frames = self.frames, []
-        # Arrow IPC bytes, not frames: the ack that carries them is pickled into a pipe, and
-        # pickling a polars frame that maps a shared-memory ring can deadlock (frame_to_ipc).
-        return frame_to_ipc(frames) if frames else None
 
 
 def collect_all(
