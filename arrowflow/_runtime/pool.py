@@ -42,185 +42,24 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cloudpickle
-import polars as pl
 
 from arrowflow._plan import Plan
+from arrowflow._runtime.control import _PipeLink
 from arrowflow._runtime.coordinator import JobCoordinator
 from arrowflow._runtime.operators import RuntimeContext
 from arrowflow._runtime.result import RunResult
 from arrowflow._runtime.shm import (
-    BARRIER,
     DEFAULT_CAPACITY,
-    END,
-    WATERMARK,
     Ring,
-    ipc_read,
-    read_id,
-    write_barrier,
-    write_table,
-    write_watermark,
+    ShmTransport,
 )
 from arrowflow._runtime.shm_segments import reclaim_segments, segment_name
 from arrowflow._runtime.worker import Worker, WorkerReport
 from arrowflow.errors import JobCancelled, WorkerError, summarize
-from arrowflow.sources import Split
 from arrowflow.state import StateBackend
 
 _THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "ARROW_NUM_THREADS", "RAYON_NUM_THREADS")
 _STOP_GRACE_S = 2.0
-
-
-class ShmTransport:
-    """A worker's end of the rings: sends to every other worker, polls what they sent."""
-
-    def __init__(
-        self,
-        worker: int,
-        parallelism: int,
-        ring_names: dict[tuple[int, int], str],
-        exchanges: list[str],
-    ) -> None:
-        self.worker = worker
-        self.out = {t: Ring(name) for (s, t), name in ring_names.items() if s == worker}
-        self.inbound = {s: Ring(name) for (s, t), name in ring_names.items() if t == worker}
-        self.tags = {exchange: index for index, exchange in enumerate(exchanges)}
-        self.exchanges = exchanges
-        self.owner: Worker | None = None
-        self.depth = 0
-        self.backoff = 0.0
-        self.paused: set[int] = set()
-        self.delivering: set[int] = set()  # senders whose message is being delivered
-        self.parent = os.getppid()
-
-    # ------------------------------------------------------------------ sending
-    def send(self, target: int, exchange_id: str, batch: pl.DataFrame) -> None:
-        table = batch.to_arrow(compat_level=pl.CompatLevel.newest())
-        write_table(self.out[target], self.tags[exchange_id], table, self._blocked)
-
-    def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
-        write_barrier(self.out[target], self.tags[exchange_id], checkpoint_id, self._blocked)
-
-    def send_watermark(self, target: int, exchange_id: str, value: int) -> None:
-        write_watermark(self.out[target], self.tags[exchange_id], value, self._blocked)
-
-    def pause(self, sender: int) -> None:
-        """Stop reading ``sender``'s ring: it delivered a barrier its exchange is aligning."""
-        self.paused.add(sender)
-
-    def resume_all(self) -> None:
-        self.paused.clear()
-
-    def send_end(self, target: int, exchange_id: str) -> None:
-        while not self.out[target].try_write(END, self.tags[exchange_id], 0, None):
-            self._blocked()
-
-    def _blocked(self) -> None:
-        """The target's ring is full: deliver our own inputs meanwhile (no deadlock), then back off."""
-        if self.owner is not None and self.depth < 8 and self.poll(self.owner):
-            return
-        if os.getppid() != self.parent:
-            # The coordinator is gone (killed): nobody will ever drain this ring.
-            os._exit(3)
-        time.sleep(0.0002)
-
-    # ------------------------------------------------------------------ receiving
-    def poll(self, worker: Worker, limit: int = 8) -> bool:
-        self.owner = worker
-        progressed = False
-        self.depth += 1
-        try:
-            for sender, ring in self.inbound.items():
-                for _ in range(limit):
-                    if sender in self.paused:
-                        break
-                    if sender in self.delivering:
-                        break  # a nested poll is inside this ring's current message: keep its order
-                    message = ring.read()
-                    if message is None:
-                        break
-                    kind, tag, view = message
-                    # Nothing that is delivered points into the ring: operators keep what they
-                    # receive (late rows, a window's buffer, a sink writer's rows until its flush),
-                    # and polars frames derived from a batch share its buffers. So a batch is
-                    # copied out of the ring, once, and its space released before delivery.
-                    try:
-                        payload = bytes(view) if kind not in (END, BARRIER, WATERMARK) else None
-                        value = read_id(view) if kind in (BARRIER, WATERMARK) else 0
-                    finally:
-                        del view
-                        ring.release()
-                    self.delivering.add(sender)
-                    try:
-                        if kind == END:
-                            worker.deliver(self.exchanges[tag], None, sender)
-                        elif kind == BARRIER:
-                            worker.deliver_barrier(self.exchanges[tag], sender, value)
-                        elif kind == WATERMARK:
-                            worker.deliver_watermark(self.exchanges[tag], sender, value)
-                        else:
-                            assert payload is not None
-                            batch = pl.DataFrame(pl.from_arrow(ipc_read(payload)))
-                            del payload
-                            worker.deliver(self.exchanges[tag], batch, sender)
-                            del batch
-                    finally:
-                        self.delivering.discard(sender)
-                    progressed = True
-        finally:
-            self.depth -= 1
-        if progressed:
-            self.backoff = 0.0
-        return progressed
-
-    def wait(self, timeout: float) -> None:
-        self.backoff = min(max(self.backoff * 2, 0.00005), 0.002, timeout)
-        time.sleep(self.backoff)
-
-    def close(self) -> None:
-        for ring in [*self.out.values(), *self.inbound.values()]:
-            ring.close()
-
-
-class _PipeLink:
-    """The worker's side of the control pipe. Commands that arrive while the worker waits for
-    a split are kept, in order, for ``poll_command``."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.commands: list[tuple[Any, ...]] = []
-
-    def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None:
-        self.conn.send(("next_split", source_id))
-        while True:
-            message = self.conn.recv()
-            if message[0] == "split":
-                return message[1]
-            self.commands.append(message)
-
-    def split_done(self, source_id: str, split_id: str) -> None:
-        self.conn.send(("split_done", source_id, split_id))
-
-    def rows(self, count: int) -> None:
-        self.conn.send(("rows", count))
-
-    def finished(self) -> None:
-        self.conn.send(("finished",))
-
-    def metrics(self, rows: list[dict[str, Any]]) -> None:
-        self.conn.send(("metrics", rows))
-
-    def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None:
-        self.conn.send(("publish", sink_id, epoch, payload, produced))
-
-    def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
-        self.conn.send(("ack", checkpoint_id, payload))
-
-    def poll_command(self, timeout: float) -> tuple[Any, ...] | None:
-        if self.commands:
-            return self.commands.pop(0)
-        if self.conn.poll(timeout):
-            return self.conn.recv()
-        return None
 
 
 def _limit_threads(threads: int) -> None:
