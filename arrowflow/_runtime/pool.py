@@ -46,6 +46,7 @@ import cloudpickle
 from arrowflow._plan import Plan
 from arrowflow._runtime.control import _PipeLink
 from arrowflow._runtime.coordinator import JobCoordinator
+from arrowflow._runtime.launch import _dumps_by_value
 from arrowflow._runtime.operators import RuntimeContext
 from arrowflow._runtime.result import RunResult
 from arrowflow._runtime.shm import (
@@ -184,49 +185,6 @@ def _exit_reason(process: mp.process.BaseProcess) -> str:
             name = str(-code)
         return f"was killed by signal {-code} ({name})"
     return f"exited with code {code}"
-
-
-def _user_modules(plan: Plan) -> list[Any]:
-    """Modules of the plan's user functions that a fresh worker process may fail to import
-    (a script, a test module imported by path, a notebook): they are shipped by value."""
-    import importlib.util
-    import sysconfig
-
-    installed = {
-        sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")
-    }
-    found = []
-    for op in plan.ops:
-        for step in [
-            *op.params.get("steps", []),
-            op.params,
-        ]:  # chained functions, a process function
-            for fn in (step.get("fn"),):
-                name = getattr(fn, "__module__", None)
-                module = sys.modules.get(name) if name else None
-                if module is None or name == "__main__" or name.split(".")[0] == "arrowflow":
-                    continue
-                path = getattr(module, "__file__", None) or ""
-                try:
-                    importable = importlib.util.find_spec(name) is not None
-                except (ImportError, ValueError):
-                    importable = False
-                if (
-                    not importable or not any(path.startswith(root) for root in installed)
-                ) and module not in found:
-                    found.append(module)  # once: registering a module twice cannot be undone twice
-    return found
-
-
-def _dumps_by_value(plan: Plan) -> bytes:
-    modules = _user_modules(plan)
-    for module in modules:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        return cloudpickle.dumps(plan)
-    finally:
-        for module in modules:
-            cloudpickle.unregister_pickle_by_value(module)
 
 
 @contextmanager
