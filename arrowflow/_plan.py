@@ -38,6 +38,7 @@ from arrowflow._api.flow import (
     fingerprint_of,
     uses_all_columns,
 )
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.errors import PlanError
 
 MAIN = "main"
@@ -148,7 +149,7 @@ def describe_op(spec: OpSpec) -> str:
                 )
         return " | ".join(parts)
     if spec.kind == "exchange":
-        return f"hash partition by {params['keys']} into {params.get('max_parallelism', 128)} key groups"
+        return f"hash partition by {params['keys']} into {params.get('max_parallelism', DEFAULT_MAX_PARALLELISM)} key groups"
     if spec.kind == "agg":
         aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
         return f"keyed running aggregation by {params['keys']}: {aggs}"
@@ -254,7 +255,9 @@ def _required_columns(
     return required
 
 
-def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -> Plan:
+def build_plan(
+    flow: Flow, outputs: list[Node], *, max_parallelism: int = DEFAULT_MAX_PARALLELISM
+) -> Plan:
     """Turn the part of ``flow`` that ``outputs`` need into a physical plan."""
     if not outputs:
         msg = f"flow {flow.name!r}: nothing to run; add a sink or collect a stream"
@@ -264,7 +267,7 @@ def build_plan(flow: Flow, outputs: list[Node], *, max_parallelism: int = 128) -
         or not isinstance(max_parallelism, int)
         or max_parallelism < 1
     ):
-        msg = f"max_parallelism must be a positive number of key groups (default 128), got {max_parallelism!r}"
+        msg = f"max_parallelism must be a positive number of key groups (default {DEFAULT_MAX_PARALLELISM}), got {max_parallelism!r}"
         raise PlanError(msg)
     order = _needed(outputs)
     consumers: dict[int, int] = {}

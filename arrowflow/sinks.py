@@ -135,6 +135,13 @@ class Sink(abc.ABC):
         """
         return None
 
+    def returned_rows(self) -> list[pl.DataFrame] | None:
+        """The rows the run hands back for this sink in ``RunResult.outputs`` (what
+        ``stream.collect()`` returns), or None (the default): the output stays where the sink
+        wrote it. Called once in the coordinator after each attempt that ran to its end; must
+        not write or commit anything."""
+        return None
+
     def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
         """Locations (fsspec URL, storage options) only one job at a time may write to: the
         runtime holds a lease on each for the whole run, and refuses a second job."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import warnings
+from typing import Any
 
 from arrowflow._plan import Plan
 from arrowflow._runtime.checkpoints import (
@@ -161,3 +162,14 @@ def recommit(plan: Plan, restored: Manifest) -> None:
     for op in plan.ops:
         if op.kind == "sink":
             op.params["sink"].commit(restored.id, restored.sinks.get(op.id, []))
+
+
+def returned_rows(plan: Plan) -> dict[str, Any]:
+    """What the run hands back per sink in ``RunResult.outputs`` (``Sink.returned_rows``)."""
+    returned = {}
+    for op in plan.ops:
+        if op.kind == "sink":
+            rows = op.params["sink"].returned_rows()
+            if rows is not None:
+                returned[op.id] = rows
+    return returned

@@ -43,21 +43,12 @@ from typing import Any
 
 import cloudpickle
 
-from arrowflow._plan import Plan
-from arrowflow._runtime.control import _PipeLink
-from arrowflow._runtime.coordinator import JobCoordinator
-from arrowflow._runtime.launch import _dumps_by_value
-from arrowflow._runtime.operators import RuntimeContext
-from arrowflow._runtime.result import RunResult
-from arrowflow._runtime.shm import (
-    DEFAULT_CAPACITY,
-    Ring,
-    ShmTransport,
-)
+from arrowflow._runtime.control import ChannelLink, ControlServer
+from arrowflow._runtime.shm import DEFAULT_CAPACITY, Ring, ShmTransport
 from arrowflow._runtime.shm_segments import reclaim_segments, segment_name
-from arrowflow._runtime.worker import Worker, WorkerReport
-from arrowflow.errors import JobCancelled, WorkerError, summarize
-from arrowflow.state import StateBackend
+from arrowflow.errors import JobCancelled, PlanError, WorkerError, summarize
+from arrowflow.options import RunOptions
+from arrowflow.runners import Coordinator, Runner, WorkerSpec
 
 _THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "ARROW_NUM_THREADS", "RAYON_NUM_THREADS")
 _STOP_GRACE_S = 2.0
@@ -93,17 +84,11 @@ def _die_with_parent() -> None:
 
 def _worker_main(
     index: int,
-    parallelism: int,
     conn: Connection,
-    plan_bytes: bytes,
-    backend_bytes: bytes,
+    spec_bytes: bytes,
     ring_names: dict[tuple[int, int], str],
-    exchanges: list[str],
-    batch_size: int | None,
     local_dir: str,
-    max_parallelism: int,
     threads: int,
-    context_bytes: bytes,
 ) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
@@ -112,23 +97,14 @@ def _worker_main(
     worker = None
     transport = None
     try:
-        plan: Plan = cloudpickle.loads(plan_bytes)
-        backend: StateBackend = cloudpickle.loads(backend_bytes)
-        transport = ShmTransport(index, parallelism, ring_names, exchanges) if ring_names else None
-        os.makedirs(local_dir, exist_ok=True)
-        context: RuntimeContext = cloudpickle.loads(context_bytes)
-        worker = Worker(
-            plan,
-            index,
-            parallelism,
-            _PipeLink(conn),
-            backend,
-            batch_size=batch_size,
-            local_dir=local_dir,
-            max_parallelism=max_parallelism,
-            transport=transport,
-            runtime_context=context,
+        spec: WorkerSpec = cloudpickle.loads(spec_bytes)
+        transport = (
+            ShmTransport(index, spec.parallelism, ring_names, spec.exchanges)
+            if ring_names
+            else None
         )
+        os.makedirs(local_dir, exist_ok=True)
+        worker = spec.build(index, ChannelLink(conn), transport, local_dir)
         if transport is not None:
             transport.owner = worker
         profile_dir = os.environ.get("ARROWFLOW_PROFILE_DIR")
@@ -213,34 +189,46 @@ def _main_module_hidden() -> Iterator[None]:
                 setattr(main, key, value)
 
 
-class _Pool:
-    def __init__(
-        self,
-        plan: Plan,
-        backend: StateBackend,
-        workers: int,
-        batch_size: int | None,
-        max_parallelism: int,
-        context: RuntimeContext,
-        capacity: int = DEFAULT_CAPACITY,
-    ) -> None:
-        self.context = context
-        self.plan = plan
-        self.workers = workers
-        self.exchanges = [op.id for op in plan.ops if op.kind == "exchange"]
-        self.token = secrets.token_hex(4)
-        self.rings: list[Ring] = []
-        self.processes: list[mp.process.BaseProcess] = []
-        self.conns: list[Connection] = []
-        self.local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{plan.flow_name}-")
-        self.batch_size = batch_size
-        self.max_parallelism = max_parallelism
-        self.backend = backend
-        self.capacity = capacity
+class PoolRunner(Runner):
+    """The process pool: ``workers`` processes (default: one per core), one worker each,
+    joined by the shared-memory transport, linked to the coordinator by pipes.
 
-    def start(self) -> None:
+    Parameters
+    ----------
+    options
+        The run's options; ``workers`` is the number of processes (``None``: one per core).
+    """
+
+    name = "pool"
+    #: Bytes per ring (ARROWFLOW_RING_BYTES overrides the default).
+    capacity = DEFAULT_CAPACITY
+
+    def __init__(self, options: RunOptions) -> None:
+        super().__init__(options)
+        if options.workers == 0:
+            msg = (
+                "the pool runner starts worker processes, and workers=0 asks for none; drop "
+                "runner='pool' to run in this process, or pass workers=N"
+            )
+            raise PlanError(msg)
+        self.workers = options.workers or os.cpu_count() or 1
+        self.rings: list[Ring] = []
+        self.worker_processes: list[mp.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        self.local_dir: str | None = None
+        self.flow_name = ""
+
+    @property
+    def parallelism(self) -> int:
+        return self.workers
+
+    def launch(self, spec: WorkerSpec, coordinator: Coordinator) -> None:
+        self.flow_name = spec.flow_name
+        self.rings, self.worker_processes, self.conns = [], [], []
+        self.local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{spec.flow_name}-")
+        token = secrets.token_hex(4)
         ring_names: dict[tuple[int, int], str] = {}
-        if self.exchanges and self.workers > 1:
+        if spec.exchanges and self.workers > 1:
             reclaimed = reclaim_segments()
             if reclaimed:
                 creators = sorted({int(name.split("-")[1]) for name in reclaimed})
@@ -253,12 +241,10 @@ class _Pool:
             for s in range(self.workers):
                 for t in range(self.workers):
                     if s != t:
-                        name = segment_name(self.token, s, t)
+                        name = segment_name(token, s, t)
                         self.rings.append(Ring(name, self.capacity, create=True))
                         ring_names[(s, t)] = name
-        plan_bytes = _dumps_by_value(self.plan)
-        backend_bytes = cloudpickle.dumps(self.backend)
-        context_bytes = cloudpickle.dumps(self.context)
+        spec_bytes = cloudpickle.dumps(spec)  # once: the user's functions by value
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)
         context = mp.get_context("spawn")
@@ -270,27 +256,21 @@ class _Pool:
                 parent, child = context.Pipe(duplex=True)
                 process = context.Process(
                     target=_worker_main,
-                    name=f"arrowflow-{self.plan.flow_name}-w{index}",
+                    name=f"arrowflow-{spec.flow_name}-w{index}",
                     daemon=True,
                     args=(
                         index,
-                        self.workers,
                         child,
-                        plan_bytes,
-                        backend_bytes,
+                        spec_bytes,
                         ring_names,
-                        self.exchanges,
-                        self.batch_size,
                         os.path.join(self.local_dir, f"w{index}"),
-                        self.max_parallelism,
                         threads,
-                        context_bytes,
                     ),
                 )
                 with _main_module_hidden():
                     process.start()
                 child.close()
-                self.processes.append(process)
+                self.worker_processes.append(process)
                 self.conns.append(parent)
         finally:
             for var, value in saved.items():
@@ -299,27 +279,30 @@ class _Pool:
                 else:
                     os.environ[var] = value
 
-    def coordinate(self, job: JobCoordinator) -> list[WorkerReport]:
-        reports: dict[int, WorkerReport] = {}
+    def coordinate(self, coordinator: Coordinator) -> list[Any]:
+        server = ControlServer(coordinator)
+        reports = server.reports
         by_conn = {id(conn): index for index, conn in enumerate(self.conns)}
-        by_sentinel = {process.sentinel: index for index, process in enumerate(self.processes)}
+        by_sentinel = {
+            process.sentinel: index for index, process in enumerate(self.worker_processes)
+        }
         exiting = False
         stop_deadline: float | None = None
         while len(reports) < self.workers:
-            if job.exit_now and stop_deadline is None:
+            if coordinator.exit_now and stop_deadline is None:
                 exiting, stop_deadline = True, time.monotonic() + _STOP_GRACE_S
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                break  # a stopped worker stuck on a full ring: pool.stop() ends it
-            waiting = [c for i, c in enumerate(self.conns) if i not in reports]
-            sentinels = [p.sentinel for i, p in enumerate(self.processes) if i not in reports]
+                break  # a stopped worker stuck on a full ring: shutdown() ends it
+            waiting: list[Any] = [c for i, c in enumerate(self.conns) if i not in reports]
+            sentinels = [
+                p.sentinel for i, p in enumerate(self.worker_processes) if i not in reports
+            ]
             for ready in wait(waiting + sentinels, timeout=0.02):
                 if isinstance(ready, int):
                     index = by_sentinel[ready]
-                    exiting |= self._drain(
-                        index, job, reports
-                    )  # it may have said why before exiting
+                    exiting |= self._drain(index, server)  # it may have said why before exiting
                     if index not in reports:
-                        process = self.processes[index]
+                        process = self.worker_processes[index]
                         process.join(1.0)  # reap it, so its exit code is known
                         msg = (
                             f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
@@ -332,14 +315,14 @@ class _Pool:
                             signal=-code if code is not None and code < 0 else None,
                         )
                 else:
-                    exiting |= self._drain(by_conn[id(ready)], job, reports)
+                    exiting |= self._drain(by_conn[id(ready)], server)
             if exiting:
                 for index, conn in enumerate(self.conns):
                     if index not in reports:
                         self._send(conn, ("exit",))
                 exiting = False
                 continue
-            checkpoint_id = job.poll()
+            checkpoint_id = coordinator.poll()
             if checkpoint_id is not None:
                 for conn in self.conns:
                     self._send(conn, ("checkpoint", checkpoint_id))
@@ -352,43 +335,21 @@ class _Pool:
         except (BrokenPipeError, OSError):
             pass  # that worker is gone; its sentinel reports it
 
-    def _drain(self, index: int, job: JobCoordinator, reports: dict[int, WorkerReport]) -> bool:
-        """Handle everything worker ``index`` sent; True when the final checkpoint completed."""
+    def _drain(self, index: int, server: ControlServer) -> bool:
+        """Serve everything worker ``index`` sent; True when the final checkpoint completed."""
         conn = self.conns[index]
         final = False
-        while index not in reports:
+        while index not in server.reports:
             try:
                 if not conn.poll():
                     return final
                 message = conn.recv()
             except (EOFError, OSError):
                 return final
-            kind = message[0]
-            if kind == "next_split":
-                self._send(conn, ("split", job.hand_out(message[1], index)))
-            elif kind == "split_done":
-                job.split_done(message[1], message[2], index)
-            elif kind == "rows":
-                job.rows(message[1])
-            elif kind == "finished":
-                job.finished(index)
-            elif kind == "metrics":
-                job.worker_metrics(index, message[1])
-            elif kind == "publish":
-                job.publish(message[1], index, message[2], message[3], message[4])
-            elif kind == "ack":
-                final |= job.ack(index, message[1], message[2])
-            elif kind == "report":
-                reports[index] = message[1]
-            elif kind == "error":
-                text, summary = message[1], message[2]
-                msg = (
-                    f"worker {index} failed: {summary}\n\n--- worker {index} traceback ---\n{text}"
-                )
-                raise WorkerError(msg, worker=index, traceback_text=text)
+            final |= server.serve(index, message, lambda answer: self._send(conn, answer))
         return final
 
-    def stop(self, *, graceful: bool = False) -> None:
+    def shutdown(self, *, graceful: bool = False) -> None:
         """Stop every process still running, then free every ring and temporary file.
 
         ``graceful``: the workers reported and are closing their stores (a database
@@ -396,13 +357,13 @@ class _Pool:
         """
         if graceful:
             deadline = time.monotonic() + _STOP_GRACE_S
-            for process in self.processes:
+            for process in self.worker_processes:
                 process.join(max(0.0, deadline - time.monotonic()))
-        for process in self.processes:
+        for process in self.worker_processes:
             if process.is_alive():
                 process.terminate()
         deadline = time.monotonic() + _STOP_GRACE_S
-        for process in self.processes:
+        for process in self.worker_processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
@@ -412,40 +373,12 @@ class _Pool:
         for ring in self.rings:
             ring.close()
             ring.unlink()
-        shutil.rmtree(self.local_dir, ignore_errors=True)
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
 
-
-def run_pool(
-    plan: Plan,
-    backend: StateBackend,
-    coordinator: JobCoordinator,
-    context: RuntimeContext,
-    *,
-    workers: int,
-    batch_size: int | None,
-    max_parallelism: int,
-) -> RunResult:
-    started = time.perf_counter()
-    pool = _Pool(plan, backend, workers, batch_size, max_parallelism, context)
-    try:
-        pool.start()
-        reports = pool.coordinate(coordinator)
-        pool.stop(graceful=True)
-    except KeyboardInterrupt:
-        pool.stop()
+    def interrupted(self, coordinator: Coordinator) -> BaseException:
         msg = (
-            f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
+            f"flow {self.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
             f"checkpoints already completed ({coordinator.completed or 'none'}) stays committed"
         )
-        raise JobCancelled(msg) from None
-    finally:
-        pool.stop()
-    metrics: list[dict[str, Any]] = []
-    for report in reports:
-        metrics.extend(report.metrics)
-    from arrowflow._runtime.inprocess import collected_outputs
-
-    result = RunResult(plan.flow_name, workers, time.perf_counter() - started, metrics)
-    result.checkpoints = list(coordinator.completed)
-    result.outputs = collected_outputs(plan)
-    return result
+        return JobCancelled(msg)

@@ -12,7 +12,7 @@ A restart must never hide a crash: every restart is recorded with its reason in 
 CLI's and the demo's summary. ``ARROWFLOW_RESTARTS`` sets the policy (the test suite runs
 with ``fail``, and ``injected`` in the tests that kill workers on purpose):
 
-- ``allow`` (default): restart any worker failure, up to ``max_restarts`` times;
+- ``allow`` (default): restart any worker failure, up to ``RunOptions.max_restarts`` times;
 - ``injected``: restart only a worker killed by SIGKILL (``kill -9``, what the fault points
   of :mod:`arrowflow._foundation.faults` and the recovery tests do); any other failure — a segfault, a
   panic, an exception — fails the run at once;
@@ -34,6 +34,7 @@ from arrowflow._runtime.checkpoints import (
     operator_differences,
 )
 from arrowflow._runtime.coordinator import JobCoordinator
+from arrowflow._runtime.launch import WorkerSpec
 from arrowflow._runtime.lease import JobLeases
 from arrowflow._runtime.operators import RuntimeContext
 from arrowflow._runtime.outputs import (
@@ -43,16 +44,18 @@ from arrowflow._runtime.outputs import (
     prepare_sinks,
     recommit,
     refuse_without_rollback,
+    returned_rows,
     roll_back,
     take_leases,
 )
 from arrowflow._runtime.result import RunResult
 from arrowflow.errors import CheckpointError, PlanError, WorkerError
+from arrowflow.options import RunOptions
+from arrowflow.runners import Runner
 from arrowflow.sinks import JobIdentity, RolledBack
 from arrowflow.state import StateFile, resolve_backend
 from arrowflow.triggers import resolve_trigger
 
-MAX_RESTARTS = 3
 RESTART_DELAY_S = 0.5
 RESTART_POLICIES = ("allow", "injected", "fail")
 
@@ -117,52 +120,30 @@ def _restore_point(
 
 def run_attempts(
     plan: Plan,
+    options: RunOptions,
+    runner: Runner,
     *,
-    workers: int | None,
-    state: Any,
-    checkpoint_dir: str | None,
-    checkpoint_every: Any,
-    restore: Any,
-    batch_size: int | None,
-    max_parallelism: int | None,
-    storage_options: dict[str, Any] | None,
-    keep_checkpoints: int,
-    max_restarts: int,
     control: Any,
     leases: JobLeases,
 ) -> RunResult:
-    backend = resolve_backend(state)
-    max_parallelism = max_parallelism or 128
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        msg = f"batch_size must be a positive number of rows, got {batch_size!r}"
-        raise PlanError(msg)
-    if workers is not None and (
-        not isinstance(workers, int) or isinstance(workers, bool) or workers < 0
-    ):
-        msg = f"workers must be a number of processes (0 runs in this process), got {workers!r}"
-        raise PlanError(msg)
-    if checkpoint_every is not None and checkpoint_dir is None:
-        msg = "checkpoint_every needs a checkpoint_dir to write the checkpoints to (any fsspec URL)"
-        raise PlanError(msg)
-    if restore not in (None, "latest") and not (
-        isinstance(restore, int) and not isinstance(restore, bool)
-    ):
-        msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
-        raise PlanError(msg)
-    if isinstance(restore, int) and checkpoint_dir is None:
-        msg = f"restore={restore} needs the checkpoint_dir that holds checkpoint {restore} (any fsspec URL)"
-        raise PlanError(msg)
-    trigger = resolve_trigger(checkpoint_every)
+    """Run ``plan`` on ``runner`` until an attempt ends the input, restarting failed attempts
+    from checkpoints as the policy allows; the last attempt's result."""
+    backend = resolve_backend(options.state)
+    max_parallelism = options.max_parallelism
+    restore = options.restore
+    max_restarts = options.max_restarts
+    keep_checkpoints = options.keep_checkpoints
+    trigger = resolve_trigger(options.checkpoint_every)
     storage = (
-        CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints)
-        if checkpoint_dir
+        CheckpointStorage(options.checkpoint_dir, options.storage_options, keep=keep_checkpoints)
+        if options.checkpoint_dir
         else None
     )
     if storage is not None:
         storage.ensure()
     take_leases(leases, plan, storage)
     tag = job_tag(storage)
-    parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
+    parallelism = runner.parallelism
     policy = restart_policy()
     restarts = 0
     reasons: list[str] = []
@@ -199,7 +180,7 @@ def run_attempts(
                 f"to start over"
             )
             warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
-            result = RunResult(plan.flow_name, workers or 0, 0.0)
+            result = RunResult(plan.flow_name, options.workers or 0, 0.0)
             result.rolled_back = rolled_back + roll_back(plan, storage, back_to)
             result.checkpoints = [restored.id]
             result.restored_from = restored.id
@@ -225,30 +206,16 @@ def run_attempts(
             assert storage is not None
             context.restore_root = storage.root
             context.restore_files = [StateFile.from_json(f) for f in restored.state]
+        spec = WorkerSpec(plan, backend, context, parallelism, options.batch_size, max_parallelism)
         try:
-            if workers == 0:
-                from arrowflow._runtime.inprocess import run_local
-
-                result = run_local(
-                    plan,
-                    backend,
-                    coordinator,
-                    context,
-                    batch_size=batch_size,
-                    max_parallelism=max_parallelism,
-                )
-            else:
-                from arrowflow._runtime.pool import run_pool
-
-                result = run_pool(
-                    plan,
-                    backend,
-                    coordinator,
-                    context,
-                    workers=parallelism,
-                    batch_size=batch_size,
-                    max_parallelism=max_parallelism,
-                )
+            started = time.perf_counter()
+            reports = runner.run(spec, coordinator)
+            metrics = [row for report in reports for row in report.metrics]
+            result = RunResult(
+                plan.flow_name, runner.processes, time.perf_counter() - started, metrics
+            )
+            result.checkpoints = list(coordinator.completed)
+            result.outputs = returned_rows(plan)
         except WorkerError as exc:
             refused = _restart_refused(exc, policy) if storage is not None else None
             if storage is None or restarts >= max_restarts or refused:

@@ -29,6 +29,9 @@ received frames across many wrap-arounds and checks them against the sender's ch
 A full ring is backpressure: ``try_write`` returns False and the sender does other work
 (drains its own inputs) before trying again. A batch larger than half a ring is split into
 row slices that fit.
+
+:class:`ShmTransport` is a worker's end of its rings: the pool runner's
+:class:`arrowflow.runners.Transport`.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arrowflow._runtime.worker import Worker
+from arrowflow.runners import Receiver, Transport
 
 HEADER = 128
 MSG_HEADER = 16
@@ -248,8 +251,11 @@ def write_table(ring: Ring, tag: int, table: pa.Table, wait: Callable[[], Any]) 
         wait()
 
 
-class ShmTransport:
-    """A worker's end of the rings: sends to every other worker, polls what they sent."""
+class ShmTransport(Transport):
+    """A worker's end of the rings (:class:`arrowflow.runners.Transport`): sends to every other
+    worker, polls what they sent. One ring per ordered pair of workers carries every exchange
+    (a message's tag names its exchange), so batches, ENDs, barriers and watermarks from one
+    sender stay in order."""
 
     def __init__(
         self,
@@ -263,7 +269,7 @@ class ShmTransport:
         self.inbound = {s: Ring(name) for (s, t), name in ring_names.items() if t == worker}
         self.tags = {exchange: index for index, exchange in enumerate(exchanges)}
         self.exchanges = exchanges
-        self.owner: Worker | None = None
+        self.owner: Receiver | None = None
         self.depth = 0
         self.backoff = 0.0
         self.paused: set[int] = set()
@@ -302,7 +308,7 @@ class ShmTransport:
         time.sleep(0.0002)
 
     # ------------------------------------------------------------------ receiving
-    def poll(self, worker: Worker, limit: int = 8) -> bool:
+    def poll(self, worker: Receiver, limit: int = 8) -> bool:
         self.owner = worker
         progressed = False
         self.depth += 1

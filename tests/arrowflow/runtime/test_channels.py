@@ -24,8 +24,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from arrowflow._runtime.shm import ShmTransport
-from arrowflow._runtime.shm import Ring
+from arrowflow._runtime.shm import Ring, ShmTransport
 from arrowflow.io.filesinks import FileSink
 
 SENDER = textwrap.dedent(
