@@ -1,11 +1,14 @@
-"""The worker pool: N processes, one instance of every operator each, joined by shared memory.
+"""The ``pool`` runner: N processes, one instance of every operator each, joined by shared memory.
 
-Design (docs/design.md §3):
+:class:`PoolRunner` is an :class:`arrowflow.runners.Runner`; its transport is
+:class:`arrowflow._runtime.shm.ShmTransport` and its control link the messages of
+:mod:`arrowflow._runtime.control` over pipes (docs/runtime.md). Design (docs/design.md §3):
 
 - **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
-  pools that ``fork`` would break). The plan and the state backend are serialized once with
-  cloudpickle and sent as the process's arguments, never per batch. Each worker limits its
-  polars and Arrow thread pools to ``cores // workers`` so N workers don't oversubscribe.
+  pools that ``fork`` would break). The worker spec (plan, state backend, runtime context) is
+  serialized once with cloudpickle and sent as the process's argument, never per batch.
+  Each worker limits its polars and Arrow thread pools to ``cores // workers`` so N workers
+  don't oversubscribe.
 - **Channels**: one shared-memory ring (:mod:`arrowflow._runtime.shm`) per ordered pair
   of workers, shared by every exchange of the plan (messages carry the exchange's tag).
   The coordinator creates the segments and unlinks them at the end, whatever happened.
