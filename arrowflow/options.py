@@ -25,6 +25,7 @@ has its own views).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,8 +60,8 @@ class RunOptions:
         ``"lmdb"``, ``"sql"``), a ``postgresql://`` or ``sqlite://`` URL, or a
         :class:`arrowflow.state.StateBackend` object.
     checkpoint_dir
-        Where checkpoints go (any fsspec URL). ``None`` (default): no checkpoints, and so no
-        restore and no restart.
+        Where checkpoints go (any fsspec URL, or a local path). ``None`` (default): no
+        checkpoints, and so no restore and no restart.
     checkpoint_every
         When to checkpoint besides the end of the run: a duration (``"10s"``),
         ``af.every_rows(n)`` or a :class:`arrowflow.triggers.Trigger`. Needs
@@ -111,6 +112,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.max_parallelism is None:
             object.__setattr__(self, "max_parallelism", DEFAULT_MAX_PARALLELISM)
+        if isinstance(self.checkpoint_dir, os.PathLike):
+            object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))
         self._validate()
 
     def _validate(self) -> None:

@@ -81,6 +81,7 @@ def test_every_default_is_written_once_in_run_options() -> None:
     assert options.max_parallelism == DEFAULT_MAX_PARALLELISM == 128
     assert (options.batch_size, options.progress, options.storage_options) == (None, None, None)
     assert (options.keep_checkpoints, options.max_restarts) == (3, 3)
+    assert RunOptions(checkpoint_dir=Path("ck")).checkpoint_dir == "ck"
     assert RunOptions(max_parallelism=None).max_parallelism == 128  # type: ignore[arg-type]
     # The presets differ from flow.run's only where their entry points do.
     assert COLLECT_DEFAULTS == DEFAULTS.replace(workers=0, restore=None, progress=False)
