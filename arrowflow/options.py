@@ -110,6 +110,7 @@ class RunOptions:
     max_restarts: int = 3
 
     def __post_init__(self) -> None:
+        """Normalize (``max_parallelism=None``, a path as ``checkpoint_dir``) and validate."""
         if self.max_parallelism is None:
             object.__setattr__(self, "max_parallelism", DEFAULT_MAX_PARALLELISM)
         if isinstance(self.checkpoint_dir, os.PathLike):

@@ -59,49 +59,63 @@ __all__ = [
 
 
 class ControlLink(Protocol):
-    """A worker's end of the control link to the coordinator. Used by the worker's thread only;
-    each method but ``poll_command`` may block until the message is sent, never longer."""
+    """A worker's end of the control link to the coordinator.
+
+    Used by the worker's thread only. Each method but ``poll_command`` may block until its
+    message is sent, never longer; ``next_split`` also waits for the answer.
+    """
 
     def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None:
-        """The next split of ``source_id`` for this worker, with the position to resume it
-        from and what a per-split watermark needs; ``"wait"``: an unbounded source has nothing
-        yet; ``None``: the source has no more. Blocks until the coordinator answers."""
+        """Ask for the next split of ``source_id``; blocks until the coordinator answers.
+
+        Returns the split, the position to resume it from and what a per-split watermark
+        needs; ``"wait"`` when an unbounded source has nothing yet; ``None`` when the source
+        has no more.
+        """
         ...
 
     def split_done(self, source_id: str, split_id: str) -> None:
-        """The worker read split ``split_id`` to its end."""
+        """Say the worker read split ``split_id`` to its end. Once per split."""
         ...
 
     def rows(self, count: int) -> None:
-        """``count`` more rows read by the worker's sources (for row triggers and progress)."""
+        """Report ``count`` more rows read by the worker's sources (row triggers, progress)."""
         ...
 
     def poll_command(self, timeout: float) -> tuple[Any, ...] | None:
-        """The coordinator's next command, waiting up to ``timeout`` seconds:
-        ``("checkpoint", id)``, ``("exit",)`` or ``None``. Commands keep their order."""
+        """Return the coordinator's next command, waiting up to ``timeout`` seconds.
+
+        ``("checkpoint", id)``, ``("exit",)`` or ``None``; commands keep their order.
+        """
         ...
 
     def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
-        """The worker took checkpoint ``checkpoint_id``: its source positions, state files and
-        the sinks' staged output (JSON-able)."""
+        """Say the worker took checkpoint ``checkpoint_id``.
+
+        ``payload`` (JSON-able) holds its source positions, state files and the sinks' staged
+        output.
+        """
         ...
 
     def finished(self) -> None:
-        """Every operator of the worker reached the end of its input. Said once."""
+        """Say every operator of the worker reached the end of its input. Once."""
         ...
 
     def metrics(self, rows: list[dict[str, Any]]) -> None:
-        """The operators' counters, about twice a second (live views)."""
+        """Send the operators' counters, about twice a second (live views)."""
         ...
 
     def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None:
-        """Rows a live-results tap saw (Arrow IPC bytes), for ``job.results()``."""
+        """Send rows a live-results tap saw (Arrow IPC bytes), for ``job.results()``."""
         ...
 
 
 class Coordinator(Protocol):
-    """What a runner calls on the coordinator, from the thread that called
-    :meth:`Runner.run`, for each control message of worker ``worker`` (an index)."""
+    """What a runner calls on the coordinator for each control message.
+
+    Called from the thread that called :meth:`Runner.run`; ``worker`` is the index of the
+    worker the message came from.
+    """
 
     #: The run must end now (``job.stop()``, the final checkpoint completed): the runner tells
     #: every worker ``("exit",)``.
@@ -115,25 +129,38 @@ class Coordinator(Protocol):
         """Answer a worker's ``next_split``."""
         ...
 
-    def split_done(self, source_id: str, split_id: str, worker: int) -> None: ...
+    def split_done(self, source_id: str, split_id: str, worker: int) -> None:
+        """Serve a worker's ``split_done``."""
+        ...
 
-    def rows(self, count: int) -> None: ...
+    def rows(self, count: int) -> None:
+        """Serve a worker's ``rows``."""
+        ...
 
-    def finished(self, worker: int) -> None: ...
+    def finished(self, worker: int) -> None:
+        """Serve a worker's ``finished``."""
+        ...
 
-    def worker_metrics(self, worker: int, rows: list[dict[str, Any]]) -> None: ...
+    def worker_metrics(self, worker: int, rows: list[dict[str, Any]]) -> None:
+        """Serve a worker's ``metrics``."""
+        ...
 
     def publish(
         self, sink_id: str, worker: int, epoch: int | None, payload: bytes, produced: int
-    ) -> None: ...
+    ) -> None:
+        """Serve a worker's ``publish``."""
+        ...
 
     def ack(self, worker: int, checkpoint_id: int, payload: dict[str, Any]) -> bool:
         """Record a worker's ack; True when it completed the final checkpoint (the run ends)."""
         ...
 
     def poll(self) -> int | None:
-        """The id of a checkpoint to start now (the runner sends ``("checkpoint", id)`` to
-        every worker), or None. Called in every turn of the runner's loop."""
+        """Return the id of a checkpoint to start now, or None.
+
+        Called in every turn of the runner's loop; the runner sends ``("checkpoint", id)``
+        to every worker.
+        """
         ...
 
 
@@ -141,12 +168,16 @@ class Receiver(Protocol):
     """What a :class:`Transport` delivers arrived messages to: the worker."""
 
     def deliver(self, exchange_id: str, batch: pl.DataFrame | None, sender: int) -> None:
-        """A batch of ``exchange_id`` from worker ``sender``; ``None``: that sender ended."""
+        """Take a batch of ``exchange_id`` from worker ``sender``; ``None``: it ended."""
         ...
 
-    def deliver_barrier(self, exchange_id: str, sender: int, checkpoint_id: int) -> None: ...
+    def deliver_barrier(self, exchange_id: str, sender: int, checkpoint_id: int) -> None:
+        """Take barrier ``checkpoint_id`` of ``exchange_id`` from worker ``sender``."""
+        ...
 
-    def deliver_watermark(self, exchange_id: str, sender: int, value: int) -> None: ...
+    def deliver_watermark(self, exchange_id: str, sender: int, value: int) -> None:
+        """Take a watermark of ``exchange_id`` from worker ``sender``."""
+        ...
 
 
 class Transport(abc.ABC):
@@ -166,20 +197,22 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def send_end(self, target: int, exchange_id: str) -> None:
-        """This worker sends nothing more on ``exchange_id`` to ``target``. Once per pair."""
+        """Say this worker sends nothing more on ``exchange_id`` to ``target``. Once per pair."""
 
     @abc.abstractmethod
     def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
-        """Checkpoint barrier ``checkpoint_id``, after every batch sent before it."""
+        """Send checkpoint barrier ``checkpoint_id``, after every batch sent before it."""
 
     @abc.abstractmethod
     def send_watermark(self, target: int, exchange_id: str, value: int) -> None:
-        """This worker's watermark on ``exchange_id`` (microseconds, or a marker value)."""
+        """Send this worker's watermark on ``exchange_id`` (microseconds, or a marker)."""
 
     @abc.abstractmethod
     def pause(self, sender: int) -> None:
-        """Deliver nothing more from ``sender`` until :meth:`resume_all`: it delivered a
-        barrier that its exchange is aligning."""
+        """Deliver nothing more from ``sender`` until :meth:`resume_all`.
+
+        Called when ``sender`` delivered a barrier that its exchange is aligning.
+        """
 
     @abc.abstractmethod
     def resume_all(self) -> None:
@@ -187,12 +220,14 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def poll(self, worker: Receiver, limit: int = 8) -> bool:
-        """Deliver what arrived (up to ``limit`` messages per sender); True when anything
-        was. Called in every turn of the worker's loop, and from inside a blocked send."""
+        """Deliver what arrived, up to ``limit`` messages per sender; True when anything was.
+
+        Called in every turn of the worker's loop, and from inside a blocked send.
+        """
 
     @abc.abstractmethod
     def wait(self, timeout: float) -> None:
-        """Nothing to do: wait a little (at most ``timeout`` seconds) for messages."""
+        """Wait a little (at most ``timeout`` seconds) for messages: nothing else to do."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -203,20 +238,29 @@ class WorkerLoop(Receiver, Protocol):
     """A worker as a runner sees it: built by :meth:`WorkerSpec.build`, run once, closed."""
 
     def run(self) -> Any:
-        """Drive the operators until the coordinator says ``exit``; the worker's report
-        (its ``metrics``: a list of per-operator counter rows)."""
+        """Drive the operators until the coordinator says ``exit``; return the report.
+
+        The report's ``metrics`` is a list of per-operator counter rows.
+        """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the operators (stores, readers, writers). Called once, also after an error."""
+        ...
 
 
 class WorkerSpec(Protocol):
-    """Everything a worker is built from, picklable: a runner ships it once to each worker
-    (``cloudpickle.dumps(spec)``: the user's functions travel by value when a fresh process
-    could not import their module) and never per batch."""
+    """Everything a worker is built from, picklable.
+
+    A runner ships it once to each worker, never per batch; ``cloudpickle.dumps(spec)``
+    carries the user's functions by value when a fresh process could not import their
+    module.
+    """
 
     @property
-    def flow_name(self) -> str: ...
+    def flow_name(self) -> str:
+        """The flow's name, for process names and temporary folders."""
+        ...
 
     @property
     def parallelism(self) -> int:
@@ -231,14 +275,16 @@ class WorkerSpec(Protocol):
     def build(
         self, index: int, link: ControlLink, transport: Transport | None, local_dir: str
     ) -> WorkerLoop:
-        """Worker ``index``, talking through ``link`` and ``transport`` (None with one worker
-        or no exchange), keeping local files (state stores) under ``local_dir``."""
+        """Build worker ``index``, talking through ``link`` and ``transport``.
+
+        ``transport`` is None with one worker or no exchange; local files (state stores)
+        go under ``local_dir``. Called once per worker, where the worker runs.
+        """
         ...
 
 
 class Runner(abc.ABC):
-    """Runs the workers of a job: launches them, links them to the coordinator, carries
-    their batches, detects their failures and shuts them down.
+    """Runs the workers of a job: launch, control link, transport, failure detection, shutdown.
 
     Built once per run with its :class:`~arrowflow.options.RunOptions`, in the calling
     process; :meth:`run` is called once per attempt (a restart is a new attempt, with a
@@ -267,33 +313,42 @@ class Runner(abc.ABC):
 
     @property
     def processes(self) -> int:
-        """Worker processes, as ``RunResult.workers`` reports them: 0 when the workers run in
-        the calling process."""
+        """Worker processes, as ``RunResult.workers`` reports them (0: the calling process)."""
         return self.parallelism
 
     @abc.abstractmethod
     def launch(self, spec: WorkerSpec, coordinator: Coordinator) -> None:
-        """Start ``spec.parallelism`` workers of one attempt and their links. Called once per
-        attempt; may return before the workers run. Must not wait for them to finish."""
+        """Start ``spec.parallelism`` workers of one attempt, and their links.
+
+        Called once per attempt; may return before the workers run, and must not wait for
+        them to finish.
+        """
 
     @abc.abstractmethod
     def coordinate(self, coordinator: Coordinator) -> list[Any]:
-        """Serve the control link until every worker sent its report; the reports, in worker
-        order. Sends ``("checkpoint", id)`` to every worker when ``coordinator.poll()`` says
-        so, and ``("exit",)`` when ``coordinator.exit_now``. Raises
+        """Serve the control link until every worker sent its report; the reports, in order.
+
+        Sends ``("checkpoint", id)`` to every worker when ``coordinator.poll()`` says so, and
+        ``("exit",)`` when ``coordinator.exit_now``. Raises
         :class:`~arrowflow.errors.WorkerError` as soon as a worker raised (with its traceback
-        text) or died (with its exit signal): failure detection never waits for the others."""
+        text) or died (with its exit signal): failure detection never waits for the others.
+        """
 
     @abc.abstractmethod
     def shutdown(self, *, graceful: bool = False) -> None:
-        """Stop every worker still running and free what the attempt held (processes, shared
-        memory, temporary folders). Called at least once after :meth:`launch` — also when
-        it failed, or raised half-way — and must be idempotent. ``graceful``: the workers
-        reported and are closing their stores; give them a moment before stopping them."""
+        """Stop every worker still running and free what the attempt held.
+
+        Processes, shared memory, temporary folders. Called at least once after
+        :meth:`launch` — also when it failed, or raised half-way — and must be idempotent.
+        ``graceful``: the workers reported and are closing their stores; give them a moment
+        before stopping them.
+        """
 
     def interrupted(self, coordinator: Coordinator) -> BaseException | None:
-        """The error Ctrl-C during an attempt becomes, after :meth:`shutdown`; None (the
-        default): the ``KeyboardInterrupt`` itself."""
+        """Return the error Ctrl-C during an attempt becomes, after :meth:`shutdown`.
+
+        None (the default): the ``KeyboardInterrupt`` itself.
+        """
         return None
 
     def run(self, spec: WorkerSpec, coordinator: Coordinator) -> list[Any]:

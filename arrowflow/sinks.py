@@ -136,10 +136,12 @@ class Sink(abc.ABC):
         return None
 
     def returned_rows(self) -> list[pl.DataFrame] | None:
-        """The rows the run hands back for this sink in ``RunResult.outputs`` (what
-        ``stream.collect()`` returns), or None (the default): the output stays where the sink
-        wrote it. Called once in the coordinator after each attempt that ran to its end; must
-        not write or commit anything."""
+        """Return the rows the run hands back for this sink in ``RunResult.outputs``.
+
+        What ``stream.collect()`` returns. None (the default): the output stays where the
+        sink wrote it. Called once in the coordinator after each attempt that ran to its end;
+        must not write or commit anything.
+        """
         return None
 
     def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
