@@ -508,7 +508,7 @@ class Flow:
         checkpoint_every: Any = DEFAULTS.checkpoint_every,
         restore: str | int | None = DEFAULTS.restore,
         batch_size: int | None = DEFAULTS.batch_size,
-        max_parallelism: int | None = DEFAULTS.max_parallelism,
+        max_parallelism: int | None = None,
         progress: bool | None = DEFAULTS.progress,
         storage_options: dict[str, Any] | None = DEFAULTS.storage_options,
         keep_checkpoints: int = DEFAULTS.keep_checkpoints,
@@ -543,7 +543,8 @@ class Flow:
             Rows per batch read from sources (default: the source's in one process, 262,144
             in a pool).
         max_parallelism
-            Key groups of keyed state (default 128), fixed for a checkpoint directory.
+            Key groups of keyed state (None: the default, 128), fixed for a checkpoint
+            directory.
         progress
             A progress bar; None (default): when a terminal or a notebook shows it.
         storage_options
@@ -1014,7 +1015,7 @@ class Stream:
         workers: int | None = COLLECT_DEFAULTS.workers,
         state: Any = COLLECT_DEFAULTS.state,
         batch_size: int | None = COLLECT_DEFAULTS.batch_size,
-        max_parallelism: int | None = COLLECT_DEFAULTS.max_parallelism,
+        max_parallelism: int | None = None,
         limit: int | None = None,
         progress: bool | None = COLLECT_DEFAULTS.progress,
         timeout: Any = None,
@@ -1036,7 +1037,7 @@ class Stream:
             Rows per batch read from sources (default: the source's; with ``limit``, about
             ``limit`` rows, between 4,096 and 65,536).
         max_parallelism
-            Key groups of keyed state (default 128).
+            Key groups of keyed state (None: the default, 128).
         limit
             Stop as soon as this many rows arrived (in this process, reading small batches),
             so a look at a large folder costs the few files it takes; see :meth:`head`.

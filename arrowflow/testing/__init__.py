@@ -197,7 +197,7 @@ def collect_all(
     workers: int | None = COLLECT_DEFAULTS.workers,
     state: Any = COLLECT_DEFAULTS.state,
     batch_size: int | None = COLLECT_DEFAULTS.batch_size,
-    max_parallelism: int | None = COLLECT_DEFAULTS.max_parallelism,
+    max_parallelism: int | None = None,
     options: RunOptions | None = None,
 ) -> list[pl.DataFrame]:
     """Run ``streams`` (of one flow) together in one run; return each one's rows, in order.

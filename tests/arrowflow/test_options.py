@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -86,6 +87,26 @@ def test_every_default_is_written_once_in_run_options() -> None:
     # The presets differ from flow.run's only where their entry points do.
     assert COLLECT_DEFAULTS == DEFAULTS.replace(workers=0, restore=None, progress=False)
     assert START_DEFAULTS == DEFAULTS.replace(progress=False)
+
+
+@pytest.mark.parametrize(
+    ("entry", "defaults"),
+    [
+        (af.Flow.run, DEFAULTS),
+        (af.Stream.collect, COLLECT_DEFAULTS),
+        (collect_all, COLLECT_DEFAULTS),
+    ],
+)
+def test_the_public_signatures_show_the_run_options_defaults(
+    entry: Any, defaults: RunOptions
+) -> None:
+    parameters = inspect.signature(entry).parameters
+    shown = {
+        name: p.default for name, p in parameters.items() if name in RunOptions.__dataclass_fields__
+    }
+    assert shown.pop("max_parallelism") is None  # None: the default, as it always was
+    assert shown and shown == {name: getattr(defaults, name) for name in shown}
+    assert parameters["options"].default is None
 
 
 def test_the_runner_follows_workers_unless_named() -> None:
