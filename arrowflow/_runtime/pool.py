@@ -6,8 +6,7 @@
 
 - **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
   pools that ``fork`` would break). The worker spec (plan, state backend, runtime context) is
-  serialized once with cloudpickle into a file that every worker reads at its start, never
-  per batch.
+  serialized once with cloudpickle and sent as the process's argument, never per batch.
   Each worker limits its polars and Arrow thread pools to ``cores // workers`` so N workers
   don't oversubscribe.
 - **Channels**: one shared-memory ring (:mod:`arrowflow._runtime.shm`) per ordered pair
@@ -89,7 +88,7 @@ def _die_with_parent() -> None:
 def _worker_main(
     index: int,
     conn: Connection,
-    spec_path: str,
+    spec_bytes: bytes,
     ring_names: dict[tuple[int, int], str],
     local_dir: str,
     threads: int,
@@ -101,8 +100,7 @@ def _worker_main(
     worker = None
     transport = None
     try:
-        with open(spec_path, "rb") as spec_file:
-            spec: WorkerSpec = cloudpickle.load(spec_file)
+        spec: WorkerSpec = cloudpickle.loads(spec_bytes)
         transport = (
             ShmTransport(index, spec.parallelism, ring_names, spec.exchanges)
             if ring_names
@@ -249,12 +247,7 @@ class PoolRunner(Runner):
                         name = segment_name(token, s, t)
                         self.rings.append(Ring(name, self.capacity, create=True))
                         ring_names[(s, t)] = name
-        # Once, into a file the workers read: a process's arguments go through a pipe that
-        # start() fills itself, and it blocks while a child imports its modules (so workers
-        # would start one after another), or for good when that child dies first.
-        spec_path = os.path.join(self.local_dir, "spec.pickle")
-        with open(spec_path, "wb") as spec_file:
-            spec_file.write(cloudpickle.dumps(spec))  # the user's functions by value
+        spec_bytes = cloudpickle.dumps(spec)  # once: the user's functions by value
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)
         context = mp.get_context("spawn")
@@ -271,7 +264,7 @@ class PoolRunner(Runner):
                     args=(
                         index,
                         child,
-                        spec_path,
+                        spec_bytes,
                         ring_names,
                         os.path.join(self.local_dir, f"w{index}"),
                         threads,
