@@ -7,10 +7,10 @@ Build a :class:`Flow` from sources, polars expressions and keyed aggregations, t
 from arrowflow._api.flow import Flow as Flow
 from arrowflow._api.flow import KeyedStream as KeyedStream
 from arrowflow._api.flow import Stream as Stream
+from arrowflow._api.inspect import list_checkpoints as list_checkpoints
+from arrowflow._api.inspect import query_state as query_state
+from arrowflow._api.inspect import read_state as read_state
 from arrowflow._api.job import Job as Job
-from arrowflow._runtime.checkpoints import list_checkpoints as list_checkpoints
-from arrowflow._runtime.checkpoints import query_state as query_state
-from arrowflow._runtime.checkpoints import read_state as read_state
 from arrowflow._runtime.result import RunResult as RunResult
 from arrowflow.errors import ArrowflowError as ArrowflowError
 from arrowflow.errors import CheckpointError as CheckpointError

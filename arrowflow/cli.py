@@ -442,7 +442,8 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from arrowflow._runtime.checkpoints import CheckpointStorage, query_state
+    from arrowflow._api.inspect import query_state
+    from arrowflow._runtime.checkpoints import CheckpointStorage
 
     storage = CheckpointStorage(args.url)
     manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()

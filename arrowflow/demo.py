@@ -55,7 +55,12 @@ USERS = 100_000
 DAY_MS = 86_400_000
 START = np.datetime64("2024-01-01T00:00:00", "ms")
 SCHEMA = pl.Schema(
-    {"ts": pl.Datetime("ms"), "user_id": pl.Int64, "event_type": pl.String, "amount": pl.Float64}
+    {
+        "ts": pl.Datetime("ms"),
+        "user_id": pl.Int64(),
+        "event_type": pl.String(),
+        "amount": pl.Float64(),
+    }
 )
 
 DEFAULT_ROWS = 3_000_000

@@ -57,8 +57,10 @@ class JobIdentity:
 
 @dataclass
 class RolledBack:
-    """What one sink removed in a rollback to ``checkpoint``: ``count`` items (``what``:
-    "part files", "rows") committed by the checkpoints ``epochs``."""
+    """What one sink removed in a rollback to ``checkpoint``.
+
+    ``count`` items (``what``: "part files", "rows") committed by the checkpoints ``epochs``.
+    """
 
     sink: str
     checkpoint: int
@@ -67,6 +69,7 @@ class RolledBack:
     epochs: list[int]
 
     def __str__(self) -> str:
+        """One line for the run's warnings and summary."""
         epochs = ", ".join(str(e) for e in self.epochs)
         return (
             f"{self.sink}: removed {self.count:,} {self.what} committed by checkpoint(s) {epochs}, "
@@ -83,8 +86,11 @@ class SinkWriter(abc.ABC):
 
     @abc.abstractmethod
     def prepare_commit(self, checkpoint_id: int) -> Any:
-        """Flush and stage everything written since the last call; return its JSON-able
-        description (``None`` when nothing was written). Called once per checkpoint."""
+        """Flush and stage everything written since the last call.
+
+        Returns its JSON-able description (``None`` when nothing was written). Called once per
+        checkpoint.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources. Called once, also after an error; staged output is kept."""
@@ -113,14 +119,19 @@ class Sink(abc.ABC):
         """Called once in the coordinator before a run restored from ``checkpoint_id``."""
 
     def discard_staged(self) -> None:  # noqa: B027 - optional hook
-        """Called once in the coordinator when a run failed for good (no restart follows), after
-        the newest complete checkpoint's ``commit`` was re-run: what is still staged belongs to
-        no complete checkpoint, so a sink that stages outside its visible output removes it here.
-        Not called after a crash of the coordinator (``recover`` cleans up then)."""
+        """Called once in the coordinator when a run failed for good (no restart follows).
+
+        It comes after the newest complete checkpoint's ``commit`` was re-run: what is still
+        staged belongs to no complete checkpoint, so a sink that stages outside its visible
+        output removes it here. Not called after a crash of the coordinator (``recover``
+        cleans up then).
+        """
 
     def attach(self, job: JobIdentity) -> None:
-        """Called in the coordinator before ``begin``/``recover``/``rollback`` of every run
-        attempt (and so before the sink is shipped to the workers)."""
+        """Called in the coordinator before ``begin``/``recover``/``rollback`` of every attempt.
+
+        Every run attempt calls it, and so before the sink is shipped to the workers.
+        """
         self.job = job
 
     def rollback(self, checkpoint_id: int) -> RolledBack | None:
@@ -145,8 +156,10 @@ class Sink(abc.ABC):
         return None
 
     def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
-        """Locations (fsspec URL, storage options) only one job at a time may write to: the
-        runtime holds a lease on each for the whole run, and refuses a second job."""
+        """Locations (fsspec URL, storage options) only one job at a time may write to.
+
+        The runtime holds a lease on each for the whole run, and refuses a second job.
+        """
         return []
 
     @abc.abstractmethod
@@ -158,4 +171,5 @@ class Sink(abc.ABC):
         """Make the staged output of every writer visible. Idempotent. Coordinator only."""
 
     def describe(self) -> str:
+        """A short description of the sink for messages (its ``kind`` by default)."""
         return self.kind

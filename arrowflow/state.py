@@ -41,8 +41,11 @@ KEY_GROUP = "__key_group"
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """What a store holds. ``name`` is unique per worker: ``<operator id>`` or
-    ``<operator id>/<state name>`` for operators with several states."""
+    """What a store holds.
+
+    ``name`` is unique per worker: ``<operator id>`` or ``<operator id>/<state name>`` for
+    operators with several states.
+    """
 
     name: str
     key_schema: pl.Schema
@@ -55,6 +58,7 @@ class StoreSpec:
 
     @property
     def key_columns(self) -> list[str]:
+        """The names of the key columns, in order."""
         return list(self.key_schema.names())
 
     def key_groups_of(self, keys: pl.DataFrame) -> Any:
@@ -67,6 +71,7 @@ class StoreSpec:
 
     @property
     def value_columns(self) -> list[str]:
+        """The names of the value columns, in order."""
         return list(self.value_schema.names())
 
     def empty_values(self, height: int) -> pl.DataFrame:
@@ -93,12 +98,14 @@ class StateFile:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as a manifest lists it (JSON-able)."""
         data = asdict(self)
         data["key_groups"] = list(self.key_groups)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StateFile:
+        """The entry from a manifest's JSON (the inverse of :meth:`to_json`)."""
         data = dict(data)
         data["key_groups"] = tuple(data["key_groups"])
         return cls(**data)
@@ -122,8 +129,10 @@ class KeyedStore(abc.ABC):
 
     @abc.abstractmethod
     def get(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """Values for each row of ``keys``, in the same order: the value columns (nulls where
-        a key is missing) plus the Boolean column :data:`FOUND`."""
+        """Values for each row of ``keys``, in the same order.
+
+        The value columns (nulls where a key is missing) plus the Boolean column :data:`FOUND`.
+        """
 
     @abc.abstractmethod
     def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
@@ -235,8 +244,11 @@ def ipc_bytes(frame: pl.DataFrame) -> bytes:
 
 
 def read_ipc_bytes(payload: bytes, what: str = "a state snapshot file") -> pl.DataFrame:
-    """A frame from one Arrow IPC file; a StateError when ``payload`` is none (its checksum
-    matched a manifest that a crafted or buggy writer may have made)."""
+    """A frame from one Arrow IPC file.
+
+    A StateError when ``payload`` is none (its checksum matched a manifest that a crafted or
+    buggy writer may have made).
+    """
     import io as _stdio
 
     try:

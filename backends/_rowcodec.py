@@ -283,7 +283,8 @@ class RowCodec:
 
     def _encode_variable(self, frame: pl.DataFrame, prefix: np.ndarray | None) -> Encoded:
         n = frame.height
-        parts = []
+        # (column, null tags, fixed bytes or variable lengths, variable data or None)
+        parts: list[tuple[_Column, np.ndarray, np.ndarray, np.ndarray | None]] = []
         row_lengths = np.full(n, self.prefix_width, dtype=np.int64)
         for col, series in zip(self.columns, frame.get_columns(), strict=True):
             valid = series.is_not_null().to_numpy() if series.null_count() else None
@@ -292,8 +293,8 @@ class RowCodec:
                 parts.append((col, tags, self._fixed_bytes(col, series, valid), None))
                 row_lengths += 1 + col.width
             else:
-                lengths, data = self._variable_parts(series)
-                parts.append((col, tags, lengths, data))
+                lengths, variable = self._variable_parts(series)
+                parts.append((col, tags, lengths, variable))
                 row_lengths += 5 + lengths
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(row_lengths, out=offsets[1:])

@@ -195,7 +195,7 @@ class ArrowStore(KeyedStore):
             if last - first == 1:  # a file of exactly one owned group can be referenced again
                 reusable[first] = state_file
         if frames:
-            schema = (
+            schema = pl.Schema(
                 dict(self.spec.key_schema) | dict(self.spec.value_schema) | {KEY_GROUP: pl.Int32}
             )
             self.table = pl.concat(frames).select([*self.columns, KEY_GROUP]).cast(schema).rechunk()

@@ -628,7 +628,11 @@ class LmdbStore(KeyedStore):
             int(self.key_groups.stop).to_bytes(2, "big") if self.key_groups.stop < 1 << 16 else None
         )
         for keys, values in self._scan(source, entries, start, stop, SCAN_BATCH * 4):
-            self._write(lambda k=keys, v=values: self.env.put(self.entries, *k, *v))
+
+            def put(k: tuple[Any, Any] = keys, v: tuple[Any, Any] = values) -> None:
+                self.env.put(self.entries, *k, *v)
+
+            self._write(put)
 
     def _restore_arrow(
         self, fs: fsspec.AbstractFileSystem, root: str, state_file: StateFile
@@ -640,7 +644,7 @@ class LmdbStore(KeyedStore):
             pl.col(KEY_GROUP).is_between(self.key_groups.start, self.key_groups.stop - 1)
         )
         frame = frame.select([*self.spec.key_columns, *self.spec.value_columns]).cast(
-            dict(self.spec.key_schema) | dict(self.spec.value_schema)
+            pl.Schema(dict(self.spec.key_schema) | dict(self.spec.value_schema))
         )
         for part in frame.iter_slices(SCAN_BATCH * 4):
             self.put(part.select(self.spec.key_columns), part.select(self.spec.value_columns))

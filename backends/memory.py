@@ -114,7 +114,7 @@ class MemoryStore(KeyedStore):
             self.table = (
                 pl.concat(frames)
                 .select(columns)
-                .cast(dict(self.spec.key_schema) | dict(self.spec.value_schema))
+                .cast(pl.Schema(dict(self.spec.key_schema) | dict(self.spec.value_schema)))
             )
         else:
             self.table = pl.DataFrame(schema={**self.spec.key_schema, **self.spec.value_schema})

@@ -420,7 +420,7 @@ class SqlStore(KeyedStore):
                     f"{state_file.format!r}; it reads Arrow IPC snapshots (memory, arrow, sql backends)"
                 )
                 raise StateError(msg)
-        schema = {**self.spec.key_schema, **self.spec.value_schema}
+        schema = pl.Schema({**self.spec.key_schema, **self.spec.value_schema})
         with tempfile.TemporaryDirectory(prefix="restore-", dir=self.scratch) as scratch:
             local_files = []
             for number, state_file in enumerate(wanted):

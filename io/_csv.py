@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -45,6 +45,11 @@ from arrowflow.io._text import (
     read_as_text,
     split_csv_records,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from polars._typing import PolarsDataType  # a dtype instance or class (pl.String)
 
 _FIELD_START = (ord("\n"), ord("\r"))
 
@@ -71,7 +76,7 @@ class CsvOptions:
             raise SourceError(msg)
 
 
-def header(payload: bytes, options: CsvOptions) -> list[str]:
+def header(payload: str | bytes, options: CsvOptions) -> list[str]:
     """The column names in the file's first line (as polars names them)."""
     return pl.read_csv(
         payload,
@@ -154,7 +159,7 @@ class CsvFile:
     def _read(
         self,
         payload: Any,
-        dtypes: dict[str, pl.DataType],
+        dtypes: Mapping[str, PolarsDataType],
         columns: list[str],
         *,
         ignore_errors: bool = False,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -44,6 +44,11 @@ from arrowflow.io._text import (
     split_lines,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from polars._typing import PolarsDataType  # a dtype instance or class (pl.String)
+
 _WIDE = {
     pl.Int8: pl.Int64,
     pl.Int16: pl.Int64,
@@ -54,10 +59,12 @@ _WIDE = {
     pl.Float32: pl.Float64,
 }
 _COUNT = "__rows"
-_PANIC = getattr(pl.exceptions, "PanicException", None) or type("NoPanic", (Exception,), {})
+_PANIC: type[Exception] = getattr(pl.exceptions, "PanicException", None) or type(
+    "NoPanic", (Exception,), {}
+)
 
 
-def read_type(dtype: pl.DataType) -> pl.DataType:
+def read_type(dtype: pl.DataType) -> PolarsDataType:
     """The type polars' JSON reader is asked for, before the cast to ``dtype``."""
     if read_as_text(dtype) or dtype == pl.Categorical or isinstance(dtype, pl.Enum):
         return pl.String
@@ -165,7 +172,7 @@ class NdjsonFile:
         return fast if fast is not None else self._slow()
 
     def _read(
-        self, payload: Any, schema: dict[str, pl.DataType], *, ignore_errors: bool = False
+        self, payload: Any, schema: Mapping[str, PolarsDataType], *, ignore_errors: bool = False
     ) -> pl.DataFrame:
         if payload is self.payload and self.path is not None:
             payload = self.path  # polars reads a local file about twice as fast as bytes

@@ -10,12 +10,15 @@ silent narrowing cast would change data.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 
 from arrowflow.errors import SchemaError
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType  # a dtype instance or class (pl.Int64)
 
 _SIGNED = {pl.Int8: 8, pl.Int16: 16, pl.Int32: 32, pl.Int64: 64, pl.Int128: 128}
 _UNSIGNED = {pl.UInt8: 8, pl.UInt16: 16, pl.UInt32: 32, pl.UInt64: 64}
@@ -55,7 +58,7 @@ def to_polars_schema(schema: Any) -> pl.Schema:
     raise SchemaError(msg)
 
 
-def _int_bits(dtype: pl.DataType) -> tuple[bool, int] | None:
+def _int_bits(dtype: PolarsDataType) -> tuple[bool, int] | None:
     for table, signed in ((_SIGNED, True), (_UNSIGNED, False)):
         for kind, bits in table.items():
             if dtype == kind:
@@ -63,11 +66,11 @@ def _int_bits(dtype: pl.DataType) -> tuple[bool, int] | None:
     return None
 
 
-def _mantissa(dtype: pl.DataType) -> int | None:
+def _mantissa(dtype: PolarsDataType) -> int | None:
     return next((bits for kind, bits in _FLOAT_MANTISSA.items() if dtype == kind), None)
 
 
-def lossless(found: pl.DataType, wanted: pl.DataType) -> bool:
+def lossless(found: PolarsDataType, wanted: PolarsDataType) -> bool:
     """True when every value of type ``found`` converts to ``wanted`` exactly."""
     if found == wanted or found == pl.Null:
         return True

@@ -347,7 +347,7 @@ class FileSource(Source):
                 continue
             values = [mins[group] for group in split.info["row_groups"] if group < len(mins)]
             if values and all(value is not None for value in values):
-                bounds[split.split_id] = min(values)  # type: ignore[type-var]
+                bounds[split.split_id] = min(values)
         return bounds
 
     # ------------------------------------------------------------------ worker

@@ -97,8 +97,9 @@ def _write(
     if fmt == "parquet":
         frame.write_parquet(
             handle,
-            compression=compression,
-            compression_level=compression_level,  # type: ignore[arg-type]
+            # one of COMPRESSIONS["parquet"] (checked in FileSink), polars types it as a Literal
+            compression=compression,  # type: ignore[arg-type]
+            compression_level=compression_level,
             statistics=True,
         )
     elif fmt == "csv":
@@ -106,7 +107,8 @@ def _write(
     elif fmt == "ndjson":
         frame.write_ndjson(handle)
     else:
-        frame.write_ipc(handle, compression=compression)  # type: ignore[arg-type]
+        # one of COMPRESSIONS["ipc"] (checked in FileSink), polars types it as a Literal
+        frame.write_ipc(handle, compression=compression)  # type: ignore[call-overload]
 
 
 class FileSink(Sink):

@@ -91,7 +91,7 @@ class MemorySource(Source):
             rows = values.slice(split.info["start"], split.info["stop"] - split.info["start"])
             low = to_micros(rows, dtype).min()  # nulls never fall below a bound
             if low is not None:
-                bounds[split.split_id] = int(low)  # type: ignore[arg-type]
+                bounds[split.split_id] = int(low)
         return bounds
 
     def open_reader(

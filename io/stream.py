@@ -286,7 +286,10 @@ class WatchSource(Source):
         return True
 
     def schema(self) -> pl.Schema:
-        return self.files.user_schema if self.files.columns is None else self.files.schema()
+        if self.files.columns is None:
+            assert self.files.user_schema is not None  # __init__ refuses schema=None
+            return self.files.user_schema
+        return self.files.schema()
 
     def with_columns_pruned(self, columns: list[str]) -> WatchSource:
         clone = WatchSource.__new__(WatchSource)

@@ -273,7 +273,7 @@ def _layout(
 
     left = min((b.x for row in rows for b in row), default=0.0)
     width = 0.0
-    y = MARGIN
+    y: float = MARGIN
     for row in rows:
         height = max((b.h for b in row if not b.dummy), default=0.0)
         for box in row:
@@ -518,7 +518,9 @@ def plan_svg(plan: Plan) -> str:
                     op.id,
                     style,
                     start_label=edge.port if edge.port != MAIN else None,
-                    end_label=f"hash by {', '.join(upstream.params['keys'])}" if exchange else None,
+                    end_label=f"hash by {', '.join(upstream.params['keys'])}"
+                    if exchange and upstream is not None
+                    else None,
                 )
             )
     return _render_svg(boxes, links, f"plan of flow {plan.flow_name!r}")

@@ -33,12 +33,12 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._api.inspect import list_checkpoints, query_state, read_state
 from arrowflow._api.jobview import display_live, in_notebook, job_html, watch_terminal
 from arrowflow._api.progress import ProgressBar, wanted
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
 from arrowflow._plan import Plan
 from arrowflow._runtime import execute
-from arrowflow._runtime.checkpoints import list_checkpoints, query_state, read_state
 from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
 from arrowflow.options import RunOptions
@@ -278,7 +278,8 @@ class Job:
             "rows_in": int(sources.get_column("rows_in").sum()) if sources.height else 0,
             "rows_out": int(sinks.get_column("rows_in").sum()) if sinks.height else 0,
             "watermark": watermarks.min() if len(watermarks) else None,
-            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())
+            # polars types max() as any Python literal; lag_s is a Float64 column
+            "lag_s": float(frame.get_column("lag_s").drop_nulls().max())  # type: ignore[arg-type]
             if len(watermarks)
             else None,
             "checkpoints": len(coordinator.completed) if coordinator is not None else 0,
@@ -304,14 +305,14 @@ class Job:
         """One row per half second: rows in and out so far, rows/s, watermark, lag, checkpoints."""
         schema = {
             "time": pl.Datetime("us", "UTC"),
-            "elapsed_s": pl.Float64,
-            "rows_in": pl.Int64,
-            "rows_out": pl.Int64,
-            "rows_per_s": pl.Float64,
+            "elapsed_s": pl.Float64(),
+            "rows_in": pl.Int64(),
+            "rows_out": pl.Int64(),
+            "rows_per_s": pl.Float64(),
             "watermark": pl.Datetime("us", "UTC"),
-            "lag_s": pl.Float64,
-            "checkpoints": pl.Int64,
-            "restarts": pl.Int64,
+            "lag_s": pl.Float64(),
+            "checkpoints": pl.Int64(),
+            "restarts": pl.Int64(),
         }
         return pl.DataFrame(list(self.samples), schema=schema)
 

@@ -153,7 +153,7 @@ def to_micros(values: pl.Series | pl.Expr, dtype: pl.Datetime) -> Any:
     """Physical Datetime values as int64 microseconds (floored for nanoseconds)."""
     factor = per_ms(dtype)
     if isinstance(values, pl.Series):
-        physical = values.to_physical()
+        physical: pl.Series | pl.Expr = values.to_physical()
     else:
         physical = values.to_physical()
     if factor == 1:
@@ -252,7 +252,9 @@ def bound_columns(plan: Any) -> dict[str, str]:
         for source_id, unchanged in sources.items():
             columns.setdefault(source_id, set()).add(column if unchanged else None)
     return {
-        source_id: next(iter(names))
-        for source_id, names in columns.items()  # type: ignore[misc]
-        if len(names) == 1 and None not in names
+        source_id: name
+        for source_id, names in columns.items()
+        if len(names) == 1
+        for name in names
+        if name is not None
     }

@@ -1,6 +1,6 @@
 """Checkpoint storage: the layout, the atomic manifest, verification, retention and reading.
 
-Layout under any fsspec URL (docs/design.md §5)::
+Layout under any fsspec URL (the protocol: docs/checkpoints.md)::
 
     <dir>/chk-00000042/_MANIFEST.json      written last; the checkpoint exists iff it verifies
     <dir>/chk-00000042/sources.json        split offsets of every source
@@ -20,6 +20,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -32,8 +33,10 @@ from typing import Any, NoReturn
 
 import fsspec
 import polars as pl
+import pyarrow as pa
 
 from arrowflow.errors import CheckpointError
+from arrowflow.state import StateFile, StoreSpec
 
 MANIFEST = "_MANIFEST.json"
 SOURCES = "sources.json"
@@ -172,8 +175,6 @@ class Manifest:
                     spec,
                     f"a store spec that decodes ({type(exc).__name__}: {exc})",
                 )
-        from arrowflow.state import StateFile
-
         keys = {f.name for f in dataclasses.fields(StateFile)}
         if not isinstance(self.state, list) or not all(
             isinstance(entry, dict) for entry in self.state
@@ -553,12 +554,11 @@ def operator_differences(saved: dict[str, str], current: dict[str, str]) -> list
     return lines
 
 
-# ---------------------------------------------------------------------- specs and reading
+# ---------------------------------------------------------------------- store specs
 
 
 def encode_spec(spec: Any) -> dict[str, Any]:
     """A StoreSpec as JSON: schemas as base64 Arrow IPC schema messages."""
-    import base64
 
     def schema_bytes(schema: pl.Schema) -> str:
         return base64.b64encode(
@@ -574,13 +574,7 @@ def encode_spec(spec: Any) -> dict[str, Any]:
     }
 
 
-def decode_spec(data: dict[str, Any]) -> Any:
-    import base64
-
-    import pyarrow as pa
-
-    from arrowflow.state import StoreSpec
-
+def decode_spec(data: dict[str, Any]) -> StoreSpec:
     def schema_of(text: str) -> pl.Schema:
         arrow = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
         return pl.DataFrame(arrow.empty_table()).schema
@@ -592,143 +586,3 @@ def decode_spec(data: dict[str, Any]) -> Any:
         max_parallelism=data["max_parallelism"],
         ttl_ms=data.get("ttl_ms"),
     )
-
-
-_READERS = {"arrow": "memory", "lmdb": "lmdb"}
-
-
-def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
-    """The complete checkpoints in a checkpoint directory (any fsspec URL), one row each:
-    id, time, size, state files, parallelism, final, and the source offsets as JSON."""
-    return CheckpointStorage(url, storage_options).list()
-
-
-def query_state(
-    url: str,
-    sql: str,
-    *,
-    checkpoint_id: int | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> pl.DataFrame:
-    """Run a polars SQL query over the state in a checkpoint (the newest complete one, or
-    ``checkpoint_id``): every operator with state is a table named after its id; quote ids
-    with a dash (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements
-    and table functions that read files (``read_csv``…) are refused."""
-    from arrowflow._foundation.sqlguard import check_state_query
-
-    storage = CheckpointStorage(url, storage_options)
-    manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
-    if manifest is None:
-        msg = f"no complete checkpoint in {storage.url!r}"
-        raise CheckpointError(msg)
-    operators = sorted({name.split("/")[0] for name in manifest.stores})
-    check_state_query(sql, operators)
-    context = pl.SQLContext()
-    for operator in operators:
-        context.register(
-            operator,
-            read_state(url, operator, checkpoint_id=manifest.id, storage_options=storage_options),
-        )
-    try:
-        return context.execute(sql, eager=True)
-    # A panic of polars (CAST(n AS DECIMAL(99, 99)) asserts) is a BaseException, no PolarsError.
-    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        msg = f"state query failed on checkpoint {manifest.id}: {type(exc).__name__}: {reason}"
-        raise CheckpointError(msg) from exc
-
-
-def read_state(
-    checkpoint: str | Manifest,
-    operator: str,
-    *,
-    checkpoint_id: int | None = None,
-    storage_options: dict[str, Any] | None = None,
-    raw: bool = False,
-) -> pl.DataFrame:
-    """The state of ``operator`` in a checkpoint, as one polars DataFrame (the job need not run).
-
-    ``checkpoint`` is a checkpoint directory URL (its newest complete checkpoint, or
-    ``checkpoint_id``). For a keyed aggregation the partial aggregates are turned into the
-    aggregation's values (``raw=True`` keeps the partials); other operators' stores come as
-    stored, with a ``__store`` column when the operator has several.
-    """
-    import tempfile
-
-    from arrowflow.state import StateFile, StoreContext, resolve_backend
-
-    storage = CheckpointStorage(checkpoint if isinstance(checkpoint, str) else ".", storage_options)
-    manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
-    if manifest is None:
-        msg = f"no complete checkpoint in {storage.url!r}"
-        raise CheckpointError(msg)
-    names = [n for n in manifest.stores if n == operator or n.startswith(f"{operator}/")]
-    if not names:
-        known = sorted({n.split("/")[0] for n in manifest.stores})
-        msg = f"checkpoint {manifest.id} holds no state of operator {operator!r}; operators with state: {known}"
-        raise CheckpointError(msg)
-    frames = []
-    window_buffer = f"{operator}/buffer"
-    if sorted(names) == [operator, window_buffer] and not raw:
-        # A window operator: windows in its store and in its write buffer (the newer rows)
-        # are one set of partial aggregates; a window may be in both.
-        from arrowflow._graph.aggregates import combine_partials
-
-        spec = decode_spec(manifest.stores[operator])
-        stored = read_state(
-            checkpoint,
-            operator,
-            checkpoint_id=manifest.id,
-            storage_options=storage_options,
-            raw=True,
-        )
-        newer_last = pl.col("__store") == "buffer"
-        both = stored.sort(newer_last, maintain_order=True)
-        state_schema = pl.Schema(
-            {c: spec.value_schema[c] for c in spec.value_columns if c != "__n"}
-        )
-        combined = combine_partials(
-            both.select(*spec.key_columns, *state_schema.names()), spec.key_columns, state_schema
-        )
-        return _decode_partials(combined, spec)
-    for name in names:
-        spec = decode_spec(manifest.stores[name])
-        files = [StateFile.from_json(f) for f in manifest.state if f["store"] == name]
-        backend_name = _READERS.get(files[0].format if files else "arrow", "memory")
-        with tempfile.TemporaryDirectory(prefix="arrowflow-read-state-") as local:
-            backend = resolve_backend(backend_name)
-            store = backend.open_store(spec, range(spec.max_parallelism), StoreContext(local, 0, 1))
-            try:
-                store.restore(storage.fs, storage.root, files)
-                parts = [frame.clone() for frame in store.scan()]
-            finally:
-                store.close()
-        frame = (
-            pl.concat(parts)
-            if parts
-            else pl.DataFrame(schema={**spec.key_schema, **spec.value_schema})
-        )
-        if not raw:
-            frame = _decode_partials(frame, spec)
-        if len(names) > 1:
-            frame = frame.with_columns(pl.lit(name.split("/", 1)[-1]).alias("__store"))
-        frames.append(frame)
-    return pl.concat(frames, how="diagonal_relaxed")
-
-
-def _decode_partials(frame: pl.DataFrame, spec: Any) -> pl.DataFrame:
-    """Turn a keyed aggregation's partial columns (``total__sum``…) into its values."""
-    values = [c for c in spec.value_columns if c != "__n"]
-    if not values or not all("__" in c for c in values):
-        return frame
-    groups: dict[str, dict[str, str]] = {}
-    for column in values:
-        name, kind = column.rsplit("__", 1)
-        groups.setdefault(name, {})[kind] = column
-    exprs: list[pl.Expr] = [pl.col(k) for k in spec.key_columns]
-    for name, kinds in groups.items():
-        if set(kinds) == {"sum", "count"}:
-            exprs.append((pl.col(kinds["sum"]) / pl.col(kinds["count"])).alias(name))
-        else:
-            exprs.append(pl.col(next(iter(kinds.values()))).alias(name))
-    return frame.select(exprs)

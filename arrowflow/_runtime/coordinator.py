@@ -7,7 +7,7 @@ State it keeps:
   ids of completed checkpoints;
 - rows read so far (for row-count triggers) and which workers have finished.
 
-Protocol (docs/design.md §5), seen from here:
+Protocol (docs/checkpoints.md), seen from here:
 
 1. ``poll()`` asks the trigger; when it fires (and the minimum pause has passed, and no
    checkpoint is in flight) it returns ``("checkpoint", n)`` for every worker.
@@ -119,7 +119,7 @@ class JobCoordinator:
         self.on_restorable: Any = None
 
     # ------------------------------------------------------------------ from workers
-    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | None:
+    def next_split(self, source_id: str, worker: int) -> tuple[Split, Any] | str | None:
         return self.enumerator.next_split(source_id, worker)
 
     def hand_out(

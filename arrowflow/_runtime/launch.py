@@ -88,7 +88,12 @@ def _user_modules(plan: Plan) -> list[Any]:
             for fn in (step.get("fn"),):
                 name = getattr(fn, "__module__", None)
                 module = sys.modules.get(name) if name else None
-                if module is None or name == "__main__" or name.split(".")[0] == "arrowflow":
+                if (
+                    not name
+                    or module is None
+                    or name == "__main__"
+                    or name.split(".")[0] == "arrowflow"
+                ):
                     continue
                 path = getattr(module, "__file__", None) or ""
                 try:

@@ -80,6 +80,7 @@ def discard_staged(
         for checkpoint_id in storage.checkpoint_ids() if storage is not None else []:
             if checkpoint_id < since_id and checkpoint_id != started_from:
                 continue
+            assert storage is not None  # there are ids only with storage
             try:
                 newest = storage.read_manifest(checkpoint_id, verify_files=False)
                 break

@@ -2,7 +2,7 @@
 
 :class:`PoolRunner` is an :class:`arrowflow.runners.Runner`; its transport is
 :class:`arrowflow._runtime.shm.ShmTransport` and its control link the messages of
-:mod:`arrowflow._runtime.control` over pipes (docs/runtime.md). Design (docs/design.md §3):
+:mod:`arrowflow._runtime.control` over pipes (docs/runtime.md). Design (the execution model: docs/design.md §3):
 
 - **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
   pools that ``fork`` would break). The worker spec (plan, state backend, runtime context) is
@@ -296,11 +296,11 @@ class PoolRunner(Runner):
                 exiting, stop_deadline = True, time.monotonic() + _STOP_GRACE_S
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 break  # a stopped worker stuck on a full ring: shutdown() ends it
-            waiting: list[Any] = [c for i, c in enumerate(self.conns) if i not in reports]
+            waiting = [c for i, c in enumerate(self.conns) if i not in reports]
             sentinels = [
                 p.sentinel for i, p in enumerate(self.worker_processes) if i not in reports
             ]
-            for ready in wait(waiting + sentinels, timeout=0.02):
+            for ready in wait([*waiting, *sentinels], timeout=0.02):
                 if isinstance(ready, int):
                     index = by_sentinel[ready]
                     exiting |= self._drain(index, server)  # it may have said why before exiting

@@ -78,11 +78,14 @@ class Ring:
         if create:
             capacity -= capacity % 8
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=HEADER + capacity)
-            self.shm.buf[:HEADER] = bytes(HEADER)
         else:
             self.shm = shared_memory.SharedMemory(name=name)
         self.name = name
-        self.buf = self.shm.buf
+        buf = self.shm.buf
+        assert buf is not None  # None only once the segment is closed
+        self.buf: memoryview = buf
+        if create:
+            self.buf[:HEADER] = bytes(HEADER)
         self.fields = np.ndarray((HEADER // 8,), dtype=np.uint64, buffer=self.buf)
         if create:
             self.fields[_CAPACITY] = capacity
@@ -158,7 +161,7 @@ class Ring:
             self.pending_release = 0
 
     def close(self) -> None:
-        self.fields = None  # type: ignore[assignment]
+        self.fields = None
         self.buf = None  # type: ignore[assignment]
         try:
             self.shm.close()

@@ -5,7 +5,7 @@ to each worker and not yet finished, and those finished. Workers ask for splits 
 time, so a slow worker simply asks less often. Unbounded sources are asked again for new
 splits (``discover``); with nothing new, a worker is told to ``WAIT``. When a worker fails,
 the job restarts from its newest checkpoint, and a new enumerator is built from that
-checkpoint's finished splits and offsets (docs/design.md §5).
+checkpoint's finished splits and offsets (docs/checkpoints.md).
 
 Event time (:mod:`arrowflow._foundation.watermarks`): for a bounded source read by a per-split watermark,
 the enumerator asks the source for lower bounds of the watermark column per split

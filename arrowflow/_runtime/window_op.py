@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -232,7 +232,7 @@ class WatermarkOp(Operator):
                 before = before.fill_null(clock.top).clip(lower_bound=clock.top)
             batch = batch.with_columns((before - self.delay_us).alias(SPLIT_WATERMARK))
         if top is not None and (clock.top is None or top > clock.top):
-            clock.top = int(top)  # type: ignore[arg-type]
+            clock.top = int(top)
         return batch
 
     # ------------------------------------------------------------------ both modes
@@ -367,7 +367,8 @@ class _WindowBase(Operator):
         return f"{self.id}/watermark"
 
     def _restored_watermark(self) -> int:
-        storage = self.context.storage
+        storage, root = self.context.storage, self.context.restore_root
+        assert storage is not None and root is not None  # open() restores only when both are set
         values = []
         for state_file in self.context.files_for(self._watermark_store()):
             low, high = state_file.key_groups
@@ -375,7 +376,7 @@ class _WindowBase(Operator):
                 continue
             values.append(
                 _watermark_of(
-                    read_verified(storage.fs, self.context.restore_root, state_file),
+                    read_verified(storage.fs, root, state_file),
                     state_file.path,
                     self.id,
                 )
@@ -528,7 +529,7 @@ class WindowOp(_WindowBase):
         # polars' streaming engine groups a batch about twice as fast as the in-memory one
         # (one thread per worker); first/last depend on row order, so they keep the latter.
         order_free = all(term.kind not in ORDERED_KINDS for term in self.agg.terms)
-        self.engine = "streaming" if order_free else "in-memory"
+        self.engine: Literal["streaming", "in-memory"] = "streaming" if order_free else "in-memory"
         self.buffer_spec = StoreSpec(
             f"{self.id}/{BUFFER_STORE}",
             self.window.key_schema,
@@ -651,7 +652,7 @@ class WindowOp(_WindowBase):
                         *self.agg.state_schema.names(),
                     )
                     .collect(engine=self.engine)
-                )  # type: ignore[arg-type]
+                )
                 return _Chunk(
                     grouped, (low_slot * self.window.every, high_slot * self.window.every)
                 )
@@ -661,7 +662,7 @@ class WindowOp(_WindowBase):
             .group_by(self.keys)
             .agg(self.agg.partial_exprs)
             .collect(engine=self.engine)
-        )  # type: ignore[arg-type]
+        )
 
     def _buffer(self, chunk: _Chunk) -> None:
         partial = chunk.frame

@@ -115,9 +115,7 @@ def assert_frame_equal_unordered(
         msg = "column types differ (left vs right):\n" + "\n".join(diffs)
         raise AssertionError(msg)
     if left.height != right.height:
-        comparable = (
-            right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
-        )
+        comparable = right if left.schema == right.schema else right.cast(left.schema, strict=False)
         msg = f"row counts differ: left has {left.height} rows, right has {right.height}\n"
         raise AssertionError(msg + _row_diff(left, comparable))
     try:
@@ -130,9 +128,7 @@ def assert_frame_equal_unordered(
             abs_tol=abs_tol,
         )
     except AssertionError as exc:
-        comparable = (
-            right if left.schema == right.schema else right.cast(dict(left.schema), strict=False)
-        )
+        comparable = right if left.schema == right.schema else right.cast(left.schema, strict=False)
         has_floats = any(dtype.is_float() for dtype in left.schema.dtypes())
         diff = _row_diff(left, comparable) if check_exact or not has_floats else ""
         msg = f"frames differ (compared after sorting both by all columns): {exc}"

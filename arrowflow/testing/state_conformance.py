@@ -81,7 +81,7 @@ def _sorted(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return frame.sort(keys, nulls_last=True) if frame.height > 1 else frame
 
 
-def _scan(store: KeyedStore) -> pl.DataFrame:
+def _scan(store: KeyedStore | ReferenceStore) -> pl.DataFrame:
     spec = store.spec
     frames = list(store.scan())
     schema = {**spec.key_schema, **spec.value_schema}
@@ -140,8 +140,8 @@ class ReferenceStore:
         schema = {
             **self.spec.key_schema,
             **self.spec.value_schema,
-            _SEQ: pl.Int64,
-            _PUT: pl.Boolean,
+            _SEQ: pl.Int64(),
+            _PUT: pl.Boolean(),
         }
         frames = [f for f in self._log if f.height]
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
@@ -422,9 +422,9 @@ DETERMINISTIC_SPEC = StoreSpec(
     pl.Schema({"user": pl.String, "session": pl.Int64}),
     pl.Schema(
         {
-            "n": pl.Int64,
-            "total": pl.Float64,
-            "last_page": pl.String,
+            "n": pl.Int64(),
+            "total": pl.Float64(),
+            "last_page": pl.String(),
             "first_seen": pl.Datetime("ms"),
         }
     ),

@@ -16,7 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from arrowflow._runtime.checkpoints import CheckpointStorage, read_state
+from arrowflow._api.inspect import read_state
+from arrowflow._runtime.checkpoints import CheckpointStorage
 
 
 def check_exactly_once(h, tmp: Path, input_dir: Path) -> None:
