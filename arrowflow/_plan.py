@@ -25,47 +25,108 @@ agg -> sink(write_parquet)``: five physical operators, one exchange.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from arrowflow._api.flow import (
-    STATELESS,
-    Flow,
-    Node,
-    describe_expr,
-    fingerprint_of,
-    uses_all_columns,
-)
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow._graph.graph import Graph
+from arrowflow._graph.kinds import KINDS, kind_of
+from arrowflow._graph.nodes import Node, describe_expr, fingerprint_of, uses_all_columns
+from arrowflow._graph.operator_kind import ALL, Columns, OperatorKind
+from arrowflow._graph.physical import MAIN, Edge, OpSpec
 from arrowflow.errors import PlanError
 
-MAIN = "main"
+__all__ = [
+    "MAIN",
+    "PHYSICAL",
+    "Edge",
+    "OpSpec",
+    "Plan",
+    "bound_columns",
+    "build_plan",
+    "describe_op",
+    "kind_named",
+    "set_html_renderer",
+    "split_watermark_inputs",
+]
 
 
-@dataclass(frozen=True)
-class Edge:
-    """Input edge of an operator: output ``port`` (``main`` or a side-output name) of ``op``."""
+class Chain(OperatorKind):
+    """Physical only: stateless steps fused into one operator (each logical stateless kind plans
+    into one step, see :meth:`arrowflow._graph.kinds.Planning.chain`)."""
 
-    op: str
-    port: str = MAIN
+    name = "chain"
+    operator = "arrowflow._runtime.operators:ChainOp"
+
+    def explain(self, spec: OpSpec) -> str:
+        parts = []
+        for step in spec.params["steps"]:
+            if step["kind"] == "map_batches":
+                parts.append(f"{step['id']}: map_batches({getattr(step['fn'], '__name__', 'fn')})")
+            else:
+                exprs = step.get("predicates") or step.get("exprs")
+                parts.append(
+                    f"{step['id']}: {step['kind']}({', '.join(describe_expr(e) for e in exprs)})"
+                )
+        return " | ".join(parts)
 
 
-@dataclass
-class OpSpec:
-    """One physical operator. ``steps`` are the logical operators fused into it."""
+class Exchange(OperatorKind):
+    """Physical only: the hash exchange in front of a keyed operator; rows move to the owner of
+    their key group."""
 
-    id: str
-    kind: str  # source | chain | union | exchange | agg | process | sink
-    inputs: list[Edge]
-    schema: pl.Schema
-    steps: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
+    name = "exchange"
+    category = "exchange"
+    operator = "arrowflow._runtime.operators:ExchangeOp"
 
-    @property
-    def stateful(self) -> bool:
-        return self.kind in ("agg", "window", "process")
+    def explain(self, spec: OpSpec) -> str:
+        params = spec.params
+        return f"hash partition by {params['keys']} into {params.get('max_parallelism', DEFAULT_MAX_PARALLELISM)} key groups"
+
+
+#: The kinds of physical operators that no logical node has (the others are in ``KINDS``).
+PHYSICAL: dict[str, OperatorKind] = {kind.name: kind for kind in (Chain(), Exchange())}
+
+
+def kind_named(name: str) -> OperatorKind | None:
+    """The kind of a logical node or physical operator called ``name``, if there is one.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`arrowflow._graph.kinds.KINDS` or of :data:`PHYSICAL`.
+    """
+    return KINDS.get(name) or PHYSICAL.get(name)
+
+
+def _physical(spec: OpSpec) -> OperatorKind:
+    found = kind_named(spec.kind)
+    if found is None:
+        msg = f"internal: unknown physical operator kind {spec.kind!r} ({spec.id!r})"
+        raise PlanError(msg)
+    return found
+
+
+_html_renderer: Callable[[Plan], str] | None = None
+
+
+def set_html_renderer(render: Callable[[Plan], str]) -> None:
+    """Show plans in notebooks with ``render``.
+
+    The facade's display module calls this once, when it is imported (the planner does not
+    import the facade); until then ``Plan._repr_html_`` shows the ``explain()`` text.
+
+    Parameters
+    ----------
+    render
+        Plan -> a self-contained HTML fragment; called per display, must not raise.
+    """
+    global _html_renderer
+    _html_renderer = render
 
 
 @dataclass
@@ -81,12 +142,9 @@ class Plan:
         id and kind only (new columns in the input files don't block a restore)."""
         prints = {}
         for op in self.ops:
-            if op.stateful:
-                prints[op.id] = fingerprint_of(_fingerprint_entry(op))
-            elif op.kind == "sink" and op.params["sink"].transient:
-                continue  # a live-results tap: not part of what a checkpoint restores
-            elif op.kind in ("source", "sink"):
-                prints[op.id] = fingerprint_of([op.id, op.kind])
+            entry = _physical(op).operator_fingerprint(op)
+            if entry is not None:
+                prints[op.id] = fingerprint_of(entry)
         return prints
 
     def op(self, op_id: str) -> OpSpec:
@@ -113,9 +171,9 @@ class Plan:
         return all(op.params["source"].bounded for op in self.sources)
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import plan_html
-
-        return plan_html(self)
+        if _html_renderer is None:
+            return f"<pre>{html.escape(self.explain())}</pre>"
+        return _html_renderer(self)
 
     def explain(self) -> str:
         lines = [
@@ -131,40 +189,8 @@ class Plan:
 
 
 def describe_op(spec: OpSpec) -> str:
-    params = spec.params
-    if spec.kind == "source":
-        text = params["source"].describe()
-        if params.get("columns") is not None:
-            text += f"; reads columns {params['columns']}"
-        return text
-    if spec.kind == "chain":
-        parts = []
-        for step in params["steps"]:
-            if step["kind"] == "map_batches":
-                parts.append(f"{step['id']}: map_batches({getattr(step['fn'], '__name__', 'fn')})")
-            else:
-                exprs = step.get("predicates") or step.get("exprs")
-                parts.append(
-                    f"{step['id']}: {step['kind']}({', '.join(describe_expr(e) for e in exprs)})"
-                )
-        return " | ".join(parts)
-    if spec.kind == "exchange":
-        return f"hash partition by {params['keys']} into {params.get('max_parallelism', DEFAULT_MAX_PARALLELISM)} key groups"
-    if spec.kind == "agg":
-        aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
-        return f"keyed running aggregation by {params['keys']}: {aggs}"
-    if spec.kind == "watermark":
-        return f"event time {params['column']!r}, watermark = max seen - {params['delay_ms']}ms"
-    if spec.kind == "window":
-        aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
-        return f"{params['window'].spec.describe()} windows by {params['keys']}: {aggs}"
-    if spec.kind == "process":
-        return params["process"].describe()
-    if spec.kind == "sink":
-        return params["sink"].describe()
-    if spec.kind == "union":
-        return f"union of {len(spec.inputs)} inputs"
-    return spec.kind
+    """One line on what physical operator ``spec`` does (its kind's ``explain``)."""
+    return _physical(spec).explain(spec)
 
 
 def _needed(outputs: list[Node]) -> list[Node]:
@@ -185,25 +211,15 @@ def _needed(outputs: list[Node]) -> list[Node]:
     return order
 
 
-ALL = None  # "every column" in the projection analysis
-
-
-def _roots(exprs: list[pl.Expr]) -> set[str] | None:
-    names: set[str] = set()
-    for expr in exprs:
-        if uses_all_columns(expr):
-            return ALL
-        names.update(expr.meta.root_names())
-    return names
-
-
-def _required_columns(
-    flow: Flow, order: list[Node], outputs: list[Node]
-) -> dict[int, set[str] | None]:
+def _required_columns(order: list[Node], outputs: list[Node]) -> dict[int, Columns]:
     """For each node, the columns of its output that something downstream reads."""
-    required: dict[int, set[str] | None] = {id(n): set() for n in order}
+    required: dict[int, Columns] = {id(n): set() for n in order}
+    readers: dict[int, list[Node]] = {id(n): [] for n in order}
+    for node in order:
+        for parent in node.inputs:
+            readers[id(parent)].append(node)
 
-    def need(node: Node, columns: set[str] | None) -> None:
+    def need(node: Node, columns: Columns) -> None:
         current = required[id(node)]
         if current is ALL:
             return
@@ -212,51 +228,93 @@ def _required_columns(
     for node in outputs:
         required[id(node)] = ALL
     for node in reversed(order):
-        out = required[id(node)]
-        kind, params = node.kind, node.params
-        if kind == "source":
-            continue
-        parent = node.inputs[0]
-        if kind == "sink":
-            need(parent, ALL)
-        elif kind == "filter":
-            roots = _roots(params["predicates"])
-            need(parent, ALL if out is ALL or roots is ALL else out | roots)
-        elif kind == "with_columns":
-            roots = _roots(params["exprs"])
-            produced = {e.meta.output_name(raise_if_undetermined=False) for e in params["exprs"]}
-            need(parent, ALL if out is ALL or roots is ALL else (out - produced) | roots)
-        elif kind == "select":
-            need(parent, _roots(params["exprs"]))
-        elif kind in ("map_batches", "process"):  # a function may read any column
-            need(parent, ALL)
-        elif kind == "union":
-            for each in node.inputs:
-                need(each, out)
-        elif kind == "agg":
-            roots = _roots(list(params["aggs"].values()))
-            need(parent, ALL if roots is ALL else roots | set(params["keys"]))
-        elif kind == "watermark":
-            need(parent, ALL if out is ALL else out | {params["column"]})
-        elif kind == "window":
-            roots = _roots(list(params["aggs"].values()))
-            late_read = any(n.kind == "side_output" and n.inputs[0] is node for n in order)
-            need(
-                parent,
-                ALL
-                if roots is ALL or late_read
-                else roots | set(params["keys"]) | {params["time_column"]},
-            )
-        elif kind == "side_output":
-            if node.side != "malformed":
-                need(parent, ALL)
-        else:
-            need(parent, ALL)
+        wanted = kind_of(node.kind).input_columns(node, required[id(node)], readers[id(node)])
+        for parent, columns in zip(node.inputs, wanted, strict=True):
+            need(parent, columns)
     return required
 
 
+class _Planning:
+    """The state of one :func:`build_plan` walk: what operator kinds plan through
+    (:class:`arrowflow._graph.kinds.Planning`)."""
+
+    def __init__(
+        self, graph: Graph, order: list[Node], outputs: list[Node], max_parallelism: int
+    ) -> None:
+        self.graph = graph
+        self.max_parallelism = max_parallelism
+        self.ops: list[OpSpec] = []
+        self.edge_of: dict[int, Edge] = {}  # logical node -> edge that carries its output
+        self.chain_of: dict[int, OpSpec] = {}  # logical stateless node -> the chain it ended in
+        self.consumers: dict[int, int] = {}
+        for node in order:
+            for parent in node.inputs:
+                self.consumers[id(parent)] = self.consumers.get(id(parent), 0) + 1
+        self.columns = _required_columns(order, outputs)
+
+    def schema(self, node: Node) -> pl.Schema:
+        return self.graph.schema_of(node)
+
+    def required(self, node: Node) -> Columns:
+        return self.columns[id(node)]
+
+    def edge(self, node: Node) -> Edge:
+        return self.edge_of[id(node)]
+
+    def add(self, node: Node, spec: OpSpec) -> None:
+        self.ops.append(spec)
+        self.edge_of[id(node)] = Edge(spec.id)
+
+    def route(self, node: Node, edge: Edge) -> None:
+        self.edge_of[id(node)] = edge
+
+    def chain(self, node: Node, step: dict[str, Any]) -> None:
+        parent = node.inputs[0]
+        schema = self.schema(node)
+        previous = self.chain_of.get(id(parent))
+        fusable = (
+            previous is not None
+            and self.consumers.get(id(parent), 0) == 1
+            and self.edge_of[id(parent)] == Edge(previous.id)
+        )
+        if fusable:
+            assert previous is not None
+            previous.params["steps"].append(step)
+            previous.steps.append(node.id)
+            previous.schema = schema
+            self.chain_of[id(node)] = previous
+        else:
+            kind = PHYSICAL["chain"]
+            spec = OpSpec(
+                node.id,
+                kind.name,
+                [self.edge_of[id(parent)]],
+                schema,
+                [node.id],
+                {"steps": [step]},
+                operator=kind.operator or "",
+            )
+            self.ops.append(spec)
+            self.chain_of[id(node)] = spec
+        self.edge_of[id(node)] = Edge(self.chain_of[id(node)].id)
+
+    def exchange(self, node: Node, keys: list[str]) -> Edge:
+        kind = PHYSICAL["exchange"]
+        spec = OpSpec(
+            f"{node.id}.exchange",
+            kind.name,
+            [self.edge_of[id(node.inputs[0])]],
+            self.schema(node.inputs[0]),
+            [],
+            {"keys": keys, "max_parallelism": self.max_parallelism},
+            operator=kind.operator or "",
+        )
+        self.ops.append(spec)
+        return Edge(spec.id)
+
+
 def build_plan(
-    flow: Flow, outputs: list[Node], *, max_parallelism: int = DEFAULT_MAX_PARALLELISM
+    flow: Graph, outputs: list[Node], *, max_parallelism: int = DEFAULT_MAX_PARALLELISM
 ) -> Plan:
     """Turn the part of ``flow`` that ``outputs`` need into a physical plan."""
     if not outputs:
@@ -270,168 +328,92 @@ def build_plan(
         msg = f"max_parallelism must be a positive number of key groups (default {DEFAULT_MAX_PARALLELISM}), got {max_parallelism!r}"
         raise PlanError(msg)
     order = _needed(outputs)
-    consumers: dict[int, int] = {}
+    planning = _Planning(flow, order, outputs, max_parallelism)
     for node in order:
-        for parent in node.inputs:
-            consumers[id(parent)] = consumers.get(id(parent), 0) + 1
-    required = _required_columns(flow, order, outputs)
-
-    ops: list[OpSpec] = []
-    edge_of: dict[int, Edge] = {}  # logical node -> edge that carries its output
-    chain_of: dict[int, OpSpec] = {}  # logical stateless node -> the chain op it ended in
-
-    for node in order:
-        kind, params = node.kind, node.params
-        schema = flow.schema_of(node)  # raises SchemaError / PlanError with the operator id
-        if kind == "source":
-            source = params["source"]
-            columns = required[id(node)]
-            read_columns = None
-            if columns is not ALL:
-                keep = [c for c in schema.names() if c in columns]
-                if not keep and len(schema):
-                    # Nothing downstream names a column (pl.lit(1), pl.len()), but every row
-                    # still counts: a batch of zero columns has zero rows, so read one column.
-                    keep = [schema.names()[0]]
-                if len(keep) < len(schema):
-                    source = source.with_columns_pruned(keep)
-                    read_columns = keep
-            spec = OpSpec(
-                node.id,
-                "source",
-                [],
-                schema,
-                [node.id],
-                {"source": source, "columns": read_columns},
-            )
-            ops.append(spec)
-            edge_of[id(node)] = Edge(spec.id)
-        elif kind == "side_output":
-            parent_edge = edge_of[id(node.inputs[0])]
-            edge_of[id(node)] = Edge(parent_edge.op, node.side or MAIN)
-        elif kind in STATELESS:
-            parent = node.inputs[0]
-            step = {
-                "id": node.id,
-                "kind": kind,
-                **{k: v for k, v in params.items() if k != "schema"},
-            }
-            if kind == "map_batches":
-                step["schema"] = schema
-            previous = chain_of.get(id(parent))
-            fusable = (
-                previous is not None
-                and consumers.get(id(parent), 0) == 1
-                and edge_of[id(parent)] == Edge(previous.id)
-            )
-            if fusable:
-                assert previous is not None
-                previous.params["steps"].append(step)
-                previous.steps.append(node.id)
-                previous.schema = schema
-                chain_of[id(node)] = previous
-            else:
-                spec = OpSpec(
-                    node.id, "chain", [edge_of[id(parent)]], schema, [node.id], {"steps": [step]}
-                )
-                ops.append(spec)
-                chain_of[id(node)] = spec
-            edge_of[id(node)] = Edge(chain_of[id(node)].id)
-        elif kind == "union":
-            spec = OpSpec(
-                node.id, "union", [edge_of[id(p)] for p in node.inputs], schema, [node.id]
-            )
-            ops.append(spec)
-            edge_of[id(node)] = Edge(spec.id)
-        elif kind in ("agg", "process", "window"):
-            # Keyed operators: a hash exchange, then the operator on the exchange's output.
-            parent = node.inputs[0]
-            upstream = flow.schema_of(parent)
-            exchange = _exchange(node, edge_of[id(parent)], upstream, max_parallelism)
-            keyed: dict[str, Any] = {"keys": params["keys"], "max_parallelism": max_parallelism}
-            if kind == "agg":
-                keyed.update(aggs=params["aggs"], agg=params["agg"](upstream))
-            elif kind == "process":
-                function = params["process"].bind(upstream, schema, max_parallelism)
-                keyed.update(process=function, fn=function.fn)
-            else:
-                keyed.update(aggs=params["aggs"], window=params["window"](upstream))
-            spec = OpSpec(node.id, kind, [Edge(exchange.id)], schema, [node.id], keyed)
-            ops.extend([exchange, spec])
-            edge_of[id(node)] = Edge(spec.id)
-        elif kind == "watermark":
-            spec = OpSpec(
-                node.id,
-                "watermark",
-                [edge_of[id(node.inputs[0])]],
-                schema,
-                [node.id],
-                {
-                    "column": params["column"],
-                    "delay_ms": params["delay_ms"],
-                    "idle_timeout_ms": params["idle_timeout_ms"],
-                    "dtype": schema[params["column"]],
-                },
-            )
-            ops.append(spec)
-            edge_of[id(node)] = Edge(spec.id)
-        elif kind == "sink":
-            spec = OpSpec(
-                node.id,
-                "sink",
-                [edge_of[id(node.inputs[0])]],
-                schema,
-                [node.id],
-                {"sink": params["sink"]},
-            )
-            ops.append(spec)
-            edge_of[id(node)] = Edge(spec.id)
-        else:
-            msg = f"internal: the planner does not know operator kind {kind!r} ({node.id!r})"
-            raise PlanError(msg)
+        flow.schema_of(node)  # raises SchemaError / PlanError with the operator id
+        kind_of(node.kind).plan(node, planning)
+    ops = planning.ops
 
     ids = [op.id for op in ops]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         msg = f"flow {flow.name!r}: several physical operators are called {twice}; rename the operator(s) with name="
         raise PlanError(msg)
-    fingerprint = fingerprint_of(
-        [_fingerprint_entry(op) for op in ops if op.stateful or op.kind in ("source", "sink")]
-    )
+    entries = [_physical(op).fingerprint(op) for op in ops]
+    fingerprint = fingerprint_of([entry for entry in entries if entry is not None])
     return Plan(flow.name, ops, [n.id for n in outputs], fingerprint)
 
 
-def _exchange(node: Node, upstream: Edge, schema: pl.Schema, max_parallelism: int) -> OpSpec:
-    """The hash exchange in front of a keyed operator: rows move to the owner of their key group."""
-    return OpSpec(
-        f"{node.id}.exchange",
-        "exchange",
-        [upstream],
-        schema,
-        [],
-        {"keys": node.params["keys"], "max_parallelism": max_parallelism},
-    )
+# ---------------------------------------------------------------------- per-split watermarks
+# (the design is in arrowflow._foundation.watermarks)
 
 
-def _fingerprint_entry(op: OpSpec) -> list[Any]:
-    """What a checkpoint's state depends on. Stateless operators are left out on purpose:
-    changing a filter between runs is fine (as in Flink), changing an aggregation is not."""
-    entry: list[Any] = [op.id, op.kind, op.steps, {k: str(v) for k, v in op.schema.items()}]
-    if op.kind == "agg":
-        entry.append(
-            {
-                "keys": op.params["keys"],
-                "aggs": {name: str(expr) for name, expr in op.params["aggs"].items()},
-                "state": {k: str(v) for k, v in op.params["agg"].state_schema.items()},
-                "max_parallelism": op.params["max_parallelism"],
-            }
-        )
-    if op.kind == "window":
-        entry.append(
-            {**op.params["window"].fingerprint(), "max_parallelism": op.params["max_parallelism"]}
-        )
-    elif op.kind == "process":
-        entry.append(
-            {**op.params["process"].fingerprint(), "max_parallelism": op.params["max_parallelism"]}
-        )
-    return entry
+def split_watermark_inputs(plan: Plan) -> dict[str, dict[str, bool]]:
+    """Watermark operators that can keep per-split watermarks, with their upstream sources.
+
+    For each watermark operator whose input reaches sources only through stateless chains and
+    unions on their main ports (so a source's batch arrives synchronously, while the worker
+    knows its split), the sources it reads -> True when the event-time column reaches it
+    unchanged (only filters, and ``with_columns`` that do not write the column, in between),
+    so that a source's statistics of that column bound what the operator sees.
+    """
+    by_id = {op.id: op for op in plan.ops}
+
+    def keeps(steps: list[dict[str, Any]], column: str) -> bool:
+        for step in steps:
+            if step["kind"] == "filter":
+                continue
+            if step["kind"] != "with_columns":
+                return False
+            for expr in step["exprs"]:
+                if uses_all_columns(expr) or expr.meta.output_name(raise_if_undetermined=False) in (
+                    None,
+                    column,
+                ):
+                    return False
+        return True
+
+    found: dict[str, dict[str, bool]] = {}
+    for spec in plan.ops:
+        if spec.kind != "watermark":
+            continue
+        column = spec.params["column"]
+        sources: dict[str, bool] = {}
+        pending = [(edge, True) for edge in spec.inputs]
+        direct = True
+        while pending and direct:
+            edge, unchanged = pending.pop()
+            op = by_id[edge.op]
+            if edge.port != MAIN:
+                direct = False
+            elif op.kind == "source":
+                sources[op.id] = sources.get(op.id, True) and unchanged
+            elif op.kind == "union":
+                pending.extend((each, unchanged) for each in op.inputs)
+            elif op.kind == "chain":
+                still = unchanged and keeps(op.params["steps"], column)
+                pending.extend((each, still) for each in op.inputs)
+            else:
+                direct = False
+        if direct and sources:
+            found[spec.id] = sources
+    return found
+
+
+def bound_columns(plan: Plan) -> dict[str, str]:
+    """Source id -> the event-time column whose lower bounds its splits should report: the
+    column of every per-split watermark operator downstream of it, when they agree and the
+    column reaches each of them unchanged."""
+    columns: dict[str, set[str | None]] = {}
+    by_id = {op.id: op for op in plan.ops}
+    for op_id, sources in split_watermark_inputs(plan).items():
+        column = by_id[op_id].params["column"]
+        for source_id, unchanged in sources.items():
+            columns.setdefault(source_id, set()).add(column if unchanged else None)
+    return {
+        source_id: name
+        for source_id, names in columns.items()
+        if len(names) == 1
+        for name in names
+        if name is not None
+    }

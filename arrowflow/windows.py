@@ -24,24 +24,20 @@ metrics. For a session, an event is late when ``ts + gap + allowed_lateness`` is
 that watermark. Each window fires once: allowed lateness delays the firing, it does not
 re-fire an updated row.
 
-The aggregates are the incremental ones of :mod:`arrowflow._graph.aggregates`, with the window start
-as an extra key; the runtime side is :mod:`arrowflow._runtime.window_op`.
+These are the values a user passes. The plan-time half of a window aggregation (schemas,
+state layout, window assignment) is :class:`arrowflow._graph.windows.WindowAgg`, over the
+incremental aggregates of :mod:`arrowflow._graph.aggregates` with the window start as an extra
+key; ``.window(...)`` returns an :class:`arrowflow._api.windowed.WindowedStream`; the runtime
+side is :mod:`arrowflow._runtime.window_op`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
-from arrowflow._foundation.watermarks import check_time_column, duration_arg, per_ms
-from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
-from arrowflow.errors import PlanError, SchemaError
-
-if TYPE_CHECKING:
-    from arrowflow._api.flow import KeyedStream, Stream
+from arrowflow._foundation.watermarks import duration_arg
+from arrowflow.errors import PlanError
 
 WINDOW_START, WINDOW_END = "window_start", "window_end"
 KINDS = ("tumbling", "sliding", "session")
@@ -91,181 +87,3 @@ def session(gap: str | timedelta) -> WindowSpec:
     ms = duration_arg(gap, "session(gap)", allow_zero=False)
     assert ms is not None
     return WindowSpec("session", gap_ms=ms)
-
-
-class WindowAgg:
-    """The plan-time half of a window aggregation: schemas, state layout, window assignment.
-
-    Window arithmetic happens on the physical integers of the time column (its unit);
-    watermarks arrive in microseconds and are converted once per watermark.
-    """
-
-    def __init__(
-        self,
-        spec: WindowSpec,
-        keys: list[str],
-        aggs: dict[str, pl.Expr],
-        input_schema: pl.Schema,
-        time_column: str,
-        allowed_lateness_ms: int,
-        operator_id: str,
-    ) -> None:
-        self.spec = spec
-        self.keys = list(keys)
-        self.time_column = time_column
-        self.operator_id = operator_id
-        self.dtype = check_time_column(input_schema, time_column, operator_id)
-        self.per_ms = per_ms(self.dtype)
-        taken = [c for c in (WINDOW_START, WINDOW_END) if c in keys or c in aggs]
-        if taken:
-            msg = (
-                f"operator {operator_id!r}: {taken[0]!r} is a column the window adds to its output; "
-                f"rename that key or aggregation"
-            )
-            raise PlanError(msg)
-        clash = [c for c in (WINDOW_START, WINDOW_END) if c in input_schema]
-        if clash:
-            msg = (
-                f"operator {operator_id!r}: the input already has a column {clash[0]!r}, which the window "
-                f"adds; rename it first, e.g. .rename({{{clash[0]!r}: 'previous_{clash[0]}'}})"
-            )
-            raise SchemaError(msg)
-        self.input_schema = input_schema
-        extended = pl.Schema({**input_schema, WINDOW_START: self.dtype})
-        self.agg = IncrementalAgg(
-            aggs, [*self.keys, WINDOW_START], extended, operator_id=operator_id
-        )
-        self.size = spec.size_ms * self.per_ms
-        self.every = spec.every_ms * self.per_ms
-        self.gap = spec.gap_ms * self.per_ms
-        self.lateness = allowed_lateness_ms * self.per_ms
-        names = list(self.agg.output_schema.names())
-        position = len(self.keys) + 1
-        self.output_schema = pl.Schema(
-            [(n, self.agg.output_schema[n]) for n in names[:position]]
-            + [(WINDOW_END, self.dtype)]
-            + [(n, self.agg.output_schema[n]) for n in names[position:]]
-        )
-        self.key_schema = self.agg.key_schema
-        if spec.kind == "session":
-            self.state_schema = pl.Schema({WINDOW_END: self.dtype, **self.agg.state_schema})
-        else:
-            self.state_schema = self.agg.state_schema
-        self.late_schema = pl.Schema(
-            {**input_schema, WINDOW_START: self.dtype, WINDOW_END: self.dtype}
-        )
-
-    @property
-    def is_session(self) -> bool:
-        return self.spec.kind == "session"
-
-    def to_units(self, watermark_us: int) -> int:
-        """A watermark (microseconds) in the time column's unit, rounded down."""
-        return watermark_us * self.per_ms // 1000
-
-    def assign(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """``batch`` with a physical ``__start`` column: one row per (event, window) for
-        tumbling and sliding windows."""
-        ts = pl.col(self.time_column).to_physical()
-        first = (ts // self.every) * self.every
-        if self.spec.kind == "tumbling" or self.size == self.every:
-            return batch.with_columns(first.alias("__start"))
-        copies = -(-self.size // self.every)
-        frames = []
-        for j in range(copies):
-            start = first - j * self.every
-            frames.append(
-                batch.with_columns(start.alias("__start")).filter(
-                    ts < pl.col("__start") + self.size
-                )
-            )
-        return pl.concat(frames, how="vertical")
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {
-            "window": self.spec.describe(),
-            "keys": self.keys,
-            "time": self.time_column,
-            "lateness": self.lateness,
-            "aggs": {t.name: f"{t.kind}({t.source})" for t in self.agg.terms},
-            "state": {k: str(v) for k, v in self.state_schema.items()},
-        }
-
-
-class WindowedStream:
-    """A keyed stream with a window: ``.agg(...)`` computes the window aggregation."""
-
-    def __init__(
-        self, keyed: KeyedStream, spec: WindowSpec, allowed_lateness: str | timedelta | None
-    ) -> None:
-        if not isinstance(spec, WindowSpec):
-            msg = (
-                f"window() expects af.tumbling(size), af.sliding(size, every=...) or af.session(gap=...), "
-                f"got {type(spec).__name__} {spec!r}"
-            )
-            raise PlanError(msg)
-        self.keyed = keyed
-        self.spec = spec
-        self.lateness_ms = duration_arg(allowed_lateness, "window(allowed_lateness=...)") or 0
-        self.time_column = _upstream_time_column(keyed.stream)
-
-    def agg(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
-        """One row per key and window: keys, window_start, window_end, then the aggregates."""
-        from arrowflow._api.flow import Stream
-
-        stream = self.keyed.stream
-        flow = stream.flow
-        op_id = flow._new_id("window", name)
-        aggs = named_aggregations(exprs, named, op_id)
-        keys = list(self.keyed.keys)
-        spec, time_column, lateness = self.spec, self.time_column, self.lateness_ms
-
-        def make(schema: pl.Schema, _id: list[str] = [op_id]) -> WindowAgg:  # noqa: B006 - set below
-            return WindowAgg(spec, keys, aggs, schema, time_column, lateness, _id[0])
-
-        late = {"late": lambda _output, _node=stream.node: make(flow.schema_of(_node)).late_schema}
-        node = flow._add(
-            "window",
-            [stream.node],
-            name,
-            keys=keys,
-            aggs=aggs,
-            window=make,
-            spec=spec,
-            time_column=time_column,
-            side_outputs=late,
-        )
-        make.__defaults__ = ([node.id],)  # name errors after the real operator id
-        return Stream(flow, flow._validate(node))
-
-    def __repr__(self) -> str:
-        return f"WindowedStream({self.keyed.stream.node.id!r}, keys={self.keyed.keys}, {self.spec.describe()})"
-
-
-def _upstream_time_column(stream: Stream) -> str:
-    """The event-time column of the nearest ``with_watermark`` upstream (or a PlanError)."""
-    pending = [stream.node]
-    seen: set[int] = set()
-    found: list[str] = []
-    while pending:
-        node = pending.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.kind == "watermark":
-            found.append(node.params["column"])
-            continue
-        pending.extend(node.inputs)
-    if not found:
-        msg = (
-            f"window() needs event time: add .with_watermark('ts', delay='5s') upstream of "
-            f"{stream.node.id!r} (before key_by), naming the event-time column"
-        )
-        raise PlanError(msg)
-    if len(set(found)) > 1:
-        msg = (
-            f"window(): the inputs of {stream.node.id!r} carry watermarks on different columns "
-            f"{sorted(set(found))}; give them one event-time column name"
-        )
-        raise PlanError(msg)
-    return found[0]

@@ -35,12 +35,16 @@ from __future__ import annotations
 import html
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from arrowflow._api.flow import Flow, Node, Stream, describe_expr
-from arrowflow._plan import MAIN, Plan, build_plan, describe_op
+from arrowflow._graph.kinds import kind_of
+from arrowflow._graph.nodes import Node
+from arrowflow._plan import MAIN, Plan, build_plan, describe_op, kind_named, set_html_renderer
+
+if TYPE_CHECKING:
+    from arrowflow._api.flow import Flow, Stream
 
 SCHEMA_LINES = 8  # columns shown per box; the rest as "+N more"
 UNKNOWN_SCHEMA = "schema unknown until run"
@@ -72,12 +76,9 @@ _svg_ids = itertools.count(1)  # distinct marker ids when several graphs share a
 
 
 def category(kind: str) -> str:
-    """Color family of an operator kind (logical or physical)."""
-    if kind in ("source", "sink", "exchange"):
-        return kind
-    if kind in ("agg", "process", "window"):
-        return "keyed"
-    return "stateless"  # filter, select, with_columns, map_batches, chain, union, watermark, side_output
+    """Color family of an operator kind (logical or physical): its kind's ``category``."""
+    found = kind_named(kind)
+    return found.category if found is not None else "stateless"
 
 
 # ---------------------------------------------------------------- graph model
@@ -547,36 +548,11 @@ def plan_html(plan: Plan) -> str:
 
 
 def describe_node(node: Node) -> str:
-    """One line on what a logical operator does."""
-    kind, params = node.kind, node.params
+    """One line on what a logical operator does (its kind's ``describe``)."""
     try:
-        if kind == "source":
-            return params["source"].describe()
-        if kind == "sink":
-            return params["sink"].describe()
-        if kind == "filter":
-            return "filter(" + ", ".join(describe_expr(e) for e in params["predicates"]) + ")"
-        if kind in ("select", "with_columns"):
-            return f"{kind}(" + ", ".join(describe_expr(e) for e in params["exprs"]) + ")"
-        if kind == "map_batches":
-            return f"map_batches({getattr(params['fn'], '__name__', type(params['fn']).__name__)})"
-        if kind == "union":
-            return f"union of {len(node.inputs)} inputs"
-        if kind == "agg":
-            aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
-            return f"running aggregation by {params['keys']}: {aggs}"
-        if kind == "window":
-            aggs = ", ".join(f"{k}={describe_expr(v)}" for k, v in params["aggs"].items())
-            return f"{params['spec'].describe()} windows by {params['keys']}: {aggs}"
-        if kind == "process":
-            return params["process"].describe()
-        if kind == "watermark":
-            return f"event time {params['column']!r}, watermark = max seen - {params['delay_ms']}ms"
-        if kind == "side_output":
-            return f"side output {node.side!r} of {node.inputs[0].id!r}"
+        return kind_of(node.kind).describe(node)
     except Exception:  # a display never fails on a half-built or unusual operator
-        pass
-    return kind
+        return node.kind
 
 
 def _schema_or_none(flow: Flow, node: Node) -> pl.Schema | None:
@@ -601,7 +577,7 @@ def _logical_svg(flow: Flow, nodes: list[Node], highlight: Node | None, title: s
                 continue
             if node.kind == "side_output":
                 links.append(_Link(parent.id, node.id, "side", start_label=node.side))
-            elif node.kind in ("agg", "process", "window"):
+            elif category(node.kind) == "keyed":
                 keys = ", ".join(node.params.get("keys", []))
                 links.append(_Link(parent.id, node.id, "exchange", end_label=f"key_by {keys}"))
             else:
@@ -665,5 +641,7 @@ def stream_html(stream: Stream, keyed_by: list[str] | None = None) -> str:
     body.append(_plan_details(lambda: build_plan(flow, [node])))
     return _wrap_html("arrowflow-stream", head, body)
 
+
+set_html_renderer(plan_html)
 
 __all__ = ["describe_node", "flow_html", "plan_html", "plan_svg", "stream_html"]

@@ -1,92 +1,44 @@
-"""The flow graph: what a user builds. A pure description — building it does no I/O.
+"""The user's facade over the graph model: what a user builds. Building it does no I/O.
 
-A :class:`Flow` owns a list of :class:`Node` objects. :class:`Stream` and
-:class:`KeyedStream` are thin handles on a node that add operators. Nothing runs until
-``flow.run()`` or ``stream.collect()``; then :mod:`arrowflow._plan` turns the nodes into a
-physical plan and a runtime executes it.
-
-Operator ids are stable and readable — ``read_parquet``, ``filter``, ``agg``, then
-``filter-2`` for the second filter — since checkpoints key state by them; ``name=``
-overrides them.
-
-Schemas are computed on demand. When every source upstream of an operator has a known
-schema (given ``schema=``, or in-memory data), the operator is checked as it is added, so a
-wrong column fails on the line that wrote it; otherwise the check happens at plan time,
-before any data moves.
+A :class:`Flow` is a :class:`arrowflow._graph.nodes.Graph` with the methods that add
+sources; :class:`Stream` and :class:`KeyedStream` are thin handles on a node that add
+operators. Nothing runs until ``flow.run()`` or ``stream.collect()``; then
+:mod:`arrowflow._plan` turns the nodes into a physical plan and a runtime executes it.
+Ids, schemas and validation are the graph model's (:mod:`arrowflow._graph.nodes`).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from arrowflow._api.display import flow_html, stream_html
+from arrowflow._api.windowed import WindowedStream
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._foundation.util import duration_ms
-from arrowflow._graph.aggregates import IncrementalAgg, batch_dependence, named_aggregations
+from arrowflow._foundation.watermarks import duration_arg
+from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
+from arrowflow._graph.graph import Graph
+from arrowflow._graph.kinds import check_side_output
+from arrowflow._graph.nodes import (
+    _ID,
+    Node,
+    _check_batch_independent,
+    _check_exprs,
+    _is_scalar,
+    describe_expr,
+)
+from arrowflow._plan import Plan, build_plan
+from arrowflow._process.context import ProcessFunction
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.options import COLLECT_DEFAULTS, DEFAULTS, START_DEFAULTS, RunOptions, options_from
 from arrowflow.sinks import Sink
-from arrowflow.sources import MALFORMED_SCHEMA, Source
+from arrowflow.sources import Source
 
 if TYPE_CHECKING:
     from arrowflow._runtime.result import RunResult
-
-_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
-STATELESS = ("filter", "select", "with_columns", "map_batches")
-# Physical operators the planner derives from a logical one, by id suffix.
-_DERIVED_IDS = {"agg": (".exchange",), "process": (".exchange",)}
-
-_DERIVED_IDS["window"] = (".exchange",)
-
-
-@dataclass(eq=False)
-class Node:
-    """One logical operator. ``params`` hold its expressions, function, source or sink."""
-
-    id: str
-    kind: str
-    inputs: list[Node]
-    params: dict[str, Any] = field(default_factory=dict)
-    side: str | None = None  # for kind == "side_output": which side output of inputs[0]
-    # The output schema once computed. Kept on the node, not in a dict keyed by id(node):
-    # nodes that are not part of the flow (collect()'s sink) die, and their id is reused.
-    schema: pl.Schema | None = field(default=None, repr=False)
-
-    def __repr__(self) -> str:
-        return f"Node({self.id!r}, {self.kind})"
-
-
-def _check_exprs(exprs: Sequence[Any], operator_id: str, what: str) -> list[pl.Expr]:
-    checked = []
-    for expr in exprs:
-        if isinstance(expr, str):
-            expr = pl.col(expr)
-        if not isinstance(expr, pl.Expr):
-            msg = (
-                f"operator {operator_id!r}: {what} expects polars expressions such as "
-                f"pl.col('amount') > 0, got {type(expr).__name__} {expr!r}"
-            )
-            raise PlanError(msg)
-        checked.append(expr)
-    return checked
-
-
-def _check_batch_independent(exprs: list[pl.Expr], operator_id: str, what: str) -> None:
-    """Refuse expressions whose result would depend on how rows are cut into batches."""
-    for expr in exprs:
-        reason = batch_dependence(expr)
-        if reason is not None:
-            msg = (
-                f"operator {operator_id!r}: {what} cannot use {describe_expr(expr)}: {reason}, so the "
-                f"result would depend on batch sizes and worker counts. Aggregate with "
-                f".key_by(...).agg(...) instead, or use .map_batches(fn) if a per-batch result is what you want."
-            )
-            raise PlanError(msg)
 
 
 def _check_splits(splits: Any, method: str) -> None:
@@ -97,28 +49,7 @@ def _check_splits(splits: Any, method: str) -> None:
         raise PlanError(msg)
 
 
-def _is_scalar(expr: pl.Expr) -> bool:
-    try:
-        return expr.meta.is_scalar()
-    except pl.exceptions.PolarsError:  # a Python function: polars cannot tell without a schema
-        return False
-
-
-def _polars_schema_error(operator_id: str, exc: Exception) -> SchemaError:
-    first = str(exc).strip().splitlines()[0]
-    msg = f"operator {operator_id!r}: {first}"
-    return SchemaError(msg)
-
-
-def uses_all_columns(expr: pl.Expr) -> bool:
-    """True when an expression may read columns it does not name (wildcards, selectors)."""
-    if expr.meta.has_multiple_outputs():
-        return True
-    text = expr.meta.serialize(format="json")
-    return any(word in text for word in ('"Selector"', '"Nth"', '"Wildcard"', '"DtypeColumn"'))
-
-
-class Flow:
+class Flow(Graph):
     """A named dataflow graph.
 
     >>> import arrowflow as af, polars as pl
@@ -129,58 +60,7 @@ class Flow:
     [4.0, 2.0]
     """
 
-    def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not _ID.match(name):
-            msg = f"Flow name must be letters, digits, '_', '-' or '.', got {name!r}"
-            raise PlanError(msg)
-        self.name = name
-        self.nodes: list[Node] = []
-        self._ids: set[str] = set()
-
-    # ------------------------------------------------------------------ graph building
-    def _new_id(self, kind: str, name: str | None) -> str:
-        derived = _DERIVED_IDS.get(kind, ())
-        if name is not None:
-            if not isinstance(name, str) or not _ID.match(name) or name in (".", ".."):
-                # Names become path components of state snapshot files: "." and ".." are not names.
-                msg = f"operator name must be letters, digits, '_', '-' or '.' (not '.' or '..'), got {name!r}"
-                raise PlanError(msg)
-            taken = [n for n in (name, *(name + suffix for suffix in derived)) if n in self._ids]
-            if taken and taken[0] == name:
-                msg = f"two operators are named {name!r}; operator names must be unique in a flow"
-                raise PlanError(msg)
-            if taken:
-                msg = (
-                    f"operator name {name!r} is not free: the plan would call its {kind} part "
-                    f"{taken[0]!r}, a name another operator has; choose another name"
-                )
-                raise PlanError(msg)
-            return name
-        candidate, n = kind, 1
-        while candidate in self._ids or any(candidate + suffix in self._ids for suffix in derived):
-            n += 1
-            candidate = f"{kind}-{n}"
-        return candidate
-
-    def _add(self, kind: str, inputs: list[Node], name: str | None = None, **params: Any) -> Node:
-        node_id = self._new_id(params.pop("id_kind", kind), name)
-        node = Node(node_id, kind, inputs, params)
-        # The plan adds operators named after this one (an aggregation's exchange): keep
-        # those names free too, or two physical operators would share an id.
-        self._ids.update([node_id, *(node_id + suffix for suffix in _DERIVED_IDS.get(kind, ()))])
-        self.nodes.append(node)
-        return node
-
-    def _remove(self, node: Node) -> None:
-        self.nodes.remove(node)
-        self._ids.difference_update(
-            [node.id, *(node.id + suffix for suffix in _DERIVED_IDS.get(node.kind, ()))]
-        )
-
-    def unused_id(self, base: str) -> str:
-        """``base``, or ``base-2``, ``base-3``... whichever no operator of the flow uses."""
-        return self._new_id(base, None)
-
+    # ------------------------------------------------------------------ sources
     def source(self, source: Source, *, name: str | None = None) -> Stream:
         """A stream from any :class:`arrowflow.sources.Source` object."""
         if not isinstance(source, Source):
@@ -380,115 +260,11 @@ class Flow:
         _check_splits(splits, "from_arrow")
         return self.source(MemorySource.from_arrow(data, splits=splits), name=name)
 
-    # ------------------------------------------------------------------ schemas
-    def schema_of(self, node: Node) -> pl.Schema:
-        """The output schema of ``node`` (may read source metadata)."""
-        if node.schema is None:
-            node.schema = self._compute_schema(node)
-        return node.schema
-
-    def schema_is_static(self, node: Node) -> bool:
-        """True when the schema can be computed without any I/O."""
-        if node.kind == "source":
-            return bool(getattr(node.params["source"], "schema_is_static", False))
-        return all(self.schema_is_static(parent) for parent in node.inputs)
-
-    def _compute_schema(self, node: Node) -> pl.Schema:
-        kind, params = node.kind, node.params
-        if kind == "source":
-            return params["source"].schema()
-        if kind == "side_output":
-            return side_output_schema(self, node)
-        upstream = self.schema_of(node.inputs[0]) if node.inputs else pl.Schema()
-        try:
-            if kind == "filter":
-                lf = pl.LazyFrame(schema=upstream)
-                for predicate in params["predicates"]:
-                    dtype = lf.select(predicate).collect_schema().dtypes()
-                    if len(dtype) != 1 or dtype[0] != pl.Boolean:
-                        msg = (
-                            f"operator {node.id!r}: a filter predicate must be a Boolean expression, "
-                            f"{predicate} is {dtype[0] if len(dtype) == 1 else dtype}; "
-                            f"compare it with something, e.g. pl.col('x') > 0"
-                        )
-                        raise SchemaError(msg)
-                return upstream
-            if kind == "select":
-                return pl.LazyFrame(schema=upstream).select(params["exprs"]).collect_schema()
-            if kind == "with_columns":
-                return pl.LazyFrame(schema=upstream).with_columns(params["exprs"]).collect_schema()
-        except pl.exceptions.PolarsError as exc:
-            raise _polars_schema_error(node.id, exc) from None
-        if kind == "map_batches":
-            declared = params.get("schema")
-            if declared is not None:
-                return declared
-            try:
-                out = params["fn"](pl.DataFrame(schema=upstream))
-            except Exception as exc:
-                msg = (
-                    f"operator {node.id!r}: the function could not be run on an empty batch to learn "
-                    f"its output schema ({type(exc).__name__}: {exc}); pass schema={{...}} to map_batches"
-                )
-                raise SchemaError(msg) from None
-            if not isinstance(out, pl.DataFrame):
-                msg = (
-                    f"operator {node.id!r}: the map_batches function must return a polars DataFrame, "
-                    f"it returned {type(out).__name__}"
-                )
-                raise PlanError(msg)
-            return out.schema
-        if kind == "union":
-            schemas = [self.schema_of(parent) for parent in node.inputs]
-            first = schemas[0]
-            for parent, other in zip(node.inputs[1:], schemas[1:], strict=True):
-                if other != first:
-                    diffs = [
-                        f"{col}: {first.get(col)} vs {other.get(col)}"
-                        for col in dict.fromkeys([*first.names(), *other.names()])
-                        if first.get(col) != other.get(col)
-                    ]
-                    msg = (
-                        f"operator {node.id!r}: union needs the same columns and types in every input; "
-                        f"{node.inputs[0].id!r} and {parent.id!r} differ in {', '.join(diffs) or 'column order'}; "
-                        f"align them with .select(...) and .cast(...) first"
-                    )
-                    raise SchemaError(msg)
-            return first
-        if kind == "agg":
-            return params["agg"](upstream).output_schema
-        if kind == "watermark":
-            from arrowflow._foundation.watermarks import check_time_column
-
-            check_time_column(upstream, params["column"], node.id)
-            return upstream
-        if kind == "window":
-            return params["window"](upstream).output_schema
-        if kind == "process":
-            return params["process"].learn_schema(upstream)
-        if kind == "sink":
-            params["sink"].validate(upstream, node.id)
-            return upstream
-        msg = f"internal: no schema rule for operator kind {kind!r}"
-        raise PlanError(msg)
-
-    def _validate(self, node: Node) -> Node:
-        if self.schema_is_static(node):
-            try:
-                self.schema_of(node)
-            except Exception:
-                self._remove(node)
-                raise
-        return node
-
     # ------------------------------------------------------------------ running
-    def sinks(self) -> list[Node]:
-        return [n for n in self.nodes if n.kind == "sink"]
-
-    def plan(self, *, outputs: list[Node] | None = None, max_parallelism: int | None = None) -> Any:
+    def plan(
+        self, *, outputs: list[Node] | None = None, max_parallelism: int | None = None
+    ) -> Plan:
         """The physical plan of the flow (or of the part that ``outputs`` need)."""
-        from arrowflow._plan import build_plan
-
         return build_plan(
             self,
             outputs if outputs is not None else self.sinks(),
@@ -682,38 +458,10 @@ class Flow:
         return sinks
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import flow_html
-
         return flow_html(self)
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, {len(self.nodes)} operators)"
-
-
-def check_side_output(parent: Node, side: str) -> None:
-    """Raise a PlanError unless ``parent`` has a side output called ``side`` (no schema needed)."""
-    if side == "malformed":
-        if parent.kind != "source":
-            msg = (
-                f"side output 'malformed' exists on sources only; {parent.id!r} is a {parent.kind}; "
-                f"call .side_output('malformed') on the stream a read_* method returned"
-            )
-            raise PlanError(msg)
-        return
-    declared = parent.params.get("side_outputs", {})
-    if side not in declared:
-        names = ["malformed"] if parent.kind == "source" else sorted(declared)
-        msg = f"operator {parent.id!r} ({parent.kind}) has no side output {side!r}; it has: {names or 'none'}"
-        raise PlanError(msg)
-
-
-def side_output_schema(flow: Flow, node: Node) -> pl.Schema:
-    parent = node.inputs[0]
-    assert node.side is not None
-    check_side_output(parent, node.side)
-    if node.side == "malformed":
-        return MALFORMED_SCHEMA
-    return parent.params["side_outputs"][node.side](flow.schema_of(parent))
 
 
 class Stream:
@@ -857,8 +605,6 @@ class Stream:
         watched source that produces nothing for that long stops holding event time back until
         it does again. See :mod:`arrowflow._foundation.watermarks`.
         """
-        from arrowflow._foundation.watermarks import duration_arg
-
         if not isinstance(column, str):
             msg = f"with_watermark() expects the name of the event-time column, got {type(column).__name__} {column!r}"
             raise PlanError(msg)
@@ -1138,13 +884,9 @@ class Stream:
         return self.collect(limit=n, **options)
 
     def explain(self) -> str:
-        from arrowflow._plan import build_plan
-
         return build_plan(self.flow, [self.node]).explain()
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import stream_html
-
         return stream_html(self)
 
     def __repr__(self) -> str:
@@ -1202,8 +944,6 @@ class KeyedStream:
         ``event_time="ts"`` measures state TTLs in event time instead of processing time.
         See :mod:`arrowflow._process.context` for the state methods and a worked example.
         """
-        from arrowflow._process.context import ProcessFunction
-
         flow = self.stream.flow
         op_id = flow._new_id("process", name)
         function = ProcessFunction.build(
@@ -1231,31 +971,14 @@ class KeyedStream:
         function.operator_id = node.id
         return Stream(flow, flow._validate(node))
 
-    def window(self, window: Any, *, allowed_lateness: Any = None) -> Any:
+    def window(self, window: Any, *, allowed_lateness: Any = None) -> WindowedStream:
         """Event-time windows per key: ``af.tumbling("60s")``, ``af.sliding("60s", every="10s")``,
         ``af.session(gap="30s")``; then ``.agg(...)``. Needs ``with_watermark`` upstream.
         See :mod:`arrowflow.windows` for when windows fire and what is late."""
-        from arrowflow.windows import WindowedStream
-
         return WindowedStream(self, window, allowed_lateness)
 
     def _repr_html_(self) -> str:
-        from arrowflow._api.display import stream_html
-
         return stream_html(self.stream, keyed_by=self.keys)
 
     def __repr__(self) -> str:
         return f"KeyedStream({self.stream.node.id!r}, keys={self.keys})"
-
-
-def describe_expr(expr: pl.Expr) -> str:
-    text = str(expr)
-    return text if len(text) < 80 else text[:77] + "..."
-
-
-def fingerprint_of(payload: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]

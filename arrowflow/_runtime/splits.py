@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, bound_columns
-from arrowflow._plan import Plan
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+from arrowflow._plan import Plan, bound_columns
 from arrowflow.sources import Split
 
 #: ``next_split`` answer for an unbounded source with nothing to hand out *yet*.

@@ -56,6 +56,7 @@ from typing import Any, Literal
 import polars as pl
 
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, to_micros
+from arrowflow._graph.windows import WindowAgg
 from arrowflow._plan import OpSpec
 from arrowflow._runtime.checkpoints import encode_spec
 from arrowflow._runtime.operators import Operator, restore_stores, snapshot_stores
@@ -74,7 +75,7 @@ from arrowflow.state import (
     read_ipc_bytes,
     read_verified,
 )
-from arrowflow.windows import WINDOW_END, WINDOW_START, WindowAgg
+from arrowflow.windows import WINDOW_END, WINDOW_START
 
 #: Buffered window rows (one per open window) merged into the store once exceeded.
 BUFFER_ROWS = 4_000_000
@@ -86,11 +87,10 @@ END = "__end"
 START = "__start"
 
 
-def make_event_time_op(
+def make_window_op(
     spec: OpSpec, backend: StateBackend, key_range: range, context: StoreContext
 ) -> Operator:
-    if spec.kind == "watermark":
-        return WatermarkOp(spec)
+    """The physical operator of a window aggregation: sessions merge, the other windows not."""
     window: WindowAgg = spec.params["window"]
     if window.is_session:
         return SessionWindowOp(spec, backend, key_range, context)

@@ -29,6 +29,8 @@ checkpoints (the final one commits the output) until the coordinator says ``exit
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,17 +39,9 @@ import polars as pl
 
 from arrowflow._foundation.faults import fault_point
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_group_range
-from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, split_watermark_inputs
-from arrowflow._plan import Plan
-from arrowflow._runtime.operators import (
-    AggOp,
-    ChainOp,
-    ExchangeOp,
-    Operator,
-    RuntimeContext,
-    SinkOp,
-    UnionOp,
-)
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+from arrowflow._plan import OpSpec, Plan, split_watermark_inputs
+from arrowflow._runtime.operators import ExchangeOp, Operator, RuntimeContext, SinkOp
 from arrowflow._runtime.splits import WAIT
 from arrowflow.runners import ControlLink, Transport
 from arrowflow.sources import Split, SplitReader
@@ -178,6 +172,41 @@ class WorkerReport:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+def build_operator(spec: OpSpec, resources: dict[str, Any]) -> Operator:
+    """The physical operator of ``spec``, in this worker. Called once per operator when the
+    worker starts (no table of kinds is needed: a pool worker never saw it).
+
+    Parameters
+    ----------
+    spec
+        The operator's spec. ``spec.operator`` is the ``"module:object"`` its kind names (an
+        :class:`Operator` subclass, or a function returning one); it is imported, then called
+        with the spec and, by name, each further parameter it declares.
+    resources
+        What the worker offers those parameters: ``link`` (the coordinator link),
+        ``batch_size`` (rows per source batch, None: the reader's choice), ``worker`` (this
+        worker's index), ``parallelism`` (the number of workers), ``backend`` (the state
+        backend), ``key_range`` (the key groups this worker owns) and ``context`` (the
+        :class:`arrowflow.state.StoreContext` of keyed stores).
+    """
+    module_name, _, attr = spec.operator.partition(":")
+    if not module_name or not attr:
+        msg = f"internal: no runtime operator for kind {spec.kind!r} ({spec.id!r})"
+        raise NotImplementedError(msg)
+    factory: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    wanted = list(inspect.signature(factory).parameters.values())[1:]
+    unknown = [p.name for p in wanted if p.name not in resources and p.default is p.empty]
+    if unknown:
+        msg = (
+            f"internal: the operator {spec.operator} of {spec.id!r} asks for {unknown}; a worker "
+            f"offers {sorted(resources)}"
+        )
+        raise NotImplementedError(msg)
+    return factory(spec, **{p.name: resources[p.name] for p in wanted if p.name in resources})
+
+
 class Worker:
     def __init__(
         self,
@@ -208,35 +237,22 @@ class Worker:
         self.sources: list[SourceOp] = []
         key_range = key_group_range(index, parallelism, max_parallelism)
         context = StoreContext(local_dir=local_dir, worker=index, parallelism=parallelism)
+        # What an operator's constructor may ask for, by parameter name (see build_operator).
+        resources = {
+            "link": link,
+            "batch_size": batch_size or (DEFAULT_BATCH_ROWS if parallelism > 1 else None),
+            "worker": index,
+            "parallelism": parallelism,
+            "backend": backend,
+            "key_range": key_range,
+            "context": context,
+        }
         for spec in plan.ops:
-            op: Operator
-            if spec.kind == "source":
-                op = SourceOp(
-                    spec, link, batch_size or (DEFAULT_BATCH_ROWS if parallelism > 1 else None)
-                )
+            op = build_operator(spec, resources)
+            if isinstance(op, SourceOp):
                 self.sources.append(op)
-            elif spec.kind == "chain":
-                op = ChainOp(spec)
-            elif spec.kind == "union":
-                op = UnionOp(spec)
-            elif spec.kind == "exchange":
-                op = ExchangeOp(spec, index, parallelism)
+            if isinstance(op, ExchangeOp):
                 op.transport = transport
-            elif spec.kind == "agg":
-                op = AggOp(spec, backend, key_range, context)
-            elif spec.kind == "process":
-                from arrowflow._runtime.process_op import ProcessOp
-
-                op = ProcessOp(spec, backend, key_range, context)
-            elif spec.kind in ("watermark", "window"):
-                from arrowflow._runtime.window_op import make_event_time_op
-
-                op = make_event_time_op(spec, backend, key_range, context)
-            elif spec.kind == "sink":
-                op = SinkOp(spec, index, parallelism)
-            else:
-                msg = f"internal: no runtime operator for kind {spec.kind!r}"
-                raise NotImplementedError(msg)
             self.ops[spec.id] = op
         for spec in plan.ops:
             for index_in, edge in enumerate(spec.inputs):
