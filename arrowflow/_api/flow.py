@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from arrowflow._api.display import flow_html, stream_html
+from arrowflow._api.job import Job, run_plan
+from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LimitSink, LiveResults, TapSink
 from arrowflow._api.windowed import WindowedStream
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._foundation.util import duration_ms
@@ -349,8 +351,6 @@ class Flow(Graph):
         WorkerError
             A worker failed and the run was not (or no longer) restarted.
         """
-        from arrowflow._api.job import run_plan
-
         sinks = self.sinks_or_error()
         chosen = options_from(
             "flow.run()",
@@ -408,10 +408,6 @@ class Flow(Graph):
         PlanError
             The flow has no sinks, an unknown option, or an invalid one.
         """
-        from arrowflow._api.job import Job, run_plan
-        from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
-        from arrowflow._plan import build_plan
-
         sinks = self.sinks_or_error()
         limit = DEFAULT_RESULTS_LIMIT if results_limit is None else results_limit
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
@@ -809,9 +805,6 @@ class Stream:
             An invalid option or ``limit``, ``limit`` with workers, checkpoint options, or an
             unbounded stream without ``limit``.
         """
-        from arrowflow._api.job import run_plan
-        from arrowflow._api.live import LimitSink
-        from arrowflow._plan import build_plan
         from arrowflow.io.memory import CollectSink
 
         chosen = options_from(
