@@ -3,7 +3,8 @@
 ::
 
     arrowflow run job.py[:flow] [--workers N] [--state NAME] [--checkpoint-dir URL]
-                  [--checkpoint-every 10s] [--restore latest|none|ID] [--batch-size N] [--[no-]progress]
+                  [--checkpoint-every 10s] [--restore latest|none|ID] [--batch-size N]
+                  [--runner NAME] [--[no-]progress]
     arrowflow demo [--dir PATH] [--rows N] [--workers N]
 
 ``run`` imports ``job.py`` as a module (its ``if __name__ == "__main__":`` block does not run),
@@ -32,6 +33,7 @@ from typing import Any
 from arrowflow._api.flow import Flow
 from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
+from arrowflow.options import DEFAULTS, START_DEFAULTS, RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -275,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, metavar="N", help="rows per batch read from sources"
     )
     run.add_argument(
+        "--runner",
+        metavar="NAME",
+        help="a registered runner: inprocess, pool, or a plug-in's (default: from --workers)",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -339,7 +346,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, flow_name = split_target(args.target)
     module = load_module(Path(path))
     flow = pick_flow(module, flow_name, path)
-    options: dict[str, Any] = {}
+    if flow.plan().bounded:
+        result = flow.run(options=options_from_args(args))
+    else:
+        result = run_until_signalled(flow, options_from_args(args, base=START_DEFAULTS))
+    print(format_summary(flow, result))
+    return EXIT_OK
+
+
+def options_from_args(args: argparse.Namespace, *, base: RunOptions = DEFAULTS) -> RunOptions:
+    """The run options the ``run`` flags give; a flag left out keeps ``base``'s default
+    (``flow.run``'s; ``flow.start``'s for an unbounded flow)."""
+    given: dict[str, Any] = {}
     for flag in (
         "workers",
         "state",
@@ -347,20 +365,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         "checkpoint_every",
         "restore",
         "batch_size",
+        "runner",
         "progress",
     ):
         value = getattr(args, flag)
         if value is not None:
-            options[flag] = None if (flag, value) == ("restore", "none") else value
-    if flow.plan().bounded:
-        result = flow.run(**options)
-    else:
-        result = run_until_signalled(flow, options)
-    print(format_summary(flow, result))
-    return EXIT_OK
+            given[flag] = None if (flag, value) == ("restore", "none") else value
+    return base.replace(**given)
 
 
-def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
+def run_until_signalled(flow: Any, options: RunOptions) -> Any:
     """An unbounded flow runs until SIGINT or SIGTERM, then stops cleanly: with a checkpoint
     directory, after a final checkpoint (a savepoint) that a later ``--restore latest`` resumes."""
     import signal
@@ -373,17 +387,17 @@ def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        job = flow.start(results=False, **options)
+        job = flow.start(results=False, options=options)
         print(
             f"arrowflow run: {flow.name!r} follows unbounded sources; SIGINT or SIGTERM stops it "
-            f"{'after a final checkpoint' if options.get('checkpoint_dir') else '(no checkpoint_dir: nothing saved)'}",
+            f"{'after a final checkpoint' if options.checkpoint_dir else '(no checkpoint_dir: nothing saved)'}",
             file=sys.stderr,
             flush=True,
         )
         while not stop.wait(0.2):
             if job.status != "running":
                 return job.wait()
-        return job.stop(savepoint=bool(options.get("checkpoint_dir")))
+        return job.stop(savepoint=bool(options.checkpoint_dir))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -86,6 +86,8 @@ _BUILTIN: tuple[Entry, ...] = (
     Entry("state", "arrow", "arrowflow.backends.arrow_ipc:ArrowBackend"),
     Entry("state", "lmdb", "arrowflow.backends.lmdb:LmdbBackend"),
     Entry("state", "sql", "arrowflow.backends.sql:SqlBackend", extra="arrowflow[sql]"),
+    Entry("runner", "inprocess", "arrowflow._runtime.inprocess:InProcessRunner"),
+    Entry("runner", "pool", "arrowflow._runtime.pool:PoolRunner"),
 )
 
 _lock = threading.Lock()

@@ -193,3 +193,6 @@ class CollectSink(CollectingSink):
     """Gathers a stream's rows in the coordinator (``stream.collect()``)."""
 
     kind = "collect"
+
+    def returned_rows(self) -> list[pl.DataFrame]:
+        return self.frames

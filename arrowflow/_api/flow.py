@@ -16,6 +16,8 @@ import polars as pl
 
 import arrowflow.registry as registry
 from arrowflow._api.display import flow_html, stream_html
+from arrowflow._api.job import Job, run_plan
+from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LimitSink, LiveResults, TapSink
 from arrowflow._api.windowed import WindowedStream
 from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
@@ -35,6 +37,7 @@ from arrowflow._graph.nodes import (
 from arrowflow._plan import Plan, build_plan
 from arrowflow._process.context import ProcessFunction
 from arrowflow.errors import PlanError, SchemaError
+from arrowflow.options import COLLECT_DEFAULTS, DEFAULTS, START_DEFAULTS, RunOptions, options_from
 from arrowflow.sinks import Sink
 from arrowflow.sources import Source
 
@@ -511,55 +514,98 @@ class Flow(Graph):
     def run(
         self,
         *,
-        workers: int | None = None,
-        state: Any = "memory",
-        checkpoint_dir: str | None = None,
-        checkpoint_every: Any = None,
-        restore: str | int | None = "latest",
-        batch_size: int | None = None,
+        workers: int | None = DEFAULTS.workers,
+        state: Any = DEFAULTS.state,
+        checkpoint_dir: str | None = DEFAULTS.checkpoint_dir,
+        checkpoint_every: Any = DEFAULTS.checkpoint_every,
+        restore: str | int | None = DEFAULTS.restore,
+        batch_size: int | None = DEFAULTS.batch_size,
         max_parallelism: int | None = None,
-        progress: bool | None = None,
-        storage_options: dict[str, Any] | None = None,
-        keep_checkpoints: int = 3,
-        max_restarts: int = 3,
+        progress: bool | None = DEFAULTS.progress,
+        storage_options: dict[str, Any] | None = DEFAULTS.storage_options,
+        keep_checkpoints: int = DEFAULTS.keep_checkpoints,
+        max_restarts: int = DEFAULTS.max_restarts,
         control: Any = None,
+        runner: str | None = DEFAULTS.runner,
+        options: RunOptions | None = None,
     ) -> RunResult:
         """Run every sink of the flow to the end of its (bounded) input.
 
-        ``workers=N`` uses N worker processes (default: one per core); ``workers=0`` runs in
-        this process (the in-process executor: same results, easier debugging).
+        With ``checkpoint_dir`` the run checkpoints on ``checkpoint_every`` and at its end,
+        resumes from the newest complete checkpoint there, restarts failed workers from it up
+        to ``max_restarts`` times, and keeps the newest ``keep_checkpoints``. File and
+        database outputs then hold every row exactly once.
 
-        With ``checkpoint_dir`` (any fsspec URL) the run checkpoints on ``checkpoint_every``
-        (``"10s"``, ``af.every_rows(n)`` or a trigger object) and at its end, resumes from the
-        newest complete checkpoint there (``restore="latest"``, an id, or None for a fresh
-        start), restarts failed workers from it up to ``max_restarts`` times, and keeps the
-        newest ``keep_checkpoints``. File and database outputs then hold every row exactly once.
+        Parameters
+        ----------
+        workers
+            Worker processes (default: one per core); ``0`` runs in this process (the
+            in-process runner: same results, easier debugging).
+        state
+            The state backend: ``"memory"`` (default), ``"arrow"``, ``"lmdb"``, ``"sql"``, a
+            ``postgresql://`` or ``sqlite://`` URL, or a StateBackend object.
+        checkpoint_dir
+            Where checkpoints go (any fsspec URL); None: no checkpoints.
+        checkpoint_every
+            ``"10s"``, ``af.every_rows(n)`` or a trigger object; needs ``checkpoint_dir``.
+        restore
+            ``"latest"`` (default: the newest complete checkpoint, if any), a checkpoint id,
+            or None for a fresh start.
+        batch_size
+            Rows per batch read from sources (default: the source's in one process, 262,144
+            in a pool).
+        max_parallelism
+            Key groups of keyed state (None: the default, 128), fixed for a checkpoint
+            directory.
+        progress
+            A progress bar; None (default): when a terminal or a notebook shows it.
+        storage_options
+            fsspec options for ``checkpoint_dir``.
+        keep_checkpoints
+            Complete checkpoints kept (default 3).
+        max_restarts
+            Restarts from checkpoints before the run fails (default 3).
+        control
+            Internal: the control of a background job (``flow.start``).
+        runner
+            A runner registered in :mod:`arrowflow.registry` (``"inprocess"``, ``"pool"``, or
+            a plug-in's); default: decided by ``workers``.
+        options
+            All of the above as one :class:`arrowflow.RunOptions`, instead of the keywords.
+
+        Returns
+        -------
+        RunResult
+            Counts per operator, checkpoints taken, restarts and their reasons.
+
+        Raises
+        ------
+        PlanError
+            The flow has no sinks, or an option is invalid (see :class:`arrowflow.RunOptions`).
+        WorkerError
+            A worker failed and the run was not (or no longer) restarted.
         """
-        sinks = self.sinks()
-        if not sinks:
-            msg = (
-                f"flow {self.name!r} has no sinks, so running it would compute nothing; add one with "
-                f"stream.write_parquet(...) (or write_csv/ndjson/ipc/database), or use stream.collect()"
-            )
-            raise PlanError(msg)
-        from arrowflow._runtime import execute
-
-        plan = self.plan(outputs=sinks, max_parallelism=max_parallelism)
-        return execute(
-            plan,
-            workers=workers,
-            state=state,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            restore=restore,
-            batch_size=batch_size,
-            max_parallelism=max_parallelism,
-            progress=progress,
-            storage_options=storage_options,
-            keep_checkpoints=keep_checkpoints,
-            max_restarts=max_restarts,
-            control=control,
+        sinks = self.sinks_or_error()
+        chosen = options_from(
+            "flow.run()",
+            {
+                "workers": workers,
+                "state": state,
+                "checkpoint_dir": checkpoint_dir,
+                "checkpoint_every": checkpoint_every,
+                "restore": restore,
+                "batch_size": batch_size,
+                "max_parallelism": max_parallelism,
+                "progress": progress,
+                "storage_options": storage_options,
+                "keep_checkpoints": keep_checkpoints,
+                "max_restarts": max_restarts,
+                "runner": runner,
+            },
+            options=options,
         )
+        plan = self.plan(outputs=sinks, max_parallelism=chosen.max_parallelism)
+        return run_plan(plan, chosen, control)
 
     def start(
         self,
@@ -568,25 +614,41 @@ class Flow(Graph):
         results_limit: int | None = None,
         **run_options: Any,
     ) -> Any:
-        """Run the flow in the background; returns a :class:`arrowflow._api.job.Job` at once.
+        """Run the flow in the background; returns a :class:`arrowflow.Job` at once.
 
-        Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.metrics()``,
-        ``job.checkpoint()``, ``job.stop(savepoint=True)`` and ``job.wait()`` work from any
-        thread; in Jupyter, ``job`` shows a live view. ``job.results(stream)`` returns what a
-        stream produced so far: the streams the sinks write, and those in ``results`` (a side
-        output, a stream before an aggregation), each its newest ``results_limit`` rows
-        (default 100,000); ``results=False`` keeps none (a service that nobody watches).
+        ``job.status``, ``job.progress``, ``job.metrics()``, ``job.checkpoint()``,
+        ``job.stop(savepoint=True)`` and ``job.wait()`` work from any thread; in Jupyter,
+        ``job`` shows a live view.
+
+        Parameters
+        ----------
+        results
+            Streams whose rows ``job.results(stream)`` returns as they are produced, besides
+            those the sinks write (a side output, a stream before an aggregation);
+            ``False`` keeps none (a service that nobody watches).
+        results_limit
+            Rows kept per stream in ``job.results``, the newest (default 100,000).
+        **run_options
+            The options of :meth:`run` (``workers``, ``checkpoint_dir``, ... or
+            ``options=RunOptions(...)``); ``progress`` defaults to False.
+
+        Returns
+        -------
+        Job
+            The running job.
+
+        Raises
+        ------
+        PlanError
+            The flow has no sinks, an unknown option, or an invalid one.
         """
-        from arrowflow._api.job import Job
-        from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
-        from arrowflow._plan import build_plan
-        from arrowflow._runtime import execute
-
         sinks = self.sinks_or_error()
         limit = DEFAULT_RESULTS_LIMIT if results_limit is None else results_limit
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             msg = f"results_limit must be a positive number of rows, got {results_limit!r}"
             raise PlanError(msg)
+        given = run_options.pop("options", None)
+        chosen = options_from("flow.start()", run_options, base=START_DEFAULTS, options=given)
         watched: list[Node] = []
         for sink in sinks if results is not False else ():
             if sink.inputs[0] not in watched:
@@ -608,31 +670,12 @@ class Flow(Graph):
             )
             tap_nodes.append(tap)
             taps[node.id] = (tap.id, self.schema_of(node))
-        groups = run_options.get("max_parallelism") or DEFAULT_MAX_PARALLELISM
-        plan = build_plan(self, [*sinks, *tap_nodes], max_parallelism=groups)
-        options = {
-            "workers": None,
-            "state": "memory",
-            "checkpoint_dir": None,
-            "checkpoint_every": None,
-            "restore": "latest",
-            "batch_size": None,
-            "max_parallelism": None,
-            "progress": False,
-            "storage_options": None,
-            "keep_checkpoints": 3,
-            "max_restarts": 3,
-        }
-        unknown = sorted(set(run_options) - set(options))
-        if unknown:
-            msg = f"flow.start() got unknown options {unknown}; it takes those of flow.run(): {sorted(options)}"
-            raise PlanError(msg)
-        options.update(run_options)
+        plan = build_plan(self, [*sinks, *tap_nodes], max_parallelism=chosen.max_parallelism)
 
-        def run(control: Any, **kwargs: Any) -> Any:
-            return execute(plan, control=control, **kwargs)
+        def run(control: Any) -> Any:
+            return run_plan(plan, chosen, control)
 
-        return Job(self.name, run, options, results=LiveResults(limit), taps=taps)
+        return Job(self.name, run, chosen, results=LiveResults(limit), taps=taps)
 
     def sinks_or_error(self) -> list[Node]:
         sinks = self.sinks()
@@ -1059,43 +1102,94 @@ class Stream:
     def collect(
         self,
         *,
-        workers: int | None = 0,
-        state: Any = "memory",
-        batch_size: int | None = None,
+        workers: int | None = COLLECT_DEFAULTS.workers,
+        state: Any = COLLECT_DEFAULTS.state,
+        batch_size: int | None = COLLECT_DEFAULTS.batch_size,
         max_parallelism: int | None = None,
         limit: int | None = None,
-        progress: bool | None = False,
+        progress: bool | None = COLLECT_DEFAULTS.progress,
         timeout: Any = None,
+        runner: str | None = COLLECT_DEFAULTS.runner,
+        options: RunOptions | None = None,
     ) -> pl.DataFrame:
         """Run the part of the flow this stream needs and return its rows as a DataFrame.
 
-        ``limit=n`` stops as soon as n rows arrived (in this process, reading small batches),
-        so a look at a large folder costs the few files it takes; see :meth:`head`. Over an
-        unbounded source (``tail``, ``watch``) it also stops after ``timeout`` (default 5 s)
-        with the rows it has; without ``limit`` such a stream never ends: use ``flow.start``.
-        """
-        from arrowflow._api.live import LimitSink
-        from arrowflow._plan import build_plan
-        from arrowflow._runtime import execute
-        from arrowflow.io.memory import CollectSink
+        Over an unbounded source (``tail``, ``watch``) a stream without ``limit`` never
+        ends: use ``flow.start`` for it. Collecting keeps no checkpoints.
 
+        Parameters
+        ----------
+        workers
+            Worker processes; ``0`` (default) runs in this process.
+        state
+            The state backend (default ``"memory"``), as in :meth:`Flow.run`.
+        batch_size
+            Rows per batch read from sources (default: the source's; with ``limit``, about
+            ``limit`` rows, between 4,096 and 65,536).
+        max_parallelism
+            Key groups of keyed state (None: the default, 128).
+        limit
+            Stop as soon as this many rows arrived (in this process, reading small batches),
+            so a look at a large folder costs the few files it takes; see :meth:`head`.
+        progress
+            A progress bar (default False; None: when a terminal or a notebook shows it).
+        timeout
+            With ``limit`` over an unbounded source: stop after this long (default ``"5s"``)
+            with the rows there are.
+        runner
+            A registered runner (default: decided by ``workers``).
+        options
+            The run options as one :class:`arrowflow.RunOptions`, instead of the keywords;
+            it must name no checkpoint directory.
+
+        Returns
+        -------
+        polars.DataFrame
+            The stream's rows (in no set order when several workers ran).
+
+        Raises
+        ------
+        PlanError
+            An invalid option or ``limit``, ``limit`` with workers, checkpoint options, or an
+            unbounded stream without ``limit``.
+        """
+        chosen = options_from(
+            "stream.collect()",
+            {
+                "workers": workers,
+                "state": state,
+                "batch_size": batch_size,
+                "max_parallelism": max_parallelism,
+                "progress": progress,
+                "runner": runner,
+            },
+            base=COLLECT_DEFAULTS,
+            options=options,
+        )
+        if chosen.checkpoint_dir is not None or chosen.restore is not None:
+            msg = (
+                "collect() keeps no checkpoints (its rows come back in this process); pass "
+                "options with checkpoint_dir=None and restore=None, or write the stream to a sink "
+                "and use flow.run()"
+            )
+            raise PlanError(msg)
         if limit is not None:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 msg = f"limit must be a number of rows, got {limit!r}"
                 raise PlanError(msg)
-            if workers not in (0, None):
-                msg = f"collect(limit=...) runs in this process, to stop early; drop workers={workers}"
+            if chosen.workers not in (0, None):
+                msg = f"collect(limit=...) runs in this process, to stop early; drop workers={chosen.workers}"
                 raise PlanError(msg)
             if limit == 0:
                 return pl.DataFrame(schema=self.schema)
-            workers = 0
-            batch_size = batch_size or min(max(limit, 4096), 65_536)
-        sink: Sink = CollectSink() if limit is None else LimitSink(limit)
+            chosen = chosen.replace(
+                workers=0, batch_size=chosen.batch_size or min(max(limit, 4096), 65_536)
+            )
+        sink: Sink = registry.load("sink", "collect")() if limit is None else LimitSink(limit)
         node = Node(
             self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink}
         )
-        groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
-        plan = build_plan(self.flow, [node], max_parallelism=groups)
+        plan = build_plan(self.flow, [node], max_parallelism=chosen.max_parallelism)
         if not plan.bounded:
             if not isinstance(sink, LimitSink):
                 msg = (
@@ -1106,17 +1200,7 @@ class Stream:
             sink.deadline_s = (
                 duration_ms("5s" if timeout is None else timeout, what="timeout") / 1000
             )
-        result = execute(
-            plan,
-            workers=workers,
-            state=state,
-            checkpoint_dir=None,
-            checkpoint_every=None,
-            restore=None,
-            batch_size=batch_size,
-            max_parallelism=max_parallelism,
-            progress=progress,
-        )
+        result = run_plan(plan, chosen)
         if isinstance(sink, LimitSink):
             return sink.to_polars(self.schema)
         return result.collected(node.id, self.schema)
@@ -1128,6 +1212,13 @@ class Stream:
         source, also after ``timeout=``, default 5 s). Stateless chains and windows
         stop early; a keyed ``agg`` emits its rows when its input ends, so above one the
         whole input is read. Order: that of the input, split by split.
+
+        Parameters
+        ----------
+        n
+            Rows wanted.
+        **options
+            The options of :meth:`collect` but ``limit`` (``state``, ``timeout``, ...).
         """
         return self.collect(limit=n, **options)
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow.io.memory import CollectingSink as CollectingSink
+from arrowflow.options import COLLECT_DEFAULTS, RunOptions, options_from
 
 if TYPE_CHECKING:
     from arrowflow._api.flow import Stream
@@ -138,21 +138,42 @@ def assert_frame_equal_unordered(
 
 def collect_all(
     *streams: Stream,
-    workers: int | None = 0,
-    state: Any = "memory",
-    batch_size: int | None = None,
+    workers: int | None = COLLECT_DEFAULTS.workers,
+    state: Any = COLLECT_DEFAULTS.state,
+    batch_size: int | None = COLLECT_DEFAULTS.batch_size,
     max_parallelism: int | None = None,
+    options: RunOptions | None = None,
 ) -> list[pl.DataFrame]:
     """Run ``streams`` (of one flow) together in one run; return each one's rows, in order.
 
     Like ``stream.collect()`` for several streams at once, so that a branch (one stream
     consumed by several operators) runs as one plan. The flow itself is not changed: no
     sink is added to it.
+
+    Parameters
+    ----------
+    *streams
+        Streams of one flow.
+    workers, state, batch_size, max_parallelism
+        As in ``stream.collect()`` (default: in this process, memory state).
+    options
+        The run options as one :class:`arrowflow.RunOptions`, instead of the keywords.
     """
     from arrowflow._api.flow import Node, Stream
+    from arrowflow._api.job import run_plan
     from arrowflow._plan import build_plan
-    from arrowflow._runtime import execute
 
+    chosen = options_from(
+        "collect_all()",
+        {
+            "workers": workers,
+            "state": state,
+            "batch_size": batch_size,
+            "max_parallelism": max_parallelism,
+        },
+        base=COLLECT_DEFAULTS,
+        options=options,
+    )
     if not streams:
         msg = "collect_all() needs at least one stream"
         raise TypeError(msg)
@@ -167,23 +188,9 @@ def collect_all(
         Node(flow.unused_id(f"{stream.id}.collect-{i}"), "sink", [stream.node], {"sink": sink})
         for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))
     ]
-    plan = build_plan(
-        flow,
-        nodes,
-        max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism,
-    )
+    plan = build_plan(flow, nodes, max_parallelism=chosen.max_parallelism)
     # The plan holds its own (pickled or not) copies of the sinks: read the rows from those.
-    execute(
-        plan,
-        workers=workers,
-        state=state,
-        checkpoint_dir=None,
-        checkpoint_every=None,
-        restore=None,
-        batch_size=batch_size,
-        max_parallelism=max_parallelism,
-        progress=False,
-    )
+    run_plan(plan, chosen.replace(progress=False))
     return [
         plan.op(node.id).params["sink"].to_polars(stream.schema)
         for node, stream in zip(nodes, streams, strict=True)
