@@ -31,7 +31,7 @@ import fsspec
 import polars as pl
 
 import arrowflow.registry as registry
-from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_groups
 from arrowflow.errors import StateError
 
 #: Name of the Boolean column :meth:`KeyedStore.get` adds: True where the key was found.
@@ -64,8 +64,6 @@ class StoreSpec:
 
     def key_groups_of(self, keys: pl.DataFrame) -> Any:
         """The key group of every row of ``keys`` (a numpy array), per :attr:`group_columns`."""
-        from arrowflow._foundation.keygroups import key_groups
-
         return key_groups(
             keys.select(list(self.group_columns) or self.key_columns), self.max_parallelism
         )

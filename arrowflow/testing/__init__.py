@@ -15,16 +15,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 from polars.testing import assert_frame_equal
 
+from arrowflow._api.flow import Node, Stream
+from arrowflow._api.job import run_plan
+from arrowflow._plan import build_plan
 from arrowflow.io.memory import CollectingSink as CollectingSink
 from arrowflow.options import COLLECT_DEFAULTS, RunOptions, options_from
-
-if TYPE_CHECKING:
-    from arrowflow._api.flow import Stream
 
 __all__ = ["CollectingSink", "assert_frame_equal_unordered", "collect_all"]
 
@@ -159,10 +159,6 @@ def collect_all(
     options
         The run options as one :class:`arrowflow.RunOptions`, instead of the keywords.
     """
-    from arrowflow._api.flow import Node, Stream
-    from arrowflow._api.job import run_plan
-    from arrowflow._plan import build_plan
-
     chosen = options_from(
         "collect_all()",
         {
