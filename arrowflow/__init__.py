@@ -20,6 +20,7 @@ from arrowflow.errors import SinkError as SinkError
 from arrowflow.errors import SourceError as SourceError
 from arrowflow.errors import StateError as StateError
 from arrowflow.errors import WorkerError as WorkerError
+from arrowflow.options import RunOptions as RunOptions
 from arrowflow.process import ListState as ListState
 from arrowflow.process import MapState as MapState
 from arrowflow.process import ProcessContext as ProcessContext
@@ -45,6 +46,7 @@ __all__ = [
     "MapState",
     "PlanError",
     "ProcessContext",
+    "RunOptions",
     "RunResult",
     "SchemaError",
     "SinkError",

@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
 from arrowflow._graph.graph import Graph
 from arrowflow._graph.kinds import KINDS, kind_of
 from arrowflow._graph.nodes import Node, describe_expr, fingerprint_of, uses_all_columns
@@ -84,7 +85,7 @@ class Exchange(OperatorKind):
 
     def explain(self, spec: OpSpec) -> str:
         params = spec.params
-        return f"hash partition by {params['keys']} into {params.get('max_parallelism', 128)} key groups"
+        return f"hash partition by {params['keys']} into {params.get('max_parallelism', DEFAULT_MAX_PARALLELISM)} key groups"
 
 
 #: The kinds of physical operators that no logical node has (the others are in ``KINDS``).
@@ -312,7 +313,9 @@ class _Planning:
         return Edge(spec.id)
 
 
-def build_plan(flow: Graph, outputs: list[Node], *, max_parallelism: int = 128) -> Plan:
+def build_plan(
+    flow: Graph, outputs: list[Node], *, max_parallelism: int = DEFAULT_MAX_PARALLELISM
+) -> Plan:
     """Turn the part of ``flow`` that ``outputs`` need into a physical plan."""
     if not outputs:
         msg = f"flow {flow.name!r}: nothing to run; add a sink or collect a stream"
@@ -322,7 +325,7 @@ def build_plan(flow: Graph, outputs: list[Node], *, max_parallelism: int = 128) 
         or not isinstance(max_parallelism, int)
         or max_parallelism < 1
     ):
-        msg = f"max_parallelism must be a positive number of key groups (default 128), got {max_parallelism!r}"
+        msg = f"max_parallelism must be a positive number of key groups (default {DEFAULT_MAX_PARALLELISM}), got {max_parallelism!r}"
         raise PlanError(msg)
     order = _needed(outputs)
     planning = _Planning(flow, order, outputs, max_parallelism)

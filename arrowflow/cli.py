@@ -3,7 +3,8 @@
 ::
 
     arrowflow run job.py[:flow] [--workers N] [--state NAME] [--checkpoint-dir URL]
-                  [--checkpoint-every 10s] [--restore latest|none|ID] [--batch-size N] [--[no-]progress]
+                  [--checkpoint-every 10s] [--restore latest|none|ID] [--batch-size N]
+                  [--runner NAME] [--[no-]progress]
     arrowflow demo [--dir PATH] [--rows N] [--workers N]
 
 ``run`` imports ``job.py`` as a module (its ``if __name__ == "__main__":`` block does not run),
@@ -29,9 +30,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from arrowflow import __version__
 from arrowflow._api.flow import Flow
-from arrowflow._runtime.result import RunResult
+from arrowflow._api.inspect import query_state
+from arrowflow._api.summary import format_summary as format_summary
+from arrowflow._api.summary import restarts_line as restarts_line
+from arrowflow._runtime.checkpoints import CheckpointStorage, chk_dir
+from arrowflow.demo import DEFAULT_ROWS, run_demo
 from arrowflow.errors import ArrowflowError
+from arrowflow.options import DEFAULTS, START_DEFAULTS, RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -107,103 +114,6 @@ def split_target(target: str) -> tuple[str, str | None]:
     return path, name
 
 
-# ---------------------------------------------------------------------------- reporting
-def _rate(rows: int, seconds: float) -> str:
-    if seconds <= 0:
-        return "-"
-    per_s = rows / seconds
-    if per_s >= 1e6:
-        return f"{per_s / 1e6:.2f}M rows/s"
-    if per_s >= 1e3:
-        return f"{per_s / 1e3:.1f}k rows/s"
-    return f"{per_s:.0f} rows/s"
-
-
-def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = []
-    for row in [header, *rows]:
-        cells = [
-            str(cell).ljust(w) if i < 2 else str(cell).rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append(indent + "  ".join(cells).rstrip())
-    return lines
-
-
-def format_summary(flow: Flow, result: RunResult, *, restarts: bool = True) -> str:
-    """What a finished run did, as a few lines of text for a terminal, ending with the restarts
-    line (``restarts=False``: the caller prints it last itself, after more output)."""
-    if result.workers == 0:
-        where = "in-process"
-    else:
-        where = f"{result.workers} worker process{'es' if result.workers > 1 else ''}"
-    lines = [
-        f"flow {flow.name!r} finished in {result.elapsed_s:.2f} s ({where})",
-        f"  rows in    {result.rows_in:>13,}   {_rate(result.rows_in, result.elapsed_s)}",
-        f"  rows out   {result.rows_out:>13,}",
-    ]
-    if result.malformed:
-        lines.append(
-            f"  malformed  {result.malformed:>13,}   (rows a source could not parse; see its 'malformed' side output)"
-        )
-    for item in result.rolled_back:
-        lines.append(f"  rolled back {item}")
-    metrics = result.metrics()
-    if metrics.height:
-        extra = [
-            c for c in ("malformed", "unconsumed") if c in metrics.columns and metrics[c].sum()
-        ]
-        header = ["operator", "kind", "rows in", "rows out", "batches", *extra]
-        body = [
-            [
-                row["operator"],
-                row["kind"],
-                f"{row['rows_in']:,}",
-                f"{row['rows_out']:,}",
-                f"{row['batches_in']:,}",
-                *(f"{row[c]:,}" for c in extra),
-            ]
-            for row in metrics.iter_rows(named=True)
-        ]
-        lines.append("operators:")
-        lines.extend(_table(header, body))
-    sink_rows = (
-        {
-            row["operator"]: row["rows_in"]
-            for row in metrics.iter_rows(named=True)
-            if row["kind"] == "sink"
-        }
-        if metrics.height
-        else {}
-    )
-    sinks = flow.sinks()
-    if sinks:
-        lines.append("outputs:")
-        for node in sinks:
-            sink = node.params["sink"]
-            lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {sink.describe()}")
-    # The notes name flow.run's options; on the command line they are flags.
-    lines.extend(f"note: {note.replace('restore=None', '--restore none')}" for note in result.notes)
-    if restarts:
-        lines.append(restarts_line(result))
-    return "\n".join(lines)
-
-
-def restarts_line(result: RunResult) -> str:
-    """How many times the run restarted from a checkpoint, and why: a restart hides a crash
-    unless it is said, so summaries end with this line."""
-    if not result.restarts:
-        return "restarts: none (no worker failed)"
-    reasons = result.restart_reasons or ["reason not recorded"]
-    listed = "; ".join(f"{number}. {reason}" for number, reason in enumerate(reasons, 1))
-    return (
-        f"restarts: {result.restarts} — a worker failed and the run went on from its newest checkpoint: "
-        f"{listed}"
-    )
-
-
-# ---------------------------------------------------------------------------- commands
 def _positive(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -242,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="arrowflow",
         description="Batch-and-stream processing on Apache Arrow and polars.",
     )
-    from arrowflow import __version__
 
     parser.add_argument("--version", action="version", version=f"arrowflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -272,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--batch-size", type=_positive, metavar="N", help="rows per batch read from sources"
+    )
+    run.add_argument(
+        "--runner",
+        metavar="NAME",
+        help="a registered runner: inprocess, pool, or a plug-in's (default: from --workers)",
     )
     run.add_argument(
         "--progress",
@@ -338,7 +252,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, flow_name = split_target(args.target)
     module = load_module(Path(path))
     flow = pick_flow(module, flow_name, path)
-    options: dict[str, Any] = {}
+    if flow.plan().bounded:
+        result = flow.run(options=options_from_args(args))
+    else:
+        result = run_until_signalled(flow, options_from_args(args, base=START_DEFAULTS))
+    print(format_summary(flow, result))
+    return EXIT_OK
+
+
+def options_from_args(args: argparse.Namespace, *, base: RunOptions = DEFAULTS) -> RunOptions:
+    """The run options the ``run`` flags give; a flag left out keeps ``base``'s default
+    (``flow.run``'s; ``flow.start``'s for an unbounded flow)."""
+    given: dict[str, Any] = {}
     for flag in (
         "workers",
         "state",
@@ -346,20 +271,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         "checkpoint_every",
         "restore",
         "batch_size",
+        "runner",
         "progress",
     ):
         value = getattr(args, flag)
         if value is not None:
-            options[flag] = None if (flag, value) == ("restore", "none") else value
-    if flow.plan().bounded:
-        result = flow.run(**options)
-    else:
-        result = run_until_signalled(flow, options)
-    print(format_summary(flow, result))
-    return EXIT_OK
+            given[flag] = None if (flag, value) == ("restore", "none") else value
+    return base.replace(**given)
 
 
-def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
+def run_until_signalled(flow: Any, options: RunOptions) -> Any:
     """An unbounded flow runs until SIGINT or SIGTERM, then stops cleanly: with a checkpoint
     directory, after a final checkpoint (a savepoint) that a later ``--restore latest`` resumes."""
     import signal
@@ -372,24 +293,23 @@ def run_until_signalled(flow: Any, options: dict[str, Any]) -> Any:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        job = flow.start(results=False, **options)
+        job = flow.start(results=False, options=options)
         print(
             f"arrowflow run: {flow.name!r} follows unbounded sources; SIGINT or SIGTERM stops it "
-            f"{'after a final checkpoint' if options.get('checkpoint_dir') else '(no checkpoint_dir: nothing saved)'}",
+            f"{'after a final checkpoint' if options.checkpoint_dir else '(no checkpoint_dir: nothing saved)'}",
             file=sys.stderr,
             flush=True,
         )
         while not stop.wait(0.2):
             if job.status != "running":
                 return job.wait()
-        return job.stop(savepoint=bool(options.get("checkpoint_dir")))
+        return job.stop(savepoint=bool(options.checkpoint_dir))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from arrowflow.demo import DEFAULT_ROWS, run_demo
 
     run_demo(args.dir, args.rows or DEFAULT_ROWS, workers=args.workers)
     return EXIT_OK
@@ -397,8 +317,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from arrowflow._runtime.checkpoints import CheckpointStorage, chk_dir
 
     storage = CheckpointStorage(args.url)
     frame = storage.list()
@@ -426,9 +344,6 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def cmd_state(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from arrowflow._api.inspect import query_state
-    from arrowflow._runtime.checkpoints import CheckpointStorage
 
     storage = CheckpointStorage(args.url)
     manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()

@@ -38,6 +38,7 @@ import numpy as np
 import polars as pl
 
 import arrowflow as af
+from arrowflow._api.summary import format_summary, restarts_line
 from arrowflow._runtime.checkpoints import CheckpointStorage
 
 EVENT_TYPES = (
@@ -255,8 +256,6 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> af.RunResult:
     """Generate (or reuse) the data, run the demo flow, and ``say`` what happened."""
-    from arrowflow.cli import format_summary, restarts_line
-
     root = Path(root)
     say(f"arrowflow demo: {rows:,} clickstream events in {root}/data")
     data = generate(root, rows)

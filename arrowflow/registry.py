@@ -12,9 +12,12 @@ Groups
     options.
 ``source``
     Source formats (``"parquet"``, ``"csv"``, ...): a callable that builds a
-    :class:`arrowflow.sources.Source`.
+    :class:`arrowflow.sources.Source`; ``flow.read(name, *args, **options)`` calls it with
+    the arguments after the name (``Flow.read_parquet`` and the other readers do the same).
 ``sink``
-    Sink formats: a callable that builds a :class:`arrowflow.sinks.Sink`.
+    Sink formats: a callable that builds a :class:`arrowflow.sinks.Sink`;
+    ``stream.write(name, *args, **options)`` calls it (as ``Stream.write_parquet`` and the
+    other writers do).
 ``runner``
     Runners (``"inprocess"``, ``"pool"``): a :class:`arrowflow.runners.Runner` class.
 
@@ -29,7 +32,8 @@ Third parties register in two ways:
       delta = "mypkg.delta:DeltaSink"
 
   Entry points are read once, on the first lookup of a name the built-in table does not have;
-  a built-in name is never replaced by an entry point.
+  a built-in name is never replaced by an entry point. When an entry point's module cannot
+  be imported, the error says to install its distribution again.
 """
 
 from __future__ import annotations
@@ -63,10 +67,27 @@ class Entry:
 
 # Built-in plug-ins. A new one is one line here (or one entry point in a third-party package).
 _BUILTIN: tuple[Entry, ...] = (
+    Entry("source", "parquet", "arrowflow.io.formats:read_parquet"),
+    Entry("source", "csv", "arrowflow.io.formats:read_csv"),
+    Entry("source", "ndjson", "arrowflow.io.formats:read_ndjson"),
+    Entry("source", "ipc", "arrowflow.io.formats:read_ipc"),
+    Entry("source", "tail", "arrowflow.io.stream:TailSource"),
+    Entry("source", "watch", "arrowflow.io.stream:WatchSource"),
+    Entry("source", "polars", "arrowflow.io.memory:MemorySource.from_polars"),
+    Entry("source", "arrow", "arrowflow.io.memory:MemorySource.from_arrow"),
+    Entry("sink", "parquet", "arrowflow.io.formats:write_parquet"),
+    Entry("sink", "csv", "arrowflow.io.formats:write_csv"),
+    Entry("sink", "ndjson", "arrowflow.io.formats:write_ndjson"),
+    Entry("sink", "ipc", "arrowflow.io.formats:write_ipc"),
+    Entry("sink", "database", "arrowflow.io.database:DatabaseSink", extra="arrowflow[sql]"),
+    # what stream.collect() gathers its rows with, in the coordinator
+    Entry("sink", "collect", "arrowflow.io.memory:CollectSink"),
     Entry("state", "memory", "arrowflow.backends.memory:MemoryBackend"),
     Entry("state", "arrow", "arrowflow.backends.arrow_ipc:ArrowBackend"),
     Entry("state", "lmdb", "arrowflow.backends.lmdb:LmdbBackend"),
     Entry("state", "sql", "arrowflow.backends.sql:SqlBackend", extra="arrowflow[sql]"),
+    Entry("runner", "inprocess", "arrowflow._runtime.inprocess:InProcessRunner"),
+    Entry("runner", "pool", "arrowflow._runtime.pool:PoolRunner"),
 )
 
 _lock = threading.Lock()
@@ -136,7 +157,9 @@ def _read_entry_points(group: str) -> None:
             continue  # a built-in or an explicit register() wins over package metadata
         dist = getattr(point, "dist", None)
         origin = f"entry point {dist.name}" if dist is not None else "entry point"
-        _table[key] = Entry(group, point.name, point.value, None, origin=origin)
+        # the distribution that declares the entry point is what installs its dependencies
+        extra = dist.name if dist is not None else None
+        _table[key] = Entry(group, point.name, point.value, extra, origin=origin)
 
 
 def entry(group: str, name: str) -> Entry:

@@ -237,6 +237,15 @@ class Sink(abc.ABC):
         """
         return None
 
+    def returned_rows(self) -> list[pl.DataFrame] | None:
+        """Return the rows the run hands back for this sink in ``RunResult.outputs``.
+
+        What ``stream.collect()`` returns. None (the default): the output stays where the
+        sink wrote it. Called once in the coordinator after each attempt that ran to its end;
+        must not write or commit anything.
+        """
+        return None
+
     def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
         """Locations (fsspec URL, storage options) only one job at a time may write to.
 

@@ -30,7 +30,8 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
+import arrowflow.registry as registry
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_groups
 from arrowflow.errors import StateError
 
 #: Name of the Boolean column :meth:`KeyedStore.get` adds: True where the key was found.
@@ -63,8 +64,6 @@ class StoreSpec:
 
     def key_groups_of(self, keys: pl.DataFrame) -> Any:
         """The key group of every row of ``keys`` (a numpy array), per :attr:`group_columns`."""
-        from arrowflow._foundation.keygroups import key_groups
-
         return key_groups(
             keys.select(list(self.group_columns) or self.key_columns), self.max_parallelism
         )
@@ -280,40 +279,63 @@ def read_verified(fs: fsspec.AbstractFileSystem, root: str, state_file: StateFil
     return payload
 
 
-BACKENDS = {
-    "memory": "arrowflow.backends.memory:MemoryBackend",
-    "arrow": "arrowflow.backends.arrow_ipc:ArrowBackend",
-    "lmdb": "arrowflow.backends.lmdb:LmdbBackend",
-    "sql": "arrowflow.backends.sql:SqlBackend",
-}
-
-
 def resolve_backend(state: str | StateBackend | None) -> StateBackend:
-    """A backend object from a name (lazy import through :data:`BACKENDS`) or an object."""
-    import importlib
+    """A state backend object from a name, a database URL or an object.
 
+    A name is looked up in :mod:`arrowflow.registry` (group ``state``): the built-in
+    ``"memory"``, ``"arrow"``, ``"lmdb"`` and ``"sql"``, and those a plug-in registered; its
+    module is imported on first use and its class is called without arguments. A
+    ``postgresql://``, ``postgres://`` or ``sqlite://`` URL is the ``sql`` backend on that
+    database.
+
+    Parameters
+    ----------
+    state
+        A backend name, a database URL, a :class:`StateBackend` (returned as it is) or
+        ``None`` (``"memory"``).
+
+    Returns
+    -------
+    StateBackend
+        The backend.
+
+    Raises
+    ------
+    StateError
+        No backend has that name (the message lists those registered), its module cannot
+        be imported (the message says what to install), or it is not a StateBackend.
+    """
     if state is None:
         state = "memory"
     if isinstance(state, StateBackend):
         return state
-    if isinstance(state, str):
-        name = state
-        options: dict[str, Any] = {}
-        if state.startswith(("postgresql://", "postgres://", "sqlite://")):
-            name, options = "sql", {"url": state}
-        target = BACKENDS.get(name)
-        if target is None:
-            msg = (
-                f"unknown state backend {state!r}; expected one of {sorted(BACKENDS)}, a "
-                f"'postgresql://' or 'sqlite://' URL, or a StateBackend object"
-            )
-            raise StateError(msg)
-        module_name, class_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            msg = f"state backend {name!r} cannot be loaded: {exc}"
-            raise StateError(msg) from exc
-        return getattr(module, class_name)(**options)
-    msg = f"state= expects a backend name or a StateBackend object, got {type(state).__name__}"
-    raise StateError(msg)
+    if not isinstance(state, str):
+        msg = f"state= expects a backend name or a StateBackend object, got {type(state).__name__}"
+        raise StateError(msg)
+    name = state
+    options: dict[str, Any] = {}
+    if state.startswith(("postgresql://", "postgres://", "sqlite://")):
+        name, options = "sql", {"url": state}
+    names = registry.available("state")
+    if name not in names:
+        msg = (
+            f"unknown state backend {state!r}; expected one of {names}, a "
+            f"'postgresql://' or 'sqlite://' URL, or a StateBackend object"
+        )
+        raise StateError(msg)
+    entry = registry.entry("state", name)
+    try:
+        backend_class = registry.load("state", name)
+    except ImportError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+        hint = f"; run: pip install '{entry.extra}'" if entry.extra else ""
+        msg = f"state backend {name!r} cannot be loaded: {cause}{hint}"
+        raise StateError(msg) from exc
+    backend = backend_class(**options)
+    if not isinstance(backend, StateBackend):
+        msg = (
+            f"state backend {name!r} ({entry.target}, {entry.origin}) made a "
+            f"{type(backend).__name__}, not an arrowflow.state.StateBackend"
+        )
+        raise StateError(msg)
+    return backend

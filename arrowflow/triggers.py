@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.durations import duration_ms
 from arrowflow.errors import PlanError
 
 

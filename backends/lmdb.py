@@ -75,7 +75,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arrowflow._foundation.util import import_optional
+from arrowflow._foundation.deps import import_optional
 from arrowflow.errors import StateError
 from arrowflow.state import (
     FOUND,

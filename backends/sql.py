@@ -11,7 +11,7 @@ State it keeps, per store, one table (named below) with
   primary key. Identity is one binary column so that a key with nulls, or of several
   columns, matches with a plain ``=`` that every database can index, hash and upsert on;
 - ``__key_group``: the key's group, so snapshots and rescaling need no rehashing;
-- the key columns and the value columns with real SQL types (see :mod:`._sqltypes`).
+- the key columns and the value columns with real SQL types (see :mod:`arrowflow._foundation.sql`).
 
 For example, in ``sqlite3 state-w0.sqlite``::
 
@@ -46,14 +46,21 @@ import os
 import tempfile
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arrowflow._foundation.util import import_optional, open_sqlite
+from arrowflow._foundation.deps import import_optional
+from arrowflow._foundation.sql import (
+    PG_NAME_LIMIT,
+    Dialect,
+    quote,
+    redact_url,
+    with_connect_timeout,
+)
+from arrowflow._foundation.sqlite import open_sqlite
 from arrowflow.errors import StateError
 from arrowflow.state import (
     FOUND,
@@ -73,31 +80,12 @@ from ._files import (
     upload_file,
 )
 from ._rowcodec import RowCodec
-from ._sqltypes import Dialect, quote
 
 KEY = "__key"
 ROW = "__i"
 SCAN_BATCH = 65_536
 RESTORE_BATCH = 1_000_000
 _RESERVED = {KEY, KEY_GROUP, ROW}
-_PG_NAME_LIMIT = 63
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _with_connect_timeout(url: str, seconds: int) -> str:
-    """A libpq URL that gives up connecting after ``seconds`` (its default is to wait forever)."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("connect_timeout", str(seconds))
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 class SqlStore(KeyedStore):
@@ -516,7 +504,7 @@ class SqlBackend(StateBackend):
         if url is not None and not url.startswith(("sqlite://", "postgresql://", "postgres://")):
             msg = (
                 f"SqlBackend(url=...) expects 'sqlite:///path/to/file.db' or "
-                f"'postgresql://user@host:port/database', got {_redact(url)!r}"
+                f"'postgresql://user@host:port/database', got {redact_url(url)!r}"
             )
             raise StateError(msg)
         self.url = url
@@ -550,7 +538,7 @@ class SqlBackend(StateBackend):
             url = "postgresql://" + self.url.split("://", 1)[1]
             try:
                 connection = driver.connect(
-                    _with_connect_timeout(url, self.connect_timeout), autocommit=True
+                    with_connect_timeout(url, self.connect_timeout), autocommit=True
                 )
                 cursor = connection.cursor()
                 cursor.execute("SET synchronous_commit TO off")
@@ -558,12 +546,12 @@ class SqlBackend(StateBackend):
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0]
                 msg = (
-                    f"sql state backend: the PostgreSQL server at {_redact(self.url)} did not accept a "
+                    f"sql state backend: the PostgreSQL server at {redact_url(self.url)} did not accept a "
                     f"connection: {first}. Check that it runs and that the URL's host, port, "
                     f"user, password and database are right."
                 )
                 raise StateError(msg) from exc
-            return connection, f"PostgreSQL {_redact(self.url)}"
+            return connection, f"PostgreSQL {redact_url(self.url)}"
         driver = import_optional("adbc_driver_sqlite.dbapi", purpose="the 'sql' state backend")
         path = self._sqlite_path(context)
         try:
@@ -598,9 +586,9 @@ class SqlBackend(StateBackend):
             token = hashlib.sha1(f"{os.path.abspath(context.local_dir)}".encode()).hexdigest()[:8]
             prefix = f"af_{token}_"
         name = f"{prefix}{safe_component(spec.name)}_{key_groups.start:03d}_{key_groups.stop:03d}"
-        if len(name.encode()) > _PG_NAME_LIMIT:  # PostgreSQL truncates longer identifiers
+        if len(name.encode()) > PG_NAME_LIMIT:  # PostgreSQL truncates longer identifiers
             digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-            name = name.encode()[: _PG_NAME_LIMIT - 9].decode(errors="ignore") + "_" + digest
+            name = name.encode()[: PG_NAME_LIMIT - 9].decode(errors="ignore") + "_" + digest
         return name
 
     def _acquire(self, context: StoreContext) -> _SharedConnection:
@@ -635,5 +623,5 @@ class SqlBackend(StateBackend):
             raise
 
     def __repr__(self) -> str:
-        url = None if self.url is None else _redact(self.url)
+        url = None if self.url is None else redact_url(self.url)
         return f"SqlBackend(url={url!r})"

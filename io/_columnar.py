@@ -18,9 +18,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arrowflow._foundation.schema import arrow_to_polars
 from arrowflow.errors import SourceError
 from arrowflow.io._fs import CorruptFileError, filesystem, first_line, is_local, memory_hint
-from arrowflow.io._schema import arrow_to_polars
 
 
 @dataclass

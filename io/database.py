@@ -60,7 +60,15 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._foundation.util import import_optional, open_sqlite
+from arrowflow._foundation.deps import import_optional
+from arrowflow._foundation.sql import (
+    PG_NAME_LIMIT,
+    Dialect,
+    quote,
+    redact_url,
+    with_connect_timeout,
+)
+from arrowflow._foundation.sqlite import open_sqlite
 from arrowflow.errors import ArrowflowError, SchemaError, SinkError
 from arrowflow.sinks import RolledBack, Sink, SinkWriter
 
@@ -72,7 +80,6 @@ STAGING_PREFIX = "_arrowflow_staging_"
 UNDO_PREFIX = "_arrowflow_undo_"
 FLUSH_ROWS = 1_000_000
 CONNECT_TIMEOUT_S = 10
-_PG_NAME_LIMIT = 63
 
 # Declared column types that hold the same values, by family: a table a person created with
 # VARCHAR or INT8 is as good as the TEXT or BIGINT this sink would have created.
@@ -108,12 +115,7 @@ def _family(declared: str) -> str:
 
 
 def _quote(identifier: str) -> str:
-    if "\x00" in identifier:
-        msg = (
-            f"write_database: a table or column name cannot contain a NUL character: {identifier!r}"
-        )
-        raise SinkError(msg)
-    return '"' + identifier.replace('"', '""') + '"'
+    return quote(identifier, what="write_database: a table or column name", error=SinkError)
 
 
 def _literal(text: str) -> str:
@@ -123,12 +125,6 @@ def _literal(text: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _dialect(kind: str) -> Any:
-    from arrowflow.backends._sqltypes import Dialect
-
-    return Dialect(kind)
 
 
 class DatabaseSink(Sink):
@@ -170,7 +166,7 @@ class DatabaseSink(Sink):
         if not isinstance(url, str) or not url.startswith(
             ("sqlite:///", "postgresql://", "postgres://")
         ):
-            shown = _redact(url) if isinstance(url, str) else repr(url)
+            shown = redact_url(url) if isinstance(url, str) else repr(url)
             msg = (
                 f"write_database() expects a URL such as 'sqlite:///out/app.db' (relative), "
                 f"'sqlite:////tmp/app.db' (absolute) or 'postgresql://user@host:5432/db', got {shown!r}"
@@ -203,9 +199,9 @@ class DatabaseSink(Sink):
         self.mode = mode
         self.key = keys
         self.db_kind = "postgresql" if url.startswith("postgres") else "sqlite"
-        if self.db_kind == "postgresql" and len(table.encode()) > _PG_NAME_LIMIT:
+        if self.db_kind == "postgresql" and len(table.encode()) > PG_NAME_LIMIT:
             msg = (
-                f"write_database(table={table!r}): PostgreSQL names are at most {_PG_NAME_LIMIT} bytes, "
+                f"write_database(table={table!r}): PostgreSQL names are at most {PG_NAME_LIMIT} bytes, "
                 f"this one has {len(table.encode())}; give a shorter table name"
             )
             raise SinkError(msg)
@@ -218,7 +214,7 @@ class DatabaseSink(Sink):
         self.restored_from = 0
 
     def describe(self) -> str:
-        return f"write_database {_redact(self.url)!r} table {self.table!r} (mode={self.mode})"
+        return f"write_database {redact_url(self.url)!r} table {self.table!r} (mode={self.mode})"
 
     # ------------------------------------------------------------------ plan time, no I/O
     def validate(self, schema: pl.Schema, operator_id: str) -> None:
@@ -229,7 +225,7 @@ class DatabaseSink(Sink):
                     f"which the stream does not have; its columns are {list(schema)}"
                 )
                 raise SchemaError(msg)
-        dialect = _dialect(self.db_kind)
+        dialect = Dialect(self.db_kind)
         for column, dtype in schema.items():
             if column in (CHECKPOINT, WRITER, SEQ, RANK, ORIGIN, EPOCH, UNDO):
                 msg = f"operator {operator_id!r}: the column name {column!r} is reserved by write_database; rename it"
@@ -269,7 +265,7 @@ class DatabaseSink(Sink):
 
     def where(self) -> str:
         return (
-            f"PostgreSQL {_redact(self.url)}"
+            f"PostgreSQL {redact_url(self.url)}"
             if self.db_kind == "postgresql"
             else f"SQLite {self.sqlite_path()!r}"
         )
@@ -280,16 +276,14 @@ class DatabaseSink(Sink):
             driver = import_optional(
                 "adbc_driver_postgresql.dbapi", purpose="write_database on PostgreSQL"
             )
-            from arrowflow.backends.sql import _with_connect_timeout
-
             url = "postgresql://" + self.url.split("://", 1)[1]
             try:
                 connection = driver.connect(
-                    _with_connect_timeout(url, CONNECT_TIMEOUT_S), autocommit=True
+                    with_connect_timeout(url, CONNECT_TIMEOUT_S), autocommit=True
                 )
             except Exception as exc:
                 msg = (
-                    f"write_database: the PostgreSQL server at {_redact(self.url)} did not accept a connection: "
+                    f"write_database: the PostgreSQL server at {redact_url(self.url)} did not accept a connection: "
                     f"{_first_line(exc)}. Check that it runs and that the URL's host, port, user, password "
                     f"and database are right."
                 )
@@ -375,7 +369,7 @@ class DatabaseSink(Sink):
         # of the few checkpoints' rows the table keeps saves in the DELETE that prunes it.
 
     def _create_sql(self, schema: pl.Schema) -> str:
-        dialect = _dialect(self.db_kind)
+        dialect = Dialect(self.db_kind)
         columns = [
             f"{_quote(c)} {dialect.column_type(c, t, 'write_database')}" for c, t in schema.items()
         ]
@@ -385,7 +379,7 @@ class DatabaseSink(Sink):
         return f"CREATE TABLE {_quote(self.table)} ({', '.join(columns)})"
 
     def _check_columns(self, existing: dict[str, str], schema: pl.Schema) -> None:
-        dialect = _dialect(self.db_kind)
+        dialect = Dialect(self.db_kind)
         for column, dtype in schema.items():
             expected = dialect.column_type(column, dtype, "write_database")
             if column not in existing:
@@ -662,7 +656,7 @@ class _Connection:
 
 def _for_db(frame: pl.DataFrame, kind: str, checkpoint_id: int, writer: str, first_seq: int) -> Any:
     """The rows as an Arrow table for the staging table: database-ready columns, then ours."""
-    dialect = _dialect(kind)
+    dialect = Dialect(kind)
     columns = [dialect.to_db(frame.get_column(c)) for c in frame.columns]
     staged = pl.DataFrame(columns).with_columns(
         pl.lit(checkpoint_id, dtype=pl.Int64).alias(CHECKPOINT),
@@ -675,20 +669,11 @@ def _for_db(frame: pl.DataFrame, kind: str, checkpoint_id: int, writer: str, fir
 def _staging_name(table: str, kind: str) -> str:
     name = STAGING_PREFIX + table
     if (
-        kind == "postgresql" and len(name.encode()) > _PG_NAME_LIMIT - 3
+        kind == "postgresql" and len(name.encode()) > PG_NAME_LIMIT - 3
     ):  # room for the index's "_ix"
         digest = hashlib.sha256(table.encode()).hexdigest()[:12]
         name = f"{STAGING_PREFIX}{table.encode()[:30].decode(errors='ignore')}_{digest}"
     return name
-
-
-def _redact(url: str) -> str:
-    from arrowflow.backends.sql import _redact as redact
-
-    try:
-        return redact(url)
-    except ValueError:
-        return "<unparseable URL>"
 
 
 class _DatabaseWriter(SinkWriter):

@@ -52,12 +52,13 @@ from typing import Any
 
 import polars as pl
 
+import arrowflow.io._columnar as _columnar
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow.errors import SchemaError, SourceError
-from arrowflow.io import _columnar
 from arrowflow.io._csv import CsvFile, CsvOptions, infer_schema
 from arrowflow.io._fs import CorruptFileError, filesystem, first_line, open_payload, resolve_files
 from arrowflow.io._ndjson import NdjsonFile
-from arrowflow.io._schema import check_file_schema, conform, to_polars_schema
+from arrowflow.io._schema import check_file_schema, conform
 from arrowflow.io._text import Parsed
 from arrowflow.sources import MALFORMED_SCHEMA, Source, SourceBatch, Split, SplitReader
 

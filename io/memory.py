@@ -10,9 +10,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from arrowflow._foundation.arrowipc import frame_from_ipc, frame_to_ipc
+from arrowflow._foundation.watermarks import to_micros
 from arrowflow.errors import PlanError
+from arrowflow.sinks import Sink, SinkWriter
 from arrowflow.sources import Source, SourceBatch, Split, SplitReader
-from arrowflow.testing import CollectingSink
 
 
 class MemorySource(Source):
@@ -80,8 +82,6 @@ class MemorySource(Source):
 
     def event_time_bounds(self, splits: list[Split], column: str) -> dict[str, int]:
         """The frame is at hand: each row range's minimum of ``column`` (a vectorized pass)."""
-        from arrowflow._foundation.watermarks import to_micros
-
         dtype = self.frame.schema.get(column)
         if not isinstance(dtype, pl.Datetime):
             return {}
@@ -138,7 +138,61 @@ class _SliceReader(SplitReader):
             offset += length
 
 
+class CollectingSink(Sink):
+    """A sink that gathers every row it receives in the calling process.
+
+    Attach it with ``stream.write_to(sink)``; after ``flow.run(...)`` returns,
+    :meth:`to_polars` holds the rows of the run (in no set order when several workers ran).
+    Each worker's rows travel back to the coordinator as the sink's staged output, so it
+    suits test-sized data, not production volumes. A fresh run starts empty.
+    """
+
+    kind = "collecting"
+    durable = False
+
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
+        return _CollectingWriter()
+
+    def begin(self) -> None:
+        self.frames.clear()
+
+    def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
+        for payload in staged:
+            if payload:
+                self.frames.append(frame_from_ipc(payload))
+
+    def to_polars(self, schema: pl.Schema | None = None) -> pl.DataFrame:
+        """Every collected row as one DataFrame (empty with ``schema`` when none arrived)."""
+        if not self.frames:
+            return pl.DataFrame(schema=schema)
+        return pl.concat(self.frames, how="vertical_relaxed")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to workers with the plan: rows already collected stay here.
+        return {"frames": []}
+
+
+class _CollectingWriter(SinkWriter):
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    def write(self, batch: pl.DataFrame) -> None:
+        self.frames.append(batch)
+
+    def prepare_commit(self, checkpoint_id: int) -> Any:
+        frames, self.frames = self.frames, []
+        # Arrow IPC bytes, not frames: the ack that carries them is pickled into a pipe, and
+        # pickling a polars frame that maps a shared-memory ring can deadlock (frame_to_ipc).
+        return frame_to_ipc(frames) if frames else None
+
+
 class CollectSink(CollectingSink):
     """Gathers a stream's rows in the coordinator (``stream.collect()``)."""
 
     kind = "collect"
+
+    def returned_rows(self) -> list[pl.DataFrame]:
+        return self.frames

@@ -37,12 +37,12 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.durations import duration_ms
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions
 from arrowflow.io._fs import GLOB_CHARS, _glob_root, filesystem, is_hidden, is_local
 from arrowflow.io._ndjson import NdjsonFile
-from arrowflow.io._schema import to_polars_schema
 from arrowflow.io.files import FileSource
 from arrowflow.sources import Source, SourceBatch, Split, SplitReader
 

@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+import arrowflow.registry as registry
 from arrowflow._api.display import flow_html, stream_html
+from arrowflow._api.job import Job, run_plan
+from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LimitSink, LiveResults, TapSink
 from arrowflow._api.windowed import WindowedStream
+from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow._foundation.watermarks import duration_arg
 from arrowflow._graph.aggregates import IncrementalAgg, named_aggregations
 from arrowflow._graph.graph import Graph
@@ -33,6 +37,7 @@ from arrowflow._graph.nodes import (
 from arrowflow._plan import Plan, build_plan
 from arrowflow._process.context import ProcessFunction
 from arrowflow.errors import PlanError, SchemaError
+from arrowflow.options import COLLECT_DEFAULTS, DEFAULTS, START_DEFAULTS, RunOptions, options_from
 from arrowflow.sinks import Sink
 from arrowflow.sources import Source
 
@@ -46,6 +51,32 @@ def _check_splits(splits: Any, method: str) -> None:
     ):
         msg = f"{method}(splits=...) expects a positive number of pieces (or None), got {splits!r}"
         raise PlanError(msg)
+
+
+def _registered_source(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Source:
+    """The source that the factory registered as ``name`` builds from ``args`` and ``options``."""
+    source = registry.load("source", name)(*args, **options)
+    if not isinstance(source, Source):
+        target = registry.entry("source", name).target
+        msg = (
+            f"the source format {name!r} ({target}) built a {type(source).__name__}, "
+            f"not an arrowflow.sources.Source"
+        )
+        raise PlanError(msg)
+    return source
+
+
+def _registered_sink(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Sink:
+    """The sink that the factory registered as ``name`` builds from ``args`` and ``options``."""
+    sink = registry.load("sink", name)(*args, **options)
+    if not isinstance(sink, Sink):
+        target = registry.entry("sink", name).target
+        msg = (
+            f"the sink format {name!r} ({target}) built a {type(sink).__name__}, "
+            f"not an arrowflow.sinks.Sink"
+        )
+        raise PlanError(msg)
+    return sink
 
 
 class Flow(Graph):
@@ -67,6 +98,51 @@ class Flow(Graph):
             raise PlanError(msg)
         return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
 
+    def read(
+        self,
+        format: str,  # noqa: A002
+        /,
+        *args: Any,
+        name: str | None = None,
+        **options: Any,
+    ) -> Stream:
+        """A stream from the source format registered as ``format`` in :mod:`arrowflow.registry`.
+
+        The built-in formats are ``"parquet"``, ``"csv"``, ``"ndjson"`` and ``"ipc"`` (what
+        the ``read_<format>`` methods build), ``"tail"``, ``"watch"``, ``"polars"`` and
+        ``"arrow"`` (:meth:`tail`, :meth:`watch`, :meth:`from_polars`, :meth:`from_arrow`).
+        A plug-in adds its own with :func:`arrowflow.registry.register` or an entry point in
+        the group ``arrowflow.source`` (see ``docs/plugins.md``). The format's module is
+        imported on first use; building the source does no I/O.
+
+        Parameters
+        ----------
+        format
+            A name that ``arrowflow.registry.available("source")`` lists. Positional, so that
+            a factory may take a ``format=`` option of its own (as ``"tail"`` does).
+        *args
+            Passed to the format's factory, which builds the :class:`arrowflow.sources.Source`;
+            for a built-in format, the positional arguments of its method (a path, a frame).
+        name
+            The operator id; default: the source's ``kind``, numbered when already taken.
+        **options
+            Passed to the factory; for a built-in format, the keywords of its method.
+
+        Returns
+        -------
+        Stream
+            The source's rows.
+
+        Raises
+        ------
+        PlanError
+            No source format is registered as ``format`` (the message lists those that are),
+            or its factory built something that is not a Source.
+        ImportError
+            The format's module cannot be imported; the message says what to install.
+        """
+        return self.source(_registered_source(format, args, options), name=name)
+
     def read_parquet(
         self,
         path: str | Sequence[str],
@@ -79,20 +155,41 @@ class Flow(Graph):
     ) -> Stream:
         """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL.
 
-        A file that cannot be read (truncated, not Parquet) fails the job, naming it; with
-        ``on_corrupt_file="skip"`` it is reported as one row of the ``malformed`` side output
-        (its file and the reader's reason) and the other files are read."""
-        from arrowflow.io.files import FileSource
+        Every file's footer is read at plan time: each file must hold the schema's columns in
+        types that read as the schema's without loss, or a :class:`arrowflow.SchemaError`
+        names the file, the column and both types. Splits are ranges of row groups.
 
-        return self.source(
-            FileSource(
-                "parquet",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                on_corrupt_file=on_corrupt_file,
-            ),
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL (``s3://bucket/events/``), or a list of them.
+        schema
+            The columns to read and their types (``{"user": pl.Int64}``, a ``pl.Schema`` or a
+            ``pa.Schema``); default: the first file's.
+        name
+            The operator id; default ``read_parquet``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system (credentials, endpoint).
+        on_error
+            ``"side_output"`` or ``"raise"``, as for :meth:`read_csv`; Parquet's columns are
+            typed, so no row of a readable file is malformed.
+        on_corrupt_file
+            ``"fail"`` (default): a file that cannot be read (truncated, not Parquet) fails
+            the job, naming it. ``"skip"``: it becomes one row of the ``malformed`` side
+            output (its file and the reader's reason) and the other files are read.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "parquet",
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -108,22 +205,48 @@ class Flow(Graph):
         on_error: str = "side_output",
         on_corrupt_file: str = "fail",
     ) -> Stream:
-        """CSV files. Rows that cannot be parsed go to the ``malformed`` side output: a row is
-        malformed when any column of ``schema`` fails to parse, whichever columns the flow uses.
-        ``on_corrupt_file="skip"``: a file that cannot be read at all (a broken ``.gz``) is
-        reported in ``malformed`` instead of failing the job."""
-        from arrowflow.io.files import FileSource
+        """CSV files: a path, a glob, a directory or an fsspec URL; one split per file.
 
-        return self.source(
-            FileSource(
-                "csv",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                options={"has_header": has_header, "separator": separator},
-                on_corrupt_file=on_corrupt_file,
-            ),
+        Rows that cannot be parsed go to the ``malformed`` side output (file, byte offset,
+        line, reason), in order with the data: a row is malformed when any column of
+        ``schema`` fails to parse, whichever columns the flow uses.
+
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL, or a list of them.
+        schema
+            The columns and their types; default: inferred from the first MiB of the first
+            non-empty file.
+        has_header
+            The first line of each file names the columns.
+        separator
+            The one-character field separator.
+        name
+            The operator id; default ``read_csv``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        on_error
+            ``"side_output"`` (default): malformed rows go to the ``malformed`` side output.
+            ``"raise"``: the first one fails the job.
+        on_corrupt_file
+            ``"fail"`` (default) or ``"skip"``: a file that cannot be read at all (a broken
+            ``.gz``) fails the job, or is reported in ``malformed`` and the rest is read.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "csv",
+            path,
+            schema=schema,
+            has_header=has_header,
+            separator=separator,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -137,19 +260,39 @@ class Flow(Graph):
         on_error: str = "side_output",
         on_corrupt_file: str = "fail",
     ) -> Stream:
-        """Newline-delimited JSON files. Lines that cannot be parsed go to ``malformed``;
-        ``on_corrupt_file`` as for :meth:`read_csv`."""
-        from arrowflow.io.files import FileSource
+        """Newline-delimited JSON files, one object per line; one split per file.
 
-        return self.source(
-            FileSource(
-                "ndjson",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                on_corrupt_file=on_corrupt_file,
-            ),
+        Lines that are not a JSON object, not UTF-8, or hold a value that does not parse as
+        its column's type go to the ``malformed`` side output.
+
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL, or a list of them.
+        schema
+            The columns and their types; default: inferred from the first MiB of the first
+            non-empty file.
+        name
+            The operator id; default ``read_ndjson``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        on_error
+            ``"side_output"`` (default) or ``"raise"``, as for :meth:`read_csv`.
+        on_corrupt_file
+            ``"fail"`` (default) or ``"skip"``, as for :meth:`read_csv`.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "ndjson",
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -163,18 +306,39 @@ class Flow(Graph):
         on_error: str = "side_output",
         on_corrupt_file: str = "fail",
     ) -> Stream:
-        """Arrow IPC (Feather v2) files; ``on_corrupt_file`` as for :meth:`read_parquet`."""
-        from arrowflow.io.files import FileSource
+        """Arrow IPC (Feather v2) files; one split per file.
 
-        return self.source(
-            FileSource(
-                "ipc",
-                path,
-                schema=schema,
-                storage_options=storage_options,
-                on_error=on_error,
-                on_corrupt_file=on_corrupt_file,
-            ),
+        As :meth:`read_parquet`, each file's schema is read at plan time and must convert to
+        ``schema`` without loss.
+
+        Parameters
+        ----------
+        path
+            A path, glob, directory or fsspec URL, or a list of them.
+        schema
+            The columns to read and their types; default: the first file's.
+        name
+            The operator id; default ``read_ipc``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        on_error
+            ``"side_output"`` or ``"raise"``; as in Parquet, no row of a readable file is
+            malformed.
+        on_corrupt_file
+            ``"fail"`` (default) or ``"skip"``, as for :meth:`read_parquet`.
+
+        Returns
+        -------
+        Stream
+            The files' rows.
+        """
+        return self.read(
+            "ipc",
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            on_error=on_error,
+            on_corrupt_file=on_corrupt_file,
             name=name,
         )
 
@@ -193,20 +357,42 @@ class Flow(Graph):
         """Follow a growing local file (unbounded): every complete line appended to it, once.
 
         Its offset is kept in checkpoints; truncation and rotation are detected and reading
-        goes on with the new file. ``schema`` is required (the file may start empty).
-        """
-        from arrowflow.io.stream import TailSource
+        goes on with the new file.
 
-        return self.source(
-            TailSource(
-                path,
-                format=format,
-                schema=schema,
-                has_header=has_header,
-                separator=separator,
-                poll_interval=poll_interval,
-                on_error=on_error,
-            ),
+        Parameters
+        ----------
+        path
+            A local file (``file://`` URLs too); it need not exist yet.
+        format
+            ``"ndjson"`` (default) or ``"csv"``.
+        schema
+            The columns and their types; required, since the file may start empty.
+        has_header
+            For ``format="csv"``: the file's first line names the columns.
+        separator
+            For ``format="csv"``: the one-character field separator.
+        poll_interval
+            How often to look for new lines when there are none, e.g. ``"100ms"``.
+        name
+            The operator id; default ``tail``, numbered when already taken.
+        on_error
+            ``"side_output"`` (default): lines that cannot be parsed go to ``malformed``.
+            ``"raise"``: the first one fails the job.
+
+        Returns
+        -------
+        Stream
+            An unbounded stream of the appended lines' rows.
+        """
+        return self.read(
+            "tail",
+            path,
+            format=format,
+            schema=schema,
+            has_header=has_header,
+            separator=separator,
+            poll_interval=poll_interval,
+            on_error=on_error,
             name=name,
         )
 
@@ -222,42 +408,93 @@ class Flow(Graph):
         on_error: str = "side_output",
         max_file_age: Any = "7d",
     ) -> Stream:
-        """Files that land under a glob or folder (unbounded), each processed exactly once, also
-        across restarts. Files must appear complete (write elsewhere, then rename into place).
-        Files modified more than ``max_file_age`` before the newest one are skipped and
-        forgotten, which keeps the remembered set (and checkpoints) bounded; None: never."""
-        from arrowflow.io.stream import WatchSource
+        """Files that land under a glob or folder (unbounded), each processed exactly once.
 
-        return self.source(
-            WatchSource(
-                pattern,
-                format=format,
-                schema=schema,
-                storage_options=storage_options,
-                poll_interval=poll_interval,
-                on_error=on_error,
-                max_file_age=max_file_age,
-            ),
+        Also across restarts: the files already processed are kept in checkpoints. Files
+        must appear complete (write elsewhere, then rename into place); each is read as
+        ``read_<format>`` reads it.
+
+        Parameters
+        ----------
+        pattern
+            A folder, glob or fsspec URL to watch.
+        format
+            ``"parquet"`` (default), ``"csv"``, ``"ndjson"`` or ``"ipc"``.
+        schema
+            The columns and their types; required, since the folder may start empty.
+        poll_interval
+            How often to list the folder, e.g. ``"1s"``.
+        storage_options
+            fsspec options for a remote file system.
+        name
+            The operator id; default ``watch``, numbered when already taken.
+        on_error
+            ``"side_output"`` (default) or ``"raise"``, as for the ``read_<format>`` method.
+        max_file_age
+            Files modified more than this before the newest one are skipped and forgotten,
+            which keeps the remembered set (and checkpoints) bounded; ``None``: never.
+
+        Returns
+        -------
+        Stream
+            An unbounded stream of the new files' rows.
+        """
+        return self.read(
+            "watch",
+            pattern,
+            format=format,
+            schema=schema,
+            storage_options=storage_options,
+            poll_interval=poll_interval,
+            on_error=on_error,
+            max_file_age=max_file_age,
             name=name,
         )
 
     def from_polars(
         self, df: pl.DataFrame | pl.LazyFrame, *, name: str | None = None, splits: int | None = None
     ) -> Stream:
-        """An in-memory DataFrame as a bounded source (split into ``splits`` pieces)."""
-        from arrowflow.io.memory import MemorySource
+        """An in-memory DataFrame as a bounded source.
 
+        Parameters
+        ----------
+        df
+            The rows; a LazyFrame is collected here, once.
+        name
+            The operator id; default ``from_polars``, numbered when already taken.
+        splits
+            Cut the frame into this many row ranges, read in parallel; default: one per
+            100,000 rows, 16 at most.
+
+        Returns
+        -------
+        Stream
+            The frame's rows.
+        """
         _check_splits(splits, "from_polars")
-        return self.source(MemorySource.from_polars(df, splits=splits), name=name)
+        return self.read("polars", df, splits=splits, name=name)
 
     def from_arrow(
         self, data: Any, *, name: str | None = None, splits: int | None = None
     ) -> Stream:
-        """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source."""
-        from arrowflow.io.memory import MemorySource
+        """A pyarrow Table, RecordBatch or list of RecordBatches as a bounded source.
 
+        Parameters
+        ----------
+        data
+            A ``pa.Table``, a ``pa.RecordBatch`` or a non-empty list of them.
+        name
+            The operator id; default ``from_arrow``, numbered when already taken.
+        splits
+            Cut the rows into this many ranges, as for :meth:`from_polars`.
+
+        Returns
+        -------
+        Stream
+            The data's rows.
+        """
         _check_splits(splits, "from_arrow")
-        return self.source(MemorySource.from_arrow(data, splits=splits), name=name)
+        return self.read("arrow", data, splits=splits, name=name)
 
     # ------------------------------------------------------------------ running
     def plan(
@@ -277,55 +514,98 @@ class Flow(Graph):
     def run(
         self,
         *,
-        workers: int | None = None,
-        state: Any = "memory",
-        checkpoint_dir: str | None = None,
-        checkpoint_every: Any = None,
-        restore: str | int | None = "latest",
-        batch_size: int | None = None,
+        workers: int | None = DEFAULTS.workers,
+        state: Any = DEFAULTS.state,
+        checkpoint_dir: str | None = DEFAULTS.checkpoint_dir,
+        checkpoint_every: Any = DEFAULTS.checkpoint_every,
+        restore: str | int | None = DEFAULTS.restore,
+        batch_size: int | None = DEFAULTS.batch_size,
         max_parallelism: int | None = None,
-        progress: bool | None = None,
-        storage_options: dict[str, Any] | None = None,
-        keep_checkpoints: int = 3,
-        max_restarts: int = 3,
+        progress: bool | None = DEFAULTS.progress,
+        storage_options: dict[str, Any] | None = DEFAULTS.storage_options,
+        keep_checkpoints: int = DEFAULTS.keep_checkpoints,
+        max_restarts: int = DEFAULTS.max_restarts,
         control: Any = None,
+        runner: str | None = DEFAULTS.runner,
+        options: RunOptions | None = None,
     ) -> RunResult:
         """Run every sink of the flow to the end of its (bounded) input.
 
-        ``workers=N`` uses N worker processes (default: one per core); ``workers=0`` runs in
-        this process (the in-process executor: same results, easier debugging).
+        With ``checkpoint_dir`` the run checkpoints on ``checkpoint_every`` and at its end,
+        resumes from the newest complete checkpoint there, restarts failed workers from it up
+        to ``max_restarts`` times, and keeps the newest ``keep_checkpoints``. File and
+        database outputs then hold every row exactly once.
 
-        With ``checkpoint_dir`` (any fsspec URL) the run checkpoints on ``checkpoint_every``
-        (``"10s"``, ``af.every_rows(n)`` or a trigger object) and at its end, resumes from the
-        newest complete checkpoint there (``restore="latest"``, an id, or None for a fresh
-        start), restarts failed workers from it up to ``max_restarts`` times, and keeps the
-        newest ``keep_checkpoints``. File and database outputs then hold every row exactly once.
+        Parameters
+        ----------
+        workers
+            Worker processes (default: one per core); ``0`` runs in this process (the
+            in-process runner: same results, easier debugging).
+        state
+            The state backend: ``"memory"`` (default), ``"arrow"``, ``"lmdb"``, ``"sql"``, a
+            ``postgresql://`` or ``sqlite://`` URL, or a StateBackend object.
+        checkpoint_dir
+            Where checkpoints go (any fsspec URL); None: no checkpoints.
+        checkpoint_every
+            ``"10s"``, ``af.every_rows(n)`` or a trigger object; needs ``checkpoint_dir``.
+        restore
+            ``"latest"`` (default: the newest complete checkpoint, if any), a checkpoint id,
+            or None for a fresh start.
+        batch_size
+            Rows per batch read from sources (default: the source's in one process, 262,144
+            in a pool).
+        max_parallelism
+            Key groups of keyed state (None: the default, 128), fixed for a checkpoint
+            directory.
+        progress
+            A progress bar; None (default): when a terminal or a notebook shows it.
+        storage_options
+            fsspec options for ``checkpoint_dir``.
+        keep_checkpoints
+            Complete checkpoints kept (default 3).
+        max_restarts
+            Restarts from checkpoints before the run fails (default 3).
+        control
+            Internal: the control of a background job (``flow.start``).
+        runner
+            A runner registered in :mod:`arrowflow.registry` (``"inprocess"``, ``"pool"``, or
+            a plug-in's); default: decided by ``workers``.
+        options
+            All of the above as one :class:`arrowflow.RunOptions`, instead of the keywords.
+
+        Returns
+        -------
+        RunResult
+            Counts per operator, checkpoints taken, restarts and their reasons.
+
+        Raises
+        ------
+        PlanError
+            The flow has no sinks, or an option is invalid (see :class:`arrowflow.RunOptions`).
+        WorkerError
+            A worker failed and the run was not (or no longer) restarted.
         """
-        sinks = self.sinks()
-        if not sinks:
-            msg = (
-                f"flow {self.name!r} has no sinks, so running it would compute nothing; add one with "
-                f"stream.write_parquet(...) (or write_csv/ndjson/ipc/database), or use stream.collect()"
-            )
-            raise PlanError(msg)
-        from arrowflow._runtime import execute
-
-        plan = self.plan(outputs=sinks, max_parallelism=max_parallelism)
-        return execute(
-            plan,
-            workers=workers,
-            state=state,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            restore=restore,
-            batch_size=batch_size,
-            max_parallelism=max_parallelism,
-            progress=progress,
-            storage_options=storage_options,
-            keep_checkpoints=keep_checkpoints,
-            max_restarts=max_restarts,
-            control=control,
+        sinks = self.sinks_or_error()
+        chosen = options_from(
+            "flow.run()",
+            {
+                "workers": workers,
+                "state": state,
+                "checkpoint_dir": checkpoint_dir,
+                "checkpoint_every": checkpoint_every,
+                "restore": restore,
+                "batch_size": batch_size,
+                "max_parallelism": max_parallelism,
+                "progress": progress,
+                "storage_options": storage_options,
+                "keep_checkpoints": keep_checkpoints,
+                "max_restarts": max_restarts,
+                "runner": runner,
+            },
+            options=options,
         )
+        plan = self.plan(outputs=sinks, max_parallelism=chosen.max_parallelism)
+        return run_plan(plan, chosen, control)
 
     def start(
         self,
@@ -334,25 +614,41 @@ class Flow(Graph):
         results_limit: int | None = None,
         **run_options: Any,
     ) -> Any:
-        """Run the flow in the background; returns a :class:`arrowflow._api.job.Job` at once.
+        """Run the flow in the background; returns a :class:`arrowflow.Job` at once.
 
-        Takes the options of :meth:`run`. ``job.status``, ``job.progress``, ``job.metrics()``,
-        ``job.checkpoint()``, ``job.stop(savepoint=True)`` and ``job.wait()`` work from any
-        thread; in Jupyter, ``job`` shows a live view. ``job.results(stream)`` returns what a
-        stream produced so far: the streams the sinks write, and those in ``results`` (a side
-        output, a stream before an aggregation), each its newest ``results_limit`` rows
-        (default 100,000); ``results=False`` keeps none (a service that nobody watches).
+        ``job.status``, ``job.progress``, ``job.metrics()``, ``job.checkpoint()``,
+        ``job.stop(savepoint=True)`` and ``job.wait()`` work from any thread; in Jupyter,
+        ``job`` shows a live view.
+
+        Parameters
+        ----------
+        results
+            Streams whose rows ``job.results(stream)`` returns as they are produced, besides
+            those the sinks write (a side output, a stream before an aggregation);
+            ``False`` keeps none (a service that nobody watches).
+        results_limit
+            Rows kept per stream in ``job.results``, the newest (default 100,000).
+        **run_options
+            The options of :meth:`run` (``workers``, ``checkpoint_dir``, ... or
+            ``options=RunOptions(...)``); ``progress`` defaults to False.
+
+        Returns
+        -------
+        Job
+            The running job.
+
+        Raises
+        ------
+        PlanError
+            The flow has no sinks, an unknown option, or an invalid one.
         """
-        from arrowflow._api.job import Job
-        from arrowflow._api.live import DEFAULT_RESULTS_LIMIT, LiveResults, TapSink
-        from arrowflow._plan import build_plan
-        from arrowflow._runtime import execute
-
         sinks = self.sinks_or_error()
         limit = DEFAULT_RESULTS_LIMIT if results_limit is None else results_limit
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             msg = f"results_limit must be a positive number of rows, got {results_limit!r}"
             raise PlanError(msg)
+        given = run_options.pop("options", None)
+        chosen = options_from("flow.start()", run_options, base=START_DEFAULTS, options=given)
         watched: list[Node] = []
         for sink in sinks if results is not False else ():
             if sink.inputs[0] not in watched:
@@ -374,31 +670,12 @@ class Flow(Graph):
             )
             tap_nodes.append(tap)
             taps[node.id] = (tap.id, self.schema_of(node))
-        groups = run_options.get("max_parallelism") or DEFAULT_MAX_PARALLELISM
-        plan = build_plan(self, [*sinks, *tap_nodes], max_parallelism=groups)
-        options = {
-            "workers": None,
-            "state": "memory",
-            "checkpoint_dir": None,
-            "checkpoint_every": None,
-            "restore": "latest",
-            "batch_size": None,
-            "max_parallelism": None,
-            "progress": False,
-            "storage_options": None,
-            "keep_checkpoints": 3,
-            "max_restarts": 3,
-        }
-        unknown = sorted(set(run_options) - set(options))
-        if unknown:
-            msg = f"flow.start() got unknown options {unknown}; it takes those of flow.run(): {sorted(options)}"
-            raise PlanError(msg)
-        options.update(run_options)
+        plan = build_plan(self, [*sinks, *tap_nodes], max_parallelism=chosen.max_parallelism)
 
-        def run(control: Any, **kwargs: Any) -> Any:
-            return execute(plan, control=control, **kwargs)
+        def run(control: Any) -> Any:
+            return run_plan(plan, chosen, control)
 
-        return Job(self.name, run, options, results=LiveResults(limit), taps=taps)
+        return Job(self.name, run, chosen, results=LiveResults(limit), taps=taps)
 
     def sinks_or_error(self) -> list[Node]:
         sinks = self.sinks()
@@ -503,8 +780,6 @@ class Stream:
                 f"map_batches() expects a function DataFrame -> DataFrame, got {type(fn).__name__}"
             )
             raise PlanError(msg)
-        from arrowflow.io._schema import to_polars_schema
-
         declared = to_polars_schema(schema) if schema is not None else None
         return self._then("map_batches", name, fn=fn, schema=declared)
 
@@ -584,6 +859,45 @@ class Stream:
         node = self.flow._add("sink", [self.node], name, sink=sink, id_kind=sink.kind)
         self.flow._validate(node)
 
+    def write(
+        self,
+        format: str,  # noqa: A002
+        /,
+        *args: Any,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        """Write to the sink format registered as ``format`` in :mod:`arrowflow.registry`.
+
+        The built-in formats are ``"parquet"``, ``"csv"``, ``"ndjson"`` and ``"ipc"`` (what
+        the ``write_<format>`` methods build) and ``"database"`` (:meth:`write_database`). A
+        plug-in adds its own with :func:`arrowflow.registry.register` or an entry point in
+        the group ``arrowflow.sink`` (see ``docs/plugins.md``). The format's module is
+        imported on first use; building the sink does no I/O.
+
+        Parameters
+        ----------
+        format
+            A name that ``arrowflow.registry.available("sink")`` lists. Positional, so that
+            a factory may take a ``format=`` option of its own.
+        *args
+            Passed to the format's factory, which builds the :class:`arrowflow.sinks.Sink`;
+            for a built-in format, the positional arguments of its method (a path, a URL).
+        name
+            The operator id; default: the sink's ``kind``, numbered when already taken.
+        **options
+            Passed to the factory; for a built-in format, the keywords of its method.
+
+        Raises
+        ------
+        PlanError
+            No sink format is registered as ``format`` (the message lists those that are),
+            or its factory built something that is not a Sink.
+        ImportError
+            The format's module cannot be imported; the message says what to install.
+        """
+        self._sink(_registered_sink(format, args, options), name)
+
     def write_parquet(
         self,
         path: str,
@@ -595,25 +909,40 @@ class Stream:
         compression: str = "zstd",
         compression_level: int | None = None,
     ) -> None:
-        """Write Parquet part files into directory ``path`` (exactly once; see README).
+        """Write Parquet part files into directory ``path``, exactly once (see README).
 
-        ``compression``: ``"zstd"`` (polars' default), ``"lz4"``, ``"snappy"`` (Spark's and
-        Flink's default), ``"gzip"``, ``"brotli"`` or ``"uncompressed"``; ``compression_level``
-        as polars' ``write_parquet``.
+        Each checkpoint's files are staged in a hidden folder and moved into ``path`` when
+        the checkpoint completes, so a reader sees whole files of complete checkpoints only.
+
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default): a fresh run deletes the part files already there (and
+            refuses to run if the folder holds other visible files); ``"append"``: keep them;
+            ``"error"``: refuse to run if there are any.
+        name
+            The operator id; default ``write_parquet``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        compression
+            ``"zstd"`` (polars' default), ``"lz4"``, ``"snappy"`` (Spark's and Flink's
+            default), ``"gzip"``, ``"brotli"`` or ``"uncompressed"``.
+        compression_level
+            As polars' ``write_parquet``: for zstd 1-22, gzip 0-9, brotli 0-11.
         """
-        from arrowflow.io.filesinks import FileSink
-
-        self._sink(
-            FileSink(
-                "parquet",
-                path,
-                mode=mode,
-                storage_options=storage_options,
-                rows_per_file=rows_per_file,
-                compression=compression,
-                compression_level=compression_level,
-            ),
-            name,
+        self.write(
+            "parquet",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            compression=compression,
+            compression_level=compression_level,
+            name=name,
         )
 
     def write_csv(
@@ -625,13 +954,31 @@ class Stream:
         storage_options: dict[str, Any] | None = None,
         rows_per_file: int | None = None,
     ) -> None:
-        from arrowflow.io.filesinks import FileSink
+        """Write CSV part files into directory ``path``, exactly once.
 
-        self._sink(
-            FileSink(
-                "csv", path, mode=mode, storage_options=storage_options, rows_per_file=rows_per_file
-            ),
-            name,
+        Columns CSV cannot hold (nested, binary, durations) fail the plan, naming the column.
+
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default), ``"append"`` or ``"error"``, as for
+            :meth:`write_parquet`.
+        name
+            The operator id; default ``write_csv``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        """
+        self.write(
+            "csv",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            name=name,
         )
 
     def write_ndjson(
@@ -643,17 +990,31 @@ class Stream:
         storage_options: dict[str, Any] | None = None,
         rows_per_file: int | None = None,
     ) -> None:
-        from arrowflow.io.filesinks import FileSink
+        """Write newline-delimited JSON part files into directory ``path``, exactly once.
 
-        self._sink(
-            FileSink(
-                "ndjson",
-                path,
-                mode=mode,
-                storage_options=storage_options,
-                rows_per_file=rows_per_file,
-            ),
-            name,
+        Binary columns fail the plan (JSON has no bytes), naming the column.
+
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default), ``"append"`` or ``"error"``, as for
+            :meth:`write_parquet`.
+        name
+            The operator id; default ``write_ndjson``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        """
+        self.write(
+            "ndjson",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            name=name,
         )
 
     def write_ipc(
@@ -666,20 +1027,33 @@ class Stream:
         rows_per_file: int | None = None,
         compression: str = "uncompressed",
     ) -> None:
-        """Write Arrow IPC part files; ``compression``: ``"uncompressed"`` (mapped without
-        decoding by any Arrow reader), ``"lz4"`` or ``"zstd"``."""
-        from arrowflow.io.filesinks import FileSink
+        """Write Arrow IPC (Feather v2) part files into directory ``path``, exactly once.
 
-        self._sink(
-            FileSink(
-                "ipc",
-                path,
-                mode=mode,
-                storage_options=storage_options,
-                rows_per_file=rows_per_file,
-                compression=compression,
-            ),
-            name,
+        Parameters
+        ----------
+        path
+            A directory, local or an fsspec URL.
+        mode
+            ``"overwrite"`` (default), ``"append"`` or ``"error"``, as for
+            :meth:`write_parquet`.
+        name
+            The operator id; default ``write_ipc``, numbered when already taken.
+        storage_options
+            fsspec options for a remote file system.
+        rows_per_file
+            Start a new part file after this many rows; default 2,000,000.
+        compression
+            ``"uncompressed"`` (default: any Arrow reader maps it without decoding),
+            ``"lz4"`` or ``"zstd"``.
+        """
+        self.write(
+            "ipc",
+            path,
+            mode=mode,
+            storage_options=storage_options,
+            rows_per_file=rows_per_file,
+            compression=compression,
+            name=name,
         )
 
     def write_database(
@@ -691,14 +1065,31 @@ class Stream:
         key: str | Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
-        """Write rows into ``table`` of SQLite (``"sqlite:///out/app.db"``) or PostgreSQL
-        (``"postgresql://user@host/db"``), exactly once: each checkpoint's rows commit in one
-        transaction with the checkpoint id. ``mode``: ``"append"``, ``"upsert"`` (with ``key``:
-        the newest row of a key wins) or ``"overwrite"`` (recreate the table on a fresh run)."""
-        from arrowflow.io.database import DatabaseSink
+        """Write rows into ``table`` of a SQLite or PostgreSQL database, exactly once.
 
+        Each checkpoint's rows commit in one transaction with the checkpoint id, so a
+        restore never commits them twice. Needs ``pip install 'arrowflow[sql]'``.
+
+        Parameters
+        ----------
+        url
+            ``"sqlite:///out/app.db"`` (relative), ``"sqlite:////tmp/app.db"`` (absolute) or
+            ``"postgresql://user@host:5432/db"``.
+        table
+            The target table; created from the stream's schema when it does not exist.
+        mode
+            ``"append"`` (default): add rows; ``"upsert"`` (with ``key``): insert or replace,
+            the newest row of a key wins; ``"overwrite"``: recreate the table on a fresh run.
+        key
+            For ``mode="upsert"``: the column or columns that identify a row.
+        name
+            The operator id; default ``write_database``, numbered when already taken. It
+            also names the sink's staging table and commit markers, so keep it stable
+            across restores.
+        """
         keys = [key] if isinstance(key, str) else list(key) if key is not None else None
-        self._sink(DatabaseSink(url, table=table, mode=mode, key=keys, name=name), name)
+        options = {"table": table, "mode": mode, "key": keys, "name": name}
+        self._sink(_registered_sink("database", (url,), options), name)
 
     def write_to(self, sink: Sink, *, name: str | None = None) -> None:
         """Write to any :class:`arrowflow.sinks.Sink` object."""
@@ -711,43 +1102,94 @@ class Stream:
     def collect(
         self,
         *,
-        workers: int | None = 0,
-        state: Any = "memory",
-        batch_size: int | None = None,
+        workers: int | None = COLLECT_DEFAULTS.workers,
+        state: Any = COLLECT_DEFAULTS.state,
+        batch_size: int | None = COLLECT_DEFAULTS.batch_size,
         max_parallelism: int | None = None,
         limit: int | None = None,
-        progress: bool | None = False,
+        progress: bool | None = COLLECT_DEFAULTS.progress,
         timeout: Any = None,
+        runner: str | None = COLLECT_DEFAULTS.runner,
+        options: RunOptions | None = None,
     ) -> pl.DataFrame:
         """Run the part of the flow this stream needs and return its rows as a DataFrame.
 
-        ``limit=n`` stops as soon as n rows arrived (in this process, reading small batches),
-        so a look at a large folder costs the few files it takes; see :meth:`head`. Over an
-        unbounded source (``tail``, ``watch``) it also stops after ``timeout`` (default 5 s)
-        with the rows it has; without ``limit`` such a stream never ends: use ``flow.start``.
-        """
-        from arrowflow._api.live import LimitSink
-        from arrowflow._plan import build_plan
-        from arrowflow._runtime import execute
-        from arrowflow.io.memory import CollectSink
+        Over an unbounded source (``tail``, ``watch``) a stream without ``limit`` never
+        ends: use ``flow.start`` for it. Collecting keeps no checkpoints.
 
+        Parameters
+        ----------
+        workers
+            Worker processes; ``0`` (default) runs in this process.
+        state
+            The state backend (default ``"memory"``), as in :meth:`Flow.run`.
+        batch_size
+            Rows per batch read from sources (default: the source's; with ``limit``, about
+            ``limit`` rows, between 4,096 and 65,536).
+        max_parallelism
+            Key groups of keyed state (None: the default, 128).
+        limit
+            Stop as soon as this many rows arrived (in this process, reading small batches),
+            so a look at a large folder costs the few files it takes; see :meth:`head`.
+        progress
+            A progress bar (default False; None: when a terminal or a notebook shows it).
+        timeout
+            With ``limit`` over an unbounded source: stop after this long (default ``"5s"``)
+            with the rows there are.
+        runner
+            A registered runner (default: decided by ``workers``).
+        options
+            The run options as one :class:`arrowflow.RunOptions`, instead of the keywords;
+            it must name no checkpoint directory.
+
+        Returns
+        -------
+        polars.DataFrame
+            The stream's rows (in no set order when several workers ran).
+
+        Raises
+        ------
+        PlanError
+            An invalid option or ``limit``, ``limit`` with workers, checkpoint options, or an
+            unbounded stream without ``limit``.
+        """
+        chosen = options_from(
+            "stream.collect()",
+            {
+                "workers": workers,
+                "state": state,
+                "batch_size": batch_size,
+                "max_parallelism": max_parallelism,
+                "progress": progress,
+                "runner": runner,
+            },
+            base=COLLECT_DEFAULTS,
+            options=options,
+        )
+        if chosen.checkpoint_dir is not None or chosen.restore is not None:
+            msg = (
+                "collect() keeps no checkpoints (its rows come back in this process); pass "
+                "options with checkpoint_dir=None and restore=None, or write the stream to a sink "
+                "and use flow.run()"
+            )
+            raise PlanError(msg)
         if limit is not None:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 msg = f"limit must be a number of rows, got {limit!r}"
                 raise PlanError(msg)
-            if workers not in (0, None):
-                msg = f"collect(limit=...) runs in this process, to stop early; drop workers={workers}"
+            if chosen.workers not in (0, None):
+                msg = f"collect(limit=...) runs in this process, to stop early; drop workers={chosen.workers}"
                 raise PlanError(msg)
             if limit == 0:
                 return pl.DataFrame(schema=self.schema)
-            workers = 0
-            batch_size = batch_size or min(max(limit, 4096), 65_536)
-        sink: Sink = CollectSink() if limit is None else LimitSink(limit)
+            chosen = chosen.replace(
+                workers=0, batch_size=chosen.batch_size or min(max(limit, 4096), 65_536)
+            )
+        sink: Sink = registry.load("sink", "collect")() if limit is None else LimitSink(limit)
         node = Node(
             self.flow.unused_id(f"{self.node.id}.collect"), "sink", [self.node], {"sink": sink}
         )
-        groups = DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism
-        plan = build_plan(self.flow, [node], max_parallelism=groups)
+        plan = build_plan(self.flow, [node], max_parallelism=chosen.max_parallelism)
         if not plan.bounded:
             if not isinstance(sink, LimitSink):
                 msg = (
@@ -758,17 +1200,7 @@ class Stream:
             sink.deadline_s = (
                 duration_ms("5s" if timeout is None else timeout, what="timeout") / 1000
             )
-        result = execute(
-            plan,
-            workers=workers,
-            state=state,
-            checkpoint_dir=None,
-            checkpoint_every=None,
-            restore=None,
-            batch_size=batch_size,
-            max_parallelism=max_parallelism,
-            progress=progress,
-        )
+        result = run_plan(plan, chosen)
         if isinstance(sink, LimitSink):
             return sink.to_polars(self.schema)
         return result.collected(node.id, self.schema)
@@ -780,6 +1212,13 @@ class Stream:
         source, also after ``timeout=``, default 5 s). Stateless chains and windows
         stop early; a keyed ``agg`` emits its rows when its input ends, so above one the
         whole input is read. Order: that of the input, split by split.
+
+        Parameters
+        ----------
+        n
+            Rows wanted.
+        **options
+            The options of :meth:`collect` but ``limit`` (``state``, ``timeout``, ...).
         """
         return self.collect(limit=n, **options)
 

@@ -27,15 +27,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
 
 from arrowflow._api.inspect import list_checkpoints, query_state, read_state
+from arrowflow._api.jobview import display_live, in_notebook, job_html, watch_terminal
+from arrowflow._api.progress import ProgressBar, wanted
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+from arrowflow._plan import Plan
+from arrowflow._runtime import execute
 from arrowflow._runtime.result import RunResult
 from arrowflow.errors import ArrowflowError
+from arrowflow.options import RunOptions
 
 #: Seconds between two samples of :meth:`Job.history`.
 SAMPLE_INTERVAL_S = 0.5
@@ -68,6 +74,31 @@ class JobControl:
     @property
     def restarts(self) -> int:
         return max(0, self.attempts - 1)
+
+
+def run_plan(plan: Plan, options: RunOptions, control: JobControl | None = None) -> RunResult:
+    """Run ``plan`` with ``options`` in this thread, with a progress bar when
+    ``options.progress`` asks for one (:func:`arrowflow._api.progress.wanted`).
+
+    Parameters
+    ----------
+    plan
+        The physical plan, built with ``options.max_parallelism`` key groups.
+    options
+        The run's options.
+    control
+        The job's control (``flow.start``); a progress bar gets one of its own otherwise.
+    """
+    bar = None
+    if wanted(options.progress):
+        if control is None:
+            control = JobControl()
+        bar = ProgressBar(control, plan.flow_name)
+    try:
+        return execute(plan, options, control=control)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def operator_frame(rows: list[dict[str, Any]], now: float | None = None) -> pl.DataFrame:
@@ -120,8 +151,8 @@ class Job:
     def __init__(
         self,
         name: str,
-        run: Any,
-        kwargs: dict[str, Any],
+        run: Callable[[JobControl], RunResult],
+        options: RunOptions,
         *,
         results: Any = None,
         taps: dict[str, tuple[str, pl.Schema]] | None = None,
@@ -129,14 +160,15 @@ class Job:
         self.name = name
         self.control = JobControl(results)
         self.taps = taps or {}  # stream id -> (tap sink id, schema)
-        self.options = dict(kwargs)
+        #: The options the job runs with.
+        self.options = options
         self.result: RunResult | None = None
         self.error: BaseException | None = None
         self.started = time.monotonic()
         self.ended: float | None = None
         self.samples: list[dict[str, Any]] = []
         self._thread = threading.Thread(
-            target=self._main, args=(run, kwargs), name=f"arrowflow-job-{name}", daemon=True
+            target=self._main, args=(run,), name=f"arrowflow-job-{name}", daemon=True
         )
         self._thread.start()
         self._sampler = threading.Thread(
@@ -144,9 +176,9 @@ class Job:
         )
         self._sampler.start()
 
-    def _main(self, run: Any, kwargs: dict[str, Any]) -> None:
+    def _main(self, run: Callable[[JobControl], RunResult]) -> None:
         try:
-            self.result = run(control=self.control, **kwargs)
+            self.result = run(self.control)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -299,7 +331,7 @@ class Job:
 
     # ------------------------------------------------------------------ checkpoints and state
     def _checkpoint_dir(self) -> str:
-        directory = self.options.get("checkpoint_dir")
+        directory = self.options.checkpoint_dir
         if directory is None:
             msg = f"job {self.name!r} was started without a checkpoint_dir: it has no checkpoints"
             raise ArrowflowError(msg)
@@ -308,7 +340,7 @@ class Job:
     def checkpoints(self) -> pl.DataFrame:
         """The job's complete checkpoints: id, time, size, state files, final, source offsets."""
         return list_checkpoints(
-            self._checkpoint_dir(), storage_options=self.options.get("storage_options")
+            self._checkpoint_dir(), storage_options=self.options.storage_options
         )
 
     def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
@@ -317,7 +349,7 @@ class Job:
             self._checkpoint_dir(),
             operator,
             checkpoint_id=checkpoint_id,
-            storage_options=self.options.get("storage_options"),
+            storage_options=self.options.storage_options,
         )
 
     def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
@@ -327,7 +359,7 @@ class Job:
             self._checkpoint_dir(),
             sql,
             checkpoint_id=checkpoint_id,
-            storage_options=self.options.get("storage_options"),
+            storage_options=self.options.storage_options,
         )
 
     def wait(self, timeout: float | None = None) -> RunResult:
@@ -379,21 +411,15 @@ class Job:
 
     # ------------------------------------------------------------------ display
     def _repr_html_(self) -> str:
-        from arrowflow._api.jobview import job_html
-
         return job_html(self)
 
     def _ipython_display_(self) -> None:
         """In Jupyter: a view of the job that refreshes itself until the job ends."""
-        from arrowflow._api.jobview import display_live
-
         display_live(self)
 
     def watch(self, *, interval: float = 1.0, file: Any = None) -> RunResult | None:
         """In a terminal: print a status line every ``interval`` seconds until the job ends
         (Ctrl-C stops watching, not the job). In Jupyter, show the live view instead."""
-        from arrowflow._api.jobview import in_notebook, watch_terminal
-
         if in_notebook():
             self._ipython_display_()
             return None

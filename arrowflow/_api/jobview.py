@@ -141,7 +141,7 @@ def job_html(job: Any) -> str:
     status = info["status"]
     progress = info["progress"]
     color = _STATUS_COLORS.get(status, "#555")
-    workers = job.options.get("workers")
+    workers = job.options.workers
     lines = [
         _STYLE,
         '<div class="arrowflow-job">',
@@ -170,7 +170,7 @@ def job_html(job: Any) -> str:
             f"{_esc(_duration(checkpoint['ago_s']))} ago, took {_esc(_duration(checkpoint['took_s']))}"
             f" · {len(progress['checkpoints'])} this attempt</div>"
         )
-    elif job.options.get("checkpoint_dir"):
+    elif job.options.checkpoint_dir:
         lines.append('<div class="af-muted">no checkpoint yet</div>')
     if job.error is not None:
         text = str(job.error).strip().splitlines()

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._foundation.util import frame_from_ipc, frame_to_ipc
+from arrowflow._foundation.arrowipc import frame_from_ipc, frame_to_ipc
 from arrowflow.sinks import Sink, SinkWriter
 
 #: Rows of each stream that ``job.results()`` keeps by default (the newest ones).

@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import Any
 
+from arrowflow._api.jobview import in_notebook
+
 INTERVAL_S = 0.2
 
 
@@ -27,8 +29,6 @@ def wanted(progress: bool | None) -> bool:
         return False
     if os.environ.get("CI"):
         return False
-    from arrowflow._api.jobview import in_notebook
-
     if in_notebook():
         return True
     try:
@@ -38,8 +38,6 @@ def wanted(progress: bool | None) -> bool:
 
 
 def _tqdm_class() -> Any:
-    from arrowflow._api.jobview import in_notebook
-
     if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.notebook import tqdm
 

@@ -20,6 +20,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from arrowflow.errors import SchemaError
+
 DEFAULT_MAX_PARALLELISM = 128
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -117,8 +119,6 @@ def _hash_series(series: pl.Series) -> np.ndarray:
         hashed = np.full(len(series), _NULL_HASH, dtype=np.uint64)
     else:
         msg = f"cannot hash key column {series.name!r} of type {dtype}; {KEY_TYPES_HINT}"
-        from arrowflow.errors import SchemaError
-
         raise SchemaError(msg)
     if nulls is not None:
         hashed = np.where(nulls, _NULL_HASH, hashed)

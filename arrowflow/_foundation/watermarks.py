@@ -98,7 +98,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.durations import duration_ms
 from arrowflow.errors import PlanError, SchemaError
 
 NO_WATERMARK = -(2**63)

@@ -82,6 +82,7 @@ from arrowflow._foundation.keygroups import (
     is_hashable_key_type,
     key_groups,
 )
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow._process.declarations import WRITTEN as WRITTEN
 from arrowflow._process.declarations import ListState as ListState
 from arrowflow._process.declarations import MapState as MapState
@@ -304,8 +305,6 @@ class ProcessFunction:
                 raise PlanError(msg)
         declared = None
         if schema is not None:
-            from arrowflow.io._schema import to_polars_schema
-
             declared = to_polars_schema(schema)
         sides: dict[str, pl.Schema | None] = {}
         if side_outputs is not None:
@@ -315,8 +314,6 @@ class ProcessFunction:
                     f"got {type(side_outputs).__name__}"
                 )
                 raise PlanError(msg)
-            from arrowflow.io._schema import to_polars_schema
-
             for side, side_schema in side_outputs.items():
                 if (
                     not isinstance(side, str)

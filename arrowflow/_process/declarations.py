@@ -15,6 +15,8 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._foundation.durations import duration_ms
+from arrowflow._foundation.schema import to_polars_schema
 from arrowflow._process import packed as _packed
 from arrowflow.errors import PlanError
 from arrowflow.state import StoreSpec
@@ -38,8 +40,6 @@ def _columns(value: Any, default_name: str, what: str) -> tuple[pl.Schema, bool]
     if dtype is not None:
         return pl.Schema({default_name: dtype}), True
     if isinstance(value, Mapping | pl.Schema) or type(value).__name__ == "Schema":
-        from arrowflow.io._schema import to_polars_schema
-
         schema = to_polars_schema(value if isinstance(value, pl.Schema) else dict(value))
         if not len(schema):
             msg = f"{what}: needs at least one column, got an empty schema"
@@ -59,8 +59,6 @@ def _columns(value: Any, default_name: str, what: str) -> tuple[pl.Schema, bool]
 def _ttl(ttl: Any, what: str) -> int | None:
     if ttl is None:
         return None
-    from arrowflow._foundation.util import duration_ms
-
     ms = duration_ms(ttl, what=f"{what} ttl")
     if ms <= 0:
         msg = f"{what}: ttl must be longer than zero, got {ttl!r}; leave ttl=None for state that never expires"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from arrowflow._foundation.schema import lossless
 from arrowflow._process import packed as _packed
 from arrowflow._process.declarations import WRITTEN, _StateDecl
 from arrowflow.errors import PlanError, SchemaError
@@ -29,8 +30,6 @@ _INDEX = "__k"  # row number of a key in the unique keys of a call
 
 
 def _lossless(found: pl.DataType, wanted: pl.DataType) -> bool:
-    from arrowflow.io._schema import lossless
-
     return found == wanted or found == pl.Null or lossless(found, wanted)
 
 

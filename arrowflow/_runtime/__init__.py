@@ -1,478 +1,57 @@
-"""Executors: the in-process one and the worker pool, behind one ``execute`` entry point.
+"""The runtime: ``execute`` runs a physical plan on the runner its options name.
 
-``execute`` also owns what happens around a run: the leases on its checkpoint directory and
-output folders (one job at a time, :mod:`arrowflow._runtime.lease`), choosing the checkpoint to
-restore (and refusing one taken from a different flow), re-running the restored
-checkpoint's commit (idempotent), rolling the sinks back to it (output that later
-checkpoints committed: a damaged newest checkpoint, an explicit older ``restore=``), and the
-restart strategy — a pool run whose worker dies or raises is restarted from its newest
-complete checkpoint, a bounded number of times.
-
-A restart must never hide a crash: every restart is recorded with its reason in the
-:class:`RunResult` (``restart_reasons``), warned about, and printed on the last lines of the
-CLI's and the demo's summary. ``ARROWFLOW_RESTARTS`` sets the policy (the test suite runs
-with ``fail``, and ``injected`` in the tests that kill workers on purpose):
-
-- ``allow`` (default): restart any worker failure, up to ``max_restarts`` times;
-- ``injected``: restart only a worker killed by SIGKILL (``kill -9``, what the fault points
-  of :mod:`arrowflow._foundation.faults` and the recovery tests do); any other failure — a segfault, a
-  panic, an exception — fails the run at once;
-- ``fail``: never restart; the first failure fails the run.
+The runner (:class:`arrowflow.runners.Runner`: ``inprocess``, ``pool``, or one a package
+registered) is looked up in :mod:`arrowflow.registry` by ``RunOptions.runner_name``. Leases on
+the checkpoint directory and the output folders (one job at a time,
+:mod:`arrowflow._runtime.lease`) are held for the whole run; the attempts, restores and
+restarts are :mod:`arrowflow._runtime.restarts`; what sinks are told around each attempt is
+:mod:`arrowflow._runtime.outputs`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
-import signal
-import time
-import warnings
 from typing import Any
 
 from arrowflow._plan import Plan
-from arrowflow._runtime.checkpoints import (
-    CheckpointStorage,
-    Manifest,
-    chk_dir,
-    operator_differences,
-)
-from arrowflow._runtime.coordinator import JobCoordinator
 from arrowflow._runtime.lease import JobLeases
-from arrowflow._runtime.operators import RuntimeContext
+from arrowflow._runtime.restarts import run_attempts
 from arrowflow._runtime.result import RunResult
-from arrowflow.errors import CheckpointError, PlanError, SinkError, WorkerError
-from arrowflow.sinks import JobIdentity, RolledBack, Sink
-from arrowflow.state import StateFile, resolve_backend
-from arrowflow.triggers import resolve_trigger
-
-MAX_RESTARTS = 3
-RESTART_DELAY_S = 0.5
-RESTART_POLICIES = ("allow", "injected", "fail")
+from arrowflow.errors import PlanError
+from arrowflow.options import RunOptions
+from arrowflow.registry import load as load_plugin
+from arrowflow.runners import Runner
 
 
-def restart_policy() -> str:
-    """The restart policy from ``ARROWFLOW_RESTARTS`` (``allow`` when unset)."""
-    policy = os.environ.get("ARROWFLOW_RESTARTS", "").strip().lower() or "allow"
-    if policy not in RESTART_POLICIES:
-        msg = f"ARROWFLOW_RESTARTS must be one of {RESTART_POLICIES}, got {policy!r}"
-        raise PlanError(msg)
-    return policy
+def execute(plan: Plan, options: RunOptions, *, control: Any = None) -> RunResult:
+    """Run ``plan`` to the end of its input (or until ``control`` stops it).
 
-
-def _restart_refused(exc: WorkerError, policy: str) -> str | None:
-    """Why the policy refuses to restart after ``exc`` (None: it may restart)."""
-    if policy == "fail":
-        return "restarts are disabled (ARROWFLOW_RESTARTS=fail)"
-    if policy == "injected" and exc.signal != signal.SIGKILL:
-        return (
-            "only a worker killed by SIGKILL is restarted (ARROWFLOW_RESTARTS=injected); this failure "
-            "was not an injected fault"
-        )
-    return None
-
-
-def _restore_point(
-    storage: CheckpointStorage | None,
-    restore: Any,
-    plan: Plan,
-    max_parallelism: int,
-    min_id: int = 0,
-) -> Manifest | None:
-    if storage is None or restore is None:
-        return None
-    if restore == "latest":
-        manifest = storage.latest(min_id=min_id)
-        if manifest is None:
-            return None
-    elif isinstance(restore, int) and not isinstance(restore, bool):
-        manifest = storage.find(restore)
-    else:
-        msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
-        raise CheckpointError(msg)
-    differences = operator_differences(manifest.operators, plan.operator_fingerprints)
-    if differences:
-        msg = (
-            f"cannot restore checkpoint {manifest.id} of flow {manifest.flow!r} from {storage.url!r} onto "
-            f"this flow: "
-            + "; ".join(differences)
-            + ". Restore onto the flow that wrote it, or start "
-            "fresh with restore=None (or another checkpoint_dir)."
-        )
-        raise CheckpointError(msg)
-    if manifest.max_parallelism != max_parallelism:
-        msg = (
-            f"checkpoint {manifest.id} was taken with max_parallelism={manifest.max_parallelism}, the run "
-            f"asks for {max_parallelism}; state is organised in key groups, so it must stay the same"
-        )
-        raise CheckpointError(msg)
-    return manifest
-
-
-def execute(
-    plan: Plan,
-    *,
-    workers: int | None,
-    state: Any,
-    checkpoint_dir: str | None,
-    checkpoint_every: Any,
-    restore: Any,
-    batch_size: int | None,
-    max_parallelism: int | None,
-    progress: bool | None,
-    storage_options: dict[str, Any] | None = None,
-    keep_checkpoints: int = 3,
-    max_restarts: int = MAX_RESTARTS,
-    control: Any = None,
-) -> RunResult:
-    """Run ``plan`` to the end of its input. ``workers=0``: in this process."""
-    from arrowflow._api.progress import ProgressBar, wanted
-
-    bar = None
-    if wanted(progress):
-        if control is None:
-            from arrowflow._api.job import JobControl
-
-            control = JobControl()
-        bar = ProgressBar(control, plan.flow_name)
+    Parameters
+    ----------
+    plan
+        The physical plan (:func:`arrowflow._plan.build_plan`), built with
+        ``options.max_parallelism`` key groups.
+    options
+        Everything the run reads.
+    control
+        A :class:`arrowflow._api.job.JobControl` (``flow.start``, a progress bar): it is
+        attached to each attempt's coordinator. None: nobody watches.
+    """
+    runner = make_runner(options)
     leases = JobLeases()
     try:
-        return _execute(
-            plan,
-            workers=workers,
-            state=state,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            restore=restore,
-            batch_size=batch_size,
-            max_parallelism=max_parallelism,
-            storage_options=storage_options,
-            keep_checkpoints=keep_checkpoints,
-            max_restarts=max_restarts,
-            control=control,
-            leases=leases,
-        )
+        return run_attempts(plan, options, runner, control=control, leases=leases)
     finally:
         leases.release()
-        if bar is not None:
-            bar.close()
 
 
-def _take_leases(leases: JobLeases, plan: Plan, storage: CheckpointStorage | None) -> None:
-    """One job at a time on the checkpoint directory and on every sink's output folder."""
-    if storage is not None:
-        leases.take(
-            storage.url,
-            storage.storage_options,
-            what="checkpoint_dir",
-            flow=plan.flow_name,
-            error=CheckpointError,
-        )
-    for op in plan.ops:
-        if op.kind == "sink":
-            sink = op.params["sink"]
-            for url, options in sink.leases():
-                leases.take(
-                    url,
-                    options,
-                    what=f"output folder of {sink.kind}",
-                    flow=plan.flow_name,
-                    error=SinkError,
-                )
-
-
-def _job_tag(storage: CheckpointStorage | None) -> str:
-    """Names this job's output: the same for every run on one checkpoint directory."""
-    if storage is None:
-        return secrets.token_hex(4)
-    protocol = storage.fs.protocol
-    name = f"{protocol if isinstance(protocol, str) else protocol[0]}://{storage.root}"
-    return hashlib.sha256(name.encode()).hexdigest()[:8]
-
-
-def _execute(
-    plan: Plan,
-    *,
-    workers: int | None,
-    state: Any,
-    checkpoint_dir: str | None,
-    checkpoint_every: Any,
-    restore: Any,
-    batch_size: int | None,
-    max_parallelism: int | None,
-    storage_options: dict[str, Any] | None,
-    keep_checkpoints: int,
-    max_restarts: int,
-    control: Any,
-    leases: JobLeases,
-) -> RunResult:
-    backend = resolve_backend(state)
-    max_parallelism = max_parallelism or 128
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        msg = f"batch_size must be a positive number of rows, got {batch_size!r}"
-        raise PlanError(msg)
-    if workers is not None and (
-        not isinstance(workers, int) or isinstance(workers, bool) or workers < 0
-    ):
-        msg = f"workers must be a number of processes (0 runs in this process), got {workers!r}"
-        raise PlanError(msg)
-    if checkpoint_every is not None and checkpoint_dir is None:
-        msg = "checkpoint_every needs a checkpoint_dir to write the checkpoints to (any fsspec URL)"
-        raise PlanError(msg)
-    if restore not in (None, "latest") and not (
-        isinstance(restore, int) and not isinstance(restore, bool)
-    ):
-        msg = f"restore= expects 'latest', a checkpoint id or None, got {restore!r}"
-        raise PlanError(msg)
-    if isinstance(restore, int) and checkpoint_dir is None:
-        msg = f"restore={restore} needs the checkpoint_dir that holds checkpoint {restore} (any fsspec URL)"
-        raise PlanError(msg)
-    trigger = resolve_trigger(checkpoint_every)
-    storage = (
-        CheckpointStorage(checkpoint_dir, storage_options, keep=keep_checkpoints)
-        if checkpoint_dir
-        else None
-    )
-    if storage is not None:
-        storage.ensure()
-    _take_leases(leases, plan, storage)
-    tag = _job_tag(storage)
-    parallelism = 1 if workers == 0 else (workers or os.cpu_count() or 1)
-    policy = restart_policy()
-    restarts = 0
-    reasons: list[str] = []
-    # A restart goes back to this run's own newest checkpoint, else to the one it started from
-    # (or to nothing), never to another run's that happens to share the directory.
-    own_first_id = 0
-    started_from: int | None = None
-    rolled_back: list[RolledBack] = []  # over every attempt
-    while True:
-        if restarts == 0:
-            restored = _restore_point(storage, restore, plan, max_parallelism)
-        else:
-            restored = _restore_point(storage, "latest", plan, max_parallelism, own_first_id)
-            if restored is None and started_from is not None:
-                restored = _restore_point(storage, started_from, plan, max_parallelism)
-        existing = storage.checkpoint_ids() if storage is not None else []
-        first_id = max(existing) + 1 if existing else 1
-        _attach_sinks(plan, JobIdentity(tag, first_id, storage is not None, keep_checkpoints))
-        # A restart that starts over removes what this run's own checkpoints committed; so does
-        # a run told to resume that finds every checkpoint damaged (their output is the job's).
-        back_to = restored.id if restored is not None else (own_first_id - 1 if restarts else None)
-        if (
-            back_to is None
-            and restore == "latest"
-            and storage is not None
-            and storage.committed_after(0)
-        ):
-            back_to = 0
-        _refuse_without_rollback(plan, storage, back_to)
-        if restored is not None and restored.final:
-            _recommit(plan, restored)
-            note = (
-                f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
-                f"to start over"
-            )
-            warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
-            result = RunResult(plan.flow_name, workers or 0, 0.0)
-            result.rolled_back = rolled_back + _roll_back(plan, storage, back_to)
-            result.checkpoints = [restored.id]
-            result.restored_from = restored.id
-            result.notes.append(note)
-            return result
-        _prepare_sinks(plan, restored)
-        rolled_back.extend(_roll_back(plan, storage, back_to))
-        if restarts == 0:
-            own_first_id, started_from = first_id, (restored.id if restored is not None else None)
-        coordinator = JobCoordinator(
-            plan,
-            parallelism,
-            storage=storage,
-            trigger=trigger,
-            restored=restored,
-            max_parallelism=max_parallelism,
-            first_id=first_id,
-        )
-        if control is not None:
-            control.attach(coordinator)
-        context = RuntimeContext(storage=storage)
-        if restored is not None:
-            assert storage is not None
-            context.restore_root = storage.root
-            context.restore_files = [StateFile.from_json(f) for f in restored.state]
-        try:
-            if workers == 0:
-                from arrowflow._runtime.inprocess import run_local
-
-                result = run_local(
-                    plan,
-                    backend,
-                    coordinator,
-                    context,
-                    batch_size=batch_size,
-                    max_parallelism=max_parallelism,
-                )
-            else:
-                from arrowflow._runtime.pool import run_pool
-
-                result = run_pool(
-                    plan,
-                    backend,
-                    coordinator,
-                    context,
-                    workers=parallelism,
-                    batch_size=batch_size,
-                    max_parallelism=max_parallelism,
-                )
-        except WorkerError as exc:
-            refused = _restart_refused(exc, policy) if storage is not None else None
-            if storage is None or restarts >= max_restarts or refused:
-                if refused:
-                    exc.args = (f"{exc.args[0]}\n(not restarted: {refused})",)
-                elif storage is not None:
-                    exc.args = (
-                        f"{exc.args[0]}\n(gave up after {restarts} restarts from checkpoints)",
-                    )
-                _discard_staged(plan, storage, own_first_id, started_from)
-                raise
-            restarts += 1
-            reason = str(exc).splitlines()[0]
-            reasons.append(reason)
-            warnings.warn(
-                f"flow {plan.flow_name!r}: {reason}; restarting from the newest "
-                f"checkpoint (restart {restarts} of at most {max_restarts})",
-                stacklevel=2,
-            )
-            time.sleep(RESTART_DELAY_S)
-            continue
-        except BaseException:  # raised in this process (workers=0), Ctrl-C, a failed commit
-            _discard_staged(plan, storage, own_first_id, started_from)
-            raise
-        result.restarts = restarts
-        result.restart_reasons = reasons
-        result.rolled_back = rolled_back
-        # Live-results taps (flow.start) are not the user's operators: their rows are no output.
-        taps = {op.id for op in plan.ops if op.kind == "sink" and op.params["sink"].transient}
-        if taps:
-            result.operator_metrics = [
-                m for m in result.operator_metrics if m["operator"] not in taps
-            ]
-        result.restored_from = restored.id if restored is not None else None
-        result.checkpoint_seconds = dict(coordinator.durations)
-        result.aborted_checkpoints = list(coordinator.aborted)
-        if coordinator.exit_now:
-            result.status = "stopped"
-        return result
-
-
-def _prepare_sinks(plan: Plan, restored: Manifest | None) -> None:
-    for op in plan.ops:
-        if op.kind != "sink":
-            continue
-        sink = op.params["sink"]
-        if restored is None:
-            sink.begin()
-        else:
-            # The crash may have come between the manifest and the commit: commit again
-            # (idempotent), then drop what was staged after that checkpoint.
-            sink.commit(restored.id, restored.sinks.get(op.id, []))
-            sink.recover(restored.id)
-
-
-def _discard_staged(
-    plan: Plan, storage: CheckpointStorage | None, since_id: int, started_from: int | None
-) -> None:
-    """The run failed for good: commit its newest complete checkpoint again (idempotent: the
-    failure may have come between a manifest and its commit), then let every sink drop what is
-    still staged, which belongs to no complete checkpoint. If that fails, the staged output
-    stays for the next run, whose restore (or fresh start) clears it."""
-    try:
-        newest = None
-        # Only the manifest's sink lists are needed (its checksum covers them): no state file is
-        # read and hashed on this failure path.
-        for checkpoint_id in storage.checkpoint_ids() if storage is not None else []:
-            if checkpoint_id < since_id and checkpoint_id != started_from:
-                continue
-            assert storage is not None  # there are ids only with storage
-            try:
-                newest = storage.read_manifest(checkpoint_id, verify_files=False)
-                break
-            except CheckpointError:
-                continue
-        sinks = [op for op in plan.ops if op.kind == "sink"]
-        if newest is not None:
-            for op in sinks:
-                op.params["sink"].commit(newest.id, newest.sinks.get(op.id, []))
-        for op in sinks:
-            op.params["sink"].discard_staged()
-    except Exception as exc:
-        warnings.warn(
-            f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
-            f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            stacklevel=3,
-        )
-
-
-def _attach_sinks(plan: Plan, job: JobIdentity) -> None:
-    for op in plan.ops:
-        if op.kind == "sink":
-            op.params["sink"].attach(job)
-
-
-def _durable_sinks(plan: Plan) -> list[tuple[str, Sink]]:
-    return [
-        (op.id, op.params["sink"])
-        for op in plan.ops
-        if op.kind == "sink" and op.params["sink"].durable
-    ]
-
-
-def _refuse_without_rollback(
-    plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None
-) -> None:
-    """Before any sink changes anything: refuse a restore to ``checkpoint_id`` when later
-    checkpoints may have committed output that a sink cannot remove."""
-    if storage is None or checkpoint_id is None:
-        return
-    unable = [
-        (op_id, sink)
-        for op_id, sink in _durable_sinks(plan)
-        if type(sink).rollback is Sink.rollback
-    ]
-    later = storage.committed_after(checkpoint_id) if unable else []
-    if later:
-        shown = ", ".join(f"{op_id!r} ({sink.describe()})" for op_id, sink in unable)
-        dirs = ", ".join(chk_dir(i) for i in later)
+def make_runner(options: RunOptions) -> Runner:
+    """The runner ``options`` name, from the registry, built with ``options``."""
+    name = options.runner_name
+    found = load_plugin("runner", name)
+    if not (isinstance(found, type) and issubclass(found, Runner)):
         msg = (
-            f"cannot restore checkpoint {checkpoint_id} from {storage.url!r}: the later checkpoint(s) "
-            f"{later} may have committed output, and the sink(s) {shown} cannot remove output of later "
-            f"checkpoints, so the replay would write it twice. To go on: remove that output yourself and "
-            f"delete {dirs} from the checkpoint directory, then run again; or restore=None (with a fresh "
-            f"output) to start over."
+            f"the runner plug-in {name!r} is {found!r}, not an arrowflow.runners.Runner subclass; "
+            f"register the class itself"
         )
-        raise CheckpointError(msg)
-
-
-def _roll_back(
-    plan: Plan, storage: CheckpointStorage | None, checkpoint_id: int | None
-) -> list[RolledBack]:
-    """Remove the sinks' output of checkpoints after ``checkpoint_id``: it is replayed."""
-    if storage is None or checkpoint_id is None:
-        return []
-    done = []
-    for op_id, sink in _durable_sinks(plan):
-        item = sink.rollback(checkpoint_id)
-        if item is not None and item.count:
-            warnings.warn(
-                f"flow {plan.flow_name!r}: restoring checkpoint {checkpoint_id}, rolled back output "
-                f"of later checkpoints ({op_id!r}) {item}",
-                stacklevel=3,
-            )
-            done.append(item)
-    return done
-
-
-def _recommit(plan: Plan, restored: Manifest) -> None:
-    for op in plan.ops:
-        if op.kind == "sink":
-            op.params["sink"].commit(restored.id, restored.sinks.get(op.id, []))
+        raise PlanError(msg)
+    return found(options)

@@ -1,8 +1,9 @@
-"""The in-process executor: one worker in the calling process, same semantics as the pool.
+"""The in-process runner: one worker in the calling process, same semantics as the pool.
 
 It exists for tests, debugging and notebook runs: no processes, no shared memory, and a
 Python debugger stops inside user functions. The coordinator's duties (splits, checkpoints,
-commits) run in the same process, driven from the worker's loop through a direct link.
+commits) run in the same process, driven from the worker's loop through a direct link: a
+control message is a function call, and with one worker there is no transport.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ import tempfile
 import time
 from typing import Any
 
-from arrowflow._plan import Plan
-from arrowflow._runtime.coordinator import JobCoordinator
-from arrowflow._runtime.operators import RuntimeContext
-from arrowflow._runtime.result import RunResult
-from arrowflow._runtime.worker import Worker
+from arrowflow.errors import PlanError
+from arrowflow.options import RunOptions
+from arrowflow.runners import ControlLink, Coordinator, Runner, WorkerLoop, WorkerSpec
 from arrowflow.sources import Split
-from arrowflow.state import StateBackend
 
 
-class _DirectLink:
-    def __init__(self, coordinator: JobCoordinator) -> None:
+class _DirectLink(ControlLink):
+    """The worker's control link as direct calls of the coordinator (worker 0)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self.exit = False
 
@@ -59,44 +59,48 @@ class _DirectLink:
         return None
 
 
-def run_local(
-    plan: Plan,
-    backend: StateBackend,
-    coordinator: JobCoordinator,
-    context: RuntimeContext,
-    *,
-    batch_size: int | None,
-    max_parallelism: int,
-) -> RunResult:
-    started = time.perf_counter()
-    local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{plan.flow_name}-")
-    worker = Worker(
-        plan,
-        0,
-        1,
-        _DirectLink(coordinator),
-        backend,
-        batch_size=batch_size,
-        local_dir=local_dir,
-        max_parallelism=max_parallelism,
-        runtime_context=context,
-    )
-    try:
-        report = worker.run()
-    finally:
-        worker.close()
-        shutil.rmtree(local_dir, ignore_errors=True)
-    result = RunResult(plan.flow_name, 0, time.perf_counter() - started, report.metrics)
-    result.checkpoints = list(coordinator.completed)
-    result.outputs = collected_outputs(plan)
-    return result
+class InProcessRunner(Runner):
+    """One worker, in the calling thread; the coordinator is driven from the worker's loop.
 
+    Parameters
+    ----------
+    options
+        The run's options; ``workers`` must be 0 or left out.
+    """
 
-def collected_outputs(plan: Plan) -> dict[str, Any]:
-    from arrowflow.io.memory import CollectSink
+    name = "inprocess"
 
-    return {
-        op.id: op.params["sink"].frames
-        for op in plan.ops
-        if op.kind == "sink" and isinstance(op.params["sink"], CollectSink)
-    }
+    def __init__(self, options: RunOptions) -> None:
+        super().__init__(options)
+        if options.workers not in (None, 0):
+            msg = (
+                f"the in-process runner runs one worker in this process, not workers={options.workers}; "
+                f"drop runner={options.runner!r} to use a process pool, or pass workers=0"
+            )
+            raise PlanError(msg)
+        self.worker: WorkerLoop | None = None
+        self.local_dir: str | None = None
+
+    @property
+    def parallelism(self) -> int:
+        return 1
+
+    @property
+    def processes(self) -> int:
+        return 0
+
+    def launch(self, spec: WorkerSpec, coordinator: Coordinator) -> None:
+        self.local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{spec.flow_name}-")
+        self.worker = spec.build(0, _DirectLink(coordinator), None, self.local_dir)
+
+    def coordinate(self, coordinator: Coordinator) -> list[Any]:
+        assert self.worker is not None
+        return [self.worker.run()]
+
+    def shutdown(self, *, graceful: bool = False) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.close()
+        local_dir, self.local_dir = self.local_dir, None
+        if local_dir is not None:
+            shutil.rmtree(local_dir, ignore_errors=True)

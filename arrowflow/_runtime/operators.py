@@ -30,6 +30,7 @@ from arrowflow._foundation.keygroups import key_groups, owner_of
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, Watermark
 from arrowflow._graph.aggregates import IncrementalAgg
 from arrowflow._plan import MAIN, OpSpec
+from arrowflow._runtime.checkpoints import encode_spec
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.sinks import SinkWriter
 from arrowflow.state import FOUND, KeyedStore, StateBackend, StateFile, StoreContext, StoreSpec
@@ -623,8 +624,6 @@ def snapshot_stores(
     for store in stores.values():
         if store is not None:
             if store.spec.name not in context.store_specs:
-                from arrowflow._runtime.checkpoints import encode_spec
-
                 context.store_specs[store.spec.name] = encode_spec(store.spec)
             files.extend(store.snapshot(context.storage.fs, context.storage.root, checkpoint_id))
             fault_point("during_snapshot")

@@ -1,11 +1,14 @@
-"""The worker pool: N processes, one instance of every operator each, joined by shared memory.
+"""The ``pool`` runner: N processes, one instance of every operator each, joined by shared memory.
 
-Design (docs/runtime.md; the execution model: docs/design.md §3):
+:class:`PoolRunner` is an :class:`arrowflow.runners.Runner`; its transport is
+:class:`arrowflow._runtime.shm.ShmTransport` and its control link the messages of
+:mod:`arrowflow._runtime.control` over pipes (docs/runtime.md). Design (the execution model: docs/design.md §3):
 
 - **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
-  pools that ``fork`` would break). The plan and the state backend are serialized once with
-  cloudpickle and sent as the process's arguments, never per batch. Each worker limits its
-  polars and Arrow thread pools to ``cores // workers`` so N workers don't oversubscribe.
+  pools that ``fork`` would break). The worker spec (plan, state backend, runtime context) is
+  serialized once with cloudpickle and sent as the process's argument, never per batch.
+  Each worker limits its polars and Arrow thread pools to ``cores // workers`` so N workers
+  don't oversubscribe.
 - **Channels**: one shared-memory ring (:mod:`arrowflow._runtime.shm`) per ordered pair
   of workers, shared by every exchange of the plan (messages carry the exchange's tag).
   The coordinator creates the segments and unlinks them at the end, whatever happened.
@@ -42,185 +45,16 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cloudpickle
-import polars as pl
 
-from arrowflow._plan import Plan
-from arrowflow._runtime.coordinator import JobCoordinator
-from arrowflow._runtime.operators import RuntimeContext
-from arrowflow._runtime.result import RunResult
-from arrowflow._runtime.shm import (
-    BARRIER,
-    DEFAULT_CAPACITY,
-    END,
-    WATERMARK,
-    Ring,
-    ipc_read,
-    read_id,
-    write_barrier,
-    write_table,
-    write_watermark,
-)
+from arrowflow._runtime.control import ChannelLink, ControlServer
+from arrowflow._runtime.shm import DEFAULT_CAPACITY, Ring, ShmTransport
 from arrowflow._runtime.shm_segments import reclaim_segments, segment_name
-from arrowflow._runtime.worker import Worker, WorkerReport
-from arrowflow.errors import JobCancelled, WorkerError, summarize
-from arrowflow.sources import Split
-from arrowflow.state import StateBackend
+from arrowflow.errors import JobCancelled, PlanError, WorkerError, summarize
+from arrowflow.options import RunOptions
+from arrowflow.runners import Coordinator, Runner, WorkerSpec
 
 _THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "ARROW_NUM_THREADS", "RAYON_NUM_THREADS")
 _STOP_GRACE_S = 2.0
-
-
-class ShmTransport:
-    """A worker's end of the rings: sends to every other worker, polls what they sent."""
-
-    def __init__(
-        self,
-        worker: int,
-        parallelism: int,
-        ring_names: dict[tuple[int, int], str],
-        exchanges: list[str],
-    ) -> None:
-        self.worker = worker
-        self.out = {t: Ring(name) for (s, t), name in ring_names.items() if s == worker}
-        self.inbound = {s: Ring(name) for (s, t), name in ring_names.items() if t == worker}
-        self.tags = {exchange: index for index, exchange in enumerate(exchanges)}
-        self.exchanges = exchanges
-        self.owner: Worker | None = None
-        self.depth = 0
-        self.backoff = 0.0
-        self.paused: set[int] = set()
-        self.delivering: set[int] = set()  # senders whose message is being delivered
-        self.parent = os.getppid()
-
-    # ------------------------------------------------------------------ sending
-    def send(self, target: int, exchange_id: str, batch: pl.DataFrame) -> None:
-        table = batch.to_arrow(compat_level=pl.CompatLevel.newest())
-        write_table(self.out[target], self.tags[exchange_id], table, self._blocked)
-
-    def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
-        write_barrier(self.out[target], self.tags[exchange_id], checkpoint_id, self._blocked)
-
-    def send_watermark(self, target: int, exchange_id: str, value: int) -> None:
-        write_watermark(self.out[target], self.tags[exchange_id], value, self._blocked)
-
-    def pause(self, sender: int) -> None:
-        """Stop reading ``sender``'s ring: it delivered a barrier its exchange is aligning."""
-        self.paused.add(sender)
-
-    def resume_all(self) -> None:
-        self.paused.clear()
-
-    def send_end(self, target: int, exchange_id: str) -> None:
-        while not self.out[target].try_write(END, self.tags[exchange_id], 0, None):
-            self._blocked()
-
-    def _blocked(self) -> None:
-        """The target's ring is full: deliver our own inputs meanwhile (no deadlock), then back off."""
-        if self.owner is not None and self.depth < 8 and self.poll(self.owner):
-            return
-        if os.getppid() != self.parent:
-            # The coordinator is gone (killed): nobody will ever drain this ring.
-            os._exit(3)
-        time.sleep(0.0002)
-
-    # ------------------------------------------------------------------ receiving
-    def poll(self, worker: Worker, limit: int = 8) -> bool:
-        self.owner = worker
-        progressed = False
-        self.depth += 1
-        try:
-            for sender, ring in self.inbound.items():
-                for _ in range(limit):
-                    if sender in self.paused:
-                        break
-                    if sender in self.delivering:
-                        break  # a nested poll is inside this ring's current message: keep its order
-                    message = ring.read()
-                    if message is None:
-                        break
-                    kind, tag, view = message
-                    # Nothing that is delivered points into the ring: operators keep what they
-                    # receive (late rows, a window's buffer, a sink writer's rows until its flush),
-                    # and polars frames derived from a batch share its buffers. So a batch is
-                    # copied out of the ring, once, and its space released before delivery.
-                    try:
-                        payload = bytes(view) if kind not in (END, BARRIER, WATERMARK) else None
-                        value = read_id(view) if kind in (BARRIER, WATERMARK) else 0
-                    finally:
-                        del view
-                        ring.release()
-                    self.delivering.add(sender)
-                    try:
-                        if kind == END:
-                            worker.deliver(self.exchanges[tag], None, sender)
-                        elif kind == BARRIER:
-                            worker.deliver_barrier(self.exchanges[tag], sender, value)
-                        elif kind == WATERMARK:
-                            worker.deliver_watermark(self.exchanges[tag], sender, value)
-                        else:
-                            assert payload is not None
-                            batch = pl.DataFrame(pl.from_arrow(ipc_read(payload)))
-                            del payload
-                            worker.deliver(self.exchanges[tag], batch, sender)
-                            del batch
-                    finally:
-                        self.delivering.discard(sender)
-                    progressed = True
-        finally:
-            self.depth -= 1
-        if progressed:
-            self.backoff = 0.0
-        return progressed
-
-    def wait(self, timeout: float) -> None:
-        self.backoff = min(max(self.backoff * 2, 0.00005), 0.002, timeout)
-        time.sleep(self.backoff)
-
-    def close(self) -> None:
-        for ring in [*self.out.values(), *self.inbound.values()]:
-            ring.close()
-
-
-class _PipeLink:
-    """The worker's side of the control pipe. Commands that arrive while the worker waits for
-    a split are kept, in order, for ``poll_command``."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.commands: list[tuple[Any, ...]] = []
-
-    def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None:
-        self.conn.send(("next_split", source_id))
-        while True:
-            message = self.conn.recv()
-            if message[0] == "split":
-                return message[1]
-            self.commands.append(message)
-
-    def split_done(self, source_id: str, split_id: str) -> None:
-        self.conn.send(("split_done", source_id, split_id))
-
-    def rows(self, count: int) -> None:
-        self.conn.send(("rows", count))
-
-    def finished(self) -> None:
-        self.conn.send(("finished",))
-
-    def metrics(self, rows: list[dict[str, Any]]) -> None:
-        self.conn.send(("metrics", rows))
-
-    def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None:
-        self.conn.send(("publish", sink_id, epoch, payload, produced))
-
-    def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None:
-        self.conn.send(("ack", checkpoint_id, payload))
-
-    def poll_command(self, timeout: float) -> tuple[Any, ...] | None:
-        if self.commands:
-            return self.commands.pop(0)
-        if self.conn.poll(timeout):
-            return self.conn.recv()
-        return None
 
 
 def _limit_threads(threads: int) -> None:
@@ -253,17 +87,11 @@ def _die_with_parent() -> None:
 
 def _worker_main(
     index: int,
-    parallelism: int,
     conn: Connection,
-    plan_bytes: bytes,
-    backend_bytes: bytes,
+    spec_bytes: bytes,
     ring_names: dict[tuple[int, int], str],
-    exchanges: list[str],
-    batch_size: int | None,
     local_dir: str,
-    max_parallelism: int,
     threads: int,
-    context_bytes: bytes,
 ) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
@@ -272,23 +100,14 @@ def _worker_main(
     worker = None
     transport = None
     try:
-        plan: Plan = cloudpickle.loads(plan_bytes)
-        backend: StateBackend = cloudpickle.loads(backend_bytes)
-        transport = ShmTransport(index, parallelism, ring_names, exchanges) if ring_names else None
-        os.makedirs(local_dir, exist_ok=True)
-        context: RuntimeContext = cloudpickle.loads(context_bytes)
-        worker = Worker(
-            plan,
-            index,
-            parallelism,
-            _PipeLink(conn),
-            backend,
-            batch_size=batch_size,
-            local_dir=local_dir,
-            max_parallelism=max_parallelism,
-            transport=transport,
-            runtime_context=context,
+        spec: WorkerSpec = cloudpickle.loads(spec_bytes)
+        transport = (
+            ShmTransport(index, spec.parallelism, ring_names, spec.exchanges)
+            if ring_names
+            else None
         )
+        os.makedirs(local_dir, exist_ok=True)
+        worker = spec.build(index, ChannelLink(conn), transport, local_dir)
         if transport is not None:
             transport.owner = worker
         profile_dir = os.environ.get("ARROWFLOW_PROFILE_DIR")
@@ -347,54 +166,6 @@ def _exit_reason(process: mp.process.BaseProcess) -> str:
     return f"exited with code {code}"
 
 
-def _user_modules(plan: Plan) -> list[Any]:
-    """Modules of the plan's user functions that a fresh worker process may fail to import
-    (a script, a test module imported by path, a notebook): they are shipped by value."""
-    import importlib.util
-    import sysconfig
-
-    installed = {
-        sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")
-    }
-    found = []
-    for op in plan.ops:
-        for step in [
-            *op.params.get("steps", []),
-            op.params,
-        ]:  # chained functions, a process function
-            for fn in (step.get("fn"),):
-                name = getattr(fn, "__module__", None)
-                module = sys.modules.get(name) if name else None
-                if (
-                    not name
-                    or module is None
-                    or name == "__main__"
-                    or name.split(".")[0] == "arrowflow"
-                ):
-                    continue
-                path = getattr(module, "__file__", None) or ""
-                try:
-                    importable = importlib.util.find_spec(name) is not None
-                except (ImportError, ValueError):
-                    importable = False
-                if (
-                    not importable or not any(path.startswith(root) for root in installed)
-                ) and module not in found:
-                    found.append(module)  # once: registering a module twice cannot be undone twice
-    return found
-
-
-def _dumps_by_value(plan: Plan) -> bytes:
-    modules = _user_modules(plan)
-    for module in modules:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        return cloudpickle.dumps(plan)
-    finally:
-        for module in modules:
-            cloudpickle.unregister_pickle_by_value(module)
-
-
 @contextmanager
 def _main_module_hidden() -> Iterator[None]:
     """Keep ``spawn`` from re-running the user's script in every worker.
@@ -421,34 +192,46 @@ def _main_module_hidden() -> Iterator[None]:
                 setattr(main, key, value)
 
 
-class _Pool:
-    def __init__(
-        self,
-        plan: Plan,
-        backend: StateBackend,
-        workers: int,
-        batch_size: int | None,
-        max_parallelism: int,
-        context: RuntimeContext,
-        capacity: int = DEFAULT_CAPACITY,
-    ) -> None:
-        self.context = context
-        self.plan = plan
-        self.workers = workers
-        self.exchanges = [op.id for op in plan.ops if op.kind == "exchange"]
-        self.token = secrets.token_hex(4)
-        self.rings: list[Ring] = []
-        self.processes: list[mp.process.BaseProcess] = []
-        self.conns: list[Connection] = []
-        self.local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{plan.flow_name}-")
-        self.batch_size = batch_size
-        self.max_parallelism = max_parallelism
-        self.backend = backend
-        self.capacity = capacity
+class PoolRunner(Runner):
+    """The process pool: ``workers`` processes (default: one per core), one worker each,
+    joined by the shared-memory transport, linked to the coordinator by pipes.
 
-    def start(self) -> None:
+    Parameters
+    ----------
+    options
+        The run's options; ``workers`` is the number of processes (``None``: one per core).
+    """
+
+    name = "pool"
+    #: Bytes per ring (ARROWFLOW_RING_BYTES overrides the default).
+    capacity = DEFAULT_CAPACITY
+
+    def __init__(self, options: RunOptions) -> None:
+        super().__init__(options)
+        if options.workers == 0:
+            msg = (
+                "the pool runner starts worker processes, and workers=0 asks for none; drop "
+                "runner='pool' to run in this process, or pass workers=N"
+            )
+            raise PlanError(msg)
+        self.workers = options.workers or os.cpu_count() or 1
+        self.rings: list[Ring] = []
+        self.worker_processes: list[mp.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        self.local_dir: str | None = None
+        self.flow_name = ""
+
+    @property
+    def parallelism(self) -> int:
+        return self.workers
+
+    def launch(self, spec: WorkerSpec, coordinator: Coordinator) -> None:
+        self.flow_name = spec.flow_name
+        self.rings, self.worker_processes, self.conns = [], [], []
+        self.local_dir = tempfile.mkdtemp(prefix=f"arrowflow-{spec.flow_name}-")
+        token = secrets.token_hex(4)
         ring_names: dict[tuple[int, int], str] = {}
-        if self.exchanges and self.workers > 1:
+        if spec.exchanges and self.workers > 1:
             reclaimed = reclaim_segments()
             if reclaimed:
                 creators = sorted({int(name.split("-")[1]) for name in reclaimed})
@@ -461,12 +244,10 @@ class _Pool:
             for s in range(self.workers):
                 for t in range(self.workers):
                     if s != t:
-                        name = segment_name(self.token, s, t)
+                        name = segment_name(token, s, t)
                         self.rings.append(Ring(name, self.capacity, create=True))
                         ring_names[(s, t)] = name
-        plan_bytes = _dumps_by_value(self.plan)
-        backend_bytes = cloudpickle.dumps(self.backend)
-        context_bytes = cloudpickle.dumps(self.context)
+        spec_bytes = cloudpickle.dumps(spec)  # once: the user's functions by value
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)
         context = mp.get_context("spawn")
@@ -478,27 +259,21 @@ class _Pool:
                 parent, child = context.Pipe(duplex=True)
                 process = context.Process(
                     target=_worker_main,
-                    name=f"arrowflow-{self.plan.flow_name}-w{index}",
+                    name=f"arrowflow-{spec.flow_name}-w{index}",
                     daemon=True,
                     args=(
                         index,
-                        self.workers,
                         child,
-                        plan_bytes,
-                        backend_bytes,
+                        spec_bytes,
                         ring_names,
-                        self.exchanges,
-                        self.batch_size,
                         os.path.join(self.local_dir, f"w{index}"),
-                        self.max_parallelism,
                         threads,
-                        context_bytes,
                     ),
                 )
                 with _main_module_hidden():
                     process.start()
                 child.close()
-                self.processes.append(process)
+                self.worker_processes.append(process)
                 self.conns.append(parent)
         finally:
             for var, value in saved.items():
@@ -507,27 +282,30 @@ class _Pool:
                 else:
                     os.environ[var] = value
 
-    def coordinate(self, job: JobCoordinator) -> list[WorkerReport]:
-        reports: dict[int, WorkerReport] = {}
+    def coordinate(self, coordinator: Coordinator) -> list[Any]:
+        server = ControlServer(coordinator)
+        reports = server.reports
         by_conn = {id(conn): index for index, conn in enumerate(self.conns)}
-        by_sentinel = {process.sentinel: index for index, process in enumerate(self.processes)}
+        by_sentinel = {
+            process.sentinel: index for index, process in enumerate(self.worker_processes)
+        }
         exiting = False
         stop_deadline: float | None = None
         while len(reports) < self.workers:
-            if job.exit_now and stop_deadline is None:
+            if coordinator.exit_now and stop_deadline is None:
                 exiting, stop_deadline = True, time.monotonic() + _STOP_GRACE_S
             if stop_deadline is not None and time.monotonic() > stop_deadline:
-                break  # a stopped worker stuck on a full ring: pool.stop() ends it
+                break  # a stopped worker stuck on a full ring: shutdown() ends it
             waiting = [c for i, c in enumerate(self.conns) if i not in reports]
-            sentinels = [p.sentinel for i, p in enumerate(self.processes) if i not in reports]
+            sentinels = [
+                p.sentinel for i, p in enumerate(self.worker_processes) if i not in reports
+            ]
             for ready in wait([*waiting, *sentinels], timeout=0.02):
                 if isinstance(ready, int):
                     index = by_sentinel[ready]
-                    exiting |= self._drain(
-                        index, job, reports
-                    )  # it may have said why before exiting
+                    exiting |= self._drain(index, server)  # it may have said why before exiting
                     if index not in reports:
-                        process = self.processes[index]
+                        process = self.worker_processes[index]
                         process.join(1.0)  # reap it, so its exit code is known
                         msg = (
                             f"worker {index} (pid {process.pid}) {_exit_reason(process)} while the job was "
@@ -540,14 +318,14 @@ class _Pool:
                             signal=-code if code is not None and code < 0 else None,
                         )
                 else:
-                    exiting |= self._drain(by_conn[id(ready)], job, reports)
+                    exiting |= self._drain(by_conn[id(ready)], server)
             if exiting:
                 for index, conn in enumerate(self.conns):
                     if index not in reports:
                         self._send(conn, ("exit",))
                 exiting = False
                 continue
-            checkpoint_id = job.poll()
+            checkpoint_id = coordinator.poll()
             if checkpoint_id is not None:
                 for conn in self.conns:
                     self._send(conn, ("checkpoint", checkpoint_id))
@@ -560,43 +338,21 @@ class _Pool:
         except (BrokenPipeError, OSError):
             pass  # that worker is gone; its sentinel reports it
 
-    def _drain(self, index: int, job: JobCoordinator, reports: dict[int, WorkerReport]) -> bool:
-        """Handle everything worker ``index`` sent; True when the final checkpoint completed."""
+    def _drain(self, index: int, server: ControlServer) -> bool:
+        """Serve everything worker ``index`` sent; True when the final checkpoint completed."""
         conn = self.conns[index]
         final = False
-        while index not in reports:
+        while index not in server.reports:
             try:
                 if not conn.poll():
                     return final
                 message = conn.recv()
             except (EOFError, OSError):
                 return final
-            kind = message[0]
-            if kind == "next_split":
-                self._send(conn, ("split", job.hand_out(message[1], index)))
-            elif kind == "split_done":
-                job.split_done(message[1], message[2], index)
-            elif kind == "rows":
-                job.rows(message[1])
-            elif kind == "finished":
-                job.finished(index)
-            elif kind == "metrics":
-                job.worker_metrics(index, message[1])
-            elif kind == "publish":
-                job.publish(message[1], index, message[2], message[3], message[4])
-            elif kind == "ack":
-                final |= job.ack(index, message[1], message[2])
-            elif kind == "report":
-                reports[index] = message[1]
-            elif kind == "error":
-                text, summary = message[1], message[2]
-                msg = (
-                    f"worker {index} failed: {summary}\n\n--- worker {index} traceback ---\n{text}"
-                )
-                raise WorkerError(msg, worker=index, traceback_text=text)
+            final |= server.serve(index, message, lambda answer: self._send(conn, answer))
         return final
 
-    def stop(self, *, graceful: bool = False) -> None:
+    def shutdown(self, *, graceful: bool = False) -> None:
         """Stop every process still running, then free every ring and temporary file.
 
         ``graceful``: the workers reported and are closing their stores (a database
@@ -604,13 +360,13 @@ class _Pool:
         """
         if graceful:
             deadline = time.monotonic() + _STOP_GRACE_S
-            for process in self.processes:
+            for process in self.worker_processes:
                 process.join(max(0.0, deadline - time.monotonic()))
-        for process in self.processes:
+        for process in self.worker_processes:
             if process.is_alive():
                 process.terminate()
         deadline = time.monotonic() + _STOP_GRACE_S
-        for process in self.processes:
+        for process in self.worker_processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
@@ -620,40 +376,12 @@ class _Pool:
         for ring in self.rings:
             ring.close()
             ring.unlink()
-        shutil.rmtree(self.local_dir, ignore_errors=True)
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
 
-
-def run_pool(
-    plan: Plan,
-    backend: StateBackend,
-    coordinator: JobCoordinator,
-    context: RuntimeContext,
-    *,
-    workers: int,
-    batch_size: int | None,
-    max_parallelism: int,
-) -> RunResult:
-    started = time.perf_counter()
-    pool = _Pool(plan, backend, workers, batch_size, max_parallelism, context)
-    try:
-        pool.start()
-        reports = pool.coordinate(coordinator)
-        pool.stop(graceful=True)
-    except KeyboardInterrupt:
-        pool.stop()
+    def interrupted(self, coordinator: Coordinator) -> BaseException:
         msg = (
-            f"flow {plan.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
+            f"flow {self.flow_name!r} was interrupted (Ctrl-C); every worker was stopped; output of "
             f"checkpoints already completed ({coordinator.completed or 'none'}) stays committed"
         )
-        raise JobCancelled(msg) from None
-    finally:
-        pool.stop()
-    metrics: list[dict[str, Any]] = []
-    for report in reports:
-        metrics.extend(report.metrics)
-    from arrowflow._runtime.inprocess import collected_outputs
-
-    result = RunResult(plan.flow_name, workers, time.perf_counter() - started, metrics)
-    result.checkpoints = list(coordinator.completed)
-    result.outputs = collected_outputs(plan)
-    return result
+        return JobCancelled(msg)

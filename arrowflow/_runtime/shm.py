@@ -29,6 +29,9 @@ received frames across many wrap-arounds and checks them against the sender's ch
 A full ring is backpressure: ``try_write`` returns False and the sender does other work
 (drains its own inputs) before trying again. A batch larger than half a ring is split into
 row slices that fit.
+
+:class:`ShmTransport` is a worker's end of its rings: the pool runner's
+:class:`arrowflow.runners.Transport`.
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ from __future__ import annotations
 import gc
 import os
 import struct
+import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
+
+from arrowflow.runners import Receiver, Transport
 
 HEADER = 128
 MSG_HEADER = 16
@@ -245,3 +252,117 @@ def write_table(ring: Ring, tag: int, table: pa.Table, wait: Callable[[], Any]) 
     fill = ipc_fill(table)
     while not ring.try_write(DATA, tag, size, fill):
         wait()
+
+
+class ShmTransport(Transport):
+    """A worker's end of the rings (:class:`arrowflow.runners.Transport`): sends to every other
+    worker, polls what they sent. One ring per ordered pair of workers carries every exchange
+    (a message's tag names its exchange), so batches, ENDs, barriers and watermarks from one
+    sender stay in order."""
+
+    def __init__(
+        self,
+        worker: int,
+        parallelism: int,
+        ring_names: dict[tuple[int, int], str],
+        exchanges: list[str],
+    ) -> None:
+        self.worker = worker
+        self.out = {t: Ring(name) for (s, t), name in ring_names.items() if s == worker}
+        self.inbound = {s: Ring(name) for (s, t), name in ring_names.items() if t == worker}
+        self.tags = {exchange: index for index, exchange in enumerate(exchanges)}
+        self.exchanges = exchanges
+        self.owner: Receiver | None = None
+        self.depth = 0
+        self.backoff = 0.0
+        self.paused: set[int] = set()
+        self.delivering: set[int] = set()  # senders whose message is being delivered
+        self.parent = os.getppid()
+
+    # ------------------------------------------------------------------ sending
+    def send(self, target: int, exchange_id: str, batch: pl.DataFrame) -> None:
+        table = batch.to_arrow(compat_level=pl.CompatLevel.newest())
+        write_table(self.out[target], self.tags[exchange_id], table, self._blocked)
+
+    def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
+        write_barrier(self.out[target], self.tags[exchange_id], checkpoint_id, self._blocked)
+
+    def send_watermark(self, target: int, exchange_id: str, value: int) -> None:
+        write_watermark(self.out[target], self.tags[exchange_id], value, self._blocked)
+
+    def pause(self, sender: int) -> None:
+        """Stop reading ``sender``'s ring: it delivered a barrier its exchange is aligning."""
+        self.paused.add(sender)
+
+    def resume_all(self) -> None:
+        self.paused.clear()
+
+    def send_end(self, target: int, exchange_id: str) -> None:
+        while not self.out[target].try_write(END, self.tags[exchange_id], 0, None):
+            self._blocked()
+
+    def _blocked(self) -> None:
+        """The target's ring is full: deliver our own inputs meanwhile (no deadlock), then back off."""
+        if self.owner is not None and self.depth < 8 and self.poll(self.owner):
+            return
+        if os.getppid() != self.parent:
+            # The coordinator is gone (killed): nobody will ever drain this ring.
+            os._exit(3)
+        time.sleep(0.0002)
+
+    # ------------------------------------------------------------------ receiving
+    def poll(self, worker: Receiver, limit: int = 8) -> bool:
+        self.owner = worker
+        progressed = False
+        self.depth += 1
+        try:
+            for sender, ring in self.inbound.items():
+                for _ in range(limit):
+                    if sender in self.paused:
+                        break
+                    if sender in self.delivering:
+                        break  # a nested poll is inside this ring's current message: keep its order
+                    message = ring.read()
+                    if message is None:
+                        break
+                    kind, tag, view = message
+                    # Nothing that is delivered points into the ring: operators keep what they
+                    # receive (late rows, a window's buffer, a sink writer's rows until its flush),
+                    # and polars frames derived from a batch share its buffers. So a batch is
+                    # copied out of the ring, once, and its space released before delivery.
+                    try:
+                        payload = bytes(view) if kind not in (END, BARRIER, WATERMARK) else None
+                        value = read_id(view) if kind in (BARRIER, WATERMARK) else 0
+                    finally:
+                        del view
+                        ring.release()
+                    self.delivering.add(sender)
+                    try:
+                        if kind == END:
+                            worker.deliver(self.exchanges[tag], None, sender)
+                        elif kind == BARRIER:
+                            worker.deliver_barrier(self.exchanges[tag], sender, value)
+                        elif kind == WATERMARK:
+                            worker.deliver_watermark(self.exchanges[tag], sender, value)
+                        else:
+                            assert payload is not None
+                            batch = pl.DataFrame(pl.from_arrow(ipc_read(payload)))
+                            del payload
+                            worker.deliver(self.exchanges[tag], batch, sender)
+                            del batch
+                    finally:
+                        self.delivering.discard(sender)
+                    progressed = True
+        finally:
+            self.depth -= 1
+        if progressed:
+            self.backoff = 0.0
+        return progressed
+
+    def wait(self, timeout: float) -> None:
+        self.backoff = min(max(self.backoff * 2, 0.00005), 0.002, timeout)
+        time.sleep(self.backoff)
+
+    def close(self) -> None:
+        for ring in [*self.out.values(), *self.inbound.values()]:
+            ring.close()

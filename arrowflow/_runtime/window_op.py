@@ -58,6 +58,7 @@ import polars as pl
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, to_micros
 from arrowflow._graph.windows import WindowAgg
 from arrowflow._plan import OpSpec
+from arrowflow._runtime.checkpoints import encode_spec
 from arrowflow._runtime.operators import Operator, restore_stores, snapshot_stores
 from arrowflow.errors import StateError
 from arrowflow.state import (
@@ -568,8 +569,6 @@ class WindowOp(_WindowBase):
         )
         size, digest = checked_write(storage.fs, f"{storage.root}/{relative}", ipc_bytes(frame))
         if self.buffer_spec.name not in self.context.store_specs:
-            from arrowflow._runtime.checkpoints import encode_spec
-
             self.context.store_specs[self.buffer_spec.name] = encode_spec(self.buffer_spec)
         self.context.state_files.setdefault(checkpoint_id, []).append(
             StateFile(

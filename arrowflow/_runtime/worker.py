@@ -4,7 +4,7 @@ The same class runs inside the calling process (the in-process executor) and ins
 pool process. It keeps no state of its own beyond its operators; it talks to the outside
 through two small objects:
 
-- ``link`` (to the coordinator): ``next_split(source_id)`` hands out the next split (with
+- ``link`` (to the coordinator, :class:`arrowflow.runners.ControlLink`): ``next_split(source_id)`` hands out the next split (with
   the position to resume it from and what a per-split watermark needs: its event-time bound,
   the source's floor, its restored running maxima) or ``None`` when the source has no more;
   ``split_done(source_id, split_id)`` reports one finished; ``rows(n)`` reports progress;
@@ -12,7 +12,7 @@ through two small objects:
   or ``("exit",)``); ``ack(n, payload)`` and ``finished()`` answer it; ``metrics(rows)``
   sends the operators' counters (about twice a second, for live jobs) and
   ``publish(sink_id, epoch, payload, produced)`` the rows a live-results tap saw (:mod:`arrowflow._api.live`).
-- ``transport`` (to other workers, pool only): ``send``/``send_end`` for exchanges, and
+- ``transport`` (to other workers, :class:`arrowflow.runners.Transport`; pool only): ``send``/``send_end`` for exchanges, and
   ``poll(worker)`` to deliver what arrived. ``None`` in-process.
 
 The loop alternates between delivering arrived batches and reading one batch per source,
@@ -33,38 +33,20 @@ import importlib
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import polars as pl
 
 from arrowflow._foundation.faults import fault_point
-from arrowflow._foundation.keygroups import key_group_range
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_group_range
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
 from arrowflow._plan import OpSpec, Plan, split_watermark_inputs
 from arrowflow._runtime.operators import ExchangeOp, Operator, RuntimeContext, SinkOp
 from arrowflow._runtime.splits import WAIT
+from arrowflow.runners import ControlLink, Transport
 from arrowflow.sinks import SinkWriter
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
-
-
-class CoordinatorLink(Protocol):
-    def next_split(self, source_id: str) -> tuple[Split, Any, dict[str, Any]] | str | None: ...
-
-    def split_done(self, source_id: str, split_id: str) -> None: ...
-
-    def rows(self, count: int) -> None: ...
-
-    def poll_command(self, timeout: float) -> tuple[Any, ...] | None: ...
-
-    def ack(self, checkpoint_id: int, payload: dict[str, Any]) -> None: ...
-
-    def finished(self) -> None: ...
-
-    def metrics(self, rows: list[dict[str, Any]]) -> None: ...
-
-    def publish(self, sink_id: str, epoch: int | None, payload: bytes, produced: int) -> None: ...
-
 
 #: Seconds between two reports of the operators' counters to the coordinator.
 METRICS_INTERVAL_S = 0.5
@@ -78,7 +60,7 @@ DEFAULT_BATCH_ROWS = 262_144
 class SourceOp(Operator):
     """Reads the splits the coordinator hands this worker, one batch per step."""
 
-    def __init__(self, spec: Any, link: CoordinatorLink, batch_size: int | None) -> None:
+    def __init__(self, spec: Any, link: ControlLink, batch_size: int | None) -> None:
         super().__init__(spec)
         self.source = spec.params["source"]
         self.link = link
@@ -232,13 +214,13 @@ class Worker:
         plan: Plan,
         index: int,
         parallelism: int,
-        link: CoordinatorLink,
+        link: ControlLink,
         backend: StateBackend,
         *,
         batch_size: int | None,
         local_dir: str,
-        max_parallelism: int = 128,
-        transport: Any = None,
+        max_parallelism: int = DEFAULT_MAX_PARALLELISM,
+        transport: Transport | None = None,
         runtime_context: RuntimeContext | None = None,
     ) -> None:
         self.plan = plan
@@ -484,7 +466,7 @@ class Worker:
 class _Publisher:
     """What a live sink writer calls to send rows to the coordinator, tagged by its sink."""
 
-    def __init__(self, link: CoordinatorLink, sink_id: str) -> None:
+    def __init__(self, link: ControlLink, sink_id: str) -> None:
         self.link = link
         self.sink_id = sink_id
 

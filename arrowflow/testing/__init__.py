@@ -19,18 +19,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM
-from arrowflow._foundation.util import frame_from_ipc, frame_to_ipc
-from arrowflow.sinks import Sink, SinkWriter
+from arrowflow._api.flow import Node, Stream
+from arrowflow._api.job import run_plan
+from arrowflow._plan import build_plan
+from arrowflow.io.memory import CollectingSink as CollectingSink
+from arrowflow.options import COLLECT_DEFAULTS, RunOptions, options_from
 from arrowflow.testing.crash import CrashAfter, InjectedFault
-
-if TYPE_CHECKING:
-    from arrowflow._api.flow import Stream
 
 __all__ = [
     "CollectingSink",
@@ -148,74 +147,40 @@ def assert_frame_equal_unordered(
         raise AssertionError(msg) from None
 
 
-class CollectingSink(Sink):
-    """A sink that gathers every row it receives in the calling process.
-
-    Attach it with ``stream.write_to(sink)``; after ``flow.run(...)`` returns,
-    :meth:`to_polars` holds the rows of the run (in no set order when several workers ran).
-    Each worker's rows travel back to the coordinator as the sink's staged output, so it
-    suits test-sized data, not production volumes. A fresh run starts empty.
-    """
-
-    kind = "collecting"
-    durable = False
-
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
-        return _CollectingWriter()
-
-    def begin(self) -> None:
-        self.frames.clear()
-
-    def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
-        for payload in staged:
-            if payload:
-                self.frames.append(frame_from_ipc(payload))
-
-    def to_polars(self, schema: pl.Schema | None = None) -> pl.DataFrame:
-        """Every collected row as one DataFrame (empty with ``schema`` when none arrived)."""
-        if not self.frames:
-            return pl.DataFrame(schema=schema)
-        return pl.concat(self.frames, how="vertical_relaxed")
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Shipped to workers with the plan: rows already collected stay here.
-        return {"frames": []}
-
-
-class _CollectingWriter(SinkWriter):
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-
-    def write(self, batch: pl.DataFrame) -> None:
-        self.frames.append(batch)
-
-    def prepare_commit(self, checkpoint_id: int) -> Any:
-        frames, self.frames = self.frames, []
-        # Arrow IPC bytes, not frames: the ack that carries them is pickled into a pipe, and
-        # pickling a polars frame that maps a shared-memory ring can deadlock (frame_to_ipc).
-        return frame_to_ipc(frames) if frames else None
-
-
 def collect_all(
     *streams: Stream,
-    workers: int | None = 0,
-    state: Any = "memory",
-    batch_size: int | None = None,
+    workers: int | None = COLLECT_DEFAULTS.workers,
+    state: Any = COLLECT_DEFAULTS.state,
+    batch_size: int | None = COLLECT_DEFAULTS.batch_size,
     max_parallelism: int | None = None,
+    options: RunOptions | None = None,
 ) -> list[pl.DataFrame]:
     """Run ``streams`` (of one flow) together in one run; return each one's rows, in order.
 
     Like ``stream.collect()`` for several streams at once, so that a branch (one stream
     consumed by several operators) runs as one plan. The flow itself is not changed: no
     sink is added to it.
-    """
-    from arrowflow._api.flow import Node, Stream
-    from arrowflow._plan import build_plan
-    from arrowflow._runtime import execute
 
+    Parameters
+    ----------
+    *streams
+        Streams of one flow.
+    workers, state, batch_size, max_parallelism
+        As in ``stream.collect()`` (default: in this process, memory state).
+    options
+        The run options as one :class:`arrowflow.RunOptions`, instead of the keywords.
+    """
+    chosen = options_from(
+        "collect_all()",
+        {
+            "workers": workers,
+            "state": state,
+            "batch_size": batch_size,
+            "max_parallelism": max_parallelism,
+        },
+        base=COLLECT_DEFAULTS,
+        options=options,
+    )
     if not streams:
         msg = "collect_all() needs at least one stream"
         raise TypeError(msg)
@@ -230,23 +195,9 @@ def collect_all(
         Node(flow.unused_id(f"{stream.id}.collect-{i}"), "sink", [stream.node], {"sink": sink})
         for i, (stream, sink) in enumerate(zip(streams, sinks, strict=True))
     ]
-    plan = build_plan(
-        flow,
-        nodes,
-        max_parallelism=DEFAULT_MAX_PARALLELISM if max_parallelism is None else max_parallelism,
-    )
+    plan = build_plan(flow, nodes, max_parallelism=chosen.max_parallelism)
     # The plan holds its own (pickled or not) copies of the sinks: read the rows from those.
-    execute(
-        plan,
-        workers=workers,
-        state=state,
-        checkpoint_dir=None,
-        checkpoint_every=None,
-        restore=None,
-        batch_size=batch_size,
-        max_parallelism=max_parallelism,
-        progress=False,
-    )
+    run_plan(plan, chosen.replace(progress=False))
     return [
         plan.op(node.id).params["sink"].to_polars(stream.schema)
         for node, stream in zip(nodes, streams, strict=True)

@@ -3,11 +3,19 @@
 A backend's test module subclasses :class:`StateConformance` and says which backend to test;
 pytest then runs every test below against it::
 
-    from arrowflow.backends.lmdb import LmdbBackend
     from arrowflow.testing.state_conformance import StateConformance
+    from mypkg.store import MyBackend
+
+    class TestMyBackend(StateConformance):
+        backend = MyBackend()
+
+A backend known by name (built in, or registered through :mod:`arrowflow.registry`) can be
+named instead, which also checks that its registration resolves::
+
+    from arrowflow.state import resolve_backend
 
     class TestLmdb(StateConformance):
-        backend = LmdbBackend()
+        backend = resolve_backend("lmdb")
 
 A backend that needs a live service overrides the ``state_backend`` fixture instead (see
 :func:`temporary_postgres`). What a backend cannot store is declared, not branched on: set

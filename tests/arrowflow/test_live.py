@@ -151,7 +151,7 @@ def test_live_counts_stay_exact_when_a_restart_goes_back_to_an_older_checkpoint(
     """Counts are folded only below the oldest kept checkpoint: a restart that skips damaged
     newer ones still rewinds exactly, and one from scratch starts the count again."""
     from arrowflow._api.live import LiveResults
-    from arrowflow._foundation.util import frame_to_ipc
+    from arrowflow._foundation.arrowipc import frame_to_ipc
 
     def publish(results: LiveResults, epoch: int, n: int) -> None:
         results.add("tap", 0, epoch, frame_to_ipc(pl.DataFrame({"x": range(n)})), n)

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
-from arrowflow._foundation.util import duration_ms
+from arrowflow._foundation.durations import duration_ms
 from arrowflow.sources import Source, Split, SplitReader
 
 DATA = pl.DataFrame({"user": [1, 2], "kind": ["buy", "view"], "amount": [1.0, 2.0]})

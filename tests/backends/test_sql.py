@@ -177,6 +177,16 @@ def test_a_postgresql_server_that_does_not_answer_is_a_state_error(tmp_path: Pat
         stream.collect(state=url)
 
 
+def test_an_unparseable_postgresql_url_is_a_state_error_without_its_password(
+    tmp_path: Path,
+) -> None:
+    backend = SqlBackend("postgresql://alice:s3cret@[::1/state")  # the IPv6 host's ] is missing
+    assert "s3cret" not in repr(backend)
+    with pytest.raises(StateError, match="<unparseable URL> did not accept a connection") as caught:
+        backend.open_store(SPEC, range(0, 128), _context(tmp_path))
+    assert "s3cret" not in str(caught.value)
+
+
 @pytest.mark.postgres
 def test_a_missing_database_is_a_state_error(tmp_path: Path, postgres_url: str) -> None:
     url = postgres_url.rsplit("/", 1)[0] + "/no_such_database"

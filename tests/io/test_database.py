@@ -139,7 +139,7 @@ def test_types_round_trip(db: str) -> None:
     flow = af.Flow("types")
     flow.from_polars(frame).write_database(db, table=table)
     flow.run(workers=0)
-    from arrowflow.backends._sqltypes import Dialect
+    from arrowflow._foundation.sql import Dialect
 
     dialect = Dialect("postgresql" if db.startswith("postgres") else "sqlite")
     got = read_table(db, table)

@@ -24,8 +24,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from arrowflow._runtime.pool import ShmTransport
-from arrowflow._runtime.shm import Ring
+from arrowflow._runtime.shm import Ring, ShmTransport
 from arrowflow.io.filesinks import FileSink
 
 SENDER = textwrap.dedent(
@@ -33,7 +32,7 @@ SENDER = textwrap.dedent(
     import sys, zlib
     import numpy as np
     import polars as pl
-    from arrowflow._runtime.pool import ShmTransport
+    from arrowflow._runtime.shm import ShmTransport
 
     ring_name, batches, reference = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     from multiprocessing import resource_tracker

@@ -1,6 +1,9 @@
-"""How the ``sql`` backend stores each polars type in SQLite and PostgreSQL, and reads it back.
+"""SQL shared by the ``sql`` state backend and the database sink (``write_database``).
 
-A state table has real typed columns so that a person can query it. Each column has a SQL
+How each polars type is stored in SQLite and PostgreSQL and read back, identifier quoting,
+and the URL helpers.
+
+Both keep real typed columns so that a person can query them. Each column has a SQL
 type, a conversion applied before bulk ingest (``to_db``) and one applied after a fetch
 (``from_db``) so that what comes back equals what went in, bit for bit where the database
 allows it. Where a database has no exact type, the choice and its cost are written here:
@@ -28,9 +31,11 @@ Decimal(p, s)         TEXT                       NUMERIC(p, s)
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 import polars as pl
 
-from arrowflow.errors import StateError
+from arrowflow.errors import ArrowflowError, StateError
 
 _PG_INTS = [
     (pl.Int8, "SMALLINT"),
@@ -43,13 +48,30 @@ _PG_INTS = [
     (pl.UInt64, "BIGINT"),
 ]
 _ISO_NS = "%Y-%m-%dT%H:%M:%S%.9f"
+PG_NAME_LIMIT = 63
+"""The longest identifier PostgreSQL keeps, in bytes; it truncates longer ones silently."""
 
 
-def quote(identifier: str) -> str:
-    """A SQL identifier in double quotes, safe whatever characters it holds."""
+def quote(
+    identifier: str,
+    *,
+    what: str = "a SQL identifier",
+    error: type[ArrowflowError] = StateError,
+) -> str:
+    """A SQL identifier in double quotes, safe whatever characters it holds.
+
+    Parameters
+    ----------
+    identifier
+        A table or column name, any characters but NUL.
+    what
+        What the identifier is, for the error message.
+    error
+        The error raised for a name with a NUL character (no database can hold one).
+    """
     if "\x00" in identifier:
-        msg = f"a SQL identifier cannot contain a NUL character: {identifier!r}"
-        raise StateError(msg)
+        msg = f"{what} cannot contain a NUL character: {identifier!r}"
+        raise error(msg)
     return '"' + identifier.replace('"', '""') + '"'
 
 
@@ -165,3 +187,27 @@ class Dialect:
         if series.dtype != dtype:
             return series.cast(dtype)
         return series
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for error messages.
+
+    ``"<unparseable URL>"`` for a URL that :func:`urllib.parse.urlsplit` refuses (an
+    unclosed ``[`` of an IPv6 host).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_connect_timeout(url: str, seconds: int) -> str:
+    """A libpq URL that gives up connecting after ``seconds`` (its default is to wait forever)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("connect_timeout", str(seconds))
+    return urlunsplit(parts._replace(query=urlencode(query)))
