@@ -4,6 +4,30 @@ Build a :class:`Flow` from sources, polars expressions and keyed aggregations, t
 ``flow.run()`` it or ``stream.collect()`` a stream into a polars DataFrame.
 """
 
+# Layout (docs/architecture.md has the whole map). Imports go down this list only; import-linter
+# contracts in CI hold it (tools/check_architecture.py).
+#
+#   cli, demo, testing      entry points: the command line, the demo job, test helpers and the
+#                           conformance suites (state, source, sink)
+#   _api/                   the facade: Flow/Stream/KeyedStream (flow), windowed streams, Job,
+#                           checkpoint inspection, run summaries, HTML and live views, progress
+#   _runtime/               runners (inprocess, pool), the shared-memory transport (shm), the
+#                           control link, workers, physical operators, the job coordinator, split
+#                           enumeration, checkpoint storage, leases, restarts, sink outputs
+#   _plan                   the planner: logical graph -> physical plan, fingerprints
+#   _graph/, _process/      the graph model: nodes, operator kinds (one table: _graph/kinds.py),
+#                           aggregations, windows; process-function state declarations and handles
+#   sources, sinks, state,  the plug-in interfaces and what a user passes: the hooks a source,
+#   runners, registry,      sink, state backend or runner implements, the registry that finds
+#   options, triggers,      them by name, RunOptions, checkpoint triggers, window specs
+#   windows, process
+#   errors, _foundation/    errors; durations, optional dependencies, Arrow IPC, SQL and SQLite
+#                           helpers, schema helpers, key groups, watermark arithmetic, fault points
+#
+# Beside the stack: arrowflow.io (sources and sinks) and arrowflow.backends (state backends),
+# installed from io/ and backends/; they import errors, _foundation and the interfaces only,
+# and the engine reaches them by name through arrowflow.registry.
+
 from arrowflow._api.flow import Flow as Flow
 from arrowflow._api.flow import KeyedStream as KeyedStream
 from arrowflow._api.flow import Stream as Stream
