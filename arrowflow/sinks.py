@@ -31,6 +31,7 @@ Every call gets the job's identity first (:meth:`Sink.attach`): which output is 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,60 +78,145 @@ class RolledBack:
         )
 
 
+#: What :meth:`SinkWriter.bind` is given: ``publish(epoch, payload, produced)`` sends Arrow IPC
+#: ``payload`` (the rows, ``produced`` of them since the last call) to the coordinator, marked
+#: with the checkpoint ``epoch`` they follow (None before the first).
+Publish = Callable[[int | None, bytes, int], None]
+
+
 class SinkWriter(abc.ABC):
-    """Writes one worker's share of a sink's output. Used by one thread only."""
+    """Writes one worker's share of a sink's output.
+
+    Built by :meth:`Sink.open_writer` in a worker process when the run attempt starts, and
+    used by that worker's single thread only, until :meth:`close`. The exactly-once rule
+    (checked for every built-in sink by :mod:`arrowflow.testing.sink_conformance`): nothing a
+    writer does makes rows visible; only :meth:`Sink.commit`, in the coordinator, does.
+    """
 
     @abc.abstractmethod
     def write(self, batch: pl.DataFrame) -> None:
-        """Buffer or stage ``batch``. Never makes anything visible to readers."""
+        """Buffer or stage ``batch``.
+
+        Called in the worker once per batch that reaches the sink, in order. Never makes
+        anything visible to readers. ``batch`` may be a view of a shared-memory ring that is
+        reused once this returns: copy what must outlive the call (``pl.concat``, writing it
+        out), never keep the frame itself past the next checkpoint.
+        """
 
     @abc.abstractmethod
     def prepare_commit(self, checkpoint_id: int) -> Any:
         """Flush and stage everything written since the last call.
 
-        Returns its JSON-able description (``None`` when nothing was written). Called once per
-        checkpoint.
+        Called in the worker once per checkpoint (and at the end of a bounded run), when
+        checkpoint ``checkpoint_id``'s barrier has reached the sink. Stages outside the
+        visible output only (hidden files, a staging table); must be durable when it
+        returns, because the coordinator may commit it after this worker is gone.
+
+        Returns
+        -------
+        Any
+            A JSON-able description of the staged output, recorded in the checkpoint's
+            manifest and given to :meth:`Sink.commit` (``None`` when nothing was written).
+        """
+
+    def bind(self, publish: Publish) -> None:  # noqa: B027 - optional hook
+        """Receive the function that sends rows to the coordinator while the run goes on.
+
+        Called once, in the worker, right after :meth:`Sink.open_writer`, before the first
+        batch. Only writers whose rows the user watches live (``flow.start(results=...)``)
+        use it; the default ignores it. Must not call ``publish`` from here.
+        """
+
+    @property
+    def satisfied(self) -> bool:
+        """Whether the writer has everything it needs, so that the run may end now.
+
+        Read by the worker loop once per turn, in the worker process (only for writers that
+        override it), so it must be cheap and must never block. ``collect(limit=n)`` answers
+        True once it holds ``n`` rows. The default is False: the run ends with its input.
+        """
+        return False
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Send what :meth:`write` buffered for the coordinator through ``publish``.
+
+        Called in the worker about twice a second (with the operators' metrics), on the
+        worker's thread. Must not stage or commit anything (that is
+        :meth:`prepare_commit`), must not block, and must never hold rows back across a
+        checkpoint for the coordinator. The default does nothing.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources. Called once, also after an error; staged output is kept."""
+        """Release files and connections.
+
+        Called once, in the worker, at the end of the run attempt, also after an error.
+        Staged output is kept (a later commit or recovery decides about it).
+        """
 
 
 class Sink(abc.ABC):
-    """A description of where a stream's rows go. Picklable; holds no open resources."""
+    """A description of where a stream's rows go. Picklable; holds no open resources.
+
+    Every method below except :meth:`open_writer` runs in the coordinator (the calling
+    process); the sink is pickled to the workers after :meth:`attach`, so what the
+    coordinator-side methods set on ``self`` before that travels with it.
+
+    Attributes
+    ----------
+    kind : str
+        Operator-id prefix and plan display name, e.g. ``"write_parquet"``.
+    durable : bool
+        False for sinks that keep rows in this process (collect, results): their staged
+        output is not written into checkpoint manifests (a restore cannot bring it back).
+    transient : bool
+        True for sinks the runtime adds that are not part of the flow (live-results taps):
+        left out of operator fingerprints and of the run's metrics.
+    job : JobIdentity or None
+        Set by :meth:`attach`; None until the runtime gives the sink a job.
+    """
 
     kind: str = "sink"
-    #: False for sinks that keep rows in this process (collect, results): their staged
-    #: output is not written into checkpoint manifests (a restore cannot bring it back).
     durable: bool = True
-    #: True for sinks the runtime adds that are not part of the flow (live-results taps): left
-    #: out of operator fingerprints and of the run's metrics.
     transient: bool = False
-    #: Set by :meth:`attach`; None until the runtime gives the sink a job.
     job: JobIdentity | None = None
 
     def validate(self, schema: pl.Schema, operator_id: str) -> None:  # noqa: B027 - optional hook
-        """Called at plan time with the incoming schema; raise a SchemaError to refuse it."""
+        """Check the incoming schema; raise a SchemaError to refuse it.
+
+        Called at plan time, in the calling process, once per plan. No I/O: a flow is
+        described, not run, until ``run``. May keep what it learns (the schema, the operator
+        id) on ``self``.
+        """
 
     def begin(self) -> None:  # noqa: B027 - optional hook
-        """Called once in the coordinator before a fresh (not restored) run starts."""
+        """Prepare a fresh (not restored) run: apply the mode, clear staging left by older runs.
+
+        Called once per run attempt, in the coordinator, after :meth:`attach`, before any
+        worker starts.
+        """
 
     def recover(self, checkpoint_id: int) -> None:  # noqa: B027 - optional hook
-        """Called once in the coordinator before a run restored from ``checkpoint_id``."""
+        """Prepare a run restored from ``checkpoint_id``.
+
+        Called once per run attempt, in the coordinator, after :meth:`commit` of
+        ``checkpoint_id`` was re-run from its manifest and before any worker starts: what is
+        still staged belongs to no complete checkpoint and must be discarded, never committed.
+        """
 
     def discard_staged(self) -> None:  # noqa: B027 - optional hook
-        """Called once in the coordinator when a run failed for good (no restart follows).
+        """Remove output that is staged and belongs to no complete checkpoint.
 
-        It comes after the newest complete checkpoint's ``commit`` was re-run: what is still
-        staged belongs to no complete checkpoint, so a sink that stages outside its visible
-        output removes it here. Not called after a crash of the coordinator (``recover``
-        cleans up then).
+        Called once in the coordinator when a run failed for good (no restart follows), after
+        the newest complete checkpoint's :meth:`commit` was re-run. Not called after a crash of
+        the coordinator (:meth:`recover` cleans up then). Must never touch committed output.
         """
 
     def attach(self, job: JobIdentity) -> None:
-        """Called in the coordinator before ``begin``/``recover``/``rollback`` of every attempt.
+        """Receive the job's identity.
 
-        Every run attempt calls it, and so before the sink is shipped to the workers.
+        Called in the coordinator before ``begin``/``recover``/``rollback`` of every run
+        attempt (and so before the sink is shipped to the workers). An override must call
+        ``super().attach(job)`` or set ``self.job``.
         """
         self.job = job
 
@@ -139,10 +225,15 @@ class Sink(abc.ABC):
 
         Called in the coordinator after ``recover``, when the run restores ``checkpoint_id``
         (and after ``begin`` with the checkpoint before the run's first when a restart starts
-        over). Must be idempotent and must never touch output of other jobs. Returns what
-        was removed. A sink that cannot roll back does not override this method: a restore
-        that needs a rollback (later checkpoints have manifests) is then refused before any
-        sink changes anything. May raise a SinkError saying why a rollback is impossible.
+        over). Must be idempotent and must never touch output of other jobs. A sink that
+        cannot roll back does not override this method: a restore that needs a rollback
+        (later checkpoints have manifests) is then refused before any sink changes anything.
+        May raise a SinkError saying why a rollback is impossible.
+
+        Returns
+        -------
+        RolledBack or None
+            What was removed.
         """
         return None
 
@@ -158,18 +249,37 @@ class Sink(abc.ABC):
     def leases(self) -> list[tuple[str, dict[str, Any] | None]]:
         """Locations (fsspec URL, storage options) only one job at a time may write to.
 
-        The runtime holds a lease on each for the whole run, and refuses a second job.
+        Called once per run, in the coordinator, before anything else: the runtime holds a
+        lease on each for the whole run, and refuses a second job. The default is none.
         """
         return []
 
     @abc.abstractmethod
     def open_writer(self, worker: int, parallelism: int, operator_id: str) -> SinkWriter:
-        """Called in each worker when the run starts."""
+        """A writer for worker ``worker`` of ``parallelism``.
+
+        Called in each worker process, once per run attempt, when its operators are built.
+        Should not connect or open files yet where that can wait for the first batch.
+        """
 
     @abc.abstractmethod
     def commit(self, checkpoint_id: int, staged: list[Any]) -> None:
-        """Make the staged output of every writer visible. Idempotent. Coordinator only."""
+        """Make the staged output of every writer visible, atomically where the store allows.
+
+        Called in the coordinator once checkpoint ``checkpoint_id``'s manifest is durable,
+        and again from the manifest on a restore, so it must be idempotent: a second call
+        with the same arguments leaves one copy. Must never make visible anything not listed
+        in ``staged``.
+
+        Parameters
+        ----------
+        checkpoint_id : int
+            The checkpoint whose output this is.
+        staged : list
+            What every writer's :meth:`SinkWriter.prepare_commit` returned for it (``None``
+            entries included), as read back from the manifest's JSON.
+        """
 
     def describe(self) -> str:
-        """A short description of the sink for messages (its ``kind`` by default)."""
+        """One line for plan display and run summaries. No I/O."""
         return self.kind

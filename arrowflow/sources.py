@@ -65,55 +65,144 @@ class SourceBatch:
 
 
 class SplitReader(abc.ABC):
-    """Reads one split in a worker. Guaranteed to be used by a single thread."""
+    """Reads one split in a worker.
+
+    Built by :meth:`Source.open_reader` in the worker process that was handed the split, used
+    by that worker's single thread, and closed before the worker asks for its next split.
+    The position rule (checked for every built-in source by
+    :mod:`arrowflow.testing.source_conformance`): a reader opened at the position of the
+    batch *k* it yielded yields exactly the batches after *k*, with the same positions; a
+    reader opened at the split's last position yields nothing more.
+    """
 
     @abc.abstractmethod
     def batches(self) -> Iterator[SourceBatch]:
-        """Yield batches in order. For a bounded split, the iterator ends at the split's end.
+        """Yield the split's batches in order, each with the position after it.
 
-        An unbounded split (a tailed file) yields ``SourceBatch(None, position)`` when no
-        new data is available yet, so that the worker can do other work and come back.
+        Called once per reader, in the worker, by its loop: the worker takes one batch per
+        turn and pushes it downstream before asking for the next, so the iterator must not
+        read ahead more than one batch. For a bounded split, the iterator ends at the
+        split's end. An unbounded split (a tailed file) yields ``SourceBatch(None,
+        position)`` when no new data is available yet, so that the worker can do other work
+        and come back.
+
+        Every data batch has exactly the source's :meth:`Source.schema`. Must never block
+        waiting for data (yield an empty batch instead) and must never keep a reference to a
+        batch it yielded for later use.
+
+        Yields
+        ------
+        SourceBatch
+            Data rows, malformed rows, and the JSON-able position after them.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release files. Called once, also after an error; never followed by ``batches``."""
+        """Release files and connections.
+
+        Called once, in the worker, when the split is finished and also after an error;
+        never followed by ``batches``. The default does nothing.
+        """
 
 
 class Source(abc.ABC):
-    """A description of where rows come from. Picklable; holds no open resources."""
+    """A description of where rows come from. Picklable; holds no open resources.
 
-    #: operator-id prefix, e.g. ``"read_parquet"``
+    Attributes
+    ----------
+    kind : str
+        Operator-id prefix and plan display name, e.g. ``"read_parquet"``.
+    bounded : bool
+        True when every split ends (files); False for tailing and watching. Read at plan time
+        and by the coordinator: an unbounded source is asked for new splits again every
+        ``poll_interval_s`` and a worker without a split waits instead of finishing.
+    poll_interval_s : float
+        Seconds between two calls of :meth:`discover_splits` of an unbounded source (the
+        coordinator polls at the shortest interval of its unbounded sources). Read once per
+        run attempt, in the coordinator; ignored for bounded sources. Default 1 s.
+    max_split_age_s : float or None
+        For an unbounded source whose splits carry ``info["mtime"]`` (epoch seconds, as
+        :meth:`discover_splits` sets it): splits older than the newest seen minus this age
+        are never read and leave the finished set the checkpoints keep (see
+        :mod:`arrowflow._runtime.splits`), and :meth:`discover_splits` is told ``not_before``.
+        Read once per run attempt, in the coordinator. None (the default): every split is
+        remembered for the whole job.
+    """
+
     kind: str = "source"
-    #: True when every split ends (files); False for tailing and watching.
     bounded: bool = True
+    poll_interval_s: float = 1.0
+    max_split_age_s: float | None = None
+
+    @property
+    def schema_is_static(self) -> bool:
+        """Whether :meth:`schema` answers without any I/O (a schema the user gave, data in memory).
+
+        Called at plan time, in the calling process, each time an operator is added
+        downstream of the source: when True, the flow checks every operator (its columns,
+        its expressions) as it is added, and a mistake fails the line that made it; when
+        False, checks wait until the flow is planned, so that building a flow reads no file.
+        Must never do I/O itself. The default is False.
+        """
+        return False
 
     @abc.abstractmethod
     def schema(self) -> pl.Schema:
-        """The schema of the data rows. Called at plan time; may read metadata, not data."""
+        """The schema of the data rows.
+
+        Called at plan time, in the calling process, once per flow (cached by the flow). May
+        read metadata (footers, the head of a file), never data; must not change later: every
+        batch every reader yields has exactly this schema.
+        """
 
     def with_columns_pruned(self, columns: list[str]) -> Source:
         """A copy of this source that reads only ``columns`` (projection push-down).
 
-        The default ignores the hint; file formats with columnar layouts override it.
+        Called at plan time, in the calling process, once per plan. Must not change
+        positions: a position of the full source is valid for the copy, and the other way
+        round. The default ignores the hint; file formats with columnar layouts override it.
+
+        Parameters
+        ----------
+        columns : list of str
+            The columns the flow reads, in the source's schema order.
         """
         return self
 
     @abc.abstractmethod
-    def discover_splits(self) -> list[Split]:
-        """Called in the coordinator. Bounded sources return all splits on the first call.
+    def discover_splits(self, *, not_before: float | None = None) -> list[Split]:
+        """The splits to read.
 
-        Unbounded sources are called again every poll interval and return only splits they
-        have not returned before (the enumerator also de-duplicates by ``split_id``).
+        Called in the coordinator: for a bounded source when a run attempt starts (and again
+        while no split is pending, which finds nothing new), returning all its splits every
+        time; for an unbounded source again every ``poll_interval_s``. A source may return
+        splits it returned before: the enumerator keeps the ids of the splits it handed out
+        and ignores repeats. Must not block for long:
+        the coordinator answers checkpoints and workers between two calls. Splits must be
+        disjoint and together hold every row of the input.
+
+        Parameters
+        ----------
+        not_before : float or None
+            Given only to a source with ``max_split_age_s``: epoch seconds below which the
+            enumerator forgets splits by their ``info["mtime"]`` (None: remember every one).
+            The source may leave such splits out without working them out (no footer read)
+            and drop what it cached for them. Sources without an age bound are called
+            without it.
+
+        Returns
+        -------
+        list of Split
+            Splits with ids stable across runs (they key positions in checkpoints).
         """
 
     def event_time_bounds(self, splits: list[Split], column: str) -> dict[str, int]:
         """Lower bounds of ``column`` (int64 microseconds since the epoch) per split id.
 
         Called in the coordinator, once for the splits each discovery found, when a per-split
-        watermark reads ``column`` from this source (see :mod:`arrowflow._foundation.watermarks`). Answer
-        only from what is known without reading data (file statistics); a bound must never be
-        above a value the split holds. Splits left out hold the watermark back until they
-        start. The default knows no bounds.
+        watermark reads ``column`` from this source (see :mod:`arrowflow._foundation.watermarks`).
+        Answer only from what is known without reading data (file statistics); a bound must
+        never be above a value the split holds. Splits left out hold the watermark back until
+        they start. The default knows no bounds.
         """
         return {}
 
@@ -121,8 +210,22 @@ class Source(abc.ABC):
     def open_reader(
         self, split: Split, position: Any | None, *, batch_size: int | None
     ) -> SplitReader:
-        """Called in a worker. ``position`` is None to start the split from its beginning."""
+        """A reader of ``split`` from ``position``.
+
+        Called in a worker, once per split handed to it (and again after a restart, with the
+        position a checkpoint recorded). Must not read data yet (``batches`` does).
+
+        Parameters
+        ----------
+        split : Split
+            One of the splits :meth:`discover_splits` returned, as the coordinator sent it.
+        position : Any or None
+            None to start the split from its beginning; otherwise a position a reader of this
+            split yielded (restored from a checkpoint's JSON).
+        batch_size : int or None
+            Rows per batch the run asks for (None: as the source sees fit).
+        """
 
     def describe(self) -> str:
-        """One line for plan display."""
+        """One line for plan display. Called at plan time; no I/O."""
         return self.kind

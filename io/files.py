@@ -305,7 +305,7 @@ class FileSource(Source):
         return clone
 
     # ------------------------------------------------------------------ coordinator
-    def discover_splits(self) -> list[Split]:
+    def discover_splits(self, *, not_before: float | None = None) -> list[Split]:
         self.full_schema()  # every file checked before any data moves
         splits = []
         for url in self.files():

@@ -74,7 +74,7 @@ class MemorySource(Source):
         pruned.kind = self.kind
         return pruned
 
-    def discover_splits(self) -> list[Split]:
+    def discover_splits(self, *, not_before: float | None = None) -> list[Split]:
         height = self.frame.height
         count = self.splits or max(1, min(16, height // 100_000))
         bounds = [height * i // count for i in range(count + 1)]

@@ -116,7 +116,7 @@ class TailSource(Source):
         )
         return clone
 
-    def discover_splits(self) -> list[Split]:
+    def discover_splits(self, *, not_before: float | None = None) -> list[Split]:
         return [Split(f"tail:{self.path}", {"path": self.path})]
 
     def open_reader(
@@ -266,8 +266,6 @@ class WatchSource(Source):
         self.max_split_age_s = (
             None if max_file_age is None else duration_ms(max_file_age, what="max_file_age") / 1000
         )
-        #: Set by the split enumerator: files modified before this (epoch seconds) are skipped.
-        self.not_before: float | None = None
         self._known: dict[str, tuple[float | None, list[Split]]] = {}  # url -> (mtime, its splits)
         # The files themselves are read exactly as read_<format> reads them.
         self.files = FileSource(
@@ -323,13 +321,15 @@ class WatchSource(Source):
                 found[name if is_local(fs) else fs.unstrip_protocol(name)] = _mtime(info)
         return found
 
-    def discover_splits(self) -> list[Split]:
+    def discover_splits(self, *, not_before: float | None = None) -> list[Split]:
+        """Every file listed now, as splits; files modified before ``not_before`` (the split
+        enumerator's age cutoff, epoch seconds) are left out and forgotten unread."""
         listed = self.listing()
         for gone in set(self._known) - set(listed):
             del self._known[gone]
         splits = []
         for url, mtime in listed.items():
-            if self.not_before is not None and mtime is not None and mtime < self.not_before:
+            if not_before is not None and mtime is not None and mtime < not_before:
                 self._known.pop(url, None)
                 continue  # older than the files it remembers: neither read nor remembered
             known = self._known.get(url)

@@ -83,8 +83,7 @@ def format_summary(flow: Flow, result: RunResult, *, restarts: bool = True) -> s
         lines.append("outputs:")
         for node in sinks:
             sink = node.params["sink"]
-            described = sink.describe() if hasattr(sink, "describe") else type(sink).__name__
-            lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {described}")
+            lines.append(f"  {node.id}: {sink_rows.get(node.id, 0):,} rows -> {sink.describe()}")
     # The notes name flow.run's options; on the command line they are flags.
     lines.extend(f"note: {note.replace('restore=None', '--restore none')}" for note in result.notes)
     if restarts:

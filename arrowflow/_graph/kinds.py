@@ -70,7 +70,7 @@ class Source(OperatorKind):
         return node.params["source"].schema()
 
     def schema_is_static(self, graph: Schemas, node: Node) -> bool:
-        return bool(getattr(node.params["source"], "schema_is_static", False))
+        return bool(node.params["source"].schema_is_static)
 
     def side_outputs(self, node: Node) -> list[str]:
         return [MALFORMED]

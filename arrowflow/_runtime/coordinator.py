@@ -102,7 +102,7 @@ class JobCoordinator:
         self.last_discovery = time.monotonic()
         self.discovery_interval = min(
             (
-                getattr(op.params["source"], "poll_interval_s", 1.0)
+                op.params["source"].poll_interval_s
                 for op in plan.sources
                 if not op.params["source"].bounded
             ),

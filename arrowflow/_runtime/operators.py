@@ -103,6 +103,17 @@ class Operator:
     def open(self) -> None:
         """Called once in the worker before the first batch (after a restore: state loaded here)."""
 
+    def tick(self) -> None:
+        """Act on the passing of time without data (a watermark going idle after a timeout).
+
+        Called by the worker loop in the worker process, once per turn while its sources are
+        not paused for a checkpoint: about every millisecond when idle, after each source
+        batch when busy. The worker skips operators that keep this default (which does
+        nothing), so overriding it costs a call per turn. Must never block or sleep, and
+        must be cheap when there is nothing to do (compare a clock, return); it may emit
+        rows and forward watermarks as ``receive`` does.
+        """
+
     def receive(self, batch: pl.DataFrame, index: int) -> None:
         if not self.keeps_split_watermark and SPLIT_WATERMARK in batch.columns:
             batch = batch.drop(SPLIT_WATERMARK)

@@ -19,7 +19,8 @@ running maximum per watermark operator as a restored checkpoint recorded it.
 
 A source with ``max_split_age_s`` (``flow.watch``) has its finished set bounded: every split
 carries its file's modification time (``info["mtime"]``); splits older than the newest seen
-minus that age are no longer discovered (the source is told ``not_before``) and leave the
+minus that age are no longer discovered (``discover_splits`` is given that cutoff as
+``not_before``: the enumerator's state, never an attribute of the source) and leave the
 finished set, so the checkpoints that record it stay small however long the job runs.
 """
 
@@ -64,7 +65,7 @@ class SplitEnumerator:
         self.max_age = {
             op.id: op.params["source"].max_split_age_s
             for op in plan.sources
-            if getattr(op.params["source"], "max_split_age_s", None) is not None
+            if op.params["source"].max_split_age_s is not None
         }
         self.mtimes: dict[str, dict[str, float]] = {
             s: dict((ages or {}).get(s, {}).get("mtimes", {})) for s in self.max_age
@@ -95,9 +96,7 @@ class SplitEnumerator:
             # (none on a fresh start: every file counts), so files that land together while
             # the job was down are all read, however far apart their times.
             cutoff = self.cutoff(op.id) if aged else None
-            if aged:
-                source.not_before = cutoff
-            found = source.discover_splits()
+            found = source.discover_splits(not_before=cutoff) if aged else source.discover_splits()
             if aged:
                 times = [
                     s.info["mtime"]

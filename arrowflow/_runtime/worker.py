@@ -44,6 +44,7 @@ from arrowflow._plan import OpSpec, Plan, split_watermark_inputs
 from arrowflow._runtime.operators import ExchangeOp, Operator, RuntimeContext, SinkOp
 from arrowflow._runtime.splits import WAIT
 from arrowflow.runners import ControlLink, Transport
+from arrowflow.sinks import SinkWriter
 from arrowflow.sources import Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
 
@@ -261,15 +262,20 @@ class Worker:
         for op in self.ops.values():
             op.context = self.context
         self.clocks = self._wire_split_watermarks(plan)
-        # Operators that act on the passing of time without data (a watermark that goes idle).
-        self.timed = [op for op in self.ops.values() if hasattr(op, "tick")]
-        # Sink writers that talk to the coordinator on their own (live-results taps) or end
-        # the run early (``collect(limit=n)``): they get a publisher and are ticked.
-        self.live_writers = []
+        # Operators that act on the passing of time without data (a watermark that goes idle):
+        # only those that override the hook are called every turn.
+        self.timed = [op for op in self.ops.values() if type(op).tick is not Operator.tick]
+        # Every sink writer gets a publisher (live-results taps send rows through it) and is
+        # flushed with the metrics; those that may end the run early (``collect(limit=n)``)
+        # are asked every turn.
+        self.writers: list[SinkWriter] = []
         for op in self.ops.values():
-            if isinstance(op, SinkOp) and hasattr(op.writer, "bind"):
+            if isinstance(op, SinkOp):
                 op.writer.bind(_Publisher(link, op.id))
-                self.live_writers.append(op.writer)
+                self.writers.append(op.writer)
+        self.stoppers = [
+            writer for writer in self.writers if type(writer).satisfied is not SinkWriter.satisfied
+        ]
 
     def _wire_split_watermarks(self, plan: Plan) -> list[Any]:
         """Tell each watermark operator that sees its sources directly which they are (it then
@@ -305,7 +311,7 @@ class Worker:
 
     def stop_requested(self) -> bool:
         """A writer has all it needs (``collect(limit=n)`` has its n rows): end the run now."""
-        return any(getattr(writer, "satisfied", False) for writer in self.live_writers)
+        return any(writer.satisfied for writer in self.stoppers)
 
     def open(self) -> None:
         for op in self.ops.values():
@@ -324,7 +330,7 @@ class Worker:
                 if command[0] == "exit":
                     break
                 self.begin_checkpoint(int(command[1]))
-            if self.live_writers and self.stop_requested():
+            if self.stoppers and self.stop_requested():
                 break
             progressed = False
             if self.transport is not None:
@@ -361,8 +367,8 @@ class Worker:
         if not force and now - self.last_metrics_report < METRICS_INTERVAL_S:
             return
         self.last_metrics_report = now
-        for writer in self.live_writers:
-            writer.flush()  # type: ignore[attr-defined]  # until SinkWriter declares flush
+        for writer in self.writers:
+            writer.flush()
         self.link.metrics(self.metrics())
 
     def _report_rows(self, force: bool = False) -> None:

@@ -7,6 +7,10 @@
   one's rows (``stream.collect()`` runs one stream at a time).
 - :class:`CollectingSink`: a sink that gathers its rows in the calling process, for
   ``stream.write_to(sink)`` next to other sinks in ``flow.run()``.
+- :class:`CrashAfter`: a source that raises :class:`InjectedFault` once, after a number of
+  rows, for fast recovery tests in this process (:mod:`arrowflow.testing.crash`).
+- Conformance suites every plug-in runs: :mod:`arrowflow.testing.source_conformance`,
+  :mod:`arrowflow.testing.sink_conformance`, :mod:`arrowflow.testing.state_conformance`.
 
 >>> import polars as pl
 >>> from arrowflow.testing import assert_frame_equal_unordered
@@ -25,8 +29,15 @@ from arrowflow._api.job import run_plan
 from arrowflow._plan import build_plan
 from arrowflow.io.memory import CollectingSink as CollectingSink
 from arrowflow.options import COLLECT_DEFAULTS, RunOptions, options_from
+from arrowflow.testing.crash import CrashAfter, InjectedFault
 
-__all__ = ["CollectingSink", "assert_frame_equal_unordered", "collect_all"]
+__all__ = [
+    "CollectingSink",
+    "CrashAfter",
+    "InjectedFault",
+    "assert_frame_equal_unordered",
+    "collect_all",
+]
 
 _SHOWN_ROWS = 10
 
