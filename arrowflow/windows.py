@@ -45,8 +45,10 @@ KINDS = ("tumbling", "sliding", "session")
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """A window kind and its durations in milliseconds (build it with :func:`tumbling`,
-    :func:`sliding` or :func:`session`)."""
+    """A window kind and its durations in milliseconds.
+
+    Build it with :func:`tumbling`, :func:`sliding` or :func:`session`.
+    """
 
     kind: str
     size_ms: int = 0
@@ -54,6 +56,7 @@ class WindowSpec:
     gap_ms: int = 0
 
     def describe(self) -> str:
+        """The window as text, e.g. ``tumbling(60000ms)`` (for ``explain`` and the display)."""
         if self.kind == "tumbling":
             return f"tumbling({self.size_ms}ms)"
         if self.kind == "sliding":

@@ -843,8 +843,14 @@ class Stream:
         )
 
     def side_output(self, name: str) -> Stream:
-        """The rows an operator set aside instead of dropping them: ``"malformed"`` on sources,
-        ``"late"`` on windows."""
+        """The rows an operator set aside instead of dropping them.
+
+        Parameters
+        ----------
+        name
+            ``"malformed"`` on sources (rows that do not parse or fit the schema), ``"late"``
+            on windows (rows behind the watermark by more than the allowed lateness).
+        """
         if not isinstance(name, str) or not _ID.match(name):
             msg = f"side_output() expects a side output name such as 'malformed' or 'late', got {name!r}"
             raise PlanError(msg)
@@ -1311,9 +1317,20 @@ class KeyedStream:
         return Stream(flow, flow._validate(node))
 
     def window(self, window: Any, *, allowed_lateness: Any = None) -> WindowedStream:
-        """Event-time windows per key: ``af.tumbling("60s")``, ``af.sliding("60s", every="10s")``,
-        ``af.session(gap="30s")``; then ``.agg(...)``. Needs ``with_watermark`` upstream.
-        See :mod:`arrowflow.windows` for when windows fire and what is late."""
+        """Event-time windows per key; then ``.agg(...)``.
+
+        Needs ``with_watermark`` upstream. See :mod:`arrowflow.windows` for when windows fire
+        and what is late.
+
+        Parameters
+        ----------
+        window
+            ``af.tumbling("60s")``, ``af.sliding("60s", every="10s")`` or
+            ``af.session(gap="30s")``.
+        allowed_lateness
+            How far behind the watermark a row may still update its window (a duration such
+            as ``"5s"``); later rows go to the ``"late"`` side output. Default: none.
+        """
         return WindowedStream(self, window, allowed_lateness)
 
     def _repr_html_(self) -> str:

@@ -1,5 +1,7 @@
-"""Checkpoint inspection for users: list a checkpoint directory, read an operator's state as
-a DataFrame, query the state with SQL. The job need not run; nothing here writes.
+"""Checkpoint inspection for users.
+
+List a checkpoint directory, read an operator's state as a DataFrame, query the state with
+SQL. The job need not run; nothing here writes.
 
 Storage, manifests and their validation are :mod:`arrowflow._runtime.checkpoints`; this module
 only reads through :class:`~arrowflow._runtime.checkpoints.CheckpointStorage`, so a damaged or
@@ -23,8 +25,17 @@ _READERS = {"arrow": "memory", "lmdb": "lmdb"}
 
 
 def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
-    """The complete checkpoints in a checkpoint directory (any fsspec URL), one row each:
-    id, time, size, state files, parallelism, final, and the source offsets as JSON."""
+    """The complete checkpoints in a checkpoint directory, one row each.
+
+    Columns: id, time, size, state files, parallelism, final, and the source offsets as JSON.
+
+    Parameters
+    ----------
+    url
+        The checkpoint directory, any fsspec URL.
+    storage_options
+        Passed to fsspec (credentials, endpoint).
+    """
     return CheckpointStorage(url, storage_options).list()
 
 
@@ -35,10 +46,23 @@ def query_state(
     checkpoint_id: int | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
-    """Run a polars SQL query over the state in a checkpoint (the newest complete one, or
-    ``checkpoint_id``): every operator with state is a table named after its id; quote ids
-    with a dash (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements
-    and table functions that read files (``read_csv``…) are refused."""
+    """Run a polars SQL query over the state in a checkpoint.
+
+    Every operator with state is a table named after its id; quote ids with a dash
+    (``SELECT * FROM "agg-2"``). One SELECT over those tables only: statements and table
+    functions that read files (``read_csv``…) are refused.
+
+    Parameters
+    ----------
+    url
+        The checkpoint directory, any fsspec URL.
+    sql
+        One SELECT statement.
+    checkpoint_id
+        The checkpoint to read; default: the newest complete one.
+    storage_options
+        Passed to fsspec (credentials, endpoint).
+    """
     storage = CheckpointStorage(url, storage_options)
     manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
     if manifest is None:

@@ -1,5 +1,8 @@
-"""``keyed.window(spec)``: a keyed stream with a window, whose ``.agg(...)`` adds the window
-aggregation to the flow (see :mod:`arrowflow.windows` for what windows mean)."""
+"""``keyed.window(spec)``: a keyed stream with a window.
+
+Its ``.agg(...)`` adds the window aggregation to the flow (see :mod:`arrowflow.windows` for
+what windows mean).
+"""
 
 from __future__ import annotations
 
