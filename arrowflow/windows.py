@@ -1,4 +1,4 @@
-"""Event-time windows: the window kinds, and how a keyed window aggregation is computed.
+"""Event-time windows: the window kinds a user passes to ``keyed.window()``, and what they mean.
 
 ``stream.with_watermark("ts", delay="5s").key_by("user").window(af.tumbling("60s")).agg(...)``
 describes, per key, one row per window with the aggregates over the window's events:
