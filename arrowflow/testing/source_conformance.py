@@ -53,7 +53,7 @@ from polars.testing import assert_frame_equal
 from arrowflow.sources import MALFORMED_SCHEMA, Source, Split
 from arrowflow.testing import assert_frame_equal_unordered
 
-__all__ = ["Read", "SourceCase", "SourceConformance", "read_split"]
+__all__ = ["Read", "SourceCase", "SourceConformance", "UnboundedSourceConformance", "read_split"]
 
 #: Batches a reader of an unbounded split may yield before it must have caught up.
 _MAX_UNBOUNDED_BATCHES = 10_000
@@ -243,14 +243,26 @@ class SourceConformance:
         got = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
         assert_frame_equal_unordered(got, case.expected, check_exact=True)
 
-    # ------------------------------------------------------------------ unbounded sources
+    def test_declares_whether_it_grows(self, case: SourceCase) -> None:
+        if case.source.bounded:
+            assert case.grow is None, "a bounded source's case cannot grow it"
+            assert not isinstance(self, UnboundedSourceConformance), (
+                "a bounded source runs SourceConformance, not UnboundedSourceConformance"
+            )
+        else:
+            assert case.grow is not None, "an unbounded source's case must say how to grow it"
+            assert isinstance(self, UnboundedSourceConformance), (
+                "an unbounded source runs UnboundedSourceConformance (its growth checks too)"
+            )
+
+
+class UnboundedSourceConformance(SourceConformance):
+    """:class:`SourceConformance` plus the checks of an unbounded source (``case.grow`` set)."""
 
     def test_unbounded_resume_after_growth_yields_exactly_the_new_rows(
         self, case: SourceCase
     ) -> None:
-        if case.grow is None:
-            assert case.source.bounded, "an unbounded source's case must say how to grow it"
-            pytest.skip("a bounded source")
+        assert case.grow is not None, "an unbounded source's case must say how to grow it"
         source, schema = case.source, case.source.schema()
         assert not source.bounded
         # Where each split read so far ends, as a checkpoint would record it.

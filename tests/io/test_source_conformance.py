@@ -17,7 +17,11 @@ from arrowflow.io import files as file_sources
 from arrowflow.io.files import FileSource
 from arrowflow.io.memory import MemorySource
 from arrowflow.io.stream import TailSource, WatchSource
-from arrowflow.testing.source_conformance import SourceCase, SourceConformance
+from arrowflow.testing.source_conformance import (
+    SourceCase,
+    SourceConformance,
+    UnboundedSourceConformance,
+)
 
 SCHEMA = pl.Schema(
     {"id": pl.Int64, "name": pl.String, "amount": pl.Float64, "at": pl.Datetime("us")}
@@ -125,7 +129,7 @@ def text(fmt: str, data: pl.DataFrame, *, header: bool) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-class TestTail(SourceConformance):
+class TestTail(UnboundedSourceConformance):
     @pytest.fixture
     def case(self, tmp_path: Path, fmt: str) -> SourceCase:
         path = tmp_path / f"log.{fmt}"
@@ -141,7 +145,7 @@ class TestTail(SourceConformance):
         return SourceCase(source, read(fmt, path), grow=grow)
 
 
-class TestWatch(SourceConformance):
+class TestWatch(UnboundedSourceConformance):
     @pytest.fixture
     def case(self, tmp_path: Path) -> SourceCase:
         folder = tmp_path / "landing"
