@@ -38,12 +38,12 @@ Third parties register in two ways:
 
 from __future__ import annotations
 
-import importlib
 import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from arrowflow._foundation.deps import import_object
 from arrowflow.errors import PlanError
 
 __all__ = ["GROUPS", "Entry", "available", "entry", "load", "register"]
@@ -188,19 +188,14 @@ def load(group: str, name: str) -> Any:
     if isinstance(target, str):
         module_name, _, attr = target.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            target = import_object(target)
         except ImportError as exc:
             hint = f"; run: pip install '{item.extra}'" if item.extra else ""
             msg = f"the {group} plug-in {name!r} ({target}) cannot be imported: {exc}{hint}"
             raise ImportError(msg) from exc
-        try:
-            obj: Any = module
-            for part in attr.split("."):
-                obj = getattr(obj, part)
         except AttributeError as exc:
             msg = f"the {group} plug-in {name!r}: module {module_name!r} has no {attr!r}"
             raise ImportError(msg) from exc
-        target = obj
     with _lock:
         _loaded[key] = target
     return target

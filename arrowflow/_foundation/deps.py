@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 # Optional dependency -> the pip extra that installs it.
 _EXTRAS = {
@@ -16,6 +17,19 @@ _EXTRAS = {
     "s3fs": "arrowflow[s3]",
     "lmdb": "lmdb",
 }
+
+
+def import_object(target: str) -> Any:
+    """The object a ``"module:attr"`` string names (``attr`` may be dotted), importing its module.
+
+    Raises ``ImportError`` when the module cannot be imported and ``AttributeError`` when it
+    has no such attribute; callers add what the object was for.
+    """
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def import_optional(module: str, *, purpose: str) -> ModuleType:

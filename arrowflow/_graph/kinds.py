@@ -214,17 +214,22 @@ class Filter(Stateless):
         return "filter(" + ", ".join(describe_expr(e) for e in node.params["predicates"]) + ")"
 
 
+def _schema_after(graph: Schemas, node: Node, method: Any) -> pl.Schema:
+    """The schema polars gives ``method`` (``select``/``with_columns``) of the node's exprs."""
+    upstream = graph.schema_of(node.inputs[0])
+    try:
+        return method(pl.LazyFrame(schema=upstream), node.params["exprs"]).collect_schema()
+    except pl.exceptions.PolarsError as exc:
+        raise _polars_schema_error(node.id, exc) from None
+
+
 class Select(Stateless):
     """Computes exactly the given columns."""
 
     name = "select"
 
     def output_schema(self, graph: Schemas, node: Node) -> pl.Schema:
-        upstream = graph.schema_of(node.inputs[0])
-        try:
-            return pl.LazyFrame(schema=upstream).select(node.params["exprs"]).collect_schema()
-        except pl.exceptions.PolarsError as exc:
-            raise _polars_schema_error(node.id, exc) from None
+        return _schema_after(graph, node, pl.LazyFrame.select)
 
     def input_columns(self, node: Node, needed: Columns, readers: list[Node]) -> list[Columns]:
         return [columns_read(node.params["exprs"])]
@@ -239,11 +244,7 @@ class WithColumns(Stateless):
     name = "with_columns"
 
     def output_schema(self, graph: Schemas, node: Node) -> pl.Schema:
-        upstream = graph.schema_of(node.inputs[0])
-        try:
-            return pl.LazyFrame(schema=upstream).with_columns(node.params["exprs"]).collect_schema()
-        except pl.exceptions.PolarsError as exc:
-            raise _polars_schema_error(node.id, exc) from None
+        return _schema_after(graph, node, pl.LazyFrame.with_columns)
 
     def input_columns(self, node: Node, needed: Columns, readers: list[Node]) -> list[Columns]:
         exprs = node.params["exprs"]

@@ -29,7 +29,6 @@ checkpoints (the final one commits the output) until the coordinator says ``exit
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from arrowflow._foundation.deps import import_object
 from arrowflow._foundation.faults import fault_point
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_group_range
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
@@ -194,9 +194,7 @@ def build_operator(spec: OpSpec, resources: dict[str, Any]) -> Operator:
     if not module_name or not attr:
         msg = f"internal: no runtime operator for kind {spec.kind!r} ({spec.id!r})"
         raise NotImplementedError(msg)
-    factory: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        factory = getattr(factory, part)
+    factory = import_object(spec.operator)
     wanted = list(inspect.signature(factory).parameters.values())[1:]
     unknown = [p.name for p in wanted if p.name not in resources and p.default is p.empty]
     if unknown:
