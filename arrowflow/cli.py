@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import traceback
 import uuid
@@ -126,6 +127,12 @@ def _positive(text: str) -> int:
     return value
 
 
+_WORKERS_HELP = (
+    f"worker processes; 0 runs in this process (default: one per core, "
+    f"{os.cpu_count() or 1} on this machine; more than the cores warns, since it is slower)"
+)
+
+
 def _workers(text: str) -> int:
     try:
         value = int(text)
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="job.py[:flow]",
         help="the job file, and the name of the Flow in it when it defines several",
     )
-    run.add_argument("--workers", type=_workers, help="worker processes; 0 runs in this process")
+    run.add_argument("--workers", type=_workers, help=_WORKERS_HELP)
     run.add_argument("--state", metavar="NAME", help="state backend: memory, arrow, lmdb, sql")
     run.add_argument(
         "--checkpoint-dir", metavar="URL", help="where checkpoints go (any fsspec URL)"
@@ -212,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="events to generate (default: 3,000,000)",
     )
-    demo.add_argument("--workers", type=_workers, help="worker processes; 0 runs in this process")
+    demo.add_argument("--workers", type=_workers, help=_WORKERS_HELP)
 
     checkpoints = commands.add_parser(
         "checkpoints",

@@ -214,7 +214,15 @@ class PoolRunner(Runner):
                 "runner='pool' to run in this process, or pass workers=N"
             )
             raise PlanError(msg)
-        self.workers = options.workers or os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+        self.workers = options.workers or cores
+        if self.workers > cores:
+            warnings.warn(
+                f"workers={self.workers} is more than the {cores} cores of this machine: the "
+                f"processes take turns on the cores and the run gets slower, not faster; the "
+                f"default (workers=None) starts one per core",
+                stacklevel=4,
+            )
         self.rings: list[Ring] = []
         self.worker_processes: list[mp.process.BaseProcess] = []
         self.conns: list[Connection] = []

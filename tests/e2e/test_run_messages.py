@@ -269,3 +269,35 @@ def test_cli_worker_polars_error_first_line(tmp_path: Path, job: Path) -> None:
         ' failed: polars.exceptions.ColumnNotFoundError: unable to find column "nope"; '
         'valid columns: ["user", "amount", "kind"]'
     )
+
+
+def test_more_workers_than_cores_warns_and_still_gives_polars_results(
+    tmp_path: Path, events: Path
+) -> None:
+    cores = os.cpu_count() or 1
+    flow = af.Flow("crowded")
+    stream = (
+        flow.read_parquet(str(events)).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    )
+    with pytest.warns(UserWarning, match=rf"workers={cores + 1} is more than the {cores} cores"):
+        got = stream.collect(workers=cores + 1)
+    assert_frame_equal_unordered(got, totals_by_polars(events), check_dtypes=False)
+
+
+def test_default_worker_count_quiet_and_named_in_help(tmp_path: Path, events: Path) -> None:
+    import warnings
+
+    stream = af.Flow("quiet").read_parquet(str(events)).key_by("user").agg(n=pl.len())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default (one per core) never warns
+        assert stream.collect().height == 97
+    help_text = arrowflow("run", "--help", cwd=tmp_path).stdout
+    flat = " ".join(help_text.split())
+    assert f"default: one per core, {os.cpu_count() or 1} on this machine" in flat
+
+
+def test_cli_more_workers_than_cores_says_so_on_stderr(tmp_path: Path, job: Path) -> None:
+    cores = os.cpu_count() or 1
+    done = arrowflow("run", f"{job}:totals", "--workers", str(cores + 1), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"workers={cores + 1} is more than the {cores} cores" in done.stderr
