@@ -357,7 +357,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     if manifest is None:
         msg = f"no complete checkpoint in {args.url}"
         raise UsageError(msg)
-    result = query_state(args.url, args.sql, checkpoint_id=manifest.id)
+    result = query_state(args.url, args.sql, checkpoint=manifest.id)
     with pl.Config(tbl_rows=50, tbl_cols=-1):
         print(f"checkpoint {manifest.id}:")
         print(result)

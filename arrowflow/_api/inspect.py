@@ -11,17 +11,39 @@ hostile checkpoint directory is refused here as it is on restore (docs/checkpoin
 from __future__ import annotations
 
 import tempfile
+import warnings
 from typing import Any
 
 import polars as pl
 
 from arrowflow._foundation.sqlguard import check_state_query
 from arrowflow._graph.aggregates import combine_partials
-from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest, decode_spec
+from arrowflow._runtime.checkpoints import CheckpointStorage, decode_spec
 from arrowflow.errors import CheckpointError
 from arrowflow.state import StateFile, StoreContext, resolve_backend
 
 _READERS = {"arrow": "memory", "lmdb": "lmdb"}
+
+
+def checkpoint_arg(
+    checkpoint: int | None, checkpoint_id: int | None, *, stacklevel: int = 3
+) -> int | None:
+    """Return the checkpoint id asked for, by ``checkpoint=`` or the deprecated ``checkpoint_id=``.
+
+    ``checkpoint`` is the name everywhere (the CLI's ``--checkpoint``); the old name still
+    works, with a DeprecationWarning.
+    """
+    if checkpoint_id is None:
+        return checkpoint
+    if checkpoint is not None and checkpoint != checkpoint_id:
+        msg = f"checkpoint={checkpoint!r} and checkpoint_id={checkpoint_id!r} disagree; pass checkpoint= only"
+        raise TypeError(msg)
+    warnings.warn(
+        "checkpoint_id= is deprecated: pass checkpoint= (the name of the CLI's --checkpoint)",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    return checkpoint_id
 
 
 def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
@@ -43,8 +65,9 @@ def query_state(
     url: str,
     sql: str,
     *,
-    checkpoint_id: int | None = None,
+    checkpoint: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    checkpoint_id: int | None = None,
 ) -> pl.DataFrame:
     """Run a polars SQL query over the state in a checkpoint.
 
@@ -58,13 +81,16 @@ def query_state(
         The checkpoint directory, any fsspec URL.
     sql
         One SELECT statement.
-    checkpoint_id
-        The checkpoint to read; default: the newest complete one.
+    checkpoint
+        The id of the checkpoint to read; default: the newest complete one.
     storage_options
         Passed to fsspec (credentials, endpoint).
+    checkpoint_id
+        Deprecated name of ``checkpoint``.
     """
+    checkpoint = checkpoint_arg(checkpoint, checkpoint_id)
     storage = CheckpointStorage(url, storage_options)
-    manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
+    manifest = storage.find(checkpoint) if checkpoint is not None else storage.latest()
     if manifest is None:
         msg = f"no complete checkpoint in {storage.url!r}"
         raise CheckpointError(msg)
@@ -74,7 +100,7 @@ def query_state(
     for operator in operators:
         context.register(
             operator,
-            read_state(url, operator, checkpoint_id=manifest.id, storage_options=storage_options),
+            read_state(url, operator, checkpoint=manifest.id, storage_options=storage_options),
         )
     try:
         return context.execute(sql, eager=True)
@@ -86,22 +112,25 @@ def query_state(
 
 
 def read_state(
-    checkpoint: str | Manifest,
+    url: str,
     operator: str,
     *,
-    checkpoint_id: int | None = None,
+    checkpoint: int | None = None,
     storage_options: dict[str, Any] | None = None,
     raw: bool = False,
+    checkpoint_id: int | None = None,
 ) -> pl.DataFrame:
     """The state of ``operator`` in a checkpoint, as one polars DataFrame (the job need not run).
 
-    ``checkpoint`` is a checkpoint directory URL (its newest complete checkpoint, or
-    ``checkpoint_id``). For a keyed aggregation the partial aggregates are turned into the
-    aggregation's values (``raw=True`` keeps the partials); other operators' stores come as
-    stored, with a ``__store`` column when the operator has several.
+    ``url`` is a checkpoint directory (any fsspec URL); ``checkpoint`` the id of the
+    checkpoint to read (default: the newest complete one; ``checkpoint_id`` is its deprecated
+    name). For a keyed aggregation the partial aggregates are turned into the aggregation's
+    values (``raw=True`` keeps the partials); other operators' stores come as stored, with a
+    ``__store`` column when the operator has several.
     """
-    storage = CheckpointStorage(checkpoint if isinstance(checkpoint, str) else ".", storage_options)
-    manifest = storage.find(checkpoint_id) if checkpoint_id is not None else storage.latest()
+    checkpoint = checkpoint_arg(checkpoint, checkpoint_id)
+    storage = CheckpointStorage(url, storage_options)
+    manifest = storage.find(checkpoint) if checkpoint is not None else storage.latest()
     if manifest is None:
         msg = f"no complete checkpoint in {storage.url!r}"
         raise CheckpointError(msg)
@@ -117,9 +146,9 @@ def read_state(
         # are one set of partial aggregates; a window may be in both.
         spec = decode_spec(manifest.stores[operator])
         stored = read_state(
-            checkpoint,
+            url,
             operator,
-            checkpoint_id=manifest.id,
+            checkpoint=manifest.id,
             storage_options=storage_options,
             raw=True,
         )

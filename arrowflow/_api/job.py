@@ -33,7 +33,7 @@ from typing import Any
 
 import polars as pl
 
-from arrowflow._api.inspect import list_checkpoints, query_state, read_state
+from arrowflow._api.inspect import checkpoint_arg, list_checkpoints, query_state, read_state
 from arrowflow._api.jobview import display_live, in_notebook, job_html, watch_terminal
 from arrowflow._api.progress import ProgressBar, wanted
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
@@ -343,22 +343,28 @@ class Job:
             self._checkpoint_dir(), storage_options=self.options.storage_options
         )
 
-    def state(self, operator: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
-        """An operator's state in the newest (or the given) checkpoint, as a DataFrame."""
+    def state(
+        self, operator: str, *, checkpoint: int | None = None, checkpoint_id: int | None = None
+    ) -> pl.DataFrame:
+        """An operator's state in the newest (or the given) checkpoint, as a DataFrame
+        (``checkpoint_id`` is the deprecated name of ``checkpoint``)."""
         return read_state(
             self._checkpoint_dir(),
             operator,
-            checkpoint_id=checkpoint_id,
+            checkpoint=checkpoint_arg(checkpoint, checkpoint_id),
             storage_options=self.options.storage_options,
         )
 
-    def query_state(self, sql: str, *, checkpoint_id: int | None = None) -> pl.DataFrame:
+    def query_state(
+        self, sql: str, *, checkpoint: int | None = None, checkpoint_id: int | None = None
+    ) -> pl.DataFrame:
         """SQL over the state in a checkpoint: every operator with state is a table named after
-        its id (quote ids with a dash: ``SELECT * FROM "agg-2"``)."""
+        its id (quote ids with a dash: ``SELECT * FROM "agg-2"``); ``checkpoint_id`` is the
+        deprecated name of ``checkpoint``."""
         return query_state(
             self._checkpoint_dir(),
             sql,
-            checkpoint_id=checkpoint_id,
+            checkpoint=checkpoint_arg(checkpoint, checkpoint_id),
             storage_options=self.options.storage_options,
         )
 

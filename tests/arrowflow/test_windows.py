@@ -481,11 +481,11 @@ def test_crash_then_restore_with_open_windows_and_late_events_exactly_once(
     buffered = [f for f in manifest["state"] if f["store"] == "per_minute/buffer"]
     assert len(buffered) == max(first, 1), "one buffer file per worker"
     open_windows = af.read_state(
-        str(tmp_path / "ckpt"), "per_minute", raw=True, checkpoint_id=manifest["id"]
+        str(tmp_path / "ckpt"), "per_minute", raw=True, checkpoint=manifest["id"]
     )
     assert open_windows.height > 0, "the checkpoint holds the open windows"
     # Read as values, a window in both the store and the buffer is one row, its partials merged.
-    windows = af.read_state(str(tmp_path / "ckpt"), "per_minute", checkpoint_id=manifest["id"])
+    windows = af.read_state(str(tmp_path / "ckpt"), "per_minute", checkpoint=manifest["id"])
     assert windows.columns == [KEY, "window_start", "n", "total"]
     assert windows.select(KEY, "window_start").is_duplicated().sum() == 0, "a window read twice"
     assert int(windows["n"].sum()) == int(open_windows["n__count"].sum())
@@ -577,12 +577,12 @@ def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(
         batch_size=250,
     )
     first = int(af.list_checkpoints(str(tmp_path / "ck"))["id"].min())
-    raw = af.read_state(str(tmp_path / "ck"), "w", raw=True, checkpoint_id=first)
+    raw = af.read_state(str(tmp_path / "ck"), "w", raw=True, checkpoint=first)
     assert set(raw["__store"]) == {"w", "buffer"}
     assert raw.select(KEY, "window_start").is_duplicated().any(), (
         "no window is in both the store and the buffer"
     )
-    got = af.read_state(str(tmp_path / "ck"), "w", checkpoint_id=first)
+    got = af.read_state(str(tmp_path / "ck"), "w", checkpoint=first)
     (offset,) = (
         CheckpointStorage(str(tmp_path / "ck"))
         .find(first)

@@ -301,3 +301,30 @@ def test_cli_more_workers_than_cores_says_so_on_stderr(tmp_path: Path, job: Path
     done = arrowflow("run", f"{job}:totals", "--workers", str(cores + 1), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"workers={cores + 1} is more than the {cores} cores" in done.stderr
+
+
+def test_one_name_for_the_checkpoint_to_read(tmp_path: Path, events: Path) -> None:
+    """``checkpoint=`` picks the checkpoint in read_state, query_state and the job's methods,
+    as ``--checkpoint`` does in the CLI; ``checkpoint_id=`` still works, with a warning."""
+    ckpt = tmp_path / "ckpt"
+    flow = totals_flow(events, tmp_path / "out")
+    flow.run(
+        workers=0, batch_size=1_000, checkpoint_dir=str(ckpt), checkpoint_every=af.every_rows(2_000)
+    )
+    ids = af.list_checkpoints(str(ckpt))["id"].to_list()
+    assert len(ids) >= 2
+    first, last = min(ids), max(ids)
+    newest = af.read_state(str(ckpt), "agg", checkpoint=last)
+    assert_frame_equal_unordered(newest, totals_by_polars(events), check_dtypes=False)
+    early = af.read_state(str(ckpt), "agg", checkpoint=first)
+    assert early["n"].sum() < newest["n"].sum()
+    sql = "SELECT sum(n) AS n FROM agg"
+    assert af.query_state(str(ckpt), sql, checkpoint=first).item() == early["n"].sum()
+    with pytest.warns(DeprecationWarning, match="checkpoint_id= is deprecated"):
+        old = af.read_state(str(ckpt), "agg", checkpoint_id=first)
+    assert_frame_equal_unordered(old, early)
+    with pytest.raises(TypeError, match="disagree"):
+        af.read_state(str(ckpt), "agg", checkpoint=first, checkpoint_id=last)
+    cli = arrowflow("state", "query", str(ckpt), sql, "--checkpoint", str(first), cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    assert str(early["n"].sum()) in cli.stdout

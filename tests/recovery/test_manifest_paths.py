@@ -160,9 +160,9 @@ def test_a_crafted_state_file_path_is_never_read(job: Path, path: str) -> None:
     with pytest.raises(
         CheckpointError, match=r"checkpoint 3: .* is outside the checkpoint's layout"
     ):
-        af.read_state(url, "agg", checkpoint_id=3)
+        af.read_state(url, "agg", checkpoint=3)
     with pytest.raises(CheckpointError, match="outside the checkpoint's layout"):
-        af.query_state(url, "SELECT max(n) AS n FROM agg", checkpoint_id=3)
+        af.query_state(url, "SELECT max(n) AS n FROM agg", checkpoint=3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         state = af.read_state(url, "agg")
     assert 0 < state["n"].max() < 999_999  # checkpoint 2's real counts, not the forged file's
@@ -175,7 +175,7 @@ def test_a_state_file_not_listed_among_the_verified_files_is_refused(job: Path) 
 
     craft(job, edit)
     with pytest.raises(CheckpointError, match="not among the files the manifest verifies"):
-        af.read_state(str(job / "checkpoints"), "agg", checkpoint_id=3)
+        af.read_state(str(job / "checkpoints"), "agg", checkpoint=3)
 
 
 def test_a_crafted_file_entry_is_never_opened(job: Path) -> None:
@@ -270,7 +270,7 @@ def test_a_state_query_reads_no_file_and_runs_no_statement(
 ) -> None:
     sql = query.format(**files_to_steal)
     with pytest.raises(CheckpointError, match="state query refused: ") as caught:
-        af.query_state(str(job / "checkpoints"), sql, checkpoint_id=2)
+        af.query_state(str(job / "checkpoints"), sql, checkpoint=2)
     assert "the-secret-line" not in str(caught.value)
 
 
@@ -317,14 +317,14 @@ def test_state_query_cli_refuses_a_file_reader_in_one_line(
 )
 def test_ordinary_state_queries_still_answer(job: Path, query: str) -> None:
     url = str(job / "checkpoints")
-    state = af.read_state(url, "agg", checkpoint_id=2)
+    state = af.read_state(url, "agg", checkpoint=2)
     expected = {
         "SELECT sum(n) AS n FROM agg": int(state["n"].sum()),
         "WITH big AS (SELECT * FROM agg WHERE n > 1) SELECT count(*) AS n FROM big": int(
             (state["n"] > 1).sum()
         ),
     }.get(query, state.height)
-    assert af.query_state(url, query, checkpoint_id=2)["n"].item() == expected
+    assert af.query_state(url, query, checkpoint=2)["n"].item() == expected
 
 
 def test_a_failing_state_query_is_one_line_in_the_cli(job: Path) -> None:
@@ -436,7 +436,7 @@ def test_a_manifest_with_wrong_types_is_invalid_not_a_crash(job: Path, edit: str
     with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest's .* expected "):
         storage.find(3)
     with pytest.raises(CheckpointError, match=r"^checkpoint 3: the manifest.s"):
-        af.read_state(url, "agg", checkpoint_id=3)
+        af.read_state(url, "agg", checkpoint=3)
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
         assert storage.latest().id == 2
     with pytest.warns(UserWarning, match="skipping checkpoint 3"):
@@ -639,7 +639,7 @@ def test_a_state_file_that_is_no_arrow_ipc_is_a_state_error(
     with pytest.raises(
         StateError, match=rf"^state file '{entry['path']}' is not a readable Arrow IPC file"
     ):
-        af.read_state(str(job / "checkpoints"), "agg", checkpoint_id=3)
+        af.read_state(str(job / "checkpoints"), "agg", checkpoint=3)
     code, out, err = recovery.run_job(job, recovery_input, workers=1, state="arrow")
     assert code != 0 and "RESULT" not in out
     assert f"StateError: state file '{entry['path']}' is not a readable Arrow IPC file" in err
