@@ -13,9 +13,11 @@ defines — and calls ``flow.run(...)`` with the flags given; flags left out kee
 ``flow.run``'s defaults. It prints the run's summary: rows in and out, time, throughput and
 the per-operator counts.
 
-Exit codes: 0 when the run finished, 1 when arrowflow raised an error (its message is
-printed, without a traceback) or the job file itself raised, 2 on wrong usage (unknown flag,
-no such file, no or several flows).
+Exit codes, one rule for every command: 0 when the command did its work, 1 when arrowflow
+raised an error (its message is printed, without a traceback) or the job file itself raised,
+2 on wrong usage (unknown flag, no such file, no or several flows, a checkpoint directory that
+does not exist, a checkpoint to read that is not there). An existing checkpoint directory
+without a complete checkpoint lists as empty (0); there is no state in it to query (2).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ from arrowflow.errors import ArrowflowError
 from arrowflow.options import DEFAULTS, START_DEFAULTS, RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+_EXIT_CODES = (
+    "exit codes: 0 done; 1 arrowflow or the job raised an error (one line, no traceback for "
+    "arrowflow's own); 2 wrong usage: an unknown flag, a missing file or checkpoint directory, "
+    "a checkpoint that is not there"
+)
 
 
 class UsageError(Exception):
@@ -158,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arrowflow",
         description="Batch-and-stream processing on Apache Arrow and polars.",
+        epilog=_EXIT_CODES,
     )
 
     parser.add_argument("--version", action="version", version=f"arrowflow {__version__}")
@@ -249,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--checkpoint", type=int, metavar="ID", help="a checkpoint id (default: the newest)"
     )
+    for command in (run, demo, checkpoints, listing, state, query):
+        command.epilog = _EXIT_CODES
     return parser
 
 
@@ -322,10 +332,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _existing_checkpoint_dir(url: str) -> CheckpointStorage:
+    """The storage at ``url``; a directory that is not there is wrong usage (exit 2)."""
+    storage = CheckpointStorage(url)
+    if not storage.fs.exists(storage.root):
+        msg = f"no checkpoint directory at {url} (give the job's checkpoint_dir)"
+        raise UsageError(msg)
+    return storage
+
+
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     import polars as pl
 
-    storage = CheckpointStorage(args.url)
+    storage = _existing_checkpoint_dir(args.url)
     frame = storage.list()
     if frame.is_empty():
         print(f"no complete checkpoint in {args.url}")
@@ -352,7 +371,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     import polars as pl
 
-    storage = CheckpointStorage(args.url)
+    storage = _existing_checkpoint_dir(args.url)
     manifest = storage.find(args.checkpoint) if args.checkpoint is not None else storage.latest()
     if manifest is None:
         msg = f"no complete checkpoint in {args.url}"

@@ -328,3 +328,33 @@ def test_one_name_for_the_checkpoint_to_read(tmp_path: Path, events: Path) -> No
     cli = arrowflow("state", "query", str(ckpt), sql, "--checkpoint", str(first), cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr
     assert str(early["n"].sum()) in cli.stdout
+
+
+def test_cli_one_exit_code_rule_for_checkpoint_commands(tmp_path: Path, events: Path) -> None:
+    """A missing checkpoint directory is wrong usage (2) for both commands, with one line on
+    stderr and no traceback; an existing directory with no checkpoint lists as empty (0)."""
+    missing = str(tmp_path / "no-such-dir")
+    for args in (("checkpoints", "list", missing), ("state", "query", missing, "SELECT 1")):
+        done = arrowflow(*args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no checkpoint directory at" in lines[0], lines
+    (tmp_path / "empty").mkdir()
+    listed = arrowflow("checkpoints", "list", str(tmp_path / "empty"), cwd=tmp_path)
+    assert listed.returncode == 0 and "no complete checkpoint" in listed.stdout
+    queried = arrowflow("state", "query", str(tmp_path / "empty"), "SELECT 1", cwd=tmp_path)
+    assert queried.returncode == 2 and "no complete checkpoint" in queried.stderr
+    # A wrong table or bad SQL on a real checkpoint: one line naming the tables, exit 1.
+    ckpt = tmp_path / "ckpt"
+    totals_flow(events, tmp_path / "out").run(workers=0, checkpoint_dir=str(ckpt))
+    for sql in ("SELECT * FROM nope", "SELEC n FROM agg"):
+        bad = arrowflow("state", "query", str(ckpt), sql, cwd=tmp_path)
+        assert bad.returncode == 1, bad.stderr
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        "(tables: 'agg')"
+        in arrowflow("state", "query", str(ckpt), "SELECT * FROM nope", cwd=tmp_path).stderr
+    )
+    usage = arrowflow("checkpoints", "list", "--help", cwd=tmp_path).stdout
+    assert "exit codes: 0 done" in " ".join(usage.split())
