@@ -32,9 +32,12 @@ def _restarts_are_failures(request: pytest.FixtureRequest, monkeypatch: pytest.M
 
 
 def _worker_pids() -> list[int]:
-    """Live worker processes spawned by this process (not the resource tracker, no zombies)."""
+    """Live worker processes this process started: spawned children, or children of its
+    forkserver (not the server itself, not the resource tracker, no zombies)."""
     from pathlib import Path
 
+    server = _forkserver_pid()
+    parents = {os.getpid()} | ({server} if server is not None else set())
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,13 +49,22 @@ def _worker_pids() -> list[int]:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if (
-            int(fields[1]) == os.getpid()
+            int(fields[1]) in parents
+            and int(entry.name) != server
             and fields[0] != "Z"
             and b"multiprocessing" in cmdline
             and b"resource_tracker" not in cmdline
         ):
             found.append(int(entry.name))
     return found
+
+
+def _forkserver_pid() -> int | None:
+    """The pid of this process's multiprocessing forkserver, if one runs: pool workers are
+    its children, not ours (arrowflow/_runtime/pool.py: start_context)."""
+    import multiprocessing.forkserver as forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@
 :class:`arrowflow._runtime.shm.ShmTransport` and its control link the messages of
 :mod:`arrowflow._runtime.control` over pipes (docs/runtime.md). Design (the execution model: docs/design.md §3):
 
-- **Processes** are started with the ``spawn`` context (polars and pyarrow keep thread
-  pools that ``fork`` would break). The worker spec (plan, state backend, runtime context) is
+- **Processes** are forked from a ``forkserver`` that preloaded the engine, polars and
+  pyarrow and started none of their thread pools (:func:`start_context`: a worker starts in
+  milliseconds, fresh each run; ``spawn`` is the fallback). The worker spec (plan, state backend, runtime context) is
   serialized once with cloudpickle and sent as the process's argument, never per batch.
   Each worker limits its polars and Arrow thread pools to ``cores // workers`` so N workers
   don't oversubscribe.
@@ -81,8 +82,8 @@ def _die_with_parent() -> None:
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return  # not Linux: the control pipe's EOF still ends a worker that is not stuck
-    if parent is not None and os.getppid() != parent.pid:
-        os._exit(1)  # the parent died before prctl: nobody would tell us
+    if parent is not None and wait([parent.sentinel], timeout=0):
+        os._exit(1)  # the coordinator died before prctl: nobody would tell us
 
 
 def _worker_main(
@@ -92,9 +93,15 @@ def _worker_main(
     ring_names: dict[tuple[int, int], str],
     local_dir: str,
     threads: int,
+    environ: dict[str, str] | None = None,
 ) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
+    if environ is not None:
+        # A forkserver child has the server's environment, taken when it started: give it the
+        # coordinator's, as spawn would (credentials, ARROWFLOW_* settings, thread limits).
+        os.environ.clear()
+        os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads(threads)
     worker = None
@@ -192,6 +199,76 @@ def _main_module_hidden() -> Iterator[None]:
                 setattr(main, key, value)
 
 
+#: What a forkserver loads once, before it forks any worker: the engine and its heavy
+#: dependencies. Neither polars' compute pool (threads ``polars-N``, tokio) nor Arrow's CPU
+#: pool starts on import: they start lazily, in each worker, sized for it. What does start on
+#: import is idle: polars' spill-folder cleaner and one Arrow thread (Arrow re-creates its
+#: state in a forked child); jemalloc's purging threads are switched off for the server
+#: (``_SERVER_ENV``). tests/arrowflow/runtime/test_start.py checks exactly this set.
+PRELOAD = ["arrowflow._runtime.preload", "arrowflow.io", "arrowflow.backends"]
+
+
+def start_context(threads: int) -> Any:
+    """The multiprocessing context the workers of a run start from.
+
+    ``forkserver`` (Linux, the default): a server process imports the engine, polars and
+    pyarrow once per interpreter, and every worker of every later run is a fork of it, ready
+    in milliseconds, with a fresh interpreter state each run. polars fixes the size of its
+    thread pool when it is imported, so the server is started for one thread per worker (the
+    default, one worker per core) and serves the runs with that share of the cores; a run
+    that gives each worker more threads (fewer workers than cores) starts them with ``spawn``,
+    which imports everything in each worker (about 0.5 s). ``ARROWFLOW_START_METHOD=spawn``
+    always spawns.
+    """
+    method = os.environ.get("ARROWFLOW_START_METHOD", "forkserver")
+    if method not in ("forkserver", "spawn"):
+        msg = f"ARROWFLOW_START_METHOD must be forkserver or spawn, got {method!r}"
+        raise PlanError(msg)
+    if (
+        method == "forkserver"
+        and threads == SERVER_THREADS
+        and "forkserver" in mp.get_all_start_methods()
+    ):
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        _start_forkserver()
+        return context
+    return mp.get_context("spawn")
+
+
+#: Threads per worker of the forkserver's workers: polars reads its pool size on import.
+SERVER_THREADS = 1
+
+
+def _server_env() -> dict[str, str]:
+    """The forkserver's environment beyond the coordinator's: one thread per pool, and
+    jemalloc's background purging threads (polars' and pyarrow's allocators start them on
+    import) off, so the server forks from a process without them."""
+    env = {var: str(SERVER_THREADS) for var in _THREAD_VARS}
+    for var in ("_RJEM_MALLOC_CONF", "JE_ARROW_MALLOC_CONF"):
+        conf = os.environ.get(var, "")
+        if "background_thread" not in conf:
+            conf = f"{conf},background_thread:false" if conf else "background_thread:false"
+        env[var] = conf
+    return env
+
+
+def _start_forkserver() -> None:
+    import multiprocessing.forkserver as forkserver
+
+    env = _server_env()
+    saved = {var: os.environ.get(var) for var in env}
+    try:
+        os.environ.update(env)
+        forkserver.ensure_running()
+    finally:
+        for var, old in saved.items():
+            if old is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = old
+
+
 class PoolRunner(Runner):
     """The process pool: ``workers`` processes (default: one per core), one worker each,
     joined by the shared-memory transport, linked to the coordinator by pipes.
@@ -258,11 +335,12 @@ class PoolRunner(Runner):
         spec_bytes = cloudpickle.dumps(spec)  # once: the user's functions by value
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)
-        context = mp.get_context("spawn")
+        context = start_context(threads)
         saved = {var: os.environ.get(var) for var in _THREAD_VARS}
         try:
             for var in _THREAD_VARS:
                 os.environ[var] = str(threads)
+            environ = dict(os.environ)
             for index in range(self.workers):
                 parent, child = context.Pipe(duplex=True)
                 process = context.Process(
@@ -276,6 +354,7 @@ class PoolRunner(Runner):
                         ring_names,
                         os.path.join(self.local_dir, f"w{index}"),
                         threads,
+                        environ,
                     ),
                 )
                 with _main_module_hidden():

@@ -119,9 +119,9 @@ def test_results_keep_the_newest_rows_up_to_the_limit() -> None:
 def test_live_results_hold_every_row_once_across_a_kill_9_and_restart(
     tmp_path: Path, worker_pids: Callable[[], list[int]]
 ) -> None:
-    df = events(30_000)
+    df = events(45_000)  # long enough for 6+ checkpoints, however fast the workers start
     flow = af.Flow("restarting")
-    stream = flow.from_polars(df, splits=30).map_batches(slow)
+    stream = flow.from_polars(df, splits=45).map_batches(slow)
     stream.write_parquet(str(tmp_path / "out"))
     job = flow.start(
         workers=2, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every="150ms", batch_size=500

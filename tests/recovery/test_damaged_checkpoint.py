@@ -152,8 +152,9 @@ def test_an_explicit_restore_of_an_older_checkpoint_rolls_back(
     import subprocess
     import sys
 
+    # sleep=0.02 a batch: the run lasts well past its 5th checkpoint (workers start in ms).
     code, out, _ = recovery.run_job(
-        tmp_path, recovery_input, workers=2, state="memory", faults="before_manifest@5"
+        tmp_path, recovery_input, workers=2, state="memory", faults="before_manifest@5", sleep=0.02
     )
     assert code != 0 and "RESULT" not in out
     assert parts_by_checkpoint(tmp_path / "rows").get(3, 0) and parts_by_checkpoint(

@@ -57,18 +57,35 @@ def our_segments(pid: int) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(f"af-{pid}-")]
 
 
-def live_workers() -> list[int]:
-    """Worker processes of this test process (spawned children running our worker)."""
-    pids = []
-    for pid in children_of(os.getpid()):
+def workers_of(pid: int) -> list[int]:
+    """The worker processes process ``pid`` started: its spawned children, or the children of
+    its forkserver (arrowflow/_runtime/pool.py: start_context); not the server, not the
+    resource tracker."""
+    found = []
+    for child in children_of(pid):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+        if b"resource_tracker" in cmd or b"multiprocessing" not in cmd:
+            continue
+        if b"forkserver" in cmd and b"main(" in cmd:
+            found.extend(children_of(child))
+        else:
+            found.append(child)
+    return found
+
+
+def live_workers() -> list[int]:
+    """Worker processes of this test process that still run (no zombies)."""
+    pids = []
+    for pid in workers_of(os.getpid()):
+        try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state != "Z":
-                pids.append(pid)
+        except OSError:
+            continue
+        if state != "Z":
+            pids.append(pid)
     return pids
 
 
@@ -228,16 +245,10 @@ def test_ctrl_c_stops_every_worker_and_frees_shared_memory(tmp_path: Path) -> No
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "STARTED"
     deadline = time.monotonic() + 60
-    while (
-        len(children_of(proc.pid)) < 3 and time.monotonic() < deadline
-    ):  # 2 workers + resource tracker
+    while len(workers_of(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)
-    workers = [
-        pid
-        for pid in children_of(proc.pid)
-        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    workers = workers_of(proc.pid)
     assert len(workers) == 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
