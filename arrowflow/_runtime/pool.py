@@ -253,20 +253,26 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _start_forkserver() -> None:
-    import multiprocessing.forkserver as forkserver
-
-    env = _server_env()
-    saved = {var: os.environ.get(var) for var in env}
+@contextmanager
+def _environment(overrides: dict[str, str]) -> Iterator[None]:
+    """Set ``overrides`` in this process's environment for the block, then put it back."""
+    saved = {var: os.environ.get(var) for var in overrides}
     try:
-        os.environ.update(env)
-        forkserver.ensure_running()
+        os.environ.update(overrides)
+        yield
     finally:
         for var, old in saved.items():
             if old is None:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = old
+
+
+def _start_forkserver() -> None:
+    import multiprocessing.forkserver as forkserver
+
+    with _environment(_server_env()):
+        forkserver.ensure_running()
 
 
 class PoolRunner(Runner):
@@ -336,10 +342,7 @@ class PoolRunner(Runner):
         cores = os.cpu_count() or 1
         threads = max(1, cores // self.workers)
         context = start_context(threads)
-        saved = {var: os.environ.get(var) for var in _THREAD_VARS}
-        try:
-            for var in _THREAD_VARS:
-                os.environ[var] = str(threads)
+        with _environment({var: str(threads) for var in _THREAD_VARS}):
             environ = dict(os.environ)
             for index in range(self.workers):
                 parent, child = context.Pipe(duplex=True)
@@ -362,12 +365,6 @@ class PoolRunner(Runner):
                 child.close()
                 self.worker_processes.append(process)
                 self.conns.append(parent)
-        finally:
-            for var, value in saved.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
 
     def coordinate(self, coordinator: Coordinator) -> list[Any]:
         server = ControlServer(coordinator)
