@@ -71,7 +71,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
 def test_demo_exits_0_and_says_what_it_did(
     demo: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    _root, done = demo
+    root, done = demo
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert f"{DEMO_ROWS:,} clickstream events" in out
@@ -81,6 +81,14 @@ def test_demo_exits_0_and_says_what_it_did(
     assert str(Path("tmp") / "out" / "per_user") in out
     assert "top users by revenue" in out and "revenue_eur" in out
     assert "Traceback" not in done.stderr
+    # What it suggests can be done without the demo's source: no flow object to call .run on.
+    assert "flow.run(" not in out
+    assert "arrowflow run job.py --state lmdb --checkpoint-dir" in out
+    # The late events are counted (the committed output) and explained.
+    late_files = list((root / "out" / "late").glob("*.ndjson"))
+    late = pl.read_ndjson(late_files).height if late_files else 0
+    assert f"late events: {late:,} in " in out
+    assert "the watermark waits 5 s" in out or "behind the newest event" in out
     # a restart would hide a crash: the last line says there was none
     assert out.strip().splitlines()[-1] == "restarts: none (no worker failed)"
     assert out.count("restarts: ") == 1
