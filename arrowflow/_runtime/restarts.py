@@ -190,6 +190,14 @@ def run_attempts(
         rolled_back.extend(roll_back(plan, storage, back_to))
         if restarts == 0:
             own_first_id, started_from = first_id, (restored.id if restored is not None else None)
+            resumed = (
+                f"resumed from checkpoint {restored.id} of an earlier run (taken "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(restored.time))}, "
+                f"{restored.parallelism} worker{'s' if restored.parallelism != 1 else ''}): the counts "
+                f"are of the rows read after it"
+                if restored is not None
+                else None
+            )
         coordinator = JobCoordinator(
             plan,
             parallelism,
@@ -250,6 +258,9 @@ def run_attempts(
                 m for m in result.operator_metrics if m["operator"] not in taps
             ]
         result.restored_from = restored.id if restored is not None else None
+        result.resumed_from = started_from
+        if resumed is not None:
+            result.notes.insert(0, resumed)
         result.checkpoint_seconds = dict(coordinator.durations)
         result.aborted_checkpoints = list(coordinator.aborted)
         if coordinator.exit_now:

@@ -19,6 +19,9 @@ class RunResult:
     checkpoints: list[int] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     restored_from: int | None = None
+    #: The checkpoint of an earlier run this run started from (None: it started fresh); a
+    #: restart during the run does not change it (``restored_from`` is the last restore's).
+    resumed_from: int | None = None
     status: str = "finished"  # "finished" (input ended) or "stopped" (job.stop())
     checkpoint_seconds: dict[int, float] = field(default_factory=dict)  # id -> trigger to commit
     aborted_checkpoints: list[int] = field(default_factory=list)  # took longer than the timeout
@@ -74,6 +77,7 @@ class RunResult:
             f"RunResult(flow={self.flow!r}, workers={self.workers}, rows_in={self.rows_in:,}, "
             f"rows_out={self.rows_out:,}, malformed={self.malformed:,}, elapsed={self.elapsed_s:.3f}s, "
             f"rate={rate:,.0f} rows/s, restarts={self.restarts}"
+            + (f", resumed_from={self.resumed_from}" if self.resumed_from is not None else "")
             + (f", rolled_back={self.rolled_back_summary()!r}" if self.rolled_back else "")
             + ")"
         )

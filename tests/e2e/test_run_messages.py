@@ -358,3 +358,41 @@ def test_cli_one_exit_code_rule_for_checkpoint_commands(tmp_path: Path, events: 
     )
     usage = arrowflow("checkpoints", "list", "--help", cwd=tmp_path).stdout
     assert "exit codes: 0 done" in " ".join(usage.split())
+
+
+def test_a_resumed_run_says_so(tmp_path: Path) -> None:
+    """A run that starts from an earlier run's checkpoint says which one, in its result and
+    in the summary the CLI prints; a fresh run says nothing of the kind."""
+    from arrowflow._api.summary import format_summary
+    from arrowflow.io.memory import MemorySource
+    from arrowflow.testing import CrashAfter, InjectedFault
+
+    rng = np.random.default_rng(16)
+    data = pl.DataFrame({"k": rng.permutation(2_000) % 7, "v": rng.integers(0, 100, 2_000)})
+    crashing = CrashAfter(MemorySource.from_polars(data, splits=4), rows=900)
+    flow = af.Flow("resumable")
+    flow.source(crashing).key_by("k").agg(n=pl.len(), total=pl.col("v").sum()).write_parquet(
+        str(tmp_path / "out")
+    )
+    run = {
+        "workers": 0,
+        "batch_size": 100,
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "checkpoint_every": af.every_rows(300),
+        "progress": False,
+    }
+    with pytest.raises(InjectedFault):
+        flow.run(**run)
+    newest = max(af.list_checkpoints(str(tmp_path / "ck"))["id"].to_list())
+    resumed = flow.run(**run)
+    assert resumed.resumed_from == newest
+    assert f"resumed_from={newest}" in repr(resumed)
+    assert resumed.notes and resumed.notes[0].startswith(
+        f"resumed from checkpoint {newest} of an earlier run (taken "
+    )
+    assert f"note: resumed from checkpoint {newest}" in format_summary(flow, resumed)
+    assert resumed.rows_in < data.height  # the counts are this run's: after the checkpoint
+    fresh = flow.run(**{**run, "restore": None})
+    assert fresh.resumed_from is None and not fresh.notes
+    assert "note: resumed from" not in format_summary(flow, fresh)
+    assert "resumed_from" not in repr(fresh)
