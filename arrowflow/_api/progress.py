@@ -7,6 +7,11 @@ kernel, or when standard error is a terminal — and not under CI or with
 Over bounded sources the bar counts splits (files, row-group ranges) done of the total,
 with rows read and rows/s beside it; over unbounded ones (``tail``, ``watch``) it counts rows.
 A thread samples the coordinator five times a second; the run itself is not slowed.
+
+Where nobody watches a redrawn line (standard error is no terminal and no notebook widget
+shows the bar: nbconvert without ipywidgets, a pipe, a log file) there is no bar: one line at
+the end says what the run did (splits, rows, rows/s, checkpoints, restarts), instead of a
+line per refresh.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from arrowflow._api.jobview import in_notebook
@@ -47,6 +53,17 @@ def _tqdm_class() -> Any:
     return tqdm
 
 
+def _redraws(file: Any) -> bool:
+    """Whether a bar written to ``file`` (None: standard error) redraws in place for a viewer."""
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        return True  # a widget
+    stream = sys.stderr if file is None else file
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 class ProgressBar:
     """Follows the coordinator of the current attempt (``control.coordinator``) until closed."""
 
@@ -57,6 +74,9 @@ class ProgressBar:
         self.done = threading.Event()
         self.bar: Any = None
         self.unbounded = False
+        self.one_line = not _redraws(file)
+        self.started = time.monotonic()
+        self.last: tuple[int, int, int, int, bool] = (0, 0, 0, 0, False)
         self.thread = threading.Thread(
             target=self._loop, name=f"arrowflow-progress-{name}", daemon=True
         )
@@ -68,6 +88,11 @@ class ProgressBar:
             return
         done, total = coordinator.enumerator.progress()
         rows = coordinator.rows_total
+        if self.one_line:
+            checkpoints = len(coordinator.completed) if coordinator.storage is not None else -1
+            unbounded = coordinator.enumerator.unbounded or not total
+            self.last = (done, total, rows, checkpoints, unbounded)
+            return
         if self.bar is None:
             self.unbounded = coordinator.enumerator.unbounded or not total
             kwargs: dict[str, Any] = {
@@ -116,3 +141,18 @@ class ProgressBar:
             pass
         if self.bar is not None:
             self.bar.close()
+        elif self.one_line and self.control.coordinator is not None:
+            print(self._summary(), file=self.file or sys.stderr, flush=True)
+
+    def _summary(self) -> str:
+        done, total, rows, checkpoints, unbounded = self.last
+        elapsed = time.monotonic() - self.started
+        parts = [] if unbounded else [f"{done}/{total} splits"]
+        parts.append(
+            f"{rows:,} rows in {elapsed:.1f} s ({rows / elapsed if elapsed else 0:,.0f} rows/s)"
+        )
+        if checkpoints >= 0:
+            parts.append(f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}")
+        if self.control.restarts:
+            parts.append(f"restarts {self.control.restarts}")
+        return f"{self.name}: " + ", ".join(parts)

@@ -529,3 +529,34 @@ def test_a_restart_never_restores_an_older_runs_checkpoint(
     assert result.restarts == 1 and result.restored_from is None
     assert_frame_equal_unordered(job.results(stream), df)
     assert_frame_equal_unordered(pl.read_parquet(str(tmp_path / "out2" / "*.parquet")), df)
+
+
+def test_progress_where_nothing_redraws_is_one_line_at_the_end(tmp_path: Path) -> None:
+    """stderr a pipe (nbconvert without widgets, CI logs): no bar refreshed many times over,
+    one line at the end."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import time, polars as pl, arrowflow as af
+        df = pl.DataFrame({{"k": list(range(6_000)), "v": [1.0] * 6_000}})
+        def slow(batch):
+            time.sleep(0.1)
+            return batch
+        flow = af.Flow("quiet-progress")
+        flow.from_polars(df, splits=12).map_batches(slow, schema=df.schema).write_parquet({str(tmp_path / "out")!r})
+        flow.run(workers=0, progress=True, checkpoint_dir={str(tmp_path / "ck")!r})
+    """)
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]  # splits on \r too
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("quiet-progress: 12/12 splits, 6,000 rows in "), lines
+    assert "rows/s" in lines[0] and "1 checkpoint" in lines[0]
