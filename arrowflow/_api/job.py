@@ -142,7 +142,12 @@ def operator_frame(rows: list[dict[str, Any]], now: float | None = None) -> pl.D
         )
         .drop("watermark_us")
     )
-    return grouped
+    # What a user looks at first comes first (a notebook shows the first 8 columns): counts
+    # in and out, rows set aside, how far behind event time is; then the rest.
+    first = ["operator", "kind", "rows_in", "rows_out"]
+    set_aside = [c for c in ("malformed", "late") if c in extra]
+    rest = [c for c in extra if c not in set_aside]
+    return grouped.select(*first, *set_aside, "lag_s", "watermark", "batches_in", *rest)
 
 
 class Job:

@@ -560,3 +560,40 @@ def test_progress_where_nothing_redraws_is_one_line_at_the_end(tmp_path: Path) -
     assert len(lines) == 1, lines
     assert lines[0].startswith("quiet-progress: 12/12 splits, 6,000 rows in "), lines
     assert "rows/s" in lines[0] and "1 checkpoint" in lines[0]
+
+
+def test_job_metrics_put_what_a_user_reads_first_in_the_first_8_columns(tmp_path: Path) -> None:
+    """A notebook shows 8 columns of a wide frame: counts, rows set aside, event-time lag."""
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    rng = np.random.default_rng(5)
+    seconds = rng.permutation(3_600)
+    df = pl.DataFrame(
+        {"ts": [start + timedelta(seconds=int(s)) for s in seconds], "k": seconds % 5}
+    )
+    flow = af.Flow("columns")
+    windows = (
+        flow.from_polars(df, splits=3)
+        .with_watermark("ts", delay="1s")
+        .key_by("k")
+        .window(af.tumbling("10m"))
+        .agg(n=pl.len())
+    )
+    windows.write_parquet(str(tmp_path / "out"))
+    job = flow.start(workers=0)
+    job.wait(120)
+    metrics = job.metrics()
+    assert metrics.columns[:8] == [
+        "operator",
+        "kind",
+        "rows_in",
+        "rows_out",
+        "malformed",
+        "late",
+        "lag_s",
+        "watermark",
+    ]
+    assert {"batches_in", "windows_fired", "windows_open"} <= set(metrics.columns[8:])
+    window = metrics.filter(pl.col("kind") == "window")
+    late = window["late"].item()
+    on_time = pl.read_parquet(tmp_path / "out" / "*.parquet")["n"].sum()
+    assert late + on_time == df.height  # every row counted once: in a window or late
