@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import traceback
@@ -240,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="id, time, size, offsets and state files of each"
     )
     listing.add_argument("url", metavar="URL", help="the job's checkpoint_dir")
+    listing.add_argument(
+        "--json", action="store_true", help="every field, the source offsets in full, as JSON"
+    )
 
     state = commands.add_parser(
         "state",
@@ -346,26 +350,55 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
     storage = _existing_checkpoint_dir(args.url)
     frame = storage.list()
+    if args.json:
+        records = [
+            {**row, "time": row["time"].isoformat(), "offsets": json.loads(row["offsets"])}
+            for row in frame.iter_rows(named=True)
+        ]
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return EXIT_OK
     if frame.is_empty():
         print(f"no complete checkpoint in {args.url}")
         return EXIT_OK
     frame = frame.with_columns(
-        pl.col("id").map_elements(chk_dir, return_dtype=pl.String).alias("directory")
+        pl.col("id").map_elements(chk_dir, return_dtype=pl.String).alias("folder"),
+        pl.col("time").dt.strftime("%Y-%m-%d %H:%M:%S"),
+        pl.col("size_bytes").map_elements(_size, return_dtype=pl.String).alias("size"),
+        pl.col("state_files").alias("files"),
+        pl.col("offsets")
+        .map_elements(lambda o: len(json.loads(o)), return_dtype=pl.Int64)
+        .alias("sources"),
+        pl.col("offsets").map_elements(_splits_summary, return_dtype=pl.String).alias("splits"),
     )
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=120, tbl_width_chars=200):
-        print(
-            frame.select(
-                "id",
-                "directory",
-                "time",
-                "size_bytes",
-                "state_files",
-                "parallelism",
-                "final",
-                "offsets",
-            )
-        )
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        fmt_str_lengths=40,
+        tbl_width_chars=100,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+    ):
+        print(frame.select("id", "folder", "time", "size", "files", "final", "sources", "splits"))
+    print("offsets in full, and every field: --json")
     return EXIT_OK
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)
+
+
+def _splits_summary(offsets: str) -> str:
+    """A manifest's source offsets in a few words: splits done and open over every source."""
+    done = open_ = 0
+    for value in json.loads(offsets).values():
+        if isinstance(value, dict) and {"finished", "positions"} <= value.keys():
+            done += len(value["finished"])
+            open_ += len(value["positions"])
+    return f"{done} done, {open_} open"
 
 
 def cmd_state(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 import arrowflow as af
+from arrowflow._runtime.checkpoints import CheckpointStorage
 from arrowflow.errors import CheckpointError, PlanError, WorkerError
 from arrowflow.testing import assert_frame_equal_unordered
 
@@ -396,3 +397,36 @@ def test_a_resumed_run_says_so(tmp_path: Path) -> None:
     assert fresh.resumed_from is None and not fresh.notes
     assert "note: resumed from" not in format_summary(flow, fresh)
     assert "resumed_from" not in repr(fresh)
+
+
+def test_cli_checkpoints_list_fits_a_terminal_and_json_has_everything(
+    tmp_path: Path, events: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    flow = af.Flow("two-sources")
+    first = flow.read_parquet(str(events), name="first_source")
+    second = flow.read_parquet(str(events), name="second_source_with_a_long_name")
+    first.union(second).key_by("user").agg(n=pl.len()).write_parquet(str(tmp_path / "out"))
+    flow.run(
+        workers=0, batch_size=1_000, checkpoint_dir=str(ckpt), checkpoint_every=af.every_rows(4_000)
+    )
+    listed = arrowflow("checkpoints", "list", str(ckpt), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    widest = max(len(line) for line in listed.stdout.splitlines())
+    assert widest <= 100, listed.stdout
+    assert "6 done, 0 open" in listed.stdout  # the final checkpoint: 3 files per source
+    full = arrowflow("checkpoints", "list", str(ckpt), "--json", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    import json
+
+    records = json.loads(full.stdout)
+    manifests = {
+        m.id: m for m in map(CheckpointStorage(str(ckpt)).find, [r["id"] for r in records])
+    }
+    assert len(records) >= 2
+    for record in records:
+        assert record["offsets"] == manifests[record["id"]].sources
+    newest = max(records, key=lambda r: r["id"])
+    assert newest["final"] is True  # the last checkpoint of a finished run
+    assert all(r["final"] is False for r in records if r is not newest)
+    assert set(newest["offsets"]) == {"first_source", "second_source_with_a_long_name"}
