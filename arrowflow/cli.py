@@ -350,10 +350,11 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
     storage = _existing_checkpoint_dir(args.url)
     frame = storage.list()
+    offsets = [json.loads(text) for text in frame["offsets"]]  # of checked manifests
     if args.json:
         records = [
-            {**row, "time": row["time"].isoformat(), "offsets": json.loads(row["offsets"])}
-            for row in frame.iter_rows(named=True)
+            {**row, "time": row["time"].isoformat(), "offsets": parsed}
+            for row, parsed in zip(frame.iter_rows(named=True), offsets, strict=True)
         ]
         print(json.dumps(records, indent=2, sort_keys=True))
         return EXIT_OK
@@ -365,10 +366,10 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         pl.col("time").dt.strftime("%Y-%m-%d %H:%M:%S"),
         pl.col("size_bytes").map_elements(_size, return_dtype=pl.String).alias("size"),
         pl.col("state_files").alias("files"),
-        pl.col("offsets")
-        .map_elements(lambda o: len(json.loads(o)), return_dtype=pl.Int64)
-        .alias("sources"),
-        pl.col("offsets").map_elements(_splits_summary, return_dtype=pl.String).alias("splits"),
+    )
+    frame = frame.with_columns(
+        pl.Series("sources", [len(o) for o in offsets], dtype=pl.Int64),
+        pl.Series("splits", [_splits_summary(o) for o in offsets], dtype=pl.String),
     )
     with pl.Config(
         tbl_rows=-1,
@@ -384,17 +385,21 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _size(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
+    """Bytes as B, KiB, MiB or GiB, one decimal above bytes."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:,.1f} {unit}"
 
 
-def _splits_summary(offsets: str) -> str:
+def _splits_summary(offsets: dict[str, Any]) -> str:
     """A manifest's source offsets in a few words: splits done and open over every source."""
     done = open_ = 0
-    for value in json.loads(offsets).values():
+    for value in offsets.values():
         if isinstance(value, dict) and {"finished", "positions"} <= value.keys():
             done += len(value["finished"])
             open_ += len(value["positions"])

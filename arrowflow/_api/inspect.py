@@ -25,9 +25,7 @@ from arrowflow.state import StateFile, StoreContext, resolve_backend
 _READERS = {"arrow": "memory", "lmdb": "lmdb"}
 
 
-def checkpoint_arg(
-    checkpoint: int | None, checkpoint_id: int | None, *, stacklevel: int = 3
-) -> int | None:
+def checkpoint_arg(checkpoint: int | None, checkpoint_id: int | None) -> int | None:
     """Return the checkpoint id asked for, by ``checkpoint=`` or the deprecated ``checkpoint_id=``.
 
     ``checkpoint`` is the name everywhere (the CLI's ``--checkpoint``); the old name still
@@ -41,7 +39,7 @@ def checkpoint_arg(
     warnings.warn(
         "checkpoint_id= is deprecated: pass checkpoint= (the name of the CLI's --checkpoint)",
         DeprecationWarning,
-        stacklevel=stacklevel,
+        stacklevel=3,  # the user's call of read_state, query_state, job.state…
     )
     return checkpoint_id
 

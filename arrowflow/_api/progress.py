@@ -43,8 +43,13 @@ def wanted(progress: bool | None) -> bool:
         return False
 
 
+def _widget() -> bool:
+    """Whether the bar is a notebook widget (a kernel, and ipywidgets to draw it)."""
+    return in_notebook() and importlib.util.find_spec("ipywidgets") is not None
+
+
 def _tqdm_class() -> Any:
-    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+    if _widget():
         from tqdm.notebook import tqdm
 
         return tqdm
@@ -55,8 +60,8 @@ def _tqdm_class() -> Any:
 
 def _redraws(file: Any) -> bool:
     """Whether a bar written to ``file`` (None: standard error) redraws in place for a viewer."""
-    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
-        return True  # a widget
+    if _widget():
+        return True
     stream = sys.stderr if file is None else file
     try:
         return bool(stream.isatty())

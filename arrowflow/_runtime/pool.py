@@ -202,9 +202,9 @@ def _main_module_hidden() -> Iterator[None]:
 #: What a forkserver loads once, before it forks any worker: the engine and its heavy
 #: dependencies. Neither polars' compute pool (threads ``polars-N``, tokio) nor Arrow's CPU
 #: pool starts on import: they start lazily, in each worker, sized for it. What does start on
-#: import is idle: polars' spill-folder cleaner and one Arrow thread (Arrow re-creates its
-#: state in a forked child); jemalloc's purging threads are switched off for the server
-#: (``_SERVER_ENV``). tests/arrowflow/runtime/test_start.py checks exactly this set.
+#: import: jemalloc's purging threads, switched off for the server (:func:`_server_env`), and
+#: polars' idle spill-folder cleaner, the one thread besides the main one that the server
+#: runs (tests/arrowflow/runtime/test_start.py checks exactly that).
 PRELOAD = ["arrowflow._runtime.preload", "arrowflow.io", "arrowflow.backends"]
 
 

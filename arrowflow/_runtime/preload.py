@@ -1,8 +1,9 @@
 """What the forkserver imports once, so that forked workers start without imports.
 
-Nothing here may start a thread: a fork copies only the forking thread, and a thread pool
+Nothing here may start a thread pool: a fork copies only the forking thread, and a pool
 started before the fork (polars', Arrow's) would be unusable in every worker. polars and
-pyarrow start their pools lazily, on first use, so importing them is safe.
+pyarrow start their pools lazily, on first use; the jemalloc purging threads their imports
+would start are switched off in the server (``pool._server_env``).
 """
 
 from __future__ import annotations
