@@ -40,7 +40,11 @@ from arrowflow._graph.operator_kind import ALL, Columns, OperatorKind
 from arrowflow._graph.physical import MAIN, Edge, OpSpec
 from arrowflow.errors import PlanError
 
+#: How often a run commits over an unbounded source when nothing else says (seconds).
+DEFAULT_EMIT_S = 1.0
+
 __all__ = [
+    "DEFAULT_EMIT_S",
     "MAIN",
     "PHYSICAL",
     "Edge",
@@ -169,6 +173,21 @@ class Plan:
     @property
     def bounded(self) -> bool:
         return all(op.params["source"].bounded for op in self.sources)
+
+    def emission_interval(self, *, checkpoint_every: Any) -> float | None:
+        """Seconds between the commits a run makes to emit output (docs/checkpoints.md,
+        "Emission"): the shortest ``emit_every`` of the flow's operators and sinks; without
+        one, :data:`DEFAULT_EMIT_S` over an unbounded source when the run has no checkpoint
+        interval (else its output would never show); otherwise None (commits at checkpoints
+        and at the end only)."""
+        own = [op.params.get("emit_every_s") for op in self.ops]
+        own += [op.params["sink"].emit_every_s for op in self.ops if op.kind == "sink"]
+        chosen = [float(every) for every in own if every is not None]
+        if chosen:
+            return min(chosen)
+        if not self.bounded and checkpoint_every is None:
+            return DEFAULT_EMIT_S
+        return None
 
     def _repr_html_(self) -> str:
         if _html_renderer is None:

@@ -173,11 +173,17 @@ class Sink(abc.ABC):
         left out of operator fingerprints and of the run's metrics.
     job : JobIdentity or None
         Set by :meth:`attach`; None until the runtime gives the sink a job.
+    emit_every_s : float or None
+        The sink's own emission interval in seconds (``write_database(emit_every=...)``):
+        in a run without checkpoints it stages its rows for a commit only when this much
+        time has passed since its last one (and at the end). None (default): at every
+        commit the run makes (docs/checkpoints.md, "Emission").
     """
 
     kind: str = "sink"
     durable: bool = True
     transient: bool = False
+    emit_every_s: float | None = None
     job: JobIdentity | None = None
 
     def validate(self, schema: pl.Schema, operator_id: str) -> None:  # noqa: B027 - optional hook

@@ -267,6 +267,9 @@ class WatchSource(Source):
             None if max_file_age is None else duration_ms(max_file_age, what="max_file_age") / 1000
         )
         self._known: dict[str, tuple[float | None, list[Split]]] = {}  # url -> (mtime, its splits)
+        # url -> (mtime, size) of the previous listing: a file being written in place is taken
+        # once two listings agree (or it is old enough), never half-written.
+        self._listed: dict[str, tuple[float | None, int | None]] = {}
         # The files themselves are read exactly as read_<format> reads them.
         self.files = FileSource(
             format,
@@ -293,15 +296,40 @@ class WatchSource(Source):
         clone = WatchSource.__new__(WatchSource)
         clone.__dict__.update(self.__dict__)
         clone._known = {}
+        clone._listed = {}
         clone.files = self.files.with_columns_pruned(columns)
         clone.files.kind = "watch"
         return clone
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_known": {}}  # workers don't discover
+        return {**self.__dict__, "_known": {}, "_listed": {}}  # workers don't discover
 
     def listing(self) -> dict[str, float | None]:
-        """Every visible file the pattern names now, with its modification time (epoch s)."""
+        """Every visible file the pattern names now, with its modification time (epoch s).
+
+        Only files that have settled: a file whose size and modification time are what the
+        previous listing saw, or that was last modified more than :meth:`settle_s` ago. A file
+        still being written in place (an empty or half-written parquet file) waits for the
+        next listing instead of failing the run or being read in part; an empty file waits
+        until it is that old.
+        """
+        now = time.time()
+        listed = self._list()
+        settled = {}
+        for url, (mtime, size) in listed.items():
+            old = mtime is not None and now - mtime > self.settle_s
+            # An empty file is one just created far more often than one meant to be empty.
+            if old or (size != 0 and self._listed.get(url) == (mtime, size)):
+                settled[url] = mtime
+        self._listed = listed
+        return settled
+
+    @property
+    def settle_s(self) -> float:
+        """Seconds after which a file unchanged since is taken at its first listing."""
+        return 2 * self.poll_interval_s + 1.0
+
+    def _list(self) -> dict[str, tuple[float | None, int | None]]:
         fs, path = filesystem(self.pattern, self.storage_options)
         try:
             if any(ch in path for ch in GLOB_CHARS):
@@ -318,7 +346,11 @@ class WatchSource(Source):
         found = {}
         for name, info in sorted(entries.items()):
             if info.get("type") == "file" and not is_hidden(name, root):
-                found[name if is_local(fs) else fs.unstrip_protocol(name)] = _mtime(info)
+                size = info.get("size")
+                found[name if is_local(fs) else fs.unstrip_protocol(name)] = (
+                    _mtime(info),
+                    int(size) if isinstance(size, int | float) else None,
+                )
         return found
 
     def discover_splits(self, *, not_before: float | None = None) -> list[Split]:

@@ -66,6 +66,17 @@ def _registered_source(name: str, args: tuple[Any, ...], options: dict[str, Any]
     return source
 
 
+def emit_interval(value: Any, what: str) -> float | None:
+    """An ``emit_every`` argument in seconds (None stays None); refuses zero and negatives."""
+    if value is None:
+        return None
+    ms = duration_ms(value, what=what)
+    if ms <= 0:
+        msg = f"{what} must be a positive duration such as '1s', got {value!r}"
+        raise PlanError(msg)
+    return ms / 1000
+
+
 def _registered_sink(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Sink:
     """The sink that the factory registered as ``name`` builds from ``args`` and ``options``."""
     sink = registry.load("sink", name)(*args, **options)
@@ -410,9 +421,12 @@ class Flow(Graph):
     ) -> Stream:
         """Files that land under a glob or folder (unbounded), each processed exactly once.
 
-        Also across restarts: the files already processed are kept in checkpoints. Files
-        must appear complete (write elsewhere, then rename into place); each is read as
-        ``read_<format>`` reads it.
+        Also across restarts: the files already processed are kept in checkpoints. A file is
+        taken once two listings a ``poll_interval`` apart see the same size and modification
+        time (or it was last modified more than two intervals and a second ago), so a file
+        written in place is not read half-written; writing elsewhere and renaming into place
+        is still the safe way for writers that pause. Each file is read as ``read_<format>``
+        reads it.
 
         Parameters
         ----------
@@ -1070,6 +1084,7 @@ class Stream:
         mode: str = "append",
         key: str | Sequence[str] | None = None,
         name: str | None = None,
+        emit_every: Any = None,
     ) -> None:
         """Write rows into ``table`` of a SQLite or PostgreSQL database, exactly once.
 
@@ -1092,10 +1107,18 @@ class Stream:
             The operator id; default ``write_database``, numbered when already taken. It
             also names the sink's staging table and commit markers, so keep it stable
             across restores.
+        emit_every
+            How often the table gets the rows (``"1s"``, ``"10s"``): a run without checkpoints
+            commits them at this interval (and at the end); with a ``checkpoint_dir`` every
+            emission is a checkpoint. ``None`` (default): at every commit the run makes.
+            See :meth:`KeyedStream.agg` and docs/checkpoints.md, "Emission".
         """
         keys = [key] if isinstance(key, str) else list(key) if key is not None else None
         options = {"table": table, "mode": mode, "key": keys, "name": name}
-        self._sink(_registered_sink("database", (url,), options), name)
+        every = emit_interval(emit_every, f"write_database({table!r}): emit_every")
+        sink = _registered_sink("database", (url,), options)
+        sink.emit_every_s = every
+        self._sink(sink, name)
 
     def write_to(self, sink: Sink, *, name: str | None = None) -> None:
         """Write to any :class:`arrowflow.sinks.Sink` object."""
@@ -1245,14 +1268,33 @@ class KeyedStream:
         self.stream = stream
         self.keys = keys
 
-    def agg(self, *exprs: pl.Expr, name: str | None = None, **named: pl.Expr) -> Stream:
+    def agg(
+        self,
+        *exprs: pl.Expr,
+        name: str | None = None,
+        emit_every: Any = None,
+        **named: pl.Expr,
+    ) -> Stream:
         """Keyed running aggregation: one row per key with its aggregates so far.
 
-        Emits, at every checkpoint and at the end of a bounded input, the current value of each
-        key updated since its last emission.
+        Emits the current value of each key updated since its last emission: at every
+        commit of the run (every checkpoint; without checkpoints every ``emit_every``, by
+        default every second over an unbounded source) and at the end of a bounded input.
+        Between two emissions a reader of the sink sees the values of the last one
+        (docs/checkpoints.md, "Emission").
+
+        Parameters
+        ----------
+        emit_every
+            How often to emit (``"1s"``, ``"500ms"``, a timedelta). It sets how often a run
+            without checkpoints commits (the shortest of the flow's intervals; without any,
+            every second over an unbounded source, only at the end over a bounded one); with
+            a ``checkpoint_dir`` every emission is a checkpoint, so the output stays exactly
+            once. ``None`` (default): at every commit the run makes.
         """
         flow = self.stream.flow
         op_id = flow._new_id("agg", name)
+        emit_every_s = emit_interval(emit_every, f"{op_id}: emit_every")
         aggs = named_aggregations(exprs, named, op_id)
         keys = list(self.keys)
 
@@ -1264,7 +1306,15 @@ class KeyedStream:
         ) -> IncrementalAgg:
             return IncrementalAgg(_aggs, _keys, schema, operator_id=_id)
 
-        node = flow._add("agg", [self.stream.node], name, keys=keys, aggs=aggs, agg=make)
+        node = flow._add(
+            "agg",
+            [self.stream.node],
+            name,
+            keys=keys,
+            aggs=aggs,
+            agg=make,
+            emit_every_s=emit_every_s,
+        )
         make.__defaults__ = (aggs, keys, node.id)  # name errors after the real operator id
         return Stream(flow, flow._validate(node))
 

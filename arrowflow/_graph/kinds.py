@@ -417,7 +417,11 @@ class Agg(Keyed):
     def keyed_params(
         self, node: Node, upstream: pl.Schema, schema: pl.Schema, max_parallelism: int
     ) -> dict[str, Any]:
-        return {"aggs": node.params["aggs"], "agg": node.params["agg"](upstream)}
+        return {
+            "aggs": node.params["aggs"],
+            "agg": node.params["agg"](upstream),
+            "emit_every_s": node.params.get("emit_every_s"),
+        }
 
     def describe(self, node: Node) -> str:
         return f"running aggregation by {node.params['keys']}: {aggs_text(node.params['aggs'])}"

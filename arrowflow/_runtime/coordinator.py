@@ -20,8 +20,9 @@ Protocol (docs/checkpoints.md), seen from here:
 4. When every worker has finished, one last checkpoint marked ``final`` commits the rest of
    the output; then the workers are told to exit.
 
-Without a checkpoint directory only the final checkpoint happens, and nothing is written
-but the sinks' output.
+Without a checkpoint directory nothing is written but the sinks' output: the same barriers
+run every ``emit_interval_s`` (emissions: docs/checkpoints.md, "Emission") and once at the
+end, and each commits the sinks without a manifest. Such a run never restarts.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ class JobCoordinator:
         min_pause_s: float = 0.0,
         timeout_s: float = 600.0,
         first_id: int = 1,
+        emit_interval_s: float | None = None,
     ) -> None:
         self.plan = plan
+        # Seconds between the commits that emit output (Plan.emission_interval): without
+        # storage they are the only commits before the final one, with storage checkpoints.
+        self.emit_interval_s = emit_interval_s
         self.parallelism = parallelism
         self.storage = storage
         self.trigger = trigger or ManualTrigger()
@@ -206,18 +211,25 @@ class JobCoordinator:
             return None
         final = len(self.workers_finished) == self.parallelism
         if not final:
-            if self.storage is None:
-                return None
-            if now - self.last_started < self.min_pause_s:
-                return None
-            stats = TriggerStats(
-                now - self.last_started, self.rows_total - self.rows_at_last, self.rows_total
+            emission = (
+                self.emit_interval_s is not None and now - self.last_started >= self.emit_interval_s
             )
-            savepoint = self.stop_mode == "savepoint"
-            if not (savepoint or self.requested or self.trigger.should_trigger(stats)):
-                return None
-            if savepoint:
-                self.savepoint_id = self.next_id
+            if self.storage is None:
+                if not emission:
+                    return None
+            else:
+                if now - self.last_started < self.min_pause_s:
+                    return None
+                stats = TriggerStats(
+                    now - self.last_started, self.rows_total - self.rows_at_last, self.rows_total
+                )
+                savepoint = self.stop_mode == "savepoint"
+                if not (
+                    savepoint or self.requested or emission or self.trigger.should_trigger(stats)
+                ):
+                    return None
+                if savepoint:
+                    self.savepoint_id = self.next_id
         self.requested = False
         checkpoint_id = self.next_id
         self.next_id += 1

@@ -41,6 +41,7 @@ class RuntimeContext:
     """What a worker gives its operators: where snapshots go, and what a checkpoint collected."""
 
     storage: Any = None  # CheckpointStorage, or None when the run keeps no checkpoints
+    emit_interval_s: float | None = None  # the run's commits that emit (Plan.emission_interval)
     restore_root: str | None = None
     restore_files: list[StateFile] = field(default_factory=list)
     state_files: dict[int, list[StateFile]] = field(default_factory=dict)
@@ -51,6 +52,19 @@ class RuntimeContext:
 
     def files_for(self, store: str) -> list[StateFile]:
         return [f for f in self.restore_files if f.store == store]
+
+    def emission_due(self, every: float | None, last: float) -> bool:
+        """Whether an operator (or sink) with its own ``emit_every`` of ``every`` seconds,
+        which last emitted at ``last`` (``time.monotonic()``), emits at this commit.
+
+        At a checkpoint always: what it holds back is in no snapshot, so a restore would
+        lose it. Without checkpoints when ``every`` has passed, to within half the run's
+        own interval (barriers do not arrive to the microsecond).
+        """
+        if every is None or self.storage is not None:
+            return True
+        slack = (self.emit_interval_s or 0.0) / 2
+        return time.monotonic() - last >= every - slack
 
 
 class Operator:
@@ -519,6 +533,8 @@ class AggOp(Operator):
         self.dirty_values = True
         self.partials: list[pl.DataFrame] = []
         self.partial_rows = 0
+        self.emit_every_s: float | None = spec.params.get("emit_every_s")
+        self.last_emission = time.monotonic()
 
     def store_spec(self) -> StoreSpec:
         return StoreSpec(
@@ -587,7 +603,10 @@ class AggOp(Operator):
     def snapshot(self, checkpoint_id: int) -> None:
         # Emission semantics: every key updated since the last emission is emitted before the
         # barrier, so the sink stages it in the same checkpoint as the state that produced it.
-        self.emit_updates()
+        # Without checkpoints an emit_every of its own may hold the updates for a later commit.
+        if self.context.emission_due(self.emit_every_s, self.last_emission):
+            self.emit_updates()
+            self.last_emission = time.monotonic()
         snapshot_stores(self.context, {"": self.store}, checkpoint_id)
 
     def close(self) -> None:
@@ -600,6 +619,8 @@ class SinkOp(Operator):
     def __init__(self, spec: OpSpec, worker: int, parallelism: int) -> None:
         super().__init__(spec)
         self.writer: SinkWriter = spec.params["sink"].open_writer(worker, parallelism, spec.id)
+        self.emit_every_s: float | None = spec.params["sink"].emit_every_s
+        self.last_emission = time.monotonic()
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         started = time.perf_counter()
@@ -607,6 +628,13 @@ class SinkOp(Operator):
         self.busy_s += time.perf_counter() - started
 
     def snapshot(self, checkpoint_id: int) -> None:
+        # The end of input (the final commit) takes everything; an emit_every of the sink's
+        # own may keep its rows written but unstaged until a later commit.
+        if not self.finished and not self.context.emission_due(
+            self.emit_every_s, self.last_emission
+        ):
+            return
+        self.last_emission = time.monotonic()
         staged = self.writer.prepare_commit(checkpoint_id)
         self.context.staged.setdefault(checkpoint_id, {})[self.id] = staged
 

@@ -134,6 +134,7 @@ def run_attempts(
     max_restarts = options.max_restarts
     keep_checkpoints = options.keep_checkpoints
     trigger = resolve_trigger(options.checkpoint_every)
+    emit_interval_s = plan.emission_interval(checkpoint_every=options.checkpoint_every)
     storage = (
         CheckpointStorage(options.checkpoint_dir, options.storage_options, keep=keep_checkpoints)
         if options.checkpoint_dir
@@ -206,10 +207,11 @@ def run_attempts(
             restored=restored,
             max_parallelism=max_parallelism,
             first_id=first_id,
+            emit_interval_s=emit_interval_s,
         )
         if control is not None:
             control.attach(coordinator)
-        context = RuntimeContext(storage=storage)
+        context = RuntimeContext(storage=storage, emit_interval_s=emit_interval_s)
         if restored is not None:
             assert storage is not None
             context.restore_root = storage.root

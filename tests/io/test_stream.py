@@ -207,6 +207,40 @@ def test_watch_processes_each_landed_file_once_across_restarts(tmp_path: Path) -
     assert rows["id"].to_list() == list(range(400))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_watch_waits_for_a_file_written_in_place(tmp_path: Path, workers: int) -> None:
+    """A file created empty and filled later, and files written straight into the folder
+    (no rename), are each read once and whole: no CorruptFileError, no row twice."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    flow = af.Flow("in-place")
+    flow.watch(str(inbox / "*.parquet"), schema=SCHEMA, poll_interval="50ms").write_parquet(
+        str(tmp_path / "rows")
+    )
+    frames = [
+        pl.DataFrame({"id": list(range(i * 1000, i * 1000 + 1000)), "user": [i] * 1000})
+        .with_columns(amount=pl.col("id") * 0.5)
+        .select(list(SCHEMA))
+        for i in range(4)
+    ]
+    job = flow.start(workers=workers)
+    try:
+        (inbox / "0.parquet").touch()  # created now, written later (as a slow writer does)
+        time.sleep(0.6)  # a dozen listings see the empty file
+        frames[0].write_parquet(inbox / "0.parquet")
+        for i, frame in enumerate(frames[1:], start=1):
+            frame.write_parquet(inbox / f"{i}.parquet")  # straight in, no rename
+        # Emitted without checkpoints (every second over an unbounded source).
+        wait_for(lambda: committed(tmp_path / "rows").height >= 4000)
+        time.sleep(1.5)  # another emission or two: nothing more may come
+    finally:
+        result = job.stop()
+    assert result.malformed == 0
+    assert result.restarts == 0
+    rows = committed(tmp_path / "rows").sort("id")
+    assert rows.equals(pl.concat(frames))
+
+
 def test_watch_remembers_a_bounded_set_of_files_across_restarts(tmp_path: Path) -> None:
     """max_file_age: files older than the newest seen minus the age are neither read nor kept
     in the checkpoints' finished set; a restart does not read the forgotten files again."""
