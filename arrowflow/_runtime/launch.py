@@ -6,13 +6,23 @@ a Ray runner) sends it once per worker, never per batch. However it is pickled
 (``cloudpickle.dumps(spec)``, or Ray pickling an actor's arguments), the user's functions
 travel by value when a fresh process could not import their module (a script, a test module
 imported by path, a notebook).
+
+Functions by value keep their file: cloudpickle names every code object it ships
+``<dynamic-code>``, so an exception raised in a worker would point at no file. The pickler here
+ships each code object's real file name, and the source lines of that file once (from
+:mod:`linecache`, which also holds notebook cells that are no file), and the worker registers
+them in its own :mod:`linecache`: a worker's traceback shows the user's file, line and source
+line, as ``python job.py`` would.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
+import linecache
 import sys
 import sysconfig
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +123,9 @@ def _dumps_by_value(plan: Plan, value: Any) -> bytes:
     for module in modules:
         cloudpickle.register_pickle_by_value(module)
     try:
-        return cloudpickle.dumps(value)
+        with io.BytesIO() as file:
+            _Pickler(file).dump(value)
+            return file.getvalue()
     finally:
         for module in modules:
             cloudpickle.unregister_pickle_by_value(module)
@@ -121,3 +133,34 @@ def _dumps_by_value(plan: Plan, value: Any) -> bytes:
 
 def _spec_from_bytes(blob: bytes) -> WorkerSpec:
     return WorkerSpec(*cloudpickle.loads(blob))
+
+
+_SHIPPED = "<dynamic-code>"  # the file name cloudpickle gives every code object it ships
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle that keeps a shipped function's file name and ships its source lines once."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self._sources: set[str] = set()  # files whose lines this pickle already holds
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType) and obj.co_filename != _SHIPPED:
+            filename = obj.co_filename
+            lines: list[str] = []
+            if filename not in self._sources:
+                self._sources.add(filename)
+                lines = linecache.getlines(filename)
+            # cloudpickle's own reducer pickles the renamed copy (nested code objects in its
+            # constants, of inner functions and lambdas, come back here with their own name)
+            return _code_in_file, (obj.replace(co_filename=_SHIPPED), filename, lines)
+        return super().reducer_override(obj)
+
+
+def _code_in_file(code: types.CodeType, filename: str, lines: list[str]) -> types.CodeType:
+    """``code`` named after its file again; the file's source lines registered for tracebacks
+    (kept when this process already has them: it can read the same file)."""
+    if lines and filename not in linecache.cache:
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return code.replace(co_filename=filename)
