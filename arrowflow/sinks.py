@@ -289,3 +289,14 @@ class Sink(abc.ABC):
     def describe(self) -> str:
         """One line for plan display and run summaries. No I/O."""
         return self.kind
+
+    def process_local(self) -> str | None:
+        """Why only this process can reach the sink's data, or None (the default).
+
+        A sink over ``memory://`` files, say, lives in this process's memory: worker
+        processes would see an empty file system. A run picks ``workers=0`` for a flow with
+        such a sink when its ``workers`` were left to the default, and refuses an explicit
+        worker count before anything starts. Called at run time, in the calling process;
+        no I/O.
+        """
+        return None

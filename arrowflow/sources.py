@@ -229,3 +229,14 @@ class Source(abc.ABC):
     def describe(self) -> str:
         """One line for plan display. Called at plan time; no I/O."""
         return self.kind
+
+    def process_local(self) -> str | None:
+        """Why only this process can reach the source's data, or None (the default).
+
+        A source over ``memory://`` files, say, lives in this process's memory: worker
+        processes would see an empty file system. A run picks ``workers=0`` for a flow with
+        such a source when its ``workers`` were left to the default, and refuses an explicit
+        worker count before anything starts. Called at run time, in the calling process;
+        no I/O.
+        """
+        return None

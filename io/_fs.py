@@ -83,6 +83,15 @@ def is_hidden(path: str, root: str = "") -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
+def in_memory(urls: list[str], what: str) -> str | None:
+    """The reason for :meth:`arrowflow.sources.Source.process_local` when one of ``urls`` is
+    a ``memory://`` URL (it lives in the memory of the process that wrote it)."""
+    for url in urls:
+        if str(url).startswith("memory://"):
+            return f"{what} {url!r} is in this process's memory (memory://)"
+    return None
+
+
 def memory_hint(url: str) -> str:
     """Why a ``memory://`` file may be missing: it lives in one process's memory."""
     if url.startswith("memory://"):

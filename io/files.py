@@ -56,7 +56,14 @@ import arrowflow.io._columnar as _columnar
 from arrowflow._foundation.schema import to_polars_schema
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions, infer_schema
-from arrowflow.io._fs import CorruptFileError, filesystem, first_line, open_payload, resolve_files
+from arrowflow.io._fs import (
+    CorruptFileError,
+    filesystem,
+    first_line,
+    in_memory,
+    open_payload,
+    resolve_files,
+)
 from arrowflow.io._ndjson import NdjsonFile
 from arrowflow.io._schema import check_file_schema, conform
 from arrowflow.io._text import Parsed
@@ -369,6 +376,9 @@ class FileSource(Source):
             )
             raise SourceError(msg)
         return _FileReader(self, split, skip, batch_size)
+
+    def process_local(self) -> str | None:
+        return in_memory(self.paths, self.kind)
 
     def describe(self) -> str:
         shown = ", ".join(repr(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")

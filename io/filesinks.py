@@ -42,7 +42,7 @@ from typing import Any
 import polars as pl
 
 from arrowflow.errors import SchemaError, SinkError
-from arrowflow.io._fs import filesystem, is_hidden, memory_hint
+from arrowflow.io._fs import filesystem, in_memory, is_hidden, memory_hint
 from arrowflow.sinks import RolledBack, Sink, SinkWriter
 
 EXTENSIONS = {"parquet": "parquet", "csv": "csv", "ndjson": "ndjson", "ipc": "arrow"}
@@ -173,6 +173,9 @@ class FileSink(Sink):
         self.storage_options = storage_options
         self.rows_per_file = rows_per_file or DEFAULT_ROWS_PER_FILE
         self.restored_from = 0  # set by recover(): the checkpoint the run resumes after
+
+    def process_local(self) -> str | None:
+        return in_memory([self.path], self.kind)
 
     def describe(self) -> str:
         return f"{self.kind} {self.path!r} (mode={self.mode})"

@@ -41,7 +41,7 @@ from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.schema import to_polars_schema
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions
-from arrowflow.io._fs import GLOB_CHARS, _glob_root, filesystem, is_hidden, is_local
+from arrowflow.io._fs import GLOB_CHARS, _glob_root, filesystem, in_memory, is_hidden, is_local
 from arrowflow.io._ndjson import NdjsonFile
 from arrowflow.io.files import FileSource
 from arrowflow.sources import Source, SourceBatch, Split, SplitReader
@@ -123,6 +123,9 @@ class TailSource(Source):
         self, split: Split, position: Any | None, *, batch_size: int | None
     ) -> SplitReader:
         return _TailReader(self, position or {"offset": 0, "line": 0, "inode": None})
+
+    def process_local(self) -> str | None:
+        return in_memory([self.path], "tail")
 
     def describe(self) -> str:
         return f"tail {self.path!r} ({self.format}, polled every {self.poll_interval_s:g} s)"
@@ -387,6 +390,9 @@ class WatchSource(Source):
         self, split: Split, position: Any | None, *, batch_size: int | None
     ) -> SplitReader:
         return self.files.open_reader(split, position, batch_size=batch_size)
+
+    def process_local(self) -> str | None:
+        return in_memory([self.pattern], "watch")
 
     def describe(self) -> str:
         return f"watch {self.pattern!r} ({self.format}, polled every {self.poll_interval_s:g} s)"

@@ -36,12 +36,50 @@ def execute(plan: Plan, options: RunOptions, *, control: Any = None) -> RunResul
         A :class:`arrowflow._api.job.JobControl` (``flow.start``, a progress bar): it is
         attached to each attempt's coordinator. None: nobody watches.
     """
+    options, placed = place(plan, options)
     runner = make_runner(options)
     leases = JobLeases()
     try:
-        return run_attempts(plan, options, runner, control=control, leases=leases)
+        result = run_attempts(plan, options, runner, control=control, leases=leases)
     finally:
         leases.release()
+    if placed is not None:
+        result.notes.append(placed)
+    return result
+
+
+def process_local(plan: Plan, options: RunOptions) -> str | None:
+    """Why only this process can run ``plan`` (a source, sink or checkpoint directory in its
+    memory, :meth:`arrowflow.sources.Source.process_local`), or None."""
+    for op in plan.ops:
+        if op.kind in ("source", "sink"):
+            reason = op.params[op.kind].process_local()
+            if reason is not None:
+                return str(reason)
+    if options.checkpoint_dir is not None and options.checkpoint_dir.startswith("memory://"):
+        return f"checkpoint_dir {options.checkpoint_dir!r} is in this process's memory (memory://)"
+    return None
+
+
+def place(plan: Plan, options: RunOptions) -> tuple[RunOptions, str | None]:
+    """The options to run ``plan`` with, and a note when they changed: a flow only this
+    process can run (:func:`process_local`) runs in it when ``workers`` and ``runner`` were
+    left to the default, and is refused before anything starts when they were not."""
+    if options.runner_name == "inprocess":
+        return options, None
+    reason = process_local(plan, options)
+    if reason is None:
+        return options, None
+    if options.workers is None and options.runner is None:
+        note = f"ran in this process (workers=0): {reason}, which worker processes cannot see"
+        return options.replace(workers=0), note
+    asked = f"runner={options.runner!r}" if options.runner else f"workers={options.workers}"
+    msg = (
+        f"flow {plan.flow_name!r}: {reason}, which worker processes cannot see, so it cannot run "
+        f"with {asked}; pass workers=0 (the default does so for such a flow), or use a local "
+        f"folder or s3:// path"
+    )
+    raise PlanError(msg)
 
 
 def make_runner(options: RunOptions) -> Runner:

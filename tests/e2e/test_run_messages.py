@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 import arrowflow as af
 from arrowflow._runtime.checkpoints import CheckpointStorage
@@ -430,3 +432,41 @@ def test_cli_checkpoints_list_fits_a_terminal_and_json_has_everything(
     assert newest["final"] is True  # the last checkpoint of a finished run
     assert all(r["final"] is False for r in records if r is not newest)
     assert set(newest["offsets"]) == {"first_source", "second_source_with_a_long_name"}
+
+
+# ---------------------------------------------------------------------- memory:// flows
+def test_a_memory_flow_runs_in_this_process_under_the_default_workers() -> None:
+    """A flow over memory:// files (sources, sinks, checkpoints) runs in-process when the
+    worker count is left to the default, says so, and is refused in one line before anything
+    starts when a worker count is asked for (issue 16)."""
+    import fsspec
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    frame = pl.DataFrame({"user": rng.integers(0, 20, 5_000), "amount": rng.random(5_000)})
+    fs = fsspec.filesystem("memory")
+    with fs.open("/af-first-hour/in/a.parquet", "wb") as handle:
+        frame.write_parquet(handle)
+
+    def build() -> af.Flow:
+        flow = af.Flow("in-memory")
+        totals = (
+            flow.read_parquet("memory://af-first-hour/in/*.parquet")
+            .key_by("user")
+            .agg(total=pl.col("amount").sum())
+        )
+        totals.write_parquet("memory://af-first-hour/out")
+        return flow
+
+    result = build().run(checkpoint_dir="memory://af-first-hour/ck", restore=None)
+    assert result.workers == 0
+    assert any("ran in this process (workers=0)" in note for note in result.notes)
+    with fs.open(fs.glob("/af-first-hour/out/part-*.parquet")[0], "rb") as handle:
+        got = pl.read_parquet(handle)
+    expected = frame.group_by("user").agg(total=pl.col("amount").sum())
+    assert_frame_equal(got.sort("user"), expected.sort("user"), check_exact=False)
+    started = time.perf_counter()
+    with pytest.raises(PlanError, match=r"memory://.*cannot run with workers=2") as refused:
+        build().run(workers=2, restore=None)
+    assert "\n" not in str(refused.value)
+    assert time.perf_counter() - started < 1.0  # refused before any worker started
