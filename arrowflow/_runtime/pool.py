@@ -245,6 +245,11 @@ def _server_env() -> dict[str, str]:
     jemalloc's background purging threads (polars' and pyarrow's allocators start them on
     import) off, so the server forks from a process without them."""
     env = {var: str(SERVER_THREADS) for var in _THREAD_VARS}
+    # The server runs ``python -c``, which puts the current folder first on sys.path (and
+    # Python 3.11's forkserver never applies the coordinator's sys.path): in a clone of the
+    # repository that would preload ./arrowflow, the source tree without arrowflow.io, in
+    # place of the installed package. Forked workers set the coordinator's sys.path anyway.
+    env["PYTHONSAFEPATH"] = "1"
     for var in ("_RJEM_MALLOC_CONF", "JE_ARROW_MALLOC_CONF"):
         conf = os.environ.get(var, "")
         if "background_thread" not in conf:

@@ -339,3 +339,35 @@ def test_functions_in_the_job_file_reach_worker_processes(tmp_path: Path) -> Non
     found = pl.read_parquet(tmp_path / "out" / "*.parquet")
     assert found.height == 100
     assert (found["bonus"] == found["v"] * 10).all()
+
+
+def test_a_run_in_a_clone_of_the_repository_uses_the_installed_package(tmp_path: Path) -> None:
+    """The README's first command runs in the clone: its ./arrowflow folder (the source tree,
+    which has no arrowflow.io) must not be what the pool's forkserver preloads."""
+    clone = tmp_path / "clone"
+    (clone / "arrowflow").mkdir(parents=True)
+    (clone / "arrowflow" / "__init__.py").write_text(
+        'raise RuntimeError("imported the folder ./arrowflow, not the installed package")\n'
+    )
+    frame = pl.DataFrame({"user": [i % 7 for i in range(3_000)], "amount": [1.5] * 3_000})
+    frame.write_parquet(tmp_path / "in.parquet")
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import arrowflow as af, polars as pl\n"
+        "flow = af.Flow('clone')\n"
+        f"totals = flow.read_parquet({str(tmp_path / 'in.parquet')!r}).key_by('user')\n"
+        "totals.agg(total=pl.col('amount').sum()).write_parquet("
+        f"{str(tmp_path / 'out')!r})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROWFLOW_START_METHOD"}
+    done = subprocess.run(
+        [*arrowflow_command(), "run", str(job), "--workers", "2"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = frame.group_by("user").agg(total=pl.col("amount").sum())
+    assert_frame_equal_unordered(pl.read_parquet(tmp_path / "out"), expected)
