@@ -175,6 +175,10 @@ class StateBackend(abc.ABC):
     """A picklable description of where keyed state lives."""
 
     name: str = "backend"
+    #: The state-file formats (:attr:`StateFile.format`) its stores restore, checked against a
+    #: checkpoint before a run restores it, so nothing (no sink rollback) happens first. None:
+    #: not declared, the stores' ``restore`` refuses what it cannot read.
+    restores: tuple[str, ...] | None = None
 
     @abc.abstractmethod
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:

@@ -211,6 +211,7 @@ class ArrowBackend(StateBackend):
     """Heap state, snapshotted incrementally to one Arrow IPC file per changed key group."""
 
     name = "arrow"
+    restores = (FORMAT,)
 
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
         return ArrowStore(spec, key_groups)

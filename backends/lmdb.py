@@ -666,6 +666,7 @@ class LmdbBackend(StateBackend):
     """
 
     name = "lmdb"
+    restores = ("lmdb", "arrow")
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import fsspec
 import polars as pl
 
+from arrowflow.errors import StateError
 from arrowflow.state import (
     FOUND,
     KEY_GROUP,
@@ -101,6 +102,13 @@ class MemoryStore(KeyedStore):
                 or state_file.key_groups[0] >= self.key_groups.stop
             ):
                 continue
+            if state_file.format != "arrow":
+                msg = (
+                    f"memory store {self.spec.name!r} cannot restore {state_file.path!r} of format "
+                    f"{state_file.format!r}; it reads Arrow IPC snapshots (the 'memory', 'arrow' and "
+                    f"'sql' backends write them)"
+                )
+                raise StateError(msg)
             frame = read_ipc_bytes(
                 read_verified(fs, root, state_file), f"state file {state_file.path!r}"
             )
@@ -124,6 +132,7 @@ class MemoryBackend(StateBackend):
     """State in the worker's heap. Fast, bounded by memory; snapshots as Arrow IPC."""
 
     name = "memory"
+    restores = ("arrow",)
 
     def open_store(self, spec: StoreSpec, key_groups: range, context: StoreContext) -> KeyedStore:
         return MemoryStore(spec, key_groups)

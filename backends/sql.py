@@ -492,6 +492,7 @@ class SqlBackend(StateBackend):
     """
 
     name = "sql"
+    restores = ("arrow",)
 
     def __init__(
         self,

@@ -41,7 +41,15 @@ from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.schema import to_polars_schema
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions
-from arrowflow.io._fs import GLOB_CHARS, _glob_root, filesystem, in_memory, is_hidden, is_local
+from arrowflow.io._fs import (
+    GLOB_CHARS,
+    CorruptFileError,
+    _glob_root,
+    filesystem,
+    in_memory,
+    is_hidden,
+    is_local,
+)
 from arrowflow.io._ndjson import NdjsonFile
 from arrowflow.io.files import FileSource
 from arrowflow.sources import Source, SourceBatch, Split, SplitReader
@@ -235,6 +243,10 @@ class _TailReader(SplitReader):
         return data, malformed
 
 
+#: Formats with no end marker: a file written in place is taken once two listings agree.
+_TEXT_FORMATS = ("csv", "ndjson")
+
+
 class WatchSource(Source):
     """Files that appear in a folder or under a glob, each processed exactly once."""
 
@@ -308,24 +320,21 @@ class WatchSource(Source):
         return {**self.__dict__, "_known": {}, "_listed": {}}  # workers don't discover
 
     def listing(self) -> dict[str, float | None]:
-        """Every visible file the pattern names now, with its modification time (epoch s).
+        """Every visible file the pattern names now, with its modification time (epoch s)."""
+        return {url: mtime for url, (mtime, _size) in self._list().items()}
 
-        Only files that have settled: a file whose size and modification time are what the
-        previous listing saw, or that was last modified more than :meth:`settle_s` ago. A file
-        still being written in place (an empty or half-written parquet file) waits for the
-        next listing instead of failing the run or being read in part; an empty file waits
-        until it is that old.
-        """
-        now = time.time()
-        listed = self._list()
-        settled = {}
-        for url, (mtime, size) in listed.items():
-            old = mtime is not None and now - mtime > self.settle_s
-            # An empty file is one just created far more often than one meant to be empty.
-            if old or (size != 0 and self._listed.get(url) == (mtime, size)):
-                settled[url] = mtime
-        self._listed = listed
-        return settled
+    def _landed(
+        self, url: str, mtime: float | None, size: int | None, now: float, before: Any
+    ) -> bool:
+        """Whether a file listed with ``mtime`` and ``size`` may be read now (see
+        :meth:`discover_splits`); ``before`` is what the previous listing saw of it."""
+        if mtime is None or now - mtime > self.settle_s:
+            return True  # unchanged for long enough (or no age to tell): take what it holds
+        if size == 0:
+            return False  # just created far more often than meant to be empty
+        if self.format in _TEXT_FORMATS:
+            return before == (mtime, size)
+        return True  # parquet, ipc: a file without its footer yet fails to open and waits
 
     @property
     def settle_s(self) -> float:
@@ -357,9 +366,20 @@ class WatchSource(Source):
         return found
 
     def discover_splits(self, *, not_before: float | None = None) -> list[Split]:
-        """Every file listed now, as splits; files modified before ``not_before`` (the split
-        enumerator's age cutoff, epoch seconds) are left out and forgotten unread."""
-        listed = self.listing()
+        """Every file listed now that has landed, as splits; files modified before
+        ``not_before`` (the split enumerator's age cutoff, epoch seconds) are left out and
+        forgotten unread.
+
+        A file may still be being written in place. It waits for a later listing while it was
+        modified less than :attr:`settle_s` ago and is empty, or is a parquet/IPC file that does
+        not open yet (no footer), or is a CSV/NDJSON file whose size or modification time
+        changed since the previous listing (a text file has no end marker to check). Files
+        renamed into place whole are taken at once.
+        """
+        now = time.time()
+        detailed = self._list()
+        previous, self._listed = self._listed, detailed
+        listed = {url: mtime for url, (mtime, _size) in detailed.items()}
         for gone in set(self._known) - set(listed):
             del self._known[gone]
         splits = []
@@ -369,6 +389,12 @@ class WatchSource(Source):
                 continue  # older than the files it remembers: neither read nor remembered
             known = self._known.get(url)
             if known is None or known[0] != mtime:
+                size = detailed[url][1]
+                young = mtime is not None and now - mtime <= self.settle_s
+                if not self._landed(url, mtime, size, now, previous.get(url)):
+                    if known is not None:
+                        splits.extend(known[1])  # the version read before, until this one lands
+                    continue
                 one = FileSource(
                     self.files.format,
                     [url],
@@ -378,7 +404,14 @@ class WatchSource(Source):
                     options=self.files.options,
                     columns=self.files.columns,
                 )
-                found = one.discover_splits()
+                try:
+                    found = one.discover_splits()
+                except CorruptFileError:
+                    if not young:
+                        raise
+                    if known is not None:
+                        splits.extend(known[1])
+                    continue  # no footer yet: being written in place; the next listing sees
                 for split in found:
                     split.info["mtime"] = mtime
                 known = (mtime, found)

@@ -421,12 +421,11 @@ class Flow(Graph):
     ) -> Stream:
         """Files that land under a glob or folder (unbounded), each processed exactly once.
 
-        Also across restarts: the files already processed are kept in checkpoints. A file is
-        taken once two listings a ``poll_interval`` apart see the same size and modification
-        time (or it was last modified more than two intervals and a second ago), so a file
-        written in place is not read half-written; writing elsewhere and renaming into place
-        is still the safe way for writers that pause. Each file is read as ``read_<format>``
-        reads it.
+        Also across restarts: the files already processed are kept in checkpoints. A file
+        written in place is not read half-written: a parquet or IPC file is taken once its
+        footer opens, a CSV or NDJSON file once two listings a ``poll_interval`` apart see the
+        same size and modification time; writing elsewhere and renaming into place is still
+        the safe way for writers that pause. Each file is read as ``read_<format>`` reads it.
 
         Parameters
         ----------

@@ -22,8 +22,10 @@ depends on a value being non-null.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -204,11 +206,94 @@ def batch_dependence(expr: pl.Expr) -> str | None:
     """
     if _has_nested_aggregation(json.loads(expr.meta.serialize(format="json"))):
         return "it contains an aggregation, which would see one batch at a time"
-    if not _polars_says("is_row_separable", expr, unknown=True):
-        return (
-            "it depends on other rows (a sort, shift, cumulative, rank, unique, head/slice, sample or "
-            "window expression), which would see one batch at a time"
+    return _row_dependence(expr)
+
+
+_OTHER_ROWS = (
+    "it depends on other rows (a sort, shift, diff, cumulative, rank, quantile bins, unique, "
+    "head/slice, sample or window expression), which would see one batch at a time"
+)
+
+
+def _separable(expr: pl.Expr) -> bool | None:
+    """polars' ``is_row_separable`` of the top node; None where it needs a schema to tell."""
+    try:
+        return bool(expr.meta.is_row_separable())
+    except pl.exceptions.PolarsError:
+        return None
+
+
+def _without_selectors(expr: pl.Expr) -> pl.Expr:
+    """``expr`` with each selector (``cs.numeric()``, ``pl.all()``, ``pl.col(pl.Int64)``) in
+    place of one column: polars judges no node above a selector without a schema, and which
+    columns it picks does not change whether a node depends on other rows."""
+    text = expr.meta.serialize(format="json")
+    if '"Selector"' not in text:
+        return expr
+
+    def replaced(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {"Selector"}:
+                return {"Column": "_af_selected"}
+            return {key: replaced(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [replaced(item) for item in node]
+        return node
+
+    try:
+        return pl.Expr.deserialize(
+            io.StringIO(json.dumps(replaced(json.loads(text)))), format="json"
         )
+    except (pl.exceptions.PolarsError, ValueError):
+        return expr
+
+
+def _row_dependence(expr: pl.Expr) -> str | None:
+    """Why a node anywhere in ``expr`` depends on other rows, or None.
+
+    polars' ``meta.is_row_separable`` judges the top node only (``(c.rank() < 10)`` is
+    "separable" because ``<`` is), so every node is asked, down to the columns. A node polars
+    cannot judge without a schema is judged by its serialized form: a Python function
+    (``map_batches``) counts as row-wise only when it was declared so (``is_elementwise=True``,
+    and ``map_elements``), ``list.eval`` looks inside each list only, and a cumulative eval
+    sees the whole batch; a node that polars cannot judge because of one of those below it
+    is judged by its inputs, and one it cannot judge by itself is refused.
+    """
+    stack = [_without_selectors(expr)]
+    while stack:
+        node = stack.pop()
+        separable = _separable(node)
+        try:
+            inputs = node.meta.pop()
+        except pl.exceptions.PolarsError:
+            inputs = []
+        if separable is None:
+            serialized = json.loads(node.meta.serialize(format="json"))
+            kind, top = (
+                next(iter(serialized.items()))
+                if isinstance(serialized, dict) and len(serialized) == 1
+                else (None, None)
+            )
+            if kind == "AnonymousFunction":
+                options = top.get("options", {}) if isinstance(top, dict) else {}
+                if "ROW_SEPARABLE" not in str(options.get("flags", "")):
+                    return (
+                        "it calls a Python function on whole batches (map_batches), which would "
+                        "see one batch at a time; pass is_elementwise=True if it works row by row, "
+                        "or use .map_batches() on the stream"
+                    )
+            elif kind == "Eval":
+                if not isinstance(top, dict) or top.get("variant") != "List":
+                    return _OTHER_ROWS  # cumulative_eval: each row sees the rows before it
+                # list.eval: the evaluation sees one list at a time; only its input matters
+                inputs = [i for i in inputs if '"Element"' not in i.meta.serialize(format="json")]
+            elif inputs and all(_separable(i) is not None for i in inputs):
+                return _OTHER_ROWS  # polars cannot judge the node itself (bin_quantiles)
+            # (a leaf polars cannot judge without a schema, a selector, picks columns)
+            # else: a node above one of those (an alias, a cast): its inputs decide
+        elif not separable:
+            return _OTHER_ROWS
+        stack.extend(inputs)
     return None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from arrowflow._plan import Plan
+from arrowflow._plan import OpSpec, Plan
 from arrowflow._runtime.lease import JobLeases
 from arrowflow._runtime.restarts import run_attempts
 from arrowflow._runtime.result import RunResult
@@ -61,15 +61,88 @@ def process_local(plan: Plan, options: RunOptions) -> str | None:
     return None
 
 
+#: Aggregations whose value is that of a row chosen by arrival order.
+ORDERED_KINDS = ("first", "last", "first_non_null", "last_non_null")
+
+
+def arrival_ordered(plan: Plan) -> dict[str, list[str]]:
+    """Operator id -> its ``first``/``last`` aggregations, for ``plan``'s aggregations and
+    windows: the row they pick is the first or last to arrive, and with several workers
+    reading splits side by side that order changes from run to run."""
+    found: dict[str, list[str]] = {}
+    for op in plan.ops:
+        agg = op.params.get("agg")
+        if agg is None and op.params.get("window") is not None:
+            agg = getattr(op.params["window"], "agg", None)
+        for term in getattr(agg, "terms", ()):
+            if term.kind in ORDERED_KINDS:
+                found.setdefault(op.id, []).append(term.name)
+    return found
+
+
+def _upstream_sources(plan: Plan, op_id: str) -> list[OpSpec]:
+    seen: set[str] = set()
+    todo, sources = [op_id], []
+    while todo:
+        spec = plan.op(todo.pop())
+        if spec.id in seen:
+            continue
+        seen.add(spec.id)
+        if spec.kind == "source":
+            sources.append(spec)
+        todo.extend(edge.op for edge in spec.inputs)
+    return sources
+
+
+def _one_split(sources: list[OpSpec]) -> bool:
+    """Whether ``sources`` are bounded and hold a single split in all (listed now)."""
+    if not all(op.params["source"].bounded for op in sources):
+        return False
+    return sum(len(op.params["source"].discover_splits()) for op in sources) <= 1
+
+
 def place(plan: Plan, options: RunOptions) -> tuple[RunOptions, str | None]:
-    """The options to run ``plan`` with, and a note when they changed: a flow only this
-    process can run (:func:`process_local`) runs in it when ``workers`` and ``runner`` were
-    left to the default, and is refused before anything starts when they were not."""
+    """The options to run ``plan`` with, and a note when they changed.
+
+    - A flow only this process can run (:func:`process_local`) runs in it when ``workers``
+      and ``runner`` were left to the default, and is refused before anything starts when
+      they were not.
+    - A flow with ``first``/``last`` aggregations (:func:`arrival_ordered`) runs with one
+      worker process under the default (its splits are then read in order, as polars reads
+      the files, and polars' threads still use every core); several workers are refused
+      unless the flow reads a single split.
+    """
     if options.runner_name == "inprocess":
         return options, None
     reason = process_local(plan, options)
     if reason is None:
-        return options, None
+        ordered = arrival_ordered(plan)
+        if not ordered or (options.workers is not None and options.workers <= 1):
+            return options, None
+        if options.workers is not None:
+            # one reader upstream: its rows arrive in order on any worker count
+            ordered = {
+                op: names
+                for op, names in ordered.items()
+                if not _one_split(_upstream_sources(plan, op))
+            }
+            if not ordered:
+                return options, None
+        named = [f"{op}.{name}" for op, names in ordered.items() for name in names]
+        shown = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "")
+        why = (
+            f"{shown} take the first or last row to arrive, and with several workers reading "
+            f"splits side by side that order changes from run to run"
+        )
+        if options.workers is None and options.runner is None:
+            return options.replace(workers=1), f"ran with one worker: {why}"
+        asked = f"runner={options.runner!r}" if options.runner else f"workers={options.workers}"
+        msg = (
+            f"flow {plan.flow_name!r}: {why}, so {asked} would give other values on every run; run "
+            f"with workers=1 (the default does so for such a flow) or workers=0, or aggregate with "
+            f"min()/max() of a column that orders the rows"
+        )
+        raise PlanError(msg)
     if options.workers is None and options.runner is None:
         note = f"ran in this process (workers=0): {reason}, which worker processes cannot see"
         return options.replace(workers=0), note

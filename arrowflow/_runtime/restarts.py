@@ -53,7 +53,7 @@ from arrowflow.errors import CheckpointError, PlanError, WorkerError
 from arrowflow.options import RunOptions
 from arrowflow.runners import Runner
 from arrowflow.sinks import JobIdentity, RolledBack
-from arrowflow.state import StateFile, resolve_backend
+from arrowflow.state import StateBackend, StateFile, resolve_backend
 from arrowflow.triggers import resolve_trigger
 
 RESTART_DELAY_S = 0.5
@@ -87,6 +87,7 @@ def _restore_point(
     plan: Plan,
     max_parallelism: int,
     min_id: int = 0,
+    backend: StateBackend | None = None,
 ) -> Manifest | None:
     if storage is None or restore is None:
         return None
@@ -115,7 +116,27 @@ def _restore_point(
             f"asks for {max_parallelism}; state is organised in key groups, so it must stay the same"
         )
         raise CheckpointError(msg)
+    if backend is not None:
+        _check_state_formats(manifest, backend)
     return manifest
+
+
+def _check_state_formats(manifest: Manifest, backend: StateBackend) -> None:
+    """Refuse a checkpoint whose state files the run's backend cannot read, before the run
+    acts on it (a sink rollback removes output; a refusal after it would leave it removed)."""
+    if backend.restores is None:
+        return
+    # "json": a window's watermark, which the operator reads itself whatever the backend.
+    written = {str(entry.get("format")) for entry in manifest.state} - {"json"}
+    formats = sorted(written - set(backend.restores))
+    if formats:
+        msg = (
+            f"cannot restore checkpoint {manifest.id} with state={backend.name!r}: its state files are "
+            f"in the {', '.join(map(repr, formats))} format, which the {backend.name!r} backend does not "
+            f"read (it reads {', '.join(map(repr, backend.restores))}); run with the state backend that "
+            f"wrote it, or start over with restore=None. Nothing was changed."
+        )
+        raise CheckpointError(msg)
 
 
 def run_attempts(
@@ -155,11 +176,15 @@ def run_attempts(
     rolled_back: list[RolledBack] = []  # over every attempt
     while True:
         if restarts == 0:
-            restored = _restore_point(storage, restore, plan, max_parallelism)
+            restored = _restore_point(storage, restore, plan, max_parallelism, backend=backend)
         else:
-            restored = _restore_point(storage, "latest", plan, max_parallelism, own_first_id)
+            restored = _restore_point(
+                storage, "latest", plan, max_parallelism, own_first_id, backend=backend
+            )
             if restored is None and started_from is not None:
-                restored = _restore_point(storage, started_from, plan, max_parallelism)
+                restored = _restore_point(
+                    storage, started_from, plan, max_parallelism, backend=backend
+                )
         existing = storage.checkpoint_ids() if storage is not None else []
         first_id = max(existing) + 1 if existing else 1
         attach_sinks(plan, JobIdentity(tag, first_id, storage is not None, keep_checkpoints))

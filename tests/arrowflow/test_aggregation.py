@@ -495,3 +495,42 @@ def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
             rel_tol=1e-9,
             abs_tol=1e-6,
         )
+
+
+# ---------------------------------------------------------------- first/last and the worker count
+def _shop_files(folder) -> pl.DataFrame:
+    """Five files whose rows are not ordered by store or id (the new-user trial's case)."""
+    rng = np.random.default_rng(23)
+    folder.mkdir()
+    frames = []
+    for i in range(5):
+        ids = rng.permutation(4_000) + i * 4_000
+        frame = pl.DataFrame({"store": rng.choice(list("abcdefg"), 4_000), "id": ids})
+        frame.write_parquet(folder / f"part-{i}.parquet", row_group_size=700)
+        frames.append(frame)
+    return pl.concat(frames)
+
+
+def test_first_and_last_do_not_depend_on_the_worker_count(tmp_path) -> None:
+    """first()/last() take the first/last row to arrive; several workers reading splits side
+    by side would change that order from run to run. The default runs such a flow with one
+    worker (its splits in file order, as polars reads them); workers=2 is refused."""
+    data = _shop_files(tmp_path / "in")
+    expected = data.group_by("store").agg(f=pl.col("id").first(), l=pl.col("id").last())
+
+    def run(out: str, **options) -> af.RunResult:
+        flow = af.Flow("shops")
+        stream = flow.read_parquet(str(tmp_path / "in" / "*.parquet"))
+        stream.key_by("store").agg(f=pl.col("id").first(), l=pl.col("id").last()).write_parquet(
+            str(tmp_path / out)
+        )
+        return flow.run(**options)
+
+    for attempt in range(2):
+        result = run(f"out{attempt}", batch_size=300)
+        assert result.workers == 1
+        assert any("ran with one worker" in note for note in result.notes)
+        assert_frame_equal_unordered(pl.read_parquet(tmp_path / f"out{attempt}"), expected)
+    with pytest.raises(af.PlanError, match=r"shops|first or last row to arrive.*workers=1"):
+        run("refused", workers=2)
+    assert not (tmp_path / "refused").exists()

@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 import polars as pl
+import polars.selectors as cs
 import pytest
 
 import arrowflow as af
@@ -217,6 +218,11 @@ ORDER_DEPENDENT_INPUT = {
     "filter_by_mean": pl.col("amount").filter(pl.col("amount") > pl.col("amount").mean()).sum(),
     "window": pl.col("amount").sum().over("kind").max(),
     "literal": pl.lit(1).sum(),
+    # Nested under a row-wise node, which polars' own check looks at alone (new-user trial).
+    "diff_plus_zero": (pl.col("amount").diff() + 0).sum(),
+    "rank_cast": pl.col("amount").rank().cast(pl.Int64).sum(),
+    "shift_compared": (pl.col("amount").shift(1) > pl.col("amount")).sum(),
+    "batch_function": pl.col("amount").map_batches(lambda s: s - s.mean()).sum(),
 }
 
 
@@ -434,6 +440,19 @@ BATCH_DEPENDENT = {
     "above-mean": ("filter", pl.col("amount") > pl.col("amount").mean()),
     "dedupe": ("filter", pl.col("user").is_first_distinct()),
     "sample": ("select", pl.col("user").sample(1)),
+    # Batch-dependent below a row-wise top node (<, +, cast), which polars' check looks at alone.
+    "rank-below": ("filter", pl.col("amount").rank() < 10),
+    "shift-compared": ("filter", pl.col("amount").shift(1) > pl.col("amount")),
+    "diff-positive": ("filter", pl.col("amount").diff() > 0),
+    "cum-sum-below": ("filter", pl.col("amount").cum_sum() < 3),
+    "rank-plus-one": ("with_columns", (pl.col("amount").rank() + 1).alias("r")),
+    "rank-cast": ("with_columns", pl.col("amount").rank().cast(pl.Int64).alias("r")),
+    "rank-over": ("filter", pl.col("amount").rank().over("kind") < 5),
+    "quantile-bins": ("with_columns", pl.col("amount").qcut(2).cast(pl.String).alias("bin")),
+    "selector-rank": ("with_columns", cs.numeric().rank().name.suffix("_rank")),
+    "bin-quantiles": ("with_columns", pl.col("amount").bin_quantiles(2, labels=False).alias("b")),
+    "cumulative-eval": ("with_columns", pl.col("amount").cumulative_eval(pl.element().first())),
+    "batch-function": ("with_columns", pl.col("amount").map_batches(lambda s: s - s.mean())),
 }
 
 
@@ -468,6 +487,9 @@ def test_row_wise_stateless_expressions_are_accepted() -> None:
         pl.col("amount").map_elements(lambda v: v * 2, return_dtype=pl.Float64).alias("x2"),
         pl.lit(3).alias("three"),
         pl.concat_list("amount", "amount").list.eval(pl.element().sum()).alias("ev"),
+        pl.col("amount").map_batches(lambda v: v * 2, is_elementwise=True).alias("mb"),
+        (pl.col("amount").cast(pl.Int64) + 1 < 3).alias("small"),
+        (cs.numeric() * 2).name.suffix("_x2"),
     )
     s.filter(pl.col("kind").str.contains("u"), pl.col("amount").is_between(0, 10))
     s.select(pl.col("amount").filter(pl.col("amount") > 1))  # a filter is row-wise too
