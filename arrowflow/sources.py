@@ -140,10 +140,35 @@ class Source(abc.ABC):
         Called at plan time, in the calling process, each time an operator is added
         downstream of the source: when True, the flow checks every operator (its columns,
         its expressions) as it is added, and a mistake fails the line that made it; when
-        False, checks wait until the flow is planned, so that building a flow reads no file.
-        Must never do I/O itself. The default is False.
+        False, checks wait until the flow is planned. Must never do I/O itself (I/O that
+        learns the schema belongs in :meth:`prepare_schema`). The default is False.
         """
         return False
+
+    def prepare_schema(self) -> None:
+        """Learn the schema when the flow is built, if that is cheap.
+
+        Called once, as ``flow.source()`` (or a ``read_<format>`` method) adds the source, in
+        the calling process, before any operator is added downstream. May read metadata (a
+        file footer, the head of the first file), never all the data; must not raise for a
+        schema it cannot learn yet (a glob that matches nothing so far): it then leaves
+        :attr:`schema_is_static` False, and the checks wait until the flow is planned. When
+        it learns the schema, :attr:`schema_is_static` is True afterwards and :meth:`schema`
+        answers it without I/O, so a misspelled column fails the line that wrote it. The
+        default does nothing.
+        """
+        return None
+
+    def check_schema(self) -> None:
+        """Check that the data still has the schema learnt without reading it.
+
+        Called at plan time, in the calling process, once per plan, before any worker starts
+        or any data moves, for a source whose schema was known as the flow was built
+        (:attr:`schema_is_static`; :meth:`schema` was not asked again). May read metadata (every
+        file's footer), never data. Raises :class:`arrowflow.SchemaError` or
+        :class:`arrowflow.SourceError` naming what does not match. The default does nothing.
+        """
+        return None
 
     @abc.abstractmethod
     def schema(self) -> pl.Schema:

@@ -2,6 +2,12 @@
 
 State and protocol:
 
+- **Build time** (``prepare_schema()``, as the flow adds the source): without ``schema=``, the
+  schema is read from the first file the first path names: its footer (Parquet, IPC) or the
+  schema inferred from its head (CSV, NDJSON), as the plan would take it; it is then the
+  declared schema, every step downstream is checked against it as it is added, and the plan
+  checks every file against it as against a schema the user gave. Paths that name no file
+  yet, or whose first files cannot be read, leave it to plan time.
 - **Plan time** (``schema()``): the paths are resolved into files once (a missing file or an
   empty glob is a :class:`SourceError` here). Parquet and IPC read every file's footer: each
   file must hold the source's columns in types that read losslessly as the schema says, or a
@@ -160,6 +166,9 @@ class FileSource(Source):
         if self.user_schema is not None:
             self._check_user_schema(self.user_schema)
         self.columns = columns
+        # The schema known without I/O: the user's, or the one prepare_schema() read when the
+        # flow was built; the plan then checks every file against it, as against the user's.
+        self._declared: pl.Schema | None = self.user_schema
         self._files: list[str] | None = None
         self._full_schema: pl.Schema | None = None
         self._meta: dict[str, _columnar.FileMeta] = {}
@@ -182,10 +191,37 @@ class FileSource(Source):
 
     @property
     def schema_is_static(self) -> bool:
-        """True when the schema is known without any I/O (a text format with schema=)."""
-        return self.user_schema is not None and self.format in ("csv", "ndjson")
+        """True when the schema is known without any I/O: given as schema=, or read by
+        :meth:`prepare_schema` when the flow was built."""
+        return self._declared is not None
+
+    # ------------------------------------------------------------------ build time
+    def prepare_schema(self) -> None:
+        """Read the schema as the flow is built, as the plan would: the footer of the first
+        file the first path names (Parquet, IPC), or the schema inferred from the head of its
+        first non-empty file (CSV, NDJSON). Nothing else is read, and nothing is kept but the
+        schema: the plan resolves the paths again and checks every file against it. When the
+        paths name no file yet, or the first ones cannot be read, the schema stays unknown
+        and the plan reports what it finds, as without this step."""
+        if self._declared is not None:
+            return
+        try:
+            files = resolve_files(
+                self.paths[:1], self.storage_options, suffixes=SUFFIXES[self.format]
+            )
+        except SourceError:
+            return
+        try:
+            self._declared = next(self._schemas(files, note_corrupt=False), None)
+        except SourceError:  # incl. a corrupt file: the plan raises or skips it, as it would
+            return
 
     # ------------------------------------------------------------------ plan time
+    def check_schema(self) -> None:
+        """Parquet and IPC: every file's footer against the declared schema (what
+        :meth:`full_schema` does). CSV and NDJSON: nothing to read before the splits."""
+        self.full_schema()
+
     def files(self) -> list[str]:
         if self._files is None:
             self._files = resolve_files(
@@ -223,33 +259,62 @@ class FileSource(Source):
         if self._full_schema is None:
             if self.format in ("parquet", "ipc"):
                 files = self._readable_files()
-                if not files and self.user_schema is None:
+                if not files and self._declared is None:
                     first = next(iter(self._corrupt.values()))
                     msg = (
                         f"{self.kind}: no file of {self.paths} can be read, so there is no schema to take: "
                         f"{first}; pass schema={{...}} to run anyway (every file is then reported as skipped)"
                     )
                     raise SourceError(msg)
-                wanted = self.user_schema or self.meta(files[0]).schema
+                wanted = (
+                    self._declared if self._declared is not None else self.meta(files[0]).schema
+                )
                 for url in files:
                     check_file_schema(self.meta(url).schema, wanted, url=url, what=self.kind)
                 self._full_schema = wanted
             else:
-                self._full_schema = self.user_schema or self._infer_text_schema()
+                self._full_schema = (
+                    self._declared if self._declared is not None else self._infer_text_schema()
+                )
         return self._full_schema
 
     def schema(self) -> pl.Schema:
-        full = self.full_schema()
+        full = self._full_schema if self._full_schema is not None else self._declared
+        if full is None:
+            full = self.full_schema()
         if self.columns is None:
             return full
         return pl.Schema({c: full[c] for c in self.columns})
 
     def _infer_text_schema(self) -> pl.Schema:
-        for url in self.files()[:INFER_FILES]:
+        schema = next(self._schemas(self.files()[:INFER_FILES], note_corrupt=True), None)
+        if schema is not None:
+            return schema
+        msg = (
+            f"{self.kind}: the first files of {self.paths} are empty, so no schema can be inferred; "
+            f"pass schema={{'column': pl.Int64, ...}}"
+        )
+        raise SourceError(msg)
+
+    def _schemas(self, files: list[str], *, note_corrupt: bool) -> Iterator[pl.Schema]:
+        """The schema of each of ``files`` that has one to give, in order: its footer (Parquet,
+        IPC) or the schema inferred from its head (CSV, NDJSON; empty files give none). A
+        corrupt file fails, or is skipped with ``on_corrupt_file="skip"`` (and noted for the
+        plan when ``note_corrupt``)."""
+        for url in files[:INFER_FILES]:
             try:
+                if self.format in ("parquet", "ipc"):
+                    read = (
+                        _columnar.parquet_meta if self.format == "parquet" else _columnar.ipc_meta
+                    )
+                    yield read(url, self.storage_options, what=self.kind).schema
+                    continue
                 head = self._head(url)
             except CorruptFileError as exc:
-                self._skip_corrupt(exc)
+                if note_corrupt:
+                    self._skip_corrupt(exc)
+                elif self.on_corrupt_file != "skip":
+                    raise
                 continue
             if not head.strip():
                 continue
@@ -265,12 +330,7 @@ class FileSource(Source):
                 )
                 raise SourceError(msg) from exc
             if len(schema):
-                return schema
-        msg = (
-            f"{self.kind}: the first files of {self.paths} are empty, so no schema can be inferred; "
-            f"pass schema={{'column': pl.Int64, ...}}"
-        )
-        raise SourceError(msg)
+                yield schema
 
     def _head(self, url: str) -> bytes:
         fs, path = filesystem(url, self.storage_options)
@@ -308,6 +368,7 @@ class FileSource(Source):
             on_corrupt_file=self.on_corrupt_file,
         )
         clone._files, clone._full_schema, clone._meta = self._files, self._full_schema, self._meta
+        clone._declared = self._declared
         clone._corrupt = self._corrupt
         return clone
 

@@ -107,6 +107,7 @@ class Flow(Graph):
         if not isinstance(source, Source):
             msg = f"flow.source() expects an arrowflow Source, got {type(source).__name__}"
             raise PlanError(msg)
+        source.prepare_schema()  # a file's footer or header: later steps are checked as added
         return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
 
     def read(
@@ -124,7 +125,8 @@ class Flow(Graph):
         ``"arrow"`` (:meth:`tail`, :meth:`watch`, :meth:`from_polars`, :meth:`from_arrow`).
         A plug-in adds its own with :func:`arrowflow.registry.register` or an entry point in
         the group ``arrowflow.source`` (see ``docs/plugins.md``). The format's module is
-        imported on first use; building the source does no I/O.
+        imported on first use; adding the source reads at most its schema
+        (:meth:`arrowflow.sources.Source.prepare_schema`: a file footer or header), no data.
 
         Parameters
         ----------
@@ -166,9 +168,12 @@ class Flow(Graph):
     ) -> Stream:
         """Parquet files: a path, a glob (``data/*.parquet``), a directory or an fsspec URL.
 
-        Every file's footer is read at plan time: each file must hold the schema's columns in
-        types that read as the schema's without loss, or a :class:`arrowflow.SchemaError`
-        names the file, the column and both types. Splits are ranges of row groups.
+        The first file's footer is read now, so that each step added downstream is checked
+        against its columns (a misspelled column fails that line), unless the path names no
+        file yet. Every file's footer is read at plan time: each file must hold the schema's
+        columns in types that read as the schema's without loss, or a
+        :class:`arrowflow.SchemaError` names the file, the column and both types. Splits are
+        ranges of row groups.
 
         Parameters
         ----------
@@ -228,7 +233,8 @@ class Flow(Graph):
             A path, glob, directory or fsspec URL, or a list of them.
         schema
             The columns and their types; default: inferred from the first MiB of the first
-            non-empty file.
+            non-empty file, now (as the flow is built, so that each step downstream is
+            checked against it) when the path names a file already, else at plan time.
         has_header
             The first line of each file names the columns.
         separator
@@ -282,7 +288,8 @@ class Flow(Graph):
             A path, glob, directory or fsspec URL, or a list of them.
         schema
             The columns and their types; default: inferred from the first MiB of the first
-            non-empty file.
+            non-empty file, now (as the flow is built, so that each step downstream is
+            checked against it) when the path names a file already, else at plan time.
         name
             The operator id; default ``read_ndjson``, numbered when already taken.
         storage_options

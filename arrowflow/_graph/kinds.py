@@ -84,6 +84,8 @@ class Source(OperatorKind):
     def plan(self, node: Node, planning: Planning) -> None:
         schema = planning.schema(node)
         source = node.params["source"]
+        if source.schema_is_static:
+            source.check_schema()  # its schema was taken as the flow was built: do the files agree?
         columns = planning.required(node)
         read_columns = None
         if columns is not ALL:

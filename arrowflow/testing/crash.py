@@ -156,6 +156,12 @@ class CrashAfter(Source):
     def schema_is_static(self) -> bool:
         return self.source.schema_is_static
 
+    def prepare_schema(self) -> None:
+        self.source.prepare_schema()
+
+    def check_schema(self) -> None:
+        self.source.check_schema()
+
     def schema(self) -> pl.Schema:
         return self.source.schema()
 

@@ -23,6 +23,7 @@ import pytest
 
 import arrowflow as af
 from arrowflow._api.display import UNKNOWN_SCHEMA, flow_html, plan_html, plan_svg, stream_html
+from arrowflow.errors import SchemaError
 from arrowflow.testing import CollectingSink
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -205,10 +206,13 @@ def test_unknown_schemas_render_and_the_plan_error_is_shown(tmp_path: Path) -> N
         str(tmp_path / "not-there-yet" / "*.parquet")
     )  # no files, no schema yet
     later.filter(pl.col("v") > 0).write_to(CollectingSink(), name="later_out")
-    DATA.write_parquet(tmp_path / "in.parquet")
-    # A file source's schema is known when planning, so the probe of map_batches is left for then.
-    probed = flow.read_parquet(str(tmp_path / "in.parquet"), name="present").map_batches(needs_rows)
+    # The source's schema is known only when planning, so the probe of map_batches is left for then.
+    probed = later.map_batches(needs_rows)
     probed.select("k")
+    DATA.write_parquet(tmp_path / "in.parquet")
+    present = flow.read_parquet(str(tmp_path / "in.parquet"), name="present")  # footer read now
+    with pytest.raises(SchemaError, match="could not be run on an empty batch"):
+        present.map_batches(needs_rows)  # a known schema: the probe runs as the step is added
     html = flow_html(flow)
     # read_parquet, filter, later_out (no files yet); map_batches, select (the probe fails)
     assert html.count(f">{UNKNOWN_SCHEMA}</text>") == 5

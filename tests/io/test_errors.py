@@ -18,7 +18,7 @@ FRAME = pl.DataFrame({"a": [1, 2], "s": ["x", "y"]})
 def test_missing_file(tmp_path: Path) -> None:
     (tmp_path / "other.parquet").write_bytes(b"")
     flow = af.Flow("missing")
-    stream = flow.read_parquet(str(tmp_path / "events.parquet"))  # building does no I/O
+    stream = flow.read_parquet(str(tmp_path / "events.parquet"))  # no file yet: the run says so
     with pytest.raises(SourceError) as caught:
         stream.collect()
     text = str(caught.value)
@@ -57,9 +57,9 @@ def test_not_a_file_of_the_format(tmp_path: Path) -> None:
 
 def test_unknown_column_downstream(tmp_path: Path) -> None:
     FRAME.write_parquet(tmp_path / "x.parquet")
-    stream = af.Flow("col").read_parquet(str(tmp_path / "x.parquet")).select("nope")
+    stream = af.Flow("col").read_parquet(str(tmp_path / "x.parquet"))
     with pytest.raises(SchemaError, match="nope"):
-        stream.collect()
+        stream.select("nope")  # the footer was read as the source was added
 
 
 def test_schema_column_missing_from_columnar_file(tmp_path: Path) -> None:
