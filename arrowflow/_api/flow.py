@@ -1118,6 +1118,11 @@ class Stream:
             commits them at this interval (and at the end); with a ``checkpoint_dir`` every
             emission is a checkpoint. ``None`` (default): at every commit the run makes.
             See :meth:`KeyedStream.agg` and docs/checkpoints.md, "Emission".
+
+        To read a SQLite table while the job writes it from the same process (a notebook),
+        connect with ``adbc_driver_sqlite`` or from another process: Python's ``sqlite3`` is
+        a second copy of SQLite, and two copies in one process break each other's file locks
+        (SQLite's "multiple copies of SQLite linked into the same application").
         """
         keys = [key] if isinstance(key, str) else list(key) if key is not None else None
         options = {"table": table, "mode": mode, "key": keys, "name": name}

@@ -34,7 +34,7 @@ from typing import Any
 import polars as pl
 
 from arrowflow._api.inspect import checkpoint_arg, list_checkpoints, query_state, read_state
-from arrowflow._api.jobview import display_live, in_notebook, job_html, watch_terminal
+from arrowflow._api.jobview import display_live, in_notebook, job_html, job_text, watch_terminal
 from arrowflow._api.progress import ProgressBar, wanted
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
 from arrowflow._plan import Plan
@@ -435,6 +435,10 @@ class Job:
             self._ipython_display_()
             return None
         return watch_terminal(self, interval=interval, file=file)
+
+    def __str__(self) -> str:
+        """The job's view as text: status, progress, last checkpoint, one line per operator."""
+        return job_text(self)
 
     def __repr__(self) -> str:
         progress = self.progress

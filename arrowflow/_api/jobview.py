@@ -1,5 +1,6 @@
 """How a running :class:`arrowflow._api.job.Job` shows itself: HTML in Jupyter (refreshed in
-place until the job ends), a status line in a terminal.
+place until the job ends, with a text form for text-only front ends, also ``str(job)``), a
+status line in a terminal.
 
 Everything here is self-contained HTML and inline SVG: no JavaScript, no network, no
 plotting library. The chart draws throughput and lag over time from ``job.history()``.
@@ -163,7 +164,7 @@ def job_html(job: Any) -> str:
     lines.append(
         f"<div>{bar}{progress['rows_in']:,} rows read · {_esc(_short(info['rate']))} rows/s</div>"
     )
-    checkpoint = info["checkpoint"]
+    checkpoint = info["checkpoint"] if job.options.checkpoint_dir else None  # else commits only
     if checkpoint is not None:
         lines.append(
             f"<div>last checkpoint <b>{checkpoint['id']}</b> "
@@ -216,6 +217,84 @@ def _metrics_table(metrics: pl.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+#: Columns of the text view's operator table (the first ones ``job.metrics()`` has).
+TEXT_COLUMNS = (
+    "operator",
+    "kind",
+    "rows_in",
+    "rows_out",
+    "malformed",
+    "late",
+    "lag_s",
+    "watermark",
+)
+
+
+def job_text(job: Any) -> str:
+    """The job as plain text (a snapshot): what the HTML view shows, for front ends that
+    show text only (a terminal IPython, ``jupyter console``, a notebook exported as text)."""
+    info = summary(job)
+    progress = info["progress"]
+    workers = job.options.workers
+    lines = [
+        f"Job {job.name!r}: {info['status']} · {_duration(job.elapsed_s)} · workers "
+        f"{'one per core' if workers is None else workers} · restarts {progress['restarts']}"
+    ]
+    done, total = progress["splits_done"], progress["splits_total"]
+    reading = (
+        f"following {total:,} splits ({done:,} done)"
+        if progress["unbounded"]
+        else f"{done:,} of {total:,} splits"
+    )
+    lines.append(f"{reading} · {progress['rows_in']:,} rows read · {_short(info['rate'])} rows/s")
+    checkpoint = info["checkpoint"] if job.options.checkpoint_dir else None  # else commits only
+    if checkpoint is not None:
+        lines.append(
+            f"last checkpoint {checkpoint['id']} {_duration(checkpoint['ago_s'])} ago, took "
+            f"{_duration(checkpoint['took_s'])} · {len(progress['checkpoints'])} this attempt"
+        )
+    elif job.options.checkpoint_dir:
+        lines.append("no checkpoint yet")
+    if job.error is not None:
+        text = str(job.error).strip().splitlines()
+        lines.append(f"{type(job.error).__name__}: {text[0] if text else ''}")
+    metrics = job.metrics()
+    if metrics.height:
+        lines.extend(["", *_metrics_text(metrics)])
+    return "\n".join(lines)
+
+
+def _metrics_text(metrics: pl.DataFrame) -> list[str]:
+    shown = [c for c in TEXT_COLUMNS if c in metrics.columns]
+    rows = [list(shown)]
+    for row in metrics.select(shown).iter_rows(named=True):
+        cells = []
+        for column in shown:
+            value = row[column]
+            if column == "watermark":
+                cells.append(value.strftime("%Y-%m-%d %H:%M:%S") if value else NONE)
+            elif column == "lag_s":
+                cells.append(_duration(value) if value is not None else NONE)
+            elif column in ("operator", "kind"):
+                cells.append(str(value))
+            else:
+                cells.append(html.unescape(_number(value)))
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(shown))]
+    left = {"operator", "kind", "watermark"}
+    return [
+        "  ".join(
+            cell.ljust(w) if column in left else cell.rjust(w)
+            for cell, w, column in zip(r, widths, shown, strict=True)
+        ).rstrip()
+        for r in rows
+    ]
+
+
+def _bundle(job: Any) -> dict[str, str]:
+    return {"text/plain": job_text(job), "text/html": job_html(job)}
+
+
 def status_line(job: Any) -> str:
     """The job in one line, for terminals and logs."""
     info = summary(job)
@@ -251,10 +330,11 @@ def in_notebook() -> bool:
 
 
 def display_live(job: Any, refresh_s: float = REFRESH_S) -> None:
-    """Show the job's HTML and refresh it in place (display id) until the job ends."""
-    from IPython.display import HTML, display
+    """Show the job and refresh it in place (display id) until the job ends: HTML, with its
+    text form beside it for front ends that show text only."""
+    from IPython.display import display
 
-    handle = display(HTML(job_html(job)), display_id=True)
+    handle = display(_bundle(job), raw=True, display_id=True)
     if handle is None or job.status != "running":
         return
 
@@ -262,11 +342,11 @@ def display_live(job: Any, refresh_s: float = REFRESH_S) -> None:
         while job.status == "running":
             time.sleep(refresh_s)
             try:
-                handle.update(HTML(job_html(job)))
+                handle.update(_bundle(job), raw=True)
             except Exception:
                 return
         job._sampler.join(5.0)
-        handle.update(HTML(job_html(job)))
+        handle.update(_bundle(job), raw=True)
 
     threading.Thread(target=refresh, name=f"arrowflow-job-{job.name}-view", daemon=True).start()
 

@@ -379,6 +379,18 @@ def test_job_html_shows_status_operators_checkpoints_and_a_chart(tmp_path: Path)
     assert "last checkpoint" in html and "<svg" in html and "throughput" in html
     assert ">20,000<" in html  # rows into the agg, formatted
 
+    # The text form (str(job), and the text/plain beside the live view's HTML): the same
+    # counts, one aligned line per operator.
+    text = str(job)
+    assert text.startswith("Job 'viewed': finished") and "last checkpoint" in text
+    lines = text.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("operator")) :]
+    assert table[0].split()[:4] == ["operator", "kind", "rows_in", "rows_out"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["from_polars"][2] == "20,000" and rows["agg"][2] == "20,000"
+    # each checkpoint emits the keys it updated: every user at least once
+    assert int(rows["agg"][3].replace(",", "")) >= df["user"].n_unique()
+
     from arrowflow._api.jobview import status_line
 
     line = status_line(job)

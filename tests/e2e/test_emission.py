@@ -9,7 +9,6 @@ API, from the sink's committed output (parquet part files, a SQLite table).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -179,16 +178,19 @@ def test_an_upsert_table_gets_the_totals_every_emit_every(tmp_path: Path) -> Non
     )
 
     def table() -> pl.DataFrame | None:
+        # Read as a user reads the live table from the same process: through the same SQLite
+        # library as the sink (Python's sqlite3 module is a second copy of SQLite, and two
+        # copies in one process break each other's file locks).
+        import adbc_driver_sqlite.dbapi as sqlite
+
         if not db.exists():
             return None
-        with sqlite3.connect(db) as con:
+        with sqlite.connect(str(db)) as con, con.cursor() as cursor:
             try:
-                rows = con.execute("SELECT user, n, total FROM totals").fetchall()
-            except sqlite3.OperationalError:
+                cursor.execute("SELECT user, n, total FROM totals")
+            except sqlite.Error:
                 return None
-        return pl.DataFrame(
-            rows, schema={"user": pl.Int64, "n": pl.Int64, "total": pl.Float64}, orient="row"
-        )
+            return pl.from_arrow(cursor.fetch_arrow_table())  # type: ignore[return-value]
 
     frames = [landed(3_000, seed=5), landed(3_000, seed=6)]
     job = flow.start(workers=2)

@@ -82,4 +82,9 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
         o for c in notebook.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})
     ]
     assert html, "no rich output at all"
+    # A job's live view carries its text form too, for front ends that show text only.
+    for output in html:
+        if 'class="arrowflow-job"' in output["data"]["text/html"]:
+            text = output["data"].get("text/plain", "")
+            assert text.startswith("Job '") and "operator" in text and "rows_in" in text, text
     print(f"{path.name}: {elapsed:.1f} s")
