@@ -350,11 +350,13 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
     storage = _existing_checkpoint_dir(args.url)
     frame = storage.list()
-    offsets = [json.loads(text) for text in frame["offsets"]]  # of checked manifests
+    offsets = [json.loads(text) for text in frame["sources_json"]]  # of checked manifests
     if args.json:
         records = [
             {**row, "time": row["time"].isoformat(), "offsets": parsed}
-            for row, parsed in zip(frame.iter_rows(named=True), offsets, strict=True)
+            for row, parsed in zip(
+                frame.drop("sources_json").iter_rows(named=True), offsets, strict=True
+            )
         ]
         print(json.dumps(records, indent=2, sort_keys=True))
         return EXIT_OK

@@ -47,7 +47,12 @@ def checkpoint_arg(checkpoint: int | None, checkpoint_id: int | None) -> int | N
 def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
     """The complete checkpoints in a checkpoint directory, one row each.
 
-    Columns: id, time, size, state files, parallelism, final, and the source offsets as JSON.
+    Columns: ``id``, ``time``, ``size_bytes``, ``state_files``, ``parallelism``, ``final``;
+    ``offsets``, a list of one struct per split of every source (``source``, ``split``,
+    ``done``, ``offset``: rows read when the position is a row count, ``position``: the
+    position as the source keeps it, as JSON), e.g.
+    ``listing.explode("offsets").unnest("offsets")``; and ``sources_json``, the manifest's
+    source offsets in full (watched files' ages too) as JSON.
 
     Parameters
     ----------

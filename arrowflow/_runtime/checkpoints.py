@@ -525,7 +525,8 @@ class CheckpointStorage:
                     "state_files": len(manifest.state),
                     "parallelism": manifest.parallelism,
                     "final": manifest.final,
-                    "offsets": json.dumps(manifest.sources, sort_keys=True),
+                    "offsets": offset_rows(manifest.sources),
+                    "sources_json": json.dumps(manifest.sources, sort_keys=True),
                 }
             )
         schema = {
@@ -535,10 +536,52 @@ class CheckpointStorage:
             "state_files": pl.Int64,
             "parallelism": pl.Int64,
             "final": pl.Boolean,
-            "offsets": pl.String,
+            "offsets": pl.List(OFFSET_ROW),
+            "sources_json": pl.String,
         }
         frame = pl.DataFrame(rows, schema=schema)
         return frame.with_columns(pl.from_epoch(pl.col("time"), time_unit="s").alias("time"))
+
+
+#: One split of one source in a checkpoint (``list_checkpoints``' ``offsets`` column):
+#: ``offset`` is the split's position when it is a row count (files), ``position`` the
+#: position as the source keeps it (JSON: a tailed file's byte offset, line and inode).
+OFFSET_ROW = pl.Struct(
+    {
+        "source": pl.String,
+        "split": pl.String,
+        "done": pl.Boolean,
+        "offset": pl.Int64,
+        "position": pl.String,
+    }
+)
+
+
+def offset_rows(sources: dict[str, Any]) -> list[dict[str, Any]]:
+    """A manifest's source offsets as rows of :data:`OFFSET_ROW`: every finished split (done,
+    no position) and every split in progress with its position, by source then split."""
+    rows: list[dict[str, Any]] = []
+    for source in sorted(sources):
+        offsets = sources[source]
+        for split in sorted(offsets.get("finished", [])):
+            rows.append(
+                {"source": source, "split": split, "done": True, "offset": None, "position": None}
+            )
+        for split, position in sorted(offsets.get("positions", {}).items()):
+            whole = isinstance(position, int) and not isinstance(position, bool)
+            offset = position if whole else None
+            if isinstance(position, dict) and isinstance(position.get("offset"), int):
+                offset = position["offset"]
+            rows.append(
+                {
+                    "source": source,
+                    "split": split,
+                    "done": False,
+                    "offset": offset,
+                    "position": json.dumps(position, sort_keys=True, default=str),
+                }
+            )
+    return rows
 
 
 def operator_differences(saved: dict[str, str], current: dict[str, str]) -> list[str]:

@@ -432,6 +432,16 @@ def test_cli_checkpoints_list_fits_a_terminal_and_json_has_everything(
     assert newest["final"] is True  # the last checkpoint of a finished run
     assert all(r["final"] is False for r in records if r is not newest)
     assert set(newest["offsets"]) == {"first_source", "second_source_with_a_long_name"}
+    # af.list_checkpoints: the same offsets as struct columns, one row per split.
+    frame = af.list_checkpoints(str(ckpt))
+    splits = frame.select("id", "offsets").explode("offsets").unnest("offsets")
+    for record in records:
+        mine = splits.filter(pl.col("id") == record["id"])
+        for source, offsets in record["offsets"].items():
+            ours = mine.filter(pl.col("source") == source)
+            assert sorted(ours.filter("done")["split"]) == sorted(offsets["finished"])
+            open_ = dict(ours.filter(~pl.col("done")).select("split", "offset").iter_rows())
+            assert open_ == offsets["positions"]
 
 
 # ---------------------------------------------------------------------- memory:// flows

@@ -12,6 +12,7 @@ import json
 import warnings
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest
@@ -253,8 +254,29 @@ def test_list_has_one_row_per_complete_checkpoint(tmp_path: Path) -> None:
     assert listed["id"].to_list() == [2, 1]
     assert listed["size_bytes"].to_list() == [5, 0]
     assert listed["parallelism"].to_list() == [2, 2]
-    assert [json.loads(o)["read_parquet"]["positions"]["a#rg0-0"] for o in listed["offsets"]] == [
+    assert [
+        json.loads(o)["read_parquet"]["positions"]["a#rg0-0"] for o in listed["sources_json"]
+    ] == [
         2,
         1,
+    ]
+    # The offsets as columns, no json.loads needed: one struct per split of every source.
+    assert listed.schema["offsets"] == pl.List(
+        pl.Struct(
+            {
+                "source": pl.String,
+                "split": pl.String,
+                "done": pl.Boolean,
+                "offset": pl.Int64,
+                "position": pl.String,
+            }
+        )
+    )
+    splits = listed.select("id", "offsets").explode("offsets").unnest("offsets")
+    assert splits.filter(pl.col("split") == "a#rg0-0").select(
+        "id", "source", "done", "offset"
+    ).rows() == [
+        (2, "read_parquet", False, 2),
+        (1, "read_parquet", False, 1),
     ]
     assert [t.timestamp() for t in listed["time"]] == [1_700_000_002.5, 1_700_000_001.5]
