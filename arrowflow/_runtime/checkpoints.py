@@ -529,7 +529,7 @@ class CheckpointStorage:
                     "sources_json": json.dumps(manifest.sources, sort_keys=True),
                 }
             )
-        schema = {
+        schema: dict[str, Any] = {
             "id": pl.Int64,
             "time": pl.Float64,
             "size_bytes": pl.Int64,
