@@ -41,14 +41,14 @@ from arrowflow._api.summary import format_summary as format_summary
 from arrowflow._api.summary import restarts_line as restarts_line
 from arrowflow._runtime.checkpoints import CheckpointStorage, chk_dir
 from arrowflow.demo import DEFAULT_ROWS, run_demo
-from arrowflow.errors import ArrowflowError
+from arrowflow.errors import ArrowflowError, JobCancelled
 from arrowflow.options import DEFAULTS, START_DEFAULTS, RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _EXIT_CODES = (
     "exit codes: 0 done; 1 arrowflow or the job raised an error (one line, no traceback for "
-    "arrowflow's own); 2 wrong usage: an unknown flag, a missing file or checkpoint directory, "
-    "a checkpoint that is not there"
+    "arrowflow's own); 2 wrong usage: an unknown flag or a wrong flag value, a missing file or "
+    "checkpoint directory, a checkpoint that is not there; 130 interrupted (Ctrl-C)"
 )
 
 
@@ -298,7 +298,15 @@ def options_from_args(args: argparse.Namespace, *, base: RunOptions = DEFAULTS) 
         value = getattr(args, flag)
         if value is not None:
             given[flag] = None if (flag, value) == ("restore", "none") else value
-    return base.replace(**given)
+    from arrowflow.state import resolve_backend
+
+    try:
+        options = base.replace(**given)
+        if isinstance(options.state, str) and "://" not in options.state:
+            resolve_backend(options.state)  # a misspelled --state is a wrong flag, exit 2
+    except ArrowflowError as exc:  # a malformed duration, a wrong flag value: wrong usage
+        raise UsageError(str(exc)) from exc
+    return options
 
 
 def run_until_signalled(flow: Any, options: RunOptions) -> Any:
@@ -438,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"arrowflow {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except JobCancelled as exc:  # Ctrl-C while worker processes ran: as any Ctrl-C, 130
+        print(f"arrowflow {args.command}: interrupted: {exc}", file=sys.stderr)
+        return 130
     except ArrowflowError as exc:
         print(f"arrowflow {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -5,9 +5,11 @@ and the files it wrote, checked against polars computing the same thing.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import polars as pl
@@ -371,3 +373,56 @@ def test_a_run_in_a_clone_of_the_repository_uses_the_installed_package(tmp_path:
     assert done.returncode == 0, done.stderr[-2000:]
     expected = frame.group_by("user").agg(total=pl.col("amount").sum())
     assert_frame_equal_unordered(pl.read_parquet(tmp_path / "out"), expected)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--checkpoint-dir", "ck", "--checkpoint-every", "banana"], "cannot read 'banana'"),
+        (["--state", "nosuch"], "unknown state backend 'nosuch'"),
+        (["--workers", "-1"], "workers"),
+    ],
+)
+def test_a_wrong_flag_value_is_wrong_usage(tmp_path: Path, flags: list[str], says: str) -> None:
+    """One rule (--help): a wrong flag value exits 2, like an unknown flag (new-user trial)."""
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import arrowflow as af, polars as pl\n"
+        "flow = af.Flow('flags')\n"
+        f"flow.from_polars(pl.DataFrame({{'a': [1, 2]}})).write_parquet({str(tmp_path / 'o')!r})\n"
+    )
+    done = arrowflow("run", str(job), *flags, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_exits_130_with_worker_processes_too(tmp_path: Path, workers: str) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import time\n"
+        "import arrowflow as af, polars as pl\n"
+        "def slow(batch):\n"
+        "    time.sleep(0.2)\n"
+        "    return batch\n"
+        "flow = af.Flow('long')\n"
+        "rows = flow.from_polars(pl.DataFrame({'a': list(range(100_000))}), splits=50)\n"
+        f"rows.map_batches(slow).write_parquet({str(tmp_path / 'o')!r})\n"
+    )
+    process = subprocess.Popen(
+        [*arrowflow_command(), "run", str(job), "--workers", workers, "--batch-size", "100"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("o/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # running: its output folder has staging files
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
