@@ -528,8 +528,22 @@ class Flow(Graph):
         )
 
     def explain(self) -> str:
-        """A plain-text description of the physical plan."""
-        return self.plan().explain()
+        """A plain-text description of the physical plan: of the sinks, or, before the flow
+        has any, of every stream nothing reads yet (what running it would plan, less the
+        sinks)."""
+        if self.sinks():
+            return self.plan().explain()
+        consumed = {id(i) for node in self.nodes for i in node.inputs}
+        ends = [node for node in self.nodes if id(node) not in consumed]
+        if not ends:
+            msg = (
+                "the flow is empty: read something first, e.g. flow.read_parquet('data/*.parquet')"
+            )
+            raise PlanError(msg)
+        text = build_plan(self, ends).explain()
+        return (
+            f"{text}\n(no sink yet: write a stream, e.g. .write_parquet('out/'), to run the flow)"
+        )
 
     def run(
         self,
@@ -794,6 +808,11 @@ class Stream:
 
         ``fn`` runs once per batch in whichever worker holds the batch, so it must not rely on
         seeing all rows (use key_by(...).agg(...) for that). It is serialized once per worker.
+
+        Without ``schema``, ``fn`` is also called once when the step is added, on an empty
+        batch of the input's columns, to learn the columns it returns (so the next steps can
+        be checked as they are added): a function that needs rows (``batch["a"][0]``) should
+        return early on an empty batch, or be given ``schema={...}``, which skips that call.
         """
         if not callable(fn):
             msg = (

@@ -594,3 +594,16 @@ def test_collect_runs_only_what_the_stream_needs() -> None:
     src.map_batches(count, schema=dict(DATA.schema)).write_to(CollectingSink())
     assert_frame_equal_unordered(src.select("user").collect(), DATA.select("user"))
     assert other.frames == [] and calls == []
+
+
+def test_flow_explain_before_any_sink_shows_the_streams_nothing_reads() -> None:
+    """The README suggests flow.explain() while exploring, before any sink (new-user trial)."""
+    flow = af.Flow("exploring")
+    rows = flow.from_polars(pl.DataFrame({"user": [1, 2, 1], "amount": [1.0, 2.0, 3.0]}))
+    rows.filter(pl.col("amount") > 1)
+    rows.key_by("user").agg(total=pl.col("amount").sum())
+    text = flow.explain()
+    assert "filter" in text and "keyed running aggregation by ['user']" in text
+    assert "no sink yet" in text
+    with pytest.raises(af.PlanError, match="the flow is empty"):
+        af.Flow("empty").explain()
