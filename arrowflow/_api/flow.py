@@ -530,7 +530,8 @@ class Flow(Graph):
     def explain(self) -> str:
         """A plain-text description of the physical plan: of the sinks, or, before the flow
         has any, of every stream nothing reads yet (what running it would plan, less the
-        sinks)."""
+        sinks).
+        """
         if self.sinks():
             return self.plan().explain()
         consumed = {id(i) for node in self.nodes for i in node.inputs}
