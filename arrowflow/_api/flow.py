@@ -528,9 +528,10 @@ class Flow(Graph):
         )
 
     def explain(self) -> str:
-        """A plain-text description of the physical plan: of the sinks, or, before the flow
-        has any, of every stream nothing reads yet (what running it would plan, less the
-        sinks).
+        """A plain-text description of the physical plan.
+
+        Of the sinks, or, before the flow has any, of every stream nothing reads yet (what
+        running it would plan, less the sinks).
         """
         if self.sinks():
             return self.plan().explain()
