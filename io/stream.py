@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +38,7 @@ import polars as pl
 
 from arrowflow._foundation.durations import duration_ms
 from arrowflow._foundation.schema import to_polars_schema
+from arrowflow._foundation.warn import warn
 from arrowflow.errors import SchemaError, SourceError
 from arrowflow.io._csv import CsvFile, CsvOptions
 from arrowflow.io._fs import (
@@ -165,9 +165,7 @@ class _TailReader(SplitReader):
                 yield batch
 
     def _restart(self, why: str) -> None:
-        warnings.warn(
-            f"tail {self.source.path!r}: {why}; reading it again from its start", stacklevel=2
-        )
+        warn(f"tail {self.source.path!r}: {why}; reading it again from its start")
         self.offset, self.line, self.header = 0, 0, None
 
     def _read(self) -> SourceBatch | None:

@@ -27,7 +27,6 @@ import json
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -35,6 +34,7 @@ import fsspec
 import polars as pl
 import pyarrow as pa
 
+from arrowflow._foundation.warn import warn
 from arrowflow.errors import CheckpointError
 from arrowflow.state import StateFile, StoreSpec
 
@@ -452,9 +452,7 @@ class CheckpointStorage:
                 return self.read_manifest(checkpoint_id)
             except CheckpointError as exc:
                 if report and "never completed" not in str(exc):
-                    warnings.warn(
-                        f"skipping checkpoint {checkpoint_id} in {self.url}: {exc}", stacklevel=3
-                    )
+                    warn(f"skipping checkpoint {checkpoint_id} in {self.url}: {exc}")
         return None
 
     def find(self, checkpoint_id: int) -> Manifest:

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from typing import Any
 
 from arrowflow._foundation.faults import fault_point
+from arrowflow._foundation.warn import warn
 from arrowflow._plan import Plan
 from arrowflow._runtime.checkpoints import SOURCES, CheckpointStorage, Manifest, chk_dir
 from arrowflow._runtime.splits import SplitEnumerator
@@ -201,10 +201,9 @@ class JobCoordinator:
             if not self.in_flight["aborted"] and now - self.in_flight["started"] > self.timeout_s:
                 self.in_flight["aborted"] = True
                 self.aborted.append(self.in_flight["id"])
-                warnings.warn(
+                warn(
                     f"checkpoint {self.in_flight['id']} took longer than {self.timeout_s}s and "
-                    f"was aborted; the job goes on",
-                    stacklevel=2,
+                    f"was aborted; the job goes on"
                 )
             return None
         if self.final_done or self.exit_now:

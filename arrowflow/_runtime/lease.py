@@ -41,9 +41,9 @@ import secrets
 import socket
 import threading
 import time
-import warnings
 from typing import Any
 
+from arrowflow._foundation.warn import warn
 from arrowflow.errors import ArrowflowError
 
 LEASE_NAME = "_arrowflow.lock"
@@ -231,19 +231,15 @@ class Lease:
                 current = self._read_object()
                 if not current or current.get("token") != self.holder["token"]:
                     self.lost = True
-                    warnings.warn(
+                    warn(
                         f"the lease on the {self.what} {self.url!r} was taken over by another job "
-                        f"({_describe(current)}): this job's renewals came too late",
-                        stacklevel=1,
+                        f"({_describe(current)}): this job's renewals came too late"
                     )
                     return
                 with self.fs.open(self.path, "wb") as handle:
                     handle.write(self._payload())
             except OSError as exc:  # a failed renewal is retried; the expiry leaves room for two
-                warnings.warn(
-                    f"could not renew the lease on the {self.what} {self.url!r}: {exc}",
-                    stacklevel=1,
-                )
+                warn(f"could not renew the lease on the {self.what} {self.url!r}: {exc}")
 
     # ------------------------------------------------------------------ end
     def release(self) -> None:

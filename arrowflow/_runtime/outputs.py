@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import warnings
 from typing import Any
 
+from arrowflow._foundation.warn import warn
 from arrowflow._plan import Plan
 from arrowflow._runtime.checkpoints import (
     CheckpointStorage,
@@ -93,10 +93,9 @@ def discard_staged(
         for op in sinks:
             op.params["sink"].discard_staged()
     except Exception as exc:
-        warnings.warn(
+        warn(
             f"flow {plan.flow_name!r}: the failed run's staged output stays until the next run clears "
-            f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            stacklevel=3,
+            f"it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         )
 
 
@@ -150,10 +149,9 @@ def roll_back(
     for op_id, sink in _durable_sinks(plan):
         item = sink.rollback(checkpoint_id)
         if item is not None and item.count:
-            warnings.warn(
+            warn(
                 f"flow {plan.flow_name!r}: restoring checkpoint {checkpoint_id}, rolled back output "
-                f"of later checkpoints ({op_id!r}) {item}",
-                stacklevel=3,
+                f"of later checkpoints ({op_id!r}) {item}"
             )
             done.append(item)
     return done

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
@@ -47,6 +46,7 @@ from typing import Any
 
 import cloudpickle
 
+from arrowflow._foundation.warn import warn
 from arrowflow._runtime.control import ChannelLink, ControlServer
 from arrowflow._runtime.shm import DEFAULT_CAPACITY, Ring, ShmTransport
 from arrowflow._runtime.shm_segments import reclaim_segments, segment_name
@@ -305,11 +305,10 @@ class PoolRunner(Runner):
         cores = os.cpu_count() or 1
         self.workers = options.workers or cores
         if self.workers > cores:
-            warnings.warn(
+            warn(
                 f"workers={self.workers} is more than the {cores} cores of this machine: the "
                 f"processes take turns on the cores and the run gets slower, not faster; the "
-                f"default (workers=None) starts one per core",
-                stacklevel=4,
+                f"default (workers=None) starts one per core"
             )
         self.rings: list[Ring] = []
         self.worker_processes: list[mp.process.BaseProcess] = []
@@ -331,11 +330,10 @@ class PoolRunner(Runner):
             reclaimed = reclaim_segments()
             if reclaimed:
                 creators = sorted({int(name.split("-")[1]) for name in reclaimed})
-                warnings.warn(
+                warn(
                     f"removed {len(reclaimed)} shared-memory segments left in /dev/shm by arrowflow "
                     f"coordinators killed before they could clean up (pids "
-                    f"{', '.join(map(str, creators))})",
-                    stacklevel=2,
+                    f"{', '.join(map(str, creators))})"
                 )
             for s in range(self.workers):
                 for t in range(self.workers):

@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-import warnings
 from typing import Any
 
+from arrowflow._foundation.warn import warn
 from arrowflow._plan import Plan
 from arrowflow._runtime.checkpoints import (
     CheckpointStorage,
@@ -205,7 +205,7 @@ def run_attempts(
                 f"restored checkpoint {restored.id}, a final one: nothing left to read; pass restore=None "
                 f"to start over"
             )
-            warnings.warn(f"flow {plan.flow_name!r}: {note}", stacklevel=3)
+            warn(f"flow {plan.flow_name!r}: {note}")
             result = RunResult(plan.flow_name, options.workers or 0, 0.0)
             result.rolled_back = rolled_back + roll_back(plan, storage, back_to)
             result.checkpoints = [restored.id]
@@ -265,10 +265,9 @@ def run_attempts(
             restarts += 1
             reason = str(exc).splitlines()[0]
             reasons.append(reason)
-            warnings.warn(
+            warn(
                 f"flow {plan.flow_name!r}: {reason}; restarting from the newest "
-                f"checkpoint (restart {restarts} of at most {max_restarts})",
-                stacklevel=2,
+                f"checkpoint (restart {restarts} of at most {max_restarts})"
             )
             time.sleep(RESTART_DELAY_S)
             continue

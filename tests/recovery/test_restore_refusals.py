@@ -65,7 +65,10 @@ def test_a_restore_with_a_backend_that_cannot_read_the_state_changes_nothing(
     assert snapshot(out) == output
     assert snapshot(ck).keys() == checkpoints.keys()
     # The backend that wrote it restores it, and the totals are polars' over the same rows.
-    again = flow().run(workers=0, state="lmdb", checkpoint_dir=str(ck), restore=middle)
+    with pytest.warns(UserWarning, match="rolled back output of later checkpoints") as warned:
+        again = flow().run(workers=0, state="lmdb", checkpoint_dir=str(ck), restore=middle)
+    # The warning names the user's line (this file), not a line inside arrowflow.
+    assert {w.filename for w in warned} == {__file__}
     assert again.restored_from == middle
     expected = frame.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
     got = newest_per_key(out)
