@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from arrowflow._foundation.warn import warn
 from arrowflow._plan import OpSpec, Plan
 from arrowflow._runtime.lease import JobLeases
 from arrowflow._runtime.restarts import run_attempts
@@ -45,7 +46,32 @@ def execute(plan: Plan, options: RunOptions, *, control: Any = None) -> RunResul
         leases.release()
     if placed is not None:
         result.notes.append(placed)
+    unread = unread_side_outputs(result)
+    if unread:
+        note = (
+            f"{unread}: nothing reads their side output, so they are only counted; read them "
+            f"with stream.side_output('malformed') or .side_output('late') and a sink"
+        )
+        result.notes.append(note)
+        warn(f"flow {plan.flow_name!r}: {note}")
     return result
+
+
+def unread_side_outputs(result: RunResult) -> str:
+    """What the run's side outputs held that no operator read ("3 malformed rows of
+    'read_csv'"), or an empty string: rows a run set aside are never dropped unsaid."""
+    parts = []
+    for row in result.metrics().iter_rows(named=True) if result.operator_metrics else ():
+        unconsumed = int(row.get("unconsumed") or 0)
+        if not unconsumed:
+            continue
+        what = "malformed" if row.get("kind") == "source" else "set-aside"
+        if row.get("late"):
+            what = "late"
+        parts.append(
+            f"{unconsumed:,} {what} row{'s' if unconsumed != 1 else ''} of {row['operator']!r}"
+        )
+    return ", ".join(parts)
 
 
 def process_local(plan: Plan, options: RunOptions) -> str | None:

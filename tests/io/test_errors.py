@@ -175,3 +175,27 @@ def test_memory_sink_with_worker_processes_fails_clearly() -> None:
     flow.from_polars(FRAME).write_parquet("memory://af-errors/out")
     with pytest.raises(PlanError, match=r"write_parquet 'memory://af-errors/out'.*workers=1"):
         flow.run(workers=1)
+
+
+def test_malformed_rows_nothing_reads_are_said_not_only_counted(tmp_path) -> None:
+    """An inferred CSV schema (from the first file) and a later file that does not fit it:
+    the row goes to 'malformed'; when nothing reads that side output the run says so."""
+    (tmp_path / "1.csv").write_text("a,b\n1,x\n2,y\n")
+    (tmp_path / "2.csv").write_text("a,b\n1.5,z\n3,w\n")
+    flow = af.Flow("unread")
+    flow.read_csv(str(tmp_path / "*.csv")).write_parquet(str(tmp_path / "out"))
+    with pytest.warns(UserWarning, match=r"1 malformed row of 'read_csv': nothing reads"):
+        result = flow.run(workers=0)
+    assert result.malformed == 1 and any("nothing reads" in n for n in result.notes)
+    assert pl.read_parquet(tmp_path / "out")["a"].sort().to_list() == [1, 2, 3]
+    wired = af.Flow("read")
+    rows = wired.read_csv(str(tmp_path / "*.csv"))
+    rows.write_parquet(str(tmp_path / "out2"))
+    rows.side_output("malformed").write_parquet(str(tmp_path / "bad"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        result = wired.run(workers=0)
+    assert result.malformed == 1 and not result.notes
+    assert pl.read_parquet(tmp_path / "bad").height == 1
