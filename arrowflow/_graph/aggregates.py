@@ -327,6 +327,12 @@ def named_aggregations(
         if not isinstance(expr, pl.Expr):
             msg = f"operator {operator_id!r}: expected polars expressions, got {type(expr).__name__} {expr!r}"
             raise PlanError(msg)
+        if expr.meta.has_multiple_outputs():
+            msg = (
+                f"operator {operator_id!r}: {expr} aggregates several columns at once; give each "
+                f"its own name, e.g. .agg(a_sum=pl.col('a').sum(), b_sum=pl.col('b').sum())"
+            )
+            raise PlanError(msg)
         out = expr.meta.output_name(raise_if_undetermined=False)
         if out is None:
             msg = f"operator {operator_id!r}: give the aggregation {expr} a name, e.g. .agg(total={expr})"

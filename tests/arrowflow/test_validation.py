@@ -512,3 +512,9 @@ def test_key_columns_must_be_hashable_on_every_executor() -> None:
 def test_key_by_the_same_column_twice() -> None:
     with pytest.raises(af.PlanError, match=r"key_by\(\) names the column 'user' more than once"):
         stream().key_by("user", "kind", "user")
+
+
+def test_an_aggregation_of_several_columns_at_once_asks_for_one_name_each() -> None:
+    for expr in (pl.col("amount", "user").sum(), pl.all().max()):
+        with pytest.raises(af.PlanError, match=r"several columns at once.*its own name"):
+            stream().key_by("kind").agg(expr)
