@@ -36,6 +36,7 @@ from arrowflow._graph.nodes import (
 )
 from arrowflow._plan import Plan, build_plan
 from arrowflow._process.context import ProcessFunction
+from arrowflow._runtime.pool import prestart
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.options import COLLECT_DEFAULTS, DEFAULTS, START_DEFAULTS, RunOptions, options_from
 from arrowflow.sinks import Sink
@@ -107,6 +108,8 @@ class Flow(Graph):
         if not isinstance(source, Source):
             msg = f"flow.source() expects an arrowflow Source, got {type(source).__name__}"
             raise PlanError(msg)
+        if not self.nodes:
+            prestart()  # the pool's forkserver imports the engine while the flow is built
         source.prepare_schema()  # a file's footer or header: later steps are checked as added
         return Stream(self, self._add("source", [], name, source=source, id_kind=source.kind))
 

@@ -88,3 +88,32 @@ def test_spawn_stays_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARROWFLOW_START_METHOD", "fork")
     with pytest.raises(PlanError, match="must be forkserver or spawn"):
         probed_run()
+
+
+@pytest.mark.parametrize("prestart", ["1", "0"])
+def test_the_forkserver_starts_when_a_flow_gets_its_first_source(prestart: str) -> None:
+    """So it has imported the engine by the time the first run needs it (a notebook builds a
+    flow, then runs it a cell later); ARROWFLOW_PRESTART=0 leaves the start to the run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import multiprocessing.forkserver as forkserver, os
+        import polars as pl
+        import arrowflow as af
+        assert forkserver._forkserver._forkserver_pid is None
+        flow = af.Flow("early")
+        flow.from_polars(pl.DataFrame({"a": [1]}))
+        pid = forkserver._forkserver._forkserver_pid
+        print("started" if pid is not None and os.waitpid(pid, os.WNOHANG) == (0, 0) else "not started")
+        """
+    )
+    env = {**os.environ, "ARROWFLOW_PRESTART": prestart}
+    env.pop("ARROWFLOW_START_METHOD", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("started" if prestart == "1" else "not started")
