@@ -317,15 +317,20 @@ class _Planning:
             self.chain_of[id(node)] = spec
         self.edge_of[id(node)] = Edge(self.chain_of[id(node)].id)
 
-    def exchange(self, node: Node, keys: list[str]) -> Edge:
+    def exchange(
+        self, node: Node, keys: list[str], *, combiner: Any = None, schema: Any = None
+    ) -> Edge:
         kind = PHYSICAL["exchange"]
+        params: dict[str, Any] = {"keys": keys, "max_parallelism": self.max_parallelism}
+        if combiner is not None:
+            params["combiner"] = combiner
         spec = OpSpec(
             f"{node.id}.exchange",
             kind.name,
             [self.edge_of[id(node.inputs[0])]],
-            self.schema(node.inputs[0]),
+            schema if combiner is not None else self.schema(node.inputs[0]),
             [],
-            {"keys": keys, "max_parallelism": self.max_parallelism},
+            params,
             operator=kind.operator or "",
         )
         self.ops.append(spec)

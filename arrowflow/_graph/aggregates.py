@@ -349,6 +349,10 @@ def named_aggregations(
     return result
 
 
+#: Input rows per key of a combined partial (internal column; never in state or output).
+COMBINED_ROWS = "__af_combined_rows"
+
+
 class IncrementalAgg:
     """Partial, merge and final expressions for a set of named aggregations."""
 
@@ -433,6 +437,20 @@ class IncrementalAgg:
     def partial(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Partial aggregates of one batch: key columns then state columns, one row per key."""
         return batch.group_by(self.keys).agg(self.partial_exprs)
+
+    def counted_partial(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`partial` with :data:`COMBINED_ROWS`, the input rows of each key, last: what
+        a combiner sends, so the operator still counts the rows it aggregates."""
+        return batch.group_by(self.keys).agg(
+            *self.partial_exprs, pl.len().cast(pl.Int64).alias(COMBINED_ROWS)
+        )
+
+    @property
+    def combined_schema(self) -> pl.Schema:
+        """The schema of :meth:`counted_partial`."""
+        return pl.Schema(
+            [*self.key_schema.items(), *self.state_schema.items(), (COMBINED_ROWS, pl.Int64)]
+        )
 
     def _rows_column(self, column: str) -> str | None:
         rows = f"{column.rsplit('__', 1)[0]}__rows"

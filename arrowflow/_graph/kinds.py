@@ -381,12 +381,22 @@ class Keyed(OperatorKind):
     def plan(self, node: Node, planning: Planning) -> None:
         schema = planning.schema(node)
         upstream = planning.schema(node.inputs[0])
-        edge = planning.exchange(node, node.params["keys"])
         physical: dict[str, Any] = {
             "keys": node.params["keys"],
             "max_parallelism": planning.max_parallelism,
         }
         physical.update(self.keyed_params(node, upstream, schema, planning.max_parallelism))
+        combiner = self.combiner(physical)
+        # With a combiner the sending side pre-aggregates each batch (one row per key) before
+        # hashing it: the exchange carries partial aggregates, the operator merges them.
+        edge = planning.exchange(
+            node,
+            node.params["keys"],
+            combiner=combiner,
+            schema=combiner.combined_schema if combiner is not None else None,
+        )
+        if combiner is not None:
+            physical["combined"] = True
         planning.add(node, self.spec(node, [edge], schema, physical))
 
     def keyed_params(
@@ -394,6 +404,11 @@ class Keyed(OperatorKind):
     ) -> dict[str, Any]:
         """The physical operator's parameters besides ``keys`` and ``max_parallelism``."""
         return {}
+
+    def combiner(self, physical: dict[str, Any]) -> Any:
+        """What the exchange before the operator applies to each batch before hashing it (an
+        object with ``counted_partial(batch)`` and ``combined_schema``), or None."""
+        return None
 
     def state_fingerprint(self, spec: OpSpec) -> dict[str, Any]:
         """What its state depends on besides its id, kind and output schema."""
@@ -424,6 +439,9 @@ class Agg(Keyed):
             "agg": node.params["agg"](upstream),
             "emit_every_s": node.params.get("emit_every_s"),
         }
+
+    def combiner(self, physical: dict[str, Any]) -> Any:
+        return physical["agg"]  # IncrementalAgg.partial: one row per key and batch
 
     def describe(self, node: Node) -> str:
         return f"running aggregation by {node.params['keys']}: {aggs_text(node.params['aggs'])}"

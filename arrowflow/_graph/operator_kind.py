@@ -64,9 +64,13 @@ class Planning(Protocol):
         runs."""
         ...
 
-    def exchange(self, node: Node, keys: list[str]) -> Edge:
+    def exchange(
+        self, node: Node, keys: list[str], *, combiner: Any = None, schema: Any = None
+    ) -> Edge:
         """Append the hash exchange by ``keys`` in front of ``node`` (its id ``<id>.exchange``,
-        which :attr:`OperatorKind.derived_ids` must reserve); the edge out of it."""
+        which :attr:`OperatorKind.derived_ids` must reserve); the edge out of it. With a
+        ``combiner`` (``counted_partial(batch)``) the exchange sends what it returns, of
+        ``schema``, instead of its input rows."""
         ...
 
 

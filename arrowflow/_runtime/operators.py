@@ -28,7 +28,7 @@ import polars as pl
 from arrowflow._foundation.faults import fault_point
 from arrowflow._foundation.keygroups import key_groups, owner_of
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, Watermark
-from arrowflow._graph.aggregates import IncrementalAgg
+from arrowflow._graph.aggregates import COMBINED_ROWS, IncrementalAgg
 from arrowflow._plan import MAIN, OpSpec
 from arrowflow._runtime.checkpoints import encode_spec
 from arrowflow.errors import PlanError, SchemaError
@@ -426,12 +426,21 @@ class ExchangeOp(Operator):
         self.parallelism = parallelism
         self.inputs_total = parallelism
         self.transport: Any = None
+        # A combiner (the keyed aggregation's IncrementalAgg) pre-aggregates each batch before
+        # it is hashed: one row per key goes over the exchange instead of every input row.
+        self.combiner: Any = spec.params.get("combiner")
 
     def receive(self, batch: pl.DataFrame, index: int) -> None:
         if not self.keeps_split_watermark and SPLIT_WATERMARK in batch.columns:
             batch = batch.drop(SPLIT_WATERMARK)
         self.rows_in += batch.height
         self.batches_in += 1
+        if self.combiner is not None:
+            if not batch.height:
+                return
+            started = time.perf_counter()
+            batch = self.combiner.counted_partial(batch)
+            self.busy_s += time.perf_counter() - started
         if self.parallelism == 1:
             self._local(batch)
             return
@@ -535,6 +544,8 @@ class AggOp(Operator):
         self.partial_rows = 0
         self.emit_every_s: float | None = spec.params.get("emit_every_s")
         self.last_emission = time.monotonic()
+        # Its exchange sends partial aggregates (ExchangeOp.combiner), not input rows.
+        self.combined: bool = bool(spec.params.get("combined"))
 
     def store_spec(self) -> StoreSpec:
         return StoreSpec(
@@ -552,7 +563,11 @@ class AggOp(Operator):
         # Pre-aggregate each batch now (the batch itself may not be kept: behind an exchange it
         # is a view of a shared-memory ring), and merge the partials into the store in large
         # groups: one store read and write per ~PARTIAL_ROWS keys instead of one per batch.
-        partial = self.agg.partial(batch)
+        if self.combined:  # partials from the exchange: count the input rows they stand for
+            self.rows_in += int(batch.get_column(COMBINED_ROWS).sum()) - batch.height
+            partial = batch.drop(COMBINED_ROWS)
+        else:
+            partial = self.agg.partial(batch)
         self.partials.append(partial)
         self.partial_rows += partial.height
         if self.partial_rows >= PARTIAL_ROWS:

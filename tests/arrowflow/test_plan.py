@@ -295,7 +295,14 @@ def test_output_schemas_are_known_before_running() -> None:
     )
     plan = _plan_of(agg)
     assert plan.op("agg").schema == agg.schema
-    assert plan.op("agg.exchange").schema == chain.schema
+    # The exchange before a running aggregation carries its partials (the combiner): the key,
+    # the state columns and the input rows each stands for.
+    exchange = plan.op("agg.exchange")
+    combiner = exchange.params["combiner"]
+    assert exchange.schema == pl.Schema(
+        {**combiner.key_schema, **combiner.state_schema, "__af_combined_rows": pl.Int64}
+    )
+    assert set(combiner.key_schema) <= set(chain.schema)
     assert plan.op("collecting").schema == agg.schema
 
 

@@ -200,7 +200,13 @@ def test_a_restart_that_starts_over_removes_what_the_runs_own_checkpoints_commit
     flow = af.Flow("starting-over")
     flow.from_polars(EVENTS, splits=24).map_batches(slow).write_parquet(str(out), mode="append")
     job = flow.start(workers=2, checkpoint_dir=str(ck), batch_size=250, restore=None)
-    ids = [job.checkpoint(), job.checkpoint()]
+    ids = []
+    for _ in range(2):  # each checkpoint commits rows: wait for more to reach the sink first
+        before = job.progress["rows_in"]
+        deadline = time.monotonic() + 60
+        while job.progress["rows_in"] < before + 500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ids.append(job.checkpoint())
     assert len(list(out.glob("part-*"))) > 1, "the run's checkpoints committed nothing"
     for checkpoint_id in ids:
         (ck / chk_dir(checkpoint_id) / MANIFEST).write_bytes(b"{ garbage")

@@ -34,7 +34,7 @@ JOB = textwrap.dedent("""
     import numpy as np, polars as pl, arrowflow as af
 
     def slow(batch):
-        time.sleep(0.05)
+        time.sleep(0.2)  # the run lasts seconds: killed while it runs, not after it ended
         return batch
 
     flow = af.Flow("killed")
