@@ -136,8 +136,9 @@ def _positive(text: str) -> int:
 
 
 _WORKERS_HELP = (
-    f"worker processes; 0 runs in this process (default: one per core, "
-    f"{os.cpu_count() or 1} on this machine; more than the cores warns, since it is slower)"
+    f"worker processes; 0 runs in this process (default: in this process for a flow of polars "
+    f"expressions on up to 2 cores, else one per core; {os.cpu_count() or 1} cores on this "
+    f"machine; more than the cores warns, since it is slower)"
 )
 
 

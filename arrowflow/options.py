@@ -48,9 +48,12 @@ class RunOptions:
     Parameters
     ----------
     workers
-        Worker processes. ``None`` (default): one per core; ``0``: run in this process (the
-        in-process runner: same results, no processes, a debugger stops inside user
-        functions).
+        Worker processes. ``None`` (default): chosen from the flow and the machine: in this
+        process for a flow of polars expressions on a machine of up to two cores (polars
+        already uses every core there, and processes would only add the exchange), one per
+        core otherwise (a flow with ``map_batches`` or ``process`` functions, more cores);
+        ``0``: run in this process (the in-process runner: same results, no processes, a
+        debugger stops inside user functions).
     runner
         Name of the runner in the plug-in registry (group ``runner``), e.g. ``"inprocess"``,
         ``"pool"`` or one a package registered. ``None`` (default): ``"inprocess"`` when

@@ -578,8 +578,10 @@ class Flow(Graph):
         Parameters
         ----------
         workers
-            Worker processes (default: one per core); ``0`` runs in this process (the
-            in-process runner: same results, easier debugging).
+            Worker processes; ``0`` runs in this process (the in-process runner: same
+            results, easier debugging). Default: in this process for a flow of polars
+            expressions on up to two cores, else one per core (see
+            :class:`arrowflow.options.RunOptions`).
         state
             The state backend: ``"memory"`` (default), ``"arrow"``, ``"lmdb"``, ``"sql"``, a
             ``postgresql://`` or ``sqlite://`` URL, or a StateBackend object.

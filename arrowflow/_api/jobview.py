@@ -238,7 +238,7 @@ def job_text(job: Any) -> str:
     workers = job.options.workers
     lines = [
         f"Job {job.name!r}: {info['status']} · {_duration(job.elapsed_s)} · workers "
-        f"{'one per core' if workers is None else workers} · restarts {progress['restarts']}"
+        f"{'default' if workers is None else workers} · restarts {progress['restarts']}"
     ]
     done, total = progress["splits_done"], progress["splits_total"]
     reading = (

@@ -10,6 +10,7 @@ restarts are :mod:`arrowflow._runtime.restarts`; what sinks are told around each
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from arrowflow._foundation.warn import warn
@@ -127,12 +128,43 @@ def _one_split(sources: list[OpSpec]) -> bool:
     return sum(len(op.params["source"].discover_splits()) for op in sources) <= 1
 
 
+#: Up to this many cores, a flow of polars expressions only runs in this process by default:
+#: polars already spreads each batch over every core there, and worker processes only add the
+#: exchange (measured on 2 cores: W1 10M in-process 1.1 s, 1 worker 1.9 s, 2 workers 1.9 s;
+#: W2 3.8 s, 4.9 s, 5.6 s; docs/benchmarks.md). Not measured on more cores: there the default
+#: stays one worker per core.
+IN_PROCESS_CORES = 2
+
+
+def python_steps(plan: Plan) -> list[str]:
+    """Operators of ``plan`` that run the user's Python on batches (``map_batches``,
+    ``process``): the GIL lets one process run one of them at a time."""
+    found = []
+    for op in plan.ops:
+        if op.kind == "process":
+            found.append(op.id)
+        elif op.kind == "chain":
+            found.extend(s["id"] for s in op.params.get("steps", []) if s["kind"] == "map_batches")
+    return found
+
+
+def default_workers(plan: Plan) -> int | None:
+    """The worker count ``workers=None`` means for ``plan`` on this machine: 0 (in this
+    process) for a flow of polars expressions on up to :data:`IN_PROCESS_CORES` cores, else
+    None (one worker process per core)."""
+    cores = os.cpu_count() or 1
+    if cores <= IN_PROCESS_CORES and not python_steps(plan):
+        return 0
+    return None
+
+
 def place(plan: Plan, options: RunOptions) -> tuple[RunOptions, str | None]:
     """The options to run ``plan`` with, and a note when they changed.
 
     - A flow only this process can run (:func:`process_local`) runs in it when ``workers``
       and ``runner`` were left to the default, and is refused before anything starts when
       they were not.
+    - ``workers=None`` runs in this process where :func:`default_workers` says so.
     - A flow with ``first``/``last`` aggregations (:func:`arrival_ordered`) runs with one
       worker process under the default (its splits are then read in order, as polars reads
       the files, and polars' threads still use every core); several workers are refused
@@ -142,6 +174,8 @@ def place(plan: Plan, options: RunOptions) -> tuple[RunOptions, str | None]:
         return options, None
     reason = process_local(plan, options)
     if reason is None:
+        if options.workers is None and options.runner is None and default_workers(plan) == 0:
+            return options.replace(workers=0), None
         ordered = arrival_ordered(plan)
         if not ordered or (options.workers is not None and options.workers <= 1):
             return options, None

@@ -326,7 +326,7 @@ class PoolRunner(Runner):
             warn(
                 f"workers={self.workers} is more than the {cores} cores of this machine: the "
                 f"processes take turns on the cores and the run gets slower, not faster; the "
-                f"default (workers=None) starts one per core"
+                f"default (workers=None) chooses from the flow and the cores"
             )
         self.rings: list[Ring] = []
         self.worker_processes: list[mp.process.BaseProcess] = []

@@ -296,7 +296,32 @@ def test_default_worker_count_quiet_and_named_in_help(tmp_path: Path, events: Pa
         assert stream.collect().height == 97
     help_text = arrowflow("run", "--help", cwd=tmp_path).stdout
     flat = " ".join(help_text.split())
-    assert f"default: one per core, {os.cpu_count() or 1} on this machine" in flat
+    assert "default: in this process for a flow of polars expressions on up to 2 cores" in flat
+    assert f"{os.cpu_count() or 1} cores on this machine" in flat
+
+
+def test_the_default_workers_follow_the_flow_and_the_cores(events: Path, tmp_path: Path) -> None:
+    """workers=None: a flow of polars expressions runs in this process on up to two cores
+    (polars uses them all there; W1 and W2 measured faster so), a flow with a Python function
+    on batches in one worker per core (the GIL would serialize them in one process)."""
+    cores = os.cpu_count() or 1
+    expected = totals_by_polars(events)
+    flow = af.Flow("expressions")
+    totals = flow.read_parquet(str(events)).key_by("user")
+    totals.agg(n=pl.len(), total=pl.col("amount").sum()).write_parquet(str(tmp_path / "a"))
+    result = flow.run()
+    assert result.workers == (0 if cores <= 2 else cores)
+    got = pl.read_parquet(tmp_path / "a")
+    assert_frame_equal_unordered(got, expected, check_dtypes=False)
+    flow = af.Flow("python")
+    rows = flow.read_parquet(str(events)).map_batches(lambda batch: batch)
+    rows.key_by("user").agg(n=pl.len(), total=pl.col("amount").sum()).write_parquet(
+        str(tmp_path / "b")
+    )
+    result = flow.run()
+    assert result.workers == cores
+    got = pl.read_parquet(tmp_path / "b")
+    assert_frame_equal_unordered(got, expected, check_dtypes=False)
 
 
 def test_cli_more_workers_than_cores_says_so_on_stderr(tmp_path: Path, job: Path) -> None:
