@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +73,28 @@ def _forkserver_pid() -> int | None:
 def worker_pids() -> Callable[[], list[int]]:
     """The pids of the pool workers this test process spawned, as a function to call."""
     return _worker_pids
+
+
+@pytest.fixture
+def this_kernel(tmp_path: Path) -> Any:
+    """A Jupyter kernel manager (kernel name ``arrowflow-test``) of this very interpreter,
+    the one arrowflow is installed in, whatever PATH says: for nbclient runs of notebooks."""
+    import json
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec_dir = tmp_path / "kernels" / "arrowflow-test"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "arrowflow tests",
+                "language": "python",
+            }
+        )
+    )
+    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+    return KernelManager(kernel_name="arrowflow-test", kernel_spec_manager=specs)

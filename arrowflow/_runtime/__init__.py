@@ -196,9 +196,8 @@ def place(plan: Plan, options: RunOptions) -> tuple[RunOptions, str | None]:
         )
         if options.workers is None and options.runner is None:
             return options.replace(workers=1), f"ran with one worker: {why}"
-        asked = f"runner={options.runner!r}" if options.runner else f"workers={options.workers}"
         msg = (
-            f"flow {plan.flow_name!r}: {why}, so {asked} would give other values on every run; run "
+            f"flow {plan.flow_name!r}: {why}, so {_asked(options)} would give other values on every run; run "
             f"with workers=1 (the default does so for such a flow) or workers=0, or aggregate with "
             f"min()/max() of a column that orders the rows"
         )
@@ -206,10 +205,9 @@ def place(plan: Plan, options: RunOptions) -> tuple[RunOptions, str | None]:
     if options.workers is None and options.runner is None:
         note = f"ran in this process (workers=0): {reason}, which worker processes cannot see"
         return options.replace(workers=0), note
-    asked = f"runner={options.runner!r}" if options.runner else f"workers={options.workers}"
     msg = (
         f"flow {plan.flow_name!r}: {reason}, which worker processes cannot see, so it cannot run "
-        f"with {asked}; pass workers=0 (the default does so for such a flow), or use a local "
+        f"with {_asked(options)}; pass workers=0 (the default does so for such a flow), or use a local "
         f"folder or s3:// path"
     )
     raise PlanError(msg)
@@ -226,3 +224,8 @@ def make_runner(options: RunOptions) -> Runner:
         )
         raise PlanError(msg)
     return found(options)
+
+
+def _asked(options: RunOptions) -> str:
+    """What the user asked for instead of the default, as they wrote it."""
+    return f"runner={options.runner!r}" if options.runner else f"workers={options.workers}"

@@ -5,7 +5,6 @@ job.py`` and ``arrowflow run``, and from a notebook cell (no file: the cell's na
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -158,13 +157,12 @@ def test_python_job_py_names_the_users_file_and_line(job: Path, workers: int) ->
 
 
 @pytest.mark.timeout(300)
-def test_a_notebook_cell_shows_its_name_and_source_from_a_worker(job: Path, tmp_path: Path) -> None:
+def test_a_notebook_cell_shows_its_name_and_source_from_a_worker(
+    job: Path, tmp_path: Path, this_kernel: Any
+) -> None:
     """A notebook's function has no file a worker could read: the cell's source goes with it."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
     data = str(job.parent / "events.parquet")
     define = textwrap.dedent(
         """\
@@ -193,19 +191,7 @@ def test_a_notebook_cell_shows_its_name_and_source_from_a_worker(job: Path, tmp_
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(define), nbformat.v4.new_code_cell(run_it)]
     )
-    spec_dir = tmp_path / "kernels" / "arrowflow-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "arrowflow tests",
-                "language": "python",
-            }
-        )
-    )
-    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    manager = KernelManager(kernel_name="arrowflow-test", kernel_spec_manager=specs)
+    manager = this_kernel
     client = nbclient.NotebookClient(
         notebook, timeout=120, km=manager, resources={"metadata": {"path": str(tmp_path)}}
     )

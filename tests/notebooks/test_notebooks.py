@@ -7,9 +7,9 @@ this interpreter; a cell may take at most a minute. Outputs are kept cleared in 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,27 +37,9 @@ def test_notebook_outputs_are_cleared_in_git(path: Path) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path) -> None:
-    import json
-
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
+def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path, this_kernel: Any) -> None:
     notebook = nbformat.read(path, as_version=4)
-    # A kernel of this very interpreter (the one arrowflow is installed in), whatever PATH says.
-    spec_dir = tmp_path / "kernels" / "arrowflow-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "arrowflow tests",
-                "language": "python",
-            }
-        )
-    )
-    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    manager = KernelManager(kernel_name="arrowflow-test", kernel_spec_manager=specs)
+    manager = this_kernel
     client = nbclient.NotebookClient(
         notebook,
         km=manager,
