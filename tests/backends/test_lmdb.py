@@ -512,3 +512,18 @@ def test_a_copy_that_fails_is_a_state_error_and_leaves_no_file(tmp_path: Path) -
         signal.signal(signal.SIGXFSZ, previous)
     assert sorted(p.name for p in (tmp_path / "w" / "lmdb").iterdir()) == listed
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_file_listed_as_lmdb_that_is_not_an_environment_is_a_state_error(
+    tmp_path: Path,
+) -> None:
+    """Its size and checksum are right (an Arrow file of the memory backend, listed as lmdb)."""
+    memory = _open(MemoryBackend(), tmp_path, "m")
+    memory.put(*_rows(np.arange(100)))  # type: ignore[attr-defined]
+    fs = fsspec.filesystem("file")
+    files = memory.snapshot(fs, str(tmp_path / "ckpt"), 1)  # type: ignore[attr-defined]
+    relabelled = [dataclasses.replace(f, format="lmdb") for f in files]
+    store = _open(LmdbBackend(), tmp_path, "r")
+    with pytest.raises(StateError, match="is not an LMDB environment"):
+        store.restore(fs, str(tmp_path / "ckpt"), relabelled)  # type: ignore[attr-defined]
+    assert not [p for p in (tmp_path / "r" / "lmdb").iterdir() if p.name.startswith("restore-")]
