@@ -313,3 +313,69 @@ def test_boundaries_hold_with_a_worker_process() -> None:
     windows, expected_late = reference(df, "us", every_ms=SIZE_MS, lateness_ms=0)
     got, late = run(df, af.tumbling(f"{SIZE_MS}ms"), workers=1, lateness=None)
     check(got, late, windows, expected_late)
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_a_batch_of_two_windows_fires_the_due_one_before_the_next_batch(batch_size: int) -> None:
+    """In-order events, several a batch: each batch's newest event is exactly the start of
+    the next window (its end), so the batch's buffered windows straddle the watermark with
+    the due one starting exactly at the firing limit. It must come out before the next batch
+    is read, with polars' counts (no event is late: the input is in order)."""
+    size_ms, windows = 1_000, 8
+    base = 1_700_000_000_000 // size_ms * size_ms
+    offsets = [100, 500, 1_000] if batch_size == 3 else [100, 400, 700, 1_000]
+    ts = [base + k * size_ms + o for k in range(windows) for o in offsets]
+    df = pl.DataFrame(
+        {
+            "ts": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime("ms")),
+            KEY: [i % 2 for i in range(len(ts))],
+        }
+    )
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("window-batches")
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling(f"{size_ms}ms"))
+        .agg(n=pl.len(), name="w")
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=batch_size)
+    expected = (
+        df.group_by(KEY, pl.col("ts").dt.truncate(f"{size_ms}ms").alias("window_start"))
+        .agg(n=pl.len())
+        .sort(KEY, "window_start")
+    )
+    got = pl.concat(result.outputs["out"]).sort(KEY, "window_start")
+    assert got.select(KEY, "window_start", "n").equals(
+        expected.cast(got.select(KEY, "window_start", "n").schema)
+    )
+    assert sum(1 for kind, _ in events if kind == "in") == windows
+    # After each batch, the windows that end at or before its newest event, and only those,
+    # have come out before the next batch is read; the end of the input fires the rest.
+    ends = sorted(set(got["window_end"].to_list()))
+    emitted: set[object] = set()
+    newest = None
+    for kind, value in events:
+        if kind == "in":
+            if newest is not None:
+                due = {end for end in ends if end <= newest}
+                assert emitted == due, f"after the batch up to {newest}: {sorted(emitted)}"
+            newest = value
+        else:
+            emitted.add(value)
+    assert emitted == set(ends)
