@@ -14,6 +14,8 @@ window: these tests see that as a window emitted twice and as counts that differ
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import polars as pl
 import pytest
@@ -379,3 +381,55 @@ def test_a_batch_of_two_windows_fires_the_due_one_before_the_next_batch(batch_si
         else:
             emitted.add(value)
     assert emitted == set(ends)
+
+
+def test_a_window_over_a_window_fires_as_the_first_ones_watermark_passes() -> None:
+    """The first window forwards the watermark it fired at, so a second window over its
+    output (event time: the first window's start) fires as the input passes its end too, not
+    only at the end of the input; its totals are polars' counts over the input."""
+    start = dt.datetime(2024, 1, 1)
+    df = pl.DataFrame(
+        {"ts": pl.datetime_range(start, start + dt.timedelta(seconds=10), "250ms", eager=True)}
+    ).with_columns(pl.lit(1).alias(KEY))
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("window-of-windows")
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("1s"))
+        .agg(n=pl.len())
+        .select(KEY, "n", ts=pl.col("window_start"))
+        .key_by(KEY)
+        .window(af.tumbling("2s"))
+        .agg(total=pl.col("n").sum())
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=1)
+    expected = df.group_by(KEY, pl.col("ts").dt.truncate("2s").alias("window_start")).agg(
+        total=pl.len()
+    )
+    got = pl.concat(result.outputs["out"])
+    assert (
+        got.select(KEY, "window_start", "total")
+        .sort("window_start")
+        .equals(expected.sort("window_start").cast(got.select(KEY, "window_start", "total").schema))
+    )
+    # Each end E of the second window comes out right after the first row at or past E.
+    last = df["ts"].max()
+    for number, (kind, value) in enumerate(events):
+        if kind == "out" and value <= last:
+            assert events[number - 1] == ("in", value), events[number - 3 : number + 1]
+    assert sum(1 for kind, _ in events if kind == "out") == got.height
