@@ -383,10 +383,20 @@ def test_a_batch_of_two_windows_fires_the_due_one_before_the_next_batch(batch_si
     assert emitted == set(ends)
 
 
-def test_a_window_over_a_window_fires_as_the_first_ones_watermark_passes() -> None:
-    """The first window forwards the watermark it fired at, so a second window over its
-    output (event time: the first window's start) fires as the input passes its end too, not
-    only at the end of the input; its totals are polars' counts over the input."""
+@pytest.mark.parametrize(
+    ("second_delay", "lag_s"),
+    [(None, 0), ("0s", 1), ("1s", 2)],
+    ids=["forwarded", "own-watermark", "own-watermark-1s"],
+)
+def test_a_window_over_a_window_fires_as_the_input_passes_its_end(
+    second_delay: str | None, lag_s: int
+) -> None:
+    """A second window over a window's output (event time: the first window's start) fires
+    as the input passes its end, not only at the end of the input, with polars' totals. With
+    the first window's forwarded watermark it fires at the first row at its end; with a
+    watermark of its own (per worker: its input is a window, not a source) it waits for the
+    first window whose start is ``delay`` past its end, which the first row one second past
+    that closes."""
     start = dt.datetime(2024, 1, 1)
     df = pl.DataFrame(
         {"ts": pl.datetime_range(start, start + dt.timedelta(seconds=10), "250ms", eager=True)}
@@ -403,7 +413,7 @@ def test_a_window_over_a_window_fires_as_the_first_ones_watermark_passes() -> No
         return batch
 
     flow = af.Flow("window-of-windows")
-    (
+    second = (
         flow.from_polars(df, splits=1)
         .map_batches(tap_in)
         .with_watermark("ts", delay="0s")
@@ -411,7 +421,11 @@ def test_a_window_over_a_window_fires_as_the_first_ones_watermark_passes() -> No
         .window(af.tumbling("1s"))
         .agg(n=pl.len())
         .select(KEY, "n", ts=pl.col("window_start"))
-        .key_by(KEY)
+    )
+    if second_delay is not None:
+        second = second.with_watermark("ts", delay=second_delay)
+    (
+        second.key_by(KEY)
         .window(af.tumbling("2s"))
         .agg(total=pl.col("n").sum())
         .map_batches(tap_out)
@@ -427,9 +441,10 @@ def test_a_window_over_a_window_fires_as_the_first_ones_watermark_passes() -> No
         .sort("window_start")
         .equals(expected.sort("window_start").cast(got.select(KEY, "window_start", "total").schema))
     )
-    # Each end E of the second window comes out right after the first row at or past E.
+    # Each end E of the second window comes out right after the row at E + lag.
+    lag = dt.timedelta(seconds=lag_s)
     last = df["ts"].max()
     for number, (kind, value) in enumerate(events):
-        if kind == "out" and value <= last:
-            assert events[number - 1] == ("in", value), events[number - 3 : number + 1]
+        if kind == "out" and value + lag <= last:
+            assert events[number - 1] == ("in", value + lag), events[number - 3 : number + 1]
     assert sum(1 for kind, _ in events if kind == "out") == got.height
