@@ -552,6 +552,31 @@ def test_order_dependent_aggregates_keep_arrival_order(workers: int) -> None:
     )
 
 
+def test_windows_partly_spilled_to_the_store_fire_whole_and_once(monkeypatch) -> None:
+    """A small write buffer (in process): when windows fire, some are in the store and updated
+    since in the buffer, some only in the store, some only in the buffer; every one comes out
+    once, with polars' aggregates over the input."""
+    import arrowflow._runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 40)
+    df = events(4000, users=200, seed=11, span_ms=600_000, jitter_ms=1).sort("ts")
+    flow = af.Flow("spilled-windows")
+    (
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(**AGGS, name="w")
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=10)
+    got = pl.concat(result.outputs["out"])
+    assert not got.select(KEY, "window_start").is_duplicated().any()
+    assert_frame_equal_unordered(
+        got, reference_tumbling(df, "60s"), check_dtypes=False, check_column_order=False
+    )
+
+
 def test_a_checkpoint_holds_only_the_windows_that_have_not_fired(
     tmp_path: Path, monkeypatch
 ) -> None:
