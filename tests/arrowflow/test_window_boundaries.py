@@ -448,3 +448,55 @@ def test_a_window_over_a_window_fires_as_the_input_passes_its_end(
         if kind == "out" and value + lag <= last:
             assert events[number - 1] == ("in", value + lag), events[number - 3 : number + 1]
     assert sum(1 for kind, _ in events if kind == "out") == got.height
+
+
+def test_an_own_watermark_takes_the_newest_event_of_a_batch() -> None:
+    """With a 3 s delay, the row at 6 s fires the first windows of 0, 1 and 2 s in one batch;
+    the second window's own watermark (per worker) moves to the newest of their starts, so
+    the outer window they close comes out before the next row is read (the oldest start would
+    hold it back to the end). Totals: polars' counts over the input."""
+    start = dt.datetime(2024, 1, 1)
+    ts = [start + dt.timedelta(seconds=s) for s in (0.5, 1.5, 2.5, 6.0, 9.0, 12.0)]
+    df = pl.DataFrame({"ts": ts, KEY: [1] * len(ts)})
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("own-watermark")
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="3s")
+        .key_by(KEY)
+        .window(af.tumbling("1s"))
+        .agg(n=pl.len())
+        .select(KEY, "n", ts=pl.col("window_start"))
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("2s"))
+        .agg(total=pl.col("n").sum())
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=1)
+    got = pl.concat(result.outputs["out"])
+    expected = df.group_by(KEY, pl.col("ts").dt.truncate("2s").alias("window_start")).agg(
+        total=pl.len()
+    )
+    assert (
+        got.select(KEY, "window_start", "total")
+        .sort("window_start")
+        .equals(expected.sort("window_start").cast(got.select(KEY, "window_start", "total").schema))
+    )
+    # The row at 6 s (watermark 3 s) fires the first windows of 0, 1 and 2 s at once: the
+    # second watermark is 2 s, so the outer window [0 s, 2 s) comes out before 9 s is read.
+    first_out = next(number for number, (kind, _) in enumerate(events) if kind == "out")
+    assert events[first_out] == ("out", start + dt.timedelta(seconds=2))
+    assert events[first_out - 1] == ("in", start + dt.timedelta(seconds=6)), events
