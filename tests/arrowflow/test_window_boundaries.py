@@ -14,6 +14,8 @@ window: these tests see that as a window emitted twice and as counts that differ
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import polars as pl
 import pytest
@@ -258,6 +260,8 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(
     )
     metrics = result.metrics().filter(pl.col("kind") == "window")
     assert int(metrics["late"].sum()) == expected_late.height > 0
+    # nothing reads the late port: its rows are counted as unconsumed (the run summary's)
+    assert int(metrics["unconsumed"].sum()) == expected_late.height
     assert int(metrics["windows_fired"].sum()) == got.height
     # Each window end E comes out right after the first row with an event time >= E, before
     # the next row is read; only the last windows wait for the end of the input.
@@ -313,3 +317,188 @@ def test_boundaries_hold_with_a_worker_process() -> None:
     windows, expected_late = reference(df, "us", every_ms=SIZE_MS, lateness_ms=0)
     got, late = run(df, af.tumbling(f"{SIZE_MS}ms"), workers=1, lateness=None)
     check(got, late, windows, expected_late)
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_a_batch_of_two_windows_fires_the_due_one_before_the_next_batch(batch_size: int) -> None:
+    """In-order events, several a batch: each batch's newest event is exactly the start of
+    the next window (its end), so the batch's buffered windows straddle the watermark with
+    the due one starting exactly at the firing limit. It must come out before the next batch
+    is read, with polars' counts (no event is late: the input is in order)."""
+    size_ms, windows = 1_000, 8
+    base = 1_700_000_000_000 // size_ms * size_ms
+    offsets = [100, 500, 1_000] if batch_size == 3 else [100, 400, 700, 1_000]
+    ts = [base + k * size_ms + o for k in range(windows) for o in offsets]
+    df = pl.DataFrame(
+        {
+            "ts": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime("ms")),
+            KEY: [i % 2 for i in range(len(ts))],
+        }
+    )
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("window-batches")
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling(f"{size_ms}ms"))
+        .agg(n=pl.len(), name="w")
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=batch_size)
+    expected = (
+        df.group_by(KEY, pl.col("ts").dt.truncate(f"{size_ms}ms").alias("window_start"))
+        .agg(n=pl.len())
+        .sort(KEY, "window_start")
+    )
+    got = pl.concat(result.outputs["out"]).sort(KEY, "window_start")
+    assert got.select(KEY, "window_start", "n").equals(
+        expected.cast(got.select(KEY, "window_start", "n").schema)
+    )
+    assert sum(1 for kind, _ in events if kind == "in") == windows
+    # After each batch, the windows that end at or before its newest event, and only those,
+    # have come out before the next batch is read; the end of the input fires the rest.
+    ends = sorted(set(got["window_end"].to_list()))
+    emitted: set[object] = set()
+    newest = None
+    for kind, value in events:
+        if kind == "in":
+            if newest is not None:
+                due = {end for end in ends if end <= newest}
+                assert emitted == due, f"after the batch up to {newest}: {sorted(emitted)}"
+            newest = value
+        else:
+            emitted.add(value)
+    assert emitted == set(ends)
+
+
+@pytest.mark.parametrize(
+    ("second_delay", "lag_s"),
+    [(None, 0), ("0s", 1), ("1s", 2)],
+    ids=["forwarded", "own-watermark", "own-watermark-1s"],
+)
+def test_a_window_over_a_window_fires_as_the_input_passes_its_end(
+    second_delay: str | None, lag_s: int
+) -> None:
+    """A second window over a window's output (event time: the first window's start) fires
+    as the input passes its end, not only at the end of the input, with polars' totals. With
+    the first window's forwarded watermark it fires at the first row at its end; with a
+    watermark of its own (per worker: its input is a window, not a source) it waits for the
+    first window whose start is ``delay`` past its end, which the first row one second past
+    that closes."""
+    start = dt.datetime(2024, 1, 1)
+    df = pl.DataFrame(
+        {"ts": pl.datetime_range(start, start + dt.timedelta(seconds=10), "250ms", eager=True)}
+    ).with_columns(pl.lit(1).alias(KEY))
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("window-of-windows")
+    second = (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("1s"))
+        .agg(n=pl.len())
+        .select(KEY, "n", ts=pl.col("window_start"))
+    )
+    if second_delay is not None:
+        second = second.with_watermark("ts", delay=second_delay)
+    (
+        second.key_by(KEY)
+        .window(af.tumbling("2s"))
+        .agg(total=pl.col("n").sum())
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=1)
+    expected = df.group_by(KEY, pl.col("ts").dt.truncate("2s").alias("window_start")).agg(
+        total=pl.len()
+    )
+    got = pl.concat(result.outputs["out"])
+    assert (
+        got.select(KEY, "window_start", "total")
+        .sort("window_start")
+        .equals(expected.sort("window_start").cast(got.select(KEY, "window_start", "total").schema))
+    )
+    # Each end E of the second window comes out right after the row at E + lag.
+    lag = dt.timedelta(seconds=lag_s)
+    last = df["ts"].max()
+    for number, (kind, value) in enumerate(events):
+        if kind == "out" and value + lag <= last:
+            assert events[number - 1] == ("in", value + lag), events[number - 3 : number + 1]
+    assert sum(1 for kind, _ in events if kind == "out") == got.height
+
+
+def test_an_own_watermark_takes_the_newest_event_of_a_batch() -> None:
+    """With a 3 s delay, the row at 6 s fires the first windows of 0, 1 and 2 s in one batch;
+    the second window's own watermark (per worker) moves to the newest of their starts, so
+    the outer window they close comes out before the next row is read (the oldest start would
+    hold it back to the end). Totals: polars' counts over the input."""
+    start = dt.datetime(2024, 1, 1)
+    ts = [start + dt.timedelta(seconds=s) for s in (0.5, 1.5, 2.5, 6.0, 9.0, 12.0)]
+    df = pl.DataFrame({"ts": ts, KEY: [1] * len(ts)})
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow("own-watermark")
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="3s")
+        .key_by(KEY)
+        .window(af.tumbling("1s"))
+        .agg(n=pl.len())
+        .select(KEY, "n", ts=pl.col("window_start"))
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("2s"))
+        .agg(total=pl.col("n").sum())
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=1)
+    got = pl.concat(result.outputs["out"])
+    expected = df.group_by(KEY, pl.col("ts").dt.truncate("2s").alias("window_start")).agg(
+        total=pl.len()
+    )
+    assert (
+        got.select(KEY, "window_start", "total")
+        .sort("window_start")
+        .equals(expected.sort("window_start").cast(got.select(KEY, "window_start", "total").schema))
+    )
+    # The row at 6 s (watermark 3 s) fires the first windows of 0, 1 and 2 s at once: the
+    # second watermark is 2 s, so the outer window [0 s, 2 s) comes out before 9 s is read.
+    first_out = next(number for number, (kind, _) in enumerate(events) if kind == "out")
+    assert events[first_out] == ("out", start + dt.timedelta(seconds=2))
+    assert events[first_out - 1] == ("in", start + dt.timedelta(seconds=6)), events

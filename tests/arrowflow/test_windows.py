@@ -552,6 +552,81 @@ def test_order_dependent_aggregates_keep_arrival_order(workers: int) -> None:
     )
 
 
+def test_windows_partly_spilled_to_the_store_fire_whole_and_once(monkeypatch) -> None:
+    """A small write buffer (in process): when windows fire, some are in the store and updated
+    since in the buffer, some only in the store, some only in the buffer; every one comes out
+    once, with polars' aggregates over the input."""
+    import arrowflow._runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 40)
+    df = events(4000, users=200, seed=11, span_ms=600_000, jitter_ms=1).sort("ts")
+    flow = af.Flow("spilled-windows")
+    (
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(**AGGS, name="w")
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=10)
+    got = pl.concat(result.outputs["out"])
+    assert not got.select(KEY, "window_start").is_duplicated().any()
+    assert_frame_equal_unordered(
+        got, reference_tumbling(df, "60s"), check_dtypes=False, check_column_order=False
+    )
+
+
+def test_a_checkpoint_holds_only_the_windows_that_have_not_fired(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Windows spilled to the store and fired since are removed from it: a checkpoint's window
+    state is the windows of the rows read so far that end after the watermark (polars over
+    those rows), not every window seen."""
+    import arrowflow._runtime.window_op as window_op
+
+    monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)  # in-process: every window via the store
+    df = events(6000, users=8, seed=5, span_ms=1_800_000, jitter_ms=1).sort("ts")
+    flow = af.Flow("fired-state")
+    (
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len(), name="w")
+        .write_to(CollectSink())
+    )
+    flow.run(
+        workers=0,
+        checkpoint_dir=str(tmp_path / "ck"),
+        checkpoint_every=af.every_rows(2_000),
+        batch_size=250,
+        keep_checkpoints=10,
+    )
+    checked = 0
+    for checkpoint in af.list_checkpoints(str(tmp_path / "ck"))["id"].to_list():
+        positions = list(
+            CheckpointStorage(str(tmp_path / "ck"))
+            .find(checkpoint)
+            .sources["from_polars"]["positions"]
+            .values()
+        )
+        if len(positions) != 1 or not 0 < positions[0] < df.height:
+            continue  # the final checkpoint: the input is done
+        offset = positions[0]
+        read = df.head(offset)
+        expected = (
+            read.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+            .group_by(KEY, "window_start")
+            .agg(n=pl.len())
+            .filter(pl.col("window_start") + pl.duration(seconds=60) > read["ts"].max())
+        )
+        got = af.read_state(str(tmp_path / "ck"), "w", checkpoint=checkpoint)
+        assert_frame_equal_unordered(got, expected, check_dtypes=False)
+        checked += 1
+    assert checked >= 2
+
+
 def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -13,10 +13,14 @@ import fsspec
 import numpy as np
 import polars as pl
 import pyarrow.ipc
+import pytest
+from polars.testing import assert_frame_equal
 
 from arrowflow._foundation.keygroups import key_groups
 from arrowflow.backends.arrow_ipc import ArrowBackend
+from arrowflow.backends.lmdb import LmdbBackend
 from arrowflow.backends.memory import MemoryBackend
+from arrowflow.errors import StateError
 from arrowflow.state import KEY_GROUP, StoreContext, StoreSpec
 from arrowflow.testing.state_conformance import assert_same_contents
 
@@ -131,3 +135,45 @@ def test_files_are_plain_arrow_ipc_with_the_key_group(tmp_path: Path) -> None:
     table = pyarrow.ipc.open_file(str(tmp_path / "ckpt" / files[0].path)).read_all()
     assert table.column_names == ["id", "n", KEY_GROUP]
     assert set(table.column(KEY_GROUP).to_pylist()) == {files[0].key_groups[0]}
+
+
+@pytest.mark.parametrize("source", ["memory", "arrow"])
+def test_halves_restored_from_one_store_list_only_their_own_groups(
+    tmp_path: Path, source: str
+) -> None:
+    """One store of all 128 groups (memory: one file of them all; arrow: one file a group) is
+    restored onto two workers; each holds only its groups, and their next checkpoint, taken
+    without any change, restores to exactly the input again: no group listed twice or lost."""
+    backend = MemoryBackend() if source == "memory" else ArrowBackend()
+    whole = backend.open_store(SPEC, range(0, 128), StoreContext(str(tmp_path), 0, 1))
+    keys, values = _rows(IDS)
+    whole.put(keys, values)
+    root = str(tmp_path / "ckpt")
+    files = whole.snapshot(FS, root, 1)
+    listed = []
+    for worker, half in enumerate((range(0, 64), range(64, 128))):
+        store = ArrowBackend().open_store(SPEC, half, StoreContext(str(tmp_path), worker, 2))
+        store.restore(FS, root, files)
+        mine = (GROUPS >= half.start) & (GROUPS < half.stop)
+        assert_frame_equal(
+            pl.concat(list(store.scan())).sort("id"),
+            pl.DataFrame({"id": IDS[mine], "n": IDS[mine]}),
+        )
+        again = store.snapshot(FS, root, 2)
+        assert sorted(f.key_groups for f in again) == [(g, g + 1) for g in half]
+        listed += again
+    restored = ArrowBackend().open_store(SPEC, range(0, 128), StoreContext(str(tmp_path), 0, 1))
+    restored.restore(FS, root, listed)
+    assert_frame_equal(
+        pl.concat(list(restored.scan())).sort("id"), pl.DataFrame({"id": IDS, "n": IDS})
+    )
+
+
+def test_a_snapshot_of_another_format_is_a_state_error(tmp_path: Path) -> None:
+    lmdb = LmdbBackend().open_store(SPEC, range(0, 128), StoreContext(str(tmp_path), 0, 1))
+    lmdb.put(*_rows(IDS[:100]))
+    root = str(tmp_path / "ckpt")
+    files = lmdb.snapshot(FS, root, 1)
+    store, _ = _stores(tmp_path)
+    with pytest.raises(StateError, match=r"cannot restore .* of format 'lmdb'"):
+        store.restore(FS, root, files)

@@ -6,8 +6,12 @@ The shared behaviour (same answers as ``memory``) is in ``test_conformance.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -448,3 +452,78 @@ def test_a_stored_value_of_the_wrong_width_is_a_state_error(tmp_path: Path) -> N
     env.put(entries, keys, np.array([0, len(keys)]), b"\x01short", np.array([0, 6]))
     with pytest.raises(StateError, match="do not decode"):
         store.get(pl.DataFrame({"id": [1, 2, 3]}))
+
+
+def test_snapshots_and_restores_leave_no_files_or_descriptors_behind(tmp_path: Path) -> None:
+    """Twenty checkpoints and restores: the store's local directory holds its environment only,
+    and the process has as many open files as before (no temporary copy, lock file or
+    descriptor left per checkpoint)."""
+    store = _open(LmdbBackend(), tmp_path)
+    store.put(*_rows(np.arange(2000)))  # type: ignore[attr-defined]
+    fs = fsspec.filesystem("file")
+    restored = _open(LmdbBackend(), tmp_path, "r")
+    local = [tmp_path / "w" / "lmdb", tmp_path / "r" / "lmdb"]
+    before = [sorted(p.name for p in folder.iterdir()) for folder in local]
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for checkpoint in range(1, 21):
+        files = store.snapshot(fs, str(tmp_path / "ckpt"), checkpoint)  # type: ignore[attr-defined]
+        restored.restore(fs, str(tmp_path / "ckpt"), files)  # type: ignore[attr-defined]
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert [sorted(p.name for p in folder.iterdir()) for folder in local] == before
+    memory = _open(MemoryBackend(), tmp_path, "m")
+    memory.put(*_rows(np.arange(2000)))  # type: ignore[attr-defined]
+    assert_same_contents(restored, memory)  # type: ignore[arg-type]
+
+
+def test_a_snapshot_file_of_an_unknown_format_is_a_state_error(tmp_path: Path) -> None:
+    store = _open(LmdbBackend(), tmp_path)
+    store.put(*_rows(np.arange(100)))  # type: ignore[attr-defined]
+    fs = fsspec.filesystem("file")
+    (state_file,) = store.snapshot(fs, str(tmp_path / "ckpt"), 1)  # type: ignore[attr-defined]
+    other = dataclasses.replace(state_file, format="parquet")
+    with pytest.raises(StateError, match=r"cannot restore .* of format 'parquet'"):
+        _open(LmdbBackend(), tmp_path, "r").restore(fs, str(tmp_path / "ckpt"), [other])  # type: ignore[attr-defined]
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_state_error(tmp_path: Path) -> None:
+    """The checkpoint root is a file: the snapshot fails instead of listing a file it never wrote."""
+    store = _open(LmdbBackend(), tmp_path)
+    store.put(*_rows(np.arange(100)))  # type: ignore[attr-defined]
+    (tmp_path / "ckpt").write_text("not a directory")
+    fs = fsspec.filesystem("file")
+    with pytest.raises(StateError, match="cannot write state snapshot file"):
+        store.snapshot(fs, str(tmp_path / "ckpt"), 1)  # type: ignore[attr-defined]
+
+
+def test_a_copy_that_fails_is_a_state_error_and_leaves_no_file(tmp_path: Path) -> None:
+    """The environment copy hits the file size limit (RLIMIT_FSIZE, as on a full disk)."""
+    store = _open(LmdbBackend(), tmp_path)
+    store.put(*_rows(np.arange(5000)))  # type: ignore[attr-defined]
+    fs = fsspec.filesystem("file")
+    listed = sorted(p.name for p in (tmp_path / "w" / "lmdb").iterdir())
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, hard))
+    try:
+        with pytest.raises(StateError, match="cannot copy the environment for a snapshot"):
+            store.snapshot(fs, str(tmp_path / "ckpt"), 1)  # type: ignore[attr-defined]
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert sorted(p.name for p in (tmp_path / "w" / "lmdb").iterdir()) == listed
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_file_listed_as_lmdb_that_is_not_an_environment_is_a_state_error(
+    tmp_path: Path,
+) -> None:
+    """Its size and checksum are right (an Arrow file of the memory backend, listed as lmdb)."""
+    memory = _open(MemoryBackend(), tmp_path, "m")
+    memory.put(*_rows(np.arange(100)))  # type: ignore[attr-defined]
+    fs = fsspec.filesystem("file")
+    files = memory.snapshot(fs, str(tmp_path / "ckpt"), 1)  # type: ignore[attr-defined]
+    relabelled = [dataclasses.replace(f, format="lmdb") for f in files]
+    store = _open(LmdbBackend(), tmp_path, "r")
+    with pytest.raises(StateError, match="is not an LMDB environment"):
+        store.restore(fs, str(tmp_path / "ckpt"), relabelled)  # type: ignore[attr-defined]
+    assert not [p for p in (tmp_path / "r" / "lmdb").iterdir() if p.name.startswith("restore-")]

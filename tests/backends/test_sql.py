@@ -7,16 +7,20 @@ The shared behaviour (same answers as ``memory``) is in ``test_conformance.py``.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 import sqlite3
 import time
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as pg
+import fsspec
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 import arrowflow as af
+from arrowflow.backends.lmdb import LmdbBackend
 from arrowflow.backends.sql import SqlBackend
 from arrowflow.errors import StateError
 from arrowflow.state import StoreContext, StoreSpec
@@ -265,3 +269,42 @@ def test_sqlite_urls_follow_sqlalchemy(tmp_path: Path, monkeypatch: pytest.Monke
                 and len(name) == len("af_12345678_agg-1_000_128")
             )
             assert reader.execute(f'SELECT count(*) FROM "{name}"').fetchone() == (3,)
+
+
+def test_snapshots_and_restores_leave_no_files_or_descriptors_behind(tmp_path: Path) -> None:
+    """Twenty checkpoints and restores: the worker's local directory holds the sqlite file
+    only, the process has as many open files as before, and each snapshot's manifest entry
+    counts the rows its file holds (read back with polars)."""
+    backend = SqlBackend()
+    store = backend.open_store(SPEC, range(0, 128), _context(tmp_path))
+    restored = backend.open_store(SPEC, range(0, 128), _context(tmp_path, "w1"))
+    store.put(KEYS, VALUES)
+    fs = fsspec.filesystem("file")
+    local = [tmp_path / "w0", tmp_path / "w1"]
+    before = [sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) for folder in local]
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for checkpoint in range(1, 21):
+        (state_file,) = store.snapshot(fs, str(tmp_path / "ckpt"), checkpoint)
+        restored.restore(fs, str(tmp_path / "ckpt"), [state_file])
+        written = pl.read_ipc(tmp_path / "ckpt" / state_file.path)
+        assert state_file.extra["entries"] == written.height == KEYS.height
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    after = [sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) for folder in local]
+    assert after == before
+    assert_frame_equal(
+        pl.concat(list(restored.scan())).sort("user"),
+        pl.concat([KEYS, VALUES], how="horizontal").sort("user"),
+    )
+    store.close()
+    restored.close()
+
+
+def test_a_snapshot_file_of_another_format_is_a_state_error(tmp_path: Path) -> None:
+    lmdb = LmdbBackend().open_store(SPEC, range(0, 128), _context(tmp_path, "l"))
+    lmdb.put(KEYS, VALUES)
+    fs = fsspec.filesystem("file")
+    files = lmdb.snapshot(fs, str(tmp_path / "ckpt"), 1)
+    store = SqlBackend().open_store(SPEC, range(0, 128), _context(tmp_path))
+    with pytest.raises(StateError, match=r"cannot restore .* of format 'lmdb'"):
+        store.restore(fs, str(tmp_path / "ckpt"), files)
+    store.close()
