@@ -221,32 +221,7 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(
 
         monkeypatch.setattr(window_op, "BUFFER_ROWS", 1)
     df = boundary_events("ms", windows=8, seed=6)
-    events: list[
-        tuple[str, object]
-    ] = []  # ("in", newest ts so far) / ("out", window end), in order
-
-    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
-        if batch.height:
-            events.append(("in", batch["ts"].max()))
-        return batch
-
-    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
-        if batch.height:
-            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
-        return batch
-
-    flow = af.Flow("window-emissions")
-    (
-        flow.from_polars(df, splits=1)
-        .map_batches(tap_in)
-        .with_watermark("ts", delay="0s")
-        .key_by(KEY)
-        .window(af.tumbling(f"{SIZE_MS}ms"))
-        .agg(n=pl.len(), name="w")
-        .map_batches(tap_out)
-        .write_to(CollectSink(), name="out")
-    )
-    result = flow.run(workers=0, batch_size=1)
+    result, events = tapped_windows("window-emissions", df, SIZE_MS, batch_size=1)
     windows, expected_late = reference(df, "ms", every_ms=SIZE_MS, lateness_ms=0)
     got = pl.concat(result.outputs["out"])
     assert (
@@ -335,30 +310,7 @@ def test_a_batch_of_two_windows_fires_the_due_one_before_the_next_batch(batch_si
             KEY: [i % 2 for i in range(len(ts))],
         }
     )
-    events: list[tuple[str, object]] = []
-
-    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
-        if batch.height:
-            events.append(("in", batch["ts"].max()))
-        return batch
-
-    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
-        if batch.height:
-            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
-        return batch
-
-    flow = af.Flow("window-batches")
-    (
-        flow.from_polars(df, splits=1)
-        .map_batches(tap_in)
-        .with_watermark("ts", delay="0s")
-        .key_by(KEY)
-        .window(af.tumbling(f"{size_ms}ms"))
-        .agg(n=pl.len(), name="w")
-        .map_batches(tap_out)
-        .write_to(CollectSink(), name="out")
-    )
-    result = flow.run(workers=0, batch_size=batch_size)
+    result, events = tapped_windows("window-batches", df, size_ms, batch_size=batch_size)
     expected = (
         df.group_by(KEY, pl.col("ts").dt.truncate(f"{size_ms}ms").alias("window_start"))
         .agg(n=pl.len())
@@ -502,3 +454,34 @@ def test_an_own_watermark_takes_the_newest_event_of_a_batch() -> None:
     first_out = next(number for number, (kind, _) in enumerate(events) if kind == "out")
     assert events[first_out] == ("out", start + dt.timedelta(seconds=2))
     assert events[first_out - 1] == ("in", start + dt.timedelta(seconds=6)), events
+
+
+def tapped_windows(
+    name: str, df: pl.DataFrame, size_ms: int, *, batch_size: int
+) -> tuple[af.RunResult, list[tuple[str, object]]]:
+    """Tumbling ``size_ms`` windows (delay 0) over ``df`` in process, with what went in and
+    out in order: ("in", newest ts of a batch read) and ("out", end of a window fired)."""
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    flow = af.Flow(name)
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling(f"{size_ms}ms"))
+        .agg(n=pl.len(), name="w")
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    return flow.run(workers=0, batch_size=batch_size), events
