@@ -7,6 +7,7 @@ a second create of the same manifest must be refused, so two writers can never b
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -56,9 +57,13 @@ def test_a_job_checkpoints_to_s3_and_its_output_is_exact(
     rng = np.random.default_rng(5)
     df = pl.DataFrame({"user": rng.integers(0, 300, 20_000), "amount": rng.random(20_000)})
     flow = af.Flow("s3job")
-    totals = (
-        flow.from_polars(df, splits=8).key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
-    )
+
+    def paced(batch: pl.DataFrame) -> pl.DataFrame:
+        time.sleep(0.02)  # the run outlasts a few row-count checkpoints, whatever the start-up
+        return batch
+
+    rows = flow.from_polars(df, splits=8).map_batches(paced)
+    totals = rows.key_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
     totals.write_parquet(f"{url}/out", storage_options=options)
     result = flow.run(
         workers=workers,
