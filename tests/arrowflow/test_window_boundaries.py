@@ -15,6 +15,7 @@ window: these tests see that as a window emitted twice and as counts that differ
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -355,16 +356,7 @@ def test_a_window_over_a_window_fires_as_the_input_passes_its_end(
     df = pl.DataFrame(
         {"ts": pl.datetime_range(start, start + dt.timedelta(seconds=10), "250ms", eager=True)}
     ).with_columns(pl.lit(1).alias(KEY))
-    events: list[tuple[str, object]] = []
-
-    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
-        if batch.height:
-            events.append(("in", batch["ts"].max()))
-        return batch
-
-    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
-        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
-        return batch
+    events, tap_in, tap_out = taps()
 
     flow = af.Flow("window-of-windows")
     second = (
@@ -412,16 +404,7 @@ def test_an_own_watermark_takes_the_newest_event_of_a_batch() -> None:
     start = dt.datetime(2024, 1, 1)
     ts = [start + dt.timedelta(seconds=s) for s in (0.5, 1.5, 2.5, 6.0, 9.0, 12.0)]
     df = pl.DataFrame({"ts": ts, KEY: [1] * len(ts)})
-    events: list[tuple[str, object]] = []
-
-    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
-        if batch.height:
-            events.append(("in", batch["ts"].max()))
-        return batch
-
-    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
-        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
-        return batch
+    events, tap_in, tap_out = taps()
 
     flow = af.Flow("own-watermark")
     (
@@ -461,17 +444,7 @@ def tapped_windows(
 ) -> tuple[af.RunResult, list[tuple[str, object]]]:
     """Tumbling ``size_ms`` windows (delay 0) over ``df`` in process, with what went in and
     out in order: ("in", newest ts of a batch read) and ("out", end of a window fired)."""
-    events: list[tuple[str, object]] = []
-
-    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:  # in process (workers=0): a plain list
-        if batch.height:
-            events.append(("in", batch["ts"].max()))
-        return batch
-
-    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
-        if batch.height:
-            events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
-        return batch
+    events, tap_in, tap_out = taps()
 
     flow = af.Flow(name)
     (
@@ -485,3 +458,21 @@ def tapped_windows(
         .write_to(CollectSink(), name="out")
     )
     return flow.run(workers=0, batch_size=batch_size), events
+
+
+def taps() -> tuple[list[tuple[str, object]], Any, Any]:
+    """What goes in and out of windows, in order (in process, workers=0: a plain list):
+    ("in", newest ts of a batch read) by ``tap_in``, ("out", end of a window fired) by
+    ``tap_out``; both are map_batches functions that return their batch."""
+    events: list[tuple[str, object]] = []
+
+    def tap_in(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            events.append(("in", batch["ts"].max()))
+        return batch
+
+    def tap_out(batch: pl.DataFrame) -> pl.DataFrame:
+        events.extend(("out", end) for end in sorted(set(batch["window_end"].to_list())))
+        return batch
+
+    return events, tap_in, tap_out
