@@ -534,7 +534,9 @@ class _FileReader(SplitReader):
         """The split's records (from ``skip`` on for the columnar formats) and the position
         of the first of them."""
         source, columns = self.source, self.source.columns
-        names = columns if columns is not None else source.full_schema().names()
+        # The declared schema when there is one: full_schema() lists the paths again and
+        # reads every footer, which a watched folder's half-written files would fail.
+        names = source.schema().names()
         if source.format == "parquet":
             info = self.split.info
             frame = _columnar.read_parquet(

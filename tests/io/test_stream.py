@@ -227,9 +227,12 @@ def test_watch_waits_for_a_file_written_in_place(tmp_path: Path, workers: int) -
     try:
         (inbox / "0.parquet").touch()  # created now, written later (as a slow writer does)
         time.sleep(0.6)  # a dozen listings see the empty file
-        frames[0].write_parquet(inbox / "0.parquet")
         for i, frame in enumerate(frames[1:], start=1):
             frame.write_parquet(inbox / f"{i}.parquet")  # straight in, no rename
+        # The other files are read while the empty one is still there (a reader that
+        # looked at every file of the folder failed on it).
+        wait_for(lambda: committed(tmp_path / "rows").height >= 3000)
+        frames[0].write_parquet(inbox / "0.parquet")
         # Emitted without checkpoints (every second over an unbounded source).
         wait_for(lambda: committed(tmp_path / "rows").height >= 4000)
         time.sleep(1.5)  # another emission or two: nothing more may come
