@@ -533,7 +533,7 @@ class _FileReader(SplitReader):
     def _load(self) -> tuple[Parsed, int]:
         """The split's records (from ``skip`` on for the columnar formats) and the position
         of the first of them."""
-        source, columns = self.source, self.source.columns
+        source = self.source
         # The declared schema when there is one: full_schema() lists the paths again and
         # reads every footer, which a watched folder's half-written files would fail.
         names = source.schema().names()
