@@ -11,7 +11,11 @@ State it keeps, per store, one table (named below) with
   primary key. Identity is one binary column so that a key with nulls, or of several
   columns, matches with a plain ``=`` that every database can index, hash and upsert on;
 - ``__key_group``: the key's group, so snapshots and rescaling need no rehashing;
-- the key columns and the value columns with real SQL types (see :mod:`arrowflow._foundation.sql`).
+- the key columns and the value columns with real SQL types (see :mod:`arrowflow._foundation.sql`);
+- ``__nan`` (SQLite, when a key or value column is a float): SQLite stores a NaN ``REAL`` as
+  NULL, so bit *i* of this INTEGER says that the row's *i*-th float column is NaN; a SQL reader
+  sees NaN as NULL, the store reads it back as NaN (a NaN sum stays NaN, a NaN key and a null
+  key stay two keys through snapshots).
 
 For example, in ``sqlite3 state-w0.sqlite``::
 
@@ -83,9 +87,12 @@ from ._rowcodec import RowCodec
 
 KEY = "__key"
 ROW = "__i"
+#: SQLite keeps a NaN REAL as NULL; this INTEGER column holds, per row, bit i set when float
+#: column i (in the store's column order) is NaN, so NaN and null stay two values.
+NAN = "__nan"
 SCAN_BATCH = 65_536
 RESTORE_BATCH = 1_000_000
-_RESERVED = {KEY, KEY_GROUP, ROW}
+_RESERVED = {KEY, KEY_GROUP, ROW, NAN}
 
 
 class SqlStore(KeyedStore):
@@ -126,6 +133,14 @@ class SqlStore(KeyedStore):
             for name, dtype in {**spec.key_schema, **spec.value_schema}.items()
         }
         self.columns = [*spec.key_columns, *spec.value_columns]
+        # SQLite only (PostgreSQL keeps NaN in DOUBLE PRECISION): the float columns whose NaN
+        # the NAN column records, each with its bit. The REAL columns stay queryable as they are.
+        schema = {**spec.key_schema, **spec.value_schema}
+        floats = [] if dialect.pg else [n for n in self.columns if schema[n].is_float()]
+        if len(floats) > 63:
+            msg = f"{what}: more than 63 float columns; the sql backend on SQLite keeps at most 63"
+            raise StateError(msg)
+        self.nan_bits = {name: bit for bit, name in enumerate(floats)}
         self._temp_tables: set[str] = set()
         self._count = 0
         self._last_get: tuple[pa.Array, int] | None = None  # (encoded keys, how many were found)
@@ -173,6 +188,8 @@ class SqlStore(KeyedStore):
             f"{quote(KEY_GROUP)} INTEGER NOT NULL",
         ]
         columns += [f"{quote(name)} {self.column_types[name]}" for name in self.columns]
+        if self.nan_bits:
+            columns.append(f"{quote(NAN)} INTEGER NOT NULL")
         unlogged = (
             "UNLOGGED " if self.dialect.pg else ""
         )  # a working copy: checkpoints make it durable
@@ -216,6 +233,14 @@ class SqlStore(KeyedStore):
 
     def _rows_for_db(self, frame: pl.DataFrame, encoded: pa.Array, groups: np.ndarray) -> pa.Table:
         converted = [self.dialect.to_db(frame.get_column(name)) for name in self.columns]
+        if self.nan_bits:
+            mask = frame.select(
+                pl.sum_horizontal(
+                    pl.col(name).is_nan().fill_null(False).cast(pl.Int64) * (1 << bit)
+                    for name, bit in self.nan_bits.items()
+                ).alias(NAN)
+            )
+            converted.append(mask.get_column(NAN))
         table = pl.DataFrame(
             [pl.Series(KEY, encoded), pl.Series(KEY_GROUP, groups, dtype=pl.Int32), *converted]
         )
@@ -223,14 +248,28 @@ class SqlStore(KeyedStore):
 
     def _from_db(self, frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
         schema = {**self.spec.key_schema, **self.spec.value_schema}
-        return pl.DataFrame(
+        decoded = pl.DataFrame(
             [self.dialect.from_db(frame.get_column(name), schema[name]) for name in names]
+        )
+        nan = [(name, self.nan_bits[name]) for name in names if name in self.nan_bits]
+        if not nan:
+            return decoded
+        mask = frame.get_column(NAN).fill_null(0)  # null: a get's key that is absent
+        return decoded.with_columns(
+            pl.when((mask & (1 << bit)) != 0)
+            .then(pl.lit(float("nan"), dtype=schema[name]))
+            .otherwise(pl.col(name))
+            .alias(name)
+            for name, bit in nan
         )
 
     def _select_list(self, names: list[str], alias: str = "") -> str:
         schema = {**self.spec.key_schema, **self.spec.value_schema}
         prefix = f"{alias}." if alias else ""
-        return ", ".join(prefix + self.dialect.select_expr(name, schema[name]) for name in names)
+        selected = [prefix + self.dialect.select_expr(name, schema[name]) for name in names]
+        if any(name in self.nan_bits for name in names):
+            selected.append(prefix + quote(NAN))
+        return ", ".join(selected)
 
     # ------------------------------------------------------------------------ KeyedStore
 
@@ -279,8 +318,10 @@ class SqlStore(KeyedStore):
             encoded,
             groups,
         ).take(pa.array(order))
-        names = ", ".join(quote(name) for name in [KEY, KEY_GROUP, *self.columns])
-        updates = ", ".join(f"{quote(v)} = excluded.{quote(v)}" for v in self.spec.value_columns)
+        extra = [NAN] if self.nan_bits else []
+        names = ", ".join(quote(name) for name in [KEY, KEY_GROUP, *self.columns, *extra])
+        updated = [*self.spec.value_columns, *extra] if self.spec.value_columns else []
+        updates = ", ".join(f"{quote(v)} = excluded.{quote(v)}" for v in updated)
         action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
         upsert = (
             f"INSERT INTO {self.quoted} ({names}) SELECT {names} FROM {quote(self.temp['put'])} WHERE true "

@@ -75,6 +75,7 @@ def test_sqlite_state_is_a_typed_table_anyone_can_query(tmp_path: Path) -> None:
                 "total": "REAL",
                 "last_seen": "TEXT",
                 "day": "TEXT",
+                "__nan": "INTEGER",  # which float columns are NaN (SQLite keeps NaN as NULL)
             }
             rows = reader.execute(
                 f'SELECT "user", country, n, total, last_seen, day FROM "{table}" '
