@@ -214,41 +214,34 @@ def test_float_keys_zero_and_nan_in_one_batch() -> None:
     _check(df, ["k"], {"n": pl.len(), "s": pl.col("v").sum()}, batch_size=3)
 
 
+_NAN_CASES = {
+    # polars' hash join does not reliably match NaN with NaN (a 1-row probe misses it)
+    "nan-key": (pl.DataFrame({"k": [NAN, NAN, 1.0, NAN], "v": [1, 2, 3, 4]}), ["n", "s"]),
+    # SQLite keeps a NaN REAL as NULL: the sql backend read a NaN sum back as null and the
+    # next merge summed past it; a NaN key and a null key are two keys
+    "nan-sum-and-null-key": (
+        pl.DataFrame(
+            {"k": [NAN, None, 1.0, NAN, None, 1.0], "v": [1.0, NAN, 2.0, 3.0, 4.0, 0.5]},
+            schema={"k": pl.Float64, "v": pl.Float64},
+        ),
+        ["n", "s", "top"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_NAN_CASES))
 @pytest.mark.parametrize("state", ["memory", "arrow", "lmdb", "sql"])
-def test_float_nan_key_across_one_row_batches(monkeypatch: pytest.MonkeyPatch, state: str) -> None:
-    """polars' hash join does not reliably match NaN with NaN (a 1-row probe misses it); every
-    backend's store must still treat a NaN key as one key when each batch reaches the store
-    on its own."""
+def test_float_nan_key_across_one_row_batches(
+    monkeypatch: pytest.MonkeyPatch, state: str, case: str
+) -> None:
+    """Every backend's store treats a NaN key as one key, apart from the null key, and keeps a
+    NaN value, when each batch reaches the store on its own."""
     import arrowflow._runtime.operators as operators
 
     monkeypatch.setattr(operators, "PARTIAL_ROWS", 1)  # each one-row batch is its own store get+put
-    df = pl.DataFrame({"k": [NAN, NAN, 1.0, NAN], "v": [1, 2, 3, 4]})
-    aggs = {"n": pl.len(), "s": pl.col("v").sum()}
-    got = (
-        af.Flow("agg")
-        .from_polars(df)
-        .key_by("k")
-        .agg(**aggs)
-        .collect(workers=0, batch_size=1, state=state)
-    )
-    assert_frame_equal_unordered(got, df.group_by("k").agg(**aggs))
-
-
-@pytest.mark.parametrize("state", ["memory", "arrow", "lmdb", "sql"])
-def test_nan_sums_and_nan_and_null_keys_stay_apart(
-    monkeypatch: pytest.MonkeyPatch, state: str
-) -> None:
-    """A NaN running sum is read back from the store as NaN (SQLite keeps a NaN REAL as NULL:
-    the sql backend read it back as null, and the next merge summed past it), and a NaN key
-    and a null key are two keys, every batch a store get and put of its own."""
-    import arrowflow._runtime.operators as operators
-
-    monkeypatch.setattr(operators, "PARTIAL_ROWS", 1)
-    df = pl.DataFrame(
-        {"k": [NAN, None, 1.0, NAN, None, 1.0], "v": [1.0, NAN, 2.0, 3.0, 4.0, 0.5]},
-        schema={"k": pl.Float64, "v": pl.Float64},
-    )
-    aggs = {"n": pl.len(), "s": pl.col("v").sum(), "top": pl.col("v").max()}
+    df, names = _NAN_CASES[case]
+    every = {"n": pl.len(), "s": pl.col("v").sum(), "top": pl.col("v").max()}
+    aggs = {name: every[name] for name in names}
     got = (
         af.Flow("agg")
         .from_polars(df)
