@@ -216,7 +216,10 @@ def test_float_keys_zero_and_nan_in_one_batch() -> None:
 
 _NAN_CASES = {
     # polars' hash join does not reliably match NaN with NaN (a 1-row probe misses it)
-    "nan-key": (pl.DataFrame({"k": [NAN, NAN, 1.0, NAN], "v": [1, 2, 3, 4]}), ["n", "s"]),
+    "nan-key": (
+        pl.DataFrame({"k": [NAN, NAN, 1.0, NAN], "v": [1, 2, 3, 4]}),
+        {"n": pl.len(), "s": pl.col("v").sum()},
+    ),
     # SQLite keeps a NaN REAL as NULL: the sql backend read a NaN sum back as null and the
     # next merge summed past it; a NaN key and a null key are two keys
     "nan-sum-and-null-key": (
@@ -224,7 +227,7 @@ _NAN_CASES = {
             {"k": [NAN, None, 1.0, NAN, None, 1.0], "v": [1.0, NAN, 2.0, 3.0, 4.0, 0.5]},
             schema={"k": pl.Float64, "v": pl.Float64},
         ),
-        ["n", "s", "top"],
+        {"n": pl.len(), "s": pl.col("v").sum(), "top": pl.col("v").max()},
     ),
 }
 
@@ -239,9 +242,7 @@ def test_float_nan_key_across_one_row_batches(
     import arrowflow._runtime.operators as operators
 
     monkeypatch.setattr(operators, "PARTIAL_ROWS", 1)  # each one-row batch is its own store get+put
-    df, names = _NAN_CASES[case]
-    every = {"n": pl.len(), "s": pl.col("v").sum(), "top": pl.col("v").max()}
-    aggs = {name: every[name] for name in names}
+    df, aggs = _NAN_CASES[case]
     got = (
         af.Flow("agg")
         .from_polars(df)

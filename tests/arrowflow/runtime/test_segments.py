@@ -89,7 +89,8 @@ def test_segments_of_a_killed_coordinator_are_reclaimed_by_the_next_run(
     planted: list[Path] = []
     try:
         deadline = time.monotonic() + 60
-        while not segments_of(job.pid) and time.monotonic() < deadline and job.poll() is None:
+        # The rings are created one after the other: wait for both, not for the first.
+        while len(segments_of(job.pid)) < 2 and time.monotonic() < deadline and job.poll() is None:
             time.sleep(0.1)
         left = segments_of(job.pid)
         assert len(left) == 2, f"the job should be running with its two rings: {job.communicate()}"
