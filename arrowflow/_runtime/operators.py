@@ -540,6 +540,12 @@ class AggOp(Operator):
         self.dirty: list[pl.DataFrame] = []
         self.dirty_rows = 0
         self.dirty_values = True
+        # True from open until the first emission when the store opened empty (no restored
+        # state): every key in the store is then one updated since the last emission, so once
+        # the updates outgrow the cache an emission scans the store instead of tracking keys
+        # (a 10M-key batch run kept a 10M-row key list and deduplicated it at the end).
+        self.all_keys_dirty = False
+        self.emit_by_scan = False
         self.partials: list[pl.DataFrame] = []
         self.partial_rows = 0
         self.emit_every_s: float | None = spec.params.get("emit_every_s")
@@ -558,6 +564,7 @@ class AggOp(Operator):
     def open(self) -> None:
         self.store = self.backend.open_store(self.store_spec(), self.key_range, self.store_context)
         restore_stores(self.context, {"": self.store})
+        self.all_keys_dirty = self.store.count() == 0
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         # Pre-aggregate each batch now (the batch itself may not be kept: behind an exchange it
@@ -582,7 +589,12 @@ class AggOp(Operator):
         keys = partial.select(self.agg.keys)
         merged = self.agg.merge(self.store.get(keys), partial).select(self.agg.state_schema.names())
         self.store.put(keys, merged)
+        if self.emit_by_scan:
+            return
         self.dirty_rows += keys.height
+        if self.dirty_values and self.dirty_rows > EMIT_CACHE_ROWS and self.all_keys_dirty:
+            self.dirty, self.dirty_rows, self.emit_by_scan = [], 0, True
+            return
         if self.dirty_values and self.dirty_rows > EMIT_CACHE_ROWS:
             self.dirty = [frame.select(self.agg.keys) for frame in self.dirty]
             self.dirty_values = False
@@ -598,6 +610,11 @@ class AggOp(Operator):
         the merges put, kept while they are few, else read back from the store."""
         assert self.store is not None
         self.merge_partials()
+        self.all_keys_dirty = False
+        if self.emit_by_scan:
+            self.emit_by_scan = False
+            self._emit_store()
+            return
         if not self.dirty:
             return
         dirty = self.dirty[0]
@@ -611,6 +628,22 @@ class AggOp(Operator):
             if not cached:
                 chunk = pl.concat([chunk, self.store.get(chunk).drop(FOUND)], how="horizontal")
             self.emit(self.agg.finalize(chunk))
+
+    def _emit_store(self) -> None:
+        """Emit every key of the store, read by its scan in slices of about ``EMIT_ROWS``."""
+        assert self.store is not None
+        pending: list[pl.DataFrame] = []
+        rows = 0
+        for frame in self.store.scan():
+            for offset in range(0, frame.height, EMIT_ROWS):
+                part = frame.slice(offset, EMIT_ROWS)
+                pending.append(part)
+                rows += part.height
+                if rows >= EMIT_ROWS:
+                    self.emit(self.agg.finalize(pl.concat(pending)))
+                    pending, rows = [], 0
+        if pending:
+            self.emit(self.agg.finalize(pl.concat(pending)))
 
     def finish(self) -> None:
         self.emit_updates()

@@ -12,6 +12,8 @@ import datetime as dt
 import itertools
 import os
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -488,15 +490,17 @@ def test_property_partial_merge_finalize_equals_polars(df: pl.DataFrame, cuts: l
     assert_frame_equal_unordered(agg.finalize(combined), df.group_by("k").agg(**aggs))
 
 
-@pytest.mark.parametrize("state", ["memory", "lmdb"])
+@pytest.mark.parametrize("state", ["memory", "arrow", "lmdb", "sql"])
 def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
     monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:
-    """An AggOp emits the values its merges put while few keys changed, and reads them back
-    from its store beyond EMIT_CACHE_ROWS; both give polars' answer, every key once."""
+    """An AggOp emits the values its merges put while few keys changed; beyond EMIT_CACHE_ROWS
+    a run whose store opened empty emits its store's scan, in slices of EMIT_ROWS. Both give
+    polars' answer, every key once."""
     import arrowflow._runtime.operators as operators
 
     monkeypatch.setattr(operators, "PARTIAL_ROWS", 5)  # a merge every few batches
+    monkeypatch.setattr(operators, "EMIT_ROWS", 3)  # several slices, one a remainder
     for cache_rows in (10**9, 7):
         monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", cache_rows)
         flow = af.Flow("emit")
@@ -515,6 +519,66 @@ def test_emission_reads_the_store_once_more_keys_changed_than_it_keeps(
             rel_tol=1e-9,
             abs_tol=1e-6,
         )
+
+
+@pytest.mark.parametrize("state", ["memory", "arrow", "lmdb", "sql"])
+def test_an_emission_holds_only_the_keys_updated_since_the_last_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state: str
+) -> None:
+    """Past EMIT_CACHE_ROWS the first emission of a store that opened empty scans it (every key
+    in it was updated); from then on, and after a restore onto a store that holds keys, an
+    emission holds only the keys updated since the one before. The second file touches 10 of
+    the first file's 40 users: its checkpoint's part file must hold those 10 and no other,
+    in a fresh run and in one restored from the first checkpoint."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 5)
+    monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", 7)
+    rng = np.random.default_rng(41)
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    first = pl.DataFrame({"user": rng.permutation(4_000) % 40, "amount": rng.random(4_000)})
+    second = pl.DataFrame(
+        {
+            "user": rng.choice([3, 38, 7, 21, 0, 15, 29, 11, 33, 26], 4_000),
+            "amount": rng.random(4_000),
+        }
+    )
+    first.write_parquet(inbox / "a.parquet")
+    second.write_parquet(inbox / "b.parquet")
+    aggs = {"n": pl.len(), "total": pl.col("amount").sum()}
+    expected = pl.concat([first, second]).group_by("user").agg(**aggs)
+
+    def run(**options: Any) -> af.RunResult:
+        flow = af.Flow("updated-keys")
+        totals = flow.read_parquet(str(inbox / "*.parquet")).key_by("user").agg(**aggs)
+        totals.write_parquet(str(out))
+        # a checkpoint at each file's end: 4,000 rows in batches of 500
+        return flow.run(
+            workers=0,
+            state=state,
+            checkpoint_dir=str(tmp_path / "ck"),
+            checkpoint_every=af.every_rows(4_000),
+            batch_size=500,
+            **options,
+        )
+
+    def check() -> None:
+        parts = [pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))]
+        assert [sorted(p["user"]) for p in parts] == [
+            sorted(first["user"].unique()),
+            sorted(second["user"].unique()),
+        ]
+        newest = pl.concat(parts[::-1]).unique("user", keep="first")
+        assert_frame_equal_unordered(newest, expected, rel_tol=1e-9, abs_tol=1e-9)
+
+    result = run(keep_checkpoints=5)
+    assert len(result.checkpoints) >= 2
+    check()
+    with pytest.warns(UserWarning, match="rolled back output of later checkpoints"):
+        again = run(restore=result.checkpoints[0])
+    assert again.restored_from == result.checkpoints[0]
+    check()
 
 
 # ---------------------------------------------------------------- first/last and the worker count
