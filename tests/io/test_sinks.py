@@ -208,6 +208,48 @@ def test_mode_error_refuses_a_directory_with_files(tmp_path: Path) -> None:
     assert len(visible(out)) == 1
 
 
+@pytest.mark.parametrize("count", [3, 5])
+def test_mode_error_names_the_first_three_files(tmp_path: Path, count: int) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [f"{letter}.csv" for letter in "abcde"[:count]]
+    for name in names:
+        (out / name).write_text("x\n1\n")
+    flow = af.Flow("err")
+    flow.from_polars(FRAME).write_csv(str(out), mode="error")
+    with pytest.raises(SinkError) as caught:
+        flow.run(workers=0)
+    more = ", ..." if count > 3 else ""
+    assert f"already holds {count} files (a.csv, b.csv, c.csv{more}); " in str(caught.value)
+    assert visible(out) == names
+
+
+def test_mode_overwrite_names_at_most_five_foreign_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(7):
+        (out / f"note{i}.txt").write_text("mine")
+    flow = af.Flow("over")
+    flow.from_polars(FRAME).write_parquet(str(out))
+    with pytest.raises(SinkError) as caught:
+        flow.run(workers=0)
+    shown = ", ".join(repr(f"note{i}.txt") for i in range(5))
+    assert f"holds 7 files that no arrowflow file sink wrote ({shown}, ...); " in str(caught.value)
+
+
+def test_mode_append_writes_beside_other_files(tmp_path: Path, same_rows) -> None:
+    """append keeps whatever the folder holds, part files of its own or not."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    FRAME.slice(0, 3).write_parquet(out / "old.parquet")
+    flow = af.Flow("append")
+    flow.from_polars(FRAME.slice(3)).write_parquet(str(out), mode="append")
+    flow.run(workers=0)
+    assert (out / "notes.txt").read_text() == "my notes"
+    same_rows(read_committed(out), FRAME)
+
+
 def test_a_file_where_the_directory_should_be(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("x")
     flow = af.Flow("file")
