@@ -4,14 +4,15 @@
 
 Contenders (each in a fresh process, interleaved, medians; run.py does the timing):
 
-- ``arrowflow w=N`` (the baseline): W1's keyed aggregation with no checkpoints;
+- ``arrowflow w=N`` (the baseline): W1's keyed aggregation with no checkpoints, memory state;
 - ``arrowflow w=N ckpt 1s``: the same with a checkpoint every second to a local folder
-  (memory state, snapshots as Arrow IPC);
-- ``arrowflow w=N lmdb``: state in LMDB, no checkpoints (the baseline of the next one);
-- ``arrowflow w=N ckpt 1s lmdb``: state in LMDB, snapshots by LMDB's consistent copy.
+  (snapshots as Arrow IPC);
+- ``arrowflow w=N <backend>`` and ``arrowflow w=N ckpt 1s <backend>``: the same pair for
+  ``arrow``, ``lmdb`` (snapshots by LMDB's consistent copy) and ``sql`` (SQLite).
 
-The ratio to the baseline is the checkpoint overhead (target: under 1.05); for LMDB it is
-the ratio of ``ckpt 1s lmdb`` to ``lmdb``, as the backend's own cost is not a checkpoint's. Each checkpointed
+The checkpoint overhead of a backend is its checkpointed run over its own run without
+checkpoints, paired round by round (the ``vs own`` column; target: under 1.05), as the
+backend's own cost is not a checkpoint's. Each checkpointed
 contender also reports how many checkpoints it took, their mean size, and how long reading
 the newest one's state back takes (what a restore loads). A running aggregation emits every
 key it updated at each checkpoint, so outputs are compared on the newest row per key.
@@ -31,6 +32,9 @@ sys.path.insert(0, str(HERE))
 
 from jobs import Contender, Job  # noqa: E402
 
+#: every state backend (the sql one on embedded SQLite)
+STATES = ("memory", "arrow", "lmdb", "sql")
+
 
 class W3(Job):
     name = "w3"
@@ -45,21 +49,18 @@ class W3(Job):
     def contenders(self, workers: list[int]) -> list[Contender]:
         found = []
         for w in workers:
-            found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
-            found.append(
-                Contender(
-                    f"arrowflow w={w} ckpt 1s", "arrowflow", w, {"every": "1s", "state": "memory"}
+            for state in STATES:
+                plain = f"arrowflow w={w}" + ("" if state == "memory" else f" {state}")
+                found.append(Contender(plain, "arrowflow", w, {"state": state}))
+                found.append(
+                    Contender(
+                        f"arrowflow w={w} ckpt 1s" + ("" if state == "memory" else f" {state}"),
+                        "arrowflow",
+                        w,
+                        {"every": "1s", "state": state},
+                        against=plain,
+                    )
                 )
-            )
-            found.append(Contender(f"arrowflow w={w} lmdb", "arrowflow", w, {"state": "lmdb"}))
-            found.append(
-                Contender(
-                    f"arrowflow w={w} ckpt 1s lmdb",
-                    "arrowflow",
-                    w,
-                    {"every": "1s", "state": "lmdb"},
-                )
-            )
         self.baseline = f"arrowflow w={workers[0]}"
         return found
 

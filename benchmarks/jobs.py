@@ -30,6 +30,9 @@ class Contender:
     engine: str
     workers: int | None = None
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    #: the contender this one is also paired with (its own baseline: W3's run of the same
+    #: backend without checkpoints); the table's last column
+    against: str | None = None
 
 
 class Job:

@@ -172,6 +172,9 @@ def summarize(
         "job s",
         "output",
     ]
+    paired_with = any(c.against for c in contenders)
+    if paired_with:
+        header.append("vs own")
     table, records = [], []
     for contender in contenders:
         ms = runs[contender.label]
@@ -189,6 +192,10 @@ def summarize(
         # Each round runs every contender back to back: the median of the per-round ratios
         # is less sensitive to load that comes and goes than the ratio of the medians.
         paired = statistics.median(w / b for w, b in zip(walls, base_walls, strict=True))
+        own = None
+        if contender.against:
+            own_walls = [m.wall_s for m in runs[contender.against]]
+            own = statistics.median(w / b for w, b in zip(walls, own_walls, strict=True))
         table.append(
             [
                 contender.label,
@@ -200,6 +207,7 @@ def summarize(
                 f"{paired:.2f}x",
                 f"{statistics.median(job_s):.2f}",
                 verdict,
+                *([] if not paired_with else [f"{own:.3f}x" if own is not None else ""]),
             ]
         )
         records.append(
@@ -216,6 +224,8 @@ def summarize(
                 "peak_bytes": peak,
                 "ratio": median / base,
                 "paired_ratio": paired,
+                "against": contender.against,
+                "paired_ratio_against": own,
                 "output": verdict,
                 "difference": check,
                 "reports": [m.report for m in ms],
