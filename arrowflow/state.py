@@ -237,13 +237,50 @@ def checked_write(fs: fsspec.AbstractFileSystem, path: str, payload: bytes) -> t
     return len(payload), hashlib.sha256(payload).hexdigest()
 
 
-def ipc_bytes(frame: pl.DataFrame) -> bytes:
-    """Serialize a frame as one Arrow IPC file (uncompressed, readable by any Arrow tool)."""
-    import io as _stdio
+#: files written at once by :func:`checked_write_many` (local creates and remote uploads both
+#: wait on I/O with the GIL released)
+WRITE_THREADS = 8
 
-    sink = _stdio.BytesIO()
-    frame.write_ipc(sink, compression="uncompressed")
-    return sink.getvalue()
+
+def checked_write_many(
+    fs: fsspec.AbstractFileSystem, files: list[tuple[str, bytes]]
+) -> list[tuple[int, str]]:
+    """:func:`checked_write` for each ``(path, payload)``, several at a time; results in order.
+
+    A snapshot of many small files (the ``arrow`` backend writes one per changed key group)
+    costs one round trip per file on object storage and a directory and file create per file
+    locally; writing them from a few threads overlaps the waits on remote storage (128 files
+    to a local moto S3: 2.4 s one by one, 1.55 s from 8 threads). The first error is raised
+    (as :class:`StateError`) once every write has finished, so no write is left running.
+    """
+    from fsspec.implementations.local import LocalFileSystem
+
+    if len(files) < 2 or isinstance(fs, LocalFileSystem):  # local: threads measured no faster
+        return [checked_write(fs, path, payload) for path, payload in files]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(files))) as pool:
+        futures = [pool.submit(checked_write, fs, path, payload) for path, payload in files]
+    return [future.result() for future in futures]
+
+
+def ipc_bytes(frame: pl.DataFrame) -> bytes:
+    """Serialize a frame as one Arrow IPC file (uncompressed, readable by any Arrow tool).
+
+    Written by pyarrow's IPC writer from the frame's Arrow table (zero-copy): a quarter of the
+    cost of ``DataFrame.write_ipc`` per call on small frames, which matters for the ``arrow``
+    backend writing one file per changed key group (128 frames a checkpoint when every group
+    changed). polars reads the file back to the same dtypes (categoricals and enums included).
+    """
+    import pyarrow as pa
+
+    table = frame.to_arrow()
+    sink = pa.BufferOutputStream()
+    # a chunked categorical column has a dictionary per chunk; the file format holds one
+    options = pa.ipc.IpcWriteOptions(unify_dictionaries=True)
+    with pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def read_ipc_bytes(payload: bytes, what: str = "a state snapshot file") -> pl.DataFrame:

@@ -53,7 +53,7 @@ from arrowflow.state import (
     StateFile,
     StoreContext,
     StoreSpec,
-    checked_write,
+    checked_write_many,
     ipc_bytes,
     join_on_keys,
     read_ipc_bytes,
@@ -158,15 +158,20 @@ class ArrowStore(KeyedStore):
             )
             for group in changed.tolist():
                 self.files.pop(group, None)
-            for (group,), part in parts.items():
-                relative = shared_path(self.spec.name, int(group), checkpoint_id)
-                size, digest = checked_write(fs, f"{root}/{relative}", ipc_bytes(part))
-                self.files[int(group)] = StateFile(
+            written = [
+                (int(group), part, shared_path(self.spec.name, int(group), checkpoint_id))
+                for (group,), part in parts.items()
+            ]
+            checks = checked_write_many(
+                fs, [(f"{root}/{relative}", ipc_bytes(part)) for _, part, relative in written]
+            )
+            for (group, part, relative), (size, digest) in zip(written, checks, strict=True):
+                self.files[group] = StateFile(
                     relative,
                     size,
                     digest,
                     self.spec.name,
-                    (int(group), int(group) + 1),
+                    (group, group + 1),
                     FORMAT,
                     {"written_by": checkpoint_id, "entries": part.height},
                 )
