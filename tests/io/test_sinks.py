@@ -350,3 +350,145 @@ def test_unknown_compression_is_refused_when_the_flow_is_built(tmp_path: Path) -
     )
     with pytest.raises(SinkError, match="must be one of"):
         flow.from_polars(FRAME).write_ipc(str(tmp_path / "c"), compression="snappy")
+
+
+# ---------------------------------------------------------------- the writer and the protocol
+# Each test below is the reason a planted bug in io/filesinks.py fails (docs/mutation.md).
+
+
+def name_fields(name: str) -> tuple[int, int, int]:
+    """(checkpoint, worker, sequence) of a part file name, read without the module's parser."""
+    _, checkpoint, worker, seq, *_ = name.split("-")
+    return int(checkpoint), int(worker), int(seq)
+
+
+def test_a_writer_writes_a_file_as_soon_as_it_holds_rows_per_file_rows(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out), rows_per_file=4)
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    writer.write(FRAME.slice(0, 2))
+    assert staged(out) == []  # 2 rows of 4: still buffered
+    writer.write(FRAME.slice(2, 2))
+    first = staged(out)
+    assert len(first) == 1  # exactly 4 rows: written now, not at the checkpoint
+    assert pl.read_parquet(out / ".staging" / first[0]).equals(FRAME.slice(0, 4))
+    writer.write(FRAME.slice(4, 3))
+    assert staged(out) == first  # 3 rows buffered
+    writer.write(FRAME.slice(7, 3))
+    assert len(staged(out)) == 3  # 6 buffered rows reached 4: all written, as 4 + 2
+    names = writer.prepare_commit(1)
+    assert names == staged(out)  # nothing was left buffered
+    heights = [pl.read_parquet(out / ".staging" / n).height for n in names]
+    assert heights == [4, 4, 2]
+    sink.commit(1, [names])
+    assert pl.concat([pl.read_parquet(out / n) for n in names]).equals(FRAME)
+
+
+def test_part_names_number_a_checkpoints_files_from_zero_in_write_order(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("ipc", str(out), rows_per_file=3)
+    sink.begin()
+    writer = sink.open_writer(2, 3, "w")
+    writer.write(FRAME.slice(0, 8))
+    first = writer.prepare_commit(1)
+    writer.write(FRAME.slice(8, 2))
+    second = writer.prepare_commit(2)
+    assert [name_fields(n) for n in first] == [(1, 2, 0), (1, 2, 1), (1, 2, 2)]
+    assert [name_fields(n) for n in second] == [(2, 2, 0)]
+    assert sorted(first) == first  # names sort in the order the rows were written
+    sink.commit(1, [first])
+    sink.commit(2, [second])
+    written = pl.concat([pl.read_ipc(out / n) for n in sorted(visible(out))])
+    assert written.equals(FRAME)
+
+
+def test_a_fresh_run_flushes_early_into_checkpoint_one_even_after_an_earlier_recover(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out), rows_per_file=4)
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    writer.write(FRAME.slice(0, 4))  # no checkpoint yet: the file belongs to checkpoint 1
+    assert [part_checkpoint(n) for n in staged(out)] == [1]
+    sink.recover(7)
+    sink.begin()  # the same sink object starting over: it resumes after nothing
+    again = sink.open_writer(0, 1, "w")
+    again.write(FRAME.slice(0, 4))
+    assert [part_checkpoint(n) for n in staged(out)] == [1]
+
+
+def test_an_attempt_names_early_files_after_its_first_checkpoint(tmp_path: Path) -> None:
+    from arrowflow.sinks import JobIdentity
+
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out), rows_per_file=4)
+    # ids 1-4 were taken by earlier attempts on this checkpoint directory
+    sink.attach(JobIdentity(tag="0123abcd", first_checkpoint=5, checkpointed=True))
+    sink.begin()
+    writer = sink.open_writer(1, 2, "w")
+    writer.write(FRAME.slice(0, 3))
+    writer.write(FRAME.slice(3, 2))  # 5 rows reached 4: written as 4 + 1 before any checkpoint
+    early = staged(out)
+    assert [name_fields(n) for n in early] == [(5, 1, 0), (5, 1, 1)]
+    assert all("-0123abcd-" in n for n in early)
+    writer.write(FRAME.slice(5, 2))
+    names = writer.prepare_commit(5)
+    assert [name_fields(n) for n in names] == [(5, 1, 0), (5, 1, 1), (5, 1, 2)]
+
+
+def test_a_writer_recreates_the_staging_folder_it_needs(tmp_path: Path, same_rows) -> None:
+    # A worker on another machine (or after the folder was cleaned) finds no .staging yet.
+    import shutil
+
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out))
+    sink.begin()
+    shutil.rmtree(out / ".staging")
+    writer = sink.open_writer(0, 1, "w")
+    writer.write(FRAME)
+    names = writer.prepare_commit(1)
+    sink.commit(1, [names])
+    same_rows(read_committed(out), FRAME)
+
+
+def test_a_failed_run_discards_what_it_staged_and_keeps_what_it_committed(
+    tmp_path: Path, same_rows
+) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out), rows_per_file=3)
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    writer.write(FRAME.slice(0, 4))
+    sink.commit(1, [writer.prepare_commit(1)])
+    writer.write(FRAME.slice(4, 6))
+    writer.prepare_commit(2)  # checkpoint 2 never completes
+    assert len(staged(out)) == 2
+    (out / ".staging" / "notes.txt").write_text("not a part file")
+    sink.discard_staged()
+    assert staged(out) == ["notes.txt"]  # only part files are the sink's to delete
+    same_rows(read_committed(out), FRAME.slice(0, 4))
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "../part-00000001-0000-00000-abcd.parquet", 7])
+def test_commit_refuses_a_staged_name_that_is_no_part_file(tmp_path: Path, name: object) -> None:
+    # A damaged or crafted manifest must not make the sink move other files.
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out))
+    sink.begin()
+    (out / ".staging" / "notes.txt").write_text("x")
+    with pytest.raises(SinkError, match="which is not one of its part file names"):
+        sink.commit(1, [[name]])
+    assert (out / ".staging" / "notes.txt").exists() and visible(out) == []
+
+
+def test_a_file_that_fails_to_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sink = FileSink("parquet", str(out), rows_per_file=1)
+    sink.begin()
+    writer = sink.open_writer(0, 1, "w")
+    unwritable = pl.DataFrame({"o": pl.Series([object()], dtype=pl.Object)})
+    with pytest.raises(SinkError, match=r"cannot write .*ComputeError"):
+        writer.write(unwritable)  # the file was opened before parquet refused the column
+    assert staged(out) == []
