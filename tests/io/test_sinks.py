@@ -13,6 +13,7 @@ import arrowflow as af
 from arrowflow.errors import SinkError
 from arrowflow.io._fs import is_hidden
 from arrowflow.io.filesinks import FileSink, part_checkpoint
+from arrowflow.sinks import SinkWriter
 
 FRAME = pl.DataFrame({"k": list(range(10)), "s": [f"row {i}" for i in range(10)]})
 
@@ -356,6 +357,15 @@ def test_unknown_compression_is_refused_when_the_flow_is_built(tmp_path: Path) -
 # Each test below is the reason a planted bug in io/filesinks.py fails (docs/mutation.md).
 
 
+def started(
+    out: Path, fmt: str = "parquet", worker: int = 0, **options: int
+) -> tuple[FileSink, SinkWriter]:
+    """A sink on ``out`` after ``begin()`` and the writer of ``worker``."""
+    sink = FileSink(fmt, str(out), **options)
+    sink.begin()
+    return sink, sink.open_writer(worker, worker + 1, "w")
+
+
 def name_fields(name: str) -> tuple[int, int, int]:
     """(checkpoint, worker, sequence) of a part file name, read without the module's parser."""
     _, checkpoint, worker, seq, *_ = name.split("-")
@@ -364,9 +374,7 @@ def name_fields(name: str) -> tuple[int, int, int]:
 
 def test_a_writer_writes_a_file_as_soon_as_it_holds_rows_per_file_rows(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink = FileSink("parquet", str(out), rows_per_file=4)
-    sink.begin()
-    writer = sink.open_writer(0, 1, "w")
+    sink, writer = started(out, rows_per_file=4)
     writer.write(FRAME.slice(0, 2))
     assert staged(out) == []  # 2 rows of 4: still buffered
     writer.write(FRAME.slice(2, 2))
@@ -387,9 +395,7 @@ def test_a_writer_writes_a_file_as_soon_as_it_holds_rows_per_file_rows(tmp_path:
 
 def test_part_names_number_a_checkpoints_files_from_zero_in_write_order(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink = FileSink("ipc", str(out), rows_per_file=3)
-    sink.begin()
-    writer = sink.open_writer(2, 3, "w")
+    sink, writer = started(out, "ipc", worker=2, rows_per_file=3)
     writer.write(FRAME.slice(0, 8))
     first = writer.prepare_commit(1)
     writer.write(FRAME.slice(8, 2))
@@ -407,9 +413,7 @@ def test_a_fresh_run_flushes_early_into_checkpoint_one_even_after_an_earlier_rec
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    sink = FileSink("parquet", str(out), rows_per_file=4)
-    sink.begin()
-    writer = sink.open_writer(0, 1, "w")
+    sink, writer = started(out, rows_per_file=4)
     writer.write(FRAME.slice(0, 4))  # no checkpoint yet: the file belongs to checkpoint 1
     assert [part_checkpoint(n) for n in staged(out)] == [1]
     sink.recover(7)
@@ -457,9 +461,7 @@ def test_a_failed_run_discards_what_it_staged_and_keeps_what_it_committed(
     tmp_path: Path, same_rows
 ) -> None:
     out = tmp_path / "out"
-    sink = FileSink("parquet", str(out), rows_per_file=3)
-    sink.begin()
-    writer = sink.open_writer(0, 1, "w")
+    sink, writer = started(out, rows_per_file=3)
     writer.write(FRAME.slice(0, 4))
     sink.commit(1, [writer.prepare_commit(1)])
     writer.write(FRAME.slice(4, 6))
@@ -485,9 +487,7 @@ def test_commit_refuses_a_staged_name_that_is_no_part_file(tmp_path: Path, name:
 
 def test_a_file_that_fails_to_write_leaves_no_partial_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink = FileSink("parquet", str(out), rows_per_file=1)
-    sink.begin()
-    writer = sink.open_writer(0, 1, "w")
+    _, writer = started(out, rows_per_file=1)
     unwritable = pl.DataFrame({"o": pl.Series([object()], dtype=pl.Object)})
     with pytest.raises(SinkError, match=r"cannot write .*ComputeError"):
         writer.write(unwritable)  # the file was opened before parquet refused the column
