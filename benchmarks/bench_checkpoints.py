@@ -50,11 +50,12 @@ class W3(Job):
         found = []
         for w in workers:
             for state in STATES:
-                plain = f"arrowflow w={w}" + ("" if state == "memory" else f" {state}")
+                suffix = "" if state == "memory" else f" {state}"
+                plain = f"arrowflow w={w}{suffix}"
                 found.append(Contender(plain, "arrowflow", w, {"state": state}))
                 found.append(
                     Contender(
-                        f"arrowflow w={w} ckpt 1s" + ("" if state == "memory" else f" {state}"),
+                        f"arrowflow w={w} ckpt 1s{suffix}",
                         "arrowflow",
                         w,
                         {"every": "1s", "state": state},

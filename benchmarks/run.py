@@ -152,6 +152,11 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def paired_ratio(walls: list[float], other: list[float]) -> float:
+    """The median over rounds of ``walls[i] / other[i]`` (both measured in round ``i``)."""
+    return statistics.median(w / b for w, b in zip(walls, other, strict=True))
+
+
 def summarize(
     job: Job,
     rows: int,
@@ -191,11 +196,12 @@ def summarize(
         peak = max(m.peak_bytes for m in ms)
         # Each round runs every contender back to back: the median of the per-round ratios
         # is less sensitive to load that comes and goes than the ratio of the medians.
-        paired = statistics.median(w / b for w, b in zip(walls, base_walls, strict=True))
-        own = None
-        if contender.against:
-            own_walls = [m.wall_s for m in runs[contender.against]]
-            own = statistics.median(w / b for w, b in zip(walls, own_walls, strict=True))
+        paired = paired_ratio(walls, base_walls)
+        own = (
+            paired_ratio(walls, [m.wall_s for m in runs[contender.against]])
+            if contender.against
+            else None
+        )
         table.append(
             [
                 contender.label,
