@@ -15,6 +15,7 @@ window: these tests see that as a window emitted twice and as counts that differ
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ import polars as pl
 import pytest
 
 import arrowflow as af
+from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
+from arrowflow._graph.physical import MAIN, OpSpec
+from arrowflow._runtime.operators import Operator
+from arrowflow._runtime.window_op import WatermarkOp
 from arrowflow.io.memory import CollectSink
 
 KEY = "user"
@@ -476,3 +481,87 @@ def taps() -> tuple[list[tuple[str, object]], Any, Any]:
         return batch
 
     return events, tap_in, tap_out
+
+
+class _WatermarkRecorder(Operator):
+    """The operator after a watermark: keeps every watermark it is sent, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(OpSpec("after", "chain", [], pl.Schema()))
+        self.seen: list[int] = []
+
+    def receive_watermark(self, value: int, index: int) -> None:
+        self.seen.append(value)
+
+    def process(self, batch: pl.DataFrame, index: int) -> None:
+        pass
+
+
+def per_worker_watermark(delay_ms: int, idle_ms: int) -> tuple[WatermarkOp, _WatermarkRecorder]:
+    """A watermark in per-worker mode (its input is not a source) with ``idle_timeout``."""
+    dtype = pl.Datetime("us")
+    spec = OpSpec(
+        "wm",
+        "watermark",
+        [],
+        pl.Schema({"ts": dtype}),
+        params={"column": "ts", "dtype": dtype, "delay_ms": delay_ms, "idle_timeout_ms": idle_ms},
+    )
+    op, after = WatermarkOp(spec), _WatermarkRecorder()
+    op.connect(MAIN, after, 0)
+    op.open()
+    return op, after
+
+
+def go_idle(op: WatermarkOp, idle_ms: int) -> None:
+    time.sleep(idle_ms / 1000 * 1.5)
+    op.tick()
+
+
+def test_a_per_worker_watermark_back_from_idle_announces_its_watermark_again() -> None:
+    """Per worker, ``idle_timeout`` without data makes the watermark idle (IDLE downstream, so
+    it holds no window back); the next rows make it active again, and it re-sends the
+    watermark it had (also when they do not advance it), once. It can go idle again after.
+    Expected values: the newest event time read so far minus the delay (polars)."""
+    delay_ms, idle_ms = 250, 30
+    op, after = per_worker_watermark(delay_ms, idle_ms)
+    start = dt.datetime(2024, 1, 1)
+    reads = [
+        [start + dt.timedelta(seconds=s) for s in (4, 10, 2)],
+        [start + dt.timedelta(seconds=5)],  # after idle, older than the newest: no advance
+        [start + dt.timedelta(seconds=7)],  # still no advance, active: nothing sent
+        [start + dt.timedelta(seconds=12)],  # after idle again, advances
+    ]
+
+    def expected(upto: int) -> int:
+        newest = pl.Series([t for read in reads[:upto] for t in read], dtype=pl.Datetime("us"))
+        return int(newest.dt.epoch("us").max()) - delay_ms * 1000
+
+    op.receive(pl.DataFrame({"ts": reads[0]}, schema={"ts": pl.Datetime("us")}), 0)
+    assert after.seen == [expected(1)]
+    op.tick()  # data just came: not idle
+    assert after.seen == [expected(1)] and not op.idle
+    go_idle(op, idle_ms)
+    assert after.seen == [expected(1), IDLE] and op.idle and op.went_idle == 1
+    op.receive(pl.DataFrame({"ts": reads[1]}, schema={"ts": pl.Datetime("us")}), 0)
+    assert after.seen == [expected(1), IDLE, expected(2)] and not op.idle
+    op.receive(pl.DataFrame({"ts": reads[2]}, schema={"ts": pl.Datetime("us")}), 0)
+    assert after.seen == [expected(1), IDLE, expected(2)]
+    go_idle(op, idle_ms)
+    assert after.seen[-1] == IDLE and op.went_idle == 2
+    op.receive(pl.DataFrame({"ts": reads[3]}, schema={"ts": pl.Datetime("us")}), 0)
+    # back from idle: the old watermark first (active again), then the advance
+    assert after.seen[3:] == [IDLE, expected(3), expected(4)]
+    assert expected(4) == int(pl.Series([reads[3][0]]).dt.epoch("us")[0]) - delay_ms * 1000
+
+
+def test_a_per_worker_watermark_idle_before_any_row_sends_no_empty_watermark() -> None:
+    """Idle before its first row, a watermark has none to re-send: the first rows send the
+    watermark they make and nothing else (never the reserved 'no watermark' value)."""
+    op, after = per_worker_watermark(0, 30)
+    go_idle(op, 30)
+    assert after.seen == [IDLE] and op.idle
+    ts = dt.datetime(2024, 1, 1, 0, 0, 3)
+    op.receive(pl.DataFrame({"ts": [ts]}, schema={"ts": pl.Datetime("us")}), 0)
+    assert after.seen == [IDLE, int(pl.Series([ts]).dt.epoch("us")[0])]
+    assert NO_WATERMARK not in after.seen and not op.idle
