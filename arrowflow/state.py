@@ -75,13 +75,10 @@ class StoreSpec:
 
     def empty_values(self, height: int) -> pl.DataFrame:
         """All-null values for ``height`` keys, with ``FOUND`` False."""
-        frame = pl.DataFrame(
-            [
-                pl.Series(name, [None] * height, dtype=dtype)
-                for name, dtype in self.value_schema.items()
-            ]
-        )
-        return frame.with_columns(pl.Series(FOUND, [False] * height, dtype=pl.Boolean))
+        found = pl.repeat(False, height, dtype=pl.Boolean, eager=True).alias(FOUND)
+        if not self.value_schema:
+            return pl.DataFrame([found])
+        return pl.DataFrame(schema=self.value_schema).clear(height).hstack([found])
 
 
 @dataclass(frozen=True)

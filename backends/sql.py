@@ -286,6 +286,9 @@ class SqlStore(KeyedStore):
         if keys.height == 0:
             return self.spec.empty_values(0)
         encoded, order = self._keys(keys)
+        if self._count == 0:  # nothing stored (a first merge): no round trip to the database
+            self._last_get = (encoded, 0)
+            return self.spec.empty_values(keys.height)
         request = pa.table(
             {ROW: pa.array(order.astype(np.int64)), KEY: encoded.take(pa.array(order))}
         )
