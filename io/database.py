@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -609,13 +610,12 @@ class _Connection:
         row = self.cursor.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    def transaction(self, doing: str, work: Any) -> Any:
+    def transaction(self, doing: str, work: Callable[[], None]) -> None:
         begin = "BEGIN IMMEDIATE" if self.sink.db_kind == "sqlite" else "BEGIN"
         try:
             self.cursor.execute(begin)
-            result = work()
+            work()
             self.cursor.execute("COMMIT")
-            return result
         except Exception as exc:
             try:
                 self.cursor.execute("ROLLBACK")
@@ -671,8 +671,9 @@ def _staging_name(table: str, kind: str) -> str:
     if (
         kind == "postgresql" and len(name.encode()) > PG_NAME_LIMIT - 3
     ):  # room for the index's "_ix"
+        # 19 + 27 + 1 + 12 = 59 bytes: the index's "_ix" fits too (PostgreSQL would cut it)
         digest = hashlib.sha256(table.encode()).hexdigest()[:12]
-        name = f"{STAGING_PREFIX}{table.encode()[:30].decode(errors='ignore')}_{digest}"
+        name = f"{STAGING_PREFIX}{table.encode()[:27].decode(errors='ignore')}_{digest}"
     return name
 
 

@@ -207,6 +207,9 @@ def test_nothing_is_visible_before_commit_and_commit_is_idempotent(db: str) -> N
         {"writer": "w", "checkpoints": 1, "rows": 100},
         {"writer": "w", "checkpoints": [1], "rows": "100"},
         {"writer": "w", "checkpoints": [-1], "rows": 100},
+        {"writer": "w", "checkpoints": [2**63], "rows": 100},
+        {"writer": "w", "checkpoints": [1], "rows": 2**63},
+        {"writer": "w", "checkpoints": [True], "rows": 100},
         {"writer": "w", "checkpoints": [1]},
     ],
 )
@@ -225,6 +228,16 @@ def test_a_crafted_staged_entry_is_a_clear_error_and_commits_nothing(
     assert read_table(db, table).height == 0
     sink.commit(1, [staged[0]])  # the real entry still commits
     assert read_table(db, table).height == 100
+
+
+def test_a_staged_entry_of_no_rows_commits_nothing(tmp_path: Path) -> None:
+    """An entry with 0 rows (and ids from 0 up) is well formed: it commits nothing, and the
+    real entry beside it commits its rows."""
+    db = f"sqlite:///{tmp_path}/app.db"
+    table = table_name("no_rows")
+    sink, staged = staged_sink(db, table, [EVENTS.head(40)])
+    sink.commit(1, [{"writer": "w", "checkpoints": [0, 1], "rows": 0}, staged[0]])
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(40))
 
 
 def test_recover_discards_what_no_complete_checkpoint_holds(db: str) -> None:
@@ -272,6 +285,185 @@ def test_a_failing_commit_leaves_no_partial_rows(db: str) -> None:
     assert read_table(db, table).height == 0
     assert read_table(db, sink.staging).height == 10  # still staged, for a retry
     assert not sql(db, f"SELECT * FROM _arrowflow_commits WHERE sink = '{table}'")
+
+
+def test_a_connection_stays_usable_after_a_failed_transaction(db: str) -> None:
+    """A transaction that fails is rolled back on its connection: nothing of it is visible,
+    and the next transaction on that connection (a writer's next flush) starts cleanly."""
+    table = table_name("after_failure")
+    sql(db, f'CREATE TABLE "{table}" (x BIGINT NOT NULL)')
+    sink = DatabaseSink(db, table=table)
+
+    def fails() -> None:
+        db_.execute(f'INSERT INTO "{table}" VALUES (1)')
+        db_.execute(f'INSERT INTO "{table}" VALUES (NULL)')  # NOT NULL: the statement fails
+
+    with sink.connect() as db_:
+        with pytest.raises(SinkError, match="failed and was rolled back, nothing of it is visible"):
+            db_.transaction("inserting", fails)
+        assert sql(db, f'SELECT COUNT(*) FROM "{table}"')[0][0] == 0
+        db_.transaction("inserting again", lambda: db_.execute(f'INSERT INTO "{table}" VALUES (2)'))
+        assert sql(db, f'SELECT x FROM "{table}"') == [(2,)]
+
+
+def test_staging_tables_are_named_as_documented_and_fit_postgres_names(db: str) -> None:
+    """The staging table is ``_arrowflow_staging_<table>__<sink>`` (the module's docs), also
+    for a long name on SQLite; on PostgreSQL, whose names stop at 63 bytes, a name that
+    would not fit (with its index's ``_ix``) is shortened with a hash, and the rows land."""
+    short = table_name("short")
+    sink = DatabaseSink(db, table=short)
+    sink.validate(EVENTS.schema, "sink")
+    assert sink.staging == f"_arrowflow_staging_{short}__sink"
+    long = table_name("long_" + "x" * 36)  # 44 bytes: with the prefix and sink, over 63
+    sink = DatabaseSink(db, table=long)
+    sink.validate(EVENTS.schema, "sink")
+    documented = f"_arrowflow_staging_{long}__sink"
+    if db.startswith("postgresql"):
+        assert sink.staging != documented and len(sink.staging.encode()) <= 60
+        assert sink.staging.startswith("_arrowflow_staging_long_xxx")
+    else:
+        assert sink.staging == documented
+    # the edge: a staging name of 60 bytes is kept, one of 61 shortened (on PostgreSQL)
+    for length, kept in ((35, True), (36, not db.startswith("postgresql"))):
+        edge = table_name("edge").ljust(length, "y")
+        sink = DatabaseSink(db, table=edge)
+        sink.validate(EVENTS.schema, "sink")
+        assert (sink.staging == f"_arrowflow_staging_{edge}__sink") is kept, (length, sink.staging)
+    flow = af.Flow("long-name")
+    flow.from_polars(EVENTS.head(50)).write_database(db, table=long, name="sink")
+    flow.run(workers=0)
+    assert_frame_equal(sorted_by(read_table(db, long), "event_id"), EVENTS.head(50))
+
+
+def test_early_flushes_are_staged_for_the_checkpoint_they_belong_to(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stages rows as its buffer fills (FLUSH_ROWS), before the checkpoint that
+    commits them is prepared: they belong to the next checkpoint (1 in a fresh run, N + 1
+    after recover(N)), the manifest's entry lists only that one, and rows a writer stages for
+    checkpoint 2 before checkpoint 1 commits stay out of checkpoint 1's commit."""
+    from arrowflow.io import database
+
+    monkeypatch.setattr(database, "FLUSH_ROWS", 10)
+    table = table_name("early")
+    sink = DatabaseSink(db, table=table)
+    sink.validate(EVENTS.schema, "sink")
+    sink.begin()
+    writer = sink.open_writer(0, 1, "sink")
+    staged_after = []
+    for offset, length in ((0, 4), (4, 6), (10, 9), (19, 6)):
+        writer.write(EVENTS.slice(offset, length))
+        staged_after.append(read_table(db, sink.staging).height)
+    assert staged_after == [0, 10, 10, 25]  # a flush once 10 rows are buffered, not before
+    first = writer.prepare_commit(1)
+    assert first == {"writer": first["writer"], "checkpoints": [1], "rows": 25}
+    writer.write(EVENTS.slice(25, 12))  # checkpoint 2's rows, staged before commit(1)
+    sink.commit(1, [first])
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(25))
+    second = writer.prepare_commit(2)
+    assert second == {"writer": first["writer"], "checkpoints": [2], "rows": 12}
+    sink.commit(2, [second])
+    writer.close()
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(37))
+    # A resumed run: its writers' early rows belong to the checkpoint after the restored one.
+    sink.recover(2)
+    writer = sink.open_writer(0, 1, "sink")
+    writer.write(EVENTS.slice(37, 10))
+    third = writer.prepare_commit(3)
+    writer.close()
+    assert third == {"writer": third["writer"], "checkpoints": [3], "rows": 10}
+    sink.commit(3, [third])
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(47))
+
+
+def test_upsert_keeps_the_newest_row_of_a_key_across_a_writers_flushes(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One writer stages a key in several flushes before one checkpoint: the commit keeps
+    the row it was given last (polars: the last row per key in arrival order)."""
+    from arrowflow.io import database
+
+    monkeypatch.setattr(database, "FLUSH_ROWS", 3)
+    table = table_name("newest")
+    rng = np.random.default_rng(11)
+    batches = [
+        pl.DataFrame({"k": rng.integers(0, 4, size=2), "v": rng.normal(size=2).round(3)})
+        for _ in range(9)
+    ]
+    sink = DatabaseSink(db, table=table, mode="upsert", key=["k"])
+    sink.validate(batches[0].schema, "sink")
+    sink.begin()
+    writer = sink.open_writer(0, 1, "sink")
+    for batch in batches:
+        writer.write(batch)
+    sink.commit(1, [writer.prepare_commit(1)])
+    writer.close()
+    expected = pl.concat(batches).group_by("k", maintain_order=True).last()
+    assert_frame_equal(sorted_by(read_table(db, table), "k"), sorted_by(expected, "k"))
+
+
+def test_closed_writers_leave_no_connection_open(db: str) -> None:
+    """Each writer opens its connection on its first flush and closes it in close(): twenty
+    writers, kept alive (as a worker keeps its operators), leave no descriptor behind."""
+    import os
+
+    table = table_name("closed")
+    sink = DatabaseSink(db, table=table)
+    sink.validate(EVENTS.schema, "sink")
+    sink.begin()
+    writers = []
+    before = len(os.listdir("/proc/self/fd"))
+    for number in range(20):
+        writer = sink.open_writer(number, 20, "sink")
+        writer.write(EVENTS.slice(number * 5, 5))
+        sink.commit(number + 1, [writer.prepare_commit(number + 1)])
+        writer.close()
+        writers.append(writer)
+    writers.append(sink.open_writer(20, 21, "sink"))  # one that never wrote
+    writers[-1].close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(100))
+
+
+def test_a_writer_with_nothing_staged_is_no_entry_of_the_commit(db: str) -> None:
+    """Workers without rows at a checkpoint stage nothing (None in the manifest): the commit
+    takes the others' rows, once."""
+    table = table_name("idle_writer")
+    sink = DatabaseSink(db, table=table)
+    sink.validate(EVENTS.schema, "sink")
+    sink.begin()
+    busy, idle = sink.open_writer(0, 2, "sink"), sink.open_writer(1, 2, "sink")
+    busy.write(EVENTS.head(30))
+    staged = [idle.prepare_commit(1), busy.prepare_commit(1)]
+    assert staged[0] is None
+    sink.commit(1, staged)
+    sink.commit(2, [idle.prepare_commit(2), busy.prepare_commit(2)])  # nothing new anywhere
+    busy.close()
+    idle.close()
+    assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(30))
+
+
+def test_appending_to_a_table_a_person_created_adds_the_bookkeeping_columns(db: str) -> None:
+    """A table made by hand (or before rows carried their checkpoint) gets write_database's
+    two bookkeeping columns on the first run; its own rows stay, with NULL in them, and a
+    rollback removes only this job's rows."""
+    table = table_name("by_hand")
+    sql(
+        db,
+        f'CREATE TABLE "{table}" (event_id BIGINT, user_id BIGINT, amount DOUBLE PRECISION, kind TEXT)',
+    )
+    sql(db, f"""INSERT INTO "{table}" VALUES (-1, 5, 2.5, 'theirs'), (-2, 6, 0.5, 'theirs')""")
+    theirs = pl.DataFrame(
+        {"event_id": [-2, -1], "user_id": [6, 5], "amount": [0.5, 2.5], "kind": ["theirs"] * 2}
+    )
+    flow = af.Flow("by-hand")
+    flow.from_polars(EVENTS.head(40)).write_database(db, table=table)
+    flow.run(workers=0)
+    columns = [row[0] for row in sql(db, f'SELECT _af_sink, _af_epoch FROM "{table}"')]
+    assert len(columns) == 42
+    got = sorted_by(read_table(db, table), "event_id")
+    assert_frame_equal(got, pl.concat([theirs, EVENTS.head(40)]), check_dtypes=False)
+    assert sql(db, f'SELECT COUNT(*) FROM "{table}" WHERE _af_sink IS NULL')[0][0] == 2
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -436,6 +628,7 @@ def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db:
     sink.begin()
     rng = np.random.default_rng(7)
     states = []  # the table polars says each checkpoint leaves
+    updates = []
     current = pl.DataFrame(schema=schema)
     writer = sink.open_writer(0, 1, "sink")
     for checkpoint_id in range(1, 6):
@@ -443,6 +636,7 @@ def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db:
         update = pl.DataFrame(
             {"user_id": users, "total": rng.normal(size=25).round(3)}, schema=schema
         )
+        updates.append(update)
         writer.write(update)
         sink.commit(checkpoint_id, [writer.prepare_commit(checkpoint_id)])
         current = pl.concat(
@@ -451,6 +645,21 @@ def test_rollback_of_upsert_puts_back_the_values_later_checkpoints_overwrote(db:
         states.append(current)
     writer.close()
     assert_frame_equal(sorted_by(read_table(db, table), "user_id"), sorted_by(states[4], "user_id"))
+    # The before-images kept: of the commits after the oldest checkpoint a restore may pick
+    # (keep=3: 3), each key's row as the commit before it left it (polars); older ones pruned.
+    kept = pl.concat(
+        [
+            states[c - 2]
+            .filter(pl.col("user_id").is_in(updates[c - 1]["user_id"].implode()))
+            .with_columns(pl.lit(c, dtype=pl.Int64).alias("_af_undo"))
+            for c in (4, 5)
+        ]
+    )
+    assert_frame_equal(
+        sorted_by(read_table(db, sink.undo), "_af_undo", "user_id"),
+        sorted_by(kept, "_af_undo", "user_id"),
+        check_dtypes=False,
+    )
     # keep=3: checkpoints 3, 4, 5 can be restored. Back to 3: the values of 3 come back exactly,
     # keys that 4 and 5 inserted go.
     done = sink.rollback(3)
