@@ -210,6 +210,7 @@ def test_nothing_is_visible_before_commit_and_commit_is_idempotent(db: str) -> N
         {"writer": "w", "checkpoints": [2**63], "rows": 100},
         {"writer": "w", "checkpoints": [1], "rows": 2**63},
         {"writer": "w", "checkpoints": [True], "rows": 100},
+        {"writer": "w", "checkpoints": [1, "2"], "rows": 100},
         {"writer": "w", "checkpoints": [1]},
     ],
 )
@@ -230,13 +231,31 @@ def test_a_crafted_staged_entry_is_a_clear_error_and_commits_nothing(
     assert read_table(db, table).height == 100
 
 
+@pytest.mark.parametrize(
+    "staged",
+    [
+        {"writer": "w", "checkpoints": [1], "rows": 100},  # an entry, not a list of them
+        "[]",
+        [None, {"writer": 5, "checkpoints": [1], "rows": 100}],  # checked past a None
+    ],
+)
+def test_a_crafted_staged_list_is_a_clear_error(tmp_path: Path, staged: Any) -> None:
+    db = f"sqlite:///{tmp_path}/app.db"
+    table = table_name("crafted_list")
+    sink, _ = staged_sink(db, table, [EVENTS.head(10)])
+    with pytest.raises(SinkError, match=r"lists a staged entry that is not this sink's"):
+        sink.commit(1, staged)
+    assert read_table(db, table).height == 0
+
+
 def test_a_staged_entry_of_no_rows_commits_nothing(tmp_path: Path) -> None:
     """An entry with 0 rows (and ids from 0 up) is well formed: it commits nothing, and the
     real entry beside it commits its rows."""
     db = f"sqlite:///{tmp_path}/app.db"
     table = table_name("no_rows")
     sink, staged = staged_sink(db, table, [EVENTS.head(40)])
-    sink.commit(1, [{"writer": "w", "checkpoints": [0, 1], "rows": 0}, staged[0]])
+    entry = {"writer": "w", "checkpoints": [0, 1, 2**63 - 1], "rows": 0}  # ids up to int64's
+    sink.commit(1, [entry, staged[0]])
     assert_frame_equal(sorted_by(read_table(db, table), "event_id"), EVENTS.head(40))
 
 
