@@ -7,6 +7,7 @@ Expected values come from the rules as docs/checkpoints.md states them (aligned 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import polars as pl
 import pytest
@@ -131,3 +132,99 @@ def test_an_ended_input_counts_as_aligned() -> None:
     op.end_input(1)  # the last input the checkpoint waited for ends
     assert op.log == [("snapshot", 1), ("batch", 0, [7])]
     assert after.log == [("barrier", 1), ("batch", [7])]
+
+
+class Wire:
+    """What a worker's exchange hands the other workers (the shared-memory transport's calls)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[object, ...]] = []
+
+    def send(self, target: int, exchange_id: str, batch: pl.DataFrame) -> None:
+        self.log.append(("send", target, batch))
+
+    def send_barrier(self, target: int, exchange_id: str, checkpoint_id: int) -> None:
+        self.log.append(("barrier", target, checkpoint_id))
+
+    def send_watermark(self, target: int, exchange_id: str, value: int) -> None:
+        self.log.append(("watermark", target, value))
+
+    def send_end(self, target: int, exchange_id: str) -> None:
+        self.log.append(("end", target))
+
+    def pause(self, sender: int) -> None:
+        self.log.append(("pause", sender))
+
+    def resume_all(self) -> None:
+        self.log.append(("resume",))
+
+
+def exchange(worker: int, parallelism: int) -> tuple[Any, After, Wire]:
+    from arrowflow._runtime.operators import ExchangeOp
+
+    spec = OpSpec(
+        "ex", "exchange", [Edge("up")], SCHEMA, params={"keys": ["x"], "max_parallelism": 128}
+    )
+    op, after, wire = ExchangeOp(spec, worker, parallelism), After(), Wire()
+    op.transport = wire
+    op.connect(MAIN, after, 0)
+    return op, after, wire
+
+
+def owned(frame: pl.DataFrame, worker: int, parallelism: int) -> pl.Series:
+    """Which rows have a key group in the worker's range (the stores' key_group_range)."""
+    from arrowflow._foundation.keygroups import key_group_range, key_groups
+
+    groups = key_group_range(worker, parallelism, 128)
+    return pl.Series(key_groups(frame.select("x"), 128)).is_in(list(groups))
+
+
+def test_an_exchange_routes_rows_to_the_workers_owning_their_key_groups() -> None:
+    """Each row goes to the worker whose stores hold its key group, once, in input order;
+    rows another worker routed here are passed on and counted there, not here."""
+    op, after, wire = exchange(0, 2)
+    batch = pl.DataFrame({"x": list(range(200))}, schema=SCHEMA)
+    op.receive(batch, 0)
+    mine = owned(batch, 0, 2)
+    sent = [entry for entry in wire.log if entry[0] == "send"]
+    assert [entry[1] for entry in sent] == [1]
+    assert sent[0][2].equals(batch.filter(~mine))
+    assert after.log == [("batch", batch.filter(mine)["x"].to_list())]
+    op.deliver(rows(7, 9), 1)
+    assert after.log[-1] == ("batch", [7, 9])
+    metrics = op.metrics()
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["batches_in"]) == (
+        200,
+        200,  # what it sent away plus what it kept: every input row once
+        1,
+    )
+
+
+def test_an_exchange_aligns_its_senders_before_the_snapshot() -> None:
+    """Worker 0's own barrier goes to every other worker first; its own rows after that
+    barrier wait (rows for other workers go on: they hold them), and worker 1's ring is
+    paused once its barrier arrives; with every sender aligned the barrier goes downstream,
+    the rings resume and the held rows follow, in order."""
+    op, after, wire = exchange(0, 3)
+    op.receive_barrier(1, 0)
+    assert wire.log == [("barrier", 1, 1), ("barrier", 2, 1)]
+    first = pl.DataFrame({"x": list(range(100))}, schema=SCHEMA)
+    op.receive(first, 0)
+    assert after.log == []  # worker 0's own share is held
+    assert (
+        sum(entry[2].height for entry in wire.log if entry[0] == "send")
+        == first.filter(~owned(first, 0, 3)).height
+    )
+    op.deliver(rows(1), 1)  # worker 1's rows from before its barrier
+    op.sender_barrier(1, 1)
+    assert ("pause", 1) in wire.log and ("resume",) not in wire.log
+    assert after.log == [("batch", [1])]
+    op.sender_barrier(2, 1)
+    assert after.log[1:] == [
+        ("barrier", 1),
+        ("batch", first.filter(owned(first, 0, 3))["x"].to_list()),
+    ]
+    assert wire.log[-1] == ("resume",) and ("pause", 2) in wire.log
+    assert op.checkpointed == 1
+    op.end_input(0)
+    assert ("end", 1) in wire.log and ("end", 2) in wire.log
