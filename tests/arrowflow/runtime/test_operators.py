@@ -75,6 +75,9 @@ class After(Operator):
     def receive_barrier(self, checkpoint_id: int, index: int) -> None:
         self.log.append(("barrier", checkpoint_id))
 
+    def receive_watermark(self, value: int, index: int) -> None:
+        self.log.append(("watermark", value))
+
     def process(self, batch: pl.DataFrame, index: int) -> None:
         self.log.append(("batch", batch["x"].to_list()))
 
@@ -100,6 +103,23 @@ def test_barriers_align_the_inputs_before_the_snapshot() -> None:
     assert op.log[2:] == [("snapshot", 1), ("batch", 0, [2]), ("batch", 0, [4])]
     assert after.log[2:] == [("barrier", 1), ("batch", [2]), ("batch", [4])]
     assert op.checkpointed == 1
+
+
+def test_a_watermark_behind_a_barrier_waits_with_the_rows() -> None:
+    """A watermark that an aligned input sends while the operator waits for the others is
+    held in order with that input's rows, and counts once the checkpoint is taken (the
+    operator's watermark is the lowest of its inputs')."""
+    op, after = probe(2)
+    op.receive_watermark(5, 0)
+    op.receive_watermark(8, 1)
+    assert after.log == [("watermark", 5)]
+    op.receive_barrier(1, 0)
+    op.receive_watermark(20, 0)  # held
+    op.receive_watermark(30, 1)  # input 1 is before its barrier: counts, the lowest is still 5
+    assert after.log == [("watermark", 5)] and op.watermark == 5
+    op.receive_barrier(1, 1)
+    assert after.log == [("watermark", 5), ("barrier", 1), ("watermark", 20)]
+    assert op.watermark == 20
 
 
 def test_a_barrier_of_a_checkpoint_taken_is_ignored() -> None:
