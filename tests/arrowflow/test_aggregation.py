@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import arrowflow as af
 from arrowflow._graph.aggregates import IncrementalAgg
+from arrowflow.io.memory import CollectSink
 from arrowflow.testing import assert_frame_equal_unordered, collect_all
 
 NAN = float("nan")
@@ -579,6 +580,111 @@ def test_an_emission_holds_only_the_keys_updated_since_the_last_one(
         again = run(restore=result.checkpoints[0])
     assert again.restored_from == result.checkpoints[0]
     check()
+
+
+class _CountingStore:
+    """Wraps a memory store and logs the calls an aggregation makes on it (workers=0: the
+    backend object is the one the run uses, in this process)."""
+
+    def __init__(self, store: Any, log: list[tuple[str, int]]) -> None:
+        self.store, self.log = store, log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def get(self, keys: pl.DataFrame) -> pl.DataFrame:
+        self.log.append(("get", keys.height))
+        return self.store.get(keys)
+
+    def put(self, keys: pl.DataFrame, values: pl.DataFrame) -> None:
+        self.log.append(("put", keys.height))
+        self.store.put(keys, values)
+
+    def scan(self) -> Any:
+        self.log.append(("scan", self.store.count()))
+        return self.store.scan()
+
+
+def _counting_backend(log: list[tuple[str, int]]) -> Any:
+    from arrowflow.backends.memory import MemoryBackend
+
+    class Counting(MemoryBackend):
+        def open_store(self, spec: Any, key_groups: range, context: Any) -> Any:
+            return _CountingStore(super().open_store(spec, key_groups, context), log)
+
+    return Counting()
+
+
+@pytest.mark.parametrize(("partial_rows", "merged"), [(8, 8), (9, 12)])
+def test_partials_are_merged_into_the_store_every_partial_rows_keys(
+    monkeypatch: pytest.MonkeyPatch, partial_rows: int, merged: int
+) -> None:
+    """The aggregation pre-aggregates each batch and merges the partials into its store once
+    they hold PARTIAL_ROWS rows (one store read and write per merge), so the heap never holds
+    more than that: batches of 4 new keys merge 8 keys at a time against a threshold of 8,
+    12 against 9. The totals are polars'."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", partial_rows)
+    df = pl.DataFrame({"user": np.random.default_rng(5).permutation(96), "amount": np.arange(96)})
+    log: list[tuple[str, int]] = []
+    flow = af.Flow("merges")
+    totals = flow.from_polars(df, splits=1).key_by("user").agg(total=pl.col("amount").sum())
+    got = totals.collect(workers=0, batch_size=4, state=_counting_backend(log))
+    assert_frame_equal_unordered(got, df.group_by("user").agg(total=pl.col("amount").sum()))
+    puts = [n for call, n in log if call == "put"]
+    assert puts == [merged] * (96 // merged), log
+    assert [n for call, n in log if call == "get"] == puts
+
+
+def test_the_first_emission_of_a_store_that_opened_empty_scans_it_past_the_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past EMIT_CACHE_ROWS updated keys, a run whose store opened empty emits by scanning the
+    store (every key in it changed) instead of keeping the keys and reading them back: one
+    scan, no get beyond the merges'. Below it, the merged values are emitted as they are: no
+    read at all. Totals: polars'."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 8)
+    df = pl.DataFrame(
+        {"user": np.random.default_rng(6).permutation(96) % 48, "amount": np.arange(96)}
+    )
+    expected = df.group_by("user").agg(total=pl.col("amount").sum())
+    for cache_rows, reads in ((10**9, []), (20, [("scan", 48)])):
+        monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", cache_rows)
+        log: list[tuple[str, int]] = []
+        flow = af.Flow("scan-emission")
+        totals = flow.from_polars(df, splits=1).key_by("user").agg(total=pl.col("amount").sum())
+        got = totals.collect(workers=0, batch_size=4, state=_counting_backend(log))
+        assert_frame_equal_unordered(got, expected)
+        merges = sum(1 for call, _ in log if call == "put")
+        assert [entry for entry in log if entry[0] == "scan"] == reads
+        assert sum(1 for call, _ in log if call == "get") == merges  # only the merges read
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_aggregation_counts_the_rows_it_was_given_not_the_partials(workers: int) -> None:
+    """Behind its exchange an aggregation receives one partial row per key and batch (the
+    combiner); its rows_in is still the input rows the partials stand for (polars' count
+    after the filter), on any worker count, and the exchange's as well."""
+    df = pl.DataFrame(
+        {"user": np.random.default_rng(8).permutation(5_000) % 37, "amount": np.arange(5_000)}
+    )
+    flow = af.Flow("rows-in")
+    (
+        flow.from_polars(df, splits=4)
+        .filter(pl.col("amount") % 3 != 0)
+        .key_by("user")
+        .agg(total=pl.col("amount").sum())
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=workers, batch_size=100)
+    kept = df.filter(pl.col("amount") % 3 != 0)
+    metrics = {row["kind"]: row for row in result.metrics().iter_rows(named=True)}
+    assert metrics["agg"]["rows_in"] == kept.height
+    assert metrics["exchange"]["rows_in"] == kept.height
+    assert metrics["agg"]["rows_out"] == kept["user"].n_unique() == result.rows_out
 
 
 # ---------------------------------------------------------------- first/last and the worker count
