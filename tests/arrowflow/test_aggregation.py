@@ -663,6 +663,26 @@ def test_the_first_emission_of_a_store_that_opened_empty_scans_it_past_the_cache
         assert sum(1 for call, _ in log if call == "get") == merges  # only the merges read
 
 
+def test_a_key_merged_twice_before_an_emission_is_emitted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two merges touch the same keys before the one emission: each key comes out once, with
+    its total over both (polars)."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 8)
+    df = pl.DataFrame(
+        {"user": [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3], "amount": range(16)}
+    )
+    log: list[tuple[str, int]] = []
+    flow = af.Flow("twice")
+    totals = flow.from_polars(df, splits=1).key_by("user").agg(total=pl.col("amount").sum())
+    got = totals.collect(workers=0, batch_size=4, state=_counting_backend(log))
+    assert [call for call, _ in log if call == "put"] == ["put", "put"]  # two merges
+    assert got.height == df["user"].n_unique()
+    assert_frame_equal_unordered(got, df.group_by("user").agg(total=pl.col("amount").sum()))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_aggregation_counts_the_rows_it_was_given_not_the_partials(workers: int) -> None:
     """Behind its exchange an aggregation receives one partial row per key and batch (the
