@@ -663,6 +663,43 @@ def test_the_first_emission_of_a_store_that_opened_empty_scans_it_past_the_cache
         assert sum(1 for call, _ in log if call == "get") == merges  # only the merges read
 
 
+@pytest.mark.parametrize("cache_rows", [10**9, 20], ids=["values-kept", "store-scan"])
+def test_an_emission_comes_out_in_slices_of_emit_rows(
+    monkeypatch: pytest.MonkeyPatch, cache_rows: int
+) -> None:
+    """An emission of many keys is sent on in batches of EMIT_ROWS keys (the last one the
+    rest), whether it emits the values its merges kept or scans the store, so a store larger
+    than memory never reaches the sink whole. 48 keys, EMIT_ROWS 5: nine of 5, one of 3."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 8)
+    monkeypatch.setattr(operators, "EMIT_ROWS", 5)
+    monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", cache_rows)
+    df = pl.DataFrame(
+        {"user": np.random.default_rng(9).permutation(96) % 48, "amount": np.arange(96)}
+    )
+    heights: list[int] = []
+
+    def tap(batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:  # (map_batches is also called with an empty batch, for the schema)
+            heights.append(batch.height)
+        return batch
+
+    flow = af.Flow("slices")
+    (
+        flow.from_polars(df, splits=1)
+        .key_by("user")
+        .agg(total=pl.col("amount").sum())
+        .map_batches(tap)
+        .write_to(CollectSink(), name="out")
+    )
+    result = flow.run(workers=0, batch_size=4)
+    assert heights == [5] * 9 + [3]
+    assert_frame_equal_unordered(
+        pl.concat(result.outputs["out"]), df.group_by("user").agg(total=pl.col("amount").sum())
+    )
+
+
 def test_a_key_merged_twice_before_an_emission_is_emitted_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
