@@ -99,7 +99,6 @@ class Operator:
         self.rows_out = 0
         self.batches_in = 0
         self.unconsumed: dict[str, int] = {}
-        self.busy_s = 0.0
         self.context = RuntimeContext()
         self.aligning: int | None = None
         self.aligned: set[int] = set()
@@ -438,9 +437,7 @@ class ExchangeOp(Operator):
         if self.combiner is not None:
             if not batch.height:
                 return
-            started = time.perf_counter()
             batch = self.combiner.counted_partial(batch)
-            self.busy_s += time.perf_counter() - started
         if self.parallelism == 1:
             self._local(batch)
             return
@@ -671,9 +668,7 @@ class SinkOp(Operator):
         self.last_emission = time.monotonic()
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
-        started = time.perf_counter()
         self.writer.write(batch)
-        self.busy_s += time.perf_counter() - started
 
     def snapshot(self, checkpoint_id: int) -> None:
         # The end of input (the final commit) takes everything; an emit_every of the sink's

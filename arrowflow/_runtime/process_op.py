@@ -124,9 +124,7 @@ class ProcessOp(Operator):
             batch = owned_copy(batch)
         self._advance_clock(batch)
         context._begin(batch, self.now_ms)
-        started = time.perf_counter()
         out = self.function.fn(batch, context)
-        self.busy_s += time.perf_counter() - started
         out = conform_output(
             out,
             self.function.output_schema,

@@ -248,3 +248,16 @@ def test_an_exchange_aligns_its_senders_before_the_snapshot() -> None:
     assert op.checkpointed == 1
     op.end_input(0)
     assert ("end", 1) in wire.log and ("end", 2) in wire.log
+
+
+def test_an_exchange_keeps_passing_its_own_rows_until_its_own_barrier() -> None:
+    """Another worker's barrier first: this worker's own rows from before its barrier still
+    go on at once (they belong to the checkpoint), and only its rows after it wait."""
+    op, after, _ = exchange(0, 2)
+    op.sender_barrier(1, 1)
+    batch = pl.DataFrame({"x": list(range(60))}, schema=SCHEMA)
+    op.receive(batch, 0)
+    mine = batch.filter(owned(batch, 0, 2))["x"].to_list()
+    assert after.log == [("batch", mine)]
+    op.receive_barrier(1, 0)
+    assert after.log == [("batch", mine), ("barrier", 1)]
