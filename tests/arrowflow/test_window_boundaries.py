@@ -15,7 +15,6 @@ window: these tests see that as a window emitted twice and as counts that differ
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 import numpy as np
@@ -497,6 +496,25 @@ class _WatermarkRecorder(Operator):
         pass
 
 
+class _Clock:
+    """The monotonic clock window_op reads, moved by hand (no test waits on real time)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    import arrowflow._runtime.window_op as window_op
+
+    fake = _Clock()
+    monkeypatch.setattr(window_op, "time", fake)
+    return fake
+
+
 def per_worker_watermark(delay_ms: int, idle_ms: int) -> tuple[WatermarkOp, _WatermarkRecorder]:
     """A watermark in per-worker mode (its input is not a source) with ``idle_timeout``."""
     dtype = pl.Datetime("us")
@@ -513,12 +531,14 @@ def per_worker_watermark(delay_ms: int, idle_ms: int) -> tuple[WatermarkOp, _Wat
     return op, after
 
 
-def go_idle(op: WatermarkOp, idle_ms: int) -> None:
-    time.sleep(idle_ms / 1000 * 1.5)
+def go_idle(op: WatermarkOp, clock: _Clock, idle_ms: int) -> None:
+    clock.now += idle_ms / 1000 * 1.5
     op.tick()
 
 
-def test_a_per_worker_watermark_back_from_idle_announces_its_watermark_again() -> None:
+def test_a_per_worker_watermark_back_from_idle_announces_its_watermark_again(
+    clock: _Clock,
+) -> None:
     """Per worker, ``idle_timeout`` without data makes the watermark idle (IDLE downstream, so
     it holds no window back); the next rows make it active again, and it re-sends the
     watermark it had (also when they do not advance it), once. It can go idle again after.
@@ -539,15 +559,16 @@ def test_a_per_worker_watermark_back_from_idle_announces_its_watermark_again() -
 
     op.receive(pl.DataFrame({"ts": reads[0]}, schema={"ts": pl.Datetime("us")}), 0)
     assert after.seen == [expected(1)]
-    op.tick()  # data just came: not idle
+    clock.now += idle_ms / 1000 / 2
+    op.tick()  # data came half the timeout ago: not idle
     assert after.seen == [expected(1)] and not op.idle
-    go_idle(op, idle_ms)
+    go_idle(op, clock, idle_ms)
     assert after.seen == [expected(1), IDLE] and op.idle and op.went_idle == 1
     op.receive(pl.DataFrame({"ts": reads[1]}, schema={"ts": pl.Datetime("us")}), 0)
     assert after.seen == [expected(1), IDLE, expected(2)] and not op.idle
     op.receive(pl.DataFrame({"ts": reads[2]}, schema={"ts": pl.Datetime("us")}), 0)
     assert after.seen == [expected(1), IDLE, expected(2)]
-    go_idle(op, idle_ms)
+    go_idle(op, clock, idle_ms)
     assert after.seen[-1] == IDLE and op.went_idle == 2
     op.receive(pl.DataFrame({"ts": reads[3]}, schema={"ts": pl.Datetime("us")}), 0)
     # back from idle: the old watermark first (active again), then the advance
@@ -555,11 +576,13 @@ def test_a_per_worker_watermark_back_from_idle_announces_its_watermark_again() -
     assert expected(4) == int(pl.Series([reads[3][0]]).dt.epoch("us")[0]) - delay_ms * 1000
 
 
-def test_a_per_worker_watermark_idle_before_any_row_sends_no_empty_watermark() -> None:
+def test_a_per_worker_watermark_idle_before_any_row_sends_no_empty_watermark(
+    clock: _Clock,
+) -> None:
     """Idle before its first row, a watermark has none to re-send: the first rows send the
     watermark they make and nothing else (never the reserved 'no watermark' value)."""
     op, after = per_worker_watermark(0, 30)
-    go_idle(op, 30)
+    go_idle(op, clock, 30)
     assert after.seen == [IDLE] and op.idle
     ts = dt.datetime(2024, 1, 1, 0, 0, 3)
     op.receive(pl.DataFrame({"ts": [ts]}, schema={"ts": pl.Datetime("us")}), 0)
