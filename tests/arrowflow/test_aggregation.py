@@ -700,6 +700,41 @@ def test_an_emission_comes_out_in_slices_of_emit_rows(
     )
 
 
+def test_every_emission_emits_the_values_its_merges_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Below the cache, each checkpoint's emission (not only the first) sends the values its
+    merges put without reading them back: the store is read once per merge, never more. Each
+    checkpoint's part file holds the keys updated since the previous one, at polars' totals."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 8)
+    df = pl.DataFrame(
+        {"user": np.random.default_rng(12).permutation(96) % 30, "amount": np.arange(96)}
+    )
+    log: list[tuple[str, int]] = []
+    flow = af.Flow("kept-values")
+    (
+        flow.from_polars(df, splits=1)
+        .key_by("user")
+        .agg(total=pl.col("amount").sum())
+        .write_parquet(str(tmp_path / "out"))
+    )
+    result = flow.run(
+        workers=0,
+        batch_size=4,
+        state=_counting_backend(log),
+        checkpoint_dir=str(tmp_path / "ck"),
+        checkpoint_every=af.every_rows(32),
+    )
+    assert len(result.checkpoints) >= 3
+    merges = sum(1 for call, _ in log if call == "put")
+    assert sum(1 for call, _ in log if call == "get") == merges
+    parts = [pl.read_parquet(p) for p in sorted((tmp_path / "out").glob("part-*.parquet"))]
+    newest = pl.concat(parts[::-1]).unique("user", keep="first")
+    assert_frame_equal_unordered(newest, df.group_by("user").agg(total=pl.col("amount").sum()))
+
+
 def test_a_key_merged_twice_before_an_emission_is_emitted_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
