@@ -582,6 +582,11 @@ def test_an_emission_holds_only_the_keys_updated_since_the_last_one(
     check()
 
 
+def _user_totals(df: pl.DataFrame) -> pl.DataFrame:
+    """polars' answer to the keyed aggregation of the store-call tests below."""
+    return df.group_by("user").agg(total=pl.col("amount").sum())
+
+
 class _CountingStore:
     """Wraps a memory store and logs the calls an aggregation makes on it (workers=0: the
     backend object is the one the run uses, in this process)."""
@@ -631,7 +636,7 @@ def test_partials_are_merged_into_the_store_every_partial_rows_keys(
     flow = af.Flow("merges")
     totals = flow.from_polars(df, splits=1).key_by("user").agg(total=pl.col("amount").sum())
     got = totals.collect(workers=0, batch_size=4, state=_counting_backend(log))
-    assert_frame_equal_unordered(got, df.group_by("user").agg(total=pl.col("amount").sum()))
+    assert_frame_equal_unordered(got, _user_totals(df))
     puts = [n for call, n in log if call == "put"]
     assert puts == [merged] * (96 // merged), log
     assert [n for call, n in log if call == "get"] == puts
@@ -650,7 +655,7 @@ def test_the_first_emission_of_a_store_that_opened_empty_scans_it_past_the_cache
     df = pl.DataFrame(
         {"user": np.random.default_rng(6).permutation(96) % 48, "amount": np.arange(96)}
     )
-    expected = df.group_by("user").agg(total=pl.col("amount").sum())
+    expected = _user_totals(df)
     for cache_rows, reads in ((10**9, []), (20, [("scan", 48)])):
         monkeypatch.setattr(operators, "EMIT_CACHE_ROWS", cache_rows)
         log: list[tuple[str, int]] = []
@@ -695,9 +700,7 @@ def test_an_emission_comes_out_in_slices_of_emit_rows(
     )
     result = flow.run(workers=0, batch_size=4)
     assert heights == [5] * 9 + [3]
-    assert_frame_equal_unordered(
-        pl.concat(result.outputs["out"]), df.group_by("user").agg(total=pl.col("amount").sum())
-    )
+    assert_frame_equal_unordered(pl.concat(result.outputs["out"]), _user_totals(df))
 
 
 def test_every_emission_emits_the_values_its_merges_kept(
@@ -732,7 +735,7 @@ def test_every_emission_emits_the_values_its_merges_kept(
     assert sum(1 for call, _ in log if call == "get") == merges
     parts = [pl.read_parquet(p) for p in sorted((tmp_path / "out").glob("part-*.parquet"))]
     newest = pl.concat(parts[::-1]).unique("user", keep="first")
-    assert_frame_equal_unordered(newest, df.group_by("user").agg(total=pl.col("amount").sum()))
+    assert_frame_equal_unordered(newest, _user_totals(df))
 
 
 def test_a_key_merged_twice_before_an_emission_is_emitted_once(
@@ -752,7 +755,7 @@ def test_a_key_merged_twice_before_an_emission_is_emitted_once(
     got = totals.collect(workers=0, batch_size=4, state=_counting_backend(log))
     assert [call for call, _ in log if call == "put"] == ["put", "put"]  # two merges
     assert got.height == df["user"].n_unique()
-    assert_frame_equal_unordered(got, df.group_by("user").agg(total=pl.col("amount").sum()))
+    assert_frame_equal_unordered(got, _user_totals(df))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -531,6 +531,11 @@ def per_worker_watermark(delay_ms: int, idle_ms: int) -> tuple[WatermarkOp, _Wat
     return op, after
 
 
+def stamps(ts: list[dt.datetime]) -> pl.DataFrame:
+    """A batch of event times, the per-worker watermark's input."""
+    return pl.DataFrame({"ts": ts}, schema={"ts": pl.Datetime("us")})
+
+
 def go_idle(op: WatermarkOp, clock: _Clock, idle_ms: int) -> None:
     clock.now += idle_ms / 1000 * 1.5
     op.tick()
@@ -557,20 +562,20 @@ def test_a_per_worker_watermark_back_from_idle_announces_its_watermark_again(
         newest = pl.Series([t for read in reads[:upto] for t in read], dtype=pl.Datetime("us"))
         return int(newest.dt.epoch("us").max()) - delay_ms * 1000
 
-    op.receive(pl.DataFrame({"ts": reads[0]}, schema={"ts": pl.Datetime("us")}), 0)
+    op.receive(stamps(reads[0]), 0)
     assert after.seen == [expected(1)]
     clock.now += idle_ms / 1000 / 2
     op.tick()  # data came half the timeout ago: not idle
     assert after.seen == [expected(1)] and not op.idle
     go_idle(op, clock, idle_ms)
     assert after.seen == [expected(1), IDLE] and op.idle and op.went_idle == 1
-    op.receive(pl.DataFrame({"ts": reads[1]}, schema={"ts": pl.Datetime("us")}), 0)
+    op.receive(stamps(reads[1]), 0)
     assert after.seen == [expected(1), IDLE, expected(2)] and not op.idle
-    op.receive(pl.DataFrame({"ts": reads[2]}, schema={"ts": pl.Datetime("us")}), 0)
+    op.receive(stamps(reads[2]), 0)
     assert after.seen == [expected(1), IDLE, expected(2)]
     go_idle(op, clock, idle_ms)
     assert after.seen[-1] == IDLE and op.went_idle == 2
-    op.receive(pl.DataFrame({"ts": reads[3]}, schema={"ts": pl.Datetime("us")}), 0)
+    op.receive(stamps(reads[3]), 0)
     # back from idle: the old watermark first (active again), then the advance
     assert after.seen[3:] == [IDLE, expected(3), expected(4)]
     assert expected(4) == int(pl.Series([reads[3][0]]).dt.epoch("us")[0]) - delay_ms * 1000
@@ -585,6 +590,6 @@ def test_a_per_worker_watermark_idle_before_any_row_sends_no_empty_watermark(
     go_idle(op, clock, 30)
     assert after.seen == [IDLE] and op.idle
     ts = dt.datetime(2024, 1, 1, 0, 0, 3)
-    op.receive(pl.DataFrame({"ts": [ts]}, schema={"ts": pl.Datetime("us")}), 0)
+    op.receive(stamps([ts]), 0)
     assert after.seen == [IDLE, int(pl.Series([ts]).dt.epoch("us")[0])]
     assert NO_WATERMARK not in after.seen and not op.idle

@@ -7,13 +7,13 @@ Expected values come from the rules as docs/checkpoints.md states them (aligned 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import polars as pl
 import pytest
 
+from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_group_range, key_groups
 from arrowflow._graph.physical import MAIN, Edge, OpSpec
-from arrowflow._runtime.operators import Operator, RuntimeContext
+from arrowflow._runtime.operators import ExchangeOp, Operator, RuntimeContext
 
 
 @pytest.mark.parametrize(
@@ -179,11 +179,13 @@ class Wire:
         self.log.append(("resume",))
 
 
-def exchange(worker: int, parallelism: int) -> tuple[Any, After, Wire]:
-    from arrowflow._runtime.operators import ExchangeOp
-
+def exchange(worker: int, parallelism: int) -> tuple[ExchangeOp, After, Wire]:
     spec = OpSpec(
-        "ex", "exchange", [Edge("up")], SCHEMA, params={"keys": ["x"], "max_parallelism": 128}
+        "ex",
+        "exchange",
+        [Edge("up")],
+        SCHEMA,
+        params={"keys": ["x"], "max_parallelism": DEFAULT_MAX_PARALLELISM},
     )
     op, after, wire = ExchangeOp(spec, worker, parallelism), After(), Wire()
     op.transport = wire
@@ -193,10 +195,8 @@ def exchange(worker: int, parallelism: int) -> tuple[Any, After, Wire]:
 
 def owned(frame: pl.DataFrame, worker: int, parallelism: int) -> pl.Series:
     """Which rows have a key group in the worker's range (the stores' key_group_range)."""
-    from arrowflow._foundation.keygroups import key_group_range, key_groups
-
-    groups = key_group_range(worker, parallelism, 128)
-    return pl.Series(key_groups(frame.select("x"), 128)).is_in(list(groups))
+    groups = key_group_range(worker, parallelism, DEFAULT_MAX_PARALLELISM)
+    return pl.Series(key_groups(frame.select("x"), DEFAULT_MAX_PARALLELISM)).is_in(list(groups))
 
 
 def test_an_exchange_routes_rows_to_the_workers_owning_their_key_groups() -> None:
