@@ -518,6 +518,10 @@ EMIT_ROWS = 1_000_000
 #: Updated keys whose merged values an AggOp keeps for its next emission (beyond that it
 #: reads them back from the store, so a store larger than memory stays out of the heap).
 EMIT_CACHE_ROWS = 2_000_000
+#: The list of keys updated since the last emission is deduplicated once it holds more than
+#: 4 x max(COMPACT_DIRTY_ROWS, keys in the store) rows: a key merged again and again between
+#: emissions (a long emit_every) keeps its memory bounded by the store's key count.
+COMPACT_DIRTY_ROWS = 1_000_000
 
 
 class AggOp(Operator):
@@ -598,7 +602,7 @@ class AggOp(Operator):
         self.dirty.append(
             pl.concat([keys, merged], how="horizontal") if self.dirty_values else keys
         )
-        if self.dirty_rows > 4 * max(1_000_000, self.store.count()):
+        if self.dirty_rows > 4 * max(COMPACT_DIRTY_ROWS, self.store.count()):
             unique = pl.concat(self.dirty).unique(self.agg.keys, keep="last")
             self.dirty, self.dirty_rows = [unique], unique.height
 

@@ -52,7 +52,7 @@ from arrowflow.runners import Receiver, Transport
 
 HEADER = 128
 MSG_HEADER = 16
-DATA, END, WRAP, CONTROL, BARRIER, WATERMARK = 1, 2, 3, 4, 5, 6
+DATA, END, WRAP, BARRIER, WATERMARK = 1, 2, 3, 4, 5  # message kinds
 _ID = struct.Struct("q")
 # Message headers are written before they are published, so struct is fine for them. The two
 # positions are read while the other process stores them, so they go through a numpy view:

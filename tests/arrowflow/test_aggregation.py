@@ -758,6 +758,139 @@ def test_a_key_merged_twice_before_an_emission_is_emitted_once(
     assert_frame_equal_unordered(got, _user_totals(df))
 
 
+@pytest.mark.parametrize(("floor", "threshold"), [(4, 24), (8, 32)])
+def test_the_updated_key_list_is_deduplicated_past_four_times_the_store(
+    monkeypatch: pytest.MonkeyPatch, floor: int, threshold: int
+) -> None:
+    """Between two emissions an aggregation keeps the keys each merge updated; a key merged
+    again and again (a long emit_every) would grow that list without bound, so once it holds
+    more than 4 x max(COMPACT_DIRTY_ROWS, keys in the store) rows it is deduplicated, keeping
+    each key's newest value. Six keys, one merge of all six per batch: against a floor of 4
+    the bound is 4 x 6 = 24, against a floor of 8 it is 4 x 8 = 32. The rows kept after each
+    merge follow that rule written out here, and the totals are polars'."""
+    import arrowflow._runtime.operators as operators
+
+    monkeypatch.setattr(operators, "PARTIAL_ROWS", 6)  # each batch of 6 keys is one merge
+    monkeypatch.setattr(operators, "COMPACT_DIRTY_ROWS", floor)
+    rng = np.random.default_rng(31)
+    merges = 20
+    df = pl.DataFrame(
+        {
+            "user": np.concatenate([rng.permutation(6) for _ in range(merges)]),
+            "amount": rng.integers(-50, 50, 6 * merges),
+        }
+    )
+    kept: list[tuple[int, int]] = []
+    merge = operators.AggOp.merge_partials
+
+    def recorded(self: Any) -> None:
+        had = bool(self.partials)
+        merge(self)
+        if had:
+            kept.append((self.dirty_rows, sum(frame.height for frame in self.dirty)))
+
+    monkeypatch.setattr(operators.AggOp, "merge_partials", recorded)
+    flow = af.Flow("compaction")
+    totals = flow.from_polars(df, splits=1).key_by("user").agg(total=pl.col("amount").sum())
+    got = totals.collect(workers=0, batch_size=6)
+    assert_frame_equal_unordered(got, _user_totals(df))
+    expected, rows = [], 0
+    for _ in range(merges):
+        rows += 6
+        if rows > threshold:
+            rows = 6  # deduplicated: each of the six keys once
+        expected.append((rows, rows))
+    assert kept == expected
+
+
+class _ClosingStore(_CountingStore):
+    def close(self) -> None:
+        self.log.append(("close", self.store.count()))
+        self.store.close()
+
+
+def _closing_backend(log: list[tuple[str, int]]) -> Any:
+    from arrowflow.backends.memory import MemoryBackend
+
+    class Closing(MemoryBackend):
+        def open_store(self, spec: Any, key_groups: range, context: Any) -> Any:
+            return _ClosingStore(super().open_store(spec, key_groups, context), log)
+
+    return Closing()
+
+
+class _ClosingSink(CollectSink):
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.log = log
+
+    def open_writer(self, worker: int, parallelism: int, operator_id: str) -> Any:
+        """The collecting writer, its close logged (workers=0: this sink object is the run's)."""
+        writer = super().open_writer(worker, parallelism, operator_id)
+        close = writer.close
+
+        def logged() -> None:
+            self.log.append(("writer-close", 0))
+            close()
+
+        writer.close = logged  # type: ignore[method-assign]
+        return writer
+
+
+def test_a_run_closes_each_store_and_sink_writer_once(tmp_path: Path) -> None:
+    """At the end of a run the aggregation closes its store and the sink its writer, once
+    each (an lmdb environment or a database connection left open holds its files and
+    descriptors): also when the run checkpoints. The rows are polars'."""
+    df = pl.DataFrame(
+        {"user": np.random.default_rng(3).permutation(200) % 23, "amount": np.arange(200)}
+    )
+    for checkpoints in (None, str(tmp_path / "ck")):
+        log: list[tuple[str, int]] = []
+        flow = af.Flow("closing")
+        sink = _ClosingSink(log)
+        (
+            flow.from_polars(df, splits=2)
+            .key_by("user")
+            .agg(total=pl.col("amount").sum())
+            .write_to(sink, name="out")
+        )
+        result = flow.run(
+            workers=0, batch_size=16, state=_closing_backend(log), checkpoint_dir=checkpoints
+        )
+        assert_frame_equal_unordered(pl.concat(result.outputs["out"]), _user_totals(df))
+        closes = [entry for entry in log if "close" in entry[0]]
+        assert closes == [("close", 23), ("writer-close", 0)], log
+
+
+def test_a_bounded_run_commits_everything_whatever_the_sinks_own_emit_every(
+    tmp_path: Path,
+) -> None:
+    """A sink's own emit_every (an upsert table every hour) holds its rows back between the
+    commits of a run without checkpoints, but never past the end of a bounded run: its final
+    commit takes every total (polars'), at once, not an hour later."""
+    import adbc_driver_sqlite.dbapi as sqlite
+
+    df = pl.DataFrame(
+        {"user": np.random.default_rng(4).permutation(300) % 41, "amount": np.arange(300)}
+    )
+    db = tmp_path / "totals.db"
+    flow = af.Flow("hourly")
+    (
+        flow.from_polars(df, splits=3)
+        .key_by("user")
+        .agg(total=pl.col("amount").sum())
+        .write_database(
+            f"sqlite:///{db}", table="totals", mode="upsert", key="user", emit_every="1h"
+        )
+    )
+    flow.run(workers=0, batch_size=25)
+    with sqlite.connect(str(db)) as con, con.cursor() as cursor:
+        cursor.execute('SELECT "user", total FROM totals')
+        got = pl.from_arrow(cursor.fetch_arrow_table())
+    assert isinstance(got, pl.DataFrame)
+    assert_frame_equal_unordered(got, _user_totals(df))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_aggregation_counts_the_rows_it_was_given_not_the_partials(workers: int) -> None:
     """Behind its exchange an aggregation receives one partial row per key and batch (the
