@@ -39,6 +39,10 @@ from arrowflow.errors import CheckpointError
 from arrowflow.state import StateFile, StoreSpec
 
 MANIFEST = "_MANIFEST.json"
+#: Written into a checkpoint's folder when a run restores an older checkpoint and rolls back
+#: the output of the later ones: a superseded checkpoint is never restored again (its output
+#: is gone), and retention removes it once a newer checkpoint completes.
+SUPERSEDED = "_SUPERSEDED.json"
 SOURCES = "sources.json"
 FORMAT_VERSION = 1
 #: A manifest larger than this is damaged (real ones are kilobytes to a few megabytes).
@@ -448,6 +452,8 @@ class CheckpointStorage:
         for checkpoint_id in self.checkpoint_ids():
             if checkpoint_id < min_id:
                 break
+            if self.superseded_by(checkpoint_id) is not None:
+                continue  # abandoned by a restore of an older one: its output was rolled back
             try:
                 return self.read_manifest(checkpoint_id)
             except CheckpointError as exc:
@@ -465,7 +471,52 @@ class CheckpointStorage:
                 f"{', '.join(complete) if complete else 'no complete checkpoint'}"
             )
             raise CheckpointError(msg)
+        by = self.superseded_by(checkpoint_id)
+        if by is not None:
+            newer = [
+                i for i in reversed(ids) if i > checkpoint_id and self.superseded_by(i) is None
+            ]
+            msg = (
+                f"checkpoint {checkpoint_id} in {self.url!r} was superseded: checkpoint {by} was restored "
+                f"after it was taken and the output of the checkpoints after {by} was rolled back, so "
+                f"restoring it would leave that output missing. Restore {by}"
+                + (
+                    f" or a checkpoint of the run that followed ({', '.join(map(str, newer))})"
+                    if newer
+                    else ""
+                )
+                + ", or restore=None to start over."
+            )
+            raise CheckpointError(msg)
         return self.read_manifest(checkpoint_id)
+
+    def superseded_by(self, checkpoint_id: int) -> int | str | None:
+        """None, or the checkpoint whose restore superseded ``checkpoint_id`` (``"an older
+        checkpoint"`` when the marker does not say: it may be damaged, and is obeyed anyway)."""
+        path = self.path(f"{chk_dir(checkpoint_id)}/{SUPERSEDED}")
+        if not self.fs.exists(path):
+            return None
+        try:
+            by = json.loads(self._read_regular(checkpoint_id, path, 4096))["by"]
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError, RecursionError):
+            by = None
+        if isinstance(by, bool) or not isinstance(by, int) or not 0 <= by < checkpoint_id:
+            return "an older checkpoint"
+        return by
+
+    def supersede_after(self, checkpoint_id: int) -> list[int]:
+        """Mark every checkpoint after ``checkpoint_id`` that has a manifest as superseded,
+        newest first; called before a run that restores ``checkpoint_id`` (or starts over, 0)
+        rolls back their output, so that no later run restores one of them and finds its output
+        gone. A crash part-way leaves the output untouched and the newest unmarked checkpoint
+        (one of those or ``checkpoint_id``) consistent with it. Returns the ids marked."""
+        later = self.committed_after(checkpoint_id)
+        for later_id in reversed(later):
+            if self.superseded_by(later_id) is None:
+                payload = json.dumps({"by": checkpoint_id, "time": time.time()}).encode()
+                with self.fs.open(self.path(f"{chk_dir(later_id)}/{SUPERSEDED}"), "wb") as handle:
+                    handle.write(payload)
+        return later
 
     # ------------------------------------------------------------------ retention
     def prune(self) -> list[int]:
@@ -474,9 +525,14 @@ class CheckpointStorage:
         complete: list[Manifest] = []
         removed = []
         for checkpoint_id in self.checkpoint_ids():
-            if len(complete) >= self.keep or (complete and not self._has_manifest(checkpoint_id)):
+            restorable = (
+                self._has_manifest(checkpoint_id) and self.superseded_by(checkpoint_id) is None
+            )
+            if len(complete) >= self.keep or (complete and not restorable):
                 removed.append(checkpoint_id)
                 continue
+            if not restorable:
+                continue  # incomplete or superseded: removed once a newer one is complete
             try:
                 complete.append(self.read_manifest(checkpoint_id, verify_files=False))
             except CheckpointError:
@@ -508,9 +564,12 @@ class CheckpointStorage:
 
     # ------------------------------------------------------------------ inspection
     def list(self) -> pl.DataFrame:
-        """One row per complete checkpoint: id, time, size, sources, state files, final."""
+        """One row per complete checkpoint that can be restored (not superseded): id, time,
+        size, sources, state files, final."""
         rows = []
         for checkpoint_id in self.checkpoint_ids():
+            if self.superseded_by(checkpoint_id) is not None:
+                continue
             try:
                 manifest = self.read_manifest(checkpoint_id, verify_files=False)
             except CheckpointError:

@@ -199,6 +199,9 @@ def run_attempts(
         ):
             back_to = 0
         refuse_without_rollback(plan, storage, back_to)
+        if storage is not None and back_to is not None:
+            # Before any output is rolled back: the checkpoints after back_to are abandoned.
+            storage.supersede_after(back_to)
         if restored is not None and restored.final:
             recommit(plan, restored)
             note = (

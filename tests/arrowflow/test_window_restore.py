@@ -1,0 +1,153 @@
+"""A window operator restored from each checkpoint of a run, in process and onto other
+worker counts: every window fires once with polars' values and every event is counted once,
+in a window or in the late output.
+
+The checkpoint holds the open windows (the write buffer as it is, plus those spilled to the
+store) and the operator's watermark; a restore rebuilds the index of stored windows, the
+buffer and the watermark from them (``arrowflow/_runtime/window_op.py``: ``open``,
+``snapshot``, ``_restored_buffer``, ``_restored_watermark``). With one reader the watermarks,
+and so which events are late, are those of the run without a restore: the restored run's
+output must be that run's, row for row. Onto other worker counts the late events may differ
+(which window has fired when a row arrives depends on the other readers), so those runs are
+checked against polars over the events they did not call late. The crash-and-kill versions
+of these runs are in ``test_windows.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.testing import assert_frame_equal_unordered
+
+KEYS = ["user", "window_start"]
+
+
+def events(seed: int) -> pl.DataFrame:
+    """6,000 events over an hour, 30 users, out of order by up to 3 s, and 80 events
+    minutes behind the others (late), at positions drawn at random."""
+    rng = np.random.default_rng(seed)
+    n = 6_000
+    ts = np.arange(n, dtype=np.int64) * 3_600_000 // n + rng.integers(0, 3_000, n)
+    late = rng.choice(np.arange(500, n), 80, replace=False)
+    ts[late] -= rng.integers(60_000, 400_000, late.size)
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(ts).cast(pl.Datetime("ms")),
+            "user": rng.permutation(np.arange(n) % 30),
+            "amount": np.round(rng.exponential(30, n), 2),
+        }
+    )
+
+
+def build(df: pl.DataFrame, out: Path, splits: int) -> af.Flow:
+    flow = af.Flow("window-restore")
+    windowed = (
+        flow.from_polars(df, splits=splits)
+        .with_watermark("ts", delay="2s")
+        .key_by("user")
+        .window(af.tumbling("60s"), allowed_lateness="20s")
+        .agg(n=pl.len(), total=pl.col("amount").sum(), name="per_minute")
+    )
+    windowed.write_parquet(str(out / "windows"))
+    windowed.side_output("late").write_parquet(str(out / "late"))
+    return flow
+
+
+def output(out: Path, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    windows = pl.read_parquet(out / "windows" / "*.parquet").select(*KEYS, "n", "total")
+    files = sorted((out / "late").glob("*.parquet"))
+    late = (
+        pl.concat([pl.read_parquet(f).select(df.columns) for f in files]) if files else df.clear()
+    )
+    return windows, late
+
+
+def check_against_polars(df: pl.DataFrame, windows: pl.DataFrame, late: pl.DataFrame) -> None:
+    assert windows.select(KEYS).is_duplicated().sum() == 0, "a window was committed twice"
+    assert late.is_duplicated().sum() == 0, "a late event was committed twice"
+    assert int(windows["n"].sum()) + late.height == df.height, "an event lost or counted twice"
+    on_time = df.join(late, on=df.columns, how="anti")
+    expected = (
+        on_time.with_columns(window_start=pl.col("ts").dt.truncate("60s"))
+        .group_by(KEYS)
+        .agg(n=pl.len().cast(windows["n"].dtype), total=pl.col("amount").sum())
+    )
+    assert_frame_equal_unordered(windows, expected, check_exact=False)
+
+
+def restore(flow: af.Flow, checkpoint: int, ck: Path, **run: object) -> af.RunResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "rolled back output of later checkpoints"
+        return flow.run(checkpoint_dir=str(ck), restore=checkpoint, batch_size=250, **run)
+
+
+@pytest.mark.parametrize("buffer_rows", [None, 60], ids=["buffered", "spilled-to-the-store"])
+def test_a_restore_from_any_checkpoint_gives_the_run_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer_rows: int | None
+) -> None:
+    """One reader, in process: restored from each checkpoint in turn, the run commits
+    exactly what the run without a restore committed (the same windows, the same late
+    events), which polars confirms. With a write buffer of 60 rows most windows are spilled
+    to the store before they fire, so the checkpoints hold windows in both."""
+    if buffer_rows is not None:
+        import arrowflow._runtime.window_op as window_op
+
+        monkeypatch.setattr(window_op, "BUFFER_ROWS", buffer_rows)
+    df = events(seed=41)
+
+    def first_run(folder: Path) -> af.RunResult:
+        return build(df, folder / "out", splits=1).run(
+            workers=0,
+            checkpoint_dir=str(folder / "ck"),
+            checkpoint_every=af.every_rows(700),
+            batch_size=250,
+            keep_checkpoints=20,
+        )
+
+    first = first_run(tmp_path / "first")
+    assert len(first.checkpoints) >= 7
+    windows, late = output(tmp_path / "first" / "out", df)
+    assert late.height > 0, "the data has late events"
+    check_against_polars(df, windows, late)
+    for checkpoint in first.checkpoints[:-1]:
+        # each in a run of its own (a restore supersedes the checkpoints after the one it
+        # restores; and a copied checkpoint directory would be another job's)
+        folder = tmp_path / f"from-{checkpoint}"
+        assert first_run(folder).checkpoints == first.checkpoints
+        flow = build(df, folder / "out", splits=1)
+        again = restore(flow, checkpoint, folder / "ck", workers=0, keep_checkpoints=20)
+        assert again.restored_from == checkpoint
+        got_windows, got_late = output(folder / "out", df)
+        assert_frame_equal_unordered(got_windows, windows, check_exact=False)
+        assert_frame_equal_unordered(got_late, late)
+
+
+@pytest.mark.parametrize(("first", "second"), [(0, 2), (2, 0), (2, 1)])
+def test_windows_restored_onto_another_worker_count_fire_once(
+    tmp_path: Path, first: int, second: int
+) -> None:
+    """Each worker's checkpoint holds its own windows and watermark with their key groups;
+    restored onto more or fewer workers, each takes exactly the windows of its key groups
+    and the lowest watermark of the files it reads (never a later one: its windows would
+    fire before their events arrived), and the output is polars' over the events it did not
+    call late."""
+    df = events(seed=43)
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    ran = build(df, out, splits=4).run(
+        workers=first,
+        checkpoint_dir=str(ck),
+        checkpoint_every=af.every_rows(1_500),
+        batch_size=250,
+        keep_checkpoints=20,
+    )
+    assert len(ran.checkpoints) >= 3
+    middle = ran.checkpoints[len(ran.checkpoints) // 2 - 1]
+    again = restore(build(df, out, splits=4), middle, ck, workers=second, keep_checkpoints=20)
+    assert again.restored_from == middle
+    check_against_polars(df, *output(out, df))
