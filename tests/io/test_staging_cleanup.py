@@ -131,3 +131,49 @@ def test_a_run_that_fits_is_unchanged(small_disk: Path, events: Path) -> None:
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "ndjson", "ipc"])
 def test_soak_full_disk(small_disk: Path, events: Path, fmt: str, round_: int) -> None:
     test_a_full_disk_leaves_no_staged_files(small_disk, events, workers=round_ % 3, fmt=fmt)
+
+
+def test_a_read_only_disk_fails_each_step_of_the_protocol_clearly_and_changes_nothing(
+    small_disk: Path,
+) -> None:
+    """Each step of the file sink's protocol that moves or removes files (commit, rollback,
+    a restore's cleanup of the staging folder, a fresh run's preparation) fails with a
+    SinkError saying which step and which folder when the disk refuses it (the tmpfs
+    remounted read-only: EROFS), and leaves the committed and the staged files as they were."""
+    from arrowflow.io.filesinks import FileSink
+    from arrowflow.sinks import JobIdentity
+
+    out = small_disk / "out"
+    sink = FileSink("parquet", str(out))
+    sink.attach(JobIdentity("0badcafe", 1, True, 3))
+    sink.begin()
+    writer = sink.open_writer(0, 1, "sink")
+    first = pl.DataFrame({"i": [3, 1, 2]})
+    writer.write(first)
+    sink.commit(1, [writer.prepare_commit(1)])
+    writer.write(pl.DataFrame({"i": [9, 7]}))
+    staged = writer.prepare_commit(2)
+    writer.close()
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len(before) == 2  # one committed, one staged part file
+    remount = ["mount", "-o", "remount,ro", str(small_disk)]
+    assert subprocess.run(remount, capture_output=True).returncode == 0
+    try:
+        steps = [
+            ("cannot commit", lambda: sink.commit(2, [staged])),
+            (
+                "cannot remove the part files .* committed after checkpoint 0",
+                lambda: sink.rollback(0),
+            ),
+            ("cannot clean the staging folder", lambda: sink.recover(1)),
+            ("cannot prepare the output directory", sink.begin),
+        ]
+        for message, step in steps:
+            with pytest.raises(SinkError, match=rf"{message}.*Read-only file system"):
+                step()
+            after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+            assert after == before, message
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
+    [committed] = [name for name in before if not name.startswith(".")]
+    assert pl.read_parquet(out / committed).equals(first)
