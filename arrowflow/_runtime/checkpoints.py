@@ -43,6 +43,8 @@ MANIFEST = "_MANIFEST.json"
 #: the output of the later ones: a superseded checkpoint is never restored again (its output
 #: is gone), and retention removes it once a newer checkpoint completes.
 SUPERSEDED = "_SUPERSEDED.json"
+#: The job's tag, which names its output (``CheckpointStorage.job_tag``).
+JOB_FILE = "_JOB.json"
 SOURCES = "sources.json"
 FORMAT_VERSION = 1
 #: A manifest larger than this is damaged (real ones are kilobytes to a few megabytes).
@@ -325,6 +327,33 @@ class CheckpointStorage:
 
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
+
+    def job_tag(self) -> str:
+        """Names the output of the job of this directory, for every run on it, also once the
+        directory is moved or reached by another path (a symlink, another mount): the first
+        run writes it into the directory (derived from the URL then, as it was before the
+        file existed), later runs read it back. A rollback removes only output with this
+        tag, so a tag that changed with the path would leave the moved job's later output in
+        place and the replay would write it twice."""
+        path = self.path(JOB_FILE)
+        if self.fs.exists(path):
+            try:
+                tag = json.loads(self._read_regular(0, path, 4096))["tag"]
+            except (CheckpointError, OSError, ValueError, KeyError, TypeError, RecursionError):
+                tag = None
+            if not isinstance(tag, str) or not re.fullmatch(r"[0-9a-f]{8}", tag):
+                msg = (
+                    f"the job file {path!r} of checkpoint directory {self.url!r} is damaged "
+                    f'(expected {{"tag": "<8 hex digits>"}}); it names the job\'s output for '
+                    f"rollbacks: put back a copy, or start over in a new checkpoint_dir"
+                )
+                raise CheckpointError(msg)
+            return tag
+        protocol = self.fs.protocol
+        name = f"{protocol if isinstance(protocol, str) else protocol[0]}://{self.root}"
+        tag = hashlib.sha256(name.encode()).hexdigest()[:8]
+        self.write_file(JOB_FILE, json.dumps({"tag": tag}).encode())
+        return tag
 
     def ensure(self) -> None:
         try:

@@ -4,7 +4,6 @@ checkpoint's commit again, discarding what a failed run staged)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from typing import Any
 
@@ -44,12 +43,11 @@ def take_leases(leases: JobLeases, plan: Plan, storage: CheckpointStorage | None
 
 
 def job_tag(storage: CheckpointStorage | None) -> str:
-    """Names this job's output: the same for every run on one checkpoint directory."""
+    """Names this job's output: the same for every run on one checkpoint directory
+    (:meth:`CheckpointStorage.job_tag`), random per run without one."""
     if storage is None:
         return secrets.token_hex(4)
-    protocol = storage.fs.protocol
-    name = f"{protocol if isinstance(protocol, str) else protocol[0]}://{storage.root}"
-    return hashlib.sha256(name.encode()).hexdigest()[:8]
+    return storage.job_tag()
 
 
 def prepare_sinks(plan: Plan, restored: Manifest | None) -> None:

@@ -74,6 +74,56 @@ def test_restore_of_an_older_checkpoint_removes_later_parts_and_reports_them(
     assert f"rolled back write_parquet {str(out)!r}" in format_summary(af.Flow("rollback"), again)
 
 
+def test_a_moved_checkpoint_directory_still_rolls_back_its_jobs_parts(tmp_path: Path) -> None:
+    """The job's tag, which names its part files, is kept in the checkpoint directory: moved
+    (with its output) to another path, or reached through a symlink, the directory still
+    rolls back the parts of its later checkpoints, and every row is committed once. It was
+    derived from the directory's path: after a move the rollback left those parts in place
+    and the replay wrote their rows a second time."""
+    before, after = tmp_path / "before", tmp_path / "after"
+    first = build(before / "out").run(
+        workers=0,
+        checkpoint_dir=str(before / "ck"),
+        checkpoint_every=af.every_rows(2_000),
+        batch_size=1_000,
+        keep_checkpoints=20,
+    )
+    assert len(first.checkpoints) >= 4
+    before.rename(after)
+    link = tmp_path / "link"
+    link.symlink_to(after, target_is_directory=True)
+    for root, restore in ((after, 3), (link, 2)):
+        with pytest.warns(UserWarning, match="rolled back output of later checkpoints"):
+            again = build(root / "out").run(
+                workers=0,
+                checkpoint_dir=str(root / "ck"),
+                checkpoint_every=af.every_rows(2_000),
+                batch_size=1_000,
+                keep_checkpoints=20,
+                restore=restore,
+            )
+        assert again.restored_from == restore
+        expected = EVENTS.filter(pl.col("amount") > 0.2)
+        got = committed(after / "out")
+        assert got["event_id"].is_duplicated().sum() == 0, "rows committed twice"
+        assert got.sort("event_id").equals(expected.sort("event_id"))
+
+
+def test_a_damaged_job_file_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    options = {"workers": 0, "checkpoint_dir": str(ck), "checkpoint_every": af.every_rows(2_000)}
+    build(out).run(**options, batch_size=1_000)
+    files = {p: p.read_bytes() for p in [*out.rglob("*"), *ck.rglob("*")] if p.is_file()}
+    for damage in (b"", b'{"tag": "../../x"}', b'{"tag": 7}', b"\xff" * 10):
+        (ck / "_JOB.json").write_bytes(damage)
+        with pytest.raises(CheckpointError, match=r"_JOB.json.*is damaged"):
+            build(out).run(**options, batch_size=1_000, restore=1)
+        changed = {
+            p for p, data in files.items() if p.name != "_JOB.json" and p.read_bytes() != data
+        }
+        assert not changed
+
+
 def test_another_jobs_parts_in_the_same_folder_are_not_rolled_back(tmp_path: Path) -> None:
     out = tmp_path / "out"
     other = af.Flow("other")
