@@ -30,12 +30,16 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from arrowflow._runtime.shm import (
+    BARRIER,
     DATA,
     END,
+    WATERMARK,
     WRAP,
     Ring,
     ShmTransport,
+    write_barrier,
     write_table,
+    write_watermark,
 )
 
 HEADER_FMT = struct.Struct("<QII")  # total length, kind, tag
@@ -521,6 +525,56 @@ def test_a_full_ring_waits_for_the_reader_then_sends_the_rest(make_ring: Any) ->
     drain.drain()
     assert drain.waits > 0
     assert_frame_equal(pl.concat(drain.frames), frame)
+
+
+@pytest.mark.parametrize("kind", ["barrier", "watermark", "end"])
+def test_a_control_message_into_a_full_ring_waits_for_the_reader(make_ring: Any, kind: str) -> None:
+    """A barrier, a watermark or an END that does not fit calls ``wait`` (where a worker
+    delivers its own inputs: two workers blocked on each other's full rings must not spin
+    forever) until the reader has made room, then arrives once, after what filled the ring."""
+    ring = make_ring(256)
+    while put(ring, bytes(40)):
+        pass
+    while put(ring, b""):  # headers alone, until not one more byte is free
+        pass
+    assert ring.used() == 256
+    waits = []
+    got: list[tuple[int, int, bytes]] = []
+
+    def wait() -> None:
+        waits.append(1)
+        if len(waits) == 3:  # the reader comes back after a while
+            while (message := take(ring)) is not None:
+                got.append(message)
+
+    def send() -> None:
+        if kind == "barrier":
+            write_barrier(ring, 4, 2**40 + 1, wait)
+        elif kind == "watermark":
+            write_watermark(ring, 4, -(2**50), wait)
+        else:
+            transport = ShmTransport(0, 2, {(0, 1): ring.name}, ["a", "b", "c", "d", "x"])
+            transport._blocked = wait  # type: ignore[method-assign]
+            try:
+                transport.send_end(1, "x")
+            finally:
+                transport.close()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(20)
+    assert not sender.is_alive(), "the sender spun on a full ring without waiting"
+    assert len(waits) >= 3
+    while (message := take(ring)) is not None:
+        got.append(message)
+    assert [m[0] for m in got[:-1]] == [DATA] * (len(got) - 1)
+    last = got[-1]
+    if kind == "end":
+        assert last == (END, 4, b"")
+    else:
+        value = 2**40 + 1 if kind == "barrier" else -(2**50)
+        assert last[:2] == (BARRIER if kind == "barrier" else WATERMARK, 4)
+        assert struct.unpack("<q", last[2]) == (value,)
 
 
 # ------------------------------------------------------------------------------ the transport
