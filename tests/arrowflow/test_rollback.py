@@ -81,13 +81,13 @@ def test_a_moved_checkpoint_directory_still_rolls_back_its_jobs_parts(tmp_path: 
     derived from the directory's path: after a move the rollback left those parts in place
     and the replay wrote their rows a second time."""
     before, after = tmp_path / "before", tmp_path / "after"
-    first = build(before / "out").run(
-        workers=0,
-        checkpoint_dir=str(before / "ck"),
-        checkpoint_every=af.every_rows(2_000),
-        batch_size=1_000,
-        keep_checkpoints=20,
-    )
+    options: dict[str, Any] = {
+        "workers": 0,
+        "checkpoint_every": af.every_rows(2_000),
+        "batch_size": 1_000,
+        "keep_checkpoints": 20,
+    }
+    first = build(before / "out").run(checkpoint_dir=str(before / "ck"), **options)
     assert len(first.checkpoints) >= 4
     before.rename(after)
     link = tmp_path / "link"
@@ -95,12 +95,7 @@ def test_a_moved_checkpoint_directory_still_rolls_back_its_jobs_parts(tmp_path: 
     for root, restore in ((after, 3), (link, 2)):
         with pytest.warns(UserWarning, match="rolled back output of later checkpoints"):
             again = build(root / "out").run(
-                workers=0,
-                checkpoint_dir=str(root / "ck"),
-                checkpoint_every=af.every_rows(2_000),
-                batch_size=1_000,
-                keep_checkpoints=20,
-                restore=restore,
+                checkpoint_dir=str(root / "ck"), restore=restore, **options
             )
         assert again.restored_from == restore
         expected = EVENTS.filter(pl.col("amount") > 0.2)

@@ -580,50 +580,49 @@ def test_a_control_message_into_a_full_ring_waits_for_the_reader(make_ring: Any,
 # ------------------------------------------------------------------------------ the transport
 
 
-def test_a_poll_takes_at_most_limit_messages_from_each_sender(make_ring: Any) -> None:
+@pytest.fixture
+def two_senders(make_ring: Any) -> Iterator[tuple[list[ShmTransport], ShmTransport]]:
+    """Workers 0 and 1 sending to worker 2, one ring each."""
     names = {(s, 2): make_ring(1 << 20).name for s in (0, 1)}
     senders = [ShmTransport(s, 3, names, ["x"]) for s in (0, 1)]
     receiver = ShmTransport(2, 3, names, ["x"])
-    try:
-        for number in range(20):
-            senders[0].send_watermark(2, "x", number)
-        for number in range(3):
-            senders[1].send_watermark(2, "x", 100 + number)
-        into = Recorder()
-        assert receiver.poll(into)  # the default limit: 8 from each
-        assert into.log == [("watermark", "x", 0, v) for v in range(8)] + [
-            ("watermark", "x", 1, 100 + v) for v in range(3)
-        ]
-        assert receiver.poll(into, limit=5)
-        assert [entry[3] for entry in into.log[11:]] == [8, 9, 10, 11, 12]
-        while receiver.poll(into):
-            pass
-        assert [entry[3] for entry in into.log if entry[2] == 0] == list(range(20))
-        assert not receiver.poll(into)
-    finally:
-        for transport in (*senders, receiver):
-            transport.close()
+    yield senders, receiver
+    for transport in (*senders, receiver):
+        transport.close()
 
 
-def test_a_paused_sender_is_not_read_until_resumed(make_ring: Any) -> None:
-    names = {(s, 2): make_ring(1 << 20).name for s in (0, 1)}
-    senders = [ShmTransport(s, 3, names, ["x"]) for s in (0, 1)]
-    receiver = ShmTransport(2, 3, names, ["x"])
-    try:
-        for number in range(3):
-            senders[0].send_watermark(2, "x", number)
-            senders[1].send_watermark(2, "x", 10 + number)
-        into = Recorder()
-        receiver.pause(0)
-        while receiver.poll(into):
-            pass
-        assert into.log == [("watermark", "x", 1, 10 + v) for v in range(3)]
-        receiver.resume_all()
-        assert receiver.poll(into)
-        assert into.log[3:] == [("watermark", "x", 0, v) for v in range(3)]
-    finally:
-        for transport in (*senders, receiver):
-            transport.close()
+def test_a_poll_takes_at_most_limit_messages_from_each_sender(two_senders: Any) -> None:
+    senders, receiver = two_senders
+    for number in range(20):
+        senders[0].send_watermark(2, "x", number)
+    for number in range(3):
+        senders[1].send_watermark(2, "x", 100 + number)
+    into = Recorder()
+    assert receiver.poll(into)  # the default limit: 8 from each
+    assert into.log == [("watermark", "x", 0, v) for v in range(8)] + [
+        ("watermark", "x", 1, 100 + v) for v in range(3)
+    ]
+    assert receiver.poll(into, limit=5)
+    assert [entry[3] for entry in into.log[11:]] == [8, 9, 10, 11, 12]
+    while receiver.poll(into):
+        pass
+    assert [entry[3] for entry in into.log if entry[2] == 0] == list(range(20))
+    assert not receiver.poll(into)
+
+
+def test_a_paused_sender_is_not_read_until_resumed(two_senders: Any) -> None:
+    senders, receiver = two_senders
+    for number in range(3):
+        senders[0].send_watermark(2, "x", number)
+        senders[1].send_watermark(2, "x", 10 + number)
+    into = Recorder()
+    receiver.pause(0)
+    while receiver.poll(into):
+        pass
+    assert into.log == [("watermark", "x", 1, 10 + v) for v in range(3)]
+    receiver.resume_all()
+    assert receiver.poll(into)
+    assert into.log[3:] == [("watermark", "x", 0, v) for v in range(3)]
 
 
 def test_a_nested_poll_keeps_each_senders_order_and_stops_eight_deep(make_ring: Any) -> None:
