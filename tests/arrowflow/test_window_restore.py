@@ -15,8 +15,10 @@ of these runs are in ``test_windows.py``.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -151,3 +153,163 @@ def test_windows_restored_onto_another_worker_count_fire_once(
     again = restore(build(df, out, splits=4), middle, ck, workers=second, keep_checkpoints=20)
     assert again.restored_from == middle
     check_against_polars(df, *output(out, df))
+
+
+def _window_op(tmp_path: Path, key_range: range, files: list[tuple[range, object]]) -> Any:
+    """The window operator of a one-window flow, opened on ``key_range`` as a restore from a
+    checkpoint whose watermark files (``files``: the key groups of each and the JSON it
+    holds) were written to real storage, with their sizes and checksums."""
+    from arrowflow._plan import build_plan
+    from arrowflow._runtime.checkpoints import CheckpointStorage
+    from arrowflow._runtime.operators import RuntimeContext
+    from arrowflow._runtime.window_op import make_window_op
+    from arrowflow.backends.memory import MemoryBackend
+    from arrowflow.state import StateFile, StoreContext
+
+    flow = af.Flow("one-window")
+    windowed = (
+        flow.from_polars(events(seed=1), splits=1)
+        .with_watermark("ts", delay="2s")
+        .key_by("user")
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len(), name="per_minute")
+    )
+    plan = build_plan(flow, [windowed.node])
+    [spec] = [op for op in plan.ops if op.id == "per_minute"]
+    storage = CheckpointStorage(str(tmp_path / "ck"))
+    storage.ensure()
+    restore_files = []
+    for number, (groups, payload) in enumerate(files):
+        relative = f"chk-00000001/state/per_minute/watermark-{number}.json"
+        entry = storage.write_file(relative, json.dumps(payload).encode())
+        restore_files.append(
+            StateFile(
+                relative,
+                entry["size"],
+                entry["sha256"],
+                "per_minute/watermark",
+                (groups.start, groups.stop),
+                "json",
+            )
+        )
+    op = make_window_op(
+        spec, MemoryBackend(), key_range, StoreContext(str(tmp_path / "local"), 0, 1)
+    )
+    op.context = RuntimeContext(
+        storage=storage, restore_root=storage.root, restore_files=restore_files
+    )
+    op.open()
+    return op
+
+
+@pytest.mark.parametrize(
+    ("key_range", "files", "watermark"),
+    [
+        # onto one worker: the lowest of every worker's watermark, never a later one
+        (range(0, 128), [(range(0, 64), 500), (range(64, 128), 300)], 300),
+        (range(0, 128), [(range(64, 128), 300), (range(0, 64), 500)], 300),
+        # onto two: each the lowest of the files whose key groups overlap its own
+        (range(0, 64), [(range(64, 128), 100), (range(0, 64), 500)], 500),
+        (range(64, 128), [(range(0, 64), 100), (range(64, 128), 300)], 300),
+        (range(32, 96), [(range(0, 64), 400), (range(64, 128), 300), (range(96, 128), 7)], 300),
+        # no file for its key groups: no watermark yet
+        (range(0, 64), [(range(64, 128), 300)], None),
+    ],
+)
+def test_a_restored_window_takes_the_lowest_watermark_of_its_key_groups(
+    tmp_path: Path, key_range: range, files: list[tuple[range, int]], watermark: int | None
+) -> None:
+    """A window that took the highest watermark (or another worker's) would fire windows
+    before the events the other workers still hold back arrive, and call them late."""
+    from arrowflow._foundation.watermarks import NO_WATERMARK
+
+    op = _window_op(
+        tmp_path,
+        key_range,
+        [(groups, {"watermark": value, "operator": "per_minute"}) for groups, value in files],
+    )
+    try:
+        assert op.watermark == (NO_WATERMARK if watermark is None else watermark)
+    finally:
+        op.close()
+
+
+def sessions_of(df: pl.DataFrame, gap_s: int) -> pl.DataFrame:
+    """polars' sessions: a user's events less than ``gap_s`` apart are one session, from its
+    first event to its last plus the gap."""
+    gap = pl.duration(seconds=gap_s)
+    ordered = df.sort("user", "ts")
+    session = (
+        ((pl.col("ts").diff() >= gap) | pl.col("user").ne(pl.col("user").shift(1)))
+        .fill_null(True)
+        .cum_sum()
+    )
+    return (
+        ordered.with_columns(session=session)
+        .group_by("user", "session")
+        .agg(
+            window_start=pl.col("ts").min(),
+            window_end=pl.col("ts").max() + gap,
+            n=pl.len(),
+            total=pl.col("amount").sum(),
+        )
+        .drop("session")
+    )
+
+
+@pytest.mark.parametrize("buffer_rows", [None, 40], ids=["buffered", "spilled-to-the-store"])
+def test_sessions_restored_from_any_checkpoint_are_polars_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer_rows: int | None
+) -> None:
+    """Session windows keep their end (the last event plus the gap) in the store; a restore
+    rebuilds the index of open sessions from it. Restored from each checkpoint, one reader,
+    events out of order by less than the watermark's delay (none late): the sessions are
+    polars'."""
+    if buffer_rows is not None:
+        import arrowflow._runtime.window_op as window_op
+
+        monkeypatch.setattr(window_op, "BUFFER_ROWS", buffer_rows)
+    rng = np.random.default_rng(47)
+    n = 3_000
+    ts = np.cumsum(rng.integers(0, 4_000, n)) + rng.integers(0, 1_500, n)
+    df = pl.DataFrame(
+        {
+            "ts": pl.Series(ts).cast(pl.Datetime("ms")),
+            "user": rng.integers(0, 12, n),
+            "amount": np.round(rng.exponential(30, n), 2),
+        }
+    )
+    expected = sessions_of(df, 20)
+
+    def run(folder: Path, **options: object) -> tuple[af.RunResult, pl.DataFrame]:
+        flow = af.Flow("sessions-restore")
+        (
+            flow.from_polars(df, splits=1)
+            .with_watermark("ts", delay="2s")
+            .key_by("user")
+            .window(af.session("20s"))
+            .agg(n=pl.len(), total=pl.col("amount").sum(), name="sessions")
+            .write_parquet(str(folder / "out"))
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = flow.run(
+                workers=0,
+                checkpoint_dir=str(folder / "ck"),
+                checkpoint_every=af.every_rows(400),
+                batch_size=100,
+                keep_checkpoints=20,
+                **options,
+            )
+        got = pl.read_parquet(folder / "out" / "*.parquet").select(expected.columns)
+        return result, got
+
+    first, got = run(tmp_path / "first")
+    assert len(first.checkpoints) >= 5
+    assert_frame_equal_unordered(got, expected.cast(got.schema), check_exact=False)
+    for checkpoint in first.checkpoints[:-1]:
+        folder = tmp_path / f"from-{checkpoint}"
+        run(folder)
+        again, got = run(folder, restore=checkpoint)
+        assert again.restored_from == checkpoint
+        assert_frame_equal_unordered(got, expected.cast(got.schema), check_exact=False)
