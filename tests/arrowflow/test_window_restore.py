@@ -30,9 +30,9 @@ from arrowflow.testing import assert_frame_equal_unordered
 KEYS = ["user", "window_start"]
 
 
-def events(seed: int) -> pl.DataFrame:
-    """6,000 events over an hour, 30 users, out of order by up to 3 s, and 80 events
-    minutes behind the others (late), at positions drawn at random."""
+def events(seed: int, users: int = 30) -> pl.DataFrame:
+    """6,000 events over an hour, out of order by up to 3 s, and 80 events minutes behind
+    the others (late), at positions drawn at random."""
     rng = np.random.default_rng(seed)
     n = 6_000
     ts = np.arange(n, dtype=np.int64) * 3_600_000 // n + rng.integers(0, 3_000, n)
@@ -41,7 +41,7 @@ def events(seed: int) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "ts": pl.Series(ts).cast(pl.Datetime("ms")),
-            "user": rng.permutation(np.arange(n) % 30),
+            "user": rng.permutation(np.arange(n) % users),
             "amount": np.round(rng.exponential(30, n), 2),
         }
     )
@@ -130,16 +130,20 @@ def test_a_restore_from_any_checkpoint_gives_the_run_without_one(
         assert_frame_equal_unordered(got_late, late)
 
 
-@pytest.mark.parametrize(("first", "second"), [(0, 2), (2, 0), (2, 1)])
+@pytest.mark.parametrize(("first", "second"), [(0, 2), (2, 0), (2, 1), (2, 2), (2, 3)])
 def test_windows_restored_onto_another_worker_count_fire_once(
     tmp_path: Path, first: int, second: int
 ) -> None:
     """Each worker's checkpoint holds its own windows and watermark with their key groups;
-    restored onto more or fewer workers, each takes exactly the windows of its key groups
-    and the lowest watermark of the files it reads (never a later one: its windows would
-    fire before their events arrived), and the output is polars' over the events it did not
-    call late."""
-    df = events(seed=43)
+    restored onto the same, more or fewer workers, each takes exactly the windows of its key
+    groups (every one of the 128 has open windows here, so one group too many or too few
+    shows) from every file that holds some, and the output is polars' over the events it did
+    not call late."""
+    from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_groups
+
+    df = events(seed=43, users=3_000)
+    groups = set(key_groups(df.select("user")).tolist())
+    assert groups == set(range(DEFAULT_MAX_PARALLELISM)), "a key group without events"
     out, ck = tmp_path / "out", tmp_path / "ck"
     ran = build(df, out, splits=4).run(
         workers=first,
