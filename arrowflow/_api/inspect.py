@@ -45,8 +45,10 @@ def checkpoint_arg(checkpoint: int | None, checkpoint_id: int | None) -> int | N
 
 
 def list_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None) -> pl.DataFrame:
-    """The complete checkpoints in a checkpoint directory that a run can restore, one row
-    each (not those superseded by the restore of an older one: their output was rolled back).
+    """The checkpoints in a checkpoint directory that a run can restore, one row each.
+
+    Complete ones only, and not those superseded by the restore of an older checkpoint
+    (their output was rolled back).
 
     Columns: ``id``, ``time``, ``size_bytes``, ``state_files``, ``parallelism``, ``final``;
     ``offsets``, a list of one struct per split of every source (``source``, ``split``,
