@@ -266,6 +266,81 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(
     assert fired == [], f"windows {fired} fired late"
 
 
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_windows_of_batches_that_overlap_each_other_fire_as_the_watermark_passes(
+    seed: int,
+) -> None:
+    """Batches of 9 rows, a third of the rows up to 3.5 windows behind the others and every
+    fourth batch wholly behind, with an allowed lateness of 3 windows: a batch's window starts may overlap the upper part of a
+    buffered chunk, its lower part, or lie inside it, so the write buffer cuts chunks and
+    keeps the rest below, above or on both sides of the overlap. A rest given the wrong side
+    or too narrow a range is fired early or held back: every window must come out right
+    after the batch that moves the watermark past its end plus the lateness, once, with the
+    events polars counts (a row is late when the newest event before it is at or past its
+    window's end plus the lateness: delay 0)."""
+    rng = np.random.default_rng(seed)
+    n, batch, lateness = 900, 9, 3 * SIZE_MS
+    behind = np.where(rng.random(n) < 0.33, rng.integers(1_000, 3_500, n), 0)
+    # every fourth batch wholly from 1.2-2.6 windows back: its range lies inside or below
+    # the buffered ones, whose rest is then above or on both sides
+    old_batch = (np.arange(n) // batch) % 4 == 3
+    behind = np.where(old_batch, np.repeat(rng.integers(1_200, 2_600, n // batch), batch), behind)
+    t = (np.arange(n) * 100 - behind).astype(np.int64) + 1_700_000_000_000
+    df = pl.DataFrame(
+        {
+            "ts": pl.Series(t).cast(pl.Datetime("ms")),
+            KEY: rng.integers(0, 3, n),
+            "amount": rng.integers(1, 1000, n),
+        }
+    )
+    events, tap_in, tap_out = taps()
+    flow = af.Flow("overlapping-batches")
+    (
+        flow.from_polars(df, splits=1)
+        .map_batches(tap_in)
+        .with_watermark("ts", delay="0s")
+        .key_by(KEY)
+        .window(af.tumbling(f"{SIZE_MS}ms"), allowed_lateness=f"{lateness}ms")
+        .agg(n=pl.len(), name="w")
+        .map_batches(tap_out)
+        .write_to(CollectSink(), name="out")
+    )
+    with pytest.warns(UserWarning, match="late rows"):
+        result = flow.run(workers=0, batch_size=batch)
+    rows = df.with_columns(ms=pl.col("ts").dt.epoch("ms"))
+    start = pl.col("ms") // SIZE_MS * SIZE_MS
+    judged = rows.with_columns(
+        late=(start + SIZE_MS + lateness <= pl.col("ms").cum_max().shift(1)).fill_null(False)
+    )
+    expected = (
+        judged.filter(~pl.col("late"))
+        .group_by(KEY, window_start=start.cast(pl.Datetime("ms")))
+        .agg(n=pl.len())
+    )
+    assert judged["late"].sum() > 0, "the data has late rows"
+    got = pl.concat(result.outputs["out"]).select(KEY, "window_start", "n")
+    assert got.select(KEY, "window_start").is_duplicated().sum() == 0, "a window fired twice"
+    assert got.sort(KEY, "window_start").equals(expected.sort(KEY, "window_start").cast(got.schema))
+    # Each window end E comes out right after the first batch whose newest event is at or
+    # past E plus the lateness, before the next batch is read; the last ones at the end.
+    due = pl.duration(milliseconds=SIZE_MS + lateness)
+    ends = expected.select(pl.col("window_start") + due).to_series().unique().sort()
+    newest = None
+    fired: list[object] = []
+    last = df["ts"].max()
+    for kind, value in events:
+        if kind == "in":
+            assert fired == [], f"windows due at {fired} fired late"
+            fired = [end for end in ends if (newest is None or newest < end) and end <= value]
+            newest = value if newest is None else max(newest, value)
+        elif value + dt.timedelta(milliseconds=lateness) <= last:
+            assert value + dt.timedelta(milliseconds=lateness) in fired, (
+                f"window end {value} fired at the wrong batch"
+            )
+            fired.remove(value + dt.timedelta(milliseconds=lateness))
+    assert fired == [], f"windows due at {fired} fired late"
+
+
 @pytest.mark.parametrize("state", ["memory", "lmdb"])
 @pytest.mark.parametrize(
     ("kind", "every_ms", "lateness_ms"), [("tumbling", SIZE_MS, 0), ("sliding", 250, 1)]
