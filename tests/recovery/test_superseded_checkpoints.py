@@ -177,3 +177,48 @@ def test_a_superseded_checkpoint_is_refused_listed_nowhere_and_pruned(tmp_path: 
     assert left == {older, *again.checkpoints}
     got = newest_totals(out)
     assert_frame_equal_unordered(got.select(expected(df).columns), expected(df))
+
+
+def test_refusing_a_superseded_checkpoint_names_what_can_be_restored(tmp_path: Path) -> None:
+    """Checkpoints 1-5, then 3 restored (4 and 5 superseded) and its run's 6 and 7 taken:
+    restoring 4 names 3 and the run that followed (6, 7); 3, 6 and 7 restore; an id that was
+    never taken names the complete ones; retention keeps the newest 3 restorable ones."""
+    from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest
+
+    def manifest(checkpoint_id: int) -> Manifest:
+        return Manifest(
+            id=checkpoint_id,
+            time=1_700_000_000.5 + checkpoint_id,
+            flow="f",
+            fingerprint="x",
+            operators={"agg": "a"},
+            parallelism=1,
+            max_parallelism=128,
+            sources={"s": {"finished": [], "positions": {"a": checkpoint_id}}},
+            state=[],
+            sinks={},
+            files=[],
+        )
+
+    storage = CheckpointStorage(str(tmp_path / "ck"), keep=3)
+    storage.ensure()
+    for checkpoint_id in range(1, 6):
+        storage.write_manifest(manifest(checkpoint_id))
+    assert storage.supersede_after(3) == [4, 5]
+    assert storage.supersede_after(3) == [4, 5]  # again: nothing changes
+    assert [storage.superseded_by(i) for i in range(1, 6)] == [None, None, None, 3, 3]
+    assert storage.latest().id == 3  # type: ignore[union-attr]
+    for checkpoint_id in (6, 7):
+        storage.write_manifest(manifest(checkpoint_id))
+    assert storage.latest().id == 7  # type: ignore[union-attr]
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint 4 .* superseded: checkpoint 3 was restored .* Restore 3 or a "
+        r"checkpoint of the run that followed \(6, 7\), or restore=None",
+    ):
+        storage.find(4)
+    assert [storage.find(i).id for i in (3, 6, 7)] == [3, 6, 7]
+    with pytest.raises(CheckpointError, match=r"no checkpoint 9 in .*; it has 1, 2, 3, 4, 5, 6, 7"):
+        storage.find(9)
+    assert sorted(storage.prune()) == [1, 2, 4, 5]
+    assert storage.checkpoint_ids() == [7, 6, 3]
