@@ -69,6 +69,33 @@ def _forkserver_pid() -> int | None:
     return getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
+def _polars_sessions(df: Any, gap_s: int, key: str = "user") -> Any:
+    """polars' session windows of ``df`` (columns ts, ``key``, amount): a key's events less
+    than ``gap_s`` apart are one session, from its first event to its last plus the gap."""
+    import polars as pl
+
+    gap = pl.duration(seconds=gap_s)
+    opens = (pl.col("ts") - pl.col("ts").shift(1).over(key) >= gap).fill_null(True)
+    return (
+        df.sort(key, "ts")
+        .with_columns(session=opens.cast(pl.Int64).cum_sum().over(key))
+        .group_by(key, "session")
+        .agg(
+            window_start=pl.col("ts").min(),
+            window_end=pl.col("ts").max() + gap,
+            n=pl.len(),
+            total=pl.col("amount").sum(),
+        )
+        .drop("session")
+    )
+
+
+@pytest.fixture
+def polars_sessions() -> Callable[..., Any]:
+    """The independent reference of session windows, as a function to call."""
+    return _polars_sessions
+
+
 @pytest.fixture
 def worker_pids() -> Callable[[], list[int]]:
     """The pids of the pool workers this test process spawned, as a function to call."""

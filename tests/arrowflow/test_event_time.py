@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +294,7 @@ def test_ndjson_files_are_each_one_split(
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sliding_and_session_windows_do_not_depend_on_scheduling(
-    tmp_path: Path, small_splits: int, workers: int
+    tmp_path: Path, small_splits: int, workers: int, polars_sessions: Callable[..., pl.DataFrame]
 ) -> None:
     parts = {f"part-{i}": part(8000, 50 + i, pushed_back=30) for i in range(3)}
     paths = write_parts(tmp_path / "in", parts)
@@ -341,20 +342,7 @@ def test_sliding_and_session_windows_do_not_depend_on_scheduling(
         late=reference_late(rows, delay_ms=DELAY_MS, end=pl.col("ts").dt.epoch("ms") + 90_000)
     )
     assert sorted(late["id"].to_list()) == sorted(rows.filter("late")["id"].to_list())
-    on_time = rows.filter(~pl.col("late")).sort("user", "ts")
-    gap = pl.duration(seconds=90)
-    opens = (pl.col("ts") - pl.col("ts").shift(1).over("user") >= gap).fill_null(True)
-    sessions = (
-        on_time.with_columns(session=opens.cast(pl.Int64).cum_sum().over("user"))
-        .group_by("user", "session")
-        .agg(
-            window_start=pl.col("ts").min(),
-            window_end=pl.col("ts").max() + gap,
-            n=pl.len(),
-            total=pl.col("amount").sum(),
-        )
-        .drop("session")
-    )
+    sessions = polars_sessions(rows.filter(~pl.col("late")), 90)
     assert_windows_equal(got, sessions)
 
 

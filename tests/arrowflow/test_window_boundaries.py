@@ -245,25 +245,28 @@ def test_windows_are_emitted_as_the_watermark_passes_their_end(
     assert int(metrics["windows_fired"].sum()) == got.height
     # Each window end E comes out right after the first row with an event time >= E, before
     # the next row is read; only the last windows wait for the end of the input.
+    assert_fired_on_time(events, windows["window_end"], df["ts"].max())
+
+
+def assert_fired_on_time(
+    events: list[tuple[str, Any]], ends: pl.Series, last: Any, lateness: dt.timedelta | None = None
+) -> None:
+    """Each window (of end E in ``ends``) came out right after the first input batch whose
+    newest event is at or past E plus ``lateness``, before the next batch was read; those
+    due only after the last event (``last``) at the end. ``events``: what ``taps`` logged."""
+    lateness = lateness or dt.timedelta(0)
+    due_at = ends.unique().sort() + lateness
     newest = None
     fired: list[object] = []
-    last_end = df["ts"].max()
     for kind, value in events:
         if kind == "in":
-            low = newest
-            first_past = [
-                end
-                for end in windows["window_end"].unique().sort()
-                if (low is None or low < end) and end <= value
-            ]
+            assert fired == [], f"windows due at {fired} fired late"
+            fired = [due for due in due_at if (newest is None or newest < due) and due <= value]
             newest = value if newest is None else max(newest, value)
-            assert fired == [], f"windows {fired} fired late"
-            fired = list(first_past)
-        else:
-            if value <= last_end:
-                assert value in fired, f"window end {value} fired at the wrong row ({events[-3:]})"
-                fired.remove(value)
-    assert fired == [], f"windows {fired} fired late"
+        elif value + lateness <= last:
+            assert value + lateness in fired, f"window end {value} fired at the wrong batch"
+            fired.remove(value + lateness)
+    assert fired == [], f"windows due at {fired} fired late"
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
@@ -293,20 +296,10 @@ def test_windows_of_batches_that_overlap_each_other_fire_as_the_watermark_passes
             "amount": rng.integers(1, 1000, n),
         }
     )
-    events, tap_in, tap_out = taps()
-    flow = af.Flow("overlapping-batches")
-    (
-        flow.from_polars(df, splits=1)
-        .map_batches(tap_in)
-        .with_watermark("ts", delay="0s")
-        .key_by(KEY)
-        .window(af.tumbling(f"{SIZE_MS}ms"), allowed_lateness=f"{lateness}ms")
-        .agg(n=pl.len(), name="w")
-        .map_batches(tap_out)
-        .write_to(CollectSink(), name="out")
-    )
     with pytest.warns(UserWarning, match="late rows"):
-        result = flow.run(workers=0, batch_size=batch)
+        result, events = tapped_windows(
+            "overlapping-batches", df, SIZE_MS, batch_size=batch, lateness_ms=lateness
+        )
     rows = df.with_columns(ms=pl.col("ts").dt.epoch("ms"))
     start = pl.col("ms") // SIZE_MS * SIZE_MS
     judged = rows.with_columns(
@@ -323,22 +316,10 @@ def test_windows_of_batches_that_overlap_each_other_fire_as_the_watermark_passes
     assert got.sort(KEY, "window_start").equals(expected.sort(KEY, "window_start").cast(got.schema))
     # Each window end E comes out right after the first batch whose newest event is at or
     # past E plus the lateness, before the next batch is read; the last ones at the end.
-    due = pl.duration(milliseconds=SIZE_MS + lateness)
-    ends = expected.select(pl.col("window_start") + due).to_series().unique().sort()
-    newest = None
-    fired: list[object] = []
-    last = df["ts"].max()
-    for kind, value in events:
-        if kind == "in":
-            assert fired == [], f"windows due at {fired} fired late"
-            fired = [end for end in ends if (newest is None or newest < end) and end <= value]
-            newest = value if newest is None else max(newest, value)
-        elif value + dt.timedelta(milliseconds=lateness) <= last:
-            assert value + dt.timedelta(milliseconds=lateness) in fired, (
-                f"window end {value} fired at the wrong batch"
-            )
-            fired.remove(value + dt.timedelta(milliseconds=lateness))
-    assert fired == [], f"windows due at {fired} fired late"
+    ends = expected.select(pl.col("window_start") + pl.duration(milliseconds=SIZE_MS))
+    assert_fired_on_time(
+        events, ends.to_series(), df["ts"].max(), dt.timedelta(milliseconds=lateness)
+    )
 
 
 @pytest.mark.parametrize("state", ["memory", "lmdb"])
@@ -519,7 +500,7 @@ def test_an_own_watermark_takes_the_newest_event_of_a_batch() -> None:
 
 
 def tapped_windows(
-    name: str, df: pl.DataFrame, size_ms: int, *, batch_size: int
+    name: str, df: pl.DataFrame, size_ms: int, *, batch_size: int, lateness_ms: int = 0
 ) -> tuple[af.RunResult, list[tuple[str, object]]]:
     """Tumbling ``size_ms`` windows (delay 0) over ``df`` in process, with what went in and
     out in order: ("in", newest ts of a batch read) and ("out", end of a window fired)."""
@@ -531,7 +512,7 @@ def tapped_windows(
         .map_batches(tap_in)
         .with_watermark("ts", delay="0s")
         .key_by(KEY)
-        .window(af.tumbling(f"{size_ms}ms"))
+        .window(af.tumbling(f"{size_ms}ms"), allowed_lateness=f"{lateness_ms}ms")
         .agg(n=pl.len(), name="w")
         .map_batches(tap_out)
         .write_to(CollectSink(), name="out")

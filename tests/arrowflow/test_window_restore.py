@@ -238,32 +238,12 @@ def test_a_restored_window_takes_the_lowest_watermark_of_its_key_groups(
         op.close()
 
 
-def sessions_of(df: pl.DataFrame, gap_s: int) -> pl.DataFrame:
-    """polars' sessions: a user's events less than ``gap_s`` apart are one session, from its
-    first event to its last plus the gap."""
-    gap = pl.duration(seconds=gap_s)
-    ordered = df.sort("user", "ts")
-    session = (
-        ((pl.col("ts").diff() >= gap) | pl.col("user").ne(pl.col("user").shift(1)))
-        .fill_null(True)
-        .cum_sum()
-    )
-    return (
-        ordered.with_columns(session=session)
-        .group_by("user", "session")
-        .agg(
-            window_start=pl.col("ts").min(),
-            window_end=pl.col("ts").max() + gap,
-            n=pl.len(),
-            total=pl.col("amount").sum(),
-        )
-        .drop("session")
-    )
-
-
 @pytest.mark.parametrize("buffer_rows", [None, 40], ids=["buffered", "spilled-to-the-store"])
 def test_sessions_restored_from_any_checkpoint_are_polars_sessions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer_rows: int | None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    buffer_rows: int | None,
+    polars_sessions: Any,
 ) -> None:
     """Session windows keep their end (the last event plus the gap) in the store; a restore
     rebuilds the index of open sessions from it. Restored from each checkpoint, one reader,
@@ -283,7 +263,7 @@ def test_sessions_restored_from_any_checkpoint_are_polars_sessions(
             "amount": np.round(rng.exponential(30, n), 2),
         }
     )
-    expected = sessions_of(df, 20)
+    expected = polars_sessions(df, 20)
 
     def run(folder: Path, **options: object) -> tuple[af.RunResult, pl.DataFrame]:
         flow = af.Flow("sessions-restore")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -183,33 +184,31 @@ def test_refusing_a_superseded_checkpoint_names_what_can_be_restored(tmp_path: P
     """Checkpoints 1-5, then 3 restored (4 and 5 superseded) and its run's 6 and 7 taken:
     restoring 4 names 3 and the run that followed (6, 7); 3, 6 and 7 restore; an id that was
     never taken names the complete ones; retention keeps the newest 3 restorable ones."""
-    from arrowflow._runtime.checkpoints import CheckpointStorage, Manifest
+    import dataclasses
 
-    def manifest(checkpoint_id: int) -> Manifest:
-        return Manifest(
-            id=checkpoint_id,
-            time=1_700_000_000.5 + checkpoint_id,
-            flow="f",
-            fingerprint="x",
-            operators={"agg": "a"},
-            parallelism=1,
-            max_parallelism=128,
-            sources={"s": {"finished": [], "positions": {"a": checkpoint_id}}},
-            state=[],
-            sinks={},
-            files=[],
-        )
+    from arrowflow._runtime.checkpoints import CheckpointStorage
 
-    storage = CheckpointStorage(str(tmp_path / "ck"), keep=3)
-    storage.ensure()
-    for checkpoint_id in range(1, 6):
-        storage.write_manifest(manifest(checkpoint_id))
+    ck = tmp_path / "ck"
+    first = flow(events(), tmp_path / "out").run(
+        workers=0,
+        checkpoint_dir=str(ck),
+        checkpoint_every=af.every_rows(1_000),
+        batch_size=250,
+        keep_checkpoints=20,
+    )
+    assert first.checkpoints[:5] == [1, 2, 3, 4, 5]
+    for extra in first.checkpoints[5:]:
+        shutil.rmtree(ck / f"chk-{extra:08d}")
+    storage = CheckpointStorage(str(ck), keep=3)
     assert storage.supersede_after(3) == [4, 5]
     assert storage.supersede_after(3) == [4, 5]  # again: nothing changes
     assert [storage.superseded_by(i) for i in range(1, 6)] == [None, None, None, 3, 3]
     assert storage.latest().id == 3  # type: ignore[union-attr]
-    for checkpoint_id in (6, 7):
-        storage.write_manifest(manifest(checkpoint_id))
+    third = storage.find(3)
+    for checkpoint_id in (6, 7):  # as the run restored from 3 would take them
+        storage.write_manifest(
+            dataclasses.replace(third, id=checkpoint_id, state=[], files=[], sinks={})
+        )
     assert storage.latest().id == 7  # type: ignore[union-attr]
     with pytest.raises(
         CheckpointError,
