@@ -337,10 +337,7 @@ class CheckpointStorage:
         place and the replay would write it twice."""
         path = self.path(JOB_FILE)
         if self.fs.exists(path):
-            try:
-                tag = json.loads(self._read_regular(0, path, 4096))["tag"]
-            except (CheckpointError, OSError, ValueError, KeyError, TypeError, RecursionError):
-                tag = None
+            tag = self._small_json_field(0, path, "tag")
             if not isinstance(tag, str) or not re.fullmatch(r"[0-9a-f]{8}", tag):
                 msg = (
                     f"the job file {path!r} of checkpoint directory {self.url!r} is damaged "
@@ -525,10 +522,7 @@ class CheckpointStorage:
         path = self.path(f"{chk_dir(checkpoint_id)}/{SUPERSEDED}")
         if not self.fs.exists(path):
             return None
-        try:
-            by = json.loads(self._read_regular(checkpoint_id, path, 4096))["by"]
-        except (CheckpointError, OSError, ValueError, KeyError, TypeError, RecursionError):
-            by = None
+        by = self._small_json_field(checkpoint_id, path, "by")
         if isinstance(by, bool) or not isinstance(by, int) or not 0 <= by < checkpoint_id:
             return "an older checkpoint"
         return by
@@ -543,9 +537,16 @@ class CheckpointStorage:
         for later_id in reversed(later):
             if self.superseded_by(later_id) is None:
                 payload = json.dumps({"by": checkpoint_id, "time": time.time()}).encode()
-                with self.fs.open(self.path(f"{chk_dir(later_id)}/{SUPERSEDED}"), "wb") as handle:
-                    handle.write(payload)
+                self.write_file(f"{chk_dir(later_id)}/{SUPERSEDED}", payload)
         return later
+
+    def _small_json_field(self, checkpoint_id: int, path: str, field_name: str) -> Any:
+        """``field_name`` of the small JSON object in ``path`` (a marker or the job file), or
+        None when the file is not a regular file, not JSON or lacks it; callers check the type."""
+        try:
+            return json.loads(self._read_regular(checkpoint_id, path, 4096))[field_name]
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError, RecursionError):
+            return None
 
     # ------------------------------------------------------------------ retention
     def prune(self) -> list[int]:
