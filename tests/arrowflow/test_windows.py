@@ -214,7 +214,7 @@ def test_a_nan_key_is_one_key_of_its_windows(state: str, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("batch_size", [1, 64, None])
 def test_any_batch_size_gives_the_same_windows(batch_size: int | None) -> None:
-    df = events(1500 if batch_size == 1 else 5000, users=10, seed=11)
+    df = events(600 if batch_size == 1 else 5000, users=10, seed=11)
     frames, _ = run_windows(
         df,
         {"tumbling": af.tumbling("30s"), "sliding": af.sliding("30s", every="10s")},
