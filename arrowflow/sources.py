@@ -24,7 +24,7 @@ Rows a reader cannot parse are yielded as a ``malformed`` batch (see
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,9 @@ class SourceBatch:
     data: pl.DataFrame | None
     position: Any
     malformed: pl.DataFrame | None = None
+    #: Set by a reader that applies a pushed-down query (:meth:`SplitReader.push_down`): the
+    #: source rows ``data`` (the query's result) stands for. None: ``data`` is the rows read.
+    rows_read: int | None = None
 
 
 class SplitReader(abc.ABC):
@@ -95,6 +98,22 @@ class SplitReader(abc.ABC):
         SourceBatch
             Data rows, malformed rows, and the JSON-able position after them.
         """
+
+    def push_down(self, query: Callable[[pl.LazyFrame], pl.LazyFrame]) -> bool:
+        """Offer the reader the query that the operators after the source run on each batch.
+
+        The query is the filters and columns of a chain, then a keyed aggregation's partial
+        aggregate. Called by the worker once, before :meth:`batches`, when such operators follow the
+        source. A reader that can run ``query`` inside its own scan (Parquet: polars reads
+        only the rows and columns the query keeps) returns True and then yields, for each
+        batch, the query's result with :attr:`SourceBatch.rows_read` set to the source rows
+        it stands for; positions stay counted in source rows. The query is row-wise up to
+        its final aggregate, so a reader may apply it to any cut of the split. The default
+        returns False: the worker applies the query to each batch the reader yields. A
+        reader that accepts must raise the query's own errors as they are (a wrong user
+        expression is not a damaged file).
+        """
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections.

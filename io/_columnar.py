@@ -11,6 +11,7 @@ pyarrow on an fsspec file, which fetches only the column chunks of the row group
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,24 +104,38 @@ def read_parquet(
     columns: list[str] | None,
     *,
     what: str,
+    query: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
 ) -> pl.DataFrame:
     """Rows ``[start + skip, start + rows)`` of the file; ``row_groups`` are the groups they span
-    and ``start`` is the file row where the first of them begins."""
+    and ``start`` is the file row where the first of them begins.
+
+    With ``query`` (a pushed-down chain and partial aggregate, given the rows as the
+    ``columns`` list them), the result is the query's over those rows, run inside the scan
+    on a local file. Its own errors are raised as they are: only a failure to read the rows
+    without the query is a damaged file."""
     remaining = rows - skip
     if remaining <= 0:
         return pl.DataFrame()
     if columns == []:  # no column read: the row count is in the footer
-        return pl.DataFrame(height=remaining)
+        frame = pl.DataFrame(height=remaining)
+        return frame if query is None else query(frame.lazy()).collect()
     fs, path = filesystem(url, storage_options)
     try:
         if is_local(fs):
             lazy = pl.scan_parquet(path, glob=False).slice(start + skip, remaining)
-            frame = lazy.select(columns).collect() if columns is not None else lazy.collect()
+            if columns is not None:
+                lazy = lazy.select(columns)
+            if query is not None:
+                try:
+                    return query(lazy).collect()
+                except pl.exceptions.PolarsError:
+                    pass  # the file or the query? read without it: the file's error is below
+            frame = lazy.collect()
         else:
             frame = _read_parquet_remote(fs, path, row_groups, skip, remaining, columns)
     except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         raise _failure(what, url, exc) from exc
-    return frame
+    return frame if query is None else query(frame.lazy()).collect()
 
 
 def _read_parquet_remote(

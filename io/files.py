@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import polars as pl
@@ -472,11 +472,22 @@ class _FileReader(SplitReader):
         self.batch_size = batch_size
         self.url: str = split.info["url"]
         self.reported = reported
+        self.query: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None
+
+    def push_down(self, query: Callable[[pl.LazyFrame], pl.LazyFrame]) -> bool:
+        """Parquet read as one batch (no ``batch_size``): the query runs in polars' scan."""
+        if self.source.format != "parquet" or self.batch_size is not None or self.reported:
+            return False
+        self.query = query
+        return True
 
     def batches(self) -> Iterator[SourceBatch]:
         if self.reported:
             return
         wanted = self.source.schema()
+        if self.query is not None:
+            yield from self._queried(wanted, self.query)
+            return
         corrupt = self.split.info.get("corrupt")
         if corrupt is None:
             try:
@@ -494,6 +505,38 @@ class _FileReader(SplitReader):
             high = min(low + step, parsed.records)
             data, malformed = parsed.window(low, high)
             yield SourceBatch(self._conform(data, wanted), origin + high, malformed)
+
+    def _queried(
+        self, wanted: pl.Schema, query: Callable[[pl.LazyFrame], pl.LazyFrame]
+    ) -> Iterator[SourceBatch]:
+        """The rest of a Parquet split as one batch: the pushed-down query over its rows."""
+        info = self.split.info
+        conformed = query if not len(wanted) else lambda rows: query(rows.cast(dict(wanted)))
+        corrupt = info.get("corrupt")
+        if corrupt is None:
+            try:
+                frame = _columnar.read_parquet(
+                    self.url,
+                    self.source.storage_options,
+                    info["row_groups"],
+                    info["start"],
+                    info["rows"],
+                    self.skip,
+                    wanted.names(),
+                    what=self.source.kind,
+                    query=conformed,
+                )
+            except CorruptFileError as exc:
+                if self.source.on_corrupt_file != "skip":
+                    raise
+                corrupt = exc.detail
+        if corrupt is not None:
+            empty = query(pl.LazyFrame(schema=wanted)).collect()
+            yield SourceBatch(empty, SKIPPED, self._skipped(corrupt), rows_read=0)
+            return
+        rows = info["rows"] - self.skip
+        if rows > 0:
+            yield SourceBatch(frame, info["rows"], rows_read=rows)
 
     def _skipped(self, detail: str) -> pl.DataFrame:
         """The one ``malformed`` row that reports this split's file as skipped."""

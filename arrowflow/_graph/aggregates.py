@@ -441,7 +441,11 @@ class IncrementalAgg:
     def counted_partial(self, batch: pl.DataFrame) -> pl.DataFrame:
         """:meth:`partial` with :data:`COMBINED_ROWS`, the input rows of each key, last: what
         a combiner sends, so the operator still counts the rows it aggregates."""
-        return batch.group_by(self.keys).agg(
+        return self.counted_partial_query(batch.lazy()).collect()
+
+    def counted_partial_query(self, rows: pl.LazyFrame) -> pl.LazyFrame:
+        """:meth:`counted_partial` as a lazy query: what a source runs inside its scan."""
+        return rows.group_by(self.keys).agg(
             *self.partial_exprs, pl.len().cast(pl.Int64).alias(COMBINED_ROWS)
         )
 

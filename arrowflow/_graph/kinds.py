@@ -407,7 +407,8 @@ class Keyed(OperatorKind):
 
     def combiner(self, physical: dict[str, Any]) -> Any:
         """What the exchange before the operator applies to each batch before hashing it (an
-        object with ``counted_partial(batch)`` and ``combined_schema``), or None."""
+        object with ``counted_partial(batch)`` and ``combined_schema``; with
+        ``counted_partial_query(lazy)`` as well, a source may run it in its scan), or None."""
         return None
 
     def state_fingerprint(self, spec: OpSpec) -> dict[str, Any]:

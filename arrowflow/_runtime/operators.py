@@ -287,6 +287,18 @@ class Operator:
         }
 
 
+def _lazy_steps(lazy: pl.LazyFrame, steps: list[dict[str, Any]]) -> pl.LazyFrame:
+    """The expression steps (filter, select, with_columns) applied to ``lazy``, in order."""
+    for step in steps:
+        if step["kind"] == "filter":
+            lazy = lazy.filter(*step["predicates"])
+        elif step["kind"] == "select":
+            lazy = lazy.select(step["exprs"])
+        else:
+            lazy = lazy.with_columns(step["exprs"])
+    return lazy
+
+
 def _compile_steps(steps: list[dict[str, Any]]) -> Callable[[pl.DataFrame], pl.DataFrame]:
     """Fuse consecutive expression steps into one lazy query per batch."""
     stages: list[Callable[[pl.DataFrame], pl.DataFrame]] = []
@@ -299,15 +311,7 @@ def _compile_steps(steps: list[dict[str, Any]]) -> Callable[[pl.DataFrame], pl.D
         pending.clear()
 
         def run_lazy(frame: pl.DataFrame, _group: list[dict[str, Any]] = group) -> pl.DataFrame:
-            lazy = frame.lazy()
-            for step in _group:
-                if step["kind"] == "filter":
-                    lazy = lazy.filter(*step["predicates"])
-                elif step["kind"] == "select":
-                    lazy = lazy.select(step["exprs"])
-                else:
-                    lazy = lazy.with_columns(step["exprs"])
-            return lazy.collect()
+            return _lazy_steps(frame.lazy(), _group).collect()
 
         stages.append(run_lazy)
 
@@ -377,6 +381,14 @@ class ChainOp(Operator):
         self.run = _compile_steps(steps)
         self.keeps_rows = all(step["kind"] in ("filter", "with_columns") for step in steps)
         self.stepwise = [(step["kind"], _compile_steps([step])) for step in steps]
+        self.steps = steps
+
+    def lazy(self) -> Callable[[pl.LazyFrame], pl.LazyFrame] | None:
+        """The chain as one lazy query (row-wise: the planner refuses expressions that depend
+        on other rows of a batch), or None when a step runs a Python function on batches."""
+        if any(step["kind"] == "map_batches" for step in self.steps):
+            return None
+        return lambda lazy: _lazy_steps(lazy, self.steps)
 
     def process(self, batch: pl.DataFrame, index: int) -> None:
         if self.keeps_rows or SPLIT_WATERMARK not in batch.columns:
@@ -438,6 +450,16 @@ class ExchangeOp(Operator):
             if not batch.height:
                 return
             batch = self.combiner.counted_partial(batch)
+        self._route(batch)
+
+    def receive_combined(self, partial: pl.DataFrame, rows: int) -> None:
+        """The combiner's partial of ``rows`` input rows, computed upstream (a source that ran
+        the chain and the partial aggregate in its scan, :meth:`SourceOp.fuse`)."""
+        self.rows_in += rows
+        self.batches_in += 1
+        self._route(partial)
+
+    def _route(self, batch: pl.DataFrame) -> None:
         if self.parallelism == 1:
             self._local(batch)
             return

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +41,13 @@ from arrowflow._foundation.deps import import_object
 from arrowflow._foundation.faults import fault_point
 from arrowflow._foundation.keygroups import DEFAULT_MAX_PARALLELISM, key_group_range
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK
-from arrowflow._plan import OpSpec, Plan, split_watermark_inputs
-from arrowflow._runtime.operators import ExchangeOp, Operator, RuntimeContext, SinkOp
+from arrowflow._graph.aggregates import COMBINED_ROWS
+from arrowflow._plan import MAIN, OpSpec, Plan, split_watermark_inputs
+from arrowflow._runtime.operators import ChainOp, ExchangeOp, Operator, RuntimeContext, SinkOp
 from arrowflow._runtime.splits import WAIT
 from arrowflow.runners import ControlLink, Transport
 from arrowflow.sinks import SinkWriter
-from arrowflow.sources import Split, SplitReader
+from arrowflow.sources import SourceBatch, Split, SplitReader
 from arrowflow.state import StateBackend, StoreContext
 
 #: Seconds between two reports of the operators' counters to the coordinator.
@@ -74,6 +76,39 @@ class SourceOp(Operator):
         self.retry_at = 0.0
         # Watermark operators that keep per-split watermarks over this source's batches.
         self.clocks: list[Any] = []
+        # Set by fuse(): the chain and exchange after this source, and their query.
+        self.fused: (
+            tuple[ChainOp | None, ExchangeOp, Callable[[pl.LazyFrame], pl.LazyFrame]] | None
+        ) = None
+        self.whole_splits = False
+
+    def fuse(self, chain: ChainOp | None, exchange: ExchangeOp, *, whole_splits: bool) -> bool:
+        """Run ``chain`` and the combiner of ``exchange`` (a keyed aggregation's partial) as one
+        query per batch, inside the reader's scan where it can (:meth:`SplitReader.push_down`):
+        polars then reads only what the filters keep, and the chain's rows never materialize.
+        ``whole_splits``: the run left the batch size to the engine, so a reader that runs
+        the query reads each split as one batch (its result is one row per key). The chain's
+        and the exchange's counters stay what they would count unfused."""
+        steps = chain.lazy() if chain is not None else (lambda rows: rows)
+        partial = getattr(exchange.combiner, "counted_partial_query", None)
+        if steps is None or partial is None:
+            return False
+        self.fused = (chain, exchange, lambda rows: partial(steps(rows)))
+        self.whole_splits = whole_splits
+        return True
+
+    def _open_reader(self, split: Split, position: Any) -> SplitReader:
+        if self.fused is None:
+            return self.source.open_reader(split, position, batch_size=self.batch_size)
+        query = self.fused[2]
+        if self.whole_splits and self.batch_size is not None:
+            reader = self.source.open_reader(split, position, batch_size=None)
+            if reader.push_down(query):
+                return reader
+            reader.close()  # it cannot run the query itself: batches of the usual size then
+        reader = self.source.open_reader(split, position, batch_size=self.batch_size)
+        reader.push_down(query)
+        return reader
 
     def step(self) -> bool:
         """Read and push one batch. Returns False when there was nothing to do."""
@@ -110,7 +145,7 @@ class SourceOp(Operator):
             # Until its first batch, the split is at the position it was handed out with (a
             # restored offset): a checkpoint taken now must keep that offset, not lose it.
             self.positions[self.split.split_id] = position
-            self.reader = self.source.open_reader(self.split, position, batch_size=self.batch_size)
+            self.reader = self._open_reader(self.split, position)
             self.iterator = iter(self.reader.batches())
         try:
             item = next(self.iterator)
@@ -133,6 +168,9 @@ class SourceOp(Operator):
             )
         if item.data is None and item.malformed is None:
             return False  # a tailed split with no complete line yet
+        if item.data is not None and self.fused is not None:
+            self._emit_fused(item)
+            return True
         if item.data is not None:
             self.rows_in += item.data.height
             self.batches_in += 1
@@ -145,6 +183,28 @@ class SourceOp(Operator):
                 self.context.current_split = None
             return True
         return item.malformed is not None
+
+    def _emit_fused(self, item: SourceBatch) -> None:
+        """One batch through the fused chain and combiner, counted as the three operators
+        would count it unfused; the exchange routes the partial (or holds it while aligning)."""
+        assert self.fused is not None and item.data is not None
+        chain, exchange, query = self.fused
+        if item.rows_read is not None:  # the reader ran the query
+            rows, partial = item.rows_read, item.data
+        else:
+            rows, partial = item.data.height, query(item.data.lazy()).collect()
+        kept = int(partial.get_column(COMBINED_ROWS).sum()) if partial.height else 0
+        self.rows_in += rows
+        self.batches_in += 1
+        if not rows:
+            return
+        self.rows_out += rows
+        if chain is not None:
+            chain.rows_in += rows
+            chain.batches_in += 1
+            chain.rows_out += kept
+        if kept:
+            exchange.receive_combined(partial, kept)
 
     def current_positions(self) -> dict[str, Any]:
         """The split in progress and the position after its last emitted batch."""
@@ -260,6 +320,7 @@ class Worker:
         for op in self.ops.values():
             op.context = self.context
         self.clocks = self._wire_split_watermarks(plan)
+        self.fused = self._fuse_scans(whole_splits=batch_size is None)
         # Operators that act on the passing of time without data (a watermark that goes idle):
         # only those that override the hook are called every turn.
         self.timed = [op for op in self.ops.values() if type(op).tick is not Operator.tick]
@@ -306,6 +367,31 @@ class Worker:
                 self.ops[source_id].clocks.append(clock)  # type: ignore[attr-defined]
             clocks.append(clock)
         return clocks
+
+    def _fuse_scans(self, *, whole_splits: bool) -> list[str]:
+        """Fuse each source whose rows go only through a chain of expressions (or straight)
+        into the exchange of a keyed aggregation with a combiner (:meth:`SourceOp.fuse`).
+        Not where a per-split watermark sees the source's batches. Returns the sources fused."""
+        fused = []
+        for source in self.sources:
+            consumers = source.outputs.get(MAIN, [])
+            if source.clocks or len(consumers) != 1:
+                continue
+            chain: ChainOp | None = None
+            target = consumers[0][0]
+            if isinstance(target, ChainOp):
+                after = target.outputs.get(MAIN, [])
+                if target.inputs_total != 1 or len(after) != 1 or len(target.outputs) != 1:
+                    continue
+                chain, target = target, after[0][0]
+            if (
+                isinstance(target, ExchangeOp)
+                and target.combiner is not None
+                and not target.keeps_split_watermark
+                and source.fuse(chain, target, whole_splits=whole_splits)
+            ):
+                fused.append(source.id)
+        return fused
 
     def stop_requested(self) -> bool:
         """A writer has all it needs (``collect(limit=n)`` has its n rows): end the run now."""

@@ -1,0 +1,221 @@
+"""A source fused with the chain and the partial aggregate after it (docs/runtime.md, "scan
+fusion"): polars runs the filters, columns and per-key partial inside its Parquet scan.
+
+The fused run must be indistinguishable from the unfused one except in speed: the same
+totals as polars over the same files, whatever the worker count, batch size and file order;
+the same counters per operator; a damaged file still skipped and reported; a user's
+expression error still the user's error (never taken for a damaged file and skipped); a
+kill -9 and restore still exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import arrowflow as af
+from arrowflow.sources import MALFORMED_SCHEMA
+from arrowflow.testing import assert_frame_equal_unordered, collect_all
+
+KINDS = ["view", "click", "purchase", "add_to_cart"]
+
+
+def write_events(folder: Path, files: int = 4, rows: int = 5_000, seed: int = 3) -> pl.DataFrame:
+    """``files`` Parquet files of unordered events (keys permuted, amounts with nulls), row
+    groups of 1,200 rows; returns all of them."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for index in range(files):
+        amount = np.round(rng.exponential(30, rows), 2)
+        frame = pl.DataFrame(
+            {
+                "user": rng.permutation(rows) % 211,
+                "kind": rng.choice(KINDS, rows, p=[0.4, 0.3, 0.15, 0.15]),
+                "amount": pl.Series(amount).set(pl.Series(rng.random(rows) < 0.05), None),
+                "qty": rng.integers(-3, 9, rows).astype(np.int32),
+            }
+        )
+        frame.write_parquet(folder / f"events-{index}.parquet", row_group_size=1_200)
+        frames.append(frame)
+    return pl.concat(frames)
+
+
+def totals(frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """The job, as polars runs it and as the flows below spell it."""
+    return (
+        frame.lazy()
+        .filter(pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0)
+        .with_columns(value=pl.col("amount") * pl.col("qty"))
+        .group_by("user")
+        .agg(
+            n=pl.len(),
+            total=pl.col("value").sum(),
+            mean=pl.col("amount").mean(),
+            low=pl.col("qty").min(),
+            high=pl.col("amount").max(),
+            amounts=pl.col("amount").count(),
+        )
+    )
+
+
+def fused_flow(source: af.Stream) -> af.Stream:
+    return (
+        source.filter(pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0)
+        .with_columns(value=pl.col("amount") * pl.col("qty"))
+        .key_by("user")
+        .agg(
+            n=pl.len(),
+            total=pl.col("value").sum(),
+            mean=pl.col("amount").mean(),
+            low=pl.col("qty").min(),
+            high=pl.col("amount").max(),
+            amounts=pl.col("amount").count(),
+        )
+    )
+
+
+@pytest.mark.parametrize("batch_size", [None, 700])
+def test_a_fused_scan_gives_polars_totals(tmp_path: Path, workers: int, batch_size) -> None:
+    events = write_events(tmp_path)
+    flow = af.Flow("fused")
+    got = fused_flow(flow.read_parquet(str(tmp_path / "*.parquet"))).collect(
+        workers=workers, batch_size=batch_size
+    )
+    assert_frame_equal_unordered(got, totals(events).collect())
+
+
+def test_the_fused_operators_count_what_they_would_unfused(tmp_path: Path, workers: int) -> None:
+    """Each operator's counters are the rows that pass it, from polars: the source read every
+    event, the chain kept the filtered ones, the exchange and the aggregation took those."""
+    events = write_events(tmp_path)
+    kept = events.filter(
+        pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0
+    ).height
+    flow = af.Flow("counted")
+    fused_flow(flow.read_parquet(str(tmp_path / "*.parquet"))).write_parquet(str(tmp_path / "out"))
+    result = flow.run(workers=workers)
+    by_kind = {row["kind"]: row for row in result.metrics().to_dicts()}
+    source, chain = by_kind["source"], by_kind["chain"]
+    assert source["rows_in"] == source["rows_out"] == events.height
+    # 4 small files, one split each, each read as one batch when the run leaves the batch
+    # size to the engine (a pool would otherwise cut them into batches of 262,144 rows).
+    assert source["batches_in"] == chain["batches_in"] == 4
+    assert (chain["rows_in"], chain["rows_out"]) == (events.height, kept)
+    assert by_kind["exchange"]["rows_in"] == by_kind["agg"]["rows_in"] == kept
+    assert by_kind["agg"]["rows_out"] == totals(events).collect().height
+
+
+def test_a_users_expression_error_in_a_fused_scan_is_raised_not_skipped(tmp_path: Path) -> None:
+    """A strict cast that fails on one value fails the run with polars' own error, even with
+    on_corrupt_file='skip': a wrong expression is not a damaged file (skipping it as one
+    would drop every row of the file)."""
+    pl.DataFrame({"user": [1, 2, 3], "raw": ["4", "x", "6"]}).write_parquet(tmp_path / "a.parquet")
+    flow = af.Flow("bad-cast")
+    (
+        flow.read_parquet(str(tmp_path / "a.parquet"), on_corrupt_file="skip")
+        .with_columns(v=pl.col("raw").cast(pl.Int64))
+        .key_by("user")
+        .agg(total=pl.col("v").sum())
+        .write_parquet(str(tmp_path / "out"))
+    )
+    with pytest.raises(pl.exceptions.InvalidOperationError, match="conversion from `str` to `i64`"):
+        flow.run(workers=0)
+    assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_a_damaged_file_in_a_fused_scan_is_skipped_and_reported(
+    tmp_path: Path, workers: int
+) -> None:
+    """A file whose footer reads but whose first page is garbage fails inside the fused scan:
+    it is one ``malformed`` row, and the totals are polars' over the other files."""
+    events = write_events(tmp_path, files=3)
+    damaged = tmp_path / "events-1.parquet"
+    raw = bytearray(damaged.read_bytes())
+    raw[10:60] = b"\xff" * 50
+    damaged.write_bytes(bytes(raw))
+    good = pl.concat([events.slice(0, 5_000), events.slice(10_000, 5_000)])
+    flow = af.Flow("damaged")
+    source = flow.read_parquet(str(tmp_path / "*.parquet"), on_corrupt_file="skip")
+    got, bad = collect_all(fused_flow(source), source.side_output("malformed"), workers=workers)
+    assert_frame_equal_unordered(got, totals(good).collect())
+    assert bad.schema == MALFORMED_SCHEMA
+    assert bad["file"].to_list() == [str(damaged)]
+    assert bad["reason"][0].startswith("corrupt file skipped (row groups 0-4, rows 0-4999): ")
+
+
+JOB = textwrap.dedent(
+    """
+    import json, sys
+    import polars as pl
+    import arrowflow as af
+
+    config = json.loads(sys.argv[1])
+    flow = af.Flow("fused-crash")
+    (flow.read_parquet(config["input"])
+         .with_columns(value=pl.col("qty") * 2)
+         .key_by("user").agg(n=pl.len(), total=pl.col("value").sum())
+         .write_parquet(config["out"]))
+    result = flow.run(workers=config["workers"], checkpoint_dir=config["ck"],
+                      checkpoint_every=af.every_rows(2_400), batch_size=config["batch_size"],
+                      restore="latest", max_restarts=0)
+    print("RESULT " + json.dumps({"restored_from": result.restored_from}), flush=True)
+    """
+)
+
+
+@pytest.mark.injects_faults
+@pytest.mark.parametrize(
+    ("workers", "batch_size", "fault"),
+    # In-process, whole row groups are batches and the reader runs the query in its scan; in
+    # the pool, 200-row cuts of them are batches the worker runs the query on, and partials
+    # cross the exchange. (A pool reading whole row groups reads these 40,000 rows faster
+    # than its 50 ms row reports, so its checkpoints by row count would be left to timing.)
+    [(0, None, "after_manifest@3"), (0, 500, "before_manifest@4"), (2, 200, "after_ack@2")],
+)
+def test_kill_9_and_restore_of_a_fused_scan_is_exactly_once(
+    tmp_path: Path, workers: int, batch_size, fault: str
+) -> None:
+    """Whole row groups as batches (or cuts of them), killed at a checkpoint, then
+    restored: the totals a key's last emission holds are polars' totals."""
+    (tmp_path / "input").mkdir()
+    events = write_events(tmp_path / "input", files=8)
+    config = {
+        "input": str(tmp_path / "input" / "*.parquet"),
+        "out": str(tmp_path / "out"),
+        "ck": str(tmp_path / "ck"),
+        "workers": workers,
+        "batch_size": batch_size,
+    }
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+
+    def run(faults: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), json.dumps(config)],
+            env={**os.environ, "ARROWFLOW_FAULTS": faults},
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    first = run(fault)
+    assert first.returncode != 0 and "RESULT" not in first.stdout, first.stderr[-2000:]
+    second = run("")
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads(second.stdout.split("RESULT ", 1)[1])
+    assert summary["restored_from"] is not None
+    parts = sorted((tmp_path / "out").glob("part-*.parquet"))
+    updates = pl.concat([pl.read_parquet(p) for p in parts])
+    latest = updates.with_row_index("_i").group_by("user").last().drop("_i")
+    # Every row counts (no filter): a row read twice or skipped changes its key's totals.
+    expected = events.group_by("user").agg(n=pl.len(), total=(pl.col("qty") * 2).sum())
+    assert_frame_equal_unordered(latest, expected)
