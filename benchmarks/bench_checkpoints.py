@@ -46,16 +46,16 @@ class W3(Job):
     baseline = "arrowflow"
     kept = ("purchase", "add_to_cart")
 
-    def contenders(self, workers: list[int]) -> list[Contender]:
+    def contenders(self, workers: list[int | None]) -> list[Contender]:
         found = []
         for w in workers:
             for state in STATES:
                 suffix = "" if state == "memory" else f" {state}"
-                plain = f"arrowflow w={w}{suffix}"
+                plain = f"arrowflow w={'default' if w is None else w}{suffix}"
                 found.append(Contender(plain, "arrowflow", w, {"state": state}))
                 found.append(
                     Contender(
-                        f"arrowflow w={w} ckpt 1s{suffix}",
+                        f"arrowflow w={'default' if w is None else w} ckpt 1s{suffix}",
                         "arrowflow",
                         w,
                         {"every": "1s", "state": state},

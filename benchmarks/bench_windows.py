@@ -45,20 +45,25 @@ class W2(Job):
     sort_by = ("user_id", "window_start")
     modulo: int | None = None
 
-    def contenders(self, workers: list[int]) -> list[Contender]:
+    def contenders(self, workers: list[int | None]) -> list[Contender]:
         found = [Contender("polars", "polars")]
         for w in workers:
-            found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
-            found.append(
-                Contender(f"arrowflow w={w} ckpt 10s", "arrowflow", w, {"checkpoint_every": "10s"})
-            )
-        if (
-            self.name == "w2" and max(workers) > 0
-        ):  # the same, writing lz4 part files instead of zstd
-            w = max(workers)
+            found.append(Contender(f"arrowflow w={'default' if w is None else w}", "arrowflow", w))
             found.append(
                 Contender(
-                    f"arrowflow w={w} ckpt 10s lz4",
+                    f"arrowflow w={'default' if w is None else w} ckpt 10s",
+                    "arrowflow",
+                    w,
+                    {"checkpoint_every": "10s"},
+                )
+            )
+        if (
+            self.name == "w2" and max(w or 0 for w in workers) > 0
+        ):  # the same, writing lz4 part files instead of zstd
+            w = max(w or 0 for w in workers)
+            found.append(
+                Contender(
+                    f"arrowflow w={'default' if w is None else w} ckpt 10s lz4",
                     "arrowflow",
                     w,
                     {"checkpoint_every": "10s", "compression": "lz4"},
@@ -143,14 +148,17 @@ class W2Checkpoints(W2):
         "against the same job without checkpoints"
     )
 
-    def contenders(self, workers: list[int]) -> list[Contender]:
+    def contenders(self, workers: list[int | None]) -> list[Contender]:
         found = []
         for w in workers:
-            found.append(Contender(f"arrowflow w={w}", "arrowflow", w))
+            found.append(Contender(f"arrowflow w={'default' if w is None else w}", "arrowflow", w))
             for every in ("10s", "1s"):
                 found.append(
                     Contender(
-                        f"arrowflow w={w} ckpt {every}", "arrowflow", w, {"checkpoint_every": every}
+                        f"arrowflow w={'default' if w is None else w} ckpt {every}",
+                        "arrowflow",
+                        w,
+                        {"checkpoint_every": every},
                     )
                 )
         self.baseline = f"arrowflow w={workers[0]}"

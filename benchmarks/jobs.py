@@ -43,10 +43,13 @@ class Job:
     #: columns the output is sorted by before two contenders' outputs are compared
     sort_by: tuple[str, ...] = ()
 
-    def contenders(self, workers: list[int]) -> list[Contender]:
+    def contenders(self, workers: list[int | None]) -> list[Contender]:
         return [
             Contender("polars", "polars"),
-            *(Contender(f"arrowflow w={w}", "arrowflow", w) for w in workers),
+            *(
+                Contender(f"arrowflow w={'default' if w is None else w}", "arrowflow", w)
+                for w in workers
+            ),
         ]
 
     def run_contender(

@@ -311,7 +311,7 @@ def run_job(job: Job, args: argparse.Namespace, work: Path) -> tuple[bool, list[
                 "--out",
                 str(out),
             ]
-            measured = measure(command, sample_tree=bool(contender.workers), env=env)
+            measured = measure(command, sample_tree=contender.workers != 0, env=env)
             measured.contender = contender.label
             if repeat < 0:
                 print(f"  warm-up {contender.label:<16} {measured.wall_s:6.2f} s", flush=True)
@@ -378,6 +378,11 @@ def _count(text: str) -> int:
     return int(float(text[:-1]) * scale) if scale > 1 else int(text)
 
 
+def _workers(text: str) -> int | None:
+    """A worker count, or ``default`` (None: the engine chooses, as ``flow.run()`` does)."""
+    return None if text == "default" else int(text)
+
+
 def byte_compiled() -> str:
     """Byte-compile arrowflow's modules once, as ``pip install`` does for an installed package.
 
@@ -413,10 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         nargs="+",
         default=[0],
-        help="arrowflow worker counts to run (0: in-process)",
+        help="arrowflow worker counts to run (0: in-process; default: the engine's choice)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per contender first")
