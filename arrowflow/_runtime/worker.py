@@ -82,7 +82,7 @@ class SourceOp(Operator):
         ) = None
         self.whole_splits = False
 
-    def fuse(self, chain: ChainOp | None, exchange: ExchangeOp, *, whole_splits: bool) -> bool:
+    def fuse(self, chain: ChainOp | None, exchange: ExchangeOp, *, whole_splits: bool) -> None:
         """Run ``chain`` and the combiner of ``exchange`` (a keyed aggregation's partial) as one
         query per batch, inside the reader's scan where it can (:meth:`SplitReader.push_down`):
         polars then reads only what the filters keep, and the chain's rows never materialize.
@@ -92,10 +92,9 @@ class SourceOp(Operator):
         steps = chain.lazy() if chain is not None else (lambda rows: rows)
         partial = getattr(exchange.combiner, "counted_partial_query", None)
         if steps is None or partial is None:
-            return False
+            return
         self.fused = (chain, exchange, lambda rows: partial(steps(rows)))
         self.whole_splits = whole_splits
-        return True
 
     def _open_reader(self, split: Split, position: Any) -> SplitReader:
         if self.fused is None:
@@ -320,7 +319,7 @@ class Worker:
         for op in self.ops.values():
             op.context = self.context
         self.clocks = self._wire_split_watermarks(plan)
-        self.fused = self._fuse_scans(whole_splits=batch_size is None)
+        self._fuse_scans(whole_splits=batch_size is None)
         # Operators that act on the passing of time without data (a watermark that goes idle):
         # only those that override the hook are called every turn.
         self.timed = [op for op in self.ops.values() if type(op).tick is not Operator.tick]
@@ -368,11 +367,10 @@ class Worker:
             clocks.append(clock)
         return clocks
 
-    def _fuse_scans(self, *, whole_splits: bool) -> list[str]:
+    def _fuse_scans(self, *, whole_splits: bool) -> None:
         """Fuse each source whose rows go only through a chain of expressions (or straight)
         into the exchange of a keyed aggregation with a combiner (:meth:`SourceOp.fuse`).
-        Not where a per-split watermark sees the source's batches. Returns the sources fused."""
-        fused = []
+        Not where a per-split watermark sees the source's batches."""
         for source in self.sources:
             consumers = source.outputs.get(MAIN, [])
             if source.clocks or len(consumers) != 1:
@@ -388,10 +386,8 @@ class Worker:
                 isinstance(target, ExchangeOp)
                 and target.combiner is not None
                 and not target.keeps_split_watermark
-                and source.fuse(chain, target, whole_splits=whole_splits)
             ):
-                fused.append(source.id)
-        return fused
+                source.fuse(chain, target, whole_splits=whole_splits)
 
     def stop_requested(self) -> bool:
         """A writer has all it needs (``collect(limit=n)`` has its n rows): end the run now."""

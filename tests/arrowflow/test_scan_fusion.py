@@ -96,6 +96,10 @@ def test_the_fused_operators_count_what_they_would_unfused(tmp_path: Path, worke
     """Each operator's counters are the rows that pass it, from polars: the source read every
     event, the chain kept the filtered ones, the exchange and the aggregation took those."""
     events = write_events(tmp_path)
+    # and a file of views only, whose split the filters empty
+    views = events.head(900).with_columns(kind=pl.lit("view"))
+    views.write_parquet(tmp_path / "views.parquet")
+    events = pl.concat([events, views])
     kept = events.filter(
         pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0
     ).height
@@ -105,12 +109,102 @@ def test_the_fused_operators_count_what_they_would_unfused(tmp_path: Path, worke
     by_kind = {row["kind"]: row for row in result.metrics().to_dicts()}
     source, chain = by_kind["source"], by_kind["chain"]
     assert source["rows_in"] == source["rows_out"] == events.height
-    # 4 small files, one split each, each read as one batch when the run leaves the batch
-    # size to the engine (a pool would otherwise cut them into batches of 262,144 rows).
-    assert source["batches_in"] == chain["batches_in"] == 4
+    # 5 small files, one split each, each read as one batch when the run leaves the batch
+    # size to the engine; the exchange saw the 4 splits the filters did not empty.
+    assert source["batches_in"] == chain["batches_in"] == 5
+    assert by_kind["exchange"]["batches_in"] == 4
     assert (chain["rows_in"], chain["rows_out"]) == (events.height, kept)
     assert by_kind["exchange"]["rows_in"] == by_kind["agg"]["rows_in"] == kept
     assert by_kind["agg"]["rows_out"] == totals(events).collect().height
+
+
+def test_the_parquet_reader_runs_the_query_in_its_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, each split is read by the reader's fused path (the query inside the scan),
+    once per split, and what it yields stands for every row of the split."""
+    from arrowflow.io import files
+
+    events = write_events(tmp_path)
+    seen: list[int | None] = []
+    queried = files._FileReader._queried
+
+    def recorded(self, wanted, query):
+        for batch in queried(self, wanted, query):
+            seen.append(batch.rows_read)
+            yield batch
+
+    monkeypatch.setattr(files._FileReader, "_queried", recorded)
+    flow = af.Flow("pushed")
+    got = fused_flow(flow.read_parquet(str(tmp_path / "*.parquet"))).collect(workers=0)
+    assert_frame_equal_unordered(got, totals(events).collect())
+    assert seen == [5_000] * 4
+
+
+def test_a_source_straight_into_an_aggregation_and_a_second_source_are_fused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No chain between a source and its aggregation: the partial alone runs in the scan. A
+    second source is fused too when the first one cannot be (it feeds two consumers)."""
+    from arrowflow.io import files
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_events(tmp_path / "a", files=2, seed=4)
+    second = write_events(tmp_path / "b", files=3, seed=5)
+    seen: list[str] = []
+    queried = files._FileReader._queried
+
+    def recorded(self, wanted, query):
+        seen.append(Path(self.url).parent.name)
+        yield from queried(self, wanted, query)
+
+    monkeypatch.setattr(files._FileReader, "_queried", recorded)
+    flow = af.Flow("two-sources")
+    a = flow.read_parquet(str(tmp_path / "a" / "*.parquet"))
+    b = flow.read_parquet(str(tmp_path / "b" / "*.parquet"))
+    streams = [
+        a.select("user"),
+        a.key_by("user").agg(n=pl.len()),
+        b.key_by("user").agg(n=pl.len(), total=pl.col("amount").sum()),
+    ]
+    users, counts, totals_b = collect_all(*streams, workers=0)
+    assert_frame_equal_unordered(users, first.select("user"))
+    assert_frame_equal_unordered(counts, first.group_by("user").agg(n=pl.len()))
+    assert_frame_equal_unordered(
+        totals_b, second.group_by("user").agg(n=pl.len(), total=pl.col("amount").sum())
+    )
+    assert seen == ["b"] * 3
+
+
+@pytest.mark.parametrize(("batch_size", "batches"), [(None, 1), (100_000, 6)])
+def test_a_pool_reads_a_fused_split_as_one_batch(
+    tmp_path: Path, batch_size: int | None, batches: int
+) -> None:
+    """A split of 600,000 rows: a pool worker cuts an unfused split into batches of 262,144
+    rows (3 here); fused, the split is one query and one batch, unless the run gives a
+    batch size, which is kept."""
+    rng = np.random.default_rng(8)
+    rows = 600_000
+    events = pl.DataFrame(
+        {
+            "user": rng.permutation(rows) % 5_003,
+            "kind": rng.choice(KINDS, rows),
+            "amount": np.round(rng.exponential(30, rows), 2),
+            "qty": rng.integers(-3, 9, rows).astype(np.int32),
+        }
+    )
+    events.write_parquet(tmp_path / "big.parquet", row_group_size=rows)
+    flow = af.Flow("one-batch")
+    fused_flow(flow.read_parquet(str(tmp_path / "big.parquet"))).write_parquet(
+        str(tmp_path / "out")
+    )
+    result = flow.run(workers=2, batch_size=batch_size)
+    by_kind = {row["kind"]: row for row in result.metrics().to_dicts()}
+    assert by_kind["source"]["batches_in"] == batches
+    assert by_kind["source"]["rows_in"] == rows
+    got = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
+    assert_frame_equal_unordered(got, totals(events).collect())
 
 
 def test_a_users_expression_error_in_a_fused_scan_is_raised_not_skipped(tmp_path: Path) -> None:
