@@ -5,7 +5,10 @@ Set ARROWFLOW_TEST_WORKERS (e.g. "0" or "0,2") to narrow the executors while dev
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,27 @@ def _polars_sessions(df: Any, gap_s: int, key: str = "user") -> Any:
 def polars_sessions() -> Callable[..., Any]:
     """The independent reference of session windows, as a function to call."""
     return _polars_sessions
+
+
+def _run_job_script(
+    script: Path, config: dict[str, Any], faults: str = "", timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run a job script in a fresh interpreter, its config as JSON in its one argument and
+    ``faults`` as ARROWFLOW_FAULTS (arrowflow/_runtime/faults.py): the crash is a real one."""
+    return subprocess.run(
+        [sys.executable, str(script), json.dumps(config)],
+        env={**os.environ, "ARROWFLOW_FAULTS": faults},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def run_job_script() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs a job script with a fault spec, as a function to call (:func:`_run_job_script`)."""
+    return _run_job_script
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ kill -9 and restore still exactly once.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -48,38 +46,26 @@ def write_events(folder: Path, files: int = 4, rows: int = 5_000, seed: int = 3)
     return pl.concat(frames)
 
 
+# The job, one spelling for polars and for the flows below.
+KEPT = [pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0]
+VALUE = {"value": pl.col("amount") * pl.col("qty")}
+TOTALS = {
+    "n": pl.len(),
+    "total": pl.col("value").sum(),
+    "mean": pl.col("amount").mean(),
+    "low": pl.col("qty").min(),
+    "high": pl.col("amount").max(),
+    "amounts": pl.col("amount").count(),
+}
+
+
 def totals(frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
-    """The job, as polars runs it and as the flows below spell it."""
-    return (
-        frame.lazy()
-        .filter(pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0)
-        .with_columns(value=pl.col("amount") * pl.col("qty"))
-        .group_by("user")
-        .agg(
-            n=pl.len(),
-            total=pl.col("value").sum(),
-            mean=pl.col("amount").mean(),
-            low=pl.col("qty").min(),
-            high=pl.col("amount").max(),
-            amounts=pl.col("amount").count(),
-        )
-    )
+    """The job, as polars runs it."""
+    return frame.lazy().filter(*KEPT).with_columns(**VALUE).group_by("user").agg(**TOTALS)
 
 
 def fused_flow(source: af.Stream) -> af.Stream:
-    return (
-        source.filter(pl.col("kind").is_in(["purchase", "add_to_cart"]), pl.col("qty") != 0)
-        .with_columns(value=pl.col("amount") * pl.col("qty"))
-        .key_by("user")
-        .agg(
-            n=pl.len(),
-            total=pl.col("value").sum(),
-            mean=pl.col("amount").mean(),
-            low=pl.col("qty").min(),
-            high=pl.col("amount").max(),
-            amounts=pl.col("amount").count(),
-        )
-    )
+    return source.filter(*KEPT).with_columns(**VALUE).key_by("user").agg(**TOTALS)
 
 
 @pytest.mark.parametrize("batch_size", [None, 700])
@@ -275,7 +261,7 @@ JOB = textwrap.dedent(
     [(0, None, "after_manifest@3"), (0, 500, "before_manifest@4"), (2, 200, "after_ack@2")],
 )
 def test_kill_9_and_restore_of_a_fused_scan_is_exactly_once(
-    tmp_path: Path, workers: int, batch_size, fault: str
+    tmp_path: Path, workers: int, batch_size, fault: str, run_job_script
 ) -> None:
     """Whole row groups as batches (or cuts of them), killed at a checkpoint, then
     restored: the totals a key's last emission holds are polars' totals."""
@@ -292,14 +278,7 @@ def test_kill_9_and_restore_of_a_fused_scan_is_exactly_once(
     script.write_text(JOB)
 
     def run(faults: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, str(script), json.dumps(config)],
-            env={**os.environ, "ARROWFLOW_FAULTS": faults},
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
+        return run_job_script(script, config, faults)
 
     first = run(fault)
     assert first.returncode != 0 and "RESULT" not in first.stdout, first.stderr[-2000:]

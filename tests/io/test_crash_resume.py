@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -39,25 +38,15 @@ JOB = textwrap.dedent("""
 """)
 
 
-def run_job(tmp: Path, workers: int, faults: str) -> tuple[int, str, str]:
-    script = tmp / "job.py"
-    script.write_text(JOB)
-    config = {
+def job_config(tmp: Path, workers: int) -> dict[str, object]:
+    (tmp / "job.py").write_text(JOB)
+    return {
         "input": str(tmp / "input"),
         "rows": str(tmp / "rows"),
         "bad": str(tmp / "bad"),
         "checkpoints": str(tmp / "checkpoints"),
         "workers": workers,
     }
-    proc = subprocess.run(
-        [sys.executable, str(script), json.dumps(config)],
-        env={**os.environ, "ARROWFLOW_FAULTS": faults},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def committed(folder: Path, fmt: str) -> pl.DataFrame:
@@ -88,19 +77,20 @@ def write_inputs(folder: Path) -> tuple[pl.DataFrame, int]:
 @pytest.mark.injects_faults
 @pytest.mark.parametrize(("workers", "fault"), [(0, "before_manifest@3"), (2, "after_manifest@2")])
 def test_kill_then_restore_commits_each_row_once(
-    tmp_path: Path, workers: int, fault: str, same_rows
+    tmp_path: Path, workers: int, fault: str, same_rows, run_job_script
 ) -> None:
     allowed = os.environ.get("ARROWFLOW_TEST_WORKERS", "0,1,2").split(",")
     if str(workers) not in allowed:
         pytest.skip(f"ARROWFLOW_TEST_WORKERS={','.join(allowed)} leaves out {workers} workers")
     (tmp_path / "input").mkdir()
     expected, bad_count = write_inputs(tmp_path / "input")
-    code, out, err = run_job(tmp_path, workers, fault)
-    if "RESULT" not in out:
-        assert code != 0, err[-2000:]
-        code, out, err = run_job(tmp_path, workers, "")
-        assert code == 0, err[-3000:]
-        assert json.loads(out.split("RESULT ", 1)[1])["restored_from"] is not None
+    config = job_config(tmp_path, workers)
+    run = run_job_script(tmp_path / "job.py", config, fault)
+    if "RESULT" not in run.stdout:
+        assert run.returncode != 0, run.stderr[-2000:]
+        run = run_job_script(tmp_path / "job.py", config, "")
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert json.loads(run.stdout.split("RESULT ", 1)[1])["restored_from"] is not None
     rows = committed(tmp_path / "rows", "parquet")
     assert rows["id"].is_duplicated().sum() == 0
     same_rows(rows, expected)
@@ -138,7 +128,7 @@ CORRUPT_JOB = textwrap.dedent("""
     [pytest.param(0, "before_manifest@3", marks=pytest.mark.soak), (2, "after_manifest@2")],
 )
 def test_corrupt_files_are_reported_once_across_a_kill(
-    tmp_path: Path, workers: int, fault: str, same_rows
+    tmp_path: Path, workers: int, fault: str, same_rows, run_job_script
 ) -> None:
     """Parquet files skipped as corrupt (one found at plan time, one while reading) are each
     reported once and the good files' rows committed once, through a kill -9 and a restore."""
@@ -169,15 +159,8 @@ def test_corrupt_files_are_reported_once_across_a_kill(
         "workers": workers,
     }
 
-    def run(faults: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(script), json.dumps(config)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "ARROWFLOW_FAULTS": faults},
-            timeout=240,
-            check=False,
-        )
+    def run(faults: str) -> subprocess.CompletedProcess[str]:
+        return run_job_script(script, config, faults)
 
     proc = run(fault)
     assert "RESULT" not in proc.stdout and proc.returncode != 0, "the fault did not fire"
