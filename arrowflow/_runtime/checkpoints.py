@@ -349,8 +349,32 @@ class CheckpointStorage:
         protocol = self.fs.protocol
         name = f"{protocol if isinstance(protocol, str) else protocol[0]}://{self.root}"
         tag = hashlib.sha256(name.encode()).hexdigest()[:8]
-        self.write_file(JOB_FILE, json.dumps({"tag": tag}).encode())
+        self._write_whole(JOB_FILE, json.dumps({"tag": tag}).encode())
         return tag
+
+    def _write_whole(self, relative: str, payload: bytes) -> None:
+        """Write a small file that is there whole or not at all, whatever stops the write (a
+        kill, a full disk): on local disk under a temporary name, then renamed; an object
+        store's put publishes the object whole by itself. A job file cut short would be
+        refused as damaged by every later run."""
+        final = self.path(relative)
+        try:
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            if not self.local:
+                with self.fs.open(final, "wb") as handle:
+                    handle.write(payload)
+                return
+            temporary = self.path(f".{relative}.{time.time_ns()}")
+            try:
+                with self.fs.open(temporary, "wb") as handle:
+                    handle.write(payload)
+                self.fs.mv(temporary, final)
+            finally:
+                if self.fs.exists(temporary):
+                    self.fs.rm(temporary)
+        except OSError as exc:
+            msg = f"cannot write {final!r} in checkpoint directory {self.url!r}: {exc}"
+            raise CheckpointError(msg) from exc
 
     def ensure(self) -> None:
         try:

@@ -268,3 +268,38 @@ def test_checkpoints_list_and_state_query_cli(
         af.query_state(str(tmp_path / "checkpoints"), "SELECT sum(n) AS n FROM agg").item()
         == events.height
     )
+
+
+def test_a_job_file_write_cut_short_leaves_no_job_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run writes the job's tag into its checkpoint directory. A write stopped
+    half-way (here a full disk after 5 bytes; a kill -9 is the same on disk) fails that run
+    clearly and leaves no job file at all, so the next run on the directory derives the
+    same tag and runs, where a file cut short would be refused as damaged forever."""
+    import errno
+
+    from fsspec.implementations.local import LocalFileOpener
+
+    ck = tmp_path / "ck"
+    storage = CheckpointStorage(str(ck))
+    storage.ensure()
+    write = LocalFileOpener.write
+
+    def full_disk(self, data):  # type: ignore[no-untyped-def]
+        write(self, data[:5])
+        self.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LocalFileOpener, "write", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write '.*_JOB\.json'.*No space left"):
+        storage.job_tag()
+    monkeypatch.undo()
+    assert sorted(p.name for p in ck.iterdir()) == []
+    tag = CheckpointStorage(str(ck)).job_tag()
+    assert json.loads((ck / "_JOB.json").read_text()) == {"tag": tag}
+    assert CheckpointStorage(str(ck)).job_tag() == tag
+    flow = af.Flow("after-a-full-disk")
+    flow.from_polars(pl.DataFrame({"x": [1, 2, 3]})).write_parquet(str(tmp_path / "out"))
+    flow.run(workers=0, checkpoint_dir=str(ck))
+    assert pl.read_parquet(tmp_path / "out" / "*.parquet")["x"].sort().to_list() == [1, 2, 3]
