@@ -11,7 +11,10 @@ time column:
 - ``sliding(size, every)``: windows of ``size`` starting every ``every`` (at multiples of
   ``every``); an event is in each window that contains it;
 - ``session(gap)``: per key, events less than ``gap`` apart belong to one session
-  ``[first event, last event + gap)``; sessions that come to overlap merge.
+  ``[first event, last event + gap)``; sessions that come to overlap merge. Sessions take
+  no ``first``/``last`` aggregation (a plan error): an event arriving out of order joins or
+  bridges sessions stored before it, so the row either would pick is not the first or last
+  to arrive (before they were refused, a session's ``last`` changed with the batch size).
 
 A window *fires* (emits its row, and leaves the state) once the watermark reaches
 ``window_end + allowed_lateness`` (a session: ``gap`` later still). An event is *late* when

@@ -61,6 +61,10 @@ _KINDS = {
 }
 
 
+#: Aggregate kinds whose result depends on the order the rows arrive in.
+ORDERED_KINDS = frozenset({"first", "last", "first_non_null", "last_non_null"})
+
+
 @dataclass(frozen=True)
 class AggTerm:
     """One output column: ``kind`` of ``source`` (None for ``pl.len()``).

@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from arrowflow._foundation.watermarks import check_time_column, per_ms
-from arrowflow._graph.aggregates import IncrementalAgg
+from arrowflow._graph.aggregates import ORDERED_KINDS, IncrementalAgg
 from arrowflow.errors import PlanError, SchemaError
 from arrowflow.windows import WINDOW_END, WINDOW_START, WindowSpec
 
@@ -58,6 +58,18 @@ class WindowAgg:
         self.agg = IncrementalAgg(
             aggs, [*self.keys, WINDOW_START], extended, operator_id=operator_id
         )
+        ordered = [t.name for t in self.agg.terms if t.kind in ORDERED_KINDS]
+        if spec.kind == "session" and ordered:
+            # Sessions merge out of arrival order: a later event joins or bridges sessions
+            # stored before it, so the partials are combined in event-time order, and what
+            # first/last picked depended on where the batches were cut.
+            msg = (
+                f"operator {operator_id!r}: {ordered[0]!r} is a first/last aggregation, which "
+                f"session windows do not support (sessions merge out of arrival order, so the "
+                f"row picked would not be the first or last to arrive); use min()/max(), or a "
+                f"tumbling or sliding window, whose first/last keep arrival order"
+            )
+            raise PlanError(msg)
         self.size = spec.size_ms * self.per_ms
         self.every = spec.every_ms * self.per_ms
         self.gap = spec.gap_ms * self.per_ms

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from arrowflow._foundation.warn import warn
+from arrowflow._graph.aggregates import ORDERED_KINDS
 from arrowflow._plan import OpSpec, Plan
 from arrowflow._runtime.lease import JobLeases
 from arrowflow._runtime.restarts import run_attempts
@@ -86,10 +87,6 @@ def process_local(plan: Plan, options: RunOptions) -> str | None:
     if options.checkpoint_dir is not None and options.checkpoint_dir.startswith("memory://"):
         return f"checkpoint_dir {options.checkpoint_dir!r} is in this process's memory (memory://)"
     return None
-
-
-#: Aggregations whose value is that of a row chosen by arrival order.
-ORDERED_KINDS = ("first", "last", "first_non_null", "last_non_null")
 
 
 def arrival_ordered(plan: Plan) -> dict[str, list[str]]:

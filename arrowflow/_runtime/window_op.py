@@ -56,6 +56,7 @@ from typing import Any, Literal
 import polars as pl
 
 from arrowflow._foundation.watermarks import IDLE, NO_WATERMARK, SPLIT_WATERMARK, to_micros
+from arrowflow._graph.aggregates import ORDERED_KINDS
 from arrowflow._graph.windows import WindowAgg
 from arrowflow._plan import OpSpec
 from arrowflow._runtime.checkpoints import encode_spec
@@ -81,8 +82,6 @@ from arrowflow.windows import WINDOW_END, WINDOW_START
 BUFFER_ROWS = 4_000_000
 #: Store name (under the operator's id) of the write buffer's snapshot files.
 BUFFER_STORE = "buffer"
-#: Aggregate kinds whose result depends on the order of the rows.
-ORDERED_KINDS = frozenset({"first", "last", "first_non_null", "last_non_null"})
 END = "__end"
 START = "__start"
 
