@@ -152,7 +152,9 @@ def test_windows_restored_onto_another_worker_count_fire_once(
         batch_size=250,
         keep_checkpoints=20,
     )
-    assert len(ran.checkpoints) >= 3
+    # A pool counts rows from its workers' reports (every 50 ms): a 0.2 s run of 6,000 rows
+    # may hold one row-count checkpoint before the final one, not three (it did, 1 run in 6).
+    assert len(ran.checkpoints) >= 2
     middle = ran.checkpoints[len(ran.checkpoints) // 2 - 1]
     again = restore(build(df, out, splits=4), middle, ck, workers=second, keep_checkpoints=20)
     assert again.restored_from == middle
