@@ -826,9 +826,7 @@ class SessionWindowOp(_WindowBase):
             self.index = join_on_keys(self.index, stored_keys, self.keys, "anti")
         both = pl.concat(parts, how="vertical").sort([*keys, WINDOW_START], maintain_order=True)
         start = pl.col(WINDOW_START).to_physical()
-        previous_end = (
-            pl.col(END).cum_max().shift(1).over(keys) if keys else pl.col(END).cum_max().shift(1)
-        )
+        previous_end = pl.col(END).cum_max().shift(1).over(keys)  # key_by() takes >= 1 column
         opens = previous_end.is_null() | (start >= previous_end)
         both = both.with_columns(
             pl.when(opens)

@@ -2,8 +2,8 @@
 exactly ``gap`` apart, in one batch and across batches; sessions that fire only once the
 watermark passes their end + gap, not at their last event; an event arriving out of order
 that bridges two stored sessions, then a restore from each checkpoint; late events with the
-session they missed, from a split watermark and from a per-worker one; and the first/last
-aggregations sessions refuse.
+session they missed, from a split watermark and from a per-worker one (the operator driven
+directly); and the first/last aggregations sessions refuse.
 
 The operator is ``SessionWindowOp`` in ``arrowflow/_runtime/window_op.py``; what sessions
 mean is in ``arrowflow/windows.py``.
@@ -40,17 +40,12 @@ def frame(rows: list[tuple[int, float]], amounts: list[float] | None = None) -> 
     ).with_columns(pl.col("ts").dt.cast_time_unit("ms"))
 
 
-def sessions(
-    df: pl.DataFrame, delay: str = "0s", *, lateness: str | None = None, own: bool = False
-) -> af.Flow:
-    """The flow: sessions of ``GAP_S`` per user, n and total; with ``own`` a map between the
-    source and the watermark makes it a per-worker watermark (its input is not a source)."""
+def sessions(df: pl.DataFrame, delay: str = "0s", *, lateness: str | None = None) -> af.Flow:
+    """The flow: sessions of ``GAP_S`` per user, n and total, and their late events."""
     flow = af.Flow("sessions")
-    stream = flow.from_polars(df, splits=1)
-    if own:
-        stream = stream.map_batches(lambda batch: batch)
     windowed = (
-        stream.with_watermark("ts", delay=delay)
+        flow.from_polars(df, splits=1)
+        .with_watermark("ts", delay=delay)
         .key_by("user")
         .window(af.session(f"{GAP_S}s"), allowed_lateness=lateness)
         .agg(n=pl.len(), total=pl.col("amount").sum(), name="sessions")
@@ -107,13 +102,14 @@ def test_events_exactly_a_gap_apart_start_a_new_session(
     assert rows_of(result, "late").height == 0
 
 
+@pytest.mark.parametrize(("lateness", "fired"), [(0, [80, 140, 140]), (10, [110, 140, 140])])
 def test_a_session_fires_once_the_watermark_passes_its_end_not_its_last_event(
-    polars_sessions: Any,
+    lateness: int, fired: list[int], polars_sessions: Any
 ) -> None:
     """One-row batches, no delay: after each event the watermark is at that event, so a
     session whose last event the watermark has passed can still grow until the watermark
-    reaches its end (last event + gap). It comes out whole, at the first event at or past
-    that end."""
+    reaches its end (last event + gap). It fires, whole, at the first event at or past its
+    end + gap + allowed lateness."""
     # sessions [0, 53) (last event 33), [60, 100) (last 80), [110, 130), [140, 160)
     df = frame([(1, s) for s in (0, 5, 12, 31, 33, 60, 61, 80, 110, 140)])
     fired_at: list[int] = []
@@ -134,17 +130,18 @@ def test_a_session_fires_once_the_watermark_passes_its_end_not_its_last_event(
         .map_batches(tap_in)
         .with_watermark("ts", delay="0s")
         .key_by("user")
-        .window(af.session(f"{GAP_S}s"))
+        .window(af.session(f"{GAP_S}s"), allowed_lateness=f"{lateness}s")
         .agg(n=pl.len(), total=pl.col("amount").sum())
     )
     windowed.map_batches(tap_out).write_to(CollectSink(), name="out")
     result = flow.run(workers=0, batch_size=1)
     check(rows_of(result, "out"), df, polars_sessions)
     base = int(START.replace(tzinfo=dt.timezone.utc).timestamp())
-    # [0, 53) fires once the watermark reaches 53 + gap = 73: at the event at 80 (firing at
-    # its last event, 33, would have cut it short); [60, 100) at 140; the other two at the
-    # end of the input (the last event read: 140).
-    assert [t - base for t in fired_at] == [80, 140, 140]
+    # [0, 53) fires once the watermark reaches 53 + gap + lateness: 73 (at the event at 80;
+    # firing at its last event, 33, would have cut it short), or 83 (at 110); [60, 100) at
+    # 120 or 130 (the event at 140); the other two at the end of the input (the last event
+    # read: 140).
+    assert [t - base for t in fired_at] == fired
 
 
 def test_an_event_out_of_order_bridges_two_stored_sessions_and_a_restore_agrees(
@@ -199,11 +196,10 @@ def test_an_event_out_of_order_bridges_two_stored_sessions_and_a_restore_agrees(
         check(got, df, polars_sessions)
 
 
-@pytest.mark.parametrize("own", [False, True], ids=["split-watermark", "per-worker-watermark"])
-def test_late_events_carry_the_session_they_missed(own: bool, polars_sessions: Any) -> None:
+def test_late_events_carry_the_session_they_missed(polars_sessions: Any) -> None:
     """One-row batches, a 5 s delay and 2 s of allowed lateness: an event is late when
     ts + gap + lateness is at or behind the watermark before it (the newest earlier event
-    minus the delay), with the split's watermark or, behind a map, the worker's own. Late
+    minus the delay: the split's watermark; per worker, see the next test). Late
     events go to ``late`` with ``[ts, ts + gap)``; the others are polars' sessions. The
     events include one exactly at that limit (late) and one a millisecond after (not)."""
     rng = np.random.default_rng(5)
@@ -217,7 +213,7 @@ def test_late_events_carry_the_session_they_missed(own: bool, polars_sessions: A
     limit = newest - 5 - GAP_S - 2  # ts + gap + lateness == watermark: late
     rows[150:150] = [(0, limit), (1, limit + 0.001)]
     df = frame(rows)
-    flow = sessions(df, delay="5s", lateness="2s", own=own)
+    flow = sessions(df, delay="5s", lateness="2s")
     result = flow.run(workers=0, batch_size=1)
     epoch = pl.col("ts").dt.epoch("ms")
     marked = df.with_row_index("i").with_columns(
@@ -263,3 +259,82 @@ def test_session_windows_refuse_first_and_last(kind: str) -> None:
     # tumbling windows keep arrival order: the same aggregation runs
     got = keyed.window(af.tumbling("60s")).agg(v=expr).collect(workers=0)
     assert got["v"].to_list() == [0.0 if kind.startswith("first") else 1.0]
+
+
+class _Rows:
+    """Stands for the operator after a port: keeps the batches it is sent."""
+
+    def __init__(self) -> None:
+        self.batches: list[pl.DataFrame] = []
+
+    def receive(self, batch: pl.DataFrame, index: int) -> None:
+        self.batches.append(batch)
+
+    def receive_watermark(self, value: int, index: int) -> None:
+        pass
+
+    def rows(self) -> pl.DataFrame:
+        return pl.concat(self.batches)
+
+
+def test_a_per_worker_watermark_makes_rows_behind_a_fired_session_late(tmp_path: Path) -> None:
+    """Behind a per-worker watermark (after a window, a process function) rows carry no split
+    watermark: the operator's own watermark decides. With 2 s of lateness, a row is late when
+    ts + gap + lateness is at or behind it (the row at exactly that limit is, a millisecond
+    later is not and starts a session of its own); a row that is not late still merges with a
+    stored session it is less than a gap before."""
+    from arrowflow._plan import MAIN, build_plan
+    from arrowflow._runtime.operators import RuntimeContext
+    from arrowflow._runtime.window_op import make_window_op
+    from arrowflow.backends.memory import MemoryBackend
+    from arrowflow.state import StoreContext
+
+    flow = af.Flow("one-session")
+    windowed = (
+        flow.from_polars(frame([(1, 0)]), splits=1)
+        .with_watermark("ts", delay="0s")
+        .key_by("user")
+        .window(af.session(f"{GAP_S}s"), allowed_lateness="2s")
+        .agg(n=pl.len(), total=pl.col("amount").sum(), name="sessions")
+    )
+    plan = build_plan(flow, [windowed.node])
+    [spec] = [op for op in plan.ops if op.id == "sessions"]
+    op = make_window_op(
+        spec, MemoryBackend(), range(0, 128), StoreContext(str(tmp_path / "local"), 0, 1)
+    )
+    op.context = RuntimeContext()
+    out, late = _Rows(), _Rows()
+    op.connect(MAIN, out, 0)  # type: ignore[arg-type]
+    op.connect("late", late, 0)  # type: ignore[arg-type]
+    op.open()
+    try:
+        first = frame([(1, 0), (1, 5), (2, 100)], [1.0, 2.0, 3.0])
+        op.receive(first, 0)
+        # the watermark (microseconds) at 100 s fires [0, 25) of user 1: 25 + 2 + 20 <= 100
+        epoch_us = int(START.replace(tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+        op.receive_watermark(epoch_us + 100 * 1_000_000, 0)
+        assert out.rows().select("user", "n").rows() == [(1, 2)]
+        second = frame([(1, 78), (1, 78.001), (2, 90)], [4.0, 5.0, 6.0])
+        op.receive(second, 0)
+        op.finish()
+    finally:
+        op.close()
+    at = [START + dt.timedelta(seconds=s) for s in (0, 78.001, 90)]
+    gap = dt.timedelta(seconds=GAP_S)
+    expected = pl.DataFrame(
+        {
+            "user": [1, 1, 2],
+            "window_start": at,
+            "window_end": [START + dt.timedelta(seconds=s) for s in (25, 98.001, 120)],
+            "n": [2, 1, 2],
+            "total": [3.0, 5.0, 9.0],
+        }
+    )
+    got = out.rows()
+    assert_frame_equal_unordered(
+        got.select(expected.columns), expected.cast(got.select(expected.columns).schema)
+    )
+    missed = late.rows()
+    assert missed.select("user", "amount").rows() == [(1, 4.0)]
+    assert missed["window_start"].to_list() == [START + dt.timedelta(seconds=78)]
+    assert missed["window_end"].to_list() == [START + dt.timedelta(seconds=78) + gap]
