@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,35 @@ def _run_job_script(
 def run_job_script() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Runs a job script with a fault spec, as a function to call (:func:`_run_job_script`)."""
     return _run_job_script
+
+
+def _restores_from_each_checkpoint(
+    run: Callable[..., Any], root: Path, *, at_least: int
+) -> Iterator[tuple[Path, Any]]:
+    """``run(folder, **options)`` (a flow's run with checkpoints in ``folder``) once in
+    ``root / "first"``, which must keep ``at_least`` checkpoints; then, for each checkpoint
+    but the last, in a folder of its own (a restore supersedes the checkpoints after the one
+    it restores, and a copied checkpoint directory would be another job's): the same run,
+    then ``run(folder, restore=checkpoint)``. Yields (folder, the restored run's result)."""
+    import warnings
+
+    first = run(root / "first")
+    assert len(first.checkpoints) >= at_least, first.checkpoints
+    for checkpoint in first.checkpoints[:-1]:
+        folder = root / f"from-{checkpoint}"
+        assert run(folder).checkpoints == first.checkpoints
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "rolled back output of later ..."
+            again = run(folder, restore=checkpoint)
+        assert again.restored_from == checkpoint
+        yield folder, again
+
+
+@pytest.fixture
+def restores_from_each_checkpoint() -> Callable[..., Iterator[tuple[Path, Any]]]:
+    """Restores a run from each of its checkpoints, as a function to call
+    (:func:`_restores_from_each_checkpoint`)."""
+    return _restores_from_each_checkpoint
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -130,17 +130,17 @@ def test_the_parquet_reader_runs_the_query_in_its_scan(
     assert seen == [5_000] * 4
 
 
-def test_a_source_straight_into_an_aggregation_and_a_second_source_are_fused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No chain between a source and its aggregation: the partial alone runs in the scan. A
-    second source is fused too when the first one cannot be (it feeds two consumers)."""
+def two_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seeds: tuple[int, int]
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """Events in folder ``a`` (2 files) and ``b`` (3 files), and the list that gets, for each
+    split whose Parquet reader runs a pushed-down query, the name of its folder."""
     from arrowflow.io import files
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first = write_events(tmp_path / "a", files=2, seed=4)
-    second = write_events(tmp_path / "b", files=3, seed=5)
+    first = write_events(tmp_path / "a", files=2, seed=seeds[0])
+    second = write_events(tmp_path / "b", files=3, seed=seeds[1])
     seen: list[str] = []
     queried = files._FileReader._queried
 
@@ -149,6 +149,15 @@ def test_a_source_straight_into_an_aggregation_and_a_second_source_are_fused(
         yield from queried(self, wanted, query)
 
     monkeypatch.setattr(files._FileReader, "_queried", recorded)
+    return first, second, seen
+
+
+def test_a_source_straight_into_an_aggregation_and_a_second_source_are_fused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No chain between a source and its aggregation: the partial alone runs in the scan. A
+    second source is fused too when the first one cannot be (it feeds two consumers)."""
+    first, second, seen = two_folders(tmp_path, monkeypatch, seeds=(4, 5))
     flow = af.Flow("two-sources")
     a = flow.read_parquet(str(tmp_path / "a" / "*.parquet"))
     b = flow.read_parquet(str(tmp_path / "b" / "*.parquet"))
@@ -437,20 +446,7 @@ def test_a_chain_with_two_consumers_is_left_unfused_and_the_next_source_is_fused
     """A chain whose rows go to an aggregation and to a second consumer cannot run inside the
     scan (the second consumer needs its rows): both get polars' rows. The source after it in
     the flow, straight into an aggregation, is still fused."""
-    from arrowflow.io import files
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    first = write_events(tmp_path / "a", files=2, seed=6)
-    second = write_events(tmp_path / "b", files=3, seed=7)
-    seen: list[str] = []
-    queried = files._FileReader._queried
-
-    def recorded(self, wanted, query):
-        seen.append(Path(self.url).parent.name)
-        yield from queried(self, wanted, query)
-
-    monkeypatch.setattr(files._FileReader, "_queried", recorded)
+    first, second, seen = two_folders(tmp_path, monkeypatch, seeds=(6, 7))
     flow = af.Flow("two-consumers")
     a = flow.read_parquet(str(tmp_path / "a" / "*.parquet"))
     kept = a.filter(*KEPT).with_columns(**VALUE)
@@ -483,7 +479,10 @@ def _restore_flow(folder: Path) -> af.Flow:
 
 @pytest.mark.parametrize("restored_batch_size", [None, 700], ids=["fused", "unfused"])
 def test_a_restore_from_any_checkpoint_mid_split_reads_the_rest_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restored_batch_size: int | None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    restored_batch_size: int | None,
+    restores_from_each_checkpoint: Any,
 ) -> None:
     """A file in splits of two row groups (2,200 rows), read in batches of 733 with a
     checkpoint after each: checkpoints fall inside a split, one row before its end
@@ -503,14 +502,21 @@ def test_a_restore_from_any_checkpoint_mid_split_reads_the_rest_once(
             skips.append((skip, split.info["rows"]))
 
     monkeypatch.setattr(files._FileReader, "__init__", recorded)
-    events = None
-    expected = None
+    expected: list[pl.DataFrame] = []
 
-    def first_run(folder: Path) -> af.RunResult:
-        nonlocal events, expected
+    def run(folder: Path, restore: int | None = None) -> af.RunResult:
+        if restore is not None:
+            skips.clear()
+            return _restore_flow(folder).run(
+                workers=0,
+                checkpoint_dir=str(folder / "ck"),
+                restore=restore,
+                batch_size=restored_batch_size,
+                keep_checkpoints=30,
+            )
         (folder / "input").mkdir(parents=True)
         events = write_events(folder / "input", files=1, seed=9, row_group_size=1_100)
-        expected = events.group_by("user").agg(n=pl.len(), total=(pl.col("qty") * 2).sum())
+        expected[:] = [events.group_by("user").agg(n=pl.len(), total=(pl.col("qty") * 2).sum())]
         return _restore_flow(folder).run(
             workers=0,
             checkpoint_dir=str(folder / "ck"),
@@ -519,23 +525,8 @@ def test_a_restore_from_any_checkpoint_mid_split_reads_the_rest_once(
             keep_checkpoints=30,
         )
 
-    first = first_run(tmp_path / "first")
-    assert len(first.checkpoints) >= 8
     restored_skips: set[tuple[int, int]] = set()
-    for checkpoint in first.checkpoints[:-1]:
-        folder = tmp_path / f"from-{checkpoint}"
-        assert first_run(folder).checkpoints == first.checkpoints
-        skips.clear()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "rolled back output of later ..."
-            again = _restore_flow(folder).run(
-                workers=0,
-                checkpoint_dir=str(folder / "ck"),
-                restore=checkpoint,
-                batch_size=restored_batch_size,
-                keep_checkpoints=30,
-            )
-        assert again.restored_from == checkpoint
+    for folder, again in restores_from_each_checkpoint(run, tmp_path, at_least=8):
         restored_skips.update(skips)
         # the source counts the rows after each restored position, in one batch per split
         # with rows left (fused) or in batches of 700 (unfused)
@@ -546,6 +537,6 @@ def test_a_restore_from_any_checkpoint_mid_split_reads_the_rest_once(
         parts = sorted((folder / "out").glob("part-*.parquet"))
         updates = pl.concat([pl.read_parquet(p) for p in parts])
         latest = updates.with_row_index("_i").group_by("user").last().drop("_i")
-        assert_frame_equal_unordered(latest, expected)
+        assert_frame_equal_unordered(latest, expected[0])
     # the restores began mid-split, one row before a split's end and at its end
     assert {(733, 2_200), (1_466, 2_200), (2_199, 2_200), (2_200, 2_200)} <= restored_skips

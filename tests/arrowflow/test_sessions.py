@@ -12,7 +12,6 @@ mean is in ``arrowflow/windows.py``.
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +144,7 @@ def test_a_session_fires_once_the_watermark_passes_its_end_not_its_last_event(
 
 
 def test_an_event_out_of_order_bridges_two_stored_sessions_and_a_restore_agrees(
-    tmp_path: Path, polars_sessions: Any
+    tmp_path: Path, polars_sessions: Any, restores_from_each_checkpoint: Any
 ) -> None:
     """Events arrive out of order within the delay: one lands between two stored sessions of
     its key and merges them (the later session's entry leaves the store). Restored from each
@@ -163,7 +162,7 @@ def test_an_event_out_of_order_bridges_two_stored_sessions_and_a_restore_agrees(
     noise.sort(key=lambda r: r[1] + rng.uniform(-25, 25))  # out of order by up to 50 s
     df = frame(rows + noise)
 
-    def run(folder: Path, **options: Any) -> tuple[af.RunResult, pl.DataFrame]:
+    def run(folder: Path, **options: Any) -> af.RunResult:
         flow = af.Flow("sessions-bridge")
         (
             flow.from_polars(df, splits=1)
@@ -173,27 +172,21 @@ def test_an_event_out_of_order_bridges_two_stored_sessions_and_a_restore_agrees(
             .agg(n=pl.len(), total=pl.col("amount").sum(), name="sessions")
             .write_parquet(str(folder / "out"))
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "rolled back output of later ..."
-            result = flow.run(
-                workers=0,
-                checkpoint_dir=str(folder / "ck"),
-                checkpoint_every=af.every_rows(20),
-                batch_size=4,
-                keep_checkpoints=20,
-                **options,
-            )
-        return result, pl.read_parquet(folder / "out" / "*.parquet")
+        return flow.run(
+            workers=0,
+            checkpoint_dir=str(folder / "ck"),
+            checkpoint_every=af.every_rows(20),
+            batch_size=4,
+            keep_checkpoints=20,
+            **options,
+        )
 
-    first, got = run(tmp_path / "first")
-    check(got, df, polars_sessions)
-    assert len(first.checkpoints) >= 8
-    for checkpoint in first.checkpoints[:-1]:
-        folder = tmp_path / f"from-{checkpoint}"
-        run(folder)
-        again, got = run(folder, restore=checkpoint)
-        assert again.restored_from == checkpoint
-        check(got, df, polars_sessions)
+    def output(folder: Path) -> pl.DataFrame:
+        return pl.read_parquet(folder / "out" / "*.parquet")
+
+    for folder, _ in restores_from_each_checkpoint(run, tmp_path, at_least=8):
+        check(output(folder), df, polars_sessions)
+    check(output(tmp_path / "first"), df, polars_sessions)
 
 
 def test_late_events_carry_the_session_they_missed(polars_sessions: Any) -> None:
