@@ -627,16 +627,22 @@ class WindowOp(_WindowBase):
         """
         key_dtype = self.window.key_schema[self.user_keys[0]] if len(self.user_keys) == 1 else None
         if key_dtype is not None and key_dtype.is_integer() and assigned.height > 1024:
-            key = pl.col(self.user_keys[0]).cast(pl.Int64)
+            raw = pl.col(self.user_keys[0])
             slot = pl.col(START) // self.window.every
             low_key, high_key, low_slot, high_slot, nulls = assigned.select(
-                key.min().alias("a"),
-                key.max().alias("b"),
+                raw.min().alias("a"),
+                raw.max().alias("b"),
                 slot.min().alias("c"),
                 slot.max().alias("d"),
-                key.null_count().alias("e"),
+                raw.null_count().alias("e"),
             ).row(0)
-            if nulls == 0 and high_key - low_key < 2**31 and high_slot - low_slot < 2**31:
+            key = raw.cast(pl.Int64)  # a UInt64 above the Int64 range takes the general path
+            if (
+                nulls == 0
+                and high_key < 2**63
+                and high_key - low_key < 2**31
+                and high_slot - low_slot < 2**31
+            ):
                 packed = ((slot - low_slot) * 2**32 + (key - low_key)).alias("__packed")
                 code = pl.col("__packed")
                 grouped = (

@@ -672,3 +672,49 @@ def test_read_state_merges_a_window_held_in_the_store_and_the_buffer(
         .agg(n=pl.len(), top=pl.col("amount").max(), last=pl.col("amount").last())
     )
     assert_frame_equal_unordered(got, expected, check_dtypes=False)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"),
+    [
+        (pl.UInt64, 2**64 - 40, 2**64 - 1),  # above the Int64 range: the general path
+        (pl.UInt64, 2**63 - 20, 2**63 + 20),  # across the Int64 range's end
+        (pl.Int64, -(2**40), 2**40),  # too wide to pack
+        (pl.Int64, -(2**63), -(2**63) + 30),
+        (pl.Int8, -128, 127),
+        (pl.UInt32, 2**32 - 30, 2**32 - 1),
+    ],
+)
+def test_integer_keys_at_the_ends_of_their_range(dtype: pl.DataType, low: int, high: int) -> None:
+    """A tumbling window over one integer key packs key and window start into one int64 for
+    batches above 1,024 rows when the keys' range allows; keys at the ends of their type's
+    range (a UInt64 above Int64's, the full Int64 range) must give polars' windows, packed or
+    not. Before, a UInt64 key above 2**63 failed the run with a cast error."""
+    rng = np.random.default_rng(23)
+    n = 6_000
+    ends = pl.Series([low, high], dtype=dtype)
+    middle = rng.integers(0, 2**62, n) % (high - low + 1)
+    keys = pl.Series([low + int(m) for m in middle], dtype=dtype).scatter([0, 1], ends)
+    df = pl.DataFrame(
+        {
+            "ts": pl.Series(np.sort(rng.integers(0, 3_600_000, n))).cast(pl.Datetime("ms")),
+            KEY: keys.sample(fraction=1.0, shuffle=True, seed=2),
+            "amount": rng.integers(0, 9, n),
+        }
+    )
+    got = (
+        af.Flow("integer-keys")
+        .from_polars(df)
+        .with_watermark("ts", delay="1s")
+        .key_by(KEY)
+        .window(af.tumbling("60s"))
+        .agg(n=pl.len(), total=pl.col("amount").sum())
+        .collect(workers=0, batch_size=2_000)
+    )
+    expected = df.group_by(KEY, pl.col("ts").dt.truncate("60s").alias("window_start")).agg(
+        window_end=pl.col("ts").dt.truncate("60s").first() + pl.duration(seconds=60),
+        n=pl.len(),
+        total=pl.col("amount").sum(),
+    )
+    assert got.schema[KEY] == dtype
+    assert_frame_equal_unordered(got, expected.select(got.columns).cast(got.schema))
